@@ -1,0 +1,29 @@
+"""JSON bytes in and out (orjson), and the canonical hash of a value."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from typing import Any
+
+import orjson
+
+__all__ = ["canonical_hash", "dumps", "loads", "now_iso", "JSONDecodeError"]
+
+JSONDecodeError = orjson.JSONDecodeError
+loads = orjson.loads
+
+
+def dumps(value: Any) -> bytes:
+    """Serialise to compact JSON bytes; refuses NaN-free non-JSON values."""
+    return orjson.dumps(value)
+
+
+def canonical_hash(value: Any) -> str:
+    """A stable ``sha256:`` digest of a JSON value (sorted keys)."""
+    return "sha256:" + hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with microseconds and a ``Z``."""
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,0 +1,94 @@
+"""Every error faber_runlog raises: one root, each subclass also a builtin.
+
+Callers can catch ``FaberRunlogError`` for anything of ours, or the builtin
+(``LookupError``, ``ValueError``, ``FileExistsError``) they already handle.
+Messages name the run id, the sequence number or file, and what to do.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConcurrencyUnsupported",
+    "CorruptEvent",
+    "CorruptState",
+    "FaberRunlogError",
+    "InvalidEvent",
+    "InvalidRunId",
+    "RunExists",
+    "RunNotFound",
+    "SequenceConflict",
+    "StorageError",
+    "UnsafePath",
+]
+
+
+class FaberRunlogError(Exception):
+    """Root of every error raised by faber_runlog."""
+
+
+class InvalidRunId(FaberRunlogError, ValueError):
+    """A run id, org or project slug is malformed; nothing was touched."""
+
+
+class UnsafePath(FaberRunlogError, ValueError):
+    """A path would leave the store root; refused before any I/O."""
+
+
+class InvalidEvent(FaberRunlogError, ValueError):
+    """An event failed its schema or carries a bad value; nothing was written."""
+
+    def __init__(self, message: str, *, run_id: str | None = None, event_type: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.event_type = event_type
+
+
+class RunNotFound(FaberRunlogError, LookupError):
+    """No run with this id exists in the store."""
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+
+class RunExists(FaberRunlogError, FileExistsError):
+    """A run with this id already exists; it was left untouched."""
+
+
+class SequenceConflict(FaberRunlogError, FileExistsError):
+    """A sequence number could not be claimed after bounded retries."""
+
+    def __init__(self, message: str, *, run_id: str, seq: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.seq = seq
+
+
+
+class CorruptEvent(FaberRunlogError, ValueError):
+    """A stored event file is unreadable (truncated, not JSON, wrong id)."""
+
+    def __init__(self, message: str, *, run_id: str, seq: int, path: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.seq = seq
+        self.path = path
+
+
+class CorruptState(FaberRunlogError, ValueError):
+    """A stored state.json or metadata.json is unreadable."""
+
+    def __init__(self, message: str, *, run_id: str, path: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.path = path
+
+
+class ConcurrencyUnsupported(FaberRunlogError, RuntimeError):
+    """The backend ignores exclusive create, so concurrent writers are unsafe."""
+
+
+class StorageError(FaberRunlogError, OSError):
+    """The backend failed in a way we could not retry away."""
+

@@ -1,0 +1,298 @@
+"""Typed events, their JSON Schemas, custom types and upcasters.
+
+Events are validated at the edge (``emit``) against the shipped base schema
+plus the schema of their type; validators are compiled once, on first use.
+Stored events are trusted when read back: they are only lifted through
+registered upcasters, never re-validated unless a caller asks (``verify``).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import attrs
+import fastjsonschema
+
+from faber_runlog import _codec
+from faber_runlog._converter import converter
+from faber_runlog.errors import InvalidEvent
+
+__all__ = [
+    "BUILTIN_EVENT_TYPES",
+    "SCHEMA_VERSION",
+    "Event",
+    "event_schema",
+    "event_types",
+    "register_event_type",
+    "register_upcaster",
+    "validate_event_dict",
+]
+
+SCHEMA_VERSION: Final = 1
+"""Schema version written into every event emitted by this release."""
+
+BUILTIN_EVENT_TYPES: Final = (
+    "workflow_start", "workflow_complete", "workflow_error", "workflow_cancelled",
+    "workflow_resumed", "workflow_rerun",
+    "phase_start", "phase_skip", "phase_complete", "phase_error",
+    "step_start", "step_complete", "step_error", "step_retry",
+    "artifact_create", "artifact_modify",
+    "commit_create", "branch_create", "pr_create", "pr_merge",
+    "spec_generate", "spec_validate", "test_run", "docs_update",
+    "checkpoint", "skill_invoke", "agent_invoke", "decision_point",
+    "retry_loop_enter", "retry_loop_exit",
+)  # fmt: skip
+
+_MAX_DEPTH: Final = 32
+_MAX_STRING: Final = 1 << 20
+
+
+@attrs.frozen(slots=True)
+class Event:
+    """One immutable entry of a run's log; ``event_id`` is its gapless sequence number."""
+
+    event_id: int
+    type: str
+    timestamp: str
+    run_id: str
+    phase: str | None = None
+    step: str | None = None
+    user: str | None = None
+    source: str | None = None
+    status: str | None = None
+    message: str | None = None
+    duration_ms: float | None = None
+    error: str | dict[str, Any] | None = None
+    artifacts: list[Any] | None = None
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    idempotency_key: str | None = None
+    nonce: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (fields left at their default are omitted)."""
+        return converter.unstructure(self)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Event:
+        """Build an event from a stored dict (after upcasting); unknown keys are dropped."""
+        return converter.structure(data, cls)
+
+    @property
+    def error_message(self) -> str | None:
+        """The error as text, from ``error`` or ``metadata['error']``."""
+        err: Any = self.error if self.error is not None else self.metadata.get("error")
+        if err is None:
+            return None
+        if isinstance(err, dict):
+            return str(err.get("message", _codec.dumps(err).decode()))
+        return str(err)
+
+
+EVENT_FIELDS: Final = frozenset(a.name for a in attrs.fields(Event))
+_EVENT_FIELD_ORDER: Final = tuple(a.name for a in attrs.fields(Event))
+
+
+def _event_to_dict(event: Event) -> dict[str, Any]:
+    # Hand-written because it runs once per stored event: None fields are
+    # omitted to keep files small, schema_version and metadata always kept.
+    out: dict[str, Any] = {}
+    for name in _EVENT_FIELD_ORDER:
+        value = getattr(event, name)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _event_from_dict(data: Mapping[str, Any], _: Any = None) -> Event:
+    # Stored events are trusted (validated when emitted); keys a later
+    # release added are dropped rather than failing an older reader.
+    if data.keys() <= EVENT_FIELDS:
+        return Event(**data)
+    return Event(**{k: v for k, v in data.items() if k in EVENT_FIELDS})
+
+
+converter.register_unstructure_hook(Event, _event_to_dict)
+converter.register_structure_hook(Event, _event_from_dict)
+
+
+@attrs.frozen(slots=True)
+class _TypeSpec:
+    name: str
+    schema: Mapping[str, Any]
+    version: int
+    builtin: bool
+
+
+_lock = threading.Lock()
+_types: dict[str, _TypeSpec] = {}
+_validators: dict[str, Callable[[Any], Any]] = {}
+_upcasters: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def _load_json(*parts: str) -> dict[str, Any]:
+    res = importlib.resources.files("faber_runlog.schemas").joinpath(*parts)
+    return _codec.loads(res.read_bytes())  # type: ignore[no-any-return]
+
+
+def _compile(schema: Mapping[str, Any]) -> Callable[[Any], Any]:
+    return fastjsonschema.compile(dict(schema), use_formats=False)  # type: ignore[no-any-return]
+
+
+_BASE_SCHEMA: Final = _load_json("event.schema.json")
+_base_validator: Callable[[Any], Any] | None = None
+
+for _name in BUILTIN_EVENT_TYPES:
+    _types[_name] = _TypeSpec(_name, _load_json("event-types", f"{_name}.json"), SCHEMA_VERSION, True)
+
+
+def event_schema(event_type: str | None = None) -> dict[str, Any]:
+    """The JSON Schema of the base event, or of one registered type."""
+    if event_type is None:
+        return dict(_BASE_SCHEMA)
+    spec = _types.get(event_type)
+    if spec is None:
+        raise InvalidEvent(f"unknown event type {event_type!r}", event_type=event_type)
+    return dict(spec.schema)
+
+
+def event_types() -> list[str]:
+    """Every registered type: the built-ins, then custom ones, sorted."""
+    return sorted(_types)
+
+
+def register_event_type(
+    name: str, schema: Mapping[str, Any] | None = None, *, version: int = 1, replace: bool = False
+) -> None:
+    """Register a custom event type with a JSON Schema for the whole event.
+
+    ``version`` is the schema version new events of this type are written with;
+    older stored events are lifted by upcasters (:func:`register_upcaster`).
+    """
+    import re
+
+    if not isinstance(name, str) or re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name, re.ASCII) is None:
+        raise InvalidEvent(
+            f"invalid event type name {name!r}: use lowercase a-z, 0-9 and '_', starting with a letter",
+            event_type=str(name),
+        )
+    schema = dict(schema or {"type": "object"})
+    try:
+        validator = _compile(schema)
+    except fastjsonschema.JsonSchemaDefinitionException as e:
+        raise InvalidEvent(f"schema for event type {name!r} is not a valid JSON Schema: {e}") from e
+    with _lock:
+        old = _types.get(name)
+        if old is not None:
+            if old.builtin:
+                raise InvalidEvent(f"{name!r} is a built-in event type and cannot be redefined", event_type=name)
+            if not replace and (old.schema != schema or old.version != version):
+                raise InvalidEvent(
+                    f"event type {name!r} is already registered with another schema; pass replace=True",
+                    event_type=name,
+                )
+        _types[name] = _TypeSpec(name, schema, version, False)
+        _validators[name] = validator
+
+
+def register_upcaster(
+    event_type: str, from_version: int, upcast: Callable[[dict[str, Any]], dict[str, Any]]
+) -> None:
+    """Lift stored events of ``event_type`` at ``from_version`` to ``from_version + 1`` on read.
+
+    Stored files are never rewritten; the upcaster runs each time such an event is read
+    and must return a dict whose ``schema_version`` is ``from_version + 1``.
+    """
+    with _lock:
+        _upcasters[(event_type, from_version)] = upcast
+
+
+def upcast(data: dict[str, Any]) -> dict[str, Any]:
+    """Apply registered upcasters until the event is at its type's current version."""
+    if not _upcasters:
+        return data
+    etype = data.get("type")
+    version = data.get("schema_version", 1)
+    while (fn := _upcasters.get((etype, version))) is not None:  # type: ignore[arg-type]
+        data = fn(dict(data))
+        new_version = data.get("schema_version", version)
+        if new_version == version:
+            data["schema_version"] = new_version = version + 1
+        version = new_version
+    return data
+
+
+def _validator_for(event_type: str) -> Callable[[Any], Any]:
+    v = _validators.get(event_type)
+    if v is None:
+        spec = _types.get(event_type)
+        if spec is None:
+            raise InvalidEvent(
+                f"unknown event type {event_type!r}: use one of the built-in types "
+                "or register it first with faber_runlog.register_event_type()",
+                event_type=event_type,
+            )
+        with _lock:
+            v = _validators.get(event_type)
+            if v is None:
+                v = _validators[event_type] = _compile(spec.schema)
+    return v
+
+
+def type_version(event_type: str) -> int:
+    """The schema version new events of ``event_type`` are written with."""
+    spec = _types.get(event_type)
+    return spec.version if spec is not None else SCHEMA_VERSION
+
+
+def check_json_value(value: Any, where: str, depth: int = 0, error: type[ValueError] = InvalidEvent) -> None:
+    """Refuse what JSON cannot carry faithfully (NaN, non-str keys, deep nests)."""
+    if depth > _MAX_DEPTH:
+        raise error(f"{where} is nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if len(value) > _MAX_STRING:
+            raise error(f"{where} is a string of {len(value)} characters; the limit is {_MAX_STRING}")
+    elif isinstance(value, bool) or value is None or isinstance(value, int):
+        return
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise error(f"{where} is {value!r}; JSON has no NaN or Infinity, use null or a string")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise error(f"{where} has a non-string key {k!r}; JSON object keys are strings")
+            check_json_value(v, f"{where}.{k}", depth + 1, error)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_json_value(v, f"{where}[{i}]", depth + 1, error)
+    else:
+        raise error(f"{where} has a value of type {type(value).__name__}, which JSON cannot store")
+
+
+def validate_event_dict(data: dict[str, Any], *, run_id: str | None = None) -> None:
+    """Validate one event dict against the base schema and its type's schema."""
+    global _base_validator
+    etype = data.get("type")
+    where = f"event {etype!r}" + (f" for run {run_id}" if run_id else "")
+    if not isinstance(etype, str):
+        raise InvalidEvent(f"{where}: 'type' must be a string", run_id=run_id)
+    type_validator = _validator_for(etype)
+    for key, value in data.items():
+        check_json_value(value, f"{where}: field {key!r}")
+    if _base_validator is None:
+        _base_validator = _compile(_BASE_SCHEMA)
+    for validator in (_base_validator, type_validator):
+        try:
+            validator(data)
+        except fastjsonschema.JsonSchemaValueException as e:
+            field = e.name.replace("data.", "", 1) if e.name else "event"
+            raise InvalidEvent(
+                f"{where} is invalid: {e.message.replace('data.', '', 1)} (field {field!r}); "
+                "fix the value and emit again, nothing was written",
+                run_id=run_id,
+                event_type=etype,
+            ) from e

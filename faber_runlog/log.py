@@ -1,0 +1,393 @@
+"""EventLog: append typed events to one run and read them back in order.
+
+A sequence number is claimed only by exclusively creating ``events/<seq>``.
+The writer keeps the run's state folded exactly up to the last event it knows;
+it tries ``last + 1`` and, when another writer got there first, folds what that
+writer wrote and tries again. Because a claim only succeeds on top of an
+exactly known state, checks made against that state (idempotency keys,
+lifecycle transitions) hold across processes without locks.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Final
+
+from faber_runlog import _codec
+from faber_runlog.errors import CorruptEvent, InvalidEvent, SequenceConflict, StorageError
+from faber_runlog.events import Event, type_version, upcast, validate_event_dict
+from faber_runlog.ids import RunId
+from faber_runlog.layout import RunLayout, parse_seq_name, seq_name
+from faber_runlog.state import RunState, apply
+from faber_runlog.storage import Storage
+
+__all__ = ["EventLog"]
+
+log = logging.getLogger("faber_runlog.log")
+
+_MAX_CLAIMS: Final = 10_000
+_BATCH: Final = 256
+_SENTINEL_CHECK = Callable[[RunState], "Event | None"]
+
+
+def _default_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return None
+
+
+_USER: Final = _default_user()
+_HOST: Final = socket.gethostname()
+
+
+class EventLog:
+    """The append-only, gapless event log of one run."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        run_id: RunId,
+        *,
+        snapshot_every: int = 100,
+        source: str | None = None,
+        user: str | None = None,
+    ) -> None:
+        if snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
+        self._storage = storage
+        self._rid = run_id
+        self._run_id = str(run_id)
+        self._layout = RunLayout(run_id)
+        self._snapshot_every = snapshot_every
+        self._source = source
+        self._user = user if user is not None else _USER
+        self._writer = uuid.uuid4().hex[:12]
+        self._counter = 0
+        self._state: RunState | None = None
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"EventLog({self._run_id!r} on {self._storage.url})"
+
+    @property
+    def run_id(self) -> str:
+        """The id of the run this log belongs to."""
+        return self._run_id
+
+    # -- writing -----------------------------------------------------------
+
+    def emit(
+        self,
+        type: str,
+        *,
+        phase: str | None = None,
+        step: str | None = None,
+        status: str | None = None,
+        message: str | None = None,
+        duration_ms: float | None = None,
+        error: str | dict[str, Any] | None = None,
+        artifacts: list[Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        source: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Event:
+        """Validate and append one event; returns it with its ``event_id``.
+
+        With ``idempotency_key``, the event is appended at most once per run:
+        a repeat (from any process) returns the event already stored.
+        """
+        fields: dict[str, Any] = {
+            "type": type,
+            "run_id": self._run_id,
+            "phase": phase,
+            "step": step,
+            "user": user if user is not None else self._user,
+            "source": source if source is not None else self._source,
+            "status": status,
+            "message": message,
+            "duration_ms": duration_ms,
+            "error": error,
+            "artifacts": artifacts,
+            "metadata": metadata if metadata is not None else {},
+            "idempotency_key": idempotency_key,
+        }
+        return self.append({k: v for k, v in fields.items() if v is not None})
+
+    def append(self, fields: dict[str, Any], check: Callable[[RunState], Event | None] | None = None) -> Event:
+        """Append an event built from ``fields`` on top of the exact current state.
+
+        ``check(state)`` runs against the state the event will follow; it may
+        raise to refuse the append (nothing is written) or return an already
+        stored event to hand back instead. On a lost race it runs again on the
+        newer state. This is how lifecycle rules stay true across processes.
+        """
+        etype = fields.get("type")
+        if not isinstance(etype, str):
+            raise InvalidEvent(f"event for run {self._run_id} needs a string 'type'", run_id=self._run_id)
+        fields.setdefault("run_id", self._run_id)
+        fields.setdefault("metadata", {})
+        fields["schema_version"] = type_version(etype)
+        if fields["run_id"] != self._run_id:
+            raise InvalidEvent(
+                f"event names run {fields['run_id']!r} but is being appended to {self._run_id}", run_id=self._run_id
+            )
+        probe = dict(fields, event_id=1, timestamp=_codec.now_iso(), nonce="x")
+        validate_event_dict(probe, run_id=self._run_id)
+        key = fields.get("idempotency_key")
+        with self._lock:
+            state = self._writer_state()
+            for _ in range(_MAX_CLAIMS):
+                if key is not None and key in state.idempotency_keys:
+                    return self._event_at(state.idempotency_keys[key])
+                if check is not None:
+                    existing = check(state)
+                    if existing is not None:
+                        return existing
+                seq = state.last_event_id + 1
+                self._counter += 1
+                data = dict(fields, event_id=seq, timestamp=_codec.now_iso(), nonce=f"{self._writer}-{self._counter}")
+                if self._storage.create(self._layout.event(seq), _codec.dumps(data)):
+                    event = Event.from_dict(data)
+                    before = state.status
+                    apply(state, event)
+                    self._after_append(state, before)
+                    return event
+                # Another writer took this number: fold its work and try the next one.
+                if self._catch_up(state) == 0:
+                    raise CorruptEvent(
+                        f"event {seq} of run {self._run_id} exists but could not be read back; "
+                        "run verify() on the run to locate the damage",
+                        run_id=self._run_id,
+                        seq=seq,
+                        path=self._storage.path(self._layout.event(seq)),
+                    )
+        raise SequenceConflict(
+            f"could not claim a sequence number for run {self._run_id} after {_MAX_CLAIMS} tries "
+            f"(last tried {seq}); too many concurrent writers, retry later",
+            run_id=self._run_id,
+            seq=seq,
+        )
+
+    def _after_append(self, state: RunState, status_before: str) -> None:
+        seq = state.last_event_id
+        periodic = seq % self._snapshot_every == 0
+        if not (periodic or state.status != status_before):
+            return
+        # The event is already durable; a failed snapshot only costs a later reader time.
+        try:
+            body = _codec.dumps(state.to_dict())
+            self._storage.replace(self._layout.state, body)
+            if periodic:
+                self._storage.replace(self._layout.snapshot(seq), body)
+        except (StorageError, OSError) as e:
+            log.warning("snapshot of run %s at event %d not written: %s", self._run_id, seq, e)
+
+    def snapshot(self) -> RunState:
+        """Write ``state.json`` for the current state now and return that state."""
+        with self._lock:
+            state = self._writer_state()
+            self._catch_up(state)
+            self._storage.replace(self._layout.state, _codec.dumps(state.to_dict()))
+            return state.copy()
+
+    # -- state -------------------------------------------------------------
+
+    def _writer_state(self) -> RunState:
+        if self._state is None:
+            self._state = self.load_state()
+        return self._state
+
+    def current_state(self) -> RunState:
+        """The exact current state (a private copy), folding only events not yet seen."""
+        with self._lock:
+            if self._state is None:
+                self._state = self.load_state()
+            else:
+                self._catch_up(self._state)
+            return self._state.copy()
+
+    def load_state(self, at: int | None = None) -> RunState:
+        """Snapshot plus the events after it; ``at`` stops after that event."""
+        if at is not None and at < 0:
+            raise ValueError(f"at must be >= 0, got {at} (run {self._run_id})")
+        state = self._read_snapshot(self._layout.state)
+        if at is not None and state is not None and state.last_event_id > at:
+            state = self._snapshot_at_or_before(at)
+        if state is None:
+            state = RunState(run_id=self._run_id)
+        self._catch_up(state, until=at)
+        if at is not None and state.last_event_id < at:
+            raise CorruptEvent(
+                f"run {self._run_id} has only {state.last_event_id} events; cannot show the state at event {at}",
+                run_id=self._run_id,
+                seq=at,
+                path=self._storage.path(self._layout.event(at)),
+            )
+        return state
+
+    def _read_snapshot(self, key: str) -> RunState | None:
+        body = self._storage.read(key)
+        if body is None:
+            return None
+        try:
+            state = RunState.from_dict(_codec.loads(body))
+        except Exception as e:
+            # A snapshot is a cache: a damaged one costs a full fold, never a wrong answer.
+            log.warning("ignoring unreadable snapshot %s of run %s: %s", key, self._run_id, e)
+            return None
+        if state.run_id != self._run_id:
+            log.warning("ignoring snapshot %s: it belongs to run %s", key, state.run_id)
+            return None
+        return state
+
+    def _snapshot_at_or_before(self, at: int) -> RunState | None:
+        k = self._snapshot_every
+        seq = (at // k) * k
+        for _ in range(3):
+            if seq <= 0:
+                return None
+            state = self._read_snapshot(self._layout.snapshot(seq))
+            if state is not None and state.last_event_id == seq:
+                return state
+            seq -= k
+        names = [n for n in self._storage.list(self._layout.snapshots) if (s := parse_seq_name(n)) and s <= at]
+        for name in reversed(names):
+            state = self._read_snapshot(f"{self._layout.snapshots}/{name}")
+            if state is not None:
+                return state
+        return None
+
+    def _catch_up(self, state: RunState, until: int | None = None) -> int:
+        n = 0
+        for event in self._stored(state.last_event_id, until):
+            apply(state, event)
+            n += 1
+        return n
+
+    # -- reading -----------------------------------------------------------
+
+    def _decode(self, seq: int, body: bytes) -> Event:
+        try:
+            data = _codec.loads(body)
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+            if data.get("event_id") != seq:
+                raise ValueError(f"its event_id is {data.get('event_id')!r}, not {seq}")
+            return Event.from_dict(upcast(data))
+        except Exception as e:
+            path = self._storage.path(self._layout.event(seq))
+            raise CorruptEvent(
+                f"event {seq} of run {self._run_id} at {path} is unreadable ({e}); "
+                "restore the file from a backup or archive, the log is not read past it",
+                run_id=self._run_id,
+                seq=seq,
+                path=path,
+            ) from e
+
+    def _stored(self, after: int, until: int | None = None) -> Iterator[Event]:
+        """Events after ``after`` (and up to ``until``) in order, stopping at the first missing one."""
+        if self._storage.kind == "s3":
+            yield from self._stored_listed(after, until)
+            return
+        seq = after + 1
+        while until is None or seq <= until:
+            body = self._storage.read(self._layout.event(seq))
+            if body is None:
+                return
+            yield self._decode(seq, body)
+            seq += 1
+
+    def _stored_listed(self, after: int, until: int | None) -> Iterator[Event]:
+        # One LIST finds the tail; bodies are then fetched concurrently in batches.
+        names = self._storage.list_after(self._layout.events, seq_name(after))
+        expected = after + 1
+        seqs: list[int] = []
+        for name in names:
+            seq = parse_seq_name(name)
+            if seq is None:
+                continue
+            if seq != expected or (until is not None and seq > until):
+                break
+            seqs.append(seq)
+            expected += 1
+        for start in range(0, len(seqs), _BATCH):
+            chunk = seqs[start : start + _BATCH]
+            bodies = self._storage.read_many(self._layout.event(s) for s in chunk)
+            for s in chunk:
+                body = bodies[self._layout.event(s)]
+                if body is None:
+                    return
+                yield self._decode(s, body)
+
+    def _event_at(self, seq: int) -> Event:
+        body = self._storage.read(self._layout.event(seq))
+        if body is None:
+            raise CorruptEvent(
+                f"event {seq} of run {self._run_id} is missing; run verify() to see what else is",
+                run_id=self._run_id,
+                seq=seq,
+                path=self._storage.path(self._layout.event(seq)),
+            )
+        return self._decode(seq, body)
+
+    def get(self, event_id: int) -> Event:
+        """The event with this id."""
+        return self._event_at(event_id)
+
+    def read(
+        self,
+        since: int = 0,
+        *,
+        until: int | None = None,
+        types: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Event]:
+        """Events with ``since < event_id <= until`` in order, optionally of some ``types``.
+
+        Keep the last ``event_id`` you saw and pass it as ``since`` next time:
+        only the events after it are read.
+        """
+        if since < 0:
+            raise ValueError(f"since must be >= 0, got {since} (run {self._run_id})")
+        wanted = frozenset(types) if types is not None else None
+        n = 0
+        if limit is not None and limit <= 0:
+            return
+        for event in self._stored(since, until):
+            if wanted is not None and event.type not in wanted:
+                continue
+            yield event
+            n += 1
+            if limit is not None and n >= limit:
+                return
+
+    def last_event_id(self) -> int:
+        """The id of the newest event (0 for an empty log)."""
+        return self.current_state().last_event_id
+
+    def tail(
+        self, since: int = 0, *, poll_interval: float = 0.25, timeout: float | None = None
+    ) -> Iterator[Event]:
+        """Yield events after ``since`` as they are written; stop after ``timeout`` idle seconds."""
+        last = since
+        idle_since = time.monotonic()
+        while True:
+            got = False
+            for event in self.read(last):
+                last = event.event_id
+                got = True
+                yield event
+            if got:
+                idle_since = time.monotonic()
+            elif timeout is not None and time.monotonic() - idle_since >= timeout:
+                return
+            else:
+                time.sleep(poll_interval)

@@ -1,0 +1,81 @@
+"""Run metadata (written once, at creation) and the environment it records."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import socket
+import subprocess
+from typing import Any
+
+import attrs
+
+from faber_runlog._converter import converter
+from faber_runlog._version import __version__
+from faber_runlog.events import SCHEMA_VERSION
+
+__all__ = ["RunMetadata", "capture_environment"]
+
+
+@attrs.frozen(slots=True)
+class RunMetadata:
+    """What a run is: its id, parameters, tags, lineage and where it was started."""
+
+    run_id: str
+    org: str
+    project: str
+    uuid: str
+    created_at: str
+    params: dict[str, Any] = attrs.field(factory=dict)
+    params_hash: str = ""
+    tags: dict[str, str] = attrs.field(factory=dict)
+    library_version: str = __version__
+    schema_version: int = SCHEMA_VERSION
+    environment: dict[str, Any] = attrs.field(factory=dict)
+    parent_run_id: str | None = None
+    root_run_id: str | None = None
+    lineage: dict[str, Any] = attrs.field(factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (the ``metadata.json`` body)."""
+        return converter.unstructure(self)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunMetadata:
+        """Rebuild from :meth:`to_dict` output."""
+        return converter.structure(data, cls)
+
+
+def _git(args: list[str], cwd: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=2, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    value = out.stdout.strip()
+    return value if out.returncode == 0 and value else None
+
+
+@functools.lru_cache(maxsize=8)
+def _git_info(cwd: str) -> tuple[str | None, str | None]:
+    return _git(["rev-parse", "--abbrev-ref", "HEAD"], cwd), _git(["rev-parse", "HEAD"], cwd)
+
+
+def capture_environment() -> dict[str, Any]:
+    """Host, user, Python and (inside a git checkout) branch and commit."""
+    from faber_runlog.log import _USER  # the same user the events carry
+
+    branch, commit = _git_info(os.getcwd())
+    env: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "user": _USER,
+        "python": platform.python_version(),
+        "pid": os.getpid(),
+    }
+    if branch is not None:
+        env["git_branch"] = branch
+    if commit is not None:
+        env["git_commit"] = commit
+    return env

@@ -1,0 +1,356 @@
+"""The bottom layer: keys under one store root on one fsspec filesystem.
+
+Everything above works with keys relative to the root (``org/project/uuid/...``).
+This module turns them into backend paths, refuses any key that could leave
+the root, and supplies the two write primitives the design rests on:
+
+* ``create`` - exclusive create (put-if-absent). Local: temp file, fsync,
+  ``os.link`` to the final name, fsync the folder. S3: a PUT with
+  ``If-None-Match: *`` (s3fs ``pipe_file(mode="create")``). Memory: the
+  filesystem's own create, under a lock.
+* ``replace`` - atomic overwrite for caches and reports.
+
+Backend errors are translated here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, Final, TypeVar
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
+
+from faber_runlog.errors import ConcurrencyUnsupported, StorageError, UnsafePath
+
+__all__ = ["Storage", "open_filesystem"]
+
+log = logging.getLogger("faber_runlog.storage")
+
+T = TypeVar("T")
+
+_MEMORY_LOCK: Final = threading.Lock()
+_PROBE_DIR: Final = ".faber_runlog"
+_RETRIES: Final = 6
+_TRANSIENT_CODES: Final = ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
+                           "ConditionalRequestConflict", "OperationAborted", "503", "500", "409")  # fmt: skip
+
+
+def open_filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Resolve an fsspec URL (or a local path) to ``(filesystem, root path)``."""
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs, root
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (FileExistsError, FileNotFoundError, PermissionError, IsADirectoryError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(exc).__name__} {exc}"
+    return isinstance(exc, OSError) and any(code in text for code in _TRANSIENT_CODES) or (
+        "Timeout" in type(exc).__name__ or "Connection" in type(exc).__name__
+    )
+
+
+class Storage:
+    """Keys under one root of one fsspec filesystem, with exclusive create."""
+
+    def __init__(
+        self,
+        fs: fsspec.AbstractFileSystem,
+        root: str,
+        *,
+        fsync: bool = True,
+        allow_unsafe_writers: bool = False,
+        retries: int = _RETRIES,
+    ) -> None:
+        self.fs = fs
+        self.fsync = fsync
+        self.retries = retries
+        self.allow_unsafe_writers = allow_unsafe_writers
+        if isinstance(fs, LocalFileSystem):
+            self.kind = "local"
+            root = os.path.abspath(os.path.expanduser(root))
+        elif isinstance(fs, MemoryFileSystem):
+            self.kind = "memory"
+            root = "/" + root.strip("/")
+        else:
+            protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+            self.kind = "s3" if protocol in ("s3", "s3a") else protocol
+            root = root.rstrip("/")
+        self.root = root.rstrip("/") or "/"
+        self._probed = self.kind in ("local", "memory")
+        self._probe_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Storage({self.kind}:{self.root!r})"
+
+    @property
+    def url(self) -> str:
+        """A URL naming the root, for messages and reports."""
+        if self.kind == "local":
+            return self.root
+        return f"{self.kind}://{self.root.lstrip('/')}"
+
+    # -- paths -------------------------------------------------------------
+
+    def path(self, key: str) -> str:
+        """The backend path of ``key``; refuses anything that could leave the root."""
+        if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+            raise UnsafePath(f"refusing key {key!r}: keys are relative, '/'-separated and non-empty")
+        for part in key.split("/"):
+            if part in ("", ".", ".."):
+                raise UnsafePath(f"refusing key {key!r}: it has an empty, '.' or '..' segment")
+        if self.root == "/":
+            return "/" + key
+        return f"{self.root}/{key}"
+
+    # -- retries and translation -------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        delay = 0.05
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except (FileExistsError, FileNotFoundError):
+                raise
+            except Exception as e:
+                if attempt < self.retries and _is_transient(e):
+                    log.debug("retrying %s after %r (attempt %d)", what, e, attempt + 1)
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 2.0)
+                    continue
+                raise StorageError(
+                    f"{what} failed on {self.url} after {attempt + 1} attempt(s): {type(e).__name__}: {e}; "
+                    "check the store is reachable and writable, then retry"
+                ) from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- reads -------------------------------------------------------------
+
+    def read(self, key: str) -> bytes | None:
+        """The bytes at ``key``, or None when it does not exist."""
+        path = self.path(key)
+        if self.kind == "local":
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as e:
+                raise StorageError(f"reading {path} failed: {e}") from e
+        try:
+            return self._call(f"reading {path}", lambda: self.fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+
+    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        """Read several keys; remote stores fetch them concurrently."""
+        keys = list(keys)
+        if self.kind in ("local", "memory") or len(keys) <= 1:
+            return {k: self.read(k) for k in keys}
+        paths = {self.path(k): k for k in keys}
+        found = self._call("batch read", lambda: self.fs.cat(list(paths), on_error="return"))
+        out: dict[str, bytes | None] = {}
+        for path, key in paths.items():
+            value = found.get(path)
+            if isinstance(value, FileNotFoundError) or value is None:
+                out[key] = None
+            elif isinstance(value, BaseException):
+                out[key] = self.read(key)  # one retried read turns a transient failure into data or an error
+            else:
+                out[key] = value
+        return out
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists (bypassing listing caches)."""
+        path = self.path(key)
+        if self.kind == "local":
+            return os.path.exists(path)
+        if self.kind == "memory":
+            return bool(self.fs.exists(path))
+        try:
+            self._call(f"checking {path}", lambda: self.fs.info(path, refresh=True))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def list(self, key: str) -> list[str]:
+        """Names directly under folder ``key`` (sorted), empty if it does not exist."""
+        path = self.path(key) if key else self.root
+        if self.kind == "local":
+            try:
+                return sorted(os.listdir(path))
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        try:
+            if self.kind == "s3":
+                self.fs.invalidate_cache(path)
+            entries = self._call(f"listing {path}", lambda: self.fs.ls(path, detail=False))
+        except FileNotFoundError:
+            return []
+        prefix = path.rstrip("/") + "/"
+        names = [e[len(prefix):] if e.startswith(prefix) else e.rsplit("/", 1)[-1] for e in entries]
+        return sorted(n.strip("/") for n in names if n.strip("/"))
+
+    def list_after(self, folder: str, start_after: str) -> list[str]:
+        """Names in ``folder`` sorting after ``start_after`` (S3: LIST with StartAfter)."""
+        if self.kind != "s3":
+            return [n for n in self.list(folder) if n > start_after]
+        bucket, _, prefix = self.path(folder).partition("/")
+        prefix = prefix.rstrip("/") + "/"
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "StartAfter": prefix + start_after}
+            if token:
+                kwargs["ContinuationToken"] = token
+            reply = self._call(f"listing {folder}", lambda kw=kwargs: self.fs.call_s3("list_objects_v2", **kw))  # type: ignore[misc]
+            names.extend(c["Key"][len(prefix):] for c in reply.get("Contents", ()))
+            token = reply.get("NextContinuationToken")
+            if not token:
+                return names
+
+    # -- writes ------------------------------------------------------------
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if absent. True if this call created it, False if it existed."""
+        if not data:
+            raise ValueError("refusing to create an empty object: some stores overwrite on empty bodies")
+        path = self.path(key)
+        if self.kind == "local":
+            return self._create_local(path, data)
+        if self.kind == "memory":
+            with _MEMORY_LOCK:
+                if self.fs.exists(path):
+                    return False
+                self.fs.pipe_file(path, data)
+                return True
+        self._probe()
+        try:
+            self._call(f"creating {path}", lambda: self.fs.pipe_file(path, data, mode="create"))
+            return True
+        except FileExistsError:
+            # A PUT that landed but whose reply was lost comes back as 412 on
+            # retry; our bytes carry a unique nonce, so equal bytes mean we won.
+            return self.read(key) == data
+
+    def _create_local(self, path: str, data: bytes) -> bool:
+        folder = os.path.dirname(path)
+        tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                os.write(fd, data)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError as e:
+                raise StorageError(f"creating {path} failed: {e}") from e
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if self.fsync:
+            self._fsync_dir(folder)
+        return True
+
+    @staticmethod
+    def _fsync_dir(folder: str) -> None:
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        except OSError as e:  # some filesystems refuse fsync on folders
+            if e.errno not in (errno.EINVAL, errno.EBADF):
+                raise
+        finally:
+            os.close(dfd)
+
+    def replace(self, key: str, data: bytes) -> None:
+        """Write ``key`` atomically, replacing what was there (readers see old or new)."""
+        path = self.path(key)
+        if self.kind == "local":
+            folder = os.path.dirname(path)
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+            if self.fsync:
+                self._fsync_dir(folder)
+            return
+        self._call(f"writing {path}", lambda: self.fs.pipe_file(path, data))
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if it exists."""
+        path = self.path(key)
+        if self.kind == "local":
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            return
+        try:
+            self._call(f"deleting {path}", lambda: self.fs.rm_file(path))
+        except FileNotFoundError:
+            pass
+
+    def makedirs(self, key: str) -> None:
+        """Make folder ``key`` where folders are real (local); a no-op on object stores."""
+        if self.kind == "local":
+            os.makedirs(self.path(key), exist_ok=True)
+
+    # -- capability probe --------------------------------------------------
+
+    def _probe(self) -> None:
+        """Check once that the backend refuses a second exclusive create."""
+        if self._probed:
+            return
+        with self._probe_lock:
+            if self._probed:
+                return
+            key = f"{_PROBE_DIR}/probe-{uuid.uuid4().hex}"
+            path = self.path(key)
+            try:
+                self._call(f"probing {path}", lambda: self.fs.pipe_file(path, b"1", mode="create"))
+                try:
+                    self.fs.pipe_file(path, b"2", mode="create")
+                    second_created = True
+                except FileExistsError:
+                    second_created = False
+                except Exception:
+                    second_created = False
+            finally:
+                try:
+                    self.fs.rm_file(path)
+                except Exception:
+                    log.debug("could not remove probe %s", path)
+            if second_created and not self.allow_unsafe_writers:
+                raise ConcurrencyUnsupported(
+                    f"the store at {self.url} ignores exclusive create (If-None-Match), so two writers "
+                    "could overwrite each other's events; use a store that supports conditional writes, "
+                    "or pass allow_unsafe_writers=True if only one process ever writes to it"
+                )
+            self._probed = True

@@ -1,0 +1,306 @@
+"""RunStore and Run: create, open and list runs on any fsspec filesystem."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+import attrs
+import fsspec
+
+from faber_runlog import _codec
+from faber_runlog.errors import CorruptState, InvalidRunId, RunExists, RunNotFound
+from faber_runlog.events import check_json_value
+from faber_runlog.ids import RunId, validate_slug
+from faber_runlog.layout import RunLayout
+from faber_runlog.log import EventLog
+from faber_runlog.metadata import RunMetadata, capture_environment
+from faber_runlog.state import RunState
+from faber_runlog.storage import Storage, open_filesystem
+
+__all__ = ["DEFAULT_ROOT", "Run", "RunStore", "RunSummary"]
+
+DEFAULT_ROOT: Final = ".fractary/plugins/faber/runs"
+"""The embedded default root, under the current folder (the FABER layout)."""
+
+ROOT_ENV: Final = "FABER_RUNLOG_ROOT"
+
+
+class InvalidParams(InvalidRunId):
+    """Params or tags that JSON cannot hold faithfully."""
+
+
+@attrs.frozen(slots=True)
+class RunSummary:
+    """One row of :meth:`RunStore.list_runs`: metadata plus the snapshot's status."""
+
+    run_id: str
+    org: str
+    project: str
+    created_at: str
+    status: str
+    last_event_id: int
+    updated_at: str | None
+    current_phase: str | None
+    current_step: str | None
+    params: dict[str, Any]
+    tags: dict[str, str]
+    parent_run_id: str | None
+
+
+class Run:
+    """A handle on one run: its id, metadata, event log and folded state."""
+
+    __slots__ = ("_store", "_rid", "_metadata", "log")
+
+    def __init__(self, store: RunStore, run_id: RunId, metadata: RunMetadata | None = None) -> None:
+        self._store = store
+        self._rid = run_id
+        self._metadata = metadata
+        self.log: EventLog = store._event_log(run_id)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self._rid)!r})"
+
+    @property
+    def id(self) -> str:
+        """The run id, ``org/project/uuid``."""
+        return str(self._rid)
+
+    @property
+    def run_id(self) -> RunId:
+        """The parsed run id."""
+        return self._rid
+
+    @property
+    def store(self) -> RunStore:
+        """The store this run lives in."""
+        return self._store
+
+    @property
+    def metadata(self) -> RunMetadata:
+        """The run's metadata (read once, then cached: it never changes)."""
+        if self._metadata is None:
+            self._metadata = self._store._read_metadata(self._rid)
+        return self._metadata
+
+    @property
+    def path(self) -> str:
+        """Where the run's folder is, as a backend path."""
+        return self._store.storage.path(str(self._rid))
+
+    def state(self, at: int | None = None) -> RunState:
+        """The run's state now, or as it was right after event ``at``."""
+        if at is None:
+            return self.log.current_state()
+        return self.log.load_state(at=at)
+
+
+def _check_mapping(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidParams(f"{what} must be a mapping, got {type(value).__name__}")
+    out = dict(value)
+    check_json_value(out, what, error=InvalidParams)
+    return out
+
+
+class RunStore:
+    """All runs under one root: a local folder, ``memory://``, ``s3://`` or any fsspec URL.
+
+    ``RunStore()`` uses ``$FABER_RUNLOG_ROOT`` or ``.fractary/plugins/faber/runs``
+    under the current folder. Pass ``fs=`` and ``root=`` to use a filesystem
+    object you already have.
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str] | None = None,
+        *,
+        fs: fsspec.AbstractFileSystem | None = None,
+        root: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        fsync: bool = True,
+        snapshot_every: int = 100,
+        source: str | None = None,
+        allow_unsafe_writers: bool = False,
+    ) -> None:
+        if fs is not None:
+            if root is None and url is None:
+                raise ValueError("RunStore(fs=...) needs root= (the folder or bucket/prefix of the runs)")
+            root_path = str(root if root is not None else url)
+        else:
+            if root is not None and url is not None:
+                raise ValueError("give either a URL or root=, not both")
+            target = url if url is not None else root
+            if target is None:
+                target = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+            fs, root_path = open_filesystem(os.fspath(target), storage_options)
+        if snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
+        self.storage = Storage(fs, root_path, fsync=fsync, allow_unsafe_writers=allow_unsafe_writers)
+        self.snapshot_every = snapshot_every
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"RunStore({self.storage.url!r})"
+
+    @property
+    def url(self) -> str:
+        """The store root as a URL (a plain path for local folders)."""
+        return self.storage.url
+
+    def _event_log(self, run_id: RunId) -> EventLog:
+        return EventLog(self.storage, run_id, snapshot_every=self.snapshot_every, source=self.source)
+
+    # -- creating --------------------------------------------------------------
+
+    def create_run(
+        self,
+        org: str,
+        project: str,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        *,
+        run_id: str | RunId | None = None,
+        parent_run_id: str | None = None,
+        root_run_id: str | None = None,
+        lineage: Mapping[str, Any] | None = None,
+    ) -> Run:
+        """Create a run with a fresh id (or ``run_id``) and return its handle."""
+        validate_slug(org, "org")
+        validate_slug(project, "project")
+        params_d = _check_mapping(params, "params")
+        tags_d = _check_mapping(tags, "tags")
+        for k, v in tags_d.items():
+            if not isinstance(v, str):
+                raise InvalidParams(f"tag {k!r} must be a string, got {type(v).__name__}")
+        rid = RunId.new(org, project) if run_id is None else RunId.parse(run_id)
+        if (rid.org, rid.project) != (org, project):
+            raise InvalidRunId(f"run id {rid} is not in {org}/{project}")
+        meta = RunMetadata(
+            run_id=str(rid),
+            org=rid.org,
+            project=rid.project,
+            uuid=rid.uuid,
+            created_at=_codec.now_iso(),
+            params=params_d,
+            params_hash=_codec.canonical_hash(params_d),
+            tags=tags_d,
+            environment=capture_environment(),
+            parent_run_id=parent_run_id,
+            root_run_id=root_run_id,
+            lineage=dict(lineage or {}),
+        )
+        layout = RunLayout(rid)
+        self.storage.makedirs(layout.events)
+        if not self.storage.create(layout.metadata, _codec.dumps(meta.to_dict())):
+            raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
+        self.storage.replace(layout.state, _codec.dumps(RunState(run_id=str(rid)).to_dict()))
+        return Run(self, rid, meta)
+
+    # -- opening ---------------------------------------------------------------
+
+    def _read_metadata(self, rid: RunId) -> RunMetadata:
+        layout = RunLayout(rid)
+        body = self.storage.read(layout.metadata)
+        if body is None:
+            raise RunNotFound(
+                f"run {rid} not found in {self.url}; check the id, or list_runs() to see what exists",
+                run_id=str(rid),
+            )
+        return self._parse_metadata(rid, body)
+
+    def _parse_metadata(self, rid: RunId, body: bytes) -> RunMetadata:
+        try:
+            return RunMetadata.from_dict(_codec.loads(body))
+        except Exception as e:
+            path = self.storage.path(RunLayout(rid).metadata)
+            raise CorruptState(
+                f"metadata.json of run {rid} at {path} is unreadable ({e}); restore it from a backup",
+                run_id=str(rid),
+                path=path,
+            ) from e
+
+    def get_run(self, run_id: str | RunId) -> Run:
+        """Open an existing run; raises :class:`RunNotFound` if there is none."""
+        rid = RunId.parse(run_id)
+        return Run(self, rid, self._read_metadata(rid))
+
+    def has_run(self, run_id: str | RunId) -> bool:
+        """Whether a run with this id exists."""
+        return self.storage.exists(RunLayout(RunId.parse(run_id)).metadata)
+
+    # -- listing ---------------------------------------------------------------
+
+    def _run_ids(self, org: str | None, project: str | None) -> Iterator[RunId]:
+        orgs = [validate_slug(org, "org")] if org is not None else self.storage.list("")
+        for o in orgs:
+            projects = [validate_slug(project, "project")] if project is not None else self.storage.list(o)
+            for p in projects:
+                for u in self.storage.list(f"{o}/{p}") if _is_slug(o) and _is_slug(p) else ():
+                    try:
+                        yield RunId(o, p, u)
+                    except InvalidRunId:
+                        continue  # not a run folder (a probe, a stray file)
+
+    def list_runs(
+        self,
+        org: str | None = None,
+        project: str | None = None,
+        status: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> list[RunSummary]:
+        """Runs under the root, oldest first; reads metadata and snapshots, never events.
+
+        ``status`` is the status recorded in each run's latest snapshot, which is
+        rewritten on every status change.
+        """
+        rids = list(self._run_ids(org, project))
+        keys = [k for rid in rids for k in (RunLayout(rid).metadata, RunLayout(rid).state)]
+        bodies = self.storage.read_many(keys)
+        out: list[RunSummary] = []
+        for rid in rids:
+            layout = RunLayout(rid)
+            mbody = bodies.get(layout.metadata)
+            if mbody is None:
+                continue  # a run being created right now
+            meta = self._parse_metadata(rid, mbody)
+            sbody = bodies.get(layout.state)
+            snap: dict[str, Any] = {}
+            if sbody is not None:
+                try:
+                    snap = _codec.loads(sbody)
+                except _codec.JSONDecodeError:
+                    snap = {}
+            summary = RunSummary(
+                run_id=str(rid),
+                org=rid.org,
+                project=rid.project,
+                created_at=meta.created_at,
+                status=snap.get("status", "created"),
+                last_event_id=snap.get("last_event_id", 0),
+                updated_at=snap.get("updated_at"),
+                current_phase=snap.get("current_phase"),
+                current_step=snap.get("current_step"),
+                params=meta.params,
+                tags=meta.tags,
+                parent_run_id=meta.parent_run_id,
+            )
+            if status is not None and summary.status != status:
+                continue
+            if tags and any(meta.tags.get(k) != v for k, v in tags.items()):
+                continue
+            out.append(summary)
+        out.sort(key=lambda s: (s.created_at, s.run_id))
+        return out
+
+
+def _is_slug(name: str) -> bool:
+    try:
+        validate_slug(name)
+    except InvalidRunId:
+        return False
+    return True

@@ -1,0 +1,58 @@
+"""Worker processes for concurrency and crash tests (run as a script).
+
+Usage: python _workers.py COMMAND SPEC_JSON ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+from faber_runlog import RunStore  # noqa: E402
+
+
+def _store(spec: dict[str, object]) -> RunStore:
+    return RunStore(str(spec["url"]), storage_options=spec.get("storage_options") or None)  # type: ignore[arg-type]
+
+
+def append(spec: dict[str, object], run_id: str, count: int, tag: str) -> None:
+    """Append ``count`` checkpoint events tagged with this worker's name."""
+    run = _store(spec).get_run(run_id)
+    for i in range(count):
+        run.log.emit("checkpoint", metadata={"label": f"{tag}-{i}", "worker": tag, "i": i})
+    print("done", flush=True)
+
+
+def append_forever(spec: dict[str, object], run_id: str, tag: str) -> None:
+    """Append until killed; prints each id so the parent knows progress."""
+    run = _store(spec).get_run(run_id)
+    i = 0
+    while True:
+        ev = run.log.emit("checkpoint", metadata={"label": f"{tag}-{i}", "payload": "x" * 2000})
+        print(ev.event_id, flush=True)
+        i += 1
+
+
+def idempotent(spec: dict[str, object], run_id: str, key: str) -> None:
+    """Emit one event with an idempotency key; print the id it got."""
+    run = _store(spec).get_run(run_id)
+    ev = run.log.emit("checkpoint", metadata={"label": key}, idempotency_key=key)
+    print(ev.event_id, flush=True)
+
+
+if __name__ == "__main__":
+    command, spec_json, *rest = sys.argv[1:]
+    spec = json.loads(spec_json)
+    if command == "append":
+        append(spec, rest[0], int(rest[1]), rest[2])
+    elif command == "append_forever":
+        append_forever(spec, rest[0], rest[1])
+    elif command == "idempotent":
+        idempotent(spec, rest[0], rest[1])
+    else:
+        raise SystemExit(f"unknown command {command}")

@@ -1,0 +1,124 @@
+"""Fixtures: one store contract run against memory, a local folder and moto S3.
+
+The S3 server is a real moto server on 127.0.0.1 (a free port, dummy
+credentials), started once per session, the way s3fs tests itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+from faber_runlog import RunStore  # noqa: E402
+
+BUCKET = "faber-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class S3Server:
+    """A moto server on loopback plus what a client needs to reach it."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return {
+            "client_kwargs": {"endpoint_url": self.endpoint},
+            "key": "testing",
+            "secret": "testing",
+            "use_listings_cache": False,
+            "skip_instance_cache": True,
+        }
+
+    def filesystem(self) -> Any:
+        import s3fs
+
+        return s3fs.S3FileSystem(**self.storage_options)
+
+    def reset(self) -> None:
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")).read()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server()
+    server.start()
+    fs = server.filesystem()
+    fs.mkdir(BUCKET)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest, **kwargs: Any) -> RunStore:
+    """A fresh, empty store of the given kind."""
+    if kind == "memory":
+        return RunStore(f"memory://runs-{uuid.uuid4().hex}", **kwargs)
+    if kind == "local":
+        return RunStore(str(tmp_path / "runs"), **kwargs)
+    server: S3Server = request.getfixturevalue("s3_server")
+    return RunStore(
+        f"s3://{BUCKET}/runs-{uuid.uuid4().hex}", storage_options=server.storage_options, **kwargs
+    )
+
+
+@pytest.fixture(params=["memory", "local", "s3"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> RunStore:
+    """The same contract, against memory, a local folder and moto S3."""
+    return make_store(store_kind, tmp_path, request)
+
+
+@pytest.fixture
+def store_factory(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """Make a store of the current kind with extra options (snapshot_every=...)."""
+
+    def factory(**kwargs: Any) -> RunStore:
+        return make_store(store_kind, tmp_path, request, **kwargs)
+
+    return factory
+
+
+@pytest.fixture(params=["local", "s3"])
+def shared_store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """A store other processes can open too: its URL and storage options."""
+    if request.param == "local":
+        return {"url": str(tmp_path / "runs"), "storage_options": {}}
+    server: S3Server = request.getfixturevalue("s3_server")
+    return {"url": f"s3://{BUCKET}/runs-{uuid.uuid4().hex}", "storage_options": server.storage_options}

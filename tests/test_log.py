@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from faber_runlog import CorruptEvent, InvalidEvent, RunStore
+from faber_runlog.layout import seq_name
+
+
+def test_emit_fills_automatic_fields(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    ev = run.log.emit("workflow_start", metadata={"workflow": "default"})
+    assert (1, "workflow_start", run.id, 1) == (ev.event_id, ev.type, ev.run_id, ev.schema_version)
+    assert ev.timestamp.endswith("Z")
+    assert ev.nonce
+    assert [ev] == list(store.get_run(run.id).log.read())
+
+
+def test_event_ids_are_gapless_from_one(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    ids = [run.log.emit("checkpoint", metadata={"label": str(i)}).event_id for i in range(25)]
+    assert list(range(1, 26)) == ids
+    assert list(range(1, 26)) == [e.event_id for e in store.get_run(run.id).log.read()]
+
+
+def test_read_since_until_types_and_limit(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    for i in range(5):
+        run.log.emit("checkpoint", metadata={"label": str(i)})
+    run.log.emit("workflow_complete")
+    log = store.get_run(run.id).log
+    assert [4, 5, 6, 7] == [e.event_id for e in log.read(since=3)]
+    assert [2, 3] == [e.event_id for e in log.read(since=1, until=3)]
+    assert [1, 7] == [e.event_id for e in log.read(types=["workflow_start", "workflow_complete"])]
+    assert [2, 3] == [e.event_id for e in log.read(types={"checkpoint"}, limit=2)]
+    assert [] == list(log.read(since=7))
+    assert 7 == log.last_event_id()
+
+
+def test_invalid_event_writes_nothing(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    with pytest.raises(InvalidEvent, match=run.id):
+        run.log.emit("step_start", phase="build")  # step missing
+    with pytest.raises(InvalidEvent, match="register_event_type"):
+        run.log.emit("no_such_type")
+    with pytest.raises(InvalidEvent):
+        run.log.emit("checkpoint", metadata={"label": "x", "bad": float("nan")})
+    assert 1 == store.get_run(run.id).state().last_event_id
+    assert [1] == [e.event_id for e in run.log.read()]
+
+
+def test_state_is_the_same_from_a_fresh_handle(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    run.log.emit("phase_start", phase="p")
+    run.log.emit("step_start", phase="p", step="s")
+    run.log.emit("step_complete", phase="p", step="s")
+    assert run.state() == store.get_run(run.id).state()
+
+
+def test_two_handles_interleave_without_gaps(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    a = store.get_run(run.id).log
+    b = store.get_run(run.id).log
+    got = []
+    for i in range(10):
+        got.append((a if i % 2 else b).emit("checkpoint", metadata={"label": str(i)}).event_id)
+    assert list(range(1, 11)) == got
+    assert list(range(1, 11)) == [e.event_id for e in run.log.read()]
+    assert 10 == a.current_state().event_counts["checkpoint"]
+
+
+def test_threads_appending_to_one_run(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    logs = [store.get_run(run.id).log for _ in range(4)]
+
+    def work(i: int) -> None:
+        for j in range(10):
+            logs[i].emit("checkpoint", metadata={"label": f"{i}-{j}"})
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    labels = [e.metadata["label"] for e in run.log.read()]
+    assert list(range(1, 41)) == [e.event_id for e in run.log.read()]
+    assert 40 == len(set(labels))
+
+
+def test_snapshot_is_written_every_k_events_and_on_status_change(store_factory: Callable[..., RunStore]) -> None:
+    store = store_factory(snapshot_every=5)
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")  # status change: snapshot at 1
+    snap = store.storage.read(f"{run.id}/state.json")
+    assert snap is not None and b'"last_event_id":1' in snap
+    for i in range(4):
+        run.log.emit("checkpoint", metadata={"label": str(i)})  # 5th event: periodic snapshot
+    snap = store.storage.read(f"{run.id}/state.json")
+    assert snap is not None and b'"last_event_id":5' in snap
+    assert store.storage.exists(f"{run.id}/snapshots/{seq_name(5)}")
+
+
+def test_reading_state_folds_only_events_after_the_snapshot(store_factory: Callable[..., RunStore]) -> None:
+    store = store_factory(snapshot_every=10)
+    run = store.create_run("acme", "web")
+    for i in range(12):
+        run.log.emit("checkpoint", metadata={"label": str(i)})
+    # Damage an event the snapshot already covers: a reader must not touch it.
+    store.storage.replace(f"{run.id}/events/{seq_name(3)}", b"garbage")
+    state = store.get_run(run.id).state()
+    assert 12 == state.last_event_id
+    assert 12 == len(state.checkpoints)
+
+
+def test_state_at_time_travels(store_factory: Callable[..., RunStore]) -> None:
+    store = store_factory(snapshot_every=4)
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    run.log.emit("phase_start", phase="p")
+    for i in range(8):
+        run.log.emit("checkpoint", metadata={"label": str(i)})
+    run.log.emit("workflow_complete")
+    fresh = store.get_run(run.id)
+    assert ("running", 2) == (fresh.state(at=2).status, fresh.state(at=2).last_event_id)
+    assert 5 == len(fresh.state(at=7).checkpoints)
+    assert "completed" == fresh.state(at=11).status
+    assert "created" == fresh.state(at=0).status
+    with pytest.raises(CorruptEvent, match="only 11 events"):
+        fresh.state(at=12)
+
+
+def test_corrupt_snapshot_falls_back_to_folding_events(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    run.log.emit("workflow_complete")
+    store.storage.replace(f"{run.id}/state.json", b"\x00not json")
+    assert "completed" == store.get_run(run.id).state().status
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b'{"event_id": 2, "type": "checkpoint", "times', b"", b"[1, 2]", b'{"event_id": 9, "type": "x"}', b"\xff\xfe"],
+)
+def test_corrupt_event_file_is_reported_with_path_and_sequence(store: RunStore, damage: bytes) -> None:
+    run = store.create_run("acme", "web", )
+    run.log.emit("workflow_start")
+    run.log.emit("checkpoint", metadata={"label": "x"})
+    key = f"{run.id}/events/{seq_name(2)}"
+    if damage:
+        store.storage.replace(key, damage)
+    else:  # a truncated-to-zero file (only possible by hand)
+        store.storage.delete(key)
+        store.storage.fs.pipe_file(store.storage.path(key), b"")
+    with pytest.raises(CorruptEvent) as info:
+        list(store.get_run(run.id).log.read())
+    assert (2, run.id) == (info.value.seq, info.value.run_id)
+    assert info.value.path.endswith(seq_name(2))
+    assert seq_name(2) in str(info.value)
+
+
+def test_tail_yields_new_events_and_stops_when_idle(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    seen: list[Any] = []
+
+    def writer() -> None:
+        for i in range(3):
+            run.log.emit("checkpoint", metadata={"label": str(i)})
+
+    t = threading.Thread(target=writer)
+    t.start()
+    for ev in store.get_run(run.id).log.tail(since=0, poll_interval=0.01, timeout=1.0):
+        seen.append(ev.event_id)
+        if len(seen) == 4:
+            break
+    t.join()
+    assert [1, 2, 3, 4] == seen
+
+
+def test_idempotency_key_appends_once(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    first = run.log.emit("checkpoint", metadata={"label": "a"}, idempotency_key="k1")
+    again = store.get_run(run.id).log.emit("checkpoint", metadata={"label": "a"}, idempotency_key="k1")
+    assert first == again
+    assert [1] == [e.event_id for e in run.log.read()]

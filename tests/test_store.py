@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from faber_runlog import InvalidRunId, RunExists, RunNotFound, RunStore
+from faber_runlog.store import DEFAULT_ROOT
+
+
+def test_create_run_writes_metadata_and_initial_state(store: RunStore) -> None:
+    run = store.create_run("acme", "web", params={"work_id": "220", "n": [1, 2]}, tags={"team": "core"})
+    assert run.id.startswith("acme/web/")
+    meta = store.get_run(run.id).metadata
+    assert ({"work_id": "220", "n": [1, 2]}, {"team": "core"}) == (meta.params, meta.tags)
+    assert meta.params_hash.startswith("sha256:")
+    assert {"host", "user", "python"} <= set(meta.environment)
+    assert ("created", 0) == (run.state().status, run.state().last_event_id)
+
+
+def test_issue_example_end_to_end(store: RunStore) -> None:
+    run = store.create_run("acme", "web", params={"work_id": "220"}, tags={"team": "core"})
+    run.log.emit("workflow_start")
+    run.log.emit("phase_start", phase="build")
+    run.log.emit("step_start", phase="build", step="compile")
+    run.log.emit("step_error", phase="build", step="compile", metadata={"error": "exit 2"})
+    assert "failed" == run.state().status
+    assert run.state() == store.get_run(run.id).state()
+    assert [run.id] == [s.run_id for s in store.list_runs(org="acme", project="web", status="failed")]
+
+
+def test_same_params_give_same_hash(store: RunStore) -> None:
+    a = store.create_run("acme", "web", params={"a": 1, "b": 2})
+    b = store.create_run("acme", "web", params={"b": 2, "a": 1})
+    assert a.metadata.params_hash == b.metadata.params_hash
+
+
+def test_get_missing_run_raises_lookup_error_naming_the_id(store: RunStore) -> None:
+    rid = "acme/web/3f2b8c1e-9a4d-4c6e-8f10-2b7d9e0a1c55"
+    with pytest.raises(RunNotFound, match=rid) as info:
+        store.get_run(rid)
+    assert isinstance(info.value, LookupError)
+    assert rid == info.value.run_id
+
+
+def test_creating_an_existing_id_fails_and_keeps_the_run(store: RunStore) -> None:
+    run = store.create_run("acme", "web", params={"keep": True})
+    run.log.emit("workflow_start")
+    with pytest.raises(RunExists):
+        store.create_run("acme", "web", params={"keep": False}, run_id=run.id)
+    assert {"keep": True} == store.get_run(run.id).metadata.params
+    assert 1 == store.get_run(run.id).state().last_event_id
+
+
+@pytest.mark.parametrize(("org", "project"), [("../x", "web"), ("acme", "a/b"), ("", "web"), ("ACME", "web")])
+def test_bad_slugs_are_refused_and_nothing_is_written(store: RunStore, org: str, project: str) -> None:
+    with pytest.raises(InvalidRunId):
+        store.create_run(org, project)
+    assert [] == store.list_runs()
+
+
+@pytest.mark.parametrize("params", [{"x": float("nan")}, {"x": {1: 2}}, {"x": object()}, ["not", "a", "map"]])
+def test_bad_params_are_refused(store: RunStore, params: object) -> None:
+    with pytest.raises(ValueError):
+        store.create_run("acme", "web", params=params)  # type: ignore[arg-type]
+    assert [] == store.list_runs()
+
+
+def test_list_runs_filters_by_org_project_status_and_tags(store: RunStore) -> None:
+    a = store.create_run("acme", "web", tags={"team": "core"})
+    b = store.create_run("acme", "api")
+    c = store.create_run("other", "web")
+    a.log.emit("workflow_start")
+    a.log.emit("workflow_complete")
+    b.log.emit("workflow_start")
+    assert {a.id, b.id, c.id} == {s.run_id for s in store.list_runs()}
+    assert {a.id, b.id} == {s.run_id for s in store.list_runs(org="acme")}
+    assert [b.id] == [s.run_id for s in store.list_runs(org="acme", project="api")]
+    assert [a.id] == [s.run_id for s in store.list_runs(status="completed")]
+    assert [c.id] == [s.run_id for s in store.list_runs(status="created")]
+    assert [a.id] == [s.run_id for s in store.list_runs(tags={"team": "core"})]
+    assert [] == store.list_runs(org="nobody")
+
+
+def test_list_runs_never_reads_events(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    # Damage an event: listing must not notice, because it does not read events.
+    store.storage.replace(f"{run.id}/events/{1:020d}.json", b"{broken")
+    assert ["running"] == [s.status for s in store.list_runs()]
+
+
+def test_list_runs_ignores_stray_entries(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    store.storage.replace("acme/web/not-a-run/file.txt", b"x")
+    store.storage.replace("README.txt", b"x")
+    assert [run.id] == [s.run_id for s in store.list_runs()]
+
+
+def test_default_root_is_the_faber_folder_under_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FABER_RUNLOG_ROOT", raising=False)
+    run = RunStore().create_run("acme", "web")
+    assert (tmp_path / DEFAULT_ROOT / run.id / "metadata.json").is_file()
+
+
+def test_env_var_overrides_the_default_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FABER_RUNLOG_ROOT", str(tmp_path / "elsewhere"))
+    run = RunStore().create_run("acme", "web")
+    assert (tmp_path / "elsewhere" / run.id / "state.json").is_file()
+
+
+def test_store_from_fs_and_root(tmp_path: Path) -> None:
+    import fsspec
+
+    store = RunStore(fs=fsspec.filesystem("file"), root=str(tmp_path / "r"))
+    run = store.create_run("acme", "web")
+    assert os.path.isdir(tmp_path / "r" / run.id / "events")
+
+
+def test_fs_without_root_is_refused() -> None:
+    import fsspec
+
+    with pytest.raises(ValueError, match="root="):
+        RunStore(fs=fsspec.filesystem("memory"))
+
+
+def test_local_layout_matches_the_documented_one(tmp_path: Path) -> None:
+    store = RunStore(str(tmp_path))
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    folder = tmp_path / run.id
+    assert ["events", "metadata.json", "state.json"] == sorted(os.listdir(folder))
+    assert [f"{1:020d}.json"] == os.listdir(folder / "events")
