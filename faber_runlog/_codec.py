@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["canonical_hash", "dumps", "loads", "now_iso", "JSONDecodeError"]
+__all__ = ["JSONDecodeError", "canonical_hash", "dumps", "loads", "now_iso"]
 
 JSONDecodeError = orjson.JSONDecodeError
 loads = orjson.loads

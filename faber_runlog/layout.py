@@ -6,7 +6,7 @@ from typing import Final
 
 from faber_runlog.ids import RunId
 
-__all__ = ["RunLayout", "SEQ_WIDTH", "seq_name"]
+__all__ = ["SEQ_WIDTH", "RunLayout", "seq_name"]
 
 SEQ_WIDTH: Final = 20
 """Zero-padding of event file names, so names sort numerically for ever."""
@@ -29,7 +29,7 @@ def parse_seq_name(name: str) -> int | None:
 class RunLayout:
     """Keys of one run's files, relative to the store root."""
 
-    __slots__ = ("dir", "events", "metadata", "state", "jsonl", "children", "snapshots", "_prefix")
+    __slots__ = ("_prefix", "children", "dir", "events", "jsonl", "metadata", "snapshots", "state")
 
     def __init__(self, run_id: RunId) -> None:
         self.dir = str(run_id)

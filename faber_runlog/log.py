@@ -258,7 +258,7 @@ class EventLog:
             if state is not None and state.last_event_id == seq:
                 return state
             seq -= k
-        names = [n for n in self._storage.list(self._layout.snapshots) if (s := parse_seq_name(n)) and s <= at]
+        names = [n for n in self._storage.list_names(self._layout.snapshots) if (s := parse_seq_name(n)) and s <= at]
         for name in reversed(names):
             state = self._read_snapshot(f"{self._layout.snapshots}/{name}")
             if state is not None:

@@ -272,7 +272,8 @@ def _record_error(state: RunState, event: Event) -> str:
 def _finish(obj: PhaseState | StepState, event: Event, status: str) -> None:
     obj.status = status
     obj.ended_at = event.timestamp
-    obj.duration_ms = event.duration_ms if event.duration_ms is not None else _ms_between(obj.started_at, event.timestamp)
+    given = event.duration_ms
+    obj.duration_ms = given if given is not None else _ms_between(obj.started_at, event.timestamp)
 
 
 def _reopen(state: RunState) -> None:

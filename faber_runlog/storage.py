@@ -56,7 +56,7 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     text = f"{type(exc).__name__} {exc}"
-    return isinstance(exc, OSError) and any(code in text for code in _TRANSIENT_CODES) or (
+    return (isinstance(exc, OSError) and any(code in text for code in _TRANSIENT_CODES)) or (
         "Timeout" in type(exc).__name__ or "Connection" in type(exc).__name__
     )
 
@@ -149,7 +149,8 @@ class Storage:
             except OSError as e:
                 raise StorageError(f"reading {path} failed: {e}") from e
         try:
-            return self._call(f"reading {path}", lambda: self.fs.cat_file(path))
+            data: bytes = self._call(f"reading {path}", lambda: self.fs.cat_file(path))
+            return data
         except FileNotFoundError:
             return None
 
@@ -184,7 +185,7 @@ class Storage:
             return False
         return True
 
-    def list(self, key: str) -> list[str]:
+    def list_names(self, key: str) -> list[str]:
         """Names directly under folder ``key`` (sorted), empty if it does not exist."""
         path = self.path(key) if key else self.root
         if self.kind == "local":
@@ -205,7 +206,7 @@ class Storage:
     def list_after(self, folder: str, start_after: str) -> list[str]:
         """Names in ``folder`` sorting after ``start_after`` (S3: LIST with StartAfter)."""
         if self.kind != "s3":
-            return [n for n in self.list(folder) if n > start_after]
+            return [n for n in self.list_names(folder) if n > start_after]
         bucket, _, prefix = self.path(folder).partition("/")
         prefix = prefix.rstrip("/") + "/"
         names: list[str] = []

@@ -52,7 +52,7 @@ class RunSummary:
 class Run:
     """A handle on one run: its id, metadata, event log and folded state."""
 
-    __slots__ = ("_store", "_rid", "_metadata", "log")
+    __slots__ = ("_metadata", "_rid", "_store", "log")
 
     def __init__(self, store: RunStore, run_id: RunId, metadata: RunMetadata | None = None) -> None:
         self._store = store
@@ -236,11 +236,11 @@ class RunStore:
     # -- listing ---------------------------------------------------------------
 
     def _run_ids(self, org: str | None, project: str | None) -> Iterator[RunId]:
-        orgs = [validate_slug(org, "org")] if org is not None else self.storage.list("")
+        orgs = [validate_slug(org, "org")] if org is not None else self.storage.list_names("")
         for o in orgs:
-            projects = [validate_slug(project, "project")] if project is not None else self.storage.list(o)
+            projects = [validate_slug(project, "project")] if project is not None else self.storage.list_names(o)
             for p in projects:
-                for u in self.storage.list(f"{o}/{p}") if _is_slug(o) and _is_slug(p) else ():
+                for u in self.storage.list_names(f"{o}/{p}") if _is_slug(o) and _is_slug(p) else ():
                     try:
                         yield RunId(o, p, u)
                     except InvalidRunId:

@@ -13,7 +13,7 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
-from faber_runlog import RunStore  # noqa: E402
+from faber_runlog import RunStore
 
 
 def _store(spec: dict[str, object]) -> RunStore:

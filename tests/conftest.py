@@ -21,7 +21,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
-from faber_runlog import RunStore  # noqa: E402
+from faber_runlog import RunStore
 
 BUCKET = "faber-test"
 

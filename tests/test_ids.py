@@ -37,7 +37,7 @@ def test_new_mints_a_uuid4_in_org_and_project() -> None:
         f"Acme/web/{GOOD_UUID}",
         f"acme/web app/{GOOD_UUID}",
         f"acme/w\\eb/{GOOD_UUID}",
-        f"аcme/web/{GOOD_UUID}",  # Cyrillic a
+        f"\u0430cme/web/{GOOD_UUID}",  # Cyrillic a
         f"acme/web/{GOOD_UUID.upper()}",
         "acme/web/not-a-uuid",
         "acme/web/3f2b8c1e-9a4d-1c6e-8f10-2b7d9e0a1c55",  # uuid1, not uuid4

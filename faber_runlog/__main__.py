@@ -1,0 +1,5 @@
+import sys
+
+from faber_runlog.cli import main
+
+sys.exit(main())

@@ -1,0 +1,40 @@
+"""A short, self-contained demo: log a run that fails, then read its state back."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from faber_runlog.store import RunStore
+
+__all__ = ["run_demo"]
+
+
+def run_demo(store: RunStore | None = None, out: TextIO = sys.stdout) -> str:
+    """Log a small failing run in ``store`` (default: the embedded local folder); return its id."""
+    store = store if store is not None else RunStore()
+    run = store.create_run("demo", "hello", params={"work_id": "220"}, tags={"source": "demo"})
+    out.write(f"store:   {store.url}\nrun id:  {run.id}\n")
+    log = run.log
+    log.emit("workflow_start", metadata={"workflow": "build-and-test"})
+    log.emit("phase_start", phase="build")
+    log.emit("step_start", phase="build", step="compile")
+    log.emit("step_complete", phase="build", step="compile", duration_ms=1200)
+    log.emit("artifact_create", phase="build", step="compile", metadata={"path": "dist/app.whl"})
+    log.emit("phase_complete", phase="build")
+    log.emit("phase_start", phase="test")
+    log.emit("step_start", phase="test", step="unit")
+    log.emit("test_run", phase="test", step="unit", metadata={"passed": 41, "failed": 1})
+    log.emit("step_error", phase="test", step="unit", error="1 test failed: test_login")
+    for event in store.get_run(run.id).log.read():
+        where = "/".join(x for x in (event.phase, event.step) if x)
+        out.write(f"  #{event.event_id:<3} {event.type:<16} {where}\n")
+    state = store.get_run(run.id).state()
+    out.write(f"status:  {state.status}\n")
+    for phase in state.phases.values():
+        steps = ", ".join(f"{s.name}={s.status}" for s in phase.steps.values())
+        out.write(f"  phase {phase.name:<6} {phase.status:<10} {steps}\n")
+    failed = state.failed_step
+    if failed is not None:
+        out.write(f"failed step: {failed.phase}/{failed.name}: {failed.error}\n")
+    return run.id
