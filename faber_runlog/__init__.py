@@ -7,9 +7,12 @@ from faber_runlog.errors import (
     CorruptState,
     FaberRunlogError,
     InvalidEvent,
+    InvalidRerun,
     InvalidRunId,
     RunExists,
     RunNotFound,
+    RunNotRerunnable,
+    RunNotResumable,
     SequenceConflict,
     StorageError,
     UnsafePath,
@@ -18,8 +21,10 @@ from faber_runlog.events import Event, event_schema, event_types, register_event
 from faber_runlog.ids import RunId
 from faber_runlog.log import EventLog
 from faber_runlog.metadata import RunMetadata
+from faber_runlog.resume import ParamDiff, ResumePlan, Resumer, diff_params
 from faber_runlog.state import PhaseState, RunState, StepState, fold, register_fold
-from faber_runlog.store import Run, RunStore, RunSummary
+from faber_runlog.store import Lineage, Run, RunStore, RunSummary
+from faber_runlog.verify import ReconstructReport, StateDifference, VerifyProblem, VerifyReport
 
 __all__ = [
     "ConcurrencyUnsupported",
@@ -29,21 +34,33 @@ __all__ = [
     "EventLog",
     "FaberRunlogError",
     "InvalidEvent",
+    "InvalidRerun",
     "InvalidRunId",
+    "Lineage",
+    "ParamDiff",
     "PhaseState",
+    "ReconstructReport",
+    "ResumePlan",
+    "Resumer",
     "Run",
     "RunExists",
     "RunId",
     "RunMetadata",
     "RunNotFound",
+    "RunNotRerunnable",
+    "RunNotResumable",
     "RunState",
     "RunStore",
     "RunSummary",
     "SequenceConflict",
+    "StateDifference",
     "StepState",
     "StorageError",
     "UnsafePath",
+    "VerifyProblem",
+    "VerifyReport",
     "__version__",
+    "diff_params",
     "event_schema",
     "event_types",
     "fold",

@@ -13,9 +13,12 @@ __all__ = [
     "CorruptState",
     "FaberRunlogError",
     "InvalidEvent",
+    "InvalidRerun",
     "InvalidRunId",
     "RunExists",
     "RunNotFound",
+    "RunNotRerunnable",
+    "RunNotResumable",
     "SequenceConflict",
     "StorageError",
     "UnsafePath",
@@ -91,4 +94,43 @@ class ConcurrencyUnsupported(FaberRunlogError, RuntimeError):
 
 class StorageError(FaberRunlogError, OSError):
     """The backend failed in a way we could not retry away."""
+
+
+class RunNotResumable(FaberRunlogError, RuntimeError):
+    """A run cannot be resumed now (completed, archived, cancelled, or owned by a live writer)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str,
+        status: str,
+        last_event_id: int,
+        last_event_type: str | None,
+        reason: str,
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status
+        self.last_event_id = last_event_id
+        self.last_event_type = last_event_type
+        self.reason = reason
+
+
+class RunNotRerunnable(FaberRunlogError, RuntimeError):
+    """A run cannot be re-run because it has not finished (it is not completed, failed or cancelled)."""
+
+    def __init__(self, message: str, *, run_id: str, status: str, last_event_id: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status
+        self.last_event_id = last_event_id
+
+
+class InvalidRerun(FaberRunlogError, ValueError):
+    """A re-run was asked with a bad mode or starting event; no run was created."""
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
 

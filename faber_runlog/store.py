@@ -19,7 +19,7 @@ from faber_runlog.metadata import RunMetadata, capture_environment
 from faber_runlog.state import RunState
 from faber_runlog.storage import Storage, open_filesystem
 
-__all__ = ["DEFAULT_ROOT", "Run", "RunStore", "RunSummary"]
+__all__ = ["DEFAULT_ROOT", "Lineage", "Run", "RunStore", "RunSummary"]
 
 DEFAULT_ROOT: Final = ".fractary/plugins/faber/runs"
 """The embedded default root, under the current folder (the FABER layout)."""
@@ -47,6 +47,18 @@ class RunSummary:
     params: dict[str, Any]
     tags: dict[str, str]
     parent_run_id: str | None
+
+
+@attrs.frozen(slots=True)
+class Lineage:
+    """Where a run sits in its re-run chain (from :meth:`RunStore.lineage`)."""
+
+    run_id: str
+    root_run_id: str
+    parent_run_id: str | None
+    ancestors: tuple[str, ...]  # parent first, root last
+    children: tuple[str, ...]  # direct children, oldest first
+    descendants: tuple[str, ...]  # children, grandchildren, ... breadth first
 
 
 class Run:
@@ -195,11 +207,33 @@ class RunStore:
             lineage=dict(lineage or {}),
         )
         layout = RunLayout(rid)
+        child_key = None if parent_run_id is None else self._child_key(parent_run_id, root_run_id, rid)
         self.storage.makedirs(layout.events)
+        # The parent's record is written first, so a crash in between leaves a
+        # listed child that does not exist yet (skipped), never an unlisted one.
+        linked = child_key is not None and self.storage.create(
+            child_key, _codec.dumps({"run_id": str(rid), "created_at": meta.created_at})
+        )
         if not self.storage.create(layout.metadata, _codec.dumps(meta.to_dict())):
+            if linked and child_key is not None:
+                self.storage.delete(child_key)
             raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
         self.storage.replace(layout.state, _codec.dumps(RunState(run_id=str(rid)).to_dict()))
         return Run(self, rid, meta)
+
+    def _child_key(self, parent_run_id: str, root_run_id: str | None, child: RunId) -> str:
+        """Where ``child`` is listed under its parent; refuses a parent that does not exist."""
+        parent = RunId.parse(parent_run_id)
+        if root_run_id is not None:
+            RunId.parse(root_run_id)
+        if not self.has_run(parent):
+            raise RunNotFound(
+                f"parent run {parent} of new run {child} not found in {self.url}; "
+                "check parent_run_id, nothing was written",
+                run_id=str(parent),
+            )
+        # One object per child, created exclusively: concurrent children never overwrite each other.
+        return f"{RunLayout(parent).children}/{child.uuid}.json"
 
     # -- opening ---------------------------------------------------------------
 
@@ -296,6 +330,50 @@ class RunStore:
             out.append(summary)
         out.sort(key=lambda s: (s.created_at, s.run_id))
         return out
+
+    # -- lineage ---------------------------------------------------------------
+
+    def children(self, run_id: str | RunId) -> list[str]:
+        """Ids of the runs created with ``run_id`` as their parent, oldest first."""
+        folder = RunLayout(RunId.parse(run_id)).children
+        keys = [f"{folder}/{n}" for n in self.storage.list_names(folder) if n.endswith(".json")]
+        found: list[tuple[str, RunId]] = []
+        for body in self.storage.read_many(keys).values():
+            try:
+                record = _codec.loads(body or b"null")
+                found.append((str(record["created_at"]), RunId.parse(record["run_id"])))
+            except Exception:
+                continue  # a foreign or damaged file is not a child
+        metas = self.storage.read_many(RunLayout(rid).metadata for _, rid in found)
+        # A record whose run has no metadata is a creation that crashed half-way.
+        return [str(rid) for _, rid in sorted(found) if metas.get(RunLayout(rid).metadata) is not None]
+
+    def lineage(self, run_id: str | RunId) -> Lineage:
+        """The re-run chain of ``run_id``: its ancestors up to the root and every descendant."""
+        rid = RunId.parse(run_id)
+        meta = self._read_metadata(rid)
+        ancestors: list[str] = []
+        seen = {str(rid)}
+        parent = meta.parent_run_id
+        while parent is not None and parent not in seen:
+            ancestors.append(parent)
+            seen.add(parent)
+            body = self.storage.read(RunLayout(RunId.parse(parent)).metadata)
+            if body is None:
+                break  # the ancestor was deleted; the chain above it is unknown
+            parent = self._parse_metadata(RunId.parse(parent), body).parent_run_id
+        children = self.children(rid)
+        descendants: list[str] = []
+        queue = list(children)
+        while queue:
+            child = queue.pop(0)
+            if child in seen:
+                continue
+            seen.add(child)
+            descendants.append(child)
+            queue.extend(self.children(child))
+        root = meta.root_run_id or (ancestors[-1] if ancestors else str(rid))
+        return Lineage(str(rid), root, meta.parent_run_id, tuple(ancestors), tuple(children), tuple(descendants))
 
 
 def _is_slug(name: str) -> bool:

@@ -1,0 +1,250 @@
+"""Check a run's stored files: every event against its schema, every snapshot against the fold.
+
+``verify_run`` is the one place that lists a run's whole events folder and
+re-validates every event (the write path validates once, at the edge).
+``reconstruct_state`` rebuilds the state from events alone, compares it with
+``state.json`` and the historical snapshots, and can rewrite the bad ones.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+import attrs
+
+from faber_runlog import _codec
+from faber_runlog.errors import InvalidEvent
+from faber_runlog.events import upcast, validate_event_dict
+from faber_runlog.ids import RunId
+from faber_runlog.layout import RunLayout, parse_seq_name
+from faber_runlog.state import RunState, apply
+from faber_runlog.store import RunStore
+
+__all__ = [
+    "ReconstructReport",
+    "StateDifference",
+    "VerifyProblem",
+    "VerifyReport",
+    "reconstruct_state",
+    "verify_run",
+]
+
+_BATCH: Final = 256
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = _codec.loads(_codec.dumps(attrs.asdict(obj)))  # tuples become lists
+    return out
+
+
+@attrs.frozen(slots=True)
+class VerifyProblem:
+    """One thing wrong with a stored event (``seq`` is None for a stray file)."""
+
+    seq: int | None
+    path: str
+    kind: str  # "missing", "unreadable", "mismatch", "invalid" or "stray"
+    message: str
+
+
+@attrs.frozen(slots=True)
+class VerifyReport:
+    """What :func:`verify_run` found; ``problems`` are ordered by sequence number."""
+
+    run_id: str
+    events: int
+    last_event_id: int
+    problems: tuple[VerifyProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when every event is present, readable and valid."""
+        return not self.problems
+
+    @property
+    def first(self) -> VerifyProblem | None:
+        """The problem with the lowest sequence number: where readers stop trusting the log."""
+        return self.problems[0] if self.problems else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return _plain(self)
+
+
+def verify_run(store: RunStore, run_id: str | RunId) -> VerifyReport:
+    """Re-validate every stored event of ``run_id`` and check the ids are gapless from 1."""
+    run = store.get_run(run_id)
+    rid, storage = run.run_id, store.storage
+    layout = RunLayout(rid)
+    problems: list[VerifyProblem] = []
+    seqs: list[int] = []
+    for name in storage.list_names(layout.events):
+        seq = parse_seq_name(name)
+        if seq is not None and seq >= 1:
+            seqs.append(seq)
+        elif not name.startswith(".tmp-"):  # a local writer's temp file, never an event
+            path = storage.path(f"{layout.events}/{name}")
+            problems.append(VerifyProblem(None, path, "stray", f"{path} is not an event file name; move it away"))
+    seqs.sort()
+    last = seqs[-1] if seqs else 0
+    present = set(seqs)
+    for seq in range(1, last + 1):
+        if seq not in present:
+            path = storage.path(layout.event(seq))
+            problems.append(
+                VerifyProblem(
+                    seq, path, "missing",
+                    f"event {seq} of run {run.id} is missing ({path}); readers stop at event {seq - 1}: "
+                    "restore the file from a backup or archive",
+                )
+            )  # fmt: skip
+    for start in range(0, len(seqs), _BATCH):
+        chunk = seqs[start : start + _BATCH]
+        bodies = storage.read_many(layout.event(s) for s in chunk)
+        for seq in chunk:
+            problem = _check_event(run.id, seq, storage.path(layout.event(seq)), bodies[layout.event(seq)])
+            if problem is not None:
+                problems.append(problem)
+    problems.sort(key=lambda p: (math.inf if p.seq is None else p.seq, p.path))
+    return VerifyReport(run.id, len(seqs), last, tuple(problems))
+
+
+def _check_event(run_id: str, seq: int, path: str, body: bytes | None) -> VerifyProblem | None:
+    if body is None:
+        return VerifyProblem(seq, path, "missing", f"event {seq} of run {run_id} vanished while verifying ({path})")
+    try:
+        data = _codec.loads(body)
+    except _codec.JSONDecodeError as e:
+        return VerifyProblem(seq, path, "unreadable", f"event {seq} of run {run_id} at {path} is not JSON: {e}")
+    if not isinstance(data, dict):
+        return VerifyProblem(seq, path, "unreadable", f"event {seq} of run {run_id} at {path} is not a JSON object")
+    if data.get("event_id") != seq or data.get("run_id") != run_id:
+        return VerifyProblem(
+            seq, path, "mismatch",
+            f"event file {path} holds event_id {data.get('event_id')!r} of run {data.get('run_id')!r}, "
+            f"not event {seq} of run {run_id}",
+        )  # fmt: skip
+    try:
+        validate_event_dict(upcast(data), run_id=run_id)
+    except InvalidEvent as e:
+        return VerifyProblem(seq, path, "invalid", f"event {seq} at {path}: {e}")
+    except Exception as e:  # an upcaster that fails is as bad as an invalid event
+        return VerifyProblem(seq, path, "invalid", f"event {seq} at {path} could not be upcast: {e!r}")
+    return None
+
+
+# -- reconstruct -------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class StateDifference:
+    """One value that differs between a stored snapshot and the fold of the events."""
+
+    path: str  # e.g. "phases.build.steps.compile.status" or "errors[0].message"
+    stored: Any
+    rebuilt: Any
+
+
+@attrs.frozen(slots=True)
+class ReconstructReport:
+    """How ``state.json`` (and the historical snapshots) compare with the fold of the events."""
+
+    run_id: str
+    last_event_id: int  # events folded (the log is read up to its first gap)
+    stored: str  # "ok", "missing", "unreadable" or "different"
+    stored_last_event_id: int | None  # what state.json claims; lower than last_event_id is only stale
+    differences: tuple[StateDifference, ...]
+    bad_snapshots: tuple[int, ...]  # snapshots/<seq>.json that are unreadable or differ
+    repaired: bool
+
+    @property
+    def ok(self) -> bool:
+        """True when state.json and every snapshot agree with the events."""
+        return self.stored == "ok" and not self.bad_snapshots
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return _plain(self)
+
+
+def _parse_state(body: bytes | None, run_id: str) -> RunState | None:
+    if body is None:
+        return None
+    try:
+        state = RunState.from_dict(_codec.loads(body))
+    except Exception:
+        return None
+    return state
+
+
+def _full(state: RunState) -> dict[str, Any]:
+    # Every field, defaults included, so a hand-set default value is still compared.
+    return attrs.asdict(state)
+
+
+def _differences(stored: Any, rebuilt: Any, path: str, out: list[StateDifference]) -> None:
+    if isinstance(stored, dict) and isinstance(rebuilt, dict):
+        for key in [*rebuilt, *(k for k in stored if k not in rebuilt)]:
+            sub = f"{path}.{key}" if path else str(key)
+            _differences(stored.get(key), rebuilt.get(key), sub, out)
+    elif isinstance(stored, list) and isinstance(rebuilt, list) and len(stored) == len(rebuilt):
+        for i, (a, b) in enumerate(zip(stored, rebuilt, strict=True)):
+            _differences(a, b, f"{path}[{i}]", out)
+    elif stored != rebuilt or type(stored) is not type(rebuilt):
+        out.append(StateDifference(path, stored, rebuilt))
+
+
+def reconstruct_state(
+    store: RunStore, run_id: str | RunId, *, repair: bool = False
+) -> tuple[RunState, ReconstructReport]:
+    """Fold ``run_id`` from its events alone; compare with ``state.json`` and the snapshots.
+
+    ``state.json`` is compared with the fold at the event it claims to follow,
+    so a snapshot that merely lags is not a difference. ``repair=True``
+    rewrites a missing, unreadable or different ``state.json`` (with the state
+    after the last event) and every bad historical snapshot.
+    """
+    run = store.get_run(run_id)
+    storage, layout = store.storage, RunLayout(run.run_id)
+    # state.json first: whatever it claims was written before the events we then read.
+    body = storage.read(layout.state)
+    stored = _parse_state(body, run.id)
+    snap_seqs = {s for n in storage.list_names(layout.snapshots) if (s := parse_seq_name(n)) is not None}
+    state = RunState(run_id=run.id)
+    differences: list[StateDifference] = []
+    bad: dict[int, bytes] = {}
+
+    def compare_at(seq: int) -> None:
+        if stored is not None and stored.last_event_id == seq:
+            _differences(_full(stored), _full(state), "", differences)
+        if seq in snap_seqs:
+            snap = _parse_state(storage.read(layout.snapshot(seq)), run.id)
+            if snap is None or _full(snap) != _full(state):
+                bad[seq] = _codec.dumps(state.to_dict())
+
+    compare_at(0)
+    for event in run.log.read():
+        apply(state, event)
+        compare_at(event.event_id)
+    if stored is not None and stored.last_event_id > state.last_event_id:
+        # It claims events the log does not have (lost, or never written).
+        _differences(_full(stored), _full(state), "", differences)
+    status = "missing" if body is None else "unreadable" if stored is None else "different" if differences else "ok"
+    repaired = False
+    if repair and (status != "ok" or bad):
+        if status != "ok":
+            storage.replace(layout.state, _codec.dumps(state.to_dict()))
+        for seq, snap_body in bad.items():
+            storage.replace(layout.snapshot(seq), snap_body)
+        repaired = True
+    report = ReconstructReport(
+        run_id=run.id,
+        last_event_id=state.last_event_id,
+        stored=status,
+        stored_last_event_id=None if stored is None else stored.last_event_id,
+        differences=tuple(differences),
+        bad_snapshots=tuple(sorted(bad)),
+        repaired=repaired,
+    )
+    return state, report

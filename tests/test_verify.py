@@ -1,0 +1,146 @@
+"""verify() pinpoints bad events; reconstruct() compares and repairs state.json and snapshots."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from faber_runlog import Resumer, Run, RunState, RunStore, StateDifference, _codec
+from faber_runlog.layout import RunLayout
+from faber_runlog.state import fold_all
+
+
+def _failed_run(store: RunStore) -> Run:
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    run.log.emit("phase_start", phase="build")
+    run.log.emit("step_start", phase="build", step="compile")
+    run.log.emit("step_complete", phase="build", step="compile")
+    run.log.emit("step_start", phase="build", step="test")
+    run.log.emit("step_error", phase="build", step="test", error="red")
+    return run
+
+
+def test_verify_accepts_a_healthy_run(store: RunStore) -> None:
+    run = _failed_run(store)
+    report = Resumer(store).verify(run.id)
+    assert (True, 6, 6, None, ()) == (report.ok, report.events, report.last_event_id, report.first, report.problems)
+
+
+def test_verify_pinpoints_a_missing_sequence_number(store: RunStore) -> None:
+    run = _failed_run(store)
+    store.storage.delete(RunLayout(run.run_id).event(3))
+    report = Resumer(store).verify(run.id)
+    first = report.first
+    assert first is not None
+    assert (False, 3, "missing", store.storage.path(RunLayout(run.run_id).event(3))) == (
+        report.ok, first.seq, first.kind, first.path
+    )
+    assert run.id in first.message and "event 2" in first.message
+    assert [3] == [p.seq for p in report.problems]
+
+
+def test_verify_pinpoints_a_schema_invalid_event(store: RunStore) -> None:
+    run = _failed_run(store)
+    layout = RunLayout(run.run_id)
+    bad = {"event_id": 7, "type": "step_start", "run_id": run.id, "timestamp": "2024-01-01T00:00:00Z",
+           "schema_version": 1, "phase": "build", "metadata": {}}  # fmt: skip
+    assert store.storage.create(layout.event(7), _codec.dumps(bad))  # no "step": invalid
+    run.log.emit("checkpoint", metadata={"label": "after"})
+    report = Resumer(store).verify(run.id)
+    assert [(7, "invalid", store.storage.path(layout.event(7)))] == [(p.seq, p.kind, p.path) for p in report.problems]
+    assert "step" in report.problems[0].message
+    assert 8 == report.last_event_id
+
+
+def test_verify_reports_unreadable_mismatched_and_stray_files_in_order(store: RunStore) -> None:
+    run = _failed_run(store)
+    layout = RunLayout(run.run_id)
+    store.storage.replace(layout.event(5), b'{"event_id": 5, "type": "step_st')
+    body = json.loads(store.storage.read(layout.event(2)) or b"")
+    store.storage.replace(layout.event(4), _codec.dumps(body))  # event 2's body under name 4
+    store.storage.replace(f"{layout.events}/notes.txt", b"hello")
+    report = Resumer(store).verify(run.id)
+    assert [(4, "mismatch"), (5, "unreadable"), (None, "stray")] == [(p.seq, p.kind) for p in report.problems]
+    assert report.to_dict() == json.loads(json.dumps(report.to_dict()))
+
+
+def test_reconstruct_matches_a_healthy_run(store: RunStore) -> None:
+    run = _failed_run(store)
+    state, report = Resumer(store).reconstruct(run.id)
+    assert fold_all(RunState(run_id=run.id), run.log.read()) == state
+    assert (True, "ok", (), 6, False) == (report.ok, report.stored, report.differences, report.last_event_id,
+                                          report.repaired)  # fmt: skip
+
+
+def test_reconstruct_detects_a_hand_edited_state_and_repairs_it(store: RunStore) -> None:
+    run = _failed_run(store)
+    layout = RunLayout(run.run_id)
+    data = json.loads(store.storage.read(layout.state) or b"")
+    data["status"] = "completed"
+    data["phases"]["build"]["steps"]["test"]["status"] = "completed"
+    data["errors"][0]["message"] = "green"
+    store.storage.replace(layout.state, _codec.dumps(data))
+    r = Resumer(store)
+    state, report = r.reconstruct(run.id)
+    assert ("different", False) == (report.stored, report.ok)
+    assert [
+        StateDifference("status", "completed", "failed"),
+        StateDifference("phases.build.steps.test.status", "completed", "failed"),
+        StateDifference("errors[0].message", "green", "red"),
+    ] == list(report.differences)
+    assert "failed" == state.status
+    assert report.to_dict() == json.loads(json.dumps(report.to_dict()))
+
+    _, repaired = r.reconstruct(run.id, repair=True)
+    assert (True, "different") == (repaired.repaired, repaired.stored)
+    assert (True, "ok") == (r.reconstruct(run.id)[1].ok, r.reconstruct(run.id)[1].stored)
+    assert "failed" == store.get_run(run.id).state().status
+
+
+def test_reconstruct_repairs_a_missing_or_unreadable_state(store: RunStore) -> None:
+    run = _failed_run(store)
+    layout = RunLayout(run.run_id)
+    r = Resumer(store)
+    for damage, expected in ((lambda: store.storage.delete(layout.state), "missing"),
+                             (lambda: store.storage.replace(layout.state, b"{not json"), "unreadable")):  # fmt: skip
+        damage()
+        state, report = r.reconstruct(run.id, repair=True)
+        assert (expected, True, None) == (report.stored, report.repaired, report.stored_last_event_id)
+        assert RunState.from_dict(json.loads(store.storage.read(layout.state) or b"")) == state
+
+
+def test_a_lagging_state_json_is_stale_not_different(store_factory: Any) -> None:
+    store = store_factory(snapshot_every=1000)
+    run = _failed_run(store)
+    for i in range(3):
+        run.log.emit("checkpoint", metadata={"label": str(i)})  # no status change: state.json not rewritten
+    _, report = Resumer(store).reconstruct(run.id)
+    assert (True, "ok", 6, 9) == (report.ok, report.stored, report.stored_last_event_id, report.last_event_id)
+
+
+def test_a_state_json_claiming_events_that_do_not_exist_is_different(store: RunStore) -> None:
+    run = _failed_run(store)
+    layout = RunLayout(run.run_id)
+    data = json.loads(store.storage.read(layout.state) or b"")
+    data["last_event_id"] = 9
+    store.storage.replace(layout.state, _codec.dumps(data))
+    _, report = Resumer(store).reconstruct(run.id)
+    assert [StateDifference("last_event_id", 9, 6)] == list(report.differences)
+
+
+def test_reconstruct_finds_and_repairs_a_bad_historical_snapshot(store_factory: Any) -> None:
+    store = store_factory(snapshot_every=2)
+    run = _failed_run(store)
+    layout = RunLayout(run.run_id)
+    good = store.get_run(run.id).state(at=4)
+    wrong = good.copy()
+    wrong.current_step = "nonsense"
+    store.storage.replace(layout.snapshot(4), _codec.dumps(wrong.to_dict()))
+    r = Resumer(store)
+    _, report = r.reconstruct(run.id)
+    assert ((4,), False, "ok") == (report.bad_snapshots, report.ok, report.stored)
+    _, report = r.reconstruct(run.id, repair=True)
+    assert (True, (4,)) == (report.repaired, report.bad_snapshots)
+    assert good == store.get_run(run.id).state(at=4)
+    assert r.reconstruct(run.id)[1].ok
