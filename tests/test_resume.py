@@ -493,3 +493,11 @@ def test_concurrent_reruns_of_one_parent_are_all_listed(shared_store_spec: dict[
     assert children == sorted(store.children(parent.id))
     assert sorted(f"w{i}" for i in range(4)) == sorted(store.get_run(c).metadata.params["worker"] for c in children)
     assert tuple(store.children(parent.id)) == store.lineage(parent.id).descendants
+
+
+def test_docs_page_examples_run() -> None:
+    import re
+
+    page = Path(__file__).resolve().parent.parent / "docs" / "resume-and-rerun.md"
+    code = "\n".join(re.findall(r"```python\n(.*?)```", page.read_text(), re.S))
+    exec(compile(code, str(page), "exec"), {})
