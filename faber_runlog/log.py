@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import random
 import socket
 import threading
 import time
@@ -33,7 +34,13 @@ log = logging.getLogger("faber_runlog.log")
 
 _MAX_CLAIMS: Final = 10_000
 _BATCH: Final = 256
-_SENTINEL_CHECK = Callable[[RunState], "Event | None"]
+# Types whose fold never changes the run's status: a writer that is behind
+# may append them without catching up first.
+_STATUS_NEUTRAL: Final = frozenset({
+    "artifact_create", "artifact_modify", "commit_create", "branch_create", "pr_create", "pr_merge",
+    "spec_generate", "spec_validate", "test_run", "docs_update", "checkpoint", "skill_invoke",
+    "agent_invoke", "decision_point", "retry_loop_enter", "retry_loop_exit", "workflow_rerun",
+})  # fmt: skip
 
 
 def _default_user() -> str | None:
@@ -71,6 +78,8 @@ class EventLog:
         self._writer = uuid.uuid4().hex[:12]
         self._counter = 0
         self._state: RunState | None = None
+        self._tail = 0  # highest sequence number known to exist
+        self._backoff = 0.0002 if storage.kind in ("local", "memory") else 0.005
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -122,12 +131,14 @@ class EventLog:
         return self.append({k: v for k, v in fields.items() if v is not None})
 
     def append(self, fields: dict[str, Any], check: Callable[[RunState], Event | None] | None = None) -> Event:
-        """Append an event built from ``fields`` on top of the exact current state.
+        """Append an event built from ``fields``; returns it with its ``event_id``.
 
-        ``check(state)`` runs against the state the event will follow; it may
-        raise to refuse the append (nothing is written) or return an already
-        stored event to hand back instead. On a lost race it runs again on the
-        newer state. This is how lifecycle rules stay true across processes.
+        ``check(state)`` runs against the exact state the event will follow; it
+        may raise to refuse the append (nothing is written) or return an
+        already stored event to hand back instead. On a lost race it runs
+        again on the newer state, so rules checked this way hold across
+        processes. Without ``check`` or an idempotency key, a writer that loses
+        a race only learns the new tail (one LIST on S3), not the events.
         """
         etype = fields.get("type")
         if not isinstance(etype, str):
@@ -142,33 +153,33 @@ class EventLog:
         probe = dict(fields, event_id=1, timestamp=_codec.now_iso(), nonce="x")
         validate_event_dict(probe, run_id=self._run_id)
         key = fields.get("idempotency_key")
+        exact = key is not None or check is not None
+        seq = 0
+        losses = 0
         with self._lock:
             state = self._writer_state()
             for _ in range(_MAX_CLAIMS):
-                if key is not None and key in state.idempotency_keys:
-                    return self._event_at(state.idempotency_keys[key])
-                if check is not None:
-                    existing = check(state)
-                    if existing is not None:
-                        return existing
-                seq = state.last_event_id + 1
+                if exact:
+                    state = self._refresh()
+                    if key is not None and key in state.idempotency_keys:
+                        return self._event_at(state.idempotency_keys[key])
+                    if check is not None:
+                        existing = check(state)
+                        if existing is not None:
+                            return existing
+                seq = self._tail + 1
                 self._counter += 1
                 data = dict(fields, event_id=seq, timestamp=_codec.now_iso(), nonce=f"{self._writer}-{self._counter}")
                 if self._storage.create(self._layout.event(seq), _codec.dumps(data)):
+                    self._tail = seq
                     event = Event.from_dict(data)
-                    before = state.status
-                    apply(state, event)
-                    self._after_append(state, before)
+                    self._after_claim(event)
                     return event
-                # Another writer took this number: fold its work and try the next one.
-                if self._catch_up(state) == 0:
-                    raise CorruptEvent(
-                        f"event {seq} of run {self._run_id} exists but could not be read back; "
-                        "run verify() on the run to locate the damage",
-                        run_id=self._run_id,
-                        seq=seq,
-                        path=self._storage.path(self._layout.event(seq)),
-                    )
+                # Another writer took this number: back off a random while (so
+                # racing writers stop colliding), learn the new tail, go again.
+                losses += 1
+                time.sleep(random.uniform(0, self._backoff * (1 << min(losses, 6))))
+                self._tail = self._find_tail(seq)
         raise SequenceConflict(
             f"could not claim a sequence number for run {self._run_id} after {_MAX_CLAIMS} tries "
             f"(last tried {seq}); too many concurrent writers, retry later",
@@ -176,10 +187,33 @@ class EventLog:
             seq=seq,
         )
 
-    def _after_append(self, state: RunState, status_before: str) -> None:
-        seq = state.last_event_id
+    def _find_tail(self, known: int) -> int:
+        """The highest contiguous sequence number at or after ``known`` (which exists)."""
+        if self._storage.kind == "s3":
+            tail = known
+            for name in self._storage.list_after(self._layout.events, seq_name(known)):
+                if parse_seq_name(name) != tail + 1:
+                    break
+                tail += 1
+            return tail
+        tail = known
+        while self._storage.exists(self._layout.event(tail + 1)):
+            tail += 1
+        return tail
+
+    def _after_claim(self, event: Event) -> None:
+        """Keep the writer's state exact when cheap, and write snapshots when due."""
+        seq = event.event_id
         periodic = seq % self._snapshot_every == 0
-        if not (periodic or state.status != status_before):
+        state = self._writer_state()
+        if state.last_event_id != seq - 1:
+            # Others wrote since our state: only catch up when a snapshot may be due.
+            if not (periodic or event.type not in _STATUS_NEUTRAL):
+                return
+            state = self._refresh(until=seq - 1)
+        before = state.status
+        apply(state, event)
+        if not (periodic or state.status != before):
             return
         # The event is already durable; a failed snapshot only costs a later reader time.
         try:
@@ -193,8 +227,7 @@ class EventLog:
     def snapshot(self) -> RunState:
         """Write ``state.json`` for the current state now and return that state."""
         with self._lock:
-            state = self._writer_state()
-            self._catch_up(state)
+            state = self._refresh()
             self._storage.replace(self._layout.state, _codec.dumps(state.to_dict()))
             return state.copy()
 
@@ -203,16 +236,27 @@ class EventLog:
     def _writer_state(self) -> RunState:
         if self._state is None:
             self._state = self.load_state()
+            self._tail = max(self._tail, self._state.last_event_id)
         return self._state
+
+    def _refresh(self, until: int | None = None) -> RunState:
+        """Bring the writer's state exactly up to ``until`` (default: the current tail)."""
+        state = self._writer_state()
+        if until is None or until - state.last_event_id > self._snapshot_every:
+            # Far behind: a newer snapshot saves reading what it already folded.
+            snap = self._read_snapshot(self._layout.state)
+            if snap is not None and snap.last_event_id > state.last_event_id and (
+                until is None or snap.last_event_id <= until
+            ):
+                state = self._state = snap
+        self._catch_up(state, until=until)
+        self._tail = max(self._tail, state.last_event_id)
+        return state
 
     def current_state(self) -> RunState:
         """The exact current state (a private copy), folding only events not yet seen."""
         with self._lock:
-            if self._state is None:
-                self._state = self.load_state()
-            else:
-                self._catch_up(self._state)
-            return self._state.copy()
+            return self._refresh().copy()
 
     def load_state(self, at: int | None = None) -> RunState:
         """Snapshot plus the events after it; ``at`` stops after that event."""

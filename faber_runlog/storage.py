@@ -39,6 +39,7 @@ T = TypeVar("T")
 
 _MEMORY_LOCK: Final = threading.Lock()
 _PROBE_DIR: Final = ".faber_runlog"
+_READ_CHUNK: Final = 1 << 16
 _RETRIES: Final = 6
 _TRANSIENT_CODES: Final = ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
                            "ConditionalRequestConflict", "OperationAborted", "503", "500", "409")  # fmt: skip
@@ -89,6 +90,9 @@ class Storage:
             root = root.rstrip("/")
         self.root = root.rstrip("/") or "/"
         self._probed = self.kind in ("local", "memory")
+        # s3fs otherwise sends a HEAD before every GET to decide on ranged reads;
+        # our objects are small, so one GET each is all a read needs.
+        self._cat_kwargs: dict[str, Any] = {"max_concurrency": 1} if self.kind == "s3" else {}
         self._probe_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -141,16 +145,28 @@ class Storage:
         """The bytes at ``key``, or None when it does not exist."""
         path = self.path(key)
         if self.kind == "local":
+            # os-level calls: reading many small event files is the rebuild's hot path.
             try:
-                with open(path, "rb") as f:
-                    return f.read()
+                fd = os.open(path, os.O_RDONLY)
             except (FileNotFoundError, NotADirectoryError):
                 return None
             except OSError as e:
+                raise StorageError(f"reading {path} failed: {e}; check the file's permissions") from e
+            try:
+                data = os.read(fd, _READ_CHUNK)
+                if len(data) == _READ_CHUNK:
+                    parts = [data]
+                    while chunk := os.read(fd, _READ_CHUNK):
+                        parts.append(chunk)
+                    data = b"".join(parts)
+                return data
+            except OSError as e:
                 raise StorageError(f"reading {path} failed: {e}") from e
+            finally:
+                os.close(fd)
         try:
-            data: bytes = self._call(f"reading {path}", lambda: self.fs.cat_file(path))
-            return data
+            body: bytes = self._call(f"reading {path}", lambda: self.fs.cat_file(path, **self._cat_kwargs))
+            return body
         except FileNotFoundError:
             return None
 
@@ -160,7 +176,7 @@ class Storage:
         if self.kind in ("local", "memory") or len(keys) <= 1:
             return {k: self.read(k) for k in keys}
         paths = {self.path(k): k for k in keys}
-        found = self._call("batch read", lambda: self.fs.cat(list(paths), on_error="return"))
+        found = self._call("batch read", lambda: self.fs.cat(list(paths), on_error="return", **self._cat_kwargs))
         out: dict[str, bytes | None] = {}
         for path, key in paths.items():
             value = found.get(path)

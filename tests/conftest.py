@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,12 +33,38 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_PUT_LOCK = threading.Lock()
+
+
+def _make_conditional_puts_atomic() -> None:
+    """Serialise moto's PUTs, as S3 itself does for If-None-Match.
+
+    moto checks If-None-Match and then stores the object in two steps, on a
+    threaded server, so two racing creates of one key can both succeed there
+    (seen with 8 writers: events silently overwritten). Real S3 makes the
+    check and the write one atomic step; this restores that in the fake.
+    """
+    from moto.s3.responses import S3Response
+
+    if getattr(S3Response.put_object, "_faber_atomic", False):
+        return
+    original = S3Response.put_object
+
+    def put_object(self: Any) -> Any:
+        with _PUT_LOCK:
+            return original(self)
+
+    put_object._faber_atomic = True  # type: ignore[attr-defined]
+    S3Response.put_object = put_object  # type: ignore[method-assign]
+
+
 class S3Server:
     """A moto server on loopback plus what a client needs to reach it."""
 
     def __init__(self) -> None:
         from moto.server import ThreadedMotoServer
 
+        _make_conditional_puts_atomic()
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.port = _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"

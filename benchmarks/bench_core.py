@@ -1,0 +1,297 @@
+"""Core benchmarks: append (local, S3), state rebuild, memory, and the eventsourcing peer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from _common import Row, best_of, rate_row
+
+from faber_runlog import Event, RunStore
+from faber_runlog.layout import seq_name
+from faber_runlog.state import RunState, fold_all
+
+PHASES = ("plan", "build", "test", "release")
+STEPS = tuple(f"s{i}" for i in range(5))
+
+
+def _event_dicts(run_id: str, n: int) -> list[dict[str, Any]]:
+    """A realistic mix: steps starting and completing over four phases, bounded state."""
+    out = []
+    for i in range(1, n + 1):
+        phase = PHASES[(i // 10) % len(PHASES)]
+        step = STEPS[(i // 2) % len(STEPS)]
+        etype = "step_start" if i % 2 else "step_complete"
+        out.append(
+            Event(
+                event_id=i,
+                type=etype,
+                timestamp="2026-11-23T10:00:00.000000Z",
+                run_id=run_id,
+                phase=phase,
+                step=step,
+                user="bench",
+                metadata={"attempt": 1, "note": "x" * 40},
+                nonce=f"bench-{i}",
+            ).to_dict()
+        )
+    return out
+
+
+def _fill_local(store: RunStore, n: int) -> str:
+    """Write an n-event run straight to disk (setup only; appends are measured elsewhere)."""
+    run = store.create_run("bench", "rebuild")
+    folder = Path(store.storage.path(f"{run.id}/events"))
+    for d in _event_dicts(run.id, n):
+        (folder / seq_name(d["event_id"])).write_bytes(orjson.dumps(d))
+    return run.id
+
+
+# -- (a) durable local append ---------------------------------------------------
+
+
+def _raw_fsync_loop(folder: Path, bodies: list[bytes]) -> float:
+    folder.mkdir(parents=True)
+    t = time.perf_counter()
+    for i, body in enumerate(bodies, start=1):
+        tmp = folder / f".tmp-{i}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, body)
+        os.fsync(fd)
+        os.close(fd)
+        os.link(tmp, folder / seq_name(i))
+        os.unlink(tmp)
+        dfd = os.open(folder, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+    return time.perf_counter() - t
+
+
+def bench_local_append(tmp: Path, n: int) -> tuple[Row, float]:
+    store = RunStore(str(tmp / "append"))
+    run = store.create_run("bench", "append")
+    run.log.emit("workflow_start")
+    t = time.perf_counter()
+    for i in range(n):
+        run.log.emit("step_start", phase="build", step=f"s{i % 5}", metadata={"attempt": 1, "note": "x" * 40})
+    ours = time.perf_counter() - t
+    bodies = [
+        (Path(store.storage.path(f"{run.id}/events/{seq_name(i + 2)}"))).read_bytes() for i in range(n)
+    ]
+    raw = _raw_fsync_loop(tmp / "raw", bodies)
+    return rate_row("local durable append (fsync)", n, ours, "raw tmp+fsync+link+dir-fsync loop", raw, "ev/s", 0.8), ours
+
+
+# -- (b) S3 append --------------------------------------------------------------
+
+
+def _moto() -> tuple[Any, dict[str, Any]]:
+    import logging
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    opts = {
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
+        "key": "bench",
+        "secret": "bench",
+        "use_listings_cache": False,
+        "skip_instance_cache": True,
+    }
+    return server, opts
+
+
+def _counting_fs(opts: dict[str, Any]) -> Any:
+    import s3fs
+
+    class CountingS3(s3fs.S3FileSystem):  # type: ignore[misc]
+        calls: dict[str, int]
+
+        async def _call_s3(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+            name = getattr(method, "__name__", str(method))
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return await super()._call_s3(method, *args, **kwargs)
+
+    fs = CountingS3(**opts)
+    fs.calls = {}
+    return fs
+
+
+def bench_s3_append(n: int) -> list[Row]:
+    server, opts = _moto()
+    try:
+        fs = _counting_fs(opts)
+        fs.mkdir("bench")
+        store = RunStore(fs=fs, root=f"bench/runs-{uuid.uuid4().hex}")
+        run = store.create_run("bench", "s3")
+        run.log.emit("workflow_start")
+        run.log.emit("checkpoint", metadata={"label": "warm"})
+        fs.calls.clear()
+        t = time.perf_counter()
+        for i in range(n):
+            run.log.emit("step_start", phase="build", step=f"s{i % 5}", metadata={"attempt": 1})
+        ours = time.perf_counter() - t
+        requests = sum(fs.calls.values())
+        puts = fs.calls.get("put_object", 0)
+        body = orjson.dumps(_event_dicts(run.id, 1)[0])
+        t = time.perf_counter()
+        for i in range(n):
+            fs.pipe_file(f"bench/raw-{uuid.uuid4().hex[:6]}/{seq_name(i + 1)}", body, mode="create")
+        raw = time.perf_counter() - t
+    finally:
+        server.stop()
+    rate = rate_row("S3 append (moto)", n, ours, "raw pipe_file(mode='create') loop", raw, "ev/s", 0.9)
+    per = Row("S3 requests per append", requests / n, "1 PUT per event (+1/K snapshot)", 1.0, "req", "<= 1.02", (requests / n), requests / n <= 1.02)
+    detail = Row(f"  of which PUT (K=100: {puts} PUTs / {n} events)", puts / n, "ideal", 1.0, "req", "", puts / n, None)
+    return [rate, per, detail]
+
+
+# -- (c) rebuild -----------------------------------------------------------------
+
+
+def bench_rebuild(tmp: Path, n: int) -> list[Row]:
+    store = RunStore(str(tmp / "rebuild"), fsync=False)
+    run_id = _fill_local(store, n)
+    log = store.get_run(run_id).log
+    ours = best_of(2, lambda: fold_all(RunState(run_id=run_id), log.read()))
+    folder = Path(store.storage.path(f"{run_id}/events"))
+    paths = [folder / seq_name(i) for i in range(1, n + 1)]
+
+    def read_and_parse() -> None:
+        for p in paths:
+            fd = os.open(p, os.O_RDONLY)
+            orjson.loads(os.read(fd, 1 << 16))
+            os.close(fd)
+
+    raw_io = best_of(2, read_and_parse)
+    bodies = [p.read_bytes() for p in paths]
+    raw_mem = best_of(2, lambda: [orjson.loads(b) for b in bodies])
+    rows = [
+        rate_row(f"rebuild state, {n:,} events", n, ours, "read same files + orjson.loads", raw_io, "ev/s", 0.4),
+        rate_row(f"rebuild state, {n:,} events", n, ours, "orjson.loads, bytes in memory", raw_mem, "ev/s", None),
+    ]
+    # Opening a run whose snapshot is current: O(1) reads whatever the history.
+    fresh = store.get_run(run_id)
+    fresh.log.snapshot()
+    small = RunStore(str(tmp / "small"), fsync=False)
+    small_id = _fill_local(small, 1000)
+    small.get_run(small_id).log.snapshot()
+    t_big = best_of(20, lambda: store.get_run(run_id).state())
+    t_small = best_of(20, lambda: small.get_run(small_id).state())
+    rows.append(
+        Row(f"open run w/ current snapshot: {n:,} vs 1,000 events", t_big * 1e3, "same, 1,000-event run",
+            t_small * 1e3, "ms", "<= 3x (O(1))", t_big / t_small, t_big / t_small <= 3.0)
+    )
+    return rows
+
+
+# -- (e) memory -------------------------------------------------------------------
+
+
+_RSS_SCRIPT = """
+import resource, sys
+from faber_runlog import RunStore
+from faber_runlog.state import RunState, fold_all
+store = RunStore(sys.argv[1], fsync=False)
+run = store.get_run(sys.argv[2])
+state = fold_all(RunState(run_id=run.id), run.log.read())
+assert state.last_event_id == int(sys.argv[3]), state.last_event_id
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def bench_memory(tmp: Path, n: int) -> Row:
+    store = RunStore(str(tmp / "mem"), fsync=False)
+    run_id = _fill_local(store, n)
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, store.url, run_id, str(n)], capture_output=True, text=True, check=True
+    )
+    rss = float(out.stdout.strip())
+    return Row(f"peak RSS rebuilding {n:,} events", rss, "limit", 300.0, "MB", "<= 300 MB", rss / 300.0, rss <= 300.0)
+
+
+# -- (d) eventsourcing peer ---------------------------------------------------------
+
+
+def bench_eventsourcing(tmp: Path, n_append: int, n_replay: int, ours_append_s: float) -> list[Row]:
+    from eventsourcing.application import Application
+    from eventsourcing.domain import Aggregate, event
+
+    class RunAgg(Aggregate):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.steps: dict[str, str] = {}
+            self.count = 0
+
+        @event("StepChanged")
+        def step_changed(self, phase: str, step: str, status: str, note: str) -> None:
+            self.steps[f"{phase}/{step}"] = status
+            self.count += 1
+
+    def app(name: str) -> Any:
+        return Application(env={
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(tmp / f"{name}.sqlite"),
+        })
+
+    a = app("append")
+    agg = RunAgg()
+    a.save(agg)
+    t = time.perf_counter()
+    for i in range(n_append):
+        agg.step_changed("build", f"s{i % 5}", "running", "x" * 40)
+        a.save(agg)  # one durable transaction per event, like one file per event
+    es_append = time.perf_counter() - t
+
+    r = app("replay")
+    agg = RunAgg()
+    for i in range(n_replay):
+        agg.step_changed(PHASES[i % 4], STEPS[i % 5], "running" if i % 2 else "completed", "x" * 40)
+        if i % 1000 == 999:
+            r.save(agg)
+    r.save(agg)
+    es_replay = best_of(2, lambda: r.repository.get(agg.id))
+    assert n_replay == r.repository.get(agg.id).count  # a real replay, not a cache hit
+
+    store = RunStore(str(tmp / "es-ours"), fsync=False)
+    run_id = _fill_local(store, n_replay)
+    log = store.get_run(run_id).log
+    ours_replay = best_of(2, lambda: fold_all(RunState(run_id=run_id), log.read()))
+    return [
+        rate_row("durable append vs eventsourcing", n_append, ours_append_s, "eventsourcing 9 on SQLite", es_append, "ev/s", None),
+        rate_row(f"rebuild {n_replay:,} events vs eventsourcing", n_replay, ours_replay, "eventsourcing replay (SQLite)", es_replay, "ev/s", 10.0),
+    ]
+
+
+def run(quick: bool) -> list[Row]:
+    tmp = Path(tempfile.mkdtemp(prefix="faber-bench-"))
+    try:
+        n_append = 300 if quick else 2000
+        local, ours_append = bench_local_append(tmp, n_append)
+        rows = [local]
+        rows += bench_s3_append(100 if quick else 500)
+        rows += bench_rebuild(tmp, 20_000 if quick else 100_000)
+        rows += bench_eventsourcing(tmp, n_append, 20_000 if quick else 100_000, ours_append)
+        rows.append(bench_memory(tmp, 100_000 if quick else 1_000_000))
+        return rows
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    from run import render
+
+    print(render(run("--quick" in sys.argv)))

@@ -1,0 +1,63 @@
+"""Several real processes appending to one run: no duplicate, no gap."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from faber_runlog import RunStore
+from faber_runlog.state import RunState, fold_all
+
+WORKERS = Path(__file__).with_name("_workers.py")
+
+
+def _open(spec: dict[str, Any]) -> RunStore:
+    return RunStore(spec["url"], storage_options=spec["storage_options"] or None)
+
+
+def _spawn(spec: dict[str, Any], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKERS), args[0], json.dumps(spec), *args[1:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_eight_processes_append_500_each_gapless(shared_store_spec: dict[str, Any]) -> None:
+    procs, per = 8, 500
+    store = _open(shared_store_spec)
+    run = store.create_run("acme", "web")
+    workers = [_spawn(shared_store_spec, "append", run.id, str(per), f"w{i}") for i in range(procs)]
+    for w in workers:
+        out, err = w.communicate(timeout=600)
+        assert 0 == w.returncode, err
+    events = list(store.get_run(run.id).log.read())
+    assert list(range(1, procs * per + 1)) == [e.event_id for e in events]
+    per_worker = Counter(e.metadata["worker"] for e in events)
+    assert {f"w{i}": per for i in range(procs)} == dict(per_worker)
+    labels = [e.metadata["label"] for e in events]
+    assert len(labels) == len(set(labels))
+    # Each worker's own events appear in the order it emitted them.
+    for i in range(procs):
+        mine = [e.metadata["i"] for e in events if e.metadata["worker"] == f"w{i}"]
+        assert list(range(per)) == mine
+    state = store.get_run(run.id).state()
+    assert fold_all(RunState(run_id=run.id), events) == state
+
+
+def test_same_idempotency_key_from_eight_processes_gives_one_event(shared_store_spec: dict[str, Any]) -> None:
+    store = _open(shared_store_spec)
+    run = store.create_run("acme", "web")
+    workers = [_spawn(shared_store_spec, "idempotent", run.id, "deploy-42") for _ in range(8)]
+    ids = []
+    for w in workers:
+        out, err = w.communicate(timeout=300)
+        assert 0 == w.returncode, err
+        ids.append(int(out.strip()))
+    assert [1] * 8 == ids
+    assert [("checkpoint", "deploy-42")] == [(e.type, e.idempotency_key) for e in run.log.read()]
