@@ -9,6 +9,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from faber_runlog import RunStore
 from faber_runlog.state import RunState, fold_all
 
@@ -28,6 +30,7 @@ def _spawn(spec: dict[str, Any], *args: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.timeout(1200)
 def test_eight_processes_append_500_each_gapless(shared_store_spec: dict[str, Any]) -> None:
     procs, per = 8, 500
     store = _open(shared_store_spec)
