@@ -51,6 +51,10 @@ def open_filesystem(url: str, storage_options: dict[str, Any] | None = None) -> 
     return fs, root
 
 
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (FileExistsError, FileNotFoundError, PermissionError, IsADirectoryError)):
         return False
@@ -81,11 +85,11 @@ class Storage:
         if isinstance(fs, LocalFileSystem):
             self.kind = "local"
             root = os.path.abspath(os.path.expanduser(root))
-        elif isinstance(fs, MemoryFileSystem):
+        elif isinstance(fs, MemoryFileSystem) and "memory" in _protocols(fs):
             self.kind = "memory"
             root = "/" + root.strip("/")
         else:
-            protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+            protocol = _protocols(fs)[0]
             self.kind = "s3" if protocol in ("s3", "s3a") else protocol
             root = root.rstrip("/")
         self.root = root.rstrip("/") or "/"
