@@ -8,6 +8,9 @@ Messages name the run id, the sequence number or file, and what to do.
 from __future__ import annotations
 
 __all__ = [
+    "ActiveRunExists",
+    "ApprovalConflict",
+    "ApprovalNotFound",
     "ConcurrencyUnsupported",
     "CorruptEvent",
     "CorruptState",
@@ -15,12 +18,14 @@ __all__ = [
     "InvalidEvent",
     "InvalidRerun",
     "InvalidRunId",
+    "InvalidTransition",
     "RunExists",
     "RunNotFound",
     "RunNotRerunnable",
     "RunNotResumable",
     "SequenceConflict",
     "StorageError",
+    "TooManyActiveRuns",
     "UnsafePath",
 ]
 
@@ -134,3 +139,51 @@ class InvalidRerun(FaberRunlogError, ValueError):
         super().__init__(message)
         self.run_id = run_id
 
+
+class InvalidTransition(FaberRunlogError, ValueError):
+    """A lifecycle action is not allowed in the run's current status; nothing was written."""
+
+    def __init__(self, message: str, *, run_id: str, status: str, action: str, last_event_id: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status
+        self.action = action
+        self.last_event_id = last_event_id
+
+
+class ApprovalNotFound(FaberRunlogError, LookupError):
+    """No approval with this id was requested in the run."""
+
+    def __init__(self, message: str, *, run_id: str, approval_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.approval_id = approval_id
+
+
+class ApprovalConflict(FaberRunlogError, ValueError):
+    """An approval decision conflicts with the one already recorded; nothing was written."""
+
+    def __init__(self, message: str, *, run_id: str, approval_id: str, reason: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.approval_id = approval_id
+        self.reason = reason
+
+
+class ActiveRunExists(FaberRunlogError, FileExistsError):
+    """Another active run holds the concurrency key; no run was created."""
+
+    def __init__(self, message: str, *, run_id: str, status: str, concurrency_key: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status
+        self.concurrency_key = concurrency_key
+
+
+class TooManyActiveRuns(FaberRunlogError, RuntimeError):
+    """The store's maximum of active runs is reached; no run was created."""
+
+    def __init__(self, message: str, *, limit: int, active_run_ids: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.active_run_ids = active_run_ids

@@ -65,6 +65,7 @@ class EventLog:
         snapshot_every: int = 100,
         source: str | None = None,
         user: str | None = None,
+        on_status_change: Callable[[EventLog, Event, str, RunState], None] | None = None,
     ) -> None:
         if snapshot_every < 1:
             raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
@@ -81,6 +82,9 @@ class EventLog:
         self._tail = 0  # highest sequence number known to exist
         self._backoff = 0.0002 if storage.kind in ("local", "memory") else 0.005
         self._lock = threading.RLock()
+        # Called as hook(log, event, status_before, state) after an append that changed
+        # the run's status (final reports, releasing leases); never for other appends.
+        self._on_status_change = on_status_change
 
     def __repr__(self) -> str:
         return f"EventLog({self._run_id!r} on {self._storage.url})"
@@ -223,6 +227,11 @@ class EventLog:
                 self._storage.replace(self._layout.snapshot(seq), body)
         except (StorageError, OSError) as e:
             log.warning("snapshot of run %s at event %d not written: %s", self._run_id, seq, e)
+        if state.status != before and self._on_status_change is not None:
+            try:
+                self._on_status_change(self, event, before, state)
+            except Exception as e:  # the event is durable; what the hook missed can be recovered
+                log.warning("status-change hook for run %s at event %d failed: %s", self._run_id, seq, e)
 
     def snapshot(self) -> RunState:
         """Write ``state.json`` for the current state now and return that state."""

@@ -22,6 +22,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
+    "ApprovalState",
     "ArtifactRecord",
     "ErrorRecord",
     "PhaseState",
@@ -109,6 +110,25 @@ class PullRequest:
 
 
 @attrs.define(slots=True)
+class ApprovalState:
+    """One approval gate: who asked, for which phase, and the decision once made."""
+
+    approval_id: str
+    gate: str
+    phase: str | None = None
+    status: str = "pending"  # pending, approved, rejected, changes_requested, aborted, closed
+    payload: dict[str, Any] = attrs.field(factory=dict)
+    requested_at: str | None = None
+    requested_event_id: int = 0
+    action: str | None = None
+    client_token: str | None = None
+    comment: str | None = None
+    decided_by: str | None = None
+    resolved_at: str | None = None
+    resolved_event_id: int | None = None
+
+
+@attrs.define(slots=True)
 class RunState:
     """Everything known about a run after folding its events up to ``last_event_id``."""
 
@@ -137,6 +157,9 @@ class RunState:
     resume_count: int = 0
     rerun: dict[str, Any] | None = None
     idempotency_keys: dict[str, int] = attrs.field(factory=dict)
+    paused_from: str | None = None
+    status_reason: str | None = None
+    approvals: dict[str, ApprovalState] = attrs.field(factory=dict)
 
     @property
     def is_terminal(self) -> bool:
@@ -281,6 +304,38 @@ def _reopen(state: RunState) -> None:
     if state.status in ("created", "failed"):
         state.status = "running"
         state.ended_at = None
+        state.status_reason = None
+
+
+def _close_pending(state: RunState, event: Event, status: str = "closed") -> None:
+    # A run that ends leaves no gate open: its pending approvals are closed with it.
+    for a in state.approvals.values():
+        if a.status == "pending":
+            a.status = status
+            a.resolved_at = event.timestamp
+            a.resolved_event_id = event.event_id
+
+
+def _stop_active_work(state: RunState, event: Event, status: str, error: str | None) -> None:
+    # Phases and steps still running (or waiting at a gate) end with the run.
+    for p in state.phases.values():
+        for s in p.steps.values():
+            if s.status in ("running", "retrying"):
+                _finish(s, event, status)
+                s.error = error
+                s.last_event_id = event.event_id
+        if p.status in ("running", "awaiting_approval"):
+            _finish(p, event, status)
+            p.error = error
+            p.last_event_id = event.event_id
+
+
+def _end_run(state: RunState, event: Event, status: str) -> None:
+    state.status = status
+    state.ended_at = event.timestamp
+    state.paused_from = None
+    reason = event.metadata.get("reason")
+    state.status_reason = reason if isinstance(reason, str) else None
 
 
 # -- workflow --------------------------------------------------------------
@@ -296,29 +351,123 @@ def _workflow_start(state: RunState, event: Event) -> None:
 
 @_handles("workflow_complete")
 def _workflow_complete(state: RunState, event: Event) -> None:
-    state.status = "completed"
-    state.ended_at = event.timestamp
+    _end_run(state, event, "completed")
     state.current_phase = state.current_step = None
+    _close_pending(state, event)
 
 
 @_handles("workflow_error")
 def _workflow_error(state: RunState, event: Event) -> None:
-    state.status = "failed"
-    state.ended_at = event.timestamp
-    _record_error(state, event)
+    _end_run(state, event, "failed")
+    message = _record_error(state, event)
+    _stop_active_work(state, event, "failed", message)
+    _close_pending(state, event)
 
 
 @_handles("workflow_cancelled")
 def _workflow_cancelled(state: RunState, event: Event) -> None:
-    state.status = "cancelled"
-    state.ended_at = event.timestamp
+    _end_run(state, event, "cancelled")
+    _stop_active_work(state, event, "cancelled", None)
+    _close_pending(state, event, "aborted")
 
 
 @_handles("workflow_resumed")
 def _workflow_resumed(state: RunState, event: Event) -> None:
-    state.status = "running"
+    # A paused run returns to the status it was paused from; anything else runs again.
+    if state.status == "paused" and state.paused_from is not None:
+        state.status = state.paused_from
+    else:
+        state.status = "running"
+    state.paused_from = None
+    state.status_reason = None
     state.ended_at = None
     state.resume_count += 1
+
+
+@_handles("workflow_paused")
+def _workflow_paused(state: RunState, event: Event) -> None:
+    if state.status != "paused":
+        state.paused_from = state.status
+    state.status = "paused"
+
+
+# -- approvals ---------------------------------------------------------------
+
+_DECIDED: Final = {
+    "approve": "approved", "reject": "rejected", "request_changes": "changes_requested", "abort": "aborted",
+}  # fmt: skip
+
+
+@_handles("approval_requested")
+def _approval_requested(state: RunState, event: Event) -> None:
+    m = event.metadata
+    approval_id = str(m["approval_id"])
+    payload = m.get("payload")
+    state.approvals[approval_id] = ApprovalState(
+        approval_id=approval_id,
+        gate=str(m["gate"]),
+        phase=event.phase,
+        payload=dict(payload) if isinstance(payload, dict) else {},
+        requested_at=event.timestamp,
+        requested_event_id=event.event_id,
+        decided_by=None,
+    )
+    p = _phase(state, event)
+    if p is not None:
+        p.status = "awaiting_approval"
+    if state.status == "paused":
+        state.paused_from = "awaiting_approval"
+    elif state.status not in TERMINAL_STATUSES:
+        state.status = "awaiting_approval"
+
+
+@_handles("approval_resolved")
+def _approval_resolved(state: RunState, event: Event) -> None:
+    m = event.metadata
+    approval_id = str(m["approval_id"])
+    action = str(m["action"])
+    a = state.approvals.get(approval_id)
+    if a is None:  # a decision on a gate this log never opened: keep it anyway
+        a = state.approvals[approval_id] = ApprovalState(approval_id=approval_id, gate="", phase=event.phase)
+    a.status = _DECIDED.get(action, action)
+    a.action = action
+    a.client_token = m.get("client_token")
+    a.comment = m.get("comment")
+    a.decided_by = event.user
+    a.resolved_at = event.timestamp
+    a.resolved_event_id = event.event_id
+    p = state.phases.get(a.phase) if a.phase is not None else None
+    if p is not None:
+        p.last_event_id = event.event_id
+    if action in ("approve", "request_changes"):
+        if p is not None and action == "approve":
+            _finish(p, event, "completed")
+            if state.current_phase == p.name:
+                state.current_phase = state.current_step = None
+        elif p is not None:
+            # Changes requested: the phase runs again from the start.
+            p.status = "pending"
+            p.started_at = p.ended_at = p.duration_ms = p.error = None
+            state.current_phase, state.current_step = p.name, None
+        if any(x.status == "pending" for x in state.approvals.values()):
+            return  # other gates still wait
+        if state.status == "awaiting_approval":
+            state.status = "running"
+        elif state.status == "paused" and state.paused_from == "awaiting_approval":
+            state.paused_from = "running"
+        return
+    comment = a.comment or ""
+    message = f"approval {approval_id} ({a.gate}) {'rejected' if action == 'reject' else 'aborted'}"
+    message += f": {comment}" if comment else ""
+    if p is not None and p.status not in ("completed", "skipped"):
+        _finish(p, event, "failed" if action == "reject" else "cancelled")
+        p.error = message
+    if action == "reject":
+        state.errors.append(ErrorRecord(event.event_id, event.type, event.timestamp, message, a.phase, None))
+    _end_run(state, event, "failed" if action == "reject" else "cancelled")
+    state.status_reason = f"approval_{action}"
+    _stop_active_work(state, event, "cancelled", None)
+    _close_pending(state, event, "aborted")
 
 
 @_handles("workflow_rerun")
@@ -406,6 +555,17 @@ def _step_error(state: RunState, event: Event) -> None:
     p.status = "failed"
     p.error = s.error
     state.status = "failed"
+
+
+@_handles("step_skip")
+def _step_skip(state: RunState, event: Event) -> None:
+    s = _step(state, event)
+    assert s is not None
+    s.status = "skipped"
+    s.ended_at = event.timestamp
+    s.error = None
+    if state.current_step == s.name and state.current_phase == s.phase:
+        state.current_step = None
 
 
 @_handles("step_retry")

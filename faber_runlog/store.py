@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
@@ -9,11 +10,12 @@ from typing import Any, Final
 import attrs
 import fsspec
 
-from faber_runlog import _codec
+from faber_runlog import _codec, lifecycle, report
 from faber_runlog.errors import CorruptState, InvalidRunId, RunExists, RunNotFound
-from faber_runlog.events import check_json_value
+from faber_runlog.events import Event, check_json_value
 from faber_runlog.ids import RunId, validate_slug
 from faber_runlog.layout import RunLayout
+from faber_runlog.lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
 from faber_runlog.log import EventLog
 from faber_runlog.metadata import RunMetadata, capture_environment
 from faber_runlog.state import RunState
@@ -108,6 +110,92 @@ class Run:
             return self.log.current_state()
         return self.log.load_state(at=at)
 
+    # -- lifecycle (logic in lifecycle.py; each appends one checked event) -------------
+
+    def start(self, **metadata: Any) -> Event:
+        """created -> running."""
+        return lifecycle.start(self.log, metadata=metadata)
+
+    def pause(self, reason: str | None = None) -> Event:
+        """Pause the run; :meth:`resume` returns it to the status it was paused from."""
+        return lifecycle.pause(self.log, reason=reason)
+
+    def resume(self, reason: str | None = None) -> Event:
+        """Resume a paused run (a failed one is resumed with ``Resumer``)."""
+        return lifecycle.resume(self.log, reason=reason)
+
+    def cancel(self, reason: str = "cancelled") -> Event:
+        """Cancel an active run; pending approvals are closed, the final report written."""
+        return lifecycle.cancel(self.log, reason=reason)
+
+    def complete(self, summary: str | None = None) -> Event:
+        """Complete a running run; the final report is written."""
+        return lifecycle.complete(self.log, summary=summary)
+
+    def fail(self, error: str, reason: str | None = None) -> Event:
+        """Fail the run for good; the final report is written."""
+        return lifecycle.fail(self.log, error, reason=reason)
+
+    def retry_phase(self, phase: str) -> Event:
+        """Run a failed or cancelled phase again (one more attempt)."""
+        return lifecycle.retry_phase(self.log, phase)
+
+    def skip_phase(self, phase: str, reason: str | None = None) -> Event:
+        """Skip a phase that has not completed."""
+        return lifecycle.skip_phase(self.log, phase, reason=reason)
+
+    def retry_step(self, phase: str, step: str, reason: str | None = None) -> Event:
+        """Try a failed or cancelled step again."""
+        return lifecycle.retry_step(self.log, phase, step, reason=reason)
+
+    def skip_step(self, phase: str, step: str, reason: str | None = None) -> Event:
+        """Skip a step that is not running or completed."""
+        return lifecycle.skip_step(self.log, phase, step, reason=reason)
+
+    def request_approval(
+        self,
+        gate: str,
+        *,
+        phase: str | None = None,
+        payload: dict[str, Any] | None = None,
+        approval_id: str | None = None,
+    ) -> Event:
+        """Open an approval gate; the id is in the event's ``metadata['approval_id']``."""
+        return lifecycle.request_approval(self.log, gate, phase=phase, payload=payload, approval_id=approval_id)
+
+    def decide(
+        self, approval_id: str, action: str, *, client_token: str, comment: str | None = None, user: str | None = None
+    ) -> Event:
+        """Approve, reject, request changes or abort; the same client token replays, never repeats."""
+        return lifecycle.decide(self.log, approval_id, action, client_token=client_token, comment=comment, user=user)
+
+    def status_view(self, tail: int = 20) -> lifecycle.StatusView:
+        """Status, phases, approvals, lease and the last ``tail`` events, for a UI or a CLI."""
+        return lifecycle.status_view(self._store.storage, self.log, tail=tail)
+
+    def heartbeat(self, ttl: float | None = None, owner: str | None = None) -> Lease:
+        """Write or renew the run's lease once (for writers that beat by hand)."""
+        return acquire_lease(self._store.storage, self._rid, ttl=ttl or self._store.lease_ttl, owner=owner)
+
+    def start_heartbeat(
+        self, interval: float | None = None, ttl: float | None = None, owner: str | None = None
+    ) -> Heartbeat:
+        """Keep the run's lease live from a background thread until ``stop()`` or the run ends."""
+        hb = Heartbeat(self._store.storage, self._rid, ttl=ttl or self._store.lease_ttl, interval=interval, owner=owner)
+        return hb.start()
+
+    def release_lease(self, owner: str | None = None) -> None:
+        """Drop the run's lease: no writer claims it any more, so the sweep leaves it alone."""
+        release_lease(self._store.storage, self._rid, owner=owner)
+
+    def write_report(self) -> dict[str, Any]:
+        """Write ``report.json`` and ``report.md`` for the run now and return the report."""
+        return report.write_report(self._store.storage, self.log)
+
+    def read_report(self) -> dict[str, Any] | None:
+        """The run's ``report.json``, or None before it ended."""
+        return report.read_report(self._store.storage, self._rid)
+
 
 def _check_mapping(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     if value is None:
@@ -138,6 +226,8 @@ class RunStore:
         snapshot_every: int = 100,
         source: str | None = None,
         allow_unsafe_writers: bool = False,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        max_active_runs: int | None = None,
     ) -> None:
         if fs is not None:
             if root is None and url is None:
@@ -155,6 +245,12 @@ class RunStore:
         self.storage = Storage(fs, root_path, fsync=fsync, allow_unsafe_writers=allow_unsafe_writers)
         self.snapshot_every = snapshot_every
         self.source = source
+        if not lease_ttl > 0:
+            raise ValueError(f"lease_ttl must be a positive number of seconds, got {lease_ttl!r}")
+        if max_active_runs is not None and (isinstance(max_active_runs, bool) or max_active_runs < 1):
+            raise ValueError(f"max_active_runs must be a positive integer or None, got {max_active_runs!r}")
+        self.lease_ttl = lease_ttl
+        self.max_active_runs = max_active_runs
 
     def __repr__(self) -> str:
         return f"RunStore({self.storage.url!r})"
@@ -165,7 +261,16 @@ class RunStore:
         return self.storage.url
 
     def _event_log(self, run_id: RunId) -> EventLog:
-        return EventLog(self.storage, run_id, snapshot_every=self.snapshot_every, source=self.source)
+        return EventLog(
+            self.storage,
+            run_id,
+            snapshot_every=self.snapshot_every,
+            source=self.source,
+            on_status_change=self._status_changed,
+        )
+
+    def _status_changed(self, log: EventLog, event: Event, before: str, state: RunState) -> None:
+        lifecycle.on_status_change(self.storage, log, event, before, state)
 
     # -- creating --------------------------------------------------------------
 
@@ -180,8 +285,14 @@ class RunStore:
         parent_run_id: str | None = None,
         root_run_id: str | None = None,
         lineage: Mapping[str, Any] | None = None,
+        concurrency_key: str | None = None,
     ) -> Run:
-        """Create a run with a fresh id (or ``run_id``) and return its handle."""
+        """Create a run with a fresh id (or ``run_id``) and return its handle.
+
+        With ``concurrency_key`` (or the store's ``max_active_runs``) the run is
+        exclusive: :class:`ActiveRunExists` (or :class:`TooManyActiveRuns`) is
+        raised while another active run holds the key (or every slot).
+        """
         validate_slug(org, "org")
         validate_slug(project, "project")
         params_d = _check_mapping(params, "params")
@@ -209,6 +320,17 @@ class RunStore:
         layout = RunLayout(rid)
         child_key = None if parent_run_id is None else self._child_key(parent_run_id, root_run_id, rid)
         self.storage.makedirs(layout.events)
+        exclusive = concurrency_key is not None or self.max_active_runs is not None
+        if exclusive and run_id is not None and self.has_run(rid):
+            raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
+        claims = lifecycle.claim_start(
+            self.storage,
+            rid,
+            open_log=self._event_log,
+            concurrency_key=concurrency_key,
+            max_active_runs=self.max_active_runs,
+            ttl=self.lease_ttl,
+        )
         # The parent's record is written first, so a crash in between leaves a
         # listed child that does not exist yet (skipped), never an unlisted one.
         linked = child_key is not None and self.storage.create(
@@ -217,6 +339,7 @@ class RunStore:
         if not self.storage.create(layout.metadata, _codec.dumps(meta.to_dict())):
             if linked and child_key is not None:
                 self.storage.delete(child_key)
+            lifecycle.release_claims(self.storage, rid, claims)
             raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
         self.storage.replace(layout.state, _codec.dumps(RunState(run_id=str(rid)).to_dict()))
         return Run(self, rid, meta)
@@ -330,6 +453,33 @@ class RunStore:
             out.append(summary)
         out.sort(key=lambda s: (s.created_at, s.run_id))
         return out
+
+    # -- lifecycle across runs (logic in lifecycle.py and report.py) ----------------
+
+    def sweep_stale(
+        self,
+        older_than: float | datetime.timedelta = 0.0,
+        *,
+        run_ids: list[str] | None = None,
+        include_unleased: bool = False,
+    ) -> list[lifecycle.SweptRun]:
+        """Fail active runs whose lease expired ``older_than`` ago (reason process_restart_unrecovered).
+
+        Safe from several processes at once: each run is swept once.
+        """
+        return lifecycle.sweep_stale(
+            self.storage,
+            self._event_log,
+            self.list_runs(),
+            older_than=older_than,
+            run_ids=run_ids,
+            include_unleased=include_unleased,
+        )
+
+    def recover_missing_reports(self, run_ids: list[str] | None = None) -> list[str]:
+        """Write final reports for ended runs that lack one; returns their ids."""
+        ids = run_ids if run_ids is not None else [s.run_id for s in self.list_runs()]
+        return report.recover_missing_reports(self.storage, self._event_log, ids)
 
     # -- lineage ---------------------------------------------------------------
 

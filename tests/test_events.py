@@ -49,6 +49,10 @@ EXAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "decision_point": ({"metadata": {"decision": "ship"}}, {"metadata": {"rationale": "x"}}),
     "retry_loop_enter": ({"metadata": {"loop": "fix", "max_attempts": 3}}, {"metadata": {"loop": "fix", "max_attempts": 0}}),
     "retry_loop_exit": ({"metadata": {"loop": "fix", "attempts": 2}}, {"metadata": {"attempts": 2}}),
+    "workflow_paused": ({"metadata": {"paused_from": "running"}}, {"metadata": {"paused_from": "completed"}}),
+    "approval_requested": ({"metadata": {"approval_id": "a1", "gate": "review"}}, {"metadata": {"gate": "review"}}),
+    "approval_resolved": ({"metadata": {"approval_id": "a1", "action": "approve", "client_token": "t"}}, {"metadata": {"approval_id": "a1", "action": "maybe", "client_token": "t"}}),
+    "step_skip": ({"phase": "b", "step": "c", "metadata": {"reason": "cached"}}, {"phase": "b"}),
 }
 
 

@@ -1,0 +1,340 @@
+"""The final report of a run: ``report.json`` (schema-validated) and ``report.md`` next to its events.
+
+Written when a run ends (completed, failed or cancelled) and again by
+:func:`recover_missing_reports` for ended runs that lack one. Both files are
+replaced atomically, the Markdown first, so a present ``report.json`` means
+both are there. If composing the full report fails, a minimal report that
+says so is written instead, so a finished run always has one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import fastjsonschema
+
+from faber_runlog import _codec
+from faber_runlog.errors import CorruptState
+from faber_runlog.ids import RunId
+from faber_runlog.layout import RunLayout
+from faber_runlog.log import EventLog
+from faber_runlog.metadata import RunMetadata
+from faber_runlog.state import TERMINAL_STATUSES, RunState
+from faber_runlog.storage import Storage
+
+__all__ = [
+    "REPORT_JSON",
+    "REPORT_MD",
+    "REPORT_VERSION",
+    "compose_report",
+    "read_report",
+    "recover_missing_reports",
+    "render_markdown",
+    "report_schema",
+    "validate_report",
+    "write_report",
+]
+
+log = logging.getLogger("faber_runlog.report")
+
+REPORT_JSON: Final = "report.json"
+REPORT_MD: Final = "report.md"
+REPORT_VERSION: Final = 1
+EVENT_TAIL: Final = 50
+COMPOSE_FAILED: Final = "report_compose_failed"
+
+_validator: Callable[[Any], Any] | None = None
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema every ``report.json`` satisfies."""
+    import importlib.resources
+
+    res = importlib.resources.files("faber_runlog.schemas").joinpath("report.schema.json")
+    return _codec.loads(res.read_bytes())  # type: ignore[no-any-return]
+
+
+def validate_report(report: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the field when ``report`` does not match the report schema."""
+    global _validator
+    if _validator is None:
+        _validator = fastjsonschema.compile(report_schema(), use_formats=False)
+    try:
+        _validator(report)
+    except fastjsonschema.JsonSchemaValueException as e:
+        raise ValueError(f"report of run {report.get('run_id')} is invalid: {e.message} ({e.name})") from e
+
+
+def _keys(run_id: RunId) -> tuple[str, str]:
+    folder = RunLayout(run_id).dir
+    return f"{folder}/{REPORT_JSON}", f"{folder}/{REPORT_MD}"
+
+
+def _ms(start: str | None, end: str | None) -> float | None:
+    if start is None or end is None:
+        return None
+    delta = _dt.datetime.fromisoformat(end) - _dt.datetime.fromisoformat(start)
+    return max(0.0, delta.total_seconds() * 1000.0)
+
+
+def _read_metadata(storage: Storage, run_id: RunId) -> RunMetadata:
+    key = RunLayout(run_id).metadata
+    body = storage.read(key)
+    if body is None:
+        raise CorruptState(f"run {run_id} has no metadata.json", run_id=str(run_id), path=storage.path(key))
+    return RunMetadata.from_dict(_codec.loads(body))
+
+
+def compose_report(storage: Storage, elog: EventLog, state: RunState | None = None) -> dict[str, Any]:
+    """The full report of the run (at ``state``, default its current state); not written."""
+    rid = RunId.parse(elog.run_id)
+    state = state if state is not None else elog.current_state()
+    meta = _read_metadata(storage, rid)
+    last = state.last_event_id
+    tail = list(elog.read(max(0, last - EVENT_TAIL), until=last))
+    phases = [
+        {
+            "name": p.name,
+            "status": p.status,
+            "attempts": p.attempts,
+            "started_at": p.started_at,
+            "ended_at": p.ended_at,
+            "duration_ms": p.duration_ms,
+            "error": p.error,
+            "steps": [
+                {
+                    "name": s.name,
+                    "status": s.status,
+                    "attempts": s.attempts,
+                    "started_at": s.started_at,
+                    "ended_at": s.ended_at,
+                    "duration_ms": s.duration_ms,
+                    "error": s.error,
+                }
+                for s in p.steps.values()
+            ],
+        }
+        for p in state.phases.values()
+    ]
+    approvals = [
+        {
+            "approval_id": a.approval_id,
+            "gate": a.gate,
+            "phase": a.phase,
+            "status": a.status,
+            "action": a.action,
+            "comment": a.comment,
+            "decided_by": a.decided_by,
+            "requested_at": a.requested_at,
+            "resolved_at": a.resolved_at,
+        }
+        for a in state.approvals.values()
+    ]
+    started = state.started_at or meta.created_at
+    report: dict[str, Any] = {
+        "report_version": REPORT_VERSION,
+        "run_id": str(rid),
+        "org": rid.org,
+        "project": rid.project,
+        "status": state.status,
+        "status_reason": state.status_reason,
+        "complete": True,
+        "compose_error": None,
+        "created_at": meta.created_at,
+        "started_at": state.started_at,
+        "ended_at": state.ended_at,
+        "duration_ms": _ms(started, state.ended_at or state.updated_at),
+        "params": meta.params,
+        "params_hash": meta.params_hash,
+        "tags": meta.tags,
+        "parent_run_id": meta.parent_run_id,
+        "phases": phases,
+        "approvals": approvals,
+        "artifacts": [
+            {"path": a.path, "action": a.action, "phase": a.phase, "step": a.step, "kind": a.kind,
+             "event_id": a.event_id}
+            for a in state.artifacts
+        ],
+        "errors": [
+            {"event_id": e.event_id, "type": e.type, "timestamp": e.timestamp, "message": e.message,
+             "phase": e.phase, "step": e.step}
+            for e in state.errors
+        ],
+        "unresolved": [a.approval_id for a in state.approvals.values() if a.status == "pending"],
+        "event_counts": dict(state.event_counts),
+        "last_event_id": last,
+        "event_tail": [
+            {"event_id": e.event_id, "type": e.type, "timestamp": e.timestamp, "phase": e.phase, "step": e.step,
+             "message": e.message, "error": e.error_message}
+            for e in tail
+        ],
+        "generated_at": _codec.now_iso(),
+    }
+    return _codec.loads(_codec.dumps(report))  # type: ignore[no-any-return]
+
+
+def _minimal(run_id: str, state: RunState | None, error: BaseException) -> dict[str, Any]:
+    rid = RunId.parse(run_id)
+    return {
+        "report_version": REPORT_VERSION,
+        "run_id": run_id,
+        "org": rid.org,
+        "project": rid.project,
+        "status": state.status if state is not None else "unknown",
+        "status_reason": state.status_reason if state is not None else None,
+        "complete": False,
+        "compose_error": f"{type(error).__name__}: {error}"[:4000],
+        "ended_at": state.ended_at if state is not None else None,
+        "last_event_id": state.last_event_id if state is not None else 0,
+        "unresolved": [COMPOSE_FAILED],
+        "generated_at": _codec.now_iso(),
+    }
+
+
+def _seconds(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    if ms < 120_000:
+        return f"{ms / 1000:.1f} s"
+    return f"{ms / 60_000:.1f} min"
+
+
+def _cell(value: Any) -> str:
+    return str(value if value is not None else "-").replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A readable ``report.md``: status, timeline with durations, failures, approvals, artifacts."""
+    status = report.get("status", "unknown")
+    reason = report.get("status_reason")
+    lines = [f"# Run {report.get('run_id')}", ""]
+    lines.append(f"- **Status:** {status}" + (f" ({reason})" if reason else ""))
+    if not report.get("complete", False):
+        lines.append(f"- **Report incomplete:** composing the full report failed: {report.get('compose_error')}")
+    for label, key in (("Created", "created_at"), ("Started", "started_at"), ("Ended", "ended_at")):
+        if report.get(key):
+            lines.append(f"- **{label}:** {report[key]}")
+    if "duration_ms" in report:
+        lines.append(f"- **Duration:** {_seconds(report.get('duration_ms'))}")
+    if report.get("params_hash"):
+        lines.append(f"- **Params hash:** `{report['params_hash']}`")
+    lines.append(f"- **Events:** {report.get('last_event_id', 0)}")
+    phases = report.get("phases") or []
+    if phases:
+        lines += ["", "## Timeline", "", "| Phase / step | Status | Attempts | Duration |", "|---|---|---|---|"]
+        for p in phases:
+            lines.append(f"| {_cell(p['name'])} | {p['status']} | {p['attempts']} | {_seconds(p.get('duration_ms'))} |")
+            for s in p.get("steps", []):
+                lines.append(
+                    f"| &nbsp;&nbsp;{_cell(s['name'])} | {s['status']} | {s['attempts']} | "
+                    f"{_seconds(s.get('duration_ms'))} |"
+                )
+    errors = report.get("errors") or []
+    if errors:
+        lines += ["", "## Failures", ""]
+        for e in errors:
+            where = "/".join(x for x in (e.get("phase"), e.get("step")) if x) or "run"
+            lines.append(f"- **{_cell(where)}** ({e['type']}, event {e['event_id']}): {_cell(e['message'])}")
+    approvals = report.get("approvals") or []
+    if approvals:
+        lines += ["", "## Approvals", ""]
+        for a in approvals:
+            who = f" by {a['decided_by']}" if a.get("decided_by") else ""
+            comment = f": {_cell(a['comment'])}" if a.get("comment") else ""
+            phase = f", phase {a['phase']}" if a.get("phase") else ""
+            lines.append(f"- `{a['approval_id']}` (gate {_cell(a['gate'])}{phase}): {a['status']}{who}{comment}")
+    artifacts = report.get("artifacts") or []
+    if artifacts:
+        lines += ["", "## Artifacts", ""]
+        lines += [f"- {a['action']} `{a['path']}` (event {a['event_id']})" for a in artifacts]
+    unresolved = report.get("unresolved") or []
+    if unresolved:
+        lines += ["", "## Unresolved", ""] + [f"- {u}" for u in unresolved]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(storage: Storage, elog: EventLog, state: RunState | None = None) -> dict[str, Any]:
+    """Compose, validate and write ``report.json`` and ``report.md``; returns the report written.
+
+    When composing or validating fails, a minimal report that says so is
+    written instead; only a failing write itself raises.
+    """
+    rid = RunId.parse(elog.run_id)
+    report: dict[str, Any]
+    try:
+        report = compose_report(storage, elog, state)
+        validate_report(report)
+    except Exception as e:
+        log.warning("final report of run %s could not be composed, writing a minimal one: %s", rid, e)
+        if state is None:
+            try:
+                state = elog.current_state()
+            except Exception:
+                state = None
+        report = _minimal(str(rid), state, e)
+        validate_report(report)
+    json_key, md_key = _keys(rid)
+    storage.replace(md_key, render_markdown(report).encode())
+    storage.replace(json_key, _codec.dumps(report))
+    return report
+
+
+def read_report(storage: Storage, run_id: str | RunId) -> dict[str, Any] | None:
+    """The run's ``report.json``, or None if it has none (or it is unreadable)."""
+    body = storage.read(_keys(RunId.parse(run_id))[0])
+    if body is None:
+        return None
+    try:
+        data = _codec.loads(body)
+    except _codec.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def recover_missing_reports(
+    storage: Storage,
+    open_log: Callable[[RunId], EventLog],
+    run_ids: Iterable[str],
+) -> list[str]:
+    """Write reports for ended runs among ``run_ids`` that lack one (or whose report shows another status).
+
+    Runs that have a report matching their snapshot's status cost one read;
+    the others are folded exactly, so a run whose writer died right after its
+    last event is still found. Returns the ids of the runs written.
+    """
+    rids = [RunId.parse(r) for r in run_ids]
+    keys = {rid: _keys(rid)[0] for rid in rids}
+    reports = storage.read_many(keys.values())
+    snapshots = storage.read_many(RunLayout(rid).state for rid in rids)
+    written: list[str] = []
+    for rid in rids:
+        report = None
+        body = reports.get(keys[rid])
+        if body is not None:
+            try:
+                report = _codec.loads(body)
+            except _codec.JSONDecodeError:
+                report = None
+        snap_status = None
+        snap = snapshots.get(RunLayout(rid).state)
+        if snap is not None:
+            try:
+                snap_status = _codec.loads(snap).get("status")
+            except (_codec.JSONDecodeError, AttributeError):
+                snap_status = None
+        if isinstance(report, dict) and report.get("status") == snap_status:
+            continue
+        elog = open_log(rid)
+        state = elog.current_state()
+        if state.status not in TERMINAL_STATUSES:
+            continue
+        if isinstance(report, dict) and report.get("status") == state.status:
+            continue
+        write_report(storage, elog, state)
+        written.append(str(rid))
+    return written
