@@ -74,11 +74,10 @@ def _run_with_status(store: RunStore, status: str) -> Run:
         return run
     if status in ("running", "paused", "awaiting_approval"):
         play(run, stop=("build", "compile"))
-        if status != "running":
-            # No built-in event leads here yet: set the snapshot the way a lifecycle writer would.
-            state = run.state()
-            state.status = status
-            store.storage.replace(RunLayout(run.run_id).state, _codec.dumps(state.to_dict()))
+        if status == "paused":
+            run.log.emit("workflow_paused", metadata={"paused_from": "running"})
+        elif status == "awaiting_approval":
+            run.log.emit("approval_requested", metadata={"approval_id": "a1", "gate": "review"})
     elif status == "failed":
         play(run, fail=("build", "test"))
     elif status == "completed":
