@@ -1,0 +1,735 @@
+"""Consolidate finished runs into ``events.jsonl``, copy them to an archive store, clean up by policy.
+
+Consolidation writes every event of a finished run, in order, to one file and
+checks it against the event files (count, first and last sequence, sha256)
+before anything else happens; ``consolidation.json`` records what was checked
+and ``state.json`` gains ``consolidated_through``, which seals the log (appends
+are refused, readers take events from ``events.jsonl`` in one read).
+
+Archiving copies a run to another store in an order that keeps the copy
+invisible until it is complete: data files first, verified (S3 ETag or a read
+back), then ``metadata.json`` (what ``get_run``/``list_runs`` look for), then
+one index object per run, created exclusively, then ``archived.json`` in the
+source run. Every step is idempotent, so archiving again after any failure
+finishes the job. Retention removes the source's per-event files only for runs
+that are archived and verified, as the policy says.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import attrs
+from fsspec.asyn import AsyncFileSystem, _run_coros_in_chunks, sync
+
+from faber_runlog import _codec
+from faber_runlog._converter import converter
+from faber_runlog._progress import Progress
+from faber_runlog.errors import ArchiveMismatch, ConsolidationError, CorruptState, RunStillActive
+from faber_runlog.ids import RunId
+from faber_runlog.layout import RunLayout, parse_seq_name
+from faber_runlog.log import CONSOLIDATED_KEY, CONSOLIDATION_RECORD
+from faber_runlog.state import TERMINAL_STATUSES
+from faber_runlog.storage import Storage
+from faber_runlog.store import Run, RunStore
+
+__all__ = [
+    "ARCHIVE_MARKER",
+    "INDEX_DIR",
+    "ArchiveIndexEntry",
+    "ArchiveResult",
+    "Archiver",
+    "CleanupItem",
+    "CleanupReport",
+    "ConsolidationRecord",
+    "RetentionPolicy",
+    "consolidate",
+    "is_consolidated",
+    "read_archive_index",
+]
+
+log = logging.getLogger("faber_runlog.archive")
+
+ARCHIVE_MARKER: Final = "archived.json"
+"""In a run's folder (source and archive copy): the run is archived. Cheap to check: one HEAD/stat."""
+
+INDEX_DIR: Final = ".faber_runlog/archive-index"
+"""Root of the archive index in the destination store: ``{INDEX_DIR}/{org}/{project}/{uuid}.json``."""
+
+_FORMAT: Final = "jsonl/1"
+_READ_BATCH: Final = 256
+_PUT_CONCURRENCY: Final = 64
+_REPORT_FILES: Final = ("report.json", "report.md")
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _record_key(rid: RunId) -> str:
+    return f"{RunLayout(rid).dir}/{CONSOLIDATION_RECORD}"
+
+
+def _marker_key(rid: RunId) -> str:
+    return f"{RunLayout(rid).dir}/{ARCHIVE_MARKER}"
+
+
+def _index_key(rid: RunId) -> str:
+    return f"{INDEX_DIR}/{rid.org}/{rid.project}/{rid.uuid}.json"
+
+
+# -- models ------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class ConsolidationRecord:
+    """What consolidation checked: ``events.jsonl`` holds events ``first_seq..last_seq`` with this hash."""
+
+    run_id: str
+    count: int
+    first_seq: int
+    last_seq: int
+    sha256: str  # of the whole events.jsonl
+    size: int
+    last_event_at: str  # timestamp of the last event (keeps the record identical across archivers)
+    format: str = _FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (the ``consolidation.json`` body)."""
+        return converter.unstructure(self)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConsolidationRecord:
+        """Rebuild from :meth:`to_dict` output."""
+        return converter.structure(data, cls)
+
+
+@attrs.frozen(slots=True)
+class ArchiveIndexEntry:
+    """One run in the archive index: enough to pick runs without reading their events."""
+
+    run_id: str
+    org: str
+    project: str
+    status: str
+    created_at: str
+    ended_at: str | None
+    last_event_id: int
+    sha256: str
+    size: int
+    archived_at: str
+    source: str
+    params: dict[str, Any] = attrs.field(factory=dict)
+    tags: dict[str, str] = attrs.field(factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (the index object body)."""
+        return converter.unstructure(self)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArchiveIndexEntry:
+        """Rebuild from :meth:`to_dict` output."""
+        return converter.structure(data, cls)
+
+
+@attrs.frozen(slots=True)
+class ArchiveResult:
+    """What archiving did to one run: ``archived``, ``already_archived`` or ``failed`` (with ``error``)."""
+
+    run_id: str
+    outcome: str
+    record: ConsolidationRecord | None = None
+    error: BaseException | None = attrs.field(default=None, eq=False)
+
+    @property
+    def ok(self) -> bool:
+        """True unless archiving this run failed."""
+        return self.error is None
+
+
+@attrs.frozen(slots=True)
+class RetentionPolicy:
+    """Which archived runs lose their local per-event files.
+
+    ``keep_days``: runs archived fewer days ago keep them. ``keep_failed``:
+    failed runs keep them (handy for debugging on the machine that ran them).
+    ``state.json``, ``metadata.json``, ``events.jsonl`` and reports are always kept.
+    """
+
+    keep_days: float = 0.0
+    keep_failed: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.keep_days < 0:
+            raise ValueError(f"keep_days must be >= 0, got {self.keep_days}")
+
+
+@attrs.frozen(slots=True)
+class CleanupItem:
+    """One archived run seen by :meth:`Archiver.cleanup`: ``remove`` (with ``files`` event files) or ``keep``."""
+
+    run_id: str
+    action: str
+    reason: str
+    files: int
+
+
+@attrs.frozen(slots=True)
+class CleanupReport:
+    """The outcome of :meth:`Archiver.cleanup`; with ``dry_run`` nothing was deleted."""
+
+    dry_run: bool
+    items: tuple[CleanupItem, ...]
+
+    @property
+    def removed(self) -> tuple[str, ...]:
+        """Ids of the runs whose event files were (or, in a dry run, would be) removed."""
+        return tuple(i.run_id for i in self.items if i.action == "remove")
+
+    @property
+    def kept(self) -> tuple[str, ...]:
+        """Ids of the archived runs the policy keeps as they are."""
+        return tuple(i.run_id for i in self.items if i.action == "keep")
+
+
+# -- consolidation ----------------------------------------------------------------------
+
+
+def _read_record(storage: Storage, rid: RunId) -> ConsolidationRecord | None:
+    body = storage.read(_record_key(rid))
+    if body is None:
+        return None
+    try:
+        return ConsolidationRecord.from_dict(_codec.loads(body))
+    except Exception as e:
+        path = storage.path(_record_key(rid))
+        raise CorruptState(
+            f"{CONSOLIDATION_RECORD} of run {rid} at {path} is unreadable ({e}); delete it and consolidate again",
+            run_id=str(rid),
+            path=path,
+        ) from e
+
+
+def is_consolidated(store: RunStore, run_id: str | RunId) -> bool:
+    """Whether the run has a consolidation record (its log is then sealed)."""
+    return store.storage.exists(_record_key(RunId.parse(run_id)))
+
+
+def _check_jsonl(rid: RunId, path: str, data: bytes, record: ConsolidationRecord) -> None:
+    """Raise unless ``data`` is exactly what ``record`` describes."""
+    lines = data.split(b"\n")
+    problem = None
+    if len(data) != record.size or _sha256(data) != record.sha256:
+        problem = (
+            f"its size/hash ({len(data)}, {_sha256(data)}) differ from the record ({record.size}, {record.sha256})"
+        )
+    elif lines[-1] != b"" or len(lines) - 1 != record.count:
+        problem = f"it holds {len(lines) - 1} lines, not {record.count}"
+    else:
+        first, last = _codec.loads(lines[0]).get("event_id"), _codec.loads(lines[-2]).get("event_id")
+        if (first, last) != (record.first_seq, record.last_seq):
+            problem = f"it runs from event {first} to {last}, not {record.first_seq} to {record.last_seq}"
+    if problem is not None:
+        raise ConsolidationError(
+            f"events.jsonl of run {rid} at {path} does not match its consolidation record: {problem}; "
+            "consolidate the run again (its event files are untouched)",
+            run_id=str(rid),
+        )
+
+
+def consolidate(store: RunStore, run_id: str | RunId) -> ConsolidationRecord:
+    """Write a finished run's events to ``events.jsonl``, verified, and seal its log.
+
+    Idempotent: a run already consolidated (record and file agree) is left as
+    it is. Refuses active runs (:class:`RunStillActive`) and runs with a
+    missing or damaged event (:class:`ConsolidationError` naming the sequence
+    number); in both cases nothing is written.
+    """
+    rid = RunId.parse(run_id)
+    storage = store.storage
+    layout = RunLayout(rid)
+    run = store.get_run(rid)
+    existing = _read_record(storage, rid)
+    if existing is not None:
+        data = storage.read(layout.jsonl)
+        if data is not None and data and _sha256(data) == existing.sha256:
+            _check_jsonl(rid, storage.path(layout.jsonl), data, existing)
+            _seal(storage, rid, existing.last_seq, run)
+            return existing
+    state = run.state()
+    if state.status not in TERMINAL_STATUSES:
+        raise RunStillActive(
+            f"run {rid} is {state.status} (last event {state.last_event_id}); only completed, failed or "
+            "cancelled runs can be consolidated or archived: finish or cancel it first",
+            run_id=str(rid),
+            status=state.status,
+        )
+    seqs = sorted(s for n in storage.list_names(layout.events) if (s := parse_seq_name(n)) is not None and s >= 1)
+    last = max(seqs[-1] if seqs else 0, state.last_event_id)
+    if last == 0:
+        raise ConsolidationError(f"run {rid} has no events to consolidate", run_id=str(rid))
+    present = set(seqs)
+    for seq in range(1, last + 1):
+        if seq not in present:
+            _gap(storage, rid, seq)
+    lines: list[bytes] = []
+    last_at = ""
+    for start in range(1, last + 1, _READ_BATCH):
+        chunk = range(start, min(start + _READ_BATCH, last + 1))
+        bodies = storage.read_many(layout.event(s) for s in chunk)
+        for seq in chunk:
+            body = bodies[layout.event(seq)]
+            if body is None:
+                _gap(storage, rid, seq)
+            line, last_at = _event_line(storage, rid, seq, body)
+            lines.append(line)
+    data = b"\n".join(lines) + b"\n"
+    record = ConsolidationRecord(str(rid), last, 1, last, _sha256(data), len(data), last_at)
+    storage.replace(layout.jsonl, data)
+    back = storage.read(layout.jsonl)
+    _check_jsonl(rid, storage.path(layout.jsonl), back or b"", record)
+    storage.replace(_record_key(rid), _codec.dumps(record.to_dict()))
+    sealed = state.to_dict()
+    sealed[CONSOLIDATED_KEY] = last
+    storage.replace(layout.state, _codec.dumps(sealed))
+    if storage.exists(layout.event(last + 1)):
+        # A writer that loaded the run before it was sealed appended meanwhile: undo the seal.
+        storage.replace(layout.state, _codec.dumps(state.to_dict()))
+        storage.delete(_record_key(rid))
+        raise ConsolidationError(
+            f"run {rid} gained event {last + 1} while it was being consolidated; "
+            "nothing was removed, consolidate again once no process writes to it",
+            run_id=str(rid),
+            seq=last + 1,
+        )
+    return record
+
+
+def _gap(storage: Storage, rid: RunId, seq: int) -> None:
+    path = storage.path(RunLayout(rid).event(seq))
+    raise ConsolidationError(
+        f"event {seq} of run {rid} is missing ({path}); consolidation refused and nothing was written: "
+        "restore the file (verify_run() lists every problem) before consolidating",
+        run_id=str(rid),
+        seq=seq,
+    )
+
+
+def _event_line(storage: Storage, rid: RunId, seq: int, body: bytes | None) -> tuple[bytes, str]:
+    try:
+        data = _codec.loads(body or b"")
+        if not isinstance(data, dict) or data.get("event_id") != seq or data.get("run_id") != str(rid):
+            raise ValueError(f"it is not event {seq} of run {rid}")
+    except Exception as e:
+        path = storage.path(RunLayout(rid).event(seq))
+        raise ConsolidationError(
+            f"event {seq} of run {rid} at {path} is damaged ({e}); consolidation refused and nothing "
+            "was written: restore the file before consolidating",
+            run_id=str(rid),
+            seq=seq,
+        ) from e
+    line = (body or b"").strip()
+    if b"\n" in line:  # one event per line, whatever the file's formatting
+        line = _codec.dumps(data)
+    return line, str(data.get("timestamp", ""))
+
+
+def _seal(storage: Storage, rid: RunId, last: int, run: Run) -> None:
+    """Make sure ``state.json`` says the log is consolidated through ``last``."""
+    layout = RunLayout(rid)
+    body = storage.read(layout.state)
+    try:
+        current = _codec.loads(body) if body is not None else None
+    except _codec.JSONDecodeError:
+        current = None
+    if isinstance(current, dict) and current.get(CONSOLIDATED_KEY) == last and current.get("last_event_id") == last:
+        return
+    state = run.log.load_state(at=last)
+    data = state.to_dict()
+    data[CONSOLIDATED_KEY] = last
+    storage.replace(layout.state, _codec.dumps(data))
+
+
+# -- writing many objects ---------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class _Put:
+    created: bool = True  # False: an exclusive create found the key already there
+    etag: str | None = None
+    error: BaseException | None = None
+
+
+def _put_many(storage: Storage, items: dict[str, bytes], *, create: bool) -> dict[str, _Put]:
+    """Write many keys; on async stores (S3) concurrently, in one batch per call."""
+    out: dict[str, _Put] = {}
+    fs = storage.fs
+    if not items:
+        return out
+    if storage.kind in ("local", "memory") or not isinstance(fs, AsyncFileSystem) or len(items) == 1:
+        for key, body in items.items():
+            out[key] = _put_one(storage, key, body, create=create)
+        return out
+    if create:
+        storage._probe()  # refuse stores that ignore If-None-Match, as Storage.create does
+    keys = list(items)
+    kwargs: dict[str, Any] = {"mode": "create"} if create else {}
+    coros = [fs._pipe_file(storage.path(k), items[k], **kwargs) for k in keys]
+    replies = sync(fs.loop, _run_coros_in_chunks, coros, batch_size=_PUT_CONCURRENCY, nofiles=True,
+                   return_exceptions=True)  # fmt: skip
+    for key, reply in zip(keys, replies, strict=True):
+        if create and isinstance(reply, FileExistsError):
+            out[key] = _Put(created=False)
+        elif isinstance(reply, BaseException):
+            # One retried write turns a transient failure into success or a translated error.
+            out[key] = _put_one(storage, key, items[key], create=create)
+        else:
+            etag = reply.get("ETag") if isinstance(reply, dict) else None
+            out[key] = _Put(etag=etag if isinstance(etag, str) else None)
+    return out
+
+
+def _put_one(storage: Storage, key: str, body: bytes, *, create: bool) -> _Put:
+    try:
+        if create:
+            return _Put(created=storage.create(key, body))
+        storage.replace(key, body)
+        return _Put()
+    except Exception as e:
+        return _Put(error=e)
+
+
+def _etag_matches(etag: str | None, body: bytes) -> bool | None:
+    """True/False when the ETag is a plain MD5 of the body (single-part PUT), None when it says nothing."""
+    if etag is None:
+        return None
+    tag = etag.strip('"')
+    if "-" in tag or len(tag) != 32:
+        return None
+    return tag == hashlib.md5(body, usedforsecurity=False).hexdigest()
+
+
+# -- archiving ----------------------------------------------------------------------------
+
+
+@attrs.define(slots=True)
+class _Staged:
+    rid: RunId
+    record: ConsolidationRecord
+    files: dict[str, bytes]  # everything but metadata.json, keyed like the source
+    metadata: bytes
+    entry: ArchiveIndexEntry
+    error: BaseException | None = None
+
+
+def read_archive_index(store: RunStore, org: str | None = None, project: str | None = None) -> list[ArchiveIndexEntry]:
+    """The archive index of ``store`` (a destination), oldest run first; reads no events."""
+    storage = store.storage
+    keys: list[str] = []
+    orgs = [org] if org is not None else storage.list_names(INDEX_DIR)
+    for o in orgs:
+        projects = [project] if project is not None else storage.list_names(f"{INDEX_DIR}/{o}")
+        for p in projects:
+            folder = f"{INDEX_DIR}/{o}/{p}"
+            keys.extend(f"{folder}/{n}" for n in storage.list_names(folder) if n.endswith(".json"))
+    entries: list[ArchiveIndexEntry] = []
+    for start in range(0, len(keys), _READ_BATCH):
+        for key, body in storage.read_many(keys[start : start + _READ_BATCH]).items():
+            if body is None:
+                continue
+            try:
+                entries.append(ArchiveIndexEntry.from_dict(_codec.loads(body)))
+            except Exception as e:
+                log.warning("skipping unreadable archive index entry %s: %s", key, e)
+    entries.sort(key=lambda e: (e.created_at, e.run_id))
+    return entries
+
+
+def _older_than(older_than: _dt.timedelta | float | None) -> str | None:
+    if older_than is None:
+        return None
+    delta = older_than if isinstance(older_than, _dt.timedelta) else _dt.timedelta(days=float(older_than))
+    return (_dt.datetime.now(_dt.UTC) - delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Archiver:
+    """Copies finished runs from ``source`` to ``destination`` (typically local to S3) and cleans up.
+
+    ``progress`` draws a progress line on stderr for batch calls; ``batch_size``
+    runs are uploaded together (concurrently on S3).
+    """
+
+    def __init__(
+        self, source: RunStore, destination: RunStore, *, progress: bool = True, batch_size: int = 64
+    ) -> None:
+        if source.url == destination.url:
+            raise ValueError(f"source and destination are the same store ({source.url}); archive to another one")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.source = source
+        self.destination = destination
+        self.progress = progress
+        self.batch_size = batch_size
+
+    def __repr__(self) -> str:
+        return f"Archiver({self.source.url!r} -> {self.destination.url!r})"
+
+    # -- public -------------------------------------------------------------------
+
+    def archive(self, run_id: str | RunId) -> ArchiveResult:
+        """Consolidate, copy, verify and index one run; raises what went wrong (run it again to finish)."""
+        result = self.archive_many([run_id], progress=False)[0]
+        if result.error is not None:
+            raise result.error
+        return result
+
+    def archive_many(self, run_ids: Iterable[str | RunId], *, progress: bool | None = None) -> list[ArchiveResult]:
+        """Archive several runs, in batches; one run's failure does not stop the others."""
+        rids = [RunId.parse(r) for r in run_ids]
+        results: list[ArchiveResult] = []
+        with Progress("archiving", len(rids), enabled=self.progress if progress is None else progress) as bar:
+            for start in range(0, len(rids), self.batch_size):
+                chunk = rids[start : start + self.batch_size]
+                results.extend(self._archive_chunk(chunk))
+                bar.update(len(chunk))
+        return results
+
+    def archive_finished(
+        self,
+        *,
+        older_than: _dt.timedelta | float | None = None,
+        org: str | None = None,
+        project: str | None = None,
+        progress: bool | None = None,
+    ) -> list[ArchiveResult]:
+        """Archive every finished run not archived yet; ``older_than`` (days or timedelta) since its last event."""
+        cutoff = _older_than(older_than)
+        finished = [
+            s for s in self.source.list_runs(org=org, project=project)
+            if s.status in TERMINAL_STATUSES and (cutoff is None or (s.updated_at or s.created_at) < cutoff)
+        ]  # fmt: skip
+        markers = self.source.storage.read_many(_marker_key(RunId.parse(s.run_id)) for s in finished)
+        todo = [s.run_id for s in finished if markers.get(_marker_key(RunId.parse(s.run_id))) is None]
+        return self.archive_many(todo, progress=progress)
+
+    def index(self, org: str | None = None, project: str | None = None) -> list[ArchiveIndexEntry]:
+        """The destination's archive index (see :func:`read_archive_index`)."""
+        return read_archive_index(self.destination, org, project)
+
+    def is_archived(self, run_id: str | RunId) -> bool:
+        """Whether the source run carries the ``archived.json`` marker (one existence check)."""
+        return self.source.storage.exists(_marker_key(RunId.parse(run_id)))
+
+    # -- one batch ------------------------------------------------------------------
+
+    def _archive_chunk(self, rids: list[RunId]) -> list[ArchiveResult]:
+        src, dst = self.source.storage, self.destination.storage
+        done: dict[str, ArchiveResult] = {}
+        markers = src.read_many(_marker_key(r) for r in rids)
+        marked = [r for r in rids if markers.get(_marker_key(r)) is not None]
+        indexed = dst.read_many(_index_key(r) for r in marked)
+        for r in marked:
+            if indexed.get(_index_key(r)) is not None:
+                done[str(r)] = ArchiveResult(str(r), "already_archived")
+        staged: list[_Staged] = []
+        for r in rids:
+            if str(r) in done:
+                continue
+            try:
+                staged.append(self._stage(r))
+            except Exception as e:
+                done[str(r)] = ArchiveResult(str(r), "failed", error=e)
+        self._upload(staged)
+        self._create(staged, lambda s: RunLayout(s.rid).metadata, lambda s: s.metadata, compare=True)
+        self._create(staged, lambda s: _index_key(s.rid), lambda s: _codec.dumps(s.entry.to_dict()), compare=False)
+        now = _codec.now_iso()
+        for s in staged:
+            if s.error is None:
+                marker = {"run_id": str(s.rid), "archive": dst.url, "archived_at": now, "index": _index_key(s.rid),
+                          "last_seq": s.record.last_seq, "sha256": s.record.sha256}  # fmt: skip
+                try:
+                    src.replace(_marker_key(s.rid), _codec.dumps(marker))
+                except Exception as e:
+                    s.error = e
+            outcome = "archived" if s.error is None else "failed"
+            done[str(s.rid)] = ArchiveResult(str(s.rid), outcome, s.record, s.error)
+        return [done[str(r)] for r in rids]
+
+    def _stage(self, rid: RunId) -> _Staged:
+        """Consolidate ``rid`` and read everything that goes to the archive."""
+        src = self.source.storage
+        record = consolidate(self.source, rid)
+        layout = RunLayout(rid)
+        keys = [layout.metadata, layout.state, layout.jsonl, _record_key(rid)]
+        keys += [f"{layout.dir}/{name}" for name in _REPORT_FILES]
+        keys += [f"{layout.children}/{n}" for n in src.list_names(layout.children) if n.endswith(".json")]
+        bodies = src.read_many(keys)
+        metadata, state_body, jsonl = bodies[layout.metadata], bodies[layout.state], bodies[layout.jsonl]
+        if metadata is None or state_body is None or jsonl is None:
+            raise ConsolidationError(
+                f"run {rid} lost metadata.json, state.json or events.jsonl while being archived; archive it again",
+                run_id=str(rid),
+            )
+        _check_jsonl(rid, src.path(layout.jsonl), jsonl, record)
+        meta = self.source._parse_metadata(rid, metadata)
+        snap = _codec.loads(state_body)
+        files = {k: v for k, v in bodies.items() if v is not None and k != layout.metadata}
+        files[_marker_key(rid)] = _codec.dumps({"run_id": str(rid), "archived_from": src.url,
+                                                "last_seq": record.last_seq, "sha256": record.sha256})  # fmt: skip
+        entry = ArchiveIndexEntry(
+            run_id=str(rid),
+            org=rid.org,
+            project=rid.project,
+            status=str(snap.get("status", "created")),
+            created_at=meta.created_at,
+            ended_at=snap.get("ended_at"),
+            last_event_id=record.last_seq,
+            sha256=record.sha256,
+            size=record.size,
+            archived_at=_codec.now_iso(),
+            source=src.url,
+            params=meta.params,
+            tags=meta.tags,
+        )
+        return _Staged(rid, record, files, metadata, entry)
+
+    def _upload(self, staged: list[_Staged]) -> None:
+        """Copy and verify every data file (all but metadata.json) of the staged runs."""
+        dst = self.destination.storage
+        owner = {key: s for s in staged for key in s.files}
+        items = {key: body for s in staged for key, body in s.files.items()}
+        puts = _put_many(dst, items, create=False)
+        unknown: list[str] = []
+        for key, put in puts.items():
+            s = owner[key]
+            if put.error is not None:
+                s.error = s.error or put.error
+                continue
+            match = _etag_matches(put.etag, items[key])
+            if match is None:
+                unknown.append(key)
+            elif not match:
+                s.error = s.error or self._mismatch(s.rid, key, "its ETag is not the MD5 of what was sent")
+        for key, body in self._read_back(unknown).items():
+            s = owner[key]
+            if body != items[key] and s.error is None:
+                got = "nothing" if body is None else f"{len(body)} bytes, {_sha256(body)}"
+                sent = f"{len(items[key])} bytes, {_sha256(items[key])}"
+                s.error = self._mismatch(s.rid, key, f"it holds {got}, not the {sent} sent")
+
+    def _read_back(self, keys: list[str]) -> dict[str, bytes | None]:
+        out: dict[str, bytes | None] = {}
+        for start in range(0, len(keys), _READ_BATCH):
+            try:
+                out.update(self.destination.storage.read_many(keys[start : start + _READ_BATCH]))
+            except Exception as e:
+                log.warning("read-back verification failed: %s", e)
+                out.update((k, None) for k in keys[start : start + _READ_BATCH])
+        return out
+
+    def _create(
+        self,
+        staged: list[_Staged],
+        key_of: Callable[[_Staged], str],
+        body_of: Callable[[_Staged], bytes],
+        *,
+        compare: bool,
+    ) -> None:
+        """Exclusively create one object per healthy staged run; an existing equal object is fine."""
+        live = [s for s in staged if s.error is None]
+        items = {key_of(s): body_of(s) for s in live}
+        puts = _put_many(self.destination.storage, items, create=True)
+        existing: list[str] = []
+        for s in live:
+            put = puts[key_of(s)]
+            if put.error is not None:
+                s.error = put.error
+            elif not put.created and compare:
+                existing.append(key_of(s))
+            elif put.created and compare and _etag_matches(put.etag, items[key_of(s)]) is False:
+                s.error = self._mismatch(s.rid, key_of(s), "its ETag is not the MD5 of what was sent")
+        found = self._read_back(existing)
+        for s in live:
+            key = key_of(s)
+            if key in found and found[key] != items[key]:
+                s.error = self._mismatch(s.rid, key, "a different object with this name is already in the archive")
+
+    def _mismatch(self, rid: RunId, key: str, what: str) -> ArchiveMismatch:
+        path = self.destination.storage.path(key)
+        return ArchiveMismatch(
+            f"archiving run {rid}: {path} {what}; the local run is untouched, archive it again",
+            run_id=str(rid),
+            path=path,
+        )
+
+    # -- retention ------------------------------------------------------------------------
+
+    def cleanup(
+        self,
+        policy: RetentionPolicy | None = None,
+        *,
+        dry_run: bool = True,
+        org: str | None = None,
+        project: str | None = None,
+    ) -> CleanupReport:
+        """Remove per-event files of archived source runs, as ``policy`` says; ``dry_run`` only lists.
+
+        A run is only cleaned when its ``archived.json`` marker, its archive
+        index entry and its local ``events.jsonl`` (hash as recorded) all check
+        out, and nothing was appended after consolidation.
+        """
+        policy = policy if policy is not None else RetentionPolicy()
+        src = self.source.storage
+        summaries = self.source.list_runs(org=org, project=project)
+        rids = [RunId.parse(s.run_id) for s in summaries]
+        markers = src.read_many(_marker_key(r) for r in rids)
+        archived = [(s, r) for s, r in zip(summaries, rids, strict=True) if markers.get(_marker_key(r)) is not None]
+        indexed = self.destination.storage.read_many(_index_key(r) for _, r in archived)
+        cutoff = _older_than(policy.keep_days)
+        items: list[CleanupItem] = []
+        for summary, rid in archived:
+            files = [n for n in src.list_names(RunLayout(rid).events) if parse_seq_name(n) is not None]
+            marker = _codec.loads(markers[_marker_key(rid)] or b"{}")
+            reason = None
+            if not files:
+                reason = "no event files left"
+            elif indexed.get(_index_key(rid)) is None:
+                reason = f"not in the archive index of {self.destination.url}; archive it again"
+            elif policy.keep_failed and summary.status == "failed":
+                reason = "failed runs are kept (keep_failed)"
+            elif cutoff is not None and str(marker.get("archived_at", "")) > cutoff:
+                reason = f"archived {marker.get('archived_at')}, within keep_days={policy.keep_days:g}"
+            if reason is not None:
+                items.append(CleanupItem(str(rid), "keep", reason, len(files)))
+                continue
+            items.append(CleanupItem(str(rid), "remove", "archived and verified", len(files)))
+            if not dry_run:
+                self._remove_events(rid, files)
+        return CleanupReport(dry_run, tuple(items))
+
+    def _remove_events(self, rid: RunId, names: list[str]) -> None:
+        src = self.source.storage
+        layout = RunLayout(rid)
+        record = _read_record(src, rid)
+        data = src.read(layout.jsonl)
+        if record is None or data is None:
+            raise ConsolidationError(
+                f"run {rid} is marked archived but has no consolidation record or events.jsonl; "
+                "archive it again before cleaning up",
+                run_id=str(rid),
+            )
+        _check_jsonl(rid, src.path(layout.jsonl), data, record)
+        if src.exists(layout.event(record.last_seq + 1)):
+            raise ConsolidationError(
+                f"run {rid} has event {record.last_seq + 1} beyond its consolidated log; nothing was removed: "
+                "consolidate and archive it again",
+                run_id=str(rid),
+                seq=record.last_seq + 1,
+            )
+        # Event 1 goes first: a reader that then misses it looks in events.jsonl, never at half a log.
+        for name in sorted(names, key=lambda n: parse_seq_name(n) or 0):
+            src.delete(f"{layout.events}/{name}")
