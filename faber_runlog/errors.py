@@ -11,7 +11,9 @@ __all__ = [
     "ActiveRunExists",
     "ApprovalConflict",
     "ApprovalNotFound",
+    "ArchiveMismatch",
     "ConcurrencyUnsupported",
+    "ConsolidationError",
     "CorruptEvent",
     "CorruptState",
     "FaberRunlogError",
@@ -19,10 +21,13 @@ __all__ = [
     "InvalidRerun",
     "InvalidRunId",
     "InvalidTransition",
+    "MissingExtra",
+    "RunArchived",
     "RunExists",
     "RunNotFound",
     "RunNotRerunnable",
     "RunNotResumable",
+    "RunStillActive",
     "SequenceConflict",
     "StorageError",
     "TooManyActiveRuns",
@@ -99,6 +104,46 @@ class ConcurrencyUnsupported(FaberRunlogError, RuntimeError):
 
 class StorageError(FaberRunlogError, OSError):
     """The backend failed in a way we could not retry away."""
+
+
+class RunArchived(FaberRunlogError, RuntimeError):
+    """The run is consolidated (or archived): its log is sealed, so nothing can be appended."""
+
+    def __init__(self, message: str, *, run_id: str, last_event_id: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.last_event_id = last_event_id
+
+
+class RunStillActive(FaberRunlogError, RuntimeError):
+    """The run has not finished (not completed, failed or cancelled), so it cannot be consolidated."""
+
+    def __init__(self, message: str, *, run_id: str, status: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status
+
+
+class ConsolidationError(FaberRunlogError, ValueError):
+    """A run's events cannot be consolidated as they are (a gap, a damaged file); nothing was removed."""
+
+    def __init__(self, message: str, *, run_id: str, seq: int | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.seq = seq
+
+
+class MissingExtra(FaberRunlogError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class ArchiveMismatch(FaberRunlogError, RuntimeError):
+    """What arrived in the archive differs from the source (size or hash); nothing local was removed."""
+
+    def __init__(self, message: str, *, run_id: str, path: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.path = path
 
 
 class RunNotResumable(FaberRunlogError, RuntimeError):

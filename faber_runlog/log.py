@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 from faber_runlog import _codec
-from faber_runlog.errors import CorruptEvent, InvalidEvent, SequenceConflict, StorageError
+from faber_runlog.errors import CorruptEvent, InvalidEvent, RunArchived, SequenceConflict, StorageError
 from faber_runlog.events import Event, type_version, upcast, validate_event_dict
 from faber_runlog.ids import RunId
 from faber_runlog.layout import RunLayout, parse_seq_name, seq_name
@@ -34,6 +34,10 @@ log = logging.getLogger("faber_runlog.log")
 
 _MAX_CLAIMS: Final = 10_000
 _BATCH: Final = 256
+CONSOLIDATED_KEY: Final = "consolidated_through"
+"""Key in ``state.json`` naming the last event held by ``events.jsonl`` (set by consolidation)."""
+CONSOLIDATION_RECORD: Final = "consolidation.json"
+"""The record of a consolidation (count, first/last sequence, hash), in the run's folder."""
 # Types whose fold never changes the run's status: a writer that is behind
 # may append them without catching up first.
 _STATUS_NEUTRAL: Final = frozenset({
@@ -66,6 +70,7 @@ class EventLog:
         source: str | None = None,
         user: str | None = None,
         on_status_change: Callable[[EventLog, Event, str, RunState], None] | None = None,
+        hook_types: frozenset[str] = frozenset(),
     ) -> None:
         if snapshot_every < 1:
             raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
@@ -80,11 +85,18 @@ class EventLog:
         self._counter = 0
         self._state: RunState | None = None
         self._tail = 0  # highest sequence number known to exist
+        # Consolidated runs read from events.jsonl. Learned from state.json whenever
+        # it is read anyway; otherwise from consolidation.json, at most once per log.
+        self._jsonl_last: int | None = None
+        self._format_known = False
+        self._seen_last = 0  # last_event_id of the newest state.json read
         self._backoff = 0.0002 if storage.kind in ("local", "memory") else 0.005
         self._lock = threading.RLock()
         # Called as hook(log, event, status_before, state) after an append that changed
-        # the run's status (final reports, releasing leases); never for other appends.
+        # the run's status or has a type in hook_types (final reports, releasing
+        # leases); never for other appends, so the hot path pays nothing.
         self._on_status_change = on_status_change
+        self._hook_types = hook_types
 
     def __repr__(self) -> str:
         return f"EventLog({self._run_id!r} on {self._storage.url})"
@@ -162,9 +174,11 @@ class EventLog:
         losses = 0
         with self._lock:
             state = self._writer_state()
+            self._refuse_if_sealed()
             for _ in range(_MAX_CLAIMS):
                 if exact:
                     state = self._refresh()
+                    self._refuse_if_sealed()
                     if key is not None and key in state.idempotency_keys:
                         return self._event_at(state.idempotency_keys[key])
                     if check is not None:
@@ -217,7 +231,8 @@ class EventLog:
             state = self._refresh(until=seq - 1)
         before = state.status
         apply(state, event)
-        if not (periodic or state.status != before):
+        notify = state.status != before or event.type in self._hook_types
+        if not (periodic or notify):
             return
         # The event is already durable; a failed snapshot only costs a later reader time.
         try:
@@ -227,7 +242,7 @@ class EventLog:
                 self._storage.replace(self._layout.snapshot(seq), body)
         except (StorageError, OSError) as e:
             log.warning("snapshot of run %s at event %d not written: %s", self._run_id, seq, e)
-        if state.status != before and self._on_status_change is not None:
+        if notify and self._on_status_change is not None:
             try:
                 self._on_status_change(self, event, before, state)
             except Exception as e:  # the event is durable; what the hook missed can be recovered
@@ -237,8 +252,21 @@ class EventLog:
         """Write ``state.json`` for the current state now and return that state."""
         with self._lock:
             state = self._refresh()
-            self._storage.replace(self._layout.state, _codec.dumps(state.to_dict()))
+            body = state.to_dict()
+            if self._jsonl_last is not None:
+                body[CONSOLIDATED_KEY] = self._jsonl_last  # keep readers on events.jsonl
+            self._storage.replace(self._layout.state, _codec.dumps(body))
             return state.copy()
+
+    def _refuse_if_sealed(self) -> None:
+        if self._jsonl_last is not None:
+            raise RunArchived(
+                f"run {self._run_id} is consolidated (events.jsonl holds events 1..{self._jsonl_last}), "
+                "so its log is sealed and nothing can be appended; archived runs cannot be resumed: "
+                "re-run it instead (Resumer(store).rerun(run_id))",
+                run_id=self._run_id,
+                last_event_id=self._jsonl_last,
+            )
 
     # -- state -------------------------------------------------------------
 
@@ -273,7 +301,8 @@ class EventLog:
             raise ValueError(f"at must be >= 0, got {at} (run {self._run_id})")
         state = self._read_snapshot(self._layout.state)
         if at is not None and state is not None and state.last_event_id > at:
-            state = self._snapshot_at_or_before(at)
+            # A consolidated run folds from events.jsonl (one read), not from historical snapshots.
+            state = None if self._jsonl_last is not None else self._snapshot_at_or_before(at)
         if state is None:
             state = RunState(run_id=self._run_id)
         self._catch_up(state, until=at)
@@ -291,7 +320,13 @@ class EventLog:
         if body is None:
             return None
         try:
-            state = RunState.from_dict(_codec.loads(body))
+            data = _codec.loads(body)
+            state = RunState.from_dict(data)
+            if key == self._layout.state:
+                through = data.get(CONSOLIDATED_KEY)
+                self._jsonl_last = through if isinstance(through, int) and through >= 0 else None
+                self._format_known = True
+                self._seen_last = state.last_event_id
         except Exception as e:
             # A snapshot is a cache: a damaged one costs a full fold, never a wrong answer.
             log.warning("ignoring unreadable snapshot %s of run %s: %s", key, self._run_id, e)
@@ -347,6 +382,80 @@ class EventLog:
 
     def _stored(self, after: int, until: int | None = None) -> Iterator[Event]:
         """Events after ``after`` (and up to ``until``) in order, stopping at the first missing one."""
+        if self._jsonl_last is None:
+            nxt = after + 1
+            for event in self._stored_files(after, until):
+                nxt = event.event_id + 1
+                yield event
+            if (until is not None and nxt > until) or not self._consolidated_past(nxt):
+                return
+            after = nxt - 1
+        # A consolidated log is sealed: events.jsonl holds all of it, the event files may be gone.
+        yield from self._stored_jsonl(after, until)
+
+    def _consolidated_past(self, missing: int) -> bool:
+        """Whether event ``missing`` (not found as a file) is held by events.jsonl.
+
+        Costs a read of consolidation.json only when state.json was never read by
+        this log, or when it claimed the missing event exists; at most once per log.
+        """
+        if self._jsonl_last is None and (not self._format_known or missing <= self._seen_last):
+            body = self._storage.read(f"{self._layout.dir}/{CONSOLIDATION_RECORD}")
+            self._format_known = True
+            self._seen_last = min(self._seen_last, missing - 1)  # do not look again for this gap
+            if body is not None:
+                try:
+                    last = _codec.loads(body)["last_seq"]
+                except Exception as e:
+                    raise CorruptEvent(
+                        f"{CONSOLIDATION_RECORD} of run {self._run_id} is unreadable ({e}); "
+                        "consolidate the run again from its event files, or restore it from the archive",
+                        run_id=self._run_id,
+                        seq=missing,
+                        path=self._storage.path(f"{self._layout.dir}/{CONSOLIDATION_RECORD}"),
+                    ) from e
+                self._jsonl_last = int(last)
+        return self._jsonl_last is not None and missing <= self._jsonl_last
+
+    def _stored_jsonl(self, after: int, until: int | None) -> Iterator[Event]:
+        last = self._jsonl_last if until is None else min(until, self._jsonl_last or 0)
+        if last is None or after >= last:
+            return
+        path = self._storage.path(self._layout.jsonl)
+        body = self._storage.read(self._layout.jsonl)
+        if body is None:
+            raise CorruptEvent(
+                f"run {self._run_id} is consolidated but {path} is missing; restore it from the archive "
+                "(the archive's copy of the run has it)",
+                run_id=self._run_id,
+                seq=after + 1,
+                path=path,
+            )
+        lines = body.split(b"\n")
+        if len(lines) - 1 < last:  # the file ends with a newline
+            raise CorruptEvent(
+                f"{path} of run {self._run_id} holds {len(lines) - 1} events, fewer than {last}; "
+                "restore it from the archive",
+                run_id=self._run_id,
+                seq=len(lines),
+                path=path,
+            )
+        for seq in range(after + 1, last + 1):
+            try:
+                data = _codec.loads(lines[seq - 1])
+                if not isinstance(data, dict) or data.get("event_id") != seq:
+                    raise ValueError(f"line {seq} is not event {seq}")
+                event = Event.from_dict(upcast(data))
+            except Exception as e:
+                raise CorruptEvent(
+                    f"line {seq} of {path} (run {self._run_id}) is unreadable ({e}); restore it from the archive",
+                    run_id=self._run_id,
+                    seq=seq,
+                    path=path,
+                ) from e
+            yield event
+
+    def _stored_files(self, after: int, until: int | None = None) -> Iterator[Event]:
         if self._storage.kind == "s3":
             yield from self._stored_listed(after, until)
             return
@@ -382,6 +491,8 @@ class EventLog:
 
     def _event_at(self, seq: int) -> Event:
         body = self._storage.read(self._layout.event(seq))
+        if body is None and seq >= 1 and self._consolidated_past(seq):
+            return next(self._stored_jsonl(seq - 1, seq))
         if body is None:
             raise CorruptEvent(
                 f"event {seq} of run {self._run_id} is missing; run verify() to see what else is",
