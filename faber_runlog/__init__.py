@@ -1,6 +1,15 @@
 """faber_runlog: run ids, an append-only event log and folded run state on fsspec."""
 
 from faber_runlog._version import __version__
+from faber_runlog.archive import (
+    ArchiveIndexEntry,
+    Archiver,
+    ArchiveResult,
+    CleanupReport,
+    ConsolidationRecord,
+    RetentionPolicy,
+    consolidate,
+)
 from faber_runlog.errors import (
     ActiveRunExists,
     ApprovalConflict,
@@ -26,15 +35,6 @@ from faber_runlog.errors import (
     StorageError,
     TooManyActiveRuns,
     UnsafePath,
-)
-from faber_runlog.archive import (
-    ArchiveIndexEntry,
-    ArchiveResult,
-    Archiver,
-    CleanupReport,
-    ConsolidationRecord,
-    RetentionPolicy,
-    consolidate,
 )
 from faber_runlog.events import Event, event_schema, event_types, register_event_type, register_upcaster
 from faber_runlog.ids import RunId
