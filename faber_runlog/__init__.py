@@ -21,6 +21,7 @@ from faber_runlog.errors import (
     CorruptState,
     FaberRunlogError,
     InvalidEvent,
+    InvalidGatewayConfig,
     InvalidRerun,
     InvalidRunId,
     InvalidTransition,
@@ -37,6 +38,7 @@ from faber_runlog.errors import (
     UnsafePath,
 )
 from faber_runlog.events import Event, event_schema, event_types, register_event_type, register_upcaster
+from faber_runlog.gateway import Backend, Gateway, GatewayConfig, register_backend
 from faber_runlog.ids import RunId
 from faber_runlog.lease import Heartbeat, Lease
 from faber_runlog.lifecycle import StatusView, SweptRun
@@ -56,6 +58,7 @@ __all__ = [
     "ArchiveMismatch",
     "ArchiveResult",
     "Archiver",
+    "Backend",
     "CleanupReport",
     "ConcurrencyUnsupported",
     "ConsolidationError",
@@ -65,8 +68,11 @@ __all__ = [
     "Event",
     "EventLog",
     "FaberRunlogError",
+    "Gateway",
+    "GatewayConfig",
     "Heartbeat",
     "InvalidEvent",
+    "InvalidGatewayConfig",
     "InvalidRerun",
     "InvalidRunId",
     "InvalidTransition",
@@ -107,6 +113,7 @@ __all__ = [
     "event_schema",
     "event_types",
     "fold",
+    "register_backend",
     "register_event_type",
     "register_fold",
     "register_upcaster",

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JSONDecodeError", "canonical_hash", "dumps", "loads", "now_iso"]
+__all__ = ["JSONDecodeError", "canonical_hash", "dumps", "dumps_indented", "loads", "now_iso"]
 
 JSONDecodeError = orjson.JSONDecodeError
 loads = orjson.loads
@@ -17,6 +17,11 @@ loads = orjson.loads
 def dumps(value: Any) -> bytes:
     """Serialise to compact JSON bytes; refuses NaN-free non-JSON values."""
     return orjson.dumps(value)
+
+
+def dumps_indented(value: Any) -> bytes:
+    """JSON for files people read and edit (two-space indent, trailing newline)."""
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n"
 
 
 def canonical_hash(value: Any) -> str:

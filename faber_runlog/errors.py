@@ -18,6 +18,7 @@ __all__ = [
     "CorruptState",
     "FaberRunlogError",
     "InvalidEvent",
+    "InvalidGatewayConfig",
     "InvalidRerun",
     "InvalidRunId",
     "InvalidTransition",
@@ -54,6 +55,14 @@ class InvalidEvent(FaberRunlogError, ValueError):
         super().__init__(message)
         self.run_id = run_id
         self.event_type = event_type
+
+
+class InvalidGatewayConfig(FaberRunlogError, ValueError):
+    """gateway.json is unreadable, fails its schema or holds a credential; nothing was written."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class RunNotFound(FaberRunlogError, LookupError):
