@@ -41,13 +41,34 @@ _MEMORY_LOCK: Final = threading.Lock()
 _PROBE_DIR: Final = ".faber_runlog"
 _READ_CHUNK: Final = 1 << 16
 _RETRIES: Final = 6
-_TRANSIENT_CODES: Final = ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
-                           "ConditionalRequestConflict", "OperationAborted", "503", "500", "409")  # fmt: skip
+_RETRY_SECONDS: Final = 60.0
+_S3_PROTOCOLS: Final = ("s3", "s3a")
+_TRANSIENT_CODES: Final = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
+                                     "ConditionalRequestConflict", "OperationAborted", "Throttling",
+                                     "ThrottlingException", "TooManyRequests", "503", "500"})  # fmt: skip
+_TRANSIENT_STATUS: Final = frozenset({500, 502, 503, 504})
+_TRANSIENT_ERRNOS: Final = frozenset({errno.EBUSY, errno.EREMOTEIO, errno.ETIMEDOUT, errno.ECONNRESET,
+                                      errno.ECONNABORTED, errno.EAGAIN})  # fmt: skip
+# botocore/aiohttp connection and parse failures (no builtin base class to test for).
+_TRANSIENT_TYPES: Final = frozenset({"HTTPClientError", "ConnectionClosedError", "EndpointConnectionError",
+                                     "ResponseParserError", "IncompleteReadError", "ClientPayloadError",
+                                     "ServerDisconnectedError", "ClientConnectionError", "IncompleteRead"})  # fmt: skip
 
 
 def open_filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Resolve an fsspec URL (or a local path) to ``(filesystem, root path)``."""
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    """Resolve an fsspec URL (or a local path) to ``(filesystem, root path)``.
+
+    For S3, botocore's and s3fs's own retries are turned off unless the caller
+    configures them: nested inside ours they multiply (5 x 5 x 7 attempts), so
+    a dead store took minutes to report. Our loop alone bounds the wait.
+    """
+    options = dict(storage_options or {})
+    ours = url.split("://", 1)[0] in _S3_PROTOCOLS and "retries" not in (options.get("config_kwargs") or {})
+    if ours:
+        options["config_kwargs"] = {**(options.get("config_kwargs") or {}), "retries": {"total_max_attempts": 1}}
+    fs, root = fsspec.core.url_to_fs(url, **options)
+    if ours and hasattr(fs, "retries"):
+        fs.retries = 1  # this instance is keyed on our retry config, so no other user shares it
     return fs, root
 
 
@@ -56,14 +77,35 @@ def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (FileExistsError, FileNotFoundError, PermissionError, IsADirectoryError)):
-        return False
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    text = f"{type(exc).__name__} {exc}"
-    return (isinstance(exc, OSError) and any(code in text for code in _TRANSIENT_CODES)) or (
-        "Timeout" in type(exc).__name__ or "Connection" in type(exc).__name__
-    )
+    """Whether retrying could help: throttling, 5xx, 409 conflicts, resets, timeouts.
+
+    s3fs translates S3 errors to bare OSErrors whose text no longer names the
+    code (SlowDown becomes "[Errno 16] Please reduce your request rate."), so
+    the code is looked up on the botocore error in the cause chain.
+    """
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            break
+        if isinstance(seen, (FileExistsError, FileNotFoundError, PermissionError, IsADirectoryError)):
+            return False
+        if isinstance(seen, (ConnectionError, TimeoutError)):
+            return True
+        if isinstance(seen, OSError) and seen.errno in _TRANSIENT_ERRNOS:
+            return True
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error") or {}
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            return error.get("Code") in _TRANSIENT_CODES or status in _TRANSIENT_STATUS
+        names = {cls.__name__ for cls in type(seen).__mro__}
+        if names & _TRANSIENT_TYPES or any("Timeout" in n for n in names):
+            return True
+        text = str(seen)
+        if any(f"({code})" in text for code in _TRANSIENT_CODES):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 class Storage:
@@ -77,10 +119,12 @@ class Storage:
         fsync: bool = True,
         allow_unsafe_writers: bool = False,
         retries: int = _RETRIES,
+        retry_seconds: float = _RETRY_SECONDS,
     ) -> None:
         self.fs = fs
         self.fsync = fsync
         self.retries = retries
+        self.retry_seconds = retry_seconds
         self.allow_unsafe_writers = allow_unsafe_writers
         if isinstance(fs, LocalFileSystem):
             self.kind = "local"
@@ -125,14 +169,16 @@ class Storage:
     # -- retries and translation -------------------------------------------
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn``, retrying transient failures at most ``retries`` times and ``retry_seconds`` long."""
         delay = 0.05
+        deadline = time.monotonic() + self.retry_seconds
         for attempt in range(self.retries + 1):
             try:
                 return fn()
             except (FileExistsError, FileNotFoundError):
                 raise
             except Exception as e:
-                if attempt < self.retries and _is_transient(e):
+                if attempt < self.retries and _is_transient(e) and time.monotonic() + delay < deadline:
                     log.debug("retrying %s after %r (attempt %d)", what, e, attempt + 1)
                     time.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 2.0)
@@ -264,6 +310,16 @@ class Storage:
             # A PUT that landed but whose reply was lost comes back as 412 on
             # retry; our bytes carry a unique nonce, so equal bytes mean we won.
             return self.read(key) == data
+        except StorageError:
+            # The last attempt may have landed before its reply was lost: one
+            # plain read tells, so a caller is not told "failed" about a success.
+            try:
+                landed = bool(self.fs.cat_file(path, **self._cat_kwargs) == data)
+            except Exception:
+                landed = False
+            if landed:
+                return True
+            raise
 
     def _create_local(self, path: str, data: bytes) -> bool:
         folder = os.path.dirname(path)
@@ -355,13 +411,14 @@ class Storage:
             key = f"{_PROBE_DIR}/probe-{uuid.uuid4().hex}"
             path = self.path(key)
             try:
-                self._call(f"probing {path}", lambda: self.fs.pipe_file(path, b"1", mode="create"))
                 try:
-                    self.fs.pipe_file(path, b"2", mode="create")
-                    second_created = True
+                    self._call(f"probing {path}", lambda: self.fs.pipe_file(path, b"1", mode="create"))
                 except FileExistsError:
-                    second_created = False
-                except Exception:
+                    pass  # the key is fresh: only our own PUT, its reply lost, can have made it
+                try:
+                    self._call(f"probing {path}", lambda: self.fs.pipe_file(path, b"2", mode="create"))
+                    second_created = True
+                except (FileExistsError, StorageError):
                     second_created = False
             finally:
                 try:
