@@ -143,6 +143,8 @@ def renew_lease(storage: Storage, run_id: RunId, *, owner: str, ttl: float = DEF
 
     Returns None, writing nothing, when the lease is gone or belongs to
     someone else: the run ended or was swept, and this writer lost it.
+    It reads then writes (stores offer no compare-and-swap), so a take-over
+    landing between the two is overwritten once and seen at the next beat.
     """
     _check_ttl(ttl)
     old = read_lease(storage, run_id)

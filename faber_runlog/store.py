@@ -267,6 +267,7 @@ class RunStore:
             snapshot_every=self.snapshot_every,
             source=self.source,
             on_status_change=self._status_changed,
+            hook_types=lifecycle.FINAL_EVENT_TYPES,
         )
 
     def _status_changed(self, log: EventLog, event: Event, before: str, state: RunState) -> None:

@@ -274,9 +274,10 @@ def test_a_key_whose_holder_lease_expired_is_taken_over_and_the_holder_swept(sto
     first = store.create_run("acme", "web", concurrency_key="k")
     first.start()
     lease = read_lease(store.storage, first.run_id)
-    assert lease is not None and (len(lease.claims), True) == (1, lease.is_live())
+    assert lease is not None and 1 == len(lease.claims)
     _wait_until(lambda: not (read_lease(store.storage, first.run_id) or lease).is_live())
     second = store.create_run("acme", "web", concurrency_key="k")
+    second.heartbeat(ttl=600)  # keep the new holder live whatever the machine's speed
     state = first.state()
     assert ("failed", SWEEP_REASON) == (state.status, state.status_reason)
     with pytest.raises(ActiveRunExists) as info:
@@ -439,3 +440,14 @@ def test_status_view_shows_run_phases_approvals_and_the_last_twenty_events(store
     data = view.to_dict()
     assert view.run_id == data["run_id"] and 20 == len(data["events_tail"])
     json.dumps(data)
+
+
+def test_the_python_examples_in_the_lifecycle_docs_run(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    text = (Path(__file__).parents[1] / "docs" / "lifecycle.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 5
+    for block in blocks:
+        exec(compile(block, "docs/lifecycle.md", "exec"), {})
+    assert "client token 'ui-click-7' was already used to approve" in capsys.readouterr().out
