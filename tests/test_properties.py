@@ -1,0 +1,194 @@
+"""Property tests: the fold, snapshots and JSON round-trips hold for any valid input.
+
+Events are drawn from the valid example of every built-in type
+(tests/test_events.py EXAMPLES), with random phases, steps, messages,
+durations and extra metadata, and kept only if they pass the schemas.
+``--soak`` raises the number of examples tenfold.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from typing import Any
+
+from _faultreport import record
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from test_events import EXAMPLES
+
+from faber_runlog import Event, InvalidEvent, RunNotRerunnable, RunNotResumable, RunStore, _codec
+from faber_runlog.events import BUILTIN_EVENT_TYPES, validate_event_dict
+from faber_runlog.resume import Resumer
+from faber_runlog.state import RunState, fold_all
+
+RUN_ID = "acme/web/3f2b8c1e-9a4d-4c6e-8f10-2b7d9e0a1c55"
+NAMES = st.sampled_from(["build", "test", "ship", "a", "b"])
+TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
+JSON_SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | TEXT
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+# Hypothesis settings are fixed at import, before fixtures exist: read --soak from argv.
+SCALE = 10 if "--soak" in sys.argv else 1
+
+
+@st.composite
+def event_fields(draw: st.DrawFn) -> dict[str, Any]:
+    """Fields of one valid event (no id, timestamp or run id yet)."""
+    etype = draw(st.sampled_from(BUILTIN_EVENT_TYPES))
+    fields: dict[str, Any] = {"type": etype, **_codec.loads(_codec.dumps(EXAMPLES[etype][0]))}
+    fields.setdefault("metadata", {})
+    if "phase" in fields:
+        fields["phase"] = draw(NAMES)
+    if "step" in fields:
+        fields["step"] = draw(NAMES)
+    if draw(st.booleans()):
+        fields["message"] = draw(TEXT)
+    if draw(st.booleans()):
+        fields["duration_ms"] = draw(st.floats(0, 1e7, allow_nan=False))
+    extra = draw(st.dictionaries(st.sampled_from(["x_note", "x_count", "x_data"]), JSON_VALUES, max_size=2))
+    fields["metadata"] = {**fields["metadata"], **extra}
+    return fields
+
+
+def _event(seq: int, fields: dict[str, Any]) -> Event | None:
+    data = {**fields, "event_id": seq, "run_id": RUN_ID, "schema_version": 1,
+            "timestamp": f"2026-11-23T10:{seq // 60 % 60:02d}:{seq % 60:02d}.000000Z", "nonce": f"w-{seq}"}  # fmt: skip
+    try:
+        validate_event_dict(data, run_id=RUN_ID)
+    except InvalidEvent:
+        return None  # an extra metadata key this type's schema forbids
+    return Event.from_dict(data)
+
+
+@st.composite
+def event_sequences(draw: st.DrawFn) -> list[Event]:
+    out: list[Event] = []
+    for fields in draw(st.lists(event_fields(), min_size=1, max_size=40)):
+        ev = _event(len(out) + 1, fields)
+        if ev is not None:
+            out.append(ev)
+    assume(out)
+    return out
+
+
+def _through_json(state: RunState) -> RunState:
+    return RunState.from_dict(_codec.loads(_codec.dumps(state.to_dict())))
+
+
+@settings(max_examples=100 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(event_sequences())
+def test_folding_from_any_snapshot_point_equals_folding_in_one_go(events: list[Event]) -> None:
+    empty = RunState(run_id=RUN_ID)
+    whole = fold_all(empty, events)
+    for k in range(len(events) + 1):
+        snapshot = _through_json(fold_all(empty, events[:k]))
+        assert whole == fold_all(snapshot, events[k:])
+    assert whole == _through_json(whole)
+
+
+@settings(max_examples=200 * SCALE, deadline=None)
+@given(event_fields(), st.integers(1, 2**40), st.none() | TEXT, st.none() | TEXT)
+def test_every_event_type_round_trips_through_json_losslessly(
+    fields: dict[str, Any], seq: int, key: str | None, user: str | None
+) -> None:
+    ev = _event(seq, {**fields, "idempotency_key": key, "user": user})
+    assume(ev is not None)
+    assert ev is not None
+    assert ev == Event.from_dict(_codec.loads(_codec.dumps(ev.to_dict())))
+
+
+class EmitSnapshotReopen(RuleBasedStateMachine):
+    """Drive a run through emit / snapshot / reopen / resume / rerun and compare with a plain list model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = RunStore(f"memory://props-{uuid.uuid4().hex}", snapshot_every=3)
+        self.run = self.store.create_run("acme", "web")
+        self.model: list[Event] = []
+        self.reruns: list[str] = []
+
+    @initialize()
+    def start(self) -> None:
+        self.model.append(self.run.log.emit("workflow_start"))
+
+    @rule(fields=event_fields())
+    def emit(self, fields: dict[str, Any]) -> None:
+        args = {k: v for k, v in fields.items() if k != "type"}
+        try:
+            ev = self.run.log.emit(fields["type"], **args)
+        except InvalidEvent:
+            # An extra key this type's schema forbids: nothing may have been written.
+            assert [e.event_id for e in self.model] == [e.event_id for e in self.run.log.read()]
+            return
+        assert len(self.model) + 1 == ev.event_id
+        self.model.append(ev)
+
+    @rule()
+    def snapshot(self) -> None:
+        assert fold_all(RunState(run_id=self.run.id), self.model) == self.run.log.snapshot()
+
+    @rule()
+    def reopen(self) -> None:
+        self.store = RunStore(fs=self.store.storage.fs, root=self.store.storage.root, snapshot_every=3)
+        self.run = self.store.get_run(self.run.id)
+
+    @rule()
+    def resume(self) -> None:
+        status = fold_all(RunState(run_id=self.run.id), self.model).status
+        try:
+            self.run = Resumer(self.store).resume(self.run.id)
+        except RunNotResumable:
+            assert status in ("completed", "cancelled", "awaiting_approval")
+            return
+        assert status not in ("completed", "awaiting_approval")
+        new = list(self.run.log.read(since=len(self.model)))
+        # One workflow_resumed, unless the run was just resumed (then it is handed back as it is).
+        if new:
+            assert ["workflow_resumed"] == [e.type for e in new]
+        else:
+            assert "workflow_resumed" == self.model[-1].type
+        self.model.extend(new)
+
+    @precondition(lambda self: len(self.reruns) < 2)
+    @rule(value=st.integers(0, 9))
+    def rerun(self, value: int) -> None:
+        status = fold_all(RunState(run_id=self.run.id), self.model).status
+        try:
+            child = Resumer(self.store).rerun(self.run.id, params={"n": value})
+        except RunNotRerunnable:
+            assert status not in ("completed", "failed", "cancelled")
+            return
+        assert status in ("completed", "failed", "cancelled")
+        self.reruns.append(child.id)
+        assert self.run.id == child.metadata.parent_run_id
+        assert {"n": value} == child.metadata.params
+        assert "workflow_rerun" == child.log.get(1).type
+
+    @invariant()
+    def state_is_the_fold_of_the_model(self) -> None:
+        expected = fold_all(RunState(run_id=self.run.id), self.model)
+        assert expected == self.run.state()
+        assert expected == self.store.get_run(self.run.id).state()
+        assert self.model == list(self.run.log.read())
+
+
+EmitSnapshotReopen.TestCase.settings = settings(
+    max_examples=25 * SCALE, stateful_step_count=20, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+TestEmitSnapshotReopen = EmitSnapshotReopen.TestCase
+
+
+def test_zz_record_property_counts() -> None:
+    n = 100 * SCALE
+    record("test_properties: fold from every snapshot point == one-go fold", "random event sequences", n,
+           "equal states, JSON snapshot round-trip exact")  # fmt: skip
+    record("test_properties: event JSON round-trip", "random events of every type", 2 * n, "lossless")
+    record("test_properties: stateful emit/snapshot/reopen/resume/rerun", "random programs of 20 steps", 25 * SCALE,
+           "state == fold of model after every step")  # fmt: skip
