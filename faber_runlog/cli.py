@@ -468,10 +468,20 @@ def _cmd_archive(ctx: _Ctx) -> int:
 
 def _cmd_report(ctx: _Ctx) -> int:
     from faber_runlog.report import compose_report, render_markdown
+    from faber_runlog.state import TERMINAL_STATUSES
 
     a = ctx.args
     run = ctx.store.get_run(a.run_id)
-    report = run.write_report() if a.write else (run.read_report() or compose_report(ctx.store.storage, run.log))
+    if a.write:
+        status = run.state().status
+        if status not in TERMINAL_STATUSES:
+            raise FaberRunlogError(
+                f"run {run.id} is {status}: its final report is written when it ends (completed, failed or "
+                "cancelled); leave out --write to see the report so far"
+            )
+        report = run.write_report()
+    else:
+        report = run.read_report() or compose_report(ctx.store.storage, run.log)
     if ctx.json:
         _dump(report, ctx.out)
     else:
