@@ -1,0 +1,148 @@
+"""The MCP gateway through the SDK's real stdio client, against ``faber-runlog mcp`` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from conftest import BUCKET, S3Server
+
+from faber_runlog import RunStore
+
+pytest.importorskip("mcp")
+
+
+def _server_command(tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> tuple[list[str], RunStore]:
+    if kind == "local":
+        url = str(tmp_path / "runs")
+        return ["--root", url], RunStore(url)
+    server: S3Server = request.getfixturevalue("s3_server")
+    url = f"s3://{BUCKET}/mcp-{uuid.uuid4().hex}"
+    options = {k: v for k, v in server.storage_options.items() if k not in ("key", "secret")}
+    return ["--root", url, "--storage-options", json.dumps(options)], RunStore(url, storage_options=server.storage_options)
+
+
+async def _session(args: list[str], cwd: Path, body: Any) -> Any:
+    from mcp import ClientSession, StdioServerParameters, stdio_client
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "PATH", "HOME", "PYTHON"))}
+    params = StdioServerParameters(command=sys.executable, args=["-m", "faber_runlog", *args, "mcp"], cwd=cwd, env=env)
+    with open(os.devnull, "w") as errlog:
+        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            return await body(session)
+
+
+def _structured(result: Any) -> dict[str, Any]:
+    assert not result.is_error, result.content
+    data: dict[str, Any] = json.loads(result.content[0].text)
+    return data
+
+
+def _text(result: Any) -> str:
+    return "\n".join(c.text for c in result.content)
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_tools_and_resources_over_a_real_stdio_session(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    args, store = _server_command(tmp_path, kind, request)
+    seen: dict[str, Any] = {}
+
+    async def body(session: Any) -> None:
+        tools = await session.list_tools()
+        seen["tools"] = sorted(t.name for t in tools.tools)
+        templates = await session.list_resource_templates()
+        seen["templates"] = sorted(t.uri_template for t in templates.resource_templates)
+        created = _structured(await session.call_tool("create_run", {"org": "acme", "project": "web",
+                                                                     "params": {"work_id": "220"}}))  # fmt: skip
+        run_id = seen["run_id"] = created["run_id"]
+        for etype, extra in [("workflow_start", {}), ("phase_start", {"phase": "build"}),
+                             ("step_start", {"phase": "build", "step": "compile"}),
+                             ("step_error", {"phase": "build", "step": "compile", "error": "exit 2"})]:  # fmt: skip
+            emitted = _structured(await session.call_tool("emit_event", {"run_id": run_id, "type": etype, **extra}))
+            seen.setdefault("ids", []).append(emitted["event_id"])
+        seen["invalid"] = await session.call_tool("emit_event", {"run_id": run_id, "type": "step_start"})
+        seen["unknown_type"] = await session.call_tool("emit_event", {"run_id": run_id, "type": "no_such_type"})
+        seen["bad_args"] = await session.call_tool("emit_event", {"run_id": run_id})
+        seen["bad_id"] = await session.call_tool("get_state", {"run_id": "acme/web/nope"})
+        seen["missing"] = await session.call_tool(
+            "get_state", {"run_id": "acme/web/00000000-0000-4000-8000-000000000000"}
+        )
+        seen["state"] = _structured(await session.call_tool("get_state", {"run_id": run_id}))
+        seen["state_at_2"] = _structured(await session.call_tool("get_state", {"run_id": run_id, "at": 2}))
+        seen["events"] = _structured(
+            await session.call_tool("list_events", {"run_id": run_id, "since": 1, "limit": 2})
+        )
+        seen["runs"] = _structured(await session.call_tool("list_runs", {"status": "failed"}))
+        seen["plan"] = _structured(await session.call_tool("resume_plan", {"run_id": run_id}))
+        state = await session.read_resource(f"faber://run/{run_id}/state")
+        seen["state_resource"] = json.loads(state.contents[0].text)
+        encoded = await session.read_resource(f"faber://run/{run_id.replace('/', '%2F')}/events")
+        seen["events_resource"] = json.loads(encoded.contents[0].text)
+        runs = await session.read_resource("faber://runs/list")
+        seen["runs_resource"] = json.loads(runs.contents[0].text)
+        try:
+            await session.read_resource("faber://run/acme/web/00000000-0000-4000-8000-000000000000/state")
+        except Exception as e:
+            seen["missing_resource"] = str(e)
+        # The server is still serving after every refusal.
+        seen["after"] = _structured(await session.call_tool("list_runs", {}))
+
+    anyio.run(_session, args, tmp_path, body)
+    run_id = seen["run_id"]
+    assert ["create_run", "emit_event", "get_state", "list_events", "list_runs", "resume_plan"] == seen["tools"]
+    assert ["faber://run/{+run_id}/events", "faber://run/{+run_id}/state"] == seen["templates"]
+    assert [1, 2, 3, 4] == seen["ids"]
+    for key, needle in [("invalid", "must contain ['phase', 'step']"), ("unknown_type", "unknown event type"),
+                        ("bad_args", "type"), ("bad_id", "invalid run uuid 'nope'"), ("missing", "not found")]:  # fmt: skip
+        result = seen[key]
+        assert result.is_error, key
+        assert needle in _text(result), (key, _text(result))
+    assert 4 == store.get_run(run_id).state().last_event_id  # refused events wrote nothing
+    assert ("failed", 4, "exit 2") == (
+        seen["state"]["status"], seen["state"]["last_event_id"], seen["state"]["errors"][-1]["message"]
+    )
+    assert 2 == seen["state_at_2"]["last_event_id"]
+    assert ([2, 3], 3) == ([e["event_id"] for e in seen["events"]["events"]], seen["events"]["next_since"])
+    assert [run_id] == [r["run_id"] for r in seen["runs"]["runs"]]
+    assert (True, "build", "compile") == (
+        seen["plan"]["resumable"], seen["plan"]["resume_phase"], seen["plan"]["resume_step"]
+    )
+    assert seen["state"] == seen["state_resource"]
+    assert [1, 2, 3, 4] == [e["event_id"] for e in seen["events_resource"]["events"]]
+    assert [run_id] == [r["run_id"] for r in seen["runs_resource"]["runs"]]
+    assert "not found" in seen["missing_resource"]
+    assert 1 == seen["after"]["total"]
+
+
+def test_with_logging_disabled_emit_event_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from faber_runlog.gateway import CONFIG_PATH, GatewayConfig, write_config
+
+    write_config(GatewayConfig(enabled=False), tmp_path / CONFIG_PATH)
+    store = RunStore(str(tmp_path / ".fractary/plugins/faber/runs"))
+    run = store.create_run("acme", "web")
+    seen: dict[str, Any] = {}
+
+    async def body(session: Any) -> None:
+        seen["emit"] = _structured(await session.call_tool("emit_event", {"run_id": run.id, "type": "workflow_start"}))
+        seen["create"] = _structured(await session.call_tool("create_run", {"org": "acme", "project": "web"}))
+
+    anyio.run(_session, ["--config", str(tmp_path / CONFIG_PATH)], tmp_path, body)
+    assert False is seen["emit"]["written"] and False is seen["create"]["written"]
+    assert (1, 0) == (len(store.list_runs()), store.get_run(run.id).state().last_event_id)
+
+
+def test_importing_the_server_module_does_not_import_the_sdk() -> None:
+    import subprocess
+
+    code = "import sys, faber_runlog.mcp_server, faber_runlog.cli; print('mcp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "False" == out.stdout.strip()
