@@ -250,6 +250,16 @@ def type_version(event_type: str) -> int:
     return spec.version if spec is not None else SCHEMA_VERSION
 
 
+def _check_utf8(text: str, where: str, error: type[ValueError]) -> None:
+    # Lone surrogates (from bad decoding upstream) have no UTF-8 form.
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            bad = text[e.start : e.end]
+            raise error(f"{where} holds {bad!r}, which has no UTF-8 form; fix the text's decoding") from e
+
+
 def check_json_value(value: Any, where: str, depth: int = 0, error: type[ValueError] = InvalidEvent) -> None:
     """Refuse what JSON cannot carry faithfully (NaN, non-str keys, deep nests)."""
     if depth > _MAX_DEPTH:
@@ -257,8 +267,13 @@ def check_json_value(value: Any, where: str, depth: int = 0, error: type[ValueEr
     if isinstance(value, str):
         if len(value) > _MAX_STRING:
             raise error(f"{where} is a string of {len(value)} characters; the limit is {_MAX_STRING}")
-    elif isinstance(value, bool) or value is None or isinstance(value, int):
+        _check_utf8(value, where, error)
+    elif isinstance(value, bool) or value is None:
         return
+    elif isinstance(value, int):
+        # orjson stores 64-bit integers only; a bigger one would fail deep in the write.
+        if not -(1 << 63) <= value < (1 << 64):
+            raise error(f"{where} is an integer outside the 64-bit range JSON readers agree on; store it as a string")
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise error(f"{where} is {value!r}; JSON has no NaN or Infinity, use null or a string")
@@ -266,6 +281,7 @@ def check_json_value(value: Any, where: str, depth: int = 0, error: type[ValueEr
         for k, v in value.items():
             if not isinstance(k, str):
                 raise error(f"{where} has a non-string key {k!r}; JSON object keys are strings")
+            _check_utf8(k, where, error)
             check_json_value(v, f"{where}.{k}", depth + 1, error)
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
