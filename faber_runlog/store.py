@@ -482,6 +482,26 @@ class RunStore:
         ids = run_ids if run_ids is not None else [s.run_id for s in self.list_runs()]
         return report.recover_missing_reports(self.storage, self._event_log, ids)
 
+    # -- analysis (pandas / pyarrow, the ``faber_runlog[analysis]`` extra) ------
+
+    def events_frame(self, **filters: Any) -> Any:
+        """A pandas DataFrame, one row per event; see :func:`faber_runlog.analysis.events_frame`."""
+        from faber_runlog.analysis import events_frame
+
+        return events_frame(self, **filters)
+
+    def runs_frame(self, **filters: Any) -> Any:
+        """A pandas DataFrame, one row per run; see :func:`faber_runlog.analysis.runs_frame`."""
+        from faber_runlog.analysis import runs_frame
+
+        return runs_frame(self, **filters)
+
+    def to_arrow(self, kind: str = "events", **filters: Any) -> Any:
+        """A pyarrow Table of events (or ``kind="runs"``); see :func:`faber_runlog.analysis.to_arrow`."""
+        from faber_runlog.analysis import to_arrow
+
+        return to_arrow(self, kind, **filters)
+
     # -- lineage ---------------------------------------------------------------
 
     def children(self, run_id: str | RunId) -> list[str]:
