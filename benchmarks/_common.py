@@ -31,7 +31,9 @@ def best_of(repeats: int, fn: Callable[[], object]) -> float:
     return best
 
 
-def rate_row(name: str, n: int, ours_s: float, peer_name: str, peer_s: float, unit: str, min_ratio: float | None) -> Row:
+def rate_row(
+    name: str, n: int, ours_s: float, peer_name: str, peer_s: float, unit: str, min_ratio: float | None
+) -> Row:
     """A throughput row: n items in ours_s vs peer_s seconds, ratio = ours rate / peer rate."""
     ours = n / ours_s
     peer = n / peer_s

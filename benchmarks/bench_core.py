@@ -87,7 +87,8 @@ def bench_local_append(tmp: Path, n: int) -> tuple[Row, float]:
         (Path(store.storage.path(f"{run.id}/events/{seq_name(i + 2)}"))).read_bytes() for i in range(n)
     ]
     raw = _raw_fsync_loop(tmp / "raw", bodies)
-    return rate_row("local durable append (fsync)", n, ours, "raw tmp+fsync+link+dir-fsync loop", raw, "ev/s", 0.8), ours
+    row = rate_row("local durable append (fsync)", n, ours, "raw tmp+fsync+link+dir-fsync loop", raw, "ev/s", 0.8)
+    return row, ours
 
 
 # -- (b) S3 append --------------------------------------------------------------
@@ -155,8 +156,14 @@ def bench_s3_append(n: int) -> list[Row]:
     finally:
         server.stop()
     rate = rate_row("S3 append (moto)", n, ours, "raw pipe_file(mode='create') loop", raw, "ev/s", 0.9)
-    per = Row("S3 requests per append", requests / n, "1 PUT per event (+1/K snapshot)", 1.0, "req", "<= 1.02", (requests / n), requests / n <= 1.02)
-    detail = Row(f"  of which PUT (K=100: {puts} PUTs / {n} events)", puts / n, "ideal", 1.0, "req", "", puts / n, None)
+    per_append = requests / n
+    per = Row(
+        "S3 requests per append", per_append, "1 PUT per event (+1/K snapshot)", 1.0, "req", "<= 1.02",
+        per_append, per_append <= 1.02,
+    )
+    detail = Row(
+        f"  of which PUT (K=100: {puts} PUTs / {n} events)", puts / n, "ideal", 1.0, "req", "", puts / n, None
+    )
     return [rate, per, detail]
 
 
@@ -273,8 +280,14 @@ def bench_eventsourcing(tmp: Path, n_append: int, n_replay: int, ours_append_s: 
     log = store.get_run(run_id).log
     ours_replay = best_of(2, lambda: fold_all(RunState(run_id=run_id), log.read()))
     return [
-        rate_row("durable append vs eventsourcing", n_append, ours_append_s, "eventsourcing 9 on SQLite", es_append, "ev/s", None),
-        rate_row(f"rebuild {n_replay:,} events vs eventsourcing", n_replay, ours_replay, "eventsourcing replay (SQLite)", es_replay, "ev/s", 10.0),
+        rate_row(
+            "durable append vs eventsourcing", n_append, ours_append_s,
+            "eventsourcing 9 on SQLite", es_append, "ev/s", None,
+        ),
+        rate_row(
+            f"rebuild {n_replay:,} events vs eventsourcing", n_replay, ours_replay,
+            "eventsourcing replay (SQLite)", es_replay, "ev/s", 10.0,
+        ),
     ]
 
 

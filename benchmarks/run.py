@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import Row  # noqa: E402
+from _common import Row
 
 SUITES = ["bench_core", "bench_resume", "bench_archive"]
 

@@ -37,7 +37,7 @@ def test_eight_processes_append_500_each_gapless(shared_store_spec: dict[str, An
     run = store.create_run("acme", "web")
     workers = [_spawn(shared_store_spec, "append", run.id, str(per), f"w{i}") for i in range(procs)]
     for w in workers:
-        out, err = w.communicate(timeout=600)
+        _out, err = w.communicate(timeout=600)
         assert 0 == w.returncode, err
     events = list(store.get_run(run.id).log.read())
     assert list(range(1, procs * per + 1)) == [e.event_id for e in events]
