@@ -159,8 +159,13 @@ class EventLog:
         etype = fields.get("type")
         if not isinstance(etype, str):
             raise InvalidEvent(f"event for run {self._run_id} needs a string 'type'", run_id=self._run_id)
+        # A copy: the caller's dict stays as given, whatever we fill in.
+        fields = dict(fields)
         fields.setdefault("run_id", self._run_id)
         fields.setdefault("metadata", {})
+        for name, default in (("user", self._user), ("source", self._source)):
+            if fields.get(name) is None and default is not None:
+                fields[name] = default
         fields["schema_version"] = type_version(etype)
         if fields["run_id"] != self._run_id:
             raise InvalidEvent(

@@ -18,6 +18,7 @@ from faber_runlog.errors import InvalidEvent
 from faber_runlog.events import upcast, validate_event_dict
 from faber_runlog.ids import RunId
 from faber_runlog.layout import RunLayout, parse_seq_name
+from faber_runlog.log import CONSOLIDATED_KEY
 from faber_runlog.state import RunState, apply
 from faber_runlog.store import RunStore
 
@@ -87,8 +88,22 @@ def verify_run(store: RunStore, run_id: str | RunId) -> VerifyReport:
             path = storage.path(f"{layout.events}/{name}")
             problems.append(VerifyProblem(None, path, "stray", f"{path} is not an event file name; move it away"))
     seqs.sort()
-    last = seqs[-1] if seqs else 0
     present = set(seqs)
+    # A consolidated run keeps its events in events.jsonl (line n is event n);
+    # its event files may be gone, so the lines they no longer cover are checked here.
+    jsonl = storage.read(layout.jsonl)
+    jsonl_seqs: list[int] = []
+    if jsonl is not None:
+        jsonl_path = storage.path(layout.jsonl)
+        for n, line in enumerate(jsonl.split(b"\n")[:-1], start=1):
+            if n in present:
+                continue
+            jsonl_seqs.append(n)
+            problem = _check_event(run.id, n, f"{jsonl_path} line {n}", line)
+            if problem is not None:
+                problems.append(problem)
+    last = max(seqs[-1] if seqs else 0, jsonl_seqs[-1] if jsonl_seqs else 0)
+    present.update(jsonl_seqs)
     for seq in range(1, last + 1):
         if seq not in present:
             path = storage.path(layout.event(seq))
@@ -107,7 +122,7 @@ def verify_run(store: RunStore, run_id: str | RunId) -> VerifyReport:
             if problem is not None:
                 problems.append(problem)
     problems.sort(key=lambda p: (math.inf if p.seq is None else p.seq, p.path))
-    return VerifyReport(run.id, len(seqs), last, tuple(problems))
+    return VerifyReport(run.id, len(seqs) + len(jsonl_seqs), last, tuple(problems))
 
 
 def _check_event(run_id: str, seq: int, path: str, body: bytes | None) -> VerifyProblem | None:
@@ -178,6 +193,18 @@ def _parse_state(body: bytes | None, run_id: str) -> RunState | None:
     return state
 
 
+def _sealed_through(body: bytes | None) -> int | None:
+    """The consolidation mark of a stored state.json, even when the rest of it is damaged."""
+    if body is None:
+        return None
+    try:
+        data = _codec.loads(body)
+    except _codec.JSONDecodeError:
+        return None
+    through = data.get(CONSOLIDATED_KEY) if isinstance(data, dict) else None
+    return through if isinstance(through, int) and not isinstance(through, bool) else None
+
+
 def _full(state: RunState) -> dict[str, Any]:
     # Every field, defaults included, so a hand-set default value is still compared.
     return attrs.asdict(state)
@@ -191,8 +218,16 @@ def _differences(stored: Any, rebuilt: Any, path: str, out: list[StateDifference
     elif isinstance(stored, list) and isinstance(rebuilt, list) and len(stored) == len(rebuilt):
         for i, (a, b) in enumerate(zip(stored, rebuilt, strict=True)):
             _differences(a, b, f"{path}[{i}]", out)
-    elif stored != rebuilt or type(stored) is not type(rebuilt):
+    elif stored != rebuilt or not _same_kind(stored, rebuilt):
         out.append(StateDifference(path, stored, rebuilt))
+
+
+def _same_kind(a: Any, b: Any) -> bool:
+    # 5 and 5.0 are one duration (JSON does not keep the difference); True and 1 are not.
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers):
+        return isinstance(a, bool) == isinstance(b, bool)
+    return type(a) is type(b)
 
 
 def reconstruct_state(
@@ -234,7 +269,11 @@ def reconstruct_state(
     repaired = False
     if repair and (status != "ok" or bad):
         if status != "ok":
-            storage.replace(layout.state, _codec.dumps(state.to_dict()))
+            fresh = state.to_dict()
+            sealed = _sealed_through(body)
+            if sealed is not None:
+                fresh[CONSOLIDATED_KEY] = sealed  # a repaired consolidated run stays sealed
+            storage.replace(layout.state, _codec.dumps(fresh))
         for seq, snap_body in bad.items():
             storage.replace(layout.snapshot(seq), snap_body)
         repaired = True

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from faber_runlog import CorruptEvent, InvalidEvent, RunStore
+from faber_runlog import CorruptEvent, EventLog, InvalidEvent, RunStore
 from faber_runlog.layout import seq_name
 
 
@@ -189,3 +189,14 @@ def test_idempotency_key_appends_once(store: RunStore) -> None:
     again = store.get_run(run.id).log.emit("checkpoint", metadata={"label": "a"}, idempotency_key="k1")
     assert first == again
     assert [1] == [e.event_id for e in run.log.read()]
+
+
+def test_append_fills_the_logs_default_user_and_source_like_emit(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    log = EventLog(store.storage, run.run_id, source="ci-bot", user="alice")
+    fields: dict[str, Any] = {"type": "checkpoint", "metadata": {"label": "a"}}
+    event = log.append(fields)
+    assert ("alice", "ci-bot") == (event.user, event.source)
+    assert {"type": "checkpoint", "metadata": {"label": "a"}} == fields  # the caller's dict is untouched
+    explicit = log.append({"type": "checkpoint", "user": "bob", "metadata": {"label": "b"}})
+    assert ("bob", "ci-bot") == (explicit.user, explicit.source)

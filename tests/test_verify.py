@@ -144,3 +144,58 @@ def test_reconstruct_finds_and_repairs_a_bad_historical_snapshot(store_factory: 
     assert (True, (4,)) == (report.repaired, report.bad_snapshots)
     assert good == store.get_run(run.id).state(at=4)
     assert r.reconstruct(run.id)[1].ok
+
+
+def _consolidated_without_event_files(store: RunStore) -> Run:
+    from faber_runlog.archive import consolidate
+
+    run = _failed_run(store)
+    consolidate(store, run.id)
+    layout = RunLayout(run.run_id)
+    for seq in range(1, 7):
+        store.storage.delete(layout.event(seq))
+    return run
+
+
+def test_verify_checks_a_consolidated_run_from_its_events_jsonl(store: RunStore) -> None:
+    run = _consolidated_without_event_files(store)
+    report = Resumer(store).verify(run.id)
+    assert (True, 6, 6) == (report.ok, report.events, report.last_event_id)
+
+
+def test_verify_pinpoints_a_damaged_line_of_events_jsonl(store: RunStore) -> None:
+    run = _consolidated_without_event_files(store)
+    layout = RunLayout(run.run_id)
+    lines = (store.storage.read(layout.jsonl) or b"").split(b"\n")
+    lines[3] = b'{"event_id": 4, "type": "step_st'
+    store.storage.replace(layout.jsonl, b"\n".join(lines))
+    first = Resumer(store).verify(run.id).first
+    assert first is not None
+    assert (4, "unreadable", f"{store.storage.path(layout.jsonl)} line 4") == (first.seq, first.kind, first.path)
+
+
+def test_repairing_a_consolidated_run_keeps_it_sealed(store: RunStore) -> None:
+    from faber_runlog.log import CONSOLIDATED_KEY
+
+    run = _consolidated_without_event_files(store)
+    layout = RunLayout(run.run_id)
+    data = json.loads(store.storage.read(layout.state) or b"")
+    data["status"] = "completed"  # hand-edited
+    store.storage.replace(layout.state, json.dumps(data).encode())
+    _, report = Resumer(store).reconstruct(run.id, repair=True)
+    repaired = json.loads(store.storage.read(layout.state) or b"")
+    assert ("different", True) == (report.stored, report.repaired)
+    assert (6, "failed") == (repaired[CONSOLIDATED_KEY], repaired["status"])
+    assert "failed" == store.get_run(run.id).state().status
+
+
+def test_an_integral_float_duration_is_not_a_difference(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    run.log.emit("phase_start", phase="build")
+    run.log.emit("phase_complete", phase="build", duration_ms=1500)
+    layout = RunLayout(run.run_id)
+    text = (store.storage.read(layout.state) or b"").decode()
+    store.storage.replace(layout.state, text.replace("1500", "1500.0").encode())
+    _, report = Resumer(store).reconstruct(run.id)
+    assert ("ok", ()) == (report.stored, report.differences)
