@@ -436,18 +436,23 @@ class EventLog:
                 seq=after + 1,
                 path=path,
             )
-        lines = body.split(b"\n")
-        if len(lines) - 1 < last:  # the file ends with a newline
-            raise CorruptEvent(
-                f"{path} of run {self._run_id} holds {len(lines) - 1} events, fewer than {last}; "
-                "restore it from the archive",
-                run_id=self._run_id,
-                seq=len(lines),
-                path=path,
-            )
-        for seq in range(after + 1, last + 1):
+        # Walk the lines in place: splitting would hold a second copy of the whole log.
+        pos, seq = 0, 1
+        while seq <= last:
+            end = body.find(b"\n", pos)
+            if end >= 0 and seq <= after:  # before the cursor: skip without parsing
+                pos, seq = end + 1, seq + 1
+                continue
+            if end < 0:
+                raise CorruptEvent(
+                    f"{path} of run {self._run_id} holds {seq - 1} events, fewer than {last}; "
+                    "restore it from the archive",
+                    run_id=self._run_id,
+                    seq=seq,
+                    path=path,
+                )
             try:
-                data = _codec.loads(lines[seq - 1])
+                data = _codec.loads(body[pos:end])
                 if not isinstance(data, dict) or data.get("event_id") != seq:
                     raise ValueError(f"line {seq} is not event {seq}")
                 event = Event.from_dict(upcast(data))
@@ -459,18 +464,16 @@ class EventLog:
                     path=path,
                 ) from e
             yield event
+            pos = end + 1
+            seq += 1
 
     def _stored_files(self, after: int, until: int | None = None) -> Iterator[Event]:
         if self._storage.kind == "s3":
             yield from self._stored_listed(after, until)
             return
-        seq = after + 1
-        while until is None or seq <= until:
-            body = self._storage.read(self._layout.event(seq))
-            if body is None:
-                return
-            yield self._decode(seq, body)
-            seq += 1
+        decode = self._decode
+        for seq, body in self._storage.read_numbered(self._layout.events, after + 1, until):
+            yield decode(seq, body)
 
     def _stored_listed(self, after: int, until: int | None) -> Iterator[Event]:
         # One LIST finds the tail; bodies are then fetched concurrently in batches.

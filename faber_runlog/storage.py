@@ -22,7 +22,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, TypeVar
 
 import fsspec
@@ -30,6 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from faber_runlog.errors import ConcurrencyUnsupported, StorageError, UnsafePath
+from faber_runlog.layout import seq_name
 
 __all__ = ["Storage", "open_filesystem"]
 
@@ -195,30 +196,36 @@ class Storage:
         """The bytes at ``key``, or None when it does not exist."""
         path = self.path(key)
         if self.kind == "local":
-            # os-level calls: reading many small event files is the rebuild's hot path.
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except (FileNotFoundError, NotADirectoryError):
-                return None
-            except OSError as e:
-                raise StorageError(f"reading {path} failed: {e}; check the file's permissions") from e
-            try:
-                data = os.read(fd, _READ_CHUNK)
-                if len(data) == _READ_CHUNK:
-                    parts = [data]
-                    while chunk := os.read(fd, _READ_CHUNK):
-                        parts.append(chunk)
-                    data = b"".join(parts)
-                return data
-            except OSError as e:
-                raise StorageError(f"reading {path} failed: {e}") from e
-            finally:
-                os.close(fd)
+            return _read_local(path)
         try:
             body: bytes = self._call(f"reading {path}", lambda: self.fs.cat_file(path, **self._cat_kwargs))
             return body
         except FileNotFoundError:
             return None
+
+    def read_numbered(self, folder: str, first: int, last: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """Bodies of the event files ``folder/<seq_name(n)>`` for n = first, first + 1, ... up to ``last``.
+
+        Stops at the first file that does not exist. The folder key is checked
+        once; the names are built from integers, so they cannot leave it. This
+        is the rebuild's hot path on a local disk, hence the plain os calls.
+        """
+        base = self.path(folder)
+        seq = first
+        if self.kind == "local":
+            while last is None or seq <= last:
+                data = _read_local(f"{base}/{seq_name(seq)}")
+                if data is None:
+                    return
+                yield seq, data
+                seq += 1
+            return
+        while last is None or seq <= last:
+            body = self.read(f"{folder}/{seq_name(seq)}")
+            if body is None:
+                return
+            yield seq, body
+            seq += 1
 
     def read_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
         """Read several keys; remote stores fetch them concurrently."""
@@ -432,3 +439,25 @@ class Storage:
                     "or pass allow_unsafe_writers=True if only one process ever writes to it"
                 )
             self._probed = True
+
+
+def _read_local(path: str) -> bytes | None:
+    """A local file's bytes with plain os calls (None when absent)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise StorageError(f"reading {path} failed: {e}; check the file's permissions") from e
+    try:
+        data = os.read(fd, _READ_CHUNK)
+        if len(data) == _READ_CHUNK:
+            parts = [data]
+            while chunk := os.read(fd, _READ_CHUNK):
+                parts.append(chunk)
+            data = b"".join(parts)
+        return data
+    except OSError as e:
+        raise StorageError(f"reading {path} failed: {e}") from e
+    finally:
+        os.close(fd)

@@ -16,6 +16,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from faber_runlog import (
     Archiver,
     ConsolidationError,
+    CorruptEvent,
     RetentionPolicy,
     RunArchived,
     RunStillActive,
@@ -256,3 +257,46 @@ def test_retention_dry_run_lists_and_real_run_deletes_only_what_the_policy_says(
             for r in (ok_run, failed_run, not_archived)}  # fmt: skip
     assert {ok_run: 0, failed_run: files[failed_run], not_archived: 10} == left
     assert local.get_run(ok_run).state().status == "completed"
+
+
+# -- reading a consolidated log -------------------------------------------------------
+
+
+def _consolidated_only(store: RunStore) -> tuple[str, RunLayout]:
+    """A consolidated run whose per-event files are gone: events.jsonl is all there is."""
+    run_id = finished_run(store)
+    consolidate(store, run_id)
+    layout = RunLayout(store.get_run(run_id).run_id)
+    for name in store.storage.list_names(layout.events):
+        store.storage.delete(f"{layout.events}/{name}")
+    return run_id, layout
+
+
+def test_a_consolidated_log_reads_from_any_cursor(store: RunStore) -> None:
+    run_id, _ = _consolidated_only(store)
+    log = store.get_run(run_id).log
+    assert list(range(1, 11)) == [e.event_id for e in log.read()]
+    assert [6, 7, 8] == [e.event_id for e in log.read(since=5, limit=3)]
+    assert [] == list(log.read(since=10))
+
+
+def test_a_truncated_events_jsonl_names_the_first_missing_line(store: RunStore) -> None:
+    run_id, layout = _consolidated_only(store)
+    body = store.storage.read(layout.jsonl) or b""
+    store.storage.replace(layout.jsonl, b"".join(body.splitlines(keepends=True)[:7]))
+    with pytest.raises(CorruptEvent) as info:
+        list(store.get_run(run_id).log.read())
+    assert (8, store.storage.path(layout.jsonl)) == (info.value.seq, info.value.path)
+    assert "holds 7 events, fewer than 10" in str(info.value)
+
+
+def test_a_damaged_line_of_events_jsonl_is_reported_not_skipped(store: RunStore) -> None:
+    run_id, layout = _consolidated_only(store)
+    lines = (store.storage.read(layout.jsonl) or b"").splitlines(keepends=True)
+    lines[4] = b'{"event_id": 5, "ty\n'
+    store.storage.replace(layout.jsonl, b"".join(lines))
+    log = store.get_run(run_id).log
+    with pytest.raises(CorruptEvent) as info:
+        list(log.read())
+    assert 5 == info.value.seq
+    assert [6, 7] == [e.event_id for e in log.read(since=5, limit=2)]  # lines before the cursor are not parsed
