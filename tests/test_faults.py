@@ -186,3 +186,93 @@ def test_a_permanently_failing_store_raises_storage_error_after_bounded_retries(
         "test_faults: store failing every request", fault, requests,
         "StorageError naming the run's file after 7 attempts, no hang",
     )  # fmt: skip
+
+
+# -- archive and resume under the same faults ---------------------------------------
+
+
+def _finished_local_run(store: RunStore, i: int) -> str:
+    run = store.create_run("acme", "web", params={"i": i})
+    run.log.emit("workflow_start")
+    run.log.emit("phase_start", phase="build")
+    for s in range(5):
+        run.log.emit("step_start", phase="build", step=f"s{s}")
+        run.log.emit("step_complete", phase="build", step=f"s{s}", duration_ms=float(s))
+    run.log.emit("phase_complete", phase="build")
+    run.log.emit("workflow_complete")
+    return run.id
+
+
+def test_archiving_through_random_faults_copies_every_run_once_and_loses_nothing(
+    proxy: FaultProxy, tmp_path: Path
+) -> None:
+    from faber_runlog import Archiver
+    from faber_runlog.archive import read_archive_index
+
+    local = RunStore(str(tmp_path / "runs"))
+    ids = [_finished_local_run(local, i) for i in range(12)]
+    expected = {rid: [e.to_dict() for e in local.get_run(rid).log.read()] for rid in ids}
+    dest = open_store(spec_via(proxy))
+    proxy.fail_rate = 0.10
+    archiver = Archiver(local, dest, progress=False, batch_size=4)
+    results = archiver.archive_many(ids)
+    # A run whose copy failed after bounded retries is archived by running again.
+    retried = [r.run_id for r in results if not r.ok]
+    again = archiver.archive_many(retried) if retried else []
+    injected = proxy.faults_injected()
+    proxy.fail_rate = 0.0
+    assert [] == [r.error for r in again if not r.ok]
+    assert sorted(ids) == sorted(e.run_id for e in read_archive_index(dest))  # one index entry per run
+    for rid in ids:
+        assert expected[rid] == [e.to_dict() for e in dest.get_run(rid).log.read()]
+        assert expected[rid] == [e.to_dict() for e in local.get_run(rid).log.read()]  # the source is whole
+        assert ("completed", 14) == (dest.get_run(rid).state().status, dest.get_run(rid).state().last_event_id)
+        assert () == verify_run(dest, rid).problems
+    assert injected, "the proxy injected no fault: the test proved nothing"
+    for fault, n in injected.items():
+        record(
+            "test_faults: archive 12 runs local -> S3, 10% of requests fail", fault, n,
+            f"12 runs archived ({len(retried)} needed a second pass), one index entry each, "
+            "events equal to the source, verify clean",
+        )  # fmt: skip
+
+
+def test_resume_and_rerun_through_random_faults_write_one_resume_event_and_a_whole_child(
+    proxy: FaultProxy,
+) -> None:
+    from faber_runlog import Resumer
+
+    store = open_store(spec_via(proxy))
+    run = store.create_run("acme", "web", params={"work_id": "220"})
+    run.log.emit("workflow_start")
+    run.log.emit("phase_start", phase="build")
+    run.log.emit("step_start", phase="build", step="compile")
+    run.log.emit("step_complete", phase="build", step="compile")
+    run.log.emit("step_start", phase="build", step="test")
+    run.log.emit("step_error", phase="build", step="test", error="red")
+    proxy.fail_rate = 0.10
+    resumer = Resumer(store)
+    plan = resumer.plan(run.id)
+    resumed = resumer.resume(run.id)
+    resumer.resume(run.id)  # a second resume of a resumed run adds nothing
+    resumed.log.emit("step_start", phase="build", step="test")
+    resumed.log.emit("step_complete", phase="build", step="test")
+    resumed.log.emit("phase_complete", phase="build")
+    resumed.log.emit("workflow_complete")
+    child = resumer.rerun(run.id, params={"work_id": "221"})
+    injected = proxy.faults_injected()
+    proxy.fail_rate = 0.0
+    events = list(store.get_run(run.id).log.read())
+    assert (False, True) == (plan.should_run("build", "compile"), plan.should_run("build", "test"))
+    assert 1 == sum(e.type == "workflow_resumed" for e in events)
+    assert_consistent(store, run.id, len(events))
+    assert "completed" == store.get_run(run.id).state().status
+    assert [child.id] == list(store.children(run.id))
+    first = next(iter(store.get_run(child.id).log.read()))
+    assert ("workflow_rerun", {"work_id": "221"}) == (first.type, store.get_run(child.id).metadata.params)
+    assert injected, "the proxy injected no fault: the test proved nothing"
+    for fault, n in injected.items():
+        record(
+            "test_faults: resume, finish and re-run one run, 10% of requests fail", fault, n,
+            "one workflow_resumed, run completed, verify clean, child listed once with its params",
+        )  # fmt: skip
