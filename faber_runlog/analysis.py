@@ -125,7 +125,6 @@ def _event_columns(
     wanted = frozenset(types) if types is not None else None
     rids = _select(store, org, project, status, run_ids)
     cols: dict[str, list[Any]] = {c: [] for c in EVENT_COLUMNS}
-    add = [cols[c].append for c in EVENT_COLUMNS]
     storage = store.storage
     with Progress("reading runs", len(rids), enabled=progress) as bar:
         for start in range(0, len(rids), _CHUNK):
@@ -134,27 +133,35 @@ def _event_columns(
             for rid in chunk:
                 body = bodies.get(RunLayout(rid).jsonl)
                 if body is not None:
-                    events: Iterable[dict[str, Any]] = (_codec.loads(line) for line in body.splitlines() if line)
+                    events = [_codec.loads(line) for line in body.splitlines() if line]
                 else:  # not consolidated: its event files
-                    events = (e.to_dict() for e in store.get_run(rid).log.read())
-                org_, project_, run_id = rid.org, rid.project, str(rid)
-                for d in events:
-                    ts = d.get("timestamp", "")
-                    if (wanted is not None and d.get("type") not in wanted) or (lo is not None and ts < lo) or (
-                        hi is not None and ts >= hi
-                    ):
-                        continue
-                    meta = d.get("metadata") or {}
-                    duration = d.get("duration_ms", meta.get("duration_ms"))
-                    err = d.get("error", meta.get("error"))
-                    for f, v in zip(add, (
-                        run_id, org_, project_, d.get("event_id"), d.get("type"), ts, d.get("phase"), d.get("step"),
-                        d.get("status"), d.get("message"), duration if isinstance(duration, (int, float)) else None,
-                        _error_text(err), d.get("user"), d.get("source"), d.get("idempotency_key"), meta,
-                    ), strict=True):  # fmt: skip
-                        f(v)
+                    events = [e.to_dict() for e in store.get_run(rid).log.read()]
+                filtered = wanted is not None or lo is not None or hi is not None
+                kept = events if not filtered else [
+                    d for d in events
+                    if (wanted is None or d.get("type") in wanted)
+                    and (lo is None or d.get("timestamp", "") >= lo)
+                    and (hi is None or d.get("timestamp", "") < hi)
+                ]  # fmt: skip
+                _add_events(cols, rid, kept)
             bar.update(len(chunk))
     return cols
+
+
+def _add_events(cols: dict[str, list[Any]], rid: RunId, ds: list[dict[str, Any]]) -> None:
+    # Column by column (one comprehension each): many times faster than a row loop.
+    n = len(ds)
+    cols["run_id"].extend([str(rid)] * n)
+    cols["org"].extend([rid.org] * n)
+    cols["project"].extend([rid.project] * n)
+    for c in ("event_id", "type", "phase", "step", "status", "message", "user", "source", "idempotency_key"):
+        cols[c].extend([d.get(c) for d in ds])
+    cols["timestamp"].extend([d.get("timestamp", "") for d in ds])
+    metas = [d.get("metadata") or {} for d in ds]
+    cols["metadata"].extend(metas)
+    durations = [d.get("duration_ms", m.get("duration_ms")) for d, m in zip(ds, metas, strict=True)]
+    cols["duration_ms"].extend([v if isinstance(v, (int, float)) else None for v in durations])
+    cols["error"].extend([_error_text(d.get("error", m.get("error"))) for d, m in zip(ds, metas, strict=True)])
 
 
 _EVENT_TEXT: Final = ("run_id", "org", "project", "type", "phase", "step", "status", "message", "error", "user",
