@@ -8,10 +8,25 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JSONDecodeError", "canonical_hash", "dumps", "dumps_indented", "loads", "now_iso"]
+__all__ = ["JSONDecodeError", "canonical_hash", "dumps", "dumps_indented", "load_object", "loads", "now_iso"]
 
 JSONDecodeError = orjson.JSONDecodeError
 loads = orjson.loads
+
+
+def load_object(body: bytes | None) -> dict[str, Any] | None:
+    """A stored JSON object, or None when it is absent, not JSON or not an object.
+
+    For files that are caches or hints (snapshots, reports, claims), where a
+    damaged copy means "not there" rather than an error.
+    """
+    if body is None:
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def dumps(value: Any) -> bytes:

@@ -341,12 +341,8 @@ def _event_line(storage: Storage, rid: RunId, seq: int, body: bytes | None) -> t
 def _seal(storage: Storage, rid: RunId, last: int, run: Run) -> None:
     """Make sure ``state.json`` says the log is consolidated through ``last``."""
     layout = RunLayout(rid)
-    body = storage.read(layout.state)
-    try:
-        current = _codec.loads(body) if body is not None else None
-    except _codec.JSONDecodeError:
-        current = None
-    if isinstance(current, dict) and current.get(CONSOLIDATED_KEY) == last and current.get("last_event_id") == last:
+    current = _codec.load_object(storage.read(layout.state))
+    if current is not None and current.get(CONSOLIDATED_KEY) == last and current.get("last_event_id") == last:
         return
     state = run.log.load_state(at=last)
     data = state.to_dict()

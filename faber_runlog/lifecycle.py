@@ -626,12 +626,8 @@ def release_claims(storage: Storage, run_id: RunId, claims: Iterable[str]) -> li
     """Mark the run's claim objects released (a tombstone, never a delete); returns those released."""
     released: list[str] = []
     for key in claims:
-        raw = storage.read(key)
-        if raw is None:
-            continue
-        try:
-            body = _codec.loads(raw)
-        except _codec.JSONDecodeError:
+        body = _codec.load_object(storage.read(key))
+        if body is None:
             continue
         if body.get("run_id") != str(run_id) or body.get("released"):
             continue  # taken over already, or released before

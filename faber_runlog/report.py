@@ -286,14 +286,7 @@ def write_report(storage: Storage, elog: EventLog, state: RunState | None = None
 
 def read_report(storage: Storage, run_id: str | RunId) -> dict[str, Any] | None:
     """The run's ``report.json``, or None if it has none (or it is unreadable)."""
-    body = storage.read(_keys(RunId.parse(run_id))[0])
-    if body is None:
-        return None
-    try:
-        data = _codec.loads(body)
-    except _codec.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
+    return _codec.load_object(storage.read(_keys(RunId.parse(run_id))[0]))
 
 
 def recover_missing_reports(
@@ -313,27 +306,16 @@ def recover_missing_reports(
     snapshots = storage.read_many(RunLayout(rid).state for rid in rids)
     written: list[str] = []
     for rid in rids:
-        report = None
-        body = reports.get(keys[rid])
-        if body is not None:
-            try:
-                report = _codec.loads(body)
-            except _codec.JSONDecodeError:
-                report = None
-        snap_status = None
-        snap = snapshots.get(RunLayout(rid).state)
-        if snap is not None:
-            try:
-                snap_status = _codec.loads(snap).get("status")
-            except (_codec.JSONDecodeError, AttributeError):
-                snap_status = None
-        if isinstance(report, dict) and report.get("status") == snap_status:
+        report = _codec.load_object(reports.get(keys[rid]))
+        snap = _codec.load_object(snapshots.get(RunLayout(rid).state))
+        snap_status = snap.get("status") if snap is not None else None
+        if report is not None and report.get("status") == snap_status:
             continue
         elog = open_log(rid)
         state = elog.current_state()
         if state.status not in TERMINAL_STATUSES:
             continue
-        if isinstance(report, dict) and report.get("status") == state.status:
+        if report is not None and report.get("status") == state.status:
             continue
         write_report(storage, elog, state)
         written.append(str(rid))

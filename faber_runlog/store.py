@@ -427,12 +427,7 @@ class RunStore:
                 continue  # a run being created right now
             meta = self._parse_metadata(rid, mbody)
             sbody = bodies.get(layout.state)
-            snap: dict[str, Any] = {}
-            if sbody is not None:
-                try:
-                    snap = _codec.loads(sbody)
-                except _codec.JSONDecodeError:
-                    snap = {}
+            snap = _codec.load_object(sbody) or {}
             summary = RunSummary(
                 run_id=str(rid),
                 org=rid.org,

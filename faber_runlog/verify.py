@@ -195,13 +195,8 @@ def _parse_state(body: bytes | None, run_id: str) -> RunState | None:
 
 def _sealed_through(body: bytes | None) -> int | None:
     """The consolidation mark of a stored state.json, even when the rest of it is damaged."""
-    if body is None:
-        return None
-    try:
-        data = _codec.loads(body)
-    except _codec.JSONDecodeError:
-        return None
-    through = data.get(CONSOLIDATED_KEY) if isinstance(data, dict) else None
+    data = _codec.load_object(body)
+    through = data.get(CONSOLIDATED_KEY) if data is not None else None
     return through if isinstance(through, int) and not isinstance(through, bool) else None
 
 
