@@ -149,6 +149,9 @@ class EventLog:
     def append(self, fields: dict[str, Any], check: Callable[[RunState], Event | None] | None = None) -> Event:
         """Append an event built from ``fields``; returns it with its ``event_id``.
 
+        Like :meth:`emit`, a ``user`` or ``source`` that is missing or None is
+        filled from the log's defaults; ``fields`` itself is not modified.
+
         ``check(state)`` runs against the exact state the event will follow; it
         may raise to refuse the append (nothing is written) or return an
         already stored event to hand back instead. On a lost race it runs
@@ -436,21 +439,21 @@ class EventLog:
                 seq=after + 1,
                 path=path,
             )
+        lines = body.count(b"\n")  # the file ends with a newline; a cut-off last line does not count
+        if lines < last:
+            raise CorruptEvent(
+                f"{path} of run {self._run_id} holds {lines} events, fewer than {last}; restore it from the archive",
+                run_id=self._run_id,
+                seq=lines + 1,
+                path=path,
+            )
         # Walk the lines in place: splitting would hold a second copy of the whole log.
         pos, seq = 0, 1
         while seq <= last:
             end = body.find(b"\n", pos)
-            if end >= 0 and seq <= after:  # before the cursor: skip without parsing
+            if seq <= after:  # before the cursor: skip without parsing
                 pos, seq = end + 1, seq + 1
                 continue
-            if end < 0:
-                raise CorruptEvent(
-                    f"{path} of run {self._run_id} holds {seq - 1} events, fewer than {last}; "
-                    "restore it from the archive",
-                    run_id=self._run_id,
-                    seq=seq,
-                    path=path,
-                )
             try:
                 data = _codec.loads(body[pos:end])
                 if not isinstance(data, dict) or data.get("event_id") != seq:

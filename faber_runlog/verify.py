@@ -18,8 +18,9 @@ from faber_runlog.errors import InvalidEvent
 from faber_runlog.events import upcast, validate_event_dict
 from faber_runlog.ids import RunId
 from faber_runlog.layout import RunLayout, parse_seq_name
-from faber_runlog.log import CONSOLIDATED_KEY
+from faber_runlog.log import CONSOLIDATED_KEY, CONSOLIDATION_RECORD
 from faber_runlog.state import RunState, apply
+from faber_runlog.storage import Storage
 from faber_runlog.store import RunStore
 
 __all__ = [
@@ -89,19 +90,10 @@ def verify_run(store: RunStore, run_id: str | RunId) -> VerifyReport:
             problems.append(VerifyProblem(None, path, "stray", f"{path} is not an event file name; move it away"))
     seqs.sort()
     present = set(seqs)
-    # A consolidated run keeps its events in events.jsonl (line n is event n);
-    # its event files may be gone, so the lines they no longer cover are checked here.
-    jsonl = storage.read(layout.jsonl)
-    jsonl_seqs: list[int] = []
-    if jsonl is not None:
-        jsonl_path = storage.path(layout.jsonl)
-        for n, line in enumerate(jsonl.split(b"\n")[:-1], start=1):
-            if n in present:
-                continue
-            jsonl_seqs.append(n)
-            problem = _check_event(run.id, n, f"{jsonl_path} line {n}", line)
-            if problem is not None:
-                problems.append(problem)
+    # A consolidated run keeps its events in events.jsonl (line n is event n).
+    # Readers turn to it at the first event file that is missing, so from there
+    # on its lines are what gets read, and what is checked.
+    jsonl_seqs = _check_jsonl_lines(storage, layout, run.id, present, problems)
     last = max(seqs[-1] if seqs else 0, jsonl_seqs[-1] if jsonl_seqs else 0)
     present.update(jsonl_seqs)
     for seq in range(1, last + 1):
@@ -122,7 +114,54 @@ def verify_run(store: RunStore, run_id: str | RunId) -> VerifyReport:
             if problem is not None:
                 problems.append(problem)
     problems.sort(key=lambda p: (math.inf if p.seq is None else p.seq, p.path))
-    return VerifyReport(run.id, len(seqs) + len(jsonl_seqs), last, tuple(problems))
+    return VerifyReport(run.id, len(present), last, tuple(problems))
+
+
+def _sealed_last(storage: Storage, layout: RunLayout) -> int | None:
+    """The last event held by events.jsonl, from consolidation.json (None when not consolidated)."""
+    record = _codec.load_object(storage.read(f"{layout.dir}/{CONSOLIDATION_RECORD}"))
+    last = record.get("last_seq") if record is not None else None
+    return last if isinstance(last, int) and not isinstance(last, bool) and last >= 0 else None
+
+
+def _check_jsonl_lines(
+    storage: Storage, layout: RunLayout, run_id: str, present: set[int], problems: list[VerifyProblem]
+) -> list[int]:
+    """Check the events.jsonl lines readers use; returns the sequence numbers they cover."""
+    sealed = _sealed_last(storage, layout)
+    if sealed is None:
+        return []  # an events.jsonl without its record (a consolidation cut short) is never read
+    first = next((s for s in range(1, sealed + 1) if s not in present), None)
+    if first is None:
+        return []  # every event file is there: readers never open events.jsonl
+    path = storage.path(layout.jsonl)
+    body = storage.read(layout.jsonl)
+    if body is None:
+        problems.append(VerifyProblem(
+            first, path, "missing",
+            f"run {run_id} is consolidated through event {sealed} but {path} is missing and event {first} "
+            "has no file either: restore events.jsonl from the archive",
+        ))  # fmt: skip
+        return []
+    covered: list[int] = []
+    pos = 0
+    for seq in range(1, sealed + 1):
+        end = body.find(b"\n", pos)
+        if end < 0:
+            tail = "ends in an unterminated line" if pos < len(body) else f"holds only {seq - 1} lines"
+            problems.append(VerifyProblem(
+                seq, f"{path} line {seq}", "missing",
+                f"{path} of run {run_id} {tail}, but consolidation.json says it holds events 1..{sealed}: "
+                "restore it from the archive",
+            ))  # fmt: skip
+            break
+        if seq >= first:
+            covered.append(seq)
+            problem = _check_event(run_id, seq, f"{path} line {seq}", body[pos:end])
+            if problem is not None:
+                problems.append(problem)
+        pos = end + 1
+    return covered
 
 
 def _check_event(run_id: str, seq: int, path: str, body: bytes | None) -> VerifyProblem | None:
@@ -266,6 +305,8 @@ def reconstruct_state(
         if status != "ok":
             fresh = state.to_dict()
             sealed = _sealed_through(body)
+            if sealed is None:
+                sealed = _sealed_last(storage, layout)
             if sealed is not None:
                 fresh[CONSOLIDATED_KEY] = sealed  # a repaired consolidated run stays sealed
             storage.replace(layout.state, _codec.dumps(fresh))

@@ -284,8 +284,10 @@ def test_a_truncated_events_jsonl_names_the_first_missing_line(store: RunStore) 
     run_id, layout = _consolidated_only(store)
     body = store.storage.read(layout.jsonl) or b""
     store.storage.replace(layout.jsonl, b"".join(body.splitlines(keepends=True)[:7]))
+    seen: list[int] = []
     with pytest.raises(CorruptEvent) as info:
-        list(store.get_run(run_id).log.read())
+        seen.extend(e.event_id for e in store.get_run(run_id).log.read())
+    assert [] == seen  # refused before any event is handed out, not half-way
     assert (8, store.storage.path(layout.jsonl)) == (info.value.seq, info.value.path)
     assert "holds 7 events, fewer than 10" in str(info.value)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from faber_runlog import Resumer, Run, RunState, RunStore, StateDifference, _codec
 from faber_runlog.layout import RunLayout
 from faber_runlog.state import fold_all
@@ -199,3 +201,63 @@ def test_an_integral_float_duration_is_not_a_difference(store: RunStore) -> None
     store.storage.replace(layout.state, text.replace("1500", "1500.0").encode())
     _, report = Resumer(store).reconstruct(run.id)
     assert ("ok", ()) == (report.stored, report.differences)
+
+
+def test_verify_reports_a_truncated_events_jsonl_against_its_record(store: RunStore) -> None:
+    run = _consolidated_without_event_files(store)
+    layout = RunLayout(run.run_id)
+    body = store.storage.read(layout.jsonl) or b""
+    store.storage.replace(layout.jsonl, b"".join(body.splitlines(keepends=True)[:4]))
+    report = Resumer(store).verify(run.id)
+    first = report.first
+    assert first is not None
+    assert (False, 5, "missing") == (report.ok, first.seq, first.kind)
+    assert "holds only 4 lines" in first.message and "1..6" in first.message
+
+
+def test_verify_reports_an_unterminated_last_line(store: RunStore) -> None:
+    run = _consolidated_without_event_files(store)
+    layout = RunLayout(run.run_id)
+    store.storage.replace(layout.jsonl, (store.storage.read(layout.jsonl) or b"").rstrip(b"\n"))
+    first = Resumer(store).verify(run.id).first
+    assert first is not None
+    assert (6, "missing") == (first.seq, first.kind)
+    assert "unterminated" in first.message
+
+
+def test_verify_checks_the_lines_readers_use_after_the_first_missing_file(store: RunStore) -> None:
+    from faber_runlog.archive import consolidate
+
+    run = _failed_run(store)
+    consolidate(store, run.id)
+    layout = RunLayout(run.run_id)
+    store.storage.delete(layout.event(3))  # readers take events 3.. from events.jsonl
+    lines = (store.storage.read(layout.jsonl) or b"").splitlines(keepends=True)
+    lines[4] = b'{"event_id": 5, "ty\n'
+    store.storage.replace(layout.jsonl, b"".join(lines))
+    report = Resumer(store).verify(run.id)
+    assert [(5, "unreadable", f"{store.storage.path(layout.jsonl)} line 5")] == [
+        (p.seq, p.kind, p.path) for p in report.problems
+    ]
+
+
+def test_an_events_jsonl_without_its_record_is_ignored_by_verify(store: RunStore) -> None:
+    run = _failed_run(store)
+    layout = RunLayout(run.run_id)
+    store.storage.replace(layout.jsonl, b"left over from a consolidation that was cut short\n")
+    store.storage.delete(layout.event(6))
+    report = Resumer(store).verify(run.id)
+    assert (5, 5, ()) == (report.events, report.last_event_id, report.problems)
+
+
+def test_repair_without_any_state_json_still_keeps_a_consolidated_run_sealed(store: RunStore) -> None:
+    from faber_runlog import RunArchived
+
+    run = _consolidated_without_event_files(store)
+    layout = RunLayout(run.run_id)
+    store.storage.delete(layout.state)
+    _, report = Resumer(store).reconstruct(run.id, repair=True)
+    assert ("missing", True) == (report.stored, report.repaired)
+    with pytest.raises(RunArchived):
+        store.get_run(run.id).log.emit("checkpoint", metadata={"label": "late"})
+    assert 6 == store.get_run(run.id).state().last_event_id
