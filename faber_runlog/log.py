@@ -17,12 +17,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Final
 
 from faber_runlog import _codec
 from faber_runlog.errors import CorruptEvent, InvalidEvent, RunArchived, SequenceConflict, StorageError
-from faber_runlog.events import Event, type_version, upcast, validate_event_dict
+from faber_runlog.events import Event, _event_from_dict, type_version, upcast, validate_event_dict
 from faber_runlog.ids import RunId
 from faber_runlog.layout import RunLayout, parse_seq_name, seq_name
 from faber_runlog.state import RunState, apply
@@ -34,6 +34,7 @@ log = logging.getLogger("faber_runlog.log")
 
 _MAX_CLAIMS: Final = 10_000
 _BATCH: Final = 256
+_loads: Final = _codec.loads  # bound once: it runs for every event read
 CONSOLIDATED_KEY: Final = "consolidated_through"
 """Key in ``state.json`` naming the last event held by ``events.jsonl`` (set by consolidation)."""
 CONSOLIDATION_RECORD: Final = "consolidation.json"
@@ -372,12 +373,12 @@ class EventLog:
 
     def _decode(self, seq: int, body: bytes) -> Event:
         try:
-            data = _codec.loads(body)
+            data = _loads(body)
+            if data.__class__ is dict and data.get("event_id") == seq:
+                return _event_from_dict(upcast(data))
             if not isinstance(data, dict):
                 raise ValueError(f"expected a JSON object, found {type(data).__name__}")
-            if data.get("event_id") != seq:
-                raise ValueError(f"its event_id is {data.get('event_id')!r}, not {seq}")
-            return Event.from_dict(upcast(data))
+            raise ValueError(f"its event_id is {data.get('event_id')!r}, not {seq}")
         except Exception as e:
             path = self._storage.path(self._layout.event(seq))
             raise CorruptEvent(
@@ -391,10 +392,7 @@ class EventLog:
     def _stored(self, after: int, until: int | None = None) -> Iterator[Event]:
         """Events after ``after`` (and up to ``until``) in order, stopping at the first missing one."""
         if self._jsonl_last is None:
-            nxt = after + 1
-            for event in self._stored_files(after, until):
-                nxt = event.event_id + 1
-                yield event
+            nxt = yield from self._stored_files(after, until)
             if (until is not None and nxt > until) or not self._consolidated_past(nxt):
                 return
             after = nxt - 1
@@ -470,15 +468,13 @@ class EventLog:
             pos = end + 1
             seq += 1
 
-    def _stored_files(self, after: int, until: int | None = None) -> Iterator[Event]:
+    def _stored_files(self, after: int, until: int | None = None) -> Generator[Event, None, int]:
+        """Events from their files; returns the first sequence number not read."""
         if self._storage.kind == "s3":
-            yield from self._stored_listed(after, until)
-            return
-        decode = self._decode
-        for seq, body in self._storage.read_numbered(self._layout.events, after + 1, until):
-            yield decode(seq, body)
+            return (yield from self._stored_listed(after, until))
+        return (yield from self._storage.read_numbered(self._layout.events, after + 1, until, self._decode))
 
-    def _stored_listed(self, after: int, until: int | None) -> Iterator[Event]:
+    def _stored_listed(self, after: int, until: int | None) -> Generator[Event, None, int]:
         # One LIST finds the tail; bodies are then fetched concurrently in batches.
         names = self._storage.list_after(self._layout.events, seq_name(after))
         expected = after + 1
@@ -497,8 +493,9 @@ class EventLog:
             for s in chunk:
                 body = bodies[self._layout.event(s)]
                 if body is None:
-                    return
+                    return s
                 yield self._decode(s, body)
+        return expected
 
     def _event_at(self, seq: int) -> Event:
         body = self._storage.read(self._layout.event(seq))
@@ -535,6 +532,9 @@ class EventLog:
         wanted = frozenset(types) if types is not None else None
         n = 0
         if limit is not None and limit <= 0:
+            return
+        if wanted is None and limit is None:
+            yield from self._stored(since, until)  # the rebuild's path: no per-event checks here
             return
         for event in self._stored(since, until):
             if wanted is not None and event.type not in wanted:

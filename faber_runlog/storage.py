@@ -22,7 +22,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, Final, TypeVar
 
 import fsspec
@@ -203,12 +203,16 @@ class Storage:
         except FileNotFoundError:
             return None
 
-    def read_numbered(self, folder: str, first: int, last: int | None = None) -> Iterator[tuple[int, bytes]]:
-        """Bodies of the event files ``folder/<seq_name(n)>`` for n = first, first + 1, ... up to ``last``.
+    def read_numbered(
+        self, folder: str, first: int, last: int | None, decode: Callable[[int, bytes], T]
+    ) -> Generator[T, None, int]:
+        """``decode(n, body)`` of the event files ``folder/<seq_name(n)>`` for n = first, first + 1, ...
 
-        Stops at the first file that does not exist. The folder key is checked
+        Stops after ``last`` or at the first file that does not exist, and
+        returns the first number it did not read. The folder key is checked
         once; the names are built from integers, so they cannot leave it. This
-        is the rebuild's hot path on a local disk, hence the plain os calls.
+        is the rebuild's hot path on a local disk, hence the plain os calls
+        and the decoding in this loop rather than in another generator.
         """
         base = self.path(folder)
         seq = first
@@ -216,16 +220,17 @@ class Storage:
             while last is None or seq <= last:
                 data = _read_local(f"{base}/{seq_name(seq)}")
                 if data is None:
-                    return
-                yield seq, data
+                    break
+                yield decode(seq, data)
                 seq += 1
-            return
+            return seq
         while last is None or seq <= last:
             body = self.read(f"{folder}/{seq_name(seq)}")
             if body is None:
-                return
-            yield seq, body
+                break
+            yield decode(seq, body)
             seq += 1
+        return seq
 
     def read_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
         """Read several keys; remote stores fetch them concurrently."""
