@@ -32,7 +32,7 @@ from _common import Row, rate_row
 
 from faber_runlog import Archiver, Event, RunStore
 from faber_runlog._codec import dumps, loads
-from faber_runlog.layout import RunLayout
+from faber_runlog._format import RunLayout
 from faber_runlog.state import RunState, fold_all
 
 EVENTS_PER_RUN = 200

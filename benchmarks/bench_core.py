@@ -16,7 +16,7 @@ import orjson
 from _common import Row, best_of, rate_row
 
 from faber_runlog import Event, RunStore, consolidate
-from faber_runlog.layout import seq_name
+from faber_runlog._format import seq_name
 from faber_runlog.state import RunState, fold_all
 
 PHASES = ("plan", "build", "test", "release")

@@ -20,6 +20,7 @@ from faber_runlog.errors import (
     CorruptEvent,
     CorruptState,
     FaberRunlogError,
+    InvalidArgument,
     InvalidEvent,
     InvalidGatewayConfig,
     InvalidRerun,
@@ -41,12 +42,12 @@ from faber_runlog.events import Event, event_schema, event_types, register_event
 from faber_runlog.gateway import Backend, Gateway, GatewayConfig, register_backend
 from faber_runlog.ids import RunId
 from faber_runlog.lease import Heartbeat, Lease
-from faber_runlog.lifecycle import StatusView, SweptRun
-from faber_runlog.log import EventLog
+from faber_runlog.lifecycle import StatusView, SweptRun, SweptRuns
+from faber_runlog.log import Commit, EventLog
 from faber_runlog.metadata import RunMetadata
 from faber_runlog.resume import ParamDiff, ResumePlan, Resumer, diff_params
-from faber_runlog.state import ApprovalState, PhaseState, RunState, StepState, fold, register_fold
-from faber_runlog.store import Lineage, Run, RunStore, RunSummary
+from faber_runlog.state import ApprovalState, PhaseState, RunState, RunStatus, StepState, fold, register_fold
+from faber_runlog.store import Lineage, Run, RunList, RunProblem, RunStore, RunSummary
 from faber_runlog.verify import ReconstructReport, StateDifference, VerifyProblem, VerifyReport
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "Archiver",
     "Backend",
     "CleanupReport",
+    "Commit",
     "ConcurrencyUnsupported",
     "ConsolidationError",
     "ConsolidationRecord",
@@ -71,6 +73,7 @@ __all__ = [
     "Gateway",
     "GatewayConfig",
     "Heartbeat",
+    "InvalidArgument",
     "InvalidEvent",
     "InvalidGatewayConfig",
     "InvalidRerun",
@@ -89,11 +92,14 @@ __all__ = [
     "RunArchived",
     "RunExists",
     "RunId",
+    "RunList",
     "RunMetadata",
     "RunNotFound",
     "RunNotRerunnable",
     "RunNotResumable",
+    "RunProblem",
     "RunState",
+    "RunStatus",
     "RunStillActive",
     "RunStore",
     "RunSummary",
@@ -103,6 +109,7 @@ __all__ = [
     "StepState",
     "StorageError",
     "SweptRun",
+    "SweptRuns",
     "TooManyActiveRuns",
     "UnsafePath",
     "VerifyProblem",

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JSONDecodeError", "canonical_hash", "dumps", "dumps_indented", "load_object", "loads", "now_iso"]
+__all__ = ["JSONDecodeError", "canonical_hash", "dumps", "dumps_indented", "iso", "load_object", "loads", "now_iso"]
 
 JSONDecodeError = orjson.JSONDecodeError
 loads = orjson.loads
@@ -44,6 +44,11 @@ def canonical_hash(value: Any) -> str:
     return "sha256:" + hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def iso(moment: _dt.datetime) -> str:
+    """A UTC time as ISO 8601 with microseconds and a ``Z``: the one timestamp format of stored files."""
+    return moment.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def now_iso() -> str:
-    """The current UTC time as ISO 8601 with microseconds and a ``Z``."""
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The current UTC time in the stored timestamp format."""
+    return iso(_dt.datetime.now(_dt.UTC))

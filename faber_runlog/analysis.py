@@ -15,7 +15,7 @@ from faber_runlog import _codec
 from faber_runlog._progress import Progress
 from faber_runlog.errors import MissingExtra
 from faber_runlog.ids import RunId
-from faber_runlog.layout import RunLayout
+from faber_runlog._format import RunLayout
 from faber_runlog.state import RunState
 from faber_runlog.store import RunStore
 

@@ -29,11 +29,12 @@ from fsspec.asyn import AsyncFileSystem, _run_coros_in_chunks, sync
 from faber_runlog import _codec
 from faber_runlog._converter import converter
 from faber_runlog._progress import Progress
-from faber_runlog.errors import ArchiveMismatch, ConsolidationError, CorruptState, RunStillActive
+from faber_runlog.errors import ArchiveMismatch, ConsolidationError, FaberRunlogError, RunStillActive
 from faber_runlog.ids import RunId
-from faber_runlog.layout import RunLayout, parse_seq_name
-from faber_runlog.log import CONSOLIDATED_KEY, CONSOLIDATION_RECORD
-from faber_runlog.state import TERMINAL_STATUSES
+from faber_runlog._format import ARCHIVE_MARKER, RunLayout, jsonl_line, parse_seq_name
+from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES
+from faber_runlog.events import Event
+from faber_runlog.state import RunState
 from faber_runlog.storage import Storage
 from faber_runlog.store import Run, RunStore
 
@@ -54,8 +55,6 @@ __all__ = [
 
 log = logging.getLogger("faber_runlog.archive")
 
-ARCHIVE_MARKER: Final = "archived.json"
-"""In a run's folder (source and archive copy): the run is archived. Cheap to check: one HEAD/stat."""
 
 INDEX_DIR: Final = ".faber_runlog/archive-index"
 """Root of the archive index in the destination store: ``{INDEX_DIR}/{org}/{project}/{uuid}.json``."""
@@ -68,10 +67,6 @@ _REPORT_FILES: Final = ("report.json", "report.md")
 
 def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _record_key(rid: RunId) -> str:
-    return f"{RunLayout(rid).dir}/{CONSOLIDATION_RECORD}"
 
 
 def _marker_key(rid: RunId) -> str:
@@ -199,83 +194,110 @@ class CleanupReport:
 # -- consolidation ----------------------------------------------------------------------
 
 
-def _read_record(storage: Storage, rid: RunId) -> ConsolidationRecord | None:
-    body = storage.read(_record_key(rid))
-    if body is None:
+def _record_from_seal(rid: RunId, seal: Event) -> ConsolidationRecord:
+    m = seal.metadata
+    through = int(m["through"])
+    return ConsolidationRecord(str(rid), through, 1, through, str(m["sha256"]), int(m["size"]),
+                               str(m.get("last_event_at", "")))  # fmt: skip
+
+
+def _read_record(store: RunStore, rid: RunId) -> ConsolidationRecord | None:
+    """The consolidation record of a sealed run (from its seal event), or None when it is not sealed."""
+    elog = store.get_run(rid).log
+    state = elog.current_state()
+    if state.sealed_at is None:
         return None
-    try:
-        return ConsolidationRecord.from_dict(_codec.loads(body))
-    except Exception as e:
-        path = storage.path(_record_key(rid))
-        raise CorruptState(
-            f"{CONSOLIDATION_RECORD} of run {rid} at {path} is unreadable ({e}); delete it and consolidate again",
-            run_id=str(rid),
-            path=path,
-        ) from e
+    return _record_from_seal(rid, elog.get(state.sealed_at))
 
 
 def is_consolidated(store: RunStore, run_id: str | RunId) -> bool:
-    """Whether the run has a consolidation record (its log is then sealed)."""
-    return store.storage.exists(_record_key(RunId.parse(run_id)))
+    """Whether the run's log is sealed by consolidation (a ``log_sealed`` event)."""
+    return store.get_run(run_id).state().sealed_at is not None
 
 
 def _check_jsonl(rid: RunId, path: str, data: bytes, record: ConsolidationRecord) -> None:
     """Raise unless ``data`` is exactly what ``record`` describes."""
-    lines = data.split(b"\n")
     problem = None
     if len(data) != record.size or _sha256(data) != record.sha256:
         problem = (
-            f"its size/hash ({len(data)}, {_sha256(data)}) differ from the record ({record.size}, {record.sha256})"
+            f"its size/hash ({len(data)}, {_sha256(data)}) differ from the seal ({record.size}, {record.sha256})"
         )
-    elif lines[-1] != b"" or len(lines) - 1 != record.count:
-        problem = f"it holds {len(lines) - 1} lines, not {record.count}"
-    else:
-        first, last = _codec.loads(lines[0]).get("event_id"), _codec.loads(lines[-2]).get("event_id")
-        if (first, last) != (record.first_seq, record.last_seq):
-            problem = f"it runs from event {first} to {last}, not {record.first_seq} to {record.last_seq}"
+    elif (lines := data.count(b"\n")) != record.count or not data.endswith(b"\n"):
+        problem = f"it holds {lines} lines, not {record.count}"
     if problem is not None:
         raise ConsolidationError(
-            f"events.jsonl of run {rid} at {path} does not match its consolidation record: {problem}; "
-            "consolidate the run again (its event files are untouched)",
+            f"events.jsonl of run {rid} at {path} does not match its seal: {problem}; "
+            "consolidate the run again (it rewrites the file from the event files)",
             run_id=str(rid),
         )
 
 
-def consolidate(store: RunStore, run_id: str | RunId) -> ConsolidationRecord:
-    """Write a finished run's events to ``events.jsonl``, verified, and seal its log.
+class _Moved(Exception):
+    """The run gained an event while its consolidation was being prepared: prepare again."""
 
-    Idempotent: a run already consolidated (record and file agree) is left as
-    it is. Refuses active runs (:class:`RunStillActive`) and runs with a
-    missing or damaged event (:class:`ConsolidationError` naming the sequence
-    number); in both cases nothing is written.
+
+_SEAL_TRIES: Final = 20
+
+
+def consolidate(store: RunStore, run_id: str | RunId) -> ConsolidationRecord:
+    """Seal an ended run's log and write its events to ``events.jsonl``, verified.
+
+    The seal is an event (``log_sealed``) that claims the next sequence number
+    like any append, so nothing can be acknowledged after it; ``events.jsonl``
+    then holds exactly the events before it. Idempotent and safe to re-run
+    after any interruption: a sealed run only gets its ``events.jsonl``
+    (re)written from the event files. Refuses runs that have not ended
+    (:class:`RunStillActive`) and runs with a missing or damaged event
+    (:class:`ConsolidationError` naming the sequence number); then nothing is written.
     """
     rid = RunId.parse(run_id)
     storage = store.storage
     layout = RunLayout(rid)
-    run = store.get_run(rid)
-    existing = _read_record(storage, rid)
-    if existing is not None:
-        data = storage.read(layout.jsonl)
-        if data is not None and data and _sha256(data) == existing.sha256:
-            _check_jsonl(rid, storage.path(layout.jsonl), data, existing)
-            _seal(storage, rid, existing.last_seq, run)
-            return existing
-    state = run.state()
-    if state.status not in TERMINAL_STATUSES:
-        raise RunStillActive(
-            f"run {rid} is {state.status} (last event {state.last_event_id}); only completed, failed or "
-            "cancelled runs can be consolidated or archived: finish or cancel it first",
-            run_id=str(rid),
-            status=state.status,
-        )
-    seqs = sorted(s for n in storage.list_names(layout.events) if (s := parse_seq_name(n)) is not None and s >= 1)
-    last = max(seqs[-1] if seqs else 0, state.last_event_id)
-    if last == 0:
-        raise ConsolidationError(f"run {rid} has no events to consolidate", run_id=str(rid))
-    present = set(seqs)
-    for seq in range(1, last + 1):
-        if seq not in present:
-            _gap(storage, rid, seq)
+    elog = store.get_run(rid).log
+    for _ in range(_SEAL_TRIES):
+        state = elog.current_state()
+        if state.sealed_at is not None:
+            record = _record_from_seal(rid, elog.get(state.sealed_at))
+            data = storage.read(layout.jsonl)
+            if data is None or len(data) != record.size or _sha256(data) != record.sha256:
+                data, _ = _jsonl_from_files(storage, rid, record.last_seq)
+                _write_jsonl(storage, rid, data, record)
+            return record
+        if state.status not in TERMINAL_STATUSES:
+            raise RunStillActive(
+                f"run {rid} is {state.status} (last event {state.last_event_id}); only completed, failed or "
+                "cancelled runs can be consolidated or archived: finish, fail or cancel it first",
+                run_id=str(rid),
+                status=state.status,
+            )
+        last = state.last_event_id
+        if last == 0:
+            raise ConsolidationError(f"run {rid} has no events to consolidate", run_id=str(rid))
+        data, last_at = _jsonl_from_files(storage, rid, last)
+        meta = {"through": last, "size": len(data), "sha256": _sha256(data), "last_event_at": last_at}
+
+        def unchanged(now: RunState, last: int = last) -> Event | None:
+            if now.last_event_id != last:
+                raise _Moved
+            return None
+
+        try:
+            seal = elog.append({"type": SEAL_TYPE, "metadata": meta}, check=unchanged)
+        except _Moved:
+            continue
+        record = _record_from_seal(rid, seal)
+        _write_jsonl(storage, rid, data, record)
+        return record
+    raise ConsolidationError(
+        f"run {rid} kept gaining events while it was being consolidated; nothing was sealed: "
+        "consolidate again once no process writes to it",
+        run_id=str(rid),
+    )
+
+
+def _jsonl_from_files(storage: Storage, rid: RunId, last: int) -> tuple[bytes, str]:
+    """Events 1..last from their files as ``events.jsonl`` bytes, and the last one's timestamp."""
+    layout = RunLayout(rid)
     lines: list[bytes] = []
     last_at = ""
     for start in range(1, last + 1, _READ_BATCH):
@@ -287,33 +309,21 @@ def consolidate(store: RunStore, run_id: str | RunId) -> ConsolidationRecord:
                 _gap(storage, rid, seq)
             line, last_at = _event_line(storage, rid, seq, body)
             lines.append(line)
-    data = b"\n".join(lines) + b"\n"
-    record = ConsolidationRecord(str(rid), last, 1, last, _sha256(data), len(data), last_at)
+    return b"\n".join(lines) + b"\n", last_at
+
+
+def _write_jsonl(storage: Storage, rid: RunId, data: bytes, record: ConsolidationRecord) -> None:
+    layout = RunLayout(rid)
     storage.replace(layout.jsonl, data)
     back = storage.read(layout.jsonl)
     _check_jsonl(rid, storage.path(layout.jsonl), back or b"", record)
-    storage.replace(_record_key(rid), _codec.dumps(record.to_dict()))
-    sealed = state.to_dict()
-    sealed[CONSOLIDATED_KEY] = last
-    storage.replace(layout.state, _codec.dumps(sealed))
-    if storage.exists(layout.event(last + 1)):
-        # A writer that loaded the run before it was sealed appended meanwhile: undo the seal.
-        storage.replace(layout.state, _codec.dumps(state.to_dict()))
-        storage.delete(_record_key(rid))
-        raise ConsolidationError(
-            f"run {rid} gained event {last + 1} while it was being consolidated; "
-            "nothing was removed, consolidate again once no process writes to it",
-            run_id=str(rid),
-            seq=last + 1,
-        )
-    return record
 
 
 def _gap(storage: Storage, rid: RunId, seq: int) -> None:
     path = storage.path(RunLayout(rid).event(seq))
     raise ConsolidationError(
         f"event {seq} of run {rid} is missing ({path}); consolidation refused and nothing was written: "
-        "restore the file (verify_run() lists every problem) before consolidating",
+        "restore the file (faber-runlog verify lists every problem) before consolidating",
         run_id=str(rid),
         seq=seq,
     )
@@ -332,22 +342,7 @@ def _event_line(storage: Storage, rid: RunId, seq: int, body: bytes | None) -> t
             run_id=str(rid),
             seq=seq,
         ) from e
-    line = (body or b"").strip()
-    if b"\n" in line:  # one event per line, whatever the file's formatting
-        line = _codec.dumps(data)
-    return line, str(data.get("timestamp", ""))
-
-
-def _seal(storage: Storage, rid: RunId, last: int, run: Run) -> None:
-    """Make sure ``state.json`` says the log is consolidated through ``last``."""
-    layout = RunLayout(rid)
-    current = _codec.load_object(storage.read(layout.state))
-    if current is not None and current.get(CONSOLIDATED_KEY) == last and current.get("last_event_id") == last:
-        return
-    state = run.log.load_state(at=last)
-    data = state.to_dict()
-    data[CONSOLIDATED_KEY] = last
-    storage.replace(layout.state, _codec.dumps(data))
+    return jsonl_line(body or b""), str(data.get("timestamp", ""))
 
 
 # -- writing many objects ---------------------------------------------------------------
@@ -560,7 +555,8 @@ class Archiver:
         src = self.source.storage
         record = consolidate(self.source, rid)
         layout = RunLayout(rid)
-        keys = [layout.metadata, layout.state, layout.jsonl, _record_key(rid)]
+        # The seal's file travels with events.jsonl: readers of the copy check one against the other.
+        keys = [layout.metadata, layout.state, layout.jsonl, layout.event(record.last_seq + 1)]
         keys += [f"{layout.dir}/{name}" for name in _REPORT_FILES]
         keys += [f"{layout.children}/{n}" for n in src.list_names(layout.children) if n.endswith(".json")]
         bodies = src.read_many(keys)
@@ -687,9 +683,11 @@ class Archiver:
         indexed = self.destination.storage.read_many(_index_key(r) for _, r in archived)
         cutoff = _older_than(policy.keep_days)
         items: list[CleanupItem] = []
+        grace_cutoff = _codec.iso(_dt.datetime.now(_dt.UTC) - _dt.timedelta(seconds=self.source.seal_grace))
         for summary, rid in archived:
-            files = [n for n in src.list_names(RunLayout(rid).events) if parse_seq_name(n) is not None]
             marker = _codec.loads(markers[_marker_key(rid)] or b"{}")
+            sealed_at = int(marker.get("last_seq", 0)) + 1
+            files = [n for n in src.list_names(RunLayout(rid).events) if (parse_seq_name(n) or 0) not in (0, sealed_at)]
             reason = None
             if not files:
                 reason = "no event files left"
@@ -699,33 +697,36 @@ class Archiver:
                 reason = "failed runs are kept (keep_failed)"
             elif cutoff is not None and str(marker.get("archived_at", "")) > cutoff:
                 reason = f"archived {marker.get('archived_at')}, within keep_days={policy.keep_days:g}"
+            elif str(marker.get("archived_at", "")) > grace_cutoff:
+                reason = f"sealed less than seal_grace={self.source.seal_grace:g}s ago; writers may still be stalled"
             if reason is not None:
                 items.append(CleanupItem(str(rid), "keep", reason, len(files)))
                 continue
-            items.append(CleanupItem(str(rid), "remove", "archived and verified", len(files)))
             if not dry_run:
-                self._remove_events(rid, files)
+                try:
+                    self._remove_events(rid, files)
+                except FaberRunlogError as e:  # one damaged run does not stop the cleanup of the others
+                    log.warning("cleanup of run %s skipped: %s", rid, e)
+                    items.append(CleanupItem(str(rid), "keep", f"not removed: {e}", len(files)))
+                    continue
+            items.append(CleanupItem(str(rid), "remove", "archived and verified", len(files)))
         return CleanupReport(dry_run, tuple(items))
 
     def _remove_events(self, rid: RunId, names: list[str]) -> None:
         src = self.source.storage
         layout = RunLayout(rid)
-        record = _read_record(src, rid)
+        record = _read_record(self.source, rid)
         data = src.read(layout.jsonl)
         if record is None or data is None:
             raise ConsolidationError(
-                f"run {rid} is marked archived but has no consolidation record or events.jsonl; "
+                f"run {rid} is marked archived but its log is not sealed or has no events.jsonl; "
                 "archive it again before cleaning up",
                 run_id=str(rid),
             )
         _check_jsonl(rid, src.path(layout.jsonl), data, record)
-        if src.exists(layout.event(record.last_seq + 1)):
-            raise ConsolidationError(
-                f"run {rid} has event {record.last_seq + 1} beyond its consolidated log; nothing was removed: "
-                "consolidate and archive it again",
-                run_id=str(rid),
-                seq=record.last_seq + 1,
-            )
+        seal = record.last_seq + 1
         # Event 1 goes first: a reader that then misses it looks in events.jsonl, never at half a log.
+        # The seal itself stays: it is the boundary every later writer runs into.
         for name in sorted(names, key=lambda n: parse_seq_name(n) or 0):
-            src.delete(f"{layout.events}/{name}")
+            if (parse_seq_name(name) or 0) < seal:
+                src.delete(f"{layout.events}/{name}")

@@ -44,6 +44,10 @@ class InvalidRunId(FaberRunlogError, ValueError):
     """A run id, org or project slug is malformed; nothing was touched."""
 
 
+class InvalidArgument(FaberRunlogError, ValueError):
+    """A caller passed an argument out of range or of the wrong kind; nothing was touched."""
+
+
 class UnsafePath(FaberRunlogError, ValueError):
     """A path would leave the store root; refused before any I/O."""
 

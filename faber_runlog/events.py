@@ -45,7 +45,7 @@ BUILTIN_EVENT_TYPES: Final = (
     "spec_generate", "spec_validate", "test_run", "docs_update",
     "checkpoint", "skill_invoke", "agent_invoke", "decision_point",
     "retry_loop_enter", "retry_loop_exit",
-    "workflow_paused", "approval_requested", "approval_resolved", "step_skip",
+    "workflow_paused", "approval_requested", "approval_resolved", "step_skip", "log_sealed",
 )  # fmt: skip
 
 _MAX_DEPTH: Final = 32

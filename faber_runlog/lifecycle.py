@@ -33,13 +33,15 @@ from faber_runlog.errors import (
     ApprovalNotFound,
     InvalidEvent,
     InvalidRunId,
+    FaberRunlogError,
     InvalidTransition,
     StorageError,
     TooManyActiveRuns,
 )
+from faber_runlog._transitions import ACTIONS
 from faber_runlog.events import Event
 from faber_runlog.ids import RunId
-from faber_runlog.layout import RunLayout, parse_seq_name, seq_name
+from faber_runlog._format import RunLayout, parse_seq_name, seq_name
 from faber_runlog.lease import (
     DEFAULT_LEASE_TTL,
     Lease,
@@ -49,7 +51,7 @@ from faber_runlog.lease import (
     release_lease,
     stop_heartbeats,
 )
-from faber_runlog.log import EventLog
+from faber_runlog.log import Commit, EventLog
 from faber_runlog.report import write_report
 from faber_runlog.state import ACTIVE_STATUSES, TERMINAL_STATUSES, ApprovalState, PhaseState, RunState
 from faber_runlog.storage import Storage
@@ -63,6 +65,7 @@ __all__ = [
     "TRANSITIONS",
     "StatusView",
     "SweptRun",
+    "SweptRuns",
     "cancel",
     "claim_start",
     "complete",
@@ -70,7 +73,7 @@ __all__ = [
     "fail",
     "finalize",
     "key_folder",
-    "on_status_change",
+    "on_commit",
     "pause",
     "release_claims",
     "request_approval",
@@ -94,22 +97,8 @@ SLOTS_DIR: Final = ".faber_runlog/slots"
 FINAL_EVENT_TYPES: Final = frozenset({"workflow_complete", "workflow_error", "workflow_cancelled", "approval_resolved"})
 """Events that end a run when they leave it terminal: they trigger the final report and releases."""
 
-_ACTIVE: Final = tuple(s for s in ("created", "running", "paused", "awaiting_approval") if s in ACTIVE_STATUSES)
-TRANSITIONS: Final[dict[str, tuple[str, ...]]] = {
-    "start": ("created",),
-    "pause": ("created", "running", "awaiting_approval"),
-    "resume": ("paused",),
-    "cancel": _ACTIVE,
-    "complete": ("running",),
-    "fail": (*_ACTIVE, "failed"),
-    "request_approval": ("running", "awaiting_approval"),
-    "decide": ("awaiting_approval", "paused"),
-    "retry_phase": ("running", "failed"),
-    "retry_step": ("running", "failed"),
-    "skip_phase": ("created", "running", "failed"),
-    "skip_step": ("created", "running", "failed"),
-}
-"""For each lifecycle action, the run statuses it is allowed from."""
+TRANSITIONS: Final[dict[str, tuple[str, ...]]] = {action: allowed for action, (_, allowed) in ACTIONS.items()}
+"""For each lifecycle action, the run statuses it is allowed from (from the one transition table)."""
 
 _TRIES: Final = 20
 _CLAIM_TRIES: Final = 50
@@ -227,7 +216,9 @@ def resume(elog: EventLog, *, reason: str | None = None) -> Event:
         _require(
             state,
             "resume",
-            "A failed run is resumed with Resumer(store).resume(run_id)." if state.status == "failed" else "",
+            "A failing or failed run is resumed with Resumer(store).resume(run_id) (faber-runlog resume)."
+            if state.status in ("failing", "failed")
+            else "",
         )
         return _fields(
             "workflow_resumed",
@@ -488,7 +479,12 @@ def _iso(t: _dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _judge(storage: Storage, body: dict[str, Any], open_log: OpenLog) -> _Holder:
+def _judge(storage: Storage, body: dict[str, Any] | None, open_log: OpenLog, key: str) -> _Holder:
+    if body is None:
+        # A damaged claim object names no holder: treat it as released, loudly,
+        # rather than block the key for ever.
+        log.warning("claim %s in %s is unreadable; treating it as released", key, storage.url)
+        return _Holder("unknown", "unreadable", False, False)
     run_id = str(body.get("run_id"))
     if body.get("released"):
         return _Holder(run_id, "released", False, False)
@@ -496,10 +492,18 @@ def _judge(storage: Storage, body: dict[str, Any], open_log: OpenLog) -> _Holder
         rid = RunId.parse(run_id)
     except InvalidRunId:
         return _Holder(run_id, "unknown", False, False)
-    status = open_log(rid).current_state().status
+    try:
+        status = open_log(rid).current_state().status
+    except FaberRunlogError as e:
+        # The holder's log is damaged: its lease and claim decide whether it is alive.
+        log.warning("holder %s of claim %s is unreadable (%s); judging it by its lease", rid, key, e)
+        status = "running"
     if status not in ACTIVE_STATUSES:
         return _Holder(run_id, status, False, False)
-    expiries = [_dt.datetime.fromisoformat(str(body["expires_at"]))]
+    try:
+        expiries = [_dt.datetime.fromisoformat(str(body["expires_at"]))]
+    except (KeyError, ValueError):
+        expiries = [_now()]
     lease = read_lease(storage, rid)
     if lease is not None:
         expiries.append(_dt.datetime.fromisoformat(lease.expires_at))
@@ -522,7 +526,7 @@ def _claim(
             raw = storage.read(f"{folder}/{seq_name(top)}")
             if raw is None:
                 continue  # a loser removed its object between our list and read: look again
-            holder = _judge(storage, _codec.loads(raw), open_log)
+            holder = _judge(storage, _codec.load_object(raw), open_log, f"{folder}/{seq_name(top)}")
             if holder.live:
                 return None, holder
             if holder.expired:
@@ -640,10 +644,10 @@ def release_claims(storage: Storage, run_id: RunId, claims: Iterable[str]) -> li
 # -- ending a run --------------------------------------------------------------------
 
 
-def on_status_change(storage: Storage, elog: EventLog, event: Event, before: str, state: RunState) -> None:
-    """Event-log hook: when an ending event leaves the run terminal, finalize it."""
-    if event.type in FINAL_EVENT_TYPES and state.status in TERMINAL_STATUSES:
-        finalize(storage, elog, state)
+def on_commit(storage: Storage, elog: EventLog, commit: Commit) -> None:
+    """After-commit work: when an ending event left the run terminal, finalize it (report, releases)."""
+    if commit.event.type in FINAL_EVENT_TYPES and commit.status_after in TERMINAL_STATUSES:
+        finalize(storage, elog)
 
 
 def finalize(storage: Storage, elog: EventLog, state: RunState | None = None) -> list[str]:
@@ -742,6 +746,14 @@ def sweep_run(
     )
 
 
+class SweptRuns(list[SweptRun]):
+    """The runs a sweep failed, plus ``problems``: ``(run_id, error)`` of damaged runs it skipped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.problems: list[tuple[str, str]] = []
+
+
 class _Summary(Protocol):
     @property
     def run_id(self) -> str: ...
@@ -775,7 +787,7 @@ def sweep_stale(
     ]
     bodies = storage.read_many(f"{RunLayout(rid).dir}/lease.json" for rid in candidates)
     now = _now()
-    swept: list[SweptRun] = []
+    swept = SweptRuns()
     for rid in candidates:
         raw = bodies.get(f"{RunLayout(rid).dir}/lease.json")
         lease = parse_lease(raw) if raw is not None else None
@@ -783,7 +795,12 @@ def sweep_stale(
             continue
         if lease is not None and (lease.is_live(now) or lease.expired_for(now) < grace):
             continue
-        result = sweep_run(storage, open_log(rid), older_than=grace, include_unleased=include_unleased)
+        try:
+            result = sweep_run(storage, open_log(rid), older_than=grace, include_unleased=include_unleased)
+        except FaberRunlogError as e:  # one damaged run must not stop the sweep of the others
+            log.warning("sweep skipped damaged run %s: %s", rid, e)
+            swept.problems.append((str(rid), str(e)))
+            continue
         if result is not None:
             swept.append(result)
     return swept

@@ -16,6 +16,17 @@ from typing import Any, Final
 import attrs
 
 from faber_runlog._converter import converter
+from faber_runlog._transitions import (
+    ACTIVE_STATUSES,
+    BACK,
+    DECIDED,
+    RUN_STATUSES,
+    SAME,
+    SEAL_TYPE,
+    TERMINAL_STATUSES,
+    TRANSITIONS,
+    RunStatus,
+)
 from faber_runlog.events import Event
 
 __all__ = [
@@ -28,6 +39,7 @@ __all__ = [
     "PhaseState",
     "PullRequest",
     "RunState",
+    "RunStatus",
     "StepState",
     "apply",
     "fold",
@@ -35,9 +47,6 @@ __all__ = [
     "register_fold",
 ]
 
-RUN_STATUSES: Final = ("created", "running", "paused", "awaiting_approval", "completed", "failed", "cancelled")
-TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
-ACTIVE_STATUSES: Final = frozenset({"created", "running", "paused", "awaiting_approval"})
 
 
 @attrs.define(slots=True)
@@ -160,11 +169,22 @@ class RunState:
     paused_from: str | None = None
     status_reason: str | None = None
     approvals: dict[str, ApprovalState] = attrs.field(factory=dict)
+    sealed_at: int | None = None
 
     @property
     def is_terminal(self) -> bool:
-        """True once the run is completed, failed or cancelled."""
+        """True once the run has ended: completed, failed or cancelled."""
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_sealed(self) -> bool:
+        """True once consolidation sealed the log (event ``sealed_at``): nothing can be appended."""
+        return self.sealed_at is not None
+
+    @property
+    def is_resumable(self) -> bool:
+        """True when a step or phase failed (``failing``) or the run failed: resume or retry can go on."""
+        return self.status in ("failing", "failed") and self.sealed_at is None
 
     def step(self, phase: str, step: str) -> StepState | None:
         """The state of ``phase``/``step``, or None if it never appeared."""
@@ -228,11 +248,22 @@ def apply(state: RunState, event: Event) -> None:
     counts[etype] = counts.get(etype, 0) + 1
     if event.idempotency_key is not None:
         state.idempotency_keys.setdefault(event.idempotency_key, event.event_id)
+    row = TRANSITIONS.get(etype)
+    before = state.status
+    target = SAME if row is None else row.target(before)
+    if target == BACK:
+        target = state.paused_from or "running"
     handler = _HANDLERS.get(etype)
     if handler is None:
         state.unknown_events += 1
     else:
         handler(state, event)
+    if target not in (SAME, DECIDED):
+        state.status = target
+        if before in TERMINAL_STATUSES and target not in TERMINAL_STATUSES:
+            # An ended run that runs again has no end time (yet).
+            state.ended_at = None
+            state.status_reason = None
 
 
 def fold(state: RunState, event: Event) -> RunState:
@@ -299,14 +330,6 @@ def _finish(obj: PhaseState | StepState, event: Event, status: str) -> None:
     obj.duration_ms = given if given is not None else _ms_between(obj.started_at, event.timestamp)
 
 
-def _reopen(state: RunState) -> None:
-    # Work after a failure means the caller is retrying: the run is live again.
-    if state.status in ("created", "failed"):
-        state.status = "running"
-        state.ended_at = None
-        state.status_reason = None
-
-
 def _close_pending(state: RunState, event: Event, status: str = "closed") -> None:
     # A run that ends leaves no gate open: its pending approvals are closed with it.
     for a in state.approvals.values():
@@ -343,7 +366,6 @@ def _end_run(state: RunState, event: Event, status: str) -> None:
 
 @_handles("workflow_start")
 def _workflow_start(state: RunState, event: Event) -> None:
-    state.status = "running"
     if state.started_at is None:
         state.started_at = event.timestamp
     state.ended_at = None
@@ -373,11 +395,7 @@ def _workflow_cancelled(state: RunState, event: Event) -> None:
 
 @_handles("workflow_resumed")
 def _workflow_resumed(state: RunState, event: Event) -> None:
-    # A paused run returns to the status it was paused from; anything else runs again.
-    if state.status == "paused" and state.paused_from is not None:
-        state.status = state.paused_from
-    else:
-        state.status = "running"
+    # The status comes from the transition table (a paused run goes back where it was).
     state.paused_from = None
     state.status_reason = None
     state.ended_at = None
@@ -388,7 +406,6 @@ def _workflow_resumed(state: RunState, event: Event) -> None:
 def _workflow_paused(state: RunState, event: Event) -> None:
     if state.status != "paused":
         state.paused_from = state.status
-    state.status = "paused"
 
 
 # -- approvals ---------------------------------------------------------------
@@ -417,8 +434,6 @@ def _approval_requested(state: RunState, event: Event) -> None:
         p.status = "awaiting_approval"
     if state.status == "paused":
         state.paused_from = "awaiting_approval"
-    elif state.status not in TERMINAL_STATUSES:
-        state.status = "awaiting_approval"
 
 
 @_handles("approval_resolved")
@@ -488,7 +503,6 @@ def _phase_start(state: RunState, event: Event) -> None:
     p.ended_at = p.duration_ms = p.error = None
     state.current_phase = p.name
     state.current_step = None
-    _reopen(state)
 
 
 @_handles("phase_skip")
@@ -514,7 +528,6 @@ def _phase_error(state: RunState, event: Event) -> None:
     assert p is not None
     _finish(p, event, "failed")
     p.error = _record_error(state, event)
-    state.status = "failed"
 
 
 @_handles("step_start")
@@ -533,7 +546,6 @@ def _step_start(state: RunState, event: Event) -> None:
     s.ended_at = s.duration_ms = s.error = None
     state.current_phase = s.phase
     state.current_step = s.name
-    _reopen(state)
 
 
 @_handles("step_complete")
@@ -554,7 +566,6 @@ def _step_error(state: RunState, event: Event) -> None:
     p = state.phases[s.phase]
     p.status = "failed"
     p.error = s.error
-    state.status = "failed"
 
 
 @_handles("step_skip")
@@ -576,7 +587,6 @@ def _step_retry(state: RunState, event: Event) -> None:
     p = state.phases[s.phase]
     if p.status == "failed":
         p.status = "running"
-    _reopen(state)
 
 
 # -- artifacts, git, the rest ---------------------------------------------------
@@ -668,3 +678,8 @@ def _loop_exit(state: RunState, event: Event) -> None:
     entry.update(event.metadata)
     entry["active"] = False
     entry["exited_event_id"] = event.event_id
+
+
+@_handles(SEAL_TYPE)
+def _sealed(state: RunState, event: Event) -> None:
+    state.sealed_at = event.event_id

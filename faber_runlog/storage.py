@@ -30,7 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from faber_runlog.errors import ConcurrencyUnsupported, StorageError, UnsafePath
-from faber_runlog.layout import seq_name
+from faber_runlog._format import seq_name
 
 __all__ = ["Storage", "open_filesystem"]
 

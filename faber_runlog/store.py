@@ -7,6 +7,8 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
+import logging
+
 import attrs
 import fsspec
 
@@ -14,19 +16,21 @@ from faber_runlog import _codec, lifecycle, report
 from faber_runlog.errors import CorruptState, InvalidRunId, RunExists, RunNotFound
 from faber_runlog.events import Event, check_json_value
 from faber_runlog.ids import RunId, validate_slug
-from faber_runlog.layout import RunLayout
+from faber_runlog._format import RunLayout, encode_snapshot
 from faber_runlog.lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
-from faber_runlog.log import EventLog
+from faber_runlog.log import SEAL_GRACE, Commit, EventLog, current_states
 from faber_runlog.metadata import RunMetadata, capture_environment
 from faber_runlog.state import RunState
 from faber_runlog.storage import Storage, open_filesystem
 
-__all__ = ["DEFAULT_ROOT", "Lineage", "Run", "RunStore", "RunSummary"]
+__all__ = ["DEFAULT_ROOT", "Lineage", "Run", "RunList", "RunProblem", "RunStore", "RunSummary"]
 
 DEFAULT_ROOT: Final = ".fractary/plugins/faber/runs"
 """The embedded default root, under the current folder (the FABER layout)."""
 
 ROOT_ENV: Final = "FABER_RUNLOG_ROOT"
+
+log = logging.getLogger("faber_runlog.store")
 
 
 class InvalidParams(InvalidRunId):
@@ -49,6 +53,24 @@ class RunSummary:
     params: dict[str, Any]
     tags: dict[str, str]
     parent_run_id: str | None
+
+
+@attrs.frozen(slots=True)
+class RunProblem:
+    """A run a store-wide operation skipped because it is damaged, and why."""
+
+    run_id: str
+    error: str
+
+
+class RunList(list[RunSummary]):
+    """The runs :meth:`RunStore.list_runs` found, plus ``problems``: runs it had to skip, and why."""
+
+    problems: list[RunProblem]
+
+    def __init__(self, runs: list[RunSummary] = (), problems: list[RunProblem] | None = None) -> None:  # type: ignore[assignment]
+        super().__init__(runs)
+        self.problems = list(problems or [])
 
 
 @attrs.frozen(slots=True)
@@ -228,6 +250,7 @@ class RunStore:
         allow_unsafe_writers: bool = False,
         lease_ttl: float = DEFAULT_LEASE_TTL,
         max_active_runs: int | None = None,
+        seal_grace: float = SEAL_GRACE,
     ) -> None:
         if fs is not None:
             if root is None and url is None:
@@ -251,6 +274,9 @@ class RunStore:
             raise ValueError(f"max_active_runs must be a positive integer or None, got {max_active_runs!r}")
         self.lease_ttl = lease_ttl
         self.max_active_runs = max_active_runs
+        if not seal_grace >= 0:
+            raise ValueError(f"seal_grace must be a number of seconds >= 0, got {seal_grace!r}")
+        self.seal_grace = float(seal_grace)
 
     def __repr__(self) -> str:
         return f"RunStore({self.storage.url!r})"
@@ -266,12 +292,14 @@ class RunStore:
             run_id,
             snapshot_every=self.snapshot_every,
             source=self.source,
-            on_status_change=self._status_changed,
+            on_commit=self._committed,
             hook_types=lifecycle.FINAL_EVENT_TYPES,
+            seal_grace=self.seal_grace,
         )
 
-    def _status_changed(self, log: EventLog, event: Event, before: str, state: RunState) -> None:
-        lifecycle.on_status_change(self.storage, log, event, before, state)
+    def _committed(self, log: EventLog, commit: Commit) -> None:
+        # Runs after the append returned and the log released its lock (side effects after commit).
+        lifecycle.on_commit(self.storage, log, commit)
 
     # -- creating --------------------------------------------------------------
 
@@ -342,7 +370,7 @@ class RunStore:
                 self.storage.delete(child_key)
             lifecycle.release_claims(self.storage, rid, claims)
             raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
-        self.storage.replace(layout.state, _codec.dumps(RunState(run_id=str(rid)).to_dict()))
+        self.storage.replace(layout.state, encode_snapshot(RunState(run_id=str(rid)).to_dict(), None))
         return Run(self, rid, meta)
 
     def _child_key(self, parent_run_id: str, root_run_id: str | None, child: RunId) -> str:
@@ -410,45 +438,59 @@ class RunStore:
         project: str | None = None,
         status: str | None = None,
         tags: Mapping[str, str] | None = None,
-    ) -> list[RunSummary]:
-        """Runs under the root, oldest first; reads metadata and snapshots, never events.
+    ) -> RunList:
+        """Runs under the root, oldest first, with the status their logs give.
 
-        ``status`` is the status recorded in each run's latest snapshot, which is
-        rewritten on every status change.
+        Reads each run's metadata and snapshot, and checks the snapshot against
+        the event files at its tail (about three reads per run, in batches);
+        a run whose snapshot is behind or damaged is folded from its log. A
+        damaged run is skipped with a warning and listed in ``.problems``.
         """
         rids = list(self._run_ids(org, project))
-        keys = [k for rid in rids for k in (RunLayout(rid).metadata, RunLayout(rid).state)]
-        bodies = self.storage.read_many(keys)
-        out: list[RunSummary] = []
+        metas = self.storage.read_many(RunLayout(rid).metadata for rid in rids)
+        runs: list[tuple[RunId, RunMetadata]] = []
+        problems: list[RunProblem] = []
         for rid in rids:
-            layout = RunLayout(rid)
-            mbody = bodies.get(layout.metadata)
+            mbody = metas.get(RunLayout(rid).metadata)
             if mbody is None:
                 continue  # a run being created right now
-            meta = self._parse_metadata(rid, mbody)
-            sbody = bodies.get(layout.state)
-            snap = _codec.load_object(sbody) or {}
-            summary = RunSummary(
-                run_id=str(rid),
-                org=rid.org,
-                project=rid.project,
-                created_at=meta.created_at,
-                status=snap.get("status", "created"),
-                last_event_id=snap.get("last_event_id", 0),
-                updated_at=snap.get("updated_at"),
-                current_phase=snap.get("current_phase"),
-                current_step=snap.get("current_step"),
-                params=meta.params,
-                tags=meta.tags,
-                parent_run_id=meta.parent_run_id,
-            )
-            if status is not None and summary.status != status:
+            try:
+                meta = self._parse_metadata(rid, mbody)
+            except CorruptState as e:
+                problems.append(RunProblem(str(rid), str(e)))
                 continue
             if tags and any(meta.tags.get(k) != v for k, v in tags.items()):
                 continue
-            out.append(summary)
+            runs.append((rid, meta))
+        states = current_states(self.storage, (rid for rid, _ in runs), snapshot_every=self.snapshot_every)
+        out: list[RunSummary] = []
+        for rid, meta in runs:
+            state = states[rid]
+            if isinstance(state, Exception):
+                problems.append(RunProblem(str(rid), f"{type(state).__name__}: {state}"))
+                continue
+            if status is not None and state.status != status:
+                continue
+            out.append(
+                RunSummary(
+                    run_id=str(rid),
+                    org=rid.org,
+                    project=rid.project,
+                    created_at=meta.created_at,
+                    status=state.status,
+                    last_event_id=state.last_event_id,
+                    updated_at=state.updated_at,
+                    current_phase=state.current_phase,
+                    current_step=state.current_step,
+                    params=meta.params,
+                    tags=meta.tags,
+                    parent_run_id=meta.parent_run_id,
+                )
+            )
+        for p in problems:
+            log.warning("list_runs skipped damaged run %s: %s", p.run_id, p.error)
         out.sort(key=lambda s: (s.created_at, s.run_id))
-        return out
+        return RunList(out, problems)
 
     # -- lifecycle across runs (logic in lifecycle.py and report.py) ----------------
 

@@ -17,8 +17,8 @@ from faber_runlog import _codec
 from faber_runlog.errors import InvalidEvent
 from faber_runlog.events import upcast, validate_event_dict
 from faber_runlog.ids import RunId
-from faber_runlog.layout import RunLayout, parse_seq_name
-from faber_runlog.log import CONSOLIDATED_KEY, CONSOLIDATION_RECORD
+from faber_runlog._format import RunLayout, decode_snapshot, encode_snapshot, fingerprint, parse_seq_name
+from faber_runlog._transitions import SEAL_TYPE
 from faber_runlog.state import RunState, apply
 from faber_runlog.storage import Storage
 from faber_runlog.store import RunStore
@@ -93,7 +93,7 @@ def verify_run(store: RunStore, run_id: str | RunId) -> VerifyReport:
     # A consolidated run keeps its events in events.jsonl (line n is event n).
     # Readers turn to it at the first event file that is missing, so from there
     # on its lines are what gets read, and what is checked.
-    jsonl_seqs = _check_jsonl_lines(storage, layout, run.id, present, problems)
+    jsonl_seqs = _check_jsonl_lines(storage, layout, run.id, present, problems, seqs[-1] if seqs else 0)
     last = max(seqs[-1] if seqs else 0, jsonl_seqs[-1] if jsonl_seqs else 0)
     present.update(jsonl_seqs)
     for seq in range(1, last + 1):
@@ -117,18 +117,22 @@ def verify_run(store: RunStore, run_id: str | RunId) -> VerifyReport:
     return VerifyReport(run.id, len(present), last, tuple(problems))
 
 
-def _sealed_last(storage: Storage, layout: RunLayout) -> int | None:
-    """The last event held by events.jsonl, from consolidation.json (None when not consolidated)."""
-    record = _codec.load_object(storage.read(f"{layout.dir}/{CONSOLIDATION_RECORD}"))
-    last = record.get("last_seq") if record is not None else None
+def _sealed_last(storage: Storage, layout: RunLayout, highest: int) -> int | None:
+    """The last event held by events.jsonl: from the seal, which is the highest event file (None: not sealed)."""
+    if highest < 1:
+        return None
+    seal = _codec.load_object(storage.read(layout.event(highest)))
+    if seal is None or seal.get("type") != SEAL_TYPE:
+        return None
+    last = (seal.get("metadata") or {}).get("through")
     return last if isinstance(last, int) and not isinstance(last, bool) and last >= 0 else None
 
 
 def _check_jsonl_lines(
-    storage: Storage, layout: RunLayout, run_id: str, present: set[int], problems: list[VerifyProblem]
+    storage: Storage, layout: RunLayout, run_id: str, present: set[int], problems: list[VerifyProblem], highest: int
 ) -> list[int]:
     """Check the events.jsonl lines readers use; returns the sequence numbers they cover."""
-    sealed = _sealed_last(storage, layout)
+    sealed = _sealed_last(storage, layout, highest)
     if sealed is None:
         return []  # an events.jsonl without its record (a consolidation cut short) is never read
     first = next((s for s in range(1, sealed + 1) if s not in present), None)
@@ -151,7 +155,7 @@ def _check_jsonl_lines(
             tail = "ends in an unterminated line" if pos < len(body) else f"holds only {seq - 1} lines"
             problems.append(VerifyProblem(
                 seq, f"{path} line {seq}", "missing",
-                f"{path} of run {run_id} {tail}, but consolidation.json says it holds events 1..{sealed}: "
+                f"{path} of run {run_id} {tail}, but its seal says it holds events 1..{sealed}: "
                 "restore it from the archive",
             ))  # fmt: skip
             break
@@ -226,17 +230,11 @@ def _parse_state(body: bytes | None, run_id: str) -> RunState | None:
     if body is None:
         return None
     try:
-        state = RunState.from_dict(_codec.loads(body))
+        data, _ = decode_snapshot(body)
+        state = RunState.from_dict(data)
     except Exception:
         return None
     return state
-
-
-def _sealed_through(body: bytes | None) -> int | None:
-    """The consolidation mark of a stored state.json, even when the rest of it is damaged."""
-    data = _codec.load_object(body)
-    through = data.get(CONSOLIDATED_KEY) if data is not None else None
-    return through if isinstance(through, int) and not isinstance(through, bool) else None
 
 
 def _full(state: RunState) -> dict[str, Any]:
@@ -283,6 +281,7 @@ def reconstruct_state(
     state = RunState(run_id=run.id)
     differences: list[StateDifference] = []
     bad: dict[int, bytes] = {}
+    last_fp: str | None = None
 
     def compare_at(seq: int) -> None:
         if stored is not None and stored.last_event_id == seq:
@@ -290,11 +289,12 @@ def reconstruct_state(
         if seq in snap_seqs:
             snap = _parse_state(storage.read(layout.snapshot(seq)), run.id)
             if snap is None or _full(snap) != _full(state):
-                bad[seq] = _codec.dumps(state.to_dict())
+                bad[seq] = encode_snapshot(state.to_dict(), last_fp)
 
     compare_at(0)
     for event in run.log.read():
         apply(state, event)
+        last_fp = fingerprint(event.type, event.timestamp, event.nonce)
         compare_at(event.event_id)
     if stored is not None and stored.last_event_id > state.last_event_id:
         # It claims events the log does not have (lost, or never written).
@@ -303,13 +303,8 @@ def reconstruct_state(
     repaired = False
     if repair and (status != "ok" or bad):
         if status != "ok":
-            fresh = state.to_dict()
-            sealed = _sealed_through(body)
-            if sealed is None:
-                sealed = _sealed_last(storage, layout)
-            if sealed is not None:
-                fresh[CONSOLIDATED_KEY] = sealed  # a repaired consolidated run stays sealed
-            storage.replace(layout.state, _codec.dumps(fresh))
+            # The seal is an event, so the fold keeps a consolidated run sealed.
+            storage.replace(layout.state, encode_snapshot(state.to_dict(), last_fp))
         for seq, snap_body in bad.items():
             storage.replace(layout.snapshot(seq), snap_body)
         repaired = True

@@ -23,7 +23,7 @@ from typing import Any
 from _faultreport import record
 
 from faber_runlog import RunStore
-from faber_runlog.layout import parse_seq_name
+from faber_runlog._format import parse_seq_name
 from faber_runlog.state import RunState, fold_all
 from faber_runlog.verify import reconstruct_state, verify_run
 

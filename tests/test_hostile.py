@@ -25,7 +25,7 @@ from faber_runlog import (
     RunStore,
     UnsafePath,
 )
-from faber_runlog.layout import RunLayout
+from faber_runlog._format import RunLayout
 from faber_runlog.verify import verify_run
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from faber_runlog import CorruptEvent, EventLog, InvalidEvent, RunStore
-from faber_runlog.layout import seq_name
+from faber_runlog import CorruptEvent, EventLog, InvalidArgument, InvalidEvent, RunStore
+from faber_runlog._format import seq_name
 
 
 def test_emit_fills_automatic_fields(store: RunStore) -> None:
@@ -131,7 +131,7 @@ def test_state_at_time_travels(store_factory: Callable[..., RunStore]) -> None:
     assert 5 == len(fresh.state(at=7).checkpoints)
     assert "completed" == fresh.state(at=11).status
     assert "created" == fresh.state(at=0).status
-    with pytest.raises(CorruptEvent, match="only 11 events"):
+    with pytest.raises(InvalidArgument, match="only 11 events"):
         fresh.state(at=12)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from faber_runlog import Run, RunStore
-from faber_runlog.layout import RunLayout
+from faber_runlog._format import RunLayout
 from faber_runlog.log import EventLog
 from faber_runlog.report import read_report, render_markdown, report_schema, validate_report
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from faber_runlog import Resumer, Run, RunState, RunStore, StateDifference, _codec
-from faber_runlog.layout import RunLayout
+from faber_runlog._format import RunLayout
 from faber_runlog.state import fold_all
 
 

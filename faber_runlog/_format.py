@@ -1,0 +1,179 @@
+"""The on-disk format of a run, in one place: key names, snapshots and ``events.jsonl``.
+
+Every module that reads or writes a run's files asks this one for the key
+and the codec, so the format has a single owner. No I/O happens here.
+
+A run's folder::
+
+    metadata.json            identity, params, lineage (written once)
+    events/<seq:020d>.json   event ``seq``, created exclusively (the log: the only truth)
+    events.jsonl             after consolidation: events 1..S-1, one per line (S is the seal)
+    state.json               latest snapshot (a verified cache)
+    snapshots/<seq>.json     a few older snapshots, for ``state(at=...)`` (verified caches)
+    lease.json, report.json, report.md, archived.json, children/   (see their modules)
+
+A snapshot is ``{"snapshot": 2, "last_event": <fingerprint>, "checksum": ..., "state": {...}}``:
+it is used only when the event at ``state.last_event_id`` has that fingerprint
+and the checksum of the state body holds, so an edited, stale or foreign
+snapshot costs time (a longer fold), never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+from faber_runlog import _codec
+from faber_runlog.ids import RunId
+
+__all__ = [
+    "ARCHIVE_MARKER",
+    "LEASE_NAME",
+    "REPORT_JSON",
+    "REPORT_MD",
+    "SEQ_WIDTH",
+    "SNAPSHOTS_KEPT",
+    "RunLayout",
+    "decode_snapshot",
+    "encode_snapshot",
+    "fingerprint",
+    "iter_jsonl",
+    "jsonl_line",
+    "parse_seq_name",
+    "seq_name",
+]
+
+SEQ_WIDTH: Final = 20
+"""Zero-padding of event file names, so names sort numerically for ever."""
+
+SNAPSHOT_FORMAT: Final = 2
+SNAPSHOTS_KEPT: Final = 2
+"""Older periodic snapshots kept besides ``state.json``: bytes stay a small multiple of the log."""
+
+ARCHIVE_MARKER: Final = "archived.json"
+LEASE_NAME: Final = "lease.json"
+REPORT_JSON: Final = "report.json"
+REPORT_MD: Final = "report.md"
+LEGACY_CONSOLIDATION: Final = "consolidation.json"
+
+
+def seq_name(seq: int) -> str:
+    """The file name of event ``seq``: ``00000000000000000042.json``."""
+    return f"{seq:0{SEQ_WIDTH}d}.json"
+
+
+def parse_seq_name(name: str) -> int | None:
+    """The sequence number of an event file name, or None for anything else."""
+    if len(name) == SEQ_WIDTH + 5 and name.endswith(".json") and name[:SEQ_WIDTH].isdigit():
+        return int(name[:SEQ_WIDTH])
+    return None
+
+
+class RunLayout:
+    """Keys of one run's files, relative to the store root."""
+
+    __slots__ = (
+        "_prefix",
+        "archived",
+        "children",
+        "dir",
+        "events",
+        "jsonl",
+        "lease",
+        "metadata",
+        "report_json",
+        "report_md",
+        "snapshots",
+        "state",
+    )
+
+    def __init__(self, run_id: RunId) -> None:
+        self.dir = str(run_id)
+        self.metadata = f"{self.dir}/metadata.json"
+        self.state = f"{self.dir}/state.json"
+        self.events = f"{self.dir}/events"
+        self.jsonl = f"{self.dir}/events.jsonl"
+        self.children = f"{self.dir}/children"
+        self.snapshots = f"{self.dir}/snapshots"
+        self.lease = f"{self.dir}/{LEASE_NAME}"
+        self.report_json = f"{self.dir}/{REPORT_JSON}"
+        self.report_md = f"{self.dir}/{REPORT_MD}"
+        self.archived = f"{self.dir}/{ARCHIVE_MARKER}"
+        self._prefix = self.events + "/"
+
+    def event(self, seq: int) -> str:
+        """Key of event ``seq``."""
+        return f"{self._prefix}{seq:0{SEQ_WIDTH}d}.json"
+
+    def snapshot(self, seq: int) -> str:
+        """Key of the older snapshot taken after event ``seq``."""
+        return f"{self.snapshots}/{seq:0{SEQ_WIDTH}d}.json"
+
+
+# -- snapshots ---------------------------------------------------------------------------
+
+
+def fingerprint(event_type: Any, timestamp: Any, nonce: Any) -> str:
+    """What a snapshot records of its last event, to check it still agrees with the log.
+
+    Type, timestamp and the writer's nonce: two different events never share all three.
+    """
+    return f"{event_type}|{timestamp}|{nonce}"
+
+
+def _checksum(state_body: bytes) -> str:
+    return hashlib.sha256(state_body).hexdigest()[:32]
+
+
+def encode_snapshot(state: Mapping[str, Any], last_event: str | None) -> bytes:
+    """A snapshot body for ``state`` (a ``RunState.to_dict()``) whose last event has fingerprint ``last_event``."""
+    body = _codec.dumps(state)
+    head = _codec.dumps({"snapshot": SNAPSHOT_FORMAT, "last_event": last_event, "checksum": _checksum(body)})
+    # Built by hand so the checksum covers exactly the bytes of the state as stored.
+    return head[:-1] + b',"state":' + body + b"}"
+
+
+def decode_snapshot(body: bytes) -> tuple[dict[str, Any], str | None]:
+    """``(state dict, last event fingerprint)``; raises ValueError for anything that is not an intact snapshot."""
+    marker = body.find(b',"state":')
+    if not body.startswith(b'{"snapshot":') or marker < 0 or not body.endswith(b"}"):
+        raise ValueError("not a snapshot of this format")
+    head = _codec.loads(body[:marker] + b"}")
+    state_body = body[marker + 9 : -1]
+    if not isinstance(head, dict) or head.get("snapshot") != SNAPSHOT_FORMAT:
+        raise ValueError("unknown snapshot format")
+    if head.get("checksum") != _checksum(state_body):
+        raise ValueError("its checksum does not match its content (edited or damaged)")
+    state = _codec.loads(state_body)
+    if not isinstance(state, dict):
+        raise ValueError("its state is not a JSON object")
+    last = head.get("last_event")
+    return state, last if isinstance(last, str) else None
+
+
+# -- events.jsonl ------------------------------------------------------------------------
+
+
+def jsonl_line(body: bytes) -> bytes:
+    """One stored event file's bytes as one line of ``events.jsonl`` (no newline inside)."""
+    line = body.strip()
+    if b"\n" in line or b"\r" in line:
+        line = _codec.dumps(_codec.loads(line))
+    return line
+
+
+def iter_jsonl(body: bytes, after: int, last: int) -> Iterator[tuple[int, bytes]]:
+    """``(seq, line)`` for lines ``after+1..last`` of an ``events.jsonl`` body (line n holds event n).
+
+    Raises ValueError when the body holds fewer than ``last`` complete lines.
+    Walks the body in place: splitting would hold a second copy of the whole log.
+    """
+    pos, seq = 0, 1
+    while seq <= last:
+        end = body.find(b"\n", pos)
+        if end < 0:
+            raise ValueError(f"it holds {seq - 1} complete lines, fewer than {last}")
+        if seq > after:
+            yield seq, body[pos:end]
+        pos, seq = end + 1, seq + 1
