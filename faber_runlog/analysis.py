@@ -8,15 +8,17 @@ files. pandas and pyarrow are imported only when a frame is asked for.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from faber_runlog import _codec
+from faber_runlog._format import RunLayout
 from faber_runlog._progress import Progress
 from faber_runlog.errors import MissingExtra
 from faber_runlog.ids import RunId
-from faber_runlog._format import RunLayout
-from faber_runlog.state import RunState
+from faber_runlog.log import current_states
 from faber_runlog.store import RunStore
 
 __all__ = ["EVENT_COLUMNS", "RUN_COLUMNS", "events_frame", "runs_frame", "to_arrow"]
@@ -35,6 +37,7 @@ RUN_COLUMNS: Final = (
 """Columns of :func:`runs_frame`, in order."""
 
 _CHUNK: Final = 256
+_READERS: Final = 16
 _NESTED: Final = ("metadata", "params", "tags")
 
 
@@ -125,17 +128,14 @@ def _event_columns(
     wanted = frozenset(types) if types is not None else None
     rids = _select(store, org, project, status, run_ids)
     cols: dict[str, list[Any]] = {c: [] for c in EVENT_COLUMNS}
-    storage = store.storage
-    with Progress("reading runs", len(rids), enabled=progress) as bar:
+    def events_of(rid: RunId) -> list[dict[str, Any]]:
+        # Through the log, like every reader: the same upcasters, the seal, events.jsonl when sealed.
+        return [e.to_dict() for e in store.get_run(rid).log.read()]
+
+    with Progress("reading runs", len(rids), enabled=progress) as bar, ThreadPoolExecutor(_READERS) as pool:
         for start in range(0, len(rids), _CHUNK):
             chunk = rids[start : start + _CHUNK]
-            bodies = storage.read_many(RunLayout(r).jsonl for r in chunk)
-            for rid in chunk:
-                body = bodies.get(RunLayout(rid).jsonl)
-                if body is not None:
-                    events = [_codec.loads(line) for line in body.splitlines() if line]
-                else:  # not consolidated: its event files
-                    events = [e.to_dict() for e in store.get_run(rid).log.read()]
+            for rid, events in zip(chunk, pool.map(events_of, chunk), strict=True):
                 filtered = wanted is not None or lo is not None or hi is not None
                 kept = events if not filtered else [
                     d for d in events
@@ -204,14 +204,15 @@ def runs_frame(
     with Progress("reading runs", len(rids), enabled=progress) as bar:
         for start in range(0, len(rids), _CHUNK):
             chunk = rids[start : start + _CHUNK]
-            bodies = storage.read_many(k for r in chunk for k in (RunLayout(r).metadata, RunLayout(r).state))
-            for rid in chunk:
-                mbody = bodies.get(RunLayout(rid).metadata)
-                if mbody is None:
-                    continue  # being created, or not a run
-                meta = store._parse_metadata(rid, mbody)
-                raw = _codec.loads(bodies.get(RunLayout(rid).state) or b"{}")
-                state = RunState.from_dict(raw) if raw else RunState(run_id=str(rid))
+            bodies = storage.read_many(RunLayout(r).metadata for r in chunk)
+            present = [r for r in chunk if bodies.get(RunLayout(r).metadata) is not None]  # others: being created
+            states = current_states(storage, present, snapshot_every=store.snapshot_every)
+            for rid in present:
+                meta = store._parse_metadata(rid, bodies[RunLayout(rid).metadata] or b"")
+                state = states[rid]
+                if isinstance(state, Exception):  # one damaged run must not hide the others
+                    logging.getLogger("faber_runlog.analysis").warning("runs_frame skipped run %s: %s", rid, state)
+                    continue
                 if (status is not None and state.status != status) or (lo is not None and meta.created_at < lo) or (
                     hi is not None and meta.created_at >= hi
                 ):
@@ -227,7 +228,7 @@ def runs_frame(
                     str(rid), rid.org, rid.project, state.status, meta.created_at, state.started_at, state.ended_at,
                     state.updated_at, duration, state.last_event_id, state.current_phase, state.current_step,
                     failed.phase if failed else None, failed.name if failed else None, error, state.resume_count,
-                    meta.parent_run_id, "consolidated_through" in raw, meta.params, meta.tags,
+                    meta.parent_run_id, state.sealed_at is not None, meta.params, meta.tags,
                 )  # fmt: skip
                 for c, v in zip(RUN_COLUMNS, row, strict=True):
                     cols[c].append(v)

@@ -28,15 +28,15 @@ from fsspec.asyn import AsyncFileSystem, _run_coros_in_chunks, sync
 
 from faber_runlog import _codec
 from faber_runlog._converter import converter
-from faber_runlog._progress import Progress
-from faber_runlog.errors import ArchiveMismatch, ConsolidationError, FaberRunlogError, RunStillActive
-from faber_runlog.ids import RunId
 from faber_runlog._format import ARCHIVE_MARKER, RunLayout, jsonl_line, parse_seq_name
+from faber_runlog._progress import Progress
 from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES
+from faber_runlog.errors import ArchiveMismatch, ConsolidationError, FaberRunlogError, RunStillActive
 from faber_runlog.events import Event
+from faber_runlog.ids import RunId
 from faber_runlog.state import RunState
 from faber_runlog.storage import Storage
-from faber_runlog.store import Run, RunStore
+from faber_runlog.store import RunStore
 
 __all__ = [
     "ARCHIVE_MARKER",

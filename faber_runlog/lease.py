@@ -21,8 +21,8 @@ import attrs
 
 from faber_runlog import _codec
 from faber_runlog._converter import converter
-from faber_runlog.ids import RunId
 from faber_runlog._format import RunLayout
+from faber_runlog.ids import RunId
 from faber_runlog.storage import Storage
 
 __all__ = [

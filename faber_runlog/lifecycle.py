@@ -27,21 +27,21 @@ import attrs
 
 from faber_runlog import _codec
 from faber_runlog._converter import converter
+from faber_runlog._format import RunLayout, parse_seq_name, seq_name
+from faber_runlog._transitions import ACTIONS
 from faber_runlog.errors import (
     ActiveRunExists,
     ApprovalConflict,
     ApprovalNotFound,
+    FaberRunlogError,
     InvalidEvent,
     InvalidRunId,
-    FaberRunlogError,
     InvalidTransition,
     StorageError,
     TooManyActiveRuns,
 )
-from faber_runlog._transitions import ACTIONS
 from faber_runlog.events import Event
 from faber_runlog.ids import RunId
-from faber_runlog._format import RunLayout, parse_seq_name, seq_name
 from faber_runlog.lease import (
     DEFAULT_LEASE_TTL,
     Lease,

@@ -17,9 +17,9 @@ from typing import Any, Final
 import fastjsonschema
 
 from faber_runlog import _codec
+from faber_runlog._format import RunLayout
 from faber_runlog.errors import CorruptState
 from faber_runlog.ids import RunId
-from faber_runlog._format import RunLayout
 from faber_runlog.log import EventLog
 from faber_runlog.metadata import RunMetadata
 from faber_runlog.state import TERMINAL_STATUSES, RunState

@@ -15,10 +15,10 @@ from typing import Any, Final
 import attrs
 
 from faber_runlog import _codec
+from faber_runlog._format import RunLayout
 from faber_runlog.errors import InvalidRerun, RunNotRerunnable, RunNotResumable
 from faber_runlog.events import Event
 from faber_runlog.ids import RunId
-from faber_runlog._format import RunLayout
 from faber_runlog.lease import read_lease
 from faber_runlog.state import TERMINAL_STATUSES, RunState
 from faber_runlog.storage import Storage

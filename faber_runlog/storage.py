@@ -29,8 +29,8 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from faber_runlog.errors import ConcurrencyUnsupported, StorageError, UnsafePath
 from faber_runlog._format import seq_name
+from faber_runlog.errors import ConcurrencyUnsupported, StorageError, UnsafePath
 
 __all__ = ["Storage", "open_filesystem"]
 

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
-
-import logging
 
 import attrs
 import fsspec
 
 from faber_runlog import _codec, lifecycle, report
+from faber_runlog._format import RunLayout, encode_snapshot
 from faber_runlog.errors import CorruptState, InvalidRunId, RunExists, RunNotFound
 from faber_runlog.events import Event, check_json_value
 from faber_runlog.ids import RunId, validate_slug
-from faber_runlog._format import RunLayout, encode_snapshot
 from faber_runlog.lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
 from faber_runlog.log import SEAL_GRACE, Commit, EventLog, current_states
 from faber_runlog.metadata import RunMetadata, capture_environment

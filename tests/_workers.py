@@ -45,6 +45,33 @@ def idempotent(spec: dict[str, object], run_id: str, key: str) -> None:
     print(ev.event_id, flush=True)
 
 
+def append_until_sealed(spec: dict[str, object], run_id: str, tag: str) -> None:
+    """Append checkpoints until the log is sealed; prints each acknowledged id, then ``sealed``."""
+    import time
+
+    from faber_runlog import RunArchived
+
+    run = _store(spec).get_run(run_id)
+    i = 0
+    while True:
+        try:
+            ev = run.log.emit("checkpoint", metadata={"label": f"{tag}-{i}"})
+        except RunArchived:
+            print("sealed", flush=True)
+            return
+        print(ev.event_id, flush=True)
+        i += 1
+        time.sleep(0.002)
+
+
+def consolidate(spec: dict[str, object], run_id: str) -> None:
+    """Consolidate a run (the parent may SIGKILL this at any point)."""
+    from faber_runlog import consolidate as _consolidate
+
+    record = _consolidate(_store(spec), run_id)
+    print(record.last_seq, flush=True)
+
+
 if __name__ == "__main__":
     command, spec_json, *rest = sys.argv[1:]
     spec = json.loads(spec_json)
@@ -54,5 +81,9 @@ if __name__ == "__main__":
         append_forever(spec, rest[0], rest[1])
     elif command == "idempotent":
         idempotent(spec, rest[0], rest[1])
+    elif command == "append_until_sealed":
+        append_until_sealed(spec, rest[0], rest[1])
+    elif command == "consolidate":
+        consolidate(spec, rest[0])
     else:
         raise SystemExit(f"unknown command {command}")
