@@ -203,7 +203,34 @@ def bench_rebuild(tmp: Path, n: int) -> list[Row]:
         Row(f"open run w/ current snapshot: {n:,} vs 1,000 events", t_big * 1e3, "same, 1,000-event run",
             t_small * 1e3, "ms", "<= 3x (O(1))", t_big / t_small, t_big / t_small <= 3.0)
     )
+    tiny = RunStore(str(tmp / "tiny"), fsync=False)
+    tiny_id = _fill_local(tiny, 200)
+    tiny.get_run(tiny_id).log.snapshot()
+    mid = RunStore(str(tmp / "mid"), fsync=False)
+    mid_id = _fill_local(mid, 20_000)
+    mid.get_run(mid_id).log.snapshot()
+    t_mid = best_of(20, lambda: mid.get_run(mid_id).state())
+    t_tiny = best_of(20, lambda: tiny.get_run(tiny_id).state())
+    rows.append(
+        Row("open run w/ current snapshot: 20,000 vs 200 events", t_mid * 1e3, "same, 200-event run",
+            t_tiny * 1e3, "ms", "<= 3x (O(1))", t_mid / t_tiny, t_mid / t_tiny <= 3.0)
+    )
     return rows
+
+
+def bench_storage(tmp: Path, n: int) -> Row:
+    """Bytes stored per run / bytes of its events when every event adds a step (the state grows)."""
+    store = RunStore(str(tmp / "growth"), fsync=False)
+    run = store.create_run("bench", "growth")
+    run.start()
+    for i in range(n - 1):
+        run.log.emit("step_start" if i % 2 == 0 else "step_complete", phase="build", step=f"step-{i // 2}")
+    folder = Path(store.storage.path(run.id))
+    events = sum(p.stat().st_size for p in (folder / "events").iterdir())
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    ratio = total / events
+    return Row(f"bytes stored / event bytes, {n:,} events, growing state (was 16x)", total / 1e6,
+               "bytes of the event files", events / 1e6, "MB", "<= 3x", ratio, ratio <= 3.0)
 
 
 # -- (e) memory -------------------------------------------------------------------
@@ -309,6 +336,7 @@ def run(quick: bool) -> list[Row]:
         rows = [local]
         rows += bench_s3_append(100 if quick else 500)
         rows += bench_rebuild(tmp, 20_000 if quick else 100_000)
+        rows.append(bench_storage(tmp, 1000 if quick else 5000))
         rows += bench_eventsourcing(tmp, n_append, 20_000 if quick else 100_000, ours_append)
         rows.append(bench_memory(tmp, 100_000 if quick else 1_000_000))
         return rows
