@@ -199,16 +199,35 @@ def _disabled(ctx: _Ctx, what: str) -> int:
     return EXIT_OK
 
 
+def _plan_args(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--phase NAME`` or ``--phase NAME:step1,step2`` items as create_run's ``phases``/``steps``."""
+    if not items:
+        return {}
+    phases: list[str] = []
+    steps: dict[str, list[str]] = {}
+    for item in items:
+        name, colon, rest = item.partition(":")
+        if not name:
+            raise UsageError(f"--phase {item!r} has no phase name; use NAME or NAME:step1,step2")
+        phases.append(name)
+        if colon:
+            steps[name] = [s for s in rest.split(",") if s]
+    return {"phases": phases, "steps": steps}
+
+
 def _cmd_new(ctx: _Ctx) -> int:
     a = ctx.args
     run = ctx.gateway.new_run(
         a.org, a.project, _pairs(a.param, "--param"), _pairs(a.tag, "--tag", typed=False),
-        concurrency_key=a.concurrency_key,
+        concurrency_key=a.concurrency_key, **_plan_args(a.phase),
     )  # fmt: skip
     if run is None:
         return _disabled(ctx, "no run was created")
     if ctx.json:
-        _dump({"run_id": run.id, "params": run.metadata.params, "tags": run.metadata.tags}, ctx.out)
+        body = {"run_id": run.id, "params": run.metadata.params, "tags": run.metadata.tags}
+        if run.metadata.phases:
+            body.update(phases=run.metadata.phases, steps=run.metadata.steps)
+        _dump(body, ctx.out)
     else:
         ctx.out.write(run.id + "\n")
     return EXIT_OK
@@ -265,6 +284,7 @@ def _cmd_show(ctx: _Ctx) -> int:
         body = view.to_dict()
         body["events_tail"] = [e.to_dict() for e in view.events_tail]
         body["metadata"] = meta.to_dict()
+        body["progress"] = view.progress
         _dump(body, ctx.out)
         return EXIT_OK
     w = ctx.out.write
@@ -280,6 +300,7 @@ def _cmd_show(ctx: _Ctx) -> int:
     if view.lease is not None:
         w(f"lease:    {view.lease.owner} until {view.lease.expires_at}\n")
     if view.phases:
+        w(f"progress: {view.progress}\n")
         w("phases:\n")
         for phase in view.phases:
             steps = ", ".join(f"{s.name}={s.status}" for s in phase.steps.values())
@@ -543,6 +564,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="K=V", help="a parameter (K:=JSON for a typed value)")
     p.add_argument("--tag", action="append", metavar="K=V", help="a tag")
     p.add_argument("--concurrency-key", help="refuse to start while another active run holds this key")
+    p.add_argument("--phase", action="append", metavar="NAME[:STEPS]",
+                   help="a planned phase, in order (repeat it); NAME:step1,step2 also plans its steps")  # fmt: skip
     p.set_defaults(func=_cmd_new)
 
     p = sub.add_parser("emit", parents=[js], help="append one event to a run and print its id")
