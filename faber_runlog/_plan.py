@@ -21,7 +21,7 @@ DONE_STATUSES = frozenset({"completed", "skipped"})
 _MAX_NAME = 128  # the event schema's limit for phase and step names
 
 
-def InvalidParams(message: str) -> Exception:  # noqa: N802 - stands in for the class
+def _invalid(message: str) -> Exception:
     """The store's InvalidParams error (imported late: store.py imports this module)."""
     from faber_runlog.store import InvalidParams as error
 
@@ -30,7 +30,7 @@ def InvalidParams(message: str) -> Exception:  # noqa: N802 - stands in for the 
 
 def _name(value: object, what: str) -> str:
     if not isinstance(value, str) or not value or len(value) > _MAX_NAME:
-        raise InvalidParams(f"{what} must be a non-empty string of at most {_MAX_NAME} characters, got {value!r}")
+        raise _invalid(f"{what} must be a non-empty string of at most {_MAX_NAME} characters, got {value!r}")
     return value
 
 
@@ -38,7 +38,7 @@ def _unique(names: Iterable[str], what: str) -> list[str]:
     out: list[str] = []
     for n in names:
         if n in out:
-            raise InvalidParams(f"{what} {n!r} is listed twice; each name appears once in a plan")
+            raise _invalid(f"{what} {n!r} is listed twice; each name appears once in a plan")
         out.append(n)
     return out
 
@@ -46,13 +46,13 @@ def _unique(names: Iterable[str], what: str) -> list[str]:
 def normalize_plan(
     phases: Sequence[str | Mapping[str, Any]] | None, steps: Mapping[str, Sequence[str]] | None
 ) -> tuple[list[str], dict[str, list[str]]]:
-    """Check a plan and return it as ``(phases, steps)``; bad input raises :class:`InvalidParams`.
+    """Check a plan and return it as ``(phases, steps)``; bad input raises ``InvalidParams`` (a ``ValueError``).
 
     A phase may be a name or ``{"name": ..., "steps": [...]}``; ``steps`` maps a
     planned phase to its planned steps. Both ways may be mixed, not repeated.
     """
     if isinstance(phases, (str, bytes)):
-        raise InvalidParams(f"phases must be a list of phase names, got the string {phases!r}")
+        raise _invalid(f"phases must be a list of phase names, got the string {phases!r}")
     names: list[str] = []
     planned_steps: dict[str, list[str]] = {}
     for item in phases or ():
@@ -61,7 +61,7 @@ def normalize_plan(
             own = item.get("steps")
             if own is not None:
                 if isinstance(own, (str, bytes)) or not isinstance(own, Sequence):
-                    raise InvalidParams(f"steps of planned phase {name!r} must be a list of names, got {own!r}")
+                    raise _invalid(f"steps of planned phase {name!r} must be a list of names, got {own!r}")
                 planned_steps[name] = _unique((_name(s, f"a step of phase {name!r}") for s in own), "step")
         else:
             name = _name(item, "a planned phase")
@@ -69,11 +69,11 @@ def normalize_plan(
     names = _unique(names, "planned phase")
     for phase, own in (steps or {}).items():
         if phase not in names:
-            raise InvalidParams(f"steps are given for phase {phase!r}, which is not in the planned phases {names}")
+            raise _invalid(f"steps are given for phase {phase!r}, which is not in the planned phases {names}")
         if phase in planned_steps:
-            raise InvalidParams(f"steps of phase {phase!r} are given twice (in phases and in steps)")
+            raise _invalid(f"steps of phase {phase!r} are given twice (in phases and in steps)")
         if isinstance(own, (str, bytes)) or not isinstance(own, Sequence):
-            raise InvalidParams(f"steps of planned phase {phase!r} must be a list of names, got {own!r}")
+            raise _invalid(f"steps of planned phase {phase!r} must be a list of names, got {own!r}")
         planned_steps[phase] = _unique((_name(s, f"a step of phase {phase!r}") for s in own), "step")
     return names, planned_steps
 

@@ -147,8 +147,17 @@ class EventLog:
         }
         return self.append({k: v for k, v in fields.items() if v is not None})
 
-    def append(self, fields: dict[str, Any], check: Callable[[RunState], Event | None] | None = None) -> Event:
+    def append(
+        self,
+        fields: dict[str, Any],
+        check: Callable[[RunState], Event | None] | None = None,
+        *,
+        timestamp: str | None = None,
+    ) -> Event:
         """Append an event built from ``fields``; returns it with its ``event_id``.
+
+        ``timestamp`` is the event's time (default: now); importers pass the time
+        an event recorded elsewhere happened. It is validated like every field.
 
         Like :meth:`emit`, a ``user`` or ``source`` that is missing or None is
         filled from the log's defaults; ``fields`` itself is not modified.
@@ -175,7 +184,7 @@ class EventLog:
             raise InvalidEvent(
                 f"event names run {fields['run_id']!r} but is being appended to {self._run_id}", run_id=self._run_id
             )
-        probe = dict(fields, event_id=1, timestamp=_codec.now_iso(), nonce="x")
+        probe = dict(fields, event_id=1, timestamp=timestamp or _codec.now_iso(), nonce="x")
         validate_event_dict(probe, run_id=self._run_id)
         key = fields.get("idempotency_key")
         exact = key is not None or check is not None
@@ -196,7 +205,8 @@ class EventLog:
                             return existing
                 seq = self._tail + 1
                 self._counter += 1
-                data = dict(fields, event_id=seq, timestamp=_codec.now_iso(), nonce=f"{self._writer}-{self._counter}")
+                stamp = timestamp or _codec.now_iso()
+                data = dict(fields, event_id=seq, timestamp=stamp, nonce=f"{self._writer}-{self._counter}")
                 if self._storage.create(self._layout.event(seq), _codec.dumps(data)):
                     self._tail = seq
                     event = Event.from_dict(data)
