@@ -206,6 +206,7 @@ def runlog_event_fields(
     original_run_id: str | None = None,
     file: str | None = None,
     fallback_timestamp: str | None = None,
+    default_user: str | None = "unknown",
 ) -> tuple[dict[str, Any], str, list[str]]:
     """Turn one FABER event into ``(fields, timestamp, notes)`` ready for ``EventLog.append``.
 
@@ -242,7 +243,8 @@ def runlog_event_fields(
         bookkeeping["extra"] = extra
     if original_run_id is not None and raw.get("run_id") not in (None, original_run_id):
         bookkeeping["run_id"] = raw.get("run_id")
-    fields.setdefault("user", "unknown")  # what FABER's own scripts write when $USER is unset
+    if default_user is not None:
+        fields.setdefault("user", default_user)  # what FABER's own scripts write when $USER is unset
     timestamp = raw.get("timestamp")
     if not isinstance(timestamp, str) or _TIMESTAMP.fullmatch(timestamp) is None:
         moved["timestamp"] = timestamp
@@ -582,7 +584,8 @@ def _run_metadata(planned: _Planned, store: RunStore, source: str, notes: list[s
             phases, steps = normalize_plan(raw_phases, own_steps)
         except (FaberRunlogError, ValueError) as e:
             notes.append(f"planned phases {raw_phases!r} not kept: {e}")
-    rel = fm.get("relationships") if isinstance(fm.get("relationships"), dict) else {}
+    relationships = fm.get("relationships")
+    rel: dict[str, Any] = relationships if isinstance(relationships, dict) else {}
     parent_original = rel.get("rerun_of") or rel.get("parent_run_id")
     parent_id: str | None = None
     root_id: str | None = None
