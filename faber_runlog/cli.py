@@ -517,6 +517,42 @@ def _cmd_demo(ctx: _Ctx) -> int:
     return EXIT_OK
 
 
+def _local_root(ctx: _Ctx) -> None:
+    # ``--root`` may also follow the subcommand (``import PATH --root STORE``).
+    if getattr(ctx.args, "sub_root", None):
+        ctx.args.root = ctx.args.sub_root
+
+
+def _cmd_import(ctx: _Ctx) -> int:
+    from faber_runlog._faber import import_faber
+
+    a = ctx.args
+    _local_root(ctx)
+    options = _json_object(a.source_storage_options, "--source-storage-options") if a.source_storage_options else None
+    report = import_faber(
+        a.path, ctx.store, plan_org=a.plan_org, storage_options=options, progress=not ctx.json and sys.stderr.isatty()
+    )
+    if ctx.json:
+        _dump(report.to_dict(), ctx.out)
+    else:
+        ctx.out.write("".join(line + "\n" for line in report.lines()))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _cmd_export(ctx: _Ctx) -> int:
+    from faber_runlog._faber import export_faber
+
+    a = ctx.args
+    _local_root(ctx)
+    options = _json_object(a.dest_storage_options, "--dest-storage-options") if a.dest_storage_options else None
+    result = export_faber(ctx.store, a.run_id, a.dest, storage_options=options, overwrite=a.overwrite)
+    if ctx.json:
+        _dump(result.to_dict(), ctx.out)
+    else:
+        ctx.out.write(f"exported {result.events} events of {result.run_id} to {result.path}\n")
+    return EXIT_OK
+
+
 def _cmd_mcp(ctx: _Ctx) -> int:
     from faber_runlog.mcp_server import serve
 
@@ -634,6 +670,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--write", action="store_true", help="write report.json and report.md now")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("import", parents=[js], help="import FABER run folders (a project, a FABER base folder or "
+                       "one run folder); idempotent")  # fmt: skip
+    p.add_argument("path", help="folder or fsspec URL holding FABER runs")
+    p.add_argument("--root", dest="sub_root", metavar="STORE", help="the store to import into (same as the global "
+                   "--root)")  # fmt: skip
+    p.add_argument("--plan-org", default="local", help="org of runs whose FABER id is plan-based (default: local)")
+    p.add_argument("--source-storage-options", metavar="JSON", help="fsspec storage options of PATH (no secrets)")
+    p.set_defaults(func=_cmd_import)
+
+    p = sub.add_parser("export", parents=[js], help="write a run as a FABER run folder (--format faber)")
+    p.add_argument("run_id")
+    p.add_argument("dest", metavar="DEST", help="FABER base folder (or fsspec URL); the run goes to "
+                   "DEST/org/project/uuid")  # fmt: skip
+    p.add_argument("--format", choices=["faber"], required=True, help="the format to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a FABER folder already there")
+    p.add_argument("--root", dest="sub_root", metavar="STORE", help="the store to read from (as the global --root)")
+    p.add_argument("--dest-storage-options", metavar="JSON", help="fsspec storage options of DEST (no secrets)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="log a short demo run and print its state")
     p.set_defaults(func=_cmd_demo)
