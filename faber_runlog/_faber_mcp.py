@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from faber_runlog import _codec
 from faber_runlog._faber import (
+    FABER_EVENT_TYPES,
     faber_event,
     faber_metadata,
     faber_run_status,
@@ -81,6 +82,8 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
             try:
                 event = gateway.emit(run.id, type, **fields)
             except InvalidEvent:
+                if type not in FABER_EVENT_TYPES:
+                    raise  # FABER refuses an unknown type name too
                 # FABER checks only the type name: keep what our schema refuses, as the importer does.
                 raw = {"type": type, **{k: v for k, v in fields.items() if v is not None}}
                 converted, _, _ = runlog_event_fields(raw, run_id=run.id, default_user=None)
@@ -184,34 +187,30 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
     for fn, description in tools.items():
         server.add_tool(fn, description=description)
 
-    def resource(fn: Any) -> Any:
-        def read(*args: str) -> str:
-            body = fn(*args)
-            if body.get("status") == "error":
-                raise resource_error(str(body.get("error")))
-            return _codec.dumps(body.get("payload", body)).decode()
+    def as_text(body: dict[str, Any]) -> str:
+        if body.get("status") == "error":
+            raise resource_error(str(body.get("error")))
+        return _codec.dumps(body.get("payload", body)).decode()
 
-        return read
+    def runs_resource() -> str:
+        return as_text(list_runs(None, None, None, None, _RESOURCE_LIMIT))
 
-    def runs_resource() -> dict[str, Any]:
-        return list_runs(None, None, None, None, _RESOURCE_LIMIT)
+    def run_resource(run_id: str) -> str:
+        return as_text(get_run(run_id, True))
 
-    def run_resource(run_id: str) -> dict[str, Any]:
-        return get_run(run_id, True)
-
-    def events_resource(run_id: str) -> dict[str, Any]:
+    def events_resource(run_id: str) -> str:
         try:
             run = open_run(run_id)
-            return {"payload": [faber_event(e, run.id) for e in run.log.read()]}
+            return as_text({"payload": [faber_event(e, run.id) for e in run.log.read()]})
         except _REFUSED as e:
-            return {"status": "error", "error": _message(e)}
+            raise resource_error(_message(e)) from e
 
     # Concrete URIs are matched before templates, and templates in this order: events before the run itself.
     server.resource("faber://runs", name="faber-runs", description="FABER compatible: the newest 100 runs.",
-                    mime_type="application/json")(resource(runs_resource))  # fmt: skip
+                    mime_type="application/json")(runs_resource)  # fmt: skip
     server.resource("faber://runs/{+run_id}/events", name="faber-run-events",
                     description="FABER compatible: every event of a run, in FABER's event shape.",
-                    mime_type="application/json")(resource(events_resource))  # fmt: skip
+                    mime_type="application/json")(events_resource)  # fmt: skip
     server.resource("faber://runs/{+run_id}", name="faber-run",
                     description="FABER compatible: a run's metadata, state and event count.",
-                    mime_type="application/json")(resource(run_resource))  # fmt: skip
+                    mime_type="application/json")(run_resource)  # fmt: skip

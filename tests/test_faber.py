@@ -290,8 +290,9 @@ def test_relationships_become_lineage_and_parents_are_imported_first(project: Pa
 
 
 def test_a_parent_outside_the_import_is_kept_as_a_note_and_a_native_run_with_the_same_id_is_not_touched(
-    project: Path, dest: RunStore
+    project: Path, tmp_path: Path
 ) -> None:
+    dest = RunStore(str(tmp_path / "store"), fsync=False)
     dest.create_run("acme", "web", run_id=PARENT)
     write_run(project / BASE, PARENT, failed_at_build(PARENT), metadata=faber_metadata(PARENT))
     missing = "acme/web/11111111-2222-4333-8444-555555555555"
@@ -305,7 +306,8 @@ def test_a_parent_outside_the_import_is_kept_as_a_note_and_a_native_run_with_the
     assert None is dest.get_run(RUN).metadata.parent_run_id
 
 
-def test_an_unreadable_event_file_keeps_its_place_and_its_text(project: Path, dest: RunStore) -> None:
+def test_an_unreadable_event_file_keeps_its_place_and_its_text(project: Path, tmp_path: Path) -> None:
+    dest = RunStore(str(tmp_path / "store"), fsync=False)
     folder = write_run(project / BASE, RUN, [fevent(1, "workflow_start"), fevent(3, "workflow_complete")],
                        metadata=faber_metadata())  # fmt: skip
     (folder / "events" / "002-phase_start.json").write_text('{"event_id": 2, "type": "phase_st')
