@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
-from test_faber import BASE, RUN, failed_at_build, faber_metadata, write_run
+from test_faber import BASE, RUN, faber_metadata, failed_at_build, write_run
 from test_mcp_server import _session, _text
 
 from faber_runlog import RunStore, import_faber
