@@ -1,5 +1,6 @@
 """faber_runlog: run ids, an append-only event log and folded run state on fsspec."""
 
+from faber_runlog._faber import ExportResult, ImportedRun, ImportReport, export_faber, import_faber
 from faber_runlog._version import __version__
 from faber_runlog.archive import (
     ArchiveIndexEntry,
@@ -69,10 +70,13 @@ __all__ = [
     "CorruptState",
     "Event",
     "EventLog",
+    "ExportResult",
     "FaberRunlogError",
     "Gateway",
     "GatewayConfig",
     "Heartbeat",
+    "ImportReport",
+    "ImportedRun",
     "InvalidArgument",
     "InvalidEvent",
     "InvalidGatewayConfig",
@@ -119,7 +123,9 @@ __all__ = [
     "diff_params",
     "event_schema",
     "event_types",
+    "export_faber",
     "fold",
+    "import_faber",
     "register_backend",
     "register_event_type",
     "register_fold",

@@ -199,16 +199,35 @@ def _disabled(ctx: _Ctx, what: str) -> int:
     return EXIT_OK
 
 
+def _plan_args(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--phase NAME`` or ``--phase NAME:step1,step2`` items as create_run's ``phases``/``steps``."""
+    if not items:
+        return {}
+    phases: list[str] = []
+    steps: dict[str, list[str]] = {}
+    for item in items:
+        name, colon, rest = item.partition(":")
+        if not name:
+            raise UsageError(f"--phase {item!r} has no phase name; use NAME or NAME:step1,step2")
+        phases.append(name)
+        if colon:
+            steps[name] = [s for s in rest.split(",") if s]
+    return {"phases": phases, "steps": steps}
+
+
 def _cmd_new(ctx: _Ctx) -> int:
     a = ctx.args
     run = ctx.gateway.new_run(
         a.org, a.project, _pairs(a.param, "--param"), _pairs(a.tag, "--tag", typed=False),
-        concurrency_key=a.concurrency_key,
+        concurrency_key=a.concurrency_key, **_plan_args(a.phase),
     )  # fmt: skip
     if run is None:
         return _disabled(ctx, "no run was created")
     if ctx.json:
-        _dump({"run_id": run.id, "params": run.metadata.params, "tags": run.metadata.tags}, ctx.out)
+        body = {"run_id": run.id, "params": run.metadata.params, "tags": run.metadata.tags}
+        if run.metadata.phases:
+            body.update(phases=run.metadata.phases, steps=run.metadata.steps)
+        _dump(body, ctx.out)
     else:
         ctx.out.write(run.id + "\n")
     return EXIT_OK
@@ -265,6 +284,7 @@ def _cmd_show(ctx: _Ctx) -> int:
         body = view.to_dict()
         body["events_tail"] = [e.to_dict() for e in view.events_tail]
         body["metadata"] = meta.to_dict()
+        body["progress"] = view.progress
         _dump(body, ctx.out)
         return EXIT_OK
     w = ctx.out.write
@@ -280,6 +300,7 @@ def _cmd_show(ctx: _Ctx) -> int:
     if view.lease is not None:
         w(f"lease:    {view.lease.owner} until {view.lease.expires_at}\n")
     if view.phases:
+        w(f"progress: {view.progress}\n")
         w("phases:\n")
         for phase in view.phases:
             steps = ", ".join(f"{s.name}={s.status}" for s in phase.steps.values())
@@ -496,6 +517,42 @@ def _cmd_demo(ctx: _Ctx) -> int:
     return EXIT_OK
 
 
+def _local_root(ctx: _Ctx) -> None:
+    # ``--root`` may also follow the subcommand (``import PATH --root STORE``).
+    if getattr(ctx.args, "sub_root", None):
+        ctx.args.root = ctx.args.sub_root
+
+
+def _cmd_import(ctx: _Ctx) -> int:
+    from faber_runlog._faber import import_faber
+
+    a = ctx.args
+    _local_root(ctx)
+    options = _json_object(a.source_storage_options, "--source-storage-options") if a.source_storage_options else None
+    report = import_faber(
+        a.path, ctx.store, plan_org=a.plan_org, storage_options=options, progress=not ctx.json and sys.stderr.isatty()
+    )
+    if ctx.json:
+        _dump(report.to_dict(), ctx.out)
+    else:
+        ctx.out.write("".join(line + "\n" for line in report.lines()))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _cmd_export(ctx: _Ctx) -> int:
+    from faber_runlog._faber import export_faber
+
+    a = ctx.args
+    _local_root(ctx)
+    options = _json_object(a.dest_storage_options, "--dest-storage-options") if a.dest_storage_options else None
+    result = export_faber(ctx.store, a.run_id, a.dest, storage_options=options, overwrite=a.overwrite)
+    if ctx.json:
+        _dump(result.to_dict(), ctx.out)
+    else:
+        ctx.out.write(f"exported {result.events} events of {result.run_id} to {result.path}\n")
+    return EXIT_OK
+
+
 def _cmd_mcp(ctx: _Ctx) -> int:
     from faber_runlog.mcp_server import serve
 
@@ -543,6 +600,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="K=V", help="a parameter (K:=JSON for a typed value)")
     p.add_argument("--tag", action="append", metavar="K=V", help="a tag")
     p.add_argument("--concurrency-key", help="refuse to start while another active run holds this key")
+    p.add_argument("--phase", action="append", metavar="NAME[:STEPS]",
+                   help="a planned phase, in order (repeat it); NAME:step1,step2 also plans its steps")  # fmt: skip
     p.set_defaults(func=_cmd_new)
 
     p = sub.add_parser("emit", parents=[js], help="append one event to a run and print its id")
@@ -611,6 +670,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--write", action="store_true", help="write report.json and report.md now")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("import", parents=[js], help="import FABER run folders (a project, a FABER base folder or "
+                       "one run folder); idempotent")  # fmt: skip
+    p.add_argument("path", help="folder or fsspec URL holding FABER runs")
+    p.add_argument("--root", dest="sub_root", metavar="STORE", help="the store to import into (same as the global "
+                   "--root)")  # fmt: skip
+    p.add_argument("--plan-org", default="local", help="org of runs whose FABER id is plan-based (default: local)")
+    p.add_argument("--source-storage-options", metavar="JSON", help="fsspec storage options of PATH (no secrets)")
+    p.set_defaults(func=_cmd_import)
+
+    p = sub.add_parser("export", parents=[js], help="write a run as a FABER run folder (--format faber)")
+    p.add_argument("run_id")
+    p.add_argument("dest", metavar="DEST", help="FABER base folder (or fsspec URL); the run goes to "
+                   "DEST/org/project/uuid")  # fmt: skip
+    p.add_argument("--format", choices=["faber"], required=True, help="the format to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a FABER folder already there")
+    p.add_argument("--root", dest="sub_root", metavar="STORE", help="the store to read from (as the global --root)")
+    p.add_argument("--dest-storage-options", metavar="JSON", help="fsspec storage options of DEST (no secrets)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="log a short demo run and print its state")
     p.set_defaults(func=_cmd_demo)

@@ -833,6 +833,13 @@ class StatusView:
         """Approvals still waiting for a decision."""
         return tuple(a for a in self.approvals if a.status == "pending")
 
+    @property
+    def progress(self) -> str:
+        """``"2 of 5 phases done"``: completed or skipped phases of the planned and started ones."""
+        from faber_runlog._plan import progress_text
+
+        return progress_text(self.phases)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
         return converter.unstructure(self)  # type: ignore[no-any-return]

@@ -215,12 +215,13 @@ class EventLog:
         check: Callable[[RunState], Event | None] | None = None,
         *,
         unchecked: bool = False,
+        timestamp: str | None = None,
     ) -> Event:
         """Append an event built from ``fields``; returns it with its ``event_id``.
 
-        See :meth:`commit`, which this calls, for ``check`` and ``unchecked``.
+        See :meth:`commit`, which this calls, for ``check``, ``unchecked`` and ``timestamp``.
         """
-        return self.commit(fields, check, unchecked=unchecked).event
+        return self.commit(fields, check, unchecked=unchecked, timestamp=timestamp).event
 
     def commit(
         self,
@@ -228,6 +229,7 @@ class EventLog:
         check: Callable[[RunState], Event | None] | None = None,
         *,
         unchecked: bool = False,
+        timestamp: str | None = None,
     ) -> Commit:
         """Append an event built from ``fields`` and return the :class:`Commit`.
 
@@ -240,9 +242,10 @@ class EventLog:
 
         ``unchecked=True`` skips the transition table (never the schema or the
         seal): the escape hatch for importers and repair tools that copy a log
-        as it was, documented in docs/lifecycle.md.
+        as it was, documented in docs/lifecycle.md. ``timestamp`` is the event's
+        time (default: now); importers pass the time an event happened elsewhere.
         """
-        fields = self._prepare(fields)
+        fields = self._prepare(fields, timestamp)
         etype: str = fields["type"]
         row = None if unchecked else TRANSITIONS.get(etype)
         key = fields.get("idempotency_key")
@@ -268,7 +271,7 @@ class EventLog:
                     self._refuse_if_sealed()
                 seq = self._tail + 1
                 self._counter += 1
-                data = dict(fields, event_id=seq, timestamp=_codec.now_iso(), nonce=f"{self._writer}-{self._counter}")
+                data = {"timestamp": _codec.now_iso(), **fields, "event_id": seq, "nonce": f"{self._writer}-{self._counter}"}
                 started = time.monotonic()
                 if self._storage.create(self._layout.event(seq), _codec.dumps(data)):
                     self._after_create(seq, started)
@@ -293,7 +296,7 @@ class EventLog:
                 log.warning("after-commit work for run %s at event %d failed: %s", self._run_id, seq, e)
         return commit
 
-    def _prepare(self, fields: dict[str, Any]) -> dict[str, Any]:
+    def _prepare(self, fields: dict[str, Any], timestamp: str | None) -> dict[str, Any]:
         etype = fields.get("type")
         if not isinstance(etype, str):
             raise InvalidEvent(f"event for run {self._run_id} needs a string 'type'", run_id=self._run_id)
@@ -312,8 +315,10 @@ class EventLog:
             raise InvalidEvent(
                 f"event names run {fields['run_id']!r} but is being appended to {self._run_id}", run_id=self._run_id
             )
-        probe = dict(fields, event_id=1, timestamp=_codec.now_iso(), nonce="x")
+        probe = dict(fields, event_id=1, timestamp=timestamp or _codec.now_iso(), nonce="x")
         validate_event_dict(probe, run_id=self._run_id)
+        if timestamp is not None:
+            fields["timestamp"] = timestamp
         return fields
 
     def _check_transition(self, state: RunState, etype: str, fields: dict[str, Any]) -> None:

@@ -4,7 +4,8 @@ Start it with ``faber-runlog mcp``. Tools: ``emit_event``, ``create_run``,
 ``get_state``, ``list_events``, ``list_runs``, ``resume_plan``. Resources:
 ``faber://run/{run_id}/state``, ``faber://run/{run_id}/events`` and
 ``faber://runs/list`` (the run id's slashes may be sent as they are or as
-``%2F``). Bad input (a malformed run id, an event that fails its schema, a
+``%2F``). FABER's gateway tools (``fractary_faber_*``) and ``faber://runs``
+URIs are served too (see ``_faber_mcp.py``). Bad input (a malformed run id, an event that fails its schema, a
 missing run) comes back as a tool error carrying the validation message; the
 server keeps running. The SDK is imported only when a server is built.
 """
@@ -165,6 +166,9 @@ def build_server(gateway: Gateway) -> Any:
     }
     for uri, (name, description, fn) in resources.items():
         server.resource(uri, name=name, description=description, mime_type="application/json")(fn)
+    from faber_runlog._faber_mcp import register as register_faber
+
+    register_faber(server, gateway, resource_error)  # FABER's own tool names and faber://runs URIs
     return server
 
 

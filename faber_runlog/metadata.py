@@ -20,7 +20,7 @@ __all__ = ["RunMetadata", "capture_environment"]
 
 @attrs.frozen(slots=True)
 class RunMetadata:
-    """What a run is: its id, parameters, tags, lineage and where it was started."""
+    """What a run is: its id, parameters, tags, lineage, workflow plan and where it was started."""
 
     run_id: str
     org: str
@@ -36,6 +36,12 @@ class RunMetadata:
     parent_run_id: str | None = None
     root_run_id: str | None = None
     lineage: dict[str, Any] = attrs.field(factory=dict)
+    phases: list[str] = attrs.field(factory=list)
+    """The planned phases, in order (the workflow plan; empty when none was given)."""
+    steps: dict[str, list[str]] = attrs.field(factory=dict)
+    """Planned steps of some planned phases, in order, keyed by phase."""
+    imported_from: dict[str, Any] | None = None
+    """Where an imported run came from (format, original id, path, original metadata)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the ``metadata.json`` body)."""

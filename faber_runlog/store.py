@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -13,6 +13,7 @@ import fsspec
 
 from faber_runlog import _codec, lifecycle, report
 from faber_runlog._format import RunLayout, encode_snapshot
+from faber_runlog._plan import apply_plan, normalize_plan
 from faber_runlog.errors import CorruptState, InvalidRunId, RunExists, RunNotFound
 from faber_runlog.events import Event, check_json_value
 from faber_runlog.ids import RunId, validate_slug
@@ -127,9 +128,10 @@ class Run:
 
     def state(self, at: int | None = None) -> RunState:
         """The run's state now, or as it was right after event ``at``."""
-        if at is None:
-            return self.log.current_state()
-        return self.log.load_state(at=at)
+        state = self.log.current_state() if at is None else self.log.load_state(at=at)
+        meta = self.metadata
+        # Planned phases that never started show as pending, in planned order.
+        return apply_plan(state, meta.phases, meta.steps) if meta.phases else state
 
     # -- lifecycle (logic in lifecycle.py; each appends one checked event) -------------
 
@@ -192,7 +194,12 @@ class Run:
 
     def status_view(self, tail: int = 20) -> lifecycle.StatusView:
         """Status, phases, approvals, lease and the last ``tail`` events, for a UI or a CLI."""
-        return lifecycle.status_view(self._store.storage, self.log, tail=tail)
+        view = lifecycle.status_view(self._store.storage, self.log, tail=tail)
+        meta = self.metadata
+        if not meta.phases:
+            return view
+        planned = apply_plan(RunState(run_id=self.id, phases={p.name: p for p in view.phases}), meta.phases, meta.steps)
+        return attrs.evolve(view, phases=tuple(planned.phases.values()))
 
     def heartbeat(self, ttl: float | None = None, owner: str | None = None) -> Lease:
         """Write or renew the run's lease once (for writers that beat by hand)."""
@@ -314,12 +321,20 @@ class RunStore:
         root_run_id: str | None = None,
         lineage: Mapping[str, Any] | None = None,
         concurrency_key: str | None = None,
+        phases: Sequence[str | Mapping[str, Any]] | None = None,
+        steps: Mapping[str, Sequence[str]] | None = None,
     ) -> Run:
         """Create a run with a fresh id (or ``run_id``) and return its handle.
 
         With ``concurrency_key`` (or the store's ``max_active_runs``) the run is
         exclusive: :class:`ActiveRunExists` (or :class:`TooManyActiveRuns`) is
         raised while another active run holds the key (or every slot).
+
+        ``phases`` is the workflow plan: the phases the run means to go through,
+        in order (a name, or ``{"name": ..., "steps": [...]}``); ``steps`` maps a
+        planned phase to its planned steps. Phases not started yet show as
+        ``pending`` in :meth:`Run.state` and a resume starts at the first one
+        that is not done.
         """
         validate_slug(org, "org")
         validate_slug(project, "project")
@@ -328,6 +343,7 @@ class RunStore:
         for k, v in tags_d.items():
             if not isinstance(v, str):
                 raise InvalidParams(f"tag {k!r} must be a string, got {type(v).__name__}")
+        plan_phases, plan_steps = normalize_plan(phases, steps)
         rid = RunId.new(org, project) if run_id is None else RunId.parse(run_id)
         if (rid.org, rid.project) != (org, project):
             raise InvalidRunId(f"run id {rid} is not in {org}/{project}")
@@ -344,12 +360,20 @@ class RunStore:
             parent_run_id=parent_run_id,
             root_run_id=root_run_id,
             lineage=dict(lineage or {}),
+            phases=plan_phases,
+            steps=plan_steps,
         )
+        return self._create(meta, concurrency_key=concurrency_key, id_given=run_id is not None)
+
+    def _create(self, meta: RunMetadata, *, concurrency_key: str | None = None, id_given: bool = True) -> Run:
+        """Write a new run from complete metadata (also the importer's way in, with its own times)."""
+        rid = RunId.parse(meta.run_id)
+        parent_run_id, root_run_id = meta.parent_run_id, meta.root_run_id
         layout = RunLayout(rid)
         child_key = None if parent_run_id is None else self._child_key(parent_run_id, root_run_id, rid)
         self.storage.makedirs(layout.events)
         exclusive = concurrency_key is not None or self.max_active_runs is not None
-        if exclusive and run_id is not None and self.has_run(rid):
+        if exclusive and id_given and self.has_run(rid):
             raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
         claims = lifecycle.claim_start(
             self.storage,

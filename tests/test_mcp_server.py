@@ -98,8 +98,11 @@ def test_tools_and_resources_over_a_real_stdio_session(
 
     anyio.run(_session, args, tmp_path, body)
     run_id = seen["run_id"]
-    assert ["create_run", "emit_event", "get_state", "list_events", "list_runs", "resume_plan"] == seen["tools"]
-    assert ["faber://run/{+run_id}/events", "faber://run/{+run_id}/state"] == seen["templates"]
+    faber = ["fractary_faber_event_consolidate", "fractary_faber_event_emit", "fractary_faber_run_get",
+             "fractary_faber_run_list"]  # FABER's gateway tools (tests/test_faber_mcp.py)
+    assert ["create_run", "emit_event", *faber, "get_state", "list_events", "list_runs", "resume_plan"] == seen["tools"]
+    assert ["faber://run/{+run_id}/events", "faber://run/{+run_id}/state", "faber://runs/{+run_id}",
+            "faber://runs/{+run_id}/events"] == seen["templates"]  # fmt: skip
     assert [1, 2, 3, 4] == seen["ids"]
     for key, needle in [("invalid", "must contain ['phase', 'step']"), ("unknown_type", "unknown event type"),
                         ("bad_args", "type"), ("bad_id", "invalid run uuid 'nope'"), ("missing", "not found")]:  # fmt: skip

@@ -1,0 +1,1066 @@
+"""FABER compatibility: import FABER run folders, export runs as FABER folders, map shapes both ways.
+
+FABER's run-manager scripts keep one folder per run: ``metadata.json``,
+``state.json`` (never folded by the scripts) and ``events/NNN-{type}.json``
+numbered by a counter in ``events/.next-id``. Under concurrency those scripts
+lose and duplicate numbers, so an importer must take folders as they are:
+events are imported in the numeric order of their file prefix, every gap and
+duplicate is reported, and nothing is renumbered silently (the new log is
+gapless, each event keeps its FABER ``event_id`` and file name in
+``metadata["_faber"]``).
+
+Import is idempotent: a run's id is its FABER id when that is an
+``org/project/uuid`` id, and a uuid derived from the FABER id otherwise, so a
+second import finds the runs it wrote and appends only events that are new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import attrs
+
+from faber_runlog import _codec
+from faber_runlog._converter import converter
+from faber_runlog._plan import normalize_plan
+from faber_runlog._progress import Progress
+from faber_runlog.errors import FaberRunlogError, InvalidEvent, InvalidRunId, RunExists, StorageError
+from faber_runlog.events import Event, register_event_type, validate_event_dict
+from faber_runlog.ids import RunId, validate_slug
+from faber_runlog.metadata import RunMetadata
+from faber_runlog.state import ErrorRecord, PhaseState, RunState
+from faber_runlog.storage import open_filesystem
+from faber_runlog.store import Run, RunStore
+
+__all__ = [
+    "EXPORT_KEY",
+    "FABER_BASE_PATHS",
+    "FABER_EVENT_TYPES",
+    "FABER_ONLY_TYPES",
+    "FABER_PHASES",
+    "IMPORT_KEY",
+    "UNMAPPED_TYPE",
+    "ExportResult",
+    "ImportReport",
+    "ImportedRun",
+    "export_faber",
+    "faber_event",
+    "faber_metadata",
+    "faber_phase_status",
+    "faber_run_status",
+    "faber_state",
+    "import_faber",
+    "mapped_run_id",
+    "runlog_event_fields",
+    "runlog_statuses",
+]
+
+log = logging.getLogger("faber_runlog.faber")
+
+# -- facts about FABER (from its run-manager scripts, event schema and MCP gateway) ------------------
+
+FABER_BASE_PATHS: Final = (".fractary/plugins/faber/runs", ".fractary/faber/runs")
+"""Where FABER keeps runs under a project: the older and the newer base path."""
+
+FABER_EVENT_TYPES: Final = (
+    "workflow_start", "workflow_complete", "workflow_error", "workflow_cancelled", "workflow_resumed",
+    "workflow_rerun", "phase_start", "phase_skip", "phase_complete", "phase_error",
+    "step_start", "step_complete", "step_error", "step_retry", "artifact_create", "artifact_modify",
+    "commit_create", "branch_create", "pr_create", "pr_merge", "spec_generate", "spec_validate",
+    "test_run", "docs_update", "checkpoint", "skill_invoke", "agent_invoke", "decision_point",
+    "retry_loop_enter", "retry_loop_exit", "approval_request", "approval_granted", "approval_denied",
+    "hook_execute",
+)  # fmt: skip
+FABER_ONLY_TYPES: Final = ("approval_request", "approval_granted", "approval_denied", "hook_execute")
+"""FABER event types faber_runlog has no built-in for; registered as custom types (kept, not folded)."""
+FABER_PHASES: Final = ("frame", "architect", "build", "evaluate", "release")
+FABER_EVENT_STATUSES: Final = ("started", "completed", "failed", "skipped", "pending", "cancelled")
+FABER_RUN_STATUSES: Final = ("pending", "in_progress", "completed", "failed", "cancelled")
+FABER_ARTIFACT_TYPES: Final = ("branch", "commit", "spec", "pr", "deployment", "tag", "document", "file", "other")
+
+UNMAPPED_TYPE: Final = "faber_unmapped"
+"""Type of an imported event that faber_runlog's schema for its type refuses; ``metadata._faber.type`` names it."""
+IMPORT_KEY: Final = "_faber"
+"""Metadata key of an imported event: its FABER ``event_id``, file name and whatever had to be moved aside."""
+EXPORT_KEY: Final = "faber_runlog"
+"""Metadata key of an exported event (and metadata.json): what FABER's shapes cannot hold, to restore on import."""
+DEFAULT_PLAN_ORG: Final = "local"
+"""Org given to runs whose FABER id is plan-based (FABER's own fallback org name)."""
+
+_EVENT_FILE: Final = re.compile(r"(\d+)-([A-Za-z0-9_.-]+)\.json")
+_TIMESTAMP: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
+_OPTIONAL: Final = ("phase", "step", "status", "user", "source", "message", "duration_ms", "error", "artifacts")
+_FABER_FIELDS: Final = frozenset({"event_id", "type", "timestamp", "run_id", "metadata", *_OPTIONAL})
+_PARAM_KEYS: Final = ("work_id", "target", "workflow_id", "autonomy", "source_type")
+
+_TO_FABER_RUN: Final = {
+    "created": "pending", "running": "in_progress", "paused": "in_progress",
+    "awaiting_approval": "in_progress", "failing": "failed", "completed": "completed", "failed": "failed",
+    "cancelled": "cancelled",
+}  # fmt: skip
+_TO_FABER_PHASE: Final = {
+    "pending": "pending", "running": "in_progress", "retrying": "in_progress", "awaiting_approval": "in_progress",
+    "completed": "completed", "failed": "failed", "skipped": "skipped", "cancelled": "failed",
+}  # fmt: skip
+
+
+def _register_types() -> None:
+    # Registered when the package is imported, so every process (verify, MCP) reads them the same way.
+    schemas: dict[str, dict[str, Any]] = {t: {"type": "object"} for t in FABER_ONLY_TYPES}
+    schemas[UNMAPPED_TYPE] = {
+        "type": "object",
+        "required": ["metadata"],
+        "properties": {"metadata": {"type": "object", "required": [IMPORT_KEY]}},
+    }
+    for name, schema in schemas.items():
+        try:
+            register_event_type(name, schema)
+        except InvalidEvent as e:  # the application registered its own schema first: it wins
+            log.warning("FABER event type %s not registered: %s", name, e)
+
+
+_register_types()
+
+
+# -- status words ------------------------------------------------------------------------------------
+
+
+def faber_run_status(status: str) -> str:
+    """FABER's word for a run status of ours (``running`` -> ``in_progress``, ``created`` -> ``pending``)."""
+    return _TO_FABER_RUN.get(status, status)
+
+
+def runlog_statuses(faber_status: str) -> tuple[str, ...]:
+    """Our run statuses that FABER calls ``faber_status`` (``in_progress`` is running, paused or awaiting)."""
+    found = tuple(ours for ours, theirs in _TO_FABER_RUN.items() if theirs == faber_status)
+    return found or (faber_status,)
+
+
+def faber_phase_status(status: str) -> str:
+    """FABER's word for a phase or step status of ours (``running`` -> ``in_progress``)."""
+    return _TO_FABER_PHASE.get(status, status)
+
+
+# -- ids ---------------------------------------------------------------------------------------------
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^a-z0-9_-]+", "-", text.lower())
+    s = re.sub(r"-{2,}", "-", s).strip("-")[:64].strip("-")
+    return s or "plan"
+
+
+def mapped_run_id(original: str, plan_org: str = DEFAULT_PLAN_ORG) -> RunId:
+    """The faber_runlog id of a FABER run id.
+
+    An ``org/project/uuid`` id is kept as it is. A plan-based id such as
+    ``fractary-faber-258/2026-02-11T18-56-42`` becomes ``{plan_org}/{plan slug}/{uuid}``
+    with a uuid derived from the whole FABER id, so the same FABER run always
+    maps to the same run (which makes imports idempotent).
+    """
+    try:
+        return RunId.parse(original)
+    except InvalidRunId:
+        pass
+    validate_slug(plan_org, "plan org")
+    digest = hashlib.sha256(b"faber-run:" + original.encode()).hexdigest()
+    return RunId(plan_org, _slug(original.split("/", 1)[0]), str(uuid.UUID(hex=digest[:32], version=4)))
+
+
+# -- FABER event -> our event fields -------------------------------------------------------------------
+
+
+def _restore(raw: dict[str, Any], metadata: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """Undo what an export to FABER changed (the ``faber_runlog`` key): our type and field values."""
+    marker = metadata.pop(EXPORT_KEY, None)
+    if not isinstance(marker, dict):
+        return None, {}
+    etype = marker.get("type")
+    fields = marker.get("fields")
+    original_metadata = marker.get("metadata")
+    if isinstance(original_metadata, dict):
+        metadata.clear()
+        metadata.update(original_metadata)
+    return (etype if isinstance(etype, str) else None), (dict(fields) if isinstance(fields, dict) else {})
+
+
+def _valid(fields: dict[str, Any], run_id: str, timestamp: str) -> str | None:
+    """None if ``fields`` would be accepted by ``append``, else why not."""
+    probe = dict(fields, run_id=run_id, event_id=1, timestamp=timestamp, schema_version=1)
+    try:
+        validate_event_dict(probe, run_id=run_id)
+    except InvalidEvent as e:
+        return str(e)
+    return None
+
+
+def runlog_event_fields(
+    raw: Mapping[str, Any],
+    *,
+    run_id: str,
+    original_run_id: str | None = None,
+    file: str | None = None,
+    fallback_timestamp: str | None = None,
+    default_user: str | None = "unknown",
+) -> tuple[dict[str, Any], str, list[str]]:
+    """Turn one FABER event into ``(fields, timestamp, notes)`` ready for ``EventLog.append``.
+
+    Nothing is dropped: a type our schema refuses is kept as :data:`UNMAPPED_TYPE`,
+    a field that cannot be kept where it was moves to ``metadata._faber.fields``,
+    unknown top-level keys go to ``metadata._faber.extra``. ``notes`` says what moved.
+    """
+    notes: list[str] = []
+    bookkeeping: dict[str, Any] = {}
+    if raw.get("event_id") is not None:
+        bookkeeping["event_id"] = raw["event_id"]
+    if file is not None:
+        bookkeeping["file"] = file
+    raw_meta = raw.get("metadata")
+    moved: dict[str, Any] = {}
+    if isinstance(raw_meta, dict):
+        metadata = dict(raw_meta)
+    else:
+        metadata = {}
+        if raw_meta is not None:
+            moved["metadata"] = raw_meta
+    restored_type, restored = _restore(dict(raw), metadata)
+    prior = metadata.pop(IMPORT_KEY, None)  # an event exported after an import: its old bookkeeping goes
+    del prior
+    etype = restored_type or raw.get("type")
+    fields: dict[str, Any] = {k: raw[k] for k in _OPTIONAL if raw.get(k) is not None}
+    for key, value in restored.items():
+        if value is None:
+            fields.pop(key, None)
+        else:
+            fields[key] = value
+    extra = {k: v for k, v in raw.items() if k not in _FABER_FIELDS}
+    if extra:
+        bookkeeping["extra"] = extra
+    if original_run_id is not None and raw.get("run_id") not in (None, original_run_id):
+        bookkeeping["run_id"] = raw.get("run_id")
+    if default_user is not None:
+        fields.setdefault("user", default_user)  # what FABER's own scripts write when $USER is unset
+    timestamp = raw.get("timestamp")
+    if not isinstance(timestamp, str) or _TIMESTAMP.fullmatch(timestamp) is None:
+        moved["timestamp"] = timestamp
+        timestamp = fallback_timestamp or _codec.now_iso()
+        notes.append(f"timestamp {raw.get('timestamp')!r} is not ISO 8601; used {timestamp} (original kept)")
+
+    def build(kind: str, own: dict[str, Any], aside: dict[str, Any]) -> dict[str, Any]:
+        book = dict(bookkeeping)
+        if kind != etype:
+            book["type"] = etype
+        if aside:
+            book["fields"] = aside
+        return dict(own, type=kind, metadata={**metadata, IMPORT_KEY: book})
+
+    first_error: str | None = None
+    if isinstance(etype, str):
+        candidate = build(etype, fields, moved)
+        first_error = _valid(candidate, run_id, timestamp)
+        if first_error is None:
+            return candidate, timestamp, notes
+    else:
+        first_error = f"its type {etype!r} is not a string"
+    candidate = build(UNMAPPED_TYPE, fields, moved)
+    if _valid(candidate, run_id, timestamp) is None:
+        notes.append(f"kept as {UNMAPPED_TYPE} because {first_error}")
+        return candidate, timestamp, notes
+    # Last resort: every optional field moves aside, so only type, time and metadata remain.
+    keep = {k: v for k, v in fields.items() if k == "user" and isinstance(v, str) and len(v) <= 256}
+    aside = dict(moved, **{k: v for k, v in fields.items() if k not in keep})
+    candidate = build(UNMAPPED_TYPE, keep, aside)
+    problem = _valid(candidate, run_id, timestamp)
+    if problem is not None:
+        raise InvalidEvent(f"FABER event {file or raw.get('event_id')!r} cannot be stored at all: {problem}")
+    notes.append(f"kept as {UNMAPPED_TYPE} with its fields in metadata._faber.fields because {first_error}")
+    return candidate, timestamp, notes
+
+
+# -- reading FABER folders ---------------------------------------------------------------------------
+
+
+@attrs.define(slots=True)
+class _Folder:
+    """One FABER run folder as found in the source."""
+
+    path: str
+    original_id: str
+    base: str
+    files: dict[str, str] = attrs.field(factory=dict)  # name in events/ -> full path
+    metadata_path: str | None = None
+    jsonl_path: str | None = None
+
+
+def _find_folders(fs: Any, root: str) -> list[_Folder]:
+    """Every FABER run folder under ``root`` (a project, a base folder or one run folder)."""
+    root = root.rstrip("/")
+    try:
+        found = fs.find(root, withdirs=False, detail=False)
+    except FileNotFoundError:
+        found = []
+    except OSError as e:
+        raise StorageError(f"cannot list the FABER runs under {root}: {e}") from e
+    folders: dict[str, _Folder] = {}
+
+    def folder(rel: str) -> _Folder:
+        f = folders.get(rel)
+        if f is None:
+            base, rest = "", rel
+            for candidate in FABER_BASE_PATHS:
+                if rel == candidate or rel.startswith(candidate + "/"):
+                    base, rest = candidate, rel[len(candidate) + 1 :]
+            f = folders[rel] = _Folder(path=f"{root}/{rel}" if rel else root, original_id=rest, base=base)
+        return f
+
+    for path in sorted(found):
+        path = str(path)
+        rel = path[len(root) + 1 :] if path.startswith(root + "/") else posixpath.basename(path)
+        parent, _, name = rel.rpartition("/")
+        grand, _, parent_name = parent.rpartition("/")
+        if parent_name == "events" and (name == ".next-id" or _EVENT_FILE.fullmatch(name)):
+            folder(grand if "/" in parent else "").files[name] = path
+        elif name == "events.jsonl":
+            folder(parent).jsonl_path = path
+        elif name == "metadata.json":
+            folder(parent).metadata_path = path
+    out = []
+    for f in folders.values():
+        if not f.files and f.jsonl_path is None:
+            continue  # a metadata.json alone (a plan folder, or a faber_runlog store's run) is not a FABER run
+        if f.jsonl_path is not None and not f.files and fs.exists(posixpath.join(f.path, "consolidation.json")):
+            continue  # a consolidated faber_runlog run: import that with the archive tools instead
+        out.append(f)
+    return sorted(out, key=lambda f: f.path)
+
+
+def _read_bodies(fs: Any, paths: list[str]) -> dict[str, bytes | Exception]:
+    if not paths:
+        return {}
+    try:
+        got = fs.cat(paths, on_error="return")
+    except OSError as e:
+        raise StorageError(f"cannot read FABER files ({paths[0]} ...): {e}") from e
+    if not isinstance(got, dict):  # a single path comes back as bytes
+        got = {paths[0]: got}
+    return {str(k): v for k, v in got.items()}
+
+
+# -- the import report -------------------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class ImportedRun:
+    """What happened to one FABER run folder: where it went and exactly what was damaged."""
+
+    original_run_id: str
+    run_id: str
+    path: str
+    outcome: str  # imported, updated, unchanged, conflict, failed
+    events_found: int
+    events_imported: int
+    missing_event_ids: tuple[int, ...] = ()
+    duplicate_event_ids: tuple[tuple[int, tuple[str, ...]], ...] = ()  # (FABER id, the files that share it)
+    next_id: int | None = None
+    next_id_expected: int | None = None
+    notes: tuple[str, ...] = ()
+    status: str | None = None
+
+    @property
+    def damaged(self) -> bool:
+        """Whether FABER lost, duplicated or miscounted events in this run."""
+        return bool(self.missing_event_ids or self.duplicate_event_ids or self.next_id != self.next_id_expected)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        body: dict[str, Any] = _codec.loads(_codec.dumps(attrs.asdict(self)))
+        body["duplicate_event_ids"] = {str(k): list(v) for k, v in self.duplicate_event_ids}
+        body["damaged"] = self.damaged
+        return body
+
+
+@attrs.frozen(slots=True)
+class ImportReport:
+    """The result of :func:`import_faber`: one entry per FABER run folder found."""
+
+    source: str
+    destination: str
+    runs: tuple[ImportedRun, ...]
+
+    @property
+    def events_imported(self) -> int:
+        """Events appended by this import (0 when run again on the same folders)."""
+        return sum(r.events_imported for r in self.runs)
+
+    @property
+    def ok(self) -> bool:
+        """True when no run was refused (``conflict``) or failed."""
+        return all(r.outcome not in ("conflict", "failed") for r in self.runs)
+
+    def count(self, outcome: str) -> int:
+        """How many runs had ``outcome``."""
+        return sum(1 for r in self.runs if r.outcome == outcome)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "ok": self.ok,
+            "events_imported": self.events_imported,
+            "runs": [r.to_dict() for r in self.runs],
+        }
+
+    def lines(self) -> list[str]:
+        """A human-readable summary, one line per run plus one per problem."""
+        out = []
+        for r in self.runs:
+            name = r.original_run_id if r.original_run_id == r.run_id else f"{r.original_run_id} -> {r.run_id}"
+            out.append(f"{r.outcome:<9} {name}: {r.events_imported} of {r.events_found} events imported"
+                       + (f", status {r.status}" if r.status else ""))  # fmt: skip
+            if r.missing_event_ids:
+                out.append(f"          missing FABER event ids: {_ranges(r.missing_event_ids)}")
+            for eid, files in r.duplicate_event_ids:
+                out.append(f"          FABER event id {eid} is used by {len(files)} files: {', '.join(files)}")
+            if r.next_id != r.next_id_expected:
+                out.append(f"          events/.next-id says {r.next_id}, the files say {r.next_id_expected}")
+            out.extend(f"          {n}" for n in r.notes)
+        kinds = ("imported", "updated", "unchanged", "conflict", "failed")
+        totals = ", ".join(f"{self.count(k)} {k}" for k in kinds if self.count(k))
+        out.append(f"{len(self.runs)} FABER runs ({totals or 'none found'}); {self.events_imported} events imported")
+        return out
+
+
+def _ranges(ids: Iterable[int]) -> str:
+    parts: list[tuple[int, int]] = []
+    for i in sorted(ids):
+        if parts and parts[-1][1] == i - 1:
+            parts[-1] = (parts[-1][0], i)
+        else:
+            parts.append((i, i))
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
+
+
+# -- import ------------------------------------------------------------------------------------------
+
+
+@attrs.define(slots=True)
+class _Planned:
+    """A FABER run read and converted, before anything is written."""
+
+    folder: _Folder
+    original_id: str
+    rid: RunId
+    metadata: dict[str, Any]
+    events: list[tuple[dict[str, Any], str]]  # (fields, timestamp) in import order
+    missing: tuple[int, ...]
+    duplicates: tuple[tuple[int, tuple[str, ...]], ...]
+    next_id: int | None
+    next_expected: int
+    notes: list[str]
+
+
+def _read_folder(fs: Any, folder: _Folder, plan_org: str) -> _Planned:
+    notes: list[str] = []
+    paths = [p for n, p in folder.files.items() if n != ".next-id"]
+    extra = [p for p in (folder.metadata_path, folder.jsonl_path, folder.files.get(".next-id")) if p is not None]
+    bodies = _read_bodies(fs, paths + extra)
+
+    def body(path: str | None) -> bytes | None:
+        value = None if path is None else bodies.get(path)
+        return value if isinstance(value, bytes) else None
+
+    metadata = _codec.load_object(body(folder.metadata_path)) or {}
+    if folder.metadata_path is not None and not metadata:
+        notes.append("metadata.json is unreadable or not an object; imported without it")
+    # Events in the numeric order of their file prefix; FABER ids shared by several files keep all of them.
+    numbered: list[tuple[int, str, dict[str, Any] | None, str | None]] = []
+    for name, path in folder.files.items():
+        m = _EVENT_FILE.fullmatch(name)
+        if m is None:
+            continue
+        raw_body = bodies.get(path)
+        data: dict[str, Any] | None = None
+        problem: str | None = None
+        if isinstance(raw_body, bytes):
+            try:
+                parsed = _codec.loads(raw_body)
+                data = parsed if isinstance(parsed, dict) else None
+                problem = None if data is not None else f"holds JSON {type(parsed).__name__}, not an object"
+            except _codec.JSONDecodeError as e:
+                problem = f"is not JSON ({e})"
+        else:
+            problem = f"could not be read ({raw_body})"
+        numbered.append((int(m.group(1)), name, data, problem))
+    if not numbered and folder.jsonl_path is not None:
+        for i, line in enumerate((body(folder.jsonl_path) or b"").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                parsed = _codec.loads(line)
+            except _codec.JSONDecodeError as e:
+                numbered.append((i, f"events.jsonl:{i}", None, f"is not JSON ({e})"))
+                continue
+            eid = parsed.get("event_id") if isinstance(parsed, dict) else None
+            number = eid if isinstance(eid, int) and not isinstance(eid, bool) else i
+            numbered.append((number, f"events.jsonl:{i}", parsed if isinstance(parsed, dict) else None, None))
+    numbered.sort(key=lambda e: (e[0], str((e[2] or {}).get("timestamp", "")), e[1]))
+    # The original id: the folder's path under the base, else metadata, else the events themselves.
+    original = folder.original_id
+    parts = original.split("/")
+    if len(parts) > 3:  # e.g. the folder above the base was given: the id is the last three parts
+        try:
+            original = str(RunId.parse("/".join(parts[-3:])))
+        except InvalidRunId:
+            pass
+    if not original:
+        named = metadata.get("run_id") or next((d.get("run_id") for _, _, d, _ in numbered if d), None)
+        original = named if isinstance(named, str) and named else posixpath.basename(folder.path.rstrip("/"))
+    if isinstance(metadata.get("run_id"), str) and metadata["run_id"] != original:
+        notes.append(f"metadata.json names run {metadata['run_id']!r}; the folder's id {original!r} is used")
+    rid = mapped_run_id(original, plan_org)
+    counts: dict[int, list[str]] = {}
+    for number, name, _, _ in numbered:
+        counts.setdefault(number, []).append(name)
+    duplicates = tuple((n, tuple(names)) for n, names in sorted(counts.items()) if len(names) > 1)
+    highest = max(counts, default=0)
+    next_id: int | None = None
+    next_text = body(folder.files.get(".next-id"))
+    if next_text is not None:
+        try:
+            next_id = int(next_text.strip() or b"x")
+        except ValueError:
+            notes.append(f"events/.next-id holds {next_text[:40]!r}, not a number")
+    elif folder.files or folder.jsonl_path is None:
+        notes.append("events/.next-id is missing")
+    claimed = max(highest, (next_id - 1) if next_id else 0)
+    missing = tuple(i for i in range(1, claimed + 1) if i not in counts)
+    events: list[tuple[dict[str, Any], str]] = []
+    last_stamp = metadata.get("created_at") if isinstance(metadata.get("created_at"), str) else None
+    for number, name, data, problem in numbered:
+        if data is None:
+            # Unreadable: its bytes are kept as text in an unmapped event, in its place in the order.
+            raw_text = (body(folder.files.get(name)) or b"").decode("utf-8", "replace")[:65536]
+            data = {"event_id": number, "type": UNMAPPED_TYPE, "metadata": {}, "_unreadable": raw_text}
+            notes.append(f"{name} {problem}; kept as {UNMAPPED_TYPE} with its text in metadata._faber.extra")
+        elif isinstance(data.get("event_id"), int) and data["event_id"] != number and not name.startswith("events."):
+            notes.append(f"{name} carries event_id {data['event_id']}; its file number {number} orders it")
+        fields, stamp, event_notes = runlog_event_fields(
+            data, run_id=str(rid), original_run_id=original, file=name, fallback_timestamp=last_stamp
+        )
+        fields["metadata"][IMPORT_KEY].setdefault("event_id", number)
+        last_stamp = stamp
+        notes.extend(f"{name}: {n}" for n in event_notes)
+        events.append((fields, stamp))
+    return _Planned(folder, original, rid, metadata, events, missing, duplicates, next_id, highest + 1, notes)
+
+
+def _environment(faber_env: Any) -> dict[str, Any]:
+    env = dict(faber_env) if isinstance(faber_env, dict) else {}
+    if "hostname" in env and "host" not in env:
+        env["host"] = env["hostname"]  # our name for it, next to FABER's
+    return env
+
+
+def _run_metadata(planned: _Planned, store: RunStore, source: str, notes: list[str], plan_org: str) -> RunMetadata:
+    fm = planned.metadata
+    marker = fm.get(EXPORT_KEY)
+    ours: dict[str, Any] = marker if isinstance(marker, dict) else {}
+    params: dict[str, Any] = {k: fm[k] for k in _PARAM_KEYS if fm.get(k) not in (None, "")}
+    if isinstance(ours.get("params"), dict):
+        params = dict(ours["params"])
+    tags = dict(ours["tags"]) if isinstance(ours.get("tags"), dict) else {}
+    phases: list[str] = []
+    steps: dict[str, list[str]] = {}
+    raw_phases = ours.get("phases", fm.get("phases"))
+    if raw_phases is not None:
+        try:
+            own_steps = ours.get("steps") if isinstance(ours.get("steps"), dict) else None
+            phases, steps = normalize_plan(raw_phases, own_steps)
+        except (FaberRunlogError, ValueError) as e:
+            notes.append(f"planned phases {raw_phases!r} not kept: {e}")
+    relationships = fm.get("relationships")
+    rel: dict[str, Any] = relationships if isinstance(relationships, dict) else {}
+    parent_original = rel.get("rerun_of") or rel.get("parent_run_id")
+    parent_id: str | None = None
+    root_id: str | None = None
+    if isinstance(parent_original, str) and parent_original:
+        try:
+            parent = mapped_run_id(parent_original, plan_org)
+        except InvalidRunId as e:
+            notes.append(f"parent run {parent_original!r} not linked: {e}")
+        else:
+            if store.has_run(parent):
+                parent_id = str(parent)
+                root_id = store.get_run(parent).metadata.root_run_id or parent_id
+            else:
+                notes.append(f"parent run {parent_original} is not in the store; "
+                             "the link is kept in lineage['faber'] only")  # fmt: skip
+    lineage: dict[str, Any] = {}
+    if rel:
+        lineage["faber"] = {k: rel.get(k) for k in ("parent_run_id", "rerun_of", "child_runs") if k in rel}
+    created = fm.get("created_at")
+    if not isinstance(created, str) or _TIMESTAMP.fullmatch(created) is None:
+        created = planned.events[0][1] if planned.events else _codec.now_iso()
+    rid = planned.rid
+    try:
+        _codec.dumps(params)
+    except TypeError:
+        params = {}
+    return RunMetadata(
+        run_id=str(rid),
+        org=rid.org,
+        project=rid.project,
+        uuid=rid.uuid,
+        created_at=created,
+        params=params,
+        params_hash=_codec.canonical_hash(params),
+        tags={k: v for k, v in tags.items() if isinstance(v, str)},
+        environment=_environment(fm.get("environment")),
+        parent_run_id=parent_id,
+        root_run_id=root_id,
+        lineage=lineage,
+        phases=phases,
+        steps=steps,
+        imported_from={
+            "format": "faber",
+            "run_id": planned.original_id,
+            "path": planned.folder.path,
+            "source": source,
+            "metadata": {k: v for k, v in fm.items() if k != EXPORT_KEY},
+        },
+    )
+
+
+def _same_event(stored: Event, fields: dict[str, Any], stamp: str) -> bool:
+    book = stored.metadata.get(IMPORT_KEY)
+    want = fields["metadata"][IMPORT_KEY]
+    return stored.type == fields["type"] and stamp == stored.timestamp and book == want
+
+
+def _import_one(
+    planned: _Planned, store: RunStore, source: str, plan_org: str, bar: Progress
+) -> ImportedRun:
+    notes = list(planned.notes)
+    rid = planned.rid
+
+    def result(outcome: str, imported: int, status: str | None) -> ImportedRun:
+        return ImportedRun(
+            original_run_id=planned.original_id,
+            run_id=str(rid),
+            path=planned.folder.path,
+            outcome=outcome,
+            events_found=len(planned.events),
+            events_imported=imported,
+            missing_event_ids=planned.missing,
+            duplicate_event_ids=planned.duplicates,
+            next_id=planned.next_id,
+            next_id_expected=planned.next_expected,
+            notes=tuple(notes),
+            status=status,
+        )
+
+    run: Run
+    start = 0
+    outcome = "imported"
+    if store.has_run(rid):
+        run = store.get_run(rid)
+        came_from = run.metadata.imported_from or {}
+        if came_from.get("format") != "faber" or came_from.get("run_id") != planned.original_id:
+            notes.append(f"run {rid} already exists and was not imported from FABER run {planned.original_id}; "
+                         "left as it is")  # fmt: skip
+            bar.update(len(planned.events))
+            return result("conflict", 0, run.state().status)
+        stored = list(run.log.read(limit=len(planned.events) + 1))
+        for i, event in enumerate(stored):
+            if i >= len(planned.events) or not _same_event(event, *planned.events[i]):
+                notes.append(f"event {i + 1} of run {rid} differs from the FABER folder (or the folder lost "
+                             "events since the last import); nothing was written")  # fmt: skip
+                bar.update(len(planned.events))
+                return result("conflict", 0, run.state().status)
+        start = len(stored)
+        outcome = "unchanged" if start == len(planned.events) else "updated"
+        bar.update(start)
+    else:
+        meta = _run_metadata(planned, store, source, notes, plan_org)
+        try:
+            run = store._create(meta)
+        except RunExists:  # another import created it a moment ago: take the existing path next time
+            notes.append(f"run {rid} was created by someone else during this import; run the import again")
+            bar.update(len(planned.events))
+            return result("conflict", 0, None)
+    for fields, stamp in planned.events[start:]:
+        run.log.append(fields, timestamp=stamp, unchecked=True)  # a copy of a log as it was
+        bar.update()
+    state = run.log.snapshot() if start < len(planned.events) or outcome == "imported" else run.state()
+    return result(outcome, len(planned.events) - start, state.status)
+
+
+def _parents_first(planned: list[_Planned], plan_org: str) -> list[_Planned]:
+    by_id = {str(p.rid): p for p in planned}
+    out: list[_Planned] = []
+    placed: set[str] = set()
+
+    def parent_of(p: _Planned) -> str | None:
+        rel = p.metadata.get("relationships")
+        if not isinstance(rel, dict):
+            return None
+        original = rel.get("rerun_of") or rel.get("parent_run_id")
+        if not isinstance(original, str) or not original:
+            return None
+        try:
+            return str(mapped_run_id(original, plan_org))
+        except InvalidRunId:
+            return None
+
+    def place(p: _Planned, seen: frozenset[str]) -> None:
+        key = str(p.rid)
+        if key in placed:
+            return
+        parent = parent_of(p)
+        if parent is not None and parent in by_id and parent not in seen:
+            place(by_id[parent], seen | {key})
+        placed.add(key)
+        out.append(p)
+
+    for p in sorted(planned, key=lambda p: (str(p.metadata.get("created_at", "")), p.folder.path)):
+        place(p, frozenset())
+    return out
+
+
+def import_faber(
+    source: str,
+    store: RunStore,
+    *,
+    plan_org: str = DEFAULT_PLAN_ORG,
+    storage_options: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> ImportReport:
+    """Import every FABER run under ``source`` into ``store``; returns what happened to each.
+
+    ``source`` is a project folder (its ``.fractary/plugins/faber/runs`` and
+    ``.fractary/faber/runs`` are searched), a FABER base folder, or one run
+    folder; any fsspec URL works. Runs keep their ``org/project/uuid`` id; a
+    plan-based id gets ``{plan_org}/{plan}/{derived uuid}`` with the original in
+    ``metadata.imported_from``. Events are appended in the numeric order of their
+    file prefix with their own timestamps; damage (gaps, duplicate ids, a wrong
+    ``.next-id``) is reported, never repaired silently. Running it again imports
+    only what is new; a run that exists with other content is left alone and
+    reported as a ``conflict``. ``progress`` draws a progress line on stderr.
+    """
+    validate_slug(plan_org, "plan org")
+    fs, root = open_filesystem(str(source), storage_options)
+    folders = _find_folders(fs, root)
+    planned: list[_Planned] = []
+    failed: list[ImportedRun] = []
+    for folder in folders:
+        try:
+            planned.append(_read_folder(fs, folder, plan_org))
+        except (FaberRunlogError, ValueError) as e:
+            failed.append(ImportedRun(folder.original_id or folder.path, "", folder.path, "failed", 0, 0,
+                                      notes=(" ".join(str(e).split()),)))  # fmt: skip
+    results: list[ImportedRun] = list(failed)
+    total = sum(len(p.events) for p in planned)
+    with Progress("importing FABER events", total, enabled=progress) as bar:
+        for p in _parents_first(planned, plan_org):
+            try:
+                results.append(_import_one(p, store, str(source), plan_org, bar))
+            except (InvalidEvent, InvalidRunId) as e:
+                results.append(ImportedRun(p.original_id, str(p.rid), p.folder.path, "failed", len(p.events), 0,
+                                           notes=(*p.notes, " ".join(str(e).split()))))  # fmt: skip
+    return ImportReport(source=str(source), destination=store.url, runs=tuple(results))
+
+
+# -- export: our run -> FABER shapes -----------------------------------------------------------------
+
+
+def _faber_artifact(item: Any) -> dict[str, Any]:
+    if isinstance(item, str):
+        return {"type": "file", "name": posixpath.basename(item.rstrip("/")) or item, "path": item}
+    out = dict(item)
+    path = out.get("path")
+    if out.get("type") not in FABER_ARTIFACT_TYPES:
+        out["type"] = "file" if isinstance(path, str) else "other"
+    if not isinstance(out.get("name"), str) or not out["name"]:
+        out["name"] = posixpath.basename(path.rstrip("/")) if isinstance(path, str) and path else "artifact"
+    for key in ("path", "url", "sha"):
+        if key in out and not isinstance(out[key], str):
+            out[key] = str(out[key])
+    if "size_bytes" in out and (not isinstance(out["size_bytes"], int) or isinstance(out["size_bytes"], bool)):
+        del out["size_bytes"]
+    return out
+
+
+def _metadata_fits(etype: str, metadata: dict[str, Any]) -> bool:
+    """FABER's per-type rules on metadata (workflow_start and phase_start)."""
+    def strings(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+    if etype == "workflow_start":
+        for key in ("work_id", "target", "workflow_id", "autonomy"):
+            if key in metadata and not isinstance(metadata[key], str):
+                return False
+        return "phases" not in metadata or strings(metadata["phases"])
+    if etype == "phase_start":
+        return all(key not in metadata or strings(metadata[key]) for key in ("steps", "hooks"))
+    return True
+
+
+_TYPE_TO_FABER: Final = {
+    "approval_requested": "approval_request", "workflow_paused": "checkpoint", "step_skip": "step_complete",
+}  # fmt: skip
+
+
+def faber_event(event: Event, faber_run_id: str | None = None) -> dict[str, Any]:
+    """One of our events as a FABER event that validates against FABER's ``event.schema.json``.
+
+    What FABER's shapes cannot hold (a phase outside FABER's five, a status word
+    FABER does not know, a string error, a type FABER lacks, an idempotency key)
+    is kept in ``metadata.faber_runlog`` so that importing the file gives the
+    same event back.
+    """
+    metadata = dict(event.metadata)
+    book = metadata.pop(IMPORT_KEY, None)
+    original_type = book.get("type") if isinstance(book, dict) else None
+    etype = event.type
+    if etype == UNMAPPED_TYPE and isinstance(original_type, str) and original_type in FABER_EVENT_TYPES:
+        etype = original_type  # an imported FABER event goes back under its own type
+    changed: dict[str, Any] = {}
+    if etype == "approval_resolved":
+        etype = "approval_granted" if metadata.get("action") == "approve" else "approval_denied"
+    elif etype not in FABER_EVENT_TYPES:
+        etype = _TYPE_TO_FABER.get(etype, "checkpoint")
+    out: dict[str, Any] = {
+        "event_id": event.event_id,
+        "type": etype,
+        "timestamp": event.timestamp,
+        "run_id": faber_run_id or event.run_id,
+    }
+    if event.phase is not None:
+        if event.phase in FABER_PHASES:
+            out["phase"] = event.phase
+        else:
+            changed["phase"] = event.phase
+    if event.step is not None:
+        out["step"] = event.step
+    if event.status is not None:
+        if event.status in FABER_EVENT_STATUSES:
+            out["status"] = event.status
+        else:
+            changed["status"] = event.status
+    for key in ("user", "source", "message"):
+        value = getattr(event, key)
+        if value is not None:
+            out[key] = value
+    if event.duration_ms is not None:
+        as_int = round(event.duration_ms)
+        out["duration_ms"] = max(0, as_int)
+        if out["duration_ms"] != event.duration_ms:
+            changed["duration_ms"] = event.duration_ms
+    if event.error is not None:
+        if isinstance(event.error, dict):
+            err = {k: v for k, v in event.error.items()}
+            for key in ("code", "message", "stack"):
+                if key in err and not isinstance(err[key], str):
+                    err[key] = str(err[key])
+            if "recoverable" in err and not isinstance(err["recoverable"], bool):
+                err["recoverable"] = bool(err["recoverable"])
+            if err != event.error:
+                changed["error"] = event.error
+        else:
+            err = {"message": str(event.error)}
+            changed["error"] = event.error
+        out["error"] = err
+    if etype.endswith("_error") and "error" not in out:
+        out["error"] = {"message": event.error_message or event.message or etype}
+        changed["error"] = None
+    if event.artifacts:
+        converted = [_faber_artifact(a) for a in event.artifacts]
+        out["artifacts"] = converted
+        if converted != event.artifacts:
+            changed["artifacts"] = event.artifacts
+    if etype == "step_complete":
+        if event.type == "step_skip" and "status" not in out:
+            out["status"] = "skipped"
+            changed.setdefault("status", None)
+        for key, default in (("status", "completed"), ("duration_ms", 0)):
+            if key not in out:
+                out[key] = default
+                changed.setdefault(key, None)
+    if etype == "step_complete" and ("phase" not in out or "step" not in out):
+        etype = out["type"] = "checkpoint"  # FABER requires a FABER phase and a step for step_complete
+    if etype == "phase_start" and "phase" not in out:
+        etype = out["type"] = "checkpoint"
+    if event.idempotency_key is not None:
+        changed["idempotency_key"] = event.idempotency_key
+    if event.schema_version != 1:
+        changed["schema_version"] = event.schema_version
+    marker: dict[str, Any] = {}
+    if not _metadata_fits(etype, metadata):
+        marker["metadata"] = metadata
+        metadata = {}
+    if etype != event.type and not (event.type == UNMAPPED_TYPE and etype == original_type):
+        marker["type"] = event.type  # (an imported FABER event under its own type needs no marker)
+    if changed:
+        marker["fields"] = changed
+    if marker:
+        metadata[EXPORT_KEY] = marker
+    if metadata:
+        out["metadata"] = metadata
+    return out
+
+
+def faber_metadata(run: Run) -> dict[str, Any]:
+    """The run's ``metadata.json`` in FABER's shape (work_id, phases, relationships, environment)."""
+    meta = run.metadata
+    came_from = meta.imported_from or {}
+    original = came_from.get("metadata") if came_from.get("format") == "faber" else None
+    params = meta.params
+    env = meta.environment
+    faber_lineage = meta.lineage.get("faber")
+    lineage: dict[str, Any] = faber_lineage if isinstance(faber_lineage, dict) else {}
+    phases = list(meta.phases) or [p for p in run.state().phases]
+    body: dict[str, Any] = {
+        "run_id": run.id,
+        "work_id": str(params.get("work_id", "")),
+        "target": params.get("target"),
+        "workflow_id": str(params.get("workflow_id", "default")),
+        "autonomy": str(params.get("autonomy", "guarded")),
+        "source_type": str(params.get("source_type", "manual")),
+        "phases": phases,
+        "created_at": meta.created_at,
+        "created_by": str(env.get("user") or "unknown"),
+        "relationships": {
+            "parent_run_id": lineage.get("parent_run_id"),
+            "rerun_of": meta.parent_run_id,
+            "child_runs": run.store.children(run.id),
+        },
+        "environment": {
+            "hostname": str(env.get("hostname") or env.get("host") or "unknown"),
+            "git_branch": str(env.get("git_branch") or "unknown"),
+            "git_commit": str(env.get("git_commit") or "unknown"),
+            "working_directory": str(env.get("working_directory") or ""),
+        },
+    }
+    if isinstance(original, dict):
+        body = {**original, "run_id": run.id}
+    body[EXPORT_KEY] = {
+        "run_id": run.id,
+        "params": params,
+        "tags": meta.tags,
+        "phases": list(meta.phases),
+        "steps": meta.steps,
+    }
+    return body
+
+
+def _faber_phase(p: PhaseState) -> dict[str, Any]:
+    body: dict[str, Any] = {"status": faber_phase_status(p.status)}
+    if p.started_at:
+        body["started_at"] = p.started_at
+    if p.ended_at and p.status in ("completed", "failed", "skipped", "cancelled"):
+        body["completed_at"] = p.ended_at
+    body["steps"] = [
+        {k: v for k, v in {
+            "name": s.name, "status": faber_phase_status(s.status), "started_at": s.started_at,
+            "completed_at": s.ended_at, "duration_ms": s.duration_ms,
+        }.items() if v is not None}
+        for s in p.steps.values()
+    ]  # fmt: skip
+    if p.attempts > 1:
+        body["retry_count"] = p.attempts - 1
+    return body
+
+
+def _faber_error(e: ErrorRecord) -> dict[str, Any]:
+    body = {"code": e.type, "message": e.message, "phase": e.phase, "step": e.step, "event_id": e.event_id}
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def faber_state(run: Run, state: RunState | None = None) -> dict[str, Any]:
+    """The run's folded state in the shape of FABER's ``state.json`` (status words mapped)."""
+    state = state if state is not None else run.state()
+    work_id = run.metadata.params.get("work_id")
+    return {
+        "run_id": run.id,
+        "work_id": "" if work_id is None else str(work_id),
+        "workflow_version": "2.1",
+        "status": faber_run_status(state.status),
+        "current_phase": state.current_phase,
+        "last_event_id": state.last_event_id,
+        "started_at": state.started_at,
+        "updated_at": state.updated_at or run.metadata.created_at,
+        "completed_at": state.ended_at if state.is_terminal else None,
+        "phases": {p.name: _faber_phase(p) for p in state.phases.values()},
+        "artifacts": {a.kind or a.path: a.path for a in state.artifacts},
+        "errors": [_faber_error(e) for e in state.errors],
+        EXPORT_KEY: {"status": state.status},
+    }
+
+
+@attrs.frozen(slots=True)
+class ExportResult:
+    """Where :func:`export_faber` wrote a run and how many events."""
+
+    run_id: str
+    path: str
+    events: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return converter.unstructure(self)  # type: ignore[no-any-return]
+
+
+def export_faber(
+    store: RunStore,
+    run_id: str | RunId,
+    dest: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> ExportResult:
+    """Write a run as a FABER run folder under the FABER base folder ``dest``.
+
+    The folder is ``{dest}/{org}/{project}/{uuid}`` with ``metadata.json`` and
+    ``state.json`` in FABER's shapes, ``events/NNN-{type}.json`` (``%03d``
+    numbering, the event ids of our gapless log) and ``events/.next-id``. Each
+    event validates against FABER's ``event.schema.json``; importing the folder
+    gives the same events back. An existing folder with event files is refused
+    (:class:`RunExists`) unless ``overwrite``.
+    """
+    run = store.get_run(run_id)
+    fs, root = open_filesystem(str(dest), storage_options)
+    folder = f"{root.rstrip('/')}/{run.id}"
+    events_dir = f"{folder}/events"
+    try:
+        existing = [p for p in fs.find(events_dir, withdirs=False, detail=False)]
+    except FileNotFoundError:
+        existing = []
+    if existing and not overwrite:
+        raise RunExists(f"{folder} already holds a FABER run with {len(existing)} files; pass overwrite=True "
+                        "(--overwrite) to replace it, or export somewhere else")  # fmt: skip
+    try:
+        for path in existing:
+            fs.rm_file(path)
+        state = run.state()
+        events = list(run.log.read(until=state.last_event_id))
+        fs.makedirs(events_dir, exist_ok=True)
+        with Progress("exporting events", len(events), enabled=progress) as bar:
+            for event in events:
+                body = faber_event(event, run.id)
+                fs.pipe_file(f"{events_dir}/{event.event_id:03d}-{body['type']}.json", _codec.dumps_indented(body))
+                bar.update()
+        fs.pipe_file(f"{events_dir}/.next-id", f"{len(events) + 1}\n".encode())
+        fs.pipe_file(f"{folder}/metadata.json", _codec.dumps_indented(faber_metadata(run)))
+        fs.pipe_file(f"{folder}/state.json", _codec.dumps_indented(faber_state(run, state)))
+    except OSError as e:
+        raise StorageError(f"cannot write the FABER export of run {run.id} to {folder}: {e}") from e
+    return ExportResult(run_id=run.id, path=folder, events=len(events))
+

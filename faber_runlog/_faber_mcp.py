@@ -1,0 +1,216 @@
+"""FABER's MCP gateway tools and resources, served by ``faber-runlog mcp`` next to ours.
+
+A client written for FABER's gateway calls ``fractary_faber_event_emit``,
+``fractary_faber_run_get``, ``fractary_faber_run_list`` and
+``fractary_faber_event_consolidate`` with FABER's argument names and reads
+FABER's result fields (``status``, ``operation``, ...) and resources
+(``faber://runs``, ``faber://runs/{run_id}``, ``faber://runs/{run_id}/events``).
+Like FABER's gateway, a refused call answers ``{"status": "error", "error": ...}``
+instead of failing the call. Run statuses use FABER's words (``pending``,
+``in_progress``); a plan-based FABER run id is resolved to the run it was
+imported as.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from faber_runlog import _codec
+from faber_runlog._faber import (
+    FABER_EVENT_TYPES,
+    faber_event,
+    faber_metadata,
+    faber_run_status,
+    faber_state,
+    mapped_run_id,
+    runlog_event_fields,
+    runlog_statuses,
+)
+from faber_runlog.errors import FaberRunlogError, InvalidEvent
+from faber_runlog.gateway import Gateway
+from faber_runlog._format import RunLayout
+from faber_runlog.store import Run
+
+__all__ = ["FABER_TOOLS", "register"]
+
+FABER_TOOLS: Final = (
+    "fractary_faber_event_emit",
+    "fractary_faber_run_get",
+    "fractary_faber_run_list",
+    "fractary_faber_event_consolidate",
+)
+_RESOURCE_LIMIT: Final = 100  # what FABER's gateway lists under faber://runs
+_REFUSED: Final = (FaberRunlogError, ValueError, LookupError, OSError)
+
+
+def _message(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> None:
+    """Add FABER's four tools and three resource URIs to ``server`` (an SDK ``MCPServer``)."""
+    store = gateway.store
+
+    def open_run(run_id: str) -> Run:
+        # Our ids as they are; a plan-based FABER id names the run it was imported as.
+        return store.get_run(mapped_run_id(run_id))
+
+    def emit_error(run_id: str, etype: str | None, error: str) -> dict[str, Any]:
+        return {
+            "status": "error", "operation": "emit-event", "event_id": 0, "type": etype or "workflow_error",
+            "run_id": run_id, "timestamp": _codec.now_iso(), "event_path": "", "error": error,
+        }  # fmt: skip
+
+    def fractary_faber_event_emit(
+        run_id: str,
+        type: str,
+        phase: str | None = None,
+        step: str | None = None,
+        status: str | None = None,
+        message: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        artifacts: list[dict[str, Any]] | None = None,
+        duration_ms: float | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "phase": phase, "step": step, "status": status, "message": message, "metadata": metadata,
+            "artifacts": artifacts, "duration_ms": duration_ms, "error": error,
+        }  # fmt: skip
+        try:
+            run = open_run(run_id)
+            try:
+                event = gateway.emit(run.id, type, **fields)
+            except InvalidEvent:
+                if type not in FABER_EVENT_TYPES:
+                    raise  # FABER refuses an unknown type name too
+                # FABER checks only the type name: keep what our schema refuses, as the importer does.
+                raw = {"type": type, **{k: v for k, v in fields.items() if v is not None}}
+                converted, _, _ = runlog_event_fields(raw, run_id=run.id, default_user=None)
+                event = gateway.emit(run.id, converted.pop("type"), **converted)
+        except _REFUSED as e:
+            return emit_error(run_id, type, _message(e))
+        if event is None:
+            return {**emit_error(run_id, type, "logging is disabled in gateway.json; nothing was written"),
+                    "status": "success", "written": False}  # fmt: skip
+        return {
+            "status": "success",
+            "operation": "emit-event",
+            "event_id": event.event_id,
+            "type": type,
+            "run_id": run_id,
+            "timestamp": event.timestamp,
+            "event_path": store.storage.path(RunLayout(run.run_id).event(event.event_id)),
+        }
+
+    def get_run(run_id: str, include_events: bool) -> dict[str, Any]:
+        try:
+            run = open_run(run_id)
+            state = run.state()
+            body: dict[str, Any] = {
+                "status": "success",
+                "operation": "get-run",
+                "run_id": run_id,
+                "metadata": faber_metadata(run),
+                "state": faber_state(run, state),
+            }
+            if include_events:
+                body["event_count"] = state.last_event_id
+            return body
+        except _REFUSED as e:
+            return {"status": "error", "operation": "get-run", "run_id": run_id, "metadata": None, "state": None,
+                    "error": _message(e)}  # fmt: skip
+
+    def fractary_faber_run_get(run_id: str, include_events: bool = False) -> dict[str, Any]:
+        return get_run(run_id, include_events)
+
+    def list_runs(
+        work_id: str | None, status: str | None, org: str | None, project: str | None, limit: int
+    ) -> dict[str, Any]:
+        try:
+            found = store.list_runs(org=org, project=project)
+        except _REFUSED as e:
+            return {"status": "error", "operation": "list-runs", "runs": [], "total": 0, "error": _message(e)}
+        wanted = set(runlog_statuses(status)) if status else None
+        rows: list[dict[str, Any]] = []
+        for r in found:
+            if wanted is not None and r.status not in wanted:
+                continue
+            wid = r.params.get("work_id")
+            if work_id is not None and (wid is None or str(wid) != str(work_id)):
+                continue
+            terminal = r.status in ("completed", "failed", "cancelled")
+            rows.append({
+                "run_id": r.run_id, "work_id": "" if wid is None else str(wid),
+                "status": faber_run_status(r.status), "created_at": r.created_at,
+                "updated_at": r.updated_at or r.created_at,
+                "completed_at": r.updated_at if terminal else None, "current_phase": r.current_phase,
+            })  # fmt: skip
+        rows.sort(key=lambda row: str(row["created_at"]), reverse=True)  # newest first, as FABER lists them
+        return {"status": "success", "operation": "list-runs", "runs": rows[: max(0, int(limit))],
+                "total": len(rows)}  # fmt: skip
+
+    def fractary_faber_run_list(
+        work_id: str | None = None,
+        status: str | None = None,
+        org: str | None = None,
+        project: str | None = None,
+        limit: float = 20,
+    ) -> dict[str, Any]:
+        return list_runs(work_id, status, org, project, int(limit))
+
+    def fractary_faber_event_consolidate(run_id: str) -> dict[str, Any]:
+        from faber_runlog.archive import consolidate
+
+        try:
+            run = open_run(run_id)
+            record = consolidate(store, run.id)
+        except _REFUSED as e:
+            return {"status": "error", "operation": "consolidate-events", "run_id": run_id, "events_consolidated": 0,
+                    "output_path": "", "size_bytes": 0, "error": _message(e)}  # fmt: skip
+        return {
+            "status": "success",
+            "operation": "consolidate-events",
+            "run_id": run_id,
+            "events_consolidated": record.count,
+            "output_path": store.storage.path(RunLayout(run.run_id).jsonl),
+            "size_bytes": record.size,
+        }
+
+    tools = {
+        fractary_faber_event_emit: "FABER compatible: emit a workflow event to a run (FABER's argument names).",
+        fractary_faber_run_get: "FABER compatible: a run's metadata and state in FABER's shapes.",
+        fractary_faber_run_list: "FABER compatible: runs, newest first, filtered by work_id, status, org, project.",
+        fractary_faber_event_consolidate: "FABER compatible: consolidate a finished run's events to events.jsonl "
+        "(this also seals its log: nothing more can be appended).",
+    }
+    for fn, description in tools.items():
+        server.add_tool(fn, description=description)
+
+    def as_text(body: dict[str, Any]) -> str:
+        if body.get("status") == "error":
+            raise resource_error(str(body.get("error")))
+        return _codec.dumps(body.get("payload", body)).decode()
+
+    def runs_resource() -> str:
+        return as_text(list_runs(None, None, None, None, _RESOURCE_LIMIT))
+
+    def run_resource(run_id: str) -> str:
+        return as_text(get_run(run_id, True))
+
+    def events_resource(run_id: str) -> str:
+        try:
+            run = open_run(run_id)
+            return as_text({"payload": [faber_event(e, run.id) for e in run.log.read()]})
+        except _REFUSED as e:
+            raise resource_error(_message(e)) from e
+
+    # Concrete URIs are matched before templates, and templates in this order: events before the run itself.
+    server.resource("faber://runs", name="faber-runs", description="FABER compatible: the newest 100 runs.",
+                    mime_type="application/json")(runs_resource)  # fmt: skip
+    server.resource("faber://runs/{+run_id}/events", name="faber-run-events",
+                    description="FABER compatible: every event of a run, in FABER's event shape.",
+                    mime_type="application/json")(events_resource)  # fmt: skip
+    server.resource("faber://runs/{+run_id}", name="faber-run",
+                    description="FABER compatible: a run's metadata, state and event count.",
+                    mime_type="application/json")(run_resource)  # fmt: skip
