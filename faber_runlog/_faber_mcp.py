@@ -26,9 +26,9 @@ from faber_runlog._faber import (
     runlog_event_fields,
     runlog_statuses,
 )
+from faber_runlog._format import RunLayout
 from faber_runlog.errors import FaberRunlogError, InvalidEvent
 from faber_runlog.gateway import Gateway
-from faber_runlog._format import RunLayout
 from faber_runlog.store import Run
 
 __all__ = ["FABER_TOOLS", "register"]

@@ -86,13 +86,15 @@ def _row(event_type: str, moves: Mapping[str, str], fallback: str, meaning: str)
 
 
 _WORK: Final = {"created": "running", "running": SAME, "failing": "running", "paused": SAME, "awaiting_approval": SAME}
-_FAIL_WORK: Final = {"created": "failing", "running": "failing", "failing": SAME, "paused": SAME, "awaiting_approval": SAME}
+_FAIL_WORK: Final = {
+    "created": "failing", "running": "failing", "failing": SAME, "paused": SAME, "awaiting_approval": SAME,
+}  # fmt: skip
 
 TRANSITIONS: Final[Mapping[str, Transition]] = {
     t.event_type: t
     for t in (
         _row("workflow_start", {"created": "running"}, "running", "the run starts"),
-        _row("workflow_paused", {s: "paused" for s in _ACTIVE if s != "paused"}, "paused", "pause; remembers from where"),
+        _row("workflow_paused", {s: "paused" for s in _ACTIVE if s != "paused"}, "paused", "pause; remembers where"),
         _row(
             "workflow_resumed",
             {"paused": BACK, "failing": "running", "failed": "running"},

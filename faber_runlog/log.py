@@ -271,7 +271,8 @@ class EventLog:
                     self._refuse_if_sealed()
                 seq = self._tail + 1
                 self._counter += 1
-                data = {"timestamp": _codec.now_iso(), **fields, "event_id": seq, "nonce": f"{self._writer}-{self._counter}"}
+                nonce = f"{self._writer}-{self._counter}"
+                data = {"timestamp": _codec.now_iso(), **fields, "event_id": seq, "nonce": nonce}
                 started = time.monotonic()
                 if self._storage.create(self._layout.event(seq), _codec.dumps(data)):
                     self._after_create(seq, started)

@@ -186,7 +186,7 @@ def test_import_keeps_the_id_the_order_and_the_faber_fields_and_folds_the_state(
     assert "feat/258" == events[9].artifacts[0]["name"]  # type: ignore[index]
     # FABER's own state.json still says pending; the fold says where it failed.
     state = run.state()
-    assert ("failed", "build", "compile", "exit 2") == (
+    assert ("failing", "build", "compile", "exit 2") == (
         state.status, state.failed_step.phase, state.failed_step.name, state.failed_step.error  # type: ignore[union-attr]
     )
     assert [("frame", "completed"), ("architect", "completed"), ("build", "failed"), ("evaluate", "pending"),
