@@ -91,7 +91,7 @@ class EventLog:
         self._jsonl_last: int | None = None
         self._format_known = False
         self._seen_last = 0  # last_event_id of the newest state.json read
-        self._backoff = 0.0002 if storage.kind in ("local", "memory") else 0.005
+        self._backoff = storage.contention_backoff
         self._lock = threading.RLock()
         # Called as hook(log, event, status_before, state) after an append that changed
         # the run's status or has a type in hook_types (final reports, releasing
@@ -216,7 +216,7 @@ class EventLog:
 
     def _find_tail(self, known: int) -> int:
         """The highest contiguous sequence number at or after ``known`` (which exists)."""
-        if self._storage.kind == "s3":
+        if self._storage.capabilities.list_after:
             tail = known
             for name in self._storage.list_after(self._layout.events, seq_name(known)):
                 if parse_seq_name(name) != tail + 1:
@@ -470,7 +470,7 @@ class EventLog:
 
     def _stored_files(self, after: int, until: int | None = None) -> Generator[Event, None, int]:
         """Events from their files; returns the first sequence number not read."""
-        if self._storage.kind == "s3":
+        if self._storage.capabilities.list_after:
             return (yield from self._stored_listed(after, until))
         return (yield from self._storage.read_numbered(self._layout.events, after + 1, until, self._decode))
 
