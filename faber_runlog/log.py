@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 import random
 import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Final
 
@@ -57,6 +59,16 @@ def _default_user() -> str | None:
 
 _USER: Final = _default_user()
 _HOST: Final = socket.gethostname()
+_LOGS: Final[weakref.WeakSet[EventLog]] = weakref.WeakSet()
+
+
+def _new_identity_in_child() -> None:
+    # A forked child shares its parent's handles: without a fresh writer id both
+    # would stamp the same nonces, and the lost-reply check would confuse them.
+    for elog in list(_LOGS):
+        elog._writer = uuid.uuid4().hex[:12]
+        elog._counter = 0
+        elog._lock = threading.RLock()
 
 
 class EventLog:
@@ -72,6 +84,7 @@ class EventLog:
         user: str | None = None,
         on_status_change: Callable[[EventLog, Event, str, RunState], None] | None = None,
         hook_types: frozenset[str] = frozenset(),
+        fence: Callable[[], int | None] | None = None,
     ) -> None:
         if snapshot_every < 1:
             raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
@@ -98,6 +111,10 @@ class EventLog:
         # leases); never for other appends, so the hot path pays nothing.
         self._on_status_change = on_status_change
         self._hook_types = hook_types
+        # fence() returns the lease epoch this process writes under (None: it holds no
+        # lease) or raises LeaseLost; it runs before a number is claimed (docs/concurrency.md).
+        self._fence = fence
+        _LOGS.add(self)
 
     def __repr__(self) -> str:
         return f"EventLog({self._run_id!r} on {self._storage.url})"
@@ -177,6 +194,10 @@ class EventLog:
             )
         probe = dict(fields, event_id=1, timestamp=_codec.now_iso(), nonce="x")
         validate_event_dict(probe, run_id=self._run_id)
+        if self._fence is not None and "lease_epoch" not in fields:
+            epoch = self._fence()  # a writer whose lease was taken is refused here, before any write
+            if epoch is not None:
+                fields["lease_epoch"] = epoch
         key = fields.get("idempotency_key")
         exact = key is not None or check is not None
         seq = 0
@@ -566,3 +587,6 @@ class EventLog:
                 return
             else:
                 time.sleep(poll_interval)
+
+
+os.register_at_fork(after_in_child=_new_identity_in_child)

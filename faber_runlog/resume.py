@@ -19,7 +19,7 @@ from faber_runlog.errors import InvalidRerun, RunNotRerunnable, RunNotResumable
 from faber_runlog.events import Event
 from faber_runlog.ids import RunId
 from faber_runlog.layout import RunLayout
-from faber_runlog.lease import read_lease
+from faber_runlog.lease import default_owner, read_lease, try_acquire_lease
 from faber_runlog.state import TERMINAL_STATUSES, RunState
 from faber_runlog.storage import Storage
 from faber_runlog.store import Run, RunStore
@@ -293,9 +293,18 @@ class Resumer:
                     raise _Moved
                 return None
 
+            # Take the run's lease before resuming it (a compare-and-swap): a sweeper that
+            # judged the old lease dead cannot fail the run again once it is ours.
+            lease = try_acquire_lease(
+                self.store.storage, run.run_id, ttl=self.store.lease_ttl, owner=owner or default_owner()
+            )
+            if lease is None:
+                continue  # a live writer took it since the plan: plan again (and refuse)
+
             fields: dict[str, Any] = {
                 "type": "workflow_resumed",
                 "idempotency_key": key,
+                "lease_epoch": lease.epoch,
                 "metadata": {
                     "resume_phase": plan.resume_phase,
                     "resume_step": plan.resume_step,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
@@ -16,6 +17,7 @@ from faber_runlog.events import Event, check_json_value
 from faber_runlog.ids import RunId, validate_slug
 from faber_runlog.layout import RunLayout
 from faber_runlog.lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
+from faber_runlog.lease import fence as lease_fence
 from faber_runlog.log import EventLog
 from faber_runlog.metadata import RunMetadata, capture_environment
 from faber_runlog.state import RunState
@@ -268,6 +270,7 @@ class RunStore:
             source=self.source,
             on_status_change=self._status_changed,
             hook_types=lifecycle.FINAL_EVENT_TYPES,
+            fence=functools.partial(lease_fence, self.storage, run_id),
         )
 
     def _status_changed(self, log: EventLog, event: Event, before: str, state: RunState) -> None:
@@ -298,6 +301,7 @@ class RunStore:
         validate_slug(project, "project")
         params_d = _check_mapping(params, "params")
         tags_d = _check_mapping(tags, "tags")
+        lineage_d = _check_mapping(lineage, "lineage")
         for k, v in tags_d.items():
             if not isinstance(v, str):
                 raise InvalidParams(f"tag {k!r} must be a string, got {type(v).__name__}")
@@ -316,11 +320,13 @@ class RunStore:
             environment=capture_environment(),
             parent_run_id=parent_run_id,
             root_run_id=root_run_id,
-            lineage=dict(lineage or {}),
+            lineage=lineage_d,
         )
+        # Everything is validated and encoded before anything is claimed or written.
+        meta_body = _codec.dumps(meta.to_dict())
         layout = RunLayout(rid)
         child_key = None if parent_run_id is None else self._child_key(parent_run_id, root_run_id, rid)
-        self.storage.makedirs(layout.events)
+        self.storage.makedirs(layout.events)  # first, so an unsafe (symlinked) folder is refused before any claim
         exclusive = concurrency_key is not None or self.max_active_runs is not None
         if exclusive and run_id is not None and self.has_run(rid):
             raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
@@ -337,7 +343,7 @@ class RunStore:
         linked = child_key is not None and self.storage.create(
             child_key, _codec.dumps({"run_id": str(rid), "created_at": meta.created_at})
         )
-        if not self.storage.create(layout.metadata, _codec.dumps(meta.to_dict())):
+        if not self.storage.create(layout.metadata, meta_body):
             if linked and child_key is not None:
                 self.storage.delete(child_key)
             lifecycle.release_claims(self.storage, rid, claims)
