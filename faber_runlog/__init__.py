@@ -15,16 +15,19 @@ from faber_runlog.errors import (
     ApprovalConflict,
     ApprovalNotFound,
     ArchiveMismatch,
+    BucketNotFound,
     ConcurrencyUnsupported,
     ConsolidationError,
     CorruptEvent,
     CorruptState,
+    CredentialsMissing,
     FaberRunlogError,
     InvalidEvent,
     InvalidGatewayConfig,
     InvalidRerun,
     InvalidRunId,
     InvalidTransition,
+    LeaseLost,
     MissingExtra,
     RunArchived,
     RunExists,
@@ -34,6 +37,7 @@ from faber_runlog.errors import (
     RunStillActive,
     SequenceConflict,
     StorageError,
+    StoreAccessDenied,
     TooManyActiveRuns,
     UnsafePath,
 )
@@ -46,6 +50,7 @@ from faber_runlog.log import EventLog
 from faber_runlog.metadata import RunMetadata
 from faber_runlog.resume import ParamDiff, ResumePlan, Resumer, diff_params
 from faber_runlog.state import ApprovalState, PhaseState, RunState, StepState, fold, register_fold
+from faber_runlog.storage import Capabilities
 from faber_runlog.store import Lineage, Run, RunStore, RunSummary
 from faber_runlog.verify import ReconstructReport, StateDifference, VerifyProblem, VerifyReport
 
@@ -59,12 +64,15 @@ __all__ = [
     "ArchiveResult",
     "Archiver",
     "Backend",
+    "BucketNotFound",
+    "Capabilities",
     "CleanupReport",
     "ConcurrencyUnsupported",
     "ConsolidationError",
     "ConsolidationRecord",
     "CorruptEvent",
     "CorruptState",
+    "CredentialsMissing",
     "Event",
     "EventLog",
     "FaberRunlogError",
@@ -77,6 +85,7 @@ __all__ = [
     "InvalidRunId",
     "InvalidTransition",
     "Lease",
+    "LeaseLost",
     "Lineage",
     "MissingExtra",
     "ParamDiff",
@@ -102,6 +111,7 @@ __all__ = [
     "StatusView",
     "StepState",
     "StorageError",
+    "StoreAccessDenied",
     "SweptRun",
     "TooManyActiveRuns",
     "UnsafePath",

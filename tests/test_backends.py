@@ -20,9 +20,9 @@ from fsspec.implementations.memory import MemoryFileSystem
 from faber_runlog import RunStore, StorageError, UnsafePath
 from faber_runlog.cli import main
 from faber_runlog.errors import BucketNotFound, CredentialsMissing, InvalidGatewayConfig
-from faber_runlog.store import InvalidParams
 from faber_runlog.gateway import GatewayConfig
 from faber_runlog.storage import TEMP_MAX_AGE, MemoryStorage, Storage, Versioned, digest
+from faber_runlog.store import InvalidParams
 from faber_runlog.testing import (
     ContractViolation,
     check_compare_and_swap,
@@ -168,7 +168,7 @@ def test_an_event_file_symlinked_outside_the_root_is_not_read(tmp_path: Path) ->
     secret.write_text('{"secret": 1}')
     link = Path(store.storage.path(f"{run.id}/events/00000000000000000002.json"))
     link.symlink_to(secret)
-    with pytest.raises(UnsafePath, match="secret.json"):
+    with pytest.raises(UnsafePath, match=r"secret\.json"):
         store.storage.read(f"{run.id}/events/00000000000000000002.json")
 
 
