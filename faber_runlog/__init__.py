@@ -16,10 +16,12 @@ from faber_runlog.errors import (
     ApprovalConflict,
     ApprovalNotFound,
     ArchiveMismatch,
+    BucketNotFound,
     ConcurrencyUnsupported,
     ConsolidationError,
     CorruptEvent,
     CorruptState,
+    CredentialsMissing,
     FaberRunlogError,
     InvalidArgument,
     InvalidEvent,
@@ -27,6 +29,7 @@ from faber_runlog.errors import (
     InvalidRerun,
     InvalidRunId,
     InvalidTransition,
+    LeaseLost,
     MissingExtra,
     RunArchived,
     RunExists,
@@ -36,6 +39,7 @@ from faber_runlog.errors import (
     RunStillActive,
     SequenceConflict,
     StorageError,
+    StoreAccessDenied,
     TooManyActiveRuns,
     UnsafePath,
 )
@@ -48,6 +52,7 @@ from faber_runlog.log import Commit, EventLog
 from faber_runlog.metadata import RunMetadata
 from faber_runlog.resume import ParamDiff, ResumePlan, Resumer, diff_params
 from faber_runlog.state import ApprovalState, PhaseState, RunState, RunStatus, StepState, fold, register_fold
+from faber_runlog.storage import Capabilities
 from faber_runlog.store import Lineage, Run, RunList, RunProblem, RunStore, RunSummary
 from faber_runlog.verify import ReconstructReport, StateDifference, VerifyProblem, VerifyReport
 
@@ -61,6 +66,8 @@ __all__ = [
     "ArchiveResult",
     "Archiver",
     "Backend",
+    "BucketNotFound",
+    "Capabilities",
     "CleanupReport",
     "Commit",
     "ConcurrencyUnsupported",
@@ -68,6 +75,7 @@ __all__ = [
     "ConsolidationRecord",
     "CorruptEvent",
     "CorruptState",
+    "CredentialsMissing",
     "Event",
     "EventLog",
     "ExportResult",
@@ -84,6 +92,7 @@ __all__ = [
     "InvalidRunId",
     "InvalidTransition",
     "Lease",
+    "LeaseLost",
     "Lineage",
     "MissingExtra",
     "ParamDiff",
@@ -112,6 +121,7 @@ __all__ = [
     "StatusView",
     "StepState",
     "StorageError",
+    "StoreAccessDenied",
     "SweptRun",
     "SweptRuns",
     "TooManyActiveRuns",

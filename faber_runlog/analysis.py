@@ -255,7 +255,7 @@ def to_arrow(store: RunStore, kind: str = "events", **filters: Any) -> Any:
     pa = _require("pyarrow")
     if kind not in ("events", "runs"):
         raise ValueError(f"kind must be 'events' or 'runs', got {kind!r}")
-    frame = events_frame(store, **filters) if kind == "events" else runs_frame(store, **filters)
+    frame = {"events": events_frame, "runs": runs_frame}[kind](store, **filters)
     for c in _NESTED:
         if c in frame.columns:
             frame[c] = [_codec.dumps(v).decode() for v in frame[c]]

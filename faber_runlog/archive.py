@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import attrs
-from fsspec.asyn import AsyncFileSystem, _run_coros_in_chunks, sync
 
 from faber_runlog import _codec
 from faber_runlog._converter import converter
@@ -35,7 +34,7 @@ from faber_runlog.errors import ArchiveMismatch, ConsolidationError, FaberRunlog
 from faber_runlog.events import Event
 from faber_runlog.ids import RunId
 from faber_runlog.state import RunState
-from faber_runlog.storage import Storage
+from faber_runlog.storage import PutResult, Storage
 from faber_runlog.store import RunStore
 
 __all__ = [
@@ -61,7 +60,6 @@ INDEX_DIR: Final = ".faber_runlog/archive-index"
 
 _FORMAT: Final = "jsonl/1"
 _READ_BATCH: Final = 256
-_PUT_CONCURRENCY: Final = 64
 _REPORT_FILES: Final = ("report.json", "report.md")
 
 
@@ -348,50 +346,9 @@ def _event_line(storage: Storage, rid: RunId, seq: int, body: bytes | None) -> t
 # -- writing many objects ---------------------------------------------------------------
 
 
-@attrs.frozen(slots=True)
-class _Put:
-    created: bool = True  # False: an exclusive create found the key already there
-    etag: str | None = None
-    error: BaseException | None = None
-
-
-def _put_many(storage: Storage, items: dict[str, bytes], *, create: bool) -> dict[str, _Put]:
-    """Write many keys; on async stores (S3) concurrently, in one batch per call."""
-    out: dict[str, _Put] = {}
-    fs = storage.fs
-    if not items:
-        return out
-    if storage.kind in ("local", "memory") or not isinstance(fs, AsyncFileSystem) or len(items) == 1:
-        for key, body in items.items():
-            out[key] = _put_one(storage, key, body, create=create)
-        return out
-    if create:
-        storage._probe()  # refuse stores that ignore If-None-Match, as Storage.create does
-    keys = list(items)
-    kwargs: dict[str, Any] = {"mode": "create"} if create else {}
-    coros = [fs._pipe_file(storage.path(k), items[k], **kwargs) for k in keys]
-    replies = sync(fs.loop, _run_coros_in_chunks, coros, batch_size=_PUT_CONCURRENCY, nofiles=True,
-                   return_exceptions=True)  # fmt: skip
-    for key, reply in zip(keys, replies, strict=True):
-        if create and isinstance(reply, FileExistsError):
-            out[key] = _Put(created=False)
-        elif isinstance(reply, BaseException):
-            # One retried write turns a transient failure into success or a translated error.
-            out[key] = _put_one(storage, key, items[key], create=create)
-        else:
-            etag = reply.get("ETag") if isinstance(reply, dict) else None
-            out[key] = _Put(etag=etag if isinstance(etag, str) else None)
-    return out
-
-
-def _put_one(storage: Storage, key: str, body: bytes, *, create: bool) -> _Put:
-    try:
-        if create:
-            return _Put(created=storage.create(key, body))
-        storage.replace(key, body)
-        return _Put()
-    except Exception as e:
-        return _Put(error=e)
+def _put_many(storage: Storage, items: dict[str, bytes], *, create: bool) -> dict[str, PutResult]:
+    """Write many keys through the storage layer (concurrently where the store can), each result apart."""
+    return storage.put_many(items, create=create) if items else {}
 
 
 def _etag_matches(etag: str | None, body: bytes) -> bool | None:

@@ -178,8 +178,7 @@ def _cmd_init(ctx: _Ctx) -> int:
     changes = write_config(config, path)
     gateway = Gateway(config, base_dir=config_dir, config_path=path)
     storage = gateway.store.storage
-    if storage.kind == "local":
-        os.makedirs(storage.root, exist_ok=True)
+    storage.ensure_root()
     if ctx.json:
         _dump({"config": str(path), "created": changes is None, "changes": changes or [], "root": storage.url}, ctx.out)
         return EXIT_OK

@@ -12,16 +12,19 @@ __all__ = [
     "ApprovalConflict",
     "ApprovalNotFound",
     "ArchiveMismatch",
+    "BucketNotFound",
     "ConcurrencyUnsupported",
     "ConsolidationError",
     "CorruptEvent",
     "CorruptState",
+    "CredentialsMissing",
     "FaberRunlogError",
     "InvalidEvent",
     "InvalidGatewayConfig",
     "InvalidRerun",
     "InvalidRunId",
     "InvalidTransition",
+    "LeaseLost",
     "MissingExtra",
     "RunArchived",
     "RunExists",
@@ -31,6 +34,7 @@ __all__ = [
     "RunStillActive",
     "SequenceConflict",
     "StorageError",
+    "StoreAccessDenied",
     "TooManyActiveRuns",
     "UnsafePath",
 ]
@@ -117,6 +121,50 @@ class ConcurrencyUnsupported(FaberRunlogError, RuntimeError):
 
 class StorageError(FaberRunlogError, OSError):
     """The backend failed in a way we could not retry away."""
+
+
+def _rebuild(cls: type[BaseException], message: str, fields: dict[str, object]) -> BaseException:
+    """Unpickle an error whose constructor takes keyword-only fields."""
+    return cls(message, **fields)
+
+
+class _StoreProblem(StorageError):
+    """A store that cannot be used as configured: names the bucket and prefix, and what to do."""
+
+    def __init__(self, message: str, *, bucket: str, prefix: str) -> None:
+        super().__init__(message)
+        self.bucket = bucket
+        self.prefix = prefix
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild, (type(self), str(self.args[0]), {"bucket": self.bucket, "prefix": self.prefix})
+
+
+class BucketNotFound(_StoreProblem, LookupError):
+    """The store's bucket does not exist (a typo, or another account or region)."""
+
+
+class StoreAccessDenied(_StoreProblem, PermissionError):
+    """The credentials in use may not read or write the store's bucket or prefix."""
+
+
+class CredentialsMissing(_StoreProblem):
+    """No credentials were found for the object store; the message lists where we looked."""
+
+
+class LeaseLost(FaberRunlogError, RuntimeError):
+    """This writer's lease on a run was taken over or swept, so its event was refused (nothing was written)."""
+
+    def __init__(self, message: str, *, run_id: str, epoch: int | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.epoch = epoch
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _rebuild, (type(self), str(self.args[0]), {"run_id": self.run_id, "epoch": self.epoch})
 
 
 class RunArchived(FaberRunlogError, RuntimeError):

@@ -73,6 +73,7 @@ class Event:
     schema_version: int = SCHEMA_VERSION
     idempotency_key: str | None = None
     nonce: str | None = None
+    lease_epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (fields left at their default are omitted)."""

@@ -199,8 +199,15 @@ class GatewayConfig:
 
     def resolve_root(self, base_dir: str | os.PathLike[str] | None) -> str:
         """``root`` as a URL or absolute folder; relative folders are taken from ``base_dir``."""
-        if "://" in self.root or os.path.isabs(os.path.expanduser(self.root)) or base_dir is None:
+        if "://" in self.root or os.path.isabs(os.path.expanduser(self.root)):
             return os.path.expanduser(self.root) if "://" not in self.root else self.root
+        if os.path.normpath(self.root).split(os.sep)[0] == "..":
+            raise InvalidGatewayConfig(
+                f"gateway.json root {self.root!r} leaves the project folder through '..'; give a folder "
+                "inside the project, or an absolute path if the runs really live elsewhere"
+            )
+        if base_dir is None:
+            return os.path.expanduser(self.root)
         return os.path.join(os.fspath(base_dir), self.root)
 
 

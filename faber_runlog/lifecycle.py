@@ -46,8 +46,11 @@ from faber_runlog.lease import (
     DEFAULT_LEASE_TTL,
     Lease,
     acquire_lease,
+    default_owner,
+    fence_out,
     parse_lease,
     read_lease,
+    read_lease_versioned,
     release_lease,
     stop_heartbeats,
 )
@@ -529,8 +532,11 @@ def _claim(
             holder = _judge(storage, _codec.load_object(raw), open_log, f"{folder}/{seq_name(top)}")
             if holder.live:
                 return None, holder
-            if holder.expired:
-                _sweep_holder(storage, holder.run_id, open_log)
+            if holder.expired and _sweep_holder(storage, holder.run_id, open_log):
+                # Judge again: the key passes on only once the holder lost its lease for
+                # certain (the sweep fenced it out and failed it); a holder whose late
+                # heartbeat won the race is live again and keeps its key.
+                continue
         gen = top + 1
         key = f"{folder}/{seq_name(gen)}"
         now = _now()
@@ -550,12 +556,17 @@ def _claim(
     )
 
 
-def _sweep_holder(storage: Storage, run_id: str, open_log: OpenLog) -> None:
-    # A holder whose lease expired is dead: fail it before taking its place,
-    # so it cannot come back as an active run without its claim.
+def _sweep_holder(storage: Storage, run_id: str, open_log: OpenLog) -> bool:
+    """Fence out and fail a holder whose lease expired; False when its run was never created.
+
+    Whether the sweep happened or not (the holder renewed in time, another
+    sweeper was first), the caller must judge the holder again.
+    """
     rid = RunId.parse(run_id)
-    if storage.exists(RunLayout(rid).metadata):
-        sweep_run(storage, open_log(rid), include_unleased=True)
+    if not storage.exists(RunLayout(rid).metadata):
+        return False
+    sweep_run(storage, open_log(rid), include_unleased=True)
+    return True
 
 
 def claim_start(
@@ -630,14 +641,17 @@ def release_claims(storage: Storage, run_id: RunId, claims: Iterable[str]) -> li
     """Mark the run's claim objects released (a tombstone, never a delete); returns those released."""
     released: list[str] = []
     for key in claims:
-        body = _codec.load_object(storage.read(key))
-        if body is None:
-            continue
-        if body.get("run_id") != str(run_id) or body.get("released"):
-            continue  # taken over already, or released before
-        body.update(released=True, released_at=_codec.now_iso())
-        storage.replace(key, _codec.dumps(body))
-        released.append(key)
+        for _ in range(_CLAIM_TRIES):
+            got = storage.read_versioned(key)
+            body = _codec.load_object(got.data if got is not None else None)
+            if got is None or body is None:
+                break
+            if body.get("run_id") != str(run_id) or body.get("released"):
+                break  # taken over already, or released before
+            body.update(released=True, released_at=_codec.now_iso())
+            if storage.swap(key, _codec.dumps(body), got.version) is not None:
+                released.append(key)
+                break
     return released
 
 
@@ -660,7 +674,7 @@ def finalize(storage: Storage, elog: EventLog, state: RunState | None = None) ->
     rid = RunId.parse(elog.run_id)
     write_report(storage, elog, state)
     stop_heartbeats(storage, rid)
-    lease = read_lease(storage, rid)
+    lease, _ = read_lease_versioned(storage, rid)  # a sweep's tombstone still lists the claims
     released: list[str] = []
     if lease is not None:
         released = release_claims(storage, rid, lease.claims)
@@ -712,28 +726,39 @@ def sweep_run(
     pending approvals; the log's hook then releases claims and writes the report.
     """
     rid = RunId.parse(elog.run_id)
+    state = elog.current_state()
+    if state.status not in ACTIVE_STATUSES:
+        return None
+    stored, version = read_lease_versioned(storage, rid)
+    lease = stored if stored is not None and not stored.released else None
+    if not _stale(lease, state, older_than, include_unleased, _now()):
+        return None
+    # Take the lease from the holder we judged dead, by compare-and-swap: if it
+    # renewed since, this fails and the run is left alone. Once it succeeds, the
+    # holder's renewals fail and its next event is refused (fencing).
+    fenced = fence_out(storage, rid, stored, version, reason="swept", by=f"sweeper {default_owner()}")
+    if fenced is None:
+        return None
+    epoch, tomb = fenced
     seen: dict[str, Any] = {}
 
-    def check(state: RunState) -> Event | None:
-        if state.status not in ACTIVE_STATUSES:
-            raise _NotStale
-        lease = read_lease(storage, rid)
-        if not _stale(lease, state, older_than, include_unleased, _now()):
-            raise _NotStale
-        seen.update(state=state.copy(), lease=lease)
+    def check(now: RunState) -> Event | None:
+        if now.status not in ACTIVE_STATUSES or read_lease_versioned(storage, rid)[1] != tomb:
+            raise _NotStale  # it ended, or was resumed under a newer lease since we fenced it out
+        seen.update(state=now.copy())
         return None
 
     fields = _fields(
         "workflow_error",
         error="the run's writer stopped renewing its lease and no process recovered the run",
         metadata={"reason": SWEEP_REASON},
+        lease_epoch=epoch,
     )
     try:
         event = elog.append(fields, check=check)
     except _NotStale:
         return None
     before: RunState = seen["state"]
-    lease: Lease | None = seen["lease"]
     return SweptRun(
         run_id=str(rid),
         previous_status=before.status,
@@ -791,6 +816,8 @@ def sweep_stale(
     for rid in candidates:
         raw = bodies.get(f"{RunLayout(rid).dir}/lease.json")
         lease = parse_lease(raw) if raw is not None else None
+        if lease is not None and lease.released:
+            lease = None  # released or swept before: no live writer claims the run
         if lease is None and not include_unleased:
             continue
         if lease is not None and (lease.is_live(now) or lease.expired_for(now) < grace):

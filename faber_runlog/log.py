@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 import random
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Final
 
@@ -93,6 +95,16 @@ def _default_user() -> str | None:
 
 
 _USER: Final = _default_user()
+_LOGS: Final[weakref.WeakSet[EventLog]] = weakref.WeakSet()
+
+
+def _new_identity_in_child() -> None:
+    # A forked child shares its parent's handles: without a fresh writer id both
+    # would stamp the same nonces, and the lost-reply check would confuse them.
+    for elog in list(_LOGS):
+        elog._writer = uuid.uuid4().hex[:12]
+        elog._counter = 0
+        elog._lock = threading.RLock()
 
 
 @attrs.frozen(slots=True)
@@ -132,6 +144,7 @@ class EventLog:
         on_commit: Callable[[EventLog, Commit], None] | None = None,
         hook_types: frozenset[str] = frozenset(),
         seal_grace: float = SEAL_GRACE,
+        fence: Callable[[], int | None] | None = None,
     ) -> None:
         if snapshot_every < 1:
             raise InvalidArgument(f"snapshot_every must be at least 1, got {snapshot_every}")
@@ -152,13 +165,17 @@ class EventLog:
         # (rule 4 of the protocol); None: unknown, check after the next create.
         self._confirmed: float | None = None
         self._post_check_after = max(0.0, seal_grace / 2)
-        self._backoff = 0.0002 if storage.kind in ("local", "memory") else 0.005
+        self._backoff = storage.contention_backoff
         self._lock = threading.RLock()
         # Called as on_commit(log, commit) after the lock is released, when the
         # append changed the status or has a type in hook_types (final reports,
         # releases); never for other appends, so the hot path pays nothing.
         self._on_commit = on_commit
         self._hook_types = hook_types
+        # fence() returns the lease epoch this process writes under (None: it holds no
+        # lease) or raises LeaseLost; it runs before a number is claimed (docs/concurrency.md).
+        self._fence = fence
+        _LOGS.add(self)
 
     def __repr__(self) -> str:
         return f"EventLog({self._run_id!r} on {self._storage.url})"
@@ -320,6 +337,10 @@ class EventLog:
         validate_event_dict(probe, run_id=self._run_id)
         if timestamp is not None:
             fields["timestamp"] = timestamp
+        if self._fence is not None and "lease_epoch" not in fields:
+            epoch = self._fence()  # a writer whose lease was taken is refused here, before any write
+            if epoch is not None:
+                fields["lease_epoch"] = epoch
         return fields
 
     def _check_transition(self, state: RunState, etype: str, fields: dict[str, Any]) -> None:
@@ -409,7 +430,7 @@ class EventLog:
 
     def _find_tail(self, known: int) -> int:
         """The highest contiguous sequence number at or after ``known`` (which exists)."""
-        if self._storage.kind == "s3":
+        if self._storage.capabilities.list_after:
             tail = known
             for name in self._storage.list_after(self._layout.events, seq_name(known)):
                 if parse_seq_name(name) != tail + 1:
@@ -654,7 +675,7 @@ class EventLog:
 
     def _stored_files(self, after: int, until: int | None = None) -> Generator[Event, None, int]:
         """Events from their files; returns the first sequence number not read."""
-        if self._storage.kind == "s3":
+        if self._storage.capabilities.list_after:
             return (yield from self._stored_listed(after, until))
         return (yield from self._storage.read_numbered(self._layout.events, after + 1, until, self._decode))
 
@@ -796,3 +817,6 @@ def current_states(
         except Exception as e:  # reported per run: one damaged run must not hide the others
             out[rid] = e
     return out
+
+
+os.register_at_fork(after_in_child=_new_identity_in_child)

@@ -9,6 +9,7 @@ the events after it, the metadata and the lease.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -19,7 +20,7 @@ from faber_runlog._format import RunLayout
 from faber_runlog.errors import InvalidRerun, RunNotRerunnable, RunNotResumable
 from faber_runlog.events import Event
 from faber_runlog.ids import RunId
-from faber_runlog.lease import read_lease
+from faber_runlog.lease import default_owner, read_lease, try_acquire_lease
 from faber_runlog.state import TERMINAL_STATUSES, RunState
 from faber_runlog.storage import Storage
 from faber_runlog.store import Run, RunStore
@@ -32,6 +33,7 @@ ARCHIVE_MARKERS: Final = ("archived.json",)
 
 RERUN_MODES: Final = ("all", "from_failure", "from_event")
 _RESUME_TRIES: Final = 5
+_RESUME_WAIT: Final = 3.0  # seconds a resumer waits for one that took the lease a moment before it
 
 
 class _Moved(Exception):
@@ -280,7 +282,15 @@ class Resumer:
         for _ in range(_RESUME_TRIES):
             state = run.state()
             plan, last = self._plan(run, state, allow_cancelled, owner)
+            replay = last is not None and last.type == "workflow_resumed" and last.idempotency_key
+            if replay and last is not None and not plan.resumable and plan.status not in ("completed", "cancelled"):
+                # Resumed a moment ago and nothing ran since: that resume is this one
+                # (its resumer holds the lease now, so we hand its event back).
+                return run, _build_plan(run, state, last.type, None), last
             if not plan.resumable:
+                replayed = self._await_concurrent_resume(run, state, allow_cancelled)
+                if replayed is not None:
+                    return run, _build_plan(run, state, replayed.type, None), replayed
                 raise plan.error_for_refusal()
             seen = state.last_event_id
             key = f"resume:{seen}"
@@ -293,9 +303,18 @@ class Resumer:
                     raise _Moved
                 return None
 
+            # Take the run's lease before resuming it (a compare-and-swap): a sweeper that
+            # judged the old lease dead cannot fail the run again once it is ours.
+            lease = try_acquire_lease(
+                self.store.storage, run.run_id, ttl=self.store.lease_ttl, owner=owner or default_owner()
+            )
+            if lease is None:
+                continue  # a live writer took it since the plan: plan again (and refuse)
+
             fields: dict[str, Any] = {
                 "type": "workflow_resumed",
                 "idempotency_key": key,
+                "lease_epoch": lease.epoch,
                 "metadata": {
                     "resume_phase": plan.resume_phase,
                     "resume_step": plan.resume_step,
@@ -318,6 +337,30 @@ class Resumer:
             last_event_type=None,
             reason="another process is still writing to it",
         )
+
+    def _await_concurrent_resume(self, run: Run, state: RunState, allow_cancelled: bool) -> Event | None:
+        """The event of a resumer that took the lease a moment ago and is appending now, if one is.
+
+        A resumer takes the lease before it appends ``workflow_resumed``; one
+        that lost that race finds a live lease taken after the run's last
+        event and waits (briefly) for the winner's event, which it hands back
+        as its own, as if both had appended the same idempotent event.
+        """
+        lease = read_lease(self.store.storage, run.run_id)
+        if lease is None or not lease.is_live() or state.updated_at is None:
+            return None
+        if lease.acquired_at < state.updated_at or self._refusal(run, state, allow_cancelled, lease.owner):
+            return None  # a writer that was running already, or a refusal beyond the lease
+        key = f"resume:{state.last_event_id}"
+        deadline = time.monotonic() + _RESUME_WAIT
+        while time.monotonic() < deadline:
+            now = run.state()
+            if key in now.idempotency_keys:
+                return run.log.get(now.idempotency_keys[key])
+            if now.last_event_id != state.last_event_id:
+                return None
+            time.sleep(0.02)
+        return None
 
     def resume(self, run_id: str | RunId, *, allow_cancelled: bool = False, owner: str | None = None) -> Run:
         """Resume ``run_id`` under the same id (appends ``workflow_resumed``) and return it.

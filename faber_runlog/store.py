@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,6 +19,7 @@ from faber_runlog.errors import CorruptState, InvalidRunId, RunExists, RunNotFou
 from faber_runlog.events import Event, check_json_value
 from faber_runlog.ids import RunId, validate_slug
 from faber_runlog.lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
+from faber_runlog.lease import fence as lease_fence
 from faber_runlog.log import SEAL_GRACE, Commit, EventLog, current_states
 from faber_runlog.metadata import RunMetadata, capture_environment
 from faber_runlog.state import RunState
@@ -301,6 +303,7 @@ class RunStore:
             on_commit=self._committed,
             hook_types=lifecycle.FINAL_EVENT_TYPES,
             seal_grace=self.seal_grace,
+            fence=functools.partial(lease_fence, self.storage, run_id),
         )
 
     def _committed(self, log: EventLog, commit: Commit) -> None:
@@ -340,6 +343,7 @@ class RunStore:
         validate_slug(project, "project")
         params_d = _check_mapping(params, "params")
         tags_d = _check_mapping(tags, "tags")
+        lineage_d = _check_mapping(lineage, "lineage")
         for k, v in tags_d.items():
             if not isinstance(v, str):
                 raise InvalidParams(f"tag {k!r} must be a string, got {type(v).__name__}")
@@ -359,7 +363,7 @@ class RunStore:
             environment=capture_environment(),
             parent_run_id=parent_run_id,
             root_run_id=root_run_id,
-            lineage=dict(lineage or {}),
+            lineage=lineage_d,
             phases=plan_phases,
             steps=plan_steps,
         )
@@ -369,9 +373,11 @@ class RunStore:
         """Write a new run from complete metadata (also the importer's way in, with its own times)."""
         rid = RunId.parse(meta.run_id)
         parent_run_id, root_run_id = meta.parent_run_id, meta.root_run_id
+        # Everything is validated and encoded before anything is claimed or written.
+        meta_body = _codec.dumps(meta.to_dict())
         layout = RunLayout(rid)
         child_key = None if parent_run_id is None else self._child_key(parent_run_id, root_run_id, rid)
-        self.storage.makedirs(layout.events)
+        self.storage.makedirs(layout.events)  # first, so an unsafe (symlinked) folder is refused before any claim
         exclusive = concurrency_key is not None or self.max_active_runs is not None
         if exclusive and id_given and self.has_run(rid):
             raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
@@ -388,7 +394,7 @@ class RunStore:
         linked = child_key is not None and self.storage.create(
             child_key, _codec.dumps({"run_id": str(rid), "created_at": meta.created_at})
         )
-        if not self.storage.create(layout.metadata, _codec.dumps(meta.to_dict())):
+        if not self.storage.create(layout.metadata, meta_body):
             if linked and child_key is not None:
                 self.storage.delete(child_key)
             lifecycle.release_claims(self.storage, rid, claims)

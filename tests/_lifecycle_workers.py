@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
-from faber_runlog import ActiveRunExists, RunStore
+from faber_runlog import ActiveRunExists, Heartbeat, RunStore
 
 
 def _store(spec: dict[str, object], **kwargs: object) -> RunStore:
@@ -58,6 +59,69 @@ def sweep(spec: dict[str, object], go: str) -> None:
     print(json.dumps([s.run_id for s in store.sweep_stale()]), flush=True)
 
 
+def _wait_files(paths: list[str]) -> None:
+    while not all(os.path.exists(p) for p in paths):
+        time.sleep(0.002)
+
+
+def race_holder(spec: dict[str, object], folder: str, rounds: int, starters: int, ttl: float) -> None:
+    """Each round: hold a run with a fresh key, its heartbeat always a little late; print the run id."""
+    store = _store(spec, lease_ttl=ttl)
+    for r in range(rounds):
+        run = store.create_run("acme", "web", concurrency_key=f"race-{r}")
+        run.start()
+        hb = Heartbeat(store.storage, run.run_id, ttl=ttl, interval=ttl / 2)
+        stop = threading.Event()
+
+        def late(hb: Heartbeat = hb, stop: threading.Event = stop) -> None:
+            # Late on purpose: the lease lapses briefly before every beat, so the
+            # beat races the starters' sweeps and takeovers.
+            while not stop.wait(ttl * 1.15) and hb.beat():
+                pass
+
+        beater = threading.Thread(target=late, daemon=True)
+        beater.start()
+        print(json.dumps({"round": r, "holder": run.id}), flush=True)
+        open(os.path.join(folder, f"ready-{r}"), "w").close()
+        _wait_files([os.path.join(folder, f"done-{r}-{i}") for i in range(starters)])
+        stop.set()
+        beater.join()
+
+
+def race_starter(spec: dict[str, object], folder: str, rounds: int, index: int, ttl: float) -> None:
+    """Each round: once the holder is ready, wait into its lease's lapse and race to take the key."""
+    import random
+
+    store = _store(spec)
+    for r in range(rounds):
+        _wait_files([os.path.join(folder, f"ready-{r}")])
+        time.sleep(ttl * random.uniform(0.95, 1.3))
+        try:
+            run = store.create_run("acme", "web", concurrency_key=f"race-{r}")
+        except ActiveRunExists:
+            print(json.dumps({"round": r, "won": None}), flush=True)
+        else:
+            print(json.dumps({"round": r, "won": run.id}), flush=True)
+        open(os.path.join(folder, f"done-{r}-{index}"), "w").close()
+
+
+def stale_writer(spec: dict[str, object], go: str) -> None:
+    """Hold a run's lease with a short ttl and no heartbeat; after go, try to emit; print what happened."""
+    from faber_runlog import LeaseLost
+
+    store = _store(spec, lease_ttl=0.3)
+    run = store.create_run("acme", "web", concurrency_key="stale")
+    run.start()
+    print(run.id, flush=True)
+    _wait_for(go)
+    try:
+        run.log.emit("checkpoint", metadata={"label": "from the stale writer"})
+    except LeaseLost as e:
+        print(json.dumps({"refused": True, "epoch": e.epoch}), flush=True)
+    else:
+        print(json.dumps({"refused": False}), flush=True)
+
+
 if __name__ == "__main__":
     command, spec_json, *rest = sys.argv[1:]
     spec = json.loads(spec_json)
@@ -67,5 +131,11 @@ if __name__ == "__main__":
         start(spec, rest[0], rest[1])
     elif command == "sweep":
         sweep(spec, rest[0])
+    elif command == "race_holder":
+        race_holder(spec, rest[0], int(rest[1]), int(rest[2]), float(rest[3]))
+    elif command == "race_starter":
+        race_starter(spec, rest[0], int(rest[1]), int(rest[2]), float(rest[3]))
+    elif command == "stale_writer":
+        stale_writer(spec, rest[0])
     else:
         raise SystemExit(f"unknown command {command}")

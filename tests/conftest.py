@@ -37,7 +37,7 @@ _PUT_LOCK = threading.Lock()
 
 
 def _make_conditional_puts_atomic() -> None:
-    """Serialise moto's PUTs, as S3 itself does for If-None-Match.
+    """Serialise moto's PUTs and DELETEs, as S3 itself does for If-None-Match and If-Match.
 
     moto checks If-None-Match and then stores the object in two steps, on a
     threaded server, so two racing creates of one key can both succeed there
@@ -46,16 +46,17 @@ def _make_conditional_puts_atomic() -> None:
     """
     from moto.s3.responses import S3Response
 
-    if getattr(S3Response.put_object, "_faber_atomic", False):
-        return
-    original = S3Response.put_object
+    for name in ("put_object", "delete_object"):  # If-None-Match / If-Match PUTs, If-Match DELETEs
+        original = getattr(S3Response, name)
+        if getattr(original, "_faber_atomic", False):
+            continue
 
-    def put_object(self: Any) -> Any:
-        with _PUT_LOCK:
-            return original(self)
+        def locked(self: Any, _original: Any = original) -> Any:
+            with _PUT_LOCK:
+                return _original(self)
 
-    put_object._faber_atomic = True  # type: ignore[attr-defined]
-    S3Response.put_object = put_object  # type: ignore[method-assign]
+        locked._faber_atomic = True  # type: ignore[attr-defined]
+        setattr(S3Response, name, locked)
 
 
 class S3Server:

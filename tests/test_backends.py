@@ -1,0 +1,302 @@
+"""Storage backends: capabilities, the contract kit, containment, durable writes, clear S3 errors, fork safety."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+
+from faber_runlog import RunStore, StorageError, UnsafePath
+from faber_runlog.cli import main
+from faber_runlog.errors import BucketNotFound, CredentialsMissing, InvalidGatewayConfig
+from faber_runlog.gateway import GatewayConfig
+from faber_runlog.storage import TEMP_MAX_AGE, MemoryStorage, Storage, Versioned, digest
+from faber_runlog.store import InvalidParams
+from faber_runlog.testing import (
+    ContractViolation,
+    check_compare_and_swap,
+    check_conditional_create,
+    check_storage,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "faber_runlog"
+
+
+# -- capabilities and the contract kit ------------------------------------------------------
+
+
+def test_every_backend_passes_the_contract_kit_without_skipping_anything(store: RunStore) -> None:
+    assert [] == check_storage(store.storage)
+
+
+def test_capabilities_are_declared_as_data_per_backend(store: RunStore, store_kind: str) -> None:
+    expected = {
+        "memory": ("conditional_create", "compare_and_swap", "conditional_delete"),
+        "local": ("conditional_create", "compare_and_swap", "conditional_delete"),
+        "s3": ("conditional_create", "compare_and_swap", "conditional_delete", "list_after", "batched_reads",
+               "concurrent_puts"),
+    }[store_kind]  # fmt: skip
+    assert expected == store.storage.capabilities.names()
+
+
+def test_swap_refuses_a_stale_version_and_returns_the_new_one(store: RunStore) -> None:
+    s = store.storage
+    v1 = s.create_versioned("k/lease.json", b'{"n":1}')
+    assert v1 is not None
+    assert None is s.create_versioned("k/lease.json", b'{"n":9}')
+    v2 = s.swap("k/lease.json", b'{"n":2}', v1)
+    assert v2 is not None
+    assert None is s.swap("k/lease.json", b'{"n":3}', v1)
+    assert Versioned(b'{"n":2}', v2) == s.read_versioned("k/lease.json")
+    assert not s.delete_if("k/lease.json", v1)
+    assert s.delete_if("k/lease.json", v2)
+    assert None is s.read_versioned("k/lease.json")
+
+
+class LaxFileSystem(MemoryFileSystem):  # type: ignore[misc]
+    """An in-memory store that ignores exclusive create, like some S3 look-alikes."""
+
+    protocol = "laxkit"
+    root_marker = "/"
+
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+        super().pipe_file(path, value, mode="overwrite", **kwargs)
+
+
+class PretendingStorage(MemoryStorage):
+    """A backend that claims compare-and-swap but ignores the version, as some stores ignore If-Match."""
+
+    def swap(self, key: str, data: bytes, version: str) -> str | None:
+        if self.read(key) is None:
+            return None
+        self.replace(key, data)
+        return digest(data)
+
+
+def test_the_contract_kit_catches_a_store_that_ignores_exclusive_create() -> None:
+    storage = Storage(LaxFileSystem(), "/kit-lax", allow_unsafe_writers=True)
+    assert ("conditional_create",) == storage.capabilities.names()
+    with pytest.raises(ContractViolation, match="second create"):
+        check_conditional_create(storage)
+
+
+def test_the_contract_kit_catches_a_store_that_ignores_if_match() -> None:
+    with pytest.raises(ContractViolation, match="stale version"):
+        check_compare_and_swap(PretendingStorage(MemoryFileSystem(), f"/kit-{uuid.uuid4().hex}"))
+
+
+def test_storage_builds_the_subclass_for_its_filesystem(tmp_path: Path) -> None:
+    assert "LocalStorage" == type(RunStore(str(tmp_path)).storage).__name__
+    assert "MemoryStorage" == type(RunStore("memory://kinds").storage).__name__
+    assert "FsspecStorage" == type(Storage(LaxFileSystem(), "/x")).__name__
+
+
+def test_the_installed_moto_honours_if_match_on_put_and_delete() -> None:
+    import moto
+
+    assert tuple(int(p) for p in moto.__version__.split(".")[:3]) >= (5, 1, 22)
+
+
+def test_no_module_outside_the_storage_layer_uses_private_or_backend_internals() -> None:
+    forbidden = re.compile(
+        r"_run_coros_in_chunks|\._pipe_file|\._cat_file|\._call_s3|fsspec\.asyn|storage\._[a-z]|\.fs\.|kind ==|kind in \("
+    )
+    offenders = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.name in ("storage.py", "testing.py"):
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if forbidden.search(line):
+                offenders.append(f"{path.name}:{n}: {line.strip()}")
+    assert [] == offenders
+
+
+# -- containment --------------------------------------------------------------------------------
+
+
+def test_a_symlinked_org_folder_leaving_the_root_is_refused(tmp_path: Path) -> None:
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "evil").symlink_to(outside, target_is_directory=True)
+    store = RunStore(str(root))
+    with pytest.raises(UnsafePath, match="evil"):
+        store.create_run("evil", "web")
+    assert [] == list(outside.rglob("*"))
+
+
+def test_nothing_is_read_or_deleted_through_a_symlinked_events_folder(tmp_path: Path) -> None:
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    store = RunStore(str(root))
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    events = Path(store.storage.path(f"{run.id}/events"))
+    outside.mkdir()
+    victim = outside / "00000000000000000001.json"
+    victim.write_bytes((events / "00000000000000000001.json").read_bytes())
+    for f in events.iterdir():
+        f.unlink()
+    events.rmdir()
+    events.symlink_to(outside, target_is_directory=True)
+    key = f"{run.id}/events/00000000000000000001.json"
+    with pytest.raises(UnsafePath, match="outside the store root"):
+        store.storage.delete(key)
+    with pytest.raises(UnsafePath):
+        store.storage.read(key)
+    with pytest.raises(UnsafePath):
+        list(store.get_run(run.id).log.read())
+    assert victim.exists()
+
+
+def test_an_event_file_symlinked_outside_the_root_is_not_read(tmp_path: Path) -> None:
+    store = RunStore(str(tmp_path / "runs"))
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"secret": 1}')
+    link = Path(store.storage.path(f"{run.id}/events/00000000000000000002.json"))
+    link.symlink_to(secret)
+    with pytest.raises(UnsafePath, match=r"secret\.json"):
+        store.storage.read(f"{run.id}/events/00000000000000000002.json")
+
+
+def test_a_gateway_root_escaping_the_project_through_dotdot_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidGatewayConfig, match=r"\.\."):
+        GatewayConfig(root="../elsewhere/runs").resolve_root(tmp_path)
+    assert str(tmp_path / "elsewhere") == GatewayConfig(root=str(tmp_path / "elsewhere")).resolve_root(tmp_path)
+    assert os.path.join(str(tmp_path), "runs") == GatewayConfig(root="runs").resolve_root(tmp_path)
+
+
+# -- durable writes ------------------------------------------------------------------------------
+
+_SHORT_WRITE = """
+import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # get EFBIG instead of being killed
+from faber_runlog import RunStore, StorageError
+store = RunStore(sys.argv[1])
+run = store.create_run("acme", "web")
+resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+try:
+    run.log.emit("checkpoint", metadata={"label": "big", "blob": "x" * 9000})
+except StorageError as e:
+    print("refused", run.id, str(e).replace("\\n", " "))
+else:
+    print("acknowledged", run.id)
+"""
+
+
+def test_a_short_write_is_never_published_and_raises(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-c", _SHORT_WRITE, str(tmp_path / "runs")],
+        capture_output=True, text=True, env=env, timeout=60, check=True,
+    ).stdout.split(maxsplit=2)  # fmt: skip
+    assert "refused" == out[0], out
+    assert "nothing was published" in out[2]
+    store = RunStore(str(tmp_path / "runs"))
+    events = Path(store.storage.path(f"{out[1]}/events"))
+    assert [] == sorted(p.name for p in events.iterdir())
+    assert 0 == store.get_run(out[1]).state().last_event_id
+
+
+def test_old_temp_files_of_killed_writers_are_removed_by_the_next_writer(tmp_path: Path) -> None:
+    store = RunStore(str(tmp_path / "runs"))
+    run = store.create_run("acme", "web")
+    events = Path(store.storage.path(f"{run.id}/events"))
+    old, fresh = events / ".tmp-killedwriter", events / ".tmp-inflight"
+    old.write_bytes(b"half an ev")
+    fresh.write_bytes(b"being written")
+    past = time.time() - TEMP_MAX_AGE - 5
+    os.utime(old, (past, past))
+    RunStore(str(tmp_path / "runs")).get_run(run.id).log.emit("workflow_start")
+    assert (False, True) == (old.exists(), fresh.exists())
+
+
+# -- clear S3 errors -----------------------------------------------------------------------------
+
+
+def test_a_missing_bucket_names_the_bucket_and_the_fix(s3_server: Any) -> None:
+    store = RunStore("s3://no-such-bucket-x/runs", storage_options=s3_server.storage_options)
+    with pytest.raises(BucketNotFound, match="no-such-bucket-x") as info:
+        store.create_run("acme", "web")
+    assert ("no-such-bucket-x", "runs") == (info.value.bucket, info.value.prefix)
+    assert "create the bucket" in str(info.value)
+    with pytest.raises(BucketNotFound):
+        store.list_runs()
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert (str(info.value), "no-such-bucket-x") == (str(copy), copy.bucket)
+
+
+def test_cli_list_of_a_missing_bucket_fails_with_one_line(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FABER_RUNLOG_STORAGE_OPTIONS", raising=False)
+    options = {k: v for k, v in s3_server.storage_options.items() if k not in ("key", "secret")}
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--root", "s3://no-such-bucket-y/runs", "--storage-options", json.dumps(options), "list"],
+                out=out, err=err)  # fmt: skip
+    assert 0 != code
+    assert 1 == len(err.getvalue().splitlines()), err.getvalue()
+    assert "no-such-bucket-y" in err.getvalue() and "no runs" not in out.getvalue()
+
+
+def test_missing_credentials_say_where_we_looked(
+    s3_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    options = {k: v for k, v in s3_server.storage_options.items() if k not in ("key", "secret")}
+    store = RunStore(f"s3://faber-test/creds-{uuid.uuid4().hex}", storage_options=options)
+    with pytest.raises(CredentialsMissing, match="AWS_ACCESS_KEY_ID") as info:
+        store.create_run("acme", "web")
+    assert "AWS_PROFILE" in str(info.value) and "faber-test" in str(info.value)
+    assert isinstance(info.value, StorageError)
+
+
+# -- validation before any claim -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lineage", [{"score": float("nan")}, {"big": 1 << 70}, {1: "x"}])
+def test_bad_lineage_is_refused_before_the_concurrency_key_is_claimed(store: RunStore, lineage: Any) -> None:
+    with pytest.raises(InvalidParams, match="lineage"):
+        store.create_run("acme", "web", lineage=lineage, concurrency_key="repo:main")
+    assert [] == store.list_runs()
+    store.create_run("acme", "web", concurrency_key="repo:main")  # the key was never claimed
+
+
+# -- fork safety -------------------------------------------------------------------------------
+
+
+def test_a_handle_used_in_a_forked_child_stamps_unique_nonces(tmp_path: Path) -> None:
+    store = RunStore(str(tmp_path / "runs"))
+    run = store.create_run("acme", "web")
+    log = run.log
+    log.emit("workflow_start")
+    pid = os.fork()
+    if pid == 0:  # the child: write with the inherited handle, then leave at once
+        code = 0
+        try:
+            for i in range(10):
+                log.emit("checkpoint", metadata={"label": f"child-{i}"})
+        except BaseException:
+            code = 1
+        os._exit(code)
+    for i in range(10):
+        log.emit("checkpoint", metadata={"label": f"parent-{i}"})
+    _, status = os.waitpid(pid, 0)
+    assert 0 == os.waitstatus_to_exitcode(status)
+    nonces = [e.nonce for e in store.get_run(run.id).log.read()]
+    assert 21 == len(nonces)
+    assert 21 == len(set(nonces))
