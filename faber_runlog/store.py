@@ -11,14 +11,23 @@ import attrs
 import fsspec
 
 from faber_runlog import _codec, lifecycle, report
-from faber_runlog.errors import CorruptState, InvalidRunId, RunExists, RunNotFound
+from faber_runlog._hints import did_you_mean
+from faber_runlog.errors import (
+    CorruptState,
+    InvalidEventPosition,
+    InvalidFilter,
+    InvalidRunId,
+    InvalidStoreUrl,
+    RunExists,
+    RunNotFound,
+)
 from faber_runlog.events import Event, check_json_value
 from faber_runlog.ids import RunId, validate_slug
 from faber_runlog.layout import RunLayout
 from faber_runlog.lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
 from faber_runlog.log import EventLog
 from faber_runlog.metadata import RunMetadata, capture_environment
-from faber_runlog.state import RunState
+from faber_runlog.state import RUN_STATUSES, RunState
 from faber_runlog.storage import Storage, open_filesystem
 
 __all__ = ["DEFAULT_ROOT", "Lineage", "Run", "RunStore", "RunSummary"]
@@ -108,6 +117,13 @@ class Run:
         """The run's state now, or as it was right after event ``at``."""
         if at is None:
             return self.log.current_state()
+        last = self.log.current_state().last_event_id
+        if isinstance(at, bool) or not isinstance(at, int) or not 0 <= at <= last:
+            raise InvalidEventPosition(
+                f"run {self.id} has events 1..{last}; cannot show its state at event {at!r}: pass 0..{last}, "
+                "or leave out at= for the state now",
+                run_id=self.id, at=at if isinstance(at, int) else -1, last_event_id=last,
+            )  # fmt: skip
         return self.log.load_state(at=at)
 
     # -- lifecycle (logic in lifecycle.py; each appends one checked event) -------------
@@ -239,7 +255,7 @@ class RunStore:
             target = url if url is not None else root
             if target is None:
                 target = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
-            fs, root_path = open_filesystem(os.fspath(target), storage_options)
+            fs, root_path = _open_root(target, storage_options)
         if snapshot_every < 1:
             raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
         self.storage = Storage(fs, root_path, fsync=fsync, allow_unsafe_writers=allow_unsafe_writers)
@@ -416,6 +432,11 @@ class RunStore:
         ``status`` is the status recorded in each run's latest snapshot, which is
         rewritten on every status change.
         """
+        if status is not None and status not in RUN_STATUSES:
+            raise InvalidFilter(
+                f"unknown run status {status!r}{did_you_mean(status, RUN_STATUSES)}; "
+                f"use one of {', '.join(RUN_STATUSES)}"
+            )
         rids = list(self._run_ids(org, project))
         keys = [k for rid in rids for k in (RunLayout(rid).metadata, RunLayout(rid).state)]
         bodies = self.storage.read_many(keys)
@@ -540,6 +561,33 @@ class RunStore:
             queue.extend(self.children(child))
         root = meta.root_run_id or (ancestors[-1] if ancestors else str(rid))
         return Lineage(str(rid), root, meta.parent_run_id, tuple(ancestors), tuple(children), tuple(descendants))
+
+
+def _open_root(target: object, storage_options: dict[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Open a store root, refusing what is no URL with :class:`InvalidStoreUrl` (before any I/O)."""
+    if not isinstance(target, (str, os.PathLike)):
+        raise InvalidStoreUrl(
+            f"RunStore needs a folder or an fsspec URL such as 's3://bucket/runs', got {type(target).__name__} "
+            f"{target!r}"
+        )
+    url = os.fspath(target)
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidStoreUrl(
+            "RunStore got an empty URL; pass a folder or an fsspec URL such as 's3://bucket/runs', or leave it "
+            f"out to use ${ROOT_ENV} or {DEFAULT_ROOT}"
+        )
+    chain = url.split("://", 1)[0].split("::") if "://" in url else []
+    known = list(fsspec.available_protocols())
+    for protocol in chain:
+        if protocol not in known:
+            raise InvalidStoreUrl(
+                f"unknown storage protocol {protocol!r} in {url!r}{did_you_mean(protocol, known)}; use a folder, "
+                "s3://, memory:// or another fsspec protocol"
+            )
+    try:
+        return open_filesystem(url, storage_options)
+    except (ImportError, ValueError) as e:
+        raise InvalidStoreUrl(f"cannot open store {url!r}: {e}") from e
 
 
 def _is_slug(name: str) -> bool:
