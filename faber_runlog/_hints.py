@@ -8,11 +8,11 @@ from collections.abc import Iterable
 __all__ = ["did_you_mean"]
 
 
-def did_you_mean(word: object, choices: Iterable[str]) -> str:
+def did_you_mean(word: object, choices: Iterable[str], *, cutoff: float = 0.6) -> str:
     """``" (did you mean 'x'?)"`` for the closest of ``choices`` to ``word``, or ``""`` when none is close."""
     if not isinstance(word, str):
         return ""
-    close = difflib.get_close_matches(word, sorted(set(choices)), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(word, sorted(set(choices)), n=3, cutoff=cutoff)
     if not close:
         return ""
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
