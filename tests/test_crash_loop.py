@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from _faultreport import record
 
 from faber_runlog import RunStore
@@ -28,7 +29,7 @@ from faber_runlog.state import RunState, fold_all
 from faber_runlog.verify import reconstruct_state, verify_run
 
 WORKERS = Path(__file__).with_name("_fault_workers.py")
-FAST_ROUNDS = {"local": 25, "s3": 8}
+FAST_ROUNDS = {"local": 10, "s3": 4}
 SOAK_ROUNDS = 200
 
 
@@ -53,6 +54,7 @@ def _check_after_kill(spec: dict[str, Any], run_id: str, at_least: int) -> int:
     return n
 
 
+@pytest.mark.slow
 def test_writer_killed_at_random_points_again_and_again(shared_store_spec: dict[str, Any], soak: bool) -> None:
     kind = "local" if "://" not in shared_store_spec["url"] else "s3"
     rounds = SOAK_ROUNDS if soak else FAST_ROUNDS[kind]

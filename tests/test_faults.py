@@ -64,10 +64,11 @@ def assert_consistent(store: RunStore, run_id: str, expected_events: int) -> Non
     assert () == verify_run(store, run_id).problems
 
 
+@pytest.mark.slow
 def test_four_processes_appending_through_random_faults_write_each_event_once(
     proxy: FaultProxy, soak: bool
 ) -> None:
-    procs, per = 4, (500 if soak else 100)
+    procs, per = 4, (500 if soak else 60)
     spec = spec_via(proxy)
     store = open_store(spec)
     run = store.create_run("acme", "web")
