@@ -95,7 +95,7 @@ def events_frame(
     until: Any = None,
     types: Iterable[str] | None = None,
     run_ids: Iterable[str] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Any:
     """One row per event (columns :data:`EVENT_COLUMNS`), runs and events filtered as asked.
 
@@ -119,7 +119,7 @@ def _event_columns(
     until: Any,
     types: Iterable[str] | None,
     run_ids: Iterable[str] | None,
-    progress: bool,
+    progress: bool | None,
 ) -> dict[str, list[Any]]:
     lo, hi = _iso(since, "since"), _iso(until, "until")
     wanted = frozenset(types) if types is not None else None
@@ -188,7 +188,7 @@ def runs_frame(
     since: Any = None,
     until: Any = None,
     run_ids: Iterable[str] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Any:
     """One row per run (columns :data:`RUN_COLUMNS`), from metadata and ``state.json``; reads no events.
 

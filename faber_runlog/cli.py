@@ -470,7 +470,7 @@ def _cmd_archive(ctx: _Ctx) -> int:
         if settings.url is None:
             raise UsageError("no archive destination: pass --to URL, or set backends.s3_archive.bucket in gateway.json")
         destination = RunStore(settings.url, storage_options=dict(settings.storage_options) or None)
-    archiver = Archiver(ctx.store, destination, progress=not ctx.json and sys.stderr.isatty())
+    archiver = Archiver(ctx.store, destination, progress=False if ctx.json else None)
     results = archiver.archive_finished(older_than=a.older_than) if a.all_finished else archiver.archive_many(a.run_ids)
     failed = [r for r in results if not r.ok]
     if ctx.json:

@@ -581,8 +581,8 @@ def _open_root(target: object, storage_options: dict[str, Any] | None) -> tuple[
     for protocol in chain:
         if protocol not in known:
             raise InvalidStoreUrl(
-                f"unknown storage protocol {protocol!r} in {url!r}{did_you_mean(protocol, known, cutoff=0.5)}; use a folder, "
-                "s3://, memory:// or another fsspec protocol"
+                f"unknown storage protocol {protocol!r} in {url!r}{did_you_mean(protocol, known, cutoff=0.5)}; "
+                "use a folder, s3://, memory:// or another fsspec protocol"
             )
     try:
         return open_filesystem(url, storage_options)
