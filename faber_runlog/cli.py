@@ -38,7 +38,6 @@ STORAGE_OPTIONS_ENV: Final = "FABER_RUNLOG_STORAGE_OPTIONS"
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
-_END_EVENTS: Final = frozenset({"workflow_complete", "workflow_error", "workflow_cancelled"})
 
 
 class UsageError(Exception):
@@ -316,8 +315,25 @@ def _cmd_show(ctx: _Ctx) -> int:
     return EXIT_OK
 
 
+_UNTIL_END_STATUSES: Final = frozenset({"completed", "failed", "cancelled", "failing"})
+"""Where ``tail --until-end`` stops: the run ended, or failed and waits for a resume or retry ("failing")."""
+
+
+def _run_stopped(state: Any) -> bool:
+    """Whether a follower should stop: no more events will come without someone acting on the run."""
+    return state.status in _UNTIL_END_STATUSES
+
+
 def _cmd_tail(ctx: _Ctx) -> int:
+    from faber_runlog.state import fold
+
     a = ctx.args
+    if a.lines < 0:
+        raise UsageError(f"-n/--lines must be >= 0, got {a.lines}: it counts the last events to show")
+    if a.since is not None and a.since < 0:
+        raise UsageError(f"--since must be an event id >= 0, got {a.since}")
+    if a.poll <= 0 or (a.timeout is not None and a.timeout < 0):
+        raise UsageError("--poll must be > 0 and --timeout >= 0 seconds")
     run = ctx.store.get_run(a.run_id)
     since = a.since if a.since is not None else max(0, run.state().last_event_id - a.lines)
     emit_line: Callable[[Event], None]
@@ -337,18 +353,31 @@ def _cmd_tail(ctx: _Ctx) -> int:
     for event in run.log.read(since):
         emit_line(event)
         last = event.event_id
-        if a.until_end and event.type in _END_EVENTS:
-            return EXIT_OK
     if not a.follow:
         return EXIT_OK
+    # The state is folded along as events arrive, so --until-end needs no extra reads.
+    state = run.state(at=last)
+    if a.until_end and _run_stopped(state):
+        return EXIT_OK
+    if _isatty(ctx.err):
+        ctx.err.write(f"following {run.id}; press Ctrl-C to stop\n")
+        ctx.err.flush()
     try:
         for event in run.log.tail(last, poll_interval=a.poll, timeout=a.timeout):
             emit_line(event)
-            if a.until_end and event.type in _END_EVENTS:
+            state = fold(state, event)
+            if a.until_end and _run_stopped(state):
                 break
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a follow normally ends
     return EXIT_OK
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _plan_lines(plan: Any) -> list[str]:
@@ -731,7 +760,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing events as they are written")
     p.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="start with the last N events")
     p.add_argument("--since", type=int, metavar="ID", help="start after this event id instead")
-    p.add_argument("--until-end", action="store_true", help="stop after workflow_complete/_error/_cancelled")
+    p.add_argument("--until-end", action="store_true",
+                   help="with --follow: stop once the run has ended or failed (also a step failure)")  # fmt: skip
     p.add_argument("--timeout", type=float, metavar="S", help="stop following after S idle seconds")
     p.add_argument("--poll", type=float, default=0.25, metavar="S", help="poll interval (default 0.25 s)")
     p.set_defaults(func=_cmd_tail)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import threading
+import time
+
 import pytest
 from test_cli import MISSING, Cli, cli
 
 from faber_runlog import RunStore
+from faber_runlog.cli import main
 
 __all__ = ["cli"]  # the fixture, shared with test_cli.py
 
@@ -112,3 +117,59 @@ def test_an_event_missing_a_field_or_with_a_mistyped_type_says_which(cli: Cli) -
     assert 0 == RunStore(cli.spec["url"], storage_options=cli.spec["storage_options"] or None).get_run(
         run_id
     ).state().last_event_id
+
+
+# -- tail and demo ---------------------------------------------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_tail_until_end_stops_when_a_step_error_fails_the_run_while_following(cli: Cli) -> None:
+    run = cli.store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    run.log.emit("phase_start", phase="build")
+    run.log.emit("step_start", phase="build", step="link")
+
+    def fail_soon() -> None:
+        time.sleep(0.3)
+        cli.store.get_run(run.id).log.emit("step_error", phase="build", step="link", error="ld: exit 2")
+
+    writer = threading.Thread(target=fail_soon)
+    writer.start()
+    started = time.monotonic()
+    out = cli.ok("tail", run.id, "--follow", "--until-end", "--poll", "0.05", "--timeout", "30")
+    writer.join()
+    assert time.monotonic() - started < 20  # it stopped at the failure, not at the idle timeout
+    assert out.splitlines()[-1].split()[2] == "step_error"
+    # On a run that has already failed, it prints the tail and stops at once.
+    assert 4 == len(cli.ok("tail", run.id, "--follow", "--until-end", "--timeout", "30").splitlines())
+
+
+@pytest.mark.parametrize("cli", ["local"], indirect=True)  # about the terminal, not the store
+def test_tail_follow_says_how_to_stop_only_on_a_terminal(cli: Cli) -> None:
+    run_id = cli.ok("new", "acme", "web").strip()
+    cli.ok("start", run_id)
+    for err, expected in [(Terminal(), f"following {run_id}; press Ctrl-C to stop\n"), (io.StringIO(), "")]:
+        code = main([*cli.root_args, "tail", run_id, "-f", "--timeout", "0.1", "--poll", "0.05"], out=io.StringIO(),
+                     err=err)  # fmt: skip
+        assert (0, expected) == (code, err.getvalue())
+
+
+@pytest.mark.parametrize("cli", ["local"], indirect=True)  # refused before the store is read
+@pytest.mark.parametrize("args", [["-n", "-5"], ["--since", "-1"], ["--poll", "0"]])
+def test_tail_with_a_negative_count_is_bad_usage(cli: Cli, args: list[str]) -> None:
+    run_id = cli.ok("new", "acme", "web").strip()
+    code, out, err = cli("tail", run_id, *args)
+    assert (2, "") == (code, out)
+    assert err.startswith("faber-runlog: error:") and 1 == err.count("\n")
+
+
+def test_the_demo_says_its_failure_is_staged_and_what_to_run_next(cli: Cli) -> None:
+    out = cli.ok("demo")
+    run_id = cli.store.list_runs()[0].run_id
+    assert "This failure is staged" in out
+    assert f"resume {run_id} --dry-run" in out and f"retry-step {run_id} test unit" in out
+    assert f"--root {cli.spec['url']}" in out  # the suggested commands reach the same store
