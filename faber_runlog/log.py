@@ -25,7 +25,7 @@ from faber_runlog.errors import CorruptEvent, InvalidEvent, RunArchived, Sequenc
 from faber_runlog.events import Event, _event_from_dict, type_version, upcast, validate_event_dict
 from faber_runlog.ids import RunId
 from faber_runlog.layout import RunLayout, parse_seq_name, seq_name
-from faber_runlog.state import RunState, apply
+from faber_runlog.state import RunState, apply, fold_generation
 from faber_runlog.storage import Storage
 
 __all__ = ["EventLog"]
@@ -85,6 +85,7 @@ class EventLog:
         self._writer = uuid.uuid4().hex[:12]
         self._counter = 0
         self._state: RunState | None = None
+        self._fold_gen = fold_generation()  # of the fold handlers self._state was folded with
         self._tail = 0  # highest sequence number known to exist
         # Consolidated runs read from events.jsonl. Learned from state.json whenever
         # it is read anyway; otherwise from consolidation.json, at most once per log.
@@ -280,7 +281,15 @@ class EventLog:
     # -- state -------------------------------------------------------------
 
     def _writer_state(self) -> RunState:
+        if self._state is not None and self._fold_gen != fold_generation():
+            # A fold handler was registered since this state was folded: fold every event again,
+            # from the first (a stored snapshot may predate the handler too).
+            self._fold_gen = fold_generation()
+            fresh = RunState(run_id=self._run_id)
+            self._catch_up(fresh)
+            self._state = fresh
         if self._state is None:
+            self._fold_gen = fold_generation()
             self._state = self.load_state()
             self._tail = max(self._tail, self._state.last_event_id)
         return self._state

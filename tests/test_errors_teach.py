@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import uuid
+from typing import Any
 
 import pytest
 
@@ -64,3 +66,24 @@ def test_schema_errors_name_the_missing_field_and_close_types() -> None:
     with pytest.raises(InvalidEvent, match="did you mean 'step_start'"):
         run.log.emit("step_strat", phase="build", step="a")
     assert 0 == run.state().last_event_id
+
+
+def test_register_fold_reaches_run_objects_created_before_it(store: RunStore) -> None:
+    from faber_runlog import register_event_type
+    from faber_runlog.state import register_fold
+
+    etype = f"deploy_{uuid.uuid4().hex[:8]}"  # the registry is global: a fresh type per case
+    register_event_type(etype, {"required": ["metadata"]})
+    run = store.create_run("acme", "web")
+    run.log.emit(etype, metadata={"env": "prod"})
+    assert [] == run.state().decisions  # no handler yet: counted, otherwise ignored
+
+    def fold_deploy(state: Any, event: Any) -> None:
+        state.decisions.append({"event_id": event.event_id, "deployed_to": event.metadata["env"]})
+
+    register_fold(etype, fold_deploy)
+    expected = [{"event_id": 1, "deployed_to": "prod"}]
+    assert expected == run.state().decisions  # the earlier Run object refolds
+    assert expected == store.get_run(run.id).state().decisions
+    run.log.emit(etype, metadata={"env": "dev"})
+    assert 2 == len(run.state().decisions)
