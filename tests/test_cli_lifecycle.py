@@ -38,6 +38,7 @@ def test_every_transition_goes_through_the_checked_path(cli: Cli) -> None:
     assert ("completed", 9) == (state.status, state.last_event_id)  # refusals wrote nothing
 
 
+@pytest.mark.parametrize("cli", ["local"], indirect=True)  # the store kind adds nothing here
 def test_cancel_and_fail_end_the_run_and_fail_needs_an_error(cli: Cli) -> None:
     a = cli.ok("new", "acme", "web").strip()
     b = cli.ok("new", "acme", "web").strip()
@@ -81,6 +82,7 @@ def test_sweep_fails_stale_runs_and_report_shows_the_outcome(cli: Cli) -> None:
     assert 2 == cli("sweep", "--older-than", "-1")[0]
 
 
+@pytest.mark.parametrize("cli", ["local"], indirect=True)  # the store kind adds nothing here
 def test_resume_of_a_paused_run_unpauses_it_and_of_a_failed_run_resumes_it(cli: Cli) -> None:
     run_id = cli.ok("new", "acme", "web").strip()
     cli.ok("start", run_id)
@@ -91,6 +93,7 @@ def test_resume_of_a_paused_run_unpauses_it_and_of_a_failed_run_resumes_it(cli: 
     )
 
 
+@pytest.mark.parametrize("cli", ["local"], indirect=True)  # refused before or without touching the store
 @pytest.mark.parametrize(
     ("args", "code", "needle"),
     [
@@ -108,6 +111,7 @@ def test_cli_errors_teach_in_cli_words(cli: Cli, args: list[str], code: int, nee
     assert "list_runs()" not in err
 
 
+@pytest.mark.parametrize("cli", ["local"], indirect=True)  # the store kind adds nothing here
 def test_an_event_missing_a_field_or_with_a_mistyped_type_says_which(cli: Cli) -> None:
     run_id = cli.ok("new", "acme", "web").strip()
     code, _, err = cli("emit", run_id, "step_start", "--phase", "build")
@@ -127,6 +131,7 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.parametrize("cli", ["local"], indirect=True)  # the store kind adds nothing here
 def test_tail_until_end_stops_when_a_step_error_fails_the_run_while_following(cli: Cli) -> None:
     run = cli.store.create_run("acme", "web")
     run.log.emit("workflow_start")
@@ -167,6 +172,7 @@ def test_tail_with_a_negative_count_is_bad_usage(cli: Cli, args: list[str]) -> N
     assert err.startswith("faber-runlog: error:") and 1 == err.count("\n")
 
 
+@pytest.mark.parametrize("cli", ["local"], indirect=True)  # the store kind adds nothing here
 def test_the_demo_says_its_failure_is_staged_and_what_to_run_next(cli: Cli) -> None:
     out = cli.ok("demo")
     run_id = cli.store.list_runs()[0].run_id

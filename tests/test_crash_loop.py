@@ -29,7 +29,7 @@ from faber_runlog.state import RunState, fold_all
 from faber_runlog.verify import reconstruct_state, verify_run
 
 WORKERS = Path(__file__).with_name("_fault_workers.py")
-FAST_ROUNDS = {"local": 10, "s3": 4}
+FAST_ROUNDS = {"local": 8, "s3": 3}
 SOAK_ROUNDS = 200
 
 
