@@ -55,6 +55,7 @@ def _check_after_kill(spec: dict[str, Any], run_id: str, at_least: int) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # --soak: 200 rounds on S3 take minutes
 def test_writer_killed_at_random_points_again_and_again(shared_store_spec: dict[str, Any], soak: bool) -> None:
     kind = "local" if "://" not in shared_store_spec["url"] else "s3"
     rounds = SOAK_ROUNDS if soak else FAST_ROUNDS[kind]

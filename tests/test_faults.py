@@ -65,6 +65,7 @@ def assert_consistent(store: RunStore, run_id: str, expected_events: int) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # --soak: 4 x 500 appends through faults
 def test_four_processes_appending_through_random_faults_write_each_event_once(
     proxy: FaultProxy, soak: bool
 ) -> None:
