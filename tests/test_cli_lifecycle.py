@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from test_cli import MISSING, Cli, cli
 
 from faber_runlog import RunStore
 from faber_runlog.cli import main
+from faber_runlog.gateway import CONFIG_ENV
 
 __all__ = ["cli"]  # the fixture, shared with test_cli.py
 
@@ -179,3 +181,19 @@ def test_the_demo_says_its_failure_is_staged_and_what_to_run_next(cli: Cli) -> N
     assert "This failure is staged" in out
     assert f"resume {run_id} --dry-run" in out and f"retry-step {run_id} test unit" in out
     assert f"--root {cli.spec['url']}" in out  # the suggested commands reach the same store
+
+
+def test_with_logging_disabled_lifecycle_commands_write_nothing_and_exit_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    store = RunStore(str(tmp_path / ".fractary/plugins/faber/runs"))
+    run = store.create_run("acme", "web")
+    assert 0 == main(["init", "--disabled"], out=io.StringIO())
+    for args in (["start", run.id], ["pause", run.id], ["request-approval", run.id, "deploy"],
+                 ["approve", run.id, "x", "--token", "t"], ["sweep", "--include-unleased"]):  # fmt: skip
+        err = io.StringIO()
+        assert 0 == main(args, out=io.StringIO(), err=err), args
+        assert "logging is disabled" in err.getvalue(), args
+    assert 0 == store.get_run(run.id).state().last_event_id
