@@ -9,15 +9,16 @@ raw events (so an auto-archive on ``workflow_complete`` also fires here).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from faber_runlog._hints import did_you_mean
 from faber_runlog.errors import InvalidEvent
 from faber_runlog.events import Event
 from faber_runlog.gateway import Gateway
 from faber_runlog.store import Run
 
-__all__ = ["DECISIONS", "RUN_ACTIONS", "STEP_ACTIONS", "decide", "perform"]
+__all__ = ["DECISIONS", "RUN_ACTIONS", "STEP_ACTIONS", "decide", "perform", "request_approval"]
 
 log = logging.getLogger("faber_runlog.gateway")
 
@@ -32,8 +33,12 @@ RUN_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
 """Run-level transitions: ``start``, ``pause``, ``resume`` (a paused run), ``cancel``, ``complete``, ``fail``."""
 
 STEP_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
-    "retry_step": lambda run, phase, step, reason=None: run.retry_step(phase, step, reason),
-    "skip_step": lambda run, phase, step, reason=None: run.skip_step(phase, step, reason),
+    "retry_step": lambda run, phase, step=None, reason=None: run.retry_step(
+        phase, _needed(run, "retry_step", "step", step), reason
+    ),
+    "skip_step": lambda run, phase, step=None, reason=None: run.skip_step(
+        phase, _needed(run, "skip_step", "step", step), reason
+    ),
     "retry_phase": lambda run, phase, step=None, reason=None: run.retry_phase(phase),
     "skip_phase": lambda run, phase, step=None, reason=None: run.skip_phase(phase, reason),
 }
@@ -59,22 +64,37 @@ def _route(gateway: Gateway, run: Run, event: Event) -> Event:
     return event
 
 
-def perform(gateway: Gateway, run_id: str, action: str, **fields: Any) -> Event | None:
-    """Apply the run or step action ``action`` to ``run_id``; None (nothing written) when logging is off.
-
-    Raises ``InvalidTransition`` when the run's status does not allow it, and
-    ``InvalidEvent`` for an unknown action or a missing argument.
-    """
-    fn = RUN_ACTIONS.get(action) or STEP_ACTIONS.get(action)
-    if fn is None:
-        from faber_runlog._hints import did_you_mean
-
-        known = sorted([*RUN_ACTIONS, *STEP_ACTIONS])
-        raise InvalidEvent(f"unknown action {action!r}{did_you_mean(action, known)}; use one of {', '.join(known)}")
+def _open(gateway: Gateway, run_id: str) -> Run | None:
+    """The run to act on, or None when logging is off (then nothing is written)."""
     if not gateway.enabled:
         return None
     _ = gateway.backends  # a misconfigured backend is reported before anything is written
-    run = gateway.store.get_run(run_id)
+    return gateway.store.get_run(run_id)
+
+
+def perform(
+    gateway: Gateway,
+    run_id: str,
+    action: str,
+    *,
+    among: Mapping[str, Callable[..., Event]] | None = None,
+    **fields: Any,
+) -> Event | None:
+    """Apply the action ``action`` (one of ``among``, default all) to ``run_id``; None when logging is off.
+
+    Raises ``InvalidTransition`` when the run's status does not allow it, and
+    ``InvalidEvent`` for an unknown action (with the close matches) or a missing argument.
+    """
+    table = among if among is not None else {**RUN_ACTIONS, **STEP_ACTIONS}
+    fn = table.get(action)
+    if fn is None:
+        raise InvalidEvent(
+            f"unknown action {action!r}{did_you_mean(action, table)}; use one of {', '.join(table)}. "
+            "Nothing was written."
+        )
+    run = _open(gateway, run_id)
+    if run is None:
+        return None
     return _route(gateway, run, fn(run, **{k: v for k, v in fields.items() if v is not None}))
 
 
@@ -89,10 +109,9 @@ def decide(
     user: str | None = None,
 ) -> Event | None:
     """Decide an approval through ``Run.decide``; None (nothing written) when logging is off."""
-    if not gateway.enabled:
+    run = _open(gateway, run_id)
+    if run is None:
         return None
-    _ = gateway.backends
-    run = gateway.store.get_run(run_id)
     event = run.decide(approval_id, action, client_token=client_token, comment=comment, user=user)
     return _route(gateway, run, event)
 
@@ -107,9 +126,8 @@ def request_approval(
     approval_id: str | None = None,
 ) -> Event | None:
     """Open an approval gate through ``Run.request_approval``; None when logging is off."""
-    if not gateway.enabled:
+    run = _open(gateway, run_id)
+    if run is None:
         return None
-    _ = gateway.backends
-    run = gateway.store.get_run(run_id)
     event = run.request_approval(gate, phase=phase, payload=payload, approval_id=approval_id)
     return _route(gateway, run, event)

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from faber_runlog._hints import did_you_mean
 from faber_runlog._version import __version__
 from faber_runlog.errors import FaberRunlogError, MissingExtra
 from faber_runlog.gateway import Gateway
@@ -237,12 +236,9 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error
         run_id: str, action: str, reason: str | None = None, summary: str | None = None, error: str | None = None
     ) -> dict[str, Any]:
         try:
-            if action not in _actions.RUN_ACTIONS:
-                raise ValueError(
-                    f"unknown action {action!r}{did_you_mean(action, _actions.RUN_ACTIONS)}; use one of "
-                    f"{', '.join(_actions.RUN_ACTIONS)}. Nothing was written."
-                )
-            event = _actions.perform(gateway, run_id, action, reason=reason, summary=summary, error=error)
+            event = _actions.perform(
+                gateway, run_id, action, among=_actions.RUN_ACTIONS, reason=reason, summary=summary, error=error
+            )
             return written(run_id, action, event)
         except (FaberRunlogError, ValueError, LookupError) as e:
             raise refused(e, tool_error) from e
@@ -251,14 +247,9 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error
         run_id: str, action: str, phase: str, step: str | None = None, reason: str | None = None
     ) -> dict[str, Any]:
         try:
-            if action not in _actions.STEP_ACTIONS:
-                raise ValueError(
-                    f"unknown action {action!r}{did_you_mean(action, _actions.STEP_ACTIONS)}; use one of "
-                    f"{', '.join(_actions.STEP_ACTIONS)}. Nothing was written."
-                )
-            if action.endswith("_step") and not step:
-                raise ValueError(f"{action} needs step (the step's name in phase {phase!r}). Nothing was written.")
-            event = _actions.perform(gateway, run_id, action, phase=phase, step=step, reason=reason)
+            event = _actions.perform(
+                gateway, run_id, action, among=_actions.STEP_ACTIONS, phase=phase, step=step, reason=reason
+            )
             return written(run_id, action, event)
         except (FaberRunlogError, ValueError, LookupError) as e:
             raise refused(e, tool_error) from e
