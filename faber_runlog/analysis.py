@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from faber_runlog import _codec
+from faber_runlog._hints import check_status_filter
 from faber_runlog._progress import Progress
 from faber_runlog.errors import MissingExtra
 from faber_runlog.ids import RunId
@@ -197,6 +198,7 @@ def runs_frame(
     ``consolidated`` says whether the run's events are in ``events.jsonl``.
     """
     pd = _require("pandas")
+    check_status_filter(status)
     lo, hi = _iso(since, "since"), _iso(until, "until")
     rids = [RunId.parse(r) for r in run_ids] if run_ids is not None else list(store._run_ids(org, project))
     cols: dict[str, list[Any]] = {c: [] for c in RUN_COLUMNS}

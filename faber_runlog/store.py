@@ -11,11 +11,10 @@ import attrs
 import fsspec
 
 from faber_runlog import _codec, lifecycle, report
-from faber_runlog._hints import did_you_mean
+from faber_runlog._hints import check_status_filter, did_you_mean
 from faber_runlog.errors import (
     CorruptState,
     InvalidEventPosition,
-    InvalidFilter,
     InvalidRunId,
     InvalidStoreUrl,
     RunExists,
@@ -27,7 +26,7 @@ from faber_runlog.layout import RunLayout
 from faber_runlog.lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
 from faber_runlog.log import EventLog
 from faber_runlog.metadata import RunMetadata, capture_environment
-from faber_runlog.state import RUN_STATUSES, RunState
+from faber_runlog.state import RunState
 from faber_runlog.storage import Storage, open_filesystem
 
 __all__ = ["DEFAULT_ROOT", "Lineage", "Run", "RunStore", "RunSummary"]
@@ -432,11 +431,7 @@ class RunStore:
         ``status`` is the status recorded in each run's latest snapshot, which is
         rewritten on every status change.
         """
-        if status is not None and status not in RUN_STATUSES:
-            raise InvalidFilter(
-                f"unknown run status {status!r}{did_you_mean(status, RUN_STATUSES)}; "
-                f"use one of {', '.join(RUN_STATUSES)}"
-            )
+        check_status_filter(status)
         rids = list(self._run_ids(org, project))
         keys = [k for rid in rids for k in (RunLayout(rid).metadata, RunLayout(rid).state)]
         bodies = self.storage.read_many(keys)

@@ -57,6 +57,10 @@ def test_an_invalid_status_filter_is_refused_with_a_suggestion(store: RunStore) 
     with pytest.raises(InvalidFilter, match=r"unknown run status 'failure' \(did you mean 'failed'\?\)"):
         store.list_runs(status="failure")
     assert 1 == len(store.list_runs(status="created"))
+    pytest.importorskip("pandas")
+    for frame in (store.events_frame, store.runs_frame):
+        with pytest.raises(InvalidFilter, match="did you mean 'failed'"):
+            frame(status="failure")
 
 
 def test_schema_errors_name_the_missing_field_and_close_types() -> None:
