@@ -69,7 +69,7 @@ def assert_consistent(store: RunStore, run_id: str, expected_events: int) -> Non
 def test_four_processes_appending_through_random_faults_write_each_event_once(
     proxy: FaultProxy, soak: bool
 ) -> None:
-    procs, per = 4, (500 if soak else 60)
+    procs, per = 4, (500 if soak else 100)  # fewer than 100 may miss a fault kind on PUTs
     spec = spec_via(proxy)
     store = open_store(spec)
     run = store.create_run("acme", "web")
