@@ -15,7 +15,7 @@ import time
 from types import TracebackType
 from typing import Final, TextIO
 
-__all__ = ["PROGRESS_ENV", "Progress", "progress_wanted"]
+__all__ = ["PROGRESS_ENV", "Progress", "is_terminal", "progress_wanted"]
 
 PROGRESS_ENV: Final = "FABER_RUNLOG_PROGRESS"
 """``1`` shows progress bars even without a terminal, ``0`` hides them; unset: only on a terminal."""
@@ -27,7 +27,8 @@ _TTY_EVERY: Final = 0.1  # seconds between redraws on a terminal
 _LOG_EVERY: Final = 5.0  # seconds between plain lines elsewhere
 
 
-def _isatty(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` is a terminal (False for closed or unusual streams)."""
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # a closed or unusual stream
@@ -45,7 +46,7 @@ def progress_wanted(progress: bool | None, stream: TextIO | None = None) -> bool
             return True
         if value in _OFF:
             return False
-    return _isatty(stream if stream is not None else sys.stderr)
+    return is_terminal(stream if stream is not None else sys.stderr)
 
 
 class Progress:
@@ -61,7 +62,7 @@ class Progress:
         self.done = 0
         self._stream = stream if stream is not None else sys.stderr
         self.enabled = total > 0 and progress_wanted(enabled, self._stream)
-        self._tty = _isatty(self._stream)
+        self._tty = is_terminal(self._stream)
         self._last = 0.0
         self._drawn = False
         self._drawn_done = -1

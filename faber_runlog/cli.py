@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from faber_runlog import _codec
+from faber_runlog._progress import is_terminal
 from faber_runlog.errors import (
     FaberRunlogError,
     InvalidEvent,
@@ -359,7 +360,7 @@ def _cmd_tail(ctx: _Ctx) -> int:
     state = run.state(at=last)
     if a.until_end and _run_stopped(state):
         return EXIT_OK
-    if _isatty(ctx.err):
+    if is_terminal(ctx.err):
         ctx.err.write(f"following {run.id}; press Ctrl-C to stop\n")
         ctx.err.flush()
     try:
@@ -371,13 +372,6 @@ def _cmd_tail(ctx: _Ctx) -> int:
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a follow normally ends
     return EXIT_OK
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
 
 
 def _plan_lines(plan: Any) -> list[str]:
