@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from faber_runlog import _codec
 from faber_runlog._format import RunLayout
+from faber_runlog._hints import check_status_filter
 from faber_runlog._progress import Progress
 from faber_runlog.errors import MissingExtra
 from faber_runlog.ids import RunId
@@ -98,7 +99,7 @@ def events_frame(
     until: Any = None,
     types: Iterable[str] | None = None,
     run_ids: Iterable[str] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Any:
     """One row per event (columns :data:`EVENT_COLUMNS`), runs and events filtered as asked.
 
@@ -122,7 +123,7 @@ def _event_columns(
     until: Any,
     types: Iterable[str] | None,
     run_ids: Iterable[str] | None,
-    progress: bool,
+    progress: bool | None,
 ) -> dict[str, list[Any]]:
     lo, hi = _iso(since, "since"), _iso(until, "until")
     wanted = frozenset(types) if types is not None else None
@@ -188,7 +189,7 @@ def runs_frame(
     since: Any = None,
     until: Any = None,
     run_ids: Iterable[str] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Any:
     """One row per run (columns :data:`RUN_COLUMNS`), from metadata and ``state.json``; reads no events.
 
@@ -197,6 +198,7 @@ def runs_frame(
     ``consolidated`` says whether the run's events are in ``events.jsonl``.
     """
     pd = _require("pandas")
+    check_status_filter(status)
     lo, hi = _iso(since, "since"), _iso(until, "until")
     rids = [RunId.parse(r) for r in run_ids] if run_ids is not None else list(store._run_ids(org, project))
     cols: dict[str, list[Any]] = {c: [] for c in RUN_COLUMNS}

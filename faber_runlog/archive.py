@@ -407,12 +407,13 @@ def _older_than(older_than: _dt.timedelta | float | None) -> str | None:
 class Archiver:
     """Copies finished runs from ``source`` to ``destination`` (typically local to S3) and cleans up.
 
-    ``progress`` draws a progress line on stderr for batch calls; ``batch_size``
+    ``progress`` draws a progress bar on stderr for batch calls and cleanup (None:
+    only when stderr is a terminal, or as ``$FABER_RUNLOG_PROGRESS`` says); ``batch_size``
     runs are uploaded together (concurrently on S3).
     """
 
     def __init__(
-        self, source: RunStore, destination: RunStore, *, progress: bool = True, batch_size: int = 64
+        self, source: RunStore, destination: RunStore, *, progress: bool | None = None, batch_size: int = 64
     ) -> None:
         if source.url == destination.url:
             raise ValueError(f"source and destination are the same store ({source.url}); archive to another one")
@@ -624,6 +625,7 @@ class Archiver:
         dry_run: bool = True,
         org: str | None = None,
         project: str | None = None,
+        progress: bool | None = None,
     ) -> CleanupReport:
         """Remove per-event files of archived source runs, as ``policy`` says; ``dry_run`` only lists.
 
@@ -641,33 +643,51 @@ class Archiver:
         cutoff = _older_than(policy.keep_days)
         items: list[CleanupItem] = []
         grace_cutoff = _codec.iso(_dt.datetime.now(_dt.UTC) - _dt.timedelta(seconds=self.source.seal_grace))
-        for summary, rid in archived:
-            marker = _codec.loads(markers[_marker_key(rid)] or b"{}")
-            sealed_at = int(marker.get("last_seq", 0)) + 1
-            files = [n for n in src.list_names(RunLayout(rid).events) if (parse_seq_name(n) or 0) not in (0, sealed_at)]
-            reason = None
-            if not files:
-                reason = "no event files left"
-            elif indexed.get(_index_key(rid)) is None:
-                reason = f"not in the archive index of {self.destination.url}; archive it again"
-            elif policy.keep_failed and summary.status == "failed":
-                reason = "failed runs are kept (keep_failed)"
-            elif cutoff is not None and str(marker.get("archived_at", "")) > cutoff:
-                reason = f"archived {marker.get('archived_at')}, within keep_days={policy.keep_days:g}"
-            elif str(marker.get("archived_at", "")) > grace_cutoff:
-                reason = f"sealed less than seal_grace={self.source.seal_grace:g}s ago; writers may still be stalled"
-            if reason is not None:
-                items.append(CleanupItem(str(rid), "keep", reason, len(files)))
-                continue
-            if not dry_run:
-                try:
-                    self._remove_events(rid, files)
-                except FaberRunlogError as e:  # one damaged run does not stop the cleanup of the others
-                    log.warning("cleanup of run %s skipped: %s", rid, e)
-                    items.append(CleanupItem(str(rid), "keep", f"not removed: {e}", len(files)))
-                    continue
-            items.append(CleanupItem(str(rid), "remove", "archived and verified", len(files)))
+        bar = Progress("cleaning up", len(archived), enabled=self.progress if progress is None else progress)
+        with bar:
+            for summary, rid in archived:
+                self._clean_one(summary, rid, markers, indexed, policy, cutoff, grace_cutoff, dry_run, items)
+                bar.update()
         return CleanupReport(dry_run, tuple(items))
+
+    def _clean_one(
+        self,
+        summary: Any,
+        rid: RunId,
+        markers: dict[str, bytes | None],
+        indexed: dict[str, bytes | None],
+        policy: RetentionPolicy,
+        cutoff: str | None,
+        grace_cutoff: str,
+        dry_run: bool,
+        items: list[CleanupItem],
+    ) -> None:
+        src = self.source.storage
+        marker = _codec.loads(markers[_marker_key(rid)] or b"{}")
+        sealed_at = int(marker.get("last_seq", 0)) + 1
+        files = [n for n in src.list_names(RunLayout(rid).events) if (parse_seq_name(n) or 0) not in (0, sealed_at)]
+        reason = None
+        if not files:
+            reason = "no event files left"
+        elif indexed.get(_index_key(rid)) is None:
+            reason = f"not in the archive index of {self.destination.url}; archive it again"
+        elif policy.keep_failed and summary.status == "failed":
+            reason = "failed runs are kept (keep_failed)"
+        elif cutoff is not None and str(marker.get("archived_at", "")) > cutoff:
+            reason = f"archived {marker.get('archived_at')}, within keep_days={policy.keep_days:g}"
+        elif str(marker.get("archived_at", "")) > grace_cutoff:
+            reason = f"sealed less than seal_grace={self.source.seal_grace:g}s ago; writers may still be stalled"
+        if reason is not None:
+            items.append(CleanupItem(str(rid), "keep", reason, len(files)))
+            return
+        if not dry_run:
+            try:
+                self._remove_events(rid, files)
+            except FaberRunlogError as e:  # one damaged run does not stop the cleanup of the others
+                log.warning("cleanup of run %s skipped: %s", rid, e)
+                items.append(CleanupItem(str(rid), "keep", f"not removed: {e}", len(files)))
+                return
+        items.append(CleanupItem(str(rid), "remove", "archived and verified", len(files)))
 
     def _remove_events(self, rid: RunId, names: list[str]) -> None:
         src = self.source.storage

@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 from faber_runlog import _codec
+from faber_runlog._progress import is_terminal
 from faber_runlog.errors import (
     FaberRunlogError,
     InvalidEvent,
+    InvalidEventPosition,
+    InvalidFilter,
     InvalidRerun,
     InvalidRunId,
+    InvalidStoreUrl,
     UnsafePath,
 )
 from faber_runlog.events import Event
@@ -34,7 +39,6 @@ STORAGE_OPTIONS_ENV: Final = "FABER_RUNLOG_STORAGE_OPTIONS"
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
-_END_EVENTS: Final = frozenset({"workflow_complete", "workflow_error", "workflow_cancelled"})
 
 
 class UsageError(Exception):
@@ -45,10 +49,25 @@ class UsageError(Exception):
 
 
 def _json_arg(text: str, what: str) -> Any:
+    import json
+
+    from faber_runlog.events import check_json_value
+
     try:
-        return _codec.loads(text)
-    except _codec.JSONDecodeError as e:
+        # The stdlib parser keeps big integers exact (orjson would turn them into floats), so the
+        # same check as the Python API refuses what JSON readers cannot share.
+        value = json.loads(text, parse_constant=lambda c: _refuse_constant(c, what))
+    except ValueError as e:
         raise UsageError(f"{what} is not valid JSON ({e}): {text!r}") from e
+    try:
+        check_json_value(value, what)
+    except InvalidEvent as e:
+        raise UsageError(str(e)) from e
+    return value
+
+
+def _refuse_constant(name: str, what: str) -> Any:
+    raise UsageError(f"{what} holds {name}; JSON has no NaN or Infinity, use null or a string")
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
@@ -317,8 +336,25 @@ def _cmd_show(ctx: _Ctx) -> int:
     return EXIT_OK
 
 
+_UNTIL_END_STATUSES: Final = frozenset({"completed", "failed", "cancelled", "failing"})
+"""Where ``tail --until-end`` stops: the run ended, or failed and waits for a resume or retry ("failing")."""
+
+
+def _run_stopped(state: Any) -> bool:
+    """Whether a follower should stop: no more events will come without someone acting on the run."""
+    return state.status in _UNTIL_END_STATUSES
+
+
 def _cmd_tail(ctx: _Ctx) -> int:
+    from faber_runlog.state import fold
+
     a = ctx.args
+    if a.lines < 0:
+        raise UsageError(f"-n/--lines must be >= 0, got {a.lines}: it counts the last events to show")
+    if a.since is not None and a.since < 0:
+        raise UsageError(f"--since must be an event id >= 0, got {a.since}")
+    if a.poll <= 0 or (a.timeout is not None and a.timeout < 0):
+        raise UsageError("--poll must be > 0 and --timeout >= 0 seconds")
     run = ctx.store.get_run(a.run_id)
     since = a.since if a.since is not None else max(0, run.state().last_event_id - a.lines)
     emit_line: Callable[[Event], None]
@@ -338,14 +374,20 @@ def _cmd_tail(ctx: _Ctx) -> int:
     for event in run.log.read(since):
         emit_line(event)
         last = event.event_id
-        if a.until_end and event.type in _END_EVENTS:
-            return EXIT_OK
     if not a.follow:
         return EXIT_OK
+    # The state is folded along as events arrive, so --until-end needs no extra reads.
+    state = run.state(at=last)
+    if a.until_end and _run_stopped(state):
+        return EXIT_OK
+    if is_terminal(ctx.err):
+        ctx.err.write(f"following {run.id}; press Ctrl-C to stop\n")
+        ctx.err.flush()
     try:
         for event in run.log.tail(last, poll_interval=a.poll, timeout=a.timeout):
             emit_line(event)
-            if a.until_end and event.type in _END_EVENTS:
+            state = fold(state, event)
+            if a.until_end and _run_stopped(state):
                 break
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a follow normally ends
@@ -369,6 +411,11 @@ def _cmd_resume(ctx: _Ctx) -> int:
     from faber_runlog.resume import Resumer
 
     a = ctx.args
+    if not a.dry_run and ctx.store.get_run(a.run_id).state().status == "paused":
+        from faber_runlog import _actions
+
+        # A paused run goes back to where it was paused, through the checked transition.
+        return _done(ctx, "resume", _actions.perform(ctx.gateway, a.run_id, "resume", reason=a.reason))
     resumer = Resumer(ctx.store)
     if a.dry_run:
         plan = resumer.plan(a.run_id, allow_cancelled=a.allow_cancelled)
@@ -466,7 +513,7 @@ def _cmd_archive(ctx: _Ctx) -> int:
         if settings.url is None:
             raise UsageError("no archive destination: pass --to URL, or set backends.s3_archive.bucket in gateway.json")
         destination = RunStore(settings.url, storage_options=dict(settings.storage_options) or None)
-    archiver = Archiver(ctx.store, destination, progress=not ctx.json and sys.stderr.isatty())
+    archiver = Archiver(ctx.store, destination, progress=False if ctx.json else None)
     results = archiver.archive_finished(older_than=a.older_than) if a.all_finished else archiver.archive_many(a.run_ids)
     failed = [r for r in results if not r.ok]
     if ctx.json:
@@ -559,6 +606,139 @@ def _cmd_mcp(ctx: _Ctx) -> int:
     return EXIT_OK
 
 
+# -- lifecycle: every checked transition and approval decision (faber_runlog._actions) -------------------
+#
+# Each command goes through the same Run.* method as Python code, so a refused
+# transition writes nothing and says why; the event then reaches the gateway's
+# other backends as an emitted one would.
+
+
+def _done(ctx: _Ctx, action: str, event: Event | None) -> int:
+    if event is None:
+        return _disabled(ctx, "nothing was written")
+    status = ctx.store.get_run(ctx.args.run_id).state().status
+    if ctx.json:
+        _dump({"run_id": ctx.args.run_id, "action": action, "event_id": event.event_id, "status": status,
+               "event": event.to_dict()}, ctx.out)  # fmt: skip
+    else:
+        ctx.out.write(f"{action}: {event.type} is event {event.event_id}; the run is now {status}\n")
+    return EXIT_OK
+
+
+def _cmd_transition(ctx: _Ctx) -> int:
+    from faber_runlog import _actions
+
+    a = ctx.args
+    fields = {k: getattr(a, k, None) for k in ("reason", "summary", "error", "phase", "step")}
+    return _done(ctx, a.action, _actions.perform(ctx.gateway, a.run_id, a.action, **fields))
+
+
+def _cmd_request_approval(ctx: _Ctx) -> int:
+    from faber_runlog import _actions
+
+    a = ctx.args
+    payload = _json_object(a.payload, "--payload") if a.payload else None
+    event = _actions.request_approval(
+        ctx.gateway, a.run_id, a.gate, phase=a.phase, payload=payload, approval_id=a.approval_id
+    )
+    code = _done(ctx, "request_approval", event)
+    if event is not None and not ctx.json:
+        ctx.out.write(f"approval id: {event.metadata['approval_id']}\n")
+    return code
+
+
+def _cmd_decide(ctx: _Ctx) -> int:
+    import uuid
+
+    from faber_runlog import _actions
+
+    a = ctx.args
+    # Without --token each call is a new decision; pass one to make a retried command safe.
+    token = a.token or f"cli-{uuid.uuid4().hex}"
+    event = _actions.decide(
+        ctx.gateway, a.run_id, a.approval_id, a.action, client_token=token, comment=a.comment, user=a.user
+    )
+    return _done(ctx, a.action, event)
+
+
+def _cmd_sweep(ctx: _Ctx) -> int:
+    a = ctx.args
+    if a.older_than < 0:
+        raise UsageError(f"--older-than must be >= 0 seconds, got {a.older_than}")
+    if not ctx.gateway.enabled:
+        return _disabled(ctx, "nothing was swept")
+    swept = ctx.store.sweep_stale(a.older_than, run_ids=a.run or None, include_unleased=a.include_unleased)
+    if ctx.json:
+        _dump([s.to_dict() for s in swept], ctx.out)
+        return EXIT_OK
+    for s in swept:
+        owner = f" (lease of {s.lease_owner} expired {s.lease_expired_at})" if s.lease_owner else ""
+        ctx.out.write(f"failed {s.run_id}: was {s.previous_status}, workflow_error is event {s.event_id}{owner}\n")
+    ctx.out.write(f"{len(swept)} stale run(s) failed\n")
+    return EXIT_OK
+
+
+def _add_lifecycle_commands(sub: Any, js: argparse.ArgumentParser) -> None:
+    """The lifecycle commands: start, pause, cancel, complete, fail, retry/skip, approvals, sweep."""
+    simple = {
+        "start": "created -> running (appends workflow_start)",
+        "pause": "pause a run; resume returns it to where it was",
+        "cancel": "cancel an active run (closes pending approvals, writes the final report)",
+        "complete": "complete a running run (writes the final report)",
+        "fail": "fail a run for good (writes the final report)",
+    }
+    for name, text in simple.items():
+        p = sub.add_parser(name, parents=[js], help=text, description=text)
+        p.add_argument("run_id")
+        if name in ("pause", "cancel", "fail"):
+            p.add_argument("--reason", help="why, recorded on the event")
+        if name == "complete":
+            p.add_argument("--summary", help="a closing summary, recorded on the event")
+        if name == "fail":
+            p.add_argument("--error", required=True, help="what went wrong")
+        p.set_defaults(func=_cmd_transition, action=name)
+    for name, text in {
+        "retry-step": "try a failed or cancelled step again",
+        "skip-step": "skip a step that is not running or completed",
+        "retry-phase": "run a failed or cancelled phase again",
+        "skip-phase": "skip a phase that has not completed",
+    }.items():
+        p = sub.add_parser(name, parents=[js], help=text, description=text)
+        p.add_argument("run_id")
+        p.add_argument("phase")
+        if name.endswith("-step"):
+            p.add_argument("step")
+        if name != "retry-phase":
+            p.add_argument("--reason", help="why, recorded on the event")
+        p.set_defaults(func=_cmd_transition, action=name.replace("-", "_"))
+
+    p = sub.add_parser("request-approval", parents=[js], help="open an approval gate; prints its approval id")
+    p.add_argument("run_id")
+    p.add_argument("gate", help="what is being approved, e.g. deploy")
+    p.add_argument("--phase", help="the phase the gate belongs to")
+    p.add_argument("--payload", metavar="JSON", help="what the approver sees, as a JSON object")
+    p.add_argument("--approval-id", help="a stable id: asking again with it is safe")
+    p.set_defaults(func=_cmd_request_approval)
+    for name, text in {
+        "approve": "approve a pending approval (the run goes on)",
+        "reject": "reject a pending approval (the run fails)",
+        "request-changes": "send the gated phase back (the run goes on)",
+    }.items():
+        p = sub.add_parser(name, parents=[js], help=text, description=text)
+        p.add_argument("run_id")
+        p.add_argument("approval_id", help="as printed by request-approval or show")
+        p.add_argument("--token", help="client token: the same token repeats the same decision safely")
+        p.add_argument("--comment")
+        p.add_argument("--user", help="who decided")
+        p.set_defaults(func=_cmd_decide, action=name.replace("-", "_"))
+
+    p = sub.add_parser("sweep", parents=[js], help="fail active runs whose writer's lease expired")
+    p.add_argument("--older-than", type=float, default=0.0, metavar="S", help="lease expired S seconds ago or more")
+    p.add_argument("--run", action="append", metavar="RUN_ID", help="only this run (repeatable)")
+    p.add_argument("--include-unleased", action="store_true", help="also runs with no lease, idle for --older-than")
+    p.set_defaults(func=_cmd_sweep)
+
+
 # -- the parser -------------------------------------------------------------------------------------------
 
 
@@ -632,15 +812,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing events as they are written")
     p.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="start with the last N events")
     p.add_argument("--since", type=int, metavar="ID", help="start after this event id instead")
-    p.add_argument("--until-end", action="store_true", help="stop after workflow_complete/_error/_cancelled")
+    p.add_argument("--until-end", action="store_true",
+                   help="with --follow: stop once the run has ended or failed (also a step failure)")  # fmt: skip
     p.add_argument("--timeout", type=float, metavar="S", help="stop following after S idle seconds")
     p.add_argument("--poll", type=float, default=0.25, metavar="S", help="poll interval (default 0.25 s)")
     p.set_defaults(func=_cmd_tail)
 
-    p = sub.add_parser("resume", parents=[js], help="resume a stopped run (same id) and print the plan")
+    p = sub.add_parser(
+        "resume", parents=[js], help="resume a paused run, or a stopped one (same id), and print the plan"
+    )
     p.add_argument("run_id")
     p.add_argument("--dry-run", action="store_true", help="only print the plan; write nothing")
     p.add_argument("--allow-cancelled", action="store_true", help="resume a cancelled run too")
+    p.add_argument("--reason", help="for a paused run: why it resumes, recorded on the event")
     p.set_defaults(func=_cmd_resume)
 
     p = sub.add_parser("rerun", parents=[js], help="start a new run from a finished one, with changed params")
@@ -689,6 +873,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dest-storage-options", metavar="JSON", help="fsspec storage options of DEST (no secrets)")
     p.set_defaults(func=_cmd_export)
 
+    _add_lifecycle_commands(sub, js)
+
     p = sub.add_parser("demo", help="log a short demo run and print its state")
     p.set_defaults(func=_cmd_demo)
 
@@ -698,9 +884,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _exit_code(exc: BaseException) -> int:
-    if isinstance(exc, (UsageError, InvalidRunId, UnsafePath, InvalidEvent, InvalidRerun)):
+    usage = (UsageError, InvalidRunId, UnsafePath, InvalidEvent, InvalidRerun, InvalidFilter, InvalidStoreUrl,
+             InvalidEventPosition)  # fmt: skip
+    if isinstance(exc, usage):
         return EXIT_USAGE
     return EXIT_FAILED
+
+
+# The library's messages point to Python calls; on the command line the same advice is a command.
+_CLI_WORDS: Final = (
+    (re.compile(r"list_runs\(\)"), "`faber-runlog list`"),
+    (re.compile(r"\(?Resumer\(store\)\.rerun\(run_id\)\)?"), "`faber-runlog rerun RUN_ID`"),
+    (re.compile(r"Resumer\(store\)\.resume\(run_id\)"), "`faber-runlog resume RUN_ID`"),
+    (re.compile(r"\brerun\(\)"), "`faber-runlog rerun RUN_ID`"),
+    (re.compile(r"\bverify(_run)?\(\)"), "`faber-runlog verify RUN_ID`"),
+    (re.compile(r"\bsweep_stale\(\)"), "`faber-runlog sweep`"),
+    (re.compile(r"open it with get_run\(\) instead"), "see it with `faber-runlog show RUN_ID`"),
+    (re.compile(r"pass allow_cancelled=True"), "pass --allow-cancelled"),
+)
+
+
+def _cli_words(text: str) -> str:
+    """``text`` with the Python calls it recommends replaced by the matching ``faber-runlog`` commands."""
+    for pattern, words in _CLI_WORDS:
+        text = pattern.sub(words, text)
+    return text
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -721,7 +929,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         if args.debug:
             raise
         known = isinstance(e, (FaberRunlogError, UsageError, OSError, ValueError, LookupError))
-        text = " ".join(str(e).split()) or type(e).__name__
+        text = _cli_words(" ".join(str(e).split())) or type(e).__name__
         prefix = "error" if known else f"internal error ({type(e).__name__})"
         hint = "" if known else "; run again with --debug for the traceback"
         err.write(f"faber-runlog: {prefix}: {text}{hint}\n")

@@ -37,4 +37,19 @@ def run_demo(store: RunStore | None = None, out: TextIO = sys.stdout) -> str:
     failed = state.failed_step
     if failed is not None:
         out.write(f"failed step: {failed.phase}/{failed.name}: {failed.error}\n")
+    root = "" if store.url == RunStore().url else f" --root {_quote(store.url)}"
+    out.write(
+        "\nThis failure is staged: the demo logs a test step that fails on purpose, so there is something to look\n"
+        "at and resume. Nothing is wrong with your setup. Next, try:\n"
+        f"  faber-runlog{root} show {run.id}\n"
+        f"  faber-runlog{root} resume {run.id} --dry-run\n"
+        f"  faber-runlog{root} retry-step {run.id} test unit\n"
+        f"  faber-runlog{root} report {run.id}\n"
+    )
     return run.id
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)

@@ -20,9 +20,12 @@ __all__ = [
     "CredentialsMissing",
     "FaberRunlogError",
     "InvalidEvent",
+    "InvalidEventPosition",
+    "InvalidFilter",
     "InvalidGatewayConfig",
     "InvalidRerun",
     "InvalidRunId",
+    "InvalidStoreUrl",
     "InvalidTransition",
     "LeaseLost",
     "MissingExtra",
@@ -63,6 +66,38 @@ class InvalidEvent(FaberRunlogError, ValueError):
         super().__init__(message)
         self.run_id = run_id
         self.event_type = event_type
+
+
+class InvalidStoreUrl(InvalidArgument, TypeError):
+    """The store URL is empty, not a string or path, or names a protocol no installed filesystem handles.
+
+    It is a ``ValueError`` for a bad URL and a ``TypeError`` for a value that is no URL at all,
+    so callers catching either builtin keep working.
+    """
+
+
+class InvalidFilter(InvalidArgument):
+    """A query filter names a value that cannot match (an unknown status); nothing was read."""
+
+
+class InvalidEventPosition(InvalidArgument):
+    """An event id asked of a run is beyond its last event (or negative): the caller's mistake, not damage."""
+
+    def __init__(self, message: str, *, run_id: str, at: int, last_event_id: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.at = at
+        self.last_event_id = last_event_id
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+
+def _rebuild(cls: type[Exception], message: str, attrs: dict[str, object]) -> Exception:
+    err = Exception.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(attrs)
+    return err
 
 
 class InvalidGatewayConfig(FaberRunlogError, ValueError):
@@ -123,7 +158,7 @@ class StorageError(FaberRunlogError, OSError):
     """The backend failed in a way we could not retry away."""
 
 
-def _rebuild(cls: type[BaseException], message: str, fields: dict[str, object]) -> BaseException:
+def _rebuild_fields(cls: type[BaseException], message: str, fields: dict[str, object]) -> BaseException:
     """Unpickle an error whose constructor takes keyword-only fields."""
     return cls(message, **fields)
 

@@ -19,6 +19,7 @@ import fastjsonschema
 
 from faber_runlog import _codec
 from faber_runlog._converter import converter
+from faber_runlog._hints import did_you_mean
 from faber_runlog.errors import InvalidEvent
 
 __all__ = [
@@ -237,8 +238,9 @@ def _validator_for(event_type: str) -> Callable[[Any], Any]:
         spec = _types.get(event_type)
         if spec is None:
             raise InvalidEvent(
-                f"unknown event type {event_type!r}: use one of the built-in types "
-                "or register it first with faber_runlog.register_event_type()",
+                f"unknown event type {event_type!r}{did_you_mean(event_type, _types)}: use one of the built-in "
+                "types (listed in docs/layout-and-events.md) or register it first with "
+                "faber_runlog.register_event_type()",
                 event_type=event_type,
             )
         with _lock:
@@ -294,6 +296,22 @@ def check_json_value(value: Any, where: str, depth: int = 0, error: type[ValueEr
         raise error(f"{where} has a value of type {type(value).__name__}, which JSON cannot store")
 
 
+def _explain(e: fastjsonschema.JsonSchemaValueException) -> str:
+    """A schema failure in the caller's words: the missing field by name, close matches of a bad choice."""
+    field = e.name.replace("data.", "", 1) if e.name and e.name != "data" else None
+    if e.rule == "required" and isinstance(e.value, dict) and isinstance(e.rule_definition, list):
+        missing = [f for f in e.rule_definition if f not in e.value]
+        where = f" in {field!r}" if field else ""
+        names = ", ".join(repr(f) for f in missing)
+        return f"missing the field{'s' if len(missing) > 1 else ''} {names}{where}"
+    if e.rule == "enum" and isinstance(e.rule_definition, list):
+        choices = [c for c in e.rule_definition if isinstance(c, str)]
+        hint = did_you_mean(e.value, choices)
+        return f"field {field!r} is {e.value!r}{hint}; use one of {', '.join(map(repr, e.rule_definition))}"
+    message = e.message.replace("data.", "", 1).replace("data ", "event ", 1)
+    return f"{message} (field {field or 'event'!r})"
+
+
 def validate_event_dict(data: dict[str, Any], *, run_id: str | None = None) -> None:
     """Validate one event dict against the base schema and its type's schema."""
     global _base_validator
@@ -310,10 +328,8 @@ def validate_event_dict(data: dict[str, Any], *, run_id: str | None = None) -> N
         try:
             validator(data)
         except fastjsonschema.JsonSchemaValueException as e:
-            field = e.name.replace("data.", "", 1) if e.name else "event"
             raise InvalidEvent(
-                f"{where} is invalid: {e.message.replace('data.', '', 1)} (field {field!r}); "
-                "fix the value and emit again, nothing was written",
+                f"{where} is invalid: {_explain(e)}; fix the value and emit again, nothing was written",
                 run_id=run_id,
                 event_type=etype,
             ) from e

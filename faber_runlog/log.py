@@ -54,6 +54,7 @@ from faber_runlog.errors import (
     CorruptEvent,
     InvalidArgument,
     InvalidEvent,
+    InvalidEventPosition,
     InvalidTransition,
     RunArchived,
     SequenceConflict,
@@ -61,7 +62,7 @@ from faber_runlog.errors import (
 )
 from faber_runlog.events import Event, _event_from_dict, type_version, upcast, validate_event_dict
 from faber_runlog.ids import RunId
-from faber_runlog.state import RunState, apply
+from faber_runlog.state import RunState, apply, fold_generation
 from faber_runlog.storage import Storage
 
 __all__ = ["SEAL_GRACE", "Commit", "EventLog"]
@@ -159,6 +160,7 @@ class EventLog:
         self._counter = 0
         self._state: RunState | None = None
         self._state_fp: str | None = None  # fingerprint of the writer state's last event
+        self._fold_gen = fold_generation()  # of the fold handlers self._state was folded with
         self._tail = 0  # highest sequence number known to exist
         self._sealed: int | None = None  # the seal's number, once known
         # Monotonic time from which this writer's tail is known to be current
@@ -504,8 +506,16 @@ class EventLog:
     # -- state -------------------------------------------------------------
 
     def _writer_state(self) -> RunState:
+        if self._state is not None and self._fold_gen != fold_generation():
+            # A fold handler was registered since this state was folded: fold every event again,
+            # from the first (a stored snapshot may predate the handler too).
+            self._fold_gen = fold_generation()
+            fresh = RunState(run_id=self._run_id)
+            last = self._catch_up(fresh)
+            self._state, self._state_fp = fresh, (None if last is None else _event_fp(last))
         if self._state is None:
             started = time.monotonic()
+            self._fold_gen = fold_generation()
             self._state, self._state_fp = self._load()
             self._tail = max(self._tail, self._state.last_event_id)
             self._confirmed = started
@@ -543,9 +553,12 @@ class EventLog:
             raise InvalidArgument(f"at must be an event id >= 0, got {at!r} (run {self._run_id})")
         state, _ = self._load(at)
         if at is not None and state.last_event_id < at:
-            raise InvalidArgument(
-                f"run {self._run_id} has only {state.last_event_id} events, so there is no state at event {at}; "
-                f"pass at= between 0 and {state.last_event_id}"
+            raise InvalidEventPosition(
+                f"run {self._run_id} has events 1..{state.last_event_id}; cannot show its state at event {at}: "
+                f"pass 0..{state.last_event_id}, or leave out at= for the state now",
+                run_id=self._run_id,
+                at=at,
+                last_event_id=state.last_event_id,
             )
         return state
 

@@ -1,7 +1,9 @@
 """The MCP event gateway: tools and resources over stdio (the ``faber_runlog[mcp]`` extra, mcp SDK 2.x).
 
 Start it with ``faber-runlog mcp``. Tools: ``emit_event``, ``create_run``,
-``get_state``, ``list_events``, ``list_runs``, ``resume_plan``. Resources:
+``get_state``, ``list_events``, ``list_runs``, ``resume_plan``, and the lifecycle
+tools ``change_run_status``, ``change_step``, ``request_approval``,
+``decide_approval``, ``sweep_stale_runs`` and ``get_report``. Resources:
 ``faber://run/{run_id}/state``, ``faber://run/{run_id}/events`` and
 ``faber://runs/list`` (the run id's slashes may be sent as they are or as
 ``%2F``). FABER's gateway tools (``fractary_faber_*``) and ``faber://runs``
@@ -12,6 +14,7 @@ server keeps running. The SDK is imported only when a server is built.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 from faber_runlog._version import __version__
@@ -46,7 +49,9 @@ def build_server(gateway: Gateway) -> Any:
     from faber_runlog.resume import Resumer
 
     server_cls, tool_error, resource_error = _sdk()
-    server = server_cls(name="faber-runlog", version=__version__, instructions=_INSTRUCTIONS, log_level="WARNING")
+    server = _plain_errors(server_cls, tool_error)(
+        name="faber-runlog", version=__version__, instructions=_INSTRUCTIONS, log_level="WARNING"
+    )
 
     def refused(e: Exception, error: type[Exception]) -> Exception:
         return error(" ".join(str(e).split()) or type(e).__name__)
@@ -157,6 +162,7 @@ def build_server(gateway: Gateway) -> Any:
     }
     for fn, description in tools.items():
         server.add_tool(fn, description=description)
+    _add_lifecycle_tools(server, gateway, refused, tool_error)
     resources = {
         "faber://run/{+run_id}/state": ("run-state", "The folded state of a run.", state_resource),
         "faber://run/{+run_id}/events": (
@@ -170,6 +176,169 @@ def build_server(gateway: Gateway) -> Any:
 
     register_faber(server, gateway, resource_error)  # FABER's own tool names and faber://runs URIs
     return server
+
+
+# -- argument errors in our words ---------------------------------------------------------------
+
+_KINDS: Final = {
+    "string": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+    "dict": "an object", "list": "a list", "none": "null", "literal": "one of the listed values",
+}  # fmt: skip
+
+
+def _argument_problem(tool: str, err: Mapping[str, Any]) -> str:
+    """One pydantic argument error as a sentence naming the argument and what it must be."""
+    loc = [str(p) for p in err.get("loc", ()) if not str(p).endswith("Arguments")]
+    name = ".".join(loc) or "arguments"
+    kind = str(err.get("type", ""))
+    if kind == "missing":
+        return f"{tool} needs the argument {name!r}"
+    if kind == "extra_forbidden":
+        return f"{tool} takes no argument {name!r}"
+    got = type(err.get("input")).__name__
+    got = {"dict": "an object", "list": "a list", "str": "a string", "NoneType": "null"}.get(got, f"a {got}")
+    wanted = next((words for key, words in _KINDS.items() if kind.startswith(key)), None)
+    if wanted is not None:
+        return f"{tool}: argument {name!r} must be {wanted}, got {got}"
+    return f"{tool}: argument {name!r} is invalid ({str(err.get('msg', kind)).lower()})"
+
+
+def _plain_errors(server_cls: Any, tool_error: type[Exception]) -> Any:
+    """``server_cls`` whose tools refuse bad arguments in our words, not pydantic's (no links, no model names)."""
+    from pydantic import ValidationError
+
+    class Server(server_cls):  # type: ignore[misc, valid-type]
+        async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+            try:
+                return await super().call_tool(name, arguments, context)
+            except tool_error as e:
+                cause = e.__cause__
+                if not isinstance(cause, ValidationError):
+                    raise
+                problems = "; ".join(_argument_problem(name, err) for err in cause.errors())
+                raise tool_error(f"{problems}. Nothing was written; see the tool's input schema.") from None
+
+    return Server
+
+
+# -- lifecycle tools: every checked transition and approval decision ------------------------------
+
+
+def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error: type[Exception]) -> None:
+    """Tools that change a run's status through the same checked ``Run`` methods as Python code."""
+    from faber_runlog import _actions
+    from faber_runlog.events import Event
+
+    def written(run_id: str, action: str, event: Event | None) -> dict[str, Any]:
+        if event is None:
+            return {"written": False, "reason": "logging is disabled in gateway.json"}
+        status = gateway.store.get_run(run_id).state().status
+        return {"written": True, "action": action, "event_id": event.event_id, "status": status,
+                "event": event.to_dict()}  # fmt: skip
+
+    def change_run_status(
+        run_id: str, action: str, reason: str | None = None, summary: str | None = None, error: str | None = None
+    ) -> dict[str, Any]:
+        try:
+            event = _actions.perform(
+                gateway, run_id, action, among=_actions.RUN_ACTIONS, reason=reason, summary=summary, error=error
+            )
+            return written(run_id, action, event)
+        except (FaberRunlogError, ValueError, LookupError) as e:
+            raise refused(e, tool_error) from e
+
+    def change_step(
+        run_id: str, action: str, phase: str, step: str | None = None, reason: str | None = None
+    ) -> dict[str, Any]:
+        try:
+            event = _actions.perform(
+                gateway, run_id, action, among=_actions.STEP_ACTIONS, phase=phase, step=step, reason=reason
+            )
+            return written(run_id, action, event)
+        except (FaberRunlogError, ValueError, LookupError) as e:
+            raise refused(e, tool_error) from e
+
+    def request_approval(
+        run_id: str,
+        gate: str,
+        phase: str | None = None,
+        payload: dict[str, Any] | None = None,
+        approval_id: str | None = None,
+    ) -> dict[str, Any]:
+        try:
+            event = _actions.request_approval(
+                gateway, run_id, gate, phase=phase, payload=payload, approval_id=approval_id
+            )
+            body = written(run_id, "request_approval", event)
+        except (FaberRunlogError, ValueError, LookupError) as e:
+            raise refused(e, tool_error) from e
+        if event is not None:
+            body["approval_id"] = event.metadata["approval_id"]
+        return body
+
+    def decide_approval(
+        run_id: str,
+        approval_id: str,
+        action: str,
+        client_token: str,
+        comment: str | None = None,
+        user: str | None = None,
+    ) -> dict[str, Any]:
+        try:
+            event = _actions.decide(
+                gateway, run_id, approval_id, action, client_token=client_token, comment=comment, user=user
+            )
+            return written(run_id, action, event)
+        except (FaberRunlogError, ValueError, LookupError) as e:
+            raise refused(e, tool_error) from e
+
+    def sweep_stale_runs(
+        older_than: float = 0.0, run_ids: list[str] | None = None, include_unleased: bool = False
+    ) -> dict[str, Any]:
+        try:
+            if not gateway.enabled:
+                return {"written": False, "reason": "logging is disabled in gateway.json", "swept": []}
+            swept = gateway.store.sweep_stale(older_than, run_ids=run_ids, include_unleased=include_unleased)
+        except (FaberRunlogError, ValueError, LookupError) as e:
+            raise refused(e, tool_error) from e
+        return {"written": bool(swept), "swept": [x.to_dict() for x in swept]}
+
+    def get_report(run_id: str, write: bool = False) -> dict[str, Any]:
+        from faber_runlog.report import compose_report
+        from faber_runlog.state import TERMINAL_STATUSES
+
+        try:
+            run = gateway.store.get_run(run_id)
+            if write:
+                status = run.state().status
+                if status not in TERMINAL_STATUSES:
+                    raise ValueError(
+                        f"run {run.id} is {status}: its final report is written when it ends; "
+                        "call without write to see the report so far"
+                    )
+                report: dict[str, Any] = run.write_report()
+            else:
+                report = run.read_report() or compose_report(gateway.store.storage, run.log)
+        except (FaberRunlogError, ValueError, LookupError) as e:
+            raise refused(e, tool_error) from e
+        return report
+
+    tools = {
+        change_run_status: "Change a run's status through its checked transitions: action is start, pause, resume "
+        "(a paused run), cancel, complete or fail (fail needs `error`). Refused, with the reason, when the run's "
+        "status does not allow it; nothing is written then.",
+        change_step: "Retry or skip a step or phase: action is retry_step, skip_step (need `step`), retry_phase or "
+        "skip_phase.",
+        request_approval: "Open an approval gate on a running run; returns its approval_id. The same approval_id "
+        "again returns the stored request.",
+        decide_approval: "Decide an approval: action is approve, reject, request_changes or abort. client_token "
+        "makes a retry safe: the same token and action return the stored decision.",
+        sweep_stale_runs: "Fail active runs whose writer's lease expired `older_than` seconds ago or more.",
+        get_report: "The run's report (the stored final report, or one composed now); write=true writes "
+        "report.json and report.md for an ended run.",
+    }
+    for fn, description in tools.items():
+        server.add_tool(fn, description=description)
 
 
 def serve(gateway: Gateway) -> None:

@@ -228,6 +228,15 @@ def register_fold(event_type: str, handler: Handler, *, replace: bool = False) -
     if event_type in _HANDLERS and not replace:
         raise ValueError(f"a fold handler for {event_type!r} is already registered; pass replace=True")
     _HANDLERS[event_type] = handler
+    _GENERATION[0] += 1  # states folded before this are stale: logs refold on their next read
+
+
+_GENERATION: list[int] = [0]
+
+
+def fold_generation() -> int:
+    """A counter bumped by every :func:`register_fold`: a cached state folded under an older one is stale."""
+    return _GENERATION[0]
 
 
 def _handles(*types: str) -> Callable[[Handler], Handler]:

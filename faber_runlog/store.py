@@ -14,8 +14,16 @@ import fsspec
 
 from faber_runlog import _codec, lifecycle, report
 from faber_runlog._format import RunLayout, encode_snapshot
+from faber_runlog._hints import check_status_filter, did_you_mean
 from faber_runlog._plan import apply_plan, normalize_plan
-from faber_runlog.errors import CorruptState, InvalidRunId, RunExists, RunNotFound
+from faber_runlog.errors import (
+    CorruptState,
+    InvalidEventPosition,
+    InvalidRunId,
+    InvalidStoreUrl,
+    RunExists,
+    RunNotFound,
+)
 from faber_runlog.events import Event, check_json_value
 from faber_runlog.ids import RunId, validate_slug
 from faber_runlog.lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
@@ -130,7 +138,17 @@ class Run:
 
     def state(self, at: int | None = None) -> RunState:
         """The run's state now, or as it was right after event ``at``."""
-        state = self.log.current_state() if at is None else self.log.load_state(at=at)
+        if at is None:
+            state = self.log.current_state()
+        else:
+            last = self.log.current_state().last_event_id
+            if isinstance(at, bool) or not isinstance(at, int) or not 0 <= at <= last:
+                raise InvalidEventPosition(
+                    f"run {self.id} has events 1..{last}; cannot show its state at event {at!r}: pass 0..{last}, "
+                    "or leave out at= for the state now",
+                    run_id=self.id, at=at if isinstance(at, int) else -1, last_event_id=last,
+                )  # fmt: skip
+            state = self.log.load_state(at=at)
         meta = self.metadata
         # Planned phases that never started show as pending, in planned order.
         return apply_plan(state, meta.phases, meta.steps) if meta.phases else state
@@ -270,7 +288,7 @@ class RunStore:
             target = url if url is not None else root
             if target is None:
                 target = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
-            fs, root_path = open_filesystem(os.fspath(target), storage_options)
+            fs, root_path = _open_root(target, storage_options)
         if snapshot_every < 1:
             raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
         self.storage = Storage(fs, root_path, fsync=fsync, allow_unsafe_writers=allow_unsafe_writers)
@@ -475,6 +493,7 @@ class RunStore:
         a run whose snapshot is behind or damaged is folded from its log. A
         damaged run is skipped with a warning and listed in ``.problems``.
         """
+        check_status_filter(status)
         rids = list(self._run_ids(org, project))
         metas = self.storage.read_many(RunLayout(rid).metadata for rid in rids)
         runs: list[tuple[RunId, RunMetadata]] = []
@@ -611,6 +630,33 @@ class RunStore:
             queue.extend(self.children(child))
         root = meta.root_run_id or (ancestors[-1] if ancestors else str(rid))
         return Lineage(str(rid), root, meta.parent_run_id, tuple(ancestors), tuple(children), tuple(descendants))
+
+
+def _open_root(target: object, storage_options: dict[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Open a store root, refusing what is no URL with :class:`InvalidStoreUrl` (before any I/O)."""
+    if not isinstance(target, (str, os.PathLike)):
+        raise InvalidStoreUrl(
+            f"RunStore needs a folder or an fsspec URL such as 's3://bucket/runs', got {type(target).__name__} "
+            f"{target!r}"
+        )
+    url = os.fspath(target)
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidStoreUrl(
+            "RunStore got an empty URL; pass a folder or an fsspec URL such as 's3://bucket/runs', or leave it "
+            f"out to use ${ROOT_ENV} or {DEFAULT_ROOT}"
+        )
+    chain = url.split("://", 1)[0].split("::") if "://" in url else []
+    known = list(fsspec.available_protocols())
+    for protocol in chain:
+        if protocol not in known:
+            raise InvalidStoreUrl(
+                f"unknown storage protocol {protocol!r} in {url!r}{did_you_mean(protocol, known, cutoff=0.5)}; "
+                "use a folder, s3://, memory:// or another fsspec protocol"
+            )
+    try:
+        return open_filesystem(url, storage_options)
+    except (ImportError, ValueError) as e:
+        raise InvalidStoreUrl(f"cannot open store {url!r}: {e}") from e
 
 
 def _is_slug(name: str) -> bool:

@@ -101,8 +101,23 @@ class S3Server:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--soak", action="store_true", default=False,
-        help="run the fault, crash-loop and property tests at full size (slow); CI runs them scaled down",
+        help="run the heavy loops (tests marked slow: concurrency, faults, crash loops, properties) at full size",
     )  # fmt: skip
+
+
+SOAK = False
+"""True under ``--soak``, set before collection (for sizes fixed at import, such as Hypothesis settings)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Read the option, not sys.argv: pytest-xdist workers get the options but not the command line.
+    global SOAK
+    SOAK = bool(config.getoption("--soak"))
+
+
+def soak_scale(full: int, default: int) -> int:
+    """``full`` under ``--soak``, else ``default``: the size of a heavy loop."""
+    return full if SOAK else default
 
 
 @pytest.fixture(scope="session")

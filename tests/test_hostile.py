@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from _faultreport import record
+from conftest import soak_scale
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -91,7 +92,8 @@ def test_bad_params_are_refused_and_create_no_run(store: RunStore, name: str) ->
     assert before == tree(store)
 
 
-@settings(max_examples=150, deadline=None)
+@pytest.mark.slow
+@settings(max_examples=soak_scale(150, 50), deadline=None)
 @given(st.text(max_size=80) | st.binary(max_size=40).map(lambda b: b.decode("latin-1")))
 def test_fuzzed_run_ids_are_either_valid_or_refused_without_io(text: str) -> None:
     store = RunStore(f"memory://hostile-ids-{abs(hash(text))}")
@@ -106,7 +108,8 @@ def test_fuzzed_run_ids_are_either_valid_or_refused_without_io(text: str) -> Non
         store.get_run(text)
 
 
-@settings(max_examples=150, deadline=None)
+@pytest.mark.slow
+@settings(max_examples=soak_scale(150, 50), deadline=None)
 @given(st.text(max_size=70))
 def test_fuzzed_event_types_are_refused_unless_registered(etype: str) -> None:
     store = RunStore("memory://hostile-types")

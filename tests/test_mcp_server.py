@@ -100,11 +100,13 @@ def test_tools_and_resources_over_a_real_stdio_session(
     run_id = seen["run_id"]
     faber = ["fractary_faber_event_consolidate", "fractary_faber_event_emit", "fractary_faber_run_get",
              "fractary_faber_run_list"]  # FABER's gateway tools (tests/test_faber_mcp.py)
-    assert ["create_run", "emit_event", *faber, "get_state", "list_events", "list_runs", "resume_plan"] == seen["tools"]
+    assert {"create_run", "emit_event", *faber, "get_state", "list_events", "list_runs", "resume_plan"} <= set(
+        seen["tools"]
+    )
     assert ["faber://run/{+run_id}/events", "faber://run/{+run_id}/state", "faber://runs/{+run_id}",
             "faber://runs/{+run_id}/events"] == seen["templates"]  # fmt: skip
     assert [1, 2, 3, 4] == seen["ids"]
-    for key, needle in [("invalid", "must contain ['phase', 'step']"), ("unknown_type", "unknown event type"),
+    for key, needle in [("invalid", "missing the fields 'phase', 'step'"), ("unknown_type", "unknown event type"),
                         ("bad_args", "type"), ("bad_id", "invalid run uuid 'nope'"), ("missing", "not found")]:  # fmt: skip
         result = seen[key]
         assert result.is_error, key
@@ -149,3 +151,64 @@ def test_importing_the_server_module_does_not_import_the_sdk() -> None:
     code = "import sys, faber_runlog.mcp_server, faber_runlog.cli; print('mcp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "False" == out.stdout.strip()
+
+
+LIFECYCLE_TOOLS = ["change_run_status", "change_step", "decide_approval", "get_report", "request_approval",
+                   "sweep_stale_runs"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_lifecycle_tools_go_through_the_checked_transitions(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    args, store = _server_command(tmp_path, kind, request)
+    run = store.create_run("acme", "web")
+    stale = store.create_run("acme", "web")
+    stale.start()
+    seen: dict[str, Any] = {}
+
+    async def call(session: Any, tool: str, **arguments: Any) -> Any:
+        return await session.call_tool(tool, {"run_id": run.id, **arguments})
+
+    async def body(session: Any) -> None:
+        seen["tools"] = sorted(t.name for t in (await session.list_tools()).tools)
+        seen["start"] = _structured(await call(session, "change_run_status", action="start"))
+        seen["pause"] = _structured(await call(session, "change_run_status", action="pause", reason="lunch"))
+        seen["pause_again"] = await call(session, "change_run_status", action="pause")
+        seen["typo"] = await call(session, "change_run_status", action="pasue")
+        seen["resume"] = _structured(await call(session, "change_run_status", action="resume"))
+        seen["request"] = _structured(await call(session, "request_approval", gate="deploy", approval_id="dep-1"))
+        seen["changes"] = _structured(await call(session, "decide_approval", approval_id="dep-1",
+                                                 action="request_changes", client_token="tok-1"))  # fmt: skip
+        seen["replay"] = _structured(await call(session, "decide_approval", approval_id="dep-1",
+                                                action="request_changes", client_token="tok-1"))  # fmt: skip
+        seen["conflict"] = await call(session, "decide_approval", approval_id="dep-1", action="approve",
+                                      client_token="tok-1")  # fmt: skip
+        await call(session, "emit_event", type="phase_start", phase="build")
+        await call(session, "emit_event", type="step_start", phase="build", step="link")
+        await call(session, "emit_event", type="step_error", phase="build", step="link", error="exit 2")
+        seen["retry"] = _structured(await call(session, "change_step", action="retry_step", phase="build", step="link"))
+        seen["skip"] = _structured(await call(session, "change_step", action="skip_step", phase="build", step="docs"))
+        seen["dict_phase"] = await call(session, "emit_event", type="phase_start", phase={"name": "build"})
+        seen["complete"] = _structured(await call(session, "change_run_status", action="complete", summary="ok"))
+        seen["report"] = _structured(await call(session, "get_report", write=True))
+        seen["sweep"] = _structured(await session.call_tool("sweep_stale_runs", {"include_unleased": True}))
+
+    anyio.run(_session, args, tmp_path, body)
+    assert set(LIFECYCLE_TOOLS) <= set(seen["tools"])
+    assert [("running", 1), ("paused", 2), ("running", 3)] == [
+        (seen[k]["status"], seen[k]["event_id"]) for k in ("start", "pause", "resume")
+    ]
+    assert seen["pause_again"].is_error and "cannot pause run" in _text(seen["pause_again"])
+    assert seen["typo"].is_error and "did you mean 'pause'" in _text(seen["typo"])
+    assert ("dep-1", "awaiting_approval") == (seen["request"]["approval_id"], seen["request"]["status"])
+    assert seen["changes"]["event_id"] == seen["replay"]["event_id"]  # the same token replays, never repeats
+    assert seen["conflict"].is_error and "conflicts" in _text(seen["conflict"])
+    assert ("step_retry", "step_skip") == (seen["retry"]["event"]["type"], seen["skip"]["event"]["type"])
+    text = _text(seen["dict_phase"])
+    assert "argument 'phase' must be a string, got an object" in text and "pydantic" not in text, text
+    assert ("completed", "completed") == (seen["complete"]["status"], seen["report"]["status"])
+    assert [stale.id] == [s["run_id"] for s in seen["sweep"]["swept"]]
+    state = store.get_run(run.id).state()
+    assert ("completed", "changes_requested") == (state.status, state.approvals["dep-1"].status)
+    assert "failed" == store.get_run(stale.id).state().status

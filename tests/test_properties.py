@@ -8,11 +8,12 @@ durations and extra metadata, and kept only if they pass the schemas.
 
 from __future__ import annotations
 
-import sys
 import uuid
 from typing import Any
 
+import pytest
 from _faultreport import record
+from conftest import soak_scale
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -34,8 +35,9 @@ JSON_VALUES = st.recursive(
 )
 
 
-# Hypothesis settings are fixed at import, before fixtures exist: read --soak from argv.
-SCALE = 10 if "--soak" in sys.argv else 1
+# Hypothesis settings are fixed at import, before fixtures exist: conftest reads --soak at configure time.
+SCALE = soak_scale(10, 1)
+pytestmark = pytest.mark.slow
 
 
 @st.composite

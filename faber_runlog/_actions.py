@@ -1,0 +1,133 @@
+"""The checked lifecycle actions by name, shared by the CLI and the MCP server.
+
+Each action calls the same ``Run`` method a Python caller would (so the same
+transition checks, idempotent replays and refusals apply), and then hands the
+event to the gateway's other backends, exactly as :meth:`Gateway.emit` does for
+raw events (so an auto-archive on ``workflow_complete`` also fires here).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from faber_runlog._hints import did_you_mean
+from faber_runlog.errors import InvalidEvent
+from faber_runlog.events import Event
+from faber_runlog.gateway import Gateway
+from faber_runlog.store import Run
+
+__all__ = ["DECISIONS", "RUN_ACTIONS", "STEP_ACTIONS", "decide", "perform", "request_approval"]
+
+log = logging.getLogger("faber_runlog.gateway")
+
+RUN_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
+    "start": lambda run, **kw: run.start(),
+    "pause": lambda run, reason=None, **kw: run.pause(reason),
+    "resume": lambda run, reason=None, **kw: run.resume(reason),
+    "cancel": lambda run, reason=None, **kw: run.cancel(reason or "cancelled"),
+    "complete": lambda run, summary=None, **kw: run.complete(summary),
+    "fail": lambda run, error=None, reason=None, **kw: run.fail(_needed(run, "fail", "error", error), reason),
+}
+"""Run-level transitions: ``start``, ``pause``, ``resume`` (a paused run), ``cancel``, ``complete``, ``fail``."""
+
+STEP_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
+    "retry_step": lambda run, phase, step=None, reason=None: run.retry_step(
+        phase, _needed(run, "retry_step", "step", step), reason
+    ),
+    "skip_step": lambda run, phase, step=None, reason=None: run.skip_step(
+        phase, _needed(run, "skip_step", "step", step), reason
+    ),
+    "retry_phase": lambda run, phase, step=None, reason=None: run.retry_phase(phase),
+    "skip_phase": lambda run, phase, step=None, reason=None: run.skip_phase(phase, reason),
+}
+"""Step- and phase-level transitions."""
+
+DECISIONS: Final = ("approve", "reject", "request_changes", "abort")
+"""Decisions on an approval (the same as ``Run.decide``'s actions)."""
+
+
+def _needed(run: Run, action: str, name: str, value: Any) -> Any:
+    if value is None or value == "":
+        raise InvalidEvent(f"{action} run {run.id} needs {name}; nothing was written", run_id=run.id)
+    return value
+
+
+def _route(gateway: Gateway, run: Run, event: Event) -> Event:
+    """Give ``event`` to every backend but the recorder (the event is already durable)."""
+    for backend in gateway.backends[1:]:
+        try:
+            backend.handle(run, event)
+        except Exception as e:  # a backend must never turn a recorded action into a failure
+            log.warning("backend %s failed on event %d of run %s: %s", backend.name, event.event_id, run.id, e)
+    return event
+
+
+def _open(gateway: Gateway, run_id: str) -> Run | None:
+    """The run to act on, or None when logging is off (then nothing is written)."""
+    if not gateway.enabled:
+        return None
+    _ = gateway.backends  # a misconfigured backend is reported before anything is written
+    return gateway.store.get_run(run_id)
+
+
+def perform(
+    gateway: Gateway,
+    run_id: str,
+    action: str,
+    *,
+    among: Mapping[str, Callable[..., Event]] | None = None,
+    **fields: Any,
+) -> Event | None:
+    """Apply the action ``action`` (one of ``among``, default all) to ``run_id``; None when logging is off.
+
+    Raises ``InvalidTransition`` when the run's status does not allow it, and
+    ``InvalidEvent`` for an unknown action (with the close matches) or a missing argument.
+    """
+    table = among if among is not None else {**RUN_ACTIONS, **STEP_ACTIONS}
+    fn = table.get(action)
+    if fn is None:
+        raise InvalidEvent(
+            f"unknown action {action!r}{did_you_mean(action, table)}; use one of {', '.join(table)}. "
+            "Nothing was written."
+        )
+    run = _open(gateway, run_id)
+    if run is None:
+        return None
+    return _route(gateway, run, fn(run, **{k: v for k, v in fields.items() if v is not None}))
+
+
+def decide(
+    gateway: Gateway,
+    run_id: str,
+    approval_id: str,
+    action: str,
+    *,
+    client_token: str,
+    comment: str | None = None,
+    user: str | None = None,
+) -> Event | None:
+    """Decide an approval through ``Run.decide``; None (nothing written) when logging is off."""
+    run = _open(gateway, run_id)
+    if run is None:
+        return None
+    event = run.decide(approval_id, action, client_token=client_token, comment=comment, user=user)
+    return _route(gateway, run, event)
+
+
+def request_approval(
+    gateway: Gateway,
+    run_id: str,
+    gate: str,
+    *,
+    phase: str | None = None,
+    payload: dict[str, Any] | None = None,
+    approval_id: str | None = None,
+) -> Event | None:
+    """Open an approval gate through ``Run.request_approval``; None when logging is off."""
+    run = _open(gateway, run_id)
+    if run is None:
+        return None
+    event = run.request_approval(gate, phase=phase, payload=payload, approval_id=approval_id)
+    return _route(gateway, run, event)
