@@ -94,8 +94,9 @@ class InvalidEventPosition(InvalidArgument):
 
 
 def _rebuild(cls: type[Exception], message: str, attrs: dict[str, object]) -> Exception:
-    err = Exception.__new__(cls)
-    Exception.__init__(err, message)
+    """Unpickle an error whose constructor takes keyword-only fields: message and fields, no __init__ call."""
+    err = cls.__new__(cls, message)
+    err.args = (message,)
     err.__dict__.update(attrs)
     return err
 
@@ -156,11 +157,6 @@ class ConcurrencyUnsupported(FaberRunlogError, RuntimeError):
 
 class StorageError(FaberRunlogError, OSError):
     """The backend failed in a way we could not retry away."""
-
-
-def _rebuild_fields(cls: type[BaseException], message: str, fields: dict[str, object]) -> BaseException:
-    """Unpickle an error whose constructor takes keyword-only fields."""
-    return cls(message, **fields)
 
 
 class _StoreProblem(StorageError):
