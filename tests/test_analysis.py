@@ -13,7 +13,7 @@ from faber_runlog.analysis import EVENT_COLUMNS, RUN_COLUMNS, events_frame, runs
 
 
 def make_runs(store: RunStore) -> dict[str, str]:
-    """One completed run and one that fails at build/deploy, in acme/web; one completed in other/api."""
+    """One completed run and one that fails at build/deploy (and ends failed), in acme/web; one completed in other/api."""
     ids: dict[str, str] = {}
     for name, org, project, fail in (("ok", "acme", "web", False), ("bad", "acme", "web", True),
                                      ("api", "other", "api", False)):  # fmt: skip
@@ -24,6 +24,8 @@ def make_runs(store: RunStore) -> dict[str, str]:
         run.log.emit("step_start", phase="build", step="deploy")
         if fail:
             run.log.emit("step_error", phase="build", step="deploy", error={"message": "exit 2", "code": 2})
+            # a step error leaves the run `failing` (resumable); the workflow ends it as failed
+            run.log.emit("workflow_error", error="exit 2")
         else:
             run.log.emit("step_complete", phase="build", step="deploy", metadata={"duration_ms": 30})
             run.log.emit("workflow_complete")
@@ -35,7 +37,7 @@ def test_events_frame_has_the_documented_columns_and_types(store: RunStore) -> N
     ids = make_runs(store)
     frame = store.events_frame(progress=False)
     assert list(EVENT_COLUMNS) == list(frame.columns)
-    assert 17 == len(frame)
+    assert 18 == len(frame)
     assert ("int64", "float64") == (str(frame["event_id"].dtype), str(frame["duration_ms"].dtype))
     assert isinstance(frame["timestamp"].dtype, pd.DatetimeTZDtype)
     assert all(pd.api.types.is_string_dtype(frame[c]) for c in ("run_id", "type", "phase", "error", "message"))
@@ -51,7 +53,7 @@ def test_events_frame_filters_on_org_project_status_time_and_type(store: RunStor
     assert {ids["bad"]} == set(store.events_frame(status="failed", progress=False)["run_id"])
     assert ["step_error"] == store.events_frame(types=["step_error"], progress=False)["type"].tolist()
     assert 0 == len(store.events_frame(since="2999-01-01", progress=False))
-    assert 17 == len(store.events_frame(since="2000-01-01", until="2999-01-01", progress=False))
+    assert 18 == len(store.events_frame(since="2000-01-01", until="2999-01-01", progress=False))
 
 
 def test_runs_frame_has_one_row_per_run_with_status_duration_and_failed_step(store: RunStore) -> None:
@@ -74,7 +76,7 @@ def test_to_arrow_gives_a_table_with_nested_columns_as_json_text(store: RunStore
 
     make_runs(store)
     table = store.to_arrow(progress=False)
-    assert (list(EVENT_COLUMNS), 17) == (table.column_names, table.num_rows)
+    assert (list(EVENT_COLUMNS), 18) == (table.column_names, table.num_rows)
     assert (pa.string(), pa.large_string()).count(table.schema.field("metadata").type) == 1
     assert 3 == store.to_arrow("runs", progress=False).num_rows
 

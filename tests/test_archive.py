@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -40,6 +41,8 @@ def finished_run(store: RunStore, steps: int = 3, *, fail: bool = False, org: st
     if fail:
         run.log.emit("step_start", phase="build", step="deploy")
         run.log.emit("step_error", phase="build", step="deploy", error="exit 2")
+        # a step error leaves the run `failing` (resumable); only workflow_error ends it as failed
+        run.log.emit("workflow_error", error="exit 2")
     else:
         run.log.emit("phase_complete", phase="build")
         run.log.emit("workflow_complete")
@@ -66,8 +69,12 @@ def test_consolidation_writes_every_event_in_order_and_records_count_range_and_h
     lines = (store.storage.read(layout.jsonl) or b"").splitlines()
     assert (len(before), 1, len(before)) == (record.count, record.first_seq, record.last_seq)
     assert [e["event_id"] for e in before] == [json.loads(line)["event_id"] for line in lines]
-    stored = json.loads(store.storage.read(f"{layout.dir}/consolidation.json") or b"{}")
-    assert record.sha256 == stored["sha256"]
+    # The seal event right after the last event is the record: it names the range and the hash.
+    seal = store.get_run(run_id).log.get(record.last_seq + 1)
+    assert ("log_sealed", record.last_seq, record.sha256) == (seal.type, seal.metadata["through"],
+                                                             seal.metadata["sha256"])  # fmt: skip
+    assert record.sha256 == "sha256:" + hashlib.sha256(store.storage.read(layout.jsonl) or b"").hexdigest()
+    assert record.last_seq + 1 == store.get_run(run_id).state().sealed_at
     assert record == consolidate(store, run_id)  # idempotent
 
 
@@ -98,16 +105,20 @@ def test_appending_to_a_consolidated_run_fails_clearly(store: RunStore) -> None:
 # -- reading a consolidated run whose event files are gone -----------------------------
 
 
-def test_consolidated_run_reads_the_same_after_its_event_files_are_removed(store: RunStore) -> None:
+def test_consolidated_run_reads_the_same_after_its_event_files_are_removed(store_factory: Any) -> None:
+    store = store_factory(seal_grace=0)  # cleanup may remove event files as soon as the run is sealed
     run_id = finished_run(store, fail=True)
-    before_events, before_state = events_of(store, run_id), store.get_run(run_id).state()
-    before_at = store.get_run(run_id).state(at=4)
     dest = RunStore(f"memory://archive-{uuid.uuid4().hex}")
     archiver = Archiver(store, dest, progress=False)
     archiver.archive(run_id)
+    before_events, before_state = events_of(store, run_id), store.get_run(run_id).state()
+    before_at = store.get_run(run_id).state(at=4)
+    assert "log_sealed" == before_events[-1]["type"]
     report = archiver.cleanup(RetentionPolicy(), dry_run=False)
     layout = RunLayout(store.get_run(run_id).run_id)
-    assert ((run_id,), []) == (report.removed, store.storage.list_names(layout.events))
+    # Only the seal's file stays: it is the boundary a stalled writer runs into.
+    seal_file = layout.event(len(before_events)).rsplit("/", 1)[1]
+    assert ((run_id,), [seal_file]) == (report.removed, store.storage.list_names(layout.events))
     for where in (store, dest):
         run = where.get_run(run_id)
         assert before_events == events_of(where, run_id)
@@ -176,12 +187,14 @@ class FailingMemory(MemoryFileSystem):
 
 
 DEST_STEPS = [
-    ("_pipe_file", "{uuid}/events.jsonl"), ("_pipe_file", "{uuid}/consolidation.json"),
+    ("_pipe_file", "{uuid}/events.jsonl"), ("_pipe_file", "{uuid}/events/"),  # events/: the seal's file
     ("_pipe_file", "{uuid}/state.json"), ("_pipe_file", "{uuid}/archived.json"),
     ("_pipe_file", "{uuid}/metadata.json"),
     ("_pipe_file", "archive-index/acme/web/{uuid}"),
 ]  # fmt: skip
-SOURCE_STEPS = ["events.jsonl", "consolidation.json", "state.json", "archived.json"]
+SOURCE_STEPS = ["events.jsonl", "events/", "state.json", "archived.json"]  # events/: claiming the seal
+CACHE_STEPS = {("source", "state.json")}
+"""Writes of a cache: once the seal is claimed a failed snapshot is logged, not raised, and archiving goes on."""
 
 
 @pytest.mark.parametrize(("side", "method", "fail_on"),
@@ -203,13 +216,18 @@ def test_archive_interrupted_at_any_step_finishes_when_run_again(
         src_fs.fail_on = f"{rid.uuid}/{fail_on}"
     archiver = Archiver(source, dest, progress=False)
     results = {r.run_id: r for r in archiver.archive_many([run_id, other])}
-    assert not results[run_id].ok
-    # The local run is complete; the archive has the run whole or not at all.
-    assert before == events_of(source, run_id)
-    assert (not dest.has_run(run_id)) or before == events_of(dest, run_id)
+    assert ((side, fail_on) in CACHE_STEPS) == results[run_id].ok
+    # The local run is complete (plus, once sealed, its seal); the archive has the run whole or not at all.
+    local = events_of(source, run_id)
+    assert before == local[: len(before)]
+    assert [] == [e for e in local[len(before) :] if e["type"] != "log_sealed"]
+    assert (not dest.has_run(run_id)) or local == events_of(dest, run_id)
     dst_fs.fail_on = src_fs.fail_on = None
-    assert "archived" == archiver.archive(run_id).outcome
-    assert before == events_of(dest, run_id)
+    again = "already_archived" if (side, fail_on) in CACHE_STEPS else "archived"
+    assert again == archiver.archive(run_id).outcome
+    sealed = events_of(source, run_id)
+    assert (before, "log_sealed") == (sealed[:-1], sealed[-1]["type"])
+    assert sealed == events_of(dest, run_id)
     assert sorted([run_id, other]) == sorted(e.run_id for e in archiver.index())
     assert sorted([run_id, other]) == sorted(s.run_id for s in dest.list_runs())
     assert source.storage.exists(f"{RunLayout(source.get_run(run_id).run_id).dir}/{ARCHIVE_MARKER}")
@@ -240,7 +258,7 @@ def test_two_archivers_on_the_same_run_at_once_leave_one_index_entry(
 def test_retention_dry_run_lists_and_real_run_deletes_only_what_the_policy_says(
     tmp_path: Path, s3_dest: RunStore
 ) -> None:
-    local = RunStore(str(tmp_path / "runs"))
+    local = RunStore(str(tmp_path / "runs"), seal_grace=0)
     ok_run, failed_run = finished_run(local), finished_run(local, fail=True)
     not_archived = finished_run(local)
     archiver = Archiver(local, s3_dest, progress=False)
@@ -255,7 +273,8 @@ def test_retention_dry_run_lists_and_real_run_deletes_only_what_the_policy_says(
     assert [i.files for i in dry.items] == [i.files for i in real.items]
     left = {r: len(local.storage.list_names(RunLayout(local.get_run(r).run_id).events))
             for r in (ok_run, failed_run, not_archived)}  # fmt: skip
-    assert {ok_run: 0, failed_run: files[failed_run], not_archived: 10} == left
+    # The seal's event file stays behind: it is the boundary a stalled writer runs into.
+    assert {ok_run: 1, failed_run: files[failed_run], not_archived: 10} == left
     assert local.get_run(ok_run).state().status == "completed"
 
 
@@ -263,21 +282,24 @@ def test_retention_dry_run_lists_and_real_run_deletes_only_what_the_policy_says(
 
 
 def _consolidated_only(store: RunStore) -> tuple[str, RunLayout]:
-    """A consolidated run whose per-event files are gone: events.jsonl is all there is."""
+    """A consolidated run whose per-event files are gone: events.jsonl and the seal (event 11) are all there is."""
     run_id = finished_run(store)
-    consolidate(store, run_id)
+    record = consolidate(store, run_id)
     layout = RunLayout(store.get_run(run_id).run_id)
     for name in store.storage.list_names(layout.events):
-        store.storage.delete(f"{layout.events}/{name}")
+        if name != layout.event(record.last_seq + 1).rsplit("/", 1)[1]:  # cleanup keeps the seal, so do we
+            store.storage.delete(f"{layout.events}/{name}")
+    assert 10 == record.last_seq
     return run_id, layout
 
 
 def test_a_consolidated_log_reads_from_any_cursor(store: RunStore) -> None:
     run_id, _ = _consolidated_only(store)
     log = store.get_run(run_id).log
-    assert list(range(1, 11)) == [e.event_id for e in log.read()]
+    assert list(range(1, 12)) == [e.event_id for e in log.read()]
     assert [6, 7, 8] == [e.event_id for e in log.read(since=5, limit=3)]
-    assert [] == list(log.read(since=10))
+    assert [10, 11] == [e.event_id for e in log.read(since=9)]  # the last line, then the seal
+    assert [] == list(log.read(since=11))
 
 
 def test_a_truncated_events_jsonl_names_the_first_missing_line(store: RunStore) -> None:
@@ -289,13 +311,14 @@ def test_a_truncated_events_jsonl_names_the_first_missing_line(store: RunStore) 
         seen.extend(e.event_id for e in store.get_run(run_id).log.read())
     assert [] == seen  # refused before any event is handed out, not half-way
     assert (8, store.storage.path(layout.jsonl)) == (info.value.seq, info.value.path)
-    assert "holds 7 events, fewer than 10" in str(info.value)
+    assert "holds 7 events but event 8 is not a seal" in str(info.value)  # the seal (event 11) says 10
 
 
 def test_a_damaged_line_of_events_jsonl_is_reported_not_skipped(store: RunStore) -> None:
     run_id, layout = _consolidated_only(store)
     lines = (store.storage.read(layout.jsonl) or b"").splitlines(keepends=True)
-    lines[4] = b'{"event_id": 5, "ty\n'
+    # Same length as the line it replaces: the file still matches its seal's size, one line is bad.
+    lines[4] = b'{"event_id": 5, "ty' + b" " * (len(lines[4]) - 20) + b"\n"
     store.storage.replace(layout.jsonl, b"".join(lines))
     log = store.get_run(run_id).log
     with pytest.raises(CorruptEvent) as info:

@@ -57,8 +57,12 @@ def cli(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
     return Cli(root_args, RunStore(url, storage_options=server.storage_options), {"url": url, "storage_options": options})
 
 
-def _failed_run(cli: Cli) -> str:
-    """A failed run written through the library (the emit command has its own tests)."""
+def _failed_run(cli: Cli, *, ended: bool = True) -> str:
+    """A failed run written through the library (the emit command has its own tests).
+
+    Six events end with a step error, which leaves the run ``failing`` (resumable); unless ``ended``
+    is False a seventh, ``workflow_error``, ends it as ``failed``.
+    """
     run = cli.store.create_run("acme", "web", params={"work_id": "220", "retries": 3}, tags={"team": "core"})
     log = run.log
     log.emit("workflow_start")
@@ -67,6 +71,8 @@ def _failed_run(cli: Cli) -> str:
     log.emit("step_complete", phase="build", step="compile", duration_ms=12.5)
     log.emit("step_start", phase="build", step="link")
     log.emit("step_error", phase="build", step="link", error="ld: exit 2")
+    if ended:
+        run.fail("ld: exit 2")
     return run.id
 
 
@@ -98,7 +104,7 @@ def test_list_shows_a_table_and_json_with_filters(cli: Cli) -> None:
     assert table.splitlines()[0].split() == ["RUN", "ID", "STATUS", "EVENTS", "AT", "CREATED"]
     assert failed in table and other in table
     rows = cli.json("list", "--status", "failed")
-    assert [(failed, "failed", 6)] == [(r["run_id"], r["status"], r["last_event_id"]) for r in rows]
+    assert [(failed, "failed", 7)] == [(r["run_id"], r["status"], r["last_event_id"]) for r in rows]
     assert [other] == [r["run_id"] for r in cli.json("list", "--project", "api")]
     assert [failed] == [r["run_id"] for r in cli.json("list", "--tag", "team=core")]
     assert "no runs" in cli.ok("list", "--org", "nobody")
@@ -111,16 +117,18 @@ def test_show_prints_state_phases_steps_and_last_events(cli: Cli) -> None:
     assert "status:   failed" in text
     assert "build        failed       compile=completed, link=failed" in text
     assert "failed:   build/link: ld: exit 2" in text
-    assert "#6" in text and "#4" not in text
+    assert "#7" in text and "#5" not in text
     body = cli.json("show", run_id)
-    assert ("failed", 6, {"work_id": "220", "retries": 3}) == (
+    assert ("failed", 7, {"work_id": "220", "retries": 3}) == (
         body["status"], body["last_event_id"], body["metadata"]["params"]
     )
-    assert list(range(1, 7)) == [e["event_id"] for e in body["events_tail"]]
+    assert list(range(1, 8)) == [e["event_id"] for e in body["events_tail"]]
+    failing = _failed_run(cli, ended=False)
+    assert "status:   failing" in cli.ok("show", failing)
 
 
 def test_tail_prints_the_last_events_or_those_after_since(cli: Cli) -> None:
-    run_id = _failed_run(cli)
+    run_id = _failed_run(cli, ended=False)
     lines = cli.ok("tail", run_id, "-n", "2").splitlines()
     assert 2 == len(lines) and lines[0].startswith("#5") and lines[1].startswith("#6")
     events = [json.loads(line) for line in cli.ok("tail", run_id, "--since", "3", "--json").splitlines()]
@@ -128,7 +136,7 @@ def test_tail_prints_the_last_events_or_those_after_since(cli: Cli) -> None:
 
 
 def test_resume_prints_the_plan_and_appends_workflow_resumed(cli: Cli) -> None:
-    run_id = _failed_run(cli)
+    run_id = _failed_run(cli, ended=False)
     plan = cli.json("resume", run_id, "--dry-run")
     assert (True, "build", "link", [["build", "compile"]], None) == (
         plan["resumable"], plan["resume_phase"], plan["resume_step"], plan["skip"], plan["resumed_event_id"]
@@ -165,7 +173,7 @@ def test_rerun_prints_the_child_id_and_the_parameter_diff(cli: Cli) -> None:
 
 
 def test_verify_passes_a_sound_run_and_fails_a_damaged_one(cli: Cli) -> None:
-    run_id = _failed_run(cli)
+    run_id = _failed_run(cli, ended=False)
     assert "6 events, ids 1..6 gapless and valid" in cli.ok("verify", run_id, "--reconstruct")
     assert True is cli.json("verify", run_id)["ok"]
     cli.store.storage.delete(f"{run_id}/events/{3:020d}.json")
@@ -214,7 +222,7 @@ def test_archive_copies_finished_runs_to_another_store(cli: Cli, tmp_path: Path)
 
 def test_demo_logs_a_run_in_the_store(cli: Cli) -> None:
     out = cli.ok("demo")
-    assert "status:  failed" in out
+    assert "status:  failing" in out  # the demo stops at a failed step: resumable, not ended
     assert ["demo"] == [s.org for s in cli.store.list_runs()]
 
 

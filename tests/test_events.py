@@ -53,6 +53,8 @@ EXAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "approval_requested": ({"metadata": {"approval_id": "a1", "gate": "review"}}, {"metadata": {"gate": "review"}}),
     "approval_resolved": ({"metadata": {"approval_id": "a1", "action": "approve", "client_token": "t"}}, {"metadata": {"approval_id": "a1", "action": "maybe", "client_token": "t"}}),
     "step_skip": ({"phase": "b", "step": "c", "metadata": {"reason": "cached"}}, {"phase": "b"}),
+    "log_sealed": ({"metadata": {"through": 3, "size": 120, "sha256": "sha256:" + "0" * 64}},
+                   {"metadata": {"through": 3, "size": 120, "sha256": "md5:x"}}),
 }
 
 

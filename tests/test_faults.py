@@ -226,9 +226,12 @@ def test_archiving_through_random_faults_copies_every_run_once_and_loses_nothing
     assert [] == [r.error for r in again if not r.ok]
     assert sorted(ids) == sorted(e.run_id for e in read_archive_index(dest))  # one index entry per run
     for rid in ids:
-        assert expected[rid] == [e.to_dict() for e in dest.get_run(rid).log.read()]
-        assert expected[rid] == [e.to_dict() for e in local.get_run(rid).log.read()]  # the source is whole
-        assert ("completed", 14) == (dest.get_run(rid).state().status, dest.get_run(rid).state().last_event_id)
+        # Archiving seals the log: the events before, then one log_sealed (event 15), on both sides.
+        sealed = [e.to_dict() for e in local.get_run(rid).log.read()]
+        assert (expected[rid], "log_sealed") == (sealed[:-1], sealed[-1]["type"])  # the source is whole
+        assert sealed == [e.to_dict() for e in dest.get_run(rid).log.read()]
+        state = dest.get_run(rid).state()
+        assert ("completed", 15, 15) == (state.status, state.last_event_id, state.sealed_at)
         assert () == verify_run(dest, rid).problems
     assert injected, "the proxy injected no fault: the test proved nothing"
     for fault, n in injected.items():

@@ -102,7 +102,14 @@ def test_resume_of_a_failed_run_points_to_the_resumer(store: RunStore) -> None:
 
 def test_a_gate_requested_while_the_writer_pauses_is_still_waiting_after_resume(store: RunStore) -> None:
     run = in_status(store, "paused")
-    run.log.emit("approval_requested", metadata={"approval_id": "late", "gate": "g"})
+    gate = {"type": "approval_requested", "metadata": {"approval_id": "late", "gate": "g"}}
+    last = run.state().last_event_id
+    # A checked append refuses to open a gate on a paused run and writes nothing ...
+    with pytest.raises(InvalidTransition, match="paused"):
+        run.log.emit("approval_requested", metadata=gate["metadata"])
+    assert last == store.get_run(run.id).state().last_event_id
+    # ... but a log that holds one (an old log, an importer's unchecked copy) still folds to a waiting gate.
+    run.log.append(gate, unchecked=True)
     run.resume()
     assert "awaiting_approval" == run.state().status
 

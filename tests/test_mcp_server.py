@@ -81,7 +81,7 @@ def test_tools_and_resources_over_a_real_stdio_session(
         seen["events"] = _structured(
             await session.call_tool("list_events", {"run_id": run_id, "since": 1, "limit": 2})
         )
-        seen["runs"] = _structured(await session.call_tool("list_runs", {"status": "failed"}))
+        seen["runs"] = _structured(await session.call_tool("list_runs", {"status": "failing"}))  # a failed step
         seen["plan"] = _structured(await session.call_tool("resume_plan", {"run_id": run_id}))
         state = await session.read_resource(f"faber://run/{run_id}/state")
         seen["state_resource"] = json.loads(state.contents[0].text)
@@ -112,7 +112,7 @@ def test_tools_and_resources_over_a_real_stdio_session(
         assert result.is_error, key
         assert needle in _text(result), (key, _text(result))
     assert 4 == store.get_run(run_id).state().last_event_id  # refused events wrote nothing
-    assert ("failed", 4, "exit 2") == (
+    assert ("failing", 4, "exit 2") == (
         seen["state"]["status"], seen["state"]["last_event_id"], seen["state"]["errors"][-1]["message"]
     )
     assert 2 == seen["state_at_2"]["last_event_id"]

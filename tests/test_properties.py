@@ -19,7 +19,19 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from test_events import EXAMPLES
 
-from faber_runlog import Event, InvalidEvent, RunNotRerunnable, RunNotResumable, RunStore, _codec
+from faber_runlog import (
+    ApprovalConflict,
+    ApprovalNotFound,
+    Event,
+    InvalidEvent,
+    InvalidTransition,
+    RunArchived,
+    RunNotRerunnable,
+    RunNotResumable,
+    RunStore,
+    _codec,
+)
+from faber_runlog._transitions import TRANSITIONS
 from faber_runlog.events import BUILTIN_EVENT_TYPES, validate_event_dict
 from faber_runlog.resume import Resumer
 from faber_runlog.state import RunState, fold_all
@@ -123,14 +135,23 @@ class EmitSnapshotReopen(RuleBasedStateMachine):
     @rule(fields=event_fields())
     def emit(self, fields: dict[str, Any]) -> None:
         args = {k: v for k, v in fields.items() if k != "type"}
+        status = self._folded().status
         try:
             ev = self.run.log.emit(fields["type"], **args)
-        except InvalidEvent:
-            # An extra key this type's schema forbids: nothing may have been written.
+        except (InvalidEvent, InvalidTransition, ApprovalNotFound, ApprovalConflict, RunArchived) as e:
+            # Refused (an extra key the schema forbids, a move the transition table does not allow,
+            # no such pending approval, a sealed log): nothing may have been written.
             assert [e.event_id for e in self.model] == [e.event_id for e in self.run.log.read()]
+            if isinstance(e, InvalidTransition):
+                assert status not in TRANSITIONS[fields["type"]].moves
+            if isinstance(e, RunArchived):
+                assert self._folded().sealed_at is not None
             return
         assert len(self.model) + 1 == ev.event_id
         self.model.append(ev)
+
+    def _folded(self) -> RunState:
+        return fold_all(RunState(run_id=self.run.id), self.model)
 
     @rule()
     def snapshot(self) -> None:
@@ -143,11 +164,11 @@ class EmitSnapshotReopen(RuleBasedStateMachine):
 
     @rule()
     def resume(self) -> None:
-        status = fold_all(RunState(run_id=self.run.id), self.model).status
+        status, sealed = self._folded().status, self._folded().sealed_at is not None
         try:
             self.run = Resumer(self.store).resume(self.run.id)
         except RunNotResumable:
-            assert status in ("completed", "cancelled", "awaiting_approval")
+            assert sealed or status in ("completed", "cancelled", "awaiting_approval")
             return
         assert status not in ("completed", "awaiting_approval")
         new = list(self.run.log.read(since=len(self.model)))

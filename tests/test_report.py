@@ -92,6 +92,7 @@ def test_recover_writes_reports_for_ended_runs_without_one_only(store: RunStore)
     done = worked_run(store)
     active = worked_run(store)
     active.retry_step("build", "test")
+    done.retry_step("build", "test")  # a step error leaves the run failing: back to running, so it may complete
     # Ended by a bare log (no hook) and its snapshot left behind, as when the
     # writer dies right after appending its last event.
     before = store.storage.read(RunLayout(done.run_id).state)

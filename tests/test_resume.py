@@ -34,8 +34,14 @@ WORKERS = Path(__file__).with_name("_resume_workers.py")
 WORKFLOW = [("frame", ["fetch", "plan"]), ("build", ["compile", "test", "package"]), ("release", ["ship"])]
 
 
-def play(run: Run, fail: tuple[str, str] | None = None, stop: tuple[str, str] | None = None) -> None:
-    """Run WORKFLOW's events until ``fail`` (a step_error) or ``stop`` (left running), else to completion."""
+def play(
+    run: Run, fail: tuple[str, str] | None = None, stop: tuple[str, str] | None = None, *, ended: bool = False
+) -> None:
+    """Run WORKFLOW's events until ``fail`` (a step_error) or ``stop`` (left running), else to completion.
+
+    A step error leaves the run ``failing`` (resumable, not ended); with ``ended`` a ``workflow_error``
+    then ends it as ``failed``, as a workflow that gives up does (only ended runs are re-run or archived).
+    """
     log = run.log
     log.emit("workflow_start")
     for phase, steps in WORKFLOW:
@@ -46,6 +52,8 @@ def play(run: Run, fail: tuple[str, str] | None = None, stop: tuple[str, str] | 
                 return
             if (phase, step) == fail:
                 log.emit("step_error", phase=phase, step=step, error=f"{step} exit 2")
+                if ended:
+                    log.emit("workflow_error", error=f"{step} exit 2")
                 return
             log.emit("step_complete", phase=phase, step=step)
         log.emit("phase_complete", phase=phase)
@@ -78,8 +86,10 @@ def _run_with_status(store: RunStore, status: str) -> Run:
             run.log.emit("workflow_paused", metadata={"paused_from": "running"})
         elif status == "awaiting_approval":
             run.log.emit("approval_requested", metadata={"approval_id": "a1", "gate": "review"})
-    elif status == "failed":
+    elif status == "failing":
         play(run, fail=("build", "test"))
+    elif status == "failed":
+        play(run, fail=("build", "test"), ended=True)
     elif status == "completed":
         play(run)
     elif status == "cancelled":
@@ -95,6 +105,7 @@ def _run_with_status(store: RunStore, status: str) -> Run:
         ("running", True),
         ("paused", True),
         ("awaiting_approval", False),
+        ("failing", True),
         ("failed", True),
         ("completed", False),
         ("cancelled", False),
@@ -170,7 +181,7 @@ def test_resume_after_failure_in_phase_two_of_three_skips_exactly_the_completed_
         "resume_phase": "build",
         "resume_step": "test",
         "skip": [["frame", "fetch"], ["frame", "plan"], ["build", "compile"]],
-        "previous_status": "failed",
+        "previous_status": "failing",  # a step failed; the run had not ended
     } == event.metadata
     state = store.get_run(run.id).state()
     assert ("running", 1) == (state.status, state.resume_count)
@@ -217,7 +228,7 @@ def test_plan_to_dict_is_plain_json(store: RunStore) -> None:
 def test_rerun_chain_of_depth_three_links_root_parent_children_and_diffs(store: RunStore) -> None:
     r = Resumer(store)
     root = store.create_run("acme", "web", {"work_id": "220", "build": {"target": "x86", "opt": 2}, "old": 1})
-    play(root, fail=("build", "test"))
+    play(root, fail=("build", "test"), ended=True)
     c1 = r.rerun(root.id, params={"work_id": "221", "old": None, "build": {"opt": 3}})
     play(c1)
     c2 = r.rerun(c1.id, params={"build": {"target": None, "flags": ["-g"]}, "new": True})
@@ -258,7 +269,7 @@ def test_rerun_chain_of_depth_three_links_root_parent_children_and_diffs(store: 
 
 def test_rerun_from_failure_skips_what_the_parent_completed(store: RunStore) -> None:
     parent = store.create_run("acme", "web", {"work_id": "220"})
-    play(parent, fail=("build", "test"))
+    play(parent, fail=("build", "test"), ended=True)
     r = Resumer(store)
     child = r.rerun(parent.id, mode="from_failure")
     plan = r.plan(child.id)
@@ -277,7 +288,7 @@ def test_rerun_from_failure_skips_what_the_parent_completed(store: RunStore) -> 
 
 def test_rerun_from_event_starts_from_the_parents_state_after_that_event(store: RunStore) -> None:
     parent = store.create_run("acme", "web")
-    play(parent, fail=("build", "test"))
+    play(parent, fail=("build", "test"), ended=True)
     events = list(parent.log.read())
     n = next(e.event_id for e in events if (e.type, e.step) == ("step_complete", "compile"))
     r = Resumer(store)
@@ -416,7 +427,7 @@ def test_old_version_events_still_fold_after_upcasting_and_files_are_unchanged(s
         store, run, 4, {"type": "resume_test_note", "schema_version": 1, "metadata": {"body": "hello"}}
     )
     state = store.get_run(run.id).state()
-    assert ("failed", "exit 2") == (state.status, state.step("build", "compile").error)  # type: ignore[union-attr]
+    assert ("failing", "exit 2") == (state.status, state.step("build", "compile").error)  # type: ignore[union-attr]
     assert [{"event_id": 4, "label": "hello"}] == state.checkpoints
     lifted = list(run.log.read(since=2))
     assert [(1, "exit 2"), (2, {"text": "hello"})] == [
@@ -488,7 +499,7 @@ def test_processes_racing_with_one_idempotency_key_append_one_event(
 def test_concurrent_reruns_of_one_parent_are_all_listed(shared_store_spec: dict[str, Any], tmp_path: Path) -> None:
     store = _open(shared_store_spec)
     parent = store.create_run("acme", "web", {"worker": "none"})
-    play(parent, fail=("frame", "plan"))
+    play(parent, fail=("frame", "plan"), ended=True)
     got = _race(shared_store_spec, tmp_path, "rerun", parent.id, [[f"w{i}"] for i in range(4)])
     children = sorted(g["child"] for g in got)
     assert children == sorted(store.children(parent.id))

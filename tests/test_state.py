@@ -39,13 +39,16 @@ def test_workflow_events_set_run_status() -> None:
 
 
 def test_step_error_fails_step_phase_and_run_with_the_error() -> None:
-    s = run(
+    events = (
         ("workflow_start", {}),
         ("phase_start", {"phase": "build"}),
         ("step_start", {"phase": "build", "step": "compile"}),
         ("step_error", {"phase": "build", "step": "compile", "metadata": {"error": "exit 2"}}),
     )
-    assert "failed" == s.status
+    s = run(*events)
+    # The run is failing (active, resumable), not failed: only workflow_error ends it.
+    assert ("failing", True) == (s.status, s.is_resumable)
+    assert "failed" == run(*events, ("workflow_error", {"error": "exit 2"})).status
     assert "failed" == s.phases["build"].status
     step = s.phases["build"].steps["compile"]
     assert ("failed", 1, "exit 2") == (step.status, step.attempts, step.error)
@@ -80,7 +83,7 @@ def test_phase_events() -> None:
     assert ["a", "b", "c"] == list(s.phases)
     assert ["completed", "skipped", "failed"] == [p.status for p in s.phases.values()]
     assert "bad" == s.phases["c"].error
-    assert "failed" == s.status
+    assert ("failing", True) == (s.status, s.is_resumable)  # a phase error does not end the run
 
 
 def test_artifacts_and_git_events() -> None:

@@ -25,8 +25,12 @@ def test_issue_example_end_to_end(store: RunStore) -> None:
     run.log.emit("phase_start", phase="build")
     run.log.emit("step_start", phase="build", step="compile")
     run.log.emit("step_error", phase="build", step="compile", metadata={"error": "exit 2"})
-    assert "failed" == run.state().status
+    assert "failing" == run.state().status  # a failed step: the run can still retry, resume or fail
     assert run.state() == store.get_run(run.id).state()
+    assert [run.id] == [s.run_id for s in store.list_runs(org="acme", project="web", status="failing")]
+    assert [] == store.list_runs(org="acme", project="web", status="failed")
+    run.fail("exit 2")
+    assert ("failed", run.state()) == (run.state().status, store.get_run(run.id).state())
     assert [run.id] == [s.run_id for s in store.list_runs(org="acme", project="web", status="failed")]
 
 
@@ -86,9 +90,18 @@ def test_list_runs_filters_by_org_project_status_and_tags(store: RunStore) -> No
 def test_list_runs_never_reads_events(store: RunStore) -> None:
     run = store.create_run("acme", "web")
     run.log.emit("workflow_start")
-    # Damage an event: listing must not notice, because it does not read events.
-    store.storage.replace(f"{run.id}/events/{1:020d}.json", b"{broken")
-    assert ["running"] == [s.status for s in store.list_runs()]
+    run.log.emit("checkpoint", metadata={"label": "a"})
+    run.log.emit("checkpoint", metadata={"label": "b"})
+    run.complete()  # a status change: the snapshot now follows event 4
+    # Damage the events before the snapshot: listing must not notice, because it only checks the tail.
+    for seq in (1, 2, 3):
+        store.storage.replace(f"{run.id}/events/{seq:020d}.json", b"{broken")
+    listed = store.list_runs()
+    assert (["completed"], []) == ([s.status for s in listed], listed.problems)
+    # The tail is what the snapshot is checked against: a damaged tail is reported, not trusted.
+    store.storage.replace(f"{run.id}/events/{4:020d}.json", b"{broken")
+    listed = store.list_runs()
+    assert ([], [run.id]) == (list(listed), [p.run_id for p in listed.problems])
 
 
 def test_list_runs_ignores_stray_entries(store: RunStore) -> None:

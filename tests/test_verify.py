@@ -8,11 +8,19 @@ from typing import Any
 import pytest
 
 from faber_runlog import Resumer, Run, RunState, RunStore, StateDifference, _codec
-from faber_runlog._format import RunLayout
+from faber_runlog._format import RunLayout, decode_snapshot, encode_snapshot
 from faber_runlog.state import fold_all
 
 
-def _failed_run(store: RunStore) -> Run:
+def _edit_snapshot(store: RunStore, key: str, edit: Any) -> None:
+    """Rewrite the snapshot at ``key`` as an intact (checksummed) snapshot whose state ``edit`` changed."""
+    data, fp = decode_snapshot(store.storage.read(key) or b"")
+    edit(data)
+    store.storage.replace(key, encode_snapshot(data, fp))
+
+
+def _failed_run(store: RunStore, *, ended: bool = False) -> Run:
+    """Six events, the last a step error: the run is ``failing``; with ``ended`` a 7th (workflow_error) fails it."""
     run = store.create_run("acme", "web")
     run.log.emit("workflow_start")
     run.log.emit("phase_start", phase="build")
@@ -20,6 +28,8 @@ def _failed_run(store: RunStore) -> Run:
     run.log.emit("step_complete", phase="build", step="compile")
     run.log.emit("step_start", phase="build", step="test")
     run.log.emit("step_error", phase="build", step="test", error="red")
+    if ended:
+        run.fail("red")
     return run
 
 
@@ -78,26 +88,28 @@ def test_reconstruct_matches_a_healthy_run(store: RunStore) -> None:
 def test_reconstruct_detects_a_hand_edited_state_and_repairs_it(store: RunStore) -> None:
     run = _failed_run(store)
     layout = RunLayout(run.run_id)
-    data = json.loads(store.storage.read(layout.state) or b"")
-    data["status"] = "completed"
-    data["phases"]["build"]["steps"]["test"]["status"] = "completed"
-    data["errors"][0]["message"] = "green"
-    store.storage.replace(layout.state, _codec.dumps(data))
+
+    def edit(data: dict[str, Any]) -> None:
+        data["status"] = "completed"
+        data["phases"]["build"]["steps"]["test"]["status"] = "completed"
+        data["errors"][0]["message"] = "green"
+
+    _edit_snapshot(store, layout.state, edit)  # checksum redone: only the fold can tell it lies
     r = Resumer(store)
     state, report = r.reconstruct(run.id)
     assert ("different", False) == (report.stored, report.ok)
     assert [
-        StateDifference("status", "completed", "failed"),
+        StateDifference("status", "completed", "failing"),
         StateDifference("phases.build.steps.test.status", "completed", "failed"),
         StateDifference("errors[0].message", "green", "red"),
     ] == list(report.differences)
-    assert "failed" == state.status
+    assert "failing" == state.status
     assert report.to_dict() == json.loads(json.dumps(report.to_dict()))
 
     _, repaired = r.reconstruct(run.id, repair=True)
     assert (True, "different") == (repaired.repaired, repaired.stored)
     assert (True, "ok") == (r.reconstruct(run.id)[1].ok, r.reconstruct(run.id)[1].stored)
-    assert "failed" == store.get_run(run.id).state().status
+    assert "failing" == store.get_run(run.id).state().status
 
 
 def test_reconstruct_repairs_a_missing_or_unreadable_state(store: RunStore) -> None:
@@ -109,7 +121,7 @@ def test_reconstruct_repairs_a_missing_or_unreadable_state(store: RunStore) -> N
         damage()
         state, report = r.reconstruct(run.id, repair=True)
         assert (expected, True, None) == (report.stored, report.repaired, report.stored_last_event_id)
-        assert RunState.from_dict(json.loads(store.storage.read(layout.state) or b"")) == state
+        assert RunState.from_dict(decode_snapshot(store.storage.read(layout.state) or b"")[0]) == state
 
 
 def test_a_lagging_state_json_is_stale_not_different(store_factory: Any) -> None:
@@ -124,9 +136,7 @@ def test_a_lagging_state_json_is_stale_not_different(store_factory: Any) -> None
 def test_a_state_json_claiming_events_that_do_not_exist_is_different(store: RunStore) -> None:
     run = _failed_run(store)
     layout = RunLayout(run.run_id)
-    data = json.loads(store.storage.read(layout.state) or b"")
-    data["last_event_id"] = 9
-    store.storage.replace(layout.state, _codec.dumps(data))
+    _edit_snapshot(store, layout.state, lambda data: data.update(last_event_id=9))
     _, report = Resumer(store).reconstruct(run.id)
     assert [StateDifference("last_event_id", 9, 6)] == list(report.differences)
 
@@ -136,9 +146,7 @@ def test_reconstruct_finds_and_repairs_a_bad_historical_snapshot(store_factory: 
     run = _failed_run(store)
     layout = RunLayout(run.run_id)
     good = store.get_run(run.id).state(at=4)
-    wrong = good.copy()
-    wrong.current_step = "nonsense"
-    store.storage.replace(layout.snapshot(4), _codec.dumps(wrong.to_dict()))
+    _edit_snapshot(store, layout.snapshot(4), lambda data: data.update(current_step="nonsense"))
     r = Resumer(store)
     _, report = r.reconstruct(run.id)
     assert ((4,), False, "ok") == (report.bad_snapshots, report.ok, report.stored)
@@ -151,10 +159,11 @@ def test_reconstruct_finds_and_repairs_a_bad_historical_snapshot(store_factory: 
 def _consolidated_without_event_files(store: RunStore) -> Run:
     from faber_runlog.archive import consolidate
 
-    run = _failed_run(store)
-    consolidate(store, run.id)
+    run = _failed_run(store, ended=True)
+    record = consolidate(store, run.id)
     layout = RunLayout(run.run_id)
-    for seq in range(1, 7):
+    assert 7 == record.last_seq
+    for seq in range(1, 8):  # as cleanup does: the seal (event 8) stays
         store.storage.delete(layout.event(seq))
     return run
 
@@ -162,7 +171,7 @@ def _consolidated_without_event_files(store: RunStore) -> Run:
 def test_verify_checks_a_consolidated_run_from_its_events_jsonl(store: RunStore) -> None:
     run = _consolidated_without_event_files(store)
     report = Resumer(store).verify(run.id)
-    assert (True, 6, 6) == (report.ok, report.events, report.last_event_id)
+    assert (True, 8, 8) == (report.ok, report.events, report.last_event_id)  # 7 lines and the seal
 
 
 def test_verify_pinpoints_a_damaged_line_of_events_jsonl(store: RunStore) -> None:
@@ -177,18 +186,18 @@ def test_verify_pinpoints_a_damaged_line_of_events_jsonl(store: RunStore) -> Non
 
 
 def test_repairing_a_consolidated_run_keeps_it_sealed(store: RunStore) -> None:
-    from faber_runlog.log import CONSOLIDATED_KEY
+    from faber_runlog import RunArchived
 
     run = _consolidated_without_event_files(store)
     layout = RunLayout(run.run_id)
-    data = json.loads(store.storage.read(layout.state) or b"")
-    data["status"] = "completed"  # hand-edited
-    store.storage.replace(layout.state, json.dumps(data).encode())
+    _edit_snapshot(store, layout.state, lambda data: data.update(status="completed"))  # hand-edited
     _, report = Resumer(store).reconstruct(run.id, repair=True)
-    repaired = json.loads(store.storage.read(layout.state) or b"")
+    repaired, _ = decode_snapshot(store.storage.read(layout.state) or b"")
     assert ("different", True) == (report.stored, report.repaired)
-    assert (6, "failed") == (repaired[CONSOLIDATED_KEY], repaired["status"])
+    assert (8, "failed") == (repaired["sealed_at"], repaired["status"])
     assert "failed" == store.get_run(run.id).state().status
+    with pytest.raises(RunArchived):
+        store.get_run(run.id).log.emit("checkpoint", metadata={"label": "late"})
 
 
 def test_an_integral_float_duration_is_not_a_difference(store: RunStore) -> None:
@@ -196,9 +205,10 @@ def test_an_integral_float_duration_is_not_a_difference(store: RunStore) -> None
     run.log.emit("workflow_start")
     run.log.emit("phase_start", phase="build")
     run.log.emit("phase_complete", phase="build", duration_ms=1500)
+    run.complete()  # a status change: state.json now holds the phase
     layout = RunLayout(run.run_id)
-    text = (store.storage.read(layout.state) or b"").decode()
-    store.storage.replace(layout.state, text.replace("1500", "1500.0").encode())
+    _edit_snapshot(store, layout.state, lambda data: data["phases"]["build"].update(duration_ms=1500.0))
+    assert b'"duration_ms":1500.0' in (store.storage.read(layout.state) or b"")
     _, report = Resumer(store).reconstruct(run.id)
     assert ("ok", ()) == (report.stored, report.differences)
 
@@ -212,7 +222,7 @@ def test_verify_reports_a_truncated_events_jsonl_against_its_record(store: RunSt
     first = report.first
     assert first is not None
     assert (False, 5, "missing") == (report.ok, first.seq, first.kind)
-    assert "holds only 4 lines" in first.message and "1..6" in first.message
+    assert "holds only 4 lines" in first.message and "1..7" in first.message
 
 
 def test_verify_reports_an_unterminated_last_line(store: RunStore) -> None:
@@ -221,14 +231,14 @@ def test_verify_reports_an_unterminated_last_line(store: RunStore) -> None:
     store.storage.replace(layout.jsonl, (store.storage.read(layout.jsonl) or b"").rstrip(b"\n"))
     first = Resumer(store).verify(run.id).first
     assert first is not None
-    assert (6, "missing") == (first.seq, first.kind)
+    assert (7, "missing") == (first.seq, first.kind)
     assert "unterminated" in first.message
 
 
 def test_verify_checks_the_lines_readers_use_after_the_first_missing_file(store: RunStore) -> None:
     from faber_runlog.archive import consolidate
 
-    run = _failed_run(store)
+    run = _failed_run(store, ended=True)
     consolidate(store, run.id)
     layout = RunLayout(run.run_id)
     store.storage.delete(layout.event(3))  # readers take events 3.. from events.jsonl
@@ -260,4 +270,4 @@ def test_repair_without_any_state_json_still_keeps_a_consolidated_run_sealed(sto
     assert ("missing", True) == (report.stored, report.repaired)
     with pytest.raises(RunArchived):
         store.get_run(run.id).log.emit("checkpoint", metadata={"label": "late"})
-    assert 6 == store.get_run(run.id).state().last_event_id
+    assert (8, 8) == (store.get_run(run.id).state().last_event_id, store.get_run(run.id).state().sealed_at)
