@@ -201,14 +201,17 @@ class GatewayConfig:
         """``root`` as a URL or absolute folder; relative folders are taken from ``base_dir``."""
         if "://" in self.root or os.path.isabs(os.path.expanduser(self.root)):
             return os.path.expanduser(self.root) if "://" not in self.root else self.root
-        if os.path.normpath(self.root).split(os.sep)[0] == "..":
+        base = os.path.abspath(os.fspath(base_dir)) if base_dir is not None else os.getcwd()
+        # The project is the folder holding .fractary/ (gateway.json lives below it), else the base itself.
+        parts = base.split(os.sep)
+        project = os.sep.join(parts[: parts.index(".fractary")]) if ".fractary" in parts else base
+        resolved = os.path.normpath(os.path.join(base, os.path.expanduser(self.root)))
+        if os.path.commonpath([resolved, project or os.sep]) != (project or os.sep):
             raise InvalidGatewayConfig(
-                f"gateway.json root {self.root!r} leaves the project folder through '..'; give a folder "
-                "inside the project, or an absolute path if the runs really live elsewhere"
+                f"gateway.json root {self.root!r} leaves the project folder {project} through '..'; give a "
+                "folder inside the project, or an absolute path if the runs really live elsewhere"
             )
-        if base_dir is None:
-            return os.path.expanduser(self.root)
-        return os.path.join(os.fspath(base_dir), self.root)
+        return resolved if base_dir is not None else os.path.expanduser(self.root)
 
 
 def _refuse_secrets(options: Any, archive_options: Any, *, path: str | None) -> None:

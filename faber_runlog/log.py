@@ -674,17 +674,21 @@ class EventLog:
 
     def _stored_jsonl(self, body: bytes, after: int, until: int | None, last: int) -> Iterator[Event]:
         stop = last if until is None else min(until, last)
-        try:
-            for seq, line in iter_jsonl(body, after, stop):
-                yield self._decode(seq, line, self._layout.jsonl)
-        except ValueError as e:
-            path = self._storage.path(self._layout.jsonl)
-            raise CorruptEvent(
-                f"{path} of run {self._run_id} is cut short ({e}); restore it from the archive",
-                run_id=self._run_id,
-                seq=after + 1,
-                path=path,
-            ) from e
+        lines = iter_jsonl(body, after, stop)
+        while True:
+            try:
+                seq, line = next(lines)
+            except StopIteration:
+                return
+            except ValueError as e:  # fewer lines than the seal says: cut short
+                path = self._storage.path(self._layout.jsonl)
+                raise CorruptEvent(
+                    f"{path} of run {self._run_id} is cut short ({e}); restore it from the archive",
+                    run_id=self._run_id,
+                    seq=after + 1,
+                    path=path,
+                ) from e
+            yield self._decode(seq, line, self._layout.jsonl)
 
     def _stored_files(self, after: int, until: int | None = None) -> Generator[Event, None, int]:
         """Events from their files; returns the first sequence number not read."""

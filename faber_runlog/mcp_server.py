@@ -190,17 +190,17 @@ def _argument_problem(tool: str, err: Mapping[str, Any]) -> str:
     """One pydantic argument error as a sentence naming the argument and what it must be."""
     loc = [str(p) for p in err.get("loc", ()) if not str(p).endswith("Arguments")]
     name = ".".join(loc) or "arguments"
-    kind = str(err.get("type", ""))
-    if kind == "missing":
+    problem = str(err.get("type", ""))
+    if problem == "missing":
         return f"{tool} needs the argument {name!r}"
-    if kind == "extra_forbidden":
+    if problem == "extra_forbidden":
         return f"{tool} takes no argument {name!r}"
     got = type(err.get("input")).__name__
     got = {"dict": "an object", "list": "a list", "str": "a string", "NoneType": "null"}.get(got, f"a {got}")
-    wanted = next((words for key, words in _KINDS.items() if kind.startswith(key)), None)
+    wanted = next((words for key, words in _KINDS.items() if problem.startswith(key)), None)
     if wanted is not None:
         return f"{tool}: argument {name!r} must be {wanted}, got {got}"
-    return f"{tool}: argument {name!r} is invalid ({str(err.get('msg', kind)).lower()})"
+    return f"{tool}: argument {name!r} is invalid ({str(err.get('msg', problem)).lower()})"
 
 
 def _plain_errors(server_cls: Any, tool_error: type[Exception]) -> Any:

@@ -25,7 +25,7 @@ def test_duckdb_over_the_stores_arrow_table(tmp_path: Path) -> None:
     make_runs(store)
     events = store.to_arrow(progress=False)
     assert [("build", "deploy", 1)] == duckdb.sql(FAILING).fetchall()
-    assert 17 == events.num_rows
+    assert 18 == events.num_rows
 
 
 def test_duckdb_reads_the_s3_archive_through_a_registered_s3fs(tmp_path: Path, s3_server: S3Server) -> None:
