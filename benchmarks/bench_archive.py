@@ -33,7 +33,7 @@ from _common import Row, rate_row
 from faber_runlog import Archiver, Event, RunStore
 from faber_runlog._codec import dumps, loads
 from faber_runlog._format import RunLayout
-from faber_runlog.state import RunState, fold_all
+from faber_runlog._state import RunState, fold_all
 
 EVENTS_PER_RUN = 200
 LATENCY_S = 0.02

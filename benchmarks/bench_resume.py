@@ -18,7 +18,7 @@ from _common import Row, best_of, rate_row
 from faber_runlog import Event, Resumer, RunStore
 from faber_runlog._codec import dumps
 from faber_runlog._format import RunLayout
-from faber_runlog.state import RunState, fold_all
+from faber_runlog._state import RunState, fold_all
 
 PHASES = ("plan", "build", "test", "release")
 STEPS = tuple(f"s{i}" for i in range(5))

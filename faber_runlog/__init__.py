@@ -1,8 +1,6 @@
 """faber_runlog: run ids, an append-only event log and folded run state on fsspec."""
 
-from faber_runlog._faber import ExportResult, ImportedRun, ImportReport, export_faber, import_faber
-from faber_runlog._version import __version__
-from faber_runlog.archive import (
+from faber_runlog._archive import (
     ArchiveIndexEntry,
     Archiver,
     ArchiveResult,
@@ -11,6 +9,20 @@ from faber_runlog.archive import (
     RetentionPolicy,
     consolidate,
 )
+from faber_runlog._events import Event, event_schema, event_types, register_event_type, register_upcaster
+from faber_runlog._faber import ExportResult, ImportedRun, ImportReport, export_faber, import_faber
+from faber_runlog._gateway import Backend, Gateway, GatewayConfig, register_backend
+from faber_runlog._ids import RunId
+from faber_runlog._lease import Heartbeat, Lease
+from faber_runlog._lifecycle import StatusView, SweptRun, SweptRuns
+from faber_runlog._log import Commit, EventLog
+from faber_runlog._metadata import RunMetadata
+from faber_runlog._resume import ParamDiff, ResumePlan, Resumer, diff_params
+from faber_runlog._state import ApprovalState, PhaseState, RunState, RunStatus, StepState, fold, register_fold
+from faber_runlog._storage import Capabilities
+from faber_runlog._store import Lineage, Run, RunList, RunProblem, RunStore, RunSummary
+from faber_runlog._verify import ReconstructReport, StateDifference, VerifyProblem, VerifyReport
+from faber_runlog._version import __version__
 from faber_runlog.errors import (
     ActiveRunExists,
     ApprovalConflict,
@@ -46,18 +58,6 @@ from faber_runlog.errors import (
     TooManyActiveRuns,
     UnsafePath,
 )
-from faber_runlog.events import Event, event_schema, event_types, register_event_type, register_upcaster
-from faber_runlog.gateway import Backend, Gateway, GatewayConfig, register_backend
-from faber_runlog.ids import RunId
-from faber_runlog.lease import Heartbeat, Lease
-from faber_runlog.lifecycle import StatusView, SweptRun, SweptRuns
-from faber_runlog.log import Commit, EventLog
-from faber_runlog.metadata import RunMetadata
-from faber_runlog.resume import ParamDiff, ResumePlan, Resumer, diff_params
-from faber_runlog.state import ApprovalState, PhaseState, RunState, RunStatus, StepState, fold, register_fold
-from faber_runlog.storage import Capabilities
-from faber_runlog.store import Lineage, Run, RunList, RunProblem, RunStore, RunSummary
-from faber_runlog.verify import ReconstructReport, StateDifference, VerifyProblem, VerifyReport
 
 __all__ = [
     "ActiveRunExists",

@@ -12,15 +12,15 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from faber_runlog._events import Event
+from faber_runlog._gateway import Gateway
 from faber_runlog._hints import did_you_mean
+from faber_runlog._store import Run
 from faber_runlog.errors import InvalidEvent
-from faber_runlog.events import Event
-from faber_runlog.gateway import Gateway
-from faber_runlog.store import Run
 
 __all__ = ["DECISIONS", "RUN_ACTIONS", "STEP_ACTIONS", "decide", "perform", "request_approval"]
 
-log = logging.getLogger("faber_runlog.gateway")
+log = logging.getLogger("faber_runlog._gateway")
 
 RUN_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
     "start": lambda run, **kw: run.start(),

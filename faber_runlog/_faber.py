@@ -28,15 +28,15 @@ import attrs
 
 from faber_runlog import _codec
 from faber_runlog._converter import converter
+from faber_runlog._events import Event, register_event_type, validate_event_dict
+from faber_runlog._ids import RunId, validate_slug
+from faber_runlog._metadata import RunMetadata
 from faber_runlog._plan import normalize_plan
 from faber_runlog._progress import Progress
+from faber_runlog._state import ErrorRecord, PhaseState, RunState
+from faber_runlog._storage import open_filesystem
+from faber_runlog._store import Run, RunStore
 from faber_runlog.errors import FaberRunlogError, InvalidEvent, InvalidRunId, RunExists, StorageError
-from faber_runlog.events import Event, register_event_type, validate_event_dict
-from faber_runlog.ids import RunId, validate_slug
-from faber_runlog.metadata import RunMetadata
-from faber_runlog.state import ErrorRecord, PhaseState, RunState
-from faber_runlog.storage import open_filesystem
-from faber_runlog.store import Run, RunStore
 
 __all__ = [
     "EXPORT_KEY",

@@ -27,9 +27,9 @@ from faber_runlog._faber import (
     runlog_statuses,
 )
 from faber_runlog._format import RunLayout
+from faber_runlog._gateway import Gateway
+from faber_runlog._store import Run
 from faber_runlog.errors import FaberRunlogError, InvalidEvent
-from faber_runlog.gateway import Gateway
-from faber_runlog.store import Run
 
 __all__ = ["FABER_TOOLS", "register"]
 
@@ -160,7 +160,7 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
         return list_runs(work_id, status, org, project, int(limit))
 
     def fractary_faber_event_consolidate(run_id: str) -> dict[str, Any]:
-        from faber_runlog.archive import consolidate
+        from faber_runlog._archive import consolidate
 
         try:
             run = open_run(run_id)

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from faber_runlog import _codec
-from faber_runlog.ids import RunId
+from faber_runlog._ids import RunId
 
 __all__ = [
     "ARCHIVE_MARKER",

@@ -20,8 +20,8 @@ def did_you_mean(word: object, choices: Iterable[str], *, cutoff: float = 0.6) -
 
 def check_status_filter(status: str | None) -> None:
     """Refuse a run-status filter no run can match (``"failure"``), so a typo is not an empty answer."""
+    from faber_runlog._state import RUN_STATUSES
     from faber_runlog.errors import InvalidFilter
-    from faber_runlog.state import RUN_STATUSES
 
     if status is not None and status not in RUN_STATUSES:
         raise InvalidFilter(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from faber_runlog.state import PhaseState, RunState, StepState
+from faber_runlog._state import PhaseState, RunState, StepState
 
 __all__ = ["DONE_STATUSES", "apply_plan", "normalize_plan", "progress_text"]
 
@@ -23,7 +23,7 @@ _MAX_NAME = 128  # the event schema's limit for phase and step names
 
 def _invalid(message: str) -> Exception:
     """The store's InvalidParams error (imported late: store.py imports this module)."""
-    from faber_runlog.store import InvalidParams as error
+    from faber_runlog._store import InvalidParams as error
 
     return error(message)
 

@@ -13,7 +13,7 @@ write to the store and look at what it really did::
 
 Each check uses fresh keys under ``.faber_runlog/contract/`` and removes them
 afterwards. A check that needs a capability the backend does not declare
-(see :class:`faber_runlog.storage.Capabilities`) is skipped and named in the
+(see :class:`faber_runlog._storage.Capabilities`) is skipped and named in the
 returned list, so the same call works for every backend.
 """
 
@@ -23,8 +23,8 @@ import threading
 import uuid
 from collections.abc import Callable
 
+from faber_runlog._storage import Storage
 from faber_runlog.errors import FaberRunlogError
-from faber_runlog.storage import Storage
 
 __all__ = [
     "ContractViolation",

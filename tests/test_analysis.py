@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from faber_runlog import Archiver, MissingExtra, RunStore
-from faber_runlog.analysis import EVENT_COLUMNS, RUN_COLUMNS, events_frame, runs_frame
+from faber_runlog._analysis import EVENT_COLUMNS, RUN_COLUMNS, events_frame, runs_frame
 
 
 def make_runs(store: RunStore) -> dict[str, str]:

@@ -18,11 +18,11 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from faber_runlog import RunStore, StorageError, UnsafePath
-from faber_runlog.cli import main
+from faber_runlog._cli import main
+from faber_runlog._gateway import GatewayConfig
+from faber_runlog._storage import TEMP_MAX_AGE, MemoryStorage, Storage, Versioned, digest
+from faber_runlog._store import InvalidParams
 from faber_runlog.errors import BucketNotFound, CredentialsMissing, InvalidGatewayConfig
-from faber_runlog.gateway import GatewayConfig
-from faber_runlog.storage import TEMP_MAX_AGE, MemoryStorage, Storage, Versioned, digest
-from faber_runlog.store import InvalidParams
 from faber_runlog.testing import (
     ContractViolation,
     check_compare_and_swap,
@@ -115,7 +115,7 @@ def test_no_module_outside_the_storage_layer_uses_private_or_backend_internals()
     )
     offenders = []
     for path in sorted(PACKAGE.glob("*.py")):
-        if path.name in ("storage.py", "testing.py"):
+        if path.name in ("_storage.py", "testing.py"):
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if forbidden.search(line):

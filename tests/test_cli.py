@@ -13,8 +13,8 @@ import pytest
 from conftest import BUCKET, S3Server
 
 from faber_runlog import RunStore
-from faber_runlog.cli import main
-from faber_runlog.gateway import CONFIG_ENV, CONFIG_PATH, GatewayConfig, load_config, write_config
+from faber_runlog._cli import main
+from faber_runlog._gateway import CONFIG_ENV, CONFIG_PATH, GatewayConfig, load_config, write_config
 
 MISSING = "acme/web/00000000-0000-4000-8000-000000000000"
 

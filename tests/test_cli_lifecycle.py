@@ -11,8 +11,8 @@ import pytest
 from test_cli import MISSING, Cli, cli
 
 from faber_runlog import RunStore
-from faber_runlog.cli import main
-from faber_runlog.gateway import CONFIG_ENV
+from faber_runlog._cli import main
+from faber_runlog._gateway import CONFIG_ENV
 
 __all__ = ["cli"]  # the fixture, shared with test_cli.py
 

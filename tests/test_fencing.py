@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from faber_runlog import ActiveRunExists, Resumer, RunStore
-from faber_runlog.lease import Heartbeat, acquire_lease, read_lease, read_lease_versioned
-from faber_runlog.lifecycle import claim_start
-from faber_runlog.state import ACTIVE_STATUSES
+from faber_runlog._lease import Heartbeat, acquire_lease, read_lease, read_lease_versioned
+from faber_runlog._lifecycle import claim_start
+from faber_runlog._state import ACTIVE_STATUSES
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = Path(__file__).with_name("_lifecycle_workers.py")

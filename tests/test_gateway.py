@@ -8,8 +8,8 @@ import pytest
 from conftest import BUCKET, S3Server
 
 from faber_runlog import InvalidEvent, InvalidGatewayConfig, RunNotFound, RunStore
-from faber_runlog.events import Event
-from faber_runlog.gateway import (
+from faber_runlog._events import Event
+from faber_runlog._gateway import (
     CONFIG_ENV,
     CONFIG_PATH,
     Backend,
@@ -22,7 +22,7 @@ from faber_runlog.gateway import (
     register_backend,
     write_config,
 )
-from faber_runlog.store import Run
+from faber_runlog._store import Run
 
 
 def _all_keys(store: RunStore) -> list[str]:

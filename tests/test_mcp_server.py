@@ -129,7 +129,7 @@ def test_tools_and_resources_over_a_real_stdio_session(
 
 
 def test_with_logging_disabled_emit_event_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from faber_runlog.gateway import CONFIG_PATH, GatewayConfig, write_config
+    from faber_runlog._gateway import CONFIG_PATH, GatewayConfig, write_config
 
     write_config(GatewayConfig(enabled=False), tmp_path / CONFIG_PATH)
     store = RunStore(str(tmp_path / ".fractary/plugins/faber/runs"))
@@ -148,7 +148,7 @@ def test_with_logging_disabled_emit_event_writes_nothing(tmp_path: Path, monkeyp
 def test_importing_the_server_module_does_not_import_the_sdk() -> None:
     import subprocess
 
-    code = "import sys, faber_runlog.mcp_server, faber_runlog.cli; print('mcp' in sys.modules)"
+    code = "import sys, faber_runlog._mcp_server, faber_runlog._cli; print('mcp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "False" == out.stdout.strip()
 

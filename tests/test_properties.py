@@ -31,10 +31,10 @@ from faber_runlog import (
     RunStore,
     _codec,
 )
+from faber_runlog._events import BUILTIN_EVENT_TYPES, validate_event_dict
+from faber_runlog._resume import Resumer
+from faber_runlog._state import RunState, fold_all
 from faber_runlog._transitions import TRANSITIONS
-from faber_runlog.events import BUILTIN_EVENT_TYPES, validate_event_dict
-from faber_runlog.resume import Resumer
-from faber_runlog.state import RunState, fold_all
 
 RUN_ID = "acme/web/3f2b8c1e-9a4d-4c6e-8f10-2b7d9e0a1c55"
 NAMES = st.sampled_from(["build", "test", "ship", "a", "b"])

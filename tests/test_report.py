@@ -6,8 +6,8 @@ import pytest
 
 from faber_runlog import Run, RunStore
 from faber_runlog._format import RunLayout
-from faber_runlog.log import EventLog
-from faber_runlog.report import read_report, render_markdown, report_schema, validate_report
+from faber_runlog._log import EventLog
+from faber_runlog._report import read_report, render_markdown, report_schema, validate_report
 
 
 def worked_run(store: RunStore) -> Run:

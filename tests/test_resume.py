@@ -24,11 +24,11 @@ from faber_runlog import (
     diff_params,
     register_upcaster,
 )
+from faber_runlog._events import register_event_type
 from faber_runlog._format import RunLayout
-from faber_runlog.events import register_event_type
-from faber_runlog.lease import Lease, lease_key
-from faber_runlog.resume import merge_params
-from faber_runlog.state import fold_all, register_fold
+from faber_runlog._lease import Lease, lease_key
+from faber_runlog._resume import merge_params
+from faber_runlog._state import fold_all, register_fold
 
 WORKERS = Path(__file__).with_name("_resume_workers.py")
 WORKFLOW = [("frame", ["fetch", "plan"]), ("build", ["compile", "test", "package"]), ("release", ["ship"])]

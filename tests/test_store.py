@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from faber_runlog import InvalidRunId, RunExists, RunNotFound, RunStore
-from faber_runlog.store import DEFAULT_ROOT
+from faber_runlog._store import DEFAULT_ROOT
 
 
 def test_create_run_writes_metadata_and_initial_state(store: RunStore) -> None:

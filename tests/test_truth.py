@@ -318,7 +318,7 @@ def test_a_damaged_run_is_reported_and_the_others_are_still_listed_and_swept(sto
 
 
 def test_a_corrupt_concurrency_key_claim_does_not_block_the_key_for_ever(store: RunStore) -> None:
-    from faber_runlog.lifecycle import key_folder
+    from faber_runlog._lifecycle import key_folder
 
     first = store.create_run("acme", "web", concurrency_key="deploy-prod")
     first.start()

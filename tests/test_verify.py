@@ -9,7 +9,7 @@ import pytest
 
 from faber_runlog import Resumer, Run, RunState, RunStore, StateDifference, _codec
 from faber_runlog._format import RunLayout, decode_snapshot, encode_snapshot
-from faber_runlog.state import fold_all
+from faber_runlog._state import fold_all
 
 
 def _edit_snapshot(store: RunStore, key: str, edit: Any) -> None:
@@ -157,7 +157,7 @@ def test_reconstruct_finds_and_repairs_a_bad_historical_snapshot(store_factory: 
 
 
 def _consolidated_without_event_files(store: RunStore) -> Run:
-    from faber_runlog.archive import consolidate
+    from faber_runlog._archive import consolidate
 
     run = _failed_run(store, ended=True)
     record = consolidate(store, run.id)
@@ -236,7 +236,7 @@ def test_verify_reports_an_unterminated_last_line(store: RunStore) -> None:
 
 
 def test_verify_checks_the_lines_readers_use_after_the_first_missing_file(store: RunStore) -> None:
-    from faber_runlog.archive import consolidate
+    from faber_runlog._archive import consolidate
 
     run = _failed_run(store, ended=True)
     consolidate(store, run.id)

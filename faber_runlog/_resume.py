@@ -16,15 +16,15 @@ from typing import Any, Final
 import attrs
 
 from faber_runlog import _codec
+from faber_runlog._events import Event
 from faber_runlog._format import RunLayout
+from faber_runlog._ids import RunId
+from faber_runlog._lease import default_owner, read_lease, try_acquire_lease
+from faber_runlog._state import TERMINAL_STATUSES, RunState
+from faber_runlog._storage import Storage
+from faber_runlog._store import Run, RunStore
+from faber_runlog._verify import ReconstructReport, VerifyReport, reconstruct_state, verify_run
 from faber_runlog.errors import InvalidRerun, RunNotRerunnable, RunNotResumable
-from faber_runlog.events import Event
-from faber_runlog.ids import RunId
-from faber_runlog.lease import default_owner, read_lease, try_acquire_lease
-from faber_runlog.state import TERMINAL_STATUSES, RunState
-from faber_runlog.storage import Storage
-from faber_runlog.store import Run, RunStore
-from faber_runlog.verify import ReconstructReport, VerifyReport, reconstruct_state, verify_run
 
 __all__ = ["ARCHIVE_MARKERS", "ParamDiff", "ResumePlan", "Resumer", "diff_params", "is_archived", "merge_params"]
 

@@ -32,9 +32,9 @@ import attrs
 from faber_runlog import _codec
 from faber_runlog._converter import converter
 from faber_runlog._format import RunLayout
+from faber_runlog._ids import RunId
+from faber_runlog._storage import Storage
 from faber_runlog.errors import LeaseLost
-from faber_runlog.ids import RunId
-from faber_runlog.storage import Storage
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
@@ -53,7 +53,7 @@ __all__ = [
     "try_acquire_lease",
 ]
 
-log = logging.getLogger("faber_runlog.lease")
+log = logging.getLogger("faber_runlog._lease")
 
 LEASE_NAME = "lease.json"
 DEFAULT_LEASE_TTL: Final = 60.0

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from faber_runlog import _codec
+from faber_runlog._events import Event
 from faber_runlog._progress import is_terminal
 from faber_runlog.errors import (
     FaberRunlogError,
@@ -29,7 +30,6 @@ from faber_runlog.errors import (
     InvalidStoreUrl,
     UnsafePath,
 )
-from faber_runlog.events import Event
 
 __all__ = ["STORAGE_OPTIONS_ENV", "main"]
 
@@ -51,7 +51,7 @@ class UsageError(Exception):
 def _json_arg(text: str, what: str) -> Any:
     import json
 
-    from faber_runlog.events import check_json_value
+    from faber_runlog._events import check_json_value
 
     try:
         # The stdlib parser keeps big integers exact (orjson would turn them into floats), so the
@@ -143,7 +143,7 @@ class _Ctx:
     @property
     def gateway(self) -> Any:
         if self._gateway is None:
-            from faber_runlog.gateway import Gateway
+            from faber_runlog._gateway import Gateway
 
             options = _storage_options(self.args)
             self._gateway = Gateway.open(self.args.config, root=self.args.root, storage_options=options)
@@ -166,7 +166,7 @@ class _Ctx:
 
 
 def _cmd_init(ctx: _Ctx) -> int:
-    from faber_runlog.gateway import CONFIG_PATH, Gateway, GatewayConfig, S3ArchiveConfig, write_config
+    from faber_runlog._gateway import CONFIG_PATH, Gateway, GatewayConfig, S3ArchiveConfig, write_config
 
     a = ctx.args
     path = Path(a.config) if a.config else Path.cwd() / CONFIG_PATH
@@ -346,7 +346,7 @@ def _run_stopped(state: Any) -> bool:
 
 
 def _cmd_tail(ctx: _Ctx) -> int:
-    from faber_runlog.state import fold
+    from faber_runlog._state import fold
 
     a = ctx.args
     if a.lines < 0:
@@ -408,7 +408,7 @@ def _plan_lines(plan: Any) -> list[str]:
 
 
 def _cmd_resume(ctx: _Ctx) -> int:
-    from faber_runlog.resume import Resumer
+    from faber_runlog._resume import Resumer
 
     a = ctx.args
     if not a.dry_run and ctx.store.get_run(a.run_id).state().status == "paused":
@@ -437,7 +437,7 @@ def _cmd_resume(ctx: _Ctx) -> int:
 
 
 def _cmd_rerun(ctx: _Ctx) -> int:
-    from faber_runlog.resume import Resumer
+    from faber_runlog._resume import Resumer
 
     a = ctx.args
     if a.mode == "from_event" and a.from_event is None:
@@ -465,7 +465,7 @@ def _cmd_rerun(ctx: _Ctx) -> int:
 
 
 def _cmd_verify(ctx: _Ctx) -> int:
-    from faber_runlog.resume import Resumer
+    from faber_runlog._resume import Resumer
 
     a = ctx.args
     resumer = Resumer(ctx.store)
@@ -497,8 +497,8 @@ def _cmd_verify(ctx: _Ctx) -> int:
 
 
 def _cmd_archive(ctx: _Ctx) -> int:
-    from faber_runlog.archive import Archiver
-    from faber_runlog.store import RunStore
+    from faber_runlog._archive import Archiver
+    from faber_runlog._store import RunStore
 
     a = ctx.args
     if not a.run_ids and not a.all_finished:
@@ -534,8 +534,8 @@ def _cmd_archive(ctx: _Ctx) -> int:
 
 
 def _cmd_report(ctx: _Ctx) -> int:
-    from faber_runlog.report import compose_report, render_markdown
-    from faber_runlog.state import TERMINAL_STATUSES
+    from faber_runlog._report import compose_report, render_markdown
+    from faber_runlog._state import TERMINAL_STATUSES
 
     a = ctx.args
     run = ctx.store.get_run(a.run_id)
@@ -557,7 +557,7 @@ def _cmd_report(ctx: _Ctx) -> int:
 
 
 def _cmd_demo(ctx: _Ctx) -> int:
-    from faber_runlog.demo import run_demo
+    from faber_runlog._demo import run_demo
 
     run_demo(ctx.store, out=ctx.out)
     return EXIT_OK
@@ -600,7 +600,7 @@ def _cmd_export(ctx: _Ctx) -> int:
 
 
 def _cmd_mcp(ctx: _Ctx) -> int:
-    from faber_runlog.mcp_server import serve
+    from faber_runlog._mcp_server import serve
 
     serve(ctx.gateway)
     return EXIT_OK

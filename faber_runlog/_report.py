@@ -18,12 +18,12 @@ import fastjsonschema
 
 from faber_runlog import _codec
 from faber_runlog._format import RunLayout
+from faber_runlog._ids import RunId
+from faber_runlog._log import EventLog
+from faber_runlog._metadata import RunMetadata
+from faber_runlog._state import TERMINAL_STATUSES, RunState
+from faber_runlog._storage import Storage
 from faber_runlog.errors import CorruptState
-from faber_runlog.ids import RunId
-from faber_runlog.log import EventLog
-from faber_runlog.metadata import RunMetadata
-from faber_runlog.state import TERMINAL_STATUSES, RunState
-from faber_runlog.storage import Storage
 
 __all__ = [
     "REPORT_JSON",
@@ -38,7 +38,7 @@ __all__ = [
     "write_report",
 ]
 
-log = logging.getLogger("faber_runlog.report")
+log = logging.getLogger("faber_runlog._report")
 
 REPORT_JSON: Final = "report.json"
 REPORT_MD: Final = "report.md"

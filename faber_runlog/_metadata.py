@@ -12,8 +12,8 @@ from typing import Any
 import attrs
 
 from faber_runlog._converter import converter
+from faber_runlog._events import SCHEMA_VERSION
 from faber_runlog._version import __version__
-from faber_runlog.events import SCHEMA_VERSION
 
 __all__ = ["RunMetadata", "capture_environment"]
 
@@ -71,7 +71,7 @@ def _git_info(cwd: str) -> tuple[str | None, str | None]:
 
 def capture_environment() -> dict[str, Any]:
     """Host, user, Python and (inside a git checkout) branch and commit."""
-    from faber_runlog.log import _USER  # the same user the events carry
+    from faber_runlog._log import _USER  # the same user the events carry
 
     branch, commit = _git_info(os.getcwd())
     env: dict[str, Any] = {

@@ -25,10 +25,10 @@ import attrs
 import fastjsonschema
 
 from faber_runlog import _codec
+from faber_runlog._events import Event
+from faber_runlog._resume import diff_params
+from faber_runlog._store import DEFAULT_ROOT, Run, RunStore
 from faber_runlog.errors import InvalidGatewayConfig
-from faber_runlog.events import Event
-from faber_runlog.resume import diff_params
-from faber_runlog.store import DEFAULT_ROOT, Run, RunStore
 
 __all__ = [
     "CONFIG_ENV",
@@ -48,7 +48,7 @@ __all__ = [
     "write_config",
 ]
 
-log = logging.getLogger("faber_runlog.gateway")
+log = logging.getLogger("faber_runlog._gateway")
 
 CONFIG_PATH: Final = ".fractary/plugins/faber/gateway.json"
 """Where ``faber-runlog init`` writes the config, under the project folder (the FABER layout)."""
@@ -383,7 +383,7 @@ class LocalFilesBackend(Backend):
     records = True
 
     def record(self, run: Run, event_type: str, fields: dict[str, Any]) -> Event:
-        """Validate and append through the run's :class:`~faber_runlog.log.EventLog`."""
+        """Validate and append through the run's :class:`~faber_runlog._log.EventLog`."""
         return run.log.emit(event_type, **fields)
 
     def handle(self, run: Run, event: Event) -> None:
@@ -411,8 +411,8 @@ class S3ArchiveBackend(Backend):
         return self._destination
 
     def archiver(self, *, progress: bool = False) -> Any:
-        """An :class:`~faber_runlog.archive.Archiver` from the run store to the archive."""
-        from faber_runlog.archive import Archiver
+        """An :class:`~faber_runlog._archive.Archiver` from the run store to the archive."""
+        from faber_runlog._archive import Archiver
 
         return Archiver(self.source, self.destination, progress=progress)
 

@@ -27,15 +27,15 @@ import attrs
 
 from faber_runlog import _codec
 from faber_runlog._converter import converter
+from faber_runlog._events import Event
 from faber_runlog._format import ARCHIVE_MARKER, RunLayout, jsonl_line, parse_seq_name
+from faber_runlog._ids import RunId
 from faber_runlog._progress import Progress
+from faber_runlog._state import RunState
+from faber_runlog._storage import PutResult, Storage
+from faber_runlog._store import RunStore
 from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES
 from faber_runlog.errors import ArchiveMismatch, ConsolidationError, FaberRunlogError, RunStillActive
-from faber_runlog.events import Event
-from faber_runlog.ids import RunId
-from faber_runlog.state import RunState
-from faber_runlog.storage import PutResult, Storage
-from faber_runlog.store import RunStore
 
 __all__ = [
     "ARCHIVE_MARKER",
@@ -52,7 +52,7 @@ __all__ = [
     "read_archive_index",
 ]
 
-log = logging.getLogger("faber_runlog.archive")
+log = logging.getLogger("faber_runlog._archive")
 
 
 INDEX_DIR: Final = ".faber_runlog/archive-index"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from faber_runlog.store import RunStore
+from faber_runlog._store import RunStore
 
 __all__ = ["run_demo"]
 

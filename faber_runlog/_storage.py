@@ -64,7 +64,7 @@ __all__ = [
     "open_filesystem",
 ]
 
-log = logging.getLogger("faber_runlog.storage")
+log = logging.getLogger("faber_runlog._storage")
 
 T = TypeVar("T")
 

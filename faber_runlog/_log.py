@@ -37,6 +37,7 @@ from typing import Any, Final
 import attrs
 
 from faber_runlog import _codec
+from faber_runlog._events import Event, _event_from_dict, type_version, upcast, validate_event_dict
 from faber_runlog._format import (
     SNAPSHOTS_KEPT,
     RunLayout,
@@ -47,6 +48,9 @@ from faber_runlog._format import (
     parse_seq_name,
     seq_name,
 )
+from faber_runlog._ids import RunId
+from faber_runlog._state import RunState, apply, fold_generation
+from faber_runlog._storage import Storage
 from faber_runlog._transitions import SEAL_TYPE, TRANSITIONS
 from faber_runlog.errors import (
     ApprovalConflict,
@@ -60,14 +64,10 @@ from faber_runlog.errors import (
     SequenceConflict,
     StorageError,
 )
-from faber_runlog.events import Event, _event_from_dict, type_version, upcast, validate_event_dict
-from faber_runlog.ids import RunId
-from faber_runlog.state import RunState, apply, fold_generation
-from faber_runlog.storage import Storage
 
 __all__ = ["SEAL_GRACE", "Commit", "EventLog"]
 
-log = logging.getLogger("faber_runlog.log")
+log = logging.getLogger("faber_runlog._log")
 
 SEAL_GRACE: Final = 3600.0
 """Seconds a sealed run keeps its event files before cleanup may remove them (see rule 4)."""

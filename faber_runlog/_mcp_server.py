@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from faber_runlog._gateway import Gateway
 from faber_runlog._version import __version__
 from faber_runlog.errors import FaberRunlogError, MissingExtra
-from faber_runlog.gateway import Gateway
 
 __all__ = ["build_server", "serve"]
 
@@ -46,7 +46,7 @@ def build_server(gateway: Gateway) -> Any:
     """An ``MCPServer`` exposing ``gateway``'s store; call ``.run("stdio")`` on it (or use :func:`serve`)."""
     from faber_runlog import _codec
     from faber_runlog._converter import converter
-    from faber_runlog.resume import Resumer
+    from faber_runlog._resume import Resumer
 
     server_cls, tool_error, resource_error = _sdk()
     server = _plain_errors(server_cls, tool_error)(
@@ -227,7 +227,7 @@ def _plain_errors(server_cls: Any, tool_error: type[Exception]) -> Any:
 def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error: type[Exception]) -> None:
     """Tools that change a run's status through the same checked ``Run`` methods as Python code."""
     from faber_runlog import _actions
-    from faber_runlog.events import Event
+    from faber_runlog._events import Event
 
     def written(run_id: str, action: str, event: Event | None) -> dict[str, Any]:
         if event is None:
@@ -304,8 +304,8 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error
         return {"written": bool(swept), "swept": [x.to_dict() for x in swept]}
 
     def get_report(run_id: str, write: bool = False) -> dict[str, Any]:
-        from faber_runlog.report import compose_report
-        from faber_runlog.state import TERMINAL_STATUSES
+        from faber_runlog._report import compose_report
+        from faber_runlog._state import TERMINAL_STATUSES
 
         try:
             run = gateway.store.get_run(run_id)

@@ -12,10 +12,20 @@ from typing import Any, Final
 import attrs
 import fsspec
 
-from faber_runlog import _codec, lifecycle, report
+from faber_runlog import _codec
+from faber_runlog import _lifecycle as lifecycle
+from faber_runlog import _report as report
+from faber_runlog._events import Event, check_json_value
 from faber_runlog._format import RunLayout, encode_snapshot
 from faber_runlog._hints import check_status_filter, did_you_mean
+from faber_runlog._ids import RunId, validate_slug
+from faber_runlog._lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
+from faber_runlog._lease import fence as lease_fence
+from faber_runlog._log import SEAL_GRACE, Commit, EventLog, current_states
+from faber_runlog._metadata import RunMetadata, capture_environment
 from faber_runlog._plan import apply_plan, normalize_plan
+from faber_runlog._state import RunState
+from faber_runlog._storage import Storage, open_filesystem
 from faber_runlog.errors import (
     CorruptState,
     InvalidEventPosition,
@@ -24,14 +34,6 @@ from faber_runlog.errors import (
     RunExists,
     RunNotFound,
 )
-from faber_runlog.events import Event, check_json_value
-from faber_runlog.ids import RunId, validate_slug
-from faber_runlog.lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
-from faber_runlog.lease import fence as lease_fence
-from faber_runlog.log import SEAL_GRACE, Commit, EventLog, current_states
-from faber_runlog.metadata import RunMetadata, capture_environment
-from faber_runlog.state import RunState
-from faber_runlog.storage import Storage, open_filesystem
 
 __all__ = ["DEFAULT_ROOT", "Lineage", "Run", "RunList", "RunProblem", "RunStore", "RunSummary"]
 
@@ -40,7 +42,7 @@ DEFAULT_ROOT: Final = ".fractary/plugins/faber/runs"
 
 ROOT_ENV: Final = "FABER_RUNLOG_ROOT"
 
-log = logging.getLogger("faber_runlog.store")
+log = logging.getLogger("faber_runlog._store")
 
 
 class InvalidParams(InvalidRunId):
@@ -570,20 +572,20 @@ class RunStore:
     # -- analysis (pandas / pyarrow, the ``faber_runlog[analysis]`` extra) ------
 
     def events_frame(self, **filters: Any) -> Any:
-        """A pandas DataFrame, one row per event; see :func:`faber_runlog.analysis.events_frame`."""
-        from faber_runlog.analysis import events_frame
+        """A pandas DataFrame, one row per event; see :func:`faber_runlog._analysis.events_frame`."""
+        from faber_runlog._analysis import events_frame
 
         return events_frame(self, **filters)
 
     def runs_frame(self, **filters: Any) -> Any:
-        """A pandas DataFrame, one row per run; see :func:`faber_runlog.analysis.runs_frame`."""
-        from faber_runlog.analysis import runs_frame
+        """A pandas DataFrame, one row per run; see :func:`faber_runlog._analysis.runs_frame`."""
+        from faber_runlog._analysis import runs_frame
 
         return runs_frame(self, **filters)
 
     def to_arrow(self, kind: str = "events", **filters: Any) -> Any:
-        """A pyarrow Table of events (or ``kind="runs"``); see :func:`faber_runlog.analysis.to_arrow`."""
-        from faber_runlog.analysis import to_arrow
+        """A pyarrow Table of events (or ``kind="runs"``); see :func:`faber_runlog._analysis.to_arrow`."""
+        from faber_runlog._analysis import to_arrow
 
         return to_arrow(self, kind, **filters)
 

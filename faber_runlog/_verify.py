@@ -14,14 +14,14 @@ from typing import Any, Final
 import attrs
 
 from faber_runlog import _codec
+from faber_runlog._events import upcast, validate_event_dict
 from faber_runlog._format import RunLayout, decode_snapshot, encode_snapshot, fingerprint, parse_seq_name
+from faber_runlog._ids import RunId
+from faber_runlog._state import RunState, apply
+from faber_runlog._storage import Storage
+from faber_runlog._store import RunStore
 from faber_runlog._transitions import SEAL_TYPE
 from faber_runlog.errors import InvalidEvent
-from faber_runlog.events import upcast, validate_event_dict
-from faber_runlog.ids import RunId
-from faber_runlog.state import RunState, apply
-from faber_runlog.storage import Storage
-from faber_runlog.store import RunStore
 
 __all__ = [
     "ReconstructReport",

@@ -27,7 +27,25 @@ import attrs
 
 from faber_runlog import _codec
 from faber_runlog._converter import converter
+from faber_runlog._events import Event
 from faber_runlog._format import RunLayout, parse_seq_name, seq_name
+from faber_runlog._ids import RunId
+from faber_runlog._lease import (
+    DEFAULT_LEASE_TTL,
+    Lease,
+    acquire_lease,
+    default_owner,
+    fence_out,
+    parse_lease,
+    read_lease,
+    read_lease_versioned,
+    release_lease,
+    stop_heartbeats,
+)
+from faber_runlog._log import Commit, EventLog
+from faber_runlog._report import write_report
+from faber_runlog._state import ACTIVE_STATUSES, TERMINAL_STATUSES, ApprovalState, PhaseState, RunState
+from faber_runlog._storage import Storage
 from faber_runlog._transitions import ACTIONS
 from faber_runlog.errors import (
     ActiveRunExists,
@@ -40,24 +58,6 @@ from faber_runlog.errors import (
     StorageError,
     TooManyActiveRuns,
 )
-from faber_runlog.events import Event
-from faber_runlog.ids import RunId
-from faber_runlog.lease import (
-    DEFAULT_LEASE_TTL,
-    Lease,
-    acquire_lease,
-    default_owner,
-    fence_out,
-    parse_lease,
-    read_lease,
-    read_lease_versioned,
-    release_lease,
-    stop_heartbeats,
-)
-from faber_runlog.log import Commit, EventLog
-from faber_runlog.report import write_report
-from faber_runlog.state import ACTIVE_STATUSES, TERMINAL_STATUSES, ApprovalState, PhaseState, RunState
-from faber_runlog.storage import Storage
 
 __all__ = [
     "APPROVAL_ACTIONS",
@@ -91,7 +91,7 @@ __all__ = [
     "sweep_stale",
 ]
 
-log = logging.getLogger("faber_runlog.lifecycle")
+log = logging.getLogger("faber_runlog._lifecycle")
 
 SWEEP_REASON: Final = "process_restart_unrecovered"
 APPROVAL_ACTIONS: Final = ("approve", "reject", "request_changes", "abort")

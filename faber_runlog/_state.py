@@ -16,6 +16,7 @@ from typing import Any, Final
 import attrs
 
 from faber_runlog._converter import converter
+from faber_runlog._events import Event
 from faber_runlog._transitions import (
     ACTIVE_STATUSES,
     BACK,
@@ -27,7 +28,6 @@ from faber_runlog._transitions import (
     TRANSITIONS,
     RunStatus,
 )
-from faber_runlog.events import Event
 
 __all__ = [
     "ACTIVE_STATUSES",

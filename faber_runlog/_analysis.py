@@ -16,11 +16,11 @@ from typing import Any, Final
 from faber_runlog import _codec
 from faber_runlog._format import RunLayout
 from faber_runlog._hints import check_status_filter
+from faber_runlog._ids import RunId
+from faber_runlog._log import current_states
 from faber_runlog._progress import Progress
+from faber_runlog._store import RunStore
 from faber_runlog.errors import MissingExtra
-from faber_runlog.ids import RunId
-from faber_runlog.log import current_states
-from faber_runlog.store import RunStore
 
 __all__ = ["EVENT_COLUMNS", "RUN_COLUMNS", "events_frame", "runs_frame", "to_arrow"]
 
@@ -213,7 +213,7 @@ def runs_frame(
                 meta = store._parse_metadata(rid, bodies[RunLayout(rid).metadata] or b"")
                 state = states[rid]
                 if isinstance(state, Exception):  # one damaged run must not hide the others
-                    logging.getLogger("faber_runlog.analysis").warning("runs_frame skipped run %s: %s", rid, state)
+                    logging.getLogger("faber_runlog._analysis").warning("runs_frame skipped run %s: %s", rid, state)
                     continue
                 if (status is not None and state.status != status) or (lo is not None and meta.created_at < lo) or (
                     hi is not None and meta.created_at >= hi
