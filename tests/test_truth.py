@@ -148,6 +148,7 @@ def test_cleanup_keeps_every_event_readable_and_one_bad_run_does_not_stop_it(
 # -- 3. consolidation interrupted ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_consolidation_killed_at_random_points_never_loses_an_acknowledged_append(
     shared_store_spec: dict[str, Any], soak: bool
 ) -> None:
