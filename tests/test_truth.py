@@ -249,6 +249,25 @@ def test_raw_emit_is_checked_against_the_transition_table(store: RunStore) -> No
     assert 2 == run.state().last_event_id
 
 
+def test_gateway_and_cli_emit_go_through_the_same_checks(store: RunStore, tmp_path: Path) -> None:
+    import io
+
+    from faber_runlog import Gateway
+    from faber_runlog._cli import main
+
+    run = store.create_run("acme", "web")
+    run.start()
+    run.request_approval("deploy", phase="ship", approval_id="gate-1")
+    with pytest.raises(InvalidTransition):
+        Gateway(store=store).emit(run.id, "workflow_complete")
+    if store.url.startswith(("s3://", "memory://")):
+        return  # the CLI reaches a store by its URL: the local folder shows it
+    err = io.StringIO()
+    assert 1 == main(["--root", store.url, "emit", run.id, "workflow_complete"], out=io.StringIO(), err=err)
+    assert "awaiting_approval" in err.getvalue()
+    assert ("awaiting_approval", 2) == (run.state().status, run.state().last_event_id)
+
+
 def test_the_unchecked_escape_hatch_still_refuses_a_sealed_log(store: RunStore) -> None:
     run = _ended_run(store)
     run.log.append({"type": "workflow_complete"}, unchecked=True)  # an importer copying a log as it was
