@@ -138,13 +138,13 @@ class EmitSnapshotReopen(RuleBasedStateMachine):
         status = self._folded().status
         try:
             ev = self.run.log.emit(fields["type"], **args)
-        except (InvalidEvent, InvalidTransition, ApprovalNotFound, ApprovalConflict, RunArchived) as e:
+        except (InvalidEvent, InvalidTransition, ApprovalNotFound, ApprovalConflict, RunArchived) as refused:
             # Refused (an extra key the schema forbids, a move the transition table does not allow,
             # no such pending approval, a sealed log): nothing may have been written.
-            assert [e.event_id for e in self.model] == [e.event_id for e in self.run.log.read()]
-            if isinstance(e, InvalidTransition):
+            assert [m.event_id for m in self.model] == [m.event_id for m in self.run.log.read()]
+            if isinstance(refused, InvalidTransition):
                 assert status not in TRANSITIONS[fields["type"]].moves
-            if isinstance(e, RunArchived):
+            if isinstance(refused, RunArchived):
                 assert self._folded().sealed_at is not None
             return
         assert len(self.model) + 1 == ev.event_id
