@@ -28,14 +28,14 @@ import attrs
 from faber_runlog import _codec
 from faber_runlog._converter import converter
 from faber_runlog._events import Event
-from faber_runlog._format import ARCHIVE_MARKER, RunLayout, jsonl_line, parse_seq_name
+from faber_runlog._format import ARCHIVE_MARKER, RunLayout, encode_snapshot, fingerprint, jsonl_line, parse_seq_name
 from faber_runlog._ids import RunId
 from faber_runlog._progress import Progress
 from faber_runlog._state import RunState
 from faber_runlog._storage import PutResult, Storage
 from faber_runlog._store import RunStore
 from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES
-from faber_runlog.errors import ArchiveMismatch, ConsolidationError, FaberRunlogError, RunStillActive
+from faber_runlog.errors import ArchiveMismatch, ConsolidationError, FaberRunlogError, RunArchived, RunStillActive
 
 __all__ = [
     "ARCHIVE_MARKER",
@@ -281,7 +281,7 @@ def consolidate(store: RunStore, run_id: str | RunId) -> ConsolidationRecord:
 
         try:
             seal = elog.append({"type": SEAL_TYPE, "metadata": meta}, check=unchanged)
-        except _Moved:
+        except (_Moved, RunArchived):  # another consolidation sealed it first: look again
             continue
         record = _record_from_seal(rid, seal)
         _write_jsonl(storage, rid, data, record)
@@ -514,29 +514,34 @@ class Archiver:
         record = consolidate(self.source, rid)
         layout = RunLayout(rid)
         # The seal's file travels with events.jsonl: readers of the copy check one against the other.
-        keys = [layout.metadata, layout.state, layout.jsonl, layout.event(record.last_seq + 1)]
+        keys = [layout.metadata, layout.jsonl, layout.event(record.last_seq + 1)]
         keys += [f"{layout.dir}/{name}" for name in _REPORT_FILES]
         keys += [f"{layout.children}/{n}" for n in src.list_names(layout.children) if n.endswith(".json")]
         bodies = src.read_many(keys)
-        metadata, state_body, jsonl = bodies[layout.metadata], bodies[layout.state], bodies[layout.jsonl]
-        if metadata is None or state_body is None or jsonl is None:
+        metadata, jsonl = bodies[layout.metadata], bodies[layout.jsonl]
+        if metadata is None or jsonl is None:
             raise ConsolidationError(
-                f"run {rid} lost metadata.json, state.json or events.jsonl while being archived; archive it again",
+                f"run {rid} lost metadata.json or events.jsonl while being archived; archive it again",
                 run_id=str(rid),
             )
         _check_jsonl(rid, src.path(layout.jsonl), jsonl, record)
         meta = self.source._parse_metadata(rid, metadata)
-        snap = _codec.loads(state_body)
+        # The archive's state.json is the fold at the seal, encoded afresh: every archiver of
+        # the run writes the same bytes, whatever snapshot the source holds at the moment.
+        elog = self.source.get_run(rid).log
+        state = elog.current_state()
+        seal = elog.get(record.last_seq + 1)
         files = {k: v for k, v in bodies.items() if v is not None and k != layout.metadata}
+        files[layout.state] = encode_snapshot(state.to_dict(), fingerprint(seal.type, seal.timestamp, seal.nonce))
         files[_marker_key(rid)] = _codec.dumps({"run_id": str(rid), "archived_from": src.url,
                                                 "last_seq": record.last_seq, "sha256": record.sha256})  # fmt: skip
         entry = ArchiveIndexEntry(
             run_id=str(rid),
             org=rid.org,
             project=rid.project,
-            status=str(snap.get("status", "created")),
+            status=state.status,
             created_at=meta.created_at,
-            ended_at=snap.get("ended_at"),
+            ended_at=state.ended_at,
             last_event_id=record.last_seq,
             sha256=record.sha256,
             size=record.size,
