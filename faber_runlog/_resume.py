@@ -279,6 +279,7 @@ class Resumer:
         winner wrote it, as long as nothing else was written since).
         """
         run = self.store.get_run(run_id)
+        owner = owner or default_owner()  # this process's own lease is not "another live writer"
         for _ in range(_RESUME_TRIES):
             state = run.state()
             plan, last = self._plan(run, state, allow_cancelled, owner)
@@ -306,7 +307,7 @@ class Resumer:
             # Take the run's lease before resuming it (a compare-and-swap): a sweeper that
             # judged the old lease dead cannot fail the run again once it is ours.
             lease = try_acquire_lease(
-                self.store.storage, run.run_id, ttl=self.store.lease_ttl, owner=owner or default_owner()
+                self.store.storage, run.run_id, ttl=self.store.lease_ttl, owner=owner
             )
             if lease is None:
                 continue  # a live writer took it since the plan: plan again (and refuse)
