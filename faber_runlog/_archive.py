@@ -1,18 +1,19 @@
 """Consolidate finished runs into ``events.jsonl``, copy them to an archive store, clean up by policy.
 
-Consolidation writes every event of a finished run, in order, to one file and
-checks it against the event files (count, first and last sequence, sha256)
-before anything else happens; ``consolidation.json`` records what was checked
-and ``state.json`` gains ``consolidated_through``, which seals the log (appends
-are refused, readers take events from ``events.jsonl`` in one read).
+Consolidation seals an ended run's log with a ``log_sealed`` event, claimed
+like any append (so nothing is acknowledged after it) and carrying the size
+and sha256 of ``events.jsonl``, which then holds every event before the seal;
+readers take events from it in one read. The seal is the record: re-running an
+interrupted consolidation only rewrites ``events.jsonl`` until it matches.
 
 Archiving copies a run to another store in an order that keeps the copy
 invisible until it is complete: data files first, verified (S3 ETag or a read
 back), then ``metadata.json`` (what ``get_run``/``list_runs`` look for), then
 one index object per run, created exclusively, then ``archived.json`` in the
 source run. Every step is idempotent, so archiving again after any failure
-finishes the job. Retention removes the source's per-event files only for runs
-that are archived and verified, as the policy says.
+finishes the job. Retention removes the source's per-event files (never the
+seal) only for runs archived and verified more than ``seal_grace`` ago, as the
+policy says.
 """
 
 from __future__ import annotations
