@@ -707,7 +707,7 @@ class EventLog:
         if (until is not None and nxt > until) or (self._sealed is not None and nxt > self._sealed):
             return
         # File ``nxt`` is missing: the end of the log, unless consolidation removed it.
-        body = self._storage.read(self._layout.jsonl) if self._storage.exists(self._layout.jsonl) else None
+        body = self._storage.read(self._layout.jsonl)  # one GET (an existence check costs two requests on S3)
         if body is None:
             return
         seal = self._learn_seal(body)
@@ -757,10 +757,12 @@ class EventLog:
 
         Segments serve whole ranges with one read each; the files after the
         last usable segment are read one by one. A handle that knows the tail
-        is near ``after`` skips the segment listing: the few new events are files.
+        is near ``after`` skips the segment listing for an open-ended read: the
+        few new events (usually none) are files.
         """
         cur = after
-        check = not (0 < after <= self._tail < after + self._segment_every)
+        near_tail = 0 < after <= self._tail < after + self._segment_every
+        check = not near_tail or (until is not None and until - after > 2)
         while True:
             if check:
                 cur = yield from self._stored_segments(cur, until)
