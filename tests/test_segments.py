@@ -240,3 +240,61 @@ def test_state_at_on_s3_does_not_read_the_current_state_json(
     for event in store.get_run(rid).log.read(until=60):
         apply(folded, event)
     assert folded.to_dict() == state.to_dict()
+
+
+# -- frames over segmented runs ------------------------------------------------------------
+
+
+def test_frames_of_segmented_live_runs_equal_those_of_their_archive(store_factory: Any, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from faber_runlog import Archiver
+
+    store = store_factory(segment_every=K)
+    for n in (2 * K, 3 * K + 2):
+        run = store.create_run("acme", "seg")
+        run.start()
+        for i in range(n):
+            run.log.emit("step_complete", phase="p", step=f"s{i}", metadata={"i": i, "nested": {"a": [1, "x"]}})
+        run.complete()
+    active = store.create_run("acme", "seg")
+    active.start()
+    for i in range(K + 1):
+        active.log.emit("checkpoint", metadata={"label": f"c{i}"})
+    live = store.events_frame(progress=False)
+    assert 2 * K + 2 + 3 * K + 4 + K + 2 == len(live)
+    key = ["run_id", "event_id"]
+    # the frame equals the events read one by one through the log
+    truth = [e.to_dict() for rid in sorted(set(live["run_id"])) for e in store.get_run(rid).log.read()]
+    assert [(d["run_id"], d["event_id"], d.get("metadata", {})) for d in truth] == list(
+        live.sort_values(key)[["run_id", "event_id", "metadata"]].itertuples(index=False, name=None)
+    )
+    archive = RunStore(str(tmp_path / "archive"))
+    Archiver(store, archive, progress=False).archive_finished()
+    archived = archive.events_frame(progress=False)
+    sealed = store.events_frame(progress=False)  # the archived runs now end with their seal event, live too
+    finished = sealed[sealed["run_id"] != active.id]
+
+    def norm(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.sort_values(key, ignore_index=True)
+        frame["metadata"] = [json.dumps(m, sort_keys=True) for m in frame["metadata"]]
+        return frame
+
+    pd.testing.assert_frame_equal(norm(finished.copy()), norm(archived.copy()))
+    table = store.to_arrow(progress=False)
+    assert (len(live), "timestamp[us, tz=UTC]") == (table.num_rows, str(table.schema.field("timestamp").type))
+
+
+def test_frames_ignore_a_damaged_segment_and_read_the_files(
+    store_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = store_factory(segment_every=K)
+    rid = _fill(store, 2 * K + 1)
+    before = store.events_frame(progress=False)
+    key = RunLayout(RunId.parse(rid)).segment(1, K)
+    store.storage.replace(key, (store.storage.read(key) or b"")[:-30])
+    with caplog.at_level(logging.WARNING, logger="faber_runlog._log"):
+        after = store.events_frame(progress=False)
+    assert "ignoring segment" in caplog.text
+    assert before.drop(columns=["metadata"]).equals(after.drop(columns=["metadata"]))
+    assert before["metadata"].tolist() == after["metadata"].tolist()
