@@ -282,7 +282,7 @@ def test_frames_of_segmented_live_runs_equal_those_of_their_archive(store_factor
 
     pd.testing.assert_frame_equal(norm(finished.copy()), norm(archived.copy()))
     table = store.to_arrow(progress=False)
-    assert (len(live), "timestamp[us, tz=UTC]") == (table.num_rows, str(table.schema.field("timestamp").type))
+    assert (len(sealed), "timestamp[us, tz=UTC]") == (table.num_rows, str(table.schema.field("timestamp").type))
 
 
 def test_frames_ignore_a_damaged_segment_and_read_the_files(
