@@ -976,14 +976,19 @@ def current_states(
 
 
 def read_logs(
-    storage: Storage, run_ids: Iterable[RunId], *, segment_every: int = SEGMENT_EVENTS, listers: int = 32
+    storage: Storage,
+    run_ids: Iterable[RunId],
+    *,
+    segment_every: int = SEGMENT_EVENTS,
+    listers: int = 32,
+    budget: int = 8192,
 ) -> Iterator[tuple[RunId, list[bytes]]]:
     """Every event of many runs as stored JSON lines (line ``i`` is event ``i + 1``), run by run, in order.
 
     The bulk reader behind the frames: each run's segments and event files are
-    listed concurrently, then every body of all the runs is fetched in one
-    batch (concurrent GETs on S3), and segments are verified like any reader
-    does. A run that is not a plain chain of segments and files from event 1
+    listed concurrently, then the bodies of groups of runs (about ``budget``
+    events a group) are fetched in one batch each (concurrent GETs on S3), and
+    segments are verified like any reader does. A run that is not a plain chain of segments and files from event 1
     (consolidated and cleaned up, a damaged segment, a file removed meanwhile)
     is read through :meth:`EventLog.read`, so the answer is always the log's.
     Lines are not decoded here: the caller parses them into its columns.
@@ -1011,6 +1016,23 @@ def read_logs(
 
     with ThreadPoolExecutor(listers) as pool:
         listings = list(pool.map(listing, rids))
+    group: list[int] = []
+    weight = 0
+    for i, (chain, seqs, _) in enumerate(listings):
+        group.append(i)
+        weight += sum(last - first + 1 for first, last in chain) + len(seqs)
+        if weight >= budget or i == len(listings) - 1:
+            # One concurrent fetch per group of runs, bounded in events so memory stays bounded.
+            yield from _read_group(storage, [rids[j] for j in group], [listings[j] for j in group], fallback)
+            group, weight = [], 0
+
+
+def _read_group(
+    storage: Storage,
+    rids: list[RunId],
+    listings: list[tuple[list[tuple[int, int]], list[int], bool]],
+    fallback: Callable[[RunId], list[bytes]],
+) -> Iterator[tuple[RunId, list[bytes]]]:
     keys: list[str] = []
     for rid, (chain, seqs, plain) in zip(rids, listings, strict=True):
         if plain:
@@ -1023,21 +1045,19 @@ def read_logs(
         for first, last in chain if lines is not None else ():
             key = layout.segment(first, last)
             try:
-                lines.extend(decode_segment(bodies[key] or b"", str(rid), first, last).splitlines())
+                lines.extend(decode_segment(bodies.pop(key, None) or b"", str(rid), first, last).splitlines())
             except ValueError as e:
                 log.warning("ignoring segment %s of run %s: %s", storage.path(key), rid, e)
                 lines = None
                 break
         if lines is not None:
             for s in seqs:
-                body = bodies[layout.event(s)]
+                body = bodies.pop(layout.event(s), None)
                 if body is None:
                     lines = None
                     break
                 lines.append(body)
         yield rid, (lines if lines is not None else fallback(rid))
-        for key in [layout.segment(f, last) for f, last in chain] + [layout.event(s) for s in seqs]:
-            bodies.pop(key, None)  # release each run's bytes once it is handed over
 
 
 os.register_at_fork(after_in_child=_new_identity_in_child)
