@@ -51,7 +51,8 @@ def _lay_down(backend: Any, prefix: str, run_id: str, n: int, k: int) -> int:
         backend.put_object(BUCKET, f"{prefix}/{layout.event(seq)}", body)
     for first in range(1, n - k + 2, k):
         lines = [jsonl_line(b) for b in bodies[first - 1 : first - 1 + k]]
-        backend.put_object(BUCKET, f"{prefix}/{layout.segment(first, first + k - 1)}", encode_segment(run_id, first, lines))
+        key = f"{prefix}/{layout.segment(first, first + k - 1)}"
+        backend.put_object(BUCKET, key, encode_segment(run_id, first, lines))
     return sum(len(b) + 1 for b in bodies)
 
 
@@ -78,7 +79,7 @@ def bench_s3_reads(n: int) -> list[Row]:
         t = time.perf_counter()
         full, events = requests(lambda: list(EventLog(store.storage, rid).read()))
         took = time.perf_counter() - t
-        assert n == len(events) and n == events[-1].event_id
+        assert [n, n] == [len(events), events[-1].event_id]
         limited, first = requests(lambda: list(EventLog(store.storage, rid).read(limit=10)))
         assert list(range(1, 11)) == [e.event_id for e in first]
         bounded, mid = requests(lambda: list(EventLog(store.storage, rid).read(since=n // 2, until=n // 2 + 50)))
@@ -88,15 +89,16 @@ def bench_s3_reads(n: int) -> list[Row]:
     finally:
         server.stop()
     per500 = full / (n / 500)
+    whole = f"S3 log.read() of a {n:,}-event run: requests per 500 events"
+    detail = f"  of which: {full} requests, read in {took:.1f}s (K={SEGMENT_EVENTS})"
+    at_name = f"S3 state(at={n // 2:,}) requests (no older snapshot: folds from segments)"
+    folded = n / 2 / 500
     return [
-        _limit_row(f"S3 log.read() of a {n:,}-event run: requests per 500 events", per500,
-                   "limit (issue 15; today 500)", 1.0, "req"),  # fmt: skip
-        Row(f"  of which: {full} requests, read in {took:.1f}s (K={SEGMENT_EVENTS})", full, "one GET per event (today)",
-            float(n), "req", "", full / n, None),  # fmt: skip
+        _limit_row(whole, per500, "limit (issue 15; today 500)", 1.0, "req"),
+        Row(detail, full, "one GET per event (today)", float(n), "req", "", full / n, None),
         _limit_row("S3 read(limit=10) requests", float(limited), "limit (today 257 objects + a LIST)", 3.0, "req"),
         _limit_row("S3 read(since, until=since+50) requests", float(bounded), "limit", 3.0, "req"),
-        Row(f"S3 state(at={n // 2:,}) requests (no older snapshot: folds from segments)", float(at),
-            "events folded / 500", n / 2 / 500, "req", "", at / (n / 2 / 500), None),  # fmt: skip
+        Row(at_name, float(at), "events folded / 500", folded, "req", "", at / folded, None),
     ]
 
 

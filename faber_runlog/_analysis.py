@@ -16,10 +16,10 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from faber_runlog import _codec
+from faber_runlog._events import upcast
 from faber_runlog._format import RunLayout
 from faber_runlog._hints import check_status_filter
 from faber_runlog._ids import RunId
-from faber_runlog._events import upcast
 from faber_runlog._log import current_states, read_logs
 from faber_runlog._progress import Progress
 from faber_runlog._store import RunStore

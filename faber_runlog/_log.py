@@ -1041,23 +1041,23 @@ def _read_group(
     bodies = storage.read_many(keys)
     for rid, (chain, seqs, plain) in zip(rids, listings, strict=True):
         layout = RunLayout(rid)
-        lines: list[bytes] | None = [] if plain else None
-        for first, last in chain if lines is not None else ():
+        lines: list[bytes] = []
+        whole = plain
+        for first, last in chain if whole else ():
             key = layout.segment(first, last)
             try:
                 lines.extend(decode_segment(bodies.pop(key, None) or b"", str(rid), first, last).splitlines())
             except ValueError as e:
                 log.warning("ignoring segment %s of run %s: %s", storage.path(key), rid, e)
-                lines = None
+                whole = False
                 break
-        if lines is not None:
-            for s in seqs:
-                body = bodies.pop(layout.event(s), None)
-                if body is None:
-                    lines = None
-                    break
-                lines.append(body)
-        yield rid, (lines if lines is not None else fallback(rid))
+        for s in seqs if whole else ():
+            body = bodies.pop(layout.event(s), None)
+            if body is None:  # removed since it was listed (cleanup after archiving)
+                whole = False
+                break
+            lines.append(body)
+        yield rid, (lines if whole else fallback(rid))
 
 
 os.register_at_fork(after_in_child=_new_identity_in_child)
