@@ -173,28 +173,35 @@ def bench_frames_s3(runs: int, events: int) -> list[Row]:
 
 
 _MEMORY_CHILD = r"""
-import json, resource, sys, gc
+import gc, json, sys, threading, time
+import pandas, pyarrow, pyarrow.compute
 from faber_runlog import RunStore
-import pandas, pyarrow
 from faber_runlog._analysis import to_arrow, events_frame
-import pyarrow.compute
-store = RunStore(sys.argv[1])
-what = sys.argv[2]
-warm = [next(iter(store._run_ids(None, None)))]
-(to_arrow if what == "arrow" else events_frame)(store, run_ids=warm, progress=False)  # one-time set-up, not data
-gc.collect()
+
 def rss_kb():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-base = rss_kb()
-before_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if what == "arrow":
-    out = to_arrow(store, progress=False)
-else:
-    out = events_frame(store, progress=False)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-# growth over what the process held before the call (the import peak may be higher than both)
-print(json.dumps({"base_kb": base, "peak_kb": peak if peak > before_peak else base, "rows": len(out)}))
+
+store = RunStore(sys.argv[1])
+fn = to_arrow if sys.argv[2] == "arrow" else events_frame
+fn(store, run_ids=[next(iter(store._run_ids(None, None)))], progress=False)  # one-time set-up, not data
+gc.collect()
+base = peak = rss_kb()
+done = False
+
+def sample():  # the peak of the call itself (ru_maxrss would include the import peak)
+    global peak
+    while not done:
+        peak = max(peak, rss_kb())
+        time.sleep(0.002)
+
+sampler = threading.Thread(target=sample)
+sampler.start()
+out = fn(store, progress=False)
+done = True
+sampler.join()
+peak = max(peak, rss_kb())
+print(json.dumps({"base_kb": base, "peak_kb": peak, "rows": len(out)}))
 """
 
 
