@@ -1,8 +1,11 @@
 """Past runs as pandas DataFrames and Arrow tables, for notebooks (the ``faber_runlog[analysis]`` extra).
 
-Events of consolidated runs come from ``events.jsonl`` (one read per run,
-many runs fetched concurrently on S3); other runs are read from their event
-files. pandas and pyarrow are imported only when a frame is asked for.
+Events are read in bulk (:func:`faber_runlog._log.read_logs`): runs are listed
+concurrently, then the segments and event files of many runs are fetched in
+one concurrent batch; consolidated runs come from ``events.jsonl``. They are
+parsed straight into Arrow record batches (:func:`to_arrow`), and the pandas
+frame is a conversion of that table. pandas and pyarrow are imported only
+when a frame is asked for.
 """
 
 from __future__ import annotations
@@ -10,14 +13,14 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from faber_runlog import _codec
+from faber_runlog._events import upcast
 from faber_runlog._format import RunLayout
 from faber_runlog._hints import check_status_filter
 from faber_runlog._ids import RunId
-from faber_runlog._log import current_states
+from faber_runlog._log import current_states, read_logs
 from faber_runlog._progress import Progress
 from faber_runlog._store import RunStore
 from faber_runlog.errors import MissingExtra
@@ -38,8 +41,10 @@ RUN_COLUMNS: Final = (
 """Columns of :func:`runs_frame`, in order."""
 
 _CHUNK: Final = 256
-_READERS: Final = 16
+_RUN_CHUNK: Final = 64  # runs whose bodies are fetched in one concurrent batch
+_BATCH_ROWS: Final = 8192  # rows per Arrow record batch: the Python lists stay small
 _NESTED: Final = ("metadata", "params", "tags")
+_loads: Final = _codec.loads
 
 
 def _require(module: str) -> Any:
@@ -107,15 +112,27 @@ def events_frame(
     events with ``since <= timestamp < until``; ``types`` keeps those event
     types. ``timestamp`` is a UTC datetime, ``duration_ms`` a float (from the
     event or its metadata), ``error`` the error text, ``metadata`` the dict.
+    Built as the Arrow table of :func:`to_arrow` and converted.
     """
     pd = _require("pandas")
-    return pd.DataFrame(_event_columns(store, org, project, status, since, until, types, run_ids, progress)).pipe(
-        _event_dtypes, pd
-    )
+    pa = _require("pyarrow")
+    table = _events_table(store, pa, org, project, status, since, until, types, run_ids, progress)
+    texts = table.column("metadata")
+    frame = table.drop_columns(["metadata"]).to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
+    frame["metadata"] = [_codec.loads(t) for chunk in texts.chunks for t in chunk.to_pylist()]
+    return frame
 
 
-def _event_columns(
+def _event_schema(pa: Any) -> Any:
+    text = pa.string()
+    fields = {c: text for c in EVENT_COLUMNS}
+    fields |= {"event_id": pa.int64(), "timestamp": pa.timestamp("us", tz="UTC"), "duration_ms": pa.float64()}
+    return pa.schema(list(fields.items()))
+
+
+def _events_table(
     store: RunStore,
+    pa: Any,
     org: str | None,
     project: str | None,
     status: str | None,
@@ -124,60 +141,87 @@ def _event_columns(
     types: Iterable[str] | None,
     run_ids: Iterable[str] | None,
     progress: bool | None,
-) -> dict[str, list[Any]]:
+) -> Any:
+    """The events as an Arrow table, streamed run chunk by run chunk into record batches."""
     lo, hi = _iso(since, "since"), _iso(until, "until")
     wanted = frozenset(types) if types is not None else None
     rids = _select(store, org, project, status, run_ids)
-    cols: dict[str, list[Any]] = {c: [] for c in EVENT_COLUMNS}
-    def events_of(rid: RunId) -> list[dict[str, Any]]:
-        # Through the log, like every reader: the same upcasters, the seal, events.jsonl when sealed.
-        return [e.to_dict() for e in store.get_run(rid).log.read()]
-
-    with Progress("reading runs", len(rids), enabled=progress) as bar, ThreadPoolExecutor(_READERS) as pool:
-        for start in range(0, len(rids), _CHUNK):
-            chunk = rids[start : start + _CHUNK]
-            for rid, events in zip(chunk, pool.map(events_of, chunk), strict=True):
-                filtered = wanted is not None or lo is not None or hi is not None
-                kept = events if not filtered else [
-                    d for d in events
-                    if (wanted is None or d.get("type") in wanted)
-                    and (lo is None or d.get("timestamp", "") >= lo)
-                    and (hi is None or d.get("timestamp", "") < hi)
-                ]  # fmt: skip
-                _add_events(cols, rid, kept)
+    schema = _event_schema(pa)
+    batches: list[Any] = []
+    builder = _EventColumns(wanted, lo, hi)
+    with Progress("reading runs", len(rids), enabled=progress) as bar:
+        for start in range(0, len(rids), _RUN_CHUNK):
+            chunk = rids[start : start + _RUN_CHUNK]
+            for rid, lines in read_logs(store.storage, chunk, segment_every=store.segment_every):
+                builder.add(store, rid, lines)
+                if builder.rows >= _BATCH_ROWS:
+                    batches.append(builder.flush(pa, schema))
             bar.update(len(chunk))
-    return cols
+    if builder.rows:
+        batches.append(builder.flush(pa, schema))
+    return pa.Table.from_batches(batches, schema=schema)
 
 
-def _add_events(cols: dict[str, list[Any]], rid: RunId, ds: list[dict[str, Any]]) -> None:
-    # Column by column (one comprehension each): many times faster than a row loop.
-    n = len(ds)
-    cols["run_id"].extend([str(rid)] * n)
-    cols["org"].extend([rid.org] * n)
-    cols["project"].extend([rid.project] * n)
-    for c in ("event_id", "type", "phase", "step", "status", "message", "user", "source", "idempotency_key"):
-        cols[c].extend([d.get(c) for d in ds])
-    cols["timestamp"].extend([d.get("timestamp", "") for d in ds])
-    metas = [d.get("metadata") or {} for d in ds]
-    cols["metadata"].extend(metas)
-    durations = [d.get("duration_ms", m.get("duration_ms")) for d, m in zip(ds, metas, strict=True)]
-    cols["duration_ms"].extend([v if isinstance(v, (int, float)) else None for v in durations])
-    cols["error"].extend([_error_text(d.get("error", m.get("error"))) for d, m in zip(ds, metas, strict=True)])
+class _EventColumns:
+    """Columns of one record batch, filled event by event from parsed lines; no event object or row dict is kept."""
+
+    def __init__(self, wanted: frozenset[str] | None, lo: str | None, hi: str | None) -> None:
+        self.wanted, self.lo, self.hi = wanted, lo, hi
+        self.rows = 0
+        self.cols: dict[str, list[Any]] = {c: [] for c in EVENT_COLUMNS}
+
+    def add(self, store: RunStore, rid: RunId, lines: list[bytes]) -> None:
+        c = self.cols
+        wanted, lo, hi = self.wanted, self.lo, self.hi
+        run_id, kept = str(rid), 0
+        for seq, line in enumerate(lines, start=1):
+            d = upcast(_loads(line))
+            if d.get("event_id") != seq:
+                # Not the event the log has at this number: read the run the checked way (it raises CorruptEvent).
+                list(store.get_run(rid).log.read(seq - 1, until=seq))
+                raise ValueError(f"event {seq} of run {rid} is not what its line says")
+            ts = d.get("timestamp", "")
+            if (wanted is not None and d.get("type") not in wanted) or (lo is not None and ts < lo) or (
+                hi is not None and ts >= hi
+            ):
+                continue
+            meta = d.get("metadata") or {}
+            duration = d.get("duration_ms", meta.get("duration_ms"))
+            c["event_id"].append(seq)
+            c["timestamp"].append(ts or None)
+            for name in _PLAIN:
+                c[name].append(d.get(name))
+            c["duration_ms"].append(float(duration) if isinstance(duration, (int, float)) else None)
+            c["error"].append(_error_text(d.get("error", meta.get("error"))))
+            # As text: orjson's bytes keep a 4 KB buffer each, the exact-size str does not.
+            c["metadata"].append(_codec.dumps(meta).decode())
+            kept += 1
+        c["run_id"] += [run_id] * kept
+        c["org"] += [rid.org] * kept
+        c["project"] += [rid.project] * kept
+        self.rows += kept
+
+    def flush(self, pa: Any, schema: Any) -> Any:
+        """The rows so far as one Arrow record batch; the Python lists are dropped."""
+        import pyarrow.compute as pc
+
+        arrays = []
+        for field in schema:
+            values = self.cols[field.name]
+            if field.name == "timestamp":
+                arrays.append(pc.cast(pa.array(values, type=pa.string()), field.type))
+            else:
+                arrays.append(pa.array(values, type=field.type))
+        self.cols = {c: [] for c in EVENT_COLUMNS}
+        self.rows = 0
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+_PLAIN: Final = ("type", "phase", "step", "status", "message", "user", "source", "idempotency_key")
 _EVENT_TEXT: Final = ("run_id", "org", "project", "type", "phase", "step", "status", "message", "error", "user",
                       "source", "idempotency_key")  # fmt: skip
 _RUN_TEXT: Final = ("run_id", "org", "project", "status", "current_phase", "current_step", "failed_phase",
                     "failed_step", "error", "parent_run_id")  # fmt: skip
-
-
-def _event_dtypes(frame: Any, pd: Any) -> Any:
-    for c in _EVENT_TEXT:  # one text dtype even where a column is all missing, so Arrow sees strings
-        frame[c] = frame[c].astype("string")
-    frame["event_id"] = frame["event_id"].astype("int64")
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
-    frame["duration_ms"] = frame["duration_ms"].astype("float64")
-    return frame
 
 
 def runs_frame(
@@ -248,16 +292,26 @@ def runs_frame(
 
 
 def to_arrow(store: RunStore, kind: str = "events", **filters: Any) -> Any:
-    """:func:`events_frame` (or ``kind="runs"``: :func:`runs_frame`) as a pyarrow Table.
+    """The events (or ``kind="runs"``: :func:`runs_frame`) as a pyarrow Table; the basis of the frames.
 
-    Nested columns (``metadata``, ``params``, ``tags``) become JSON text, since
+    Events stream into record batches as runs are read (concurrently through
+    the storage layer), so memory stays near the Arrow table's own size.
+    Nested columns (``metadata``, ``params``, ``tags``) are JSON text, since
     one Arrow column needs one schema and metadata differs between event types;
     DuckDB and pyarrow read them back with their JSON functions.
     """
     pa = _require("pyarrow")
     if kind not in ("events", "runs"):
         raise ValueError(f"kind must be 'events' or 'runs', got {kind!r}")
-    frame = {"events": events_frame, "runs": runs_frame}[kind](store, **filters)
+    if kind == "events":
+        allowed = {"org", "project", "status", "since", "until", "types", "run_ids", "progress"}
+        unknown = set(filters) - allowed
+        if unknown:
+            raise TypeError(f"to_arrow() got unexpected filters {sorted(unknown)}; allowed: {sorted(allowed)}")
+        f = {k: filters.get(k) for k in allowed}
+        return _events_table(store, pa, f["org"], f["project"], f["status"], f["since"], f["until"], f["types"],
+                             f["run_ids"], f["progress"])  # fmt: skip
+    frame = runs_frame(store, **filters)
     for c in _NESTED:
         if c in frame.columns:
             frame[c] = [_codec.dumps(v).decode() for v in frame[c]]

@@ -713,3 +713,6 @@ class Archiver:
         for name in sorted(names, key=lambda n: parse_seq_name(n) or 0):
             if (parse_seq_name(name) or 0) < seal:
                 src.delete(f"{layout.events}/{name}")
+        # Segments are caches of events now in events.jsonl: gone with the files (the seal stays).
+        for name in src.list_names(layout.segments):
+            src.delete(f"{layout.segments}/{name}")

@@ -10,6 +10,7 @@ A run's folder::
     events.jsonl             after consolidation: events 1..S-1, one per line (S is the seal)
     state.json               latest snapshot (a verified cache)
     snapshots/<seq>.json     a few older snapshots, for ``state(at=...)`` (verified caches)
+    segments/<last>-<first>.jsonl   events first..last in one object, for reads (verified caches)
     lease.json, report.json, report.md, archived.json, children/   (see their modules)
 
 A snapshot is ``{"snapshot": 2, "last_event": <fingerprint>, "checksum": ..., "state": {...}}``:
@@ -32,15 +33,21 @@ __all__ = [
     "LEASE_NAME",
     "REPORT_JSON",
     "REPORT_MD",
+    "SEGMENT_EVENTS",
     "SEQ_WIDTH",
     "SNAPSHOTS_KEPT",
     "RunLayout",
+    "decode_segment",
     "decode_snapshot",
+    "encode_segment",
     "encode_snapshot",
     "fingerprint",
     "iter_jsonl",
     "jsonl_line",
+    "parse_segment_name",
     "parse_seq_name",
+    "segment_listing_start",
+    "segment_name",
     "seq_name",
 ]
 
@@ -50,6 +57,10 @@ SEQ_WIDTH: Final = 20
 SNAPSHOT_FORMAT: Final = 2
 SNAPSHOTS_KEPT: Final = 2
 """Older periodic snapshots kept besides ``state.json``: bytes stay a small multiple of the log."""
+
+SEGMENT_EVENTS: Final = 1000
+"""Events per segment by default: a read costs about one GET per this many events (a store option)."""
+SEGMENT_FORMAT: Final = 1
 
 ARCHIVE_MARKER: Final = "archived.json"
 LEASE_NAME: Final = "lease.json"
@@ -84,6 +95,7 @@ class RunLayout:
         "metadata",
         "report_json",
         "report_md",
+        "segments",
         "snapshots",
         "state",
     )
@@ -96,6 +108,7 @@ class RunLayout:
         self.jsonl = f"{self.dir}/events.jsonl"
         self.children = f"{self.dir}/children"
         self.snapshots = f"{self.dir}/snapshots"
+        self.segments = f"{self.dir}/segments"
         self.lease = f"{self.dir}/{LEASE_NAME}"
         self.report_json = f"{self.dir}/{REPORT_JSON}"
         self.report_md = f"{self.dir}/{REPORT_MD}"
@@ -110,6 +123,30 @@ class RunLayout:
         """Key of the older snapshot taken after event ``seq``."""
         return f"{self.snapshots}/{seq:0{SEQ_WIDTH}d}.json"
 
+    def segment(self, first: int, last: int) -> str:
+        """Key of the segment holding events ``first..last`` (named by its last event, so names sort by it)."""
+        return f"{self.segments}/{segment_name(first, last)}"
+
+
+def segment_name(first: int, last: int) -> str:
+    """``<last>-<first>.jsonl``: listing after ``segment_listing_start(n)`` finds the segments ending after n."""
+    return f"{last:0{SEQ_WIDTH}d}-{first:0{SEQ_WIDTH}d}.jsonl"
+
+
+def segment_listing_start(after: int) -> str:
+    """The name to list segments after so that exactly those whose last event is after ``after`` come back."""
+    return f"{after:0{SEQ_WIDTH}d}~"  # '-' sorts before '~': segments ending at ``after`` itself are left out
+
+
+def parse_segment_name(name: str) -> tuple[int, int] | None:
+    """``(first, last)`` of a segment name, or None for anything else."""
+    w = SEQ_WIDTH
+    if len(name) != 2 * w + 7 or not name.endswith(".jsonl") or name[w] != "-":
+        return None
+    last, first = name[:w], name[w + 1 : 2 * w + 1]
+    if not (last.isdigit() and first.isdigit()) or not 1 <= int(first) <= int(last):
+        return None
+    return int(first), int(last)
 
 # -- snapshots ---------------------------------------------------------------------------
 
@@ -150,6 +187,47 @@ def decode_snapshot(body: bytes) -> tuple[dict[str, Any], str | None]:
         raise ValueError("its state is not a JSON object")
     last = head.get("last_event")
     return state, last if isinstance(last, str) else None
+
+
+# -- segments --------------------------------------------------------------------------
+
+
+def encode_segment(run_id: str, first: int, lines: list[bytes]) -> bytes:
+    """A segment of events ``first..first+len(lines)-1``: a checksummed header line, then one event per line.
+
+    Built only from the event files' bytes (each as :func:`jsonl_line`), so any
+    writer builds the same bytes for the same range: a put-if-absent race is harmless.
+    """
+    body = b"\n".join(lines) + b"\n"
+    head = _codec.dumps({
+        "segment": SEGMENT_FORMAT, "run_id": run_id, "first": first, "last": first + len(lines) - 1,
+        "count": len(lines), "checksum": _checksum(body),
+    })  # fmt: skip
+    return head + b"\n" + body
+
+
+def decode_segment(body: bytes, run_id: str, first: int, last: int) -> bytes:
+    """The event lines of a segment (``body`` after the header), checked against what its name says.
+
+    Raises ValueError for a segment of another run or range, a wrong count or
+    a checksum that does not match (edited, damaged or cut short).
+    """
+    end = body.find(b"\n")
+    if end < 0 or not body.startswith(b'{"segment":'):
+        raise ValueError("not a segment of this format")
+    head = _codec.loads(body[:end])
+    rest = body[end + 1 :]
+    if not isinstance(head, dict) or head.get("segment") != SEGMENT_FORMAT:
+        raise ValueError("unknown segment format")
+    if head.get("run_id") != run_id:
+        raise ValueError(f"it belongs to run {head.get('run_id')!r}")
+    if (head.get("first"), head.get("last"), head.get("count")) != (first, last, last - first + 1):
+        raise ValueError(f"its header says events {head.get('first')}..{head.get('last')}, not {first}..{last}")
+    if head.get("checksum") != _checksum(rest):
+        raise ValueError("its checksum does not match its content (edited, damaged or cut short)")
+    if rest.count(b"\n") != last - first + 1:
+        raise ValueError(f"it does not hold {last - first + 1} lines")
+    return rest
 
 
 # -- events.jsonl ------------------------------------------------------------------------

@@ -18,7 +18,11 @@ docs/concurrency.md; in short:
    consolidated log after its create, so a stalled writer that recreated a
    removed number is refused instead of acknowledged.
 5. Once a number is claimed the append has succeeded: what follows (snapshots,
-   reports, releases) is logged on failure, never raised.
+   segments, reports, releases) is logged on failure, never raised.
+6. A segment (events ``first..last`` in one object) is written put-if-absent,
+   only from the bytes of event files that exist, once ``last`` is claimed; a
+   reader uses it only when its header, count and checksum hold, else reads
+   the files. So a segment never changes what a reader sees, only its cost.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 import attrs
@@ -39,13 +44,19 @@ import attrs
 from faber_runlog import _codec
 from faber_runlog._events import Event, _event_from_dict, type_version, upcast, validate_event_dict
 from faber_runlog._format import (
+    SEGMENT_EVENTS,
     SNAPSHOTS_KEPT,
     RunLayout,
+    decode_segment,
     decode_snapshot,
+    encode_segment,
     encode_snapshot,
     fingerprint,
     iter_jsonl,
+    jsonl_line,
+    parse_segment_name,
     parse_seq_name,
+    segment_listing_start,
     seq_name,
 )
 from faber_runlog._ids import RunId
@@ -65,7 +76,7 @@ from faber_runlog.errors import (
     StorageError,
 )
 
-__all__ = ["SEAL_GRACE", "Commit", "EventLog"]
+__all__ = ["SEAL_GRACE", "Commit", "EventLog", "read_logs"]
 
 log = logging.getLogger("faber_runlog._log")
 
@@ -75,6 +86,8 @@ SEAL_GRACE: Final = 3600.0
 APPROVAL_ACTIONS: Final = ("approve", "reject", "request_changes", "abort")
 _MAX_CLAIMS: Final = 10_000
 _BATCH: Final = 256
+_PAGE: Final = 1000  # event names listed per request on stores that list after a key
+_SEGMENT_BATCH: Final = 8  # segments fetched together (concurrently where reads batch)
 _loads: Final = _codec.loads  # bound once: it runs for every event read
 _HINTS: Final = {
     "created": "start it first (workflow_start, or run.start()).",
@@ -146,14 +159,21 @@ class EventLog:
         hook_types: frozenset[str] = frozenset(),
         seal_grace: float = SEAL_GRACE,
         fence: Callable[[], int | None] | None = None,
+        segment_every: int = SEGMENT_EVENTS,
     ) -> None:
         if snapshot_every < 1:
             raise InvalidArgument(f"snapshot_every must be at least 1, got {snapshot_every}")
+        if segment_every < 1:
+            raise InvalidArgument(f"segment_every must be at least 1, got {segment_every}")
         self._storage = storage
         self._rid = run_id
         self._run_id = str(run_id)
         self._layout = RunLayout(run_id)
         self._snapshot_every = snapshot_every
+        self._segment_every = segment_every
+        # Bodies this writer created since the last segment boundary, so the
+        # writer that claims a boundary builds the segment without reading them back.
+        self._own: dict[int, bytes] = {}
         self._source = source
         self._user = user if user is not None else _USER
         self._writer = uuid.uuid4().hex[:12]
@@ -293,9 +313,11 @@ class EventLog:
                 nonce = f"{self._writer}-{self._counter}"
                 data = {"timestamp": _codec.now_iso(), **fields, "event_id": seq, "nonce": nonce}
                 started = time.monotonic()
-                if self._storage.create(self._layout.event(seq), _codec.dumps(data)):
+                body = _codec.dumps(data)
+                if self._storage.create(self._layout.event(seq), body):
                     self._after_create(seq, started)
                     commit = self._after_claim(Event.from_dict(data))
+                    self._keep_own(seq, body)
                     break
                 # Another writer took this number: back off a random while (so
                 # racing writers stop colliding), learn the new tail, go again.
@@ -473,6 +495,36 @@ class EventLog:
             self._write_snapshot(state, periodic=periodic)
         return Commit(event, before, after)
 
+    def _keep_own(self, seq: int, body: bytes) -> None:
+        """Remember our event for the segment of its range; the claimer of a boundary writes that segment."""
+        k = self._segment_every
+        if self._own and min(self._own) <= seq - k:  # ranges already closed (by us or by others)
+            self._own = {s: b for s, b in self._own.items() if s > (seq - 1) // k * k}
+        self._own[seq] = body
+        if seq % k == 0:
+            self._write_segment(seq)
+
+    def _write_segment(self, last: int) -> None:
+        """Write the segment of events ``last - K + 1 .. last`` (rule 6). Failures cost reads later, never an error."""
+        first = max(1, last - self._segment_every + 1)
+        try:
+            bodies = {s: self._own[s] for s in range(first, last + 1) if s in self._own}
+            missing = [s for s in range(first, last + 1) if s not in bodies]
+            if missing:  # other writers' events: read them (from the immutable files, never from a cache)
+                found = self._storage.read_many(self._layout.event(s) for s in missing)
+                for s in missing:
+                    b = found[self._layout.event(s)]
+                    if b is None:
+                        raise ValueError(f"event {s} is missing")
+                    self._decode(s, b)  # a damaged file is never copied into a segment
+                    bodies[s] = b
+            lines = [jsonl_line(bodies[s]) for s in range(first, last + 1)]
+            self._storage.create(self._layout.segment(first, last), encode_segment(self._run_id, first, lines))
+        except Exception as e:
+            log.warning("segment %d..%d of run %s not written (reads cost more): %s", first, last, self._run_id, e)
+        finally:
+            self._own = {s: b for s, b in self._own.items() if s > last}
+
     def _write_snapshot(self, state: RunState, *, periodic: bool) -> None:
         """Write ``state.json`` (and a periodic older snapshot, pruning the oldest). Failures cost time only."""
         seq = state.last_event_id
@@ -564,23 +616,34 @@ class EventLog:
 
     def _load(self, at: int | None = None) -> tuple[RunState, str | None]:
         """A verified snapshot (the latest, or one at or before ``at``) plus the events after it."""
-        state, fp = self._snapshot(self._layout.state, at)
-        if state is None and at is not None:
-            k = self._snapshot_every
-            for seq in range((at // k) * k, max(0, (at // k) * k - (SNAPSHOTS_KEPT + 1) * k), -k):
-                if seq <= 0:
-                    break
-                state, fp = self._snapshot(self._layout.snapshot(seq), at)
-                if state is not None:
-                    break
+        state: RunState | None = None
+        fp: str | None = None
+        newer = False
+        if at is not None:
+            # Older snapshots first: state.json is the newest and usually past ``at``,
+            # so reading it first would cost the whole current state for nothing.
+            state, fp, newer = self._older_snapshot(at)
+        if state is None and not newer:
+            state, fp = self._snapshot(self._layout.state, at)
         if state is None:
             state, fp = RunState(run_id=self._run_id), None
+        else:
+            self._tail = max(self._tail, state.last_event_id)  # the snapshot's check read that event
         last = self._catch_up(state, until=at)
         if last is not None:
             fp = _event_fp(last)
         if state.sealed_at is not None:
             self._sealed = state.sealed_at
         return state, fp
+
+    def _older_snapshot(self, at: int) -> tuple[RunState | None, str | None, bool]:
+        """The newest verified periodic snapshot at or before ``at``, and whether one after ``at`` exists."""
+        seqs = sorted(s for n in self._storage.list_names(self._layout.snapshots) if (s := parse_seq_name(n)))
+        for seq in reversed([s for s in seqs if s <= at]):
+            state, fp = self._snapshot(self._layout.snapshot(seq), at)
+            if state is not None:
+                return state, fp, True
+        return None, None, bool(seqs) and seqs[-1] > at
 
     def _snapshot(self, key: str, at: int | None) -> tuple[RunState | None, str | None]:
         """The snapshot at ``key`` if it is intact and agrees with the log (and is not past ``at``)."""
@@ -645,7 +708,7 @@ class EventLog:
         if (until is not None and nxt > until) or (self._sealed is not None and nxt > self._sealed):
             return
         # File ``nxt`` is missing: the end of the log, unless consolidation removed it.
-        body = self._storage.read(self._layout.jsonl) if self._storage.exists(self._layout.jsonl) else None
+        body = self._storage.read(self._layout.jsonl)  # one GET (an existence check costs two requests on S3)
         if body is None:
             return
         seal = self._learn_seal(body)
@@ -691,21 +754,92 @@ class EventLog:
             yield self._decode(seq, line, self._layout.jsonl)
 
     def _stored_files(self, after: int, until: int | None = None) -> Generator[Event, None, int]:
-        """Events from their files; returns the first sequence number not read."""
-        if self._storage.capabilities.list_after:
-            return (yield from self._stored_listed(after, until))
-        return (yield from self._storage.read_numbered(self._layout.events, after + 1, until, self._decode))
+        """Events from segments and event files; returns the first sequence number not read.
 
-    def _stored_listed(self, after: int, until: int | None) -> Generator[Event, None, int]:
-        # One LIST finds the tail; bodies are then fetched concurrently in batches.
-        names = self._storage.list_after(self._layout.events, seq_name(after))
+        Segments serve whole ranges with one read each; the files after the
+        last usable segment are read one by one. A handle that knows the tail
+        is near ``after`` skips the segment listing for an open-ended read: the
+        few new events (usually none) are files.
+        """
+        cur = after
+        near_tail = 0 < after <= self._tail < after + self._segment_every
+        check = not near_tail or (until is not None and until - after > 2)
+        while True:
+            if check:
+                cur = yield from self._stored_segments(cur, until)
+                if until is not None and cur >= until:
+                    return cur + 1
+            if not self._storage.capabilities.list_after:
+                return (yield from self._storage.read_numbered(self._layout.events, cur + 1, until, self._decode))
+            cur, more = yield from self._stored_page(cur, until)
+            if not more:
+                return cur + 1
+            check = True  # a full page: many events are new, so segments may cover the next ones
+
+    def _stored_segments(self, after: int, until: int | None) -> Generator[Event, None, int]:
+        """Events after ``after`` from the chain of segments that starts there; returns the last one served."""
+        limit = None if until is None else min(_PAGE, -(-(until - after) // self._segment_every) + 1)
+        chain: list[tuple[int, int]] = []
+        reach = after
+        for name in self._storage.list_after(self._layout.segments, segment_listing_start(after), limit):
+            span = parse_segment_name(name)
+            if span is None or span[1] <= reach:
+                continue
+            if span[0] > reach + 1:
+                break  # a range without a segment: the event files serve it
+            chain.append(span)
+            reach = span[1]
+            if until is not None and reach >= until:
+                break
+        cur = after
+        for start in range(0, len(chain), _SEGMENT_BATCH):
+            part = chain[start : start + _SEGMENT_BATCH]
+            bodies = self._storage.read_many(self._layout.segment(f, last) for f, last in part)
+            for first, last in part:
+                events = self._segment_events(bodies[self._layout.segment(first, last)], first, last, cur, until)
+                if not events:
+                    return cur
+                yield from events
+                cur = events[-1].event_id
+                if until is not None and cur >= until:
+                    return cur
+        return cur
+
+    def _segment_events(
+        self, body: bytes | None, first: int, last: int, after: int, until: int | None
+    ) -> list[Event] | None:
+        """Events ``after+1..`` of a segment, all decoded before any is used; None when it cannot be trusted."""
+        key = self._layout.segment(first, last)
+        if body is None:
+            return None  # removed since it was listed (cleanup): the files or events.jsonl serve
+        stop = last if until is None else min(until, last)
+        try:
+            lines = decode_segment(body, self._run_id, first, last)
+            return [
+                self._decode(first + i - 1, line, key)
+                for i, line in iter_jsonl(lines, after - first + 1, stop - first + 1)
+            ]
+        except Exception as e:
+            # A segment is a cache: one that does not hold costs the reads of the files, never a wrong answer.
+            log.warning("ignoring segment %s of run %s: %s", self._storage.path(key), self._run_id, e)
+            return None
+
+    def _stored_page(self, after: int, until: int | None) -> Generator[Event, None, tuple[int, bool]]:
+        """One LIST page of event names after ``after``, their bodies fetched concurrently in batches.
+
+        Returns the last event read and whether more may follow (the page was full).
+        """
+        want = _PAGE if until is None else min(_PAGE, until - after)
+        names = self._storage.list_after(self._layout.events, seq_name(after), want)
         expected = after + 1
         seqs: list[int] = []
+        whole = True
         for name in names:
             seq = parse_seq_name(name)
             if seq is None:
                 continue
-            if seq != expected or (until is not None and seq > until):
+            if seq != expected:
+                whole = False
                 break
             seqs.append(seq)
             expected += 1
@@ -715,9 +849,10 @@ class EventLog:
             for s in chunk:
                 body = bodies[self._layout.event(s)]
                 if body is None:
-                    return s
+                    return s - 1, False
                 yield self._decode(s, body)
-        return expected
+        last = expected - 1
+        return last, whole and len(names) >= want and (until is None or last < until)
 
     def _event_at(self, seq: int) -> Event:
         body = self._storage.read(self._layout.event(seq))
@@ -756,6 +891,10 @@ class EventLog:
         n = 0
         if limit is not None and limit <= 0:
             return
+        if wanted is None and limit is not None:
+            # The log is gapless: the first ``limit`` events after ``since`` end at ``since + limit``,
+            # so the read lists and fetches only those.
+            until = since + limit if until is None else min(until, since + limit)
         if wanted is None and limit is None:
             yield from self._stored(since, until)  # the rebuild's path: no per-event checks here
             return
@@ -834,6 +973,95 @@ def current_states(
         except Exception as e:  # reported per run: one damaged run must not hide the others
             out[rid] = e
     return out
+
+
+def read_logs(
+    storage: Storage,
+    run_ids: Iterable[RunId],
+    *,
+    segment_every: int = SEGMENT_EVENTS,
+    listers: int = 32,
+    budget: int = 8192,
+) -> Iterator[tuple[RunId, list[bytes]]]:
+    """Every event of many runs as stored JSON lines (line ``i`` is event ``i + 1``), run by run, in order.
+
+    The bulk reader behind the frames: each run's segments and event files are
+    listed concurrently, then the bodies of groups of runs (about ``budget``
+    events a group) are fetched in one batch each (concurrent GETs on S3), and
+    segments are verified like any reader does. A run that is not a plain chain of segments and files from event 1
+    (consolidated and cleaned up, a damaged segment, a file removed meanwhile)
+    is read through :meth:`EventLog.read`, so the answer is always the log's.
+    Lines are not decoded here: the caller parses them into its columns.
+    """
+    rids = list(run_ids)
+
+    def listing(rid: RunId) -> tuple[list[tuple[int, int]], list[int], bool]:
+        layout = RunLayout(rid)
+        chain: list[tuple[int, int]] = []
+        reach = 0
+        # Most active runs are shorter than a segment: one page of names says so, and no segment is listed.
+        head = [s for n in storage.list_after(layout.events, "", segment_every + 1) if (s := parse_seq_name(n))]
+        if len(head) <= segment_every:
+            return chain, head, head == list(range(1, len(head) + 1))
+        for name in storage.list_after(layout.segments, ""):
+            span = parse_segment_name(name)
+            if span is None or span[1] <= reach or span[0] > reach + 1:
+                continue
+            if span[0] != reach + 1:
+                break
+            chain.append(span)
+            reach = span[1]
+        seqs = [s for n in storage.list_after(layout.events, seq_name(reach)) if (s := parse_seq_name(n))]
+        plain = seqs == list(range(reach + 1, reach + 1 + len(seqs)))
+        return chain, seqs, plain
+
+    def fallback(rid: RunId) -> list[bytes]:
+        return [_codec.dumps(e.to_dict()) for e in EventLog(storage, rid, segment_every=segment_every).read()]
+
+    with ThreadPoolExecutor(listers) as pool:
+        listings = list(pool.map(listing, rids))
+    group: list[int] = []
+    weight = 0
+    for i, (chain, seqs, _) in enumerate(listings):
+        group.append(i)
+        weight += sum(last - first + 1 for first, last in chain) + len(seqs)
+        if weight >= budget or i == len(listings) - 1:
+            # One concurrent fetch per group of runs, bounded in events so memory stays bounded.
+            yield from _read_group(storage, [rids[j] for j in group], [listings[j] for j in group], fallback)
+            group, weight = [], 0
+
+
+def _read_group(
+    storage: Storage,
+    rids: list[RunId],
+    listings: list[tuple[list[tuple[int, int]], list[int], bool]],
+    fallback: Callable[[RunId], list[bytes]],
+) -> Iterator[tuple[RunId, list[bytes]]]:
+    keys: list[str] = []
+    for rid, (chain, seqs, plain) in zip(rids, listings, strict=True):
+        if plain:
+            layout = RunLayout(rid)
+            keys += [layout.segment(f, last) for f, last in chain] + [layout.event(s) for s in seqs]
+    bodies = storage.read_many(keys)
+    for rid, (chain, seqs, plain) in zip(rids, listings, strict=True):
+        layout = RunLayout(rid)
+        lines: list[bytes] = []
+        whole = plain
+        for first, last in chain if whole else ():
+            key = layout.segment(first, last)
+            try:
+                lines.extend(decode_segment(bodies.pop(key, None) or b"", str(rid), first, last).splitlines())
+            except ValueError as e:
+                log.warning("ignoring segment %s of run %s: %s", storage.path(key), rid, e)
+                whole = False
+                break
+        for s in seqs if whole else ():
+            body = bodies.pop(layout.event(s), None)
+            if body is None:  # removed since it was listed (cleanup after archiving)
+                whole = False
+                break
+            lines.append(body)
+        yield rid, (lines if whole else fallback(rid))
 
 
 os.register_at_fork(after_in_child=_new_identity_in_child)

@@ -378,9 +378,14 @@ class Storage:
         names = [e[len(prefix):] if e.startswith(prefix) else e.rsplit("/", 1)[-1] for e in entries]
         return sorted(n.strip("/") for n in names if n.strip("/"))
 
-    def list_after(self, folder: str, start_after: str) -> list[str]:
-        """Names in ``folder`` sorting after ``start_after`` (one request where ``list_after`` is a capability)."""
-        return [n for n in self.list_names(folder) if n > start_after]
+    def list_after(self, folder: str, start_after: str, limit: int | None = None) -> list[str]:
+        """Names in ``folder`` sorting after ``start_after``, the first ``limit`` of them (None: all).
+
+        One request per page of names where ``list_after`` is a capability, so
+        a bounded read lists only what it will return.
+        """
+        names = [n for n in self.list_names(folder) if n > start_after]
+        return names if limit is None else names[: max(0, limit)]
 
     # -- writes ------------------------------------------------------------
 
@@ -886,6 +891,10 @@ def _read_local(path: str, *, follow: bool = False) -> bytes | None:
 _PRECONDITION: Final = object()
 
 
+_S3_PAGE: Final = 1000
+"""The most names one S3 LIST returns."""
+
+
 class S3Storage(Storage):
     """S3 and compatible stores through s3fs: conditional PUT/DELETE on ETags, StartAfter, batches."""
 
@@ -1002,13 +1011,20 @@ class S3Storage(Storage):
             return False
         return True
 
-    def list_after(self, folder: str, start_after: str) -> list[str]:
-        """Names in ``folder`` sorting after ``start_after``: LIST with StartAfter."""
+    def list_after(self, folder: str, start_after: str, limit: int | None = None) -> list[str]:
+        """Names in ``folder`` sorting after ``start_after``: LIST with StartAfter (and MaxKeys for a ``limit``)."""
         _, prefix = self._split(self.path(folder))
         prefix = prefix.rstrip("/") + "/"
         names: list[str] = []
-        for reply in self._list(prefix, StartAfter=prefix + start_after):
+        if limit is not None and limit <= 0:
+            return names
+        extra: dict[str, Any] = {"StartAfter": prefix + start_after}
+        if limit is not None:
+            extra["MaxKeys"] = min(limit, _S3_PAGE)
+        for reply in self._list(prefix, **extra):
             names.extend(c["Key"][len(prefix):] for c in reply.get("Contents", ()))
+            if limit is not None and len(names) >= limit:
+                return names[:limit]  # the pages after this one are not requested
         return names
 
     # -- writes ----------------------------------------------------------------

@@ -16,7 +16,7 @@ from faber_runlog import _codec
 from faber_runlog import _lifecycle as lifecycle
 from faber_runlog import _report as report
 from faber_runlog._events import Event, check_json_value
-from faber_runlog._format import RunLayout, encode_snapshot
+from faber_runlog._format import SEGMENT_EVENTS, RunLayout, encode_snapshot
 from faber_runlog._hints import check_status_filter, did_you_mean
 from faber_runlog._ids import RunId, validate_slug
 from faber_runlog._lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
@@ -279,6 +279,7 @@ class RunStore:
         lease_ttl: float = DEFAULT_LEASE_TTL,
         max_active_runs: int | None = None,
         seal_grace: float = SEAL_GRACE,
+        segment_every: int = SEGMENT_EVENTS,
     ) -> None:
         if fs is not None:
             if root is None and url is None:
@@ -295,6 +296,9 @@ class RunStore:
             raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
         self.storage = Storage(fs, root_path, fsync=fsync, allow_unsafe_writers=allow_unsafe_writers)
         self.snapshot_every = snapshot_every
+        if isinstance(segment_every, bool) or not isinstance(segment_every, int) or segment_every < 1:
+            raise ValueError(f"segment_every must be a positive number of events, got {segment_every!r}")
+        self.segment_every = segment_every
         self.source = source
         if not lease_ttl > 0:
             raise ValueError(f"lease_ttl must be a positive number of seconds, got {lease_ttl!r}")
@@ -324,6 +328,7 @@ class RunStore:
             hook_types=lifecycle.FINAL_EVENT_TYPES,
             seal_grace=self.seal_grace,
             fence=functools.partial(lease_fence, self.storage, run_id),
+            segment_every=self.segment_every,
         )
 
     def _committed(self, log: EventLog, commit: Commit) -> None:

@@ -39,6 +39,10 @@ def test_read_many_and_listing(store: RunStore) -> None:
     assert {"r/events/001.json": b"1", "r/events/003.json": b"3", "r/events/009.json": None} == got
     assert ["001.json", "002.json", "003.json", "004.json", "005.json"] == s.list_names("r/events")
     assert ["004.json", "005.json"] == s.list_after("r/events", "003.json")
+    # a limit lists only what a bounded read will use (MaxKeys on S3)
+    assert (["002.json", "003.json"], [], ["005.json"]) == (
+        s.list_after("r/events", "001.json", 2), s.list_after("r/events", "", 0), s.list_after("r/events", "004.json", 9)
+    )
     assert [] == s.list_names("nothing/here")
 
 
