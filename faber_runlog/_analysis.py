@@ -20,7 +20,7 @@ from faber_runlog._ids import RunId
 from faber_runlog._log import current_states
 from faber_runlog._progress import Progress
 from faber_runlog._store import RunStore
-from faber_runlog.errors import MissingExtra
+from faber_runlog.errors import InvalidArgument, MissingExtra
 
 __all__ = ["EVENT_COLUMNS", "RUN_COLUMNS", "events_frame", "runs_frame", "to_arrow"]
 
@@ -60,11 +60,11 @@ def _iso(value: Any, name: str) -> str | None:
         try:
             value = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError as e:
-            raise ValueError(f"{name}={value!r} is not an ISO 8601 date or time") from e
+            raise InvalidArgument(f"{name}={value!r} is not an ISO 8601 date or time") from e
     if isinstance(value, _dt.date) and not isinstance(value, _dt.datetime):
         value = _dt.datetime(value.year, value.month, value.day)
     if not isinstance(value, _dt.datetime):
-        raise ValueError(f"{name} must be an ISO string, a date or a datetime, got {type(value).__name__}")
+        raise InvalidArgument(f"{name} must be an ISO string, a date or a datetime, got {type(value).__name__}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=_dt.UTC)
     text: str = value.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -256,7 +256,7 @@ def to_arrow(store: RunStore, kind: str = "events", **filters: Any) -> Any:
     """
     pa = _require("pyarrow")
     if kind not in ("events", "runs"):
-        raise ValueError(f"kind must be 'events' or 'runs', got {kind!r}")
+        raise InvalidArgument(f"kind must be 'events' or 'runs', got {kind!r}")
     frame = {"events": events_frame, "runs": runs_frame}[kind](store, **filters)
     for c in _NESTED:
         if c in frame.columns:

@@ -35,7 +35,14 @@ from faber_runlog._state import RunState
 from faber_runlog._storage import PutResult, Storage
 from faber_runlog._store import RunStore
 from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES
-from faber_runlog.errors import ArchiveMismatch, ConsolidationError, FaberRunlogError, RunStillActive
+from faber_runlog.errors import (
+    ArchiveMismatch,
+    ConsolidationError,
+    CorruptData,
+    FaberRunlogError,
+    InvalidArgument,
+    RunStillActive,
+)
 
 __all__ = [
     "ARCHIVE_MARKER",
@@ -158,7 +165,7 @@ class RetentionPolicy:
 
     def __attrs_post_init__(self) -> None:
         if self.keep_days < 0:
-            raise ValueError(f"keep_days must be >= 0, got {self.keep_days}")
+            raise InvalidArgument(f"keep_days must be >= 0, got {self.keep_days}")
 
 
 @attrs.frozen(slots=True)
@@ -331,7 +338,7 @@ def _event_line(storage: Storage, rid: RunId, seq: int, body: bytes | None) -> t
     try:
         data = _codec.loads(body or b"")
         if not isinstance(data, dict) or data.get("event_id") != seq or data.get("run_id") != str(rid):
-            raise ValueError(f"it is not event {seq} of run {rid}")
+            raise CorruptData(f"it is not event {seq} of run {rid}")
     except Exception as e:
         path = storage.path(RunLayout(rid).event(seq))
         raise ConsolidationError(
@@ -416,9 +423,9 @@ class Archiver:
         self, source: RunStore, destination: RunStore, *, progress: bool | None = None, batch_size: int = 64
     ) -> None:
         if source.url == destination.url:
-            raise ValueError(f"source and destination are the same store ({source.url}); archive to another one")
+            raise InvalidArgument(f"source and destination are the same store ({source.url}); archive to another one")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise InvalidArgument(f"batch_size must be at least 1, got {batch_size}")
         self.source = source
         self.destination = destination
         self.progress = progress

@@ -28,7 +28,7 @@ from faber_runlog import _codec
 from faber_runlog._events import Event
 from faber_runlog._resume import diff_params
 from faber_runlog._store import DEFAULT_ROOT, Run, RunStore
-from faber_runlog.errors import InvalidGatewayConfig
+from faber_runlog.errors import InvalidArgument, InvalidGatewayConfig
 
 __all__ = [
     "CONFIG_ENV",
@@ -372,7 +372,7 @@ _FACTORIES: dict[str, BackendFactory] = {}
 def register_backend(name: str, factory: BackendFactory, *, replace: bool = False) -> None:
     """Make ``backends.<name>`` in gateway.json build a backend with ``factory(settings, gateway)``."""
     if name in ("local_files", "s3_archive") or (name in _FACTORIES and not replace):
-        raise ValueError(f"backend {name!r} is already registered; pass replace=True to replace a custom one")
+        raise InvalidArgument(f"backend {name!r} is already registered; pass replace=True to replace a custom one")
     _FACTORIES[name] = factory
 
 

@@ -34,7 +34,7 @@ from faber_runlog._converter import converter
 from faber_runlog._format import RunLayout
 from faber_runlog._ids import RunId
 from faber_runlog._storage import Storage
-from faber_runlog.errors import LeaseLost
+from faber_runlog.errors import InvalidArgument, LeaseLost
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
@@ -143,7 +143,7 @@ def _iso(t: _dt.datetime) -> str:
 
 def _check_ttl(ttl: float) -> None:
     if not ttl > 0:
-        raise ValueError(f"a lease ttl must be a positive number of seconds, got {ttl!r}")
+        raise InvalidArgument(f"a lease ttl must be a positive number of seconds, got {ttl!r}")
 
 
 def _body(lease: Lease) -> bytes:
@@ -453,7 +453,7 @@ class Heartbeat:
         _check_ttl(ttl)
         self.interval = interval if interval is not None else ttl / 3
         if not 0 < self.interval < ttl:
-            raise ValueError(
+            raise InvalidArgument(
                 f"heartbeat interval must be positive and shorter than the ttl ({ttl}s) "
                 f"for run {run_id}, got {self.interval!r}"
             )

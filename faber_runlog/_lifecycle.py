@@ -52,6 +52,7 @@ from faber_runlog.errors import (
     ApprovalConflict,
     ApprovalNotFound,
     FaberRunlogError,
+    InvalidArgument,
     InvalidEvent,
     InvalidRunId,
     InvalidTransition,
@@ -589,12 +590,12 @@ def claim_start(
     if concurrency_key is None and max_active_runs is None:
         return ()
     if concurrency_key is not None and (not isinstance(concurrency_key, str) or not 0 < len(concurrency_key) <= 1024):
-        raise ValueError(
+        raise InvalidArgument(
             f"concurrency_key for run {run_id} must be a non-empty string of at most 1024 characters, "
             f"got {concurrency_key!r}; nothing was written"
         )
     if max_active_runs is not None and (isinstance(max_active_runs, bool) or max_active_runs < 1):
-        raise ValueError(f"max_active_runs must be a positive integer or None, got {max_active_runs!r}")
+        raise InvalidArgument(f"max_active_runs must be a positive integer or None, got {max_active_runs!r}")
     base: dict[str, Any] = {"run_id": str(run_id), "released": False}
     claims: list[str] = []
     try:
@@ -803,7 +804,7 @@ def sweep_stale(
     """
     grace = older_than.total_seconds() if isinstance(older_than, _dt.timedelta) else float(older_than)
     if grace < 0:
-        raise ValueError(f"older_than must be >= 0 seconds, got {older_than!r}")
+        raise InvalidArgument(f"older_than must be >= 0 seconds, got {older_than!r}")
     wanted = None if run_ids is None else {str(RunId.parse(r)) for r in run_ids}
     candidates = [
         RunId.parse(s.run_id)
@@ -875,7 +876,7 @@ class StatusView:
 def status_view(storage: Storage, elog: EventLog, *, tail: int = 20) -> StatusView:
     """The run's status, phases, approvals, lease and its last ``tail`` events."""
     if tail < 0:
-        raise ValueError(f"tail must be >= 0, got {tail} (run {elog.run_id})")
+        raise InvalidArgument(f"tail must be >= 0, got {tail} (run {elog.run_id})")
     state = elog.current_state()
     events = tuple(elog.read(max(0, state.last_event_id - tail), until=state.last_event_id)) if tail else ()
     return StatusView(

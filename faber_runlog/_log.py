@@ -55,6 +55,7 @@ from faber_runlog._transitions import SEAL_TYPE, TRANSITIONS
 from faber_runlog.errors import (
     ApprovalConflict,
     ApprovalNotFound,
+    CorruptData,
     CorruptEvent,
     InvalidArgument,
     InvalidEvent,
@@ -593,11 +594,11 @@ class EventLog:
                 return None, None
             state = RunState.from_dict(data)
             if state.run_id != self._run_id:
-                raise ValueError(f"it belongs to run {state.run_id}")
+                raise CorruptData(f"it belongs to run {state.run_id}")
             if state.last_event_id > 0:
                 event = self._event_at(state.last_event_id)
                 if _event_fp(event) != fp:
-                    raise ValueError(f"event {state.last_event_id} in the log is not the one it was folded from")
+                    raise CorruptData(f"event {state.last_event_id} in the log is not the one it was folded from")
         except Exception as e:
             # A snapshot is a cache: one that does not agree with the log costs a longer fold, never a wrong answer.
             log.warning("ignoring snapshot %s of run %s: %s", self._storage.path(key), self._run_id, e)
@@ -619,8 +620,8 @@ class EventLog:
             if data.__class__ is dict and data.get("event_id") == seq:
                 return _event_from_dict(upcast(data))
             if not isinstance(data, dict):
-                raise ValueError(f"expected a JSON object, found {type(data).__name__}")
-            raise ValueError(f"its event_id is {data.get('event_id')!r}, not {seq}")
+                raise CorruptData(f"expected a JSON object, found {type(data).__name__}")
+            raise CorruptData(f"its event_id is {data.get('event_id')!r}, not {seq}")
         except Exception as e:
             path = self._storage.path(key or self._layout.event(seq))
             where = f"line {seq} of {path}" if key else path

@@ -23,7 +23,7 @@ from faber_runlog._log import EventLog
 from faber_runlog._metadata import RunMetadata
 from faber_runlog._state import TERMINAL_STATUSES, RunState
 from faber_runlog._storage import Storage
-from faber_runlog.errors import CorruptState
+from faber_runlog.errors import CorruptState, InvalidArgument
 
 __all__ = [
     "REPORT_JSON",
@@ -65,7 +65,7 @@ def validate_report(report: dict[str, Any]) -> None:
     try:
         _validator(report)
     except fastjsonschema.JsonSchemaValueException as e:
-        raise ValueError(f"report of run {report.get('run_id')} is invalid: {e.message} ({e.name})") from e
+        raise InvalidArgument(f"report of run {report.get('run_id')} is invalid: {e.message} ({e.name})") from e
 
 
 def _keys(run_id: RunId) -> tuple[str, str]:

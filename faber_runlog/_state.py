@@ -28,6 +28,7 @@ from faber_runlog._transitions import (
     TRANSITIONS,
     RunStatus,
 )
+from faber_runlog.errors import InvalidArgument
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -226,7 +227,7 @@ def register_fold(event_type: str, handler: Handler, *, replace: bool = False) -
     so that every reader rebuilds the same state.
     """
     if event_type in _HANDLERS and not replace:
-        raise ValueError(f"a fold handler for {event_type!r} is already registered; pass replace=True")
+        raise InvalidArgument(f"a fold handler for {event_type!r} is already registered; pass replace=True")
     _HANDLERS[event_type] = handler
     _GENERATION[0] += 1  # states folded before this are stale: logs refold on their next read
 

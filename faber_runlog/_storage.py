@@ -47,6 +47,7 @@ from faber_runlog.errors import (
     BucketNotFound,
     ConcurrencyUnsupported,
     CredentialsMissing,
+    InvalidArgument,
     StorageError,
     StoreAccessDenied,
     UnsafePath,
@@ -536,7 +537,7 @@ class Storage:
 
 def _refuse_empty(data: bytes) -> None:
     if not data:
-        raise ValueError("refusing to create an empty object: some stores overwrite on empty bodies")
+        raise InvalidArgument("refusing to create an empty object: some stores overwrite on empty bodies")
 
 
 class FsspecStorage(Storage):

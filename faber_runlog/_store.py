@@ -28,7 +28,9 @@ from faber_runlog._state import RunState
 from faber_runlog._storage import Storage, open_filesystem
 from faber_runlog.errors import (
     CorruptState,
+    InvalidArgument,
     InvalidEventPosition,
+    InvalidParams,
     InvalidRunId,
     InvalidStoreUrl,
     RunExists,
@@ -43,10 +45,6 @@ DEFAULT_ROOT: Final = ".fractary/plugins/faber/runs"
 ROOT_ENV: Final = "FABER_RUNLOG_ROOT"
 
 log = logging.getLogger("faber_runlog._store")
-
-
-class InvalidParams(InvalidRunId):
-    """Params or tags that JSON cannot hold faithfully."""
 
 
 @attrs.frozen(slots=True)
@@ -282,28 +280,28 @@ class RunStore:
     ) -> None:
         if fs is not None:
             if root is None and url is None:
-                raise ValueError("RunStore(fs=...) needs root= (the folder or bucket/prefix of the runs)")
+                raise InvalidArgument("RunStore(fs=...) needs root= (the folder or bucket/prefix of the runs)")
             root_path = str(root if root is not None else url)
         else:
             if root is not None and url is not None:
-                raise ValueError("give either a URL or root=, not both")
+                raise InvalidArgument("give either a URL or root=, not both")
             target = url if url is not None else root
             if target is None:
                 target = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
             fs, root_path = _open_root(target, storage_options)
         if snapshot_every < 1:
-            raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
+            raise InvalidArgument(f"snapshot_every must be at least 1, got {snapshot_every}")
         self.storage = Storage(fs, root_path, fsync=fsync, allow_unsafe_writers=allow_unsafe_writers)
         self.snapshot_every = snapshot_every
         self.source = source
         if not lease_ttl > 0:
-            raise ValueError(f"lease_ttl must be a positive number of seconds, got {lease_ttl!r}")
+            raise InvalidArgument(f"lease_ttl must be a positive number of seconds, got {lease_ttl!r}")
         if max_active_runs is not None and (isinstance(max_active_runs, bool) or max_active_runs < 1):
-            raise ValueError(f"max_active_runs must be a positive integer or None, got {max_active_runs!r}")
+            raise InvalidArgument(f"max_active_runs must be a positive integer or None, got {max_active_runs!r}")
         self.lease_ttl = lease_ttl
         self.max_active_runs = max_active_runs
         if not seal_grace >= 0:
-            raise ValueError(f"seal_grace must be a number of seconds >= 0, got {seal_grace!r}")
+            raise InvalidArgument(f"seal_grace must be a number of seconds >= 0, got {seal_grace!r}")
         self.seal_grace = float(seal_grace)
 
     def __repr__(self) -> str:

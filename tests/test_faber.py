@@ -19,7 +19,7 @@ from conftest import make_store
 from faber_runlog import Event, Resumer, RunStore, export_faber, import_faber
 from faber_runlog._cli import main
 from faber_runlog._faber import IMPORT_KEY, UNMAPPED_TYPE, faber_event, mapped_run_id
-from faber_runlog.errors import InvalidRunId
+from faber_runlog.errors import InvalidParams
 
 BASE = ".fractary/faber/runs"
 OLD_BASE = ".fractary/plugins/faber/runs"
@@ -351,7 +351,7 @@ def test_planned_phases_show_as_pending_in_order_and_a_resume_starts_at_one_that
 ])  # fmt: skip
 def test_a_bad_plan_is_refused_and_nothing_is_written(phases: Any, steps: Any, needle: str) -> None:
     store = RunStore("memory://bad-plan")
-    with pytest.raises(InvalidRunId, match=needle):
+    with pytest.raises(InvalidParams, match=needle):
         store.create_run("acme", "web", phases=phases, steps=steps)
     assert [] == store.list_runs()
 
