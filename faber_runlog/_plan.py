@@ -45,7 +45,7 @@ def _unique(names: Iterable[str], what: str) -> list[str]:
 def normalize_plan(
     phases: Sequence[str | Mapping[str, Any]] | None, steps: Mapping[str, Sequence[str]] | None
 ) -> tuple[list[str], dict[str, list[str]]]:
-    """Check a plan and return it as ``(phases, steps)``; bad input raises :class:`~faber_runlog.errors.InvalidParams` (a ``ValueError``).
+    """Check a plan and return it as ``(phases, steps)``; bad input raises ``InvalidParams``.
 
     A phase may be a name or ``{"name": ..., "steps": [...]}``; ``steps`` maps a
     planned phase to its planned steps. Both ways may be mixed, not repeated.

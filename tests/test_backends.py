@@ -21,8 +21,7 @@ from faber_runlog import RunStore, StorageError, UnsafePath
 from faber_runlog._cli import main
 from faber_runlog._gateway import GatewayConfig
 from faber_runlog._storage import TEMP_MAX_AGE, MemoryStorage, Storage, Versioned, digest
-from faber_runlog.errors import InvalidParams
-from faber_runlog.errors import BucketNotFound, CredentialsMissing, InvalidGatewayConfig
+from faber_runlog.errors import BucketNotFound, CredentialsMissing, InvalidGatewayConfig, InvalidParams
 from faber_runlog.testing import (
     ContractViolation,
     check_compare_and_swap,
