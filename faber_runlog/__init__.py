@@ -9,12 +9,20 @@ from faber_runlog._archive import (
     RetentionPolicy,
     consolidate,
 )
-from faber_runlog._events import Event, event_schema, event_types, register_event_type, register_upcaster
+from faber_runlog._events import (
+    Event,
+    FrozenDict,
+    FrozenList,
+    event_schema,
+    event_types,
+    register_event_type,
+    register_upcaster,
+)
 from faber_runlog._faber import ExportResult, ImportedRun, ImportReport, export_faber, import_faber
 from faber_runlog._gateway import Backend, Gateway, GatewayConfig, register_backend
 from faber_runlog._ids import RunId
 from faber_runlog._lease import Heartbeat, Lease
-from faber_runlog._lifecycle import StatusView, SweptRun, SweptRuns
+from faber_runlog._lifecycle import Approval, StatusView, SweptRun, SweptRuns
 from faber_runlog._log import Commit, EventLog
 from faber_runlog._metadata import RunMetadata
 from faber_runlog._resume import ParamDiff, ResumePlan, Resumer, diff_params
@@ -50,6 +58,7 @@ from faber_runlog.errors import (
     LeaseLost,
     MissingExtra,
     NotFound,
+    ReadOnlyValue,
     Refused,
     RunArchived,
     RunExists,
@@ -66,6 +75,7 @@ from faber_runlog.errors import (
 
 __all__ = [
     "ActiveRunExists",
+    "Approval",
     "ApprovalConflict",
     "ApprovalNotFound",
     "ApprovalState",
@@ -90,6 +100,8 @@ __all__ = [
     "EventLog",
     "ExportResult",
     "FaberRunlogError",
+    "FrozenDict",
+    "FrozenList",
     "Gateway",
     "GatewayConfig",
     "Heartbeat",
@@ -112,6 +124,7 @@ __all__ = [
     "NotFound",
     "ParamDiff",
     "PhaseState",
+    "ReadOnlyValue",
     "ReconstructReport",
     "Refused",
     "ResumePlan",

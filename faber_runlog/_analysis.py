@@ -85,7 +85,8 @@ def _select(
     if run_ids is not None:
         return [RunId.parse(r) for r in run_ids]
     if status is not None:
-        return [RunId.parse(s.run_id) for s in store.list_runs(org=org, project=project, status=status)]
+        found = store.list_runs(org=org, project=project, status=check_status_filter(status))
+        return [RunId.parse(s.run_id) for s in found]
     return list(store._run_ids(org, project))  # a listing only: no metadata or events read
 
 

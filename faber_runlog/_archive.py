@@ -34,7 +34,7 @@ from faber_runlog._progress import Progress
 from faber_runlog._state import RunState
 from faber_runlog._storage import PutResult, Storage
 from faber_runlog._store import RunStore
-from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES
+from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES, RunStatus, is_status
 from faber_runlog.errors import (
     ArchiveMismatch,
     ConsolidationError,
@@ -115,7 +115,7 @@ class ArchiveIndexEntry:
     run_id: str
     org: str
     project: str
-    status: str
+    status: RunStatus
     created_at: str
     ended_at: str | None
     last_event_id: int
@@ -541,7 +541,7 @@ class Archiver:
             run_id=str(rid),
             org=rid.org,
             project=rid.project,
-            status=str(snap.get("status", "created")),
+            status=status if is_status(status := snap.get("status", "created")) else "created",
             created_at=meta.created_at,
             ended_at=snap.get("ended_at"),
             last_event_id=record.last_seq,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib.resources
 import math
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, NoReturn
 
 import attrs
 import fastjsonschema
@@ -20,12 +20,14 @@ import fastjsonschema
 from faber_runlog import _codec
 from faber_runlog._converter import converter
 from faber_runlog._hints import did_you_mean
-from faber_runlog.errors import InvalidEvent
+from faber_runlog.errors import InvalidEvent, ReadOnlyValue
 
 __all__ = [
     "BUILTIN_EVENT_TYPES",
     "SCHEMA_VERSION",
     "Event",
+    "FrozenDict",
+    "FrozenList",
     "event_schema",
     "event_types",
     "register_event_type",
@@ -53,9 +55,99 @@ _MAX_DEPTH: Final = 32
 _MAX_STRING: Final = 1 << 20
 
 
+def _refuse(self: object, *args: object, **kwargs: object) -> NoReturn:
+    raise ReadOnlyValue(
+        f"an event's {type(self).__name__.strip('_').lower()} is read-only (events are immutable); "
+        "copy it first: dict(event.metadata), list(event.artifacts)"
+    )
+
+
+class FrozenDict(dict[str, Any]):
+    """A read-only, hashable ``dict``: what an :class:`Event` holds for ``metadata`` (and a dict ``error``).
+
+    A ``dict`` subclass so that reading code, ``==`` and JSON encoding treat it as the dict it was;
+    every mutating method raises :class:`~faber_runlog.errors.ReadOnlyValue` (a ``TypeError``).
+    """
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The default protocol rebuilds a dict subclass through __setitem__, which refuses.
+        return type(self), (dict(self),)
+
+
+class FrozenList(list[Any]):
+    """A read-only, hashable ``list``: what an :class:`Event` holds for ``artifacts`` and lists in metadata."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(self))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (list(self),)
+
+
+def freeze(value: Any) -> Any:
+    """``value`` with every dict and list in it (at any depth) made read-only; other values as they are."""
+    cls = value.__class__
+    if cls in _SCALARS:
+        return value
+    if cls is dict or cls is FrozenDict:
+        if not value:
+            return _EMPTY
+        # This runs for every event read; most metadata is flat, so copy it in C unless a value needs freezing.
+        for v in value.values():
+            if v.__class__ not in _SCALARS:
+                return FrozenDict({k: freeze(v) for k, v in value.items()})
+        return FrozenDict(value)
+    if cls is list or cls is FrozenList or cls is tuple:
+        for v in value:
+            if v.__class__ not in _SCALARS:
+                return FrozenList([freeze(v) for v in value])
+        return FrozenList(value)
+    if isinstance(value, Mapping):
+        return FrozenDict({k: freeze(v) for k, v in value.items()})
+    return value
+
+
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def thaw(value: Any) -> Any:
+    """``value`` with every frozen dict and list in it turned back into a plain, mutable one."""
+    if isinstance(value, dict):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [thaw(v) for v in value]
+    return value
+
+
+_EMPTY: Final = FrozenDict()
+
+
+def _freeze_mapping(value: Mapping[str, Any] | None) -> FrozenDict:
+    return _EMPTY if not value else freeze(value)  # type: ignore[no-any-return]
+
+
+def _freeze_optional(value: Any) -> Any:
+    return value if value is None or value.__class__ is str else freeze(value)
+
+
 @attrs.frozen(slots=True)
 class Event:
-    """One immutable entry of a run's log; ``event_id`` is its gapless sequence number."""
+    """One immutable entry of a run's log; ``event_id`` is its gapless sequence number.
+
+    Immutable all the way down: ``metadata`` (and a dict ``error``) is a :class:`FrozenDict`, ``artifacts``
+    and every list inside them a :class:`FrozenList`, so an event can neither be changed through them nor
+    disagree with its file. Equal events hash equal, so events work in sets and as dict keys.
+    """
 
     event_id: int
     type: str
@@ -68,17 +160,17 @@ class Event:
     status: str | None = None
     message: str | None = None
     duration_ms: float | None = None
-    error: str | dict[str, Any] | None = None
-    artifacts: list[Any] | None = None
-    metadata: dict[str, Any] = attrs.field(factory=dict)
+    error: str | Mapping[str, Any] | None = attrs.field(default=None, converter=_freeze_optional)
+    artifacts: Sequence[Any] | None = attrs.field(default=None, converter=_freeze_optional)
+    metadata: Mapping[str, Any] = attrs.field(factory=FrozenDict, converter=_freeze_mapping)
     schema_version: int = SCHEMA_VERSION
     idempotency_key: str | None = None
     nonce: str | None = None
     lease_epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (fields left at their default are omitted)."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        """Plain JSON-ready dict of plain (mutable) dicts and lists; fields that are ``None`` are omitted."""
+        return {k: thaw(v) for k, v in _event_to_dict(self).items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:

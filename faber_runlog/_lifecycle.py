@@ -20,7 +20,8 @@ import datetime as _dt
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
 import attrs
@@ -46,7 +47,7 @@ from faber_runlog._log import Commit, EventLog
 from faber_runlog._report import write_report
 from faber_runlog._state import ACTIVE_STATUSES, TERMINAL_STATUSES, ApprovalState, PhaseState, RunState
 from faber_runlog._storage import Storage
-from faber_runlog._transitions import ACTIONS
+from faber_runlog._transitions import ACTIONS, RunStatus
 from faber_runlog.errors import (
     ActiveRunExists,
     ApprovalConflict,
@@ -336,6 +337,56 @@ def skip_step(elog: EventLog, phase: str, step: str, *, reason: str | None = Non
 
 
 # -- approvals -------------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Approval:
+    """A handle on one requested approval: its id, gate and phase, and the ``approval_requested`` event.
+
+    ``Run.request_approval`` returns one; ``Run.decide`` takes it (or its ``approval_id``).
+    """
+
+    approval_id: str
+    gate: str
+    phase: str | None
+    event: Event
+
+    @property
+    def event_id(self) -> int:
+        """The sequence number of the ``approval_requested`` event."""
+        return self.event.event_id
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """Deprecated: the request event's metadata; use :attr:`approval_id` or ``.event.metadata``."""
+        warnings.warn(
+            "Approval.metadata is deprecated (the approval id is Approval.approval_id; the event is Approval.event); "
+            "it will be removed in the next minor release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.event.metadata
+
+    @classmethod
+    def from_event(cls, event: Event) -> Approval:
+        """The handle for an ``approval_requested`` event."""
+        m = event.metadata
+        return cls(str(m["approval_id"]), str(m.get("gate", "")), event.phase, event)
+
+
+def approval_id_of(approval: object, run_id: str) -> str:
+    """The id named by ``approval`` (an :class:`Approval` or an id string); anything else is refused."""
+    if isinstance(approval, Approval):
+        return approval.approval_id
+    if isinstance(approval, str) and approval:
+        return approval
+    hint = ""
+    if isinstance(approval, Event):
+        hint = f" (this is event {approval.event_id}; pass its metadata['approval_id'] or the Approval handle)"
+    raise InvalidArgument(
+        f"decide() on run {run_id} takes an Approval from request_approval() or its approval_id string, "
+        f"got {type(approval).__name__} {approval!r:.80}{hint}; nothing was written"
+    )
 
 
 def request_approval(
@@ -691,7 +742,7 @@ class SweptRun:
     """A run the sweep failed because its writer's lease expired."""
 
     run_id: str
-    previous_status: str
+    previous_status: RunStatus
     event_id: int
     failed_phases: tuple[str, ...]
     closed_approvals: tuple[str, ...]
@@ -842,7 +893,7 @@ class StatusView:
     """One read of a run for a UI or a CLI: status, phases, approvals, lease and the latest events."""
 
     run_id: str
-    status: str
+    status: RunStatus
     status_reason: str | None
     paused_from: str | None
     current_phase: str | None

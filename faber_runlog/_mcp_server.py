@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from faber_runlog._gateway import Gateway
+from faber_runlog._hints import check_status_filter
 from faber_runlog._version import __version__
 from faber_runlog.errors import FaberRunlogError, InvalidArgument, MissingExtra
 
@@ -69,7 +70,7 @@ def build_server(gateway: Gateway) -> Any:
         return {"run_id": run.id, "events": events, "next_since": last}
 
     def runs(org: str | None, project: str | None, status: str | None, limit: int) -> dict[str, Any]:
-        found = gateway.store.list_runs(org=org, project=project, status=status)
+        found = gateway.store.list_runs(org=org, project=project, status=check_status_filter(status))
         shown = found[-limit:] if limit > 0 else []
         return {"runs": [converter.unstructure(r) for r in shown], "total": len(found)}
 

@@ -20,7 +20,7 @@ from faber_runlog._events import Event
 from faber_runlog._format import RunLayout
 from faber_runlog._ids import RunId
 from faber_runlog._lease import default_owner, read_lease, try_acquire_lease
-from faber_runlog._state import TERMINAL_STATUSES, RunState
+from faber_runlog._state import TERMINAL_STATUSES, RunState, RunStatus
 from faber_runlog._storage import Storage
 from faber_runlog._store import Run, RunStore
 from faber_runlog._verify import ReconstructReport, VerifyReport, reconstruct_state, verify_run
@@ -42,7 +42,7 @@ class _Moved(Exception):
 
 def is_archived(storage: Storage, run_id: RunId, state: RunState) -> bool:
     """Whether the run is archived (its status says so, or a marker file exists)."""
-    if state.status == "archived":
+    if str(state.status) == "archived":  # a status of 0.x snapshots
         return True
     folder = RunLayout(run_id).dir
     return any(storage.exists(f"{folder}/{name}") for name in ARCHIVE_MARKERS)
@@ -121,7 +121,7 @@ class ResumePlan:
     """Whether a run can be resumed (and why not), where it resumes and what to skip."""
 
     run_id: str
-    status: str
+    status: RunStatus
     last_event_id: int
     last_event_type: str | None
     resumable: bool

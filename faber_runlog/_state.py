@@ -143,7 +143,7 @@ class RunState:
     """Everything known about a run after folding its events up to ``last_event_id``."""
 
     run_id: str
-    status: str = "created"
+    status: RunStatus = "created"
     current_phase: str | None = None
     current_step: str | None = None
     phases: dict[str, PhaseState] = attrs.field(factory=dict)
@@ -269,7 +269,7 @@ def apply(state: RunState, event: Event) -> None:
     else:
         handler(state, event)
     if target not in (SAME, DECIDED):
-        state.status = target
+        state.status = target  # type: ignore[assignment]  # the transition table holds only statuses
         if before in TERMINAL_STATUSES and target not in TERMINAL_STATUSES:
             # An ended run that runs again has no end time (yet).
             state.ended_at = None
@@ -363,7 +363,7 @@ def _stop_active_work(state: RunState, event: Event, status: str, error: str | N
             p.last_event_id = event.event_id
 
 
-def _end_run(state: RunState, event: Event, status: str) -> None:
+def _end_run(state: RunState, event: Event, status: RunStatus) -> None:
     state.status = status
     state.ended_at = event.timestamp
     state.paused_from = None

@@ -6,6 +6,7 @@ import datetime
 import functools
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -24,7 +25,7 @@ from faber_runlog._lease import fence as lease_fence
 from faber_runlog._log import SEAL_GRACE, Commit, EventLog, current_states
 from faber_runlog._metadata import RunMetadata, capture_environment
 from faber_runlog._plan import apply_plan, normalize_plan
-from faber_runlog._state import RunState
+from faber_runlog._state import RunState, RunStatus
 from faber_runlog._storage import Storage, open_filesystem
 from faber_runlog.errors import (
     CorruptState,
@@ -55,7 +56,7 @@ class RunSummary:
     org: str
     project: str
     created_at: str
-    status: str
+    status: RunStatus
     last_event_id: int
     updated_at: str | None
     current_phase: str | None
@@ -160,12 +161,22 @@ class Run:
         return lifecycle.start(self.log, metadata=metadata)
 
     def pause(self, reason: str | None = None) -> Event:
-        """Pause the run; :meth:`resume` returns it to the status it was paused from."""
+        """Pause the run; :meth:`unpause` returns it to the status it was paused from."""
         return lifecycle.pause(self.log, reason=reason)
 
-    def resume(self, reason: str | None = None) -> Event:
-        """Resume a paused run (a failed one is resumed with ``Resumer``)."""
+    def unpause(self, reason: str | None = None) -> Event:
+        """paused -> the status it was paused from (a failing or failed run is resumed with ``Resumer.resume``)."""
         return lifecycle.resume(self.log, reason=reason)
+
+    def resume(self, reason: str | None = None) -> Event:
+        """Deprecated alias of :meth:`unpause` (``Resumer.resume`` is the other transition, failed -> running)."""
+        warnings.warn(
+            "Run.resume() is deprecated: use Run.unpause() for a paused run (Resumer(store).resume(run_id) "
+            "resumes a failed one); the alias will be removed in the next minor release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.unpause(reason)
 
     def cancel(self, reason: str = "cancelled") -> Event:
         """Cancel an active run; pending approvals are closed, the final report written."""
@@ -202,15 +213,23 @@ class Run:
         phase: str | None = None,
         payload: dict[str, Any] | None = None,
         approval_id: str | None = None,
-    ) -> Event:
-        """Open an approval gate; the id is in the event's ``metadata['approval_id']``."""
-        return lifecycle.request_approval(self.log, gate, phase=phase, payload=payload, approval_id=approval_id)
+    ) -> lifecycle.Approval:
+        """Open an approval gate and return its handle (``.approval_id``, ``.event``) for :meth:`decide`."""
+        event = lifecycle.request_approval(self.log, gate, phase=phase, payload=payload, approval_id=approval_id)
+        return lifecycle.Approval.from_event(event)
 
     def decide(
-        self, approval_id: str, action: str, *, client_token: str, comment: str | None = None, user: str | None = None
+        self,
+        approval: lifecycle.Approval | str,
+        action: str,
+        *,
+        client_token: str,
+        comment: str | None = None,
+        user: str | None = None,
     ) -> Event:
-        """Approve, reject, request changes or abort; the same client token replays, never repeats."""
-        return lifecycle.decide(self.log, approval_id, action, client_token=client_token, comment=comment, user=user)
+        """Approve, reject, request changes or abort an approval (its handle or id); a repeated token replays."""
+        aid = lifecycle.approval_id_of(approval, self.id)
+        return lifecycle.decide(self.log, aid, action, client_token=client_token, comment=comment, user=user)
 
     def status_view(self, tail: int = 20) -> lifecycle.StatusView:
         """Status, phases, approvals, lease and the last ``tail`` events, for a UI or a CLI."""
@@ -483,7 +502,7 @@ class RunStore:
         self,
         org: str | None = None,
         project: str | None = None,
-        status: str | None = None,
+        status: RunStatus | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> RunList:
         """Runs under the root, oldest first, with the status their logs give.

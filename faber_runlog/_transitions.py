@@ -19,7 +19,7 @@ Statuses:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final, Literal
+from typing import Final, Literal, TypeGuard
 
 import attrs
 
@@ -32,6 +32,7 @@ __all__ = [
     "TRANSITIONS",
     "RunStatus",
     "Transition",
+    "is_status",
     "markdown",
 ]
 
@@ -42,6 +43,12 @@ RUN_STATUSES: Final[tuple[RunStatus, ...]] = (
     "created", "running", "paused", "awaiting_approval", "failing", "completed", "failed", "cancelled",
 )  # fmt: skip  (one status per meaning, in lifecycle order)
 TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
+
+
+def is_status(value: object) -> TypeGuard[RunStatus]:
+    """Whether ``value`` is one of the run statuses (narrows a ``str`` read from a file or a caller)."""
+    return value in RUN_STATUSES
+
 ACTIVE_STATUSES: Final = frozenset(s for s in RUN_STATUSES if s not in TERMINAL_STATUSES)
 
 SEAL_TYPE: Final = "log_sealed"

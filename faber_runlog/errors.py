@@ -15,6 +15,7 @@ The tree (builtin bases in brackets; a leaf adds a narrower builtin only where i
     │   ├── InvalidFilter
     │   ├── InvalidRerun
     │   ├── InvalidStoreUrl [+TypeError]
+    │   ├── ReadOnlyValue [+TypeError]
     │   └── UnsafePath
     ├── Refused [RuntimeError]                the run's (or store's) current state refuses the call
     │   ├── ActiveRunExists [+FileExistsError*]
@@ -86,6 +87,7 @@ __all__ = [
     "LeaseLost",
     "MissingExtra",
     "NotFound",
+    "ReadOnlyValue",
     "Refused",
     "RunArchived",
     "RunExists",
@@ -181,6 +183,13 @@ class InvalidStoreUrl(InvalidArgument, TypeError):
 
     It is a ``ValueError`` for a bad URL and a ``TypeError`` for a value that is no URL at all,
     so callers catching either builtin keep working.
+    """
+
+
+class ReadOnlyValue(InvalidArgument, TypeError):
+    """Code tried to change a read-only value (an event's metadata or artifacts); nothing changed.
+
+    A ``TypeError`` too, as for any object that does not support item assignment.
     """
 
 

@@ -380,7 +380,7 @@ def test_export_writes_faber_files_that_validate_against_faber_schema_and_import
     log.emit("phase_complete", phase="frame", status="completed")
     log.emit("phase_start", phase="deploy")  # a phase name FABER does not know
     approval = run.request_approval("ship", phase="deploy")
-    run.decide(approval.metadata["approval_id"], "approve", client_token="t1")
+    run.decide(approval, "approve", client_token="t1")
     log.emit("step_start", phase="deploy", step="push", status="running")
     log.emit("step_skip", phase="deploy", step="push")
     log.emit("step_error", phase="deploy", step="push", error="exit 3")

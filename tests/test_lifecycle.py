@@ -54,7 +54,7 @@ def in_status(store: RunStore, status: str) -> Run:
 ACTIONS: dict[str, tuple[Callable[[Run], Any], str | None]] = {
     "start": (lambda r: r.start(), "running"),
     "pause": (lambda r: r.pause(), "paused"),
-    "resume": (lambda r: r.resume(), None),  # back to where it paused from
+    "resume": (lambda r: r.unpause(), None),  # back to where it paused from
     "cancel": (lambda r: r.cancel("user"), "cancelled"),
     "complete": (lambda r: r.complete(), "completed"),
     "fail": (lambda r: r.fail("bad"), "failed"),
@@ -89,7 +89,7 @@ def test_pause_remembers_where_it_paused_from_and_resume_returns_there(store: Ru
     ev = run.pause("lunch")
     assert origin == ev.metadata["paused_from"]
     assert ("paused", origin) == (run.state().status, run.state().paused_from)
-    run.resume()
+    run.unpause()
     state = store.get_run(run.id).state()
     assert (origin, None) == (state.status, state.paused_from)
 
@@ -97,7 +97,7 @@ def test_pause_remembers_where_it_paused_from_and_resume_returns_there(store: Ru
 def test_resume_of_a_failed_run_points_to_the_resumer(store: RunStore) -> None:
     run = in_status(store, "failed")
     with pytest.raises(InvalidTransition, match="Resumer"):
-        run.resume()
+        run.unpause()
 
 
 def test_a_gate_requested_while_the_writer_pauses_is_still_waiting_after_resume(store: RunStore) -> None:
@@ -110,7 +110,7 @@ def test_a_gate_requested_while_the_writer_pauses_is_still_waiting_after_resume(
     assert last == store.get_run(run.id).state().last_event_id
     # ... but a log that holds one (an old log, an importer's unchecked copy) still folds to a waiting gate.
     run.log.append(gate, unchecked=True)
-    run.resume()
+    run.unpause()
     assert "awaiting_approval" == run.state().status
 
 
