@@ -25,6 +25,7 @@ from faber_runlog._lease import Heartbeat, Lease
 from faber_runlog._lifecycle import Approval, StatusView, SweptRun, SweptRuns
 from faber_runlog._log import Commit, EventLog
 from faber_runlog._metadata import RunMetadata
+from faber_runlog._registry import Registry
 from faber_runlog._resume import ParamDiff, ResumePlan, Resumer, diff_params
 from faber_runlog._state import ApprovalState, PhaseState, RunState, RunStatus, StepState, fold, register_fold
 from faber_runlog._storage import Capabilities
@@ -127,6 +128,7 @@ __all__ = [
     "ReadOnlyValue",
     "ReconstructReport",
     "Refused",
+    "Registry",
     "ResumePlan",
     "Resumer",
     "RetentionPolicy",

@@ -226,10 +226,27 @@ class _TypeSpec:
     builtin: bool
 
 
-_lock = threading.Lock()
-_types: dict[str, _TypeSpec] = {}
-_validators: dict[str, Callable[[Any], Any]] = {}
-_upcasters: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+class EventTypes:
+    """One table of event types (with their compiled validators) and upcasters.
+
+    The process-wide default holds what the module-level functions register; a
+    :class:`~faber_runlog.Registry` may hold an isolated copy for one store.
+    """
+
+    def __init__(self, parent: EventTypes | None = None) -> None:
+        self.lock = threading.Lock()
+        self.types: dict[str, _TypeSpec] = dict(parent.types) if parent else {}
+        self.validators: dict[str, Callable[[Any], Any]] = dict(parent.validators) if parent else {}
+        self.upcasters: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = (
+            dict(parent.upcasters) if parent else {}
+        )
+
+
+_DEFAULT_TYPES: Final = EventTypes()
+_lock = _DEFAULT_TYPES.lock
+_types = _DEFAULT_TYPES.types
+_validators = _DEFAULT_TYPES.validators
+_upcasters = _DEFAULT_TYPES.upcasters
 
 
 def _load_json(*parts: str) -> dict[str, Any]:
@@ -264,7 +281,12 @@ def event_types() -> list[str]:
 
 
 def register_event_type(
-    name: str, schema: Mapping[str, Any] | None = None, *, version: int = 1, replace: bool = False
+    name: str,
+    schema: Mapping[str, Any] | None = None,
+    *,
+    version: int = 1,
+    replace: bool = False,
+    table: EventTypes = _DEFAULT_TYPES,
 ) -> None:
     """Register a custom event type with a JSON Schema for the whole event.
 
@@ -283,8 +305,8 @@ def register_event_type(
         validator = _compile(schema)
     except fastjsonschema.JsonSchemaDefinitionException as e:
         raise InvalidEvent(f"schema for event type {name!r} is not a valid JSON Schema: {e}") from e
-    with _lock:
-        old = _types.get(name)
+    with table.lock:
+        old = table.types.get(name)
         if old is not None:
             if old.builtin:
                 raise InvalidEvent(f"{name!r} is a built-in event type and cannot be redefined", event_type=name)
@@ -293,29 +315,34 @@ def register_event_type(
                     f"event type {name!r} is already registered with another schema; pass replace=True",
                     event_type=name,
                 )
-        _types[name] = _TypeSpec(name, schema, version, False)
-        _validators[name] = validator
+        table.types[name] = _TypeSpec(name, schema, version, False)
+        table.validators[name] = validator
 
 
 def register_upcaster(
-    event_type: str, from_version: int, upcast: Callable[[dict[str, Any]], dict[str, Any]]
+    event_type: str,
+    from_version: int,
+    upcast: Callable[[dict[str, Any]], dict[str, Any]],
+    *,
+    table: EventTypes = _DEFAULT_TYPES,
 ) -> None:
     """Lift stored events of ``event_type`` at ``from_version`` to ``from_version + 1`` on read.
 
     Stored files are never rewritten; the upcaster runs each time such an event is read
     and must return a dict whose ``schema_version`` is ``from_version + 1``.
     """
-    with _lock:
-        _upcasters[(event_type, from_version)] = upcast
+    with table.lock:
+        table.upcasters[(event_type, from_version)] = upcast
 
 
-def upcast(data: dict[str, Any]) -> dict[str, Any]:
+def upcast(data: dict[str, Any], table: EventTypes = _DEFAULT_TYPES) -> dict[str, Any]:
     """Apply registered upcasters until the event is at its type's current version."""
-    if not _upcasters:
+    upcasters = table.upcasters
+    if not upcasters:
         return data
     etype = data.get("type")
     version = data.get("schema_version", 1)
-    while (fn := _upcasters.get((etype, version))) is not None:  # type: ignore[arg-type]
+    while (fn := upcasters.get((etype, version))) is not None:  # type: ignore[arg-type]
         data = fn(dict(data))
         new_version = data.get("schema_version", version)
         if new_version == version:
@@ -324,27 +351,27 @@ def upcast(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _validator_for(event_type: str) -> Callable[[Any], Any]:
-    v = _validators.get(event_type)
+def _validator_for(event_type: str, table: EventTypes = _DEFAULT_TYPES) -> Callable[[Any], Any]:
+    v = table.validators.get(event_type)
     if v is None:
-        spec = _types.get(event_type)
+        spec = table.types.get(event_type)
         if spec is None:
             raise InvalidEvent(
-                f"unknown event type {event_type!r}{did_you_mean(event_type, _types)}: use one of the built-in "
+                f"unknown event type {event_type!r}{did_you_mean(event_type, table.types)}: use one of the built-in "
                 "types (listed in docs/layout-and-events.md) or register it first with "
                 "faber_runlog.register_event_type()",
                 event_type=event_type,
             )
-        with _lock:
-            v = _validators.get(event_type)
+        with table.lock:
+            v = table.validators.get(event_type)
             if v is None:
-                v = _validators[event_type] = _compile(spec.schema)
+                v = table.validators[event_type] = _compile(spec.schema)
     return v
 
 
-def type_version(event_type: str) -> int:
+def type_version(event_type: str, table: EventTypes = _DEFAULT_TYPES) -> int:
     """The schema version new events of ``event_type`` are written with."""
-    spec = _types.get(event_type)
+    spec = table.types.get(event_type)
     return spec.version if spec is not None else SCHEMA_VERSION
 
 
@@ -404,14 +431,16 @@ def _explain(e: fastjsonschema.JsonSchemaValueException) -> str:
     return f"{message} (field {field or 'event'!r})"
 
 
-def validate_event_dict(data: dict[str, Any], *, run_id: str | None = None) -> None:
+def validate_event_dict(
+    data: dict[str, Any], *, run_id: str | None = None, table: EventTypes = _DEFAULT_TYPES
+) -> None:
     """Validate one event dict against the base schema and its type's schema."""
     global _base_validator
     etype = data.get("type")
     where = f"event {etype!r}" + (f" for run {run_id}" if run_id else "")
     if not isinstance(etype, str):
         raise InvalidEvent(f"{where}: 'type' must be a string", run_id=run_id)
-    type_validator = _validator_for(etype)
+    type_validator = _validator_for(etype, table)
     for key, value in data.items():
         check_json_value(value, f"{where}: field {key!r}")
     if _base_validator is None:

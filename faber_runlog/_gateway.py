@@ -26,6 +26,7 @@ import fastjsonschema
 
 from faber_runlog import _codec
 from faber_runlog._events import Event
+from faber_runlog._registry import DEFAULT_BACKENDS, Registry
 from faber_runlog._resume import diff_params
 from faber_runlog._store import DEFAULT_ROOT, Run, RunStore
 from faber_runlog.errors import InvalidArgument, InvalidGatewayConfig
@@ -366,14 +367,16 @@ class Backend(abc.ABC):
 
 
 BackendFactory = Callable[[dict[str, Any], "Gateway"], Backend]
-_FACTORIES: dict[str, BackendFactory] = {}
+_FACTORIES: dict[str, BackendFactory] = DEFAULT_BACKENDS  # the default registry's
 
 
-def register_backend(name: str, factory: BackendFactory, *, replace: bool = False) -> None:
+def register_backend(
+    name: str, factory: BackendFactory, *, replace: bool = False, table: dict[str, BackendFactory] = _FACTORIES
+) -> None:
     """Make ``backends.<name>`` in gateway.json build a backend with ``factory(settings, gateway)``."""
-    if name in ("local_files", "s3_archive") or (name in _FACTORIES and not replace):
+    if name in ("local_files", "s3_archive") or (name in table and not replace):
         raise InvalidArgument(f"backend {name!r} is already registered; pass replace=True to replace a custom one")
-    _FACTORIES[name] = factory
+    table[name] = factory
 
 
 class LocalFilesBackend(Backend):
@@ -444,8 +447,10 @@ class Gateway:
         root: str | os.PathLike[str] | None = None,
         storage_options: dict[str, Any] | None = None,
         store: RunStore | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.config = config if config is not None else GatewayConfig()
+        self._registry = registry  # for the store it opens (a given store brings its own)
         self.config_path = None if config_path is None else os.fspath(config_path)
         self.base_dir = os.fspath(base_dir) if base_dir is not None else None
         self._root = os.fspath(root) if root is not None else None
@@ -504,6 +509,7 @@ class Gateway:
                 fsync=self.config.fsync,
                 snapshot_every=self.config.snapshot_every,
                 source=self.config.source,
+                registry=self._registry,
             )
         return self._store
 
@@ -527,7 +533,7 @@ class Gateway:
         for name, settings in sorted(self.config.other_backends.items()):
             if not settings.get("enabled"):
                 continue
-            factory = _FACTORIES.get(name)
+            factory = self.store.registry.backends.get(name)
             if factory is None:
                 raise InvalidGatewayConfig(
                     f"{self.config_path or 'gateway.json'}: backend {name!r} is enabled but none of that name is "

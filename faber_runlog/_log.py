@@ -49,6 +49,7 @@ from faber_runlog._format import (
     seq_name,
 )
 from faber_runlog._ids import RunId
+from faber_runlog._registry import Registry
 from faber_runlog._state import RunState, apply, fold_generation
 from faber_runlog._storage import Storage
 from faber_runlog._transitions import SEAL_TYPE, TRANSITIONS
@@ -147,10 +148,15 @@ class EventLog:
         hook_types: frozenset[str] = frozenset(),
         seal_grace: float = SEAL_GRACE,
         fence: Callable[[], int | None] | None = None,
+        registry: Registry | None = None,
     ) -> None:
         if snapshot_every < 1:
             raise InvalidArgument(f"snapshot_every must be at least 1, got {snapshot_every}")
         self._storage = storage
+        # The store's registry: event types and upcasters to write and read with, folds to fold with.
+        self._registry = registry = registry if registry is not None else Registry.default()
+        self._types = registry.event_types_table
+        self._folds = registry.folds
         self._rid = run_id
         self._run_id = str(run_id)
         self._layout = RunLayout(run_id)
@@ -331,13 +337,13 @@ class EventLog:
                 fields.pop(name, None)
                 if default is not None:
                     fields[name] = default
-        fields["schema_version"] = type_version(etype)
+        fields["schema_version"] = type_version(etype, self._types)
         if fields["run_id"] != self._run_id:
             raise InvalidEvent(
                 f"event names run {fields['run_id']!r} but is being appended to {self._run_id}", run_id=self._run_id
             )
         probe = dict(fields, event_id=1, timestamp=timestamp or _codec.now_iso(), nonce="x")
-        validate_event_dict(probe, run_id=self._run_id)
+        validate_event_dict(probe, run_id=self._run_id, table=self._types)
         if timestamp is not None:
             fields["timestamp"] = timestamp
         if self._fence is not None and "lease_epoch" not in fields:
@@ -465,7 +471,7 @@ class EventLog:
             before = after = None
         else:
             before = state.status
-            apply(state, event)
+            apply(state, event, self._folds)
             self._state_fp = _event_fp(event)
             after = state.status
         if event.type == SEAL_TYPE:
@@ -608,7 +614,7 @@ class EventLog:
     def _catch_up(self, state: RunState, until: int | None = None) -> Event | None:
         last = None
         for event in self._stored(state.last_event_id, until):
-            apply(state, event)
+            apply(state, event, self._folds)
             last = event
         return last
 
@@ -618,7 +624,7 @@ class EventLog:
         try:
             data = _loads(body)
             if data.__class__ is dict and data.get("event_id") == seq:
-                return _event_from_dict(upcast(data))
+                return _event_from_dict(upcast(data, self._types))
             if not isinstance(data, dict):
                 raise CorruptData(f"expected a JSON object, found {type(data).__name__}")
             raise CorruptData(f"its event_id is {data.get('event_id')!r}, not {seq}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -220,15 +220,17 @@ Handler = Callable[[RunState, Event], None]
 _HANDLERS: dict[str, Handler] = {}
 
 
-def register_fold(event_type: str, handler: Handler, *, replace: bool = False) -> None:
+def register_fold(
+    event_type: str, handler: Handler, *, replace: bool = False, table: dict[str, Handler] = _HANDLERS
+) -> None:
     """Fold events of ``event_type`` with ``handler(state, event)``, which mutates ``state``.
 
     Handlers must be deterministic and depend only on the state and the event,
     so that every reader rebuilds the same state.
     """
-    if event_type in _HANDLERS and not replace:
+    if event_type in table and not replace:
         raise InvalidArgument(f"a fold handler for {event_type!r} is already registered; pass replace=True")
-    _HANDLERS[event_type] = handler
+    table[event_type] = handler
     _GENERATION[0] += 1  # states folded before this are stale: logs refold on their next read
 
 
@@ -249,8 +251,8 @@ def _handles(*types: str) -> Callable[[Handler], Handler]:
     return deco
 
 
-def apply(state: RunState, event: Event) -> None:
-    """Fold ``event`` into ``state`` in place (the fast path behind :func:`fold`)."""
+def apply(state: RunState, event: Event, handlers: Mapping[str, Handler] = _HANDLERS) -> None:
+    """Fold ``event`` into ``state`` in place with ``handlers`` (a registry's folds; the fast path of :func:`fold`)."""
     etype = event.type
     state.last_event_id = event.event_id
     state.updated_at = event.timestamp
@@ -263,7 +265,7 @@ def apply(state: RunState, event: Event) -> None:
     target = SAME if row is None else row.target(before)
     if target == BACK:
         target = state.paused_from or "running"
-    handler = _HANDLERS.get(etype)
+    handler = handlers.get(etype)
     if handler is None:
         state.unknown_events += 1
     else:

@@ -25,6 +25,7 @@ from faber_runlog._lease import fence as lease_fence
 from faber_runlog._log import SEAL_GRACE, Commit, EventLog, current_states
 from faber_runlog._metadata import RunMetadata, capture_environment
 from faber_runlog._plan import apply_plan, normalize_plan
+from faber_runlog._registry import Registry
 from faber_runlog._state import RunState, RunStatus
 from faber_runlog._storage import Storage, open_filesystem
 from faber_runlog.errors import (
@@ -296,7 +297,10 @@ class RunStore:
         lease_ttl: float = DEFAULT_LEASE_TTL,
         max_active_runs: int | None = None,
         seal_grace: float = SEAL_GRACE,
+        registry: Registry | None = None,
     ) -> None:
+        if registry is not None and not isinstance(registry, Registry):
+            raise InvalidArgument(f"registry= takes a faber_runlog.Registry, got {type(registry).__name__}")
         if fs is not None:
             if root is None and url is None:
                 raise InvalidArgument("RunStore(fs=...) needs root= (the folder or bucket/prefix of the runs)")
@@ -322,6 +326,8 @@ class RunStore:
         if not seal_grace >= 0:
             raise InvalidArgument(f"seal_grace must be a number of seconds >= 0, got {seal_grace!r}")
         self.seal_grace = float(seal_grace)
+        self.registry: Registry = registry if registry is not None else Registry.default()
+        """Event types, upcasters, folds and gateway backends this store uses (the process default unless given)."""
 
     def __repr__(self) -> str:
         return f"RunStore({self.storage.url!r})"
@@ -341,6 +347,7 @@ class RunStore:
             hook_types=lifecycle.FINAL_EVENT_TYPES,
             seal_grace=self.seal_grace,
             fence=functools.partial(lease_fence, self.storage, run_id),
+            registry=self.registry,
         )
 
     def _committed(self, log: EventLog, commit: Commit) -> None:
