@@ -19,7 +19,8 @@ from faber_runlog._hints import check_status_filter
 from faber_runlog._ids import RunId
 from faber_runlog._log import current_states
 from faber_runlog._progress import Progress
-from faber_runlog._store import RunStore
+from faber_runlog._store import RunStore, parse_metadata
+from faber_runlog._store import run_ids as list_run_ids
 from faber_runlog.errors import InvalidArgument, MissingExtra
 
 __all__ = ["EVENT_COLUMNS", "RUN_COLUMNS", "events_frame", "runs_frame", "to_arrow"]
@@ -87,7 +88,7 @@ def _select(
     if status is not None:
         found = store.list_runs(org=org, project=project, status=check_status_filter(status))
         return [RunId.parse(s.run_id) for s in found]
-    return list(store._run_ids(org, project))  # a listing only: no metadata or events read
+    return list(list_run_ids(store, org, project))  # a listing only: no metadata or events read
 
 
 def events_frame(
@@ -201,7 +202,7 @@ def runs_frame(
     pd = _require("pandas")
     check_status_filter(status)
     lo, hi = _iso(since, "since"), _iso(until, "until")
-    rids = [RunId.parse(r) for r in run_ids] if run_ids is not None else list(store._run_ids(org, project))
+    rids = [RunId.parse(r) for r in run_ids] if run_ids is not None else list(list_run_ids(store, org, project))
     cols: dict[str, list[Any]] = {c: [] for c in RUN_COLUMNS}
     storage = store.storage
     with Progress("reading runs", len(rids), enabled=progress) as bar:
@@ -211,7 +212,7 @@ def runs_frame(
             present = [r for r in chunk if bodies.get(RunLayout(r).metadata) is not None]  # others: being created
             states = current_states(storage, present, snapshot_every=store.snapshot_every)
             for rid in present:
-                meta = store._parse_metadata(rid, bodies[RunLayout(rid).metadata] or b"")
+                meta = parse_metadata(store, rid, bodies[RunLayout(rid).metadata] or b"")
                 state = states[rid]
                 if isinstance(state, Exception):  # one damaged run must not hide the others
                     logging.getLogger("faber_runlog._analysis").warning("runs_frame skipped run %s: %s", rid, state)

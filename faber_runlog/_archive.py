@@ -26,14 +26,14 @@ from typing import Any, Final
 import attrs
 
 from faber_runlog import _codec
-from faber_runlog._converter import converter
+from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import Event
 from faber_runlog._format import ARCHIVE_MARKER, RunLayout, jsonl_line, parse_seq_name
 from faber_runlog._ids import RunId
 from faber_runlog._progress import Progress
 from faber_runlog._state import RunState
 from faber_runlog._storage import PutResult, Storage
-from faber_runlog._store import RunStore
+from faber_runlog._store import RunStore, parse_metadata
 from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES, RunStatus, is_status
 from faber_runlog.errors import (
     ArchiveMismatch,
@@ -100,7 +100,7 @@ class ConsolidationRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the ``consolidation.json`` body)."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConsolidationRecord:
@@ -128,7 +128,7 @@ class ArchiveIndexEntry:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the index object body)."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchiveIndexEntry:
@@ -532,7 +532,7 @@ class Archiver:
                 run_id=str(rid),
             )
         _check_jsonl(rid, src.path(layout.jsonl), jsonl, record)
-        meta = self.source._parse_metadata(rid, metadata)
+        meta = parse_metadata(self.source, rid, metadata)
         snap = _codec.loads(state_body)
         files = {k: v for k, v in bodies.items() if v is not None and k != layout.metadata}
         files[_marker_key(rid)] = _codec.dumps({"run_id": str(rid), "archived_from": src.url,

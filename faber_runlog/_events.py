@@ -8,7 +8,6 @@ registered upcasters, never re-validated unless a caller asks (``verify``).
 
 from __future__ import annotations
 
-import importlib.resources
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ import fastjsonschema
 from faber_runlog import _codec
 from faber_runlog._converter import converter
 from faber_runlog._hints import did_you_mean
+from faber_runlog._schemas import compile_schema, load_schema
 from faber_runlog.errors import InvalidEvent, ReadOnlyValue
 
 __all__ = [
@@ -72,7 +72,7 @@ class FrozenDict(dict[str, Any]):
     __slots__ = ()
     __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
 
-    def __hash__(self) -> int:  # type: ignore[override]
+    def __hash__(self) -> int:  # type: ignore[override]  # dict sets __hash__ = None; read-only, so hashable
         return hash(frozenset(self.items()))
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -87,7 +87,7 @@ class FrozenList(list[Any]):
     __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
     append = extend = insert = pop = remove = clear = sort = reverse = _refuse
 
-    def __hash__(self) -> int:  # type: ignore[override]
+    def __hash__(self) -> int:  # type: ignore[override]  # list sets __hash__ = None; read-only, so hashable
         return hash(tuple(self))
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -133,7 +133,10 @@ _EMPTY: Final = FrozenDict()
 
 
 def _freeze_mapping(value: Mapping[str, Any] | None) -> FrozenDict:
-    return _EMPTY if not value else freeze(value)  # type: ignore[no-any-return]
+    if not value:
+        return _EMPTY
+    frozen: FrozenDict = freeze(value)
+    return frozen
 
 
 def _freeze_optional(value: Any) -> Any:
@@ -243,19 +246,16 @@ class EventTypes:
 
 
 _DEFAULT_TYPES: Final = EventTypes()
+DEFAULT_TYPES: Final = _DEFAULT_TYPES
+"""The process-wide event types (the default registry's)."""
 _lock = _DEFAULT_TYPES.lock
 _types = _DEFAULT_TYPES.types
 _validators = _DEFAULT_TYPES.validators
 _upcasters = _DEFAULT_TYPES.upcasters
 
 
-def _load_json(*parts: str) -> dict[str, Any]:
-    res = importlib.resources.files("faber_runlog.schemas").joinpath(*parts)
-    return _codec.loads(res.read_bytes())  # type: ignore[no-any-return]
-
-
-def _compile(schema: Mapping[str, Any]) -> Callable[[Any], Any]:
-    return fastjsonschema.compile(dict(schema), use_formats=False)  # type: ignore[no-any-return]
+_load_json = load_schema
+_compile = compile_schema
 
 
 _BASE_SCHEMA: Final = _load_json("event.schema.json")
@@ -342,7 +342,7 @@ def upcast(data: dict[str, Any], table: EventTypes = _DEFAULT_TYPES) -> dict[str
         return data
     etype = data.get("type")
     version = data.get("schema_version", 1)
-    while (fn := upcasters.get((etype, version))) is not None:  # type: ignore[arg-type]
+    while (fn := upcasters.get((etype, version))) is not None:  # type: ignore[arg-type]  # a stored dict's values are Any
         data = fn(dict(data))
         new_version = data.get("schema_version", version)
         if new_version == version:

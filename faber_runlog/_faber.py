@@ -27,7 +27,7 @@ from typing import Any, Final
 import attrs
 
 from faber_runlog import _codec
-from faber_runlog._converter import converter
+from faber_runlog._converter import to_dict
 from faber_runlog._events import Event, register_event_type, validate_event_dict
 from faber_runlog._ids import RunId, validate_slug
 from faber_runlog._metadata import RunMetadata
@@ -35,7 +35,7 @@ from faber_runlog._plan import normalize_plan
 from faber_runlog._progress import Progress
 from faber_runlog._state import ErrorRecord, PhaseState, RunState
 from faber_runlog._storage import open_filesystem
-from faber_runlog._store import Run, RunStore
+from faber_runlog._store import Run, RunStore, create_run_from
 from faber_runlog.errors import FaberRunlogError, InvalidEvent, InvalidRunId, RunExists, StorageError
 
 __all__ = [
@@ -200,7 +200,7 @@ def _valid(fields: dict[str, Any], run_id: str, timestamp: str) -> str | None:
     return None
 
 
-def runlog_event_fields(
+def runlog_event_fields(  # noqa: C901  (a field-by-field translation of FABER's format: one branch per field)
     raw: Mapping[str, Any],
     *,
     run_id: str,
@@ -466,7 +466,7 @@ class _Planned:
     notes: list[str]
 
 
-def _read_folder(fs: Any, folder: _Folder, plan_org: str) -> _Planned:
+def _read_folder(fs: Any, folder: _Folder, plan_org: str) -> _Planned:  # noqa: C901  (reads every optional FABER file; each branch is one tolerated variant)
     notes: list[str] = []
     paths = [p for n, p in folder.files.items() if n != ".next-id"]
     extra = [p for p in (folder.metadata_path, folder.jsonl_path, folder.files.get(".next-id")) if p is not None]
@@ -690,7 +690,7 @@ def _import_one(
     else:
         meta = _run_metadata(planned, store, source, notes, plan_org)
         try:
-            run = store._create(meta)
+            run = create_run_from(store, meta)
         except RunExists:  # another import created it a moment ago: take the existing path next time
             notes.append(f"run {rid} was created by someone else during this import; run the import again")
             bar.update(len(planned.events))
@@ -817,7 +817,7 @@ _TYPE_TO_FABER: Final = {
 }  # fmt: skip
 
 
-def faber_event(event: Event, faber_run_id: str | None = None) -> dict[str, Any]:
+def faber_event(event: Event, faber_run_id: str | None = None) -> dict[str, Any]:  # noqa: C901  (the reverse mapping table, one branch per event type)
     """One of our events as a FABER event that validates against FABER's ``event.schema.json``.
 
     What FABER's shapes cannot hold (a phase outside FABER's five, a status word
@@ -1014,7 +1014,7 @@ class ExportResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
 
 def export_faber(

@@ -13,7 +13,6 @@ the environment.
 from __future__ import annotations
 
 import abc
-import importlib.resources
 import logging
 import os
 from collections import OrderedDict
@@ -28,6 +27,7 @@ from faber_runlog import _codec
 from faber_runlog._events import Event
 from faber_runlog._registry import DEFAULT_BACKENDS, Registry
 from faber_runlog._resume import diff_params
+from faber_runlog._schemas import LazyValidator, load_schema
 from faber_runlog._store import DEFAULT_ROOT, Run, RunStore
 from faber_runlog.errors import InvalidArgument, InvalidGatewayConfig
 
@@ -237,18 +237,16 @@ def _find_secret(value: Any, where: str) -> str | None:
     return None
 
 
-_validator: Callable[[Any], Any] | None = None
+_validator: Final = LazyValidator("gateway.schema.json")
 
 
 def gateway_schema() -> dict[str, Any]:
     """The JSON Schema of gateway.json (shipped as ``faber_runlog/schemas/gateway.schema.json``)."""
-    res = importlib.resources.files("faber_runlog.schemas").joinpath("gateway.schema.json")
-    return _codec.loads(res.read_bytes())  # type: ignore[no-any-return]
+    return load_schema("gateway.schema.json")
 
 
 def validate_config(data: Any, *, path: str | None = None) -> None:
     """Raise :class:`InvalidGatewayConfig` naming the file and field when ``data`` fails the schema."""
-    global _validator
     if isinstance(data, Mapping):
         backends = data.get("backends")
         archive = backends.get("s3_archive") if isinstance(backends, Mapping) else None
@@ -256,8 +254,6 @@ def validate_config(data: Any, *, path: str | None = None) -> None:
             data.get("storage_options"), archive.get("storage_options") if isinstance(archive, Mapping) else None,
             path=path,
         )
-    if _validator is None:
-        _validator = fastjsonschema.compile(gateway_schema(), use_formats=False)
     try:
         _validator(data)
     except fastjsonschema.JsonSchemaValueException as e:

@@ -30,7 +30,7 @@ from typing import Any, Final
 import attrs
 
 from faber_runlog import _codec
-from faber_runlog._converter import converter
+from faber_runlog._converter import converter, to_dict
 from faber_runlog._format import RunLayout
 from faber_runlog._ids import RunId
 from faber_runlog._storage import Storage
@@ -95,7 +95,7 @@ class Lease:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the ``lease.json`` body)."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
 
 def lease_key(run_id: RunId) -> str:

@@ -27,7 +27,7 @@ from typing import Any, Final, Protocol
 import attrs
 
 from faber_runlog import _codec
-from faber_runlog._converter import converter
+from faber_runlog._converter import to_dict
 from faber_runlog._events import Event
 from faber_runlog._format import RunLayout, parse_seq_name, seq_name
 from faber_runlog._ids import RunId
@@ -752,7 +752,7 @@ class SweptRun:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
 
 def _stale(lease: Lease | None, state: RunState, older_than: float, include_unleased: bool, now: _dt.datetime) -> bool:
@@ -921,7 +921,7 @@ class StatusView:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
 
 def status_view(storage: Storage, elog: EventLog, *, tail: int = 20) -> StatusView:

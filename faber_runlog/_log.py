@@ -105,9 +105,9 @@ def _new_identity_in_child() -> None:
     # A forked child shares its parent's handles: without a fresh writer id both
     # would stamp the same nonces, and the lost-reply check would confuse them.
     for elog in list(_LOGS):
-        elog._writer = uuid.uuid4().hex[:12]
-        elog._counter = 0
-        elog._lock = threading.RLock()
+        elog._writer = uuid.uuid4().hex[:12]  # noqa: SLF001  (same module: EventLog's fork hook)
+        elog._counter = 0  # noqa: SLF001
+        elog._lock = threading.RLock()  # noqa: SLF001
 
 
 @attrs.frozen(slots=True)

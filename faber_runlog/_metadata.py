@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from faber_runlog._converter import converter
+from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import SCHEMA_VERSION
 from faber_runlog._version import __version__
 
@@ -45,7 +45,7 @@ class RunMetadata:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the ``metadata.json`` body)."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunMetadata:

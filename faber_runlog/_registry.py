@@ -101,4 +101,4 @@ class Registry:
         return f"<Registry {kind}: {len(self._types.types)} event types, {len(self._folds)} folds>"
 
 
-_DEFAULT = Registry(_events._DEFAULT_TYPES, _state._HANDLERS, DEFAULT_BACKENDS)
+_DEFAULT = Registry(_events.DEFAULT_TYPES, _state.default_folds(), DEFAULT_BACKENDS)

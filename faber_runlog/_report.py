@@ -21,6 +21,7 @@ from faber_runlog._format import RunLayout
 from faber_runlog._ids import RunId
 from faber_runlog._log import EventLog
 from faber_runlog._metadata import RunMetadata
+from faber_runlog._schemas import LazyValidator, load_schema
 from faber_runlog._state import TERMINAL_STATUSES, RunState
 from faber_runlog._storage import Storage
 from faber_runlog.errors import CorruptState, InvalidArgument
@@ -46,22 +47,16 @@ REPORT_VERSION: Final = 1
 EVENT_TAIL: Final = 50
 COMPOSE_FAILED: Final = "report_compose_failed"
 
-_validator: Callable[[Any], Any] | None = None
+_validator: Final = LazyValidator("report.schema.json")
 
 
 def report_schema() -> dict[str, Any]:
     """The JSON Schema every ``report.json`` satisfies."""
-    import importlib.resources
-
-    res = importlib.resources.files("faber_runlog.schemas").joinpath("report.schema.json")
-    return _codec.loads(res.read_bytes())  # type: ignore[no-any-return]
+    return load_schema("report.schema.json")
 
 
 def validate_report(report: dict[str, Any]) -> None:
     """Raise ``ValueError`` naming the field when ``report`` does not match the report schema."""
-    global _validator
-    if _validator is None:
-        _validator = fastjsonschema.compile(report_schema(), use_formats=False)
     try:
         _validator(report)
     except fastjsonschema.JsonSchemaValueException as e:
@@ -173,7 +168,8 @@ def compose_report(storage: Storage, elog: EventLog, state: RunState | None = No
         ],
         "generated_at": _codec.now_iso(),
     }
-    return _codec.loads(_codec.dumps(report))  # type: ignore[no-any-return]
+    plain: dict[str, Any] = _codec.loads(_codec.dumps(report))
+    return plain
 
 
 def _minimal(run_id: str, state: RunState | None, error: BaseException) -> dict[str, Any]:

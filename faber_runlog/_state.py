@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import attrs
 
-from faber_runlog._converter import converter
+from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import Event
 from faber_runlog._transitions import (
     ACTIVE_STATUSES,
@@ -204,7 +204,7 @@ class RunState:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the ``state.json`` body)."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunState:
@@ -695,3 +695,8 @@ def _loop_exit(state: RunState, event: Event) -> None:
 @_handles(SEAL_TYPE)
 def _sealed(state: RunState, event: Event) -> None:
     state.sealed_at = event.event_id
+
+
+def default_folds() -> dict[str, Handler]:
+    """The process-wide fold handlers (the default registry's; ``register_fold`` fills them)."""
+    return _HANDLERS

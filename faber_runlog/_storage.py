@@ -976,7 +976,7 @@ class S3Storage(Storage):
             if token:
                 kwargs["ContinuationToken"] = token
             reply: dict[str, Any] = self._call(
-                f"listing s3://{self.bucket}/{prefix}", lambda kw=kwargs: self._s3("list_objects_v2", **kw)  # type: ignore[misc]
+                f"listing s3://{self.bucket}/{prefix}", lambda kw=kwargs: self._s3("list_objects_v2", **kw)  # type: ignore[misc]  # mypy cannot infer a defaulted lambda argument
             )
             yield reply
             token = reply.get("NextContinuationToken")
@@ -1089,7 +1089,7 @@ class S3Storage(Storage):
 
             async def one(key: str) -> Any:
                 async with gate:
-                    return await fs._pipe_file(self.path(key), items[key], **kwargs)
+                    return await fs._pipe_file(self.path(key), items[key], **kwargs)  # noqa: SLF001  (fsspec's async API)
 
             return list(await asyncio.gather(*(one(k) for k in keys), return_exceptions=True))
 
@@ -1117,7 +1117,7 @@ class S3Storage(Storage):
         fs: Any = self.fs
 
         async def get() -> tuple[bytes, str]:
-            reply = await fs._call_s3("get_object", Bucket=bucket, Key=name)
+            reply = await fs._call_s3("get_object", Bucket=bucket, Key=name)  # noqa: SLF001  (s3fs's async API)
             async with reply["Body"] as stream:
                 body = await stream.read()
             return bytes(body), str(reply["ETag"])

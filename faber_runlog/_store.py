@@ -7,7 +7,7 @@ import functools
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -80,7 +80,7 @@ class RunList(list[RunSummary]):
 
     problems: list[RunProblem]
 
-    def __init__(self, runs: list[RunSummary] = (), problems: list[RunProblem] | None = None) -> None:  # type: ignore[assignment]
+    def __init__(self, runs: Iterable[RunSummary] = (), problems: list[RunProblem] | None = None) -> None:
         super().__init__(runs)
         self.problems = list(problems or [])
 
@@ -106,7 +106,7 @@ class Run:
         self._store = store
         self._rid = run_id
         self._metadata = metadata
-        self.log: EventLog = store._event_log(run_id)
+        self.log: EventLog = store._event_log(run_id)  # noqa: SLF001  (same module: a Run is its store's handle)
 
     def __repr__(self) -> str:
         return f"Run({str(self._rid)!r})"
@@ -130,7 +130,7 @@ class Run:
     def metadata(self) -> RunMetadata:
         """The run's metadata (read once, then cached: it never changes)."""
         if self._metadata is None:
-            self._metadata = self._store._read_metadata(self._rid)
+            self._metadata = self._store._read_metadata(self._rid)  # noqa: SLF001  (same module)
         return self._metadata
 
     @property
@@ -691,3 +691,21 @@ def _is_slug(name: str) -> bool:
     except InvalidRunId:
         return False
     return True
+
+
+# -- for the package's other modules (a RunStore's internals they need, named once) -------------
+
+
+def run_ids(store: RunStore, org: str | None = None, project: str | None = None) -> Iterator[RunId]:
+    """Every run id under ``store`` (a listing only: no metadata or events read)."""
+    return store._run_ids(org, project)  # noqa: SLF001  (same module: RunStore's own helper)
+
+
+def parse_metadata(store: RunStore, rid: RunId, body: bytes) -> RunMetadata:
+    """Run ``rid``'s metadata.json ``body`` as read from ``store`` (``CorruptState`` naming the file if damaged)."""
+    return store._parse_metadata(rid, body)  # noqa: SLF001  (same module)
+
+
+def create_run_from(store: RunStore, meta: RunMetadata) -> Run:
+    """Create a run with exactly ``meta`` (an importer's path: the id and created_at are given)."""
+    return store._create(meta)  # noqa: SLF001  (same module)

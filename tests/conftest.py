@@ -55,7 +55,7 @@ def _make_conditional_puts_atomic() -> None:
             with _PUT_LOCK:
                 return _original(self)
 
-        locked._faber_atomic = True  # type: ignore[attr-defined]
+        locked._faber_atomic = True  # type: ignore[attr-defined]  # noqa: SLF001  (marks our own patch)
         setattr(S3Response, name, locked)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -108,17 +109,23 @@ def test_duckdb_answers_the_notebook_questions_over_archived_events_jsonl(tmp_pa
     archive = RunStore(str(tmp_path / "archive"))
     Archiver(local, archive, progress=False).archive_finished()
     events = f"read_json_auto('{archive.url}/*/*/*/events.jsonl', format='newline_delimited', union_by_name=true)"
-    failing = duckdb.sql(
+
+    def sql(query: str) -> Any:
+        relation = duckdb.sql(query)
+        assert relation is not None  # a SELECT always gives a relation
+        return relation
+
+    failing = sql(
         f"SELECT phase, step, count(*) AS failures FROM {events} WHERE type = 'step_error' "
         "GROUP BY phase, step ORDER BY failures DESC"
     ).fetchall()
     assert [("build", "deploy", 1)] == failing
-    failed_runs = duckdb.sql(
+    failed_runs = sql(
         f"SELECT DISTINCT run_id FROM {events} WHERE type IN ('step_error', 'workflow_error') "
         "AND CAST(timestamp AS TIMESTAMP) >= now()::TIMESTAMP - INTERVAL 7 DAY"
     ).fetchall()
     assert [(ids["bad"],)] == failed_runs
-    p50 = duckdb.sql(
+    p50 = sql(
         f"SELECT step, quantile_cont(duration_ms, 0.5) FROM {events} "
         "WHERE type = 'step_complete' AND duration_ms IS NOT NULL GROUP BY step"
     ).fetchall()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 import typing
+from collections.abc import Callable
 
 import pytest
 
@@ -28,8 +29,8 @@ def _event(**extra: object) -> Event:
 
 def test_an_events_metadata_and_artifacts_refuse_changes_at_any_depth() -> None:
     event = _event(metadata={"a": {"b": [1, 2]}}, artifacts=["x"], error={"message": "boom"})
-    changes = [
-        lambda: event.metadata.__setitem__("z", 1),
+    changes: list[Callable[[], object]] = [
+        lambda: event.metadata.__setitem__("z", 1),  # type: ignore[index]  # Mapping has no __setitem__: the point
         lambda: event.metadata["a"].update(c=3),
         lambda: event.metadata["a"]["b"].append(3),
         lambda: event.artifacts.append("y"),  # type: ignore[union-attr]

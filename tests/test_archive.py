@@ -175,7 +175,7 @@ class FailingS3(s3fs.S3FileSystem):  # type: ignore[misc]
         return await super()._cat_file(path, *args, **kwargs)
 
 
-class FailingMemory(MemoryFileSystem):
+class FailingMemory(MemoryFileSystem):  # type: ignore[misc]  # fsspec is untyped
     """A real memory filesystem that fails writes whose path contains ``fail_on``."""
 
     fail_on: str | None = None
@@ -236,8 +236,8 @@ def test_archive_interrupted_at_any_step_finishes_when_run_again(
 def test_two_archivers_on_the_same_run_at_once_leave_one_index_entry(
     tmp_path: Path, s3_server: Any
 ) -> None:
-    source_spec = {"url": str(tmp_path / "runs"), "storage_options": {}}
-    dest_spec = {"url": f"s3://faber-test/arch-{uuid.uuid4().hex}", "storage_options": s3_server.storage_options}
+    source_spec: dict[str, Any] = {"url": str(tmp_path / "runs"), "storage_options": {}}
+    dest_spec: dict[str, Any] = {"url": f"s3://faber-test/arch-{uuid.uuid4().hex}", "storage_options": s3_server.storage_options}
     local = RunStore(source_spec["url"])
     run_id = finished_run(local, steps=20)
     procs = [

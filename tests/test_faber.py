@@ -97,7 +97,7 @@ def fevent(eid: int, etype: str, run_id: str = RUN, **extra: Any) -> dict[str, A
 
 def faber_metadata(run_id: str = RUN, **changes: Any) -> dict[str, Any]:
     """metadata.json as init-run-directory.sh writes it."""
-    body = {
+    body: dict[str, Any] = {
         "run_id": run_id, "work_id": "258", "target": None, "workflow_id": "default", "autonomy": "guarded",
         "source_type": "github", "phases": PHASES, "created_at": "2026-02-11T18:00:00.000Z", "created_by": "dev",
         "relationships": {"parent_run_id": None, "rerun_of": None, "child_runs": []},

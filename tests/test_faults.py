@@ -93,8 +93,8 @@ def test_four_processes_appending_through_random_faults_write_each_event_once(
     labels = Counter(e.metadata["label"] for e in events)
     assert {f"w{w}-{i}": 1 for w in range(procs) for i in range(per)} == dict(labels)
     assert len(events) == len({e.nonce for e in events})
-    for w in range(procs):
-        assert list(range(per)) == [e.metadata["i"] for e in events if e.metadata["worker"] == f"w{w}"]
+    for n in range(procs):
+        assert list(range(per)) == [e.metadata["i"] for e in events if e.metadata["worker"] == f"w{n}"]
     assert_consistent(store, run.id, total)
     # The run was really under fire: every kind of fault was injected, on writes too.
     assert set(RANDOM_FAULTS) == set(injected)

@@ -104,4 +104,4 @@ def test_heartbeat_stops_by_itself_when_its_lease_is_taken(store: RunStore) -> N
 
     _wait_until(taken)
     assert hb.lost
-    assert "someone-else" == (read_lease(store.storage, run.run_id) or hb).owner  # type: ignore[union-attr]
+    assert "someone-else" == (read_lease(store.storage, run.run_id) or hb).owner

@@ -102,7 +102,7 @@ def test_resume_of_a_failed_run_points_to_the_resumer(store: RunStore) -> None:
 
 def test_a_gate_requested_while_the_writer_pauses_is_still_waiting_after_resume(store: RunStore) -> None:
     run = in_status(store, "paused")
-    gate = {"type": "approval_requested", "metadata": {"approval_id": "late", "gate": "g"}}
+    gate: dict[str, Any] = {"type": "approval_requested", "metadata": {"approval_id": "late", "gate": "g"}}
     last = run.state().last_event_id
     # A checked append refuses to open a gate on a paused run and writes nothing ...
     with pytest.raises(InvalidTransition, match="paused"):

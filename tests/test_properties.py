@@ -38,7 +38,7 @@ from faber_runlog._transitions import TRANSITIONS
 
 RUN_ID = "acme/web/3f2b8c1e-9a4d-4c6e-8f10-2b7d9e0a1c55"
 NAMES = st.sampled_from(["build", "test", "ship", "a", "b"])
-TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
+TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)  # type: ignore[arg-type]  # hypothesis types the categories as Literals
 JSON_SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | TEXT
 JSON_VALUES = st.recursive(
     JSON_SCALARS,

@@ -63,5 +63,5 @@ def test_an_upcaster_in_an_isolated_registry_lifts_events_only_for_its_stores() 
 
 
 def test_a_store_refuses_a_registry_that_is_not_one() -> None:
-    with pytest.raises(InvalidArgument, match="registry= takes a faber_runlog.Registry"):
+    with pytest.raises(InvalidArgument, match=r"registry= takes a faber_runlog\.Registry"):
         RunStore("memory://reg-bad", registry={})  # type: ignore[arg-type]

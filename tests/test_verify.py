@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -116,8 +117,11 @@ def test_reconstruct_repairs_a_missing_or_unreadable_state(store: RunStore) -> N
     run = _failed_run(store)
     layout = RunLayout(run.run_id)
     r = Resumer(store)
-    for damage, expected in ((lambda: store.storage.delete(layout.state), "missing"),
-                             (lambda: store.storage.replace(layout.state, b"{not json"), "unreadable")):  # fmt: skip
+    damages: tuple[tuple[Callable[[], object], str], ...] = (
+        (lambda: store.storage.delete(layout.state), "missing"),
+        (lambda: store.storage.replace(layout.state, b"{not json"), "unreadable"),
+    )
+    for damage, expected in damages:
         damage()
         state, report = r.reconstruct(run.id, repair=True)
         assert (expected, True, None) == (report.stored, report.repaired, report.stored_last_event_id)
