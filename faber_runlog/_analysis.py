@@ -28,14 +28,14 @@ __all__ = ["EVENT_COLUMNS", "RUN_COLUMNS", "events_frame", "runs_frame", "to_arr
 EVENT_COLUMNS: Final = (
     "run_id", "org", "project", "event_id", "type", "timestamp", "phase", "step", "status",
     "message", "duration_ms", "error", "user", "source", "idempotency_key", "metadata",
-)  # fmt: skip
+)  # fmt: skip  # a table: one row per line
 """Columns of :func:`events_frame`, in order."""
 
 RUN_COLUMNS: Final = (
     "run_id", "org", "project", "status", "created_at", "started_at", "ended_at", "updated_at",
     "duration_ms", "last_event_id", "current_phase", "current_step", "failed_phase", "failed_step",
     "error", "resume_count", "parent_run_id", "consolidated", "params", "tags",
-)  # fmt: skip
+)  # fmt: skip  # a table: one row per line
 """Columns of :func:`runs_frame`, in order."""
 
 _CHUNK: Final = 256
@@ -145,7 +145,7 @@ def _event_columns(
                     if (wanted is None or d.get("type") in wanted)
                     and (lo is None or d.get("timestamp", "") >= lo)
                     and (hi is None or d.get("timestamp", "") < hi)
-                ]  # fmt: skip
+                ]
                 _add_events(cols, rid, kept)
             bar.update(len(chunk))
     return cols
@@ -168,9 +168,9 @@ def _add_events(cols: dict[str, list[Any]], rid: RunId, ds: list[dict[str, Any]]
 
 
 _EVENT_TEXT: Final = ("run_id", "org", "project", "type", "phase", "step", "status", "message", "error", "user",
-                      "source", "idempotency_key")  # fmt: skip
+                      "source", "idempotency_key")
 _RUN_TEXT: Final = ("run_id", "org", "project", "status", "current_phase", "current_step", "failed_phase",
-                    "failed_step", "error", "parent_run_id")  # fmt: skip
+                    "failed_step", "error", "parent_run_id")
 
 
 def _event_dtypes(frame: Any, pd: Any) -> Any:
@@ -233,7 +233,7 @@ def runs_frame(
                     state.updated_at, duration, state.last_event_id, state.current_phase, state.current_step,
                     failed.phase if failed else None, failed.name if failed else None, error, state.resume_count,
                     meta.parent_run_id, state.sealed_at is not None, meta.params, meta.tags,
-                )  # fmt: skip
+                )
                 for c, v in zip(RUN_COLUMNS, row, strict=True):
                     cols[c].append(v)
             bar.update(len(chunk))

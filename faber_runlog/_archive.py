@@ -203,7 +203,7 @@ def _record_from_seal(rid: RunId, seal: Event) -> ConsolidationRecord:
     m = seal.metadata
     through = int(m["through"])
     return ConsolidationRecord(str(rid), through, 1, through, str(m["sha256"]), int(m["size"]),
-                               str(m.get("last_event_at", "")))  # fmt: skip
+                               str(m.get("last_event_at", "")))
 
 
 def _read_record(store: RunStore, rid: RunId) -> ConsolidationRecord | None:
@@ -467,7 +467,7 @@ class Archiver:
         finished = [
             s for s in self.source.list_runs(org=org, project=project)
             if s.status in TERMINAL_STATUSES and (cutoff is None or (s.updated_at or s.created_at) < cutoff)
-        ]  # fmt: skip
+        ]
         markers = self.source.storage.read_many(_marker_key(RunId.parse(s.run_id)) for s in finished)
         todo = [s.run_id for s in finished if markers.get(_marker_key(RunId.parse(s.run_id))) is None]
         return self.archive_many(todo, progress=progress)
@@ -506,7 +506,7 @@ class Archiver:
         for s in staged:
             if s.error is None:
                 marker = {"run_id": str(s.rid), "archive": dst.url, "archived_at": now, "index": _index_key(s.rid),
-                          "last_seq": s.record.last_seq, "sha256": s.record.sha256}  # fmt: skip
+                          "last_seq": s.record.last_seq, "sha256": s.record.sha256}
                 try:
                     src.replace(_marker_key(s.rid), _codec.dumps(marker))
                 except Exception as e:
@@ -536,7 +536,7 @@ class Archiver:
         snap = _codec.loads(state_body)
         files = {k: v for k, v in bodies.items() if v is not None and k != layout.metadata}
         files[_marker_key(rid)] = _codec.dumps({"run_id": str(rid), "archived_from": src.url,
-                                                "last_seq": record.last_seq, "sha256": record.sha256})  # fmt: skip
+                                                "last_seq": record.last_seq, "sha256": record.sha256})
         entry = ArchiveIndexEntry(
             run_id=str(rid),
             org=rid.org,

@@ -49,13 +49,14 @@ BUILTIN_EVENT_TYPES: Final = (
     "checkpoint", "skill_invoke", "agent_invoke", "decision_point",
     "retry_loop_enter", "retry_loop_exit",
     "workflow_paused", "approval_requested", "approval_resolved", "step_skip", "log_sealed",
-)  # fmt: skip
+)  # fmt: skip  # a table: one row per line
 
 _MAX_DEPTH: Final = 32
 _MAX_STRING: Final = 1 << 20
 
 
 def _refuse(self: object, *args: object, **kwargs: object) -> NoReturn:
+    """Refused: an event's values are read-only (raises :class:`~faber_runlog.errors.ReadOnlyValue`)."""
     raise ReadOnlyValue(
         f"an event's {type(self).__name__.strip('_').lower()} is read-only (events are immutable); "
         "copy it first: dict(event.metadata), list(event.artifacts)"
@@ -281,18 +282,20 @@ def event_types() -> list[str]:
 
 
 def register_event_type(
-    name: str,
-    schema: Mapping[str, Any] | None = None,
-    *,
-    version: int = 1,
-    replace: bool = False,
-    table: EventTypes = _DEFAULT_TYPES,
+    name: str, schema: Mapping[str, Any] | None = None, *, version: int = 1, replace: bool = False
 ) -> None:
-    """Register a custom event type with a JSON Schema for the whole event.
+    """Register a custom event type with a JSON Schema for the whole event (in the default registry).
 
     ``version`` is the schema version new events of this type are written with;
     older stored events are lifted by upcasters (:func:`register_upcaster`).
     """
+    add_event_type(_DEFAULT_TYPES, name, schema, version=version, replace=replace)
+
+
+def add_event_type(
+    table: EventTypes, name: str, schema: Mapping[str, Any] | None = None, *, version: int = 1, replace: bool = False
+) -> None:
+    """:func:`register_event_type` into ``table`` (a registry's)."""
     import re
 
     if not isinstance(name, str) or re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name, re.ASCII) is None:
@@ -320,17 +323,20 @@ def register_event_type(
 
 
 def register_upcaster(
-    event_type: str,
-    from_version: int,
-    upcast: Callable[[dict[str, Any]], dict[str, Any]],
-    *,
-    table: EventTypes = _DEFAULT_TYPES,
+    event_type: str, from_version: int, upcast: Callable[[dict[str, Any]], dict[str, Any]]
 ) -> None:
     """Lift stored events of ``event_type`` at ``from_version`` to ``from_version + 1`` on read.
 
     Stored files are never rewritten; the upcaster runs each time such an event is read
-    and must return a dict whose ``schema_version`` is ``from_version + 1``.
+    and must return a dict whose ``schema_version`` is ``from_version + 1``. (In the default registry.)
     """
+    add_upcaster(_DEFAULT_TYPES, event_type, from_version, upcast)
+
+
+def add_upcaster(
+    table: EventTypes, event_type: str, from_version: int, upcast: Callable[[dict[str, Any]], dict[str, Any]]
+) -> None:
+    """:func:`register_upcaster` into ``table`` (a registry's)."""
     with table.lock:
         table.upcasters[(event_type, from_version)] = upcast
 

@@ -76,7 +76,7 @@ FABER_EVENT_TYPES: Final = (
     "test_run", "docs_update", "checkpoint", "skill_invoke", "agent_invoke", "decision_point",
     "retry_loop_enter", "retry_loop_exit", "approval_request", "approval_granted", "approval_denied",
     "hook_execute",
-)  # fmt: skip
+)  # fmt: skip  # a table: one row per line
 FABER_ONLY_TYPES: Final = ("approval_request", "approval_granted", "approval_denied", "hook_execute")
 """FABER event types faber_runlog has no built-in for; registered as custom types (kept, not folded)."""
 FABER_PHASES: Final = ("frame", "architect", "build", "evaluate", "release")
@@ -103,11 +103,11 @@ _TO_FABER_RUN: Final = {
     "created": "pending", "running": "in_progress", "paused": "in_progress",
     "awaiting_approval": "in_progress", "failing": "failed", "completed": "completed", "failed": "failed",
     "cancelled": "cancelled",
-}  # fmt: skip
+}  # fmt: skip  # a table: one row per line
 _TO_FABER_PHASE: Final = {
     "pending": "pending", "running": "in_progress", "retrying": "in_progress", "awaiting_approval": "in_progress",
     "completed": "completed", "failed": "failed", "skipped": "skipped", "cancelled": "failed",
-}  # fmt: skip
+}  # fmt: skip  # a table: one row per line
 
 
 def _register_types() -> None:
@@ -423,7 +423,7 @@ class ImportReport:
         for r in self.runs:
             name = r.original_run_id if r.original_run_id == r.run_id else f"{r.original_run_id} -> {r.run_id}"
             out.append(f"{r.outcome:<9} {name}: {r.events_imported} of {r.events_found} events imported"
-                       + (f", status {r.status}" if r.status else ""))  # fmt: skip
+                       + (f", status {r.status}" if r.status else ""))
             if r.missing_event_ids:
                 out.append(f"          missing FABER event ids: {_ranges(r.missing_event_ids)}")
             for eid, files in r.duplicate_event_ids:
@@ -601,7 +601,7 @@ def _run_metadata(planned: _Planned, store: RunStore, source: str, notes: list[s
                 root_id = store.get_run(parent).metadata.root_run_id or parent_id
             else:
                 notes.append(f"parent run {parent_original} is not in the store; "
-                             "the link is kept in lineage['faber'] only")  # fmt: skip
+                             "the link is kept in lineage['faber'] only")
     lineage: dict[str, Any] = {}
     if rel:
         lineage["faber"] = {k: rel.get(k) for k in ("parent_run_id", "rerun_of", "child_runs") if k in rel}
@@ -674,14 +674,14 @@ def _import_one(
         came_from = run.metadata.imported_from or {}
         if came_from.get("format") != "faber" or came_from.get("run_id") != planned.original_id:
             notes.append(f"run {rid} already exists and was not imported from FABER run {planned.original_id}; "
-                         "left as it is")  # fmt: skip
+                         "left as it is")
             bar.update(len(planned.events))
             return result("conflict", 0, run.state().status)
         stored = list(run.log.read(limit=len(planned.events) + 1))
         for i, event in enumerate(stored):
             if i >= len(planned.events) or not _same_event(event, *planned.events[i]):
                 notes.append(f"event {i + 1} of run {rid} differs from the FABER folder (or the folder lost "
-                             "events since the last import); nothing was written")  # fmt: skip
+                             "events since the last import); nothing was written")
                 bar.update(len(planned.events))
                 return result("conflict", 0, run.state().status)
         start = len(stored)
@@ -764,7 +764,7 @@ def import_faber(
             planned.append(_read_folder(fs, folder, plan_org))
         except (FaberRunlogError, ValueError) as e:
             failed.append(ImportedRun(folder.original_id or folder.path, "", folder.path, "failed", 0, 0,
-                                      notes=(" ".join(str(e).split()),)))  # fmt: skip
+                                      notes=(" ".join(str(e).split()),)))
     results: list[ImportedRun] = list(failed)
     total = sum(len(p.events) for p in planned)
     with Progress("importing FABER events", total, enabled=progress) as bar:
@@ -773,7 +773,7 @@ def import_faber(
                 results.append(_import_one(p, store, str(source), plan_org, bar))
             except (InvalidEvent, InvalidRunId) as e:
                 results.append(ImportedRun(p.original_id, str(p.rid), p.folder.path, "failed", len(p.events), 0,
-                                           notes=(*p.notes, " ".join(str(e).split()))))  # fmt: skip
+                                           notes=(*p.notes, " ".join(str(e).split()))))
     return ImportReport(source=str(source), destination=store.url, runs=tuple(results))
 
 
@@ -814,7 +814,7 @@ def _metadata_fits(etype: str, metadata: dict[str, Any]) -> bool:
 
 _TYPE_TO_FABER: Final = {
     "approval_requested": "approval_request", "workflow_paused": "checkpoint", "step_skip": "step_complete",
-}  # fmt: skip
+}  # fmt: skip  # a table: one row per line
 
 
 def faber_event(event: Event, faber_run_id: str | None = None) -> dict[str, Any]:  # noqa: C901  (the reverse mapping table, one branch per event type)
@@ -972,7 +972,7 @@ def _faber_phase(p: PhaseState) -> dict[str, Any]:
             "completed_at": s.ended_at, "duration_ms": s.duration_ms,
         }.items() if v is not None}
         for s in p.steps.values()
-    ]  # fmt: skip
+    ]
     if p.attempts > 1:
         body["retry_count"] = p.attempts - 1
     return body
@@ -1045,7 +1045,7 @@ def export_faber(
         existing = []
     if existing and not overwrite:
         raise RunExists(f"{folder} already holds a FABER run with {len(existing)} files; pass overwrite=True "
-                        "(--overwrite) to replace it, or export somewhere else")  # fmt: skip
+                        "(--overwrite) to replace it, or export somewhere else")
     try:
         for path in existing:
             fs.rm_file(path)

@@ -63,7 +63,7 @@ SECRET_KEYS: Final = frozenset({
     "key", "secret", "token", "password", "session_token", "access_key", "secret_key", "aws_access_key_id",
     "aws_secret_access_key", "aws_session_token", "account_key", "sas_token", "client_secret",
     "connection_string", "credentials",
-})  # fmt: skip
+})  # fmt: skip  # a table: one row per line
 _RUN_CACHE: Final = 256
 
 
@@ -366,10 +366,16 @@ BackendFactory = Callable[[dict[str, Any], "Gateway"], Backend]
 _FACTORIES: dict[str, BackendFactory] = DEFAULT_BACKENDS  # the default registry's
 
 
-def register_backend(
-    name: str, factory: BackendFactory, *, replace: bool = False, table: dict[str, BackendFactory] = _FACTORIES
-) -> None:
-    """Make ``backends.<name>`` in gateway.json build a backend with ``factory(settings, gateway)``."""
+def register_backend(name: str, factory: BackendFactory, *, replace: bool = False) -> None:
+    """Make ``backends.<name>`` in gateway.json build a backend with ``factory(settings, gateway)``.
+
+    It goes into the default registry; ``Registry.register_backend`` registers into one of your own.
+    """
+    add_backend(_FACTORIES, name, factory, replace=replace)
+
+
+def add_backend(table: dict[str, BackendFactory], name: str, factory: BackendFactory, *, replace: bool = False) -> None:
+    """:func:`register_backend` into ``table`` (a registry's)."""
     if name in ("local_files", "s3_archive") or (name in table and not replace):
         raise InvalidArgument(f"backend {name!r} is already registered; pass replace=True to replace a custom one")
     table[name] = factory
@@ -467,9 +473,9 @@ class Gateway:
         path = Path(config_path) if config_path is not None else find_config()
         if path is None:
             return cls(GatewayConfig(root=os.environ.get("FABER_RUNLOG_ROOT") or DEFAULT_ROOT),
-                       root=root, storage_options=storage_options)  # fmt: skip
+                       root=root, storage_options=storage_options)
         return cls(load_config(path), base_dir=path.resolve().parent, config_path=path, root=root,
-                   storage_options=storage_options)  # fmt: skip
+                   storage_options=storage_options)
 
     def __repr__(self) -> str:
         state = "enabled" if self.enabled else "disabled"

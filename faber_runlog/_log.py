@@ -49,7 +49,7 @@ from faber_runlog._format import (
     seq_name,
 )
 from faber_runlog._ids import RunId
-from faber_runlog._registry import Registry
+from faber_runlog._registry import Registry, event_types_table
 from faber_runlog._state import RunState, apply, fold_generation
 from faber_runlog._storage import Storage
 from faber_runlog._transitions import SEAL_TYPE, TRANSITIONS
@@ -155,7 +155,7 @@ class EventLog:
         self._storage = storage
         # The store's registry: event types and upcasters to write and read with, folds to fold with.
         self._registry = registry = registry if registry is not None else Registry.default()
-        self._types = registry.event_types_table
+        self._types = event_types_table(registry)
         self._folds = registry.folds
         self._rid = run_id
         self._run_id = str(run_id)

@@ -90,7 +90,7 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
             event = gateway.emit(
                 run_id, type, phase=phase, step=step, status=status, message=message, error=error,
                 duration_ms=duration_ms, metadata=metadata, idempotency_key=idempotency_key,
-            )  # fmt: skip
+            )
         except FaberRunlogError as e:
             raise refused(e, tool_error) from e
         if event is None:
@@ -184,7 +184,7 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
 _KINDS: Final = {
     "string": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
     "dict": "an object", "list": "a list", "none": "null", "literal": "one of the listed values",
-}  # fmt: skip
+}  # fmt: skip  # a table: one row per line
 
 
 def _argument_problem(tool: str, err: Mapping[str, Any]) -> str:
@@ -235,7 +235,7 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error
             return {"written": False, "reason": "logging is disabled in gateway.json"}
         status = gateway.store.get_run(run_id).state().status
         return {"written": True, "action": action, "event_id": event.event_id, "status": status,
-                "event": event.to_dict()}  # fmt: skip
+                "event": event.to_dict()}
 
     def change_run_status(
         run_id: str, action: str, reason: str | None = None, summary: str | None = None, error: str | None = None

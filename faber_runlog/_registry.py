@@ -8,14 +8,14 @@ its own, so two stores in one process (or two tests) can differ without touching
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from faber_runlog import _events, _state
 
 if TYPE_CHECKING:
     from faber_runlog._gateway import Backend, Gateway
 
-__all__ = ["DEFAULT_BACKENDS", "Registry"]
+__all__ = ["DEFAULT_BACKENDS", "Registry", "event_types_table"]
 
 DEFAULT_BACKENDS: dict[str, Callable[[dict[str, Any], Gateway], Backend]] = {}
 """The default registry's gateway backend factories (filled by ``register_backend``)."""
@@ -25,21 +25,16 @@ class Registry:
     """Event types, upcasters, fold handlers and gateway backends, for the stores that share it.
 
     ``Registry.default()`` is the process-wide one the module-level ``register_*`` functions fill;
-    ``Registry.isolated()`` starts from a copy of it and changes only itself. Pass it as
-    ``RunStore(..., registry=...)``.
+    ``Registry()`` (or ``Registry.isolated()``) starts from a copy of it and changes only itself.
+    Pass it as ``RunStore(..., registry=...)``.
     """
 
     __slots__ = ("_backends", "_folds", "_types")
 
-    def __init__(
-        self,
-        types: _events.EventTypes,
-        folds: dict[str, _state.Handler],
-        backends: dict[str, Callable[[dict[str, Any], Gateway], Backend]],
-    ) -> None:
-        self._types = types
-        self._folds = folds
-        self._backends = backends
+    def __init__(self) -> None:
+        self._types = _events.EventTypes(_events.DEFAULT_TYPES)
+        self._folds: dict[str, _state.Handler] = dict(_state.default_folds())
+        self._backends: dict[str, Callable[[dict[str, Any], Gateway], Backend]] = dict(DEFAULT_BACKENDS)
 
     @classmethod
     def default(cls) -> Registry:
@@ -49,14 +44,7 @@ class Registry:
     @classmethod
     def isolated(cls) -> Registry:
         """A new registry holding a copy of the default one now; registering in it changes nothing else."""
-        return cls(
-            _events.EventTypes(_DEFAULT._types), dict(_DEFAULT._folds), dict(_DEFAULT._backends)
-        )
-
-    @property
-    def event_types_table(self) -> _events.EventTypes:
-        """The event types and upcasters (what the log validates, versions and upcasts with)."""
-        return self._types
+        return cls()
 
     @property
     def folds(self) -> Mapping[str, _state.Handler]:
@@ -76,29 +64,43 @@ class Registry:
         self, name: str, schema: Mapping[str, Any] | None = None, *, version: int = 1, replace: bool = False
     ) -> None:
         """Register a custom event type here (see :func:`faber_runlog.register_event_type`)."""
-        _events.register_event_type(name, schema, version=version, replace=replace, table=self._types)
+        _events.add_event_type(self._types, name, schema, version=version, replace=replace)
 
     def register_upcaster(
         self, event_type: str, from_version: int, upcast: Callable[[dict[str, Any]], dict[str, Any]]
     ) -> None:
         """Register an upcaster here (see :func:`faber_runlog.register_upcaster`)."""
-        _events.register_upcaster(event_type, from_version, upcast, table=self._types)
+        _events.add_upcaster(self._types, event_type, from_version, upcast)
 
     def register_fold(self, event_type: str, handler: _state.Handler, *, replace: bool = False) -> None:
         """Register a fold handler here (see :func:`faber_runlog.register_fold`)."""
-        _state.register_fold(event_type, handler, replace=replace, table=self._folds)
+        _state.add_fold(self._folds, event_type, handler, replace=replace)
 
     def register_backend(
         self, name: str, factory: Callable[[dict[str, Any], Gateway], Backend], *, replace: bool = False
     ) -> None:
         """Register a gateway backend here (see :func:`faber_runlog.register_backend`)."""
-        from faber_runlog._gateway import register_backend
+        from faber_runlog._gateway import add_backend
 
-        register_backend(name, factory, replace=replace, table=self._backends)
+        add_backend(self._backends, name, factory, replace=replace)
 
     def __repr__(self) -> str:
         kind = "default" if self is _DEFAULT else "isolated"
         return f"<Registry {kind}: {len(self._types.types)} event types, {len(self._folds)} folds>"
 
 
-_DEFAULT = Registry(_events.DEFAULT_TYPES, _state.default_folds(), DEFAULT_BACKENDS)
+def _default() -> Registry:
+    """The process-wide registry: it holds the module-level tables themselves, not copies."""
+    reg = Registry.__new__(Registry)
+    reg._types = _events.DEFAULT_TYPES  # noqa: SLF001  (same module, before any other exists)
+    reg._folds = _state.default_folds()  # noqa: SLF001
+    reg._backends = DEFAULT_BACKENDS  # noqa: SLF001
+    return reg
+
+
+_DEFAULT: Final = _default()
+
+
+def event_types_table(registry: Registry) -> _events.EventTypes:
+    """The event types and upcasters of ``registry`` (what a log validates, versions and upcasts with)."""
+    return registry._types  # noqa: SLF001  (same module)

@@ -220,14 +220,17 @@ Handler = Callable[[RunState, Event], None]
 _HANDLERS: dict[str, Handler] = {}
 
 
-def register_fold(
-    event_type: str, handler: Handler, *, replace: bool = False, table: dict[str, Handler] = _HANDLERS
-) -> None:
-    """Fold events of ``event_type`` with ``handler(state, event)``, which mutates ``state``.
+def register_fold(event_type: str, handler: Handler, *, replace: bool = False) -> None:
+    """Fold events of ``event_type`` with ``handler(state, event)``, which mutates ``state`` (default registry).
 
     Handlers must be deterministic and depend only on the state and the event,
     so that every reader rebuilds the same state.
     """
+    add_fold(_HANDLERS, event_type, handler, replace=replace)
+
+
+def add_fold(table: dict[str, Handler], event_type: str, handler: Handler, *, replace: bool = False) -> None:
+    """:func:`register_fold` into ``table`` (a registry's)."""
     if event_type in table and not replace:
         raise InvalidArgument(f"a fold handler for {event_type!r} is already registered; pass replace=True")
     table[event_type] = handler
@@ -424,7 +427,7 @@ def _workflow_paused(state: RunState, event: Event) -> None:
 
 _DECIDED: Final = {
     "approve": "approved", "reject": "rejected", "request_changes": "changes_requested", "abort": "aborted",
-}  # fmt: skip
+}  # fmt: skip  # a table: one row per line
 
 
 @_handles("approval_requested")

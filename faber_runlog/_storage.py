@@ -85,14 +85,14 @@ gone and reports a failure instead of publishing anything."""
 _S3_PROTOCOLS: Final = ("s3", "s3a")
 _TRANSIENT_CODES: Final = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
                                      "ConditionalRequestConflict", "OperationAborted", "Throttling",
-                                     "ThrottlingException", "TooManyRequests", "503", "500"})  # fmt: skip
+                                     "ThrottlingException", "TooManyRequests", "503", "500"})
 _TRANSIENT_STATUS: Final = frozenset({500, 502, 503, 504})
 _TRANSIENT_ERRNOS: Final = frozenset({errno.EBUSY, errno.EREMOTEIO, errno.ETIMEDOUT, errno.ECONNRESET,
-                                      errno.ECONNABORTED, errno.EAGAIN})  # fmt: skip
+                                      errno.ECONNABORTED, errno.EAGAIN})
 # botocore/aiohttp connection and parse failures (no builtin base class to test for).
 _TRANSIENT_TYPES: Final = frozenset({"HTTPClientError", "ConnectionClosedError", "EndpointConnectionError",
                                      "ResponseParserError", "IncompleteReadError", "ClientPayloadError",
-                                     "ServerDisconnectedError", "ClientConnectionError", "IncompleteRead"})  # fmt: skip
+                                     "ServerDisconnectedError", "ClientConnectionError", "IncompleteRead"})
 _CREDENTIAL_SOURCES: Final = (
     "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), AWS_PROFILE "
     "(profiles in ~/.aws/credentials and ~/.aws/config, or AWS_SHARED_CREDENTIALS_FILE/AWS_CONFIG_FILE), "
@@ -245,7 +245,7 @@ class Storage:
     capabilities: Capabilities = Capabilities(
         conditional_create=True, compare_and_swap=False, conditional_delete=False,
         list_after=False, batched_reads=False, concurrent_puts=False,
-    )  # fmt: skip
+    )
     contention_backoff: ClassVar[float] = 0.005
     """Seconds a writer that lost a sequence-number race waits at first (then doubles); ~ one round trip."""
 
@@ -558,7 +558,7 @@ class MemoryStorage(Storage):
     capabilities = Capabilities(
         conditional_create=True, compare_and_swap=True, conditional_delete=True,
         list_after=False, batched_reads=False, concurrent_puts=False,
-    )  # fmt: skip
+    )
     contention_backoff = 0.0002
 
     def _normalise_root(self, root: str) -> str:
@@ -616,7 +616,7 @@ class LocalStorage(Storage):
     capabilities = Capabilities(
         conditional_create=True, compare_and_swap=True, conditional_delete=True,
         list_after=False, batched_reads=False, concurrent_puts=False,
-    )  # fmt: skip
+    )
     contention_backoff = 0.0002
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, **kwargs: Any) -> None:
@@ -894,7 +894,7 @@ class S3Storage(Storage):
     capabilities = Capabilities(
         conditional_create=True, compare_and_swap=True, conditional_delete=True,
         list_after=True, batched_reads=True, concurrent_puts=True,
-    )  # fmt: skip
+    )
     contention_backoff = 0.005
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, **kwargs: Any) -> None:

@@ -149,7 +149,7 @@ class Run:
                     f"run {self.id} has events 1..{last}; cannot show its state at event {at!r}: pass 0..{last}, "
                     "or leave out at= for the state now",
                     run_id=self.id, at=at if isinstance(at, int) else -1, last_event_id=last,
-                )  # fmt: skip
+                )
             state = self.log.load_state(at=at)
         meta = self.metadata
         # Planned phases that never started show as pending, in planned order.

@@ -41,7 +41,7 @@ RunStatus = Literal[
 ]
 RUN_STATUSES: Final[tuple[RunStatus, ...]] = (
     "created", "running", "paused", "awaiting_approval", "failing", "completed", "failed", "cancelled",
-)  # fmt: skip  (one status per meaning, in lifecycle order)
+)  # fmt: skip  # one status per meaning, in lifecycle order
 TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
 
 
@@ -95,7 +95,7 @@ def _row(event_type: str, moves: Mapping[str, str], fallback: str, meaning: str)
 _WORK: Final = {"created": "running", "running": SAME, "failing": "running", "paused": SAME, "awaiting_approval": SAME}
 _FAIL_WORK: Final = {
     "created": "failing", "running": "failing", "failing": SAME, "paused": SAME, "awaiting_approval": SAME,
-}  # fmt: skip
+}  # fmt: skip  # a table: one row per line
 
 TRANSITIONS: Final[Mapping[str, Transition]] = {
     t.event_type: t

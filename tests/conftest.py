@@ -102,7 +102,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--soak", action="store_true", default=False,
         help="run the heavy loops (tests marked slow: concurrency, faults, crash loops, properties) at full size",
-    )  # fmt: skip
+    )
 
 
 SOAK = False

@@ -17,7 +17,7 @@ def make_runs(store: RunStore) -> dict[str, str]:
     """One completed run and one that fails at build/deploy (and ends failed), in acme/web; one completed in other/api."""
     ids: dict[str, str] = {}
     for name, org, project, fail in (("ok", "acme", "web", False), ("bad", "acme", "web", True),
-                                     ("api", "other", "api", False)):  # fmt: skip
+                                     ("api", "other", "api", False)):
         run = store.create_run(org, project, params={"work_id": name})
         run.log.emit("workflow_start")
         run.log.emit("step_start", phase="build", step="compile")
@@ -68,7 +68,7 @@ def test_runs_frame_has_one_row_per_run_with_status_duration_and_failed_step(sto
     )
     assert {"work_id": "bad"} == bad["params"].iloc[0]
     assert ("float64", "int64", "bool") == tuple(str(frame[c].dtype) for c in ("duration_ms", "last_event_id",
-                                                                             "consolidated"))  # fmt: skip
+                                                                             "consolidated"))
     assert (frame["duration_ms"] >= 0).all()
 
 

@@ -253,7 +253,7 @@ def test_s3_archive_archives_a_run_when_it_completes(tmp_path: Path, s3_server: 
     run = gateway.new_run("acme", "web")
     assert run is not None
     for etype, kw in [("workflow_start", {}), ("phase_start", {"phase": "build"}),
-                      ("phase_complete", {"phase": "build"})]:  # fmt: skip
+                      ("phase_complete", {"phase": "build"})]:
         gateway.emit(run.id, etype, **kw)
     dest = RunStore(f"s3://{BUCKET}/{prefix}", storage_options=s3_server.storage_options)
     assert [] == dest.list_runs()  # not finished yet

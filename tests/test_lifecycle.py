@@ -163,7 +163,7 @@ def test_approve_completes_the_gated_phase_and_resumes_the_run(store: RunStore) 
     a = state.approvals["a1"]
     assert ("approved", "approve", "LGTM", "alice", ev.event_id) == (
         a.status, a.action, a.comment, a.decided_by, a.resolved_event_id
-    )  # fmt: skip
+    )
 
 
 def test_the_run_waits_until_every_pending_gate_is_approved(store: RunStore) -> None:
@@ -361,12 +361,12 @@ def test_sweep_fails_runs_with_expired_leases_once_and_leaves_live_ones(store: R
     s = swept[0]
     assert ("awaiting_approval", ("review",), ("g1",), "dead") == (
         s.previous_status, s.failed_phases, s.closed_approvals, s.lease_owner
-    )  # fmt: skip
+    )
     state = stale.state()
     assert ("failed", SWEEP_REASON) == (state.status, state.status_reason)
     assert ("failed", "failed", "closed") == (
         state.phases["review"].status, state.step("review", "read").status, state.approvals["g1"].status  # type: ignore[union-attr]
-    )  # fmt: skip
+    )
     assert read_lease(store.storage, stale.run_id) is None
     assert "failed" == (read_report(store.storage, stale.id) or {}).get("status")
     assert [] == store.sweep_stale()
@@ -422,7 +422,7 @@ def test_a_writer_killed_with_sigkill_is_swept_once_by_two_concurrent_sweepers(
     state = run.state()
     assert ("failed", "failed", "closed") == (
         state.status, state.phases["build"].status, state.approvals["review-1"].status
-    )  # fmt: skip
+    )
     assert "failed" == (read_report(store.storage, run_id) or {}).get("status")
     store.create_run("acme", "web", concurrency_key="repo:main")  # the key was released
 

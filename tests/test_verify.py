@@ -57,7 +57,7 @@ def test_verify_pinpoints_a_schema_invalid_event(store: RunStore) -> None:
     run = _failed_run(store)
     layout = RunLayout(run.run_id)
     bad = {"event_id": 7, "type": "step_start", "run_id": run.id, "timestamp": "2024-01-01T00:00:00Z",
-           "schema_version": 1, "phase": "build", "metadata": {}}  # fmt: skip
+           "schema_version": 1, "phase": "build", "metadata": {}}
     assert store.storage.create(layout.event(7), _codec.dumps(bad))  # no "step": invalid
     run.log.emit("checkpoint", metadata={"label": "after"})
     report = Resumer(store).verify(run.id)
@@ -83,7 +83,7 @@ def test_reconstruct_matches_a_healthy_run(store: RunStore) -> None:
     state, report = Resumer(store).reconstruct(run.id)
     assert fold_all(RunState(run_id=run.id), run.log.read()) == state
     assert (True, "ok", (), 6, False) == (report.ok, report.stored, report.differences, report.last_event_id,
-                                          report.repaired)  # fmt: skip
+                                          report.repaired)
 
 
 def test_reconstruct_detects_a_hand_edited_state_and_repairs_it(store: RunStore) -> None:
