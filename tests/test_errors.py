@@ -36,6 +36,7 @@ CATEGORIES: dict[type[FaberRunlogError], type[Exception]] = {
 # value of the wrong kind) or one kept for 0.x callers for one release (docs/errors.md marks those).
 EXTRA_BUILTINS: dict[str, set[type[BaseException]]] = {
     "InvalidStoreUrl": {TypeError},
+    "ReadOnlyValue": {TypeError},
     "RunExists": {FileExistsError},
     "ActiveRunExists": {FileExistsError},
     "InvalidTransition": {ValueError},
