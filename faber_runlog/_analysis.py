@@ -68,8 +68,7 @@ def _iso(value: Any, name: str) -> str | None:
         raise InvalidArgument(f"{name} must be an ISO string, a date or a datetime, got {type(value).__name__}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=_dt.UTC)
-    text: str = value.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return text
+    return _codec.iso(value)
 
 
 def _error_text(err: Any) -> str | None:
@@ -223,11 +222,8 @@ def runs_frame(
                     continue
                 failed = state.failed_step
                 error = failed.error if failed is not None else (state.errors[-1].message if state.errors else None)
-                duration = None
                 end = state.ended_at or (state.updated_at if state.is_terminal else None)
-                if state.started_at is not None and end is not None:
-                    a, b = pd.Timestamp(state.started_at), pd.Timestamp(end)
-                    duration = (b - a).total_seconds() * 1000.0
+                duration = _codec.ms_between(state.started_at, end)
                 row = (
                     str(rid), rid.org, rid.project, state.status, meta.created_at, state.started_at, state.ended_at,
                     state.updated_at, duration, state.last_event_id, state.current_phase, state.current_step,

@@ -35,6 +35,7 @@ from faber_runlog._state import RunState
 from faber_runlog._storage import PutResult, Storage
 from faber_runlog._store import RunStore, parse_metadata
 from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES, RunStatus, is_status
+from faber_runlog._transitions import Moved as _Moved
 from faber_runlog.errors import (
     ArchiveMismatch,
     ConsolidationError,
@@ -87,19 +88,27 @@ def _index_key(rid: RunId) -> str:
 
 @attrs.frozen(slots=True)
 class ConsolidationRecord:
-    """What consolidation checked: ``events.jsonl`` holds events ``first_seq..last_seq`` with this hash."""
+    """What consolidation checked: ``events.jsonl`` holds events ``1..last_seq`` with this hash."""
 
     run_id: str
-    count: int
-    first_seq: int
     last_seq: int
     sha256: str  # of the whole events.jsonl
     size: int
     last_event_at: str  # timestamp of the last event (keeps the record identical across archivers)
     format: str = _FORMAT
 
+    @property
+    def first_seq(self) -> int:
+        """The first event in ``events.jsonl``: always 1 (a log is consolidated whole)."""
+        return 1
+
+    @property
+    def count(self) -> int:
+        """How many events ``events.jsonl`` holds: ``last_seq`` (derived, so it is not stored)."""
+        return self.last_seq
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (the ``consolidation.json`` body)."""
+        """Plain JSON-ready dict (``first_seq`` and ``count`` are derived and left out; old dicts still load)."""
         return to_dict(self)
 
     @classmethod
@@ -202,7 +211,7 @@ class CleanupReport:
 def _record_from_seal(rid: RunId, seal: Event) -> ConsolidationRecord:
     m = seal.metadata
     through = int(m["through"])
-    return ConsolidationRecord(str(rid), through, 1, through, str(m["sha256"]), int(m["size"]),
+    return ConsolidationRecord(str(rid), through, str(m["sha256"]), int(m["size"]),
                                str(m.get("last_event_at", "")))
 
 
@@ -235,10 +244,6 @@ def _check_jsonl(rid: RunId, path: str, data: bytes, record: ConsolidationRecord
             "consolidate the run again (it rewrites the file from the event files)",
             run_id=str(rid),
         )
-
-
-class _Moved(Exception):
-    """The run gained an event while its consolidation was being prepared: prepare again."""
 
 
 _SEAL_TRIES: Final = 20
@@ -408,7 +413,7 @@ def _older_than(older_than: _dt.timedelta | float | None) -> str | None:
     if older_than is None:
         return None
     delta = older_than if isinstance(older_than, _dt.timedelta) else _dt.timedelta(days=float(older_than))
-    return (_dt.datetime.now(_dt.UTC) - delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _codec.iso(_dt.datetime.now(_dt.UTC) - delta)
 
 
 class Archiver:

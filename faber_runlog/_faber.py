@@ -614,7 +614,6 @@ def _run_metadata(planned: _Planned, store: RunStore, source: str, notes: list[s
     except TypeError:
         params = {}
     return RunMetadata(
-        run_id=str(rid),
         org=rid.org,
         project=rid.project,
         uuid=rid.uuid,

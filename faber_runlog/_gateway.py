@@ -29,6 +29,7 @@ from faber_runlog._registry import DEFAULT_BACKENDS, Registry
 from faber_runlog._resume import diff_params
 from faber_runlog._schemas import LazyValidator, load_schema
 from faber_runlog._store import DEFAULT_ROOT, Run, RunStore
+from faber_runlog._transitions import ENDING_EVENT_TYPES
 from faber_runlog.errors import InvalidArgument, InvalidGatewayConfig
 
 __all__ = [
@@ -56,7 +57,7 @@ CONFIG_PATH: Final = ".fractary/plugins/faber/gateway.json"
 CONFIG_ENV: Final = "FABER_RUNLOG_CONFIG"
 """Environment variable naming a gateway.json to use instead of searching for one."""
 CONFIG_VERSION: Final = 1
-ARCHIVE_EVENTS: Final = ("workflow_complete", "workflow_cancelled", "workflow_error")
+ARCHIVE_EVENTS: Final = ENDING_EVENT_TYPES
 """Events that may trigger an automatic archive (the run has ended)."""
 # Keys that carry secrets in fsspec/s3fs/adlfs/gcsfs options: never written to gateway.json.
 SECRET_KEYS: Final = frozenset({

@@ -137,8 +137,7 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _iso(t: _dt.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+_iso = _codec.iso
 
 
 def _check_ttl(ttl: float) -> None:

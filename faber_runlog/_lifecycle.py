@@ -47,7 +47,8 @@ from faber_runlog._log import Commit, EventLog
 from faber_runlog._report import write_report
 from faber_runlog._state import ACTIVE_STATUSES, TERMINAL_STATUSES, ApprovalState, PhaseState, RunState
 from faber_runlog._storage import Storage
-from faber_runlog._transitions import ACTIONS, RunStatus
+from faber_runlog._transitions import ACTIONS, ENDING_EVENT_TYPES, RunStatus
+from faber_runlog._transitions import Moved as _Moved
 from faber_runlog.errors import (
     ActiveRunExists,
     ApprovalConflict,
@@ -99,7 +100,7 @@ SWEEP_REASON: Final = "process_restart_unrecovered"
 APPROVAL_ACTIONS: Final = ("approve", "reject", "request_changes", "abort")
 KEYS_DIR: Final = ".faber_runlog/keys"
 SLOTS_DIR: Final = ".faber_runlog/slots"
-FINAL_EVENT_TYPES: Final = frozenset({"workflow_complete", "workflow_error", "workflow_cancelled", "approval_resolved"})
+FINAL_EVENT_TYPES: Final = frozenset({*ENDING_EVENT_TYPES, "approval_resolved"})
 """Events that end a run when they leave it terminal: they trigger the final report and releases."""
 
 TRANSITIONS: Final[dict[str, tuple[str, ...]]] = {action: allowed for action, (_, allowed) in ACTIONS.items()}
@@ -108,10 +109,6 @@ TRANSITIONS: Final[dict[str, tuple[str, ...]]] = {action: allowed for action, (_
 _TRIES: Final = 20
 _CLAIM_TRIES: Final = 50
 OpenLog = Callable[[RunId], EventLog]
-
-
-class _Moved(Exception):
-    """The state changed under a built event: build it again."""
 
 
 class _NotStale(Exception):
@@ -530,8 +527,7 @@ def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
 
 
-def _iso(t: _dt.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+_iso = _codec.iso
 
 
 def _judge(storage: Storage, body: dict[str, Any] | None, open_log: OpenLog, key: str) -> _Holder:

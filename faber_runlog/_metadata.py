@@ -22,7 +22,6 @@ __all__ = ["RunMetadata", "capture_environment"]
 class RunMetadata:
     """What a run is: its id, parameters, tags, lineage, workflow plan and where it was started."""
 
-    run_id: str
     org: str
     project: str
     uuid: str
@@ -42,6 +41,11 @@ class RunMetadata:
     """Planned steps of some planned phases, in order, keyed by phase."""
     imported_from: dict[str, Any] | None = None
     """Where an imported run came from (format, original id, path, original metadata)."""
+
+    @property
+    def run_id(self) -> str:
+        """``org/project/uuid``: derived, so ``metadata.json`` does not store it (files that do still load)."""
+        return f"{self.org}/{self.project}/{self.uuid}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the ``metadata.json`` body)."""

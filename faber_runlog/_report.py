@@ -9,7 +9,6 @@ says so is written instead, so a finished run always has one.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -66,13 +65,6 @@ def validate_report(report: dict[str, Any]) -> None:
 def _keys(run_id: RunId) -> tuple[str, str]:
     folder = RunLayout(run_id).dir
     return f"{folder}/{REPORT_JSON}", f"{folder}/{REPORT_MD}"
-
-
-def _ms(start: str | None, end: str | None) -> float | None:
-    if start is None or end is None:
-        return None
-    delta = _dt.datetime.fromisoformat(end) - _dt.datetime.fromisoformat(start)
-    return max(0.0, delta.total_seconds() * 1000.0)
 
 
 def _read_metadata(storage: Storage, run_id: RunId) -> RunMetadata:
@@ -141,7 +133,7 @@ def compose_report(storage: Storage, elog: EventLog, state: RunState | None = No
         "created_at": meta.created_at,
         "started_at": state.started_at,
         "ended_at": state.ended_at,
-        "duration_ms": _ms(started, state.ended_at or state.updated_at),
+        "duration_ms": _codec.ms_between(started, state.ended_at or state.updated_at),
         "params": meta.params,
         "params_hash": meta.params_hash,
         "tags": meta.tags,

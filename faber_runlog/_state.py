@@ -9,12 +9,12 @@ type has one small handler; types without one are counted and ignored.
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
 
+from faber_runlog._codec import ms_between
 from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import Event
 from faber_runlog._transitions import (
@@ -299,17 +299,6 @@ def fold_all(state: RunState, events: Iterable[Event]) -> RunState:
 # -- helpers ---------------------------------------------------------------
 
 
-def _ms_between(start: str | None, end: str) -> float | None:
-    if start is None:
-        return None
-    try:
-        a = _dt.datetime.fromisoformat(start)
-        b = _dt.datetime.fromisoformat(end)
-    except ValueError:
-        return None
-    return max(0.0, (b - a).total_seconds() * 1000.0)
-
-
 def _phase(state: RunState, event: Event) -> PhaseState | None:
     name = event.phase
     if name is None:
@@ -342,7 +331,7 @@ def _finish(obj: PhaseState | StepState, event: Event, status: str) -> None:
     obj.status = status
     obj.ended_at = event.timestamp
     given = event.duration_ms
-    obj.duration_ms = given if given is not None else _ms_between(obj.started_at, event.timestamp)
+    obj.duration_ms = given if given is not None else ms_between(obj.started_at, event.timestamp)
 
 
 def _close_pending(state: RunState, event: Event, status: str = "closed") -> None:

@@ -396,7 +396,6 @@ class RunStore:
         if (rid.org, rid.project) != (org, project):
             raise InvalidRunId(f"run id {rid} is not in {org}/{project}")
         meta = RunMetadata(
-            run_id=str(rid),
             org=rid.org,
             project=rid.project,
             uuid=rid.uuid,

@@ -26,10 +26,12 @@ import attrs
 __all__ = [
     "ACTIONS",
     "ACTIVE_STATUSES",
+    "ENDING_EVENT_TYPES",
     "RUN_STATUSES",
     "SEAL_TYPE",
     "TERMINAL_STATUSES",
     "TRANSITIONS",
+    "Moved",
     "RunStatus",
     "Transition",
     "is_status",
@@ -50,6 +52,14 @@ def is_status(value: object) -> TypeGuard[RunStatus]:
     return value in RUN_STATUSES
 
 ACTIVE_STATUSES: Final = frozenset(s for s in RUN_STATUSES if s not in TERMINAL_STATUSES)
+
+ENDING_EVENT_TYPES: Final = ("workflow_complete", "workflow_cancelled", "workflow_error")
+"""The event types that end a run (completed, cancelled, failed): the one list of them."""
+
+
+class Moved(Exception):
+    """The run changed between reading its state and appending: read it again and retry."""
+
 
 SEAL_TYPE: Final = "log_sealed"
 """The event that seals a log for consolidation: nothing is ever appended after it."""
