@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from faber_runlog import _codec
+from faber_runlog._events import error_text
 from faber_runlog._format import RunLayout
 from faber_runlog._hints import check_status_filter
 from faber_runlog._ids import RunId
@@ -69,14 +70,6 @@ def _iso(value: Any, name: str) -> str | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=_dt.UTC)
     return _codec.iso(value)
-
-
-def _error_text(err: Any) -> str | None:
-    if err is None:
-        return None
-    if isinstance(err, dict):
-        return str(err.get("message", _codec.dumps(err).decode()))
-    return str(err)
 
 
 def _select(
@@ -163,7 +156,7 @@ def _add_events(cols: dict[str, list[Any]], rid: RunId, ds: list[dict[str, Any]]
     cols["metadata"].extend(metas)
     durations = [d.get("duration_ms", m.get("duration_ms")) for d, m in zip(ds, metas, strict=True)]
     cols["duration_ms"].extend([v if isinstance(v, (int, float)) else None for v in durations])
-    cols["error"].extend([_error_text(d.get("error", m.get("error"))) for d, m in zip(ds, metas, strict=True)])
+    cols["error"].extend([error_text(d.get("error", m.get("error"))) for d, m in zip(ds, metas, strict=True)])
 
 
 _EVENT_TEXT: Final = ("run_id", "org", "project", "type", "phase", "step", "status", "message", "error", "user",

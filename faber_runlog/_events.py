@@ -184,12 +184,16 @@ class Event:
     @property
     def error_message(self) -> str | None:
         """The error as text, from ``error`` or ``metadata['error']``."""
-        err: Any = self.error if self.error is not None else self.metadata.get("error")
-        if err is None:
-            return None
-        if isinstance(err, dict):
-            return str(err.get("message", _codec.dumps(err).decode()))
-        return str(err)
+        return error_text(self.error if self.error is not None else self.metadata.get("error"))
+
+
+def error_text(err: Any) -> str | None:
+    """An event's ``error`` value (text, or an object with a ``message``) as text; None for no error."""
+    if err is None:
+        return None
+    if isinstance(err, dict):
+        return str(err.get("message", _codec.dumps(err).decode()))
+    return str(err)
 
 
 EVENT_FIELDS: Final = frozenset(a.name for a in attrs.fields(Event))
