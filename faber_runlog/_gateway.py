@@ -18,7 +18,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import attrs
 import fastjsonschema
@@ -31,6 +31,9 @@ from faber_runlog._schemas import LazyValidator, load_schema
 from faber_runlog._store import DEFAULT_ROOT, Run, RunStore
 from faber_runlog._transitions import ENDING_EVENT_TYPES
 from faber_runlog.errors import InvalidArgument, InvalidGatewayConfig
+
+if TYPE_CHECKING:  # imported when used: the gateway must not load the archive for every event
+    from faber_runlog._archive import Archiver
 
 __all__ = [
     "CONFIG_ENV",
@@ -416,8 +419,8 @@ class S3ArchiveBackend(Backend):
             self._destination = RunStore(url, storage_options=dict(self.config.storage_options) or None)
         return self._destination
 
-    def archiver(self, *, progress: bool = False) -> Any:
-        """An :class:`~faber_runlog._archive.Archiver` from the run store to the archive."""
+    def archiver(self, *, progress: bool = False) -> Archiver:
+        """An :class:`~faber_runlog.Archiver` from the run store to the archive."""
         from faber_runlog._archive import Archiver
 
         return Archiver(self.source, self.destination, progress=progress)

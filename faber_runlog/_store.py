@@ -8,7 +8,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import fsspec
@@ -38,6 +38,10 @@ from faber_runlog.errors import (
     RunExists,
     RunNotFound,
 )
+
+if TYPE_CHECKING:  # the analysis extra: optional, imported only when a frame is asked for
+    import pandas
+    import pyarrow
 
 __all__ = ["DEFAULT_ROOT", "Lineage", "Run", "RunList", "RunProblem", "RunStore", "RunSummary"]
 
@@ -594,19 +598,19 @@ class RunStore:
 
     # -- analysis (pandas / pyarrow, the ``faber_runlog[analysis]`` extra) ------
 
-    def events_frame(self, **filters: Any) -> Any:
+    def events_frame(self, **filters: Any) -> pandas.DataFrame:
         """A pandas DataFrame, one row per event; see :func:`faber_runlog._analysis.events_frame`."""
         from faber_runlog._analysis import events_frame
 
         return events_frame(self, **filters)
 
-    def runs_frame(self, **filters: Any) -> Any:
+    def runs_frame(self, **filters: Any) -> pandas.DataFrame:
         """A pandas DataFrame, one row per run; see :func:`faber_runlog._analysis.runs_frame`."""
         from faber_runlog._analysis import runs_frame
 
         return runs_frame(self, **filters)
 
-    def to_arrow(self, kind: str = "events", **filters: Any) -> Any:
+    def to_arrow(self, kind: str = "events", **filters: Any) -> pyarrow.Table:
         """A pyarrow Table of events (or ``kind="runs"``); see :func:`faber_runlog._analysis.to_arrow`."""
         from faber_runlog._analysis import to_arrow
 
