@@ -58,7 +58,7 @@ def _moto() -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
         except Exception:
             time.sleep(0.05)
     opts = {"client_kwargs": {"endpoint_url": endpoint}, "key": "bench", "secret": "bench",
-            "use_listings_cache": False, "skip_instance_cache": True}  # fmt: skip
+            "use_listings_cache": False, "skip_instance_cache": True}
     return proc, opts
 
 
@@ -104,10 +104,10 @@ def _make_runs(store: RunStore, n: int) -> list[str]:
         events = []
         for i in range(1, EVENTS_PER_RUN + 1):
             etype = "workflow_start" if i == 1 else "workflow_complete" if i == EVENTS_PER_RUN else (
-                "step_start" if i % 2 else "step_complete")  # fmt: skip
+                "step_start" if i % 2 else "step_complete")
             ev = {"event_id": i, "type": etype, "timestamp": f"2026-11-23T10:{i // 60:02d}:{i % 60:02d}.000000Z",
                   "run_id": run.id, "phase": "build", "step": f"s{(i // 2) % 7}", "metadata": {"i": i},
-                  "schema_version": 1, "nonce": f"b-{i}"}  # fmt: skip
+                  "schema_version": 1, "nonce": f"b-{i}"}
             if etype == "step_complete":
                 ev["duration_ms"] = float(i)
             store.storage.create(layout.event(i), dumps(ev))
@@ -158,7 +158,7 @@ def run(quick: bool) -> list[Row]:
                      "sequential GET per run + DataFrame", t_seq, "runs/s", None),
             rate_row(f"events_frame over {n} archived runs (+{LATENCY_S * 1000:g} ms/request)", n, t_frame_slow,
                      "sequential GET per run + DataFrame", t_seq_slow, "runs/s", 5.0),
-        ]  # fmt: skip
+        ]
     finally:
         proc.kill()
         proc.wait()

@@ -109,9 +109,11 @@ def _old_events_frame(store: RunStore) -> Any:
     """The previous approach, kept as the peer: log.read() per run on a thread pool, a dict per event, then pandas."""
     import pandas as pd
 
-    from faber_runlog._analysis import EVENT_COLUMNS, _error_text
+    from faber_runlog._analysis import EVENT_COLUMNS
+    from faber_runlog._events import error_text as _error_text
+    from faber_runlog._store import run_ids
 
-    rids = list(store._run_ids(None, None))
+    rids = list(run_ids(store))
     cols: dict[str, list[Any]] = {c: [] for c in EVENT_COLUMNS}
 
     def events_of(rid: RunId) -> list[dict[str, Any]]:

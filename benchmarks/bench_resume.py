@@ -85,7 +85,7 @@ def run(quick: bool) -> list[Row]:
                 f"resume plan, {k}k-event run, no snapshot (full fold)", 1, t_full,
                 "same run with current snapshot", t_big, "plans/s", None,
             ),
-        ]  # fmt: skip
+        ]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,27 +1,15 @@
-"""faber_runlog: run ids, an append-only event log and folded run state on fsspec."""
+"""faber_runlog: run ids, an append-only event log and folded run state on fsspec.
 
-from faber_runlog._archive import (
-    ArchiveIndexEntry,
-    Archiver,
-    ArchiveResult,
-    CleanupReport,
-    ConsolidationRecord,
-    RetentionPolicy,
-    consolidate,
-)
-from faber_runlog._events import Event, event_schema, event_types, register_event_type, register_upcaster
-from faber_runlog._faber import ExportResult, ImportedRun, ImportReport, export_faber, import_faber
-from faber_runlog._gateway import Backend, Gateway, GatewayConfig, register_backend
-from faber_runlog._ids import RunId
-from faber_runlog._lease import Heartbeat, Lease
-from faber_runlog._lifecycle import StatusView, SweptRun, SweptRuns
-from faber_runlog._log import Commit, EventLog
-from faber_runlog._metadata import RunMetadata
-from faber_runlog._resume import ParamDiff, ResumePlan, Resumer, diff_params
-from faber_runlog._state import ApprovalState, PhaseState, RunState, RunStatus, StepState, fold, register_fold
-from faber_runlog._storage import Capabilities
-from faber_runlog._store import Lineage, Run, RunList, RunProblem, RunStore, RunSummary
-from faber_runlog._verify import ReconstructReport, StateDifference, VerifyProblem, VerifyReport
+Everything public is importable from here (``faber_runlog.__all__``); every other module is
+private. Errors and the version load at once; the rest loads on first use (module
+``__getattr__``), so ``faber-runlog --help`` and a plain ``import faber_runlog`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from faber_runlog._version import __version__
 from faber_runlog.errors import (
     ActiveRunExists,
@@ -30,7 +18,9 @@ from faber_runlog.errors import (
     ArchiveMismatch,
     BucketNotFound,
     ConcurrencyUnsupported,
+    ConfigurationError,
     ConsolidationError,
+    CorruptData,
     CorruptEvent,
     CorruptState,
     CredentialsMissing,
@@ -40,12 +30,16 @@ from faber_runlog.errors import (
     InvalidEventPosition,
     InvalidFilter,
     InvalidGatewayConfig,
+    InvalidParams,
     InvalidRerun,
     InvalidRunId,
     InvalidStoreUrl,
     InvalidTransition,
     LeaseLost,
     MissingExtra,
+    NotFound,
+    ReadOnlyValue,
+    Refused,
     RunArchived,
     RunExists,
     RunNotFound,
@@ -59,8 +53,144 @@ from faber_runlog.errors import (
     UnsafePath,
 )
 
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from faber_runlog._archive import (
+        ArchiveIndexEntry,
+        Archiver,
+        ArchiveResult,
+        CleanupItem,
+        CleanupReport,
+        ConsolidationRecord,
+        RetentionPolicy,
+        consolidate,
+    )
+    from faber_runlog._events import (
+        Event,
+        FrozenDict,
+        FrozenList,
+        event_schema,
+        event_types,
+        register_event_type,
+        register_upcaster,
+    )
+    from faber_runlog._faber import ExportResult, ImportedRun, ImportReport, export_faber, import_faber
+    from faber_runlog._gateway import (
+        Backend,
+        Gateway,
+        GatewayConfig,
+        LocalFilesConfig,
+        S3ArchiveConfig,
+        register_backend,
+    )
+    from faber_runlog._ids import RunId
+    from faber_runlog._lease import Heartbeat, Lease
+    from faber_runlog._lifecycle import Approval, StatusView, SweptRun, SweptRuns
+    from faber_runlog._log import Commit, EventLog
+    from faber_runlog._metadata import RunMetadata
+    from faber_runlog._registry import Registry
+    from faber_runlog._resume import ParamDiff, ResumePlan, Resumer, diff_params
+    from faber_runlog._state import (
+        ApprovalState,
+        ArtifactRecord,
+        ErrorRecord,
+        PhaseState,
+        PullRequest,
+        RunState,
+        RunStatus,
+        StepState,
+        fold,
+        register_fold,
+    )
+    from faber_runlog._storage import Capabilities, PutResult, Storage, Versioned
+    from faber_runlog._store import Lineage, Run, RunList, RunProblem, RunStore, RunSummary
+    from faber_runlog._verify import ReconstructReport, StateDifference, VerifyProblem, VerifyReport
+
+# Public name -> the private module that defines it, imported on first access.
+_LAZY: dict[str, str] = {
+    "Approval": "faber_runlog._lifecycle",
+    "ApprovalState": "faber_runlog._state",
+    "ArchiveIndexEntry": "faber_runlog._archive",
+    "ArchiveResult": "faber_runlog._archive",
+    "Archiver": "faber_runlog._archive",
+    "ArtifactRecord": "faber_runlog._state",
+    "Backend": "faber_runlog._gateway",
+    "Capabilities": "faber_runlog._storage",
+    "CleanupItem": "faber_runlog._archive",
+    "CleanupReport": "faber_runlog._archive",
+    "Commit": "faber_runlog._log",
+    "ConsolidationRecord": "faber_runlog._archive",
+    "ErrorRecord": "faber_runlog._state",
+    "Event": "faber_runlog._events",
+    "EventLog": "faber_runlog._log",
+    "ExportResult": "faber_runlog._faber",
+    "FrozenDict": "faber_runlog._events",
+    "FrozenList": "faber_runlog._events",
+    "Gateway": "faber_runlog._gateway",
+    "GatewayConfig": "faber_runlog._gateway",
+    "Heartbeat": "faber_runlog._lease",
+    "ImportReport": "faber_runlog._faber",
+    "ImportedRun": "faber_runlog._faber",
+    "Lease": "faber_runlog._lease",
+    "Lineage": "faber_runlog._store",
+    "LocalFilesConfig": "faber_runlog._gateway",
+    "ParamDiff": "faber_runlog._resume",
+    "PhaseState": "faber_runlog._state",
+    "PullRequest": "faber_runlog._state",
+    "PutResult": "faber_runlog._storage",
+    "ReconstructReport": "faber_runlog._verify",
+    "Registry": "faber_runlog._registry",
+    "ResumePlan": "faber_runlog._resume",
+    "Resumer": "faber_runlog._resume",
+    "RetentionPolicy": "faber_runlog._archive",
+    "Run": "faber_runlog._store",
+    "RunId": "faber_runlog._ids",
+    "RunList": "faber_runlog._store",
+    "RunMetadata": "faber_runlog._metadata",
+    "RunProblem": "faber_runlog._store",
+    "RunState": "faber_runlog._state",
+    "RunStatus": "faber_runlog._state",
+    "RunStore": "faber_runlog._store",
+    "RunSummary": "faber_runlog._store",
+    "S3ArchiveConfig": "faber_runlog._gateway",
+    "StateDifference": "faber_runlog._verify",
+    "StatusView": "faber_runlog._lifecycle",
+    "StepState": "faber_runlog._state",
+    "Storage": "faber_runlog._storage",
+    "SweptRun": "faber_runlog._lifecycle",
+    "SweptRuns": "faber_runlog._lifecycle",
+    "VerifyProblem": "faber_runlog._verify",
+    "VerifyReport": "faber_runlog._verify",
+    "Versioned": "faber_runlog._storage",
+    "consolidate": "faber_runlog._archive",
+    "diff_params": "faber_runlog._resume",
+    "event_schema": "faber_runlog._events",
+    "event_types": "faber_runlog._events",
+    "export_faber": "faber_runlog._faber",
+    "fold": "faber_runlog._state",
+    "import_faber": "faber_runlog._faber",
+    "register_backend": "faber_runlog._gateway",
+    "register_event_type": "faber_runlog._events",
+    "register_fold": "faber_runlog._state",
+    "register_upcaster": "faber_runlog._events",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'faber_runlog' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once loaded, a plain module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "ActiveRunExists",
+    "Approval",
     "ApprovalConflict",
     "ApprovalNotFound",
     "ApprovalState",
@@ -68,21 +198,28 @@ __all__ = [
     "ArchiveMismatch",
     "ArchiveResult",
     "Archiver",
+    "ArtifactRecord",
     "Backend",
     "BucketNotFound",
     "Capabilities",
+    "CleanupItem",
     "CleanupReport",
     "Commit",
     "ConcurrencyUnsupported",
+    "ConfigurationError",
     "ConsolidationError",
     "ConsolidationRecord",
+    "CorruptData",
     "CorruptEvent",
     "CorruptState",
     "CredentialsMissing",
+    "ErrorRecord",
     "Event",
     "EventLog",
     "ExportResult",
     "FaberRunlogError",
+    "FrozenDict",
+    "FrozenList",
     "Gateway",
     "GatewayConfig",
     "Heartbeat",
@@ -93,6 +230,7 @@ __all__ = [
     "InvalidEventPosition",
     "InvalidFilter",
     "InvalidGatewayConfig",
+    "InvalidParams",
     "InvalidRerun",
     "InvalidRunId",
     "InvalidStoreUrl",
@@ -100,10 +238,17 @@ __all__ = [
     "Lease",
     "LeaseLost",
     "Lineage",
+    "LocalFilesConfig",
     "MissingExtra",
+    "NotFound",
     "ParamDiff",
     "PhaseState",
+    "PullRequest",
+    "PutResult",
+    "ReadOnlyValue",
     "ReconstructReport",
+    "Refused",
+    "Registry",
     "ResumePlan",
     "Resumer",
     "RetentionPolicy",
@@ -122,10 +267,12 @@ __all__ = [
     "RunStillActive",
     "RunStore",
     "RunSummary",
+    "S3ArchiveConfig",
     "SequenceConflict",
     "StateDifference",
     "StatusView",
     "StepState",
+    "Storage",
     "StorageError",
     "StoreAccessDenied",
     "SweptRun",
@@ -134,6 +281,7 @@ __all__ = [
     "UnsafePath",
     "VerifyProblem",
     "VerifyReport",
+    "Versioned",
     "__version__",
     "consolidate",
     "diff_params",

@@ -25,7 +25,7 @@ log = logging.getLogger("faber_runlog._gateway")
 RUN_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
     "start": lambda run, **kw: run.start(),
     "pause": lambda run, reason=None, **kw: run.pause(reason),
-    "resume": lambda run, reason=None, **kw: run.resume(reason),
+    "resume": lambda run, reason=None, **kw: run.unpause(reason),
     "cancel": lambda run, reason=None, **kw: run.cancel(reason or "cancelled"),
     "complete": lambda run, summary=None, **kw: run.complete(summary),
     "fail": lambda run, error=None, reason=None, **kw: run.fail(_needed(run, "fail", "error", error), reason),
@@ -129,5 +129,5 @@ def request_approval(
     run = _open(gateway, run_id)
     if run is None:
         return None
-    event = run.request_approval(gate, phase=phase, payload=payload, approval_id=approval_id)
+    event = run.request_approval(gate, phase=phase, payload=payload, approval_id=approval_id).event
     return _route(gateway, run, event)

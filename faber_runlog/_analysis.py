@@ -16,28 +16,29 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from faber_runlog import _codec
-from faber_runlog._events import upcast
+from faber_runlog._events import error_text, upcast
 from faber_runlog._format import RunLayout
 from faber_runlog._hints import check_status_filter
 from faber_runlog._ids import RunId
 from faber_runlog._log import current_states, read_logs
 from faber_runlog._progress import Progress
-from faber_runlog._store import RunStore
-from faber_runlog.errors import MissingExtra
+from faber_runlog._store import RunStore, parse_metadata
+from faber_runlog._store import run_ids as list_run_ids
+from faber_runlog.errors import CorruptData, InvalidArgument, MissingExtra
 
 __all__ = ["EVENT_COLUMNS", "RUN_COLUMNS", "events_frame", "runs_frame", "to_arrow"]
 
 EVENT_COLUMNS: Final = (
     "run_id", "org", "project", "event_id", "type", "timestamp", "phase", "step", "status",
     "message", "duration_ms", "error", "user", "source", "idempotency_key", "metadata",
-)  # fmt: skip
+)  # fmt: skip  # a table: one row per line
 """Columns of :func:`events_frame`, in order."""
 
 RUN_COLUMNS: Final = (
     "run_id", "org", "project", "status", "created_at", "started_at", "ended_at", "updated_at",
     "duration_ms", "last_event_id", "current_phase", "current_step", "failed_phase", "failed_step",
     "error", "resume_count", "parent_run_id", "consolidated", "params", "tags",
-)  # fmt: skip
+)  # fmt: skip  # a table: one row per line
 """Columns of :func:`runs_frame`, in order."""
 
 _CHUNK: Final = 256
@@ -65,23 +66,14 @@ def _iso(value: Any, name: str) -> str | None:
         try:
             value = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError as e:
-            raise ValueError(f"{name}={value!r} is not an ISO 8601 date or time") from e
+            raise InvalidArgument(f"{name}={value!r} is not an ISO 8601 date or time") from e
     if isinstance(value, _dt.date) and not isinstance(value, _dt.datetime):
         value = _dt.datetime(value.year, value.month, value.day)
     if not isinstance(value, _dt.datetime):
-        raise ValueError(f"{name} must be an ISO string, a date or a datetime, got {type(value).__name__}")
+        raise InvalidArgument(f"{name} must be an ISO string, a date or a datetime, got {type(value).__name__}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=_dt.UTC)
-    text: str = value.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return text
-
-
-def _error_text(err: Any) -> str | None:
-    if err is None:
-        return None
-    if isinstance(err, dict):
-        return str(err.get("message", _codec.dumps(err).decode()))
-    return str(err)
+    return _codec.iso(value)
 
 
 def _select(
@@ -90,8 +82,9 @@ def _select(
     if run_ids is not None:
         return [RunId.parse(r) for r in run_ids]
     if status is not None:
-        return [RunId.parse(s.run_id) for s in store.list_runs(org=org, project=project, status=status)]
-    return list(store._run_ids(org, project))  # a listing only: no metadata or events read
+        found = store.list_runs(org=org, project=project, status=check_status_filter(status))
+        return [RunId.parse(s.run_id) for s in found]
+    return list(list_run_ids(store, org, project))  # a listing only: no metadata or events read
 
 
 def events_frame(
@@ -179,7 +172,7 @@ class _EventColumns:
             if d.get("event_id") != seq:
                 # Not the event the log has at this number: read the run the checked way (it raises CorruptEvent).
                 list(store.get_run(rid).log.read(seq - 1, until=seq))
-                raise ValueError(f"event {seq} of run {rid} is not what its line says")
+                raise CorruptData(f"event {seq} of run {rid} is not what its line says; run faber-runlog verify")
             ts = d.get("timestamp", "")
             if (wanted is not None and d.get("type") not in wanted) or (lo is not None and ts < lo) or (
                 hi is not None and ts >= hi
@@ -192,7 +185,7 @@ class _EventColumns:
             for name in _PLAIN:
                 c[name].append(d.get(name))
             c["duration_ms"].append(float(duration) if isinstance(duration, (int, float)) else None)
-            c["error"].append(_error_text(d.get("error", meta.get("error"))))
+            c["error"].append(error_text(d.get("error", meta.get("error"))))
             # As text: orjson's bytes keep a 4 KB buffer each, the exact-size str does not.
             c["metadata"].append(_codec.dumps(meta).decode())
             kept += 1
@@ -219,9 +212,9 @@ class _EventColumns:
 
 _PLAIN: Final = ("type", "phase", "step", "status", "message", "user", "source", "idempotency_key")
 _EVENT_TEXT: Final = ("run_id", "org", "project", "type", "phase", "step", "status", "message", "error", "user",
-                      "source", "idempotency_key")  # fmt: skip
+                      "source", "idempotency_key")
 _RUN_TEXT: Final = ("run_id", "org", "project", "status", "current_phase", "current_step", "failed_phase",
-                    "failed_step", "error", "parent_run_id")  # fmt: skip
+                    "failed_step", "error", "parent_run_id")
 
 
 def runs_frame(
@@ -244,7 +237,7 @@ def runs_frame(
     pd = _require("pandas")
     check_status_filter(status)
     lo, hi = _iso(since, "since"), _iso(until, "until")
-    rids = [RunId.parse(r) for r in run_ids] if run_ids is not None else list(store._run_ids(org, project))
+    rids = [RunId.parse(r) for r in run_ids] if run_ids is not None else list(list_run_ids(store, org, project))
     cols: dict[str, list[Any]] = {c: [] for c in RUN_COLUMNS}
     storage = store.storage
     with Progress("reading runs", len(rids), enabled=progress) as bar:
@@ -254,7 +247,7 @@ def runs_frame(
             present = [r for r in chunk if bodies.get(RunLayout(r).metadata) is not None]  # others: being created
             states = current_states(storage, present, snapshot_every=store.snapshot_every)
             for rid in present:
-                meta = store._parse_metadata(rid, bodies[RunLayout(rid).metadata] or b"")
+                meta = parse_metadata(store, rid, bodies[RunLayout(rid).metadata] or b"")
                 state = states[rid]
                 if isinstance(state, Exception):  # one damaged run must not hide the others
                     logging.getLogger("faber_runlog._analysis").warning("runs_frame skipped run %s: %s", rid, state)
@@ -265,17 +258,14 @@ def runs_frame(
                     continue
                 failed = state.failed_step
                 error = failed.error if failed is not None else (state.errors[-1].message if state.errors else None)
-                duration = None
                 end = state.ended_at or (state.updated_at if state.is_terminal else None)
-                if state.started_at is not None and end is not None:
-                    a, b = pd.Timestamp(state.started_at), pd.Timestamp(end)
-                    duration = (b - a).total_seconds() * 1000.0
+                duration = _codec.ms_between(state.started_at, end)
                 row = (
                     str(rid), rid.org, rid.project, state.status, meta.created_at, state.started_at, state.ended_at,
                     state.updated_at, duration, state.last_event_id, state.current_phase, state.current_step,
                     failed.phase if failed else None, failed.name if failed else None, error, state.resume_count,
                     meta.parent_run_id, state.sealed_at is not None, meta.params, meta.tags,
-                )  # fmt: skip
+                )
                 for c, v in zip(RUN_COLUMNS, row, strict=True):
                     cols[c].append(v)
             bar.update(len(chunk))
@@ -302,12 +292,12 @@ def to_arrow(store: RunStore, kind: str = "events", **filters: Any) -> Any:
     """
     pa = _require("pyarrow")
     if kind not in ("events", "runs"):
-        raise ValueError(f"kind must be 'events' or 'runs', got {kind!r}")
+        raise InvalidArgument(f"kind must be 'events' or 'runs', got {kind!r}")
     if kind == "events":
         allowed = {"org", "project", "status", "since", "until", "types", "run_ids", "progress"}
         unknown = set(filters) - allowed
         if unknown:
-            raise TypeError(f"to_arrow() got unexpected filters {sorted(unknown)}; allowed: {sorted(allowed)}")
+            raise InvalidArgument(f"to_arrow() got unexpected filters {sorted(unknown)}; allowed: {sorted(allowed)}")
         f = {k: filters.get(k) for k in allowed}
         return _events_table(store, pa, f["org"], f["project"], f["status"], f["since"], f["until"], f["types"],
                              f["run_ids"], f["progress"])  # fmt: skip

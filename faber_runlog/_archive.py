@@ -27,16 +27,25 @@ from typing import Any, Final
 import attrs
 
 from faber_runlog import _codec
-from faber_runlog._converter import converter
+from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import Event
 from faber_runlog._format import ARCHIVE_MARKER, RunLayout, encode_snapshot, fingerprint, jsonl_line, parse_seq_name
 from faber_runlog._ids import RunId
 from faber_runlog._progress import Progress
 from faber_runlog._state import RunState
 from faber_runlog._storage import PutResult, Storage
-from faber_runlog._store import RunStore
-from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES
-from faber_runlog.errors import ArchiveMismatch, ConsolidationError, FaberRunlogError, RunArchived, RunStillActive
+from faber_runlog._store import RunStore, parse_metadata
+from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES, RunStatus
+from faber_runlog._transitions import Moved as _Moved
+from faber_runlog.errors import (
+    ArchiveMismatch,
+    ConsolidationError,
+    CorruptData,
+    FaberRunlogError,
+    InvalidArgument,
+    RunArchived,
+    RunStillActive,
+)
 
 __all__ = [
     "ARCHIVE_MARKER",
@@ -81,20 +90,28 @@ def _index_key(rid: RunId) -> str:
 
 @attrs.frozen(slots=True)
 class ConsolidationRecord:
-    """What consolidation checked: ``events.jsonl`` holds events ``first_seq..last_seq`` with this hash."""
+    """What consolidation checked: ``events.jsonl`` holds events ``1..last_seq`` with this hash."""
 
     run_id: str
-    count: int
-    first_seq: int
     last_seq: int
     sha256: str  # of the whole events.jsonl
     size: int
     last_event_at: str  # timestamp of the last event (keeps the record identical across archivers)
     format: str = _FORMAT
 
+    @property
+    def first_seq(self) -> int:
+        """The first event in ``events.jsonl``: always 1 (a log is consolidated whole)."""
+        return 1
+
+    @property
+    def count(self) -> int:
+        """How many events ``events.jsonl`` holds: ``last_seq`` (derived, so it is not stored)."""
+        return self.last_seq
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (the ``consolidation.json`` body)."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        """Plain JSON-ready dict (``first_seq`` and ``count`` are derived and left out; old dicts still load)."""
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConsolidationRecord:
@@ -109,7 +126,7 @@ class ArchiveIndexEntry:
     run_id: str
     org: str
     project: str
-    status: str
+    status: RunStatus
     created_at: str
     ended_at: str | None
     last_event_id: int
@@ -122,7 +139,7 @@ class ArchiveIndexEntry:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the index object body)."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchiveIndexEntry:
@@ -159,7 +176,7 @@ class RetentionPolicy:
 
     def __attrs_post_init__(self) -> None:
         if self.keep_days < 0:
-            raise ValueError(f"keep_days must be >= 0, got {self.keep_days}")
+            raise InvalidArgument(f"keep_days must be >= 0, got {self.keep_days}")
 
 
 @attrs.frozen(slots=True)
@@ -196,8 +213,8 @@ class CleanupReport:
 def _record_from_seal(rid: RunId, seal: Event) -> ConsolidationRecord:
     m = seal.metadata
     through = int(m["through"])
-    return ConsolidationRecord(str(rid), through, 1, through, str(m["sha256"]), int(m["size"]),
-                               str(m.get("last_event_at", "")))  # fmt: skip
+    return ConsolidationRecord(str(rid), through, str(m["sha256"]), int(m["size"]),
+                               str(m.get("last_event_at", "")))
 
 
 def _read_record(store: RunStore, rid: RunId) -> ConsolidationRecord | None:
@@ -229,10 +246,6 @@ def _check_jsonl(rid: RunId, path: str, data: bytes, record: ConsolidationRecord
             "consolidate the run again (it rewrites the file from the event files)",
             run_id=str(rid),
         )
-
-
-class _Moved(Exception):
-    """The run gained an event while its consolidation was being prepared: prepare again."""
 
 
 _SEAL_TRIES: Final = 20
@@ -332,7 +345,7 @@ def _event_line(storage: Storage, rid: RunId, seq: int, body: bytes | None) -> t
     try:
         data = _codec.loads(body or b"")
         if not isinstance(data, dict) or data.get("event_id") != seq or data.get("run_id") != str(rid):
-            raise ValueError(f"it is not event {seq} of run {rid}")
+            raise CorruptData(f"it is not event {seq} of run {rid}")
     except Exception as e:
         path = storage.path(RunLayout(rid).event(seq))
         raise ConsolidationError(
@@ -402,7 +415,7 @@ def _older_than(older_than: _dt.timedelta | float | None) -> str | None:
     if older_than is None:
         return None
     delta = older_than if isinstance(older_than, _dt.timedelta) else _dt.timedelta(days=float(older_than))
-    return (_dt.datetime.now(_dt.UTC) - delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _codec.iso(_dt.datetime.now(_dt.UTC) - delta)
 
 
 class Archiver:
@@ -417,9 +430,9 @@ class Archiver:
         self, source: RunStore, destination: RunStore, *, progress: bool | None = None, batch_size: int = 64
     ) -> None:
         if source.url == destination.url:
-            raise ValueError(f"source and destination are the same store ({source.url}); archive to another one")
+            raise InvalidArgument(f"source and destination are the same store ({source.url}); archive to another one")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise InvalidArgument(f"batch_size must be at least 1, got {batch_size}")
         self.source = source
         self.destination = destination
         self.progress = progress
@@ -461,7 +474,7 @@ class Archiver:
         finished = [
             s for s in self.source.list_runs(org=org, project=project)
             if s.status in TERMINAL_STATUSES and (cutoff is None or (s.updated_at or s.created_at) < cutoff)
-        ]  # fmt: skip
+        ]
         markers = self.source.storage.read_many(_marker_key(RunId.parse(s.run_id)) for s in finished)
         todo = [s.run_id for s in finished if markers.get(_marker_key(RunId.parse(s.run_id))) is None]
         return self.archive_many(todo, progress=progress)
@@ -500,7 +513,7 @@ class Archiver:
         for s in staged:
             if s.error is None:
                 marker = {"run_id": str(s.rid), "archive": dst.url, "archived_at": now, "index": _index_key(s.rid),
-                          "last_seq": s.record.last_seq, "sha256": s.record.sha256}  # fmt: skip
+                          "last_seq": s.record.last_seq, "sha256": s.record.sha256}
                 try:
                     src.replace(_marker_key(s.rid), _codec.dumps(marker))
                 except Exception as e:
@@ -526,7 +539,7 @@ class Archiver:
                 run_id=str(rid),
             )
         _check_jsonl(rid, src.path(layout.jsonl), jsonl, record)
-        meta = self.source._parse_metadata(rid, metadata)
+        meta = parse_metadata(self.source, rid, metadata)
         # The archive's state.json is the fold at the seal, encoded afresh: every archiver of
         # the run writes the same bytes, whatever snapshot the source holds at the moment.
         elog = self.source.get_run(rid).log
@@ -535,7 +548,7 @@ class Archiver:
         files = {k: v for k, v in bodies.items() if v is not None and k != layout.metadata}
         files[layout.state] = encode_snapshot(state.to_dict(), fingerprint(seal.type, seal.timestamp, seal.nonce))
         files[_marker_key(rid)] = _codec.dumps({"run_id": str(rid), "archived_from": src.url,
-                                                "last_seq": record.last_seq, "sha256": record.sha256})  # fmt: skip
+                                                "last_seq": record.last_seq, "sha256": record.sha256})
         entry = ArchiveIndexEntry(
             run_id=str(rid),
             org=rid.org,

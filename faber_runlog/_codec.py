@@ -52,3 +52,15 @@ def iso(moment: _dt.datetime) -> str:
 def now_iso() -> str:
     """The current UTC time in the stored timestamp format."""
     return iso(_dt.datetime.now(_dt.UTC))
+
+
+def ms_between(start: str | None, end: str | None) -> float | None:
+    """Milliseconds from ISO time ``start`` to ``end`` (never negative); None if either is missing or unparsable."""
+    if start is None or end is None:
+        return None
+    try:
+        a = _dt.datetime.fromisoformat(start)
+        b = _dt.datetime.fromisoformat(end)
+    except ValueError:
+        return None
+    return max(0.0, (b - a).total_seconds() * 1000.0)

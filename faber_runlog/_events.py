@@ -8,11 +8,10 @@ registered upcasters, never re-validated unless a caller asks (``verify``).
 
 from __future__ import annotations
 
-import importlib.resources
 import math
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, NoReturn
 
 import attrs
 import fastjsonschema
@@ -20,12 +19,15 @@ import fastjsonschema
 from faber_runlog import _codec
 from faber_runlog._converter import converter
 from faber_runlog._hints import did_you_mean
-from faber_runlog.errors import InvalidEvent
+from faber_runlog._schemas import compile_schema, load_schema
+from faber_runlog.errors import InvalidEvent, ReadOnlyValue
 
 __all__ = [
     "BUILTIN_EVENT_TYPES",
     "SCHEMA_VERSION",
     "Event",
+    "FrozenDict",
+    "FrozenList",
     "event_schema",
     "event_types",
     "register_event_type",
@@ -47,15 +49,109 @@ BUILTIN_EVENT_TYPES: Final = (
     "checkpoint", "skill_invoke", "agent_invoke", "decision_point",
     "retry_loop_enter", "retry_loop_exit",
     "workflow_paused", "approval_requested", "approval_resolved", "step_skip", "log_sealed",
-)  # fmt: skip
+)  # fmt: skip  # a table: one row per line
 
 _MAX_DEPTH: Final = 32
 _MAX_STRING: Final = 1 << 20
 
 
+def _refuse(self: object, *args: object, **kwargs: object) -> NoReturn:
+    """Refused: an event's values are read-only (raises :class:`~faber_runlog.errors.ReadOnlyValue`)."""
+    raise ReadOnlyValue(
+        f"an event's {type(self).__name__.strip('_').lower()} is read-only (events are immutable); "
+        "copy it first: dict(event.metadata), list(event.artifacts)"
+    )
+
+
+class FrozenDict(dict[str, Any]):
+    """A read-only, hashable ``dict``: what an :class:`Event` holds for ``metadata`` (and a dict ``error``).
+
+    A ``dict`` subclass so that reading code, ``==`` and JSON encoding treat it as the dict it was;
+    every mutating method raises :class:`~faber_runlog.errors.ReadOnlyValue` (a ``TypeError``).
+    """
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __hash__(self) -> int:  # type: ignore[override]  # dict sets __hash__ = None; read-only, so hashable
+        return hash(frozenset(self.items()))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The default protocol rebuilds a dict subclass through __setitem__, which refuses.
+        return type(self), (dict(self),)
+
+
+class FrozenList(list[Any]):
+    """A read-only, hashable ``list``: what an :class:`Event` holds for ``artifacts`` and lists in metadata."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __hash__(self) -> int:  # type: ignore[override]  # list sets __hash__ = None; read-only, so hashable
+        return hash(tuple(self))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (list(self),)
+
+
+def freeze(value: Any) -> Any:
+    """``value`` with every dict and list in it (at any depth) made read-only; other values as they are."""
+    cls = value.__class__
+    if cls in _SCALARS:
+        return value
+    if cls is dict or cls is FrozenDict:
+        if not value:
+            return _EMPTY
+        # This runs for every event read; most metadata is flat, so copy it in C unless a value needs freezing.
+        for v in value.values():
+            if v.__class__ not in _SCALARS:
+                return FrozenDict({k: freeze(v) for k, v in value.items()})
+        return FrozenDict(value)
+    if cls is list or cls is FrozenList or cls is tuple:
+        for v in value:
+            if v.__class__ not in _SCALARS:
+                return FrozenList([freeze(v) for v in value])
+        return FrozenList(value)
+    if isinstance(value, Mapping):
+        return FrozenDict({k: freeze(v) for k, v in value.items()})
+    return value
+
+
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
+def thaw(value: Any) -> Any:
+    """``value`` with every frozen dict and list in it turned back into a plain, mutable one."""
+    if isinstance(value, dict):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [thaw(v) for v in value]
+    return value
+
+
+_EMPTY: Final = FrozenDict()
+
+
+def _freeze_mapping(value: Mapping[str, Any] | None) -> FrozenDict:
+    if not value:
+        return _EMPTY
+    frozen: FrozenDict = freeze(value)
+    return frozen
+
+
+def _freeze_optional(value: Any) -> Any:
+    return value if value is None or value.__class__ is str else freeze(value)
+
+
 @attrs.frozen(slots=True)
 class Event:
-    """One immutable entry of a run's log; ``event_id`` is its gapless sequence number."""
+    """One immutable entry of a run's log; ``event_id`` is its gapless sequence number.
+
+    Immutable all the way down: ``metadata`` (and a dict ``error``) is a :class:`FrozenDict`, ``artifacts``
+    and every list inside them a :class:`FrozenList`, so an event can neither be changed through them nor
+    disagree with its file. Equal events hash equal, so events work in sets and as dict keys.
+    """
 
     event_id: int
     type: str
@@ -68,17 +164,17 @@ class Event:
     status: str | None = None
     message: str | None = None
     duration_ms: float | None = None
-    error: str | dict[str, Any] | None = None
-    artifacts: list[Any] | None = None
-    metadata: dict[str, Any] = attrs.field(factory=dict)
+    error: str | Mapping[str, Any] | None = attrs.field(default=None, converter=_freeze_optional)
+    artifacts: Sequence[Any] | None = attrs.field(default=None, converter=_freeze_optional)
+    metadata: Mapping[str, Any] = attrs.field(factory=FrozenDict, converter=_freeze_mapping)
     schema_version: int = SCHEMA_VERSION
     idempotency_key: str | None = None
     nonce: str | None = None
     lease_epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (fields left at their default are omitted)."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        """Plain JSON-ready dict of plain (mutable) dicts and lists; fields that are ``None`` are omitted."""
+        return {k: thaw(v) for k, v in _event_to_dict(self).items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:
@@ -88,12 +184,16 @@ class Event:
     @property
     def error_message(self) -> str | None:
         """The error as text, from ``error`` or ``metadata['error']``."""
-        err: Any = self.error if self.error is not None else self.metadata.get("error")
-        if err is None:
-            return None
-        if isinstance(err, dict):
-            return str(err.get("message", _codec.dumps(err).decode()))
-        return str(err)
+        return error_text(self.error if self.error is not None else self.metadata.get("error"))
+
+
+def error_text(err: Any) -> str | None:
+    """An event's ``error`` value (text, or an object with a ``message``) as text; None for no error."""
+    if err is None:
+        return None
+    if isinstance(err, dict):
+        return str(err.get("message", _codec.dumps(err).decode()))
+    return str(err)
 
 
 EVENT_FIELDS: Final = frozenset(a.name for a in attrs.fields(Event))
@@ -134,19 +234,33 @@ class _TypeSpec:
     builtin: bool
 
 
-_lock = threading.Lock()
-_types: dict[str, _TypeSpec] = {}
-_validators: dict[str, Callable[[Any], Any]] = {}
-_upcasters: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+class EventTypes:
+    """One table of event types (with their compiled validators) and upcasters.
+
+    The process-wide default holds what the module-level functions register; a
+    :class:`~faber_runlog.Registry` may hold an isolated copy for one store.
+    """
+
+    def __init__(self, parent: EventTypes | None = None) -> None:
+        self.lock = threading.Lock()
+        self.types: dict[str, _TypeSpec] = dict(parent.types) if parent else {}
+        self.validators: dict[str, Callable[[Any], Any]] = dict(parent.validators) if parent else {}
+        self.upcasters: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = (
+            dict(parent.upcasters) if parent else {}
+        )
 
 
-def _load_json(*parts: str) -> dict[str, Any]:
-    res = importlib.resources.files("faber_runlog.schemas").joinpath(*parts)
-    return _codec.loads(res.read_bytes())  # type: ignore[no-any-return]
+_DEFAULT_TYPES: Final = EventTypes()
+DEFAULT_TYPES: Final = _DEFAULT_TYPES
+"""The process-wide event types (the default registry's)."""
+_lock = _DEFAULT_TYPES.lock
+_types = _DEFAULT_TYPES.types
+_validators = _DEFAULT_TYPES.validators
+_upcasters = _DEFAULT_TYPES.upcasters
 
 
-def _compile(schema: Mapping[str, Any]) -> Callable[[Any], Any]:
-    return fastjsonschema.compile(dict(schema), use_formats=False)  # type: ignore[no-any-return]
+_load_json = load_schema
+_compile = compile_schema
 
 
 _BASE_SCHEMA: Final = _load_json("event.schema.json")
@@ -174,11 +288,18 @@ def event_types() -> list[str]:
 def register_event_type(
     name: str, schema: Mapping[str, Any] | None = None, *, version: int = 1, replace: bool = False
 ) -> None:
-    """Register a custom event type with a JSON Schema for the whole event.
+    """Register a custom event type with a JSON Schema for the whole event (in the default registry).
 
     ``version`` is the schema version new events of this type are written with;
     older stored events are lifted by upcasters (:func:`register_upcaster`).
     """
+    add_event_type(_DEFAULT_TYPES, name, schema, version=version, replace=replace)
+
+
+def add_event_type(
+    table: EventTypes, name: str, schema: Mapping[str, Any] | None = None, *, version: int = 1, replace: bool = False
+) -> None:
+    """:func:`register_event_type` into ``table`` (a registry's)."""
     import re
 
     if not isinstance(name, str) or re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name, re.ASCII) is None:
@@ -191,8 +312,8 @@ def register_event_type(
         validator = _compile(schema)
     except fastjsonschema.JsonSchemaDefinitionException as e:
         raise InvalidEvent(f"schema for event type {name!r} is not a valid JSON Schema: {e}") from e
-    with _lock:
-        old = _types.get(name)
+    with table.lock:
+        old = table.types.get(name)
         if old is not None:
             if old.builtin:
                 raise InvalidEvent(f"{name!r} is a built-in event type and cannot be redefined", event_type=name)
@@ -201,8 +322,8 @@ def register_event_type(
                     f"event type {name!r} is already registered with another schema; pass replace=True",
                     event_type=name,
                 )
-        _types[name] = _TypeSpec(name, schema, version, False)
-        _validators[name] = validator
+        table.types[name] = _TypeSpec(name, schema, version, False)
+        table.validators[name] = validator
 
 
 def register_upcaster(
@@ -211,19 +332,27 @@ def register_upcaster(
     """Lift stored events of ``event_type`` at ``from_version`` to ``from_version + 1`` on read.
 
     Stored files are never rewritten; the upcaster runs each time such an event is read
-    and must return a dict whose ``schema_version`` is ``from_version + 1``.
+    and must return a dict whose ``schema_version`` is ``from_version + 1``. (In the default registry.)
     """
-    with _lock:
-        _upcasters[(event_type, from_version)] = upcast
+    add_upcaster(_DEFAULT_TYPES, event_type, from_version, upcast)
 
 
-def upcast(data: dict[str, Any]) -> dict[str, Any]:
+def add_upcaster(
+    table: EventTypes, event_type: str, from_version: int, upcast: Callable[[dict[str, Any]], dict[str, Any]]
+) -> None:
+    """:func:`register_upcaster` into ``table`` (a registry's)."""
+    with table.lock:
+        table.upcasters[(event_type, from_version)] = upcast
+
+
+def upcast(data: dict[str, Any], table: EventTypes = _DEFAULT_TYPES) -> dict[str, Any]:
     """Apply registered upcasters until the event is at its type's current version."""
-    if not _upcasters:
+    upcasters = table.upcasters
+    if not upcasters:
         return data
     etype = data.get("type")
     version = data.get("schema_version", 1)
-    while (fn := _upcasters.get((etype, version))) is not None:  # type: ignore[arg-type]
+    while (fn := upcasters.get((etype, version))) is not None:  # type: ignore[arg-type]  # a stored dict's values are Any
         data = fn(dict(data))
         new_version = data.get("schema_version", version)
         if new_version == version:
@@ -232,27 +361,27 @@ def upcast(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _validator_for(event_type: str) -> Callable[[Any], Any]:
-    v = _validators.get(event_type)
+def _validator_for(event_type: str, table: EventTypes = _DEFAULT_TYPES) -> Callable[[Any], Any]:
+    v = table.validators.get(event_type)
     if v is None:
-        spec = _types.get(event_type)
+        spec = table.types.get(event_type)
         if spec is None:
             raise InvalidEvent(
-                f"unknown event type {event_type!r}{did_you_mean(event_type, _types)}: use one of the built-in "
+                f"unknown event type {event_type!r}{did_you_mean(event_type, table.types)}: use one of the built-in "
                 "types (listed in docs/layout-and-events.md) or register it first with "
                 "faber_runlog.register_event_type()",
                 event_type=event_type,
             )
-        with _lock:
-            v = _validators.get(event_type)
+        with table.lock:
+            v = table.validators.get(event_type)
             if v is None:
-                v = _validators[event_type] = _compile(spec.schema)
+                v = table.validators[event_type] = _compile(spec.schema)
     return v
 
 
-def type_version(event_type: str) -> int:
+def type_version(event_type: str, table: EventTypes = _DEFAULT_TYPES) -> int:
     """The schema version new events of ``event_type`` are written with."""
-    spec = _types.get(event_type)
+    spec = table.types.get(event_type)
     return spec.version if spec is not None else SCHEMA_VERSION
 
 
@@ -312,14 +441,16 @@ def _explain(e: fastjsonschema.JsonSchemaValueException) -> str:
     return f"{message} (field {field or 'event'!r})"
 
 
-def validate_event_dict(data: dict[str, Any], *, run_id: str | None = None) -> None:
+def validate_event_dict(
+    data: dict[str, Any], *, run_id: str | None = None, table: EventTypes = _DEFAULT_TYPES
+) -> None:
     """Validate one event dict against the base schema and its type's schema."""
     global _base_validator
     etype = data.get("type")
     where = f"event {etype!r}" + (f" for run {run_id}" if run_id else "")
     if not isinstance(etype, str):
         raise InvalidEvent(f"{where}: 'type' must be a string", run_id=run_id)
-    type_validator = _validator_for(etype)
+    type_validator = _validator_for(etype, table)
     for key, value in data.items():
         check_json_value(value, f"{where}: field {key!r}")
     if _base_validator is None:

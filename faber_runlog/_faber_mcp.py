@@ -47,7 +47,7 @@ def _message(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> None:
+def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> None:  # noqa: C901  (registers each tool as a closure; their branches count here)
     """Add FABER's four tools and three resource URIs to ``server`` (an SDK ``MCPServer``)."""
     store = gateway.store
 
@@ -59,7 +59,7 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
         return {
             "status": "error", "operation": "emit-event", "event_id": 0, "type": etype or "workflow_error",
             "run_id": run_id, "timestamp": _codec.now_iso(), "event_path": "", "error": error,
-        }  # fmt: skip
+        }
 
     def fractary_faber_event_emit(
         run_id: str,
@@ -76,7 +76,7 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
         fields: dict[str, Any] = {
             "phase": phase, "step": step, "status": status, "message": message, "metadata": metadata,
             "artifacts": artifacts, "duration_ms": duration_ms, "error": error,
-        }  # fmt: skip
+        }
         try:
             run = open_run(run_id)
             try:
@@ -92,7 +92,7 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
             return emit_error(run_id, type, _message(e))
         if event is None:
             return {**emit_error(run_id, type, "logging is disabled in gateway.json; nothing was written"),
-                    "status": "success", "written": False}  # fmt: skip
+                    "status": "success", "written": False}
         return {
             "status": "success",
             "operation": "emit-event",
@@ -119,7 +119,7 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
             return body
         except _REFUSED as e:
             return {"status": "error", "operation": "get-run", "run_id": run_id, "metadata": None, "state": None,
-                    "error": _message(e)}  # fmt: skip
+                    "error": _message(e)}
 
     def fractary_faber_run_get(run_id: str, include_events: bool = False) -> dict[str, Any]:
         return get_run(run_id, include_events)
@@ -145,10 +145,10 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
                 "status": faber_run_status(r.status), "created_at": r.created_at,
                 "updated_at": r.updated_at or r.created_at,
                 "completed_at": r.updated_at if terminal else None, "current_phase": r.current_phase,
-            })  # fmt: skip
+            })
         rows.sort(key=lambda row: str(row["created_at"]), reverse=True)  # newest first, as FABER lists them
         return {"status": "success", "operation": "list-runs", "runs": rows[: max(0, int(limit))],
-                "total": len(rows)}  # fmt: skip
+                "total": len(rows)}
 
     def fractary_faber_run_list(
         work_id: str | None = None,
@@ -167,7 +167,7 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
             record = consolidate(store, run.id)
         except _REFUSED as e:
             return {"status": "error", "operation": "consolidate-events", "run_id": run_id, "events_consolidated": 0,
-                    "output_path": "", "size_bytes": 0, "error": _message(e)}  # fmt: skip
+                    "output_path": "", "size_bytes": 0, "error": _message(e)}
         return {
             "status": "success",
             "operation": "consolidate-events",
@@ -207,10 +207,10 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
 
     # Concrete URIs are matched before templates, and templates in this order: events before the run itself.
     server.resource("faber://runs", name="faber-runs", description="FABER compatible: the newest 100 runs.",
-                    mime_type="application/json")(runs_resource)  # fmt: skip
+                    mime_type="application/json")(runs_resource)
     server.resource("faber://runs/{+run_id}/events", name="faber-run-events",
                     description="FABER compatible: every event of a run, in FABER's event shape.",
-                    mime_type="application/json")(events_resource)  # fmt: skip
+                    mime_type="application/json")(events_resource)
     server.resource("faber://runs/{+run_id}", name="faber-run",
                     description="FABER compatible: a run's metadata, state and event count.",
-                    mime_type="application/json")(run_resource)  # fmt: skip
+                    mime_type="application/json")(run_resource)

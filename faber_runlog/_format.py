@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from faber_runlog import _codec
 from faber_runlog._ids import RunId
+from faber_runlog.errors import CorruptData
 
 __all__ = [
     "ARCHIVE_MARKER",
@@ -175,16 +176,16 @@ def decode_snapshot(body: bytes) -> tuple[dict[str, Any], str | None]:
     """``(state dict, last event fingerprint)``; raises ValueError for anything that is not an intact snapshot."""
     marker = body.find(b',"state":')
     if not body.startswith(b'{"snapshot":') or marker < 0 or not body.endswith(b"}"):
-        raise ValueError("not a snapshot of this format")
+        raise CorruptData("not a snapshot of this format")
     head = _codec.loads(body[:marker] + b"}")
     state_body = body[marker + 9 : -1]
     if not isinstance(head, dict) or head.get("snapshot") != SNAPSHOT_FORMAT:
-        raise ValueError("unknown snapshot format")
+        raise CorruptData("unknown snapshot format")
     if head.get("checksum") != _checksum(state_body):
-        raise ValueError("its checksum does not match its content (edited or damaged)")
+        raise CorruptData("its checksum does not match its content (edited or damaged)")
     state = _codec.loads(state_body)
     if not isinstance(state, dict):
-        raise ValueError("its state is not a JSON object")
+        raise CorruptData("its state is not a JSON object")
     last = head.get("last_event")
     return state, last if isinstance(last, str) else None
 
@@ -251,7 +252,7 @@ def iter_jsonl(body: bytes, after: int, last: int) -> Iterator[tuple[int, bytes]
     while seq <= last:
         end = body.find(b"\n", pos)
         if end < 0:
-            raise ValueError(f"it holds {seq - 1} complete lines, fewer than {last}")
+            raise CorruptData(f"it holds {seq - 1} complete lines, fewer than {last}")
         if seq > after:
             yield seq, body[pos:end]
         pos, seq = end + 1, seq + 1

@@ -13,22 +13,27 @@ the environment.
 from __future__ import annotations
 
 import abc
-import importlib.resources
 import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import attrs
 import fastjsonschema
 
 from faber_runlog import _codec
 from faber_runlog._events import Event
+from faber_runlog._registry import DEFAULT_BACKENDS, Registry
 from faber_runlog._resume import diff_params
+from faber_runlog._schemas import LazyValidator, load_schema
 from faber_runlog._store import DEFAULT_ROOT, Run, RunStore
-from faber_runlog.errors import InvalidGatewayConfig
+from faber_runlog._transitions import ENDING_EVENT_TYPES
+from faber_runlog.errors import InvalidArgument, InvalidGatewayConfig
+
+if TYPE_CHECKING:  # imported when used: the gateway must not load the archive for every event
+    from faber_runlog._archive import Archiver
 
 __all__ = [
     "CONFIG_ENV",
@@ -55,14 +60,14 @@ CONFIG_PATH: Final = ".fractary/plugins/faber/gateway.json"
 CONFIG_ENV: Final = "FABER_RUNLOG_CONFIG"
 """Environment variable naming a gateway.json to use instead of searching for one."""
 CONFIG_VERSION: Final = 1
-ARCHIVE_EVENTS: Final = ("workflow_complete", "workflow_cancelled", "workflow_error")
+ARCHIVE_EVENTS: Final = ENDING_EVENT_TYPES
 """Events that may trigger an automatic archive (the run has ended)."""
 # Keys that carry secrets in fsspec/s3fs/adlfs/gcsfs options: never written to gateway.json.
 SECRET_KEYS: Final = frozenset({
     "key", "secret", "token", "password", "session_token", "access_key", "secret_key", "aws_access_key_id",
     "aws_secret_access_key", "aws_session_token", "account_key", "sas_token", "client_secret",
     "connection_string", "credentials",
-})  # fmt: skip
+})  # fmt: skip  # a table: one row per line
 _RUN_CACHE: Final = 256
 
 
@@ -236,18 +241,16 @@ def _find_secret(value: Any, where: str) -> str | None:
     return None
 
 
-_validator: Callable[[Any], Any] | None = None
+_validator: Final = LazyValidator("gateway.schema.json")
 
 
 def gateway_schema() -> dict[str, Any]:
     """The JSON Schema of gateway.json (shipped as ``faber_runlog/schemas/gateway.schema.json``)."""
-    res = importlib.resources.files("faber_runlog.schemas").joinpath("gateway.schema.json")
-    return _codec.loads(res.read_bytes())  # type: ignore[no-any-return]
+    return load_schema("gateway.schema.json")
 
 
 def validate_config(data: Any, *, path: str | None = None) -> None:
     """Raise :class:`InvalidGatewayConfig` naming the file and field when ``data`` fails the schema."""
-    global _validator
     if isinstance(data, Mapping):
         backends = data.get("backends")
         archive = backends.get("s3_archive") if isinstance(backends, Mapping) else None
@@ -255,8 +258,6 @@ def validate_config(data: Any, *, path: str | None = None) -> None:
             data.get("storage_options"), archive.get("storage_options") if isinstance(archive, Mapping) else None,
             path=path,
         )
-    if _validator is None:
-        _validator = fastjsonschema.compile(gateway_schema(), use_formats=False)
     try:
         _validator(data)
     except fastjsonschema.JsonSchemaValueException as e:
@@ -366,14 +367,22 @@ class Backend(abc.ABC):
 
 
 BackendFactory = Callable[[dict[str, Any], "Gateway"], Backend]
-_FACTORIES: dict[str, BackendFactory] = {}
+_FACTORIES: dict[str, BackendFactory] = DEFAULT_BACKENDS  # the default registry's
 
 
 def register_backend(name: str, factory: BackendFactory, *, replace: bool = False) -> None:
-    """Make ``backends.<name>`` in gateway.json build a backend with ``factory(settings, gateway)``."""
-    if name in ("local_files", "s3_archive") or (name in _FACTORIES and not replace):
-        raise ValueError(f"backend {name!r} is already registered; pass replace=True to replace a custom one")
-    _FACTORIES[name] = factory
+    """Make ``backends.<name>`` in gateway.json build a backend with ``factory(settings, gateway)``.
+
+    It goes into the default registry; ``Registry.register_backend`` registers into one of your own.
+    """
+    add_backend(_FACTORIES, name, factory, replace=replace)
+
+
+def add_backend(table: dict[str, BackendFactory], name: str, factory: BackendFactory, *, replace: bool = False) -> None:
+    """:func:`register_backend` into ``table`` (a registry's)."""
+    if name in ("local_files", "s3_archive") or (name in table and not replace):
+        raise InvalidArgument(f"backend {name!r} is already registered; pass replace=True to replace a custom one")
+    table[name] = factory
 
 
 class LocalFilesBackend(Backend):
@@ -410,8 +419,8 @@ class S3ArchiveBackend(Backend):
             self._destination = RunStore(url, storage_options=dict(self.config.storage_options) or None)
         return self._destination
 
-    def archiver(self, *, progress: bool = False) -> Any:
-        """An :class:`~faber_runlog._archive.Archiver` from the run store to the archive."""
+    def archiver(self, *, progress: bool = False) -> Archiver:
+        """An :class:`~faber_runlog.Archiver` from the run store to the archive."""
         from faber_runlog._archive import Archiver
 
         return Archiver(self.source, self.destination, progress=progress)
@@ -444,8 +453,10 @@ class Gateway:
         root: str | os.PathLike[str] | None = None,
         storage_options: dict[str, Any] | None = None,
         store: RunStore | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.config = config if config is not None else GatewayConfig()
+        self._registry = registry  # for the store it opens (a given store brings its own)
         self.config_path = None if config_path is None else os.fspath(config_path)
         self.base_dir = os.fspath(base_dir) if base_dir is not None else None
         self._root = os.fspath(root) if root is not None else None
@@ -466,9 +477,9 @@ class Gateway:
         path = Path(config_path) if config_path is not None else find_config()
         if path is None:
             return cls(GatewayConfig(root=os.environ.get("FABER_RUNLOG_ROOT") or DEFAULT_ROOT),
-                       root=root, storage_options=storage_options)  # fmt: skip
+                       root=root, storage_options=storage_options)
         return cls(load_config(path), base_dir=path.resolve().parent, config_path=path, root=root,
-                   storage_options=storage_options)  # fmt: skip
+                   storage_options=storage_options)
 
     def __repr__(self) -> str:
         state = "enabled" if self.enabled else "disabled"
@@ -504,6 +515,7 @@ class Gateway:
                 fsync=self.config.fsync,
                 snapshot_every=self.config.snapshot_every,
                 source=self.config.source,
+                registry=self._registry,
             )
         return self._store
 
@@ -527,7 +539,7 @@ class Gateway:
         for name, settings in sorted(self.config.other_backends.items()):
             if not settings.get("enabled"):
                 continue
-            factory = _FACTORIES.get(name)
+            factory = self.store.registry.backends.get(name)
             if factory is None:
                 raise InvalidGatewayConfig(
                     f"{self.config_path or 'gateway.json'}: backend {name!r} is enabled but none of that name is "

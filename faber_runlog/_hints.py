@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from faber_runlog._transitions import RunStatus
 
 __all__ = ["check_status_filter", "did_you_mean"]
 
@@ -18,12 +22,13 @@ def did_you_mean(word: object, choices: Iterable[str], *, cutoff: float = 0.6) -
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
 
 
-def check_status_filter(status: str | None) -> None:
-    """Refuse a run-status filter no run can match (``"failure"``), so a typo is not an empty answer."""
-    from faber_runlog._state import RUN_STATUSES
+def check_status_filter(status: str | None) -> RunStatus | None:
+    """``status`` as a run status; one no run can match (``"failure"``) is refused, so a typo is no empty answer."""
+    from faber_runlog._transitions import RUN_STATUSES, is_status
     from faber_runlog.errors import InvalidFilter
 
-    if status is not None and status not in RUN_STATUSES:
-        raise InvalidFilter(
-            f"unknown run status {status!r}{did_you_mean(status, RUN_STATUSES)}; use one of {', '.join(RUN_STATUSES)}"
-        )
+    if status is None or is_status(status):
+        return status
+    raise InvalidFilter(
+        f"unknown run status {status!r}{did_you_mean(status, RUN_STATUSES)}; use one of {', '.join(RUN_STATUSES)}"
+    )

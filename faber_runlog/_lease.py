@@ -30,11 +30,11 @@ from typing import Any, Final
 import attrs
 
 from faber_runlog import _codec
-from faber_runlog._converter import converter
+from faber_runlog._converter import converter, to_dict
 from faber_runlog._format import RunLayout
 from faber_runlog._ids import RunId
 from faber_runlog._storage import Storage
-from faber_runlog.errors import LeaseLost
+from faber_runlog.errors import InvalidArgument, LeaseLost
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
@@ -95,7 +95,7 @@ class Lease:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the ``lease.json`` body)."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
 
 def lease_key(run_id: RunId) -> str:
@@ -137,13 +137,12 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _iso(t: _dt.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+_iso = _codec.iso
 
 
 def _check_ttl(ttl: float) -> None:
     if not ttl > 0:
-        raise ValueError(f"a lease ttl must be a positive number of seconds, got {ttl!r}")
+        raise InvalidArgument(f"a lease ttl must be a positive number of seconds, got {ttl!r}")
 
 
 def _body(lease: Lease) -> bytes:
@@ -453,7 +452,7 @@ class Heartbeat:
         _check_ttl(ttl)
         self.interval = interval if interval is not None else ttl / 3
         if not 0 < self.interval < ttl:
-            raise ValueError(
+            raise InvalidArgument(
                 f"heartbeat interval must be positive and shorter than the ttl ({ttl}s) "
                 f"for run {run_id}, got {self.interval!r}"
             )

@@ -20,13 +20,14 @@ import datetime as _dt
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
 import attrs
 
 from faber_runlog import _codec
-from faber_runlog._converter import converter
+from faber_runlog._converter import to_dict
 from faber_runlog._events import Event
 from faber_runlog._format import RunLayout, parse_seq_name, seq_name
 from faber_runlog._ids import RunId
@@ -46,12 +47,14 @@ from faber_runlog._log import Commit, EventLog
 from faber_runlog._report import write_report
 from faber_runlog._state import ACTIVE_STATUSES, TERMINAL_STATUSES, ApprovalState, PhaseState, RunState
 from faber_runlog._storage import Storage
-from faber_runlog._transitions import ACTIONS
+from faber_runlog._transitions import ACTIONS, ENDING_EVENT_TYPES, RunStatus
+from faber_runlog._transitions import Moved as _Moved
 from faber_runlog.errors import (
     ActiveRunExists,
     ApprovalConflict,
     ApprovalNotFound,
     FaberRunlogError,
+    InvalidArgument,
     InvalidEvent,
     InvalidRunId,
     InvalidTransition,
@@ -97,7 +100,7 @@ SWEEP_REASON: Final = "process_restart_unrecovered"
 APPROVAL_ACTIONS: Final = ("approve", "reject", "request_changes", "abort")
 KEYS_DIR: Final = ".faber_runlog/keys"
 SLOTS_DIR: Final = ".faber_runlog/slots"
-FINAL_EVENT_TYPES: Final = frozenset({"workflow_complete", "workflow_error", "workflow_cancelled", "approval_resolved"})
+FINAL_EVENT_TYPES: Final = frozenset({*ENDING_EVENT_TYPES, "approval_resolved"})
 """Events that end a run when they leave it terminal: they trigger the final report and releases."""
 
 TRANSITIONS: Final[dict[str, tuple[str, ...]]] = {action: allowed for action, (_, allowed) in ACTIONS.items()}
@@ -106,10 +109,6 @@ TRANSITIONS: Final[dict[str, tuple[str, ...]]] = {action: allowed for action, (_
 _TRIES: Final = 20
 _CLAIM_TRIES: Final = 50
 OpenLog = Callable[[RunId], EventLog]
-
-
-class _Moved(Exception):
-    """The state changed under a built event: build it again."""
 
 
 class _NotStale(Exception):
@@ -337,6 +336,56 @@ def skip_step(elog: EventLog, phase: str, step: str, *, reason: str | None = Non
 # -- approvals -------------------------------------------------------------------
 
 
+@attrs.frozen(slots=True)
+class Approval:
+    """A handle on one requested approval: its id, gate and phase, and the ``approval_requested`` event.
+
+    ``Run.request_approval`` returns one; ``Run.decide`` takes it (or its ``approval_id``).
+    """
+
+    approval_id: str
+    gate: str
+    phase: str | None
+    event: Event
+
+    @property
+    def event_id(self) -> int:
+        """The sequence number of the ``approval_requested`` event."""
+        return self.event.event_id
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """Deprecated: the request event's metadata; use :attr:`approval_id` or ``.event.metadata``."""
+        warnings.warn(
+            "Approval.metadata is deprecated (the approval id is Approval.approval_id; the event is Approval.event); "
+            "it will be removed in the next minor release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.event.metadata
+
+    @classmethod
+    def from_event(cls, event: Event) -> Approval:
+        """The handle for an ``approval_requested`` event."""
+        m = event.metadata
+        return cls(str(m["approval_id"]), str(m.get("gate", "")), event.phase, event)
+
+
+def approval_id_of(approval: object, run_id: str) -> str:
+    """The id named by ``approval`` (an :class:`Approval` or an id string); anything else is refused."""
+    if isinstance(approval, Approval):
+        return approval.approval_id
+    if isinstance(approval, str) and approval:
+        return approval
+    hint = ""
+    if isinstance(approval, Event):
+        hint = f" (this is event {approval.event_id}; pass its metadata['approval_id'] or the Approval handle)"
+    raise InvalidArgument(
+        f"decide() on run {run_id} takes an Approval from request_approval() or its approval_id string, "
+        f"got {type(approval).__name__} {approval!r:.80}{hint}; nothing was written"
+    )
+
+
 def request_approval(
     elog: EventLog,
     gate: str,
@@ -478,8 +527,7 @@ def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
 
 
-def _iso(t: _dt.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+_iso = _codec.iso
 
 
 def _judge(storage: Storage, body: dict[str, Any] | None, open_log: OpenLog, key: str) -> _Holder:
@@ -589,12 +637,12 @@ def claim_start(
     if concurrency_key is None and max_active_runs is None:
         return ()
     if concurrency_key is not None and (not isinstance(concurrency_key, str) or not 0 < len(concurrency_key) <= 1024):
-        raise ValueError(
+        raise InvalidArgument(
             f"concurrency_key for run {run_id} must be a non-empty string of at most 1024 characters, "
             f"got {concurrency_key!r}; nothing was written"
         )
     if max_active_runs is not None and (isinstance(max_active_runs, bool) or max_active_runs < 1):
-        raise ValueError(f"max_active_runs must be a positive integer or None, got {max_active_runs!r}")
+        raise InvalidArgument(f"max_active_runs must be a positive integer or None, got {max_active_runs!r}")
     base: dict[str, Any] = {"run_id": str(run_id), "released": False}
     claims: list[str] = []
     try:
@@ -690,7 +738,7 @@ class SweptRun:
     """A run the sweep failed because its writer's lease expired."""
 
     run_id: str
-    previous_status: str
+    previous_status: RunStatus
     event_id: int
     failed_phases: tuple[str, ...]
     closed_approvals: tuple[str, ...]
@@ -700,7 +748,7 @@ class SweptRun:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
 
 def _stale(lease: Lease | None, state: RunState, older_than: float, include_unleased: bool, now: _dt.datetime) -> bool:
@@ -803,7 +851,7 @@ def sweep_stale(
     """
     grace = older_than.total_seconds() if isinstance(older_than, _dt.timedelta) else float(older_than)
     if grace < 0:
-        raise ValueError(f"older_than must be >= 0 seconds, got {older_than!r}")
+        raise InvalidArgument(f"older_than must be >= 0 seconds, got {older_than!r}")
     wanted = None if run_ids is None else {str(RunId.parse(r)) for r in run_ids}
     candidates = [
         RunId.parse(s.run_id)
@@ -841,7 +889,7 @@ class StatusView:
     """One read of a run for a UI or a CLI: status, phases, approvals, lease and the latest events."""
 
     run_id: str
-    status: str
+    status: RunStatus
     status_reason: str | None
     paused_from: str | None
     current_phase: str | None
@@ -869,13 +917,13 @@ class StatusView:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
 
 def status_view(storage: Storage, elog: EventLog, *, tail: int = 20) -> StatusView:
     """The run's status, phases, approvals, lease and its last ``tail`` events."""
     if tail < 0:
-        raise ValueError(f"tail must be >= 0, got {tail} (run {elog.run_id})")
+        raise InvalidArgument(f"tail must be >= 0, got {tail} (run {elog.run_id})")
     state = elog.current_state()
     events = tuple(elog.read(max(0, state.last_event_id - tail), until=state.last_event_id)) if tail else ()
     return StatusView(

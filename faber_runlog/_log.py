@@ -60,12 +60,14 @@ from faber_runlog._format import (
     seq_name,
 )
 from faber_runlog._ids import RunId
+from faber_runlog._registry import Registry, event_types_table
 from faber_runlog._state import RunState, apply, fold_generation
 from faber_runlog._storage import Storage
 from faber_runlog._transitions import SEAL_TYPE, TRANSITIONS
 from faber_runlog.errors import (
     ApprovalConflict,
     ApprovalNotFound,
+    CorruptData,
     CorruptEvent,
     InvalidArgument,
     InvalidEvent,
@@ -116,9 +118,9 @@ def _new_identity_in_child() -> None:
     # A forked child shares its parent's handles: without a fresh writer id both
     # would stamp the same nonces, and the lost-reply check would confuse them.
     for elog in list(_LOGS):
-        elog._writer = uuid.uuid4().hex[:12]
-        elog._counter = 0
-        elog._lock = threading.RLock()
+        elog._writer = uuid.uuid4().hex[:12]  # noqa: SLF001  (same module: EventLog's fork hook)
+        elog._counter = 0  # noqa: SLF001
+        elog._lock = threading.RLock()  # noqa: SLF001
 
 
 @attrs.frozen(slots=True)
@@ -160,12 +162,17 @@ class EventLog:
         seal_grace: float = SEAL_GRACE,
         fence: Callable[[], int | None] | None = None,
         segment_every: int = SEGMENT_EVENTS,
+        registry: Registry | None = None,
     ) -> None:
         if snapshot_every < 1:
             raise InvalidArgument(f"snapshot_every must be at least 1, got {snapshot_every}")
         if segment_every < 1:
             raise InvalidArgument(f"segment_every must be at least 1, got {segment_every}")
         self._storage = storage
+        # The store's registry: event types and upcasters to write and read with, folds to fold with.
+        self._registry = registry = registry if registry is not None else Registry.default()
+        self._types = event_types_table(registry)
+        self._folds = registry.folds
         self._rid = run_id
         self._run_id = str(run_id)
         self._layout = RunLayout(run_id)
@@ -352,13 +359,13 @@ class EventLog:
                 fields.pop(name, None)
                 if default is not None:
                     fields[name] = default
-        fields["schema_version"] = type_version(etype)
+        fields["schema_version"] = type_version(etype, self._types)
         if fields["run_id"] != self._run_id:
             raise InvalidEvent(
                 f"event names run {fields['run_id']!r} but is being appended to {self._run_id}", run_id=self._run_id
             )
         probe = dict(fields, event_id=1, timestamp=timestamp or _codec.now_iso(), nonce="x")
-        validate_event_dict(probe, run_id=self._run_id)
+        validate_event_dict(probe, run_id=self._run_id, table=self._types)
         if timestamp is not None:
             fields["timestamp"] = timestamp
         if self._fence is not None and "lease_epoch" not in fields:
@@ -486,7 +493,7 @@ class EventLog:
             before = after = None
         else:
             before = state.status
-            apply(state, event)
+            apply(state, event, self._folds)
             self._state_fp = _event_fp(event)
             after = state.status
         if event.type == SEAL_TYPE:
@@ -656,11 +663,11 @@ class EventLog:
                 return None, None
             state = RunState.from_dict(data)
             if state.run_id != self._run_id:
-                raise ValueError(f"it belongs to run {state.run_id}")
+                raise CorruptData(f"it belongs to run {state.run_id}")
             if state.last_event_id > 0:
                 event = self._event_at(state.last_event_id)
                 if _event_fp(event) != fp:
-                    raise ValueError(f"event {state.last_event_id} in the log is not the one it was folded from")
+                    raise CorruptData(f"event {state.last_event_id} in the log is not the one it was folded from")
         except Exception as e:
             # A snapshot is a cache: one that does not agree with the log costs a longer fold, never a wrong answer.
             log.warning("ignoring snapshot %s of run %s: %s", self._storage.path(key), self._run_id, e)
@@ -670,7 +677,7 @@ class EventLog:
     def _catch_up(self, state: RunState, until: int | None = None) -> Event | None:
         last = None
         for event in self._stored(state.last_event_id, until):
-            apply(state, event)
+            apply(state, event, self._folds)
             last = event
         return last
 
@@ -680,10 +687,10 @@ class EventLog:
         try:
             data = _loads(body)
             if data.__class__ is dict and data.get("event_id") == seq:
-                return _event_from_dict(upcast(data))
+                return _event_from_dict(upcast(data, self._types))
             if not isinstance(data, dict):
-                raise ValueError(f"expected a JSON object, found {type(data).__name__}")
-            raise ValueError(f"its event_id is {data.get('event_id')!r}, not {seq}")
+                raise CorruptData(f"expected a JSON object, found {type(data).__name__}")
+            raise CorruptData(f"its event_id is {data.get('event_id')!r}, not {seq}")
         except Exception as e:
             path = self._storage.path(key or self._layout.event(seq))
             where = f"line {seq} of {path}" if key else path

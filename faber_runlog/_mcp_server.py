@@ -18,8 +18,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from faber_runlog._gateway import Gateway
+from faber_runlog._hints import check_status_filter
 from faber_runlog._version import __version__
-from faber_runlog.errors import FaberRunlogError, MissingExtra
+from faber_runlog.errors import FaberRunlogError, InvalidArgument, MissingExtra
 
 __all__ = ["build_server", "serve"]
 
@@ -42,7 +43,7 @@ def _sdk() -> tuple[Any, type[Exception], type[Exception]]:
     return MCPServer, ToolError, ResourceError
 
 
-def build_server(gateway: Gateway) -> Any:
+def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool as a closure; their branches count here)
     """An ``MCPServer`` exposing ``gateway``'s store; call ``.run("stdio")`` on it (or use :func:`serve`)."""
     from faber_runlog import _codec
     from faber_runlog._converter import converter
@@ -62,14 +63,14 @@ def build_server(gateway: Gateway) -> Any:
 
     def events_of(run_id: str, since: int, limit: int, types: list[str] | None) -> dict[str, Any]:
         if since < 0 or not 1 <= limit <= _MAX_EVENTS:
-            raise ValueError(f"since must be >= 0 and limit between 1 and {_MAX_EVENTS} (got {since}, {limit})")
+            raise InvalidArgument(f"since must be >= 0 and limit between 1 and {_MAX_EVENTS} (got {since}, {limit})")
         run = gateway.store.get_run(run_id)
         events = [e.to_dict() for e in run.log.read(since, types=types, limit=limit)]
         last = events[-1]["event_id"] if events else since
         return {"run_id": run.id, "events": events, "next_since": last}
 
     def runs(org: str | None, project: str | None, status: str | None, limit: int) -> dict[str, Any]:
-        found = gateway.store.list_runs(org=org, project=project, status=status)
+        found = gateway.store.list_runs(org=org, project=project, status=check_status_filter(status))
         shown = found[-limit:] if limit > 0 else []
         return {"runs": [converter.unstructure(r) for r in shown], "total": len(found)}
 
@@ -89,8 +90,8 @@ def build_server(gateway: Gateway) -> Any:
             event = gateway.emit(
                 run_id, type, phase=phase, step=step, status=status, message=message, error=error,
                 duration_ms=duration_ms, metadata=metadata, idempotency_key=idempotency_key,
-            )  # fmt: skip
-        except (FaberRunlogError, ValueError, LookupError) as e:
+            )
+        except FaberRunlogError as e:
             raise refused(e, tool_error) from e
         if event is None:
             return {"written": False, "reason": "logging is disabled in gateway.json"}
@@ -101,7 +102,7 @@ def build_server(gateway: Gateway) -> Any:
     ) -> dict[str, Any]:
         try:
             run = gateway.new_run(org, project, params, tags)
-        except (FaberRunlogError, ValueError, LookupError) as e:
+        except FaberRunlogError as e:
             raise refused(e, tool_error) from e
         if run is None:
             return {"written": False, "reason": "logging is disabled in gateway.json"}
@@ -110,13 +111,13 @@ def build_server(gateway: Gateway) -> Any:
     def get_state(run_id: str, at: int | None = None) -> dict[str, Any]:
         try:
             return state_of(run_id, at)
-        except (FaberRunlogError, ValueError, LookupError) as e:
+        except FaberRunlogError as e:
             raise refused(e, tool_error) from e
 
     def list_events(run_id: str, since: int = 0, limit: int = 100, types: list[str] | None = None) -> dict[str, Any]:
         try:
             return events_of(run_id, since, limit, types)
-        except (FaberRunlogError, ValueError, LookupError) as e:
+        except FaberRunlogError as e:
             raise refused(e, tool_error) from e
 
     def list_runs(
@@ -124,32 +125,32 @@ def build_server(gateway: Gateway) -> Any:
     ) -> dict[str, Any]:
         try:
             return runs(org, project, status, limit)
-        except (FaberRunlogError, ValueError, LookupError) as e:
+        except FaberRunlogError as e:
             raise refused(e, tool_error) from e
 
     def resume_plan(run_id: str, allow_cancelled: bool = False) -> dict[str, Any]:
         try:
             plan: dict[str, Any] = Resumer(gateway.store).plan(run_id, allow_cancelled=allow_cancelled).to_dict()
-        except (FaberRunlogError, ValueError, LookupError) as e:
+        except FaberRunlogError as e:
             raise refused(e, tool_error) from e
         return plan
 
     def state_resource(run_id: str) -> str:
         try:
             return _codec.dumps(state_of(run_id)).decode()
-        except (FaberRunlogError, ValueError, LookupError) as e:
+        except FaberRunlogError as e:
             raise refused(e, resource_error) from e
 
     def events_resource(run_id: str) -> str:
         try:
             return _codec.dumps(events_of(run_id, 0, _MAX_EVENTS, None)).decode()
-        except (FaberRunlogError, ValueError, LookupError) as e:
+        except FaberRunlogError as e:
             raise refused(e, resource_error) from e
 
     def runs_resource() -> str:
         try:
             return _codec.dumps(runs(None, None, None, 10_000)).decode()
-        except (FaberRunlogError, ValueError, LookupError) as e:
+        except FaberRunlogError as e:
             raise refused(e, resource_error) from e
 
     tools = {
@@ -183,7 +184,7 @@ def build_server(gateway: Gateway) -> Any:
 _KINDS: Final = {
     "string": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
     "dict": "an object", "list": "a list", "none": "null", "literal": "one of the listed values",
-}  # fmt: skip
+}  # fmt: skip  # a table: one row per line
 
 
 def _argument_problem(tool: str, err: Mapping[str, Any]) -> str:
@@ -207,7 +208,7 @@ def _plain_errors(server_cls: Any, tool_error: type[Exception]) -> Any:
     """``server_cls`` whose tools refuse bad arguments in our words, not pydantic's (no links, no model names)."""
     from pydantic import ValidationError
 
-    class Server(server_cls):  # type: ignore[misc, valid-type]
+    class Server(server_cls):  # type: ignore[misc]  # mcp is untyped here: the base is Any
         async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
             try:
                 return await super().call_tool(name, arguments, context)
@@ -224,7 +225,7 @@ def _plain_errors(server_cls: Any, tool_error: type[Exception]) -> Any:
 # -- lifecycle tools: every checked transition and approval decision ------------------------------
 
 
-def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error: type[Exception]) -> None:
+def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error: type[Exception]) -> None:  # noqa: C901  (registers each tool as a closure; their branches count here)
     """Tools that change a run's status through the same checked ``Run`` methods as Python code."""
     from faber_runlog import _actions
     from faber_runlog._events import Event
@@ -234,7 +235,7 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error
             return {"written": False, "reason": "logging is disabled in gateway.json"}
         status = gateway.store.get_run(run_id).state().status
         return {"written": True, "action": action, "event_id": event.event_id, "status": status,
-                "event": event.to_dict()}  # fmt: skip
+                "event": event.to_dict()}
 
     def change_run_status(
         run_id: str, action: str, reason: str | None = None, summary: str | None = None, error: str | None = None
@@ -244,7 +245,7 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error
                 gateway, run_id, action, among=_actions.RUN_ACTIONS, reason=reason, summary=summary, error=error
             )
             return written(run_id, action, event)
-        except (FaberRunlogError, ValueError, LookupError) as e:
+        except FaberRunlogError as e:
             raise refused(e, tool_error) from e
 
     def change_step(
@@ -255,7 +256,7 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error
                 gateway, run_id, action, among=_actions.STEP_ACTIONS, phase=phase, step=step, reason=reason
             )
             return written(run_id, action, event)
-        except (FaberRunlogError, ValueError, LookupError) as e:
+        except FaberRunlogError as e:
             raise refused(e, tool_error) from e
 
     def request_approval(
@@ -270,7 +271,7 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error
                 gateway, run_id, gate, phase=phase, payload=payload, approval_id=approval_id
             )
             body = written(run_id, "request_approval", event)
-        except (FaberRunlogError, ValueError, LookupError) as e:
+        except FaberRunlogError as e:
             raise refused(e, tool_error) from e
         if event is not None:
             body["approval_id"] = event.metadata["approval_id"]
@@ -289,7 +290,7 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error
                 gateway, run_id, approval_id, action, client_token=client_token, comment=comment, user=user
             )
             return written(run_id, action, event)
-        except (FaberRunlogError, ValueError, LookupError) as e:
+        except FaberRunlogError as e:
             raise refused(e, tool_error) from e
 
     def sweep_stale_runs(
@@ -299,7 +300,7 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error
             if not gateway.enabled:
                 return {"written": False, "reason": "logging is disabled in gateway.json", "swept": []}
             swept = gateway.store.sweep_stale(older_than, run_ids=run_ids, include_unleased=include_unleased)
-        except (FaberRunlogError, ValueError, LookupError) as e:
+        except FaberRunlogError as e:
             raise refused(e, tool_error) from e
         return {"written": bool(swept), "swept": [x.to_dict() for x in swept]}
 
@@ -312,14 +313,14 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error
             if write:
                 status = run.state().status
                 if status not in TERMINAL_STATUSES:
-                    raise ValueError(
+                    raise InvalidArgument(
                         f"run {run.id} is {status}: its final report is written when it ends; "
                         "call without write to see the report so far"
                     )
                 report: dict[str, Any] = run.write_report()
             else:
                 report = run.read_report() or compose_report(gateway.store.storage, run.log)
-        except (FaberRunlogError, ValueError, LookupError) as e:
+        except FaberRunlogError as e:
             raise refused(e, tool_error) from e
         return report
 

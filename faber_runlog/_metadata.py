@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from faber_runlog._converter import converter
+from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import SCHEMA_VERSION
 from faber_runlog._version import __version__
 
@@ -22,7 +22,6 @@ __all__ = ["RunMetadata", "capture_environment"]
 class RunMetadata:
     """What a run is: its id, parameters, tags, lineage, workflow plan and where it was started."""
 
-    run_id: str
     org: str
     project: str
     uuid: str
@@ -43,9 +42,14 @@ class RunMetadata:
     imported_from: dict[str, Any] | None = None
     """Where an imported run came from (format, original id, path, original metadata)."""
 
+    @property
+    def run_id(self) -> str:
+        """``org/project/uuid``: derived, so ``metadata.json`` does not store it (files that do still load)."""
+        return f"{self.org}/{self.project}/{self.uuid}"
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the ``metadata.json`` body)."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunMetadata:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from faber_runlog._state import PhaseState, RunState, StepState
+from faber_runlog.errors import InvalidParams
 
 __all__ = ["DONE_STATUSES", "apply_plan", "normalize_plan", "progress_text"]
 
@@ -21,11 +22,9 @@ DONE_STATUSES = frozenset({"completed", "skipped"})
 _MAX_NAME = 128  # the event schema's limit for phase and step names
 
 
-def _invalid(message: str) -> Exception:
-    """The store's InvalidParams error (imported late: store.py imports this module)."""
-    from faber_runlog._store import InvalidParams as error
-
-    return error(message)
+def _invalid(message: str) -> InvalidParams:
+    """A bad plan is bad input: the same error as bad params or tags."""
+    return InvalidParams(message)
 
 
 def _name(value: object, what: str) -> str:
@@ -46,7 +45,7 @@ def _unique(names: Iterable[str], what: str) -> list[str]:
 def normalize_plan(
     phases: Sequence[str | Mapping[str, Any]] | None, steps: Mapping[str, Sequence[str]] | None
 ) -> tuple[list[str], dict[str, list[str]]]:
-    """Check a plan and return it as ``(phases, steps)``; bad input raises ``InvalidParams`` (a ``ValueError``).
+    """Check a plan and return it as ``(phases, steps)``; bad input raises ``InvalidParams``.
 
     A phase may be a name or ``{"name": ..., "steps": [...]}``; ``steps`` maps a
     planned phase to its planned steps. Both ways may be mixed, not repeated.

@@ -9,7 +9,6 @@ says so is written instead, so a finished run always has one.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -21,9 +20,10 @@ from faber_runlog._format import RunLayout
 from faber_runlog._ids import RunId
 from faber_runlog._log import EventLog
 from faber_runlog._metadata import RunMetadata
+from faber_runlog._schemas import LazyValidator, load_schema
 from faber_runlog._state import TERMINAL_STATUSES, RunState
 from faber_runlog._storage import Storage
-from faber_runlog.errors import CorruptState
+from faber_runlog.errors import CorruptState, InvalidArgument
 
 __all__ = [
     "REPORT_JSON",
@@ -46,38 +46,25 @@ REPORT_VERSION: Final = 1
 EVENT_TAIL: Final = 50
 COMPOSE_FAILED: Final = "report_compose_failed"
 
-_validator: Callable[[Any], Any] | None = None
+_validator: Final = LazyValidator("report.schema.json")
 
 
 def report_schema() -> dict[str, Any]:
     """The JSON Schema every ``report.json`` satisfies."""
-    import importlib.resources
-
-    res = importlib.resources.files("faber_runlog.schemas").joinpath("report.schema.json")
-    return _codec.loads(res.read_bytes())  # type: ignore[no-any-return]
+    return load_schema("report.schema.json")
 
 
 def validate_report(report: dict[str, Any]) -> None:
     """Raise ``ValueError`` naming the field when ``report`` does not match the report schema."""
-    global _validator
-    if _validator is None:
-        _validator = fastjsonschema.compile(report_schema(), use_formats=False)
     try:
         _validator(report)
     except fastjsonschema.JsonSchemaValueException as e:
-        raise ValueError(f"report of run {report.get('run_id')} is invalid: {e.message} ({e.name})") from e
+        raise InvalidArgument(f"report of run {report.get('run_id')} is invalid: {e.message} ({e.name})") from e
 
 
 def _keys(run_id: RunId) -> tuple[str, str]:
     folder = RunLayout(run_id).dir
     return f"{folder}/{REPORT_JSON}", f"{folder}/{REPORT_MD}"
-
-
-def _ms(start: str | None, end: str | None) -> float | None:
-    if start is None or end is None:
-        return None
-    delta = _dt.datetime.fromisoformat(end) - _dt.datetime.fromisoformat(start)
-    return max(0.0, delta.total_seconds() * 1000.0)
 
 
 def _read_metadata(storage: Storage, run_id: RunId) -> RunMetadata:
@@ -146,7 +133,7 @@ def compose_report(storage: Storage, elog: EventLog, state: RunState | None = No
         "created_at": meta.created_at,
         "started_at": state.started_at,
         "ended_at": state.ended_at,
-        "duration_ms": _ms(started, state.ended_at or state.updated_at),
+        "duration_ms": _codec.ms_between(started, state.ended_at or state.updated_at),
         "params": meta.params,
         "params_hash": meta.params_hash,
         "tags": meta.tags,
@@ -173,7 +160,8 @@ def compose_report(storage: Storage, elog: EventLog, state: RunState | None = No
         ],
         "generated_at": _codec.now_iso(),
     }
-    return _codec.loads(_codec.dumps(report))  # type: ignore[no-any-return]
+    plain: dict[str, Any] = _codec.loads(_codec.dumps(report))
+    return plain
 
 
 def _minimal(run_id: str, state: RunState | None, error: BaseException) -> dict[str, Any]:

@@ -20,9 +20,10 @@ from faber_runlog._events import Event
 from faber_runlog._format import RunLayout
 from faber_runlog._ids import RunId
 from faber_runlog._lease import default_owner, read_lease, try_acquire_lease
-from faber_runlog._state import TERMINAL_STATUSES, RunState
+from faber_runlog._state import TERMINAL_STATUSES, RunState, RunStatus
 from faber_runlog._storage import Storage
 from faber_runlog._store import Run, RunStore
+from faber_runlog._transitions import Moved as _Moved
 from faber_runlog._verify import ReconstructReport, VerifyReport, reconstruct_state, verify_run
 from faber_runlog.errors import InvalidRerun, RunNotRerunnable, RunNotResumable
 
@@ -36,13 +37,9 @@ _RESUME_TRIES: Final = 5
 _RESUME_WAIT: Final = 3.0  # seconds a resumer waits for one that took the lease a moment before it
 
 
-class _Moved(Exception):
-    """The run changed between planning and appending: plan again."""
-
-
 def is_archived(storage: Storage, run_id: RunId, state: RunState) -> bool:
     """Whether the run is archived (its status says so, or a marker file exists)."""
-    if state.status == "archived":
+    if str(state.status) == "archived":  # a status of 0.x snapshots
         return True
     folder = RunLayout(run_id).dir
     return any(storage.exists(f"{folder}/{name}") for name in ARCHIVE_MARKERS)
@@ -121,11 +118,10 @@ class ResumePlan:
     """Whether a run can be resumed (and why not), where it resumes and what to skip."""
 
     run_id: str
-    status: str
+    status: RunStatus
     last_event_id: int
     last_event_type: str | None
-    resumable: bool
-    reason: str | None
+    reason: str | None  # why it is not resumable; None when it is
     resume_phase: str | None
     resume_step: str | None
     skip: tuple[tuple[str, str], ...]  # completed (phase, step) pairs, in workflow order
@@ -137,6 +133,11 @@ class ResumePlan:
     parent_run_id: str | None = None
     rerun_mode: str | None = None
 
+    @property
+    def resumable(self) -> bool:
+        """Whether the run can be resumed now (no ``reason`` against it)."""
+        return self.reason is None
+
     def should_run(self, phase: str, step: str | None = None) -> bool:
         """False for a completed or skipped phase and for a completed step; True otherwise."""
         if phase in self.skipped_phases or phase in self.completed_phases:
@@ -145,7 +146,12 @@ class ResumePlan:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
-        out: dict[str, Any] = _codec.loads(_codec.dumps(attrs.asdict(self)))  # tuples become lists
+        fields: dict[str, Any] = _codec.loads(_codec.dumps(attrs.asdict(self)))  # tuples become lists
+        out: dict[str, Any] = {}
+        for key, value in fields.items():
+            if key == "reason":  # ``resumable`` is derived, not stored; readers of 0.x output still find it here
+                out["resumable"] = self.resumable
+            out[key] = value
         return out
 
     def error_for_refusal(self) -> RunNotResumable:
@@ -207,7 +213,6 @@ def _build_plan(
         status=state.status,
         last_event_id=state.last_event_id,
         last_event_type=last_event_type,
-        resumable=refusal is None,
         reason=refusal,
         resume_phase=start[0] if start else None,
         resume_step=start[1] if start else None,

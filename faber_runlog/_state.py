@@ -9,13 +9,13 @@ type has one small handler; types without one are counted and ignored.
 from __future__ import annotations
 
 import copy
-import datetime as _dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
 
-from faber_runlog._converter import converter
+from faber_runlog._codec import ms_between
+from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import Event
 from faber_runlog._transitions import (
     ACTIVE_STATUSES,
@@ -28,6 +28,7 @@ from faber_runlog._transitions import (
     TRANSITIONS,
     RunStatus,
 )
+from faber_runlog.errors import InvalidArgument
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -142,7 +143,7 @@ class RunState:
     """Everything known about a run after folding its events up to ``last_event_id``."""
 
     run_id: str
-    status: str = "created"
+    status: RunStatus = "created"
     current_phase: str | None = None
     current_step: str | None = None
     phases: dict[str, PhaseState] = attrs.field(factory=dict)
@@ -203,7 +204,7 @@ class RunState:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the ``state.json`` body)."""
-        return converter.unstructure(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunState:
@@ -220,14 +221,19 @@ _HANDLERS: dict[str, Handler] = {}
 
 
 def register_fold(event_type: str, handler: Handler, *, replace: bool = False) -> None:
-    """Fold events of ``event_type`` with ``handler(state, event)``, which mutates ``state``.
+    """Fold events of ``event_type`` with ``handler(state, event)``, which mutates ``state`` (default registry).
 
     Handlers must be deterministic and depend only on the state and the event,
     so that every reader rebuilds the same state.
     """
-    if event_type in _HANDLERS and not replace:
-        raise ValueError(f"a fold handler for {event_type!r} is already registered; pass replace=True")
-    _HANDLERS[event_type] = handler
+    add_fold(_HANDLERS, event_type, handler, replace=replace)
+
+
+def add_fold(table: dict[str, Handler], event_type: str, handler: Handler, *, replace: bool = False) -> None:
+    """:func:`register_fold` into ``table`` (a registry's)."""
+    if event_type in table and not replace:
+        raise InvalidArgument(f"a fold handler for {event_type!r} is already registered; pass replace=True")
+    table[event_type] = handler
     _GENERATION[0] += 1  # states folded before this are stale: logs refold on their next read
 
 
@@ -248,8 +254,8 @@ def _handles(*types: str) -> Callable[[Handler], Handler]:
     return deco
 
 
-def apply(state: RunState, event: Event) -> None:
-    """Fold ``event`` into ``state`` in place (the fast path behind :func:`fold`)."""
+def apply(state: RunState, event: Event, handlers: Mapping[str, Handler] = _HANDLERS) -> None:
+    """Fold ``event`` into ``state`` in place with ``handlers`` (a registry's folds; the fast path of :func:`fold`)."""
     etype = event.type
     state.last_event_id = event.event_id
     state.updated_at = event.timestamp
@@ -262,13 +268,13 @@ def apply(state: RunState, event: Event) -> None:
     target = SAME if row is None else row.target(before)
     if target == BACK:
         target = state.paused_from or "running"
-    handler = _HANDLERS.get(etype)
+    handler = handlers.get(etype)
     if handler is None:
         state.unknown_events += 1
     else:
         handler(state, event)
     if target not in (SAME, DECIDED):
-        state.status = target
+        state.status = target  # type: ignore[assignment]  # the transition table holds only statuses
         if before in TERMINAL_STATUSES and target not in TERMINAL_STATUSES:
             # An ended run that runs again has no end time (yet).
             state.ended_at = None
@@ -291,17 +297,6 @@ def fold_all(state: RunState, events: Iterable[Event]) -> RunState:
 
 
 # -- helpers ---------------------------------------------------------------
-
-
-def _ms_between(start: str | None, end: str) -> float | None:
-    if start is None:
-        return None
-    try:
-        a = _dt.datetime.fromisoformat(start)
-        b = _dt.datetime.fromisoformat(end)
-    except ValueError:
-        return None
-    return max(0.0, (b - a).total_seconds() * 1000.0)
 
 
 def _phase(state: RunState, event: Event) -> PhaseState | None:
@@ -336,7 +331,7 @@ def _finish(obj: PhaseState | StepState, event: Event, status: str) -> None:
     obj.status = status
     obj.ended_at = event.timestamp
     given = event.duration_ms
-    obj.duration_ms = given if given is not None else _ms_between(obj.started_at, event.timestamp)
+    obj.duration_ms = given if given is not None else ms_between(obj.started_at, event.timestamp)
 
 
 def _close_pending(state: RunState, event: Event, status: str = "closed") -> None:
@@ -362,7 +357,7 @@ def _stop_active_work(state: RunState, event: Event, status: str, error: str | N
             p.last_event_id = event.event_id
 
 
-def _end_run(state: RunState, event: Event, status: str) -> None:
+def _end_run(state: RunState, event: Event, status: RunStatus) -> None:
     state.status = status
     state.ended_at = event.timestamp
     state.paused_from = None
@@ -421,7 +416,7 @@ def _workflow_paused(state: RunState, event: Event) -> None:
 
 _DECIDED: Final = {
     "approve": "approved", "reject": "rejected", "request_changes": "changes_requested", "abort": "aborted",
-}  # fmt: skip
+}  # fmt: skip  # a table: one row per line
 
 
 @_handles("approval_requested")
@@ -692,3 +687,8 @@ def _loop_exit(state: RunState, event: Event) -> None:
 @_handles(SEAL_TYPE)
 def _sealed(state: RunState, event: Event) -> None:
     state.sealed_at = event.event_id
+
+
+def default_folds() -> dict[str, Handler]:
+    """The process-wide fold handlers (the default registry's; ``register_fold`` fills them)."""
+    return _HANDLERS

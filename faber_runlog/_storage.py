@@ -47,6 +47,7 @@ from faber_runlog.errors import (
     BucketNotFound,
     ConcurrencyUnsupported,
     CredentialsMissing,
+    InvalidArgument,
     StorageError,
     StoreAccessDenied,
     UnsafePath,
@@ -84,14 +85,14 @@ gone and reports a failure instead of publishing anything."""
 _S3_PROTOCOLS: Final = ("s3", "s3a")
 _TRANSIENT_CODES: Final = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
                                      "ConditionalRequestConflict", "OperationAborted", "Throttling",
-                                     "ThrottlingException", "TooManyRequests", "503", "500"})  # fmt: skip
+                                     "ThrottlingException", "TooManyRequests", "503", "500"})
 _TRANSIENT_STATUS: Final = frozenset({500, 502, 503, 504})
 _TRANSIENT_ERRNOS: Final = frozenset({errno.EBUSY, errno.EREMOTEIO, errno.ETIMEDOUT, errno.ECONNRESET,
-                                      errno.ECONNABORTED, errno.EAGAIN})  # fmt: skip
+                                      errno.ECONNABORTED, errno.EAGAIN})
 # botocore/aiohttp connection and parse failures (no builtin base class to test for).
 _TRANSIENT_TYPES: Final = frozenset({"HTTPClientError", "ConnectionClosedError", "EndpointConnectionError",
                                      "ResponseParserError", "IncompleteReadError", "ClientPayloadError",
-                                     "ServerDisconnectedError", "ClientConnectionError", "IncompleteRead"})  # fmt: skip
+                                     "ServerDisconnectedError", "ClientConnectionError", "IncompleteRead"})
 _CREDENTIAL_SOURCES: Final = (
     "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), AWS_PROFILE "
     "(profiles in ~/.aws/credentials and ~/.aws/config, or AWS_SHARED_CREDENTIALS_FILE/AWS_CONFIG_FILE), "
@@ -244,7 +245,7 @@ class Storage:
     capabilities: Capabilities = Capabilities(
         conditional_create=True, compare_and_swap=False, conditional_delete=False,
         list_after=False, batched_reads=False, concurrent_puts=False,
-    )  # fmt: skip
+    )
     contention_backoff: ClassVar[float] = 0.005
     """Seconds a writer that lost a sequence-number race waits at first (then doubles); ~ one round trip."""
 
@@ -541,7 +542,7 @@ class Storage:
 
 def _refuse_empty(data: bytes) -> None:
     if not data:
-        raise ValueError("refusing to create an empty object: some stores overwrite on empty bodies")
+        raise InvalidArgument("refusing to create an empty object: some stores overwrite on empty bodies")
 
 
 class FsspecStorage(Storage):
@@ -562,7 +563,7 @@ class MemoryStorage(Storage):
     capabilities = Capabilities(
         conditional_create=True, compare_and_swap=True, conditional_delete=True,
         list_after=False, batched_reads=False, concurrent_puts=False,
-    )  # fmt: skip
+    )
     contention_backoff = 0.0002
 
     def _normalise_root(self, root: str) -> str:
@@ -620,7 +621,7 @@ class LocalStorage(Storage):
     capabilities = Capabilities(
         conditional_create=True, compare_and_swap=True, conditional_delete=True,
         list_after=False, batched_reads=False, concurrent_puts=False,
-    )  # fmt: skip
+    )
     contention_backoff = 0.0002
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, **kwargs: Any) -> None:
@@ -902,7 +903,7 @@ class S3Storage(Storage):
     capabilities = Capabilities(
         conditional_create=True, compare_and_swap=True, conditional_delete=True,
         list_after=True, batched_reads=True, concurrent_puts=True,
-    )  # fmt: skip
+    )
     contention_backoff = 0.005
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, **kwargs: Any) -> None:
@@ -984,7 +985,7 @@ class S3Storage(Storage):
             if token:
                 kwargs["ContinuationToken"] = token
             reply: dict[str, Any] = self._call(
-                f"listing s3://{self.bucket}/{prefix}", lambda kw=kwargs: self._s3("list_objects_v2", **kw)  # type: ignore[misc]
+                f"listing s3://{self.bucket}/{prefix}", lambda kw=kwargs: self._s3("list_objects_v2", **kw)  # type: ignore[misc]  # mypy cannot infer a defaulted lambda argument
             )
             yield reply
             token = reply.get("NextContinuationToken")
@@ -1104,7 +1105,7 @@ class S3Storage(Storage):
 
             async def one(key: str) -> Any:
                 async with gate:
-                    return await fs._pipe_file(self.path(key), items[key], **kwargs)
+                    return await fs._pipe_file(self.path(key), items[key], **kwargs)  # noqa: SLF001  (fsspec's async API)
 
             return list(await asyncio.gather(*(one(k) for k in keys), return_exceptions=True))
 
@@ -1132,7 +1133,7 @@ class S3Storage(Storage):
         fs: Any = self.fs
 
         async def get() -> tuple[bytes, str]:
-            reply = await fs._call_s3("get_object", Bucket=bucket, Key=name)
+            reply = await fs._call_s3("get_object", Bucket=bucket, Key=name)  # noqa: SLF001  (s3fs's async API)
             async with reply["Body"] as stream:
                 body = await stream.read()
             return bytes(body), str(reply["ETag"])

@@ -6,8 +6,9 @@ import datetime
 import functools
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Final
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import fsspec
@@ -24,16 +25,23 @@ from faber_runlog._lease import fence as lease_fence
 from faber_runlog._log import SEAL_GRACE, Commit, EventLog, current_states
 from faber_runlog._metadata import RunMetadata, capture_environment
 from faber_runlog._plan import apply_plan, normalize_plan
-from faber_runlog._state import RunState
+from faber_runlog._registry import Registry
+from faber_runlog._state import RunState, RunStatus
 from faber_runlog._storage import Storage, open_filesystem
 from faber_runlog.errors import (
     CorruptState,
+    InvalidArgument,
     InvalidEventPosition,
+    InvalidParams,
     InvalidRunId,
     InvalidStoreUrl,
     RunExists,
     RunNotFound,
 )
+
+if TYPE_CHECKING:  # the analysis extra: optional, imported only when a frame is asked for
+    import pandas
+    import pyarrow
 
 __all__ = ["DEFAULT_ROOT", "Lineage", "Run", "RunList", "RunProblem", "RunStore", "RunSummary"]
 
@@ -45,10 +53,6 @@ ROOT_ENV: Final = "FABER_RUNLOG_ROOT"
 log = logging.getLogger("faber_runlog._store")
 
 
-class InvalidParams(InvalidRunId):
-    """Params or tags that JSON cannot hold faithfully."""
-
-
 @attrs.frozen(slots=True)
 class RunSummary:
     """One row of :meth:`RunStore.list_runs`: metadata plus the snapshot's status."""
@@ -57,7 +61,7 @@ class RunSummary:
     org: str
     project: str
     created_at: str
-    status: str
+    status: RunStatus
     last_event_id: int
     updated_at: str | None
     current_phase: str | None
@@ -80,7 +84,7 @@ class RunList(list[RunSummary]):
 
     problems: list[RunProblem]
 
-    def __init__(self, runs: list[RunSummary] = (), problems: list[RunProblem] | None = None) -> None:  # type: ignore[assignment]
+    def __init__(self, runs: Iterable[RunSummary] = (), problems: list[RunProblem] | None = None) -> None:
         super().__init__(runs)
         self.problems = list(problems or [])
 
@@ -106,7 +110,7 @@ class Run:
         self._store = store
         self._rid = run_id
         self._metadata = metadata
-        self.log: EventLog = store._event_log(run_id)
+        self.log: EventLog = store._event_log(run_id)  # noqa: SLF001  (same module: a Run is its store's handle)
 
     def __repr__(self) -> str:
         return f"Run({str(self._rid)!r})"
@@ -130,7 +134,7 @@ class Run:
     def metadata(self) -> RunMetadata:
         """The run's metadata (read once, then cached: it never changes)."""
         if self._metadata is None:
-            self._metadata = self._store._read_metadata(self._rid)
+            self._metadata = self._store._read_metadata(self._rid)  # noqa: SLF001  (same module)
         return self._metadata
 
     @property
@@ -149,7 +153,7 @@ class Run:
                     f"run {self.id} has events 1..{last}; cannot show its state at event {at!r}: pass 0..{last}, "
                     "or leave out at= for the state now",
                     run_id=self.id, at=at if isinstance(at, int) else -1, last_event_id=last,
-                )  # fmt: skip
+                )
             state = self.log.load_state(at=at)
         meta = self.metadata
         # Planned phases that never started show as pending, in planned order.
@@ -162,12 +166,22 @@ class Run:
         return lifecycle.start(self.log, metadata=metadata)
 
     def pause(self, reason: str | None = None) -> Event:
-        """Pause the run; :meth:`resume` returns it to the status it was paused from."""
+        """Pause the run; :meth:`unpause` returns it to the status it was paused from."""
         return lifecycle.pause(self.log, reason=reason)
 
-    def resume(self, reason: str | None = None) -> Event:
-        """Resume a paused run (a failed one is resumed with ``Resumer``)."""
+    def unpause(self, reason: str | None = None) -> Event:
+        """paused -> the status it was paused from (a failing or failed run is resumed with ``Resumer.resume``)."""
         return lifecycle.resume(self.log, reason=reason)
+
+    def resume(self, reason: str | None = None) -> Event:
+        """Deprecated alias of :meth:`unpause` (``Resumer.resume`` is the other transition, failed -> running)."""
+        warnings.warn(
+            "Run.resume() is deprecated: use Run.unpause() for a paused run (Resumer(store).resume(run_id) "
+            "resumes a failed one); the alias will be removed in the next minor release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.unpause(reason)
 
     def cancel(self, reason: str = "cancelled") -> Event:
         """Cancel an active run; pending approvals are closed, the final report written."""
@@ -204,15 +218,23 @@ class Run:
         phase: str | None = None,
         payload: dict[str, Any] | None = None,
         approval_id: str | None = None,
-    ) -> Event:
-        """Open an approval gate; the id is in the event's ``metadata['approval_id']``."""
-        return lifecycle.request_approval(self.log, gate, phase=phase, payload=payload, approval_id=approval_id)
+    ) -> lifecycle.Approval:
+        """Open an approval gate and return its handle (``.approval_id``, ``.event``) for :meth:`decide`."""
+        event = lifecycle.request_approval(self.log, gate, phase=phase, payload=payload, approval_id=approval_id)
+        return lifecycle.Approval.from_event(event)
 
     def decide(
-        self, approval_id: str, action: str, *, client_token: str, comment: str | None = None, user: str | None = None
+        self,
+        approval: lifecycle.Approval | str,
+        action: str,
+        *,
+        client_token: str,
+        comment: str | None = None,
+        user: str | None = None,
     ) -> Event:
-        """Approve, reject, request changes or abort; the same client token replays, never repeats."""
-        return lifecycle.decide(self.log, approval_id, action, client_token=client_token, comment=comment, user=user)
+        """Approve, reject, request changes or abort an approval (its handle or id); a repeated token replays."""
+        aid = lifecycle.approval_id_of(approval, self.id)
+        return lifecycle.decide(self.log, aid, action, client_token=client_token, comment=comment, user=user)
 
     def status_view(self, tail: int = 20) -> lifecycle.StatusView:
         """Status, phases, approvals, lease and the last ``tail`` events, for a UI or a CLI."""
@@ -280,20 +302,23 @@ class RunStore:
         max_active_runs: int | None = None,
         seal_grace: float = SEAL_GRACE,
         segment_every: int = SEGMENT_EVENTS,
+        registry: Registry | None = None,
     ) -> None:
+        if registry is not None and not isinstance(registry, Registry):
+            raise InvalidArgument(f"registry= takes a faber_runlog.Registry, got {type(registry).__name__}")
         if fs is not None:
             if root is None and url is None:
-                raise ValueError("RunStore(fs=...) needs root= (the folder or bucket/prefix of the runs)")
+                raise InvalidArgument("RunStore(fs=...) needs root= (the folder or bucket/prefix of the runs)")
             root_path = str(root if root is not None else url)
         else:
             if root is not None and url is not None:
-                raise ValueError("give either a URL or root=, not both")
+                raise InvalidArgument("give either a URL or root=, not both")
             target = url if url is not None else root
             if target is None:
                 target = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
             fs, root_path = _open_root(target, storage_options)
         if snapshot_every < 1:
-            raise ValueError(f"snapshot_every must be at least 1, got {snapshot_every}")
+            raise InvalidArgument(f"snapshot_every must be at least 1, got {snapshot_every}")
         self.storage = Storage(fs, root_path, fsync=fsync, allow_unsafe_writers=allow_unsafe_writers)
         self.snapshot_every = snapshot_every
         if isinstance(segment_every, bool) or not isinstance(segment_every, int) or segment_every < 1:
@@ -301,14 +326,16 @@ class RunStore:
         self.segment_every = segment_every
         self.source = source
         if not lease_ttl > 0:
-            raise ValueError(f"lease_ttl must be a positive number of seconds, got {lease_ttl!r}")
+            raise InvalidArgument(f"lease_ttl must be a positive number of seconds, got {lease_ttl!r}")
         if max_active_runs is not None and (isinstance(max_active_runs, bool) or max_active_runs < 1):
-            raise ValueError(f"max_active_runs must be a positive integer or None, got {max_active_runs!r}")
+            raise InvalidArgument(f"max_active_runs must be a positive integer or None, got {max_active_runs!r}")
         self.lease_ttl = lease_ttl
         self.max_active_runs = max_active_runs
         if not seal_grace >= 0:
-            raise ValueError(f"seal_grace must be a number of seconds >= 0, got {seal_grace!r}")
+            raise InvalidArgument(f"seal_grace must be a number of seconds >= 0, got {seal_grace!r}")
         self.seal_grace = float(seal_grace)
+        self.registry: Registry = registry if registry is not None else Registry.default()
+        """Event types, upcasters, folds and gateway backends this store uses (the process default unless given)."""
 
     def __repr__(self) -> str:
         return f"RunStore({self.storage.url!r})"
@@ -329,6 +356,7 @@ class RunStore:
             seal_grace=self.seal_grace,
             fence=functools.partial(lease_fence, self.storage, run_id),
             segment_every=self.segment_every,
+            registry=self.registry,
         )
 
     def _committed(self, log: EventLog, commit: Commit) -> None:
@@ -377,7 +405,6 @@ class RunStore:
         if (rid.org, rid.project) != (org, project):
             raise InvalidRunId(f"run id {rid} is not in {org}/{project}")
         meta = RunMetadata(
-            run_id=str(rid),
             org=rid.org,
             project=rid.project,
             uuid=rid.uuid,
@@ -490,7 +517,7 @@ class RunStore:
         self,
         org: str | None = None,
         project: str | None = None,
-        status: str | None = None,
+        status: RunStatus | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> RunList:
         """Runs under the root, oldest first, with the status their logs give.
@@ -576,19 +603,19 @@ class RunStore:
 
     # -- analysis (pandas / pyarrow, the ``faber_runlog[analysis]`` extra) ------
 
-    def events_frame(self, **filters: Any) -> Any:
+    def events_frame(self, **filters: Any) -> pandas.DataFrame:
         """A pandas DataFrame, one row per event; see :func:`faber_runlog._analysis.events_frame`."""
         from faber_runlog._analysis import events_frame
 
         return events_frame(self, **filters)
 
-    def runs_frame(self, **filters: Any) -> Any:
+    def runs_frame(self, **filters: Any) -> pandas.DataFrame:
         """A pandas DataFrame, one row per run; see :func:`faber_runlog._analysis.runs_frame`."""
         from faber_runlog._analysis import runs_frame
 
         return runs_frame(self, **filters)
 
-    def to_arrow(self, kind: str = "events", **filters: Any) -> Any:
+    def to_arrow(self, kind: str = "events", **filters: Any) -> pyarrow.Table:
         """A pyarrow Table of events (or ``kind="runs"``); see :func:`faber_runlog._analysis.to_arrow`."""
         from faber_runlog._analysis import to_arrow
 
@@ -672,3 +699,21 @@ def _is_slug(name: str) -> bool:
     except InvalidRunId:
         return False
     return True
+
+
+# -- for the package's other modules (a RunStore's internals they need, named once) -------------
+
+
+def run_ids(store: RunStore, org: str | None = None, project: str | None = None) -> Iterator[RunId]:
+    """Every run id under ``store`` (a listing only: no metadata or events read)."""
+    return store._run_ids(org, project)  # noqa: SLF001  (same module: RunStore's own helper)
+
+
+def parse_metadata(store: RunStore, rid: RunId, body: bytes) -> RunMetadata:
+    """Run ``rid``'s metadata.json ``body`` as read from ``store`` (``CorruptState`` naming the file if damaged)."""
+    return store._parse_metadata(rid, body)  # noqa: SLF001  (same module)
+
+
+def create_run_from(store: RunStore, meta: RunMetadata) -> Run:
+    """Create a run with exactly ``meta`` (an importer's path: the id and created_at are given)."""
+    return store._create(meta)  # noqa: SLF001  (same module)

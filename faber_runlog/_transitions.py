@@ -19,19 +19,22 @@ Statuses:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final, Literal
+from typing import Final, Literal, TypeGuard
 
 import attrs
 
 __all__ = [
     "ACTIONS",
     "ACTIVE_STATUSES",
+    "ENDING_EVENT_TYPES",
     "RUN_STATUSES",
     "SEAL_TYPE",
     "TERMINAL_STATUSES",
     "TRANSITIONS",
+    "Moved",
     "RunStatus",
     "Transition",
+    "is_status",
     "markdown",
 ]
 
@@ -40,9 +43,23 @@ RunStatus = Literal[
 ]
 RUN_STATUSES: Final[tuple[RunStatus, ...]] = (
     "created", "running", "paused", "awaiting_approval", "failing", "completed", "failed", "cancelled",
-)  # fmt: skip  (one status per meaning, in lifecycle order)
+)  # fmt: skip  # one status per meaning, in lifecycle order
 TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
+
+
+def is_status(value: object) -> TypeGuard[RunStatus]:
+    """Whether ``value`` is one of the run statuses (narrows a ``str`` read from a file or a caller)."""
+    return value in RUN_STATUSES
+
 ACTIVE_STATUSES: Final = frozenset(s for s in RUN_STATUSES if s not in TERMINAL_STATUSES)
+
+ENDING_EVENT_TYPES: Final = ("workflow_complete", "workflow_cancelled", "workflow_error")
+"""The event types that end a run (completed, cancelled, failed): the one list of them."""
+
+
+class Moved(Exception):
+    """The run changed between reading its state and appending: read it again and retry."""
+
 
 SEAL_TYPE: Final = "log_sealed"
 """The event that seals a log for consolidation: nothing is ever appended after it."""
@@ -88,7 +105,7 @@ def _row(event_type: str, moves: Mapping[str, str], fallback: str, meaning: str)
 _WORK: Final = {"created": "running", "running": SAME, "failing": "running", "paused": SAME, "awaiting_approval": SAME}
 _FAIL_WORK: Final = {
     "created": "failing", "running": "failing", "failing": SAME, "paused": SAME, "awaiting_approval": SAME,
-}  # fmt: skip
+}  # fmt: skip  # a table: one row per line
 
 TRANSITIONS: Final[Mapping[str, Transition]] = {
     t.event_type: t

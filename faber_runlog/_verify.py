@@ -105,7 +105,7 @@ def verify_run(store: RunStore, run_id: str | RunId) -> VerifyReport:
                     f"event {seq} of run {run.id} is missing ({path}); readers stop at event {seq - 1}: "
                     "restore the file from a backup or archive",
                 )
-            )  # fmt: skip
+            )
     for start in range(0, len(seqs), _BATCH):
         chunk = seqs[start : start + _BATCH]
         bodies = storage.read_many(layout.event(s) for s in chunk)
@@ -145,7 +145,7 @@ def _check_jsonl_lines(
             first, path, "missing",
             f"run {run_id} is consolidated through event {sealed} but {path} is missing and event {first} "
             "has no file either: restore events.jsonl from the archive",
-        ))  # fmt: skip
+        ))
         return []
     covered: list[int] = []
     pos = 0
@@ -157,7 +157,7 @@ def _check_jsonl_lines(
                 seq, f"{path} line {seq}", "missing",
                 f"{path} of run {run_id} {tail}, but its seal says it holds events 1..{sealed}: "
                 "restore it from the archive",
-            ))  # fmt: skip
+            ))
             break
         if seq >= first:
             covered.append(seq)
@@ -182,7 +182,7 @@ def _check_event(run_id: str, seq: int, path: str, body: bytes | None) -> Verify
             seq, path, "mismatch",
             f"event file {path} holds event_id {data.get('event_id')!r} of run {data.get('run_id')!r}, "
             f"not event {seq} of run {run_id}",
-        )  # fmt: skip
+        )
     try:
         validate_event_dict(upcast(data), run_id=run_id)
     except InvalidEvent as e:

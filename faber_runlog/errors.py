@@ -1,8 +1,61 @@
-"""Every error faber_runlog raises: one root, each subclass also a builtin.
+"""Every error faber_runlog raises: one root, six categories, each category one builtin.
 
-Callers can catch ``FaberRunlogError`` for anything of ours, or the builtin
-(``LookupError``, ``ValueError``, ``FileExistsError``) they already handle.
-Messages name the run id, the sequence number or file, and what to do.
+Catch ``FaberRunlogError`` for anything of ours, a category for a kind of failure, or the
+builtin your code already handles. Messages name the run id, the sequence number or file,
+and what to do. Every error pickles with its attributes (multiprocessing, concurrent.futures).
+
+The tree (builtin bases in brackets; a leaf adds a narrower builtin only where it says more)::
+
+    FaberRunlogError [Exception]
+    ├── InvalidArgument [ValueError]          bad input: the call is wrong, nothing was touched
+    │   ├── InvalidRunId
+    │   ├── InvalidParams
+    │   ├── InvalidEvent
+    │   ├── InvalidEventPosition
+    │   ├── InvalidFilter
+    │   ├── InvalidRerun
+    │   ├── InvalidStoreUrl [+TypeError]
+    │   ├── ReadOnlyValue [+TypeError]
+    │   └── UnsafePath
+    ├── Refused [RuntimeError]                the run's (or store's) current state refuses the call
+    │   ├── ActiveRunExists [+FileExistsError*]
+    │   ├── ApprovalConflict [+ValueError*]
+    │   ├── InvalidTransition [+ValueError*]
+    │   ├── LeaseLost
+    │   ├── RunArchived
+    │   ├── RunExists [+FileExistsError*]
+    │   ├── RunNotRerunnable
+    │   ├── RunNotResumable
+    │   ├── RunStillActive
+    │   └── TooManyActiveRuns
+    ├── NotFound [LookupError]                nothing by that name exists
+    │   ├── ApprovalNotFound
+    │   └── RunNotFound
+    ├── CorruptData [ValueError]              stored bytes are damaged or inconsistent
+    │   ├── ConsolidationError
+    │   ├── CorruptEvent
+    │   └── CorruptState
+    ├── StorageError [OSError]                the backend failed or refused us
+    │   ├── ArchiveMismatch [+RuntimeError*]
+    │   ├── BucketNotFound [+LookupError]
+    │   ├── CredentialsMissing
+    │   ├── SequenceConflict [+FileExistsError]
+    │   └── StoreAccessDenied [+PermissionError]
+    └── ConfigurationError [RuntimeError]     the environment is set up wrongly
+        ├── ConcurrencyUnsupported
+        ├── InvalidGatewayConfig [+ValueError*]
+        └── MissingExtra [+ImportError]
+
+``*`` marks a builtin kept only so that ``except`` clauses written against 0.x keep working; it
+will be dropped in the next minor release (catch the category instead).
+
+Why these bases: bad input is a ``ValueError`` (the value of an argument is wrong; retrying the
+same call fails the same way). A refusal is a ``RuntimeError``: the call is well formed, but the
+run's current state, which another process may change, forbids it now. Not found is a
+``LookupError`` (like ``KeyError``). Corrupt data is a ``ValueError``: a value read back is
+malformed, not the call. Storage failures are ``OSError`` (what fsspec and ``open`` raise).
+Configuration problems are a ``RuntimeError``: neither the call nor the run is wrong, the
+environment is.
 """
 
 from __future__ import annotations
@@ -14,21 +67,28 @@ __all__ = [
     "ArchiveMismatch",
     "BucketNotFound",
     "ConcurrencyUnsupported",
+    "ConfigurationError",
     "ConsolidationError",
+    "CorruptData",
     "CorruptEvent",
     "CorruptState",
     "CredentialsMissing",
     "FaberRunlogError",
+    "InvalidArgument",
     "InvalidEvent",
     "InvalidEventPosition",
     "InvalidFilter",
     "InvalidGatewayConfig",
+    "InvalidParams",
     "InvalidRerun",
     "InvalidRunId",
     "InvalidStoreUrl",
     "InvalidTransition",
     "LeaseLost",
     "MissingExtra",
+    "NotFound",
+    "ReadOnlyValue",
+    "Refused",
     "RunArchived",
     "RunExists",
     "RunNotFound",
@@ -43,23 +103,73 @@ __all__ = [
 ]
 
 
+def _rebuild(cls: type[BaseException], args: tuple[object, ...] | str, attrs: dict[str, object]) -> BaseException:
+    """Unpickle one of our errors: its args and attributes, without calling ``__init__``.
+
+    ``__init__`` takes keyword-only fields that ``BaseException.__reduce__`` would not pass back,
+    so unpickling it the default way raises ``TypeError``. (A plain string ``args`` is the
+    message, as pickled by 0.x.)
+    """
+    args = (args,) if isinstance(args, str) else tuple(args)
+    # OSError has its own instance layout, so its __new__ must build an error that mixes it in.
+    new = OSError.__new__ if issubclass(cls, OSError) else cls.__new__
+    err = new(cls, *args)
+    err.args = args
+    err.__dict__.update(attrs)
+    return err
+
+
 class FaberRunlogError(Exception):
     """Root of every error raised by faber_runlog."""
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # One rule for every subclass: args plus attributes, so keyword-only fields survive pickling.
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
 
-class InvalidRunId(FaberRunlogError, ValueError):
-    """A run id, org or project slug is malformed; nothing was touched."""
+
+# -- categories --------------------------------------------------------------------------
 
 
 class InvalidArgument(FaberRunlogError, ValueError):
-    """A caller passed an argument out of range or of the wrong kind; nothing was touched."""
+    """Bad input: an argument is malformed, out of range or of the wrong kind; nothing was touched."""
 
 
-class UnsafePath(FaberRunlogError, ValueError):
+class Refused(FaberRunlogError, RuntimeError):
+    """The call is well formed but the run's (or store's) current state refuses it; nothing was written."""
+
+
+class NotFound(FaberRunlogError, LookupError):
+    """Nothing by the given name (a run, an approval) exists."""
+
+
+class CorruptData(FaberRunlogError, ValueError):
+    """Stored bytes are damaged or disagree with each other; the message names the file."""
+
+
+class StorageError(FaberRunlogError, OSError):
+    """The backend failed or refused us in a way we could not retry away."""
+
+
+class ConfigurationError(FaberRunlogError, RuntimeError):
+    """The environment is set up wrongly (a config file, an optional dependency, a backend's abilities)."""
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+class InvalidRunId(InvalidArgument):
+    """A run id, org or project slug is malformed; nothing was touched."""
+
+
+class InvalidParams(InvalidArgument):
+    """Params, tags, lineage or a plan that JSON cannot hold faithfully (or that are malformed)."""
+
+
+class UnsafePath(InvalidArgument):
     """A path would leave the store root; refused before any I/O."""
 
 
-class InvalidEvent(FaberRunlogError, ValueError):
+class InvalidEvent(InvalidArgument):
     """An event failed its schema or carries a bad value; nothing was written."""
 
     def __init__(self, message: str, *, run_id: str | None = None, event_type: str | None = None) -> None:
@@ -76,6 +186,13 @@ class InvalidStoreUrl(InvalidArgument, TypeError):
     """
 
 
+class ReadOnlyValue(InvalidArgument, TypeError):
+    """Code tried to change a read-only value (an event's metadata or artifacts); nothing changed.
+
+    A ``TypeError`` too, as for any object that does not support item assignment.
+    """
+
+
 class InvalidFilter(InvalidArgument):
     """A query filter names a value that cannot match (an unknown status); nothing was read."""
 
@@ -89,104 +206,63 @@ class InvalidEventPosition(InvalidArgument):
         self.at = at
         self.last_event_id = last_event_id
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), str(self), self.__dict__))
 
-
-def _rebuild(cls: type[Exception], message: str, attrs: dict[str, object]) -> Exception:
-    """Unpickle an error whose constructor takes keyword-only fields: message and fields, no __init__ call."""
-    err = cls.__new__(cls, message)
-    err.args = (message,)
-    err.__dict__.update(attrs)
-    return err
-
-
-class InvalidGatewayConfig(FaberRunlogError, ValueError):
-    """gateway.json is unreadable, fails its schema or holds a credential; nothing was written."""
-
-    def __init__(self, message: str, *, path: str | None = None) -> None:
-        super().__init__(message)
-        self.path = path
-
-
-class RunNotFound(FaberRunlogError, LookupError):
-    """No run with this id exists in the store."""
+class InvalidRerun(InvalidArgument):
+    """A re-run was asked with a bad mode or starting event; no run was created."""
 
     def __init__(self, message: str, *, run_id: str) -> None:
         super().__init__(message)
         self.run_id = run_id
 
 
+# -- refused by state --------------------------------------------------------------------
 
-class RunExists(FaberRunlogError, FileExistsError):
+
+class RunExists(Refused, FileExistsError):
     """A run with this id already exists; it was left untouched."""
 
 
-class SequenceConflict(FaberRunlogError, FileExistsError):
-    """A sequence number could not be claimed after bounded retries."""
+class ActiveRunExists(Refused, FileExistsError):
+    """Another active run holds the concurrency key; no run was created."""
 
-    def __init__(self, message: str, *, run_id: str, seq: int) -> None:
+    def __init__(self, message: str, *, run_id: str, status: str, concurrency_key: str) -> None:
         super().__init__(message)
         self.run_id = run_id
-        self.seq = seq
+        self.status = status
+        self.concurrency_key = concurrency_key
 
 
+class TooManyActiveRuns(Refused):
+    """The store's maximum of active runs is reached; no run was created."""
 
-class CorruptEvent(FaberRunlogError, ValueError):
-    """A stored event file is unreadable (truncated, not JSON, wrong id)."""
+    def __init__(self, message: str, *, limit: int, active_run_ids: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.active_run_ids = active_run_ids
 
-    def __init__(self, message: str, *, run_id: str, seq: int, path: str) -> None:
+
+class InvalidTransition(Refused, ValueError):
+    """A lifecycle action is not allowed in the run's current status; nothing was written."""
+
+    def __init__(self, message: str, *, run_id: str, status: str, action: str, last_event_id: int) -> None:
         super().__init__(message)
         self.run_id = run_id
-        self.seq = seq
-        self.path = path
+        self.status = status
+        self.action = action
+        self.last_event_id = last_event_id
 
 
-class CorruptState(FaberRunlogError, ValueError):
-    """A stored state.json or metadata.json is unreadable."""
+class ApprovalConflict(Refused, ValueError):
+    """An approval decision conflicts with the one already recorded; nothing was written."""
 
-    def __init__(self, message: str, *, run_id: str, path: str) -> None:
+    def __init__(self, message: str, *, run_id: str, approval_id: str, reason: str) -> None:
         super().__init__(message)
         self.run_id = run_id
-        self.path = path
+        self.approval_id = approval_id
+        self.reason = reason
 
 
-class ConcurrencyUnsupported(FaberRunlogError, RuntimeError):
-    """The backend ignores exclusive create, so concurrent writers are unsafe."""
-
-
-class StorageError(FaberRunlogError, OSError):
-    """The backend failed in a way we could not retry away."""
-
-
-class _StoreProblem(StorageError):
-    """A store that cannot be used as configured: names the bucket and prefix, and what to do."""
-
-    def __init__(self, message: str, *, bucket: str, prefix: str) -> None:
-        super().__init__(message)
-        self.bucket = bucket
-        self.prefix = prefix
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return _rebuild, (type(self), str(self.args[0]), {"bucket": self.bucket, "prefix": self.prefix})
-
-
-class BucketNotFound(_StoreProblem, LookupError):
-    """The store's bucket does not exist (a typo, or another account or region)."""
-
-
-class StoreAccessDenied(_StoreProblem, PermissionError):
-    """The credentials in use may not read or write the store's bucket or prefix."""
-
-
-class CredentialsMissing(_StoreProblem):
-    """No credentials were found for the object store; the message lists where we looked."""
-
-
-class LeaseLost(FaberRunlogError, RuntimeError):
+class LeaseLost(Refused):
     """This writer's lease on a run was taken over or swept, so its event was refused (nothing was written)."""
 
     def __init__(self, message: str, *, run_id: str, epoch: int | None = None) -> None:
@@ -194,11 +270,8 @@ class LeaseLost(FaberRunlogError, RuntimeError):
         self.run_id = run_id
         self.epoch = epoch
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return _rebuild, (type(self), str(self.args[0]), {"run_id": self.run_id, "epoch": self.epoch})
 
-
-class RunArchived(FaberRunlogError, RuntimeError):
+class RunArchived(Refused):
     """The run is consolidated (or archived): its log is sealed, so nothing can be appended."""
 
     def __init__(self, message: str, *, run_id: str, last_event_id: int) -> None:
@@ -207,7 +280,7 @@ class RunArchived(FaberRunlogError, RuntimeError):
         self.last_event_id = last_event_id
 
 
-class RunStillActive(FaberRunlogError, RuntimeError):
+class RunStillActive(Refused):
     """The run has not finished (not completed, failed or cancelled), so it cannot be consolidated."""
 
     def __init__(self, message: str, *, run_id: str, status: str) -> None:
@@ -216,29 +289,7 @@ class RunStillActive(FaberRunlogError, RuntimeError):
         self.status = status
 
 
-class ConsolidationError(FaberRunlogError, ValueError):
-    """A run's events cannot be consolidated as they are (a gap, a damaged file); nothing was removed."""
-
-    def __init__(self, message: str, *, run_id: str, seq: int | None = None) -> None:
-        super().__init__(message)
-        self.run_id = run_id
-        self.seq = seq
-
-
-class MissingExtra(FaberRunlogError, ImportError):
-    """An optional dependency is not installed; the message names the extra to install."""
-
-
-class ArchiveMismatch(FaberRunlogError, RuntimeError):
-    """What arrived in the archive differs from the source (size or hash); nothing local was removed."""
-
-    def __init__(self, message: str, *, run_id: str, path: str) -> None:
-        super().__init__(message)
-        self.run_id = run_id
-        self.path = path
-
-
-class RunNotResumable(FaberRunlogError, RuntimeError):
+class RunNotResumable(Refused):
     """A run cannot be resumed now (completed, archived, cancelled, or owned by a live writer)."""
 
     def __init__(
@@ -259,7 +310,7 @@ class RunNotResumable(FaberRunlogError, RuntimeError):
         self.reason = reason
 
 
-class RunNotRerunnable(FaberRunlogError, RuntimeError):
+class RunNotRerunnable(Refused):
     """A run cannot be re-run because it has not finished (it is not completed, failed or cancelled)."""
 
     def __init__(self, message: str, *, run_id: str, status: str, last_event_id: int) -> None:
@@ -269,26 +320,18 @@ class RunNotRerunnable(FaberRunlogError, RuntimeError):
         self.last_event_id = last_event_id
 
 
-class InvalidRerun(FaberRunlogError, ValueError):
-    """A re-run was asked with a bad mode or starting event; no run was created."""
+# -- not found ---------------------------------------------------------------------------
+
+
+class RunNotFound(NotFound):
+    """No run with this id exists in the store."""
 
     def __init__(self, message: str, *, run_id: str) -> None:
         super().__init__(message)
         self.run_id = run_id
 
 
-class InvalidTransition(FaberRunlogError, ValueError):
-    """A lifecycle action is not allowed in the run's current status; nothing was written."""
-
-    def __init__(self, message: str, *, run_id: str, status: str, action: str, last_event_id: int) -> None:
-        super().__init__(message)
-        self.run_id = run_id
-        self.status = status
-        self.action = action
-        self.last_event_id = last_event_id
-
-
-class ApprovalNotFound(FaberRunlogError, LookupError):
+class ApprovalNotFound(NotFound):
     """No approval with this id was requested in the run."""
 
     def __init__(self, message: str, *, run_id: str, approval_id: str) -> None:
@@ -297,30 +340,96 @@ class ApprovalNotFound(FaberRunlogError, LookupError):
         self.approval_id = approval_id
 
 
-class ApprovalConflict(FaberRunlogError, ValueError):
-    """An approval decision conflicts with the one already recorded; nothing was written."""
+# -- corrupt data ------------------------------------------------------------------------
 
-    def __init__(self, message: str, *, run_id: str, approval_id: str, reason: str) -> None:
+
+class CorruptEvent(CorruptData):
+    """A stored event file is unreadable (truncated, not JSON, wrong id)."""
+
+    def __init__(self, message: str, *, run_id: str, seq: int, path: str) -> None:
         super().__init__(message)
         self.run_id = run_id
-        self.approval_id = approval_id
-        self.reason = reason
+        self.seq = seq
+        self.path = path
 
 
-class ActiveRunExists(FaberRunlogError, FileExistsError):
-    """Another active run holds the concurrency key; no run was created."""
+class CorruptState(CorruptData):
+    """A stored state.json or metadata.json is unreadable."""
 
-    def __init__(self, message: str, *, run_id: str, status: str, concurrency_key: str) -> None:
+    def __init__(self, message: str, *, run_id: str, path: str) -> None:
         super().__init__(message)
         self.run_id = run_id
-        self.status = status
-        self.concurrency_key = concurrency_key
+        self.path = path
 
 
-class TooManyActiveRuns(FaberRunlogError, RuntimeError):
-    """The store's maximum of active runs is reached; no run was created."""
+class ConsolidationError(CorruptData):
+    """A run's events cannot be consolidated as they are (a gap, a damaged file); nothing was removed."""
 
-    def __init__(self, message: str, *, limit: int, active_run_ids: tuple[str, ...]) -> None:
+    def __init__(self, message: str, *, run_id: str, seq: int | None = None) -> None:
         super().__init__(message)
-        self.limit = limit
-        self.active_run_ids = active_run_ids
+        self.run_id = run_id
+        self.seq = seq
+
+
+# -- storage -----------------------------------------------------------------------------
+
+
+class SequenceConflict(StorageError, FileExistsError):
+    """A sequence number could not be claimed after bounded retries."""
+
+    def __init__(self, message: str, *, run_id: str, seq: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.seq = seq
+
+
+class ArchiveMismatch(StorageError, RuntimeError):
+    """What arrived in the archive differs from the source (size or hash); nothing local was removed."""
+
+    def __init__(self, message: str, *, run_id: str, path: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.path = path
+
+
+class _StoreProblem(StorageError):
+    """A store that cannot be used as configured: names the bucket and prefix, and what to do."""
+
+    def __init__(self, message: str, *, bucket: str, prefix: str) -> None:
+        super().__init__(message)
+        self.bucket = bucket
+        self.prefix = prefix
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class BucketNotFound(_StoreProblem, LookupError):
+    """The store's bucket does not exist (a typo, or another account or region)."""
+
+
+class StoreAccessDenied(_StoreProblem, PermissionError):
+    """The credentials in use may not read or write the store's bucket or prefix."""
+
+
+class CredentialsMissing(_StoreProblem):
+    """No credentials were found for the object store; the message lists where we looked."""
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+class ConcurrencyUnsupported(ConfigurationError):
+    """The backend ignores exclusive create, so concurrent writers are unsafe."""
+
+
+class InvalidGatewayConfig(ConfigurationError, ValueError):
+    """gateway.json is unreadable, fails its schema or holds a credential; nothing was written."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class MissingExtra(ConfigurationError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""

@@ -55,7 +55,7 @@ def _make_conditional_puts_atomic() -> None:
             with _PUT_LOCK:
                 return _original(self)
 
-        locked._faber_atomic = True  # type: ignore[attr-defined]
+        locked._faber_atomic = True  # type: ignore[attr-defined]  # noqa: SLF001  (marks our own patch)
         setattr(S3Response, name, locked)
 
 
@@ -102,7 +102,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--soak", action="store_true", default=False,
         help="run the heavy loops (tests marked slow: concurrency, faults, crash loops, properties) at full size",
-    )  # fmt: skip
+    )
 
 
 SOAK = False

@@ -69,7 +69,7 @@ class FaultProxy:
     """The proxy: start(), point clients at ``endpoint``, script faults, read ``counts``."""
 
     def __init__(self, upstream: str, *, fail_rate: float = 0.0, seed: int = 0, delay: float = 0.2,
-                 faults: tuple[str, ...] = RANDOM_FAULTS) -> None:  # fmt: skip
+                 faults: tuple[str, ...] = RANDOM_FAULTS) -> None:
         host, _, port = upstream.removeprefix("http://").partition(":")
         self.upstream = (host, int(port))
         self.fail_rate = fail_rate
@@ -181,7 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip(), 16)
                 if size == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -16,7 +17,7 @@ def make_runs(store: RunStore) -> dict[str, str]:
     """One completed run and one that fails at build/deploy (and ends failed), in acme/web; one completed in other/api."""
     ids: dict[str, str] = {}
     for name, org, project, fail in (("ok", "acme", "web", False), ("bad", "acme", "web", True),
-                                     ("api", "other", "api", False)):  # fmt: skip
+                                     ("api", "other", "api", False)):
         run = store.create_run(org, project, params={"work_id": name})
         run.log.emit("workflow_start")
         run.log.emit("step_start", phase="build", step="compile")
@@ -67,7 +68,7 @@ def test_runs_frame_has_one_row_per_run_with_status_duration_and_failed_step(sto
     )
     assert {"work_id": "bad"} == bad["params"].iloc[0]
     assert ("float64", "int64", "bool") == tuple(str(frame[c].dtype) for c in ("duration_ms", "last_event_id",
-                                                                             "consolidated"))  # fmt: skip
+                                                                             "consolidated"))
     assert (frame["duration_ms"] >= 0).all()
 
 
@@ -108,17 +109,23 @@ def test_duckdb_answers_the_notebook_questions_over_archived_events_jsonl(tmp_pa
     archive = RunStore(str(tmp_path / "archive"))
     Archiver(local, archive, progress=False).archive_finished()
     events = f"read_json_auto('{archive.url}/*/*/*/events.jsonl', format='newline_delimited', union_by_name=true)"
-    failing = duckdb.sql(
+
+    def sql(query: str) -> Any:
+        relation = duckdb.sql(query)
+        assert relation is not None  # a SELECT always gives a relation
+        return relation
+
+    failing = sql(
         f"SELECT phase, step, count(*) AS failures FROM {events} WHERE type = 'step_error' "
         "GROUP BY phase, step ORDER BY failures DESC"
     ).fetchall()
     assert [("build", "deploy", 1)] == failing
-    failed_runs = duckdb.sql(
+    failed_runs = sql(
         f"SELECT DISTINCT run_id FROM {events} WHERE type IN ('step_error', 'workflow_error') "
         "AND CAST(timestamp AS TIMESTAMP) >= now()::TIMESTAMP - INTERVAL 7 DAY"
     ).fetchall()
     assert [(ids["bad"],)] == failed_runs
-    p50 = duckdb.sql(
+    p50 = sql(
         f"SELECT step, quantile_cont(duration_ms, 0.5) FROM {events} "
         "WHERE type = 'step_complete' AND duration_ms IS NOT NULL GROUP BY step"
     ).fetchall()

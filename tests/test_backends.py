@@ -21,8 +21,7 @@ from faber_runlog import RunStore, StorageError, UnsafePath
 from faber_runlog._cli import main
 from faber_runlog._gateway import GatewayConfig
 from faber_runlog._storage import TEMP_MAX_AGE, MemoryStorage, Storage, Versioned, digest
-from faber_runlog._store import InvalidParams
-from faber_runlog.errors import BucketNotFound, CredentialsMissing, InvalidGatewayConfig
+from faber_runlog.errors import BucketNotFound, CredentialsMissing, InvalidGatewayConfig, InvalidParams
 from faber_runlog.testing import (
     ContractViolation,
     check_compare_and_swap,
@@ -47,7 +46,7 @@ def test_capabilities_are_declared_as_data_per_backend(store: RunStore, store_ki
         "local": ("conditional_create", "compare_and_swap", "conditional_delete"),
         "s3": ("conditional_create", "compare_and_swap", "conditional_delete", "list_after", "batched_reads",
                "concurrent_puts"),
-    }[store_kind]  # fmt: skip
+    }[store_kind]
     assert expected == store.storage.capabilities.names()
 
 
@@ -202,7 +201,7 @@ def test_a_short_write_is_never_published_and_raises(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-c", _SHORT_WRITE, str(tmp_path / "runs")],
         capture_output=True, text=True, env=env, timeout=60, check=True,
-    ).stdout.split(maxsplit=2)  # fmt: skip
+    ).stdout.split(maxsplit=2)
     assert "refused" == out[0], out
     assert "nothing was published" in out[2]
     store = RunStore(str(tmp_path / "runs"))
@@ -244,7 +243,7 @@ def test_cli_list_of_a_missing_bucket_fails_with_one_line(s3_server: Any, monkey
     options = {k: v for k, v in s3_server.storage_options.items() if k not in ("key", "secret")}
     out, err = io.StringIO(), io.StringIO()
     code = main(["--root", "s3://no-such-bucket-y/runs", "--storage-options", json.dumps(options), "list"],
-                out=out, err=err)  # fmt: skip
+                out=out, err=err)
     assert 0 != code
     assert 1 == len(err.getvalue().splitlines()), err.getvalue()
     assert "no-such-bucket-y" in err.getvalue() and "no runs" not in out.getvalue()

@@ -378,7 +378,7 @@ def test_the_installed_command_exits_2_on_a_bad_run_id_without_a_traceback(cli: 
     exe = Path(sys.executable).with_name("faber-runlog")
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "faber_runlog"]
     done = subprocess.run([*command, *cli.root_args, "show", "not-a-run"], capture_output=True, text=True,
-                          cwd=tmp_path, env=_env(tmp_path), timeout=60)  # fmt: skip
+                          cwd=tmp_path, env=_env(tmp_path), timeout=60)
     assert (2, "") == (done.returncode, done.stdout)
     assert 1 == len(done.stderr.splitlines()) and "invalid run id" in done.stderr
 
@@ -389,15 +389,15 @@ def test_tail_follow_prints_events_emitted_by_another_process(cli: Cli, tmp_path
     tail = subprocess.Popen(
         [*_command(cli), "tail", run_id, "--follow", "--json", "--until-end", "--timeout", "60", "--poll", "0.05"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=_env(tmp_path),
-    )  # fmt: skip
+    )
     try:
         assert tail.stdout is not None
         assert 1 == json.loads(tail.stdout.readline())["event_id"]  # it is following now
         writer = Path(__file__).with_name("_workers.py")
         subprocess.run([sys.executable, str(writer), "append", json.dumps(cli.spec), run_id, "3", "w"],
-                       check=True, capture_output=True, env=_env(tmp_path), timeout=60)  # fmt: skip
+                       check=True, capture_output=True, env=_env(tmp_path), timeout=60)
         subprocess.run([*_command(cli), "emit", run_id, "workflow_complete"], check=True, capture_output=True,
-                       cwd=tmp_path, env=_env(tmp_path), timeout=60)  # fmt: skip
+                       cwd=tmp_path, env=_env(tmp_path), timeout=60)
         rest, err = tail.communicate(timeout=60)
     finally:
         if tail.poll() is None:

@@ -161,7 +161,7 @@ def test_tail_follow_says_how_to_stop_only_on_a_terminal(cli: Cli) -> None:
     cli.ok("start", run_id)
     for err, expected in [(Terminal(), f"following {run_id}; press Ctrl-C to stop\n"), (io.StringIO(), "")]:
         code = main([*cli.root_args, "tail", run_id, "-f", "--timeout", "0.1", "--poll", "0.05"], out=io.StringIO(),
-                     err=err)  # fmt: skip
+                     err=err)
         assert (0, expected) == (code, err.getvalue())
 
 
@@ -192,7 +192,7 @@ def test_with_logging_disabled_lifecycle_commands_write_nothing_and_exit_0(
     run = store.create_run("acme", "web")
     assert 0 == main(["init", "--disabled"], out=io.StringIO())
     for args in (["start", run.id], ["pause", run.id], ["request-approval", run.id, "deploy"],
-                 ["approve", run.id, "x", "--token", "t"], ["sweep", "--include-unleased"]):  # fmt: skip
+                 ["approve", run.id, "x", "--token", "t"], ["sweep", "--include-unleased"]):
         err = io.StringIO()
         assert 0 == main(args, out=io.StringIO(), err=err), args
         assert "logging is disabled" in err.getvalue(), args

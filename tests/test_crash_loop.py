@@ -68,7 +68,7 @@ def test_writer_killed_at_random_points_again_and_again(shared_store_spec: dict[
         proc = subprocess.Popen(
             [sys.executable, str(WORKERS), "crash_writer", json.dumps(shared_store_spec), run.id, "victim"],
             stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        )
         assert proc.stdout is not None
         seen = 0
         for _ in range(rng.randint(1, 12)):
@@ -89,4 +89,4 @@ def test_writer_killed_at_random_points_again_and_again(shared_store_spec: dict[
         "after each kill: run opens, state == fold of its events, verify and reconstruct clean, "
         "no stray file read as an event, next writer continues the sequence",
         events=known + 1,
-    )  # fmt: skip
+    )

@@ -19,7 +19,7 @@ from conftest import make_store
 from faber_runlog import Event, Resumer, RunStore, export_faber, import_faber
 from faber_runlog._cli import main
 from faber_runlog._faber import IMPORT_KEY, UNMAPPED_TYPE, faber_event, mapped_run_id
-from faber_runlog.errors import InvalidRunId
+from faber_runlog.errors import InvalidParams
 
 BASE = ".fractary/faber/runs"
 OLD_BASE = ".fractary/plugins/faber/runs"
@@ -78,7 +78,7 @@ FABER_EVENT_SCHEMA: dict[str, Any] = {
          "then": {"required": ["phase", "step", "status", "duration_ms"]}},
         {"if": {"properties": {"type": {"pattern": "_error$"}}}, "then": {"required": ["error"]}},
     ],
-}  # fmt: skip
+}  # fmt: skip  # a table: one row per line
 faber_valid = fastjsonschema.compile(FABER_EVENT_SCHEMA)
 
 
@@ -92,17 +92,17 @@ def stamp(n: int) -> str:
 def fevent(eid: int, etype: str, run_id: str = RUN, **extra: Any) -> dict[str, Any]:
     """One event as emit-event.sh writes it."""
     return {"event_id": eid, "type": etype, "timestamp": stamp(eid), "run_id": run_id,
-            "user": "dev", "source": "emit-event.sh", **extra}  # fmt: skip
+            "user": "dev", "source": "emit-event.sh", **extra}
 
 
 def faber_metadata(run_id: str = RUN, **changes: Any) -> dict[str, Any]:
     """metadata.json as init-run-directory.sh writes it."""
-    body = {
+    body: dict[str, Any] = {
         "run_id": run_id, "work_id": "258", "target": None, "workflow_id": "default", "autonomy": "guarded",
         "source_type": "github", "phases": PHASES, "created_at": "2026-02-11T18:00:00.000Z", "created_by": "dev",
         "relationships": {"parent_run_id": None, "rerun_of": None, "child_runs": []},
         "environment": {"hostname": "box", "git_branch": "main", "git_commit": "abc123", "working_directory": "/src"},
-    }  # fmt: skip
+    }
     body.update(changes)
     return body
 
@@ -121,7 +121,7 @@ def write_run(
         (folder / "metadata.json").write_text(json.dumps(metadata, indent=2))
         state = {"run_id": run_id, "work_id": metadata.get("work_id"), "workflow_version": "2.1", "status": "pending",
                  "current_phase": None, "last_event_id": 0, "phases": {p: {"status": "pending", "steps": []}
-                                                                      for p in PHASES}}  # fmt: skip
+                                                                      for p in PHASES}}
         (folder / "state.json").write_text(json.dumps(state, indent=2))
     for e in events:
         (folder / "events" / f"{e['event_id']:03d}-{e['type']}.json").write_text(json.dumps(e, indent=2))
@@ -145,7 +145,7 @@ def failed_at_build(run_id: str = RUN) -> list[dict[str, Any]]:
                artifacts=[{"type": "branch", "name": "feat/258", "url": "https://github.com/acme/web/tree/feat/258"}]),
         fevent(11, "step_error", run_id, phase="build", step="compile", status="failed",
                error={"code": "COMPILE_FAILED", "message": "exit 2", "recoverable": True}),
-    ]  # fmt: skip
+    ]
 
 
 def faber_ids(store: RunStore, run_id: str) -> list[Any]:
@@ -172,7 +172,7 @@ def test_import_keeps_the_id_the_order_and_the_faber_fields_and_folds_the_state(
     write_run(project / BASE, RUN, failed_at_build(), metadata=faber_metadata())
     report = import_faber(str(project), dest)
     assert [("imported", RUN, 11, 11)] == [(r.outcome, r.run_id, r.events_found, r.events_imported)
-                                          for r in report.runs]  # fmt: skip
+                                          for r in report.runs]
     assert (True, False) == (report.ok, report.runs[0].damaged)
     run = dest.get_run(RUN)
     events = list(run.log.read())
@@ -190,12 +190,12 @@ def test_import_keeps_the_id_the_order_and_the_faber_fields_and_folds_the_state(
         state.status, state.failed_step.phase, state.failed_step.name, state.failed_step.error  # type: ignore[union-attr]
     )
     assert [("frame", "completed"), ("architect", "completed"), ("build", "failed"), ("evaluate", "pending"),
-            ("release", "pending")] == [(p.name, p.status) for p in state.phases.values()]  # fmt: skip
+            ("release", "pending")] == [(p.name, p.status) for p in state.phases.values()]
     meta = run.metadata
     assert {"work_id": "258", "workflow_id": "default", "autonomy": "guarded", "source_type": "github"} == meta.params
     assert (PHASES, "2026-02-11T18:00:00.000Z") == (meta.phases, meta.created_at)
     assert ("box", "box", "abc123") == (meta.environment["hostname"], meta.environment["host"],
-                                        meta.environment["git_commit"])  # fmt: skip
+                                        meta.environment["git_commit"])
     assert ("faber", RUN) == (meta.imported_from["format"], meta.imported_from["run_id"])  # type: ignore[index]
     plan = Resumer(dest).plan(RUN)
     assert (True, "build", "compile") == (plan.resumable, plan.resume_phase, plan.resume_step)
@@ -223,7 +223,7 @@ def test_a_run_damaged_by_faber_races_is_imported_with_its_gaps_and_duplicates_r
     events = [fevent(1, "workflow_start"), fevent(2, "phase_start", phase="build"),
               fevent(4, "step_start", phase="build", step="compile"),
               fevent(5, "step_complete", phase="build", step="compile", status="completed", duration_ms=12),
-              fevent(5, "step_start", phase="build", step="test")]  # fmt: skip
+              fevent(5, "step_start", phase="build", step="test")]
     events[4]["timestamp"] = stamp(6)  # the second writer of number 5 came later
     write_run(project / BASE, RUN, events, metadata=faber_metadata(), next_id=5)  # the counter fell behind
     report = import_faber(str(project), dest)
@@ -266,11 +266,11 @@ def test_a_plan_based_faber_id_gets_a_stable_new_id_with_the_original_recorded(p
     (run,) = report.runs
     rid = mapped_run_id(original)
     assert (original, str(rid), "local", "fractary-faber-258") == (run.original_run_id, run.run_id, rid.org,
-                                                                   rid.project)  # fmt: skip
+                                                                   rid.project)
     meta = dest.get_run(rid).metadata
     assert original == meta.imported_from["run_id"]  # type: ignore[index]
     assert [original, original] == [e.metadata.get(IMPORT_KEY, {}).get("run_id", original)
-                                     for e in dest.get_run(rid).log.read()]  # fmt: skip
+                                     for e in dest.get_run(rid).log.read()]
     assert rid == mapped_run_id(original)  # the same FABER id always maps to the same run
     assert 0 == import_faber(str(project), dest).events_imported
 
@@ -278,7 +278,7 @@ def test_a_plan_based_faber_id_gets_a_stable_new_id_with_the_original_recorded(p
 def test_relationships_become_lineage_and_parents_are_imported_first(project: Path, dest: RunStore) -> None:
     # The re-run sorts first by path; the import still creates its parent before it.
     write_run(project / BASE, PARENT, failed_at_build(PARENT), metadata=faber_metadata(PARENT, created_at=stamp(0),
-              relationships={"parent_run_id": None, "rerun_of": None, "child_runs": [RUN]}))  # fmt: skip
+              relationships={"parent_run_id": None, "rerun_of": None, "child_runs": [RUN]}))
     child_meta = faber_metadata(RUN, relationships={"parent_run_id": None, "rerun_of": PARENT, "child_runs": []})
     write_run(project / BASE, RUN, [fevent(1, "workflow_start")], metadata=child_meta)
     assert sorted([PARENT, RUN]) == [PARENT, RUN]
@@ -301,7 +301,7 @@ def test_a_parent_outside_the_import_is_kept_as_a_note_and_a_native_run_with_the
     report = import_faber(str(project), dest)
     outcomes = {r.run_id: r for r in report.runs}
     assert ("conflict", 0, False) == (outcomes[PARENT].outcome, dest.get_run(PARENT).state().last_event_id,
-                                      report.ok)  # fmt: skip
+                                      report.ok)
     assert any("not in the store" in n for n in outcomes[RUN].notes)
     assert None is dest.get_run(RUN).metadata.parent_run_id
 
@@ -309,7 +309,7 @@ def test_a_parent_outside_the_import_is_kept_as_a_note_and_a_native_run_with_the
 def test_an_unreadable_event_file_keeps_its_place_and_its_text(project: Path, tmp_path: Path) -> None:
     dest = RunStore(str(tmp_path / "store"), fsync=False)
     folder = write_run(project / BASE, RUN, [fevent(1, "workflow_start"), fevent(3, "workflow_complete")],
-                       metadata=faber_metadata())  # fmt: skip
+                       metadata=faber_metadata())
     (folder / "events" / "002-phase_start.json").write_text('{"event_id": 2, "type": "phase_st')
     report = import_faber(str(project), dest)
     stored = list(dest.get_run(RUN).log.read())
@@ -324,7 +324,7 @@ def test_an_unreadable_event_file_keeps_its_place_and_its_text(project: Path, tm
 def test_planned_phases_show_as_pending_in_order_and_a_resume_starts_at_one_that_never_started() -> None:
     store = RunStore("memory://plan-test")
     run = store.create_run("acme", "web", phases=["frame", {"name": "build", "steps": ["compile", "test"]},
-                                                  "release"])  # fmt: skip
+                                                  "release"])
     assert ["frame", "build", "release"] == run.metadata.phases
     assert {"build": ["compile", "test"]} == store.get_run(run.id).metadata.steps
     run.start()
@@ -348,10 +348,10 @@ def test_planned_phases_show_as_pending_in_order_and_a_resume_starts_at_one_that
     (["build", "build"], None, "listed twice"),
     (["build"], {"test": ["a"]}, "not in the planned phases"),
     ([""], None, "non-empty string"),
-])  # fmt: skip
+])  # fmt: skip  # a table: one case per row
 def test_a_bad_plan_is_refused_and_nothing_is_written(phases: Any, steps: Any, needle: str) -> None:
     store = RunStore("memory://bad-plan")
-    with pytest.raises(InvalidRunId, match=needle):
+    with pytest.raises(InvalidParams, match=needle):
         store.create_run("acme", "web", phases=phases, steps=steps)
     assert [] == store.list_runs()
 
@@ -371,7 +371,7 @@ def test_export_writes_faber_files_that_validate_against_faber_schema_and_import
 ) -> None:
     store = RunStore(str(tmp_path / "store"), fsync=False)
     run = store.create_run("acme", "web", {"work_id": 258}, {"team": "x"},
-                           phases=["frame", {"name": "deploy", "steps": ["push"]}])  # fmt: skip
+                           phases=["frame", {"name": "deploy", "steps": ["push"]}])
     log = run.log
     log.emit("workflow_start", metadata={"work_id": 258, "workflow": "default"})
     log.emit("phase_start", phase="frame", status="started")
@@ -380,7 +380,7 @@ def test_export_writes_faber_files_that_validate_against_faber_schema_and_import
     log.emit("phase_complete", phase="frame", status="completed")
     log.emit("phase_start", phase="deploy")  # a phase name FABER does not know
     approval = run.request_approval("ship", phase="deploy")
-    run.decide(approval.metadata["approval_id"], "approve", client_token="t1")
+    run.decide(approval, "approve", client_token="t1")
     log.emit("step_start", phase="deploy", step="push", status="running")
     log.emit("step_skip", phase="deploy", step="push")
     log.emit("step_error", phase="deploy", step="push", error="exit 3")
@@ -443,7 +443,7 @@ def test_cli_import_export_and_new_with_planned_phases(tmp_path: Path, monkeypat
     code, _, err = cli("--root", root, "export", RUN, "--format", "faber", str(tmp_path / "out"))
     assert 1 == code and "--overwrite" in err
     code, out, err = cli("--root", root, "new", "acme", "web", "--phase", "frame", "--phase", "build:compile,test",
-                         "--json")  # fmt: skip
+                         "--json")
     assert (0, "") == (code, err)
     body = json.loads(out)
     assert (["frame", "build"], {"build": ["compile", "test"]}) == (body["phases"], body["steps"])

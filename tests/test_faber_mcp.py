@@ -42,16 +42,16 @@ def test_a_client_written_for_faber_gateway_works_unchanged(tmp_path: Path) -> N
         seen["emit"] = _json(await call("fractary_faber_event_emit", {
             "run_id": RUN, "type": "step_complete", "phase": "build", "step": "compile", "status": "completed",
             "message": "compiled", "duration_ms": 1200, "metadata": {"attempt": 2},
-            "artifacts": [{"type": "file", "name": "app", "path": "dist/app"}]}))  # fmt: skip
+            "artifacts": [{"type": "file", "name": "app", "path": "dist/app"}]}))
         seen["emit_faber_only"] = _json(await call("fractary_faber_event_emit", {
-            "run_id": RUN, "type": "approval_granted", "phase": "build", "status": "completed"}))  # fmt: skip
+            "run_id": RUN, "type": "approval_granted", "phase": "build", "status": "completed"}))
         seen["emit_loose"] = _json(await call("fractary_faber_event_emit", {
-            "run_id": RUN, "type": "commit_create", "artifacts": [{"type": "commit", "name": "abc"}]}))  # fmt: skip
+            "run_id": RUN, "type": "commit_create", "artifacts": [{"type": "commit", "name": "abc"}]}))
         seen["emit_plan"] = _json(await call("fractary_faber_event_emit", {"run_id": plan_id,
-                                                                          "type": "workflow_start"}))  # fmt: skip
+                                                                          "type": "workflow_start"}))
         seen["emit_bad"] = _json(await call("fractary_faber_event_emit", {"run_id": RUN, "type": "no_such_type"}))
         seen["emit_missing"] = _json(await call("fractary_faber_event_emit", {
-            "run_id": "acme/web/00000000-0000-4000-8000-000000000000", "type": "workflow_start"}))  # fmt: skip
+            "run_id": "acme/web/00000000-0000-4000-8000-000000000000", "type": "workflow_start"}))
         seen["get"] = _json(await call("fractary_faber_run_get", {"run_id": RUN, "include_events": True}))
         seen["get_missing"] = _json(await call("fractary_faber_run_get", {"run_id": "nope/x/y"}))
         seen["list"] = _json(await call("fractary_faber_run_list", {}))
@@ -70,7 +70,7 @@ def test_a_client_written_for_faber_gateway_works_unchanged(tmp_path: Path) -> N
     anyio.run(_session, ["--root", url], tmp_path, body)
     assert {"run_id", "type"} == set(seen["schema"]["required"])
     assert {"run_id", "type", "phase", "step", "status", "message", "metadata", "artifacts", "duration_ms",
-            "error"} == set(seen["schema"]["properties"])  # fmt: skip
+            "error"} == set(seen["schema"]["properties"])
     emit = seen["emit"]
     assert ("success", "emit-event", 8, "step_complete", RUN) == (
         emit["status"], emit["operation"], emit["event_id"], emit["type"], emit["run_id"]
@@ -81,7 +81,7 @@ def test_a_client_written_for_faber_gateway_works_unchanged(tmp_path: Path) -> N
     assert ("success", 1) == (seen["emit_plan"]["status"], seen["emit_plan"]["event_id"])
     assert "workflow_start" == next(store.get_run(mapped_run_id(plan_id)).log.read()).type
     for key, needle in [("emit_bad", "unknown event type"), ("emit_missing", "not found"),
-                        ("get_missing", "not found")]:  # fmt: skip
+                        ("get_missing", "not found")]:
         assert ("error", True) == (seen[key]["status"], needle in seen[key].get("error", "")), (key, seen[key])
     stored = list(store.get_run(RUN).log.read())
     assert ("step_complete", {"attempt": 2}, 1200) == (stored[7].type, stored[7].metadata, stored[7].duration_ms)

@@ -93,8 +93,8 @@ def test_four_processes_appending_through_random_faults_write_each_event_once(
     labels = Counter(e.metadata["label"] for e in events)
     assert {f"w{w}-{i}": 1 for w in range(procs) for i in range(per)} == dict(labels)
     assert len(events) == len({e.nonce for e in events})
-    for w in range(procs):
-        assert list(range(per)) == [e.metadata["i"] for e in events if e.metadata["worker"] == f"w{w}"]
+    for n in range(procs):
+        assert list(range(per)) == [e.metadata["i"] for e in events if e.metadata["worker"] == f"w{n}"]
     assert_consistent(store, run.id, total)
     # The run was really under fire: every kind of fault was injected, on writes too.
     assert set(RANDOM_FAULTS) == set(injected)
@@ -104,7 +104,7 @@ def test_four_processes_appending_through_random_faults_write_each_event_once(
             f"test_faults: {procs} processes x {per} appends, 10% of requests fail", fault, n,
             f"{total} events, ids 1..{total} gapless, each label and nonce once, verify clean",
             requests=sum(proxy.counts.values()),
-        )  # fmt: skip
+        )
 
 
 @pytest.mark.parametrize("fault", ["500", "503", "slowdown", "conflict", "reset_before", "reset_after", "500_after"])
@@ -162,7 +162,7 @@ def test_unknown_outcome_is_settled_by_retrying_with_the_idempotency_key(proxy: 
     record(
         "test_faults: reply lost and reads failing on every attempt", "reset_after + reset_before", 1,
         "StorageError; the retry with the same idempotency key returns event 1, no duplicate",
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("fault", ["500", "slowdown", "reset_before", "delay"])
@@ -187,7 +187,7 @@ def test_a_permanently_failing_store_raises_storage_error_after_bounded_retries(
     record(
         "test_faults: store failing every request", fault, requests,
         "StorageError naming the run's file after 7 attempts, no hang",
-    )  # fmt: skip
+    )
 
 
 # -- archive and resume under the same faults ---------------------------------------
@@ -239,7 +239,7 @@ def test_archiving_through_random_faults_copies_every_run_once_and_loses_nothing
             "test_faults: archive 12 runs local -> S3, 10% of requests fail", fault, n,
             f"12 runs archived ({len(retried)} needed a second pass), one index entry each, "
             "events equal to the source, verify clean",
-        )  # fmt: skip
+        )
 
 
 def test_resume_and_rerun_through_random_faults_write_one_resume_event_and_a_whole_child(
@@ -280,4 +280,4 @@ def test_resume_and_rerun_through_random_faults_write_one_resume_event_and_a_who
         record(
             "test_faults: resume, finish and re-run one run, 10% of requests fail", fault, n,
             "one workflow_resumed, run completed, verify clean, child listed once with its params",
-        )  # fmt: skip
+        )

@@ -95,7 +95,7 @@ def test_a_writer_whose_lease_was_taken_is_refused_before_its_event_is_written(
     writer = subprocess.Popen(
         [sys.executable, str(WORKERS), "stale_writer", json.dumps(shared_store_spec), str(go)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+    )
     assert writer.stdout is not None
     run_id = writer.stdout.readline().strip()
     assert run_id, writer.stderr.read() if writer.stderr else ""
@@ -136,7 +136,7 @@ def test_one_active_run_per_key_while_the_holders_heartbeat_races_the_takeover(
         return subprocess.Popen(
             [sys.executable, str(WORKERS), args[0], json.dumps(spec), str(folder), *args[1:]],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+        )
 
     holder = spawn("race_holder", str(rounds), str(starters), str(ttl))
     procs = [spawn("race_starter", str(rounds), str(i), str(ttl)) for i in range(starters)]

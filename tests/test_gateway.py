@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from conftest import BUCKET, S3Server
 
-from faber_runlog import InvalidEvent, InvalidGatewayConfig, RunNotFound, RunStore
+from faber_runlog import InvalidEvent, InvalidGatewayConfig, Registry, RunNotFound, RunStore
 from faber_runlog._events import Event
 from faber_runlog._gateway import (
     CONFIG_ENV,
@@ -206,13 +206,15 @@ class _Collect(Backend):
         self.closed = True
 
 
-register_backend("collect", _Collect, replace=True)
+# An isolated registry: the test backend is known only to the gateways given it, not to the process.
+COLLECTING = Registry.isolated()
+COLLECTING.register_backend("collect", _Collect)
 
 
 def test_a_registered_backend_receives_every_recorded_event_in_order(tmp_path: Path) -> None:
     _Collect.seen.clear()
     config = GatewayConfig(root=str(tmp_path / "runs"), other_backends={"collect": {"enabled": True}})
-    gateway = Gateway(config)
+    gateway = Gateway(config, registry=COLLECTING)
     run = gateway.new_run("acme", "web")
     assert run is not None
     gateway.emit(run.id, "workflow_start")
@@ -225,7 +227,7 @@ def test_a_registered_backend_receives_every_recorded_event_in_order(tmp_path: P
 
 def test_a_failing_backend_never_breaks_the_producer(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = GatewayConfig(root=str(tmp_path / "runs"), other_backends={"collect": {"enabled": True, "explode": True}})
-    gateway = Gateway(config)
+    gateway = Gateway(config, registry=COLLECTING)
     run = gateway.new_run("acme", "web")
     assert run is not None
     event = gateway.emit(run.id, "workflow_start")
@@ -251,7 +253,7 @@ def test_s3_archive_archives_a_run_when_it_completes(tmp_path: Path, s3_server: 
     run = gateway.new_run("acme", "web")
     assert run is not None
     for etype, kw in [("workflow_start", {}), ("phase_start", {"phase": "build"}),
-                      ("phase_complete", {"phase": "build"})]:  # fmt: skip
+                      ("phase_complete", {"phase": "build"})]:
         gateway.emit(run.id, etype, **kw)
     dest = RunStore(f"s3://{BUCKET}/{prefix}", storage_options=s3_server.storage_options)
     assert [] == dest.list_runs()  # not finished yet

@@ -152,7 +152,7 @@ def test_a_damaged_event_file_gives_corrupt_event_and_reads_change_nothing(store
     assert [2] == [p.seq for p in report.problems]
     assert before == tree(store)
     record("test_hostile: damaged event file on disk (all backends)", name, 1,
-           "CorruptEvent naming run, seq and file; verify flags it; nothing written")  # fmt: skip
+           "CorruptEvent naming run, seq and file; verify flags it; nothing written")
 
 
 @pytest.mark.parametrize("body", [b"\xff\xfe{}", b"[]", b'{"run_id": 3}', b"{"])
@@ -225,7 +225,7 @@ def test_path_traversal_through_run_ids_creates_nothing_outside_the_root(
     assert before == files_under(tmp_path)
     assert not (tmp_path / "escape").exists() and not (tmp_path / "store" / "escape").exists()
     record("test_hostile: path traversal via org/project/run id", repr(run_id or f"{org}/{project}"), 1,
-           "InvalidRunId before any I/O; filesystem around the store unchanged")  # fmt: skip
+           "InvalidRunId before any I/O; filesystem around the store unchanged")
 
 
 def test_gateway_config_hostile_files_give_a_precise_error(tmp_path: Path) -> None:

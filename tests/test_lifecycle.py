@@ -54,7 +54,7 @@ def in_status(store: RunStore, status: str) -> Run:
 ACTIONS: dict[str, tuple[Callable[[Run], Any], str | None]] = {
     "start": (lambda r: r.start(), "running"),
     "pause": (lambda r: r.pause(), "paused"),
-    "resume": (lambda r: r.resume(), None),  # back to where it paused from
+    "resume": (lambda r: r.unpause(), None),  # back to where it paused from
     "cancel": (lambda r: r.cancel("user"), "cancelled"),
     "complete": (lambda r: r.complete(), "completed"),
     "fail": (lambda r: r.fail("bad"), "failed"),
@@ -89,7 +89,7 @@ def test_pause_remembers_where_it_paused_from_and_resume_returns_there(store: Ru
     ev = run.pause("lunch")
     assert origin == ev.metadata["paused_from"]
     assert ("paused", origin) == (run.state().status, run.state().paused_from)
-    run.resume()
+    run.unpause()
     state = store.get_run(run.id).state()
     assert (origin, None) == (state.status, state.paused_from)
 
@@ -97,12 +97,12 @@ def test_pause_remembers_where_it_paused_from_and_resume_returns_there(store: Ru
 def test_resume_of_a_failed_run_points_to_the_resumer(store: RunStore) -> None:
     run = in_status(store, "failed")
     with pytest.raises(InvalidTransition, match="Resumer"):
-        run.resume()
+        run.unpause()
 
 
 def test_a_gate_requested_while_the_writer_pauses_is_still_waiting_after_resume(store: RunStore) -> None:
     run = in_status(store, "paused")
-    gate = {"type": "approval_requested", "metadata": {"approval_id": "late", "gate": "g"}}
+    gate: dict[str, Any] = {"type": "approval_requested", "metadata": {"approval_id": "late", "gate": "g"}}
     last = run.state().last_event_id
     # A checked append refuses to open a gate on a paused run and writes nothing ...
     with pytest.raises(InvalidTransition, match="paused"):
@@ -110,7 +110,7 @@ def test_a_gate_requested_while_the_writer_pauses_is_still_waiting_after_resume(
     assert last == store.get_run(run.id).state().last_event_id
     # ... but a log that holds one (an old log, an importer's unchecked copy) still folds to a waiting gate.
     run.log.append(gate, unchecked=True)
-    run.resume()
+    run.unpause()
     assert "awaiting_approval" == run.state().status
 
 
@@ -163,7 +163,7 @@ def test_approve_completes_the_gated_phase_and_resumes_the_run(store: RunStore) 
     a = state.approvals["a1"]
     assert ("approved", "approve", "LGTM", "alice", ev.event_id) == (
         a.status, a.action, a.comment, a.decided_by, a.resolved_event_id
-    )  # fmt: skip
+    )
 
 
 def test_the_run_waits_until_every_pending_gate_is_approved(store: RunStore) -> None:
@@ -361,12 +361,12 @@ def test_sweep_fails_runs_with_expired_leases_once_and_leaves_live_ones(store: R
     s = swept[0]
     assert ("awaiting_approval", ("review",), ("g1",), "dead") == (
         s.previous_status, s.failed_phases, s.closed_approvals, s.lease_owner
-    )  # fmt: skip
+    )
     state = stale.state()
     assert ("failed", SWEEP_REASON) == (state.status, state.status_reason)
     assert ("failed", "failed", "closed") == (
         state.phases["review"].status, state.step("review", "read").status, state.approvals["g1"].status  # type: ignore[union-attr]
-    )  # fmt: skip
+    )
     assert read_lease(store.storage, stale.run_id) is None
     assert "failed" == (read_report(store.storage, stale.id) or {}).get("status")
     assert [] == store.sweep_stale()
@@ -422,7 +422,7 @@ def test_a_writer_killed_with_sigkill_is_swept_once_by_two_concurrent_sweepers(
     state = run.state()
     assert ("failed", "failed", "closed") == (
         state.status, state.phases["build"].status, state.approvals["review-1"].status
-    )  # fmt: skip
+    )
     assert "failed" == (read_report(store.storage, run_id) or {}).get("status")
     store.create_run("acme", "web", concurrency_key="repo:main")  # the key was released
 

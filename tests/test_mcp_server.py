@@ -62,11 +62,11 @@ def test_tools_and_resources_over_a_real_stdio_session(
         templates = await session.list_resource_templates()
         seen["templates"] = sorted(t.uri_template for t in templates.resource_templates)
         created = _structured(await session.call_tool("create_run", {"org": "acme", "project": "web",
-                                                                     "params": {"work_id": "220"}}))  # fmt: skip
+                                                                     "params": {"work_id": "220"}}))
         run_id = seen["run_id"] = created["run_id"]
         for etype, extra in [("workflow_start", {}), ("phase_start", {"phase": "build"}),
                              ("step_start", {"phase": "build", "step": "compile"}),
-                             ("step_error", {"phase": "build", "step": "compile", "error": "exit 2"})]:  # fmt: skip
+                             ("step_error", {"phase": "build", "step": "compile", "error": "exit 2"})]:
             emitted = _structured(await session.call_tool("emit_event", {"run_id": run_id, "type": etype, **extra}))
             seen.setdefault("ids", []).append(emitted["event_id"])
         seen["invalid"] = await session.call_tool("emit_event", {"run_id": run_id, "type": "step_start"})
@@ -104,10 +104,10 @@ def test_tools_and_resources_over_a_real_stdio_session(
         seen["tools"]
     )
     assert ["faber://run/{+run_id}/events", "faber://run/{+run_id}/state", "faber://runs/{+run_id}",
-            "faber://runs/{+run_id}/events"] == seen["templates"]  # fmt: skip
+            "faber://runs/{+run_id}/events"] == seen["templates"]
     assert [1, 2, 3, 4] == seen["ids"]
     for key, needle in [("invalid", "missing the fields 'phase', 'step'"), ("unknown_type", "unknown event type"),
-                        ("bad_args", "type"), ("bad_id", "invalid run uuid 'nope'"), ("missing", "not found")]:  # fmt: skip
+                        ("bad_args", "type"), ("bad_id", "invalid run uuid 'nope'"), ("missing", "not found")]:
         result = seen[key]
         assert result.is_error, key
         assert needle in _text(result), (key, _text(result))
@@ -154,7 +154,7 @@ def test_importing_the_server_module_does_not_import_the_sdk() -> None:
 
 
 LIFECYCLE_TOOLS = ["change_run_status", "change_step", "decide_approval", "get_report", "request_approval",
-                   "sweep_stale_runs"]  # fmt: skip
+                   "sweep_stale_runs"]
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
@@ -179,11 +179,11 @@ def test_lifecycle_tools_go_through_the_checked_transitions(
         seen["resume"] = _structured(await call(session, "change_run_status", action="resume"))
         seen["request"] = _structured(await call(session, "request_approval", gate="deploy", approval_id="dep-1"))
         seen["changes"] = _structured(await call(session, "decide_approval", approval_id="dep-1",
-                                                 action="request_changes", client_token="tok-1"))  # fmt: skip
+                                                 action="request_changes", client_token="tok-1"))
         seen["replay"] = _structured(await call(session, "decide_approval", approval_id="dep-1",
-                                                action="request_changes", client_token="tok-1"))  # fmt: skip
+                                                action="request_changes", client_token="tok-1"))
         seen["conflict"] = await call(session, "decide_approval", approval_id="dep-1", action="approve",
-                                      client_token="tok-1")  # fmt: skip
+                                      client_token="tok-1")
         await call(session, "emit_event", type="phase_start", phase="build")
         await call(session, "emit_event", type="step_start", phase="build", step="link")
         await call(session, "emit_event", type="step_error", phase="build", step="link", error="exit 2")

@@ -319,7 +319,7 @@ def test_rerun_into_another_project_with_tags(store: RunStore) -> None:
     "kwargs",
     [{"from_event": 0}, {"from_event": 999}, {"from_event": True}, {"mode": "partial"},
      {"mode": "from_event"}, {"mode": "from_failure", "from_event": 2}],
-)  # fmt: skip
+)  # fmt: skip  # a table: one case per row
 def test_bad_rerun_arguments_are_refused_and_create_nothing(store: RunStore, kwargs: dict[str, Any]) -> None:
     parent = store.create_run("acme", "web")
     play(parent)
@@ -422,7 +422,7 @@ def test_old_version_events_still_fold_after_upcasting_and_files_are_unchanged(s
     old_error = _write_raw(store, run, 3, {
         "type": "step_error", "phase": "build", "step": "compile", "schema_version": 0,
         "metadata": {"reason": "exit 2"},
-    })  # fmt: skip
+    })
     old_note = _write_raw(
         store, run, 4, {"type": "resume_test_note", "schema_version": 1, "metadata": {"body": "hello"}}
     )

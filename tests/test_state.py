@@ -39,7 +39,7 @@ def test_workflow_events_set_run_status() -> None:
 
 
 def test_step_error_fails_step_phase_and_run_with_the_error() -> None:
-    events = (
+    events: tuple[tuple[str, dict[str, Any]], ...] = (
         ("workflow_start", {}),
         ("phase_start", {"phase": "build"}),
         ("step_start", {"phase": "build", "step": "compile"}),

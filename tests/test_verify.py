@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -56,7 +57,7 @@ def test_verify_pinpoints_a_schema_invalid_event(store: RunStore) -> None:
     run = _failed_run(store)
     layout = RunLayout(run.run_id)
     bad = {"event_id": 7, "type": "step_start", "run_id": run.id, "timestamp": "2024-01-01T00:00:00Z",
-           "schema_version": 1, "phase": "build", "metadata": {}}  # fmt: skip
+           "schema_version": 1, "phase": "build", "metadata": {}}
     assert store.storage.create(layout.event(7), _codec.dumps(bad))  # no "step": invalid
     run.log.emit("checkpoint", metadata={"label": "after"})
     report = Resumer(store).verify(run.id)
@@ -82,7 +83,7 @@ def test_reconstruct_matches_a_healthy_run(store: RunStore) -> None:
     state, report = Resumer(store).reconstruct(run.id)
     assert fold_all(RunState(run_id=run.id), run.log.read()) == state
     assert (True, "ok", (), 6, False) == (report.ok, report.stored, report.differences, report.last_event_id,
-                                          report.repaired)  # fmt: skip
+                                          report.repaired)
 
 
 def test_reconstruct_detects_a_hand_edited_state_and_repairs_it(store: RunStore) -> None:
@@ -116,8 +117,11 @@ def test_reconstruct_repairs_a_missing_or_unreadable_state(store: RunStore) -> N
     run = _failed_run(store)
     layout = RunLayout(run.run_id)
     r = Resumer(store)
-    for damage, expected in ((lambda: store.storage.delete(layout.state), "missing"),
-                             (lambda: store.storage.replace(layout.state, b"{not json"), "unreadable")):  # fmt: skip
+    damages: tuple[tuple[Callable[[], object], str], ...] = (
+        (lambda: store.storage.delete(layout.state), "missing"),
+        (lambda: store.storage.replace(layout.state, b"{not json"), "unreadable"),
+    )
+    for damage, expected in damages:
         damage()
         state, report = r.reconstruct(run.id, repair=True)
         assert (expected, True, None) == (report.stored, report.repaired, report.stored_last_event_id)
