@@ -293,7 +293,7 @@ def to_arrow(store: RunStore, kind: str = "events", **filters: Any) -> Any:
     pa = _require("pyarrow")
     if kind not in ("events", "runs"):
         raise InvalidArgument(f"kind must be 'events' or 'runs', got {kind!r}")
-    if kind == "events":
+    if kind != "runs":  # the events table
         allowed = {"org", "project", "status", "since", "until", "types", "run_ids", "progress"}
         unknown = set(filters) - allowed
         if unknown:

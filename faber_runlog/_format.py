@@ -215,19 +215,19 @@ def decode_segment(body: bytes, run_id: str, first: int, last: int) -> bytes:
     """
     end = body.find(b"\n")
     if end < 0 or not body.startswith(b'{"segment":'):
-        raise ValueError("not a segment of this format")
+        raise CorruptData("not a segment of this format")
     head = _codec.loads(body[:end])
     rest = body[end + 1 :]
     if not isinstance(head, dict) or head.get("segment") != SEGMENT_FORMAT:
-        raise ValueError("unknown segment format")
+        raise CorruptData("unknown segment format")
     if head.get("run_id") != run_id:
-        raise ValueError(f"it belongs to run {head.get('run_id')!r}")
+        raise CorruptData(f"it belongs to run {head.get('run_id')!r}")
     if (head.get("first"), head.get("last"), head.get("count")) != (first, last, last - first + 1):
-        raise ValueError(f"its header says events {head.get('first')}..{head.get('last')}, not {first}..{last}")
+        raise CorruptData(f"its header says events {head.get('first')}..{head.get('last')}, not {first}..{last}")
     if head.get("checksum") != _checksum(rest):
-        raise ValueError("its checksum does not match its content (edited, damaged or cut short)")
+        raise CorruptData("its checksum does not match its content (edited, damaged or cut short)")
     if rest.count(b"\n") != last - first + 1:
-        raise ValueError(f"it does not hold {last - first + 1} lines")
+        raise CorruptData(f"it does not hold {last - first + 1} lines")
     return rest
 
 

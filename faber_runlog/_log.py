@@ -522,7 +522,12 @@ class EventLog:
                 for s in missing:
                     b = found[self._layout.event(s)]
                     if b is None:
-                        raise ValueError(f"event {s} is missing")
+                        raise CorruptEvent(
+                            f"event {s} of run {self._run_id} is missing",
+                            run_id=self._run_id,
+                            seq=s,
+                            path=self._storage.path(self._layout.event(s)),
+                        )
                     self._decode(s, b)  # a damaged file is never copied into a segment
                     bodies[s] = b
             lines = [jsonl_line(bodies[s]) for s in range(first, last + 1)]

@@ -322,7 +322,7 @@ class RunStore:
         self.storage = Storage(fs, root_path, fsync=fsync, allow_unsafe_writers=allow_unsafe_writers)
         self.snapshot_every = snapshot_every
         if isinstance(segment_every, bool) or not isinstance(segment_every, int) or segment_every < 1:
-            raise ValueError(f"segment_every must be a positive number of events, got {segment_every!r}")
+            raise InvalidArgument(f"segment_every must be a positive number of events, got {segment_every!r}")
         self.segment_every = segment_every
         self.source = source
         if not lease_ttl > 0:
