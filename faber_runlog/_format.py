@@ -9,13 +9,20 @@ A run's folder::
     events/<seq:020d>.json   event ``seq``, created exclusively (the log: the only truth)
     events.jsonl             after consolidation: events 1..S-1, one per line (S is the seal)
     state.json               latest snapshot (a verified cache)
+    summary.json             a few hundred bytes for listings (a verified cache)
     snapshots/<seq>.json     a few older snapshots, for ``state(at=...)`` (verified caches)
     lease.json, report.json, report.md, archived.json, children/   (see their modules)
 
-A snapshot is ``{"snapshot": 2, "last_event": <fingerprint>, "checksum": ..., "state": {...}}``:
+A snapshot is ``{"snapshot": 3, "last_event": <fingerprint>, "checksum": ..., "state": {...}}``:
 it is used only when the event at ``state.last_event_id`` has that fingerprint
 and the checksum of the state body holds, so an edited, stale or foreign
 snapshot costs time (a longer fold), never a wrong answer.
+
+A summary is ``{"summary": 1, "checksum": ..., "run": {...}}`` where ``run``
+holds what a listing shows (status, timestamps, current phase and step,
+``last_event_id``, the last event's fingerprint, counts). Listings trust it
+only when its checksum holds and event ``last_event_id + 1`` does not exist;
+otherwise they fold the run's log (docs/concurrency.md).
 """
 
 from __future__ import annotations
@@ -34,9 +41,12 @@ __all__ = [
     "REPORT_MD",
     "SEQ_WIDTH",
     "SNAPSHOTS_KEPT",
+    "SUMMARY_NAME",
     "RunLayout",
     "decode_snapshot",
+    "decode_summary",
     "encode_snapshot",
+    "encode_summary",
     "fingerprint",
     "iter_jsonl",
     "jsonl_line",
@@ -47,7 +57,10 @@ __all__ = [
 SEQ_WIDTH: Final = 20
 """Zero-padding of event file names, so names sort numerically for ever."""
 
-SNAPSHOT_FORMAT: Final = 2
+SNAPSHOT_FORMAT: Final = 3
+"""3: bounded lists with ``totals`` (issue 15); older snapshots are ignored (refolded), never misread."""
+SUMMARY_FORMAT: Final = 1
+SUMMARY_NAME: Final = "summary.json"
 SNAPSHOTS_KEPT: Final = 2
 """Older periodic snapshots kept besides ``state.json``: bytes stay a small multiple of the log."""
 
@@ -86,12 +99,14 @@ class RunLayout:
         "report_md",
         "snapshots",
         "state",
+        "summary",
     )
 
     def __init__(self, run_id: RunId) -> None:
         self.dir = str(run_id)
         self.metadata = f"{self.dir}/metadata.json"
         self.state = f"{self.dir}/state.json"
+        self.summary = f"{self.dir}/{SUMMARY_NAME}"
         self.events = f"{self.dir}/events"
         self.jsonl = f"{self.dir}/events.jsonl"
         self.children = f"{self.dir}/children"
@@ -150,6 +165,33 @@ def decode_snapshot(body: bytes) -> tuple[dict[str, Any], str | None]:
         raise ValueError("its state is not a JSON object")
     last = head.get("last_event")
     return state, last if isinstance(last, str) else None
+
+
+# -- summaries ---------------------------------------------------------------------------
+
+
+def encode_summary(run: Mapping[str, Any]) -> bytes:
+    """A summary body for ``run`` (the listing fields, including ``last_event_id`` and ``last_event``)."""
+    body = _codec.dumps(run)
+    head = _codec.dumps({"summary": SUMMARY_FORMAT, "checksum": _checksum(body)})
+    return head[:-1] + b',"run":' + body + b"}"
+
+
+def decode_summary(body: bytes) -> dict[str, Any]:
+    """The summary's ``run`` fields; raises ValueError for anything that is not an intact summary."""
+    marker = body.find(b',"run":')
+    if not body.startswith(b'{"summary":') or marker < 0 or not body.endswith(b"}"):
+        raise ValueError("not a summary of this format")
+    head = _codec.loads(body[:marker] + b"}")
+    run_body = body[marker + 7 : -1]
+    if not isinstance(head, dict) or head.get("summary") != SUMMARY_FORMAT:
+        raise ValueError("unknown summary format")
+    if head.get("checksum") != _checksum(run_body):
+        raise ValueError("its checksum does not match its content (edited or damaged)")
+    run = _codec.loads(run_body)
+    if not isinstance(run, dict) or not isinstance(run.get("last_event_id"), int):
+        raise ValueError("its body is not a run summary")
+    return run
 
 
 # -- events.jsonl ------------------------------------------------------------------------

@@ -96,14 +96,18 @@ def test_threads_appending_to_one_run(store: RunStore) -> None:
 def test_snapshot_is_written_every_k_events_and_on_status_change(store_factory: Callable[..., RunStore]) -> None:
     store = store_factory(snapshot_every=5)
     run = store.create_run("acme", "web")
-    run.log.emit("workflow_start")  # status change: snapshot at 1
+    run.log.emit("workflow_start")  # status change: the summary follows event 1, no full snapshot
+    summary = store.storage.read(f"{run.id}/summary.json")
+    assert summary is not None and b'"last_event_id":1' in summary
     snap = store.storage.read(f"{run.id}/state.json")
-    assert snap is not None and b'"last_event_id":1' in snap
+    assert snap is not None and b'"last_event_id"' not in snap  # still the empty state of create_run
     for i in range(4):
         run.log.emit("checkpoint", metadata={"label": str(i)})  # 5th event: periodic snapshot
     snap = store.storage.read(f"{run.id}/state.json")
     assert snap is not None and b'"last_event_id":5' in snap
     assert store.storage.exists(f"{run.id}/snapshots/{seq_name(5)}")
+    summary = store.storage.read(f"{run.id}/summary.json")
+    assert summary is not None and b'"last_event_id":5' in summary
 
 
 def test_reading_state_folds_only_events_after_the_snapshot(store_factory: Callable[..., RunStore]) -> None:

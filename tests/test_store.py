@@ -92,14 +92,15 @@ def test_list_runs_never_reads_events(store: RunStore) -> None:
     run.log.emit("workflow_start")
     run.log.emit("checkpoint", metadata={"label": "a"})
     run.log.emit("checkpoint", metadata={"label": "b"})
-    run.complete()  # a status change: the snapshot now follows event 4
-    # Damage the events before the snapshot: listing must not notice, because it only checks the tail.
-    for seq in (1, 2, 3):
+    run.complete()  # a status change: the summary now follows event 4
+    # Damage every event: listing must not notice, because it reads the summary and probes only event 5
+    # (finding damage is verify's job).
+    for seq in (1, 2, 3, 4):
         store.storage.replace(f"{run.id}/events/{seq:020d}.json", b"{broken")
     listed = store.list_runs()
     assert (["completed"], []) == ([s.status for s in listed], listed.problems)
-    # The tail is what the snapshot is checked against: a damaged tail is reported, not trusted.
-    store.storage.replace(f"{run.id}/events/{4:020d}.json", b"{broken")
+    # Without a summary the run is folded from its log: then the damage is reported, not hidden.
+    store.storage.delete(f"{run.id}/summary.json")
     listed = store.list_runs()
     assert ([], [run.id]) == (list(listed), [p.run_id for p in listed.problems])
 
@@ -144,5 +145,5 @@ def test_local_layout_matches_the_documented_one(tmp_path: Path) -> None:
     run = store.create_run("acme", "web")
     run.log.emit("workflow_start")
     folder = tmp_path / run.id
-    assert ["events", "metadata.json", "state.json"] == sorted(os.listdir(folder))
+    assert ["events", "metadata.json", "state.json", "summary.json"] == sorted(os.listdir(folder))
     assert [f"{1:020d}.json"] == os.listdir(folder / "events")
