@@ -30,6 +30,7 @@ def _failed_run(store: RunStore, *, ended: bool = False) -> Run:
     run.log.emit("step_error", phase="build", step="test", error="red")
     if ended:
         run.fail("red")
+    run.log.snapshot()  # state.json follows the last event (status changes alone only write the summary)
     return run
 
 
@@ -205,7 +206,8 @@ def test_an_integral_float_duration_is_not_a_difference(store: RunStore) -> None
     run.log.emit("workflow_start")
     run.log.emit("phase_start", phase="build")
     run.log.emit("phase_complete", phase="build", duration_ms=1500)
-    run.complete()  # a status change: state.json now holds the phase
+    run.complete()
+    run.log.snapshot()  # state.json now holds the phase
     layout = RunLayout(run.run_id)
     _edit_snapshot(store, layout.state, lambda data: data["phases"]["build"].update(duration_ms=1500.0))
     assert b'"duration_ms":1500.0' in (store.storage.read(layout.state) or b"")
