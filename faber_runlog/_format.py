@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 SEQ_WIDTH: Final = 20
+assert f"{1:020d}" == f"{1:0{SEQ_WIDTH}d}"  # the literal 020 below is SEQ_WIDTH
 """Zero-padding of event file names, so names sort numerically for ever."""
 
 SNAPSHOT_FORMAT: Final = 3
@@ -73,7 +74,7 @@ LEGACY_CONSOLIDATION: Final = "consolidation.json"
 
 def seq_name(seq: int) -> str:
     """The file name of event ``seq``: ``00000000000000000042.json``."""
-    return f"{seq:0{SEQ_WIDTH}d}.json"
+    return f"{seq:020d}.json"  # SEQ_WIDTH, spelled out: a nested format spec costs µs on the rebuild path
 
 
 def parse_seq_name(name: str) -> int | None:
@@ -119,11 +120,11 @@ class RunLayout:
 
     def event(self, seq: int) -> str:
         """Key of event ``seq``."""
-        return f"{self._prefix}{seq:0{SEQ_WIDTH}d}.json"
+        return f"{self._prefix}{seq:020d}.json"  # SEQ_WIDTH
 
     def snapshot(self, seq: int) -> str:
         """Key of the older snapshot taken after event ``seq``."""
-        return f"{self.snapshots}/{seq:0{SEQ_WIDTH}d}.json"
+        return f"{self.snapshots}/{seq:020d}.json"  # SEQ_WIDTH
 
 
 # -- snapshots ---------------------------------------------------------------------------
