@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import Row
 
-SUITES = ["bench_core", "bench_resume", "bench_archive"]
+SUITES = ["bench_core", "bench_resume", "bench_archive", "bench_scale"]
 
 
 def _fmt(value: float, unit: str) -> str:
