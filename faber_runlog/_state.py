@@ -262,7 +262,7 @@ _RUN_DEEP: Final = tuple(
     for a in attrs.fields(RunState)
     if a.name not in ("phases", *_RUN_FLAT)
     and a.name not in ("errors", "artifacts", "commits", "branches", "decisions", "tests", "specs", "checkpoints")
-    and a.type not in ("str", "str | None", "int", "int | None")
+    and str(a.type) not in ("str", "str | None", "int", "int | None")
 )
 
 
