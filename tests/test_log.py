@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from faber_runlog import CorruptEvent, EventLog, InvalidEvent, InvalidEventPosition, RunStore
-from faber_runlog._format import seq_name
+from faber_runlog._format import SNAPSHOTS_KEPT, seq_name
+from faber_runlog._state import RunState, fold_all
 
 
 def test_emit_fills_automatic_fields(store: RunStore) -> None:
@@ -205,3 +206,24 @@ def test_append_fills_the_logs_default_user_and_source_like_emit(store: RunStore
     assert {"type": "checkpoint", "metadata": {"label": "a"}} == fields  # the caller's dict is untouched
     explicit = log.append({"type": "checkpoint", "user": "bob", "metadata": {"label": "b"}})
     assert ("bob", "ci-bot") == (explicit.user, explicit.source)
+
+
+def test_snapshots_of_a_growing_state_are_spaced_by_its_size_and_still_serve_state_at(
+    store_factory: Callable[..., RunStore],
+) -> None:
+    store = store_factory(snapshot_every=5)
+    run = store.create_run("acme", "web")
+    run.start()
+    for i in range(150):  # a new step per pair of events: the state grows with the run
+        run.log.emit("step_start" if i % 2 == 0 else "step_complete", phase="build", step=f"s{i // 2}")
+    run.log.emit("step_start", phase="build", step="last")
+    folder = f"{run.id}/snapshots"
+    taken = [int(n[:20]) for n in store.storage.list_names(folder)]
+    assert SNAPSHOTS_KEPT == len(taken)
+    assert all(seq % 5 == 0 for seq in taken)
+    # Snapshots wait until the events since the last one weigh as much as it does: far fewer than one per K.
+    assert taken[-1] - taken[-2] > 5
+    events = list(run.log.read())
+    fresh = store.get_run(run.id)
+    for at in (taken[0], taken[-1] - 1, taken[-1], 152):
+        assert fold_all(RunState(run_id=run.id), events[:at]) == fresh.state(at=at)
