@@ -163,9 +163,9 @@ def test_a_state_copy_is_equal_and_shares_nothing_mutable(events: list[Event]) -
     for pr in copied.pull_requests.values():
         pr.status = "scribbled"
     for name in BOUNDED_LISTS:
-        for record in getattr(copied, name):
-            if isinstance(record, dict):
-                record["scribbled"] = True
+        for item in getattr(copied, name):
+            if isinstance(item, dict):
+                item["scribbled"] = True
         getattr(copied, name).clear()
     for name in ("event_counts", "idempotency_keys", "invocations", "totals"):
         getattr(copied, name)["scribbled"] = 1
