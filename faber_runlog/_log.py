@@ -183,6 +183,8 @@ class EventLog:
         # (its event and size) and the mean size of the events this writer appended.
         self._snap_seq = 0
         self._snap_size = 0
+        self._taken: list[int] | None = None  # periodic snapshots on disk, once listed
+        self._prunes = 0
         self._event_bytes = float(_EVENT_BYTES_GUESS)
         self._sealed: int | None = None  # the seal's number, once known
         # Monotonic time from which this writer's tail is known to be current
@@ -498,9 +500,11 @@ class EventLog:
         if event.type == SEAL_TYPE:
             self._sealed = seq
             self._write_snapshot(state, periodic=False)  # archiving reads state.json of the sealed run
-        elif periodic:
+            self._write_summary(state)
+            return Commit(event, before, after)
+        if periodic:
             self._write_snapshot(state, periodic=True)
-        elif before is not None and before != after:
+        if before is not None and before != after:
             self._write_summary(state)
         return Commit(event, before, after)
 
@@ -526,9 +530,10 @@ class EventLog:
             log.warning("summary of run %s at event %d not written: %s", self._run_id, state.last_event_id, e)
 
     def _write_snapshot(self, state: RunState, *, periodic: bool) -> None:
-        """Write ``state.json`` and the summary (and a periodic older snapshot, pruning the oldest).
+        """Write ``state.json`` (and a periodic older snapshot, pruning the oldest). Failures cost time only.
 
-        Failures cost time only.
+        Periodic snapshots leave the summary alone: the run is active, so the
+        next event makes any summary stale; a listing then starts its fold here.
         """
         seq = state.last_event_id
         try:
@@ -540,22 +545,28 @@ class EventLog:
                 self._prune_snapshots(seq)
         except Exception as e:
             log.warning("snapshot of run %s at event %d not written: %s", self._run_id, seq, e)
-        self._write_summary(state)
 
     def _prune_snapshots(self, seq: int) -> None:
-        # Snapshots are taken at irregular multiples of K (see _snapshot_due): list, keep the newest few.
-        taken = sorted(
-            n for n in (parse_seq_name(name) for name in self._storage.list_names(self._layout.snapshots))
-            if n is not None and n <= seq
-        )  # fmt: skip
-        for old in taken[:-SNAPSHOTS_KEPT]:
-            self._storage.delete(self._layout.snapshot(old))
+        # Snapshots are taken at irregular multiples of K (see _snapshot_due). A handle lists
+        # them, then remembers the ones it wrote: steady state costs one DELETE, no LIST. It lists
+        # again every few snapshots, so ones other writers left behind are pruned too.
+        self._prunes += 1
+        if self._taken is None or self._prunes % 8 == 0:
+            self._taken = sorted(
+                n for n in (parse_seq_name(name) for name in self._storage.list_names(self._layout.snapshots))
+                if n is not None and n < seq
+            )  # fmt: skip
+        self._taken.append(seq)
+        while len(self._taken) > SNAPSHOTS_KEPT:
+            self._storage.delete(self._layout.snapshot(self._taken[0]))
+            del self._taken[0]
 
     def snapshot(self) -> RunState:
         """Write ``state.json`` and ``summary.json`` for the current state now and return that state."""
         with self._lock:
             state = self._sync()
             self._write_snapshot(state, periodic=False)
+            self._write_summary(state)
             return state.copy()
 
     def _refuse_if_sealed(self) -> None:
