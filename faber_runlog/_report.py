@@ -153,6 +153,8 @@ def compose_report(storage: Storage, elog: EventLog, state: RunState | None = No
         "parent_run_id": meta.parent_run_id,
         "phases": phases,
         "approvals": approvals,
+        # artifacts and errors below are the latest LATEST_KEPT; totals counts them all (the events hold them all).
+        "totals": dict(state.totals),
         "artifacts": [
             {"path": a.path, "action": a.action, "phase": a.phase, "step": a.step, "kind": a.kind,
              "event_id": a.event_id}
