@@ -20,7 +20,7 @@ from faber_runlog._events import error_text, upcast
 from faber_runlog._format import RunLayout
 from faber_runlog._hints import check_status_filter
 from faber_runlog._ids import RunId
-from faber_runlog._log import current_states, read_logs
+from faber_runlog._log import current_digests, read_logs
 from faber_runlog._progress import Progress
 from faber_runlog._store import RunStore, parse_metadata
 from faber_runlog._store import run_ids as list_run_ids
@@ -228,7 +228,7 @@ def runs_frame(
     run_ids: Iterable[str] | None = None,
     progress: bool | None = None,
 ) -> Any:
-    """One row per run (columns :data:`RUN_COLUMNS`), from metadata and ``state.json``; reads no events.
+    """One row per run (columns :data:`RUN_COLUMNS`), from metadata and ``summary.json`` (verified); reads no events.
 
     ``since``/``until`` keep runs created in ``[since, until)``. ``failed_step``
     and ``error`` name the step that failed last (if any) and why;
@@ -245,7 +245,7 @@ def runs_frame(
             chunk = rids[start : start + _CHUNK]
             bodies = storage.read_many(RunLayout(r).metadata for r in chunk)
             present = [r for r in chunk if bodies.get(RunLayout(r).metadata) is not None]  # others: being created
-            states = current_states(storage, present, snapshot_every=store.snapshot_every)
+            states = current_digests(storage, present, snapshot_every=store.snapshot_every)
             for rid in present:
                 meta = parse_metadata(store, rid, bodies[RunLayout(rid).metadata] or b"")
                 state = states[rid]
@@ -256,14 +256,12 @@ def runs_frame(
                     hi is not None and meta.created_at >= hi
                 ):
                     continue
-                failed = state.failed_step
-                error = failed.error if failed is not None else (state.errors[-1].message if state.errors else None)
                 end = state.ended_at or (state.updated_at if state.is_terminal else None)
                 duration = _codec.ms_between(state.started_at, end)
                 row = (
                     str(rid), rid.org, rid.project, state.status, meta.created_at, state.started_at, state.ended_at,
                     state.updated_at, duration, state.last_event_id, state.current_phase, state.current_step,
-                    failed.phase if failed else None, failed.name if failed else None, error, state.resume_count,
+                    state.failed_phase, state.failed_step, state.error, state.resume_count,
                     meta.parent_run_id, state.sealed_at is not None, meta.params, meta.tags,
                 )
                 for c, v in zip(RUN_COLUMNS, row, strict=True):

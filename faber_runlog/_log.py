@@ -37,7 +37,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeVar
 
 import attrs
 
@@ -49,8 +49,10 @@ from faber_runlog._format import (
     RunLayout,
     decode_segment,
     decode_snapshot,
+    decode_summary,
     encode_segment,
     encode_snapshot,
+    encode_summary,
     fingerprint,
     iter_jsonl,
     jsonl_line,
@@ -61,7 +63,7 @@ from faber_runlog._format import (
 )
 from faber_runlog._ids import RunId
 from faber_runlog._registry import Registry, event_types_table
-from faber_runlog._state import RunState, apply, fold_generation
+from faber_runlog._state import RunDigest, RunState, apply, apply_mapping, fold_generation
 from faber_runlog._storage import Storage
 from faber_runlog._transitions import SEAL_TYPE, TRANSITIONS
 from faber_runlog.errors import (
@@ -78,7 +80,7 @@ from faber_runlog.errors import (
     StorageError,
 )
 
-__all__ = ["SEAL_GRACE", "Commit", "EventLog", "read_logs"]
+__all__ = ["SEAL_GRACE", "Commit", "EventLog", "current_digests", "current_states", "read_logs"]
 
 log = logging.getLogger("faber_runlog._log")
 
@@ -146,6 +148,21 @@ def _event_fp(event: Event) -> str:
     return fingerprint(event.type, event.timestamp, event.nonce)
 
 
+def _mapping_fp(data: dict[str, Any]) -> str:
+    return fingerprint(data.get("type"), data.get("timestamp"), data.get("nonce"))
+
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class _Decode(Protocol[T_co]):
+    def __call__(self, seq: int, body: bytes, key: str | None = None, /) -> T_co: ...
+
+
+_EVENT_BYTES_GUESS: Final = 300  # a typical event file, until this writer has written one
+
+
 class EventLog:
     """The append-only, gapless event log of one run."""
 
@@ -189,6 +206,13 @@ class EventLog:
         self._state_fp: str | None = None  # fingerprint of the writer state's last event
         self._fold_gen = fold_generation()  # of the fold handlers self._state was folded with
         self._tail = 0  # highest sequence number known to exist
+        # The snapshot policy (see _snapshot_due): the last state.json this handle knows of
+        # (its event and size) and the mean size of the events this writer appended.
+        self._snap_seq = 0
+        self._snap_size = 0
+        self._taken: list[int] | None = None  # periodic snapshots on disk, once listed
+        self._prunes = 0
+        self._event_bytes = float(_EVENT_BYTES_GUESS)
         self._sealed: int | None = None  # the seal's number, once known
         # Monotonic time from which this writer's tail is known to be current
         # (rule 4 of the protocol); None: unknown, check after the next create.
@@ -323,7 +347,7 @@ class EventLog:
                 body = _codec.dumps(data)
                 if self._storage.create(self._layout.event(seq), body):
                     self._after_create(seq, started)
-                    commit = self._after_claim(Event.from_dict(data))
+                    commit = self._after_claim(Event.from_dict(data), len(body))
                     self._keep_own(seq, body)
                     break
                 # Another writer took this number: back off a random while (so
@@ -473,11 +497,16 @@ class EventLog:
             tail += 1
         return tail
 
-    def _after_claim(self, event: Event) -> Commit:
-        """Fold our own event when the state is current, and write snapshots when due. Never raises."""
+    def _after_claim(self, event: Event, size: int = _EVENT_BYTES_GUESS) -> Commit:
+        """Fold our own event when the state is current, and write the summary and snapshots when due. Never raises.
+
+        The summary (a few hundred bytes) is written when the status changes and
+        with every snapshot; ``state.json`` only when :meth:`_snapshot_due`.
+        """
         seq = event.event_id
         state = self._writer_state()
-        periodic = seq % self._snapshot_every == 0
+        self._event_bytes += (size - self._event_bytes) / 16  # a running mean: cheap and steady
+        periodic = self._snapshot_due(seq)
         if state.last_event_id != seq - 1:
             # Others wrote since our state. Catch up only when a snapshot is due;
             # a failure here must not turn a durable append into an error.
@@ -498,8 +527,13 @@ class EventLog:
             after = state.status
         if event.type == SEAL_TYPE:
             self._sealed = seq
-        if periodic or (before is not None and before != after) or event.type == SEAL_TYPE:
-            self._write_snapshot(state, periodic=periodic)
+            self._write_snapshot(state, periodic=False)  # archiving reads state.json of the sealed run
+            self._write_summary(state)
+            return Commit(event, before, after)
+        if periodic:
+            self._write_snapshot(state, periodic=True)
+        if before is not None and before != after:
+            self._write_summary(state)
         return Commit(event, before, after)
 
     def _keep_own(self, seq: int, body: bytes) -> None:
@@ -537,25 +571,65 @@ class EventLog:
         finally:
             self._own = {s: b for s, b in self._own.items() if s > last}
 
+    def _snapshot_due(self, seq: int) -> bool:
+        """Whether event ``seq`` should be followed by a full snapshot.
+
+        On multiples of ``snapshot_every``, and only once the events appended
+        since the last snapshot hold at least as many bytes as that snapshot:
+        the snapshot bytes written per append then never exceed the event bytes
+        however large the state grows, and a fresh open folds at most a
+        snapshot's worth of events after reading it (docs/concurrency.md).
+        """
+        if seq % self._snapshot_every:
+            return False
+        return (seq - self._snap_seq) * self._event_bytes >= self._snap_size
+
+    def _write_summary(self, state: RunState) -> None:
+        """Write ``summary.json`` for ``state`` (listings read it). Failures cost time only."""
+        try:
+            digest = RunDigest.of(state, self._state_fp)
+            self._storage.replace(self._layout.summary, encode_summary(digest.to_dict()))
+        except Exception as e:
+            log.warning("summary of run %s at event %d not written: %s", self._run_id, state.last_event_id, e)
+
     def _write_snapshot(self, state: RunState, *, periodic: bool) -> None:
-        """Write ``state.json`` (and a periodic older snapshot, pruning the oldest). Failures cost time only."""
+        """Write ``state.json`` (and a periodic older snapshot, pruning the oldest). Failures cost time only.
+
+        Periodic snapshots leave the summary alone: the run is active, so the
+        next event makes any summary stale; a listing then starts its fold here.
+        """
         seq = state.last_event_id
         try:
             body = encode_snapshot(state.to_dict(), self._state_fp)
             self._storage.replace(self._layout.state, body)
+            self._snap_seq, self._snap_size = seq, len(body)
             if periodic:
                 self._storage.replace(self._layout.snapshot(seq), body)
-                old = seq - (SNAPSHOTS_KEPT * self._snapshot_every)
-                if old > 0:
-                    self._storage.delete(self._layout.snapshot(old))
+                self._prune_snapshots(seq)
         except Exception as e:
             log.warning("snapshot of run %s at event %d not written: %s", self._run_id, seq, e)
 
+    def _prune_snapshots(self, seq: int) -> None:
+        # Snapshots are taken at irregular multiples of K (see _snapshot_due). A handle lists
+        # them, then remembers the ones it wrote: steady state costs one DELETE, no LIST. It lists
+        # again every few snapshots, so ones other writers left behind are pruned too.
+        self._prunes += 1
+        if self._taken is None or self._prunes % 8 == 0:
+            self._taken = sorted(
+                n for n in (parse_seq_name(name) for name in self._storage.list_names(self._layout.snapshots))
+                if n is not None and n < seq
+            )  # fmt: skip
+        self._taken.append(seq)
+        while len(self._taken) > SNAPSHOTS_KEPT:
+            self._storage.delete(self._layout.snapshot(self._taken[0]))
+            del self._taken[0]
+
     def snapshot(self) -> RunState:
-        """Write ``state.json`` for the current state now and return that state."""
+        """Write ``state.json`` and ``summary.json`` for the current state now and return that state."""
         with self._lock:
             state = self._sync()
             self._write_snapshot(state, periodic=False)
+            self._write_summary(state)
             return state.copy()
 
     def _refuse_if_sealed(self) -> None:
@@ -575,8 +649,7 @@ class EventLog:
             # from the first (a stored snapshot may predate the handler too).
             self._fold_gen = fold_generation()
             fresh = RunState(run_id=self._run_id)
-            last = self._catch_up(fresh)
-            self._state, self._state_fp = fresh, (None if last is None else _event_fp(last))
+            self._state, self._state_fp = fresh, self._catch_up(fresh)
         if self._state is None:
             started = time.monotonic()
             self._fold_gen = fold_generation()
@@ -597,7 +670,7 @@ class EventLog:
         started = time.monotonic()
         last = self._catch_up(state, until=until)
         if last is not None:
-            self._state_fp = _event_fp(last)
+            self._state_fp = last
         self._tail = max(self._tail, state.last_event_id)
         if until is None:
             self._confirmed = started  # the fold read up to the first missing file
@@ -637,13 +710,15 @@ class EventLog:
             state, fp, newer = self._older_snapshot(at)
         if state is None and not newer:
             state, fp = self._snapshot(self._layout.state, at)
+            if state is not None and at is None:
+                self._snap_seq = max(self._snap_seq, state.last_event_id)
         if state is None:
             state, fp = RunState(run_id=self._run_id), None
         else:
             self._tail = max(self._tail, state.last_event_id)  # the snapshot's check read that event
         last = self._catch_up(state, until=at)
         if last is not None:
-            fp = _event_fp(last)
+            fp = last
         if state.sealed_at is not None:
             self._sealed = state.sealed_at
         return state, fp
@@ -662,6 +737,8 @@ class EventLog:
         body = self._storage.read(key)
         if body is None:
             return None, None
+        if key == self._layout.state:
+            self._snap_size = len(body)
         try:
             data, fp = decode_snapshot(body)
             if at is not None and int(data.get("last_event_id", 0)) > at:
@@ -679,44 +756,65 @@ class EventLog:
             return None, None
         return state, fp
 
-    def _catch_up(self, state: RunState, until: int | None = None) -> Event | None:
+    def _catch_up(self, state: RunState, until: int | None = None) -> str | None:
+        """Fold the stored events after ``state`` into it; the last one's fingerprint (None: nothing new).
+
+        Folds the decoded mappings (no ``Event`` per event): a rebuild runs at the speed of the parser.
+        """
         last = None
-        for event in self._stored(state.last_event_id, until):
-            apply(state, event, self._folds)
-            last = event
-        return last
+        for data in self._stored(state.last_event_id, until, self._decode_mapping):
+            apply_mapping(state, data, self._folds)
+            last = data
+        return None if last is None else _mapping_fp(last)
 
     # -- reading -----------------------------------------------------------
 
     def _decode(self, seq: int, body: bytes, key: str | None = None) -> Event:
+        data = self._decode_mapping(seq, body, key)
+        try:
+            return _event_from_dict(data)
+        except Exception as e:
+            raise self._corrupt(seq, key, e) from e
+
+    def _decode_mapping(self, seq: int, body: bytes, key: str | None = None) -> dict[str, Any]:
+        """Event ``seq``'s stored mapping, upcast: what the fold reads (and ``Event`` is built from)."""
         try:
             data = _loads(body)
-            if data.__class__ is dict and data.get("event_id") == seq:
-                return _event_from_dict(upcast(data, self._types))
+            if data.__class__ is dict and data.get("event_id") == seq and "type" in data and "timestamp" in data:
+                return upcast(data, self._types)
             if not isinstance(data, dict):
                 raise CorruptData(f"expected a JSON object, found {type(data).__name__}")
+            if data.get("event_id") == seq:
+                raise CorruptData("it has no type or no timestamp")
             raise CorruptData(f"its event_id is {data.get('event_id')!r}, not {seq}")
         except Exception as e:
-            path = self._storage.path(key or self._layout.event(seq))
-            where = f"line {seq} of {path}" if key else path
-            raise CorruptEvent(
-                f"event {seq} of run {self._run_id} at {where} is unreadable ({e}); "
-                "restore the file from a backup or archive, the log is not read past it",
-                run_id=self._run_id,
-                seq=seq,
-                path=path,
-            ) from e
+            raise self._corrupt(seq, key, e) from e
 
-    def _stored(self, after: int, until: int | None = None) -> Iterator[Event]:
-        """Events after ``after`` (and up to ``until``) in order, stopping at the end of the log."""
+    def _corrupt(self, seq: int, key: str | None, e: Exception) -> CorruptEvent:
+        path = self._storage.path(key or self._layout.event(seq))
+        where = f"line {seq} of {path}" if key else path
+        return CorruptEvent(
+            f"event {seq} of run {self._run_id} at {where} is unreadable ({e}); "
+            "restore the file from a backup or archive, the log is not read past it",
+            run_id=self._run_id,
+            seq=seq,
+            path=path,
+        )
+
+    def _stored(self, after: int, until: int | None, dec: _Decode[T]) -> Iterator[T]:
+        """Events after ``after`` (and up to ``until``) in order, stopping at the end of the log.
+
+        ``dec(seq, body, key)`` decodes each one (an ``Event`` for readers, the mapping for the fold).
+        """
+        d = dec
         if self._sealed is not None and after < self._sealed - 1 and (until is None or until > after):
             body = self._storage.read(self._layout.jsonl)
             if body is not None:  # absent only while a consolidation is being finished: read the files
-                yield from self._stored_jsonl(body, after, until, self._sealed - 1)
+                yield from self._stored_jsonl(body, after, until, self._sealed - 1, d)
                 after = self._sealed - 1
         if until is not None and after >= until:
             return
-        nxt = yield from self._stored_files(after, until)
+        nxt = yield from self._stored_files(after, until, d)
         if (until is not None and nxt > until) or (self._sealed is not None and nxt > self._sealed):
             return
         # File ``nxt`` is missing: the end of the log, unless consolidation removed it.
@@ -725,9 +823,9 @@ class EventLog:
             return
         seal = self._learn_seal(body)
         if nxt < seal:
-            yield from self._stored_jsonl(body, nxt - 1, until, seal - 1)
+            yield from self._stored_jsonl(body, nxt - 1, until, seal - 1, d)
             if until is None or until >= seal:
-                yield from self._stored_files(seal - 1, until)
+                yield from self._stored_files(seal - 1, until, d)
 
     def _learn_seal(self, body: bytes) -> int:
         """The seal's number, checked against ``events.jsonl`` (one line per event before it)."""
@@ -747,7 +845,7 @@ class EventLog:
         self._sealed = through + 1
         return through + 1
 
-    def _stored_jsonl(self, body: bytes, after: int, until: int | None, last: int) -> Iterator[Event]:
+    def _stored_jsonl(self, body: bytes, after: int, until: int | None, last: int, dec: _Decode[T]) -> Iterator[T]:
         stop = last if until is None else min(until, last)
         lines = iter_jsonl(body, after, stop)
         while True:
@@ -763,9 +861,9 @@ class EventLog:
                     seq=after + 1,
                     path=path,
                 ) from e
-            yield self._decode(seq, line, self._layout.jsonl)
+            yield dec(seq, line, self._layout.jsonl)
 
-    def _stored_files(self, after: int, until: int | None = None) -> Generator[Event, None, int]:
+    def _stored_files(self, after: int, until: int | None, dec: _Decode[T]) -> Generator[T, None, int]:
         """Events from segments and event files; returns the first sequence number not read.
 
         Segments serve whole ranges with one read each; the files after the
@@ -778,17 +876,17 @@ class EventLog:
         check = not near_tail or (until is not None and until - after > 2)
         while True:
             if check:
-                cur = yield from self._stored_segments(cur, until)
+                cur = yield from self._stored_segments(cur, until, dec)
                 if until is not None and cur >= until:
                     return cur + 1
             if not self._storage.capabilities.list_after:
-                return (yield from self._storage.read_numbered(self._layout.events, cur + 1, until, self._decode))
-            cur, more = yield from self._stored_page(cur, until)
+                return (yield from self._storage.read_numbered(self._layout.events, cur + 1, until, dec))
+            cur, more = yield from self._stored_page(cur, until, dec)
             if not more:
                 return cur + 1
             check = True  # a full page: many events are new, so segments may cover the next ones
 
-    def _stored_segments(self, after: int, until: int | None) -> Generator[Event, None, int]:
+    def _stored_segments(self, after: int, until: int | None, dec: _Decode[T]) -> Generator[T, None, int]:
         """Events after ``after`` from the chain of segments that starts there; returns the last one served."""
         limit = None if until is None else min(_PAGE, -(-(until - after) // self._segment_every) + 1)
         chain: list[tuple[int, int]] = []
@@ -808,18 +906,18 @@ class EventLog:
             part = chain[start : start + _SEGMENT_BATCH]
             bodies = self._storage.read_many(self._layout.segment(f, last) for f, last in part)
             for first, last in part:
-                events = self._segment_events(bodies[self._layout.segment(first, last)], first, last, cur, until)
+                events = self._segment_events(bodies[self._layout.segment(first, last)], first, last, cur, until, dec)
                 if not events:
                     return cur
                 yield from events
-                cur = events[-1].event_id
+                cur += len(events)  # a segment's events after ``cur`` are gapless
                 if until is not None and cur >= until:
                     return cur
         return cur
 
     def _segment_events(
-        self, body: bytes | None, first: int, last: int, after: int, until: int | None
-    ) -> list[Event] | None:
+        self, body: bytes | None, first: int, last: int, after: int, until: int | None, dec: _Decode[T]
+    ) -> list[T] | None:
         """Events ``after+1..`` of a segment, all decoded before any is used; None when it cannot be trusted."""
         key = self._layout.segment(first, last)
         if body is None:
@@ -828,7 +926,7 @@ class EventLog:
         try:
             lines = decode_segment(body, self._run_id, first, last)
             return [
-                self._decode(first + i - 1, line, key)
+                dec(first + i - 1, line, key)
                 for i, line in iter_jsonl(lines, after - first + 1, stop - first + 1)
             ]
         except Exception as e:
@@ -836,7 +934,7 @@ class EventLog:
             log.warning("ignoring segment %s of run %s: %s", self._storage.path(key), self._run_id, e)
             return None
 
-    def _stored_page(self, after: int, until: int | None) -> Generator[Event, None, tuple[int, bool]]:
+    def _stored_page(self, after: int, until: int | None, dec: _Decode[T]) -> Generator[T, None, tuple[int, bool]]:
         """One LIST page of event names after ``after``, their bodies fetched concurrently in batches.
 
         Returns the last event read and whether more may follow (the page was full).
@@ -862,7 +960,7 @@ class EventLog:
                 body = bodies[self._layout.event(s)]
                 if body is None:
                     return s - 1, False
-                yield self._decode(s, body)
+                yield dec(s, body, None)
         last = expected - 1
         return last, whole and len(names) >= want and (until is None or last < until)
 
@@ -872,7 +970,7 @@ class EventLog:
             return self._decode(seq, body)
         jsonl = self._storage.read(self._layout.jsonl)
         if jsonl is not None and seq >= 1 and seq < self._learn_seal(jsonl):
-            return next(self._stored_jsonl(jsonl, seq - 1, seq, seq))
+            return next(self._stored_jsonl(jsonl, seq - 1, seq, seq, self._decode))
         raise CorruptEvent(
             f"event {seq} of run {self._run_id} is missing; run verify (faber-runlog verify) to see what else is",
             run_id=self._run_id,
@@ -908,9 +1006,9 @@ class EventLog:
             # so the read lists and fetches only those.
             until = since + limit if until is None else min(until, since + limit)
         if wanted is None and limit is None:
-            yield from self._stored(since, until)  # the rebuild's path: no per-event checks here
+            yield from self._stored(since, until, self._decode)  # the rebuild's path: no per-event checks here
             return
-        for event in self._stored(since, until):
+        for event in self._stored(since, until, self._decode):
             if wanted is not None and event.type not in wanted:
                 continue
             yield event
@@ -922,9 +1020,7 @@ class EventLog:
         """The id of the newest event (0 for an empty log)."""
         return self.current_state().last_event_id
 
-    def tail(
-        self, since: int = 0, *, poll_interval: float = 0.25, timeout: float | None = None
-    ) -> Iterator[Event]:
+    def tail(self, since: int = 0, *, poll_interval: float = 0.25, timeout: float | None = None) -> Iterator[Event]:
         """Yield events after ``since`` as they are written; stop after ``timeout`` idle seconds."""
         last = since
         idle_since = time.monotonic()
@@ -940,6 +1036,46 @@ class EventLog:
                 return
             else:
                 time.sleep(poll_interval)
+
+
+def current_digests(
+    storage: Storage, run_ids: Iterable[RunId], *, snapshot_every: int = 100
+) -> dict[RunId, RunDigest | Exception]:
+    """What a listing shows of many runs (status, timestamps, phase and step...), or the error that stopped one.
+
+    Reads each run's ``summary.json`` and probes for the event after it, in
+    batches (concurrently on S3): two small reads per run. A summary is used
+    as it is only when its checksum holds, it names this run and event
+    ``last_event_id + 1`` does not exist; any other run is folded from its log
+    (snapshot plus the events after it), so the status is always the log's.
+    """
+    rids = list(run_ids)
+    layouts = {rid: RunLayout(rid) for rid in rids}
+    bodies = storage.read_many(layouts[r].summary for r in rids)
+    decoded: dict[RunId, RunDigest] = {}
+    for rid in rids:
+        body = bodies.get(layouts[rid].summary)
+        if body is None:
+            continue
+        try:
+            digest = RunDigest.from_dict(decode_summary(body))
+        except Exception as e:  # a cache: a damaged one costs a fold, never a wrong answer
+            log.warning("ignoring summary %s: %s", storage.path(layouts[rid].summary), e)
+            continue
+        if digest.run_id == str(rid):
+            decoded[rid] = digest
+    found = storage.read_many(layouts[r].event(d.last_event_id + 1) for r, d in decoded.items())
+    out: dict[RunId, RunDigest | Exception] = {}
+    for rid in rids:
+        got = decoded.get(rid)
+        if got is not None and found.get(layouts[rid].event(got.last_event_id + 1)) is None:
+            out[rid] = got
+            continue
+        try:
+            out[rid] = RunDigest.of(EventLog(storage, rid, snapshot_every=snapshot_every).load_state(), None)
+        except Exception as e:  # reported per run: one damaged run must not hide the others
+            out[rid] = e
+    return out
 
 
 def current_states(
@@ -975,8 +1111,10 @@ def current_states(
         if got is not None:
             state, fp = got
             tip = _codec.load_object(found.get(layouts[rid].event(state.last_event_id)))
-            if found.get(layouts[rid].event(state.last_event_id + 1)) is None and tip is not None and (
-                fingerprint(tip.get("type"), tip.get("timestamp"), tip.get("nonce")) == fp
+            if (
+                found.get(layouts[rid].event(state.last_event_id + 1)) is None
+                and tip is not None
+                and (fingerprint(tip.get("type"), tip.get("timestamp"), tip.get("nonce")) == fp)
             ):
                 out[rid] = state
                 continue

@@ -33,7 +33,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._types = _events.EventTypes(_events.DEFAULT_TYPES)
-        self._folds: dict[str, _state.Handler] = dict(_state.default_folds())
+        self._folds: dict[str, _state.RawHandler] = dict(_state.default_folds())
         self._backends: dict[str, Callable[[dict[str, Any], Gateway], Backend]] = dict(DEFAULT_BACKENDS)
 
     @classmethod
@@ -47,7 +47,7 @@ class Registry:
         return cls()
 
     @property
-    def folds(self) -> Mapping[str, _state.Handler]:
+    def folds(self) -> Mapping[str, _state.RawHandler]:
         """The fold handlers by event type."""
         return self._folds
 

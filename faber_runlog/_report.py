@@ -16,7 +16,7 @@ from typing import Any, Final
 import fastjsonschema
 
 from faber_runlog import _codec
-from faber_runlog._format import RunLayout
+from faber_runlog._format import RunLayout, decode_summary
 from faber_runlog._ids import RunId
 from faber_runlog._log import EventLog
 from faber_runlog._metadata import RunMetadata
@@ -140,6 +140,8 @@ def compose_report(storage: Storage, elog: EventLog, state: RunState | None = No
         "parent_run_id": meta.parent_run_id,
         "phases": phases,
         "approvals": approvals,
+        # artifacts and errors below are the latest LATEST_KEPT; totals counts them all (the events hold them all).
+        "totals": dict(state.totals),
         "artifacts": [
             {"path": a.path, "action": a.action, "phase": a.phase, "step": a.step, "kind": a.kind,
              "event_id": a.event_id}
@@ -284,20 +286,22 @@ def recover_missing_reports(
 ) -> list[str]:
     """Write reports for ended runs among ``run_ids`` that lack one (or whose report shows another status).
 
-    Runs that have a report matching their snapshot's status cost one read;
+    Runs that have a report matching their summary's status cost two small reads;
     the others are folded exactly, so a run whose writer died right after its
     last event is still found. Returns the ids of the runs written.
     """
     rids = [RunId.parse(r) for r in run_ids]
     keys = {rid: _keys(rid)[0] for rid in rids}
     reports = storage.read_many(keys.values())
-    snapshots = storage.read_many(RunLayout(rid).state for rid in rids)
+    summaries = storage.read_many(RunLayout(rid).summary for rid in rids)
     written: list[str] = []
     for rid in rids:
         report = _codec.load_object(reports.get(keys[rid]))
-        snap = _codec.load_object(snapshots.get(RunLayout(rid).state))
-        snap_status = snap.get("status") if snap is not None else None
-        if report is not None and report.get("status") == snap_status:
+        try:
+            summary_status = decode_summary(summaries.get(RunLayout(rid).summary) or b"").get("status")
+        except ValueError:  # missing or damaged: fold below
+            summary_status = None
+        if report is not None and report.get("status") == summary_status:
             continue
         elog = open_log(rid)
         state = elog.current_state()

@@ -4,19 +4,31 @@
 events into one private working copy (``apply``) so rebuilding a long run
 costs one handler call per event, not one state copy per event. Each event
 type has one small handler; types without one are counted and ignored.
+
+The built-in handlers read the stored event mapping (what ``orjson.loads``
+gives), so a rebuild folds decoded files directly (:func:`apply_mapping`)
+without building an :class:`~faber_runlog.Event` per event; handlers added
+with :func:`register_fold` still receive an ``Event``.
+
+The state stays bounded when the workflow is bounded: lists that would grow
+with every event of a kind (errors, artifacts, commits, ...) keep the latest
+:data:`LATEST_KEPT` records, and ``totals`` counts all of them; the full
+history is a query over the events (``run.log.read(types=...)``).
 """
 
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
 
+from faber_runlog import _codec
 from faber_runlog._codec import ms_between
 from faber_runlog._converter import converter, to_dict
-from faber_runlog._events import Event
+from faber_runlog._events import Event, _event_from_dict, _event_to_dict
 from faber_runlog._transitions import (
     ACTIVE_STATUSES,
     BACK,
@@ -32,6 +44,7 @@ from faber_runlog.errors import InvalidArgument
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "LATEST_KEPT",
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
     "ApprovalState",
@@ -39,15 +52,25 @@ __all__ = [
     "ErrorRecord",
     "PhaseState",
     "PullRequest",
+    "RunDigest",
     "RunState",
     "RunStatus",
     "StepState",
     "apply",
+    "apply_mapping",
     "fold",
     "fold_all",
     "register_fold",
 ]
 
+LATEST_KEPT: Final = 20
+"""Records kept per growing list of the state (errors, artifacts, ...); ``RunState.totals`` counts them all.
+
+Twenty covers what a status page or a resume decision looks at (the last
+failure, the latest artifacts) while keeping ``state.json`` a few tens of KB
+for a bounded workflow however long it runs.
+"""
+BOUNDED_LISTS: Final = ("errors", "artifacts", "commits", "branches", "decisions", "tests", "specs", "checkpoints")
 
 
 @attrs.define(slots=True)
@@ -171,6 +194,8 @@ class RunState:
     status_reason: str | None = None
     approvals: dict[str, ApprovalState] = attrs.field(factory=dict)
     sealed_at: int | None = None
+    # How many records each bounded list has seen in all (the lists keep the latest LATEST_KEPT).
+    totals: dict[str, int] = attrs.field(factory=dict)
 
     @property
     def is_terminal(self) -> bool:
@@ -212,12 +237,115 @@ class RunState:
         return converter.structure(data, cls)
 
     def copy(self) -> RunState:
-        """A deep copy that shares nothing mutable with this state."""
-        return copy.deepcopy(self)
+        """A deep copy that shares nothing mutable with this state.
 
+        Hand-written for the large parts (phases and steps: a state can hold
+        thousands): ``copy.deepcopy`` costs ~10x more. Anything else is deep-copied.
+        """
+        new = RunState(*_RUN_GET(self))
+        new.phases = {k: _copy_phase(p) for k, p in self.phases.items()}
+        for name in _RUN_DEEP:
+            setattr(new, name, copy.deepcopy(getattr(self, name)))
+        for name in _RUN_FLAT:
+            setattr(new, name, dict(getattr(self, name)))
+        for name in BOUNDED_LISTS:
+            records = getattr(self, name)
+            setattr(new, name, list(records) if name in ("errors", "artifacts") else copy.deepcopy(records))
+        return new
+
+
+_STEP_GET: Final = operator.attrgetter(*(a.name for a in attrs.fields(StepState)))
+_PHASE_GET: Final = operator.attrgetter(*(a.name for a in attrs.fields(PhaseState)))
+_RUN_GET: Final = operator.attrgetter(*(a.name for a in attrs.fields(RunState)))
+_RUN_FLAT: Final = ("invocations", "event_counts", "idempotency_keys", "totals")  # str -> int: a flat copy is deep
+_RUN_DEEP: Final = tuple(
+    a.name
+    for a in attrs.fields(RunState)
+    if a.name not in ("phases", *_RUN_FLAT)
+    and a.name not in ("errors", "artifacts", "commits", "branches", "decisions", "tests", "specs", "checkpoints")
+    and str(a.type) not in ("str", "str | None", "int", "int | None")
+)
+
+
+def _copy_phase(p: PhaseState) -> PhaseState:
+    new = PhaseState(*_PHASE_GET(p))
+    new.steps = {k: StepState(*_STEP_GET(s)) for k, s in p.steps.items()}
+    return new
+
+
+@attrs.frozen(slots=True)
+class RunDigest:
+    """What listings show of a run (the body of ``summary.json``): a few hundred bytes, whatever the run's size.
+
+    ``last_event`` is the fingerprint of event ``last_event_id`` (None when
+    built from a fold, where it is not needed).
+    """
+
+    run_id: str
+    status: RunStatus
+    last_event_id: int
+    last_event: str | None = None
+    status_reason: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    updated_at: str | None = None
+    current_phase: str | None = None
+    current_step: str | None = None
+    failed_phase: str | None = None
+    failed_step: str | None = None
+    error: str | None = None
+    resume_count: int = 0
+    sealed_at: int | None = None
+    totals: dict[str, int] = attrs.field(factory=dict)
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the run has ended: completed, failed or cancelled."""
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def of(cls, state: RunState, last_event: str | None) -> RunDigest:
+        """The digest of ``state``, whose last event has fingerprint ``last_event``."""
+        failed = state.failed_step
+        error = failed.error if failed is not None else (state.errors[-1].message if state.errors else None)
+        if error is not None and len(error) > _DIGEST_ERROR_CHARS:
+            error = error[: _DIGEST_ERROR_CHARS - 1] + "\u2026"  # a listing shows a line; the state has it all
+        return cls(
+            run_id=state.run_id,
+            status=state.status,
+            last_event_id=state.last_event_id,
+            last_event=last_event,
+            status_reason=state.status_reason,
+            started_at=state.started_at,
+            ended_at=state.ended_at,
+            updated_at=state.updated_at,
+            current_phase=state.current_phase,
+            current_step=state.current_step,
+            failed_phase=failed.phase if failed is not None else None,
+            failed_step=failed.name if failed is not None else None,
+            error=error,
+            resume_count=state.resume_count,
+            sealed_at=state.sealed_at,
+            totals=dict(state.totals),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (the ``summary.json`` body)."""
+        return converter.unstructure(self)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunDigest:
+        """Rebuild from :meth:`to_dict` output."""
+        return converter.structure(data, cls)
+
+
+_DIGEST_ERROR_CHARS: Final = 500
 
 Handler = Callable[[RunState, Event], None]
-_HANDLERS: dict[str, Handler] = {}
+Ev = Mapping[str, Any]
+"""A stored event as decoded from its file (after upcasting): what the built-in handlers read."""
+RawHandler = Callable[[RunState, Ev], None]
+_HANDLERS: dict[str, RawHandler] = {}
 
 
 def register_fold(event_type: str, handler: Handler, *, replace: bool = False) -> None:
@@ -229,11 +357,15 @@ def register_fold(event_type: str, handler: Handler, *, replace: bool = False) -
     add_fold(_HANDLERS, event_type, handler, replace=replace)
 
 
-def add_fold(table: dict[str, Handler], event_type: str, handler: Handler, *, replace: bool = False) -> None:
-    """:func:`register_fold` into ``table`` (a registry's)."""
+def add_fold(table: dict[str, RawHandler], event_type: str, handler: Handler, *, replace: bool = False) -> None:
+    """:func:`register_fold` into ``table`` (a registry's): ``handler`` is wrapped to receive an ``Event``."""
     if event_type in table and not replace:
         raise InvalidArgument(f"a fold handler for {event_type!r} is already registered; pass replace=True")
-    table[event_type] = handler
+
+    def on_mapping(state: RunState, e: Ev) -> None:
+        handler(state, _event_from_dict(e))  # user handlers get the public, immutable Event
+
+    table[event_type] = on_mapping
     _GENERATION[0] += 1  # states folded before this are stale: logs refold on their next read
 
 
@@ -245,8 +377,8 @@ def fold_generation() -> int:
     return _GENERATION[0]
 
 
-def _handles(*types: str) -> Callable[[Handler], Handler]:
-    def deco(fn: Handler) -> Handler:
+def _handles(*types: str) -> Callable[[RawHandler], RawHandler]:
+    def deco(fn: RawHandler) -> RawHandler:
         for t in types:
             _HANDLERS[t] = fn
         return fn
@@ -254,15 +386,26 @@ def _handles(*types: str) -> Callable[[Handler], Handler]:
     return deco
 
 
-def apply(state: RunState, event: Event, handlers: Mapping[str, Handler] = _HANDLERS) -> None:
+def apply(state: RunState, event: Event, handlers: Mapping[str, RawHandler] = _HANDLERS) -> None:
     """Fold ``event`` into ``state`` in place with ``handlers`` (a registry's folds; the fast path of :func:`fold`)."""
-    etype = event.type
-    state.last_event_id = event.event_id
-    state.updated_at = event.timestamp
+    apply_mapping(state, _event_to_dict(event), handlers)
+
+
+def apply_mapping(state: RunState, e: Ev, handlers: Mapping[str, RawHandler] = _HANDLERS) -> None:
+    """Fold one stored event mapping (a decoded, upcast event file) into ``state`` in place.
+
+    The same fold as :func:`apply` without building an ``Event``: rebuilds run
+    at the speed of the JSON parser. ``e`` must hold ``event_id``, ``type`` and
+    ``timestamp`` (every stored event does). ``handlers`` are a registry's folds.
+    """
+    etype = e["type"]
+    eid = state.last_event_id = e["event_id"]
+    state.updated_at = e["timestamp"]
     counts = state.event_counts
     counts[etype] = counts.get(etype, 0) + 1
-    if event.idempotency_key is not None:
-        state.idempotency_keys.setdefault(event.idempotency_key, event.event_id)
+    key = e.get("idempotency_key")
+    if key is not None:
+        state.idempotency_keys.setdefault(key, eid)
     row = TRANSITIONS.get(etype)
     before = state.status
     target = SAME if row is None else row.target(before)
@@ -272,7 +415,7 @@ def apply(state: RunState, event: Event, handlers: Mapping[str, Handler] = _HAND
     if handler is None:
         state.unknown_events += 1
     else:
-        handler(state, event)
+        handler(state, e)
     if target not in (SAME, DECIDED):
         state.status = target  # type: ignore[assignment]  # the transition table holds only statuses
         if before in TERMINAL_STATUSES and target not in TERMINAL_STATUSES:
@@ -298,70 +441,102 @@ def fold_all(state: RunState, events: Iterable[Event]) -> RunState:
 
 # -- helpers ---------------------------------------------------------------
 
+_NO_METADATA: Final[Mapping[str, Any]] = {}
 
-def _phase(state: RunState, event: Event) -> PhaseState | None:
-    name = event.phase
+
+def _meta(e: Ev) -> Mapping[str, Any]:
+    return e.get("metadata") or _NO_METADATA
+
+
+def _error_message(e: Ev) -> str | None:
+    # Event.error_message, on the mapping.
+    err: Any = e.get("error")
+    if err is None:
+        err = _meta(e).get("error")
+    if err is None:
+        return None
+    if isinstance(err, dict):
+        return str(err.get("message", _codec.dumps(err).decode()))
+    return str(err)
+
+
+def _keep(state: RunState, name: str, record: Any) -> None:
+    """Append ``record`` to the bounded list ``name``, dropping the oldest beyond LATEST_KEPT, and count it."""
+    records: list[Any] = getattr(state, name)
+    records.append(record)
+    if len(records) > LATEST_KEPT:
+        del records[: len(records) - LATEST_KEPT]
+    totals = state.totals
+    totals[name] = totals.get(name, 0) + 1
+
+
+def _phase(state: RunState, e: Ev) -> PhaseState | None:
+    name = e.get("phase")
     if name is None:
         return None
     p = state.phases.get(name)
     if p is None:
-        p = state.phases[name] = PhaseState(name=name, first_event_id=event.event_id)
-    p.last_event_id = event.event_id
+        p = state.phases[name] = PhaseState(name=name, first_event_id=e["event_id"])
+    p.last_event_id = e["event_id"]
     return p
 
 
-def _step(state: RunState, event: Event) -> StepState | None:
-    p = _phase(state, event)
-    if p is None or event.step is None:
+def _step(state: RunState, e: Ev) -> StepState | None:
+    p = _phase(state, e)
+    name = e.get("step")
+    if p is None or name is None:
         return None
-    s = p.steps.get(event.step)
+    eid = e["event_id"]
+    s = p.steps.get(name)
     if s is None:
-        s = p.steps[event.step] = StepState(name=event.step, phase=p.name, first_event_id=event.event_id)
-    s.last_event_id = event.event_id
+        s = p.steps[name] = StepState(name=name, phase=p.name, first_event_id=eid)
+    s.last_event_id = eid
     return s
 
 
-def _record_error(state: RunState, event: Event) -> str:
-    message = event.error_message or event.message or event.type
-    state.errors.append(ErrorRecord(event.event_id, event.type, event.timestamp, message, event.phase, event.step))
+def _record_error(state: RunState, e: Ev) -> str:
+    message = _error_message(e) or e.get("message") or e["type"]
+    _keep(
+        state, "errors", ErrorRecord(e["event_id"], e["type"], e["timestamp"], message, e.get("phase"), e.get("step"))
+    )
     return message
 
 
-def _finish(obj: PhaseState | StepState, event: Event, status: str) -> None:
+def _finish(obj: PhaseState | StepState, e: Ev, status: str) -> None:
     obj.status = status
-    obj.ended_at = event.timestamp
-    given = event.duration_ms
-    obj.duration_ms = given if given is not None else ms_between(obj.started_at, event.timestamp)
+    obj.ended_at = e["timestamp"]
+    given = e.get("duration_ms")
+    obj.duration_ms = given if given is not None else ms_between(obj.started_at, e["timestamp"])
 
 
-def _close_pending(state: RunState, event: Event, status: str = "closed") -> None:
+def _close_pending(state: RunState, e: Ev, status: str = "closed") -> None:
     # A run that ends leaves no gate open: its pending approvals are closed with it.
     for a in state.approvals.values():
         if a.status == "pending":
             a.status = status
-            a.resolved_at = event.timestamp
-            a.resolved_event_id = event.event_id
+            a.resolved_at = e["timestamp"]
+            a.resolved_event_id = e["event_id"]
 
 
-def _stop_active_work(state: RunState, event: Event, status: str, error: str | None) -> None:
+def _stop_active_work(state: RunState, e: Ev, status: str, error: str | None) -> None:
     # Phases and steps still running (or waiting at a gate) end with the run.
     for p in state.phases.values():
         for s in p.steps.values():
             if s.status in ("running", "retrying"):
-                _finish(s, event, status)
+                _finish(s, e, status)
                 s.error = error
-                s.last_event_id = event.event_id
+                s.last_event_id = e["event_id"]
         if p.status in ("running", "awaiting_approval"):
-            _finish(p, event, status)
+            _finish(p, e, status)
             p.error = error
-            p.last_event_id = event.event_id
+            p.last_event_id = e["event_id"]
 
 
-def _end_run(state: RunState, event: Event, status: RunStatus) -> None:
+def _end_run(state: RunState, e: Ev, status: RunStatus) -> None:
     state.status = status
-    state.ended_at = event.timestamp
+    state.ended_at = e["timestamp"]
     state.paused_from = None
-    reason = event.metadata.get("reason")
+    reason = _meta(e).get("reason")
     state.status_reason = reason if isinstance(reason, str) else None
 
 
@@ -369,36 +544,36 @@ def _end_run(state: RunState, event: Event, status: RunStatus) -> None:
 
 
 @_handles("workflow_start")
-def _workflow_start(state: RunState, event: Event) -> None:
+def _workflow_start(state: RunState, e: Ev) -> None:
     if state.started_at is None:
-        state.started_at = event.timestamp
+        state.started_at = e["timestamp"]
     state.ended_at = None
 
 
 @_handles("workflow_complete")
-def _workflow_complete(state: RunState, event: Event) -> None:
-    _end_run(state, event, "completed")
+def _workflow_complete(state: RunState, e: Ev) -> None:
+    _end_run(state, e, "completed")
     state.current_phase = state.current_step = None
-    _close_pending(state, event)
+    _close_pending(state, e)
 
 
 @_handles("workflow_error")
-def _workflow_error(state: RunState, event: Event) -> None:
-    _end_run(state, event, "failed")
-    message = _record_error(state, event)
-    _stop_active_work(state, event, "failed", message)
-    _close_pending(state, event)
+def _workflow_error(state: RunState, e: Ev) -> None:
+    _end_run(state, e, "failed")
+    message = _record_error(state, e)
+    _stop_active_work(state, e, "failed", message)
+    _close_pending(state, e)
 
 
 @_handles("workflow_cancelled")
-def _workflow_cancelled(state: RunState, event: Event) -> None:
-    _end_run(state, event, "cancelled")
-    _stop_active_work(state, event, "cancelled", None)
-    _close_pending(state, event, "aborted")
+def _workflow_cancelled(state: RunState, e: Ev) -> None:
+    _end_run(state, e, "cancelled")
+    _stop_active_work(state, e, "cancelled", None)
+    _close_pending(state, e, "aborted")
 
 
 @_handles("workflow_resumed")
-def _workflow_resumed(state: RunState, event: Event) -> None:
+def _workflow_resumed(state: RunState, e: Ev) -> None:
     # The status comes from the transition table (a paused run goes back where it was).
     state.paused_from = None
     state.status_reason = None
@@ -407,7 +582,7 @@ def _workflow_resumed(state: RunState, event: Event) -> None:
 
 
 @_handles("workflow_paused")
-def _workflow_paused(state: RunState, event: Event) -> None:
+def _workflow_paused(state: RunState, e: Ev) -> None:
     if state.status != "paused":
         state.paused_from = state.status
 
@@ -420,20 +595,20 @@ _DECIDED: Final = {
 
 
 @_handles("approval_requested")
-def _approval_requested(state: RunState, event: Event) -> None:
-    m = event.metadata
+def _approval_requested(state: RunState, e: Ev) -> None:
+    m = _meta(e)
     approval_id = str(m["approval_id"])
     payload = m.get("payload")
     state.approvals[approval_id] = ApprovalState(
         approval_id=approval_id,
         gate=str(m["gate"]),
-        phase=event.phase,
+        phase=e.get("phase"),
         payload=dict(payload) if isinstance(payload, dict) else {},
-        requested_at=event.timestamp,
-        requested_event_id=event.event_id,
+        requested_at=e["timestamp"],
+        requested_event_id=e["event_id"],
         decided_by=None,
     )
-    p = _phase(state, event)
+    p = _phase(state, e)
     if p is not None:
         p.status = "awaiting_approval"
     if state.status == "paused":
@@ -441,26 +616,26 @@ def _approval_requested(state: RunState, event: Event) -> None:
 
 
 @_handles("approval_resolved")
-def _approval_resolved(state: RunState, event: Event) -> None:
-    m = event.metadata
+def _approval_resolved(state: RunState, e: Ev) -> None:
+    m = _meta(e)
     approval_id = str(m["approval_id"])
     action = str(m["action"])
     a = state.approvals.get(approval_id)
     if a is None:  # a decision on a gate this log never opened: keep it anyway
-        a = state.approvals[approval_id] = ApprovalState(approval_id=approval_id, gate="", phase=event.phase)
+        a = state.approvals[approval_id] = ApprovalState(approval_id=approval_id, gate="", phase=e.get("phase"))
     a.status = _DECIDED.get(action, action)
     a.action = action
     a.client_token = m.get("client_token")
     a.comment = m.get("comment")
-    a.decided_by = event.user
-    a.resolved_at = event.timestamp
-    a.resolved_event_id = event.event_id
+    a.decided_by = e.get("user")
+    a.resolved_at = e["timestamp"]
+    a.resolved_event_id = e["event_id"]
     p = state.phases.get(a.phase) if a.phase is not None else None
     if p is not None:
-        p.last_event_id = event.event_id
+        p.last_event_id = e["event_id"]
     if action in ("approve", "request_changes"):
         if p is not None and action == "approve":
-            _finish(p, event, "completed")
+            _finish(p, e, "completed")
             if state.current_phase == p.name:
                 state.current_phase = state.current_step = None
         elif p is not None:
@@ -479,113 +654,113 @@ def _approval_resolved(state: RunState, event: Event) -> None:
     message = f"approval {approval_id} ({a.gate}) {'rejected' if action == 'reject' else 'aborted'}"
     message += f": {comment}" if comment else ""
     if p is not None and p.status not in ("completed", "skipped"):
-        _finish(p, event, "failed" if action == "reject" else "cancelled")
+        _finish(p, e, "failed" if action == "reject" else "cancelled")
         p.error = message
     if action == "reject":
-        state.errors.append(ErrorRecord(event.event_id, event.type, event.timestamp, message, a.phase, None))
-    _end_run(state, event, "failed" if action == "reject" else "cancelled")
+        _keep(state, "errors", ErrorRecord(e["event_id"], e["type"], e["timestamp"], message, a.phase, None))
+    _end_run(state, e, "failed" if action == "reject" else "cancelled")
     state.status_reason = f"approval_{action}"
-    _stop_active_work(state, event, "cancelled", None)
-    _close_pending(state, event, "aborted")
+    _stop_active_work(state, e, "cancelled", None)
+    _close_pending(state, e, "aborted")
 
 
 @_handles("workflow_rerun")
-def _workflow_rerun(state: RunState, event: Event) -> None:
-    state.rerun = dict(event.metadata)
+def _workflow_rerun(state: RunState, e: Ev) -> None:
+    state.rerun = dict(_meta(e))
 
 
 # -- phases and steps --------------------------------------------------------
 
 
 @_handles("phase_start")
-def _phase_start(state: RunState, event: Event) -> None:
-    p = _phase(state, event)
+def _phase_start(state: RunState, e: Ev) -> None:
+    p = _phase(state, e)
     assert p is not None  # schema requires phase
     p.status = "running"
     p.attempts += 1
-    p.started_at = event.timestamp
+    p.started_at = e["timestamp"]
     p.ended_at = p.duration_ms = p.error = None
     state.current_phase = p.name
     state.current_step = None
 
 
 @_handles("phase_skip")
-def _phase_skip(state: RunState, event: Event) -> None:
-    p = _phase(state, event)
+def _phase_skip(state: RunState, e: Ev) -> None:
+    p = _phase(state, e)
     assert p is not None
     p.status = "skipped"
-    p.ended_at = event.timestamp
+    p.ended_at = e["timestamp"]
 
 
 @_handles("phase_complete")
-def _phase_complete(state: RunState, event: Event) -> None:
-    p = _phase(state, event)
+def _phase_complete(state: RunState, e: Ev) -> None:
+    p = _phase(state, e)
     assert p is not None
-    _finish(p, event, "completed")
+    _finish(p, e, "completed")
     if state.current_phase == p.name:
         state.current_phase = state.current_step = None
 
 
 @_handles("phase_error")
-def _phase_error(state: RunState, event: Event) -> None:
-    p = _phase(state, event)
+def _phase_error(state: RunState, e: Ev) -> None:
+    p = _phase(state, e)
     assert p is not None
-    _finish(p, event, "failed")
-    p.error = _record_error(state, event)
+    _finish(p, e, "failed")
+    p.error = _record_error(state, e)
 
 
 @_handles("step_start")
-def _step_start(state: RunState, event: Event) -> None:
-    s = _step(state, event)
+def _step_start(state: RunState, e: Ev) -> None:
+    s = _step(state, e)
     assert s is not None
     p = state.phases[s.phase]
     if p.status in ("pending", "failed"):
         p.status = "running"
         if p.attempts == 0:
             p.attempts = 1
-            p.started_at = event.timestamp
+            p.started_at = e["timestamp"]
     s.status = "running"
     s.attempts += 1
-    s.started_at = event.timestamp
+    s.started_at = e["timestamp"]
     s.ended_at = s.duration_ms = s.error = None
     state.current_phase = s.phase
     state.current_step = s.name
 
 
 @_handles("step_complete")
-def _step_complete(state: RunState, event: Event) -> None:
-    s = _step(state, event)
+def _step_complete(state: RunState, e: Ev) -> None:
+    s = _step(state, e)
     assert s is not None
-    _finish(s, event, "completed")
+    _finish(s, e, "completed")
     if state.current_step == s.name:
         state.current_step = None
 
 
 @_handles("step_error")
-def _step_error(state: RunState, event: Event) -> None:
-    s = _step(state, event)
+def _step_error(state: RunState, e: Ev) -> None:
+    s = _step(state, e)
     assert s is not None
-    _finish(s, event, "failed")
-    s.error = _record_error(state, event)
+    _finish(s, e, "failed")
+    s.error = _record_error(state, e)
     p = state.phases[s.phase]
     p.status = "failed"
     p.error = s.error
 
 
 @_handles("step_skip")
-def _step_skip(state: RunState, event: Event) -> None:
-    s = _step(state, event)
+def _step_skip(state: RunState, e: Ev) -> None:
+    s = _step(state, e)
     assert s is not None
     s.status = "skipped"
-    s.ended_at = event.timestamp
+    s.ended_at = e["timestamp"]
     s.error = None
     if state.current_step == s.name and state.current_phase == s.phase:
         state.current_step = None
 
 
 @_handles("step_retry")
-def _step_retry(state: RunState, event: Event) -> None:
-    s = _step(state, event)
+def _step_retry(state: RunState, e: Ev) -> None:
+    s = _step(state, e)
     assert s is not None
     s.status = "retrying"
     p = state.phases[s.phase]
@@ -597,98 +772,102 @@ def _step_retry(state: RunState, event: Event) -> None:
 
 
 @_handles("artifact_create", "artifact_modify")
-def _artifact(state: RunState, event: Event) -> None:
-    action = "create" if event.type == "artifact_create" else "modify"
-    path = event.metadata.get("path")
+def _artifact(state: RunState, e: Ev) -> None:
+    action = "create" if e["type"] == "artifact_create" else "modify"
+    path = _meta(e).get("path")
     if isinstance(path, str):
-        state.artifacts.append(
-            ArtifactRecord(event.event_id, path, action, event.phase, event.step, event.metadata.get("kind"))
+        _keep(
+            state,
+            "artifacts",
+            ArtifactRecord(e["event_id"], path, action, e.get("phase"), e.get("step"), _meta(e).get("kind")),
         )
-    for item in event.artifacts or ():
+    for item in e.get("artifacts") or ():
         p = item if isinstance(item, str) else item.get("path")
         if isinstance(p, str) and p != path:
-            state.artifacts.append(ArtifactRecord(event.event_id, p, action, event.phase, event.step))
+            _keep(state, "artifacts", ArtifactRecord(e["event_id"], p, action, e.get("phase"), e.get("step")))
 
 
 @_handles("commit_create")
-def _commit(state: RunState, event: Event) -> None:
-    state.commits.append({"event_id": event.event_id, **event.metadata})
+def _commit(state: RunState, e: Ev) -> None:
+    _keep(state, "commits", {"event_id": e["event_id"], **_meta(e)})
 
 
 @_handles("branch_create")
-def _branch(state: RunState, event: Event) -> None:
-    state.branches.append({"event_id": event.event_id, **event.metadata})
+def _branch(state: RunState, e: Ev) -> None:
+    _keep(state, "branches", {"event_id": e["event_id"], **_meta(e)})
 
 
 @_handles("pr_create")
-def _pr_create(state: RunState, event: Event) -> None:
-    m = event.metadata
+def _pr_create(state: RunState, e: Ev) -> None:
+    m = _meta(e)
     number = int(m["number"])
-    state.pull_requests[str(number)] = PullRequest(
-        number, event.event_id, m.get("url"), m.get("title"), m.get("branch")
-    )
+    state.pull_requests[str(number)] = PullRequest(number, e["event_id"], m.get("url"), m.get("title"), m.get("branch"))
 
 
 @_handles("pr_merge")
-def _pr_merge(state: RunState, event: Event) -> None:
-    number = int(event.metadata["number"])
+def _pr_merge(state: RunState, e: Ev) -> None:
+    number = int(_meta(e)["number"])
     pr = state.pull_requests.get(str(number))
     if pr is None:
-        pr = state.pull_requests[str(number)] = PullRequest(number, event.event_id)
+        pr = state.pull_requests[str(number)] = PullRequest(number, e["event_id"])
     pr.status = "merged"
-    pr.merge_sha = event.metadata.get("sha")
+    pr.merge_sha = _meta(e).get("sha")
 
 
 @_handles("decision_point")
-def _decision(state: RunState, event: Event) -> None:
-    state.decisions.append({"event_id": event.event_id, "phase": event.phase, "step": event.step, **event.metadata})
+def _decision(state: RunState, e: Ev) -> None:
+    _keep(state, "decisions", {"event_id": e["event_id"], "phase": e.get("phase"), "step": e.get("step"), **_meta(e)})
 
 
 @_handles("test_run")
-def _test_run(state: RunState, event: Event) -> None:
-    state.tests.append({"event_id": event.event_id, "phase": event.phase, "step": event.step, **event.metadata})
+def _test_run(state: RunState, e: Ev) -> None:
+    _keep(state, "tests", {"event_id": e["event_id"], "phase": e.get("phase"), "step": e.get("step"), **_meta(e)})
 
 
 @_handles("spec_generate", "spec_validate", "docs_update")
-def _spec(state: RunState, event: Event) -> None:
-    state.specs.append({"event_id": event.event_id, "type": event.type, **event.metadata})
+def _spec(state: RunState, e: Ev) -> None:
+    _keep(state, "specs", {"event_id": e["event_id"], "type": e["type"], **_meta(e)})
 
 
 @_handles("checkpoint")
-def _checkpoint(state: RunState, event: Event) -> None:
-    state.checkpoints.append(
-        {"event_id": event.event_id, "label": event.metadata.get("label"), "phase": event.phase, "step": event.step}
+def _checkpoint(state: RunState, e: Ev) -> None:
+    _keep(
+        state,
+        "checkpoints",
+        {"event_id": e["event_id"], "label": _meta(e).get("label"), "phase": e.get("phase"), "step": e.get("step")},
     )
 
 
 @_handles("skill_invoke", "agent_invoke")
-def _invoke(state: RunState, event: Event) -> None:
-    key = ("skill:" + str(event.metadata.get("skill"))) if event.type == "skill_invoke" else (
-        "agent:" + str(event.metadata.get("agent"))
+def _invoke(state: RunState, e: Ev) -> None:
+    key = (
+        ("skill:" + str(_meta(e).get("skill")))
+        if e["type"] == "skill_invoke"
+        else ("agent:" + str(_meta(e).get("agent")))
     )
     state.invocations[key] = state.invocations.get(key, 0) + 1
 
 
 @_handles("retry_loop_enter")
-def _loop_enter(state: RunState, event: Event) -> None:
-    loop = str(event.metadata.get("loop"))
-    state.retry_loops[loop] = {"active": True, "entered_event_id": event.event_id, **event.metadata}
+def _loop_enter(state: RunState, e: Ev) -> None:
+    loop = str(_meta(e).get("loop"))
+    state.retry_loops[loop] = {"active": True, "entered_event_id": e["event_id"], **_meta(e)}
 
 
 @_handles("retry_loop_exit")
-def _loop_exit(state: RunState, event: Event) -> None:
-    loop = str(event.metadata.get("loop"))
+def _loop_exit(state: RunState, e: Ev) -> None:
+    loop = str(_meta(e).get("loop"))
     entry = state.retry_loops.setdefault(loop, {"loop": loop})
-    entry.update(event.metadata)
+    entry.update(_meta(e))
     entry["active"] = False
-    entry["exited_event_id"] = event.event_id
+    entry["exited_event_id"] = e["event_id"]
 
 
 @_handles(SEAL_TYPE)
-def _sealed(state: RunState, event: Event) -> None:
-    state.sealed_at = event.event_id
+def _sealed(state: RunState, e: Ev) -> None:
+    state.sealed_at = e["event_id"]
 
 
-def default_folds() -> dict[str, Handler]:
+def default_folds() -> dict[str, RawHandler]:
     """The process-wide fold handlers (the default registry's; ``register_fold`` fills them)."""
     return _HANDLERS

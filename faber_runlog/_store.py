@@ -17,16 +17,16 @@ from faber_runlog import _codec
 from faber_runlog import _lifecycle as lifecycle
 from faber_runlog import _report as report
 from faber_runlog._events import Event, check_json_value
-from faber_runlog._format import SEGMENT_EVENTS, RunLayout, encode_snapshot
+from faber_runlog._format import SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
 from faber_runlog._hints import check_status_filter, did_you_mean
 from faber_runlog._ids import RunId, validate_slug
 from faber_runlog._lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
 from faber_runlog._lease import fence as lease_fence
-from faber_runlog._log import SEAL_GRACE, Commit, EventLog, current_states
+from faber_runlog._log import SEAL_GRACE, Commit, EventLog, current_digests
 from faber_runlog._metadata import RunMetadata, capture_environment
 from faber_runlog._plan import apply_plan, normalize_plan
 from faber_runlog._registry import Registry
-from faber_runlog._state import RunState, RunStatus
+from faber_runlog._state import RunDigest, RunState, RunStatus
 from faber_runlog._storage import Storage, open_filesystem
 from faber_runlog.errors import (
     CorruptState,
@@ -451,7 +451,9 @@ class RunStore:
                 self.storage.delete(child_key)
             lifecycle.release_claims(self.storage, rid, claims)
             raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
-        self.storage.replace(layout.state, encode_snapshot(RunState(run_id=str(rid)).to_dict(), None))
+        empty = RunState(run_id=str(rid))
+        self.storage.replace(layout.state, encode_snapshot(empty.to_dict(), None))
+        self.storage.replace(layout.summary, encode_summary(RunDigest.of(empty, None).to_dict()))
         return Run(self, rid, meta)
 
     def _child_key(self, parent_run_id: str, root_run_id: str | None, child: RunId) -> str:
@@ -522,10 +524,11 @@ class RunStore:
     ) -> RunList:
         """Runs under the root, oldest first, with the status their logs give.
 
-        Reads each run's metadata and snapshot, and checks the snapshot against
-        the event files at its tail (about three reads per run, in batches);
-        a run whose snapshot is behind or damaged is folded from its log. A
-        damaged run is skipped with a warning and listed in ``.problems``.
+        Reads each run's metadata and its small ``summary.json``, and checks
+        that no event follows the summary (three small reads per run, in
+        batches, concurrent on S3); a run whose summary is behind, damaged or
+        missing is folded from its log. A damaged run is skipped with a warning
+        and listed in ``.problems``.
         """
         check_status_filter(status)
         rids = list(self._run_ids(org, project))
@@ -544,7 +547,7 @@ class RunStore:
             if tags and any(meta.tags.get(k) != v for k, v in tags.items()):
                 continue
             runs.append((rid, meta))
-        states = current_states(self.storage, (rid for rid, _ in runs), snapshot_every=self.snapshot_every)
+        states = current_digests(self.storage, (rid for rid, _ in runs), snapshot_every=self.snapshot_every)
         out: list[RunSummary] = []
         for rid, meta in runs:
             state = states[rid]

@@ -15,9 +15,17 @@ import attrs
 
 from faber_runlog import _codec
 from faber_runlog._events import upcast, validate_event_dict
-from faber_runlog._format import RunLayout, decode_snapshot, encode_snapshot, fingerprint, parse_seq_name
+from faber_runlog._format import (
+    RunLayout,
+    decode_snapshot,
+    decode_summary,
+    encode_snapshot,
+    encode_summary,
+    fingerprint,
+    parse_seq_name,
+)
 from faber_runlog._ids import RunId
-from faber_runlog._state import RunState, apply
+from faber_runlog._state import RunDigest, RunState, apply
 from faber_runlog._storage import Storage
 from faber_runlog._store import RunStore
 from faber_runlog._transitions import SEAL_TYPE
@@ -215,11 +223,14 @@ class ReconstructReport:
     differences: tuple[StateDifference, ...]
     bad_snapshots: tuple[int, ...]  # snapshots/<seq>.json that are unreadable or differ
     repaired: bool
+    # summary.json: "ok" (the fold at its event, which is the last), "stale" (the fold at an
+    # earlier event: listings fold the run until the next status change), "missing", "unreadable", "different".
+    summary: str = "ok"
 
     @property
     def ok(self) -> bool:
-        """True when state.json and every snapshot agree with the events."""
-        return self.stored == "ok" and not self.bad_snapshots
+        """True when state.json, every snapshot and summary.json agree with the events (a lagging summary is ok)."""
+        return self.stored == "ok" and not self.bad_snapshots and self.summary in ("ok", "stale")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
@@ -277,6 +288,12 @@ def reconstruct_state(
     # state.json first: whatever it claims was written before the events we then read.
     body = storage.read(layout.state)
     stored = _parse_state(body, run.id)
+    summary_body = storage.read(layout.summary)
+    try:
+        summary: dict[str, Any] | None = decode_summary(summary_body or b"")
+    except ValueError:
+        summary = None
+    summary_status = "missing" if summary_body is None else "unreadable" if summary is None else "different"
     snap_seqs = {s for n in storage.list_names(layout.snapshots) if (s := parse_seq_name(n)) is not None}
     state = RunState(run_id=run.id)
     differences: list[StateDifference] = []
@@ -284,6 +301,10 @@ def reconstruct_state(
     last_fp: str | None = None
 
     def compare_at(seq: int) -> None:
+        nonlocal summary_status
+        if summary is not None and summary.get("last_event_id") == seq:
+            same = summary == RunDigest.of(state, last_fp if seq else None).to_dict()
+            summary_status = "stale" if same else "different"  # "ok" below if seq is the last event
         if stored is not None and stored.last_event_id == seq:
             _differences(_full(stored), _full(state), "", differences)
         if seq in snap_seqs:
@@ -299,8 +320,13 @@ def reconstruct_state(
     if stored is not None and stored.last_event_id > state.last_event_id:
         # It claims events the log does not have (lost, or never written).
         _differences(_full(stored), _full(state), "", differences)
+    if summary_status == "stale" and summary is not None and summary.get("last_event_id") == state.last_event_id:
+        summary_status = "ok"
     status = "missing" if body is None else "unreadable" if stored is None else "different" if differences else "ok"
     repaired = False
+    if repair and summary_status != "ok":
+        storage.replace(layout.summary, encode_summary(RunDigest.of(state, last_fp).to_dict()))
+        repaired = True
     if repair and (status != "ok" or bad):
         if status != "ok":
             # The seal is an event, so the fold keeps a consolidated run sealed.
@@ -316,5 +342,6 @@ def reconstruct_state(
         differences=tuple(differences),
         bad_snapshots=tuple(sorted(bad)),
         repaired=repaired,
+        summary=summary_status,
     )
     return state, report

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from faber_runlog import CorruptEvent, EventLog, InvalidEvent, InvalidEventPosition, RunStore
-from faber_runlog._format import seq_name
+from faber_runlog._format import SNAPSHOTS_KEPT, seq_name
+from faber_runlog._state import RunState, fold_all
 
 
 def test_emit_fills_automatic_fields(store: RunStore) -> None:
@@ -96,14 +97,18 @@ def test_threads_appending_to_one_run(store: RunStore) -> None:
 def test_snapshot_is_written_every_k_events_and_on_status_change(store_factory: Callable[..., RunStore]) -> None:
     store = store_factory(snapshot_every=5)
     run = store.create_run("acme", "web")
-    run.log.emit("workflow_start")  # status change: snapshot at 1
+    run.log.emit("workflow_start")  # status change: the summary follows event 1, no full snapshot
+    summary = store.storage.read(f"{run.id}/summary.json")
+    assert summary is not None and b'"last_event_id":1' in summary
     snap = store.storage.read(f"{run.id}/state.json")
-    assert snap is not None and b'"last_event_id":1' in snap
+    assert snap is not None and b'"last_event_id"' not in snap  # still the empty state of create_run
     for i in range(4):
         run.log.emit("checkpoint", metadata={"label": str(i)})  # 5th event: periodic snapshot
     snap = store.storage.read(f"{run.id}/state.json")
     assert snap is not None and b'"last_event_id":5' in snap
     assert store.storage.exists(f"{run.id}/snapshots/{seq_name(5)}")
+    summary = store.storage.read(f"{run.id}/summary.json")
+    assert summary is not None and b'"last_event_id":1' in summary  # periodic snapshots leave it alone
 
 
 def test_reading_state_folds_only_events_after_the_snapshot(store_factory: Callable[..., RunStore]) -> None:
@@ -201,3 +206,24 @@ def test_append_fills_the_logs_default_user_and_source_like_emit(store: RunStore
     assert {"type": "checkpoint", "metadata": {"label": "a"}} == fields  # the caller's dict is untouched
     explicit = log.append({"type": "checkpoint", "user": "bob", "metadata": {"label": "b"}})
     assert ("bob", "ci-bot") == (explicit.user, explicit.source)
+
+
+def test_snapshots_of_a_growing_state_are_spaced_by_its_size_and_still_serve_state_at(
+    store_factory: Callable[..., RunStore],
+) -> None:
+    store = store_factory(snapshot_every=5)
+    run = store.create_run("acme", "web")
+    run.start()
+    for i in range(150):  # a new step per pair of events: the state grows with the run
+        run.log.emit("step_start" if i % 2 == 0 else "step_complete", phase="build", step=f"s{i // 2}")
+    run.log.emit("step_start", phase="build", step="last")
+    folder = f"{run.id}/snapshots"
+    taken = [int(n[:20]) for n in store.storage.list_names(folder)]
+    assert SNAPSHOTS_KEPT == len(taken)
+    assert all(seq % 5 == 0 for seq in taken)
+    # Snapshots wait until the events since the last one weigh as much as it does: far fewer than one per K.
+    assert taken[-1] - taken[-2] > 5
+    events = list(run.log.read())
+    fresh = store.get_run(run.id)
+    for at in (taken[0], taken[-1] - 1, taken[-1], 152):
+        assert fold_all(RunState(run_id=run.id), events[:at]) == fresh.state(at=at)

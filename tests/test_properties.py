@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import attrs
 import pytest
 from _faultreport import record
 from conftest import soak_scale
@@ -33,7 +34,7 @@ from faber_runlog import (
 )
 from faber_runlog._events import BUILTIN_EVENT_TYPES, validate_event_dict
 from faber_runlog._resume import Resumer
-from faber_runlog._state import RunState, fold_all
+from faber_runlog._state import BOUNDED_LISTS, LATEST_KEPT, RunState, apply_mapping, fold_all
 from faber_runlog._transitions import TRANSITIONS
 
 RUN_ID = "acme/web/3f2b8c1e-9a4d-4c6e-8f10-2b7d9e0a1c55"
@@ -105,6 +106,72 @@ def test_folding_from_any_snapshot_point_equals_folding_in_one_go(events: list[E
         snapshot = _through_json(fold_all(empty, events[:k]))
         assert whole == fold_all(snapshot, events[k:])
     assert whole == _through_json(whole)
+
+
+@st.composite
+def long_event_sequences(draw: st.DrawFn) -> list[Event]:
+    """Up to 120 events: enough for the bounded lists (LATEST_KEPT = 20) to drop their oldest records."""
+    out: list[Event] = []
+    for fields in draw(st.lists(event_fields(), min_size=1, max_size=120)):
+        ev = _event(len(out) + 1, fields)
+        if ev is not None:
+            out.append(ev)
+    assume(out)
+    return out
+
+
+@settings(max_examples=60 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(long_event_sequences())
+def test_folding_stored_mappings_gives_exactly_the_state_of_folding_events(events: list[Event]) -> None:
+    # The rebuild folds what orjson decodes from the files; users fold Events: both must agree exactly.
+    expected = fold_all(RunState(run_id=RUN_ID), events)
+    from_mappings = RunState(run_id=RUN_ID)
+    for e in events:
+        apply_mapping(from_mappings, _codec.loads(_codec.dumps(e.to_dict())))
+    assert expected == from_mappings
+    assert expected.to_dict() == from_mappings.to_dict()
+    for name in BOUNDED_LISTS:
+        assert len(getattr(expected, name)) <= LATEST_KEPT
+    # And through a real log: the stored files folded by a fresh handle.
+    store = RunStore(f"memory://fold-{uuid.uuid4().hex}")
+    run = store.create_run("acme", "web")
+    folder = f"{run.id}/events"
+    for e in events:
+        store.storage.replace(f"{folder}/{e.event_id:020d}.json", _codec.dumps({**e.to_dict(), "run_id": run.id}))
+    rebuilt = store.get_run(run.id).state()
+    assert fold_all(RunState(run_id=run.id), (attrs.evolve(e, run_id=run.id) for e in events)) == rebuilt
+
+
+@settings(max_examples=40 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(long_event_sequences())
+def test_a_state_copy_is_equal_and_shares_nothing_mutable(events: list[Event]) -> None:
+    state = fold_all(RunState(run_id=RUN_ID), events)
+    before = _codec.dumps(state.to_dict())
+    copied = state.copy()
+    assert state == copied
+    # Scribble over everything mutable in the copy: the original must not move.
+    for p in copied.phases.values():
+        p.status = "scribbled"
+        for s in p.steps.values():
+            s.status = "scribbled"
+        p.steps.clear()
+    for a in copied.approvals.values():
+        a.payload["scribbled"] = True
+        a.status = "scribbled"
+    for loop in copied.retry_loops.values():
+        loop["scribbled"] = True
+    for pr in copied.pull_requests.values():
+        pr.status = "scribbled"
+    for name in BOUNDED_LISTS:
+        for item in getattr(copied, name):
+            if isinstance(item, dict):
+                item["scribbled"] = True
+        getattr(copied, name).clear()
+    for name in ("event_counts", "idempotency_keys", "invocations", "totals"):
+        getattr(copied, name)["scribbled"] = 1
+    if copied.rerun is not None:
+        copied.rerun["scribbled"] = True
+    assert before == _codec.dumps(state.to_dict())
 
 
 @settings(max_examples=200 * SCALE, deadline=None)

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from faber_runlog import Event, RunState, fold
-from faber_runlog._state import fold_all
+from faber_runlog._state import LATEST_KEPT, fold_all
 
 RID = "acme/web/3f2b8c1e-9a4d-4c6e-8f10-2b7d9e0a1c55"
 
@@ -159,3 +159,39 @@ def test_folding_from_any_midpoint_equals_folding_at_once(cut: int) -> None:
     whole = fold_all(RunState(run_id=RID), evs)
     mid = RunState.from_dict(fold_all(RunState(run_id=RID), evs[:cut]).to_dict())
     assert whole == fold_all(mid, evs[cut:])
+
+
+def test_growing_lists_keep_the_latest_records_and_count_them_all() -> None:
+    specs: list[tuple[str, dict[str, Any]]] = [("workflow_start", {})]
+    for i in range(LATEST_KEPT + 15):
+        specs += [
+            ("step_start", {"phase": "build", "step": "test"}),
+            ("step_error", {"phase": "build", "step": "test", "error": f"exit {i}"}),
+            ("step_retry", {"phase": "build", "step": "test"}),
+            ("checkpoint", {"metadata": {"label": f"c{i}"}}),
+            ("artifact_create", {"metadata": {"path": f"out/{i}.txt"}}),
+            ("commit_create", {"metadata": {"sha": f"{i:07x}"}}),
+            ("test_run", {"metadata": {"passed": i, "failed": 0}}),
+        ]
+    specs.append(("step_complete", {"phase": "build", "step": "test"}))
+    s = run(*specs)
+    n = LATEST_KEPT + 15
+    assert {"errors": n, "checkpoints": n, "artifacts": n, "commits": n, "tests": n} == s.totals
+    assert [f"exit {i}" for i in range(15, n)] == [e.message for e in s.errors]
+    assert [f"c{i}" for i in range(15, n)] == [c["label"] for c in s.checkpoints]
+    assert [f"out/{i}.txt" for i in range(15, n)] == [a.path for a in s.artifacts]
+    # What the workflow bounds stays whole: the step, its attempts, the run's status.
+    step = s.step("build", "test")
+    assert step is not None
+    assert ("completed", n, "running") == (step.status, step.attempts, s.status)
+    assert s == RunState.from_dict(s.to_dict())
+
+
+def test_the_failed_step_survives_however_many_errors_came_before() -> None:
+    specs: list[tuple[str, dict[str, Any]]] = [("workflow_start", {})]
+    specs += [("step_error", {"phase": "p", "step": f"s{i}", "error": "x"}) for i in range(LATEST_KEPT * 2)]
+    s = run(*specs)
+    assert s.failed_step is not None
+    assert (f"s{LATEST_KEPT * 2 - 1}", LATEST_KEPT, LATEST_KEPT * 2) == (
+        s.failed_step.name, len(s.errors), s.totals["errors"]
+    )  # fmt: skip

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from faber_runlog import InvalidRunId, RunExists, RunNotFound, RunStore
+from faber_runlog import InvalidRunId, RunExists, RunNotFound, RunStore, _codec
+from faber_runlog._format import RunLayout, decode_summary, encode_summary
 from faber_runlog._store import DEFAULT_ROOT
 
 
@@ -92,14 +93,15 @@ def test_list_runs_never_reads_events(store: RunStore) -> None:
     run.log.emit("workflow_start")
     run.log.emit("checkpoint", metadata={"label": "a"})
     run.log.emit("checkpoint", metadata={"label": "b"})
-    run.complete()  # a status change: the snapshot now follows event 4
-    # Damage the events before the snapshot: listing must not notice, because it only checks the tail.
-    for seq in (1, 2, 3):
+    run.complete()  # a status change: the summary now follows event 4
+    # Damage every event: listing must not notice, because it reads the summary and probes only event 5
+    # (finding damage is verify's job).
+    for seq in (1, 2, 3, 4):
         store.storage.replace(f"{run.id}/events/{seq:020d}.json", b"{broken")
     listed = store.list_runs()
     assert (["completed"], []) == ([s.status for s in listed], listed.problems)
-    # The tail is what the snapshot is checked against: a damaged tail is reported, not trusted.
-    store.storage.replace(f"{run.id}/events/{4:020d}.json", b"{broken")
+    # Without a summary the run is folded from its log: then the damage is reported, not hidden.
+    store.storage.delete(f"{run.id}/summary.json")
     listed = store.list_runs()
     assert ([], [run.id]) == (list(listed), [p.run_id for p in listed.problems])
 
@@ -144,5 +146,91 @@ def test_local_layout_matches_the_documented_one(tmp_path: Path) -> None:
     run = store.create_run("acme", "web")
     run.log.emit("workflow_start")
     folder = tmp_path / run.id
-    assert ["events", "metadata.json", "state.json"] == sorted(os.listdir(folder))
+    assert ["events", "metadata.json", "state.json", "summary.json"] == sorted(os.listdir(folder))
     assert [f"{1:020d}.json"] == os.listdir(folder / "events")
+
+
+# -- the summary cache (summary.json) ------------------------------------------------------
+
+
+def _listed(store: RunStore) -> list[tuple[str, int, str | None]]:
+    return [(s.status, s.last_event_id, s.current_step) for s in store.list_runs()]
+
+
+def _truth(store: RunStore, run_id: str) -> list[tuple[str, int, str | None]]:
+    state = store.get_run(run_id).state()
+    return [(state.status, state.last_event_id, state.current_step)]
+
+
+def test_list_runs_is_right_when_the_summary_lags_behind_neutral_events(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    run.start()  # a status change: the summary follows event 1
+    run.log.emit("step_start", phase="build", step="compile")  # no status change: the summary is not rewritten
+    summary = decode_summary(store.storage.read(RunLayout(run.run_id).summary) or b"")
+    assert 1 == summary["last_event_id"]
+    assert [("running", 2, "compile")] == _listed(store) == _truth(store, run.id)
+
+
+def test_list_runs_is_right_when_a_writer_died_before_writing_the_summary(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    run.start()
+    # The event a writer claimed right before it was killed: on disk, but no summary follows it.
+    done = {"event_id": 2, "type": "workflow_complete", "timestamp": _codec.now_iso(), "run_id": run.id,
+            "metadata": {}, "schema_version": 1, "nonce": "dead-1"}  # fmt: skip
+    assert store.storage.create(RunLayout(run.run_id).event(2), _codec.dumps(done))
+    assert [("completed", 2, None)] == _listed(store) == _truth(store, run.id)
+
+
+def test_list_runs_ignores_a_damaged_summary(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    run.start()
+    run.complete()
+    key = RunLayout(run.run_id).summary
+    edited = (store.storage.read(key) or b"").replace(b'"completed"', b'"running"')  # its checksum fails
+    for damaged in (edited, b"{not json", b"", encode_summary({"run_id": run.id})):
+        store.storage.replace(key, damaged)
+        assert [("completed", 2, None)] == _listed(store) == _truth(store, run.id)
+
+
+def test_list_runs_ignores_a_summary_of_another_run(store: RunStore) -> None:
+    first, second = store.create_run("acme", "web"), store.create_run("acme", "web")
+    first.start()
+    first.complete()
+    second.start()
+    # A summary copied from another run (intact, checksum and all) is not this run's.
+    store.storage.replace(RunLayout(second.run_id).summary, store.storage.read(RunLayout(first.run_id).summary) or b"")
+    listed = {s.run_id: s.status for s in store.list_runs()}
+    assert {first.id: "completed", second.id: "running"} == listed
+
+
+def test_list_runs_is_right_without_any_summary(store: RunStore) -> None:
+    runs = [store.create_run("acme", "web") for _ in range(3)]
+    runs[0].start()
+    runs[1].start()
+    runs[1].fail("boom")
+    for run in runs:
+        store.storage.delete(RunLayout(run.run_id).summary)
+    listed = {s.run_id: s.status for s in store.list_runs()}
+    assert {runs[0].id: "running", runs[1].id: "failed", runs[2].id: "created"} == listed
+
+
+def test_the_summary_follows_every_status_change_and_snapshot(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    key = RunLayout(run.run_id).summary
+    assert ("created", 0) == _summary(store, key)
+    run.start()
+    run.log.emit("step_start", phase="build", step="test")
+    run.log.emit("step_error", phase="build", step="test", error="exit 2")  # running -> failing
+    assert ("failing", 3) == _summary(store, key)
+    run.log.emit("checkpoint", metadata={"label": "x"})
+    run.log.snapshot()  # on demand: state.json and the summary
+    body = decode_summary(store.storage.read(key) or b"")
+    assert ("failing", 4, "build", "test", "exit 2") == (
+        body["status"], body["last_event_id"], body["failed_phase"], body["failed_step"], body["error"]
+    )  # fmt: skip
+    assert len(store.storage.read(key) or b"") < 2048
+
+
+def _summary(store: RunStore, key: str) -> tuple[str, int]:
+    body = decode_summary(store.storage.read(key) or b"")
+    return body["status"], body["last_event_id"]

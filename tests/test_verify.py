@@ -31,6 +31,7 @@ def _failed_run(store: RunStore, *, ended: bool = False) -> Run:
     run.log.emit("step_error", phase="build", step="test", error="red")
     if ended:
         run.fail("red")
+    run.log.snapshot()  # state.json follows the last event (status changes alone only write the summary)
     return run
 
 
@@ -209,7 +210,8 @@ def test_an_integral_float_duration_is_not_a_difference(store: RunStore) -> None
     run.log.emit("workflow_start")
     run.log.emit("phase_start", phase="build")
     run.log.emit("phase_complete", phase="build", duration_ms=1500)
-    run.complete()  # a status change: state.json now holds the phase
+    run.complete()
+    run.log.snapshot()  # state.json now holds the phase
     layout = RunLayout(run.run_id)
     _edit_snapshot(store, layout.state, lambda data: data["phases"]["build"].update(duration_ms=1500.0))
     assert b'"duration_ms":1500.0' in (store.storage.read(layout.state) or b"")
@@ -275,3 +277,23 @@ def test_repair_without_any_state_json_still_keeps_a_consolidated_run_sealed(sto
     with pytest.raises(RunArchived):
         store.get_run(run.id).log.emit("checkpoint", metadata={"label": "late"})
     assert (8, 8) == (store.get_run(run.id).state().last_event_id, store.get_run(run.id).state().sealed_at)
+
+
+def test_reconstruct_checks_the_summary_and_repair_rewrites_it(store: RunStore) -> None:
+    run = _failed_run(store, ended=True)
+    layout = RunLayout(run.run_id)
+    r = Resumer(store)
+    assert ("ok", True) == (r.reconstruct(run.id)[1].summary, r.reconstruct(run.id)[1].ok)
+    run.log.emit("checkpoint", metadata={"label": "after"})  # no status change: the summary lags, harmlessly
+    assert ("stale", True) == (r.reconstruct(run.id)[1].summary, r.reconstruct(run.id)[1].ok)
+    for damage, expected in ((b"{broken", "unreadable"), (None, "missing")):
+        if damage is None:
+            store.storage.delete(layout.summary)
+        else:
+            store.storage.replace(layout.summary, damage)
+        _, report = r.reconstruct(run.id)
+        assert (expected, False) == (report.summary, report.ok)
+    _, repaired = r.reconstruct(run.id, repair=True)
+    assert (True, "missing") == (repaired.repaired, repaired.summary)
+    assert ("ok", True) == (r.reconstruct(run.id)[1].summary, r.reconstruct(run.id)[1].ok)
+    assert [("failed", 8)] == [(s.status, s.last_event_id) for s in store.list_runs()]
