@@ -345,6 +345,7 @@ Handler = Callable[[RunState, Event], None]
 Ev = Mapping[str, Any]
 """A stored event as decoded from its file (after upcasting): what the built-in handlers read."""
 RawHandler = Callable[[RunState, Ev], None]
+"""A fold on the stored mapping: the built-ins, and registered handlers wrapped so that they receive an ``Event``."""
 _HANDLERS: dict[str, RawHandler] = {}
 
 

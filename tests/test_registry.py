@@ -65,3 +65,21 @@ def test_an_upcaster_in_an_isolated_registry_lifts_events_only_for_its_stores() 
 def test_a_store_refuses_a_registry_that_is_not_one() -> None:
     with pytest.raises(InvalidArgument, match=r"registry= takes a faber_runlog\.Registry"):
         RunStore("memory://reg-bad", registry={})  # type: ignore[arg-type]
+
+
+def test_a_registry_fold_gets_events_when_a_fresh_handle_rebuilds_from_segments_and_files() -> None:
+    reg = Registry.isolated()
+    reg.register_event_type("deploy_rebuild", {"required": ["metadata"]})
+
+    def fold_deploy(state: RunState, event: Event) -> None:
+        state.decisions.append({"event": isinstance(event, Event), "env": event.metadata["env"]})
+
+    reg.register_fold("deploy_rebuild", fold_deploy)
+    url = "memory://reg-rebuild"
+    run = RunStore(url, registry=reg, segment_every=2).create_run("acme", "web")
+    for env in ("a", "b", "c", "d", "e"):
+        run.log.emit("deploy_rebuild", metadata={"env": env})
+    # A fresh handle folds the stored mappings (events 1-4 from segments, 5 from its file).
+    fresh = RunStore(url, registry=reg, segment_every=2).get_run(run.id).log.load_state()
+    expected = [{"event": True, "env": env} for env in ("a", "b", "c", "d", "e")]
+    assert expected == fresh.decisions
