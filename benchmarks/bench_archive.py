@@ -57,8 +57,13 @@ def _moto() -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
             break
         except Exception:
             time.sleep(0.05)
-    opts = {"client_kwargs": {"endpoint_url": endpoint}, "key": "bench", "secret": "bench",
-            "use_listings_cache": False, "skip_instance_cache": True}
+    opts = {
+        "client_kwargs": {"endpoint_url": endpoint},
+        "key": "bench",
+        "secret": "bench",
+        "use_listings_cache": False,
+        "skip_instance_cache": True,
+    }
     return proc, opts
 
 
@@ -103,11 +108,24 @@ def _make_runs(store: RunStore, n: int) -> list[str]:
         layout = RunLayout(run.run_id)
         events = []
         for i in range(1, EVENTS_PER_RUN + 1):
-            etype = "workflow_start" if i == 1 else "workflow_complete" if i == EVENTS_PER_RUN else (
-                "step_start" if i % 2 else "step_complete")
-            ev = {"event_id": i, "type": etype, "timestamp": f"2026-11-23T10:{i // 60:02d}:{i % 60:02d}.000000Z",
-                  "run_id": run.id, "phase": "build", "step": f"s{(i // 2) % 7}", "metadata": {"i": i},
-                  "schema_version": 1, "nonce": f"b-{i}"}
+            etype = (
+                "workflow_start"
+                if i == 1
+                else "workflow_complete"
+                if i == EVENTS_PER_RUN
+                else ("step_start" if i % 2 else "step_complete")
+            )
+            ev = {
+                "event_id": i,
+                "type": etype,
+                "timestamp": f"2026-11-23T10:{i // 60:02d}:{i % 60:02d}.000000Z",
+                "run_id": run.id,
+                "phase": "build",
+                "step": f"s{(i // 2) % 7}",
+                "metadata": {"i": i},
+                "schema_version": 1,
+                "nonce": f"b-{i}",
+            }
             if etype == "step_complete":
                 ev["duration_ms"] = float(i)
             store.storage.create(layout.event(i), dumps(ev))
@@ -152,12 +170,33 @@ def run(quick: bool) -> list[Row]:
             proxy.kill()
             proxy.wait()
         return [
-            rate_row(f"archive {n} runs x {EVENTS_PER_RUN} events local->S3 (moto)", n, t_ours,
-                     "raw fs.put of the same files", t_peer, "runs/s", 0.7),
-            rate_row(f"events_frame over {n} archived runs (moto direct)", n, t_frame,
-                     "sequential GET per run + DataFrame", t_seq, "runs/s", None),
-            rate_row(f"events_frame over {n} archived runs (+{LATENCY_S * 1000:g} ms/request)", n, t_frame_slow,
-                     "sequential GET per run + DataFrame", t_seq_slow, "runs/s", 5.0),
+            rate_row(
+                f"archive {n} runs x {EVENTS_PER_RUN} events local->S3 (moto)",
+                n,
+                t_ours,
+                "raw fs.put of the same files",
+                t_peer,
+                "runs/s",
+                0.7,
+            ),
+            rate_row(
+                f"events_frame over {n} archived runs (moto direct)",
+                n,
+                t_frame,
+                "sequential GET per run + DataFrame",
+                t_seq,
+                "runs/s",
+                None,
+            ),
+            rate_row(
+                f"events_frame over {n} archived runs (+{LATENCY_S * 1000:g} ms/request)",
+                n,
+                t_frame_slow,
+                "sequential GET per run + DataFrame",
+                t_seq_slow,
+                "runs/s",
+                5.0,
+            ),
         ]
     finally:
         proc.kill()

@@ -83,9 +83,7 @@ def bench_local_append(tmp: Path, n: int) -> tuple[Row, float]:
     for i in range(n):
         run.log.emit("step_start", phase="build", step=f"s{i % 5}", metadata={"attempt": 1, "note": "x" * 40})
     ours = time.perf_counter() - t
-    bodies = [
-        (Path(store.storage.path(f"{run.id}/events/{seq_name(i + 2)}"))).read_bytes() for i in range(n)
-    ]
+    bodies = [(Path(store.storage.path(f"{run.id}/events/{seq_name(i + 2)}"))).read_bytes() for i in range(n)]
     raw = _raw_fsync_loop(tmp / "raw", bodies)
     row = rate_row("local durable append (fsync)", n, ours, "raw tmp+fsync+link+dir-fsync loop", raw, "ev/s", 0.8)
     return row, ours
@@ -164,12 +162,16 @@ def bench_s3_append(n: int) -> list[Row]:
     rate = rate_row("S3 append (moto)", n, ours, "raw pipe_file(mode='create') loop", raw, "ev/s", 0.9)
     per_append = requests / n
     per = Row(
-        "S3 requests per append", per_append, "1 PUT per event (+1/K snapshot)", 1.0, "req", "<= 1.02",
-        per_append, per_append <= 1.02,
+        "S3 requests per append",
+        per_append,
+        "1 PUT per event (+1/K snapshot)",
+        1.0,
+        "req",
+        "<= 1.02",
+        per_append,
+        per_append <= 1.02,
     )
-    detail = Row(
-        f"  of which PUT (K=100: {puts} PUTs / {n} events)", puts / n, "ideal", 1.0, "req", "", puts / n, None
-    )
+    detail = Row(f"  of which PUT (K=100: {puts} PUTs / {n} events)", puts / n, "ideal", 1.0, "req", "", puts / n, None)
     return [rate, per, detail]
 
 
@@ -219,10 +221,24 @@ def bench_rebuild(tmp: Path, n: int) -> list[Row]:
     # The library's own rebuild (a fresh handle, no snapshot past event 0): folds the decoded mappings.
     ours_state = best_of(2, lambda: store.get_run(run_id).state())
     rows = [
-        rate_row(f"rebuild via run.state(), {n:,} events", n, ours_state, "read same files + orjson.loads", raw_io,
-                 "ev/s", 0.8),
-        rate_row(f"rebuild via fold_all(read()) (Events), {n:,} events", n, ours, "read same files + orjson.loads",
-                 raw_io, "ev/s", 0.4),
+        rate_row(
+            f"rebuild via run.state(), {n:,} events",
+            n,
+            ours_state,
+            "read same files + orjson.loads",
+            raw_io,
+            "ev/s",
+            0.8,
+        ),
+        rate_row(
+            f"rebuild via fold_all(read()) (Events), {n:,} events",
+            n,
+            ours,
+            "read same files + orjson.loads",
+            raw_io,
+            "ev/s",
+            0.4,
+        ),
         rate_row(f"rebuild state, {n:,} events", n, ours, "orjson.loads, bytes in memory", raw_mem, "ev/s", None),
     ]
     # Opening a run whose snapshot is current: O(1) reads whatever the history.
@@ -234,8 +250,16 @@ def bench_rebuild(tmp: Path, n: int) -> list[Row]:
     t_big = best_of(20, lambda: store.get_run(run_id).state())
     t_small = best_of(20, lambda: small.get_run(small_id).state())
     rows.append(
-        Row(f"open run w/ current snapshot: {n:,} vs 1,000 events", t_big * 1e3, "same, 1,000-event run",
-            t_small * 1e3, "ms", "<= 3x (O(1))", t_big / t_small, t_big / t_small <= 3.0)
+        Row(
+            f"open run w/ current snapshot: {n:,} vs 1,000 events",
+            t_big * 1e3,
+            "same, 1,000-event run",
+            t_small * 1e3,
+            "ms",
+            "<= 3x (O(1))",
+            t_big / t_small,
+            t_big / t_small <= 3.0,
+        )
     )
     tiny = RunStore(str(tmp / "tiny"), fsync=False)
     tiny_id = _fill_local(tiny, 200)
@@ -246,8 +270,16 @@ def bench_rebuild(tmp: Path, n: int) -> list[Row]:
     t_mid = best_of(20, lambda: mid.get_run(mid_id).state())
     t_tiny = best_of(20, lambda: tiny.get_run(tiny_id).state())
     rows.append(
-        Row("open run w/ current snapshot: 20,000 vs 200 events", t_mid * 1e3, "same, 200-event run",
-            t_tiny * 1e3, "ms", "<= 3x (O(1))", t_mid / t_tiny, t_mid / t_tiny <= 3.0)
+        Row(
+            "open run w/ current snapshot: 20,000 vs 200 events",
+            t_mid * 1e3,
+            "same, 200-event run",
+            t_tiny * 1e3,
+            "ms",
+            "<= 3x (O(1))",
+            t_mid / t_tiny,
+            t_mid / t_tiny <= 3.0,
+        )
     )
     return rows
 
@@ -263,8 +295,16 @@ def bench_storage(tmp: Path, n: int) -> Row:
     events = sum(p.stat().st_size for p in (folder / "events").iterdir())
     total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     ratio = total / events
-    return Row(f"bytes stored / event bytes, {n:,} events, growing state (was 16x)", total / 1e6,
-               "bytes of the event files", events / 1e6, "MB", "<= 3x", ratio, ratio <= 3.0)
+    return Row(
+        f"bytes stored / event bytes, {n:,} events, growing state (was 16x)",
+        total / 1e6,
+        "bytes of the event files",
+        events / 1e6,
+        "MB",
+        "<= 3x",
+        ratio,
+        ratio <= 3.0,
+    )
 
 
 # -- (e) memory -------------------------------------------------------------------
@@ -312,10 +352,12 @@ def bench_eventsourcing(tmp: Path, n_append: int, n_replay: int, ours_append_s: 
             self.count += 1
 
     def app(name: str) -> Any:
-        return Application(env={
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-            "SQLITE_DBNAME": str(tmp / f"{name}.sqlite"),
-        })
+        return Application(
+            env={
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(tmp / f"{name}.sqlite"),
+            }
+        )
 
     a = app("append")
     agg = RunAgg()
@@ -350,20 +392,40 @@ def bench_eventsourcing(tmp: Path, n_append: int, n_replay: int, ours_append_s: 
     assert n_replay + 2 == fold_all(RunState(run_id=run_id), store.get_run(run_id).log.read()).last_event_id  # + seal
     return [
         rate_row(
-            "durable append vs eventsourcing", n_append, ours_append_s,
-            "eventsourcing 9 on SQLite", es_append, "ev/s", None,
+            "durable append vs eventsourcing",
+            n_append,
+            ours_append_s,
+            "eventsourcing 9 on SQLite",
+            es_append,
+            "ev/s",
+            None,
         ),
         rate_row(
-            f"rebuild via run.state(), {n_replay:,} events vs eventsourcing", n_replay, ours_state,
-            "eventsourcing replay (SQLite)", es_replay, "ev/s", 10.0,
+            f"rebuild via run.state(), {n_replay:,} events vs eventsourcing",
+            n_replay,
+            ours_state,
+            "eventsourcing replay (SQLite)",
+            es_replay,
+            "ev/s",
+            10.0,
         ),
         rate_row(
-            f"rebuild via fold_all(read()), {n_replay:,} events vs eventsourcing", n_replay, ours_replay,
-            "eventsourcing replay (SQLite)", es_replay, "ev/s", 10.0,
+            f"rebuild via fold_all(read()), {n_replay:,} events vs eventsourcing",
+            n_replay,
+            ours_replay,
+            "eventsourcing replay (SQLite)",
+            es_replay,
+            "ev/s",
+            10.0,
         ),
         rate_row(
-            f"rebuild {n_replay + 1:,} consolidated events vs eventsourcing", n_replay + 1, ours_jsonl,
-            "eventsourcing replay (SQLite)", es_replay * (n_replay + 1) / n_replay, "ev/s", 10.0,
+            f"rebuild {n_replay + 1:,} consolidated events vs eventsourcing",
+            n_replay + 1,
+            ours_jsonl,
+            "eventsourcing replay (SQLite)",
+            es_replay * (n_replay + 1) / n_replay,
+            "ev/s",
+            10.0,
         ),
     ]
 

@@ -167,10 +167,25 @@ def bench_frames_s3(runs: int, events: int) -> list[Row]:
         assert len(store.events_frame(progress=False)) == runs * events
     finally:
         server.stop()
-    rate = rate_row(f"events_frame, {runs} active runs x {events} events on S3 (moto)", runs, ours,
-                    "previous approach (log.read per run, 16 threads)", old, "runs/s", 5.0)  # fmt: skip
-    info = Row(f"  requests per run: ours vs previous ({runs} runs)", ours_req / runs, "previous", old_req / runs,
-               "req", "", ours_req / old_req, None)  # fmt: skip
+    rate = rate_row(
+        f"events_frame, {runs} active runs x {events} events on S3 (moto)",
+        runs,
+        ours,
+        "previous approach (log.read per run, 16 threads)",
+        old,
+        "runs/s",
+        5.0,
+    )
+    info = Row(
+        f"  requests per run: ours vs previous ({runs} runs)",
+        ours_req / runs,
+        "previous",
+        old_req / runs,
+        "req",
+        "",
+        ours_req / old_req,
+        None,
+    )
     return [rate, info]
 
 
@@ -231,16 +246,26 @@ def bench_frame_memory(tmp: Path, runs: int, events: int) -> list[Row]:
     size = _fill_local_runs(root, runs, events)
     rows = []
     for what, name in (("arrow", "to_arrow (events)"), ("pandas", "events_frame")):
-        out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(root), what], capture_output=True, text=True,
-                             check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_CHILD, str(root), what], capture_output=True, text=True, check=True
+        )
         got = json.loads(out.stdout.strip().splitlines()[-1])
         assert runs * events == got["rows"]
         peak = (got["peak_kb"] - got["base_kb"]) * 1024
         limit = 2.0 if what == "arrow" else None
         ratio = peak / size
-        rows.append(Row(f"{name} peak RSS growth, {runs}x{events} events ({size / 1e6:.0f} MB jsonl)", peak / 1e6,
-                        "events' bytes", size / 1e6, "MB", "<= 2x" if limit else "", ratio,
-                        None if limit is None else ratio <= limit))  # fmt: skip
+        rows.append(
+            Row(
+                f"{name} peak RSS growth, {runs}x{events} events ({size / 1e6:.0f} MB jsonl)",
+                peak / 1e6,
+                "events' bytes",
+                size / 1e6,
+                "MB",
+                "<= 2x" if limit else "",
+                ratio,
+                None if limit is None else ratio <= limit,
+            )
+        )
     return rows
 
 
@@ -259,9 +284,16 @@ def bench_s3_append_with_segments(n: int, k: int) -> Row:
     finally:
         server.stop()
     per = requests / n
-    return Row(f"S3 requests per append with segments (K={k}, {n} appends, no snapshots)", per,
-               f"1 PUT + 1/K segment PUT = {1 + 1 / k:.3f}", 1 + 1 / k, "req", "<= 1.01x", per / (1 + 1 / k),
-               per <= (1 + 1 / k) * 1.01)  # fmt: skip
+    return Row(
+        f"S3 requests per append with segments (K={k}, {n} appends, no snapshots)",
+        per,
+        f"1 PUT + 1/K segment PUT = {1 + 1 / k:.3f}",
+        1 + 1 / k,
+        "req",
+        "<= 1.01x",
+        per / (1 + 1 / k),
+        per <= (1 + 1 / k) * 1.01,
+    )
 
 
 def run(quick: bool) -> list[Row]:

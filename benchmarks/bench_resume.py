@@ -78,12 +78,22 @@ def run(quick: bool) -> list[Row]:
         k = big_n // 1000
         return [
             rate_row(
-                f"resume plan, {k}k-event run, current snapshot", 1, t_big,
-                f"same, {small_n // 1000}k-event run", t_small, "plans/s", 0.5,
+                f"resume plan, {k}k-event run, current snapshot",
+                1,
+                t_big,
+                f"same, {small_n // 1000}k-event run",
+                t_small,
+                "plans/s",
+                0.5,
             ),
             rate_row(
-                f"resume plan, {k}k-event run, no snapshot (full fold)", 1, t_full,
-                "same run with current snapshot", t_big, "plans/s", None,
+                f"resume plan, {k}k-event run, no snapshot (full fold)",
+                1,
+                t_full,
+                "same run with current snapshot",
+                t_big,
+                "plans/s",
+                None,
             ),
         ]
     finally:

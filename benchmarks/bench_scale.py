@@ -116,9 +116,17 @@ def bench_bytes_per_append(tmp: Path, n: int) -> list[Row]:
         assert written is not None
         ours, peer = written.bytes / last, written.events / last
         rows.append(
-            Row(f"bytes written per append, last {last} of {n:,} events, workload ({workload})", ours / 1024,
-                "the event bytes alone", peer / 1024, "KB", "<= 2 KB", ours / peer, ours <= 2048)
-        )  # fmt: skip
+            Row(
+                f"bytes written per append, last {last} of {n:,} events, workload ({workload})",
+                ours / 1024,
+                "the event bytes alone",
+                peer / 1024,
+                "KB",
+                "<= 2 KB",
+                ours / peer,
+                ours <= 2048,
+            )
+        )
     return rows
 
 
@@ -144,8 +152,9 @@ def _fresh_state(store: RunStore, run_id: str) -> tuple[float, float]:
     """(state() in a fresh process, reading + decoding its state.json alone), best of a few processes."""
     best = best_snap = float("inf")
     for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", _FRESH, store.url, run_id, "1"], capture_output=True, text=True,
-                             check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", _FRESH, store.url, run_id, "1"], capture_output=True, text=True, check=True
+        )
         t, t_snap, _ = out.stdout.split()
         best, best_snap = min(best, float(t)), min(best_snap, float(t_snap))
     return best, best_snap
@@ -162,16 +171,31 @@ def bench_fresh_state(tmp: Path, n: int) -> list[Row]:
             small_id, _ = fill(small, workload, 1000)
             t_small, _ = _fresh_state(small, small_id)
             rows.append(
-                Row(f"fresh-process state(), {n:,} vs 1,000 events, workload (a)", t_big * 1e3,
-                    "same, 1,000 events", t_small * 1e3, "ms", "<= 3x", t_big / t_small, t_big / t_small <= 3.0)
-            )  # fmt: skip
+                Row(
+                    f"fresh-process state(), {n:,} vs 1,000 events, workload (a)",
+                    t_big * 1e3,
+                    "same, 1,000 events",
+                    t_small * 1e3,
+                    "ms",
+                    "<= 3x",
+                    t_big / t_small,
+                    t_big / t_small <= 3.0,
+                )
+            )
         else:
             size = len(big.storage.read(f"{big_id}/state.json") or b"") / 1e6
             rows.append(
-                Row(f"fresh-process state(), {n:,} events, workload (b) ({size:.1f} MB state)", t_big * 1e3,
-                    "read + decode its state.json alone", t_snap * 1e3, "ms", "<= 3x (snapshot-bound)",
-                    t_big / t_snap, t_big / t_snap <= 3.0)
-            )  # fmt: skip
+                Row(
+                    f"fresh-process state(), {n:,} events, workload (b) ({size:.1f} MB state)",
+                    t_big * 1e3,
+                    "read + decode its state.json alone",
+                    t_snap * 1e3,
+                    "ms",
+                    "<= 3x (snapshot-bound)",
+                    t_big / t_snap,
+                    t_big / t_snap <= 3.0,
+                )
+            )
     return rows
 
 
@@ -202,10 +226,17 @@ def bench_list_runs(tmp: Path, runs: int, state_kb: int) -> list[Row]:
     t_large = best_of(3, large.list_runs)
     t_small = best_of(3, small.list_runs)
     return [
-        Row(f"list_runs, {runs} runs with {stored_kb:,.0f} KB states", t_large * 1e3,
-            f"{runs} runs with small states", t_small * 1e3, "ms", "<= 1.5x", t_large / t_small,
-            t_large / t_small <= 1.5)
-    ]  # fmt: skip
+        Row(
+            f"list_runs, {runs} runs with {stored_kb:,.0f} KB states",
+            t_large * 1e3,
+            f"{runs} runs with small states",
+            t_small * 1e3,
+            "ms",
+            "<= 1.5x",
+            t_large / t_small,
+            t_large / t_small <= 1.5,
+        )
+    ]
 
 
 def bench_list_runs_s3(runs: int, state_kb: int) -> list[Row]:
@@ -241,13 +272,37 @@ def bench_list_runs_s3(runs: int, state_kb: int) -> list[Row]:
     per_run_bytes = sum(got.values()) / runs
     detail = ", ".join(f"{k} {v / runs:,.0f} B" for k, v in sorted(got.items()))
     return [
-        Row(f"S3 list_runs: GETs per run ({runs} runs, {state_kb} KB states)", gets / runs,
-            "target 1 GET per run", 1.0, "req", "<= 3 (metadata, summary, probe)", gets / runs, gets / runs <= 3.0),
-        Row(f"  bytes read per run ({detail})", per_run_bytes / 1024, "target <= 2 KB", 2.0, "KB", "<= 2 KB",
-            per_run_bytes / 2048, per_run_bytes <= 2048),
-        Row(f"  all requests per run ({lists} LISTs shared, {elapsed * 1e3:,.0f} ms)", total / runs, "GETs",
-            gets / runs, "req", "", total / max(gets, 1), None),
-    ]  # fmt: skip
+        Row(
+            f"S3 list_runs: GETs per run ({runs} runs, {state_kb} KB states)",
+            gets / runs,
+            "target 1 GET per run",
+            1.0,
+            "req",
+            "<= 3 (metadata, summary, probe)",
+            gets / runs,
+            gets / runs <= 3.0,
+        ),
+        Row(
+            f"  bytes read per run ({detail})",
+            per_run_bytes / 1024,
+            "target <= 2 KB",
+            2.0,
+            "KB",
+            "<= 2 KB",
+            per_run_bytes / 2048,
+            per_run_bytes <= 2048,
+        ),
+        Row(
+            f"  all requests per run ({lists} LISTs shared, {elapsed * 1e3:,.0f} ms)",
+            total / runs,
+            "GETs",
+            gets / runs,
+            "req",
+            "",
+            total / max(gets, 1),
+            None,
+        ),
+    ]
 
 
 def run(quick: bool) -> list[Row]:

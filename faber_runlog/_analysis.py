@@ -174,8 +174,10 @@ class _EventColumns:
                 list(store.get_run(rid).log.read(seq - 1, until=seq))
                 raise CorruptData(f"event {seq} of run {rid} is not what its line says; run faber-runlog verify")
             ts = d.get("timestamp", "")
-            if (wanted is not None and d.get("type") not in wanted) or (lo is not None and ts < lo) or (
-                hi is not None and ts >= hi
+            if (
+                (wanted is not None and d.get("type") not in wanted)
+                or (lo is not None and ts < lo)
+                or (hi is not None and ts >= hi)
             ):
                 continue
             meta = d.get("metadata") or {}
@@ -211,10 +213,32 @@ class _EventColumns:
 
 
 _PLAIN: Final = ("type", "phase", "step", "status", "message", "user", "source", "idempotency_key")
-_EVENT_TEXT: Final = ("run_id", "org", "project", "type", "phase", "step", "status", "message", "error", "user",
-                      "source", "idempotency_key")
-_RUN_TEXT: Final = ("run_id", "org", "project", "status", "current_phase", "current_step", "failed_phase",
-                    "failed_step", "error", "parent_run_id")
+_EVENT_TEXT: Final = (
+    "run_id",
+    "org",
+    "project",
+    "type",
+    "phase",
+    "step",
+    "status",
+    "message",
+    "error",
+    "user",
+    "source",
+    "idempotency_key",
+)
+_RUN_TEXT: Final = (
+    "run_id",
+    "org",
+    "project",
+    "status",
+    "current_phase",
+    "current_step",
+    "failed_phase",
+    "failed_step",
+    "error",
+    "parent_run_id",
+)
 
 
 def runs_frame(
@@ -252,17 +276,35 @@ def runs_frame(
                 if isinstance(state, Exception):  # one damaged run must not hide the others
                     logging.getLogger("faber_runlog._analysis").warning("runs_frame skipped run %s: %s", rid, state)
                     continue
-                if (status is not None and state.status != status) or (lo is not None and meta.created_at < lo) or (
-                    hi is not None and meta.created_at >= hi
+                if (
+                    (status is not None and state.status != status)
+                    or (lo is not None and meta.created_at < lo)
+                    or (hi is not None and meta.created_at >= hi)
                 ):
                     continue
                 end = state.ended_at or (state.updated_at if state.is_terminal else None)
                 duration = _codec.ms_between(state.started_at, end)
                 row = (
-                    str(rid), rid.org, rid.project, state.status, meta.created_at, state.started_at, state.ended_at,
-                    state.updated_at, duration, state.last_event_id, state.current_phase, state.current_step,
-                    state.failed_phase, state.failed_step, state.error, state.resume_count,
-                    meta.parent_run_id, state.sealed_at is not None, meta.params, meta.tags,
+                    str(rid),
+                    rid.org,
+                    rid.project,
+                    state.status,
+                    meta.created_at,
+                    state.started_at,
+                    state.ended_at,
+                    state.updated_at,
+                    duration,
+                    state.last_event_id,
+                    state.current_phase,
+                    state.current_step,
+                    state.failed_phase,
+                    state.failed_step,
+                    state.error,
+                    state.resume_count,
+                    meta.parent_run_id,
+                    state.sealed_at is not None,
+                    meta.params,
+                    meta.tags,
                 )
                 for c, v in zip(RUN_COLUMNS, row, strict=True):
                     cols[c].append(v)
@@ -297,8 +339,18 @@ def to_arrow(store: RunStore, kind: str = "events", **filters: Any) -> Any:
         if unknown:
             raise InvalidArgument(f"to_arrow() got unexpected filters {sorted(unknown)}; allowed: {sorted(allowed)}")
         f = {k: filters.get(k) for k in allowed}
-        return _events_table(store, pa, f["org"], f["project"], f["status"], f["since"], f["until"], f["types"],
-                             f["run_ids"], f["progress"])  # fmt: skip
+        return _events_table(
+            store,
+            pa,
+            f["org"],
+            f["project"],
+            f["status"],
+            f["since"],
+            f["until"],
+            f["types"],
+            f["run_ids"],
+            f["progress"],
+        )
     frame = runs_frame(store, **filters)
     for c in _NESTED:
         if c in frame.columns:

@@ -213,8 +213,7 @@ class CleanupReport:
 def _record_from_seal(rid: RunId, seal: Event) -> ConsolidationRecord:
     m = seal.metadata
     through = int(m["through"])
-    return ConsolidationRecord(str(rid), through, str(m["sha256"]), int(m["size"]),
-                               str(m.get("last_event_at", "")))
+    return ConsolidationRecord(str(rid), through, str(m["sha256"]), int(m["size"]), str(m.get("last_event_at", "")))
 
 
 def _read_record(store: RunStore, rid: RunId) -> ConsolidationRecord | None:
@@ -235,9 +234,7 @@ def _check_jsonl(rid: RunId, path: str, data: bytes, record: ConsolidationRecord
     """Raise unless ``data`` is exactly what ``record`` describes."""
     problem = None
     if len(data) != record.size or _sha256(data) != record.sha256:
-        problem = (
-            f"its size/hash ({len(data)}, {_sha256(data)}) differ from the seal ({record.size}, {record.sha256})"
-        )
+        problem = f"its size/hash ({len(data)}, {_sha256(data)}) differ from the seal ({record.size}, {record.sha256})"
     elif (lines := data.count(b"\n")) != record.count or not data.endswith(b"\n"):
         problem = f"it holds {lines} lines, not {record.count}"
     if problem is not None:
@@ -472,7 +469,8 @@ class Archiver:
         """Archive every finished run not archived yet; ``older_than`` (days or timedelta) since its last event."""
         cutoff = _older_than(older_than)
         finished = [
-            s for s in self.source.list_runs(org=org, project=project)
+            s
+            for s in self.source.list_runs(org=org, project=project)
             if s.status in TERMINAL_STATUSES and (cutoff is None or (s.updated_at or s.created_at) < cutoff)
         ]
         markers = self.source.storage.read_many(_marker_key(RunId.parse(s.run_id)) for s in finished)
@@ -512,8 +510,14 @@ class Archiver:
         now = _codec.now_iso()
         for s in staged:
             if s.error is None:
-                marker = {"run_id": str(s.rid), "archive": dst.url, "archived_at": now, "index": _index_key(s.rid),
-                          "last_seq": s.record.last_seq, "sha256": s.record.sha256}
+                marker = {
+                    "run_id": str(s.rid),
+                    "archive": dst.url,
+                    "archived_at": now,
+                    "index": _index_key(s.rid),
+                    "last_seq": s.record.last_seq,
+                    "sha256": s.record.sha256,
+                }
                 try:
                     src.replace(_marker_key(s.rid), _codec.dumps(marker))
                 except Exception as e:
@@ -547,8 +551,9 @@ class Archiver:
         seal = elog.get(record.last_seq + 1)
         files = {k: v for k, v in bodies.items() if v is not None and k != layout.metadata}
         files[layout.state] = encode_snapshot(state.to_dict(), fingerprint(seal.type, seal.timestamp, seal.nonce))
-        files[_marker_key(rid)] = _codec.dumps({"run_id": str(rid), "archived_from": src.url,
-                                                "last_seq": record.last_seq, "sha256": record.sha256})
+        files[_marker_key(rid)] = _codec.dumps(
+            {"run_id": str(rid), "archived_from": src.url, "last_seq": record.last_seq, "sha256": record.sha256}
+        )
         entry = ArchiveIndexEntry(
             run_id=str(rid),
             org=rid.org,

@@ -236,8 +236,12 @@ def _plan_args(items: Sequence[str] | None) -> dict[str, Any]:
 def _cmd_new(ctx: _Ctx) -> int:
     a = ctx.args
     run = ctx.gateway.new_run(
-        a.org, a.project, _pairs(a.param, "--param"), _pairs(a.tag, "--tag", typed=False),
-        concurrency_key=a.concurrency_key, **_plan_args(a.phase),
+        a.org,
+        a.project,
+        _pairs(a.param, "--param"),
+        _pairs(a.tag, "--tag", typed=False),
+        concurrency_key=a.concurrency_key,
+        **_plan_args(a.phase),
     )
     if run is None:
         return _disabled(ctx, "no run was created")
@@ -256,9 +260,16 @@ def _cmd_emit(ctx: _Ctx) -> int:
     metadata = _json_object(a.metadata, "--metadata") if a.metadata else {}
     metadata.update(_pairs(a.meta, "--meta"))
     fields: dict[str, Any] = {
-        "phase": a.phase, "step": a.step, "status": a.status, "message": a.message, "error": a.error,
-        "duration_ms": a.duration_ms, "metadata": metadata or None, "idempotency_key": a.idempotency_key,
-        "user": a.user, "source": a.source,
+        "phase": a.phase,
+        "step": a.step,
+        "status": a.status,
+        "message": a.message,
+        "error": a.error,
+        "duration_ms": a.duration_ms,
+        "metadata": metadata or None,
+        "idempotency_key": a.idempotency_key,
+        "user": a.user,
+        "source": a.source,
     }
     event = ctx.gateway.emit(a.run_id, a.type, **fields)
     if event is None:
@@ -445,7 +456,10 @@ def _cmd_rerun(ctx: _Ctx) -> int:
     if not ctx.gateway.enabled:
         return _disabled(ctx, "no run was created")
     child = Resumer(ctx.store).rerun(
-        a.run_id, _pairs(a.param, "--param"), mode=a.mode or "all", from_event=a.from_event,
+        a.run_id,
+        _pairs(a.param, "--param"),
+        mode=a.mode or "all",
+        from_event=a.from_event,
         tags=_pairs(a.tag, "--tag"),
     )
     first = next(iter(child.log.read(0, limit=1)), None)
@@ -519,8 +533,12 @@ def _cmd_archive(ctx: _Ctx) -> int:
     if ctx.json:
         _dump(
             [
-                {"run_id": r.run_id, "outcome": r.outcome, "error": None if r.error is None else str(r.error),
-                 "record": None if r.record is None else r.record.to_dict()}
+                {
+                    "run_id": r.run_id,
+                    "outcome": r.outcome,
+                    "error": None if r.error is None else str(r.error),
+                    "record": None if r.record is None else r.record.to_dict(),
+                }
                 for r in results
             ],
             ctx.out,
@@ -618,8 +636,16 @@ def _done(ctx: _Ctx, action: str, event: Event | None) -> int:
         return _disabled(ctx, "nothing was written")
     status = ctx.store.get_run(ctx.args.run_id).state().status
     if ctx.json:
-        _dump({"run_id": ctx.args.run_id, "action": action, "event_id": event.event_id, "status": status,
-               "event": event.to_dict()}, ctx.out)
+        _dump(
+            {
+                "run_id": ctx.args.run_id,
+                "action": action,
+                "event_id": event.event_id,
+                "status": status,
+                "event": event.to_dict(),
+            },
+            ctx.out,
+        )
     else:
         ctx.out.write(f"{action}: {event.type} is event {event.event_id}; the run is now {status}\n")
     return EXIT_OK
@@ -748,13 +774,24 @@ def _parser() -> argparse.ArgumentParser:
         description="Run ids, event logs and run state on a local folder or any fsspec URL.",
         epilog="Exit codes: 0 ok, 1 the operation failed, 2 bad usage. Docs: docs/cli.md",
     )
-    parser.add_argument("--root", help="store root: a folder or any fsspec URL (default: gateway.json's root, "
-                        "else $FABER_RUNLOG_ROOT, else .fractary/plugins/faber/runs)")
-    parser.add_argument("--storage-options", metavar="JSON", help="fsspec storage options as JSON, e.g. "
-                        f"'{{\"endpoint_url\": \"http://...\"}}' (or ${STORAGE_OPTIONS_ENV}); credentials come "
-                        "from the environment")
-    parser.add_argument("--config", metavar="PATH", help="gateway.json to use (default: $FABER_RUNLOG_CONFIG, else "
-                        "the nearest .fractary/plugins/faber/gateway.json)")
+    parser.add_argument(
+        "--root",
+        help="store root: a folder or any fsspec URL (default: gateway.json's root, "
+        "else $FABER_RUNLOG_ROOT, else .fractary/plugins/faber/runs)",
+    )
+    parser.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec storage options as JSON, e.g. "
+        f'\'{{"endpoint_url": "http://..."}}\' (or ${STORAGE_OPTIONS_ENV}); credentials come '
+        "from the environment",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="gateway.json to use (default: $FABER_RUNLOG_CONFIG, else "
+        "the nearest .fractary/plugins/faber/gateway.json)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     js = argparse.ArgumentParser(add_help=False)
@@ -769,8 +806,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--s3-prefix", default="faber/runs", help="key prefix in the archive bucket")
     p.add_argument("--s3-storage-options", metavar="JSON", help="storage options of the archive (no secrets)")
     p.add_argument("--no-auto-archive", action="store_true", help="archive only when asked (faber-runlog archive)")
-    p.add_argument("--archive-on", nargs="+", choices=["workflow_complete", "workflow_cancelled", "workflow_error"],
-                   help="events that archive a run automatically")
+    p.add_argument(
+        "--archive-on",
+        nargs="+",
+        choices=["workflow_complete", "workflow_cancelled", "workflow_error"],
+        help="events that archive a run automatically",
+    )
     p.set_defaults(func=_cmd_init)
 
     p = sub.add_parser("new", parents=[js], help="create a run and print its id")
@@ -779,8 +820,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="K=V", help="a parameter (K:=JSON for a typed value)")
     p.add_argument("--tag", action="append", metavar="K=V", help="a tag")
     p.add_argument("--concurrency-key", help="refuse to start while another active run holds this key")
-    p.add_argument("--phase", action="append", metavar="NAME[:STEPS]",
-                   help="a planned phase, in order (repeat it); NAME:step1,step2 also plans its steps")
+    p.add_argument(
+        "--phase",
+        action="append",
+        metavar="NAME[:STEPS]",
+        help="a planned phase, in order (repeat it); NAME:step1,step2 also plans its steps",
+    )
     p.set_defaults(func=_cmd_new)
 
     p = sub.add_parser("emit", parents=[js], help="append one event to a run and print its id")
@@ -812,8 +857,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing events as they are written")
     p.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="start with the last N events")
     p.add_argument("--since", type=int, metavar="ID", help="start after this event id instead")
-    p.add_argument("--until-end", action="store_true",
-                   help="with --follow: stop once the run has ended or failed (also a step failure)")
+    p.add_argument(
+        "--until-end",
+        action="store_true",
+        help="with --follow: stop once the run has ended or failed (also a step failure)",
+    )
     p.add_argument("--timeout", type=float, metavar="S", help="stop following after S idle seconds")
     p.add_argument("--poll", type=float, default=0.25, metavar="S", help="poll interval (default 0.25 s)")
     p.set_defaults(func=_cmd_tail)
@@ -854,19 +902,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true", help="write report.json and report.md now")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("import", parents=[js], help="import FABER run folders (a project, a FABER base folder or "
-                       "one run folder); idempotent")
+    p = sub.add_parser(
+        "import",
+        parents=[js],
+        help="import FABER run folders (a project, a FABER base folder or one run folder); idempotent",
+    )
     p.add_argument("path", help="folder or fsspec URL holding FABER runs")
-    p.add_argument("--root", dest="sub_root", metavar="STORE", help="the store to import into (same as the global "
-                   "--root)")
+    p.add_argument(
+        "--root", dest="sub_root", metavar="STORE", help="the store to import into (same as the global --root)"
+    )
     p.add_argument("--plan-org", default="local", help="org of runs whose FABER id is plan-based (default: local)")
     p.add_argument("--source-storage-options", metavar="JSON", help="fsspec storage options of PATH (no secrets)")
     p.set_defaults(func=_cmd_import)
 
     p = sub.add_parser("export", parents=[js], help="write a run as a FABER run folder (--format faber)")
     p.add_argument("run_id")
-    p.add_argument("dest", metavar="DEST", help="FABER base folder (or fsspec URL); the run goes to "
-                   "DEST/org/project/uuid")
+    p.add_argument(
+        "dest", metavar="DEST", help="FABER base folder (or fsspec URL); the run goes to DEST/org/project/uuid"
+    )
     p.add_argument("--format", choices=["faber"], required=True, help="the format to write")
     p.add_argument("--overwrite", action="store_true", help="replace a FABER folder already there")
     p.add_argument("--root", dest="sub_root", metavar="STORE", help="the store to read from (as the global --root)")
@@ -884,8 +937,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _exit_code(exc: BaseException) -> int:
-    usage = (UsageError, InvalidRunId, UnsafePath, InvalidEvent, InvalidRerun, InvalidFilter, InvalidStoreUrl,
-             InvalidEventPosition)
+    usage = (
+        UsageError,
+        InvalidRunId,
+        UnsafePath,
+        InvalidEvent,
+        InvalidRerun,
+        InvalidFilter,
+        InvalidStoreUrl,
+        InvalidEventPosition,
+    )
     if isinstance(exc, usage):
         return EXIT_USAGE
     return EXIT_FAILED

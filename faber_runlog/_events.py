@@ -326,9 +326,7 @@ def add_event_type(
         table.validators[name] = validator
 
 
-def register_upcaster(
-    event_type: str, from_version: int, upcast: Callable[[dict[str, Any]], dict[str, Any]]
-) -> None:
+def register_upcaster(event_type: str, from_version: int, upcast: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
     """Lift stored events of ``event_type`` at ``from_version`` to ``from_version + 1`` on read.
 
     Stored files are never rewritten; the upcaster runs each time such an event is read
@@ -441,9 +439,7 @@ def _explain(e: fastjsonschema.JsonSchemaValueException) -> str:
     return f"{message} (field {field or 'event'!r})"
 
 
-def validate_event_dict(
-    data: dict[str, Any], *, run_id: str | None = None, table: EventTypes = _DEFAULT_TYPES
-) -> None:
+def validate_event_dict(data: dict[str, Any], *, run_id: str | None = None, table: EventTypes = _DEFAULT_TYPES) -> None:
     """Validate one event dict against the base schema and its type's schema."""
     global _base_validator
     etype = data.get("type")

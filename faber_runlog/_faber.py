@@ -422,8 +422,10 @@ class ImportReport:
         out = []
         for r in self.runs:
             name = r.original_run_id if r.original_run_id == r.run_id else f"{r.original_run_id} -> {r.run_id}"
-            out.append(f"{r.outcome:<9} {name}: {r.events_imported} of {r.events_found} events imported"
-                       + (f", status {r.status}" if r.status else ""))
+            out.append(
+                f"{r.outcome:<9} {name}: {r.events_imported} of {r.events_found} events imported"
+                + (f", status {r.status}" if r.status else "")
+            )
             if r.missing_event_ids:
                 out.append(f"          missing FABER event ids: {_ranges(r.missing_event_ids)}")
             for eid, files in r.duplicate_event_ids:
@@ -600,8 +602,9 @@ def _run_metadata(planned: _Planned, store: RunStore, source: str, notes: list[s
                 parent_id = str(parent)
                 root_id = store.get_run(parent).metadata.root_run_id or parent_id
             else:
-                notes.append(f"parent run {parent_original} is not in the store; "
-                             "the link is kept in lineage['faber'] only")
+                notes.append(
+                    f"parent run {parent_original} is not in the store; the link is kept in lineage['faber'] only"
+                )
     lineage: dict[str, Any] = {}
     if rel:
         lineage["faber"] = {k: rel.get(k) for k in ("parent_run_id", "rerun_of", "child_runs") if k in rel}
@@ -643,9 +646,7 @@ def _same_event(stored: Event, fields: dict[str, Any], stamp: str) -> bool:
     return stored.type == fields["type"] and stamp == stored.timestamp and book == want
 
 
-def _import_one(
-    planned: _Planned, store: RunStore, source: str, plan_org: str, bar: Progress
-) -> ImportedRun:
+def _import_one(planned: _Planned, store: RunStore, source: str, plan_org: str, bar: Progress) -> ImportedRun:
     notes = list(planned.notes)
     rid = planned.rid
 
@@ -672,15 +673,18 @@ def _import_one(
         run = store.get_run(rid)
         came_from = run.metadata.imported_from or {}
         if came_from.get("format") != "faber" or came_from.get("run_id") != planned.original_id:
-            notes.append(f"run {rid} already exists and was not imported from FABER run {planned.original_id}; "
-                         "left as it is")
+            notes.append(
+                f"run {rid} already exists and was not imported from FABER run {planned.original_id}; left as it is"
+            )
             bar.update(len(planned.events))
             return result("conflict", 0, run.state().status)
         stored = list(run.log.read(limit=len(planned.events) + 1))
         for i, event in enumerate(stored):
             if i >= len(planned.events) or not _same_event(event, *planned.events[i]):
-                notes.append(f"event {i + 1} of run {rid} differs from the FABER folder (or the folder lost "
-                             "events since the last import); nothing was written")
+                notes.append(
+                    f"event {i + 1} of run {rid} differs from the FABER folder (or the folder lost "
+                    "events since the last import); nothing was written"
+                )
                 bar.update(len(planned.events))
                 return result("conflict", 0, run.state().status)
         start = len(stored)
@@ -762,8 +766,17 @@ def import_faber(
         try:
             planned.append(_read_folder(fs, folder, plan_org))
         except (FaberRunlogError, ValueError) as e:
-            failed.append(ImportedRun(folder.original_id or folder.path, "", folder.path, "failed", 0, 0,
-                                      notes=(" ".join(str(e).split()),)))
+            failed.append(
+                ImportedRun(
+                    folder.original_id or folder.path,
+                    "",
+                    folder.path,
+                    "failed",
+                    0,
+                    0,
+                    notes=(" ".join(str(e).split()),),
+                )
+            )
     results: list[ImportedRun] = list(failed)
     total = sum(len(p.events) for p in planned)
     with Progress("importing FABER events", total, enabled=progress) as bar:
@@ -771,8 +784,17 @@ def import_faber(
             try:
                 results.append(_import_one(p, store, str(source), plan_org, bar))
             except (InvalidEvent, InvalidRunId) as e:
-                results.append(ImportedRun(p.original_id, str(p.rid), p.folder.path, "failed", len(p.events), 0,
-                                           notes=(*p.notes, " ".join(str(e).split()))))
+                results.append(
+                    ImportedRun(
+                        p.original_id,
+                        str(p.rid),
+                        p.folder.path,
+                        "failed",
+                        len(p.events),
+                        0,
+                        notes=(*p.notes, " ".join(str(e).split())),
+                    )
+                )
     return ImportReport(source=str(source), destination=store.url, runs=tuple(results))
 
 
@@ -798,6 +820,7 @@ def _faber_artifact(item: Any) -> dict[str, Any]:
 
 def _metadata_fits(etype: str, metadata: dict[str, Any]) -> bool:
     """FABER's per-type rules on metadata (workflow_start and phase_start)."""
+
     def strings(value: Any) -> bool:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
@@ -966,10 +989,17 @@ def _faber_phase(p: PhaseState) -> dict[str, Any]:
     if p.ended_at and p.status in ("completed", "failed", "skipped", "cancelled"):
         body["completed_at"] = p.ended_at
     body["steps"] = [
-        {k: v for k, v in {
-            "name": s.name, "status": faber_phase_status(s.status), "started_at": s.started_at,
-            "completed_at": s.ended_at, "duration_ms": s.duration_ms,
-        }.items() if v is not None}
+        {
+            k: v
+            for k, v in {
+                "name": s.name,
+                "status": faber_phase_status(s.status),
+                "started_at": s.started_at,
+                "completed_at": s.ended_at,
+                "duration_ms": s.duration_ms,
+            }.items()
+            if v is not None
+        }
         for s in p.steps.values()
     ]
     if p.attempts > 1:
@@ -1043,8 +1073,10 @@ def export_faber(
     except FileNotFoundError:
         existing = []
     if existing and not overwrite:
-        raise RunExists(f"{folder} already holds a FABER run with {len(existing)} files; pass overwrite=True "
-                        "(--overwrite) to replace it, or export somewhere else")
+        raise RunExists(
+            f"{folder} already holds a FABER run with {len(existing)} files; pass overwrite=True "
+            "(--overwrite) to replace it, or export somewhere else"
+        )
     try:
         for path in existing:
             fs.rm_file(path)
@@ -1062,4 +1094,3 @@ def export_faber(
     except OSError as e:
         raise StorageError(f"cannot write the FABER export of run {run.id} to {folder}: {e}") from e
     return ExportResult(run_id=run.id, path=folder, events=len(events))
-

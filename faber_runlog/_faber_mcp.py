@@ -57,8 +57,14 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
 
     def emit_error(run_id: str, etype: str | None, error: str) -> dict[str, Any]:
         return {
-            "status": "error", "operation": "emit-event", "event_id": 0, "type": etype or "workflow_error",
-            "run_id": run_id, "timestamp": _codec.now_iso(), "event_path": "", "error": error,
+            "status": "error",
+            "operation": "emit-event",
+            "event_id": 0,
+            "type": etype or "workflow_error",
+            "run_id": run_id,
+            "timestamp": _codec.now_iso(),
+            "event_path": "",
+            "error": error,
         }
 
     def fractary_faber_event_emit(
@@ -74,8 +80,14 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
         error: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         fields: dict[str, Any] = {
-            "phase": phase, "step": step, "status": status, "message": message, "metadata": metadata,
-            "artifacts": artifacts, "duration_ms": duration_ms, "error": error,
+            "phase": phase,
+            "step": step,
+            "status": status,
+            "message": message,
+            "metadata": metadata,
+            "artifacts": artifacts,
+            "duration_ms": duration_ms,
+            "error": error,
         }
         try:
             run = open_run(run_id)
@@ -91,8 +103,11 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
         except _REFUSED as e:
             return emit_error(run_id, type, _message(e))
         if event is None:
-            return {**emit_error(run_id, type, "logging is disabled in gateway.json; nothing was written"),
-                    "status": "success", "written": False}
+            return {
+                **emit_error(run_id, type, "logging is disabled in gateway.json; nothing was written"),
+                "status": "success",
+                "written": False,
+            }
         return {
             "status": "success",
             "operation": "emit-event",
@@ -118,8 +133,14 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
                 body["event_count"] = state.last_event_id
             return body
         except _REFUSED as e:
-            return {"status": "error", "operation": "get-run", "run_id": run_id, "metadata": None, "state": None,
-                    "error": _message(e)}
+            return {
+                "status": "error",
+                "operation": "get-run",
+                "run_id": run_id,
+                "metadata": None,
+                "state": None,
+                "error": _message(e),
+            }
 
     def fractary_faber_run_get(run_id: str, include_events: bool = False) -> dict[str, Any]:
         return get_run(run_id, include_events)
@@ -140,15 +161,19 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
             if work_id is not None and (wid is None or str(wid) != str(work_id)):
                 continue
             terminal = r.status in ("completed", "failed", "cancelled")
-            rows.append({
-                "run_id": r.run_id, "work_id": "" if wid is None else str(wid),
-                "status": faber_run_status(r.status), "created_at": r.created_at,
-                "updated_at": r.updated_at or r.created_at,
-                "completed_at": r.updated_at if terminal else None, "current_phase": r.current_phase,
-            })
+            rows.append(
+                {
+                    "run_id": r.run_id,
+                    "work_id": "" if wid is None else str(wid),
+                    "status": faber_run_status(r.status),
+                    "created_at": r.created_at,
+                    "updated_at": r.updated_at or r.created_at,
+                    "completed_at": r.updated_at if terminal else None,
+                    "current_phase": r.current_phase,
+                }
+            )
         rows.sort(key=lambda row: str(row["created_at"]), reverse=True)  # newest first, as FABER lists them
-        return {"status": "success", "operation": "list-runs", "runs": rows[: max(0, int(limit))],
-                "total": len(rows)}
+        return {"status": "success", "operation": "list-runs", "runs": rows[: max(0, int(limit))], "total": len(rows)}
 
     def fractary_faber_run_list(
         work_id: str | None = None,
@@ -166,8 +191,15 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
             run = open_run(run_id)
             record = consolidate(store, run.id)
         except _REFUSED as e:
-            return {"status": "error", "operation": "consolidate-events", "run_id": run_id, "events_consolidated": 0,
-                    "output_path": "", "size_bytes": 0, "error": _message(e)}
+            return {
+                "status": "error",
+                "operation": "consolidate-events",
+                "run_id": run_id,
+                "events_consolidated": 0,
+                "output_path": "",
+                "size_bytes": 0,
+                "error": _message(e),
+            }
         return {
             "status": "success",
             "operation": "consolidate-events",
@@ -206,11 +238,21 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
             raise resource_error(_message(e)) from e
 
     # Concrete URIs are matched before templates, and templates in this order: events before the run itself.
-    server.resource("faber://runs", name="faber-runs", description="FABER compatible: the newest 100 runs.",
-                    mime_type="application/json")(runs_resource)
-    server.resource("faber://runs/{+run_id}/events", name="faber-run-events",
-                    description="FABER compatible: every event of a run, in FABER's event shape.",
-                    mime_type="application/json")(events_resource)
-    server.resource("faber://runs/{+run_id}", name="faber-run",
-                    description="FABER compatible: a run's metadata, state and event count.",
-                    mime_type="application/json")(run_resource)
+    server.resource(
+        "faber://runs",
+        name="faber-runs",
+        description="FABER compatible: the newest 100 runs.",
+        mime_type="application/json",
+    )(runs_resource)
+    server.resource(
+        "faber://runs/{+run_id}/events",
+        name="faber-run-events",
+        description="FABER compatible: every event of a run, in FABER's event shape.",
+        mime_type="application/json",
+    )(events_resource)
+    server.resource(
+        "faber://runs/{+run_id}",
+        name="faber-run",
+        description="FABER compatible: a run's metadata, state and event count.",
+        mime_type="application/json",
+    )(run_resource)

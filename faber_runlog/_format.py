@@ -165,6 +165,7 @@ def parse_segment_name(name: str) -> tuple[int, int] | None:
         return None
     return int(first), int(last)
 
+
 # -- snapshots ---------------------------------------------------------------------------
 
 
@@ -216,10 +217,16 @@ def encode_segment(run_id: str, first: int, lines: list[bytes]) -> bytes:
     writer builds the same bytes for the same range: a put-if-absent race is harmless.
     """
     body = b"\n".join(lines) + b"\n"
-    head = _codec.dumps({
-        "segment": SEGMENT_FORMAT, "run_id": run_id, "first": first, "last": first + len(lines) - 1,
-        "count": len(lines), "checksum": _checksum(body),
-    })  # fmt: skip
+    head = _codec.dumps(
+        {
+            "segment": SEGMENT_FORMAT,
+            "run_id": run_id,
+            "first": first,
+            "last": first + len(lines) - 1,
+            "count": len(lines),
+            "checksum": _checksum(body),
+        }
+    )
     return head + b"\n" + body
 
 
@@ -245,6 +252,8 @@ def decode_segment(body: bytes, run_id: str, first: int, last: int) -> bytes:
     if rest.count(b"\n") != last - first + 1:
         raise CorruptData(f"it does not hold {last - first + 1} lines")
     return rest
+
+
 # -- summaries ---------------------------------------------------------------------------
 
 

@@ -191,12 +191,12 @@ class GatewayConfig:
         if self.enabled and not self.local_files.enabled:
             raise InvalidGatewayConfig(
                 f"{where}: backends.local_files is disabled but logging is enabled; local_files records the "
-                "events the other backends receive: enable it, or set \"enabled\": false to turn logging off",
+                'events the other backends receive: enable it, or set "enabled": false to turn logging off',
                 path=path,
             )
         if self.s3_archive.enabled and not self.s3_archive.bucket:
             raise InvalidGatewayConfig(
-                f"{where}: backends.s3_archive is enabled but has no bucket; set \"bucket\" or disable it",
+                f'{where}: backends.s3_archive is enabled but has no bucket; set "bucket" or disable it',
                 path=path,
             )
         if self.snapshot_every < 1:
@@ -255,7 +255,8 @@ def validate_config(data: Any, *, path: str | None = None) -> None:
         backends = data.get("backends")
         archive = backends.get("s3_archive") if isinstance(backends, Mapping) else None
         _refuse_secrets(
-            data.get("storage_options"), archive.get("storage_options") if isinstance(archive, Mapping) else None,
+            data.get("storage_options"),
+            archive.get("storage_options") if isinstance(archive, Mapping) else None,
             path=path,
         )
     try:
@@ -263,8 +264,7 @@ def validate_config(data: Any, *, path: str | None = None) -> None:
     except fastjsonschema.JsonSchemaValueException as e:
         what = str(e.message).replace("data.", "", 1).replace("data ", "the top level ", 1)
         raise InvalidGatewayConfig(
-            f"{path or 'gateway.json'} is invalid: {what}; "
-            "fix it, or run `faber-runlog init` to write a fresh one",
+            f"{path or 'gateway.json'} is invalid: {what}; fix it, or run `faber-runlog init` to write a fresh one",
             path=path,
         ) from e
 
@@ -476,10 +476,18 @@ class Gateway:
         """The gateway of gateway.json at ``config_path`` (or found), else the defaults."""
         path = Path(config_path) if config_path is not None else find_config()
         if path is None:
-            return cls(GatewayConfig(root=os.environ.get("FABER_RUNLOG_ROOT") or DEFAULT_ROOT),
-                       root=root, storage_options=storage_options)
-        return cls(load_config(path), base_dir=path.resolve().parent, config_path=path, root=root,
-                   storage_options=storage_options)
+            return cls(
+                GatewayConfig(root=os.environ.get("FABER_RUNLOG_ROOT") or DEFAULT_ROOT),
+                root=root,
+                storage_options=storage_options,
+            )
+        return cls(
+            load_config(path),
+            base_dir=path.resolve().parent,
+            config_path=path,
+            root=root,
+            storage_options=storage_options,
+        )
 
     def __repr__(self) -> str:
         state = "enabled" if self.enabled else "disabled"
@@ -551,8 +559,7 @@ class Gateway:
         if len(recorders) != 1:
             names = ", ".join(b.name for b in recorders) or "none"
             raise InvalidGatewayConfig(
-                f"{self.config_path or 'gateway.json'}: exactly one enabled backend must record events, "
-                f"found {names}",
+                f"{self.config_path or 'gateway.json'}: exactly one enabled backend must record events, found {names}",
                 path=self.config_path,
             )
         out.sort(key=lambda b: not b.records)

@@ -24,9 +24,7 @@ _MAX_LEN = 64 + 1 + 64 + 1 + 36
 def validate_slug(value: object, what: str = "slug") -> str:
     """Return ``value`` if it is a valid org/project slug, else raise :class:`InvalidRunId`."""
     if not isinstance(value, str) or _SLUG.fullmatch(value) is None:
-        raise InvalidRunId(
-            f"invalid {what} {value!r}: use 1-64 characters from lowercase a-z, 0-9, '-' and '_'"
-        )
+        raise InvalidRunId(f"invalid {what} {value!r}: use 1-64 characters from lowercase a-z, 0-9, '-' and '_'")
     return value
 
 
@@ -63,9 +61,7 @@ class RunId:
             raise InvalidRunId(f"run id is {len(value)} characters long; at most {_MAX_LEN} are allowed")
         parts = value.split("/")
         if len(parts) != 3:
-            raise InvalidRunId(
-                f"invalid run id {value!r}: expected exactly three parts 'org/project/uuid'"
-            )
+            raise InvalidRunId(f"invalid run id {value!r}: expected exactly three parts 'org/project/uuid'")
         return cls(*parts)
 
     def __str__(self) -> str:

@@ -264,9 +264,7 @@ def fail(elog: EventLog, error: str, *, reason: str | None = None) -> Event:
 # -- phases and steps ------------------------------------------------------------
 
 
-def _phase_refusal(
-    state: RunState, action: str, what: str, status: str, allowed: tuple[str, ...]
-) -> InvalidTransition:
+def _phase_refusal(state: RunState, action: str, what: str, status: str, allowed: tuple[str, ...]) -> InvalidTransition:
     return InvalidTransition(
         f"cannot {action} {what} of run {state.run_id}: its status is {status!r} (at event {state.last_event_id}); "
         f"allowed only from: {', '.join(allowed)}. Nothing was written.",
@@ -854,9 +852,7 @@ def sweep_stale(
         raise InvalidArgument(f"older_than must be >= 0 seconds, got {older_than!r}")
     wanted = None if run_ids is None else {str(RunId.parse(r)) for r in run_ids}
     candidates = [
-        RunId.parse(s.run_id)
-        for s in runs
-        if s.status in ACTIVE_STATUSES and (wanted is None or s.run_id in wanted)
+        RunId.parse(s.run_id) for s in runs if s.status in ACTIVE_STATUSES and (wanted is None or s.run_id in wanted)
     ]
     bodies = storage.read_many(f"{RunLayout(rid).dir}/lease.json" for rid in candidates)
     now = _now()

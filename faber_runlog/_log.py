@@ -616,9 +616,10 @@ class EventLog:
         self._prunes += 1
         if self._taken is None or self._prunes % 8 == 0:
             self._taken = sorted(
-                n for n in (parse_seq_name(name) for name in self._storage.list_names(self._layout.snapshots))
+                n
+                for n in (parse_seq_name(name) for name in self._storage.list_names(self._layout.snapshots))
                 if n is not None and n < seq
-            )  # fmt: skip
+            )
         self._taken.append(seq)
         while len(self._taken) > SNAPSHOTS_KEPT:
             self._storage.delete(self._layout.snapshot(self._taken[0]))
@@ -925,10 +926,7 @@ class EventLog:
         stop = last if until is None else min(until, last)
         try:
             lines = decode_segment(body, self._run_id, first, last)
-            return [
-                dec(first + i - 1, line, key)
-                for i, line in iter_jsonl(lines, after - first + 1, stop - first + 1)
-            ]
+            return [dec(first + i - 1, line, key) for i, line in iter_jsonl(lines, after - first + 1, stop - first + 1)]
         except Exception as e:
             # A segment is a cache: one that does not hold costs the reads of the files, never a wrong answer.
             log.warning("ignoring segment %s of run %s: %s", self._storage.path(key), self._run_id, e)

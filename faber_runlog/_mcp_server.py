@@ -88,8 +88,16 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
     ) -> dict[str, Any]:
         try:
             event = gateway.emit(
-                run_id, type, phase=phase, step=step, status=status, message=message, error=error,
-                duration_ms=duration_ms, metadata=metadata, idempotency_key=idempotency_key,
+                run_id,
+                type,
+                phase=phase,
+                step=step,
+                status=status,
+                message=message,
+                error=error,
+                duration_ms=duration_ms,
+                metadata=metadata,
+                idempotency_key=idempotency_key,
             )
         except FaberRunlogError as e:
             raise refused(e, tool_error) from e
@@ -167,7 +175,9 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
     resources = {
         "faber://run/{+run_id}/state": ("run-state", "The folded state of a run.", state_resource),
         "faber://run/{+run_id}/events": (
-            "run-events", "Every event of a run, oldest first (at most 1000; use list_events to page).", events_resource
+            "run-events",
+            "Every event of a run, oldest first (at most 1000; use list_events to page).",
+            events_resource,
         ),
         "faber://runs/list": ("runs", "Every run in the store, oldest first.", runs_resource),
     }
@@ -234,8 +244,13 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error
         if event is None:
             return {"written": False, "reason": "logging is disabled in gateway.json"}
         status = gateway.store.get_run(run_id).state().status
-        return {"written": True, "action": action, "event_id": event.event_id, "status": status,
-                "event": event.to_dict()}
+        return {
+            "written": True,
+            "action": action,
+            "event_id": event.event_id,
+            "status": status,
+            "event": event.to_dict(),
+        }
 
     def change_run_status(
         run_id: str, action: str, reason: str | None = None, summary: str | None = None, error: str | None = None

@@ -143,21 +143,40 @@ def compose_report(storage: Storage, elog: EventLog, state: RunState | None = No
         # artifacts and errors below are the latest LATEST_KEPT; totals counts them all (the events hold them all).
         "totals": dict(state.totals),
         "artifacts": [
-            {"path": a.path, "action": a.action, "phase": a.phase, "step": a.step, "kind": a.kind,
-             "event_id": a.event_id}
+            {
+                "path": a.path,
+                "action": a.action,
+                "phase": a.phase,
+                "step": a.step,
+                "kind": a.kind,
+                "event_id": a.event_id,
+            }
             for a in state.artifacts
         ],
         "errors": [
-            {"event_id": e.event_id, "type": e.type, "timestamp": e.timestamp, "message": e.message,
-             "phase": e.phase, "step": e.step}
+            {
+                "event_id": e.event_id,
+                "type": e.type,
+                "timestamp": e.timestamp,
+                "message": e.message,
+                "phase": e.phase,
+                "step": e.step,
+            }
             for e in state.errors
         ],
         "unresolved": [a.approval_id for a in state.approvals.values() if a.status == "pending"],
         "event_counts": dict(state.event_counts),
         "last_event_id": last,
         "event_tail": [
-            {"event_id": e.event_id, "type": e.type, "timestamp": e.timestamp, "phase": e.phase, "step": e.step,
-             "message": e.message, "error": e.error_message}
+            {
+                "event_id": e.event_id,
+                "type": e.type,
+                "timestamp": e.timestamp,
+                "phase": e.phase,
+                "step": e.step,
+                "message": e.message,
+                "error": e.error_message,
+            }
             for e in tail
         ],
         "generated_at": _codec.now_iso(),

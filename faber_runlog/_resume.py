@@ -311,9 +311,7 @@ class Resumer:
 
             # Take the run's lease before resuming it (a compare-and-swap): a sweeper that
             # judged the old lease dead cannot fail the run again once it is ours.
-            lease = try_acquire_lease(
-                self.store.storage, run.run_id, ttl=self.store.lease_ttl, owner=owner
-            )
+            lease = try_acquire_lease(self.store.storage, run.run_id, ttl=self.store.lease_ttl, owner=owner)
             if lease is None:
                 continue  # a live writer took it since the plan: plan again (and refuse)
 
@@ -420,8 +418,10 @@ class Resumer:
         if mode == "from_failure":
             base = {"run_id": pid, "event_id": state.last_event_id, "phases": _progress(state)}
         elif mode == "from_event":
-            if not isinstance(from_event, int) or isinstance(from_event, bool) or not (
-                1 <= from_event <= state.last_event_id
+            if (
+                not isinstance(from_event, int)
+                or isinstance(from_event, bool)
+                or not (1 <= from_event <= state.last_event_id)
             ):
                 raise InvalidRerun(
                     f"re-run of {pid}: from_event={from_event!r} is not an event of the run; "

@@ -83,16 +83,39 @@ A temp file lives for the milliseconds of one write; one this old belongs to a
 killed writer. A writer that was merely stalled that long finds its temp file
 gone and reports a failure instead of publishing anything."""
 _S3_PROTOCOLS: Final = ("s3", "s3a")
-_TRANSIENT_CODES: Final = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
-                                     "ConditionalRequestConflict", "OperationAborted", "Throttling",
-                                     "ThrottlingException", "TooManyRequests", "503", "500"})
+_TRANSIENT_CODES: Final = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "ConditionalRequestConflict",
+        "OperationAborted",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequests",
+        "503",
+        "500",
+    }
+)
 _TRANSIENT_STATUS: Final = frozenset({500, 502, 503, 504})
-_TRANSIENT_ERRNOS: Final = frozenset({errno.EBUSY, errno.EREMOTEIO, errno.ETIMEDOUT, errno.ECONNRESET,
-                                      errno.ECONNABORTED, errno.EAGAIN})
+_TRANSIENT_ERRNOS: Final = frozenset(
+    {errno.EBUSY, errno.EREMOTEIO, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED, errno.EAGAIN}
+)
 # botocore/aiohttp connection and parse failures (no builtin base class to test for).
-_TRANSIENT_TYPES: Final = frozenset({"HTTPClientError", "ConnectionClosedError", "EndpointConnectionError",
-                                     "ResponseParserError", "IncompleteReadError", "ClientPayloadError",
-                                     "ServerDisconnectedError", "ClientConnectionError", "IncompleteRead"})
+_TRANSIENT_TYPES: Final = frozenset(
+    {
+        "HTTPClientError",
+        "ConnectionClosedError",
+        "EndpointConnectionError",
+        "ResponseParserError",
+        "IncompleteReadError",
+        "ClientPayloadError",
+        "ServerDisconnectedError",
+        "ClientConnectionError",
+        "IncompleteRead",
+    }
+)
 _CREDENTIAL_SOURCES: Final = (
     "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), AWS_PROFILE "
     "(profiles in ~/.aws/credentials and ~/.aws/config, or AWS_SHARED_CREDENTIALS_FILE/AWS_CONFIG_FILE), "
@@ -243,8 +266,12 @@ class Storage:
     kind: str = "fsspec"
     """A label for messages and reprs; never a reason to branch (ask :attr:`capabilities`)."""
     capabilities: Capabilities = Capabilities(
-        conditional_create=True, compare_and_swap=False, conditional_delete=False,
-        list_after=False, batched_reads=False, concurrent_puts=False,
+        conditional_create=True,
+        compare_and_swap=False,
+        conditional_delete=False,
+        list_after=False,
+        batched_reads=False,
+        concurrent_puts=False,
     )
     contention_backoff: ClassVar[float] = 0.005
     """Seconds a writer that lost a sequence-number race waits at first (then doubles); ~ one round trip."""
@@ -376,7 +403,7 @@ class Storage:
         except FileNotFoundError:
             return []
         prefix = path.rstrip("/") + "/"
-        names = [e[len(prefix):] if e.startswith(prefix) else e.rsplit("/", 1)[-1] for e in entries]
+        names = [e[len(prefix) :] if e.startswith(prefix) else e.rsplit("/", 1)[-1] for e in entries]
         return sorted(n.strip("/") for n in names if n.strip("/"))
 
     def list_after(self, folder: str, start_after: str, limit: int | None = None) -> list[str]:
@@ -561,8 +588,12 @@ class MemoryStorage(Storage):
 
     kind = "memory"
     capabilities = Capabilities(
-        conditional_create=True, compare_and_swap=True, conditional_delete=True,
-        list_after=False, batched_reads=False, concurrent_puts=False,
+        conditional_create=True,
+        compare_and_swap=True,
+        conditional_delete=True,
+        list_after=False,
+        batched_reads=False,
+        concurrent_puts=False,
     )
     contention_backoff = 0.0002
 
@@ -619,8 +650,12 @@ class LocalStorage(Storage):
 
     kind = "local"
     capabilities = Capabilities(
-        conditional_create=True, compare_and_swap=True, conditional_delete=True,
-        list_after=False, batched_reads=False, concurrent_puts=False,
+        conditional_create=True,
+        compare_and_swap=True,
+        conditional_delete=True,
+        list_after=False,
+        batched_reads=False,
+        concurrent_puts=False,
     )
     contention_backoff = 0.0002
 
@@ -933,8 +968,12 @@ class S3Storage(Storage):
 
     kind = "s3"
     capabilities = Capabilities(
-        conditional_create=True, compare_and_swap=True, conditional_delete=True,
-        list_after=True, batched_reads=True, concurrent_puts=True,
+        conditional_create=True,
+        compare_and_swap=True,
+        conditional_delete=True,
+        list_after=True,
+        batched_reads=True,
+        concurrent_puts=True,
     )
     contention_backoff = 0.005
 
@@ -1017,7 +1056,8 @@ class S3Storage(Storage):
             if token:
                 kwargs["ContinuationToken"] = token
             reply: dict[str, Any] = self._call(
-                f"listing s3://{self.bucket}/{prefix}", lambda kw=kwargs: self._s3("list_objects_v2", **kw)  # type: ignore[misc]  # mypy cannot infer a defaulted lambda argument
+                f"listing s3://{self.bucket}/{prefix}",
+                lambda kw=kwargs: self._s3("list_objects_v2", **kw),  # type: ignore[misc]  # mypy cannot infer a defaulted lambda argument
             )
             yield reply
             token = reply.get("NextContinuationToken")
@@ -1031,8 +1071,8 @@ class S3Storage(Storage):
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         names: set[str] = set()
         for reply in self._list(prefix, Delimiter="/"):
-            names.update(c["Prefix"][len(prefix):].strip("/") for c in reply.get("CommonPrefixes", ()))
-            names.update(c["Key"][len(prefix):] for c in reply.get("Contents", ()))
+            names.update(c["Prefix"][len(prefix) :].strip("/") for c in reply.get("CommonPrefixes", ()))
+            names.update(c["Key"][len(prefix) :] for c in reply.get("Contents", ()))
         return sorted(n for n in names if n)
 
     def exists(self, key: str) -> bool:
@@ -1055,7 +1095,7 @@ class S3Storage(Storage):
         if limit is not None:
             extra["MaxKeys"] = min(limit, _S3_PAGE)
         for reply in self._list(prefix, **extra):
-            names.extend(c["Key"][len(prefix):] for c in reply.get("Contents", ()))
+            names.extend(c["Key"][len(prefix) :] for c in reply.get("Contents", ()))
             if limit is not None and len(names) >= limit:
                 return names[:limit]  # the pages after this one are not requested
         return names

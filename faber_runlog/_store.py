@@ -152,7 +152,9 @@ class Run:
                 raise InvalidEventPosition(
                     f"run {self.id} has events 1..{last}; cannot show its state at event {at!r}: pass 0..{last}, "
                     "or leave out at= for the state now",
-                    run_id=self.id, at=at if isinstance(at, int) else -1, last_event_id=last,
+                    run_id=self.id,
+                    at=at if isinstance(at, int) else -1,
+                    last_event_id=last,
                 )
             state = self.log.load_state(at=at)
         meta = self.metadata

@@ -38,9 +38,7 @@ __all__ = [
     "markdown",
 ]
 
-RunStatus = Literal[
-    "created", "running", "paused", "awaiting_approval", "failing", "completed", "failed", "cancelled"
-]
+RunStatus = Literal["created", "running", "paused", "awaiting_approval", "failing", "completed", "failed", "cancelled"]
 RUN_STATUSES: Final[tuple[RunStatus, ...]] = (
     "created", "running", "paused", "awaiting_approval", "failing", "completed", "failed", "cancelled",
 )  # fmt: skip  # one status per meaning, in lifecycle order
@@ -50,6 +48,7 @@ TERMINAL_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
 def is_status(value: object) -> TypeGuard[RunStatus]:
     """Whether ``value`` is one of the run statuses (narrows a ``str`` read from a file or a caller)."""
     return value in RUN_STATUSES
+
 
 ACTIVE_STATUSES: Final = frozenset(s for s in RUN_STATUSES if s not in TERMINAL_STATUSES)
 
@@ -114,8 +113,14 @@ TRANSITIONS: Final[Mapping[str, Transition]] = {
         _row("workflow_paused", {s: "paused" for s in _ACTIVE if s != "paused"}, "paused", "pause; remembers where"),
         _row(
             "workflow_resumed",
-            {"created": "running", "running": SAME, "paused": BACK, "failing": "running", "failed": "running",
-             "cancelled": "running"},
+            {
+                "created": "running",
+                "running": SAME,
+                "paused": BACK,
+                "failing": "running",
+                "failed": "running",
+                "cancelled": "running",
+            },
             "running",
             "a paused run goes back; any other runs (again) under a new writer (Resumer.resume)",
         ),

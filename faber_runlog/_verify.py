@@ -109,7 +109,9 @@ def verify_run(store: RunStore, run_id: str | RunId) -> VerifyReport:
             path = storage.path(layout.event(seq))
             problems.append(
                 VerifyProblem(
-                    seq, path, "missing",
+                    seq,
+                    path,
+                    "missing",
                     f"event {seq} of run {run.id} is missing ({path}); readers stop at event {seq - 1}: "
                     "restore the file from a backup or archive",
                 )
@@ -149,11 +151,15 @@ def _check_jsonl_lines(
     path = storage.path(layout.jsonl)
     body = storage.read(layout.jsonl)
     if body is None:
-        problems.append(VerifyProblem(
-            first, path, "missing",
-            f"run {run_id} is consolidated through event {sealed} but {path} is missing and event {first} "
-            "has no file either: restore events.jsonl from the archive",
-        ))
+        problems.append(
+            VerifyProblem(
+                first,
+                path,
+                "missing",
+                f"run {run_id} is consolidated through event {sealed} but {path} is missing and event {first} "
+                "has no file either: restore events.jsonl from the archive",
+            )
+        )
         return []
     covered: list[int] = []
     pos = 0
@@ -161,11 +167,15 @@ def _check_jsonl_lines(
         end = body.find(b"\n", pos)
         if end < 0:
             tail = "ends in an unterminated line" if pos < len(body) else f"holds only {seq - 1} lines"
-            problems.append(VerifyProblem(
-                seq, f"{path} line {seq}", "missing",
-                f"{path} of run {run_id} {tail}, but its seal says it holds events 1..{sealed}: "
-                "restore it from the archive",
-            ))
+            problems.append(
+                VerifyProblem(
+                    seq,
+                    f"{path} line {seq}",
+                    "missing",
+                    f"{path} of run {run_id} {tail}, but its seal says it holds events 1..{sealed}: "
+                    "restore it from the archive",
+                )
+            )
             break
         if seq >= first:
             covered.append(seq)
@@ -187,7 +197,9 @@ def _check_event(run_id: str, seq: int, path: str, body: bytes | None) -> Verify
         return VerifyProblem(seq, path, "unreadable", f"event {seq} of run {run_id} at {path} is not a JSON object")
     if data.get("event_id") != seq or data.get("run_id") != run_id:
         return VerifyProblem(
-            seq, path, "mismatch",
+            seq,
+            path,
+            "mismatch",
             f"event file {path} holds event_id {data.get('event_id')!r} of run {data.get('run_id')!r}, "
             f"not event {seq} of run {run_id}",
         )

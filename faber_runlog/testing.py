@@ -9,7 +9,7 @@ write to the store and look at what it really did::
     from faber_runlog.testing import check_storage
 
     store = RunStore("s3://my-bucket/faber-contract", storage_options={...})
-    check_storage(store.storage)          # raises ContractViolation naming what failed
+    check_storage(store.storage)  # raises ContractViolation naming what failed
 
 Each check uses fresh keys under ``.faber_runlog/contract/`` and removes them
 afterwards. A check that needs a capability the backend does not declare

@@ -100,7 +100,9 @@ class S3Server:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--soak", action="store_true", default=False,
+        "--soak",
+        action="store_true",
+        default=False,
         help="run the heavy loops (tests marked slow: concurrency, faults, crash loops, properties) at full size",
     )
 
@@ -145,9 +147,7 @@ def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest, **kwar
     if kind == "local":
         return RunStore(str(tmp_path / "runs"), **kwargs)
     server: S3Server = request.getfixturevalue("s3_server")
-    return RunStore(
-        f"s3://{BUCKET}/runs-{uuid.uuid4().hex}", storage_options=server.storage_options, **kwargs
-    )
+    return RunStore(f"s3://{BUCKET}/runs-{uuid.uuid4().hex}", storage_options=server.storage_options, **kwargs)
 
 
 @pytest.fixture(params=["memory", "local", "s3"])

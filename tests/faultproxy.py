@@ -68,8 +68,15 @@ def error_body(code: str, message: str) -> bytes:
 class FaultProxy:
     """The proxy: start(), point clients at ``endpoint``, script faults, read ``counts``."""
 
-    def __init__(self, upstream: str, *, fail_rate: float = 0.0, seed: int = 0, delay: float = 0.2,
-                 faults: tuple[str, ...] = RANDOM_FAULTS) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        fail_rate: float = 0.0,
+        seed: int = 0,
+        delay: float = 0.2,
+        faults: tuple[str, ...] = RANDOM_FAULTS,
+    ) -> None:
         host, _, port = upstream.removeprefix("http://").partition(":")
         self.upstream = (host, int(port))
         self.fail_rate = fail_rate

@@ -16,8 +16,11 @@ from faber_runlog._analysis import EVENT_COLUMNS, RUN_COLUMNS, events_frame, run
 def make_runs(store: RunStore) -> dict[str, str]:
     """One completed run and one that fails at build/deploy (and ends failed), in acme/web; one completed in other/api."""
     ids: dict[str, str] = {}
-    for name, org, project, fail in (("ok", "acme", "web", False), ("bad", "acme", "web", True),
-                                     ("api", "other", "api", False)):
+    for name, org, project, fail in (
+        ("ok", "acme", "web", False),
+        ("bad", "acme", "web", True),
+        ("api", "other", "api", False),
+    ):
         run = store.create_run(org, project, params={"work_id": name})
         run.log.emit("workflow_start")
         run.log.emit("step_start", phase="build", step="compile")
@@ -67,8 +70,9 @@ def test_runs_frame_has_one_row_per_run_with_status_duration_and_failed_step(sto
         zip(bad["run_id"], bad["failed_phase"], bad["failed_step"], bad["error"], strict=True)
     )
     assert {"work_id": "bad"} == bad["params"].iloc[0]
-    assert ("float64", "int64", "bool") == tuple(str(frame[c].dtype) for c in ("duration_ms", "last_event_id",
-                                                                             "consolidated"))
+    assert ("float64", "int64", "bool") == tuple(
+        str(frame[c].dtype) for c in ("duration_ms", "last_event_id", "consolidated")
+    )
     assert (frame["duration_ms"] >= 0).all()
 
 
@@ -89,7 +93,9 @@ def test_frames_read_archived_runs_the_same_as_live_ones(tmp_path: Path, store: 
     live = store.events_frame(progress=False).drop(columns=["metadata"])
     archived = archive.events_frame(progress=False).drop(columns=["metadata"])
     key = ["run_id", "event_id"]
-    pd.testing.assert_frame_equal(live.sort_values(key, ignore_index=True), archived.sort_values(key, ignore_index=True))
+    pd.testing.assert_frame_equal(
+        live.sort_values(key, ignore_index=True), archived.sort_values(key, ignore_index=True)
+    )
     assert [True] * 3 == archive.runs_frame(progress=False)["consolidated"].tolist()
 
 

@@ -71,8 +71,11 @@ def test_consolidation_writes_every_event_in_order_and_records_count_range_and_h
     assert [e["event_id"] for e in before] == [json.loads(line)["event_id"] for line in lines]
     # The seal event right after the last event is the record: it names the range and the hash.
     seal = store.get_run(run_id).log.get(record.last_seq + 1)
-    assert ("log_sealed", record.last_seq, record.sha256) == (seal.type, seal.metadata["through"],
-                                                             seal.metadata["sha256"])
+    assert ("log_sealed", record.last_seq, record.sha256) == (
+        seal.type,
+        seal.metadata["through"],
+        seal.metadata["sha256"],
+    )
     assert record.sha256 == "sha256:" + hashlib.sha256(store.storage.read(layout.jsonl) or b"").hexdigest()
     assert record.last_seq + 1 == store.get_run(run_id).state().sealed_at
     assert record == consolidate(store, run_id)  # idempotent
@@ -141,8 +144,10 @@ def test_archive_copies_the_run_to_s3_indexes_it_and_marks_the_source(tmp_path: 
     assert local.get_run(run_id).state().to_dict() == s3_dest.get_run(run_id).state().to_dict()
     assert [run_id] == [e.run_id for e in read_archive_index(s3_dest, org="acme", project="web")]
     rid = local.get_run(run_id).run_id
-    assert (True, True) == (is_archived(local.storage, rid, local.get_run(run_id).state()),
-                            is_archived(s3_dest.storage, rid, s3_dest.get_run(run_id).state()))
+    assert (True, True) == (
+        is_archived(local.storage, rid, local.get_run(run_id).state()),
+        is_archived(s3_dest.storage, rid, s3_dest.get_run(run_id).state()),
+    )
     assert "already_archived" == Archiver(local, s3_dest, progress=False).archive(run_id).outcome
 
 
@@ -198,8 +203,10 @@ CACHE_STEPS = {("source", "state.json")}
 """Writes of a cache: once the seal is claimed a failed snapshot is logged, not raised, and archiving goes on."""
 
 
-@pytest.mark.parametrize(("side", "method", "fail_on"),
-                         [("dest", m, p) for m, p in DEST_STEPS] + [("source", "pipe_file", p) for p in SOURCE_STEPS])
+@pytest.mark.parametrize(
+    ("side", "method", "fail_on"),
+    [("dest", m, p) for m, p in DEST_STEPS] + [("source", "pipe_file", p) for p in SOURCE_STEPS],
+)
 def test_archive_interrupted_at_any_step_finishes_when_run_again(
     s3_server: Any, side: str, method: str, fail_on: str
 ) -> None:
@@ -234,16 +241,21 @@ def test_archive_interrupted_at_any_step_finishes_when_run_again(
     assert source.storage.exists(f"{RunLayout(source.get_run(run_id).run_id).dir}/{ARCHIVE_MARKER}")
 
 
-def test_two_archivers_on_the_same_run_at_once_leave_one_index_entry(
-    tmp_path: Path, s3_server: Any
-) -> None:
+def test_two_archivers_on_the_same_run_at_once_leave_one_index_entry(tmp_path: Path, s3_server: Any) -> None:
     source_spec: dict[str, Any] = {"url": str(tmp_path / "runs"), "storage_options": {}}
-    dest_spec: dict[str, Any] = {"url": f"s3://faber-test/arch-{uuid.uuid4().hex}", "storage_options": s3_server.storage_options}
+    dest_spec: dict[str, Any] = {
+        "url": f"s3://faber-test/arch-{uuid.uuid4().hex}",
+        "storage_options": s3_server.storage_options,
+    }
     local = RunStore(source_spec["url"])
     run_id = finished_run(local, steps=20)
     procs = [
-        subprocess.Popen([sys.executable, str(WORKERS), "archive", json.dumps(source_spec), json.dumps(dest_spec), run_id],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(WORKERS), "archive", json.dumps(source_spec), json.dumps(dest_spec), run_id],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=120) for p in procs]
@@ -272,8 +284,10 @@ def test_retention_dry_run_lists_and_real_run_deletes_only_what_the_policy_says(
     assert files == {r: len(local.storage.list_names(RunLayout(local.get_run(r).run_id).events)) for r in files}
     real = archiver.cleanup(policy, dry_run=False)
     assert [i.files for i in dry.items] == [i.files for i in real.items]
-    left = {r: len(local.storage.list_names(RunLayout(local.get_run(r).run_id).events))
-            for r in (ok_run, failed_run, not_archived)}
+    left = {
+        r: len(local.storage.list_names(RunLayout(local.get_run(r).run_id).events))
+        for r in (ok_run, failed_run, not_archived)
+    }
     # The seal's event file stays behind: it is the boundary a stalled writer runs into.
     assert {ok_run: 1, failed_run: files[failed_run], not_archived: 10} == left
     assert local.get_run(ok_run).state().status == "completed"

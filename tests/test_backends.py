@@ -44,8 +44,14 @@ def test_capabilities_are_declared_as_data_per_backend(store: RunStore, store_ki
     expected = {
         "memory": ("conditional_create", "compare_and_swap", "conditional_delete"),
         "local": ("conditional_create", "compare_and_swap", "conditional_delete"),
-        "s3": ("conditional_create", "compare_and_swap", "conditional_delete", "list_after", "batched_reads",
-               "concurrent_puts"),
+        "s3": (
+            "conditional_create",
+            "compare_and_swap",
+            "conditional_delete",
+            "list_after",
+            "batched_reads",
+            "concurrent_puts",
+        ),
     }[store_kind]
     assert expected == store.storage.capabilities.names()
 
@@ -200,7 +206,11 @@ def test_a_short_write_is_never_published_and_raises(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     out = subprocess.run(
         [sys.executable, "-c", _SHORT_WRITE, str(tmp_path / "runs")],
-        capture_output=True, text=True, env=env, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
     ).stdout.split(maxsplit=2)
     assert "refused" == out[0], out
     assert "nothing was published" in out[2]
@@ -242,8 +252,9 @@ def test_cli_list_of_a_missing_bucket_fails_with_one_line(s3_server: Any, monkey
     monkeypatch.delenv("FABER_RUNLOG_STORAGE_OPTIONS", raising=False)
     options = {k: v for k, v in s3_server.storage_options.items() if k not in ("key", "secret")}
     out, err = io.StringIO(), io.StringIO()
-    code = main(["--root", "s3://no-such-bucket-y/runs", "--storage-options", json.dumps(options), "list"],
-                out=out, err=err)
+    code = main(
+        ["--root", "s3://no-such-bucket-y/runs", "--storage-options", json.dumps(options), "list"], out=out, err=err
+    )
     assert 0 != code
     assert 1 == len(err.getvalue().splitlines()), err.getvalue()
     assert "no-such-bucket-y" in err.getvalue() and "no runs" not in out.getvalue()

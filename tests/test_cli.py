@@ -54,7 +54,9 @@ def cli(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
     # No key or secret on the command line: s3fs takes them from the environment.
     options = {k: v for k, v in server.storage_options.items() if k not in ("key", "secret")}
     root_args = ["--root", url, "--storage-options", json.dumps(options)]
-    return Cli(root_args, RunStore(url, storage_options=server.storage_options), {"url": url, "storage_options": options})
+    return Cli(
+        root_args, RunStore(url, storage_options=server.storage_options), {"url": url, "storage_options": options}
+    )
 
 
 def _failed_run(cli: Cli, *, ended: bool = True) -> str:
@@ -120,7 +122,9 @@ def test_show_prints_state_phases_steps_and_last_events(cli: Cli) -> None:
     assert "#7" in text and "#5" not in text
     body = cli.json("show", run_id)
     assert ("failed", 7, {"work_id": "220", "retries": 3}) == (
-        body["status"], body["last_event_id"], body["metadata"]["params"]
+        body["status"],
+        body["last_event_id"],
+        body["metadata"]["params"],
     )
     assert list(range(1, 8)) == [e["event_id"] for e in body["events_tail"]]
     failing = _failed_run(cli, ended=False)
@@ -139,7 +143,11 @@ def test_resume_prints_the_plan_and_appends_workflow_resumed(cli: Cli) -> None:
     run_id = _failed_run(cli, ended=False)
     plan = cli.json("resume", run_id, "--dry-run")
     assert (True, "build", "link", [["build", "compile"]], None) == (
-        plan["resumable"], plan["resume_phase"], plan["resume_step"], plan["skip"], plan["resumed_event_id"]
+        plan["resumable"],
+        plan["resume_phase"],
+        plan["resume_step"],
+        plan["skip"],
+        plan["resumed_event_id"],
     )
     assert 6 == cli.store.get_run(run_id).state().last_event_id
     text = cli.ok("resume", run_id)
@@ -377,8 +385,14 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def test_the_installed_command_exits_2_on_a_bad_run_id_without_a_traceback(cli: Cli, tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("faber-runlog")
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "faber_runlog"]
-    done = subprocess.run([*command, *cli.root_args, "show", "not-a-run"], capture_output=True, text=True,
-                          cwd=tmp_path, env=_env(tmp_path), timeout=60)
+    done = subprocess.run(
+        [*command, *cli.root_args, "show", "not-a-run"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        timeout=60,
+    )
     assert (2, "") == (done.returncode, done.stdout)
     assert 1 == len(done.stderr.splitlines()) and "invalid run id" in done.stderr
 
@@ -388,16 +402,31 @@ def test_tail_follow_prints_events_emitted_by_another_process(cli: Cli, tmp_path
     cli.ok("emit", run_id, "workflow_start")
     tail = subprocess.Popen(
         [*_command(cli), "tail", run_id, "--follow", "--json", "--until-end", "--timeout", "60", "--poll", "0.05"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=_env(tmp_path),
     )
     try:
         assert tail.stdout is not None
         assert 1 == json.loads(tail.stdout.readline())["event_id"]  # it is following now
         writer = Path(__file__).with_name("_workers.py")
-        subprocess.run([sys.executable, str(writer), "append", json.dumps(cli.spec), run_id, "3", "w"],
-                       check=True, capture_output=True, env=_env(tmp_path), timeout=60)
-        subprocess.run([*_command(cli), "emit", run_id, "workflow_complete"], check=True, capture_output=True,
-                       cwd=tmp_path, env=_env(tmp_path), timeout=60)
+        subprocess.run(
+            [sys.executable, str(writer), "append", json.dumps(cli.spec), run_id, "3", "w"],
+            check=True,
+            capture_output=True,
+            env=_env(tmp_path),
+            timeout=60,
+        )
+        subprocess.run(
+            [*_command(cli), "emit", run_id, "workflow_complete"],
+            check=True,
+            capture_output=True,
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            timeout=60,
+        )
         rest, err = tail.communicate(timeout=60)
     finally:
         if tail.poll() is None:

@@ -22,7 +22,10 @@ def test_every_transition_goes_through_the_checked_path(cli: Cli) -> None:
     assert "start: workflow_start is event 1; the run is now running\n" == cli.ok("start", run_id)
     body = cli.json("pause", run_id, "--reason", "lunch")
     assert ("pause", 2, "paused", "workflow_paused") == (
-        body["action"], body["event_id"], body["status"], body["event"]["type"]
+        body["action"],
+        body["event_id"],
+        body["status"],
+        body["event"]["type"],
     )
     code, out, err = cli("pause", run_id)
     assert (1, "") == (code, out)
@@ -91,7 +94,9 @@ def test_resume_of_a_paused_run_unpauses_it_and_of_a_failed_run_resumes_it(cli: 
     cli.ok("pause", run_id)
     body = cli.json("resume", run_id, "--reason", "back")
     assert ("running", "workflow_resumed", "paused") == (
-        body["status"], body["event"]["type"], body["event"]["metadata"]["previous_status"]
+        body["status"],
+        body["event"]["type"],
+        body["event"]["metadata"]["previous_status"],
     )
 
 
@@ -120,9 +125,13 @@ def test_an_event_missing_a_field_or_with_a_mistyped_type_says_which(cli: Cli) -
     assert (2, True) == (code, "missing the field 'step'" in err), err
     code, _, err = cli("emit", run_id, "step_strat", "--phase", "build", "--step", "a")
     assert (2, True) == (code, "did you mean 'step_start'" in err), err
-    assert 0 == RunStore(cli.spec["url"], storage_options=cli.spec["storage_options"] or None).get_run(
-        run_id
-    ).state().last_event_id
+    assert (
+        0
+        == RunStore(cli.spec["url"], storage_options=cli.spec["storage_options"] or None)
+        .get_run(run_id)
+        .state()
+        .last_event_id
+    )
 
 
 # -- tail and demo ---------------------------------------------------------------------------------------
@@ -160,8 +169,9 @@ def test_tail_follow_says_how_to_stop_only_on_a_terminal(cli: Cli) -> None:
     run_id = cli.ok("new", "acme", "web").strip()
     cli.ok("start", run_id)
     for err, expected in [(Terminal(), f"following {run_id}; press Ctrl-C to stop\n"), (io.StringIO(), "")]:
-        code = main([*cli.root_args, "tail", run_id, "-f", "--timeout", "0.1", "--poll", "0.05"], out=io.StringIO(),
-                     err=err)
+        code = main(
+            [*cli.root_args, "tail", run_id, "-f", "--timeout", "0.1", "--poll", "0.05"], out=io.StringIO(), err=err
+        )
         assert (0, expected) == (code, err.getvalue())
 
 
@@ -191,8 +201,13 @@ def test_with_logging_disabled_lifecycle_commands_write_nothing_and_exit_0(
     store = RunStore(str(tmp_path / ".fractary/plugins/faber/runs"))
     run = store.create_run("acme", "web")
     assert 0 == main(["init", "--disabled"], out=io.StringIO())
-    for args in (["start", run.id], ["pause", run.id], ["request-approval", run.id, "deploy"],
-                 ["approve", run.id, "x", "--token", "t"], ["sweep", "--include-unleased"]):
+    for args in (
+        ["start", run.id],
+        ["pause", run.id],
+        ["request-approval", run.id, "deploy"],
+        ["approve", run.id, "x", "--token", "t"],
+        ["sweep", "--include-unleased"],
+    ):
         err = io.StringIO()
         assert 0 == main(args, out=io.StringIO(), err=err), args
         assert "logging is disabled" in err.getvalue(), args

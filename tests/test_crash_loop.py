@@ -67,7 +67,8 @@ def test_writer_killed_at_random_points_again_and_again(shared_store_spec: dict[
     for _ in range(rounds):
         proc = subprocess.Popen(
             [sys.executable, str(WORKERS), "crash_writer", json.dumps(shared_store_spec), run.id, "victim"],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert proc.stdout is not None
         seen = 0
@@ -85,7 +86,9 @@ def test_writer_killed_at_random_points_again_and_again(shared_store_spec: dict[
     after = _open(shared_store_spec).get_run(run.id).log.emit("checkpoint", metadata={"label": "survivor"})
     assert known + 1 == after.event_id
     record(
-        f"test_crash_loop: writer SIGKILLed at random points ({kind})", "SIGKILL", rounds,
+        f"test_crash_loop: writer SIGKILLed at random points ({kind})",
+        "SIGKILL",
+        rounds,
         "after each kill: run opens, state == fold of its events, verify and reconstruct clean, "
         "no stray file read as an event, next writer continues the sequence",
         events=known + 1,

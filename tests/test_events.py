@@ -31,8 +31,14 @@ EXAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "phase_error": ({"phase": "build", "error": {"message": "x"}}, {"error": {"message": "x"}}),
     "step_start": ({"phase": "build", "step": "compile"}, {"phase": "build"}),
     "step_complete": ({"phase": "build", "step": "compile", "duration_ms": 5}, {"step": "compile"}),
-    "step_error": ({"phase": "b", "step": "c", "metadata": {"exit_code": 2}}, {"phase": "b", "step": "c", "metadata": {"exit_code": "2"}}),
-    "step_retry": ({"phase": "b", "step": "c", "metadata": {"attempt": 2}}, {"phase": "b", "step": "c", "metadata": {"attempt": 0}}),
+    "step_error": (
+        {"phase": "b", "step": "c", "metadata": {"exit_code": 2}},
+        {"phase": "b", "step": "c", "metadata": {"exit_code": "2"}},
+    ),
+    "step_retry": (
+        {"phase": "b", "step": "c", "metadata": {"attempt": 2}},
+        {"phase": "b", "step": "c", "metadata": {"attempt": 0}},
+    ),
     "artifact_create": ({"metadata": {"path": "out/a.txt"}}, {"metadata": {}}),
     "artifact_modify": ({"metadata": {"path": "out/a.txt"}}, {"metadata": {"path": ""}}),
     "commit_create": ({"metadata": {"sha": "abc1234"}}, {"metadata": {"sha": "not-a-sha"}}),
@@ -47,14 +53,22 @@ EXAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "skill_invoke": ({"metadata": {"skill": "lint"}}, {"metadata": {}}),
     "agent_invoke": ({"metadata": {"agent": "reviewer"}}, {"metadata": {"agent": 1}}),
     "decision_point": ({"metadata": {"decision": "ship"}}, {"metadata": {"rationale": "x"}}),
-    "retry_loop_enter": ({"metadata": {"loop": "fix", "max_attempts": 3}}, {"metadata": {"loop": "fix", "max_attempts": 0}}),
+    "retry_loop_enter": (
+        {"metadata": {"loop": "fix", "max_attempts": 3}},
+        {"metadata": {"loop": "fix", "max_attempts": 0}},
+    ),
     "retry_loop_exit": ({"metadata": {"loop": "fix", "attempts": 2}}, {"metadata": {"attempts": 2}}),
     "workflow_paused": ({"metadata": {"paused_from": "running"}}, {"metadata": {"paused_from": "completed"}}),
     "approval_requested": ({"metadata": {"approval_id": "a1", "gate": "review"}}, {"metadata": {"gate": "review"}}),
-    "approval_resolved": ({"metadata": {"approval_id": "a1", "action": "approve", "client_token": "t"}}, {"metadata": {"approval_id": "a1", "action": "maybe", "client_token": "t"}}),
+    "approval_resolved": (
+        {"metadata": {"approval_id": "a1", "action": "approve", "client_token": "t"}},
+        {"metadata": {"approval_id": "a1", "action": "maybe", "client_token": "t"}},
+    ),
     "step_skip": ({"phase": "b", "step": "c", "metadata": {"reason": "cached"}}, {"phase": "b"}),
-    "log_sealed": ({"metadata": {"through": 3, "size": 120, "sha256": "sha256:" + "0" * 64}},
-                   {"metadata": {"through": 3, "size": 120, "sha256": "md5:x"}}),
+    "log_sealed": (
+        {"metadata": {"through": 3, "size": 120, "sha256": "sha256:" + "0" * 64}},
+        {"metadata": {"through": 3, "size": 120, "sha256": "md5:x"}},
+    ),
 }
 
 
@@ -97,9 +111,7 @@ def test_base_schema_refuses_bad_common_fields(field: str, value: Any) -> None:
         validate_event_dict(_event("checkpoint", {"metadata": {"label": "x"}, field: value}))
 
 
-@pytest.mark.parametrize(
-    "value", [float("nan"), float("inf"), {1: "int key"}, {"a": object()}, b"bytes"]
-)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), {1: "int key"}, {"a": object()}, b"bytes"])
 def test_values_json_cannot_hold_are_refused(value: Any) -> None:
     with pytest.raises(InvalidEvent):
         validate_event_dict(_event("checkpoint", {"metadata": {"label": "x", "v": value}}))

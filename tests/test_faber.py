@@ -91,15 +91,29 @@ def stamp(n: int) -> str:
 
 def fevent(eid: int, etype: str, run_id: str = RUN, **extra: Any) -> dict[str, Any]:
     """One event as emit-event.sh writes it."""
-    return {"event_id": eid, "type": etype, "timestamp": stamp(eid), "run_id": run_id,
-            "user": "dev", "source": "emit-event.sh", **extra}
+    return {
+        "event_id": eid,
+        "type": etype,
+        "timestamp": stamp(eid),
+        "run_id": run_id,
+        "user": "dev",
+        "source": "emit-event.sh",
+        **extra,
+    }
 
 
 def faber_metadata(run_id: str = RUN, **changes: Any) -> dict[str, Any]:
     """metadata.json as init-run-directory.sh writes it."""
     body: dict[str, Any] = {
-        "run_id": run_id, "work_id": "258", "target": None, "workflow_id": "default", "autonomy": "guarded",
-        "source_type": "github", "phases": PHASES, "created_at": "2026-02-11T18:00:00.000Z", "created_by": "dev",
+        "run_id": run_id,
+        "work_id": "258",
+        "target": None,
+        "workflow_id": "default",
+        "autonomy": "guarded",
+        "source_type": "github",
+        "phases": PHASES,
+        "created_at": "2026-02-11T18:00:00.000Z",
+        "created_by": "dev",
         "relationships": {"parent_run_id": None, "rerun_of": None, "child_runs": []},
         "environment": {"hostname": "box", "git_branch": "main", "git_commit": "abc123", "working_directory": "/src"},
     }
@@ -119,9 +133,15 @@ def write_run(
     (folder / "events").mkdir(parents=True, exist_ok=True)
     if metadata is not None:
         (folder / "metadata.json").write_text(json.dumps(metadata, indent=2))
-        state = {"run_id": run_id, "work_id": metadata.get("work_id"), "workflow_version": "2.1", "status": "pending",
-                 "current_phase": None, "last_event_id": 0, "phases": {p: {"status": "pending", "steps": []}
-                                                                      for p in PHASES}}
+        state = {
+            "run_id": run_id,
+            "work_id": metadata.get("work_id"),
+            "workflow_version": "2.1",
+            "status": "pending",
+            "current_phase": None,
+            "last_event_id": 0,
+            "phases": {p: {"status": "pending", "steps": []} for p in PHASES},
+        }
         (folder / "state.json").write_text(json.dumps(state, indent=2))
     for e in events:
         (folder / "events" / f"{e['event_id']:03d}-{e['type']}.json").write_text(json.dumps(e, indent=2))
@@ -141,10 +161,22 @@ def failed_at_build(run_id: str = RUN) -> list[dict[str, Any]]:
         fevent(7, "step_start", run_id, phase="build", step="compile"),
         fevent(8, "approval_request", run_id, phase="build", message="deploy?"),
         fevent(9, "hook_execute", run_id, phase="build", metadata={"hook": "pre-build"}),
-        fevent(10, "artifact_create", run_id, phase="build",
-               artifacts=[{"type": "branch", "name": "feat/258", "url": "https://github.com/acme/web/tree/feat/258"}]),
-        fevent(11, "step_error", run_id, phase="build", step="compile", status="failed",
-               error={"code": "COMPILE_FAILED", "message": "exit 2", "recoverable": True}),
+        fevent(
+            10,
+            "artifact_create",
+            run_id,
+            phase="build",
+            artifacts=[{"type": "branch", "name": "feat/258", "url": "https://github.com/acme/web/tree/feat/258"}],
+        ),
+        fevent(
+            11,
+            "step_error",
+            run_id,
+            phase="build",
+            step="compile",
+            status="failed",
+            error={"code": "COMPILE_FAILED", "message": "exit 2", "recoverable": True},
+        ),
     ]
 
 
@@ -166,13 +198,12 @@ def dest(request: pytest.FixtureRequest, tmp_path: Path) -> RunStore:
 # -- import -------------------------------------------------------------------------------------------
 
 
-def test_import_keeps_the_id_the_order_and_the_faber_fields_and_folds_the_state(
-    project: Path, dest: RunStore
-) -> None:
+def test_import_keeps_the_id_the_order_and_the_faber_fields_and_folds_the_state(project: Path, dest: RunStore) -> None:
     write_run(project / BASE, RUN, failed_at_build(), metadata=faber_metadata())
     report = import_faber(str(project), dest)
-    assert [("imported", RUN, 11, 11)] == [(r.outcome, r.run_id, r.events_found, r.events_imported)
-                                          for r in report.runs]
+    assert [("imported", RUN, 11, 11)] == [
+        (r.outcome, r.run_id, r.events_found, r.events_imported) for r in report.runs
+    ]
     assert (True, False) == (report.ok, report.runs[0].damaged)
     run = dest.get_run(RUN)
     events = list(run.log.read())
@@ -187,15 +218,26 @@ def test_import_keeps_the_id_the_order_and_the_faber_fields_and_folds_the_state(
     # FABER's own state.json still says pending; the fold says where it failed.
     state = run.state()
     assert ("failing", "build", "compile", "exit 2") == (
-        state.status, state.failed_step.phase, state.failed_step.name, state.failed_step.error  # type: ignore[union-attr]
+        state.status,
+        state.failed_step.phase,
+        state.failed_step.name,
+        state.failed_step.error,  # type: ignore[union-attr]
     )
-    assert [("frame", "completed"), ("architect", "completed"), ("build", "failed"), ("evaluate", "pending"),
-            ("release", "pending")] == [(p.name, p.status) for p in state.phases.values()]
+    assert [
+        ("frame", "completed"),
+        ("architect", "completed"),
+        ("build", "failed"),
+        ("evaluate", "pending"),
+        ("release", "pending"),
+    ] == [(p.name, p.status) for p in state.phases.values()]
     meta = run.metadata
     assert {"work_id": "258", "workflow_id": "default", "autonomy": "guarded", "source_type": "github"} == meta.params
     assert (PHASES, "2026-02-11T18:00:00.000Z") == (meta.phases, meta.created_at)
-    assert ("box", "box", "abc123") == (meta.environment["hostname"], meta.environment["host"],
-                                        meta.environment["git_commit"])
+    assert ("box", "box", "abc123") == (
+        meta.environment["hostname"],
+        meta.environment["host"],
+        meta.environment["git_commit"],
+    )
     assert ("faber", RUN) == (meta.imported_from["format"], meta.imported_from["run_id"])  # type: ignore[index]
     plan = Resumer(dest).plan(RUN)
     assert (True, "build", "compile") == (plan.resumable, plan.resume_phase, plan.resume_step)
@@ -220,16 +262,20 @@ def test_importing_twice_imports_nothing_new_and_a_grown_faber_run_gets_only_its
 def test_a_run_damaged_by_faber_races_is_imported_with_its_gaps_and_duplicates_reported_never_renumbered(
     project: Path, dest: RunStore
 ) -> None:
-    events = [fevent(1, "workflow_start"), fevent(2, "phase_start", phase="build"),
-              fevent(4, "step_start", phase="build", step="compile"),
-              fevent(5, "step_complete", phase="build", step="compile", status="completed", duration_ms=12),
-              fevent(5, "step_start", phase="build", step="test")]
+    events = [
+        fevent(1, "workflow_start"),
+        fevent(2, "phase_start", phase="build"),
+        fevent(4, "step_start", phase="build", step="compile"),
+        fevent(5, "step_complete", phase="build", step="compile", status="completed", duration_ms=12),
+        fevent(5, "step_start", phase="build", step="test"),
+    ]
     events[4]["timestamp"] = stamp(6)  # the second writer of number 5 came later
     write_run(project / BASE, RUN, events, metadata=faber_metadata(), next_id=5)  # the counter fell behind
     report = import_faber(str(project), dest)
     (run,) = report.runs
     assert ((3,), ((5, ("005-step_complete.json", "005-step_start.json")),)) == (
-        run.missing_event_ids, run.duplicate_event_ids
+        run.missing_event_ids,
+        run.duplicate_event_ids,
     )
     assert (5, 6, True, 5) == (run.next_id, run.next_id_expected, run.damaged, run.events_imported)
     stored = list(dest.get_run(RUN).log.read())
@@ -265,20 +311,31 @@ def test_a_plan_based_faber_id_gets_a_stable_new_id_with_the_original_recorded(p
     report = import_faber(str(project), dest)
     (run,) = report.runs
     rid = mapped_run_id(original)
-    assert (original, str(rid), "local", "fractary-faber-258") == (run.original_run_id, run.run_id, rid.org,
-                                                                   rid.project)
+    assert (original, str(rid), "local", "fractary-faber-258") == (
+        run.original_run_id,
+        run.run_id,
+        rid.org,
+        rid.project,
+    )
     meta = dest.get_run(rid).metadata
     assert original == meta.imported_from["run_id"]  # type: ignore[index]
-    assert [original, original] == [e.metadata.get(IMPORT_KEY, {}).get("run_id", original)
-                                     for e in dest.get_run(rid).log.read()]
+    assert [original, original] == [
+        e.metadata.get(IMPORT_KEY, {}).get("run_id", original) for e in dest.get_run(rid).log.read()
+    ]
     assert rid == mapped_run_id(original)  # the same FABER id always maps to the same run
     assert 0 == import_faber(str(project), dest).events_imported
 
 
 def test_relationships_become_lineage_and_parents_are_imported_first(project: Path, dest: RunStore) -> None:
     # The re-run sorts first by path; the import still creates its parent before it.
-    write_run(project / BASE, PARENT, failed_at_build(PARENT), metadata=faber_metadata(PARENT, created_at=stamp(0),
-              relationships={"parent_run_id": None, "rerun_of": None, "child_runs": [RUN]}))
+    write_run(
+        project / BASE,
+        PARENT,
+        failed_at_build(PARENT),
+        metadata=faber_metadata(
+            PARENT, created_at=stamp(0), relationships={"parent_run_id": None, "rerun_of": None, "child_runs": [RUN]}
+        ),
+    )
     child_meta = faber_metadata(RUN, relationships={"parent_run_id": None, "rerun_of": PARENT, "child_runs": []})
     write_run(project / BASE, RUN, [fevent(1, "workflow_start")], metadata=child_meta)
     assert sorted([PARENT, RUN]) == [PARENT, RUN]
@@ -300,16 +357,16 @@ def test_a_parent_outside_the_import_is_kept_as_a_note_and_a_native_run_with_the
     write_run(project / BASE, RUN, [fevent(1, "workflow_start")], metadata=meta)
     report = import_faber(str(project), dest)
     outcomes = {r.run_id: r for r in report.runs}
-    assert ("conflict", 0, False) == (outcomes[PARENT].outcome, dest.get_run(PARENT).state().last_event_id,
-                                      report.ok)
+    assert ("conflict", 0, False) == (outcomes[PARENT].outcome, dest.get_run(PARENT).state().last_event_id, report.ok)
     assert any("not in the store" in n for n in outcomes[RUN].notes)
     assert None is dest.get_run(RUN).metadata.parent_run_id
 
 
 def test_an_unreadable_event_file_keeps_its_place_and_its_text(project: Path, tmp_path: Path) -> None:
     dest = RunStore(str(tmp_path / "store"), fsync=False)
-    folder = write_run(project / BASE, RUN, [fevent(1, "workflow_start"), fevent(3, "workflow_complete")],
-                       metadata=faber_metadata())
+    folder = write_run(
+        project / BASE, RUN, [fevent(1, "workflow_start"), fevent(3, "workflow_complete")], metadata=faber_metadata()
+    )
     (folder / "events" / "002-phase_start.json").write_text('{"event_id": 2, "type": "phase_st')
     report = import_faber(str(project), dest)
     stored = list(dest.get_run(RUN).log.read())
@@ -323,8 +380,7 @@ def test_an_unreadable_event_file_keeps_its_place_and_its_text(project: Path, tm
 
 def test_planned_phases_show_as_pending_in_order_and_a_resume_starts_at_one_that_never_started() -> None:
     store = RunStore("memory://plan-test")
-    run = store.create_run("acme", "web", phases=["frame", {"name": "build", "steps": ["compile", "test"]},
-                                                  "release"])
+    run = store.create_run("acme", "web", phases=["frame", {"name": "build", "steps": ["compile", "test"]}, "release"])
     assert ["frame", "build", "release"] == run.metadata.phases
     assert {"build": ["compile", "test"]} == store.get_run(run.id).metadata.steps
     run.start()
@@ -370,8 +426,9 @@ def test_export_writes_faber_files_that_validate_against_faber_schema_and_import
     tmp_path: Path,
 ) -> None:
     store = RunStore(str(tmp_path / "store"), fsync=False)
-    run = store.create_run("acme", "web", {"work_id": 258}, {"team": "x"},
-                           phases=["frame", {"name": "deploy", "steps": ["push"]}])
+    run = store.create_run(
+        "acme", "web", {"work_id": 258}, {"team": "x"}, phases=["frame", {"name": "deploy", "steps": ["push"]}]
+    )
     log = run.log
     log.emit("workflow_start", metadata={"work_id": 258, "workflow": "default"})
     log.emit("phase_start", phase="frame", status="started")
@@ -402,15 +459,23 @@ def test_export_writes_faber_files_that_validate_against_faber_schema_and_import
     back = again.get_run(run.id)
     assert [_comparable(e) for e in original] == [_comparable(e) for e in back.log.read()]
     assert (run.metadata.params, run.metadata.tags, run.metadata.steps) == (
-        back.metadata.params, back.metadata.tags, back.metadata.steps
+        back.metadata.params,
+        back.metadata.tags,
+        back.metadata.steps,
     )
     assert run.state().to_dict() == back.state().to_dict()
 
 
 def test_an_imported_faber_run_exports_under_its_own_types() -> None:
-    event = Event(event_id=3, type=UNMAPPED_TYPE, timestamp=stamp(3), run_id=RUN, phase="build",
-                  artifacts=[{"type": "branch", "name": "feat/x"}],
-                  metadata={IMPORT_KEY: {"event_id": 3, "file": "003-artifact_create.json", "type": "artifact_create"}})
+    event = Event(
+        event_id=3,
+        type=UNMAPPED_TYPE,
+        timestamp=stamp(3),
+        run_id=RUN,
+        phase="build",
+        artifacts=[{"type": "branch", "name": "feat/x"}],
+        metadata={IMPORT_KEY: {"event_id": 3, "file": "003-artifact_create.json", "type": "artifact_create"}},
+    )
     body = faber_event(event)
     faber_valid(body)
     assert ("artifact_create", None) == (body["type"], body.get("metadata"))
@@ -442,8 +507,9 @@ def test_cli_import_export_and_new_with_planned_phases(tmp_path: Path, monkeypat
     assert (tmp_path / "out" / RUN / "events" / "011-step_error.json").is_file()
     code, _, err = cli("--root", root, "export", RUN, "--format", "faber", str(tmp_path / "out"))
     assert 1 == code and "--overwrite" in err
-    code, out, err = cli("--root", root, "new", "acme", "web", "--phase", "frame", "--phase", "build:compile,test",
-                         "--json")
+    code, out, err = cli(
+        "--root", root, "new", "acme", "web", "--phase", "frame", "--phase", "build:compile,test", "--json"
+    )
     assert (0, "") == (code, err)
     body = json.loads(out)
     assert (["frame", "build"], {"build": ["compile", "test"]}) == (body["phases"], body["steps"])

@@ -39,19 +39,44 @@ def test_a_client_written_for_faber_gateway_works_unchanged(tmp_path: Path) -> N
         seen["schema"] = tools["fractary_faber_event_emit"].input_schema
         call = session.call_tool
         # Exactly the calls FABER's tool descriptions define.
-        seen["emit"] = _json(await call("fractary_faber_event_emit", {
-            "run_id": RUN, "type": "step_complete", "phase": "build", "step": "compile", "status": "completed",
-            "message": "compiled", "duration_ms": 1200, "metadata": {"attempt": 2},
-            "artifacts": [{"type": "file", "name": "app", "path": "dist/app"}]}))
-        seen["emit_faber_only"] = _json(await call("fractary_faber_event_emit", {
-            "run_id": RUN, "type": "approval_granted", "phase": "build", "status": "completed"}))
-        seen["emit_loose"] = _json(await call("fractary_faber_event_emit", {
-            "run_id": RUN, "type": "commit_create", "artifacts": [{"type": "commit", "name": "abc"}]}))
-        seen["emit_plan"] = _json(await call("fractary_faber_event_emit", {"run_id": plan_id,
-                                                                          "type": "workflow_start"}))
+        seen["emit"] = _json(
+            await call(
+                "fractary_faber_event_emit",
+                {
+                    "run_id": RUN,
+                    "type": "step_complete",
+                    "phase": "build",
+                    "step": "compile",
+                    "status": "completed",
+                    "message": "compiled",
+                    "duration_ms": 1200,
+                    "metadata": {"attempt": 2},
+                    "artifacts": [{"type": "file", "name": "app", "path": "dist/app"}],
+                },
+            )
+        )
+        seen["emit_faber_only"] = _json(
+            await call(
+                "fractary_faber_event_emit",
+                {"run_id": RUN, "type": "approval_granted", "phase": "build", "status": "completed"},
+            )
+        )
+        seen["emit_loose"] = _json(
+            await call(
+                "fractary_faber_event_emit",
+                {"run_id": RUN, "type": "commit_create", "artifacts": [{"type": "commit", "name": "abc"}]},
+            )
+        )
+        seen["emit_plan"] = _json(
+            await call("fractary_faber_event_emit", {"run_id": plan_id, "type": "workflow_start"})
+        )
         seen["emit_bad"] = _json(await call("fractary_faber_event_emit", {"run_id": RUN, "type": "no_such_type"}))
-        seen["emit_missing"] = _json(await call("fractary_faber_event_emit", {
-            "run_id": "acme/web/00000000-0000-4000-8000-000000000000", "type": "workflow_start"}))
+        seen["emit_missing"] = _json(
+            await call(
+                "fractary_faber_event_emit",
+                {"run_id": "acme/web/00000000-0000-4000-8000-000000000000", "type": "workflow_start"},
+            )
+        )
         seen["get"] = _json(await call("fractary_faber_run_get", {"run_id": RUN, "include_events": True}))
         seen["get_missing"] = _json(await call("fractary_faber_run_get", {"run_id": "nope/x/y"}))
         seen["list"] = _json(await call("fractary_faber_run_list", {}))
@@ -69,19 +94,36 @@ def test_a_client_written_for_faber_gateway_works_unchanged(tmp_path: Path) -> N
 
     anyio.run(_session, ["--root", url], tmp_path, body)
     assert {"run_id", "type"} == set(seen["schema"]["required"])
-    assert {"run_id", "type", "phase", "step", "status", "message", "metadata", "artifacts", "duration_ms",
-            "error"} == set(seen["schema"]["properties"])
+    assert {
+        "run_id",
+        "type",
+        "phase",
+        "step",
+        "status",
+        "message",
+        "metadata",
+        "artifacts",
+        "duration_ms",
+        "error",
+    } == set(seen["schema"]["properties"])
     emit = seen["emit"]
     assert ("success", "emit-event", 8, "step_complete", RUN) == (
-        emit["status"], emit["operation"], emit["event_id"], emit["type"], emit["run_id"]
+        emit["status"],
+        emit["operation"],
+        emit["event_id"],
+        emit["type"],
+        emit["run_id"],
     )
     assert emit["event_path"].endswith("/events/00000000000000000008.json")
     assert ("success", 9) == (seen["emit_faber_only"]["status"], seen["emit_faber_only"]["event_id"])
     assert ("success", 10) == (seen["emit_loose"]["status"], seen["emit_loose"]["event_id"])
     assert ("success", 1) == (seen["emit_plan"]["status"], seen["emit_plan"]["event_id"])
     assert "workflow_start" == next(store.get_run(mapped_run_id(plan_id)).log.read()).type
-    for key, needle in [("emit_bad", "unknown event type"), ("emit_missing", "not found"),
-                        ("get_missing", "not found")]:
+    for key, needle in [
+        ("emit_bad", "unknown event type"),
+        ("emit_missing", "not found"),
+        ("get_missing", "not found"),
+    ]:
         assert ("error", True) == (seen[key]["status"], needle in seen[key].get("error", "")), (key, seen[key])
     stored = list(store.get_run(RUN).log.read())
     assert ("step_complete", {"attempt": 2}, 1200) == (stored[7].type, stored[7].metadata, stored[7].duration_ms)
@@ -89,18 +131,22 @@ def test_a_client_written_for_faber_gateway_works_unchanged(tmp_path: Path) -> N
     get = seen["get"]
     assert ("success", "get-run", 10) == (get["status"], get["operation"], get["event_count"])
     assert ("258", ["frame", "architect", "build", "evaluate", "release"]) == (
-        get["metadata"]["work_id"], get["metadata"]["phases"]
+        get["metadata"]["work_id"],
+        get["metadata"]["phases"],
     )
     # Status words are FABER's: running is in_progress, a planned phase not started is pending.
     assert ("in_progress", "in_progress", "pending") == (
-        get["state"]["status"], get["state"]["phases"]["build"]["status"], get["state"]["phases"]["evaluate"]["status"]
+        get["state"]["status"],
+        get["state"]["phases"]["build"]["status"],
+        get["state"]["phases"]["evaluate"]["status"],
     )
     assert ("list-runs", 3) == (seen["list"]["operation"], seen["list"]["total"])
     assert [done.id] == [r["run_id"] for r in seen["list"]["runs"]][:1]  # newest first
     assert {RUN, str(mapped_run_id(plan_id))} == {r["run_id"] for r in seen["in_progress"]["runs"]}
     assert [(done.id, "completed", "7")] == [(r["run_id"], r["status"], r["work_id"]) for r in seen["by_work"]["runs"]]
     assert ("error", True) == (
-        seen["consolidate_active"]["status"], "only completed" in seen["consolidate_active"]["error"]
+        seen["consolidate_active"]["status"],
+        "only completed" in seen["consolidate_active"]["error"],
     )
     cons = seen["consolidate"]
     assert ("success", "consolidate-events", 2) == (cons["status"], cons["operation"], cons["events_consolidated"])
@@ -109,7 +155,8 @@ def test_a_client_written_for_faber_gateway_works_unchanged(tmp_path: Path) -> N
     assert (RUN, 10) == (seen["r_run"]["run_id"], seen["r_run"]["event_count"])
     assert list(range(1, 11)) == [e["event_id"] for e in seen["r_events"]]
     assert ("workflow_start", "acme/web/3f2b8c1e-9a4d-4c6e-8f10-2b7d9e0a1c55") == (
-        seen["r_events"][0]["type"], seen["r_events"][0]["run_id"]
+        seen["r_events"][0]["type"],
+        seen["r_events"][0]["run_id"],
     )
     assert ("running", 10) == (seen["r_state"]["status"], seen["r_state"]["last_event_id"])
     assert 10 == len(seen["r_old_events"]["events"])

@@ -66,9 +66,7 @@ def assert_consistent(store: RunStore, run_id: str, expected_events: int) -> Non
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # --soak: 4 x 500 appends through faults
-def test_four_processes_appending_through_random_faults_write_each_event_once(
-    proxy: FaultProxy, soak: bool
-) -> None:
+def test_four_processes_appending_through_random_faults_write_each_event_once(proxy: FaultProxy, soak: bool) -> None:
     procs, per = 4, (500 if soak else 100)  # fewer than 100 may miss a fault kind on PUTs
     spec = spec_via(proxy)
     store = open_store(spec)
@@ -77,7 +75,9 @@ def test_four_processes_appending_through_random_faults_write_each_event_once(
     workers = [
         subprocess.Popen(
             [sys.executable, str(WORKERS), "append", json.dumps(spec), run.id, str(per), f"w{i}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(procs)
     ]
@@ -101,7 +101,9 @@ def test_four_processes_appending_through_random_faults_write_each_event_once(
     assert 0 < proxy.counts[("PUT", "reset_after")]
     for fault, n in injected.items():
         record(
-            f"test_faults: {procs} processes x {per} appends, 10% of requests fail", fault, n,
+            f"test_faults: {procs} processes x {per} appends, 10% of requests fail",
+            fault,
+            n,
             f"{total} events, ids 1..{total} gapless, each label and nonce once, verify clean",
             requests=sum(proxy.counts.values()),
         )
@@ -160,7 +162,9 @@ def test_unknown_outcome_is_settled_by_retrying_with_the_idempotency_key(proxy: 
     assert (1, "deploy-1") == (again.event_id, again.idempotency_key)
     assert_consistent(store, run.id, 1)
     record(
-        "test_faults: reply lost and reads failing on every attempt", "reset_after + reset_before", 1,
+        "test_faults: reply lost and reads failing on every attempt",
+        "reset_after + reset_before",
+        1,
         "StorageError; the retry with the same idempotency key returns event 1, no duplicate",
     )
 
@@ -185,7 +189,9 @@ def test_a_permanently_failing_store_raises_storage_error_after_bounded_retries(
     # client), plus one read-back: not the 5 x 5 x 7 of nested retry loops.
     assert requests <= 2 * (store.storage.retries + 1) + 2
     record(
-        "test_faults: store failing every request", fault, requests,
+        "test_faults: store failing every request",
+        fault,
+        requests,
         "StorageError naming the run's file after 7 attempts, no hang",
     )
 
@@ -236,7 +242,9 @@ def test_archiving_through_random_faults_copies_every_run_once_and_loses_nothing
     assert injected, "the proxy injected no fault: the test proved nothing"
     for fault, n in injected.items():
         record(
-            "test_faults: archive 12 runs local -> S3, 10% of requests fail", fault, n,
+            "test_faults: archive 12 runs local -> S3, 10% of requests fail",
+            fault,
+            n,
             f"12 runs archived ({len(retried)} needed a second pass), one index entry each, "
             "events equal to the source, verify clean",
         )
@@ -278,6 +286,8 @@ def test_resume_and_rerun_through_random_faults_write_one_resume_event_and_a_who
     assert injected, "the proxy injected no fault: the test proved nothing"
     for fault, n in injected.items():
         record(
-            "test_faults: resume, finish and re-run one run, 10% of requests fail", fault, n,
+            "test_faults: resume, finish and re-run one run, 10% of requests fail",
+            fault,
+            n,
             "one workflow_resumed, run completed, verify clean, child listed once with its params",
         )

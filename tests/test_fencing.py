@@ -94,7 +94,10 @@ def test_a_writer_whose_lease_was_taken_is_refused_before_its_event_is_written(
     env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
     writer = subprocess.Popen(
         [sys.executable, str(WORKERS), "stale_writer", json.dumps(shared_store_spec), str(go)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     assert writer.stdout is not None
     run_id = writer.stdout.readline().strip()
@@ -135,7 +138,10 @@ def test_one_active_run_per_key_while_the_holders_heartbeat_races_the_takeover(
     def spawn(*args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [sys.executable, str(WORKERS), args[0], json.dumps(spec), str(folder), *args[1:]],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
 
     holder = spawn("race_holder", str(rounds), str(starters), str(ttl))

@@ -88,7 +88,10 @@ def test_write_config_over_an_unreadable_file_replaces_it(tmp_path: Path) -> Non
         (b'{"config_version": 1, "snapshot_every": 0}', "snapshot_every"),
         (b'{"config_version": 1, "backends": {"s3_archive": {"enabled": true}}}', "bucket"),
         (b'{"config_version": 1, "backends": {"local_files": {"enabled": false}}}', "local_files is disabled"),
-        (b'{"config_version": 1, "storage_options": {"secret": "x"}}', "storage_options.secret looks like a credential"),
+        (
+            b'{"config_version": 1, "storage_options": {"secret": "x"}}',
+            "storage_options.secret looks like a credential",
+        ),
         (
             b'{"config_version": 1, "backends": {"s3_archive": {"enabled": false, '
             b'"storage_options": {"client_kwargs": {"aws_secret_access_key": "x"}}}}}',
@@ -252,8 +255,11 @@ def test_s3_archive_archives_a_run_when_it_completes(tmp_path: Path, s3_server: 
     gateway = Gateway(GatewayConfig(root=str(tmp_path / "runs"), s3_archive=archive))
     run = gateway.new_run("acme", "web")
     assert run is not None
-    for etype, kw in [("workflow_start", {}), ("phase_start", {"phase": "build"}),
-                      ("phase_complete", {"phase": "build"})]:
+    for etype, kw in [
+        ("workflow_start", {}),
+        ("phase_start", {"phase": "build"}),
+        ("phase_complete", {"phase": "build"}),
+    ]:
         gateway.emit(run.id, etype, **kw)
     dest = RunStore(f"s3://{BUCKET}/{prefix}", storage_options=s3_server.storage_options)
     assert [] == dest.list_runs()  # not finished yet

@@ -81,7 +81,9 @@ def test_bad_field_values_are_refused_precisely_and_write_nothing(store: RunStor
     assert "metadata" in str(caught.value)
     assert before == tree(store)
     assert 1 == store.get_run(run.id).state().last_event_id
-    record("test_hostile: bad field values (all backends)", name, 1, "InvalidEvent naming run and field, store unchanged")
+    record(
+        "test_hostile: bad field values (all backends)", name, 1, "InvalidEvent naming run and field, store unchanged"
+    )
 
 
 @pytest.mark.parametrize("name", ["nan", "integer over 64 bits", "lone surrogate", "bytes"])
@@ -151,8 +153,12 @@ def test_a_damaged_event_file_gives_corrupt_event_and_reads_change_nothing(store
     report = verify_run(store, run.id)
     assert [2] == [p.seq for p in report.problems]
     assert before == tree(store)
-    record("test_hostile: damaged event file on disk (all backends)", name, 1,
-           "CorruptEvent naming run, seq and file; verify flags it; nothing written")
+    record(
+        "test_hostile: damaged event file on disk (all backends)",
+        name,
+        1,
+        "CorruptEvent naming run, seq and file; verify flags it; nothing written",
+    )
 
 
 @pytest.mark.parametrize("body", [b"\xff\xfe{}", b"[]", b'{"run_id": 3}', b"{"])
@@ -166,7 +172,8 @@ def test_damaged_metadata_gives_corrupt_state(store: RunStore, body: bytes) -> N
 
 
 @pytest.mark.parametrize(
-    "body", [b"\xff\xfe", b"[]", b'{"run_id": "x", "last_event_id": "many"}', b'{"last_event_id": 1, "last_event_id": 0}']
+    "body",
+    [b"\xff\xfe", b"[]", b'{"run_id": "x", "last_event_id": "many"}', b'{"last_event_id": 1, "last_event_id": 0}'],
 )
 def test_a_damaged_snapshot_is_ignored_and_the_state_is_folded_from_events(store: RunStore, body: bytes) -> None:
     run = store.create_run("acme", "web")
@@ -224,8 +231,12 @@ def test_path_traversal_through_run_ids_creates_nothing_outside_the_root(
             store.has_run(run_id)
     assert before == files_under(tmp_path)
     assert not (tmp_path / "escape").exists() and not (tmp_path / "store" / "escape").exists()
-    record("test_hostile: path traversal via org/project/run id", repr(run_id or f"{org}/{project}"), 1,
-           "InvalidRunId before any I/O; filesystem around the store unchanged")
+    record(
+        "test_hostile: path traversal via org/project/run id",
+        repr(run_id or f"{org}/{project}"),
+        1,
+        "InvalidRunId before any I/O; filesystem around the store unchanged",
+    )
 
 
 def test_gateway_config_hostile_files_give_a_precise_error(tmp_path: Path) -> None:

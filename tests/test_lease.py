@@ -63,8 +63,12 @@ def test_an_expired_lease_is_not_live_and_says_for_how_long(store: RunStore) -> 
 
 def test_a_lease_written_without_claims_by_an_older_release_still_reads(store: RunStore) -> None:
     run = store.create_run("acme", "web")
-    old = {"owner": "w", "acquired_at": "2026-01-01T00:00:00Z", "heartbeat_at": "2026-01-01T00:00:00Z",
-           "expires_at": "2026-01-01T00:01:00Z"}
+    old = {
+        "owner": "w",
+        "acquired_at": "2026-01-01T00:00:00Z",
+        "heartbeat_at": "2026-01-01T00:00:00Z",
+        "expires_at": "2026-01-01T00:01:00Z",
+    }
     store.storage.replace(lease_key(run.run_id), _codec.dumps(old))
     lease = read_lease(store.storage, run.run_id)
     assert Lease("w", old["acquired_at"], old["heartbeat_at"], old["expires_at"]) == lease

@@ -162,7 +162,11 @@ def test_approve_completes_the_gated_phase_and_resumes_the_run(store: RunStore) 
     assert ("running", "completed") == (state.status, state.phases["review"].status)
     a = state.approvals["a1"]
     assert ("approved", "approve", "LGTM", "alice", ev.event_id) == (
-        a.status, a.action, a.comment, a.decided_by, a.resolved_event_id
+        a.status,
+        a.action,
+        a.comment,
+        a.decided_by,
+        a.resolved_event_id,
     )
 
 
@@ -328,7 +332,9 @@ def _wait_until(cond: Callable[[], bool], limit: float = 60.0) -> None:
         time.sleep(0.02)
 
 
-def test_processes_racing_for_one_key_have_exactly_one_winner(shared_store_spec: dict[str, Any], tmp_path: Path) -> None:
+def test_processes_racing_for_one_key_have_exactly_one_winner(
+    shared_store_spec: dict[str, Any], tmp_path: Path
+) -> None:
     go = tmp_path / "go"
     procs = [_spawn(shared_store_spec, "start", "repo:main", str(go)) for _ in range(4)]
     time.sleep(0.5)  # let them import and wait at the barrier; the result does not depend on it
@@ -360,12 +366,17 @@ def test_sweep_fails_runs_with_expired_leases_once_and_leaves_live_ones(store: R
     assert [stale.id] == [s.run_id for s in swept]
     s = swept[0]
     assert ("awaiting_approval", ("review",), ("g1",), "dead") == (
-        s.previous_status, s.failed_phases, s.closed_approvals, s.lease_owner
+        s.previous_status,
+        s.failed_phases,
+        s.closed_approvals,
+        s.lease_owner,
     )
     state = stale.state()
     assert ("failed", SWEEP_REASON) == (state.status, state.status_reason)
     assert ("failed", "failed", "closed") == (
-        state.phases["review"].status, state.step("review", "read").status, state.approvals["g1"].status  # type: ignore[union-attr]
+        state.phases["review"].status,
+        state.step("review", "read").status,
+        state.approvals["g1"].status,  # type: ignore[union-attr]
     )
     assert read_lease(store.storage, stale.run_id) is None
     assert "failed" == (read_report(store.storage, stale.id) or {}).get("status")
@@ -421,7 +432,9 @@ def test_a_writer_killed_with_sigkill_is_swept_once_by_two_concurrent_sweepers(
     assert [SWEEP_REASON] == [e.metadata["reason"] for e in errors]
     state = run.state()
     assert ("failed", "failed", "closed") == (
-        state.status, state.phases["build"].status, state.approvals["review-1"].status
+        state.status,
+        state.phases["build"].status,
+        state.approvals["review-1"].status,
     )
     assert "failed" == (read_report(store.storage, run_id) or {}).get("status")
     store.create_run("acme", "web", concurrency_key="repo:main")  # the key was released

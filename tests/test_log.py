@@ -154,7 +154,10 @@ def test_corrupt_snapshot_falls_back_to_folding_events(store: RunStore) -> None:
     [b'{"event_id": 2, "type": "checkpoint", "times', b"", b"[1, 2]", b'{"event_id": 9, "type": "x"}', b"\xff\xfe"],
 )
 def test_corrupt_event_file_is_reported_with_path_and_sequence(store: RunStore, damage: bytes) -> None:
-    run = store.create_run("acme", "web", )
+    run = store.create_run(
+        "acme",
+        "web",
+    )
     run.log.emit("workflow_start")
     run.log.emit("checkpoint", metadata={"label": "x"})
     key = f"{run.id}/events/{seq_name(2)}"

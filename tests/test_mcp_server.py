@@ -25,7 +25,9 @@ def _server_command(tmp_path: Path, kind: str, request: pytest.FixtureRequest) -
     server: S3Server = request.getfixturevalue("s3_server")
     url = f"s3://{BUCKET}/mcp-{uuid.uuid4().hex}"
     options = {k: v for k, v in server.storage_options.items() if k not in ("key", "secret")}
-    return ["--root", url, "--storage-options", json.dumps(options)], RunStore(url, storage_options=server.storage_options)
+    return ["--root", url, "--storage-options", json.dumps(options)], RunStore(
+        url, storage_options=server.storage_options
+    )
 
 
 async def _session(args: list[str], cwd: Path, body: Any) -> Any:
@@ -61,12 +63,16 @@ def test_tools_and_resources_over_a_real_stdio_session(
         seen["tools"] = sorted(t.name for t in tools.tools)
         templates = await session.list_resource_templates()
         seen["templates"] = sorted(t.uri_template for t in templates.resource_templates)
-        created = _structured(await session.call_tool("create_run", {"org": "acme", "project": "web",
-                                                                     "params": {"work_id": "220"}}))
+        created = _structured(
+            await session.call_tool("create_run", {"org": "acme", "project": "web", "params": {"work_id": "220"}})
+        )
         run_id = seen["run_id"] = created["run_id"]
-        for etype, extra in [("workflow_start", {}), ("phase_start", {"phase": "build"}),
-                             ("step_start", {"phase": "build", "step": "compile"}),
-                             ("step_error", {"phase": "build", "step": "compile", "error": "exit 2"})]:
+        for etype, extra in [
+            ("workflow_start", {}),
+            ("phase_start", {"phase": "build"}),
+            ("step_start", {"phase": "build", "step": "compile"}),
+            ("step_error", {"phase": "build", "step": "compile", "error": "exit 2"}),
+        ]:
             emitted = _structured(await session.call_tool("emit_event", {"run_id": run_id, "type": etype, **extra}))
             seen.setdefault("ids", []).append(emitted["event_id"])
         seen["invalid"] = await session.call_tool("emit_event", {"run_id": run_id, "type": "step_start"})
@@ -78,9 +84,7 @@ def test_tools_and_resources_over_a_real_stdio_session(
         )
         seen["state"] = _structured(await session.call_tool("get_state", {"run_id": run_id}))
         seen["state_at_2"] = _structured(await session.call_tool("get_state", {"run_id": run_id, "at": 2}))
-        seen["events"] = _structured(
-            await session.call_tool("list_events", {"run_id": run_id, "since": 1, "limit": 2})
-        )
+        seen["events"] = _structured(await session.call_tool("list_events", {"run_id": run_id, "since": 1, "limit": 2}))
         seen["runs"] = _structured(await session.call_tool("list_runs", {"status": "failing"}))  # a failed step
         seen["plan"] = _structured(await session.call_tool("resume_plan", {"run_id": run_id}))
         state = await session.read_resource(f"faber://run/{run_id}/state")
@@ -98,28 +102,45 @@ def test_tools_and_resources_over_a_real_stdio_session(
 
     anyio.run(_session, args, tmp_path, body)
     run_id = seen["run_id"]
-    faber = ["fractary_faber_event_consolidate", "fractary_faber_event_emit", "fractary_faber_run_get",
-             "fractary_faber_run_list"]  # FABER's gateway tools (tests/test_faber_mcp.py)
+    faber = [
+        "fractary_faber_event_consolidate",
+        "fractary_faber_event_emit",
+        "fractary_faber_run_get",
+        "fractary_faber_run_list",
+    ]  # FABER's gateway tools (tests/test_faber_mcp.py)
     assert {"create_run", "emit_event", *faber, "get_state", "list_events", "list_runs", "resume_plan"} <= set(
         seen["tools"]
     )
-    assert ["faber://run/{+run_id}/events", "faber://run/{+run_id}/state", "faber://runs/{+run_id}",
-            "faber://runs/{+run_id}/events"] == seen["templates"]
+    assert [
+        "faber://run/{+run_id}/events",
+        "faber://run/{+run_id}/state",
+        "faber://runs/{+run_id}",
+        "faber://runs/{+run_id}/events",
+    ] == seen["templates"]
     assert [1, 2, 3, 4] == seen["ids"]
-    for key, needle in [("invalid", "missing the fields 'phase', 'step'"), ("unknown_type", "unknown event type"),
-                        ("bad_args", "type"), ("bad_id", "invalid run uuid 'nope'"), ("missing", "not found")]:
+    for key, needle in [
+        ("invalid", "missing the fields 'phase', 'step'"),
+        ("unknown_type", "unknown event type"),
+        ("bad_args", "type"),
+        ("bad_id", "invalid run uuid 'nope'"),
+        ("missing", "not found"),
+    ]:
         result = seen[key]
         assert result.is_error, key
         assert needle in _text(result), (key, _text(result))
     assert 4 == store.get_run(run_id).state().last_event_id  # refused events wrote nothing
     assert ("failing", 4, "exit 2") == (
-        seen["state"]["status"], seen["state"]["last_event_id"], seen["state"]["errors"][-1]["message"]
+        seen["state"]["status"],
+        seen["state"]["last_event_id"],
+        seen["state"]["errors"][-1]["message"],
     )
     assert 2 == seen["state_at_2"]["last_event_id"]
     assert ([2, 3], 3) == ([e["event_id"] for e in seen["events"]["events"]], seen["events"]["next_since"])
     assert [run_id] == [r["run_id"] for r in seen["runs"]["runs"]]
     assert (True, "build", "compile") == (
-        seen["plan"]["resumable"], seen["plan"]["resume_phase"], seen["plan"]["resume_step"]
+        seen["plan"]["resumable"],
+        seen["plan"]["resume_phase"],
+        seen["plan"]["resume_step"],
     )
     assert seen["state"] == seen["state_resource"]
     assert [1, 2, 3, 4] == [e["event_id"] for e in seen["events_resource"]["events"]]
@@ -153,8 +174,14 @@ def test_importing_the_server_module_does_not_import_the_sdk() -> None:
     assert "False" == out.stdout.strip()
 
 
-LIFECYCLE_TOOLS = ["change_run_status", "change_step", "decide_approval", "get_report", "request_approval",
-                   "sweep_stale_runs"]
+LIFECYCLE_TOOLS = [
+    "change_run_status",
+    "change_step",
+    "decide_approval",
+    "get_report",
+    "request_approval",
+    "sweep_stale_runs",
+]
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
@@ -178,12 +205,15 @@ def test_lifecycle_tools_go_through_the_checked_transitions(
         seen["typo"] = await call(session, "change_run_status", action="pasue")
         seen["resume"] = _structured(await call(session, "change_run_status", action="resume"))
         seen["request"] = _structured(await call(session, "request_approval", gate="deploy", approval_id="dep-1"))
-        seen["changes"] = _structured(await call(session, "decide_approval", approval_id="dep-1",
-                                                 action="request_changes", client_token="tok-1"))
-        seen["replay"] = _structured(await call(session, "decide_approval", approval_id="dep-1",
-                                                action="request_changes", client_token="tok-1"))
-        seen["conflict"] = await call(session, "decide_approval", approval_id="dep-1", action="approve",
-                                      client_token="tok-1")
+        seen["changes"] = _structured(
+            await call(session, "decide_approval", approval_id="dep-1", action="request_changes", client_token="tok-1")
+        )
+        seen["replay"] = _structured(
+            await call(session, "decide_approval", approval_id="dep-1", action="request_changes", client_token="tok-1")
+        )
+        seen["conflict"] = await call(
+            session, "decide_approval", approval_id="dep-1", action="approve", client_token="tok-1"
+        )
         await call(session, "emit_event", type="phase_start", phase="build")
         await call(session, "emit_event", type="step_start", phase="build", step="link")
         await call(session, "emit_event", type="step_error", phase="build", step="link", error="exit 2")

@@ -58,9 +58,7 @@ def test_forced_on_without_a_terminal_it_writes_plain_lines() -> None:
     assert lines[-1].startswith("reading runs [") and "3/3 100%" in lines[-1]
 
 
-def test_without_a_terminal_long_operations_write_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_without_a_terminal_long_operations_write_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("pandas")
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)

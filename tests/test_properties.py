@@ -40,7 +40,13 @@ from faber_runlog._transitions import TRANSITIONS
 RUN_ID = "acme/web/3f2b8c1e-9a4d-4c6e-8f10-2b7d9e0a1c55"
 NAMES = st.sampled_from(["build", "test", "ship", "a", "b"])
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)  # type: ignore[arg-type]  # hypothesis types the categories as Literals
-JSON_SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | TEXT
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | TEXT
+)
 JSON_VALUES = st.recursive(
     JSON_SCALARS,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
@@ -73,8 +79,14 @@ def event_fields(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def _event(seq: int, fields: dict[str, Any]) -> Event | None:
-    data = {**fields, "event_id": seq, "run_id": RUN_ID, "schema_version": 1,
-            "timestamp": f"2026-11-23T10:{seq // 60 % 60:02d}:{seq % 60:02d}.000000Z", "nonce": f"w-{seq}"}
+    data = {
+        **fields,
+        "event_id": seq,
+        "run_id": RUN_ID,
+        "schema_version": 1,
+        "timestamp": f"2026-11-23T10:{seq // 60 % 60:02d}:{seq % 60:02d}.000000Z",
+        "nonce": f"w-{seq}",
+    }
     try:
         validate_event_dict(data, run_id=RUN_ID)
     except InvalidEvent:
@@ -277,8 +289,16 @@ TestEmitSnapshotReopen = EmitSnapshotReopen.TestCase
 
 def test_zz_record_property_counts() -> None:
     n = 100 * SCALE
-    record("test_properties: fold from every snapshot point == one-go fold", "random event sequences", n,
-           "equal states, JSON snapshot round-trip exact")
+    record(
+        "test_properties: fold from every snapshot point == one-go fold",
+        "random event sequences",
+        n,
+        "equal states, JSON snapshot round-trip exact",
+    )
     record("test_properties: event JSON round-trip", "random events of every type", 2 * n, "lossless")
-    record("test_properties: stateful emit/snapshot/reopen/resume/rerun", "random programs of 20 steps", 25 * SCALE,
-           "state == fold of model after every step")
+    record(
+        "test_properties: stateful emit/snapshot/reopen/resume/rerun",
+        "random programs of 20 steps",
+        25 * SCALE,
+        "state == fold of model after every step",
+    )

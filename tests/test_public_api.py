@@ -29,7 +29,9 @@ def test_every_public_error_derives_from_the_root_and_a_builtin() -> None:
         if err is FaberRunlogError:
             continue
         assert issubclass(err, FaberRunlogError), err
-        builtin_bases = [b for b in err.__mro__ if b.__module__ == "builtins" and b not in (object, BaseException, Exception)]
+        builtin_bases = [
+            b for b in err.__mro__ if b.__module__ == "builtins" and b not in (object, BaseException, Exception)
+        ]
         assert builtin_bases, f"{err.__name__} inherits no builtin error"
 
 

@@ -154,7 +154,10 @@ def test_refused_resume_names_run_status_and_last_event_and_writes_nothing(store
         Resumer(store).resume(run.id)
     err = info.value
     assert (run.id, "completed", last, "workflow_complete") == (
-        err.run_id, err.status, err.last_event_id, err.last_event_type
+        err.run_id,
+        err.status,
+        err.last_event_id,
+        err.last_event_type,
     )
     assert run.id in str(err) and "rerun()" in str(err) and f"event {last}" in str(err)
     assert isinstance(err, RuntimeError)
@@ -197,7 +200,9 @@ def test_skipped_phases_stay_skipped(store: RunStore) -> None:
     plan = Resumer(store).plan(run.id)
     assert (("frame",), ("build", "compile")) == (plan.skipped_phases, (plan.resume_phase, plan.resume_step))
     assert (False, False, True) == (
-        plan.should_run("frame"), plan.should_run("frame", "fetch"), plan.should_run("build", "compile")
+        plan.should_run("frame"),
+        plan.should_run("frame", "fetch"),
+        plan.should_run("build", "compile"),
     )
 
 
@@ -244,24 +249,33 @@ def test_rerun_chain_of_depth_three_links_root_parent_children_and_diffs(store: 
         first = next(iter(store.get_run(child.id).log.read()))
         assert ("workflow_rerun", 1) == (first.type, first.event_id)
         assert (parent.id, root.id, "all") == (
-            first.metadata["parent_run_id"], first.metadata["root_run_id"], first.metadata["mode"]
+            first.metadata["parent_run_id"],
+            first.metadata["root_run_id"],
+            first.metadata["mode"],
         )
         assert r.diff(parent.id, child.id).to_dict() == first.metadata["diff"]
-    assert ParamDiff(
-        added={}, removed={"old": 1}, changed={"work_id": ("220", "221"), "build.opt": (2, 3)}
-    ) == r.diff(root.id, c1.id)
-    assert ParamDiff(
-        added={"build.flags": ["-g"], "new": True}, removed={"build.target": "x86"}, changed={}
-    ) == r.diff(c1.id, c2.id)
+    assert ParamDiff(added={}, removed={"old": 1}, changed={"work_id": ("220", "221"), "build.opt": (2, 3)}) == r.diff(
+        root.id, c1.id
+    )
+    assert ParamDiff(added={"build.flags": ["-g"], "new": True}, removed={"build.target": "x86"}, changed={}) == r.diff(
+        c1.id, c2.id
+    )
     assert not r.diff(c2.id, c3.id)
 
     down = store.lineage(root.id)
     assert (root.id, None, (), (c1.id,), (c1.id, c2.id, c3.id)) == (
-        down.root_run_id, down.parent_run_id, down.ancestors, down.children, down.descendants
+        down.root_run_id,
+        down.parent_run_id,
+        down.ancestors,
+        down.children,
+        down.descendants,
     )
     up = store.lineage(c3.id)
     assert (root.id, c2.id, (c2.id, c1.id, root.id), ()) == (
-        up.root_run_id, up.parent_run_id, up.ancestors, up.descendants
+        up.root_run_id,
+        up.parent_run_id,
+        up.ancestors,
+        up.descendants,
     )
     mid = store.lineage(c2.id)
     assert ((c1.id, root.id), (c3.id,)) == (mid.ancestors, mid.descendants)
@@ -298,7 +312,9 @@ def test_rerun_from_event_starts_from_the_parents_state_after_that_event(store: 
     first = next(iter(child.log.read()))
     assert ("from_event", n) == (first.metadata["mode"], first.metadata["from_event"])
     assert ("from_event", n, parent.id) == (
-        child.metadata.lineage["mode"], child.metadata.lineage["from_event"], child.metadata.lineage["base"]["run_id"]
+        child.metadata.lineage["mode"],
+        child.metadata.lineage["from_event"],
+        child.metadata.lineage["base"]["run_id"],
     )
     plan = r.plan(child.id)
     assert ("build", None) == (plan.resume_phase, plan.resume_step)
@@ -343,7 +359,9 @@ def test_children_skips_records_of_runs_that_were_never_created(store: RunStore)
     child = Resumer(store).rerun(parent.id)
     folder = RunLayout(parent.run_id).children
     ghost = "acme/web/3f2b8c1e-9a4d-4c6e-8f10-2b7d9e0a1c55"
-    store.storage.replace(f"{folder}/3f2b8c1e-9a4d-4c6e-8f10-2b7d9e0a1c55.json", _codec.dumps({"run_id": ghost, "created_at": "x"}))
+    store.storage.replace(
+        f"{folder}/3f2b8c1e-9a4d-4c6e-8f10-2b7d9e0a1c55.json", _codec.dumps({"run_id": ghost, "created_at": "x"})
+    )
     store.storage.replace(f"{folder}/junk.json", b"not json")
     assert [child.id] == store.children(parent.id)
 
@@ -419,10 +437,18 @@ def test_old_version_events_still_fold_after_upcasting_and_files_are_unchanged(s
     run = store.create_run("acme", "web")
     run.log.emit("phase_start", phase="build")
     run.log.emit("step_start", phase="build", step="compile")
-    old_error = _write_raw(store, run, 3, {
-        "type": "step_error", "phase": "build", "step": "compile", "schema_version": 0,
-        "metadata": {"reason": "exit 2"},
-    })
+    old_error = _write_raw(
+        store,
+        run,
+        3,
+        {
+            "type": "step_error",
+            "phase": "build",
+            "step": "compile",
+            "schema_version": 0,
+            "metadata": {"reason": "exit 2"},
+        },
+    )
     old_note = _write_raw(
         store, run, 4, {"type": "resume_test_note", "schema_version": 1, "metadata": {"body": "hello"}}
     )
@@ -431,10 +457,12 @@ def test_old_version_events_still_fold_after_upcasting_and_files_are_unchanged(s
     assert [{"event_id": 4, "label": "hello"}] == state.checkpoints
     lifted = list(run.log.read(since=2))
     assert [(1, "exit 2"), (2, {"text": "hello"})] == [
-        (lifted[0].schema_version, lifted[0].error), (lifted[1].schema_version, lifted[1].metadata)
+        (lifted[0].schema_version, lifted[0].error),
+        (lifted[1].schema_version, lifted[1].metadata),
     ]
     assert (old_error, old_note) == (
-        store.storage.read(RunLayout(run.run_id).event(3)), store.storage.read(RunLayout(run.run_id).event(4))
+        store.storage.read(RunLayout(run.run_id).event(3)),
+        store.storage.read(RunLayout(run.run_id).event(4)),
     )
     assert Resumer(store).verify(run.id).ok
     assert ("build", "compile") == (Resumer(store).plan(run.id).resume_phase, Resumer(store).plan(run.id).resume_step)

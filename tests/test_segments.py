@@ -118,8 +118,9 @@ def test_two_writers_writing_the_same_segment_leave_one_intact_segment(store_fac
 
 
 def test_concurrent_writer_processes_write_intact_segments(shared_store_spec: dict[str, Any]) -> None:
-    store = RunStore(shared_store_spec["url"], storage_options=shared_store_spec["storage_options"] or None,
-                     segment_every=K)  # fmt: skip
+    store = RunStore(
+        shared_store_spec["url"], storage_options=shared_store_spec["storage_options"] or None, segment_every=K
+    )
     rid = store.create_run("acme", "seg").id
     procs = [
         subprocess.Popen(
@@ -144,8 +145,9 @@ def test_concurrent_writer_processes_write_intact_segments(shared_store_spec: di
 def test_a_writer_killed_while_writing_a_segment_leaves_a_log_that_reads_and_continues(
     shared_store_spec: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = RunStore(shared_store_spec["url"], storage_options=shared_store_spec["storage_options"] or None,
-                     segment_every=K)  # fmt: skip
+    store = RunStore(
+        shared_store_spec["url"], storage_options=shared_store_spec["storage_options"] or None, segment_every=K
+    )
     rid = store.create_run("acme", "seg").id
     proc = subprocess.Popen(
         [sys.executable, str(WORKERS), "die_in_segment", json.dumps(shared_store_spec), rid, str(K)],

@@ -95,9 +95,7 @@ def test_artifacts_and_git_events() -> None:
         ("pr_create", {"metadata": {"number": 7, "url": "u"}}),
         ("pr_merge", {"metadata": {"number": 7, "sha": "def5678"}}),
     )
-    assert [("a.txt", "create"), ("b.txt", "create"), ("a.txt", "modify")] == [
-        (a.path, a.action) for a in s.artifacts
-    ]
+    assert [("a.txt", "create"), ("b.txt", "create"), ("a.txt", "modify")] == [(a.path, a.action) for a in s.artifacts]
     assert ["abc1234"] == [c["sha"] for c in s.commits]
     assert ["feat"] == [b["branch"] for b in s.branches]
     assert ("merged", "def5678") == (s.pull_requests["7"].status, s.pull_requests["7"].merge_sha)
@@ -193,5 +191,7 @@ def test_the_failed_step_survives_however_many_errors_came_before() -> None:
     s = run(*specs)
     assert s.failed_step is not None
     assert (f"s{LATEST_KEPT * 2 - 1}", LATEST_KEPT, LATEST_KEPT * 2) == (
-        s.failed_step.name, len(s.errors), s.totals["errors"]
-    )  # fmt: skip
+        s.failed_step.name,
+        len(s.errors),
+        s.totals["errors"],
+    )

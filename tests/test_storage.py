@@ -41,7 +41,9 @@ def test_read_many_and_listing(store: RunStore) -> None:
     assert ["004.json", "005.json"] == s.list_after("r/events", "003.json")
     # a limit lists only what a bounded read will use (MaxKeys on S3)
     assert (["002.json", "003.json"], [], ["005.json"]) == (
-        s.list_after("r/events", "001.json", 2), s.list_after("r/events", "", 0), s.list_after("r/events", "004.json", 9)
+        s.list_after("r/events", "001.json", 2),
+        s.list_after("r/events", "", 0),
+        s.list_after("r/events", "004.json", 9),
     )
     assert [] == s.list_names("nothing/here")
 

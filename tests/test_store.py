@@ -175,8 +175,15 @@ def test_list_runs_is_right_when_a_writer_died_before_writing_the_summary(store:
     run = store.create_run("acme", "web")
     run.start()
     # The event a writer claimed right before it was killed: on disk, but no summary follows it.
-    done = {"event_id": 2, "type": "workflow_complete", "timestamp": _codec.now_iso(), "run_id": run.id,
-            "metadata": {}, "schema_version": 1, "nonce": "dead-1"}  # fmt: skip
+    done = {
+        "event_id": 2,
+        "type": "workflow_complete",
+        "timestamp": _codec.now_iso(),
+        "run_id": run.id,
+        "metadata": {},
+        "schema_version": 1,
+        "nonce": "dead-1",
+    }
     assert store.storage.create(RunLayout(run.run_id).event(2), _codec.dumps(done))
     assert [("completed", 2, None)] == _listed(store) == _truth(store, run.id)
 
@@ -226,8 +233,12 @@ def test_the_summary_follows_every_status_change_and_snapshot(store: RunStore) -
     run.log.snapshot()  # on demand: state.json and the summary
     body = decode_summary(store.storage.read(key) or b"")
     assert ("failing", 4, "build", "test", "exit 2") == (
-        body["status"], body["last_event_id"], body["failed_phase"], body["failed_step"], body["error"]
-    )  # fmt: skip
+        body["status"],
+        body["last_event_id"],
+        body["failed_phase"],
+        body["failed_step"],
+        body["error"],
+    )
     assert len(store.storage.read(key) or b"") < 2048
 
 

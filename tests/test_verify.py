@@ -48,7 +48,10 @@ def test_verify_pinpoints_a_missing_sequence_number(store: RunStore) -> None:
     first = report.first
     assert first is not None
     assert (False, 3, "missing", store.storage.path(RunLayout(run.run_id).event(3))) == (
-        report.ok, first.seq, first.kind, first.path
+        report.ok,
+        first.seq,
+        first.kind,
+        first.path,
     )
     assert run.id in first.message and "event 2" in first.message
     assert [3] == [p.seq for p in report.problems]
@@ -57,8 +60,15 @@ def test_verify_pinpoints_a_missing_sequence_number(store: RunStore) -> None:
 def test_verify_pinpoints_a_schema_invalid_event(store: RunStore) -> None:
     run = _failed_run(store)
     layout = RunLayout(run.run_id)
-    bad = {"event_id": 7, "type": "step_start", "run_id": run.id, "timestamp": "2024-01-01T00:00:00Z",
-           "schema_version": 1, "phase": "build", "metadata": {}}
+    bad = {
+        "event_id": 7,
+        "type": "step_start",
+        "run_id": run.id,
+        "timestamp": "2024-01-01T00:00:00Z",
+        "schema_version": 1,
+        "phase": "build",
+        "metadata": {},
+    }
     assert store.storage.create(layout.event(7), _codec.dumps(bad))  # no "step": invalid
     run.log.emit("checkpoint", metadata={"label": "after"})
     report = Resumer(store).verify(run.id)
@@ -83,8 +93,13 @@ def test_reconstruct_matches_a_healthy_run(store: RunStore) -> None:
     run = _failed_run(store)
     state, report = Resumer(store).reconstruct(run.id)
     assert fold_all(RunState(run_id=run.id), run.log.read()) == state
-    assert (True, "ok", (), 6, False) == (report.ok, report.stored, report.differences, report.last_event_id,
-                                          report.repaired)
+    assert (True, "ok", (), 6, False) == (
+        report.ok,
+        report.stored,
+        report.differences,
+        report.last_event_id,
+        report.repaired,
+    )
 
 
 def test_reconstruct_detects_a_hand_edited_state_and_repairs_it(store: RunStore) -> None:
