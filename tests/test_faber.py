@@ -217,12 +217,9 @@ def test_import_keeps_the_id_the_order_and_the_faber_fields_and_folds_the_state(
     assert "feat/258" == events[9].artifacts[0]["name"]  # type: ignore[index]
     # FABER's own state.json still says pending; the fold says where it failed.
     state = run.state()
-    assert ("failing", "build", "compile", "exit 2") == (
-        state.status,
-        state.failed_step.phase,
-        state.failed_step.name,
-        state.failed_step.error,  # type: ignore[union-attr]
-    )
+    failed = state.failed_step
+    assert failed is not None
+    assert ("failing", "build", "compile", "exit 2") == (state.status, failed.phase, failed.name, failed.error)
     assert [
         ("frame", "completed"),
         ("architect", "completed"),

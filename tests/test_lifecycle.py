@@ -375,8 +375,8 @@ def test_sweep_fails_runs_with_expired_leases_once_and_leaves_live_ones(store: R
     assert ("failed", SWEEP_REASON) == (state.status, state.status_reason)
     assert ("failed", "failed", "closed") == (
         state.phases["review"].status,
-        state.step("review", "read").status,
-        state.approvals["g1"].status,  # type: ignore[union-attr]
+        state.step("review", "read").status,  # type: ignore[union-attr]
+        state.approvals["g1"].status,
     )
     assert read_lease(store.storage, stale.run_id) is None
     assert "failed" == (read_report(store.storage, stale.id) or {}).get("status")
