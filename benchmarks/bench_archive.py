@@ -32,7 +32,7 @@ from _common import Row, rate_row
 
 from faber_runlog import Archiver, Event, RunStore
 from faber_runlog._codec import dumps, loads
-from faber_runlog._format import RunLayout
+from faber_runlog._format import RunLayout, encode_snapshot, fingerprint
 from faber_runlog._state import RunState, fold_all
 
 EVENTS_PER_RUN = 200
@@ -87,12 +87,14 @@ def _frames(archive: RunStore, fs: Any, ids: list[str]) -> tuple[float, float]:
     t = time.perf_counter()
     frame = archive.events_frame(progress=False)
     t_frame = time.perf_counter() - t
-    assert len(ids) * EVENTS_PER_RUN == len(frame)
+    assert len(ids) * (EVENTS_PER_RUN + 1) == len(frame)  # every event and the seal
     t = time.perf_counter()
     rows = []
     for rid in ids:
         body = fs.cat_file(f"bench/archive/{rid}/events.jsonl", max_concurrency=1)
         rows.extend(loads(line) for line in body.splitlines())
+        seal = f"bench/archive/{rid}/events/{EVENTS_PER_RUN + 1:020d}.json"
+        rows.append(loads(fs.cat_file(seal, max_concurrency=1)))
     peer_frame = pd.DataFrame(rows)
     peer_frame["timestamp"] = pd.to_datetime(peer_frame["timestamp"], utc=True, format="ISO8601")
     t_seq = time.perf_counter() - t
@@ -131,7 +133,8 @@ def _make_runs(store: RunStore, n: int) -> list[str]:
             store.storage.create(layout.event(i), dumps(ev))
             events.append(ev)
         state = fold_all(RunState(run_id=run.id), (Event.from_dict(e) for e in events))
-        store.storage.replace(layout.state, dumps(state.to_dict()))
+        fp = fingerprint(events[-1]["type"], events[-1]["timestamp"], events[-1].get("nonce"))
+        store.storage.replace(layout.state, encode_snapshot(state.to_dict(), fp))
         ids.append(run.id)
     return ids
 
@@ -152,9 +155,12 @@ def run(quick: bool) -> list[Row]:
         results = Archiver(local, archive, progress=True).archive_many(ids)
         t_ours = time.perf_counter() - t
         assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
-        names = ("metadata.json", "state.json", "events.jsonl", "consolidation.json", "archived.json")
-        lpaths = [str(tmp / "runs" / rid / name) for rid in ids for name in names]
-        rpaths = [f"bench/raw-{uuid.uuid4().hex[:6]}/{rid}/{name}" for rid in ids for name in names]
+        # What the archiver copies per run: metadata, state, events.jsonl, the seal's file, the marker.
+        seals = {rid: local.get_run(rid).state().sealed_at or 0 for rid in ids}
+        files = {rid: ("metadata.json", "state.json", "events.jsonl", f"events/{seals[rid]:020d}.json", "archived.json")
+                 for rid in ids}  # fmt: skip  # one line per run's file list
+        lpaths = [str(tmp / "runs" / rid / name) for rid in ids for name in files[rid]]
+        rpaths = [f"bench/raw-{uuid.uuid4().hex[:6]}/{rid}/{name}" for rid in ids for name in files[rid]]
         t = time.perf_counter()
         fs.put(lpaths, rpaths)
         t_peer = time.perf_counter() - t

@@ -17,7 +17,7 @@ from _common import Row, best_of, rate_row
 
 from faber_runlog import Event, Resumer, RunStore
 from faber_runlog._codec import dumps
-from faber_runlog._format import RunLayout
+from faber_runlog._format import RunLayout, encode_snapshot, fingerprint
 from faber_runlog._state import RunState, fold_all
 
 PHASES = ("plan", "build", "test", "release")
@@ -54,7 +54,9 @@ def _build(store: RunStore, n: int) -> str:
     for ev in events:
         store.storage.create(layout.event(ev["event_id"]), dumps(ev))
     state = fold_all(RunState(run_id=run.id), (Event.from_dict(e) for e in events))
-    store.storage.replace(layout.state, dumps(state.to_dict()))
+    last = events[-1] if events else None
+    fp = None if last is None else fingerprint(last["type"], last["timestamp"], last.get("nonce"))
+    store.storage.replace(layout.state, encode_snapshot(state.to_dict(), fp))
     return run.id
 
 

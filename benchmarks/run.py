@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,6 +53,7 @@ def main() -> int:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     rows: list[Row] = []
+    failed = False
     for suite in args.only or SUITES:
         try:
             module = importlib.import_module(suite)
@@ -59,11 +61,17 @@ def main() -> int:
             print(f"(skipping {suite}: {e})", file=sys.stderr)
             continue
         t = time.perf_counter()
-        got = module.run(args.quick)
+        try:
+            got = module.run(args.quick)
+        except Exception as e:  # one broken suite must not hide the others' rows
+            traceback.print_exc()
+            print(f"{suite}: FAILED ({type(e).__name__}: {e})", file=sys.stderr)
+            failed = True
+            continue
         print(f"{suite}: {len(got)} rows in {time.perf_counter() - t:.0f}s", file=sys.stderr)
         rows.extend(got)
     print(render(rows))
-    return 0 if all(r.ok is not False for r in rows) else 1
+    return 0 if not failed and all(r.ok is not False for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -1179,6 +1179,9 @@ def read_logs(
             group, weight = [], 0
 
 
+_FALLBACK_READERS: Final = 16
+
+
 def _read_group(
     storage: Storage,
     rids: list[RunId],
@@ -1191,6 +1194,7 @@ def _read_group(
             layout = RunLayout(rid)
             keys += [layout.segment(f, last) for f, last in chain] + [layout.event(s) for s in seqs]
     bodies = storage.read_many(keys)
+    done: list[tuple[RunId, list[bytes] | None]] = []
     for rid, (chain, seqs, plain) in zip(rids, listings, strict=True):
         layout = RunLayout(rid)
         lines: list[bytes] = []
@@ -1209,7 +1213,14 @@ def _read_group(
                 whole = False
                 break
             lines.append(body)
-        yield rid, (lines if whole else fallback(rid))
+        done.append((rid, lines if whole else None))
+    # Runs read the checked way (consolidated, cleaned up, a damaged segment) are read concurrently too.
+    todo = [rid for rid, lines in done if lines is None]
+    if todo:
+        with ThreadPoolExecutor(min(_FALLBACK_READERS, len(todo))) as pool:
+            slow = dict(zip(todo, pool.map(fallback, todo), strict=True))
+    for rid, got in done:
+        yield rid, got if got is not None else slow[rid]
 
 
 os.register_at_fork(after_in_child=_new_identity_in_child)
