@@ -147,7 +147,7 @@ def run(quick: bool) -> list[Row]:
         import s3fs
 
         fs = s3fs.S3FileSystem(**opts)
-        fs.mkdir("bench")
+        fs.makedirs("bench", exist_ok=True)  # the suites share one moto server
         local = RunStore(str(tmp / "runs"), fsync=False)
         ids = _make_runs(local, n)
         archive = RunStore("s3://bench/archive", storage_options=opts)

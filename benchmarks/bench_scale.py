@@ -245,7 +245,7 @@ def bench_list_runs_s3(runs: int, state_kb: int) -> list[Row]:
     server, opts = _moto()
     try:
         fs = _counting_fs(opts)
-        fs.mkdir("bench")
+        fs.makedirs("bench", exist_ok=True)  # the suites share one moto server
         store = RunStore(fs=fs, root=f"bench/runs-{uuid.uuid4().hex}")
         _many_runs(store, runs, state_kb)
         got: dict[str, int] = {}
