@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -54,13 +54,15 @@ def now_iso() -> str:
     return iso(_dt.datetime.now(_dt.UTC))
 
 
+_ONE_MS: Final = _dt.timedelta(milliseconds=1)
+
+
 def ms_between(start: str | None, end: str | None) -> float | None:
     """Milliseconds from ISO time ``start`` to ``end`` (never negative); None if either is missing or unparsable."""
     if start is None or end is None:
         return None
     try:
-        a = _dt.datetime.fromisoformat(start)
-        b = _dt.datetime.fromisoformat(end)
+        ms: float = (_dt.datetime.fromisoformat(end) - _dt.datetime.fromisoformat(start)) / _ONE_MS
     except ValueError:
         return None
-    return max(0.0, (b - a).total_seconds() * 1000.0)
+    return ms if ms > 0.0 else 0.0

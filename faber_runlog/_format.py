@@ -29,7 +29,8 @@ otherwise they fold the run's log (docs/concurrency.md).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from faber_runlog import _codec
@@ -75,7 +76,8 @@ SNAPSHOTS_KEPT: Final = 2
 
 SEGMENT_EVENTS: Final = 1000
 """Events per segment by default: a read costs about one GET per this many events (a store option)."""
-SEGMENT_FORMAT: Final = 1
+SEGMENT_FORMAT: Final = 2
+"""2: a CRC-32 checksum (format 1's sha256 cost a third of a rebuild's time); format 1 is still read."""
 
 ARCHIVE_MARKER: Final = "archived.json"
 LEASE_NAME: Final = "lease.json"
@@ -181,6 +183,15 @@ def _checksum(state_body: bytes) -> str:
     return hashlib.sha256(state_body).hexdigest()[:32]
 
 
+def _crc(body: bytes) -> str:
+    # Segments guard against damage, not forgery (anyone who can write them can write the event
+    # files too), and a checksum runs over every byte a rebuild reads: CRC-32 is six times cheaper.
+    return f"crc32:{zlib.crc32(body):08x}"
+
+
+_SEGMENT_CHECKSUMS: Final[Mapping[object, Callable[[bytes], str]]] = {1: _checksum, SEGMENT_FORMAT: _crc}
+
+
 def encode_snapshot(state: Mapping[str, Any], last_event: str | None) -> bytes:
     """A snapshot body for ``state`` (a ``RunState.to_dict()``) whose last event has fingerprint ``last_event``."""
     body = _codec.dumps(state)
@@ -224,7 +235,7 @@ def encode_segment(run_id: str, first: int, lines: list[bytes]) -> bytes:
             "first": first,
             "last": first + len(lines) - 1,
             "count": len(lines),
-            "checksum": _checksum(body),
+            "checksum": _crc(body),
         }
     )
     return head + b"\n" + body
@@ -241,13 +252,14 @@ def decode_segment(body: bytes, run_id: str, first: int, last: int) -> bytes:
         raise CorruptData("not a segment of this format")
     head = _codec.loads(body[:end])
     rest = body[end + 1 :]
-    if not isinstance(head, dict) or head.get("segment") != SEGMENT_FORMAT:
+    checksum = _SEGMENT_CHECKSUMS.get(head.get("segment")) if isinstance(head, dict) else None
+    if checksum is None:
         raise CorruptData("unknown segment format")
     if head.get("run_id") != run_id:
         raise CorruptData(f"it belongs to run {head.get('run_id')!r}")
     if (head.get("first"), head.get("last"), head.get("count")) != (first, last, last - first + 1):
         raise CorruptData(f"its header says events {head.get('first')}..{head.get('last')}, not {first}..{last}")
-    if head.get("checksum") != _checksum(rest):
+    if head.get("checksum") != checksum(rest):
         raise CorruptData("its checksum does not match its content (edited, damaged or cut short)")
     if rest.count(b"\n") != last - first + 1:
         raise CorruptData(f"it does not hold {last - first + 1} lines")

@@ -63,7 +63,7 @@ from faber_runlog._format import (
 )
 from faber_runlog._ids import RunId
 from faber_runlog._registry import Registry, event_types_table
-from faber_runlog._state import RunDigest, RunState, apply, apply_mapping, fold_generation
+from faber_runlog._state import RunDigest, RunState, apply, apply_mappings, fold_generation
 from faber_runlog._storage import Storage
 from faber_runlog._transitions import SEAL_TYPE, TRANSITIONS
 from faber_runlog.errors import (
@@ -763,9 +763,10 @@ class EventLog:
         Folds the decoded mappings (no ``Event`` per event): a rebuild runs at the speed of the parser.
         """
         last = None
-        for data in self._stored(state.last_event_id, until, self._decode_mapping):
-            apply_mapping(state, data, self._folds)
-            last = data
+        folds = self._folds
+        for batch in self._stored(state.last_event_id, until, self._decode_mapping):
+            apply_mappings(state, batch, folds)
+            last = batch[-1]
         return None if last is None else _mapping_fp(last)
 
     # -- reading -----------------------------------------------------------
@@ -791,6 +792,20 @@ class EventLog:
         except Exception as e:
             raise self._corrupt(seq, key, e) from e
 
+    def _mappings(self, first: int, lines: list[bytes]) -> list[dict[str, Any]]:
+        """What :meth:`_decode_mapping` gives for events ``first, first+1, ...``, checked in bulk (a rebuild's path).
+
+        Raises CorruptData for a line that is not event ``first + i``: the caller then reads the files.
+        """
+        loads = _loads
+        out = [loads(line) for line in lines]
+        for seq, data in enumerate(out, first):
+            whole = data.__class__ is dict and "type" in data and "timestamp" in data
+            if not whole or data.get("event_id") != seq:
+                raise CorruptData(f"line {seq - first + 1} is not event {seq}")
+        types = self._types
+        return [upcast(data, types) for data in out] if types.upcasters else out
+
     def _corrupt(self, seq: int, key: str | None, e: Exception) -> CorruptEvent:
         path = self._storage.path(key or self._layout.event(seq))
         where = f"line {seq} of {path}" if key else path
@@ -802,10 +817,12 @@ class EventLog:
             path=path,
         )
 
-    def _stored(self, after: int, until: int | None, dec: _Decode[T]) -> Iterator[T]:
-        """Events after ``after`` (and up to ``until``) in order, stopping at the end of the log.
+    def _stored(self, after: int, until: int | None, dec: _Decode[T]) -> Iterator[list[T]]:
+        """Events after ``after`` (and up to ``until``) in order, in batches, stopping at the end of the log.
 
         ``dec(seq, body, key)`` decodes each one (an ``Event`` for readers, the mapping for the fold).
+        Batches (a segment, a page of files) keep the per-event cost of the generators
+        out of a rebuild; a batch cut short by an unreadable event is yielded before the error.
         """
         d = dec
         if self._sealed is not None and after < self._sealed - 1 and (until is None or until > after):
@@ -846,25 +863,41 @@ class EventLog:
         self._sealed = through + 1
         return through + 1
 
-    def _stored_jsonl(self, body: bytes, after: int, until: int | None, last: int, dec: _Decode[T]) -> Iterator[T]:
+    def _stored_jsonl(
+        self, body: bytes, after: int, until: int | None, last: int, dec: _Decode[T]
+    ) -> Iterator[list[T]]:
         stop = last if until is None else min(until, last)
         lines = iter_jsonl(body, after, stop)
+        key = self._layout.jsonl
+        batch: list[T] = []
         while True:
             try:
                 seq, line = next(lines)
             except StopIteration:
-                return
+                break
             except ValueError as e:  # fewer lines than the seal says: cut short
-                path = self._storage.path(self._layout.jsonl)
+                if batch:
+                    yield batch
+                path = self._storage.path(key)
                 raise CorruptEvent(
                     f"{path} of run {self._run_id} is cut short ({e}); restore it from the archive",
                     run_id=self._run_id,
                     seq=after + 1,
                     path=path,
                 ) from e
-            yield dec(seq, line, self._layout.jsonl)
+            try:
+                batch.append(dec(seq, line, key))
+            except CorruptEvent:
+                if batch:
+                    yield batch  # the events before an unreadable one are still served
+                raise
+            if len(batch) >= _PAGE:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
-    def _stored_files(self, after: int, until: int | None, dec: _Decode[T]) -> Generator[T, None, int]:
+    def _stored_files(self, after: int, until: int | None, dec: _Decode[T]) -> Generator[list[T], None, int]:
         """Events from segments and event files; returns the first sequence number not read.
 
         Segments serve whole ranges with one read each; the files after the
@@ -881,13 +914,13 @@ class EventLog:
                 if until is not None and cur >= until:
                     return cur + 1
             if not self._storage.capabilities.list_after:
-                return (yield from self._storage.read_numbered(self._layout.events, cur + 1, until, dec))
+                return (yield from _batched(self._storage.read_numbered(self._layout.events, cur + 1, until, dec)))
             cur, more = yield from self._stored_page(cur, until, dec)
             if not more:
                 return cur + 1
             check = True  # a full page: many events are new, so segments may cover the next ones
 
-    def _stored_segments(self, after: int, until: int | None, dec: _Decode[T]) -> Generator[T, None, int]:
+    def _stored_segments(self, after: int, until: int | None, dec: _Decode[T]) -> Generator[list[T], None, int]:
         """Events after ``after`` from the chain of segments that starts there; returns the last one served."""
         limit = None if until is None else min(_PAGE, -(-(until - after) // self._segment_every) + 1)
         chain: list[tuple[int, int]] = []
@@ -910,7 +943,7 @@ class EventLog:
                 events = self._segment_events(bodies[self._layout.segment(first, last)], first, last, cur, until, dec)
                 if not events:
                     return cur
-                yield from events
+                yield events
                 cur += len(events)  # a segment's events after ``cur`` are gapless
                 if until is not None and cur >= until:
                     return cur
@@ -925,14 +958,20 @@ class EventLog:
             return None  # removed since it was listed (cleanup): the files or events.jsonl serve
         stop = last if until is None else min(until, last)
         try:
-            lines = decode_segment(body, self._run_id, first, last)
-            return [dec(first + i - 1, line, key) for i, line in iter_jsonl(lines, after - first + 1, stop - first + 1)]
+            # A segment is small (K lines), so splitting it is cheaper than walking it line by line.
+            start = max(after, first - 1) + 1
+            lines = decode_segment(body, self._run_id, first, last).split(b"\n")[start - first : stop - first + 1]
+            if dec == self._decode_mapping:
+                return self._mappings(start, lines)  # type: ignore[return-value]  # T is the mapping here
+            return [dec(seq, line, key) for seq, line in enumerate(lines, start)]
         except Exception as e:
             # A segment is a cache: one that does not hold costs the reads of the files, never a wrong answer.
             log.warning("ignoring segment %s of run %s: %s", self._storage.path(key), self._run_id, e)
             return None
 
-    def _stored_page(self, after: int, until: int | None, dec: _Decode[T]) -> Generator[T, None, tuple[int, bool]]:
+    def _stored_page(
+        self, after: int, until: int | None, dec: _Decode[T]
+    ) -> Generator[list[T], None, tuple[int, bool]]:
         """One LIST page of event names after ``after``, their bodies fetched concurrently in batches.
 
         Returns the last event read and whether more may follow (the page was full).
@@ -954,11 +993,21 @@ class EventLog:
         for start in range(0, len(seqs), _BATCH):
             chunk = seqs[start : start + _BATCH]
             bodies = self._storage.read_many(self._layout.event(s) for s in chunk)
+            batch: list[T] = []
             for s in chunk:
                 body = bodies[self._layout.event(s)]
                 if body is None:
+                    if batch:
+                        yield batch
                     return s - 1, False
-                yield dec(s, body, None)
+                try:
+                    batch.append(dec(s, body, None))
+                except CorruptEvent:
+                    if batch:
+                        yield batch  # the events before an unreadable one are still served
+                    raise
+            if batch:
+                yield batch
         last = expected - 1
         return last, whole and len(names) >= want and (until is None or last < until)
 
@@ -968,7 +1017,7 @@ class EventLog:
             return self._decode(seq, body)
         jsonl = self._storage.read(self._layout.jsonl)
         if jsonl is not None and seq >= 1 and seq < self._learn_seal(jsonl):
-            return next(self._stored_jsonl(jsonl, seq - 1, seq, seq, self._decode))
+            return next(self._stored_jsonl(jsonl, seq - 1, seq, seq, self._decode))[0]
         raise CorruptEvent(
             f"event {seq} of run {self._run_id} is missing; run verify (faber-runlog verify) to see what else is",
             run_id=self._run_id,
@@ -1004,15 +1053,17 @@ class EventLog:
             # so the read lists and fetches only those.
             until = since + limit if until is None else min(until, since + limit)
         if wanted is None and limit is None:
-            yield from self._stored(since, until, self._decode)  # the rebuild's path: no per-event checks here
+            for batch in self._stored(since, until, self._decode):  # the rebuild's path: no per-event checks
+                yield from batch
             return
-        for event in self._stored(since, until, self._decode):
-            if wanted is not None and event.type not in wanted:
-                continue
-            yield event
-            n += 1
-            if limit is not None and n >= limit:
-                return
+        for batch in self._stored(since, until, self._decode):
+            for event in batch:
+                if wanted is not None and event.type not in wanted:
+                    continue
+                yield event
+                n += 1
+                if limit is not None and n >= limit:
+                    return
 
     def last_event_id(self) -> int:
         """The id of the newest event (0 for an empty log)."""
@@ -1034,6 +1085,26 @@ class EventLog:
                 return
             else:
                 time.sleep(poll_interval)
+
+
+def _batched(events: Generator[T, None, int], size: int = _BATCH) -> Generator[list[T], None, int]:
+    """``events`` in lists of up to ``size``; the events before an error are yielded before it is raised."""
+    batch: list[T] = []
+    while True:
+        try:
+            batch.append(next(events))
+        except StopIteration as stop:
+            if batch:
+                yield batch
+            end: int = stop.value
+            return end
+        except Exception:
+            if batch:
+                yield batch
+            raise
+        if len(batch) >= size:
+            yield batch
+            batch = []
 
 
 def current_digests(

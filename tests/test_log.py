@@ -173,6 +173,23 @@ def test_corrupt_event_file_is_reported_with_path_and_sequence(store: RunStore, 
     assert seq_name(2) in str(info.value)
 
 
+def test_the_events_before_an_unreadable_one_are_read_before_the_error(store: RunStore) -> None:
+    run = store.create_run("acme", "web")
+    for i in range(5):
+        run.log.emit("checkpoint", metadata={"label": str(i)})
+    store.storage.replace(f"{run.id}/events/{seq_name(4)}", b"{not json")
+    seen: list[int] = []
+
+    def read_all() -> None:
+        for event in store.get_run(run.id).log.read():
+            seen.append(event.event_id)
+
+    with pytest.raises(CorruptEvent) as info:
+        read_all()
+    assert [1, 2, 3] == seen
+    assert 4 == info.value.seq
+
+
 def test_tail_yields_new_events_and_stops_when_idle(store: RunStore) -> None:
     run = store.create_run("acme", "web")
     run.log.emit("workflow_start")

@@ -6,12 +6,14 @@ And bounded reads on S3: ``read(limit=)``, ``read(until=)``, ``state(at=)`` and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import signal
 import subprocess
 import sys
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,51 @@ def test_a_damaged_segment_is_ignored_with_a_warning_and_the_files_are_read(
     with caplog.at_level(logging.WARNING, logger="faber_runlog._log"):
         got = _read(store, rid)
     assert _from_files(store, rid) == got
+    assert "ignoring segment" in caplog.text
+
+
+def _rewrite_segment(store: RunStore, rid: str, lines: list[bytes], fmt: int) -> None:
+    """Store segment 1..K with these event lines in segment format ``fmt`` (1: sha256, 2: CRC-32)."""
+    body = b"\n".join(lines) + b"\n"
+    checksum = hashlib.sha256(body).hexdigest()[:32] if fmt == 1 else f"crc32:{zlib.crc32(body):08x}"
+    head = {"segment": fmt, "run_id": rid, "first": 1, "last": K, "count": K, "checksum": checksum}
+    store.storage.replace(RunLayout(RunId.parse(rid)).segment(1, K), json.dumps(head).encode() + b"\n" + body)
+
+
+def _segment_lines(store: RunStore, rid: str) -> list[bytes]:
+    body = store.storage.read(RunLayout(RunId.parse(rid)).segment(1, K))
+    assert body is not None
+    return decode_segment(body, rid, 1, K).splitlines()
+
+
+def test_a_segment_written_in_the_first_format_is_still_read(
+    store_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = store_factory(segment_every=K)
+    rid = _fill(store, 2 * K)
+    truth = _from_files(store, rid)
+    expected_state = store.get_run(rid).state().to_dict()
+    _rewrite_segment(store, rid, _segment_lines(store, rid), fmt=1)
+    store.storage.delete(RunLayout(RunId.parse(rid)).event(3))  # so only the segment can serve event 3
+    with caplog.at_level(logging.WARNING, logger="faber_runlog._log"):
+        assert truth == _read(store, rid)
+        assert expected_state == EventLog(store.storage, RunId.parse(rid), segment_every=K).load_state().to_dict()
+    assert "ignoring segment" not in caplog.text
+
+
+def test_a_segment_whose_lines_are_out_of_order_is_ignored_by_readers_and_the_fold(
+    store_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = store_factory(segment_every=K)
+    rid = _fill(store, 2 * K)
+    truth = _from_files(store, rid)
+    expected_state = store.get_run(rid).state().to_dict()
+    lines = _segment_lines(store, rid)
+    lines[1], lines[2] = lines[2], lines[1]  # intact bytes and a valid checksum, but line 2 is event 3
+    _rewrite_segment(store, rid, lines, fmt=2)
+    with caplog.at_level(logging.WARNING, logger="faber_runlog._log"):
+        assert truth == _read(store, rid)
+        assert expected_state == EventLog(store.storage, RunId.parse(rid), segment_every=K).load_state().to_dict()
     assert "ignoring segment" in caplog.text
 
 
