@@ -304,17 +304,31 @@ def jsonl_line(body: bytes) -> bytes:
     return line
 
 
-def iter_jsonl(body: bytes, after: int, last: int) -> Iterator[tuple[int, bytes]]:
-    """``(seq, line)`` for lines ``after+1..last`` of an ``events.jsonl`` body (line n holds event n).
+def iter_jsonl(body: bytes, after: int, last: int, size: int = 1000) -> Iterator[list[bytes]]:
+    """Lines ``after+1..last`` of an ``events.jsonl`` body (line n holds event n), in lists of up to ``size``.
 
-    Raises ValueError when the body holds fewer than ``last`` complete lines.
-    Walks the body in place: splitting would hold a second copy of the whole log.
+    Raises CorruptData, after the complete lines, when the body holds fewer than ``last``.
+    Splits one window of the body at a time: splitting it whole would hold a second copy of the log.
     """
     pos, seq = 0, 1
-    while seq <= last:
+    while seq <= after:
         end = body.find(b"\n", pos)
         if end < 0:
             raise CorruptData(f"it holds {seq - 1} complete lines, fewer than {last}")
-        if seq > after:
-            yield seq, body[pos:end]
         pos, seq = end + 1, seq + 1
+    window = 256 * size
+    while seq <= last:
+        want = min(size, last - seq + 1)
+        piece = body[pos : pos + window]
+        lines = piece.split(b"\n", want)
+        if len(lines) <= want:  # fewer than ``want`` line ends in the window
+            if pos + window < len(body):
+                window *= 2
+                continue
+            if len(lines) > 1:
+                yield lines[:-1]
+            raise CorruptData(f"it holds {seq + len(lines) - 2} complete lines, fewer than {last}")
+        used = len(piece) - len(lines.pop())
+        yield lines
+        pos, seq = pos + used, seq + want
+        window = max(window, used + used // 4)

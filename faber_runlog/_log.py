@@ -867,35 +867,47 @@ class EventLog:
         self, body: bytes, after: int, until: int | None, last: int, dec: _Decode[T]
     ) -> Iterator[list[T]]:
         stop = last if until is None else min(until, last)
-        lines = iter_jsonl(body, after, stop)
         key = self._layout.jsonl
-        batch: list[T] = []
-        while True:
-            try:
-                seq, line = next(lines)
-            except StopIteration:
-                break
-            except ValueError as e:  # fewer lines than the seal says: cut short
+        first = after + 1
+        try:
+            for chunk in iter_jsonl(body, after, stop, _PAGE):
+                batch, error = self._decode_all(first, chunk, key, dec)
                 if batch:
                     yield batch
-                path = self._storage.path(key)
-                raise CorruptEvent(
-                    f"{path} of run {self._run_id} is cut short ({e}); restore it from the archive",
-                    run_id=self._run_id,
-                    seq=after + 1,
-                    path=path,
-                ) from e
-            try:
-                batch.append(dec(seq, line, key))
-            except CorruptEvent:
-                if batch:
-                    yield batch  # the events before an unreadable one are still served
+                if error is not None:
+                    raise error
+                first += len(chunk)
+        except CorruptData as e:
+            if isinstance(e, CorruptEvent):
                 raise
-            if len(batch) >= _PAGE:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+            path = self._storage.path(key)  # fewer lines than the seal says: cut short
+            raise CorruptEvent(
+                f"{path} of run {self._run_id} is cut short ({e}); restore it from the archive",
+                run_id=self._run_id,
+                seq=first,
+                path=path,
+            ) from e
+
+    def _decode_all(
+        self, first: int, bodies: list[bytes], key: str | None, dec: _Decode[T]
+    ) -> tuple[list[T], Exception | None]:
+        """``dec`` of events ``first, first+1, ...``: those before the first unreadable one, and its error.
+
+        The fold's decoder checks a whole batch at once (a rebuild's hot path);
+        when that fails, event-by-event decoding finds the line that is off.
+        """
+        if dec == self._decode_mapping:
+            try:
+                return self._mappings(first, bodies), None  # type: ignore[return-value]  # T is the mapping here
+            except Exception:  # the careful path below names what is off
+                pass
+        out: list[T] = []
+        for seq, body in enumerate(bodies, first):
+            try:
+                out.append(dec(seq, body, key))
+            except CorruptEvent as e:
+                return out, e
+        return out, None
 
     def _stored_files(self, after: int, until: int | None, dec: _Decode[T]) -> Generator[list[T], None, int]:
         """Events from segments and event files; returns the first sequence number not read.
@@ -961,9 +973,10 @@ class EventLog:
             # A segment is small (K lines), so splitting it is cheaper than walking it line by line.
             start = max(after, first - 1) + 1
             lines = decode_segment(body, self._run_id, first, last).split(b"\n")[start - first : stop - first + 1]
-            if dec == self._decode_mapping:
-                return self._mappings(start, lines)  # type: ignore[return-value]  # T is the mapping here
-            return [dec(seq, line, key) for seq, line in enumerate(lines, start)]
+            events, error = self._decode_all(start, lines, key, dec)
+            if error is not None:
+                raise error
+            return events
         except Exception as e:
             # A segment is a cache: one that does not hold costs the reads of the files, never a wrong answer.
             log.warning("ignoring segment %s of run %s: %s", self._storage.path(key), self._run_id, e)
