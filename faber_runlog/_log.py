@@ -91,6 +91,7 @@ APPROVAL_ACTIONS: Final = ("approve", "reject", "request_changes", "abort")
 _MAX_CLAIMS: Final = 10_000
 _BATCH: Final = 256
 _PAGE: Final = 1000  # event names listed per request on stores that list after a key
+_OLDER_SPACING: Final = 4  # an older snapshot at most every this many K events (see _keep_older)
 _SEGMENT_BATCH: Final = 8  # segments fetched together (concurrently where reads batch)
 _loads: Final = _codec.loads  # bound once: it runs for every event read
 _HINTS: Final = {
@@ -593,7 +594,7 @@ class EventLog:
             log.warning("summary of run %s at event %d not written: %s", self._run_id, state.last_event_id, e)
 
     def _write_snapshot(self, state: RunState, *, periodic: bool) -> None:
-        """Write ``state.json`` (and a periodic older snapshot, pruning the oldest). Failures cost time only.
+        """Write ``state.json`` (and now and then an older snapshot, pruning the oldest). Failures cost time only.
 
         Periodic snapshots leave the summary alone: the run is active, so the
         next event makes any summary stale; a listing then starts its fold here.
@@ -604,15 +605,19 @@ class EventLog:
             self._storage.replace(self._layout.state, body)
             self._snap_seq, self._snap_size = seq, len(body)
             if periodic:
-                self._storage.replace(self._layout.snapshot(seq), body)
-                self._prune_snapshots(seq)
+                self._keep_older(seq, body)
         except Exception as e:
             log.warning("snapshot of run %s at event %d not written: %s", self._run_id, seq, e)
 
-    def _prune_snapshots(self, seq: int) -> None:
-        # Snapshots are taken at irregular multiples of K (see _snapshot_due). A handle lists
-        # them, then remembers the ones it wrote: steady state costs one DELETE, no LIST. It lists
-        # again every few snapshots, so ones other writers left behind are pruned too.
+    def _keep_older(self, seq: int, body: bytes) -> None:
+        """Keep ``body`` as the older snapshot at ``seq`` when the newest one is far enough back; prune the oldest.
+
+        Older snapshots only shorten ``state(at=...)`` folds, so one per
+        ``_OLDER_SPACING`` x K events is enough: most periodic snapshots then cost one
+        request, not three. A handle lists them, then remembers the ones it wrote
+        (steady state: no LIST); it lists again every few, so ones other writers
+        left behind are pruned too.
+        """
         self._prunes += 1
         if self._taken is None or self._prunes % 8 == 0:
             self._taken = sorted(
@@ -620,6 +625,9 @@ class EventLog:
                 for n in (parse_seq_name(name) for name in self._storage.list_names(self._layout.snapshots))
                 if n is not None and n < seq
             )
+        if self._taken and seq - self._taken[-1] < _OLDER_SPACING * self._snapshot_every:
+            return
+        self._storage.replace(self._layout.snapshot(seq), body)
         self._taken.append(seq)
         while len(self._taken) > SNAPSHOTS_KEPT:
             self._storage.delete(self._layout.snapshot(self._taken[0]))

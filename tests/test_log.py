@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -226,6 +227,25 @@ def test_append_fills_the_logs_default_user_and_source_like_emit(store: RunStore
     assert {"type": "checkpoint", "metadata": {"label": "a"}} == fields  # the caller's dict is untouched
     explicit = log.append({"type": "checkpoint", "user": "bob", "metadata": {"label": "b"}})
     assert ("bob", "ci-bot") == (explicit.user, explicit.source)
+
+
+def test_older_snapshots_are_kept_four_k_apart_and_state_at_still_folds_from_them(
+    store_factory: Callable[..., RunStore],
+) -> None:
+    store = store_factory(snapshot_every=5)
+    run = store.create_run("acme", "web")
+    run.start()
+    for i in range(60):  # a bounded state: state.json is rewritten every K events
+        run.log.emit("checkpoint", metadata={"label": f"c{i % 3}"})
+    layout_state = store.storage.read(f"{run.id}/state.json")
+    assert layout_state is not None and b'"last_event_id":60' in layout_state
+    taken = sorted(int(n[:20]) for n in store.storage.list_names(f"{run.id}/snapshots"))
+    assert SNAPSHOTS_KEPT == len(taken)
+    assert all(later - earlier >= 4 * 5 for earlier, later in itertools.pairwise(taken))
+    events = list(run.log.read())
+    fresh = store.get_run(run.id)
+    for at in range(0, 62, 7):
+        assert fold_all(RunState(run_id=run.id), events[:at]) == fresh.state(at=at)
 
 
 def test_snapshots_of_a_growing_state_are_spaced_by_its_size_and_still_serve_state_at(
