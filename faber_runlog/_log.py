@@ -80,7 +80,7 @@ from faber_runlog.errors import (
     StorageError,
 )
 
-__all__ = ["SEAL_GRACE", "Commit", "EventLog", "current_digests", "current_states", "read_logs"]
+__all__ = ["SEAL_GRACE", "Commit", "EventLog", "current_digests", "read_logs"]
 
 log = logging.getLogger("faber_runlog._log")
 
@@ -1129,7 +1129,7 @@ def _batched(events: Generator[T, None, int], size: int = _BATCH) -> Generator[l
 
 
 def current_digests(
-    storage: Storage, run_ids: Iterable[RunId], *, snapshot_every: int = 100
+    storage: Storage, run_ids: Iterable[RunId], *, snapshot_every: int = 100, registry: Registry | None = None
 ) -> dict[RunId, RunDigest | Exception]:
     """What a listing shows of many runs (status, timestamps, phase and step...), or the error that stopped one.
 
@@ -1137,7 +1137,8 @@ def current_digests(
     batches (concurrently on S3): two small reads per run. A summary is used
     as it is only when its checksum holds, it names this run and event
     ``last_event_id + 1`` does not exist; any other run is folded from its log
-    (snapshot plus the events after it), so the status is always the log's.
+    (snapshot plus the events after it) with ``registry``'s folds and upcasters
+    (the store's), so the status is always the log's.
     """
     rids = list(run_ids)
     layouts = {rid: RunLayout(rid) for rid in rids}
@@ -1162,54 +1163,8 @@ def current_digests(
             out[rid] = got
             continue
         try:
-            out[rid] = RunDigest.of(EventLog(storage, rid, snapshot_every=snapshot_every).load_state(), None)
-        except Exception as e:  # reported per run: one damaged run must not hide the others
-            out[rid] = e
-    return out
-
-
-def current_states(
-    storage: Storage, run_ids: Iterable[RunId], *, snapshot_every: int = 100
-) -> dict[RunId, RunState | Exception]:
-    """The exact current state of many runs, or the error that stopped one of them.
-
-    Snapshots and the event files at and after their tails are read in
-    batches (concurrently on S3). A snapshot is taken as it is only when it is
-    intact, the event at its ``last_event_id`` is the one it was folded from
-    and the next event does not exist; any other run is folded properly. So a
-    listing reports what the log says, at about three reads per run.
-    """
-    rids = list(run_ids)
-    layouts = {rid: RunLayout(rid) for rid in rids}
-    bodies = storage.read_many(layouts[r].state for r in rids)
-    decoded: dict[RunId, tuple[RunState, str | None]] = {}
-    probes: list[str] = []
-    for rid in rids:
-        body = bodies.get(layouts[rid].state)
-        try:
-            data, fp = decode_snapshot(body or b"")
-            state = RunState.from_dict(data)
-        except Exception:
-            continue
-        if state.run_id == str(rid) and state.last_event_id > 0:
-            decoded[rid] = (state, fp)
-            probes += [layouts[rid].event(state.last_event_id), layouts[rid].event(state.last_event_id + 1)]
-    found = storage.read_many(probes)
-    out: dict[RunId, RunState | Exception] = {}
-    for rid in rids:
-        got = decoded.get(rid)
-        if got is not None:
-            state, fp = got
-            tip = _codec.load_object(found.get(layouts[rid].event(state.last_event_id)))
-            if (
-                found.get(layouts[rid].event(state.last_event_id + 1)) is None
-                and tip is not None
-                and (fingerprint(tip.get("type"), tip.get("timestamp"), tip.get("nonce")) == fp)
-            ):
-                out[rid] = state
-                continue
-        try:
-            out[rid] = EventLog(storage, rid, snapshot_every=snapshot_every).load_state()
+            log_ = EventLog(storage, rid, snapshot_every=snapshot_every, registry=registry)
+            out[rid] = RunDigest.of(log_.load_state(), None)
         except Exception as e:  # reported per run: one damaged run must not hide the others
             out[rid] = e
     return out

@@ -549,7 +549,9 @@ class RunStore:
             if tags and any(meta.tags.get(k) != v for k, v in tags.items()):
                 continue
             runs.append((rid, meta))
-        states = current_digests(self.storage, (rid for rid, _ in runs), snapshot_every=self.snapshot_every)
+        states = current_digests(
+            self.storage, (rid for rid, _ in runs), snapshot_every=self.snapshot_every, registry=self.registry
+        )
         out: list[RunSummary] = []
         for rid, meta in runs:
             state = states[rid]

@@ -83,3 +83,19 @@ def test_a_registry_fold_gets_events_when_a_fresh_handle_rebuilds_from_segments_
     fresh = RunStore(url, registry=reg, segment_every=2).get_run(run.id).log.load_state()
     expected = [{"event": True, "env": env} for env in ("a", "b", "c", "d", "e")]
     assert expected == fresh.decisions
+
+
+def test_a_listing_folds_a_run_whose_summary_is_behind_with_the_stores_registry() -> None:
+    reg = Registry.isolated()
+    reg.register_event_type("deploy_listed", {"required": ["metadata"]})
+
+    def fold_deploy(state: RunState, event: Event) -> None:
+        state.current_step = f"deploying to {event.metadata['env']}"
+
+    reg.register_fold("deploy_listed", fold_deploy)
+    url = "memory://reg-listing"
+    run = RunStore(url, registry=reg).create_run("acme", "web")
+    run.start()  # a status change: the summary is written at event 1
+    run.log.emit("deploy_listed", metadata={"env": "prod"})  # no status change: the summary is now behind
+    assert ["deploying to prod"] == [r.current_step for r in RunStore(url, registry=reg).list_runs()]
+    assert [None] == [r.current_step for r in RunStore(url).list_runs()]
