@@ -269,7 +269,7 @@ def runs_frame(
             chunk = rids[start : start + _CHUNK]
             bodies = storage.read_many(RunLayout(r).metadata for r in chunk)
             present = [r for r in chunk if bodies.get(RunLayout(r).metadata) is not None]  # others: being created
-            states = current_digests(storage, present, snapshot_every=store.snapshot_every)
+            states = current_digests(storage, present, snapshot_every=store.snapshot_every, registry=store.registry)
             for rid in present:
                 meta = parse_metadata(store, rid, bodies[RunLayout(rid).metadata] or b"")
                 state = states[rid]
