@@ -32,10 +32,9 @@ from faber_runlog._events import Event
 from faber_runlog._format import ARCHIVE_MARKER, RunLayout, encode_snapshot, fingerprint, jsonl_line, parse_seq_name
 from faber_runlog._ids import RunId
 from faber_runlog._progress import Progress
-from faber_runlog._state import RunState
 from faber_runlog._storage import PutResult, Storage
 from faber_runlog._store import RunStore, parse_metadata
-from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES, RunStatus
+from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES, RunStatus, unchanged_since
 from faber_runlog._transitions import Moved as _Moved
 from faber_runlog.errors import (
     ArchiveMismatch,
@@ -284,14 +283,8 @@ def consolidate(store: RunStore, run_id: str | RunId) -> ConsolidationRecord:
             raise ConsolidationError(f"run {rid} has no events to consolidate", run_id=str(rid))
         data, last_at = _jsonl_from_files(storage, rid, last)
         meta = {"through": last, "size": len(data), "sha256": _sha256(data), "last_event_at": last_at}
-
-        def unchanged(now: RunState, last: int = last) -> Event | None:
-            if now.last_event_id != last:
-                raise _Moved
-            return None
-
         try:
-            seal = elog.append({"type": SEAL_TYPE, "metadata": meta}, check=unchanged)
+            seal = elog.append({"type": SEAL_TYPE, "metadata": meta}, check=unchanged_since(last))
         except (_Moved, RunArchived):  # another consolidation sealed it first: look again
             continue
         record = _record_from_seal(rid, seal)

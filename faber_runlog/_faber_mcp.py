@@ -28,6 +28,7 @@ from faber_runlog._faber import (
 )
 from faber_runlog._format import RunLayout
 from faber_runlog._gateway import Gateway
+from faber_runlog._mcp_server import one_line as _message
 from faber_runlog._store import Run
 from faber_runlog.errors import FaberRunlogError, InvalidEvent
 
@@ -41,10 +42,6 @@ FABER_TOOLS: Final = (
 )
 _RESOURCE_LIMIT: Final = 100  # what FABER's gateway lists under faber://runs
 _REFUSED: Final = (FaberRunlogError, ValueError, LookupError, OSError)
-
-
-def _message(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> None:  # noqa: C901  (registers each tool as a closure; their branches count here)

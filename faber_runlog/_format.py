@@ -192,26 +192,39 @@ def _crc(body: bytes) -> str:
 _SEGMENT_CHECKSUMS: Final[Mapping[object, Callable[[bytes], str]]] = {1: _checksum, SEGMENT_FORMAT: _crc}
 
 
+def _encode_checksummed(kind: str, version: int, field: str, inner: Mapping[str, Any], **head: Any) -> bytes:
+    """``{kind: version, **head, "checksum": ..., field: inner}``, the checksum over ``inner``'s bytes.
+
+    Built by hand so the checksum covers exactly the bytes of ``inner`` as stored.
+    """
+    body = _codec.dumps(inner)
+    top = _codec.dumps({kind: version, **head, "checksum": _checksum(body)})
+    return top[:-1] + b',"' + field.encode() + b'":' + body + b"}"
+
+
+def _decode_checksummed(body: bytes, kind: str, version: int, field: str) -> tuple[dict[str, Any], Any]:
+    """``(head, inner)`` of a body built by :func:`_encode_checksummed`; raises CorruptData unless it is intact."""
+    marker = b',"' + field.encode() + b'":'
+    at = body.find(marker)
+    if not body.startswith(b'{"' + kind.encode() + b'":') or at < 0 or not body.endswith(b"}"):
+        raise CorruptData(f"not a {kind} of this format")
+    head = _codec.loads(body[:at] + b"}")
+    inner = body[at + len(marker) : -1]
+    if not isinstance(head, dict) or head.get(kind) != version:
+        raise CorruptData(f"unknown {kind} format")
+    if head.get("checksum") != _checksum(inner):
+        raise CorruptData("its checksum does not match its content (edited or damaged)")
+    return head, _codec.loads(inner)
+
+
 def encode_snapshot(state: Mapping[str, Any], last_event: str | None) -> bytes:
     """A snapshot body for ``state`` (a ``RunState.to_dict()``) whose last event has fingerprint ``last_event``."""
-    body = _codec.dumps(state)
-    head = _codec.dumps({"snapshot": SNAPSHOT_FORMAT, "last_event": last_event, "checksum": _checksum(body)})
-    # Built by hand so the checksum covers exactly the bytes of the state as stored.
-    return head[:-1] + b',"state":' + body + b"}"
+    return _encode_checksummed("snapshot", SNAPSHOT_FORMAT, "state", state, last_event=last_event)
 
 
 def decode_snapshot(body: bytes) -> tuple[dict[str, Any], str | None]:
     """``(state dict, last event fingerprint)``; raises ValueError for anything that is not an intact snapshot."""
-    marker = body.find(b',"state":')
-    if not body.startswith(b'{"snapshot":') or marker < 0 or not body.endswith(b"}"):
-        raise CorruptData("not a snapshot of this format")
-    head = _codec.loads(body[:marker] + b"}")
-    state_body = body[marker + 9 : -1]
-    if not isinstance(head, dict) or head.get("snapshot") != SNAPSHOT_FORMAT:
-        raise CorruptData("unknown snapshot format")
-    if head.get("checksum") != _checksum(state_body):
-        raise CorruptData("its checksum does not match its content (edited or damaged)")
-    state = _codec.loads(state_body)
+    head, state = _decode_checksummed(body, "snapshot", SNAPSHOT_FORMAT, "state")
     if not isinstance(state, dict):
         raise CorruptData("its state is not a JSON object")
     last = head.get("last_event")
@@ -271,23 +284,12 @@ def decode_segment(body: bytes, run_id: str, first: int, last: int) -> bytes:
 
 def encode_summary(run: Mapping[str, Any]) -> bytes:
     """A summary body for ``run`` (the listing fields, including ``last_event_id`` and ``last_event``)."""
-    body = _codec.dumps(run)
-    head = _codec.dumps({"summary": SUMMARY_FORMAT, "checksum": _checksum(body)})
-    return head[:-1] + b',"run":' + body + b"}"
+    return _encode_checksummed("summary", SUMMARY_FORMAT, "run", run)
 
 
 def decode_summary(body: bytes) -> dict[str, Any]:
     """The summary's ``run`` fields; raises CorruptData for anything that is not an intact summary."""
-    marker = body.find(b',"run":')
-    if not body.startswith(b'{"summary":') or marker < 0 or not body.endswith(b"}"):
-        raise CorruptData("not a summary of this format")
-    head = _codec.loads(body[:marker] + b"}")
-    run_body = body[marker + 7 : -1]
-    if not isinstance(head, dict) or head.get("summary") != SUMMARY_FORMAT:
-        raise CorruptData("unknown summary format")
-    if head.get("checksum") != _checksum(run_body):
-        raise CorruptData("its checksum does not match its content (edited or damaged)")
-    run = _codec.loads(run_body)
+    _, run = _decode_checksummed(body, "summary", SUMMARY_FORMAT, "run")
     if not isinstance(run, dict) or not isinstance(run.get("last_event_id"), int):
         raise CorruptData("its body is not a run summary")
     return run

@@ -14,8 +14,9 @@ server keeps running. The SDK is imported only when a server is built.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Final
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar, cast
 
 from faber_runlog._gateway import Gateway
 from faber_runlog._hints import check_status_filter
@@ -23,6 +24,8 @@ from faber_runlog._version import __version__
 from faber_runlog.errors import FaberRunlogError, InvalidArgument, MissingExtra
 
 __all__ = ["build_server", "serve"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _MAX_EVENTS: Final = 1000
 _INSTRUCTIONS: Final = (
@@ -43,6 +46,30 @@ def _sdk() -> tuple[Any, type[Exception], type[Exception]]:
     return MCPServer, ToolError, ResourceError
 
 
+def one_line(e: BaseException) -> str:
+    """``e``'s message on one line (clients show it as it is), or its type's name when it has none."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _refusing(error: type[Exception]) -> Callable[[F], F]:
+    """A tool or resource function whose :class:`FaberRunlogError` reaches the client as ``error`` (the server runs on).
+
+    ``functools.wraps`` keeps the signature the SDK reads to build the tool's input schema.
+    """
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def refusing(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except FaberRunlogError as e:
+                raise error(one_line(e)) from e
+
+        return cast(F, refusing)
+
+    return decorate
+
+
 def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool as a closure; their branches count here)
     """An ``MCPServer`` exposing ``gateway``'s store; call ``.run("stdio")`` on it (or use :func:`serve`)."""
     from faber_runlog import _codec
@@ -54,8 +81,7 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
         name="faber-runlog", version=__version__, instructions=_INSTRUCTIONS, log_level="WARNING"
     )
 
-    def refused(e: Exception, error: type[Exception]) -> Exception:
-        return error(" ".join(str(e).split()) or type(e).__name__)
+    as_tool_error, as_resource_error = _refusing(tool_error), _refusing(resource_error)
 
     def state_of(run_id: str, at: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = gateway.store.get_run(run_id).state(at=at).to_dict()
@@ -74,6 +100,7 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
         shown = found[-limit:] if limit > 0 else []
         return {"runs": [converter.unstructure(r) for r in shown], "total": len(found)}
 
+    @as_tool_error
     def emit_event(
         run_id: str,
         type: str,
@@ -86,80 +113,61 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        try:
-            event = gateway.emit(
-                run_id,
-                type,
-                phase=phase,
-                step=step,
-                status=status,
-                message=message,
-                error=error,
-                duration_ms=duration_ms,
-                metadata=metadata,
-                idempotency_key=idempotency_key,
-            )
-        except FaberRunlogError as e:
-            raise refused(e, tool_error) from e
+        event = gateway.emit(
+            run_id,
+            type,
+            phase=phase,
+            step=step,
+            status=status,
+            message=message,
+            error=error,
+            duration_ms=duration_ms,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+        )
         if event is None:
             return {"written": False, "reason": "logging is disabled in gateway.json"}
         return {"written": True, "event_id": event.event_id, "event": event.to_dict()}
 
+    @as_tool_error
     def create_run(
         org: str, project: str, params: dict[str, Any] | None = None, tags: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        try:
-            run = gateway.new_run(org, project, params, tags)
-        except FaberRunlogError as e:
-            raise refused(e, tool_error) from e
+        run = gateway.new_run(org, project, params, tags)
         if run is None:
             return {"written": False, "reason": "logging is disabled in gateway.json"}
         return {"written": True, "run_id": run.id}
 
+    @as_tool_error
     def get_state(run_id: str, at: int | None = None) -> dict[str, Any]:
-        try:
-            return state_of(run_id, at)
-        except FaberRunlogError as e:
-            raise refused(e, tool_error) from e
+        return state_of(run_id, at)
 
+    @as_tool_error
     def list_events(run_id: str, since: int = 0, limit: int = 100, types: list[str] | None = None) -> dict[str, Any]:
-        try:
-            return events_of(run_id, since, limit, types)
-        except FaberRunlogError as e:
-            raise refused(e, tool_error) from e
+        return events_of(run_id, since, limit, types)
 
+    @as_tool_error
     def list_runs(
         org: str | None = None, project: str | None = None, status: str | None = None, limit: int = 100
     ) -> dict[str, Any]:
-        try:
-            return runs(org, project, status, limit)
-        except FaberRunlogError as e:
-            raise refused(e, tool_error) from e
+        return runs(org, project, status, limit)
 
+    @as_tool_error
     def resume_plan(run_id: str, allow_cancelled: bool = False) -> dict[str, Any]:
-        try:
-            plan: dict[str, Any] = Resumer(gateway.store).plan(run_id, allow_cancelled=allow_cancelled).to_dict()
-        except FaberRunlogError as e:
-            raise refused(e, tool_error) from e
+        plan: dict[str, Any] = Resumer(gateway.store).plan(run_id, allow_cancelled=allow_cancelled).to_dict()
         return plan
 
+    @as_resource_error
     def state_resource(run_id: str) -> str:
-        try:
-            return _codec.dumps(state_of(run_id)).decode()
-        except FaberRunlogError as e:
-            raise refused(e, resource_error) from e
+        return _codec.dumps(state_of(run_id)).decode()
 
+    @as_resource_error
     def events_resource(run_id: str) -> str:
-        try:
-            return _codec.dumps(events_of(run_id, 0, _MAX_EVENTS, None)).decode()
-        except FaberRunlogError as e:
-            raise refused(e, resource_error) from e
+        return _codec.dumps(events_of(run_id, 0, _MAX_EVENTS, None)).decode()
 
+    @as_resource_error
     def runs_resource() -> str:
-        try:
-            return _codec.dumps(runs(None, None, None, 10_000)).decode()
-        except FaberRunlogError as e:
-            raise refused(e, resource_error) from e
+        return _codec.dumps(runs(None, None, None, 10_000)).decode()
 
     tools = {
         emit_event: "Append one event to a run (validated against its JSON Schema); returns the event.",
@@ -171,7 +179,7 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
     }
     for fn, description in tools.items():
         server.add_tool(fn, description=description)
-    _add_lifecycle_tools(server, gateway, refused, tool_error)
+    _add_lifecycle_tools(server, gateway, tool_error)
     resources = {
         "faber://run/{+run_id}/state": ("run-state", "The folded state of a run.", state_resource),
         "faber://run/{+run_id}/events": (
@@ -235,8 +243,9 @@ def _plain_errors(server_cls: Any, tool_error: type[Exception]) -> Any:
 # -- lifecycle tools: every checked transition and approval decision ------------------------------
 
 
-def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error: type[Exception]) -> None:  # noqa: C901  (registers each tool as a closure; their branches count here)
+def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Exception]) -> None:
     """Tools that change a run's status through the same checked ``Run`` methods as Python code."""
+    as_tool_error = _refusing(tool_error)
     from faber_runlog import _actions
     from faber_runlog._events import Event
 
@@ -252,28 +261,25 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error
             "event": event.to_dict(),
         }
 
+    @as_tool_error
     def change_run_status(
         run_id: str, action: str, reason: str | None = None, summary: str | None = None, error: str | None = None
     ) -> dict[str, Any]:
-        try:
-            event = _actions.perform(
-                gateway, run_id, action, among=_actions.RUN_ACTIONS, reason=reason, summary=summary, error=error
-            )
-            return written(run_id, action, event)
-        except FaberRunlogError as e:
-            raise refused(e, tool_error) from e
+        event = _actions.perform(
+            gateway, run_id, action, among=_actions.RUN_ACTIONS, reason=reason, summary=summary, error=error
+        )
+        return written(run_id, action, event)
 
+    @as_tool_error
     def change_step(
         run_id: str, action: str, phase: str, step: str | None = None, reason: str | None = None
     ) -> dict[str, Any]:
-        try:
-            event = _actions.perform(
-                gateway, run_id, action, among=_actions.STEP_ACTIONS, phase=phase, step=step, reason=reason
-            )
-            return written(run_id, action, event)
-        except FaberRunlogError as e:
-            raise refused(e, tool_error) from e
+        event = _actions.perform(
+            gateway, run_id, action, among=_actions.STEP_ACTIONS, phase=phase, step=step, reason=reason
+        )
+        return written(run_id, action, event)
 
+    @as_tool_error
     def request_approval(
         run_id: str,
         gate: str,
@@ -281,17 +287,13 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error
         payload: dict[str, Any] | None = None,
         approval_id: str | None = None,
     ) -> dict[str, Any]:
-        try:
-            event = _actions.request_approval(
-                gateway, run_id, gate, phase=phase, payload=payload, approval_id=approval_id
-            )
-            body = written(run_id, "request_approval", event)
-        except FaberRunlogError as e:
-            raise refused(e, tool_error) from e
+        event = _actions.request_approval(gateway, run_id, gate, phase=phase, payload=payload, approval_id=approval_id)
+        body = written(run_id, "request_approval", event)
         if event is not None:
             body["approval_id"] = event.metadata["approval_id"]
         return body
 
+    @as_tool_error
     def decide_approval(
         run_id: str,
         approval_id: str,
@@ -300,43 +302,36 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, refused: Any, tool_error
         comment: str | None = None,
         user: str | None = None,
     ) -> dict[str, Any]:
-        try:
-            event = _actions.decide(
-                gateway, run_id, approval_id, action, client_token=client_token, comment=comment, user=user
-            )
-            return written(run_id, action, event)
-        except FaberRunlogError as e:
-            raise refused(e, tool_error) from e
+        event = _actions.decide(
+            gateway, run_id, approval_id, action, client_token=client_token, comment=comment, user=user
+        )
+        return written(run_id, action, event)
 
+    @as_tool_error
     def sweep_stale_runs(
         older_than: float = 0.0, run_ids: list[str] | None = None, include_unleased: bool = False
     ) -> dict[str, Any]:
-        try:
-            if not gateway.enabled:
-                return {"written": False, "reason": "logging is disabled in gateway.json", "swept": []}
-            swept = gateway.store.sweep_stale(older_than, run_ids=run_ids, include_unleased=include_unleased)
-        except FaberRunlogError as e:
-            raise refused(e, tool_error) from e
+        if not gateway.enabled:
+            return {"written": False, "reason": "logging is disabled in gateway.json", "swept": []}
+        swept = gateway.store.sweep_stale(older_than, run_ids=run_ids, include_unleased=include_unleased)
         return {"written": bool(swept), "swept": [x.to_dict() for x in swept]}
 
+    @as_tool_error
     def get_report(run_id: str, write: bool = False) -> dict[str, Any]:
         from faber_runlog._report import compose_report
         from faber_runlog._state import TERMINAL_STATUSES
 
-        try:
-            run = gateway.store.get_run(run_id)
-            if write:
-                status = run.state().status
-                if status not in TERMINAL_STATUSES:
-                    raise InvalidArgument(
-                        f"run {run.id} is {status}: its final report is written when it ends; "
-                        "call without write to see the report so far"
-                    )
-                report: dict[str, Any] = run.write_report()
-            else:
-                report = run.read_report() or compose_report(gateway.store.storage, run.log)
-        except FaberRunlogError as e:
-            raise refused(e, tool_error) from e
+        run = gateway.store.get_run(run_id)
+        if write:
+            status = run.state().status
+            if status not in TERMINAL_STATUSES:
+                raise InvalidArgument(
+                    f"run {run.id} is {status}: its final report is written when it ends; "
+                    "call without write to see the report so far"
+                )
+            report: dict[str, Any] = run.write_report()
+        else:
+            report = run.read_report() or compose_report(gateway.store.storage, run.log)
         return report
 
     tools = {

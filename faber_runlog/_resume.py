@@ -24,6 +24,7 @@ from faber_runlog._state import TERMINAL_STATUSES, RunState, RunStatus
 from faber_runlog._storage import Storage
 from faber_runlog._store import Run, RunStore
 from faber_runlog._transitions import Moved as _Moved
+from faber_runlog._transitions import unchanged_since
 from faber_runlog._verify import ReconstructReport, VerifyReport, reconstruct_state, verify_run
 from faber_runlog.errors import InvalidRerun, RunNotRerunnable, RunNotResumable
 
@@ -304,11 +305,6 @@ class Resumer:
                 # Resumed a moment ago and nothing ran since: that resume is this one.
                 key = last.idempotency_key
 
-            def unchanged(now: RunState, seen: int = seen) -> Event | None:
-                if now.last_event_id != seen:
-                    raise _Moved
-                return None
-
             # Take the run's lease before resuming it (a compare-and-swap): a sweeper that
             # judged the old lease dead cannot fail the run again once it is ours.
             lease = try_acquire_lease(self.store.storage, run.run_id, ttl=self.store.lease_ttl, owner=owner)
@@ -327,7 +323,7 @@ class Resumer:
                 },
             }
             try:
-                event = run.log.append({k: v for k, v in fields.items() if v is not None}, check=unchanged)
+                event = run.log.append({k: v for k, v in fields.items() if v is not None}, check=unchanged_since(seen))
             except _Moved:
                 continue
             return run, plan, event

@@ -312,22 +312,12 @@ class RunDigest:
         if error is not None and len(error) > _DIGEST_ERROR_CHARS:
             error = error[: _DIGEST_ERROR_CHARS - 1] + "\u2026"  # a listing shows a line; the state has it all
         return cls(
-            run_id=state.run_id,
-            status=state.status,
-            last_event_id=state.last_event_id,
+            **{name: getattr(state, name) for name in _DIGEST_COPIED},
             last_event=last_event,
-            status_reason=state.status_reason,
-            started_at=state.started_at,
-            ended_at=state.ended_at,
-            updated_at=state.updated_at,
-            current_phase=state.current_phase,
-            current_step=state.current_step,
             failed_phase=failed.phase if failed is not None else None,
             failed_step=failed.name if failed is not None else None,
             error=error,
-            resume_count=state.resume_count,
-            sealed_at=state.sealed_at,
-            totals=dict(state.totals),
+            totals=dict(state.totals),  # a copy: the state goes on changing, the digest is frozen
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -341,6 +331,10 @@ class RunDigest:
 
 
 _DIGEST_ERROR_CHARS: Final = 500
+_DIGEST_COPIED: Final = tuple(
+    a.name for a in attrs.fields(RunDigest) if a.name in attrs.fields_dict(RunState) and a.name != "totals"
+)
+"""The digest's fields that mean the same as the state's field of that name, so are copied as they are."""
 
 Handler = Callable[[RunState, Event], None]
 Ev = Mapping[str, Any]

@@ -35,6 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, Final, TypeVar
 
 import attrs
@@ -275,6 +276,8 @@ class Storage:
     )
     contention_backoff: ClassVar[float] = 0.005
     """Seconds a writer that lost a sequence-number race waits at first (then doubles); ~ one round trip."""
+    _cat_kwargs: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+    """Extra arguments of every ``fs.cat_file`` (a backend's read tuning)."""
 
     def __new__(cls, fs: fsspec.AbstractFileSystem, root: str, **kwargs: Any) -> Storage:
         if cls is Storage:
@@ -358,7 +361,7 @@ class Storage:
         """The bytes at ``key``, or None when it does not exist."""
         path = self.path(key)
         try:
-            body: bytes = self._call(f"reading {path}", lambda: self.fs.cat_file(path))
+            body: bytes = self._call(f"reading {path}", lambda: self.fs.cat_file(path, **self._cat_kwargs))
             return body
         except FileNotFoundError:
             return None
@@ -438,7 +441,7 @@ class Storage:
 
     def _landed(self, path: str, data: bytes) -> bool:
         try:
-            return bool(self.fs.cat_file(path) == data)
+            return bool(self.fs.cat_file(path, **self._cat_kwargs) == data)
         except Exception:
             return False
 
@@ -493,24 +496,37 @@ class Storage:
         """Replace ``key`` with ``data`` only if its version is still ``version``; the new token, or None.
 
         None means someone else changed or removed the key since ``version``
-        was read: nothing was written. This base version checks then writes,
-        which is not atomic; backends with ``compare_and_swap`` override it.
+        was read: nothing was written. The check and the write run under
+        :meth:`_check_guard`, which is atomic only where the backend makes it so.
         """
-        self._warn_weak("compare-and-swap")
-        current = self.read_versioned(key)
-        if current is None or current.version != version:
-            return None
-        self.replace(key, data)
+        with self._check_guard(key, "compare-and-swap") as possible:
+            if not possible or not self._at_version(key, version):
+                return None
+            self.replace(key, data)
         return digest(data)
 
     def delete_if(self, key: str, version: str) -> bool:
         """Delete ``key`` only if its version is still ``version``; True if this call deleted it."""
-        self._warn_weak("conditional delete")
-        current = self.read_versioned(key)
-        if current is None or current.version != version:
-            return False
-        self.delete(key)
+        with self._check_guard(key, "conditional delete") as possible:
+            if not possible or not self._at_version(key, version):
+                return False
+            self.delete(key)
         return True
+
+    def _at_version(self, key: str, version: str) -> bool:
+        current = self.read_versioned(key)
+        return current is not None and current.version == version
+
+    @contextlib.contextmanager
+    def _check_guard(self, key: str, what: str) -> Iterator[bool]:
+        """Held around a check-then-write on ``key``; yields False when the key cannot exist.
+
+        This base guard holds nothing (the check and the write may interleave
+        with another writer's), so it warns once; backends that declare
+        ``compare_and_swap`` make it exclusive.
+        """
+        self._warn_weak(what)
+        yield True
 
     def _warn_weak(self, what: str) -> None:
         with _weak_lock:
@@ -620,23 +636,11 @@ class MemoryStorage(Storage):
         with _MEMORY_LOCK:
             self.fs.pipe_file(path, data)
 
-    def swap(self, key: str, data: bytes, version: str) -> str | None:
-        """Compare-and-swap under the memory lock."""
+    @contextlib.contextmanager
+    def _check_guard(self, key: str, what: str) -> Iterator[bool]:
+        """The memory lock: a compare-and-swap never interleaves with another write."""
         with _MEMORY_LOCK:
-            current = self.read_versioned(key)
-            if current is None or current.version != version:
-                return None
-            self.fs.pipe_file(self.path(key), data)
-            return digest(data)
-
-    def delete_if(self, key: str, version: str) -> bool:
-        """Conditional delete under the memory lock."""
-        with _MEMORY_LOCK:
-            current = self.read_versioned(key)
-            if current is None or current.version != version:
-                return False
-            self.delete(key)
-            return True
+            yield True
 
     def _run_probe(self) -> None:
         pass  # the lock makes every conditional write atomic
@@ -737,12 +741,7 @@ class LocalStorage(Storage):
                     data = self._read_file(f"{base}/{name}")
                 else:
                     try:
-                        data = os.read(fd, _READ_CHUNK)
-                        if len(data) == _READ_CHUNK:
-                            parts = [data]
-                            while chunk := os.read(fd, _READ_CHUNK):
-                                parts.append(chunk)
-                            data = b"".join(parts)
+                        data = _read_fd(fd)
                     except OSError as e:
                         raise StorageError(f"reading {base}/{name} failed: {e}") from e
                     finally:
@@ -882,29 +881,26 @@ class LocalStorage(Storage):
         finally:
             os.close(fd)  # closing releases the lock
 
-    def swap(self, key: str, data: bytes, version: str) -> str | None:
-        """Compare-and-swap under an exclusive lock on the key's folder."""
-        path = self._checked(key)
-        if not os.path.isdir(os.path.dirname(path)):
-            return None
-        with self._folder_lock(os.path.dirname(path)):
-            current = self._read_file(path)
-            if current is None or digest(current) != version:
-                return None
-            self._replace_path(path, data)
-        return digest(data)
+    @contextlib.contextmanager
+    def _check_guard(self, key: str, what: str) -> Iterator[bool]:
+        """An exclusive ``flock`` on the key's folder (False, nothing held, when the folder is missing)."""
+        folder = os.path.dirname(self._checked(key))
+        if not os.path.isdir(folder):
+            yield False
+            return
+        with self._folder_lock(folder):
+            yield True
 
-    def delete_if(self, key: str, version: str) -> bool:
-        """Conditional delete under an exclusive lock on the key's folder."""
-        path = self._checked(key)
-        if not os.path.isdir(os.path.dirname(path)):
-            return False
-        with self._folder_lock(os.path.dirname(path)):
-            current = self._read_file(path)
-            if current is None or digest(current) != version:
-                return False
-            _unlink_quietly(path)
-        return True
+
+def _read_fd(fd: int) -> bytes:
+    """Every byte of an open file, in one read when it is small (as events are)."""
+    data = os.read(fd, _READ_CHUNK)
+    if len(data) == _READ_CHUNK:
+        parts = [data]
+        while chunk := os.read(fd, _READ_CHUNK):
+            parts.append(chunk)
+        data = b"".join(parts)
+    return data
 
 
 class _SymlinkRefused(Exception):
@@ -940,13 +936,7 @@ def _read_local(path: str, *, follow: bool = False) -> bytes | None:
             raise _SymlinkRefused(path) from e
         raise StorageError(f"reading {path} failed: {e}; check the file's permissions") from e
     try:
-        data = os.read(fd, _READ_CHUNK)
-        if len(data) == _READ_CHUNK:
-            parts = [data]
-            while chunk := os.read(fd, _READ_CHUNK):
-                parts.append(chunk)
-            data = b"".join(parts)
-        return data
+        return _read_fd(fd)
     except OSError as e:
         raise StorageError(f"reading {path} failed: {e}") from e
     finally:
@@ -976,13 +966,13 @@ class S3Storage(Storage):
         concurrent_puts=True,
     )
     contention_backoff = 0.005
+    # s3fs otherwise sends a HEAD before every GET to decide on ranged reads;
+    # our objects are small, so one GET each is all a read needs.
+    _cat_kwargs = MappingProxyType({"max_concurrency": 1})
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, **kwargs: Any) -> None:
         super().__init__(fs, root, **kwargs)
         self.bucket, _, self.prefix = self.root.lstrip("/").partition("/")
-        # s3fs otherwise sends a HEAD before every GET to decide on ranged reads;
-        # our objects are small, so one GET each is all a read needs.
-        self._cat_kwargs: dict[str, Any] = {"max_concurrency": 1}
 
     def _split(self, path: str) -> tuple[str, str]:
         bucket, _, key = path.lstrip("/").partition("/")
@@ -1021,15 +1011,6 @@ class S3Storage(Storage):
         return self.fs.call_s3(method, **kwargs)
 
     # -- reads ---------------------------------------------------------------
-
-    def read(self, key: str) -> bytes | None:
-        """One GET; None when the key is absent (a missing bucket is an error)."""
-        path = self.path(key)
-        try:
-            body: bytes = self._call(f"reading {path}", lambda: self.fs.cat_file(path, **self._cat_kwargs))
-            return body
-        except FileNotFoundError:
-            return None
 
     def read_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
         """Read several keys concurrently (one GET each, in one batch)."""
@@ -1075,15 +1056,6 @@ class S3Storage(Storage):
             names.update(c["Key"][len(prefix) :] for c in reply.get("Contents", ()))
         return sorted(n for n in names if n)
 
-    def exists(self, key: str) -> bool:
-        """One HEAD (bypassing the listings cache)."""
-        path = self.path(key)
-        try:
-            self._call(f"checking {path}", lambda: self.fs.info(path, refresh=True))
-        except FileNotFoundError:
-            return False
-        return True
-
     def list_after(self, folder: str, start_after: str, limit: int | None = None) -> list[str]:
         """Names in ``folder`` sorting after ``start_after``: LIST with StartAfter (and MaxKeys for a ``limit``)."""
         _, prefix = self._split(self.path(folder))
@@ -1102,65 +1074,52 @@ class S3Storage(Storage):
 
     # -- writes ----------------------------------------------------------------
 
-    def create(self, key: str, data: bytes) -> bool:
-        """A PUT with ``If-None-Match: *`` (probed at the first write)."""
-        _refuse_empty(data)
-        self._probe()
-        path = self.path(key)
-        try:
-            self._call(f"creating {path}", lambda: self.fs.pipe_file(path, data, mode="create"))
-            return True
-        except FileExistsError:
-            # A PUT that landed but whose reply was lost comes back as 412 on
-            # retry; our bytes carry a unique nonce, so equal bytes mean we won.
-            return self.read(key) == data
-        except StorageError:
-            # The last attempt may have landed before its reply was lost: one
-            # plain read tells, so a caller is not told "failed" about a success.
-            if self._landed(path, data):
-                return True
-            raise
+    def _conditional(self, method: str, key: str, verb: str, *, gone_fails: bool, **kwargs: Any) -> Any:
+        """One S3 ``method`` on ``key`` with a condition in ``kwargs``: its reply, or ``_PRECONDITION``.
 
-    def _landed(self, path: str, data: bytes) -> bool:
-        try:
-            return bool(self.fs.cat_file(path, **self._cat_kwargs) == data)
-        except Exception:
-            return False
-
-    def _create(self, key: str, data: bytes) -> str | None:
+        ``_PRECONDITION`` when the condition failed (412) or, with
+        ``gone_fails``, when the key is gone; a missing bucket always raises.
+        """
         path = self.path(key)
         bucket, name = self._split(path)
 
-        def put() -> Any:
+        def call() -> Any:
             try:
-                return self._s3("put_object", Bucket=bucket, Key=name, Body=data, IfNoneMatch="*")
+                return self._s3(method, Bucket=bucket, Key=name, **kwargs)
             except FileExistsError:
+                return _PRECONDITION  # s3fs's translation of a failed If-None-Match
+            except FileNotFoundError as e:
+                if not gone_fails or _error_code(e) == "NoSuchBucket":
+                    raise
                 return _PRECONDITION
             except OSError as e:
                 if _error_code(e) == "PreconditionFailed":
                     return _PRECONDITION
                 raise
 
+        return self._call(f"{verb} {path}" + (" (If-Match)" if "IfMatch" in kwargs else ""), call)
+
+    def _conditional_put(self, key: str, data: bytes, verb: str, *, gone_fails: bool, **condition: str) -> str | None:
+        """A PUT of ``data`` under ``condition``; the new ETag, or None when the condition failed.
+
+        Our bytes carry a unique nonce, so finding them at ``key`` means one of
+        our attempts landed with its reply lost: a 412 on retry, or a last
+        attempt that failed after landing, then counts as success.
+        """
         try:
-            reply = self._call(f"creating {path}", put)
+            reply = self._conditional("put_object", key, verb, gone_fails=gone_fails, Body=data, **condition)
         except StorageError:
-            # The last attempt may have landed before its reply was lost: one
-            # plain read tells, so a caller is not told "failed" about a success.
             got = self._read_versioned_quietly(key)
             if got is not None and got.data == data:
                 return got.version
             raise
         if reply is _PRECONDITION:
-            # A PUT that landed but whose reply was lost comes back as 412 on
-            # retry; our bytes carry a unique nonce, so equal bytes mean we won.
             got = self.read_versioned(key)
             return got.version if got is not None and got.data == data else None
         return str(reply.get("ETag"))
 
-    def replace(self, key: str, data: bytes) -> None:
-        """A plain PUT."""
-        path = self.path(key)
-        self._call(f"writing {path}", lambda: self.fs.pipe_file(path, data))
+    def _create(self, key: str, data: bytes) -> str | None:
+        return self._conditional_put(key, data, "creating", gone_fails=False, IfNoneMatch="*")
 
     def put_many(self, items: Mapping[str, bytes], *, create: bool) -> dict[str, PutResult]:
         """Many PUTs at once (``If-None-Match: *`` with ``create``); failed ones are retried one by one."""
@@ -1237,34 +1196,8 @@ class S3Storage(Storage):
         return self._swap(key, data, version)
 
     def _swap(self, key: str, data: bytes, version: str) -> str | None:
-        path = self.path(key)
-        bucket, name = self._split(path)
-
-        def put() -> Any:
-            try:
-                return self._s3("put_object", Bucket=bucket, Key=name, Body=data, IfMatch=version)
-            except FileNotFoundError as e:
-                if _error_code(e) == "NoSuchBucket":
-                    raise
-                return _PRECONDITION  # the key is gone: a swap on it fails
-            except OSError as e:
-                if _error_code(e) == "PreconditionFailed":
-                    return _PRECONDITION
-                raise
-
-        try:
-            reply = self._call(f"replacing {path} (If-Match)", put)
-        except StorageError:
-            got = self._read_versioned_quietly(key)
-            if got is not None and got.data == data:
-                return got.version
-            raise
-        if reply is _PRECONDITION:
-            # Our own earlier attempt may have landed with its reply lost: then
-            # the key holds our bytes (unique by their nonce) and we won.
-            got = self.read_versioned(key)
-            return got.version if got is not None and got.data == data else None
-        return str(reply.get("ETag"))
+        # The key being gone fails a swap, like a moved version.
+        return self._conditional_put(key, data, "replacing", gone_fails=True, IfMatch=version)
 
     def delete_if(self, key: str, version: str) -> bool:
         """DELETE with ``If-Match``; False when the version moved on or the key is gone."""
@@ -1272,22 +1205,8 @@ class S3Storage(Storage):
         return self._delete_if(key, version)
 
     def _delete_if(self, key: str, version: str) -> bool:
-        path = self.path(key)
-        bucket, name = self._split(path)
-
-        def delete() -> Any:
-            try:
-                return self._s3("delete_object", Bucket=bucket, Key=name, IfMatch=version)
-            except FileNotFoundError as e:
-                if _error_code(e) == "NoSuchBucket":
-                    raise
-                return _PRECONDITION
-            except OSError as e:
-                if _error_code(e) == "PreconditionFailed":
-                    return _PRECONDITION
-                raise
-
-        return self._call(f"deleting {path} (If-Match)", delete) is not _PRECONDITION
+        reply = self._conditional("delete_object", key, "deleting", gone_fails=True, IfMatch=version)
+        return reply is not _PRECONDITION
 
     # -- probe -----------------------------------------------------------------------
 

@@ -19,9 +19,10 @@ returned list, so the same call works for every backend.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from faber_runlog._storage import Storage
 from faber_runlog.errors import FaberRunlogError
@@ -65,24 +66,30 @@ def _cleanup(storage: Storage, key: str) -> None:
         pass
 
 
-def check_conditional_create(storage: Storage) -> None:
-    """A create of an absent key succeeds once; a second create fails and leaves the first body."""
-    key = _key("create")
-    first, second = _body("first"), _body("second")
+@contextlib.contextmanager
+def _scratch(storage: Storage, name: str) -> Iterator[str]:
+    """A fresh key for one check, removed afterwards whatever the check found."""
+    key = _key(name)
     try:
-        _expect(storage.create(key, first), storage, f"create of absent key {key} reported that it existed")
-        _expect(not storage.create(key, second), storage, f"a second create of {key} succeeded (If-None-Match ignored)")
-        _expect(first == storage.read(key), storage, f"a refused create of {key} changed its body")
-        version = storage.create_versioned(_key("create-v"), _body("v"))
-        _expect(version is not None, storage, "create_versioned of an absent key returned no version")
+        yield key
     finally:
         _cleanup(storage, key)
 
 
+def check_conditional_create(storage: Storage) -> None:
+    """A create of an absent key succeeds once; a second create fails and leaves the first body."""
+    first, second = _body("first"), _body("second")
+    with _scratch(storage, "create") as key, _scratch(storage, "create-v") as versioned_key:
+        _expect(storage.create(key, first), storage, f"create of absent key {key} reported that it existed")
+        _expect(not storage.create(key, second), storage, f"a second create of {key} succeeded (If-None-Match ignored)")
+        _expect(first == storage.read(key), storage, f"a refused create of {key} changed its body")
+        version = storage.create_versioned(versioned_key, _body("v"))
+        _expect(version is not None, storage, "create_versioned of an absent key returned no version")
+
+
 def check_compare_and_swap(storage: Storage) -> None:
     """A swap on the current version succeeds; a swap on a stale version or on a missing key fails."""
-    key = _key("cas")
-    try:
+    with _scratch(storage, "cas") as key, _scratch(storage, "cas-missing") as missing:
         v1 = storage.create_versioned(key, _body("v1"))
         _expect(v1 is not None, storage, f"create_versioned of {key} failed")
         assert v1 is not None
@@ -94,17 +101,12 @@ def check_compare_and_swap(storage: Storage) -> None:
         stale = storage.swap(key, _body("v3"), v1)
         _expect(stale is None, storage, f"a swap of {key} on a stale version succeeded (If-Match ignored)")
         _expect(b2 == storage.read(key), storage, f"a refused swap of {key} changed its body")
-        _expect(
-            storage.swap(_key("cas-missing"), _body("x"), v1) is None, storage, "a swap of a missing key created it"
-        )
-    finally:
-        _cleanup(storage, key)
+        _expect(storage.swap(missing, _body("x"), v1) is None, storage, "a swap of a missing key created it")
 
 
 def check_conditional_delete(storage: Storage) -> None:
     """A delete on a stale version fails and keeps the key; on the current version it removes it."""
-    key = _key("delete")
-    try:
+    with _scratch(storage, "delete") as key:
         v1 = storage.create_versioned(key, _body("v1"))
         assert v1 is not None
         v2 = storage.swap(key, _body("v2"), v1)
@@ -113,30 +115,25 @@ def check_conditional_delete(storage: Storage) -> None:
         _expect(storage.exists(key), storage, f"a refused delete of {key} removed it")
         _expect(storage.delete_if(key, v2), storage, f"a delete of {key} on its current version failed")
         _expect(not storage.exists(key), storage, f"{key} is still there after its delete")
-    finally:
-        _cleanup(storage, key)
 
 
 def check_racing_creates(storage: Storage, writers: int = 8) -> None:
     """``writers`` threads create one key at once: exactly one succeeds."""
-    key = _key("race")
     wins: list[bool] = []
     gate = threading.Barrier(writers)
+    with _scratch(storage, "race") as key:
 
-    def one() -> None:
-        body = _body("race")
-        gate.wait()
-        wins.append(storage.create(key, body))
+        def one() -> None:
+            body = _body("race")
+            gate.wait()
+            wins.append(storage.create(key, body))
 
-    threads = [threading.Thread(target=one) for _ in range(writers)]
-    try:
+        threads = [threading.Thread(target=one) for _ in range(writers)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         _expect(1 == sum(wins), storage, f"{sum(wins)} of {writers} racing creates of {key} succeeded, not 1")
-    finally:
-        _cleanup(storage, key)
 
 
 def check_storage(storage: Storage) -> list[str]:

@@ -40,6 +40,11 @@ def test_every_backend_passes_the_contract_kit_without_skipping_anything(store: 
     assert [] == check_storage(store.storage)
 
 
+def test_the_contract_kit_removes_every_key_it_wrote(store: RunStore) -> None:
+    check_storage(store.storage)
+    assert [] == store.storage.list_names(".faber_runlog/contract")
+
+
 def test_capabilities_are_declared_as_data_per_backend(store: RunStore, store_kind: str) -> None:
     expected = {
         "memory": ("conditional_create", "compare_and_swap", "conditional_delete"),

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from faber_runlog import Event, RunState, fold
-from faber_runlog._state import LATEST_KEPT, fold_all
+from faber_runlog._state import LATEST_KEPT, RunDigest, fold_all
 
 RID = "acme/web/3f2b8c1e-9a4d-4c6e-8f10-2b7d9e0a1c55"
 
@@ -195,3 +195,32 @@ def test_the_failed_step_survives_however_many_errors_came_before() -> None:
         len(s.errors),
         s.totals["errors"],
     )
+
+
+def test_a_digest_carries_the_fields_it_shares_with_the_state_and_a_copy_of_the_totals() -> None:
+    s = run(
+        ("workflow_start", {}),
+        ("phase_start", {"phase": "build"}),
+        ("step_start", {"phase": "build", "step": "compile"}),
+        ("step_error", {"phase": "build", "step": "compile", "metadata": {"error": "exit 2"}}),
+    )
+    digest = RunDigest.of(s, "fp")
+    expected = {
+        "run_id": RID,
+        "status": "failing",
+        "last_event_id": 4,
+        "last_event": "fp",
+        "started_at": s.started_at,
+        "updated_at": s.updated_at,
+        "current_phase": s.current_phase,
+        "current_step": s.current_step,
+        "failed_phase": "build",
+        "failed_step": "compile",
+        "error": "exit 2",
+        "resume_count": 0,
+        "sealed_at": None,
+        "totals": s.totals,
+    }
+    assert expected == {k: getattr(digest, k) for k in expected}
+    s.totals["errors"] = 99
+    assert 99 != digest.totals.get("errors")
