@@ -181,12 +181,16 @@ class EventLog:
         fence: Callable[[], int | None] | None = None,
         segment_every: int = SEGMENT_EVENTS,
         registry: Registry | None = None,
+        listing: dict[str, Any] | None = None,
     ) -> None:
         if snapshot_every < 1:
             raise InvalidArgument(f"snapshot_every must be at least 1, got {snapshot_every}")
         if segment_every < 1:
             raise InvalidArgument(f"segment_every must be at least 1, got {segment_every}")
         self._storage = storage
+        # What listings show of the run's metadata, carried in each summary (None: a listing reads
+        # metadata.json, which costs a request, never a wrong answer).
+        self._listing = listing
         # The store's registry: event types and upcasters to write and read with, folds to fold with.
         self._registry = registry = registry if registry is not None else Registry.default()
         self._types = event_types_table(registry)
@@ -588,7 +592,7 @@ class EventLog:
     def _write_summary(self, state: RunState) -> None:
         """Write ``summary.json`` for ``state`` (listings read it). Failures cost time only."""
         try:
-            digest = RunDigest.of(state, self._state_fp)
+            digest = RunDigest.of(state, self._state_fp, self._listing)
             self._storage.replace(self._layout.summary, encode_summary(digest.to_dict()))
         except Exception as e:
             log.warning("summary of run %s at event %d not written: %s", self._run_id, state.last_event_id, e)
@@ -1164,7 +1168,8 @@ def current_digests(
             continue
         try:
             log_ = EventLog(storage, rid, snapshot_every=snapshot_every, registry=registry)
-            out[rid] = RunDigest.of(log_.load_state(), None)
+            # A summary that is behind still carries the run's metadata, which never changes.
+            out[rid] = RunDigest.of(log_.load_state(), None, got.listing if got is not None else None)
         except Exception as e:  # reported per run: one damaged run must not hide the others
             out[rid] = e
     return out

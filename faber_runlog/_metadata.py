@@ -7,15 +7,20 @@ import os
 import platform
 import socket
 import subprocess
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
+from faber_runlog import _codec
 from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import SCHEMA_VERSION
 from faber_runlog._version import __version__
 
 __all__ = ["RunMetadata", "capture_environment"]
+
+
+LISTING_BYTES: Final = 1024
+"""The most metadata a summary carries for listings, so a listing reads about 1 KB per run."""
 
 
 @attrs.frozen(slots=True)
@@ -41,6 +46,20 @@ class RunMetadata:
     """Planned steps of some planned phases, in order, keyed by phase."""
     imported_from: dict[str, Any] | None = None
     """Where an imported run came from (format, original id, path, original metadata)."""
+
+    def listing(self) -> dict[str, Any]:
+        """What a listing shows of this metadata; summaries carry it, so listings read one small object per run."""
+        return {
+            "created_at": self.created_at,
+            "params": self.params,
+            "tags": self.tags,
+            "parent_run_id": self.parent_run_id,
+        }
+
+    def summary_listing(self) -> dict[str, Any] | None:
+        """:meth:`listing` for ``summary.json``, or None when too large to carry (listings then read the metadata)."""
+        listing = self.listing()
+        return listing if len(_codec.dumps(listing)) <= LISTING_BYTES else None
 
     @property
     def run_id(self) -> str:

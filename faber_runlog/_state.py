@@ -279,7 +279,10 @@ class RunDigest:
     """What listings show of a run (the body of ``summary.json``): a few hundred bytes, whatever the run's size.
 
     ``last_event`` is the fingerprint of event ``last_event_id`` (None when
-    built from a fold, where it is not needed).
+    built from a fold, where it is not needed). ``listing`` holds what a
+    listing shows of the run's metadata (``created_at``, ``params``, ``tags``,
+    ``parent_run_id``), copied by writers that know it so that a listing need
+    not read ``metadata.json`` as well; None when unknown or too large.
     """
 
     run_id: str
@@ -298,6 +301,7 @@ class RunDigest:
     resume_count: int = 0
     sealed_at: int | None = None
     totals: dict[str, int] = attrs.field(factory=dict)
+    listing: dict[str, Any] | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -305,8 +309,8 @@ class RunDigest:
         return self.status in TERMINAL_STATUSES
 
     @classmethod
-    def of(cls, state: RunState, last_event: str | None) -> RunDigest:
-        """The digest of ``state``, whose last event has fingerprint ``last_event``."""
+    def of(cls, state: RunState, last_event: str | None, listing: dict[str, Any] | None = None) -> RunDigest:
+        """The digest of ``state``, whose last event has fingerprint ``last_event`` (``listing``: see the class)."""
         failed = state.failed_step
         error = failed.error if failed is not None else (state.errors[-1].message if state.errors else None)
         if error is not None and len(error) > _DIGEST_ERROR_CHARS:
@@ -318,6 +322,7 @@ class RunDigest:
             failed_step=failed.name if failed is not None else None,
             error=error,
             totals=dict(state.totals),  # a copy: the state goes on changing, the digest is frozen
+            listing=listing,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -332,7 +337,7 @@ class RunDigest:
 
 _DIGEST_ERROR_CHARS: Final = 500
 _DIGEST_COPIED: Final = tuple(
-    a.name for a in attrs.fields(RunDigest) if a.name in attrs.fields_dict(RunState) and a.name != "totals"
+    a.name for a in attrs.fields(RunDigest) if a.name in attrs.fields_dict(RunState) and a.name not in ("totals",)
 )
 """The digest's fields that mean the same as the state's field of that name, so are copied as they are."""
 

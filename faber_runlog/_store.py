@@ -71,6 +71,19 @@ class RunSummary:
     parent_run_id: str | None
 
 
+def _listed(listing: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``listing`` when it has the shape ``RunMetadata.listing()`` gives (a summary is a cache), else None."""
+    if (
+        isinstance(listing, dict)
+        and isinstance(listing.get("created_at"), str)
+        and isinstance(listing.get("params"), dict)
+        and isinstance(listing.get("tags"), dict)
+        and isinstance(listing.get("parent_run_id"), str | None)
+    ):
+        return listing
+    return None
+
+
 @attrs.frozen(slots=True)
 class RunProblem:
     """A run a store-wide operation skipped because it is damaged, and why."""
@@ -110,7 +123,7 @@ class Run:
         self._store = store
         self._rid = run_id
         self._metadata = metadata
-        self.log: EventLog = store._event_log(run_id)  # noqa: SLF001  (same module: a Run is its store's handle)
+        self.log: EventLog = store._event_log(run_id, metadata)  # noqa: SLF001  (same module: a Run is its store's handle)
 
     def __repr__(self) -> str:
         return f"Run({str(self._rid)!r})"
@@ -347,7 +360,7 @@ class RunStore:
         """The store root as a URL (a plain path for local folders)."""
         return self.storage.url
 
-    def _event_log(self, run_id: RunId) -> EventLog:
+    def _event_log(self, run_id: RunId, metadata: RunMetadata | None = None) -> EventLog:
         return EventLog(
             self.storage,
             run_id,
@@ -359,6 +372,7 @@ class RunStore:
             fence=functools.partial(lease_fence, self.storage, run_id),
             segment_every=self.segment_every,
             registry=self.registry,
+            listing=metadata.summary_listing() if metadata is not None else None,
         )
 
     def _committed(self, log: EventLog, commit: Commit) -> None:
@@ -455,7 +469,9 @@ class RunStore:
             raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
         empty = RunState(run_id=str(rid))
         self.storage.replace(layout.state, encode_snapshot(empty.to_dict(), None))
-        self.storage.replace(layout.summary, encode_summary(RunDigest.of(empty, None).to_dict()))
+        self.storage.replace(
+            layout.summary, encode_summary(RunDigest.of(empty, None, meta.summary_listing()).to_dict())
+        )
         return Run(self, rid, meta)
 
     def _child_key(self, parent_run_id: str, root_run_id: str | None, child: RunId) -> str:
@@ -534,29 +550,28 @@ class RunStore:
         """
         check_status_filter(status)
         rids = list(self._run_ids(org, project))
-        metas = self.storage.read_many(RunLayout(rid).metadata for rid in rids)
-        runs: list[tuple[RunId, RunMetadata]] = []
+        states = current_digests(self.storage, rids, snapshot_every=self.snapshot_every, registry=self.registry)
+        # Summaries carry the metadata a listing shows; only runs whose summary does not read metadata.json.
+        unknown = [r for r in rids if not isinstance(d := states[r], Exception) and _listed(d.listing) is None]
+        metas = self.storage.read_many(RunLayout(rid).metadata for rid in unknown)
+        out: list[RunSummary] = []
         problems: list[RunProblem] = []
         for rid in rids:
-            mbody = metas.get(RunLayout(rid).metadata)
-            if mbody is None:
-                continue  # a run being created right now
-            try:
-                meta = self._parse_metadata(rid, mbody)
-            except CorruptState as e:
-                problems.append(RunProblem(str(rid), str(e)))
-                continue
-            if tags and any(meta.tags.get(k) != v for k, v in tags.items()):
-                continue
-            runs.append((rid, meta))
-        states = current_digests(
-            self.storage, (rid for rid, _ in runs), snapshot_every=self.snapshot_every, registry=self.registry
-        )
-        out: list[RunSummary] = []
-        for rid, meta in runs:
             state = states[rid]
             if isinstance(state, Exception):
                 problems.append(RunProblem(str(rid), f"{type(state).__name__}: {state}"))
+                continue
+            listing = _listed(state.listing)
+            if listing is None:
+                mbody = metas.get(RunLayout(rid).metadata)
+                if mbody is None:
+                    continue  # a run being created right now
+                try:
+                    listing = self._parse_metadata(rid, mbody).listing()
+                except CorruptState as e:
+                    problems.append(RunProblem(str(rid), str(e)))
+                    continue
+            if tags and any(listing["tags"].get(k) != v for k, v in tags.items()):
                 continue
             if status is not None and state.status != status:
                 continue
@@ -565,15 +580,15 @@ class RunStore:
                     run_id=str(rid),
                     org=rid.org,
                     project=rid.project,
-                    created_at=meta.created_at,
+                    created_at=listing["created_at"],
                     status=state.status,
                     last_event_id=state.last_event_id,
                     updated_at=state.updated_at,
                     current_phase=state.current_phase,
                     current_step=state.current_step,
-                    params=meta.params,
-                    tags=meta.tags,
-                    parent_run_id=meta.parent_run_id,
+                    params=listing["params"],
+                    tags=listing["tags"],
+                    parent_run_id=listing["parent_run_id"],
                 )
             )
         for p in problems:

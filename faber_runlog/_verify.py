@@ -315,7 +315,9 @@ def reconstruct_state(
     def compare_at(seq: int) -> None:
         nonlocal summary_status
         if summary is not None and summary.get("last_event_id") == seq:
-            same = summary == RunDigest.of(state, last_fp if seq else None).to_dict()
+            # A summary carries the run's listing fields when its writer knew them (None otherwise).
+            listing = run.metadata.summary_listing() if summary.get("listing") is not None else None
+            same = summary == RunDigest.of(state, last_fp if seq else None, listing).to_dict()
             summary_status = "stale" if same else "different"  # "ok" below if seq is the last event
         if stored is not None and stored.last_event_id == seq:
             _differences(_full(stored), _full(state), "", differences)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,6 +105,61 @@ def test_list_runs_never_reads_events(store: RunStore) -> None:
     store.storage.delete(f"{run.id}/summary.json")
     listed = store.list_runs()
     assert ([], [run.id]) == (list(listed), [p.run_id for p in listed.problems])
+
+
+def _keys_read(store: RunStore) -> list[str]:
+    """Record every key the store's batched reads fetch from now on (instrumentation, not a stand-in)."""
+    keys: list[str] = []
+    read_many = store.storage.read_many
+
+    def recorded(wanted: Any) -> dict[str, bytes | None]:
+        got = read_many(list(wanted))
+        keys.extend(got)
+        return got
+
+    store.storage.read_many = recorded  # type: ignore[method-assign,assignment]
+    return keys
+
+
+def test_list_runs_reads_the_metadata_a_listing_shows_from_the_summary(store: RunStore) -> None:
+    parent = store.create_run("acme", "web")
+    run = store.create_run("acme", "web", params={"work_id": "7"}, tags={"team": "core"}, parent_run_id=parent.id)
+    run.start()
+    run.complete()
+    keys = _keys_read(store)
+    [listed] = store.list_runs(tags={"team": "core"})
+    expected = (run.id, {"work_id": "7"}, {"team": "core"}, parent.id, run.metadata.created_at, "completed")
+    assert expected == (
+        listed.run_id,
+        listed.params,
+        listed.tags,
+        listed.parent_run_id,
+        listed.created_at,
+        listed.status,
+    )
+    # one summary and one probe per run, never metadata.json
+    assert ([], 2) == ([k for k in keys if k.endswith("metadata.json")], len([k for k in keys if "summary" in k]))
+
+
+def test_a_summary_carries_no_metadata_that_is_too_large_and_the_listing_reads_it(store: RunStore) -> None:
+    params = {"blob": "x" * 2000}
+    run = store.create_run("acme", "web", params=params)
+    run.start()
+    assert None is decode_summary(store.storage.read(RunLayout(run.run_id).summary) or b"").get("listing")
+    keys = _keys_read(store)
+    assert [params] == [r.params for r in store.list_runs()]
+    assert [RunLayout(run.run_id).metadata] == [k for k in keys if k.endswith("metadata.json")]
+
+
+def test_list_runs_reads_metadata_when_a_summary_does_not_carry_it(store: RunStore) -> None:
+    run = store.create_run("acme", "web", params={"work_id": "7"}, tags={"team": "core"})
+    run.start()
+    key = RunLayout(run.run_id).summary
+    body = decode_summary(store.storage.read(key) or b"")
+    for listing in (None, {"created_at": 1, "params": [], "tags": "x"}):  # absent (an older writer), or not one
+        store.storage.replace(key, encode_summary({**body, "listing": listing}))
+        [listed] = store.list_runs()
+        assert ({"work_id": "7"}, {"team": "core"}, "running") == (listed.params, listed.tags, listed.status)
 
 
 def test_list_runs_ignores_stray_entries(store: RunStore) -> None:
