@@ -1233,8 +1233,8 @@ def _read_parts(
     rest: dict[int, list[bytes]] = {}
     if todo:
         with ThreadPoolExecutor(min(_FALLBACK_READERS, len(todo))) as pool:
-            found = pool.map(lambda p: fallback(rids[p.run], p.first - 1), todo)
-            rest = {p.run: lines for p, lines in zip(todo, found, strict=True)}
+            slow = pool.map(lambda p: fallback(rids[p.run], p.first - 1), todo)
+            rest = {p.run: lines for p, lines in zip(todo, slow, strict=True)}
     run, first = -1, 0
     lines: list[bytes] = []
     for p, got in ready:
@@ -1243,8 +1243,9 @@ def _read_parts(
                 yield rids[run], first, lines
             run, first, lines = p.run, p.first, []
         if got is None:
-            if rest[p.run]:
-                yield rids[p.run], p.first, rest.pop(p.run)
+            found = rest.pop(p.run)
+            for start in range(0, len(found), budget):
+                yield rids[p.run], p.first + start, found[start : start + budget]
             run = -1
             continue
         for line in _part_lines(p, got):
