@@ -43,7 +43,7 @@ RUN_COLUMNS: Final = (
 """Columns of :func:`runs_frame`, in order."""
 
 _CHUNK: Final = 256
-_RUN_CHUNK: Final = 64  # runs whose bodies are fetched in one concurrent batch
+_RUN_CHUNK: Final = 256  # runs listed, then fetched in concurrent batches, per progress step
 _BATCH_ROWS: Final = 2048  # rows per Arrow record batch: the Python lists stay small
 _NESTED: Final = ("metadata", "params", "tags")
 _loads: Final = _codec.loads

@@ -35,6 +35,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, Protocol, TypeVar
@@ -1197,30 +1198,44 @@ def read_logs(
 
     with ThreadPoolExecutor(min(listers, len(rids))) as pool:
         parts = [p for plan in pool.map(listing, range(len(rids))) for p in plan]
-    stopped: set[int] = set()  # runs handed to the checked reader: their later parts are skipped
-    group: list[_Part] = []
+    groups: list[list[_Part]] = [[]]
     weight = 0
     for part in parts:
-        if group and weight + part.count > budget:
-            yield from _read_parts(storage, rids, group, stopped, types, fallback, budget)
-            group, weight = [], 0
-        group.append(part)
+        if groups[-1] and weight + part.count > budget:
+            groups.append([])
+            weight = 0
+        groups[-1].append(part)
         weight += max(1, part.count)
-    if group:
-        yield from _read_parts(storage, rids, group, stopped, types, fallback, budget)
+
+    def fetch(group: list[_Part]) -> dict[str, bytes | None]:
+        return storage.read_many(k for p in group for k in p.keys)
+
+    stopped: set[int] = set()  # runs handed to the checked reader: their later parts are skipped
+    # A few groups are fetched ahead while one is yielded, so round trips overlap; memory stays a few groups.
+    with ThreadPoolExecutor(_GROUPS_AHEAD) as pool:
+        ahead = deque(pool.submit(fetch, g) for g in groups[:_GROUPS_AHEAD])
+        for i, group in enumerate(groups):
+            bodies = ahead.popleft().result()
+            if i + _GROUPS_AHEAD < len(groups):
+                ahead.append(pool.submit(fetch, groups[i + _GROUPS_AHEAD]))
+            yield from _read_parts(storage, rids, group, bodies, stopped, types, fallback, budget)
+            del bodies
+
+
+_GROUPS_AHEAD: Final = 3
 
 
 def _read_parts(
     storage: Storage,
     rids: list[RunId],
     parts: list[_Part],
+    bodies: dict[str, bytes | None],
     stopped: set[int],
     types: Any,
     fallback: Callable[[RunId, int], list[bytes]],
     budget: int,
 ) -> Iterator[tuple[RunId, int, list[bytes]]]:
-    """One group of a bulk read: its objects fetched in one batch, verified, then yielded in order."""
-    bodies = storage.read_many(k for p in parts if p.run not in stopped for k in p.keys)
+    """One group of a bulk read, its objects fetched in one batch: verified, then yielded in order."""
     ready: list[tuple[_Part, tuple[bytes, ...] | None]] = []
     for p in parts:
         if p.run in stopped:
