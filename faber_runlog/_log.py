@@ -37,7 +37,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, Protocol, TypeVar
 
 import attrs
@@ -1169,60 +1169,67 @@ def read_logs(
         return
     types = event_types_table(registry if registry is not None else Registry.default())
 
-    def listing(i: int) -> list[_Part]:
-        layout = RunLayout(rids[i])
-        checked = [_Part(i, 1, 0, "checked")]
-        # Most active runs are shorter than a segment: one page of names says so, and no segment is listed.
-        head = [s for n in storage.list_after(layout.events, "", segment_every + 1) if (s := parse_seq_name(n))]
-        parts: list[_Part] = []
-        if len(head) < segment_every:  # no range of K events is complete, so no segment exists
-            if head and head[0] > 1:  # consolidated and cleaned up: events.jsonl holds 1..S-1, file S is the seal
-                parts.append(_Part(i, 1, head[0], "sealed", (layout.jsonl, layout.event(head[0]))))
-            reach = head[0] if head and head[0] > 1 else 0
-            rest = head[1:] if parts else head
-        else:
-            reach = 0
-            for name in storage.list_after(layout.segments, ""):
-                span = parse_segment_name(name)
-                if span is not None and span[0] == reach + 1:  # names sort by last event: a chain from event 1
-                    parts.append(_Part(i, span[0], span[1] - span[0] + 1, "segment", (layout.segment(*span),)))
-                    reach = span[1]
-            rest = [s for n in storage.list_after(layout.events, seq_name(reach)) if (s := parse_seq_name(n))]
-        if rest != list(range(reach + 1, reach + 1 + len(rest))):
-            return checked  # a gap or a stray name: the log's reader decides
-        return parts + [_Part(i, s, 1, "file", (layout.event(s),)) for s in rest]
-
     def fallback(rid: RunId, since: int) -> list[bytes]:
         found = EventLog(storage, rid, segment_every=segment_every, registry=registry).read_mappings(since)
         return [_codec.dumps(m) for m in found]
 
-    with ThreadPoolExecutor(min(listers, len(rids))) as pool:
-        parts = [p for plan in pool.map(listing, range(len(rids))) for p in plan]
-    groups: list[list[_Part]] = [[]]
-    weight = 0
-    for part in parts:
-        if groups[-1] and weight + part.count > budget:
-            groups.append([])
-            weight = 0
-        groups[-1].append(part)
-        weight += max(1, part.count)
-
-    def fetch(group: list[_Part]) -> dict[str, bytes | None]:
-        return storage.read_many(k for p in group for k in p.keys)
+    def fetch(group: list[_Part]) -> tuple[list[_Part], dict[str, bytes | None]]:
+        return group, storage.read_many(k for p in group for k in p.keys)
 
     stopped: set[int] = set()  # runs handed to the checked reader: their later parts are skipped
-    # A few groups are fetched ahead while one is yielded, so round trips overlap; memory stays a few groups.
-    with ThreadPoolExecutor(_GROUPS_AHEAD) as pool:
-        ahead = deque(pool.submit(fetch, g) for g in groups[:_GROUPS_AHEAD])
-        for i, group in enumerate(groups):
-            bodies = ahead.popleft().result()
-            if i + _GROUPS_AHEAD < len(groups):
-                ahead.append(pool.submit(fetch, groups[i + _GROUPS_AHEAD]))
-            yield from _read_parts(storage, rids, group, bodies, stopped, types, fallback, budget)
-            del bodies
+    # Listings, fetches and decoding overlap: a group is fetched as soon as its runs are listed, a few
+    # groups ahead of the one being yielded, so round trips overlap while memory stays a few groups.
+    with ThreadPoolExecutor(min(listers, len(rids))) as lists, ThreadPoolExecutor(_GROUPS_AHEAD) as fetches:
+        ahead: deque[Future[tuple[list[_Part], dict[str, bytes | None]]]] = deque()
+        plans = lists.map(lambda i: _plan(storage, rids[i], i, segment_every), range(len(rids)))
+        for group in _groups(plans, budget):
+            ahead.append(fetches.submit(fetch, group))
+            if len(ahead) > _GROUPS_AHEAD:
+                yield from _read_parts(storage, rids, *ahead.popleft().result(), stopped, types, fallback, budget)
+        while ahead:
+            yield from _read_parts(storage, rids, *ahead.popleft().result(), stopped, types, fallback, budget)
 
 
 _GROUPS_AHEAD: Final = 3
+
+
+def _plan(storage: Storage, rid: RunId, i: int, segment_every: int) -> list[_Part]:
+    """What to fetch for run ``rid`` (number ``i``) from its listing: segments, files, or ``events.jsonl``."""
+    layout = RunLayout(rid)
+    checked = [_Part(i, 1, 0, "checked")]
+    # Most active runs are shorter than a segment: one page of names says so, and no segment is listed.
+    head = [s for n in storage.list_after(layout.events, "", segment_every + 1) if (s := parse_seq_name(n))]
+    parts: list[_Part] = []
+    if len(head) < segment_every:  # no range of K events is complete, so no segment exists
+        if head and head[0] > 1:  # consolidated and cleaned up: events.jsonl holds 1..S-1, file S is the seal
+            parts.append(_Part(i, 1, head[0], "sealed", (layout.jsonl, layout.event(head[0]))))
+        reach = head[0] if head and head[0] > 1 else 0
+        rest = head[1:] if parts else head
+    else:
+        reach = 0
+        for name in storage.list_after(layout.segments, ""):
+            span = parse_segment_name(name)
+            if span is not None and span[0] == reach + 1:  # names sort by last event: a chain from event 1
+                parts.append(_Part(i, span[0], span[1] - span[0] + 1, "segment", (layout.segment(*span),)))
+                reach = span[1]
+        rest = [s for n in storage.list_after(layout.events, seq_name(reach)) if (s := parse_seq_name(n))]
+    if rest != list(range(reach + 1, reach + 1 + len(rest))):
+        return checked  # a gap or a stray name: the log's reader decides
+    return parts + [_Part(i, s, 1, "file", (layout.event(s),)) for s in rest]
+
+
+def _groups(plans: Iterable[list[_Part]], budget: int) -> Iterator[list[_Part]]:
+    """The parts of all runs, in order, in groups of about ``budget`` events (a part is never split)."""
+    group: list[_Part] = []
+    weight = 0
+    for part in (p for plan in plans for p in plan):
+        if group and weight + part.count > budget:
+            yield group
+            group, weight = [], 0
+        group.append(part)
+        weight += max(1, part.count)
+    if group:
+        yield group
 
 
 def _read_parts(
