@@ -113,12 +113,14 @@ def events_frame(
     # Text built as large_string, which is what pandas' string columns hold: they wrap it without a copy.
     text = pa.large_string()
     table = _events_table(store, pa, org, project, status, since, until, types, run_ids, progress, text)
-    texts = table.column("metadata")
+    chunks = table.column("metadata").chunks
     table = table.drop_columns(["metadata"])
     frame = table.to_pandas(types_mapper={text: pd.StringDtype()}.get)
     del table
-    metadata = [_codec.loads(t) for chunk in texts.chunks for t in chunk.to_pylist()]
-    del texts  # the JSON text goes before the frame takes the dicts
+    metadata: list[Any] = []
+    chunks.reverse()
+    while chunks:  # each chunk of JSON text goes as soon as its dicts are built
+        metadata += [_codec.loads(t) for t in chunks.pop().to_pylist()]
     frame["metadata"] = metadata
     return frame
 

@@ -1135,7 +1135,7 @@ class _Part:
     run: int  # index of the run in the caller's list
     first: int  # the first event it holds
     count: int  # how many events it holds (0: the run is read the checked way)
-    kind: str  # "segment", "file", "sealed" or "checked"
+    shape: str  # "segment", "file", "sealed" or "checked"
     keys: tuple[str, ...] = ()
 
 
@@ -1178,13 +1178,15 @@ def read_logs(
 
     stopped: set[int] = set()  # runs handed to the checked reader: their later parts are skipped
     # Listings, fetches and decoding overlap: a group is fetched as soon as its runs are listed, a few
-    # groups ahead of the one being yielded, so round trips overlap while memory stays a few groups.
-    with ThreadPoolExecutor(min(listers, len(rids))) as lists, ThreadPoolExecutor(_GROUPS_AHEAD) as fetches:
+    # groups ahead of the one being yielded where reads have round trips (batched reads), so round trips
+    # overlap while memory stays a few groups; elsewhere one group at a time, which costs nothing.
+    depth = _GROUPS_AHEAD if storage.capabilities.batched_reads else 0
+    with ThreadPoolExecutor(min(listers, len(rids))) as lists, ThreadPoolExecutor(max(1, depth)) as fetches:
         ahead: deque[Future[tuple[list[_Part], dict[str, bytes | None]]]] = deque()
         plans = lists.map(lambda i: _plan(storage, rids[i], i, segment_every), range(len(rids)))
         for group in _groups(plans, budget):
             ahead.append(fetches.submit(fetch, group))
-            if len(ahead) > _GROUPS_AHEAD:
+            while len(ahead) > depth:
                 yield from _read_parts(storage, rids, *ahead.popleft().result(), stopped, types, fallback, budget)
         while ahead:
             yield from _read_parts(storage, rids, *ahead.popleft().result(), stopped, types, fallback, budget)
@@ -1283,17 +1285,17 @@ def _verified(
     storage: Storage, rid: RunId, part: _Part, bodies: list[bytes | None], types: Any
 ) -> tuple[bytes, ...] | None:
     """The part's content when it can be used as it is; None sends the run to the checked reader."""
-    if part.kind == "checked" or any(b is None for b in bodies):
+    if part.shape == "checked" or any(b is None for b in bodies):
         return None  # a file or a segment removed since it was listed (cleanup after archiving)
     found = [b for b in bodies if b is not None]
-    if part.kind == "segment":
+    if part.shape == "segment":
         try:
             return (decode_segment(found[0], str(rid), part.first, part.first + part.count - 1),)
         except ValueError as e:
             # A segment is a cache: one that does not hold costs the reads of the files, never a wrong answer.
             log.warning("ignoring segment %s of run %s: %s", storage.path(part.keys[0]), rid, e)
             return None
-    if part.kind == "sealed":
+    if part.shape == "sealed":
         body, seal_body = found
         through = part.count - 1
         try:
@@ -1314,13 +1316,13 @@ def _verified(
 
 def _part_lines(part: _Part, got: tuple[bytes, ...]) -> Iterator[bytes]:
     """The event lines of a verified part, in order (a segment or ``events.jsonl`` walked in place)."""
-    if part.kind == "file":
+    if part.shape == "file":
         yield got[0]
         return
-    last = part.count if part.kind == "segment" else part.count - 1
+    last = part.count if part.shape == "segment" else part.count - 1
     for _, line in iter_jsonl(got[0], 0, last):
         yield line
-    if part.kind == "sealed":
+    if part.shape == "sealed":
         yield got[1]
 
 
