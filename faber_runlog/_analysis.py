@@ -16,12 +16,13 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from faber_runlog import _codec
-from faber_runlog._events import error_text, upcast
+from faber_runlog._events import EventTypes, error_text, upcast
 from faber_runlog._format import RunLayout
 from faber_runlog._hints import check_status_filter
 from faber_runlog._ids import RunId
 from faber_runlog._log import current_digests, read_logs
 from faber_runlog._progress import Progress
+from faber_runlog._registry import event_types_table
 from faber_runlog._store import RunStore, parse_metadata
 from faber_runlog._store import run_ids as list_run_ids
 from faber_runlog.errors import CorruptData, InvalidArgument, MissingExtra
@@ -42,8 +43,8 @@ RUN_COLUMNS: Final = (
 """Columns of :func:`runs_frame`, in order."""
 
 _CHUNK: Final = 256
-_RUN_CHUNK: Final = 64  # runs whose bodies are fetched in one concurrent batch
-_BATCH_ROWS: Final = 8192  # rows per Arrow record batch: the Python lists stay small
+_RUN_CHUNK: Final = 256  # runs listed, then fetched in concurrent batches, per progress step
+_BATCH_ROWS: Final = 2048  # rows per Arrow record batch: the Python lists stay small
 _NESTED: Final = ("metadata", "params", "tags")
 _loads: Final = _codec.loads
 
@@ -109,15 +110,22 @@ def events_frame(
     """
     pd = _require("pandas")
     pa = _require("pyarrow")
-    table = _events_table(store, pa, org, project, status, since, until, types, run_ids, progress)
-    texts = table.column("metadata")
-    frame = table.drop_columns(["metadata"]).to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
-    frame["metadata"] = [_codec.loads(t) for chunk in texts.chunks for t in chunk.to_pylist()]
+    # Text built as large_string, which is what pandas' string columns hold: they wrap it without a copy.
+    text = pa.large_string()
+    table = _events_table(store, pa, org, project, status, since, until, types, run_ids, progress, text)
+    chunks = table.column("metadata").chunks
+    table = table.drop_columns(["metadata"])
+    frame = table.to_pandas(types_mapper={text: pd.StringDtype()}.get)
+    del table
+    metadata: list[Any] = []
+    chunks.reverse()
+    while chunks:  # each chunk of JSON text goes as soon as its dicts are built
+        metadata += [_codec.loads(t) for t in chunks.pop().to_pylist()]
+    frame["metadata"] = metadata
     return frame
 
 
-def _event_schema(pa: Any) -> Any:
-    text = pa.string()
+def _event_schema(pa: Any, text: Any) -> Any:
     fields = {c: text for c in EVENT_COLUMNS}
     fields |= {"event_id": pa.int64(), "timestamp": pa.timestamp("us", tz="UTC"), "duration_ms": pa.float64()}
     return pa.schema(list(fields.items()))
@@ -134,19 +142,24 @@ def _events_table(
     types: Iterable[str] | None,
     run_ids: Iterable[str] | None,
     progress: bool | None,
+    text: Any = None,
 ) -> Any:
-    """The events as an Arrow table, streamed run chunk by run chunk into record batches."""
+    """The events as an Arrow table (text columns of type ``text``, default string), streamed into record batches."""
     lo, hi = _iso(since, "since"), _iso(until, "until")
     wanted = frozenset(types) if types is not None else None
     rids = _select(store, org, project, status, run_ids)
-    schema = _event_schema(pa)
+    schema = _event_schema(pa, pa.string() if text is None else text)
     batches: list[Any] = []
-    builder = _EventColumns(wanted, lo, hi)
+    builder = _EventColumns(wanted, lo, hi, event_types_table(store.registry))
     with Progress("reading runs", len(rids), enabled=progress) as bar:
         for start in range(0, len(rids), _RUN_CHUNK):
             chunk = rids[start : start + _RUN_CHUNK]
-            for rid, lines in read_logs(store.storage, chunk, segment_every=store.segment_every):
-                builder.add(store, rid, lines)
+            pieces = read_logs(
+                store.storage, chunk, segment_every=store.segment_every, registry=store.registry, budget=_BATCH_ROWS
+            )
+            for rid, first, lines in pieces:
+                builder.add(store, rid, first, lines)
+                del lines  # the bodies go as soon as their rows are columns
                 if builder.rows >= _BATCH_ROWS:
                     batches.append(builder.flush(pa, schema))
             bar.update(len(chunk))
@@ -158,17 +171,19 @@ def _events_table(
 class _EventColumns:
     """Columns of one record batch, filled event by event from parsed lines; no event object or row dict is kept."""
 
-    def __init__(self, wanted: frozenset[str] | None, lo: str | None, hi: str | None) -> None:
-        self.wanted, self.lo, self.hi = wanted, lo, hi
+    def __init__(self, wanted: frozenset[str] | None, lo: str | None, hi: str | None, types: EventTypes) -> None:
+        self.wanted, self.lo, self.hi, self.types = wanted, lo, hi, types
         self.rows = 0
         self.cols: dict[str, list[Any]] = {c: [] for c in EVENT_COLUMNS}
 
-    def add(self, store: RunStore, rid: RunId, lines: list[bytes]) -> None:
+    def add(self, store: RunStore, rid: RunId, first: int, lines: list[bytes]) -> None:
+        """Rows for events ``first, first + 1, ...`` of ``rid`` (the store's upcasters applied), filtered."""
         c = self.cols
-        wanted, lo, hi = self.wanted, self.lo, self.hi
+        wanted, lo, hi, types = self.wanted, self.lo, self.hi, self.types
         run_id, kept = str(rid), 0
-        for seq, line in enumerate(lines, start=1):
-            d = upcast(_loads(line))
+        for seq, line in enumerate(lines, start=first):
+            d = _loads(line)
+            d = upcast(d, types) if d.__class__ is dict else {}
             if d.get("event_id") != seq:
                 # Not the event the log has at this number: read the run the checked way (it raises CorruptEvent).
                 list(store.get_run(rid).log.read(seq - 1, until=seq))
@@ -200,13 +215,17 @@ class _EventColumns:
         """The rows so far as one Arrow record batch; the Python lists are dropped."""
         import pyarrow.compute as pc
 
+        # The system allocator gives freed builder buffers back at once; Arrow's default pool keeps them,
+        # which would add about the table's size again to the peak.
+        pool = pa.system_memory_pool()
         arrays = []
         for field in schema:
             values = self.cols[field.name]
             if field.name == "timestamp":
-                arrays.append(pc.cast(pa.array(values, type=pa.string()), field.type))
+                stamps = pa.array(values, type=pa.string(), memory_pool=pool)
+                arrays.append(pc.cast(stamps, field.type, memory_pool=pool))
             else:
-                arrays.append(pa.array(values, type=field.type))
+                arrays.append(pa.array(values, type=field.type, memory_pool=pool))
         self.cols = {c: [] for c in EVENT_COLUMNS}
         self.rows = 0
         return pa.RecordBatch.from_arrays(arrays, schema=schema)

@@ -35,8 +35,9 @@ import threading
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, Protocol, TypeVar
 
 import attrs
@@ -1090,6 +1091,11 @@ class EventLog:
                 if limit is not None and n >= limit:
                     return
 
+    def read_mappings(self, since: int = 0) -> Iterator[dict[str, Any]]:
+        """The stored mappings (upcast) of the events after ``since``: :meth:`read` without building events."""
+        for batch in self._stored(since, None, self._decode_mapping):
+            yield from batch
+
     def last_event_id(self) -> int:
         """The id of the newest event (0 for an empty log)."""
         return self.current_state().last_event_id
@@ -1175,104 +1181,202 @@ def current_digests(
     return out
 
 
-def read_logs(
-    storage: Storage,
-    run_ids: Iterable[RunId],
-    *,
-    segment_every: int = SEGMENT_EVENTS,
-    listers: int = 32,
-    budget: int = 8192,
-) -> Iterator[tuple[RunId, list[bytes]]]:
-    """Every event of many runs as stored JSON lines (line ``i`` is event ``i + 1``), run by run, in order.
+@attrs.frozen
+class _Part:
+    """One object of a bulk read: a segment, an event file, or ``events.jsonl`` with its seal (``sealed``)."""
 
-    The bulk reader behind the frames: each run's segments and event files are
-    listed concurrently, then the bodies of groups of runs (about ``budget``
-    events a group) are fetched in one batch each (concurrent GETs on S3), and
-    segments are verified like any reader does. A run that is not a plain chain of segments and files from event 1
-    (consolidated and cleaned up, a damaged segment, a file removed meanwhile)
-    is read through :meth:`EventLog.read`, so the answer is always the log's.
-    Lines are not decoded here: the caller parses them into its columns.
-    """
-    rids = list(run_ids)
-
-    def listing(rid: RunId) -> tuple[list[tuple[int, int]], list[int], bool]:
-        layout = RunLayout(rid)
-        chain: list[tuple[int, int]] = []
-        reach = 0
-        # Most active runs are shorter than a segment: one page of names says so, and no segment is listed.
-        head = [s for n in storage.list_after(layout.events, "", segment_every + 1) if (s := parse_seq_name(n))]
-        if len(head) <= segment_every:
-            return chain, head, head == list(range(1, len(head) + 1))
-        for name in storage.list_after(layout.segments, ""):
-            span = parse_segment_name(name)
-            if span is None or span[1] <= reach or span[0] > reach + 1:
-                continue
-            if span[0] != reach + 1:
-                break
-            chain.append(span)
-            reach = span[1]
-        seqs = [s for n in storage.list_after(layout.events, seq_name(reach)) if (s := parse_seq_name(n))]
-        plain = seqs == list(range(reach + 1, reach + 1 + len(seqs)))
-        return chain, seqs, plain
-
-    def fallback(rid: RunId) -> list[bytes]:
-        return [_codec.dumps(e.to_dict()) for e in EventLog(storage, rid, segment_every=segment_every).read()]
-
-    with ThreadPoolExecutor(listers) as pool:
-        listings = list(pool.map(listing, rids))
-    group: list[int] = []
-    weight = 0
-    for i, (chain, seqs, _) in enumerate(listings):
-        group.append(i)
-        weight += sum(last - first + 1 for first, last in chain) + len(seqs)
-        if weight >= budget or i == len(listings) - 1:
-            # One concurrent fetch per group of runs, bounded in events so memory stays bounded.
-            yield from _read_group(storage, [rids[j] for j in group], [listings[j] for j in group], fallback)
-            group, weight = [], 0
+    run: int  # index of the run in the caller's list
+    first: int  # the first event it holds
+    count: int  # how many events it holds (0: the run is read the checked way)
+    shape: str  # "segment", "file", "sealed" or "checked"
+    keys: tuple[str, ...] = ()
 
 
 _FALLBACK_READERS: Final = 16
 
 
-def _read_group(
+def read_logs(
+    storage: Storage,
+    run_ids: Iterable[RunId],
+    *,
+    segment_every: int = SEGMENT_EVENTS,
+    registry: Registry | None = None,
+    listers: int = 32,
+    budget: int = 2048,
+) -> Iterator[tuple[RunId, int, list[bytes]]]:
+    """Every event of many runs as stored JSON lines, in pieces ``(run, first, lines)`` (line i: event first + i).
+
+    The bulk reader behind the frames. Each run's event names are listed (its
+    segments too when it is longer than one segment), then the objects of
+    many runs are fetched in groups of about ``budget`` events, one batch per
+    group (concurrent GETs on S3), so memory stays bounded however many and
+    however long the runs. Segments are verified like any reader does, and a
+    consolidated run is read from ``events.jsonl`` checked against its seal. A
+    run that is not such a plain chain (a damaged segment, a file removed
+    meanwhile, a gap) is read from where it stopped through
+    :meth:`EventLog.read_mappings`, so the answer is always the log's. A run's
+    pieces come in order, one after another; lines are not decoded here.
+    """
+    rids = list(run_ids)
+    if not rids:
+        return
+    types = event_types_table(registry if registry is not None else Registry.default())
+
+    def fallback(rid: RunId, since: int) -> list[bytes]:
+        found = EventLog(storage, rid, segment_every=segment_every, registry=registry).read_mappings(since)
+        return [_codec.dumps(m) for m in found]
+
+    def fetch(group: list[_Part]) -> tuple[list[_Part], dict[str, bytes | None]]:
+        return group, storage.read_many(k for p in group for k in p.keys)
+
+    stopped: set[int] = set()  # runs handed to the checked reader: their later parts are skipped
+    # Listings, fetches and decoding overlap: a group is fetched as soon as its runs are listed, a few
+    # groups ahead of the one being yielded where reads have round trips (batched reads), so round trips
+    # overlap while memory stays a few groups; elsewhere one group at a time, which costs nothing.
+    depth = _GROUPS_AHEAD if storage.capabilities.batched_reads else 0
+    with ThreadPoolExecutor(min(listers, len(rids))) as lists, ThreadPoolExecutor(max(1, depth)) as fetches:
+        ahead: deque[Future[tuple[list[_Part], dict[str, bytes | None]]]] = deque()
+        plans = lists.map(lambda i: _plan(storage, rids[i], i, segment_every), range(len(rids)))
+        for group in _groups(plans, budget):
+            ahead.append(fetches.submit(fetch, group))
+            while len(ahead) > depth:
+                yield from _read_parts(storage, rids, *ahead.popleft().result(), stopped, types, fallback, budget)
+        while ahead:
+            yield from _read_parts(storage, rids, *ahead.popleft().result(), stopped, types, fallback, budget)
+
+
+_GROUPS_AHEAD: Final = 3
+
+
+def _plan(storage: Storage, rid: RunId, i: int, segment_every: int) -> list[_Part]:
+    """What to fetch for run ``rid`` (number ``i``) from its listing: segments, files, or ``events.jsonl``."""
+    layout = RunLayout(rid)
+    checked = [_Part(i, 1, 0, "checked")]
+    # Most active runs are shorter than a segment: one page of names says so, and no segment is listed.
+    head = [s for n in storage.list_after(layout.events, "", segment_every + 1) if (s := parse_seq_name(n))]
+    parts: list[_Part] = []
+    if len(head) < segment_every:  # no range of K events is complete, so no segment exists
+        if head and head[0] > 1:  # consolidated and cleaned up: events.jsonl holds 1..S-1, file S is the seal
+            parts.append(_Part(i, 1, head[0], "sealed", (layout.jsonl, layout.event(head[0]))))
+        reach = head[0] if head and head[0] > 1 else 0
+        rest = head[1:] if parts else head
+    else:
+        reach = 0
+        for name in storage.list_after(layout.segments, ""):
+            span = parse_segment_name(name)
+            if span is not None and span[0] == reach + 1:  # names sort by last event: a chain from event 1
+                parts.append(_Part(i, span[0], span[1] - span[0] + 1, "segment", (layout.segment(*span),)))
+                reach = span[1]
+        rest = [s for n in storage.list_after(layout.events, seq_name(reach)) if (s := parse_seq_name(n))]
+    if rest != list(range(reach + 1, reach + 1 + len(rest))):
+        return checked  # a gap or a stray name: the log's reader decides
+    return parts + [_Part(i, s, 1, "file", (layout.event(s),)) for s in rest]
+
+
+def _groups(plans: Iterable[list[_Part]], budget: int) -> Iterator[list[_Part]]:
+    """The parts of all runs, in order, in groups of about ``budget`` events (a part is never split)."""
+    group: list[_Part] = []
+    weight = 0
+    for part in (p for plan in plans for p in plan):
+        if group and weight + part.count > budget:
+            yield group
+            group, weight = [], 0
+        group.append(part)
+        weight += max(1, part.count)
+    if group:
+        yield group
+
+
+def _read_parts(
     storage: Storage,
     rids: list[RunId],
-    listings: list[tuple[list[tuple[int, int]], list[int], bool]],
-    fallback: Callable[[RunId], list[bytes]],
-) -> Iterator[tuple[RunId, list[bytes]]]:
-    keys: list[str] = []
-    for rid, (chain, seqs, plain) in zip(rids, listings, strict=True):
-        if plain:
-            layout = RunLayout(rid)
-            keys += [layout.segment(f, last) for f, last in chain] + [layout.event(s) for s in seqs]
-    bodies = storage.read_many(keys)
-    done: list[tuple[RunId, list[bytes] | None]] = []
-    for rid, (chain, seqs, plain) in zip(rids, listings, strict=True):
-        layout = RunLayout(rid)
-        lines: list[bytes] = []
-        whole = plain
-        for first, last in chain if whole else ():
-            key = layout.segment(first, last)
-            try:
-                lines.extend(decode_segment(bodies.pop(key, None) or b"", str(rid), first, last).splitlines())
-            except ValueError as e:
-                log.warning("ignoring segment %s of run %s: %s", storage.path(key), rid, e)
-                whole = False
-                break
-        for s in seqs if whole else ():
-            body = bodies.pop(layout.event(s), None)
-            if body is None:  # removed since it was listed (cleanup after archiving)
-                whole = False
-                break
-            lines.append(body)
-        done.append((rid, lines if whole else None))
-    # Runs read the checked way (consolidated, cleaned up, a damaged segment) are read concurrently too.
-    todo = [rid for rid, lines in done if lines is None]
+    parts: list[_Part],
+    bodies: dict[str, bytes | None],
+    stopped: set[int],
+    types: Any,
+    fallback: Callable[[RunId, int], list[bytes]],
+    budget: int,
+) -> Iterator[tuple[RunId, int, list[bytes]]]:
+    """One group of a bulk read, its objects fetched in one batch: verified, then yielded in order."""
+    ready: list[tuple[_Part, tuple[bytes, ...] | None]] = []
+    for p in parts:
+        if p.run in stopped:
+            continue
+        got = _verified(storage, rids[p.run], p, [bodies.pop(k, None) for k in p.keys], types)
+        if got is None:
+            stopped.add(p.run)  # read from here on the checked way, concurrently with the group's others
+        ready.append((p, got))
+    todo = [p for p, got in ready if got is None]
+    rest: dict[int, list[bytes]] = {}
     if todo:
         with ThreadPoolExecutor(min(_FALLBACK_READERS, len(todo))) as pool:
-            slow = dict(zip(todo, pool.map(fallback, todo), strict=True))
-    for rid, got in done:
-        yield rid, got if got is not None else slow[rid]
+            slow = pool.map(lambda p: fallback(rids[p.run], p.first - 1), todo)
+            rest = {p.run: lines for p, lines in zip(todo, slow, strict=True)}
+    run, first = -1, 0
+    lines: list[bytes] = []
+    for p, got in ready:
+        if got is None or p.run != run or first + len(lines) != p.first:
+            if lines:
+                yield rids[run], first, lines
+            run, first, lines = p.run, p.first, []
+        if got is None:
+            found = rest.pop(p.run)
+            for start in range(0, len(found), budget):
+                yield rids[p.run], p.first + start, found[start : start + budget]
+            run = -1
+            continue
+        for line in _part_lines(p, got):
+            lines.append(line)
+            if len(lines) >= budget:  # pieces stay small: the caller's columns are built per piece
+                yield rids[run], first, lines
+                first, lines = first + len(lines), []
+    if lines:
+        yield rids[run], first, lines
+
+
+def _verified(
+    storage: Storage, rid: RunId, part: _Part, bodies: list[bytes | None], types: Any
+) -> tuple[bytes, ...] | None:
+    """The part's content when it can be used as it is; None sends the run to the checked reader."""
+    if part.shape == "checked" or any(b is None for b in bodies):
+        return None  # a file or a segment removed since it was listed (cleanup after archiving)
+    found = [b for b in bodies if b is not None]
+    if part.shape == "segment":
+        try:
+            return (decode_segment(found[0], str(rid), part.first, part.first + part.count - 1),)
+        except ValueError as e:
+            # A segment is a cache: one that does not hold costs the reads of the files, never a wrong answer.
+            log.warning("ignoring segment %s of run %s: %s", storage.path(part.keys[0]), rid, e)
+            return None
+    if part.shape == "sealed":
+        body, seal_body = found
+        through = part.count - 1
+        try:
+            seal = _loads(seal_body)
+        except ValueError:
+            return None
+        seal = upcast(seal, types) if isinstance(seal, dict) else {}
+        meta = seal.get("metadata")
+        if (
+            not isinstance(meta, dict)
+            or (seal.get("event_id"), seal.get("type")) != (part.count, SEAL_TYPE)
+            or (meta.get("through"), meta.get("size")) != (through, len(body))
+            or body.count(b"\n") != through
+        ):
+            return None  # the checked reader says what is wrong (or reads a consolidation being finished)
+    return tuple(found)
+
+
+def _part_lines(part: _Part, got: tuple[bytes, ...]) -> Iterator[bytes]:
+    """The event lines of a verified part, in order (a segment or ``events.jsonl`` walked in place)."""
+    if part.shape == "file":
+        yield got[0]
+        return
+    last = part.count if part.shape == "segment" else part.count - 1
+    for lines in iter_jsonl(got[0], 0, last):
+        yield from lines
+    if part.shape == "sealed":
+        yield got[1]
 
 
 os.register_at_fork(after_in_child=_new_identity_in_child)

@@ -123,6 +123,7 @@ _CREDENTIAL_SOURCES: Final = (
     "web identity, container and instance metadata credentials"
 )
 _weak_warned: set[str] = set()
+_S3_CONNECTIONS: Final = 64  # connections per S3 filesystem we open: the concurrency of a batched read
 _weak_lock = threading.Lock()
 
 
@@ -134,9 +135,14 @@ def open_filesystem(url: str, storage_options: dict[str, Any] | None = None) -> 
     a dead store took minutes to report. Our loop alone bounds the wait.
     """
     options = dict(storage_options or {})
-    ours = url.split("://", 1)[0] in _S3_PROTOCOLS and "retries" not in (options.get("config_kwargs") or {})
+    s3 = url.split("://", 1)[0] in _S3_PROTOCOLS
+    ours = s3 and "retries" not in (options.get("config_kwargs") or {})
     if ours:
         options["config_kwargs"] = {**(options.get("config_kwargs") or {}), "retries": {"total_max_attempts": 1}}
+    if s3 and "max_pool_connections" not in (options.get("config_kwargs") or {}):
+        # Batched reads (frames, listings) send many GETs at once; botocore's default pool of 10 connections
+        # would queue them, so the batch would cost about a tenth of its requests in round trips.
+        options["config_kwargs"] = {**(options.get("config_kwargs") or {}), "max_pool_connections": _S3_CONNECTIONS}
     fs, root = fsspec.core.url_to_fs(url, **options)
     if ours and hasattr(fs, "retries"):
         fs.retries = 1  # this instance is keyed on our retry config, so no other user shares it
