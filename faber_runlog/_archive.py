@@ -262,14 +262,18 @@ def consolidate(store: RunStore, run_id: str | RunId) -> ConsolidationRecord:
     storage = store.storage
     layout = RunLayout(rid)
     elog = store.get_run(rid).log
+    # The lines read so far: events are immutable, so a retry after losing the race to an
+    # append reads only the events since, and a busy run cannot starve its consolidation.
+    lines: list[bytes] = []
+    last_at = ""
     for _ in range(_SEAL_TRIES):
         state = elog.current_state()
         if state.sealed_at is not None:
             record = _record_from_seal(rid, elog.get(state.sealed_at))
             data = storage.read(layout.jsonl)
             if data is None or len(data) != record.size or _sha256(data) != record.sha256:
-                data, _ = _jsonl_from_files(storage, rid, record.last_seq)
-                _write_jsonl(storage, rid, data, record)
+                lines, _ = _jsonl_lines(storage, rid, 1, record.last_seq)
+                _write_jsonl(storage, rid, b"\n".join(lines) + b"\n", record)
             return record
         if state.status not in TERMINAL_STATUSES:
             raise RunStillActive(
@@ -281,7 +285,10 @@ def consolidate(store: RunStore, run_id: str | RunId) -> ConsolidationRecord:
         last = state.last_event_id
         if last == 0:
             raise ConsolidationError(f"run {rid} has no events to consolidate", run_id=str(rid))
-        data, last_at = _jsonl_from_files(storage, rid, last)
+        more, more_at = _jsonl_lines(storage, rid, len(lines) + 1, last)
+        lines += more
+        last_at = more_at or last_at
+        data = b"\n".join(lines) + b"\n"
         meta = {"through": last, "size": len(data), "sha256": _sha256(data), "last_event_at": last_at}
         try:
             seal = elog.append({"type": SEAL_TYPE, "metadata": meta}, check=unchanged_since(last))
@@ -297,12 +304,12 @@ def consolidate(store: RunStore, run_id: str | RunId) -> ConsolidationRecord:
     )
 
 
-def _jsonl_from_files(storage: Storage, rid: RunId, last: int) -> tuple[bytes, str]:
-    """Events 1..last from their files as ``events.jsonl`` bytes, and the last one's timestamp."""
+def _jsonl_lines(storage: Storage, rid: RunId, first: int, last: int) -> tuple[list[bytes], str]:
+    """Events first..last from their files as ``events.jsonl`` lines, and the last one's timestamp ("" if none)."""
     layout = RunLayout(rid)
     lines: list[bytes] = []
     last_at = ""
-    for start in range(1, last + 1, _READ_BATCH):
+    for start in range(first, last + 1, _READ_BATCH):
         chunk = range(start, min(start + _READ_BATCH, last + 1))
         bodies = storage.read_many(layout.event(s) for s in chunk)
         for seq in chunk:
@@ -311,7 +318,7 @@ def _jsonl_from_files(storage: Storage, rid: RunId, last: int) -> tuple[bytes, s
                 _gap(storage, rid, seq)
             line, last_at = _event_line(storage, rid, seq, body)
             lines.append(line)
-    return b"\n".join(lines) + b"\n", last_at
+    return lines, last_at
 
 
 def _write_jsonl(storage: Storage, rid: RunId, data: bytes, record: ConsolidationRecord) -> None:
