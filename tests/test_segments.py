@@ -121,35 +121,29 @@ def _segment_lines(store: RunStore, rid: str) -> list[bytes]:
     return decode_segment(body, rid, 1, K).splitlines()
 
 
-def test_a_segment_written_in_the_first_format_is_still_read(
-    store_factory: Any, caplog: pytest.LogCaptureFixture
+def _swapped(lines: list[bytes]) -> list[bytes]:
+    return [lines[0], lines[2], lines[1], *lines[3:]]  # intact bytes and a valid checksum, but line 2 is event 3
+
+
+@pytest.mark.parametrize(
+    ("fmt", "edit", "ignored"),
+    [(1, list, False), (2, _swapped, True)],
+    ids=["first-format-still-read", "lines-out-of-order-ignored"],
+)
+def test_a_rewritten_segment_is_read_when_it_holds_and_ignored_by_readers_and_the_fold_when_not(
+    store_factory: Any, caplog: pytest.LogCaptureFixture, fmt: int, edit: Any, ignored: bool
 ) -> None:
     store = store_factory(segment_every=K)
     rid = _fill(store, 2 * K)
     truth = _from_files(store, rid)
     expected_state = store.get_run(rid).state().to_dict()
-    _rewrite_segment(store, rid, _segment_lines(store, rid), fmt=1)
-    store.storage.delete(RunLayout(RunId.parse(rid)).event(3))  # so only the segment can serve event 3
+    _rewrite_segment(store, rid, edit(_segment_lines(store, rid)), fmt=fmt)
+    if not ignored:
+        store.storage.delete(RunLayout(RunId.parse(rid)).event(3))  # so only the segment can serve event 3
     with caplog.at_level(logging.WARNING, logger="faber_runlog._log"):
         assert truth == _read(store, rid)
         assert expected_state == EventLog(store.storage, RunId.parse(rid), segment_every=K).load_state().to_dict()
-    assert "ignoring segment" not in caplog.text
-
-
-def test_a_segment_whose_lines_are_out_of_order_is_ignored_by_readers_and_the_fold(
-    store_factory: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    store = store_factory(segment_every=K)
-    rid = _fill(store, 2 * K)
-    truth = _from_files(store, rid)
-    expected_state = store.get_run(rid).state().to_dict()
-    lines = _segment_lines(store, rid)
-    lines[1], lines[2] = lines[2], lines[1]  # intact bytes and a valid checksum, but line 2 is event 3
-    _rewrite_segment(store, rid, lines, fmt=2)
-    with caplog.at_level(logging.WARNING, logger="faber_runlog._log"):
-        assert truth == _read(store, rid)
-        assert expected_state == EventLog(store.storage, RunId.parse(rid), segment_every=K).load_state().to_dict()
-    assert "ignoring segment" in caplog.text
+    assert ignored == ("ignoring segment" in caplog.text)
 
 
 def test_two_writers_writing_the_same_segment_leave_one_intact_segment(store_factory: Any) -> None:
