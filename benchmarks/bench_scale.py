@@ -278,7 +278,7 @@ def bench_list_runs_s3(runs: int, state_kb: int) -> list[Row]:
             "target 1 GET per run",
             1.0,
             "req",
-            "<= 1 (we read metadata, summary, probe)",
+            "<= 1 (we read summary + probe)",
             gets / runs,
             gets / runs <= 1.0,
         ),
