@@ -282,6 +282,8 @@ class Storage:
     )
     contention_backoff: ClassVar[float] = 0.005
     """Seconds a writer that lost a sequence-number race waits at first (then doubles); ~ one round trip."""
+    retry_backoff: float = 0.05
+    """Seconds before the first retry of a transient failure (then doubled, at most 2 s, with jitter)."""
     _cat_kwargs: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     """Extra arguments of every ``fs.cat_file`` (a backend's read tuning)."""
 
@@ -337,7 +339,7 @@ class Storage:
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run ``fn``, retrying transient failures at most ``retries`` times and ``retry_seconds`` long."""
-        delay = 0.05
+        delay = self.retry_backoff
         deadline = time.monotonic() + self.retry_seconds
         for attempt in range(self.retries + 1):
             try:

@@ -139,6 +139,7 @@ def test_a_put_that_times_out_but_lands_is_not_written_twice(s3_server: S3Server
 
 def test_reply_lost_on_every_put_still_reports_success_from_the_read_back(proxy: FaultProxy) -> None:
     store = open_store(spec_via(proxy))
+    store.storage.retry_backoff = 0.005  # every attempt fails: what counts is their number, not the waits
     run = store.create_run("acme", "web")
     proxy.always(EVENT_PUT, "reset_after")
     ev = run.log.emit("checkpoint", metadata={"label": "landed"})
@@ -152,6 +153,7 @@ def test_reply_lost_on_every_put_still_reports_success_from_the_read_back(proxy:
 
 def test_unknown_outcome_is_settled_by_retrying_with_the_idempotency_key(proxy: FaultProxy) -> None:
     store = open_store(spec_via(proxy))
+    store.storage.retry_backoff = 0.005  # every attempt fails: what counts is their number, not the waits
     run = store.create_run("acme", "web")
     proxy.always(EVENT_PUT, "reset_after")  # the PUT lands, its reply never arrives
     proxy.always(EVENT_GET, "reset_before")  # and it cannot be read back
@@ -175,6 +177,7 @@ def test_a_permanently_failing_store_raises_storage_error_after_bounded_retries(
 ) -> None:
     with FaultProxy(s3_server.endpoint, delay=1.0) as proxy:
         store = open_store(spec_via(proxy, timeout=0.3))
+        store.storage.retry_backoff = 0.005  # the number of attempts is the point here, not the waits
         run = store.create_run("acme", "web")
         proxy.always(match(), fault)
         with pytest.raises(StorageError) as caught:
