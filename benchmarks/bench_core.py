@@ -417,14 +417,14 @@ def bench_eventsourcing(tmp: Path, n_append: int, n_replay: int, ours_append_s: 
         if i % 1000 == 999:
             r.save(agg)
     r.save(agg)
-    es_replay = best_of(2, lambda: r.repository.get(agg.id))
+    es_replay = best_of(3, lambda: r.repository.get(agg.id))
     assert n_replay == r.repository.get(agg.id).count  # a real replay, not a cache hit
 
     store = RunStore(str(tmp / "es-ours"), fsync=False)
     run_id = _fill_local(store, n_replay)
     log = store.get_run(run_id).log
     ours_replay = best_of(2, lambda: fold_all(RunState(run_id=run_id), log.read()))
-    ours_state = best_of(2, lambda: store.get_run(run_id).state())
+    ours_state = best_of(3, lambda: store.get_run(run_id).state())
     # The same run finished and consolidated (what archived runs are read from): events.jsonl only.
     store.get_run(run_id).log.emit("workflow_complete")
     consolidate(store, run_id)
@@ -436,7 +436,7 @@ def bench_eventsourcing(tmp: Path, n_append: int, n_replay: int, ours_append_s: 
     shutil.rmtree(folder / "segments", ignore_errors=True)  # an archived copy holds events.jsonl alone
     for cache in ("state.json", "summary.json"):
         (folder / cache).unlink(missing_ok=True)
-    ours_jsonl = best_of(2, lambda: store.get_run(run_id).state())
+    ours_jsonl = best_of(3, lambda: store.get_run(run_id).state())
     assert n_replay + 2 == fold_all(RunState(run_id=run_id), store.get_run(run_id).log.read()).last_event_id  # + seal
     return [
         rate_row(

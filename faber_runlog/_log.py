@@ -545,7 +545,8 @@ class EventLog:
     def _keep_own(self, seq: int, body: bytes) -> None:
         """Remember our event for the segment of its range; the claimer of a boundary writes that segment."""
         k = self._segment_every
-        if self._own and min(self._own) <= seq - k:  # ranges already closed (by us or by others)
+        # Our claims only grow, so the first key is the smallest (min() would cost O(K) per append).
+        if self._own and next(iter(self._own)) <= seq - k:  # ranges already closed (by us or by others)
             self._own = {s: b for s, b in self._own.items() if s > (seq - 1) // k * k}
         self._own[seq] = body
         if seq % k == 0:
