@@ -504,7 +504,10 @@ def _cmd_verify(ctx: _Ctx) -> int:
             w(f"state.json and snapshots agree with the events (through event {rebuilt.last_event_id})\n")
         else:
             fixed = " (repaired)" if rebuilt.repaired else "; run with --repair to rewrite them"
-            w(f"state.json is {rebuilt.stored}, bad snapshots: {list(rebuilt.bad_snapshots)}{fixed}\n")
+            w(
+                f"state.json is {rebuilt.stored}, bad snapshots: {list(rebuilt.bad_snapshots)}, "
+                f"bad segments: {[f'{a}..{b}' for a, b in rebuilt.bad_segments]}{fixed}\n"
+            )
             for d in rebuilt.differences[:20]:
                 w(f"  {d.path}: stored {d.stored!r}, events say {d.rebuilt!r}\n")
     return EXIT_OK if ok else EXIT_FAILED

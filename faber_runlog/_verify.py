@@ -17,11 +17,15 @@ from faber_runlog import _codec
 from faber_runlog._events import upcast, validate_event_dict
 from faber_runlog._format import (
     RunLayout,
+    decode_segment,
     decode_snapshot,
     decode_summary,
+    encode_segment,
     encode_snapshot,
     encode_summary,
     fingerprint,
+    jsonl_line,
+    parse_segment_name,
     parse_seq_name,
 )
 from faber_runlog._ids import RunId
@@ -238,11 +242,15 @@ class ReconstructReport:
     # summary.json: "ok" (the fold at its event, which is the last), "stale" (the fold at an
     # earlier event: listings fold the run until the next status change), "missing", "unreadable", "different".
     summary: str = "ok"
+    # segments/<last>-<first>.jsonl that are unreadable or do not hold exactly their event files' lines
+    bad_segments: tuple[tuple[int, int], ...] = ()
 
     @property
     def ok(self) -> bool:
-        """True when state.json, every snapshot and summary.json agree with the events (a lagging summary is ok)."""
-        return self.stored == "ok" and not self.bad_snapshots and self.summary in ("ok", "stale")
+        """True when state.json, every snapshot, summary.json and every segment agree with the events."""
+        return (
+            self.stored == "ok" and not self.bad_snapshots and not self.bad_segments and self.summary in ("ok", "stale")
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
@@ -337,17 +345,19 @@ def reconstruct_state(
     if summary_status == "stale" and summary is not None and summary.get("last_event_id") == state.last_event_id:
         summary_status = "ok"
     status = "missing" if body is None else "unreadable" if stored is None else "different" if differences else "ok"
-    repaired = False
-    if repair and summary_status != "ok":
-        storage.replace(layout.summary, encode_summary(RunDigest.of(state, last_fp).to_dict()))
-        repaired = True
-    if repair and (status != "ok" or bad):
-        if status != "ok":
-            # The seal is an event, so the fold keeps a consolidated run sealed.
-            storage.replace(layout.state, encode_snapshot(state.to_dict(), last_fp))
-        for seq, snap_body in bad.items():
-            storage.replace(layout.snapshot(seq), snap_body)
-        repaired = True
+    bad_segments = _bad_segments(storage, run.run_id)
+    rewrites: dict[str, bytes] = {layout.segment(a, b): body for (a, b), body in bad_segments.items()}
+    if summary_status != "ok":
+        digest = RunDigest.of(state, last_fp, run.metadata.summary_listing())
+        rewrites[layout.summary] = encode_summary(digest.to_dict())
+    if status != "ok":
+        # The seal is an event, so the fold keeps a consolidated run sealed.
+        rewrites[layout.state] = encode_snapshot(state.to_dict(), last_fp)
+    rewrites.update((layout.snapshot(seq), snap_body) for seq, snap_body in bad.items())
+    if repair:
+        for key, fixed in rewrites.items():
+            storage.replace(key, fixed)
+    repaired = repair and bool(rewrites)
     report = ReconstructReport(
         run_id=run.id,
         last_event_id=state.last_event_id,
@@ -357,5 +367,34 @@ def reconstruct_state(
         bad_snapshots=tuple(sorted(bad)),
         repaired=repaired,
         summary=summary_status,
+        bad_segments=tuple(sorted(bad_segments)),
     )
     return state, report
+
+
+def _bad_segments(storage: Storage, rid: RunId) -> dict[tuple[int, int], bytes]:
+    """Segments that do not hold exactly their event files' lines, each with the segment those files make.
+
+    Readers ignore such a segment (a warning, then the files), but put-if-absent
+    never replaces it, so only an explicit repair does. A range whose event files
+    are gone (cleaned up after the seal) cannot be checked and is left alone.
+    """
+    layout = RunLayout(rid)
+    bad: dict[tuple[int, int], bytes] = {}
+    for name in storage.list_names(layout.segments):
+        span = parse_segment_name(name)
+        if span is None:
+            continue
+        first, last = span
+        files = storage.read_many(layout.event(s) for s in range(first, last + 1))
+        bodies = [files[layout.event(s)] for s in range(first, last + 1)]
+        if any(b is None for b in bodies):
+            continue
+        lines = [jsonl_line(b or b"") for b in bodies]
+        try:
+            held = decode_segment(storage.read(layout.segment(first, last)) or b"", str(rid), first, last)
+        except Exception:
+            held = None
+        if held is None or held.splitlines() != lines:
+            bad[span] = encode_segment(str(rid), first, lines)
+    return bad

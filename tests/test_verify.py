@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from faber_runlog import Resumer, Run, RunState, RunStore, StateDifference, _codec
-from faber_runlog._format import RunLayout, decode_snapshot, encode_snapshot
+from faber_runlog._format import RunLayout, decode_segment, decode_snapshot, encode_segment, encode_snapshot
 from faber_runlog._state import fold_all
 
 
@@ -313,3 +313,29 @@ def test_reconstruct_checks_the_summary_and_repair_rewrites_it(store: RunStore) 
     assert (True, "missing") == (repaired.repaired, repaired.summary)
     assert ("ok", True) == (r.reconstruct(run.id)[1].summary, r.reconstruct(run.id)[1].ok)
     assert [("failed", 8)] == [(s.status, s.last_event_id) for s in store.list_runs()]
+
+
+@pytest.mark.parametrize("damage", ["flipped", "forged"])
+def test_reconstruct_finds_a_segment_that_disagrees_with_its_files_and_repair_rewrites_it(
+    store_factory: Any, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = store_factory(segment_every=3)
+    run = _failed_run(store)  # six events: segments 1..3 and 4..6
+    layout = RunLayout(run.run_id)
+    good = store.storage.read(layout.segment(1, 3)) or b""
+    if damage == "flipped":  # its checksum no longer holds
+        store.storage.replace(layout.segment(1, 3), good.replace(b"workflow_start", b"workflow_stert"))
+    else:  # intact and checksummed, but its lines are not events 1..3 of the files
+        lines = decode_segment(good, run.id, 1, 3).splitlines()
+        store.storage.replace(layout.segment(1, 3), encode_segment(run.id, 1, [lines[0], lines[2], lines[1]]))
+    r = Resumer(store)
+    _, report = r.reconstruct(run.id)
+    assert (((1, 3),), False, False) == (report.bad_segments, report.ok, report.repaired)
+    _, report = r.reconstruct(run.id, repair=True)
+    assert (((1, 3),), True) == (report.bad_segments, report.repaired)
+    assert good == store.storage.read(layout.segment(1, 3))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="faber_runlog._log"):
+        assert list(range(1, 7)) == [e.event_id for e in store.get_run(run.id).log.read()]
+    assert "ignoring segment" not in caplog.text
+    assert r.reconstruct(run.id)[1].ok
