@@ -150,9 +150,29 @@ def make_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest, **kwar
     return RunStore(f"s3://{BUCKET}/runs-{uuid.uuid4().hex}", storage_options=server.storage_options, **kwargs)
 
 
-@pytest.fixture(params=["memory", "local", "s3"])
-def store_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+STORE_KINDS = ("memory", "local", "s3")
+SHARED_KINDS = ("local", "s3")
+
+
+def _backends(metafunc: pytest.Metafunc) -> tuple[str, ...]:
+    """The backends a test runs on: all of them, or what its ``backends`` marker names.
+
+    The storage and log contract runs on every backend; application tests (CLI, MCP, lifecycle,
+    resume, reports) mark their module ``pytestmark = pytest.mark.backends("memory")``: they test
+    what the application does with a store, which the contract already pins on every backend, and
+    S3 round trips were most of the suite's time.
+    """
+    marker = metafunc.definition.get_closest_marker("backends")
+    return tuple(marker.args) if marker is not None else STORE_KINDS
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    kinds = _backends(metafunc)
+    if "store_kind" in metafunc.fixturenames:
+        metafunc.parametrize("store_kind", [k for k in STORE_KINDS if k in kinds])
+    if "shared_kind" in metafunc.fixturenames:
+        # Memory cannot be shared between processes: a memory-only test shares a local folder.
+        metafunc.parametrize("shared_kind", [k for k in SHARED_KINDS if k in kinds] or ["local"])
 
 
 @pytest.fixture
@@ -171,10 +191,10 @@ def store_factory(store_kind: str, tmp_path: Path, request: pytest.FixtureReques
     return factory
 
 
-@pytest.fixture(params=["local", "s3"])
-def shared_store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+@pytest.fixture
+def shared_store_spec(shared_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
     """A store other processes can open too: its URL and storage options."""
-    if request.param == "local":
+    if shared_kind == "local":
         return {"url": str(tmp_path / "runs"), "storage_options": {}}
     server: S3Server = request.getfixturevalue("s3_server")
     return {"url": f"s3://{BUCKET}/runs-{uuid.uuid4().hex}", "storage_options": server.storage_options}

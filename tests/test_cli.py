@@ -16,6 +16,9 @@ from faber_runlog import RunStore
 from faber_runlog._cli import main
 from faber_runlog._gateway import CONFIG_ENV, CONFIG_PATH, GatewayConfig, load_config, write_config
 
+# Application tests: the CLI needs a folder other processes see; S3 has its own smoke test.
+pytestmark = pytest.mark.backends("local")
+
 MISSING = "acme/web/00000000-0000-4000-8000-000000000000"
 
 
@@ -41,12 +44,12 @@ class Cli:
         return json.loads(self.ok(*args, "--json"))
 
 
-@pytest.fixture(params=["local", "s3"])
-def cli(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
+@pytest.fixture
+def cli(shared_kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
     monkeypatch.chdir(tmp_path)  # no gateway.json here: --root decides
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     monkeypatch.delenv("FABER_RUNLOG_STORAGE_OPTIONS", raising=False)
-    if request.param == "local":
+    if shared_kind == "local":
         url = str(tmp_path / "runs")
         return Cli(["--root", url], RunStore(url), {"url": url, "storage_options": {}})
     server: S3Server = request.getfixturevalue("s3_server")
@@ -99,6 +102,7 @@ def test_emit_prints_the_event_id_and_json_prints_the_event(cli: Cli) -> None:
     assert "3\n" == cli.ok("emit", run_id, "checkpoint", "--meta", "label=again", "--idempotency-key", "k")
 
 
+@pytest.mark.backends("local", "s3")  # the CLI over S3 too: credentials from the environment
 def test_list_shows_a_table_and_json_with_filters(cli: Cli) -> None:
     failed = _failed_run(cli)
     other = cli.ok("new", "acme", "api").strip()
@@ -139,6 +143,7 @@ def test_tail_prints_the_last_events_or_those_after_since(cli: Cli) -> None:
     assert [4, 5, 6] == [e["event_id"] for e in events]
 
 
+@pytest.mark.backends("local", "s3")  # the CLI over S3 too: credentials from the environment
 def test_resume_prints_the_plan_and_appends_workflow_resumed(cli: Cli) -> None:
     run_id = _failed_run(cli, ended=False)
     plan = cli.json("resume", run_id, "--dry-run")
@@ -208,6 +213,7 @@ def test_report_prints_markdown_or_json(cli: Cli) -> None:
     assert "failed" == cli.store.get_run(run_id).read_report()["status"]  # type: ignore[index]
 
 
+@pytest.mark.backends("local", "s3")  # the CLI over S3 too: credentials from the environment
 def test_archive_copies_finished_runs_to_another_store(cli: Cli, tmp_path: Path) -> None:
     done = cli.ok("new", "acme", "web").strip()
     cli.ok("emit", done, "workflow_start")

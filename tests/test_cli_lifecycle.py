@@ -14,6 +14,9 @@ from faber_runlog import RunStore
 from faber_runlog._cli import main
 from faber_runlog._gateway import CONFIG_ENV
 
+# Application tests: the CLI needs a folder other processes see; S3 has its own smoke test.
+pytestmark = pytest.mark.backends("local")
+
 __all__ = ["cli"]  # the fixture, shared with test_cli.py
 
 

@@ -17,6 +17,9 @@ from faber_runlog import (
     RunStore,
 )
 
+# Application tests: the storage and log contract is pinned on every backend elsewhere.
+pytestmark = pytest.mark.backends("memory")
+
 
 @pytest.mark.parametrize(
     ("url", "builtin", "needle"),

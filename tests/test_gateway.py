@@ -24,6 +24,9 @@ from faber_runlog._gateway import (
 )
 from faber_runlog._store import Run
 
+# Application tests: the storage and log contract is pinned on every backend elsewhere.
+pytestmark = pytest.mark.backends("memory")
+
 
 def _all_keys(store: RunStore) -> list[str]:
     fs, root = store.storage.fs, store.storage.root

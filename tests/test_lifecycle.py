@@ -28,6 +28,9 @@ from faber_runlog._lease import acquire_lease, read_lease
 from faber_runlog._lifecycle import SWEEP_REASON, TRANSITIONS, key_folder
 from faber_runlog._report import read_report
 
+# Application tests: the storage and log contract is pinned on every backend elsewhere.
+pytestmark = pytest.mark.backends("memory")
+
 WORKERS = Path(__file__).with_name("_lifecycle_workers.py")
 STATUSES = ("created", "running", "paused", "awaiting_approval", "completed", "failed", "cancelled")
 

@@ -9,6 +9,9 @@ from faber_runlog._format import RunLayout
 from faber_runlog._log import EventLog
 from faber_runlog._report import read_report, render_markdown, report_schema, validate_report
 
+# Application tests: the storage and log contract is pinned on every backend elsewhere.
+pytestmark = pytest.mark.backends("memory")
+
 
 def worked_run(store: RunStore) -> Run:
     run = store.create_run("acme", "web", params={"work_id": "220"})

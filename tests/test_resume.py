@@ -30,6 +30,9 @@ from faber_runlog._lease import Lease, lease_key
 from faber_runlog._resume import merge_params
 from faber_runlog._state import fold_all, register_fold
 
+# Application tests: the storage and log contract is pinned on every backend elsewhere.
+pytestmark = pytest.mark.backends("memory")
+
 WORKERS = Path(__file__).with_name("_resume_workers.py")
 WORKFLOW = [("frame", ["fetch", "plan"]), ("build", ["compile", "test", "package"]), ("release", ["ship"])]
 
