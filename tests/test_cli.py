@@ -16,7 +16,7 @@ from faber_runlog import RunStore
 from faber_runlog._cli import main
 from faber_runlog._gateway import CONFIG_ENV, CONFIG_PATH, GatewayConfig, load_config, write_config
 
-# Application tests: the CLI needs a folder other processes see; S3 has its own smoke test.
+# Application tests: the CLI needs a folder other processes see; a few smoke tests run on S3 too.
 pytestmark = pytest.mark.backends("local")
 
 MISSING = "acme/web/00000000-0000-4000-8000-000000000000"
