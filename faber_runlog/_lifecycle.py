@@ -37,7 +37,6 @@ from faber_runlog._lease import (
     acquire_lease,
     default_owner,
     fence_out,
-    held_epoch,
     parse_lease,
     read_lease,
     read_lease_versioned,
@@ -718,9 +717,10 @@ def finalize(storage: Storage, elog: EventLog, state: RunState | None = None, *,
     a crash half-way leaves claims a newcomer may take over (their run has
     ended) and a report :func:`report.recover_missing_reports` writes.
 
-    The lease is released only at the epoch that ended the run (``epoch``:
-    the ending event's, or this process's own lease): a lease taken since (a
-    resumer that took it a moment ago) has a higher epoch and is left alone,
+    The lease is released only at the epoch that ended the run (``epoch``: the
+    highest lease epoch in the log up to the ending event; None: whatever is
+    current): a lease taken since (a resumer that took it a moment ago) has a
+    higher epoch and is left alone,
     and a writer of this process that a sweep fenced out learns it lost its
     lease instead of forgetting it had one.
     """
@@ -731,8 +731,7 @@ def finalize(storage: Storage, elog: EventLog, state: RunState | None = None, *,
     released: list[str] = []
     if lease is not None:
         released = release_claims(storage, rid, lease.claims)
-        limit = max(epoch or 0, held_epoch(storage, rid) or 0)
-        release_lease(storage, rid, epoch=limit)
+        release_lease(storage, rid, epoch=epoch)
     return released
 
 
