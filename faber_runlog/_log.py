@@ -242,8 +242,6 @@ class EventLog:
         # (its event and size) and the mean size of the events this writer appended.
         self._snap_seq = 0
         self._snap_size = 0
-        self._taken: list[int] | None = None  # periodic snapshots on disk, once listed
-        self._prunes = 0
         self._event_bytes = float(_EVENT_BYTES_GUESS)
         self._sealed: int | None = None  # the seal's number, once known
         # Monotonic time from which this writer's tail is known to be current
@@ -686,28 +684,31 @@ class EventLog:
             log.warning("snapshot of run %s at event %d not written: %s", self._run_id, seq, e)
 
     def _keep_older(self, seq: int, body: bytes) -> None:
-        """Keep ``body`` as the older snapshot at ``seq`` when the newest one is far enough back; prune the oldest.
+        """Keep ``body`` as the older snapshot at ``seq`` when the newest one is far enough back; prune the rest.
 
-        Older snapshots only shorten ``state(at=...)`` folds, so one per
-        ``_OLDER_SPACING`` x K events is enough: most periodic snapshots then cost one
-        request, not three. A handle lists them, then remembers the ones it wrote
-        (steady state: no LIST); it lists again every few, so ones other writers
-        left behind are pruned too.
+        Decided from one listing of ``snapshots/``, never from what this handle
+        remembers, so "at most ``SNAPSHOTS_KEPT`` older snapshots, at least
+        ``_OLDER_SPACING`` x K events apart" holds across handles and processes:
+        each one that writes a periodic snapshot prunes what others left behind
+        (two racing at once may leave one extra until the next periodic snapshot).
         """
-        self._prunes += 1
-        if self._taken is None or self._prunes % 8 == 0:
-            self._taken = sorted(
-                n
-                for n in (parse_seq_name(name) for name in self._storage.list_names(self._layout.snapshots))
-                if n is not None and n < seq
-            )
-        if self._taken and seq - self._taken[-1] < _OLDER_SPACING * self._snapshot_every:
-            return
-        self._storage.replace(self._layout.snapshot(seq), body)
-        self._taken.append(seq)
-        while len(self._taken) > SNAPSHOTS_KEPT:
-            self._storage.delete(self._layout.snapshot(self._taken[0]))
-            del self._taken[0]
+        spacing = _OLDER_SPACING * self._snapshot_every
+        listed = sorted(
+            n for n in (parse_seq_name(name) for name in self._storage.list_names(self._layout.snapshots)) if n
+        )
+        taken = [n for n in listed if n < seq]
+        if not taken or seq - taken[-1] >= spacing:
+            self._storage.replace(self._layout.snapshot(seq), body)
+            taken.append(seq)
+        taken += [n for n in listed if n > seq]  # written meanwhile by a handle further on
+        kept: list[int] = []
+        for n in taken:  # oldest first: keep those at least one spacing after the last kept
+            if not kept or n - kept[-1] >= spacing:
+                kept.append(n)
+        kept = kept[-SNAPSHOTS_KEPT:]
+        for n in taken:
+            if n not in kept:
+                self._storage.delete(self._layout.snapshot(n))
 
     def snapshot(self) -> RunState:
         """Write ``state.json`` and ``summary.json`` for the current state now and return that state."""
@@ -1241,10 +1242,23 @@ def current_digests(
         if digest.run_id == str(rid):
             decoded[rid] = digest
     found = storage.read_many(layouts[r].event(d.last_event_id + 1) for r, d in decoded.items())
+    # "No event after it" must not be satisfiable by a deletion: cleanup removes event files only once
+    # events.jsonl exists (and never removes it), so a summary that is not the seal's own is trusted
+    # only if, after the probe above missed, the run has no events.jsonl (rule 11).
+    unsealed = [
+        r
+        for r, d in decoded.items()
+        if found.get(layouts[r].event(d.last_event_id + 1)) is None and d.sealed_at != d.last_event_id
+    ]
+    consolidated = _exist(storage, [layouts[r].jsonl for r in unsealed])
     out: dict[RunId, RunDigest | Exception] = {}
     for rid in rids:
         got = decoded.get(rid)
-        if got is not None and found.get(layouts[rid].event(got.last_event_id + 1)) is None:
+        if (
+            got is not None
+            and found.get(layouts[rid].event(got.last_event_id + 1)) is None
+            and layouts[rid].jsonl not in consolidated
+        ):
             out[rid] = got
             continue
         try:
@@ -1254,6 +1268,18 @@ def current_digests(
         except Exception as e:  # reported per run: one damaged run must not hide the others
             out[rid] = e
     return out
+
+
+def _exist(storage: Storage, keys: list[str]) -> set[str]:
+    """Which of ``keys`` exist (concurrently where reads batch)."""
+    if not keys:
+        return set()
+    if storage.capabilities.batched_reads and len(keys) > 1:
+        with ThreadPoolExecutor(min(_FALLBACK_READERS, len(keys))) as pool:
+            there = list(pool.map(storage.exists, keys))
+    else:
+        there = [storage.exists(k) for k in keys]
+    return {k for k, e in zip(keys, there, strict=True) if e}
 
 
 @attrs.frozen

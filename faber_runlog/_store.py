@@ -379,7 +379,7 @@ class RunStore:
             source=self.source,
             on_commit=self._committed,
             hook_types=lifecycle.FINAL_EVENT_TYPES,
-            seal_grace=self.seal_grace,
+            seal_grace=writer_grace(self.seal_grace, metadata),
             fence=functools.partial(lease_fence, self.storage, run_id),
             segment_every=self.segment_every,
             registry=self.registry,
@@ -433,6 +433,7 @@ class RunStore:
         if (rid.org, rid.project) != (org, project):
             raise InvalidRunId(f"run id {rid} is not in {org}/{project}")
         meta = RunMetadata(
+            seal_grace=self.seal_grace,
             org=rid.org,
             project=rid.project,
             uuid=rid.uuid,
@@ -738,6 +739,18 @@ def _is_slug(name: str) -> bool:
 # -- for the package's other modules (a RunStore's internals they need, named once) -------------
 
 
+def writer_grace(own: float, metadata: RunMetadata | None) -> float:
+    """The ``seal_grace`` a writer of a run uses: never more than the run recorded (the default when it did not)."""
+    recorded = metadata.seal_grace if metadata is not None else None
+    return min(own, recorded if recorded is not None else SEAL_GRACE)
+
+
+def cleaner_grace(own: float, metadata: RunMetadata | None) -> float:
+    """The ``seal_grace`` a cleanup of a run waits: never less than the run recorded (the default when it did not)."""
+    recorded = metadata.seal_grace if metadata is not None else None
+    return max(own, recorded if recorded is not None else SEAL_GRACE)
+
+
 def run_ids(store: RunStore, org: str | None = None, project: str | None = None) -> Iterator[RunId]:
     """Every run id under ``store`` (a listing only: no metadata or events read)."""
     return store._run_ids(org, project)  # noqa: SLF001  (same module: RunStore's own helper)
@@ -750,4 +763,6 @@ def parse_metadata(store: RunStore, rid: RunId, body: bytes) -> RunMetadata:
 
 def create_run_from(store: RunStore, meta: RunMetadata) -> Run:
     """Create a run with exactly ``meta`` (an importer's path: the id and created_at are given)."""
+    if meta.seal_grace is None:
+        meta = attrs.evolve(meta, seal_grace=store.seal_grace)
     return store._create(meta)  # noqa: SLF001  (same module)

@@ -49,9 +49,9 @@ class _Writer:
             text=True,
             env=env,
         )
-        self.epoch = self._answer()["epoch"]
+        self.epoch = self.answer()["epoch"]
 
-    def _answer(self) -> dict[str, Any]:
+    def answer(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
@@ -66,7 +66,7 @@ class _Writer:
 
     def emit(self) -> dict[str, Any]:
         self.send("emit")
-        return self._answer()
+        return self.answer()
 
     def wait_stopped(self) -> None:
         stat = Path(f"/proc/{self.proc.pid}/stat")
@@ -75,7 +75,7 @@ class _Writer:
 
     def resume(self) -> dict[str, Any]:
         os.kill(self.proc.pid, signal.SIGCONT)
-        return self._answer()
+        return self.answer()
 
     def close(self) -> None:
         if self.proc.stdin is not None:
@@ -83,7 +83,7 @@ class _Writer:
         self.proc.wait(timeout=60)
 
 
-def _acknowledged_after_a_fence(store: RunStore, run_id: str) -> list[tuple[int, int | None, int]]:
+def _acknowledged_after_a_fence(store: RunStore, run_id: str) -> list[tuple[int, int, int]]:
     """Events acknowledged after an event of a higher epoch than theirs: (event, its epoch, the fence's)."""
     top, out = 0, []
     for e in store.get_run(run_id).log.read():
@@ -134,7 +134,7 @@ def test_a_writer_whose_put_is_throttled_past_its_lease_is_refused_after_the_swe
                 time.sleep(0.005)
             direct = {"url": spec["url"], "storage_options": s3_server.storage_options}
             assert [run.id] == _swept_by_a_clock_ahead(direct, run.id, 3600)
-            answer = writer._answer()
+            answer = writer.answer()
             throttled = proxy.counts[("PUT", "slowdown")]
         finally:
             writer.close()
