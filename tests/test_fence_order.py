@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _faultreport import record
 from conftest import BUCKET, S3Server
 from faultproxy import FaultProxy, match
 
@@ -114,6 +115,13 @@ def test_a_writer_stopped_between_its_lease_check_and_its_claim_is_refused_after
         writer.close()
     assert [] == _acknowledged_after_a_fence(store, run.id)
     assert ("failed", 3) == (run.state().status, run.state().last_event_id)
+    held = "LeaseLost after SIGCONT; no event of a lower epoch after the sweep's"
+    record(
+        f"test_fence_order: writer SIGSTOPped between its lease check and its claim ({store.storage.kind})",
+        "SIGSTOP",
+        1,
+        held,
+    )
 
 
 def test_a_writer_whose_put_is_throttled_past_its_lease_is_refused_after_the_sweep(s3_server: S3Server) -> None:
@@ -140,6 +148,8 @@ def test_a_writer_whose_put_is_throttled_past_its_lease_is_refused_after_the_swe
             writer.close()
     assert ({"refused": "LeaseLost"}, 5) == (answer, throttled)
     assert [] == _acknowledged_after_a_fence(store, run.id)
+    held = "LeaseLost once its retried PUT lands; no event of a lower epoch after the sweep's"
+    record("test_fence_order: event PUT throttled past the lease while a sweep fails the run", "slowdown", 5, held)
 
 
 def test_clock_skew_within_the_bound_sweeps_nothing_and_past_it_no_event_is_acknowledged_after_the_sweep(
