@@ -356,7 +356,8 @@ class EventLog:
         clock = self._storage.clock
         with self._lock:
             state = self._writer_state()
-            race = _Race(clock.monotonic())
+            began = clock.monotonic()
+            race: _Race | None = None  # made on the first lost race: a writer that wins pays nothing for it
             while True:
                 if exact:
                     state = self._sync()
@@ -388,6 +389,7 @@ class EventLog:
                     break
                 # Another writer took this number: learn the new tail (and, for an exact append, the
                 # events missed, in one round), then wait a moment sized by the contention seen.
+                race = race if race is not None else _Race(began)
                 self._lost(race, seq, exact, clock)
         if self._on_commit is not None and (commit.changed_status or etype in self._hook_types):
             try:
