@@ -31,9 +31,10 @@ from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import Event
 from faber_runlog._format import ARCHIVE_MARKER, RunLayout, encode_snapshot, fingerprint, jsonl_line, parse_seq_name
 from faber_runlog._ids import RunId
+from faber_runlog._metadata import RunMetadata
 from faber_runlog._progress import Progress
 from faber_runlog._storage import PutResult, Storage
-from faber_runlog._store import RunStore, parse_metadata
+from faber_runlog._store import RunStore, cleaner_grace, parse_metadata
 from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES, RunStatus, unchanged_since
 from faber_runlog._transitions import Moved as _Moved
 from faber_runlog.errors import (
@@ -666,10 +667,15 @@ class Archiver:
         indexed = self.destination.storage.read_many(_index_key(r) for _, r in archived)
         cutoff = _older_than(policy.keep_days)
         items: list[CleanupItem] = []
-        grace_cutoff = _codec.iso(_dt.datetime.now(_dt.UTC) - _dt.timedelta(seconds=self.source.seal_grace))
+        now = src.clock.now()
+        metas = src.read_many(RunLayout(r).metadata for _, r in archived)
         bar = Progress("cleaning up", len(archived), enabled=self.progress if progress is None else progress)
         with bar:
             for summary, rid in archived:
+                # The grace the run recorded when it was created (its writers skip their check within half
+                # of it), never less: a cleaner opened with a shorter seal_grace cannot hide their events.
+                grace = cleaner_grace(self.source.seal_grace, self._metadata_of(rid, metas))
+                grace_cutoff = (_codec.iso(now - _dt.timedelta(seconds=grace)), grace)
                 self._clean_one(summary, rid, markers, indexed, policy, cutoff, grace_cutoff, dry_run, items)
                 bar.update()
         return CleanupReport(dry_run, tuple(items))
@@ -682,7 +688,7 @@ class Archiver:
         indexed: dict[str, bytes | None],
         policy: RetentionPolicy,
         cutoff: str | None,
-        grace_cutoff: str,
+        grace_cutoff: tuple[str, float],
         dry_run: bool,
         items: list[CleanupItem],
     ) -> None:
@@ -699,8 +705,8 @@ class Archiver:
             reason = "failed runs are kept (keep_failed)"
         elif cutoff is not None and str(marker.get("archived_at", "")) > cutoff:
             reason = f"archived {marker.get('archived_at')}, within keep_days={policy.keep_days:g}"
-        elif str(marker.get("archived_at", "")) > grace_cutoff:
-            reason = f"sealed less than seal_grace={self.source.seal_grace:g}s ago; writers may still be stalled"
+        elif str(marker.get("archived_at", "")) > grace_cutoff[0]:
+            reason = f"sealed less than seal_grace={grace_cutoff[1]:g}s ago; writers may still be stalled"
         if reason is not None:
             items.append(CleanupItem(str(rid), "keep", reason, len(files)))
             return
@@ -712,6 +718,13 @@ class Archiver:
                 items.append(CleanupItem(str(rid), "keep", f"not removed: {e}", len(files)))
                 return
         items.append(CleanupItem(str(rid), "remove", "archived and verified", len(files)))
+
+    def _metadata_of(self, rid: RunId, bodies: dict[str, bytes | None]) -> RunMetadata | None:
+        body = bodies.get(RunLayout(rid).metadata)
+        try:
+            return parse_metadata(self.source, rid, body) if body is not None else None
+        except FaberRunlogError:
+            return None  # unreadable: the default grace (the longest wait unless the cleaner's is longer)
 
     def _remove_events(self, rid: RunId, names: list[str]) -> None:
         src = self.source.storage

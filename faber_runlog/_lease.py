@@ -23,7 +23,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from typing import Any, Final
 
@@ -45,11 +44,13 @@ __all__ = [
     "default_owner",
     "fence",
     "fence_out",
+    "held_epoch",
     "lease_key",
     "read_lease",
     "read_lease_versioned",
     "release_lease",
     "renew_lease",
+    "stop_heartbeats",
     "try_acquire_lease",
 ]
 
@@ -189,8 +190,9 @@ _held: dict[tuple[str, str], _Held] = {}
 
 
 def _safe_until(started: float, ttl: float) -> float:
-    # Measured from before the write was sent, less a margin for clock drift
-    # between this host and a sweeper's: until then the lease cannot have expired.
+    # Measured from before the write was sent, less a margin for clock drift between this host and a
+    # sweeper's: until then the holder skips the renewal before an append. A cost, not the safety: an
+    # event is never acknowledged after a fence, whatever the clocks say (rule 12, checked by the log).
     return started + ttl - min(ttl / 10, 1.0)
 
 
@@ -268,15 +270,16 @@ def _acquire(
     for _ in range(_TRIES):
         current, version = read_lease_versioned(storage, run_id)
         same = current is not None and not current.released and current.owner == owner
-        if not take_live and not same and current is not None and current.is_live():
+        if not take_live and not same and current is not None and current.is_live(storage.clock.now()):
             return None
         epoch = (current.epoch if same else current.epoch + 1) if current is not None else 1
         if claims is None:
             keep = current.claims if current is not None and not current.released else ()
         else:
             keep = tuple(claims)
-        lease = _fresh(owner, ttl, keep, epoch, acquired=current.acquired_at if same and current else None)
-        started = time.monotonic()
+        now = storage.clock.now()
+        lease = _fresh(owner, ttl, keep, epoch, now, acquired=current.acquired_at if same and current else None)
+        started = storage.clock.monotonic()
         new = _write(storage, run_id, lease, version)
         if new is not None:
             _hold(storage, run_id, lease, new, started, ttl)
@@ -288,8 +291,9 @@ def _acquire(
     )
 
 
-def _fresh(owner: str, ttl: float, claims: tuple[str, ...], epoch: int, *, acquired: str | None = None) -> Lease:
-    now = _dt.datetime.now(_dt.UTC)
+def _fresh(
+    owner: str, ttl: float, claims: tuple[str, ...], epoch: int, now: _dt.datetime, *, acquired: str | None = None
+) -> Lease:
     return Lease(
         owner=owner,
         acquired_at=acquired or _iso(now),
@@ -303,8 +307,7 @@ def _fresh(owner: str, ttl: float, claims: tuple[str, ...], epoch: int, *, acqui
     )
 
 
-def _renewed(lease: Lease, ttl: float) -> Lease:
-    now = _dt.datetime.now(_dt.UTC)
+def _renewed(lease: Lease, ttl: float, now: _dt.datetime) -> Lease:
     return attrs.evolve(
         lease, heartbeat_at=_iso(now), expires_at=_iso(now + _dt.timedelta(seconds=ttl)), nonce=_nonce()
     )
@@ -332,8 +335,8 @@ def renew_lease(storage: Storage, run_id: RunId, *, owner: str, ttl: float = DEF
                 return None
         assert current is not None
         assert version is not None
-        lease = _renewed(current, ttl)
-        started = time.monotonic()
+        lease = _renewed(current, ttl, storage.clock.now())
+        started = storage.clock.monotonic()
         new = storage.swap(lease_key(run_id), _body(lease), version)
         if new is not None:
             _hold(storage, run_id, lease, new, started, ttl)
@@ -343,24 +346,56 @@ def renew_lease(storage: Storage, run_id: RunId, *, owner: str, ttl: float = DEF
     return None
 
 
-def release_lease(storage: Storage, run_id: RunId, *, owner: str | None = None) -> bool:
-    """Release the run's lease (only ``owner``'s, when given), leaving a tombstone; True if this call did."""
+def release_lease(storage: Storage, run_id: RunId, *, owner: str | None = None, epoch: int | None = None) -> bool:
+    """Release the run's lease, leaving a tombstone; True if this call did.
+
+    Only ``owner``'s lease when ``owner`` is given, and only a lease of epoch
+    ``epoch`` or lower when ``epoch`` is given: a lease taken over since (a
+    higher epoch) is never released by the one it fenced out. When this process
+    held an older epoch of the lease, it learns here that it lost it (its next
+    append raises :class:`LeaseLost`); it forgets the lease only when it is the
+    one released.
+    """
     for _ in range(_TRIES):
         current, version = read_lease_versioned(storage, run_id)
-        if version is None or (current is not None and current.released):
-            _drop(storage, run_id, lost=False)
+        if version is None or current is None or current.released:
+            _settle(storage, run_id, current)
             return False
-        if owner is not None and (current is None or current.owner != owner):
+        if (owner is not None and current.owner != owner) or (epoch is not None and current.epoch > epoch):
+            _settle(storage, run_id, current)
             return False
-        tomb = _tombstone(current, "released", epoch=current.epoch if current is not None else 0)
+        tomb = _tombstone(current, "released", storage.clock.now(), epoch=current.epoch)
         if storage.swap(lease_key(run_id), _body(tomb), version) is not None:
-            _drop(storage, run_id, lost=False)
+            held = _holding(storage, run_id)
+            if held is not None:
+                same = (held.owner, held.epoch) == (current.owner, current.epoch)
+                _drop(storage, run_id, lost=not same)
             return True
     return False
 
 
-def _tombstone(current: Lease | None, reason: str, *, epoch: int, owner: str | None = None) -> Lease:
-    now = _iso(_dt.datetime.now(_dt.UTC))
+def _settle(storage: Storage, run_id: RunId, current: Lease | None) -> None:
+    """What this process holds of a lease it did not release: lost once the stored lease is not its own any more."""
+    held = _holding(storage, run_id)
+    if held is None:
+        return
+    if current is not None and (current.owner, current.epoch) == (held.owner, held.epoch):
+        if current.released:
+            _drop(storage, run_id, lost=False)  # released at its own epoch (by itself, or its run's end)
+        return
+    _drop(storage, run_id, lost=True)
+
+
+def held_epoch(storage: Storage, run_id: RunId) -> int | None:
+    """The epoch of the lease this process holds on the run (None: none, or it was lost)."""
+    held = _holding(storage, run_id)
+    return None if held is None or held.lost else held.epoch
+
+
+def _tombstone(
+    current: Lease | None, reason: str, now_at: _dt.datetime, *, epoch: int, owner: str | None = None
+) -> Lease:
+    now = _iso(now_at)
     return Lease(
         owner=owner or (current.owner if current is not None else default_owner()),
         acquired_at=current.acquired_at if current is not None else now,
@@ -388,7 +423,7 @@ def fence_out(
     is refused.
     """
     epoch = (seen.epoch if seen is not None else 0) + 1
-    tomb = _tombstone(seen, reason, epoch=epoch, owner=by)
+    tomb = _tombstone(seen, reason, storage.clock.now(), epoch=epoch, owner=by)
     if version is None:
         new = storage.create_versioned(lease_key(run_id), _body(tomb))
     else:
@@ -410,7 +445,7 @@ def fence(storage: Storage, run_id: RunId) -> int | None:
     held = _holding(storage, run_id)
     if held is None:
         return None
-    if not held.lost and time.monotonic() < held.safe_until:
+    if not held.lost and storage.clock.monotonic() < held.safe_until:
         return held.epoch
     if held.lost or renew_lease(storage, run_id, owner=held.owner, ttl=held.ttl) is None:
         current = read_lease(storage, run_id)

@@ -521,8 +521,8 @@ class _Holder:
     expired: bool  # active but its lease (and claim) expired: may be swept and taken over
 
 
-def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.UTC)
+def _now(storage: Storage) -> _dt.datetime:
+    return storage.clock.now()
 
 
 _iso = _codec.iso
@@ -552,11 +552,11 @@ def _judge(storage: Storage, body: dict[str, Any] | None, open_log: OpenLog, key
     try:
         expiries = [_dt.datetime.fromisoformat(str(body["expires_at"]))]
     except (KeyError, ValueError):
-        expiries = [_now()]
+        expiries = [_now(storage)]
     lease = read_lease(storage, rid)
     if lease is not None:
         expiries.append(_dt.datetime.fromisoformat(lease.expires_at))
-    live = max(expiries) > _now()
+    live = max(expiries) > _now(storage)
     return _Holder(run_id, status, live, not live)
 
 
@@ -585,7 +585,7 @@ def _claim(
                 continue
         gen = top + 1
         key = f"{folder}/{seq_name(gen)}"
-        now = _now()
+        now = _now(storage)
         data = dict(body, generation=gen, claimed_at=_iso(now), expires_at=_iso(now + _dt.timedelta(seconds=ttl)))
         if not storage.create(key, _codec.dumps(data)):
             continue
@@ -707,15 +707,22 @@ def release_claims(storage: Storage, run_id: RunId, claims: Iterable[str]) -> li
 def on_commit(storage: Storage, elog: EventLog, commit: Commit) -> None:
     """After-commit work: when an ending event left the run terminal, finalize it (report, releases)."""
     if commit.event.type in FINAL_EVENT_TYPES and commit.status_after in TERMINAL_STATUSES:
-        finalize(storage, elog)
+        finalize(storage, elog, epoch=max(commit.event.lease_epoch or 0, elog.fence_epoch()))
 
 
-def finalize(storage: Storage, elog: EventLog, state: RunState | None = None) -> list[str]:
+def finalize(storage: Storage, elog: EventLog, state: RunState | None = None, *, epoch: int | None = None) -> list[str]:
     """Write the final report, stop this process's heartbeat, release claims and the lease.
 
     Returns the claim keys released. Each part is best effort and repeatable:
     a crash half-way leaves claims a newcomer may take over (their run has
     ended) and a report :func:`report.recover_missing_reports` writes.
+
+    The lease is released only at the epoch that ended the run (``epoch``: the
+    highest lease epoch in the log up to the ending event; None: whatever is
+    current): a lease taken since (a resumer that took it a moment ago) has a
+    higher epoch and is left alone,
+    and a writer of this process that a sweep fenced out learns it lost its
+    lease instead of forgetting it had one.
     """
     rid = RunId.parse(elog.run_id)
     write_report(storage, elog, state)
@@ -724,7 +731,7 @@ def finalize(storage: Storage, elog: EventLog, state: RunState | None = None) ->
     released: list[str] = []
     if lease is not None:
         released = release_claims(storage, rid, lease.claims)
-        release_lease(storage, rid)
+        release_lease(storage, rid, epoch=epoch)
     return released
 
 
@@ -777,7 +784,7 @@ def sweep_run(
         return None
     stored, version = read_lease_versioned(storage, rid)
     lease = stored if stored is not None and not stored.released else None
-    if not _stale(lease, state, older_than, include_unleased, _now()):
+    if not _stale(lease, state, older_than, include_unleased, _now(storage)):
         return None
     # Take the lease from the holder we judged dead, by compare-and-swap: if it
     # renewed since, this fails and the run is left alone. Once it succeeds, the
@@ -855,7 +862,7 @@ def sweep_stale(
         RunId.parse(s.run_id) for s in runs if s.status in ACTIVE_STATUSES and (wanted is None or s.run_id in wanted)
     ]
     bodies = storage.read_many(f"{RunLayout(rid).dir}/lease.json" for rid in candidates)
-    now = _now()
+    now = _now(storage)
     swept = SweptRuns()
     for rid in candidates:
         raw = bodies.get(f"{RunLayout(rid).dir}/lease.json")

@@ -43,6 +43,7 @@ from typing import Any, Final, Protocol, TypeVar
 import attrs
 
 from faber_runlog import _codec
+from faber_runlog._clock import Clock
 from faber_runlog._events import Event, _event_from_dict, type_version, upcast, validate_event_dict
 from faber_runlog._format import (
     SEGMENT_EVENTS,
@@ -76,12 +77,13 @@ from faber_runlog.errors import (
     InvalidEvent,
     InvalidEventPosition,
     InvalidTransition,
+    LeaseLost,
     RunArchived,
     SequenceConflict,
     StorageError,
 )
 
-__all__ = ["SEAL_GRACE", "Commit", "EventLog", "current_digests", "read_logs"]
+__all__ = ["CLAIM_BUDGET", "SEAL_GRACE", "Commit", "EventLog", "current_digests", "read_logs"]
 
 log = logging.getLogger("faber_runlog._log")
 
@@ -89,7 +91,9 @@ SEAL_GRACE: Final = 3600.0
 """Seconds a sealed run keeps its event files before cleanup may remove them (see rule 4)."""
 
 APPROVAL_ACTIONS: Final = ("approve", "reject", "request_changes", "abort")
-_MAX_CLAIMS: Final = 10_000
+CLAIM_BUDGET: Final = 30.0
+"""Seconds an append may spend losing sequence-number races before :class:`SequenceConflict` (see the loop's rules)."""
+_WAIT_CAP: Final = 32  # the wait after a loss grows with the numbers that went by, up to this many round trips
 _BATCH: Final = 256
 _PAGE: Final = 1000  # event names listed per request on stores that list after a key
 _OLDER_SPACING: Final = 4  # an older snapshot at most every this many K events (see _keep_older)
@@ -165,6 +169,23 @@ class _Decode(Protocol[T_co]):
 _EVENT_BYTES_GUESS: Final = 300  # a typical event file, until this writer has written one
 
 
+@attrs.define(slots=True)
+class _Race:
+    """One append's claim attempts: when it began, how often it lost, what went by, whose events."""
+
+    started: float
+    losses: int = 0
+    missed: int = 0
+    writers: set[str] = attrs.field(factory=set)
+
+
+def _contention_wait(backoff: float, went_by: int, losses: int) -> float:
+    """The wait after a lost race: random (losers do not retry in lockstep), sized by the numbers that
+    went by (the contention seen, not the count of losses), and shorter the longer a writer has
+    been losing (aging: the writer that waited longest comes back first)."""
+    return random.uniform(0.0, backoff * min(went_by, _WAIT_CAP) * 2.0 / (1 + losses))
+
+
 class EventLog:
     """The append-only, gapless event log of one run."""
 
@@ -183,11 +204,16 @@ class EventLog:
         segment_every: int = SEGMENT_EVENTS,
         registry: Registry | None = None,
         listing: dict[str, Any] | None = None,
+        claim_budget: float = CLAIM_BUDGET,
     ) -> None:
         if snapshot_every < 1:
             raise InvalidArgument(f"snapshot_every must be at least 1, got {snapshot_every}")
         if segment_every < 1:
             raise InvalidArgument(f"segment_every must be at least 1, got {segment_every}")
+        if not claim_budget > 0 or claim_budget == float("inf"):
+            raise InvalidArgument(f"claim_budget must be a finite number of seconds > 0, got {claim_budget!r}")
+        self._claim_budget = float(claim_budget)
+        self._seen: set[str] | None = None  # writer ids of the events folded while a race is learned
         self._storage = storage
         # What listings show of the run's metadata, carried in each summary (None: a listing reads
         # metadata.json, which costs a request, never a wrong answer).
@@ -216,8 +242,6 @@ class EventLog:
         # (its event and size) and the mean size of the events this writer appended.
         self._snap_seq = 0
         self._snap_size = 0
-        self._taken: list[int] | None = None  # periodic snapshots on disk, once listed
-        self._prunes = 0
         self._event_bytes = float(_EVENT_BYTES_GUESS)
         self._sealed: int | None = None  # the seal's number, once known
         # Monotonic time from which this writer's tail is known to be current
@@ -325,15 +349,21 @@ class EventLog:
         etype: str = fields["type"]
         row = None if unchecked else TRANSITIONS.get(etype)
         key = fields.get("idempotency_key")
-        exact = key is not None or check is not None or row is not None
-        seq = 0
-        losses = 0
+        # A writer under a lease epoch claims only after reading every event before its number (rule 12):
+        # so it is an exact append, and one that finds a higher epoch ahead of it stops.
+        epoch: int | None = None if unchecked else fields.get("lease_epoch")
+        exact = key is not None or check is not None or row is not None or epoch is not None
+        clock = self._storage.clock
         with self._lock:
             state = self._writer_state()
-            for _ in range(_MAX_CLAIMS):
+            began = clock.monotonic()
+            race: _Race | None = None  # made on the first lost race: a writer that wins pays nothing for it
+            while True:
                 if exact:
                     state = self._sync()
                     self._refuse_if_sealed()
+                    if epoch is not None and state.fence_epoch > epoch:
+                        self._fenced(state, epoch)
                     if key is not None and key in state.idempotency_keys:
                         stored = self._event_at(state.idempotency_keys[key])
                         return Commit(stored, None, None)
@@ -343,9 +373,10 @@ class EventLog:
                             return Commit(existing, None, None)
                     if row is not None:
                         self._check_transition(state, etype, fields)
+                    seq = state.last_event_id + 1  # the state it was checked against ends right before it
                 else:
                     self._refuse_if_sealed()
-                seq = self._tail + 1
+                    seq = self._tail + 1
                 self._counter += 1
                 nonce = f"{self._writer}-{self._counter}"
                 data = {"timestamp": _codec.now_iso(), **fields, "event_id": seq, "nonce": nonce}
@@ -356,24 +387,63 @@ class EventLog:
                     commit = self._after_claim(Event.from_dict(data), len(body))
                     self._keep_own(seq, body)
                     break
-                # Another writer took this number: back off a random while (so
-                # racing writers stop colliding), learn the new tail, go again.
-                losses += 1
-                time.sleep(random.uniform(0, self._backoff * (1 << min(losses, 6))))
-                self._learn_tail(seq, fold=exact)
-            else:
-                raise SequenceConflict(
-                    f"could not claim a sequence number for run {self._run_id} after {_MAX_CLAIMS} tries "
-                    f"(last tried {seq}); too many concurrent writers, retry later",
-                    run_id=self._run_id,
-                    seq=seq,
-                )
+                # Another writer took this number: learn the new tail (and, for an exact append, the
+                # events missed, in one round), then wait a moment sized by the contention seen.
+                race = race if race is not None else _Race(began)
+                self._lost(race, seq, exact, clock)
         if self._on_commit is not None and (commit.changed_status or etype in self._hook_types):
             try:
                 self._on_commit(self, commit)
             except Exception as e:  # the event is durable; what the hook missed can be recovered
                 log.warning("after-commit work for run %s at event %d failed: %s", self._run_id, seq, e)
         return commit
+
+    def _lost(self, race: _Race, seq: int, exact: bool, clock: Clock) -> None:
+        """After losing number ``seq``: learn what was missed, check the time budget, wait (see the loop's rules)."""
+        race.losses += 1
+        self._seen = race.writers if exact else None
+        try:
+            self._learn_tail(seq, fold=exact)
+        finally:
+            self._seen = None
+        went_by = max(1, self._tail - seq + 1)
+        race.missed += went_by
+        waited = clock.monotonic() - race.started
+        if waited >= self._claim_budget:
+            seen = len(race.writers - {self._writer})
+            who = f"{seen} other writers" if seen else "other writers"
+            raise SequenceConflict(
+                f"could not append to run {self._run_id} within its claim budget of {self._claim_budget:g}s: "
+                f"{who} appended {race.missed} events meanwhile and won each of its {race.losses} tries "
+                f"(last tried event {seq}). Nothing was written. Retry, give it more time "
+                "(RunStore(claim_budget=...)), or have fewer processes append to one run at once",
+                run_id=self._run_id,
+                seq=seq,
+            )
+        wait = _contention_wait(self._backoff, went_by, race.losses)
+        log.debug(
+            "run %s: event %d went to another writer (%d numbers went by, loss %d, %.3fs waited); waiting %.4fs",
+            self._run_id,
+            seq,
+            went_by,
+            race.losses,
+            waited,
+            wait,
+        )
+        clock.sleep(wait)
+
+    def fence_epoch(self) -> int:
+        """The highest lease epoch of the events this handle has folded (0: none carries one)."""
+        return self._state.fence_epoch if self._state is not None else 0
+
+    def _fenced(self, state: RunState, epoch: int) -> None:
+        raise LeaseLost(
+            f"run {self._run_id} was fenced: an event of lease epoch {state.fence_epoch} (a sweep or a takeover) "
+            f"is in its log before event {state.last_event_id + 1}, and this writer appends under epoch {epoch}; "
+            "nothing was written. This writer must stop; resume the run to continue it (Resumer(store).resume)",
+            run_id=self._run_id,
+            epoch=epoch,
+        )
 
     def _prepare(self, fields: dict[str, Any], timestamp: str | None) -> dict[str, Any]:
         etype = fields.get("type")
@@ -616,28 +686,31 @@ class EventLog:
             log.warning("snapshot of run %s at event %d not written: %s", self._run_id, seq, e)
 
     def _keep_older(self, seq: int, body: bytes) -> None:
-        """Keep ``body`` as the older snapshot at ``seq`` when the newest one is far enough back; prune the oldest.
+        """Keep ``body`` as the older snapshot at ``seq`` when the newest one is far enough back; prune the rest.
 
-        Older snapshots only shorten ``state(at=...)`` folds, so one per
-        ``_OLDER_SPACING`` x K events is enough: most periodic snapshots then cost one
-        request, not three. A handle lists them, then remembers the ones it wrote
-        (steady state: no LIST); it lists again every few, so ones other writers
-        left behind are pruned too.
+        Decided from one listing of ``snapshots/``, never from what this handle
+        remembers, so "at most ``SNAPSHOTS_KEPT`` older snapshots, at least
+        ``_OLDER_SPACING`` x K events apart" holds across handles and processes:
+        each one that writes a periodic snapshot prunes what others left behind
+        (two racing at once may leave one extra until the next periodic snapshot).
         """
-        self._prunes += 1
-        if self._taken is None or self._prunes % 8 == 0:
-            self._taken = sorted(
-                n
-                for n in (parse_seq_name(name) for name in self._storage.list_names(self._layout.snapshots))
-                if n is not None and n < seq
-            )
-        if self._taken and seq - self._taken[-1] < _OLDER_SPACING * self._snapshot_every:
-            return
-        self._storage.replace(self._layout.snapshot(seq), body)
-        self._taken.append(seq)
-        while len(self._taken) > SNAPSHOTS_KEPT:
-            self._storage.delete(self._layout.snapshot(self._taken[0]))
-            del self._taken[0]
+        spacing = _OLDER_SPACING * self._snapshot_every
+        listed = sorted(
+            n for n in (parse_seq_name(name) for name in self._storage.list_names(self._layout.snapshots)) if n
+        )
+        taken = [n for n in listed if n < seq]
+        if not taken or seq - taken[-1] >= spacing:
+            self._storage.replace(self._layout.snapshot(seq), body)
+            taken.append(seq)
+        taken += [n for n in listed if n > seq]  # written meanwhile by a handle further on
+        kept: list[int] = []
+        for n in taken:  # oldest first: keep those at least one spacing after the last kept
+            if not kept or n - kept[-1] >= spacing:
+                kept.append(n)
+        kept = kept[-SNAPSHOTS_KEPT:]
+        for n in taken:
+            if n not in kept:
+                self._storage.delete(self._layout.snapshot(n))
 
     def snapshot(self) -> RunState:
         """Write ``state.json`` and ``summary.json`` for the current state now and return that state."""
@@ -758,6 +831,8 @@ class EventLog:
             data, fp = decode_snapshot(body)
             if at is not None and int(data.get("last_event_id", 0)) > at:
                 return None, None
+            if "fence_epoch" not in data:  # it would hide a fence folded into it (rule 12): fold the log instead
+                raise CorruptData("it predates fence epochs (written by an older version)")
             state = RunState.from_dict(data)
             if state.run_id != self._run_id:
                 raise CorruptData(f"it belongs to run {state.run_id}")
@@ -781,6 +856,8 @@ class EventLog:
         for batch in self._stored(state.last_event_id, until, self._decode_mapping):
             apply_mappings(state, batch, folds)
             last = batch[-1]
+            if self._seen is not None:  # a race being learned: whose events went by (for the budget's error)
+                self._seen.update(str(m.get("nonce", "")).rpartition("-")[0] for m in batch)
         return None if last is None else _mapping_fp(last)
 
     # -- reading -----------------------------------------------------------
@@ -1167,10 +1244,23 @@ def current_digests(
         if digest.run_id == str(rid):
             decoded[rid] = digest
     found = storage.read_many(layouts[r].event(d.last_event_id + 1) for r, d in decoded.items())
+    # "No event after it" must not be satisfiable by a deletion: cleanup removes event files only once
+    # events.jsonl exists (and never removes it), so a summary that is not the seal's own is trusted
+    # only if, after the probe above missed, the run has no events.jsonl (rule 11).
+    unsealed = [
+        r
+        for r, d in decoded.items()
+        if found.get(layouts[r].event(d.last_event_id + 1)) is None and d.sealed_at != d.last_event_id
+    ]
+    consolidated = _exist(storage, [layouts[r].jsonl for r in unsealed])
     out: dict[RunId, RunDigest | Exception] = {}
     for rid in rids:
         got = decoded.get(rid)
-        if got is not None and found.get(layouts[rid].event(got.last_event_id + 1)) is None:
+        if (
+            got is not None
+            and found.get(layouts[rid].event(got.last_event_id + 1)) is None
+            and layouts[rid].jsonl not in consolidated
+        ):
             out[rid] = got
             continue
         try:
@@ -1180,6 +1270,18 @@ def current_digests(
         except Exception as e:  # reported per run: one damaged run must not hide the others
             out[rid] = e
     return out
+
+
+def _exist(storage: Storage, keys: list[str]) -> set[str]:
+    """Which of ``keys`` exist (concurrently where reads batch)."""
+    if not keys:
+        return set()
+    if storage.capabilities.batched_reads and len(keys) > 1:
+        with ThreadPoolExecutor(min(_FALLBACK_READERS, len(keys))) as pool:
+            there = list(pool.map(storage.exists, keys))
+    else:
+        there = [storage.exists(k) for k in keys]
+    return {k for k, e in zip(keys, there, strict=True) if e}
 
 
 @attrs.frozen

@@ -46,6 +46,10 @@ class RunMetadata:
     """Planned steps of some planned phases, in order, keyed by phase."""
     imported_from: dict[str, Any] | None = None
     """Where an imported run came from (format, original id, path, original metadata)."""
+    seal_grace: float | None = None
+    """The ``seal_grace`` of the store that created the run: writers and cleaners of this run use it, so
+    a handle opened with another setting can neither clean too early nor skip its check too long
+    (docs/concurrency.md rule 6). None: created before it was recorded."""
 
     def listing(self) -> dict[str, Any]:
         """What a listing shows of this metadata; summaries carry it, so listings read one small object per run."""

@@ -250,7 +250,7 @@ class Resumer:
         if status == "awaiting_approval":
             return "it is waiting for an approval decision; approve or reject it first"
         lease = read_lease(self.store.storage, run.run_id)
-        if lease is not None and lease.is_live() and lease.owner != owner:
+        if lease is not None and lease.is_live(self.store.storage.clock.now()) and lease.owner != owner:
             where = f" on {lease.host} (pid {lease.pid})" if lease.host else ""
             return (
                 f"it is owned by the live writer {lease.owner!r}{where} until {lease.expires_at}; "
@@ -347,7 +347,7 @@ class Resumer:
         as its own, as if both had appended the same idempotent event.
         """
         lease = read_lease(self.store.storage, run.run_id)
-        if lease is None or not lease.is_live() or state.updated_at is None:
+        if lease is None or not lease.is_live(self.store.storage.clock.now()) or state.updated_at is None:
             return None
         if lease.acquired_at < state.updated_at or self._refusal(run, state, allow_cancelled, lease.owner):
             return None  # a writer that was running already, or a refusal beyond the lease

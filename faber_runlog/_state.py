@@ -195,6 +195,8 @@ class RunState:
     status_reason: str | None = None
     approvals: dict[str, ApprovalState] = attrs.field(factory=dict)
     sealed_at: int | None = None
+    fence_epoch: int = 0
+    """The highest lease epoch any event so far carries: a writer of a lower epoch is fenced out (rule 12)."""
     # How many records each bounded list has seen in all (the lists keep the latest LATEST_KEPT).
     totals: dict[str, int] = attrs.field(factory=dict)
 
@@ -416,6 +418,9 @@ def apply_mappings(state: RunState, events: Iterable[Ev], handlers: Mapping[str,
         key = e.get("idempotency_key")
         if key is not None:
             keys.setdefault(key, eid)
+        epoch = e.get("lease_epoch")
+        if epoch is not None and epoch > state.fence_epoch:
+            state.fence_epoch = epoch
         row = rows.get(etype)
         before = state.status
         target = SAME if row is None else row.moves.get(before, row.fallback)  # row.target(), inlined

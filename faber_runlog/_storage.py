@@ -43,6 +43,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
+from faber_runlog._clock import SYSTEM_CLOCK, Clock
 from faber_runlog._format import seq_name
 from faber_runlog.errors import (
     BucketNotFound,
@@ -310,6 +311,8 @@ class Storage:
         self.root = self._normalise_root(root).rstrip("/") or "/"
         self._probed = False
         self._probe_lock = threading.Lock()
+        self.clock: Clock = SYSTEM_CLOCK
+        """The store's clock (``RunStore(clock=...)``): leases, sweeps and the claim loop read time from it."""
 
     def _normalise_root(self, root: str) -> str:
         return root.rstrip("/")

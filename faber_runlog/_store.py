@@ -16,13 +16,14 @@ import fsspec
 from faber_runlog import _codec
 from faber_runlog import _lifecycle as lifecycle
 from faber_runlog import _report as report
+from faber_runlog._clock import Clock
 from faber_runlog._events import Event, check_json_value
 from faber_runlog._format import SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
 from faber_runlog._hints import check_status_filter, did_you_mean
 from faber_runlog._ids import RunId, validate_slug
 from faber_runlog._lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
 from faber_runlog._lease import fence as lease_fence
-from faber_runlog._log import SEAL_GRACE, Commit, EventLog, current_digests
+from faber_runlog._log import CLAIM_BUDGET, SEAL_GRACE, Commit, EventLog, current_digests
 from faber_runlog._metadata import RunMetadata, capture_environment
 from faber_runlog._plan import apply_plan, normalize_plan
 from faber_runlog._registry import Registry
@@ -318,6 +319,8 @@ class RunStore:
         seal_grace: float = SEAL_GRACE,
         segment_every: int = SEGMENT_EVENTS,
         registry: Registry | None = None,
+        clock: Clock | None = None,
+        claim_budget: float = CLAIM_BUDGET,
     ) -> None:
         if registry is not None and not isinstance(registry, Registry):
             raise InvalidArgument(f"registry= takes a faber_runlog.Registry, got {type(registry).__name__}")
@@ -335,6 +338,14 @@ class RunStore:
         if snapshot_every < 1:
             raise InvalidArgument(f"snapshot_every must be at least 1, got {snapshot_every}")
         self.storage = Storage(fs, root_path, fsync=fsync, allow_unsafe_writers=allow_unsafe_writers)
+        if clock is not None:
+            if not isinstance(clock, Clock):
+                raise InvalidArgument(f"clock= takes a faber_runlog.Clock (now, monotonic, sleep), got {clock!r}")
+            self.storage.clock = clock
+        if isinstance(claim_budget, bool) or not isinstance(claim_budget, int | float) or not 0 < claim_budget < 1e9:
+            raise InvalidArgument(f"claim_budget must be a number of seconds > 0, got {claim_budget!r}")
+        self.claim_budget = float(claim_budget)
+        """Seconds an append may spend losing races to other writers before it gives up (SequenceConflict)."""
         self.snapshot_every = snapshot_every
         if isinstance(segment_every, bool) or not isinstance(segment_every, int) or segment_every < 1:
             raise InvalidArgument(f"segment_every must be a positive number of events, got {segment_every!r}")
@@ -368,11 +379,12 @@ class RunStore:
             source=self.source,
             on_commit=self._committed,
             hook_types=lifecycle.FINAL_EVENT_TYPES,
-            seal_grace=self.seal_grace,
+            seal_grace=writer_grace(self.seal_grace, metadata),
             fence=functools.partial(lease_fence, self.storage, run_id),
             segment_every=self.segment_every,
             registry=self.registry,
             listing=metadata.summary_listing() if metadata is not None else None,
+            claim_budget=self.claim_budget,
         )
 
     def _committed(self, log: EventLog, commit: Commit) -> None:
@@ -421,6 +433,7 @@ class RunStore:
         if (rid.org, rid.project) != (org, project):
             raise InvalidRunId(f"run id {rid} is not in {org}/{project}")
         meta = RunMetadata(
+            seal_grace=self.seal_grace,
             org=rid.org,
             project=rid.project,
             uuid=rid.uuid,
@@ -726,6 +739,18 @@ def _is_slug(name: str) -> bool:
 # -- for the package's other modules (a RunStore's internals they need, named once) -------------
 
 
+def writer_grace(own: float, metadata: RunMetadata | None) -> float:
+    """The ``seal_grace`` a writer of a run uses: never more than the run recorded (the default when it did not)."""
+    recorded = metadata.seal_grace if metadata is not None else None
+    return min(own, recorded if recorded is not None else SEAL_GRACE)
+
+
+def cleaner_grace(own: float, metadata: RunMetadata | None) -> float:
+    """The ``seal_grace`` a cleanup of a run waits: never less than the run recorded (the default when it did not)."""
+    recorded = metadata.seal_grace if metadata is not None else None
+    return max(own, recorded if recorded is not None else SEAL_GRACE)
+
+
 def run_ids(store: RunStore, org: str | None = None, project: str | None = None) -> Iterator[RunId]:
     """Every run id under ``store`` (a listing only: no metadata or events read)."""
     return store._run_ids(org, project)  # noqa: SLF001  (same module: RunStore's own helper)
@@ -738,4 +763,6 @@ def parse_metadata(store: RunStore, rid: RunId, body: bytes) -> RunMetadata:
 
 def create_run_from(store: RunStore, meta: RunMetadata) -> Run:
     """Create a run with exactly ``meta`` (an importer's path: the id and created_at are given)."""
+    if meta.seal_grace is None:
+        meta = attrs.evolve(meta, seal_grace=store.seal_grace)
     return store._create(meta)  # noqa: SLF001  (same module)

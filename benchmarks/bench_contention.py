@@ -1,0 +1,206 @@
+"""Many writers on one run, each its own process (issue 27): fan-out and steady writers, local and moto S3.
+
+Each writer emits ``step_start`` + ``step_complete`` per step. Rows report, all measured in the same run:
+requests per acknowledged event (S3, counted on each client) against one writer's and against the
+writers + 4 bound, p50/p99/max emit time, the smallest share of its steps a writer had done by half
+time, and the total event rate against one writer's.
+
+    python benchmarks/bench_contention.py worker SPEC RUN_ID NAME STEPS GO_FILE   (one writer process)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import Row
+
+HERE = Path(__file__).resolve()
+
+
+def _open(spec: dict[str, Any]) -> tuple[Any, Any]:
+    from faber_runlog import RunStore
+
+    if spec["url"].startswith("s3://"):
+        from bench_core import _counting_fs
+
+        fs = _counting_fs(spec["storage_options"])
+        return RunStore(fs=fs, root=spec["url"].removeprefix("s3://")), fs
+    return RunStore(spec["url"]), None
+
+
+def worker(spec: dict[str, Any], run_id: str, name: str, steps: int, go: str) -> None:
+    """One writer: wait for the go file, then emit its steps; print timings and requests as JSON."""
+    store, fs = _open(spec)
+    log = store.get_run(run_id).log
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    if fs is not None:
+        fs.calls.clear()
+    emits: list[float] = []
+    done: list[float] = []
+    for i in range(steps):
+        for etype in ("step_start", "step_complete"):
+            t = time.time()
+            log.emit(etype, phase="work", step=f"{name}-{i}")
+            emits.append(time.time() - t)
+        done.append(time.time())
+    requests = sum(fs.calls.values()) if fs is not None else 0
+    print(json.dumps({"emits": emits, "done": done, "requests": requests}), flush=True)
+
+
+def _shape(spec: dict[str, Any], writers: int, steps: int) -> dict[str, float]:
+    store, _ = _open(spec)
+    run = store.create_run("bench", "contention")
+    run.start()
+    run.log.emit("phase_start", phase="work")
+    go = os.path.join(tempfile.mkdtemp(), "go")
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent.parent)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE), "worker", json.dumps(spec), run.id, f"w{i}", str(steps), go],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(writers)
+    ]
+    time.sleep(1.0 + 0.15 * writers)  # every process imported and opened the run
+    start = time.time()
+    Path(go).touch()
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=900)
+        if p.returncode:
+            raise RuntimeError(err)
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    end = max(d for o in outs for d in o["done"])
+    half = start + (end - start) / 2
+    emits = sorted(e for o in outs for e in o["emits"])
+    events = len(emits)
+
+    def pct(q: float) -> float:
+        return emits[min(len(emits) - 1, int(q * len(emits)))]
+
+    return {
+        "requests": sum(o["requests"] for o in outs) / events,
+        "p50": pct(0.5),
+        "p99": pct(0.99),
+        "max": emits[-1],
+        "share": min(sum(d <= half for d in o["done"]) / steps for o in outs),
+        "rate": events / (end - start),
+    }
+
+
+def _rows(kind: str, spec_of: Any, quick: bool) -> list[Row]:
+    steps = 4 if quick else 25
+    one = _shape(spec_of(), 1, steps * 2)
+    shapes = [("16-way fan-out", 16, 1), ("8 steady writers", 8, steps)]
+    if not quick:
+        shapes += [("32-way fan-out", 32, 1), ("16 steady writers", 16, steps)]
+    rows: list[Row] = []
+    for label, writers, n in shapes:
+        got = _shape(spec_of(), writers, n)
+        name = f"{kind}: {label}"
+        if kind == "S3":
+            rows.append(
+                Row(
+                    f"{name}: requests per event",
+                    got["requests"],
+                    "writers + 4",
+                    writers + 4.0,
+                    "req",
+                    "<= 1x",
+                    got["requests"] / (writers + 4),
+                    got["requests"] <= writers + 4,
+                )
+            )
+            rows.append(
+                Row(
+                    f"{name}: requests per event vs one writer",
+                    got["requests"],
+                    "one writer",
+                    one["requests"],
+                    "req",
+                    "",
+                    got["requests"] / max(one["requests"], 1e-9),
+                    None,
+                )
+            )
+        for what in ("p50", "p99", "max"):
+            rows.append(
+                Row(
+                    f"{name}: emit {what}",
+                    got[what] * 1000,
+                    "one writer",
+                    one[what] * 1000,
+                    "ms",
+                    "",
+                    got[what] / max(one[what], 1e-9),
+                    None,
+                )
+            )
+        rows.append(
+            Row(
+                f"{name}: smallest share done at half time",
+                got["share"] * 100,
+                "target",
+                25.0,
+                "%",
+                ">= 1x",
+                got["share"] * 4,
+                got["share"] >= 0.25,
+            )
+        )
+        rows.append(
+            Row(
+                f"{name}: total event rate",
+                got["rate"],
+                "one writer",
+                one["rate"],
+                "ev/s",
+                ">= 0.5x",
+                got["rate"] / one["rate"],
+                got["rate"] >= 0.5 * one["rate"],
+            )
+        )
+    return rows
+
+
+def run(quick: bool) -> list[Row]:
+    """The suite's rows: local folder, then moto S3."""
+    base = tempfile.mkdtemp()
+    rows = _rows("local", lambda: {"url": os.path.join(base, uuid.uuid4().hex)}, quick)
+    from bench_core import _moto
+
+    server, opts = _moto()
+    try:
+        import s3fs
+
+        s3fs.S3FileSystem(**opts).mkdir("bench-contention")
+        rows += _rows(
+            "S3", lambda: {"url": f"s3://bench-contention/{uuid.uuid4().hex}", "storage_options": opts}, quick
+        )
+    finally:
+        server.stop()
+    return rows
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        worker(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6])
+    else:
+        from run import render
+
+        print(render(run("--quick" in sys.argv)))
