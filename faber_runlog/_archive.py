@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import attrs
 
-from faber_runlog import _codec
+from faber_runlog import _codec, _validate
 from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import Event
 from faber_runlog._format import ARCHIVE_MARKER, RunLayout, encode_snapshot, fingerprint, jsonl_line, parse_seq_name
@@ -174,8 +174,7 @@ class RetentionPolicy:
     keep_failed: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if self.keep_days < 0:
-            raise InvalidArgument(f"keep_days must be >= 0, got {self.keep_days}")
+        _validate.days(self.keep_days, "RetentionPolicy keep_days")
 
 
 @attrs.frozen(slots=True)
@@ -411,7 +410,7 @@ def read_archive_index(store: RunStore, org: str | None = None, project: str | N
 def _older_than(older_than: _dt.timedelta | float | None) -> str | None:
     if older_than is None:
         return None
-    delta = older_than if isinstance(older_than, _dt.timedelta) else _dt.timedelta(days=float(older_than))
+    delta = _dt.timedelta(days=_validate.days(older_than, "older_than"))
     return _codec.iso(_dt.datetime.now(_dt.UTC) - delta)
 
 

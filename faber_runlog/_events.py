@@ -16,7 +16,7 @@ from typing import Any, Final, NoReturn
 import attrs
 import fastjsonschema
 
-from faber_runlog import _codec
+from faber_runlog import _codec, _validate
 from faber_runlog._converter import converter
 from faber_runlog._hints import did_you_mean
 from faber_runlog._schemas import compile_schema, load_schema
@@ -449,6 +449,12 @@ def validate_event_dict(data: dict[str, Any], *, run_id: str | None = None, tabl
     type_validator = _validator_for(etype, table)
     for key, value in data.items():
         check_json_value(value, f"{where}: field {key!r}")
+    stamp = data.get("timestamp")
+    problem = None if stamp is None else _validate.timestamp_problem(stamp)
+    if problem is not None:
+        raise InvalidEvent(
+            f"{where} is invalid: field 'timestamp': {problem}; nothing was written", run_id=run_id, event_type=etype
+        )
     if _base_validator is None:
         _base_validator = _compile(_BASE_SCHEMA)
     for validator in (_base_validator, type_validator):

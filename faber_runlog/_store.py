@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import fsspec
 
-from faber_runlog import _codec
+from faber_runlog import _codec, _validate
 from faber_runlog import _lifecycle as lifecycle
 from faber_runlog import _report as report
 from faber_runlog._events import Event, check_json_value
@@ -262,13 +262,15 @@ class Run:
 
     def heartbeat(self, ttl: float | None = None, owner: str | None = None) -> Lease:
         """Write or renew the run's lease once (for writers that beat by hand)."""
-        return acquire_lease(self._store.storage, self._rid, ttl=ttl or self._store.lease_ttl, owner=owner)
+        ttl = self._store.lease_ttl if ttl is None else ttl
+        return acquire_lease(self._store.storage, self._rid, ttl=ttl, owner=owner)
 
     def start_heartbeat(
         self, interval: float | None = None, ttl: float | None = None, owner: str | None = None
     ) -> Heartbeat:
         """Keep the run's lease live from a background thread until ``stop()`` or the run ends."""
-        hb = Heartbeat(self._store.storage, self._rid, ttl=ttl or self._store.lease_ttl, interval=interval, owner=owner)
+        ttl = self._store.lease_ttl if ttl is None else ttl
+        hb = Heartbeat(self._store.storage, self._rid, ttl=ttl, interval=interval, owner=owner)
         return hb.start()
 
     def release_lease(self, owner: str | None = None) -> None:
@@ -332,22 +334,17 @@ class RunStore:
             if target is None:
                 target = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
             fs, root_path = _open_root(target, storage_options)
-        if snapshot_every < 1:
-            raise InvalidArgument(f"snapshot_every must be at least 1, got {snapshot_every}")
+        _validate.integer(snapshot_every, "snapshot_every", minimum=1)
         self.storage = Storage(fs, root_path, fsync=fsync, allow_unsafe_writers=allow_unsafe_writers)
         self.snapshot_every = snapshot_every
-        if isinstance(segment_every, bool) or not isinstance(segment_every, int) or segment_every < 1:
-            raise InvalidArgument(f"segment_every must be a positive number of events, got {segment_every!r}")
+        _validate.integer(segment_every, "segment_every (events)", minimum=1, maximum=1_000_000)
         self.segment_every = segment_every
         self.source = source
-        if not lease_ttl > 0:
-            raise InvalidArgument(f"lease_ttl must be a positive number of seconds, got {lease_ttl!r}")
-        if max_active_runs is not None and (isinstance(max_active_runs, bool) or max_active_runs < 1):
-            raise InvalidArgument(f"max_active_runs must be a positive integer or None, got {max_active_runs!r}")
+        _validate.seconds(lease_ttl, "lease_ttl", positive=True)
+        _validate.optional_integer(max_active_runs, "max_active_runs", minimum=1, maximum=1_000_000)
         self.lease_ttl = lease_ttl
         self.max_active_runs = max_active_runs
-        if not seal_grace >= 0:
-            raise InvalidArgument(f"seal_grace must be a number of seconds >= 0, got {seal_grace!r}")
+        _validate.seconds(seal_grace, "seal_grace")
         self.seal_grace = float(seal_grace)
         self.registry: Registry = registry if registry is not None else Registry.default()
         """Event types, upcasters, folds and gateway backends this store uses (the process default unless given)."""
