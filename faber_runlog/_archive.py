@@ -669,7 +669,11 @@ class Archiver:
         bar = Progress("cleaning up", len(archived), enabled=self.progress if progress is None else progress)
         with bar:
             for summary, rid in archived:
-                self._clean_one(summary, rid, markers, indexed, policy, cutoff, grace_cutoff, dry_run, items)
+                try:
+                    self._clean_one(summary, rid, markers, indexed, policy, cutoff, grace_cutoff, dry_run, items)
+                except _validate.DAMAGE as e:  # one damaged run (its archived.json, its log) never stops the rest
+                    log.warning("cleanup of run %s skipped: %s", rid, e)
+                    items.append(CleanupItem(str(rid), "keep", f"not removed: {_validate.problem_text(e)}", 0))
                 bar.update()
         return CleanupReport(dry_run, tuple(items))
 
@@ -687,6 +691,10 @@ class Archiver:
     ) -> None:
         src = self.source.storage
         marker = _codec.loads(markers[_marker_key(rid)] or b"{}")
+        if not isinstance(marker, dict):
+            raise ConsolidationError(
+                f"archived.json of run {rid} is not a JSON object; archive the run again", run_id=str(rid)
+            )
         sealed_at = int(marker.get("last_seq", 0)) + 1
         files = [n for n in src.list_names(RunLayout(rid).events) if (parse_seq_name(n) or 0) not in (0, sealed_at)]
         reason = None

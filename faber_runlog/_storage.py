@@ -391,6 +391,14 @@ class Storage:
             seq += 1
         return seq
 
+    def unsafe(self, key: str) -> str | None:
+        """Why folder ``key`` may not be used (a symlink leading out of the root), or None when it may.
+
+        For store-wide loops: one such folder is reported and skipped, where a read would refuse
+        it with :class:`UnsafePath`. Object stores have no symlinks.
+        """
+        return None
+
     def read_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
         """Read several keys (concurrently where the backend has ``batched_reads``)."""
         return {k: self.read(k) for k in keys}
@@ -700,6 +708,17 @@ class LocalStorage(Storage):
                 f"{self.root}; replace the symlink with a real folder (or point the store at the target)"
             )
         return folder
+
+    def unsafe(self, key: str) -> str | None:
+        """Why folder ``key`` may not be used (it is a symlink leading out of the root), or None (one ``lstat``)."""
+        path = self.path(key)
+        if not os.path.islink(path):
+            return None
+        try:
+            self._contained(path)
+        except UnsafePath as e:
+            return str(e)
+        return None
 
     def _checked(self, key: str) -> str:
         """The path of ``key`` whose folder is checked to stay under the root."""

@@ -37,6 +37,7 @@ from faber_runlog.errors import (
     InvalidStoreUrl,
     RunExists,
     RunNotFound,
+    UnsafePath,
 )
 
 if TYPE_CHECKING:  # the analysis extra: optional, imported only when a frame is asked for
@@ -519,16 +520,36 @@ class RunStore:
 
     # -- listing ---------------------------------------------------------------
 
-    def _run_ids(self, org: str | None, project: str | None) -> Iterator[RunId]:
+    def _run_ids(
+        self, org: str | None, project: str | None, problems: list[RunProblem] | None = None
+    ) -> Iterator[RunId]:
+        """The runs under the root; a folder a symlink leads out of is skipped (and added to ``problems``)."""
         orgs = [validate_slug(org, "org")] if org is not None else self.storage.list_names("")
         for o in orgs:
-            projects = [validate_slug(project, "project")] if project is not None else self.storage.list_names(o)
+            projects = [validate_slug(project, "project")] if project is not None else self._names(o, problems)
             for p in projects:
-                for u in self.storage.list_names(f"{o}/{p}") if _is_slug(o) and _is_slug(p) else ():
+                for u in self._names(f"{o}/{p}", problems) if _is_slug(o) and _is_slug(p) else ():
                     try:
-                        yield RunId(o, p, u)
+                        rid = RunId(o, p, u)
                     except InvalidRunId:
                         continue  # not a run folder (a probe, a stray file)
+                    why = self.storage.unsafe(RunLayout(rid).dir)
+                    if why is None:
+                        yield rid
+                    else:
+                        log.warning("skipping run %s: %s", rid, why)
+                        if problems is not None:
+                            problems.append(RunProblem(str(rid), f"UnsafePath: {why}"))
+
+    def _names(self, folder: str, problems: list[RunProblem] | None) -> list[str]:
+        """The names in ``folder``; none, reported, when a symlink leads it out of the root."""
+        try:
+            return self.storage.list_names(folder)
+        except UnsafePath as e:
+            log.warning("skipping %s: %s", folder, e)
+            if problems is not None:
+                problems.append(RunProblem(folder, f"UnsafePath: {e}"))
+            return []
 
     def list_runs(
         self,
@@ -546,13 +567,13 @@ class RunStore:
         and listed in ``.problems``.
         """
         check_status_filter(status)
-        rids = list(self._run_ids(org, project))
+        problems: list[RunProblem] = []
+        rids = list(self._run_ids(org, project, problems))
         states = current_digests(self.storage, rids, snapshot_every=self.snapshot_every, registry=self.registry)
         # Summaries carry the metadata a listing shows; only runs whose summary does not read metadata.json.
         unknown = [r for r in rids if not isinstance(d := states[r], Exception) and _listed(d.listing) is None]
         metas = self.storage.read_many(RunLayout(rid).metadata for rid in unknown)
         out: list[RunSummary] = []
-        problems: list[RunProblem] = []
         for rid in rids:
             state = states[rid]
             if isinstance(state, Exception):
@@ -565,7 +586,7 @@ class RunStore:
                     continue  # a run being created right now
                 try:
                     listing = self._parse_metadata(rid, mbody).listing()
-                except CorruptState as e:
+                except _validate.DAMAGE as e:
                     problems.append(RunProblem(str(rid), str(e)))
                     continue
             if tags and any(listing["tags"].get(k) != v for k, v in tags.items()):

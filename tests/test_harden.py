@@ -5,8 +5,11 @@ Each test names a defect found by the third adversarial campaign; it failed befo
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +145,100 @@ def test_cli_refuses_deeply_nested_json_as_bad_usage(tmp_path: Path) -> None:
     assert (2, "") == (code, out)
     assert "internal error" not in err and 1 == len(err.strip().splitlines()), err
     assert not os.path.exists(root) or [] == os.listdir(root)
+
+
+# -- one bad run among many: reported, never a stop ---------------------------------------------------
+
+
+def _ended(store: RunStore) -> Any:
+    run = store.create_run("acme", "web")
+    run.start()
+    run.complete()
+    return run
+
+
+def test_a_run_folder_symlinked_out_of_the_store_is_reported_and_the_rest_goes_on(tmp_path: Path) -> None:
+    store = RunStore(str(tmp_path / "runs"))
+    good = store.create_run("acme", "web")
+    good.start()
+    ended = _ended(store)
+    moved = store.create_run("acme", "web")
+    moved.start()
+    outside = tmp_path / "outside"
+    shutil.move(moved.path, outside)
+    os.symlink(outside, moved.path)
+    listed = store.list_runs()
+    assert sorted([good.id, ended.id]) == sorted(s.run_id for s in listed)
+    assert [moved.id] == [p.run_id for p in listed.problems]
+    assert "UnsafePath" in listed.problems[0].error
+    assert [good.id] == [s.run_id for s in store.sweep_stale(include_unleased=True)]
+    os.remove(os.path.join(ended.path, "report.json"))
+    assert [ended.id] == store.recover_missing_reports()
+    frame = store.runs_frame()
+    assert sorted([good.id, ended.id]) == sorted(frame["run_id"])
+
+
+def _damage_lease(run: Any) -> None:
+    body = {"owner": "x:1", "acquired_at": "soon", "heartbeat_at": "soon", "expires_at": "soon", "epoch": 1}
+    Path(run.path, "lease.json").write_text(json.dumps(body))
+
+
+def test_a_lease_that_expires_soon_is_unreadable_not_a_crash(local: RunStore) -> None:
+    from faber_runlog import Resumer
+
+    held = local.create_run("acme", "web", concurrency_key="deploy")
+    held.start()
+    _damage_lease(held)
+    other = local.create_run("acme", "web")
+    other.start()
+    swept = local.sweep_stale(include_unleased=True)
+    assert sorted([held.id, other.id]) == sorted(s.run_id for s in swept)
+    assert [] == swept.problems  # type: ignore[attr-defined]
+    plan = Resumer(local).plan(held.id)
+    assert held.id == plan.run_id
+    # The key's holder has no readable lease: it is judged expired, so a new run may take the key.
+    fresh = local.create_run("acme", "web", concurrency_key="deploy")
+    assert fresh.id != held.id
+
+
+def test_cleanup_reports_a_damaged_archived_json_and_cleans_the_other_runs(tmp_path: Path) -> None:
+    source = RunStore(str(tmp_path / "runs"), seal_grace=0)
+    archiver = Archiver(source, RunStore(str(tmp_path / "archive")))
+    runs = [_ended(source) for _ in range(3)]
+    assert all(r.ok for r in archiver.archive_many([r.id for r in runs]))
+    Path(runs[1].path, "archived.json").write_text("{damaged")
+    report = archiver.cleanup(dry_run=False)
+    assert sorted([runs[0].id, runs[2].id]) == sorted(report.removed)
+    assert [runs[1].id] == list(report.kept)
+    assert "not removed" in next(i.reason for i in report.items if i.run_id == runs[1].id)
+
+
+def test_runs_frame_skips_a_run_whose_metadata_is_damaged(local: RunStore) -> None:
+    runs = [_ended(local) for _ in range(3)]
+    Path(runs[1].path, "metadata.json").write_text("{damaged")
+    Path(runs[1].path, "summary.json").unlink()
+    assert sorted([runs[0].id, runs[2].id]) == sorted(local.runs_frame()["run_id"])
+
+
+def test_recover_missing_reports_reports_a_damaged_run_and_writes_the_others(local: RunStore) -> None:
+    runs = [_ended(local) for _ in range(3)]
+    for run in runs:
+        Path(run.path, "report.json").unlink()
+    Path(runs[1].path, "summary.json").unlink()
+    Path(runs[1].path, "state.json").unlink()
+    Path(runs[1].path, "events", f"{1:020d}.json").write_text("{damaged")
+    ids = [r.id for r in runs]
+    written = local.recover_missing_reports(ids)
+    assert sorted([runs[0].id, runs[2].id]) == sorted(written)
+    assert [runs[1].id] == [p[0] for p in written.problems]  # type: ignore[attr-defined]
+
+
+def test_events_frame_reads_a_time_stored_before_times_were_parsed(local: RunStore) -> None:
+    run = local.create_run("acme", "web")
+    run.start()
+    path = Path(run.path, "events", f"{1:020d}.json")
+    body = json.loads(path.read_text())
+    body["timestamp"] = "2024-02-03T00:00:00.123456789Z"
+    path.write_text(json.dumps(body))
+    frame = local.events_frame()
+    assert [dt.datetime(2024, 2, 3, 0, 0, 0, 123456, tzinfo=dt.UTC)] == list(frame["timestamp"])
