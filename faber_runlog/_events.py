@@ -270,6 +270,20 @@ for _name in BUILTIN_EVENT_TYPES:
     _types[_name] = _TypeSpec(_name, _load_json("event-types", f"{_name}.json"), SCHEMA_VERSION, True)
 
 
+def _paused_from_enum() -> None:
+    """``workflow_paused``'s ``paused_from`` choices are the statuses the transition table lets a pause leave.
+
+    Generated, not written twice: the schema once lacked ``failing``, which the table allows.
+    """
+    from faber_runlog._transitions import TRANSITIONS
+
+    paused_from = _types["workflow_paused"].schema["properties"]["metadata"]["properties"]["paused_from"]
+    paused_from["enum"] = list(TRANSITIONS["workflow_paused"].allowed())
+
+
+_paused_from_enum()
+
+
 def event_schema(event_type: str | None = None) -> dict[str, Any]:
     """The JSON Schema of the base event, or of one registered type."""
     if event_type is None:

@@ -477,6 +477,9 @@ class Storage:
     def makedirs(self, key: str) -> None:
         """Make folder ``key`` where folders are real (local); a no-op on object stores."""
 
+    def remove_empty(self, *keys: str) -> None:
+        """Remove the folders ``keys``, in order, each only while empty (local); a no-op on object stores."""
+
     def ensure_root(self) -> None:
         """Make the root itself where folders are real (local); a no-op on object stores."""
 
@@ -800,6 +803,14 @@ class LocalStorage(Storage):
         """Make folder ``key`` (refusing one whose existing part leads outside the root)."""
         path = self._contained(self.path(key))
         os.makedirs(path, exist_ok=True)
+
+    def remove_empty(self, *keys: str) -> None:
+        """Remove the folders ``keys``, in order, each only while empty (what a refused creation made)."""
+        for key in keys:
+            try:
+                os.rmdir(self._checked(key))
+            except OSError:
+                return  # not empty (someone wrote there), gone, or not ours to remove: leave it
 
     def ensure_root(self) -> None:
         """Make the root folder."""

@@ -447,14 +447,18 @@ class RunStore:
         exclusive = concurrency_key is not None or self.max_active_runs is not None
         if exclusive and id_given and self.has_run(rid):
             raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
-        claims = lifecycle.claim_start(
-            self.storage,
-            rid,
-            open_log=self._event_log,
-            concurrency_key=concurrency_key,
-            max_active_runs=self.max_active_runs,
-            ttl=self.lease_ttl,
-        )
+        try:
+            claims = lifecycle.claim_start(
+                self.storage,
+                rid,
+                open_log=self._event_log,
+                concurrency_key=concurrency_key,
+                max_active_runs=self.max_active_runs,
+                ttl=self.lease_ttl,
+            )
+        except Exception:  # refused (key held, slots full) or failed: leave no empty run folder behind
+            self.storage.remove_empty(layout.events, layout.dir)
+            raise
         # The parent's record is written first, so a crash in between leaves a
         # listed child that does not exist yet (skipped), never an unlisted one.
         linked = child_key is not None and self.storage.create(

@@ -242,3 +242,75 @@ def test_events_frame_reads_a_time_stored_before_times_were_parsed(local: RunSto
     path.write_text(json.dumps(body))
     frame = local.events_frame()
     assert [dt.datetime(2024, 2, 3, 0, 0, 0, 123456, tzinfo=dt.UTC)] == list(frame["timestamp"])
+
+
+# -- MCP tools answer in tool terms -------------------------------------------------------------------
+
+
+def _tool(store: RunStore, name: str, arguments: dict[str, Any]) -> Any:
+    import anyio
+
+    pytest.importorskip("mcp")
+    from faber_runlog._gateway import Gateway
+    from faber_runlog._mcp_server import build_server
+
+    server = build_server(Gateway(store=store))
+
+    async def call() -> Any:
+        return await server.call_tool(name, arguments)
+
+    return anyio.run(call)
+
+
+def test_faber_emit_tool_drops_fields_only_the_log_sets(local: RunStore) -> None:
+    run = local.create_run("acme", "web")
+    run.start()
+    fields = {"phase": "build", "step": "compile", "lease_epoch": 3, "nonce": "n"}
+    restored = {"faber_runlog": {"type": "step_start", "fields": fields}}
+    # No phase given: our schema refuses it, so the tool converts it the FABER way, restoring the fields.
+    result = _tool(local, "fractary_faber_event_emit", {"run_id": run.id, "type": "step_start", "metadata": restored})
+    assert (False, "success") == (result.is_error, result.structured_content["status"]), result
+    assert ("step_start", "compile") == (run.log.get(2).type, run.log.get(2).step)
+    assert 3 != run.log.get(2).to_dict().get("lease_epoch")
+
+
+@pytest.mark.parametrize("limit", [INF, NAN, -1.0])
+def test_faber_run_list_tool_refuses_a_limit_that_is_no_finite_count(local: RunStore, limit: float) -> None:
+    result = _tool(local, "fractary_faber_run_list", {"limit": limit})
+    body = result.structured_content
+    assert ("error", "list-runs") == (body["status"], body["operation"])
+    assert "limit" in body["error"]
+
+
+# -- smaller wrong results -------------------------------------------------------------------------------
+
+
+def test_pause_from_failing_is_allowed_by_the_table_and_the_schema_alike(local: RunStore) -> None:
+    from faber_runlog import event_schema
+    from faber_runlog._transitions import TRANSITIONS
+
+    enum = event_schema("workflow_paused")["properties"]["metadata"]["properties"]["paused_from"]["enum"]
+    assert list(TRANSITIONS["workflow_paused"].allowed()) == enum
+    run = local.create_run("acme", "web")
+    run.start()
+    run.log.emit("step_start", phase="build", step="compile")
+    run.log.emit("step_error", phase="build", step="compile", error="exit 2")
+    assert "failing" == run.state().status
+    run.pause(reason="look at it")
+    assert ("paused", "failing") == (run.state().status, run.state().paused_from)
+    run.resume()
+    assert "failing" == run.state().status
+
+
+def test_refused_create_run_calls_leave_no_run_folders(tmp_path: Path) -> None:
+    from faber_runlog.errors import ActiveRunExists, TooManyActiveRuns
+
+    store = RunStore(str(tmp_path / "runs"), max_active_runs=2)
+    held = store.create_run("acme", "web", concurrency_key="deploy")
+    other = store.create_run("acme", "web")
+    for _ in range(5):
+        with pytest.raises(ActiveRunExists):
+            store.create_run("acme", "web", concurrency_key="deploy")
+        with pytest.raises(TooManyActiveRuns):
+            store.create_run("acme", "web")
+    assert sorted([held.run_id.uuid, other.run_id.uuid]) == sorted(os.listdir(tmp_path / "runs" / "acme" / "web"))
