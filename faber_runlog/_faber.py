@@ -721,18 +721,19 @@ def _parents_first(planned: list[_Planned], plan_org: str) -> list[_Planned]:
         except InvalidRunId:
             return None
 
-    def place(p: _Planned, seen: frozenset[str]) -> None:
-        key = str(p.rid)
-        if key in placed:
-            return
-        parent = parent_of(p)
-        if parent is not None and parent in by_id and parent not in seen:
-            place(by_id[parent], seen | {key})
-        placed.add(key)
-        out.append(p)
-
+    # Iterative (a re-run chain may be thousands of runs deep): walk up to the first placed ancestor, place downwards.
     for p in sorted(planned, key=lambda p: (str(p.metadata.get("created_at", "")), p.folder.path)):
-        place(p, frozenset())
+        chain: list[_Planned] = []
+        seen: set[str] = set()
+        current: _Planned | None = p
+        while current is not None and str(current.rid) not in placed and str(current.rid) not in seen:
+            seen.add(str(current.rid))
+            chain.append(current)
+            parent = parent_of(current)
+            current = by_id.get(parent) if parent is not None else None
+        for q in reversed(chain):
+            placed.add(str(q.rid))
+            out.append(q)
     return out
 
 

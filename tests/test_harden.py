@@ -314,3 +314,39 @@ def test_refused_create_run_calls_leave_no_run_folders(tmp_path: Path) -> None:
         with pytest.raises(TooManyActiveRuns):
             store.create_run("acme", "web")
     assert sorted([held.run_id.uuid, other.run_id.uuid]) == sorted(os.listdir(tmp_path / "runs" / "acme" / "web"))
+
+
+def test_a_faber_rerun_chain_1200_runs_deep_is_ordered_parents_first_without_recursion() -> None:
+    from types import SimpleNamespace
+
+    from faber_runlog._faber import _parents_first, mapped_run_id
+
+    ids = [f"acme/web/{i:08d}-0000-4000-8000-000000000000" for i in range(1200)]
+
+    def planned(i: int) -> Any:
+        rel = {"rerun_of": ids[i - 1]} if i else {}
+        folder = SimpleNamespace(path=f"runs/{1199 - i:04d}")  # the deepest child sorts first
+        return SimpleNamespace(rid=mapped_run_id(ids[i]), metadata={"relationships": rel}, folder=folder)
+
+    # Listed newest first, every child before its parent: the worst order for the walk.
+    order = _parents_first([planned(i) for i in reversed(range(1200))], "local")
+    assert ids == [str(p.rid) for p in order]
+
+
+@pytest.mark.timeout(30)
+def test_a_stray_segment_name_covering_a_trillion_events_is_bounded_by_the_listing(local: RunStore) -> None:
+    from faber_runlog import Resumer
+    from faber_runlog._format import segment_name
+
+    run = local.create_run("acme", "web")
+    run.start()
+    run.log.emit("step_start", phase="build", step="compile")
+    folder = Path(run.path, "segments")
+    folder.mkdir(exist_ok=True)
+    (folder / segment_name(1, 10**12)).write_text("not a segment")
+    resumer = Resumer(local)
+    state, _ = resumer.reconstruct(run.id)
+    assert 2 == state.last_event_id
+    assert resumer.verify(run.id).ok
+    assert [1, 2] == [e.event_id for e in run.log.read()]
+    assert [1, 2] == list(local.events_frame()["event_id"])
