@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, NoReturn, TextIO
 
 from faber_runlog import _codec, _validate
 from faber_runlog._events import Event
@@ -787,8 +787,15 @@ def _add_lifecycle_commands(sub: Any, js: argparse.ArgumentParser) -> None:
 # -- the parser -------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line of stderr like every other error (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="faber-runlog",
         description="Run ids, event logs and run state on a local folder or any fsspec URL.",
         epilog="Exit codes: 0 ok, 1 the operation failed, 2 bad usage. Docs: docs/cli.md",
@@ -813,7 +820,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    js = argparse.ArgumentParser(add_help=False)
+    js = _Parser(add_help=False)
     js.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     p = sub.add_parser("init", parents=[js], help="write gateway.json and create the runs folder")

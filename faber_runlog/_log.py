@@ -1073,9 +1073,7 @@ class EventLog:
         since = _validate.integer(since, "since", minimum=0, where=where)
         until = _validate.optional_integer(until, "until", minimum=0, where=where)
         limit = _validate.optional_integer(limit, "limit", where=where)
-        if isinstance(types, (str, bytes)):
-            raise InvalidArgument(f"types must be a list of event types, got the string {types!r} ({where})")
-        wanted = frozenset(types) if types is not None else None
+        wanted = _validate.names(types, "types", where=where)
         n = 0
         if limit is not None and limit <= 0:
             return

@@ -38,6 +38,7 @@ __all__ = [
     "days",
     "guarded",
     "integer",
+    "names",
     "number",
     "optional_integer",
     "parse_timestamp",
@@ -153,6 +154,19 @@ def size(
 ) -> int:
     """A count that something is allocated for: an integer in ``0..maximum``, checked before the allocation."""
     return integer(value, name, minimum=0, maximum=maximum, error=error, where=where)
+
+
+def names(value: object, name: str, *, where: str = "") -> frozenset[str] | None:
+    """A collection of names (event types, ids) as a frozenset; None passes; a lone string is refused."""
+    suffix = f" ({where})" if where else ""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise InvalidArgument(f"{name} must be a list of names, got {type(value).__name__} {value!r}{suffix}")
+    bad = next((v for v in value if not isinstance(v, str)), None)
+    if bad is not None:
+        raise InvalidArgument(f"{name} must hold names (strings), got {type(bad).__name__} {bad!r}{suffix}")
+    return frozenset(value)
 
 
 def timestamp_problem(value: object) -> str | None:

@@ -298,7 +298,7 @@ def test_pause_from_failing_is_allowed_by_the_table_and_the_schema_alike(local: 
     assert "failing" == run.state().status
     run.pause(reason="look at it")
     assert ("paused", "failing") == (run.state().status, run.state().paused_from)
-    run.resume()
+    run.unpause()
     assert "failing" == run.state().status
 
 
