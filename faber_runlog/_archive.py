@@ -44,6 +44,7 @@ from faber_runlog.errors import (
     InvalidArgument,
     RunArchived,
     RunStillActive,
+    StorageError,
 )
 
 __all__ = [
@@ -495,6 +496,14 @@ class Archiver:
         for r in marked:
             if indexed.get(_index_key(r)) is not None:
                 done[str(r)] = ArchiveResult(str(r), "already_archived")
+        todo = [r for r in rids if str(r) not in done]
+        unreachable = self._unreachable() if todo else None
+        if unreachable is not None:
+            # Consolidation seals a run for good: never seal one that cannot be copied (a cancelled
+            # run must stay resumable). Nothing of these runs was touched; archive them again later.
+            for r in todo:
+                done[str(r)] = ArchiveResult(str(r), "failed", error=unreachable)
+            return [done[str(r)] for r in rids]
         staged: list[_Staged] = []
         for r in rids:
             if str(r) in done:
@@ -524,6 +533,16 @@ class Archiver:
             outcome = "archived" if s.error is None else "failed"
             done[str(s.rid)] = ArchiveResult(str(s.rid), outcome, s.record, s.error)
         return [done[str(r)] for r in rids]
+
+    def _unreachable(self) -> FaberRunlogError | None:
+        """None when the destination answers a listing (credentials, bucket, network); else the error it raised."""
+        try:
+            self.destination.storage.list_names(INDEX_DIR)
+        except FaberRunlogError as e:
+            return e
+        except OSError as e:
+            return StorageError(f"the archive {self.destination.url} cannot be reached ({e}); nothing was sealed")
+        return None
 
     def _stage(self, rid: RunId) -> _Staged:
         """Consolidate ``rid`` and read everything that goes to the archive."""

@@ -350,3 +350,26 @@ def test_a_stray_segment_name_covering_a_trillion_events_is_bounded_by_the_listi
     assert resumer.verify(run.id).ok
     assert [1, 2] == [e.event_id for e in run.log.read()]
     assert [1, 2] == list(local.events_frame()["event_id"])
+
+
+def test_cancel_with_an_archive_that_cannot_be_reached_leaves_the_run_resumable(tmp_path: Path, s3_server: Any) -> None:
+    from faber_runlog import Resumer
+    from faber_runlog._archive import is_consolidated
+    from faber_runlog._gateway import Gateway, GatewayConfig, S3ArchiveConfig
+
+    store = RunStore(str(tmp_path / "runs"))
+    options = {k: v for k, v in s3_server.storage_options.items() if k not in ("key", "secret")}
+    archive = S3ArchiveConfig(enabled=True, bucket="no-such-bucket-harden", prefix="runs", storage_options=options)
+    config = GatewayConfig(s3_archive=archive)
+    run = store.create_run("acme", "web")
+    run.start()
+    gateway = Gateway(config, store=store)
+    backend = gateway.backend("s3_archive")
+    assert backend is not None
+    event = gateway.emit(run.id, "workflow_cancelled", metadata={"reason": "stop"})
+    assert event is not None and "cancelled" == run.state().status
+    assert not is_consolidated(store, run.id)
+    assert Resumer(store).plan(run.id, allow_cancelled=True).resumable
+    results = backend.archiver().archive_many([run.id])  # type: ignore[attr-defined]
+    assert ("failed", False) == (results[0].outcome, is_consolidated(store, run.id))
+    assert "no-such-bucket-harden" in str(results[0].error)
