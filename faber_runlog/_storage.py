@@ -1231,7 +1231,18 @@ class S3Storage(Storage):
         """One PUT with ``If-Match`` on ``version``; the new ETag, or None (nothing written)."""
         _refuse_empty(data)
         self._probe()
+        if not self.capabilities.compare_and_swap:  # the probe found If-Match rejected: read, then write
+            return self._swap_by_reading(key, data, version)
         return self._swap(key, data, version)
+
+    def _swap_by_reading(self, key: str, data: bytes, version: str) -> str | None:
+        """The documented fallback of a store without ``If-Match``: check the ETag, then PUT (a narrow race)."""
+        with self._check_guard(key, "compare-and-swap") as possible:
+            if not possible or not self._at_version(key, version):
+                return None
+            self.replace(key, data)
+        got = self.read_versioned(key)
+        return got.version if got is not None and got.data == data else None
 
     def _swap(self, key: str, data: bytes, version: str) -> str | None:
         # The key being gone fails a swap, like a moved version.
@@ -1240,6 +1251,8 @@ class S3Storage(Storage):
     def delete_if(self, key: str, version: str) -> bool:
         """DELETE with ``If-Match``; False when the version moved on or the key is gone."""
         self._probe()
+        if not self.capabilities.conditional_delete:  # the probe found If-Match rejected: read, then delete
+            return super().delete_if(key, version)
         return self._delete_if(key, version)
 
     def _delete_if(self, key: str, version: str) -> bool:

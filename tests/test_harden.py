@@ -373,3 +373,52 @@ def test_cancel_with_an_archive_that_cannot_be_reached_leaves_the_run_resumable(
     results = backend.archiver().archive_many([run.id])  # type: ignore[attr-defined]
     assert ("failed", False) == (results[0].outcome, is_consolidated(store, run.id))
     assert "no-such-bucket-harden" in str(results[0].error)
+
+
+def test_an_s3_store_rejecting_if_match_uses_the_read_then_write_fallback(s3_server: Any) -> None:
+    import uuid
+
+    from conftest import BUCKET
+    from faultproxy import FaultProxy
+
+    from faber_runlog.errors import ActiveRunExists
+
+    with FaultProxy(s3_server.endpoint) as proxy:
+        proxy.reject_if_match = True
+        options = {
+            "client_kwargs": {"endpoint_url": proxy.endpoint},
+            "key": "testing",
+            "secret": "testing",
+            "use_listings_cache": False,
+            "skip_instance_cache": True,
+        }
+        store = RunStore(f"s3://{BUCKET}/runs-{uuid.uuid4().hex}", storage_options=options)
+        held = store.create_run("acme", "web", concurrency_key="deploy")
+        held.start()
+        caps = store.storage.capabilities
+        assert (False, False) == (caps.compare_and_swap, caps.conditional_delete)
+        with pytest.raises(ActiveRunExists):
+            store.create_run("acme", "web", concurrency_key="deploy", run_id=None)
+        held.heartbeat(ttl=0.2)  # a renewal swaps the lease: the fallback, not If-Match
+        _wait_expired(held)
+        swept = store.sweep_stale(older_than=0.0)
+        assert [held.id] == [s.run_id for s in swept]
+        assert "failed" == held.state().status
+        fresh = store.create_run("acme", "web", concurrency_key="deploy")
+        fresh.start()
+        fresh.complete()
+        assert "completed" == fresh.state().status
+        if_match = sum(n for (_, action), n in proxy.counts.items() if action == "501_if_match")
+        assert if_match <= 3  # the probe's own requests only: nothing after it sent If-Match
+
+
+def _wait_expired(run: Any) -> None:
+    import time
+
+    from faber_runlog._lease import read_lease
+
+    for _ in range(200):
+        current = read_lease(run.store.storage, run.run_id)
+        if current is None or not current.is_live():
+            return
+        time.sleep(0.05)
