@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Final
 
-from faber_runlog import _codec
+from faber_runlog import _codec, _validate
 from faber_runlog._events import EventTypes, error_text, upcast
 from faber_runlog._format import RunLayout
 from faber_runlog._hints import check_status_filter
@@ -223,12 +223,20 @@ class _EventColumns:
             values = self.cols[field.name]
             if field.name == "timestamp":
                 stamps = pa.array(values, type=pa.string(), memory_pool=pool)
-                arrays.append(pc.cast(stamps, field.type, memory_pool=pool))
+                try:
+                    arrays.append(pc.cast(stamps, field.type, memory_pool=pool))
+                except pa.ArrowInvalid:  # a time stored before times were parsed on write (nanoseconds, Feb 30)
+                    arrays.append(pa.array([_moment(v) for v in values], type=field.type, memory_pool=pool))
             else:
                 arrays.append(pa.array(values, type=field.type, memory_pool=pool))
         self.cols = {c: [] for c in EVENT_COLUMNS}
         self.rows = 0
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _moment(value: str | None) -> _dt.datetime | None:
+    """A stored time as a UTC datetime (to the microsecond); None when it is no real time."""
+    return _validate.parse_timestamp(value)
 
 
 _PLAIN: Final = ("type", "phase", "step", "status", "message", "user", "source", "idempotency_key")
@@ -290,9 +298,12 @@ def runs_frame(
             present = [r for r in chunk if bodies.get(RunLayout(r).metadata) is not None]  # others: being created
             states = current_digests(storage, present, snapshot_every=store.snapshot_every, registry=store.registry)
             for rid in present:
-                meta = parse_metadata(store, rid, bodies[RunLayout(rid).metadata] or b"")
                 state = states[rid]
-                if isinstance(state, Exception):  # one damaged run must not hide the others
+                try:
+                    meta = parse_metadata(store, rid, bodies[RunLayout(rid).metadata] or b"")
+                except _validate.DAMAGE as e:
+                    state = e
+                if isinstance(state, BaseException):  # one damaged run must not hide the others
                     logging.getLogger("faber_runlog._analysis").warning("runs_frame skipped run %s: %s", rid, state)
                     continue
                 if (

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import attrs
 
-from faber_runlog import _codec
+from faber_runlog import _codec, _validate
 from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import Event
 from faber_runlog._format import ARCHIVE_MARKER, RunLayout, encode_snapshot, fingerprint, jsonl_line, parse_seq_name
@@ -45,6 +45,7 @@ from faber_runlog.errors import (
     InvalidArgument,
     RunArchived,
     RunStillActive,
+    StorageError,
 )
 
 __all__ = [
@@ -175,8 +176,7 @@ class RetentionPolicy:
     keep_failed: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if self.keep_days < 0:
-            raise InvalidArgument(f"keep_days must be >= 0, got {self.keep_days}")
+        _validate.days(self.keep_days, "RetentionPolicy keep_days")
 
 
 @attrs.frozen(slots=True)
@@ -412,7 +412,7 @@ def read_archive_index(store: RunStore, org: str | None = None, project: str | N
 def _older_than(older_than: _dt.timedelta | float | None) -> str | None:
     if older_than is None:
         return None
-    delta = older_than if isinstance(older_than, _dt.timedelta) else _dt.timedelta(days=float(older_than))
+    delta = _dt.timedelta(days=_validate.days(older_than, "older_than"))
     return _codec.iso(_dt.datetime.now(_dt.UTC) - delta)
 
 
@@ -497,6 +497,14 @@ class Archiver:
         for r in marked:
             if indexed.get(_index_key(r)) is not None:
                 done[str(r)] = ArchiveResult(str(r), "already_archived")
+        todo = [r for r in rids if str(r) not in done]
+        unreachable = self._unreachable() if todo else None
+        if unreachable is not None:
+            # Consolidation seals a run for good: never seal one that cannot be copied (a cancelled
+            # run must stay resumable). Nothing of these runs was touched; archive them again later.
+            for r in todo:
+                done[str(r)] = ArchiveResult(str(r), "failed", error=unreachable)
+            return [done[str(r)] for r in rids]
         staged: list[_Staged] = []
         for r in rids:
             if str(r) in done:
@@ -526,6 +534,16 @@ class Archiver:
             outcome = "archived" if s.error is None else "failed"
             done[str(s.rid)] = ArchiveResult(str(s.rid), outcome, s.record, s.error)
         return [done[str(r)] for r in rids]
+
+    def _unreachable(self) -> FaberRunlogError | None:
+        """None when the destination answers a listing (credentials, bucket, network); else the error it raised."""
+        try:
+            self.destination.storage.list_names(INDEX_DIR)
+        except FaberRunlogError as e:
+            return e
+        except OSError as e:
+            return StorageError(f"the archive {self.destination.url} cannot be reached ({e}); nothing was sealed")
+        return None
 
     def _stage(self, rid: RunId) -> _Staged:
         """Consolidate ``rid`` and read everything that goes to the archive."""
@@ -674,9 +692,13 @@ class Archiver:
             for summary, rid in archived:
                 # The grace the run recorded when it was created (its writers skip their check within half
                 # of it), never less: a cleaner opened with a shorter seal_grace cannot hide their events.
-                grace = cleaner_grace(self.source.seal_grace, self._metadata_of(rid, metas))
-                grace_cutoff = (_codec.iso(now - _dt.timedelta(seconds=grace)), grace)
-                self._clean_one(summary, rid, markers, indexed, policy, cutoff, grace_cutoff, dry_run, items)
+                try:
+                    grace = cleaner_grace(self.source.seal_grace, self._metadata_of(rid, metas))
+                    grace_cutoff = (_codec.iso(now - _dt.timedelta(seconds=grace)), grace)
+                    self._clean_one(summary, rid, markers, indexed, policy, cutoff, grace_cutoff, dry_run, items)
+                except _validate.DAMAGE as e:  # one damaged run (its archived.json, its log) never stops the rest
+                    log.warning("cleanup of run %s skipped: %s", rid, e)
+                    items.append(CleanupItem(str(rid), "keep", f"not removed: {_validate.problem_text(e)}", 0))
                 bar.update()
         return CleanupReport(dry_run, tuple(items))
 
@@ -694,6 +716,10 @@ class Archiver:
     ) -> None:
         src = self.source.storage
         marker = _codec.loads(markers[_marker_key(rid)] or b"{}")
+        if not isinstance(marker, dict):
+            raise ConsolidationError(
+                f"archived.json of run {rid} is not a JSON object; archive the run again", run_id=str(rid)
+            )
         sealed_at = int(marker.get("last_seq", 0)) + 1
         files = [n for n in src.list_names(RunLayout(rid).events) if (parse_seq_name(n) or 0) not in (0, sealed_at)]
         reason = None

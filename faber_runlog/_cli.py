@@ -15,13 +15,14 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, NoReturn, TextIO
 
-from faber_runlog import _codec
+from faber_runlog import _codec, _validate
 from faber_runlog._events import Event
 from faber_runlog._progress import is_terminal
 from faber_runlog.errors import (
     FaberRunlogError,
+    InvalidArgument,
     InvalidEvent,
     InvalidEventPosition,
     InvalidFilter,
@@ -59,11 +60,22 @@ def _json_arg(text: str, what: str) -> Any:
         value = json.loads(text, parse_constant=lambda c: _refuse_constant(c, what))
     except ValueError as e:
         raise UsageError(f"{what} is not valid JSON ({e}): {text!r}") from e
+    except RecursionError as e:  # the stdlib parser recurses once per level of nesting
+        raise UsageError(f"{what} is nested too deeply to be a JSON value we store (at most 100 levels)") from e
     try:
         check_json_value(value, what)
     except InvalidEvent as e:
         raise UsageError(str(e)) from e
     return value
+
+
+def _seconds(value: float | None, flag: str, *, positive: bool = False) -> None:
+    """Refuse a duration option that is NaN, infinite, negative (or zero with ``positive``) or beyond a century."""
+    if value is not None:
+        try:
+            _validate.seconds(value, flag, positive=positive)
+        except InvalidArgument as e:
+            raise UsageError(str(e)) from e
 
 
 def _refuse_constant(name: str, what: str) -> Any:
@@ -364,8 +376,8 @@ def _cmd_tail(ctx: _Ctx) -> int:
         raise UsageError(f"-n/--lines must be >= 0, got {a.lines}: it counts the last events to show")
     if a.since is not None and a.since < 0:
         raise UsageError(f"--since must be an event id >= 0, got {a.since}")
-    if a.poll <= 0 or (a.timeout is not None and a.timeout < 0):
-        raise UsageError("--poll must be > 0 and --timeout >= 0 seconds")
+    _seconds(a.poll, "--poll", positive=True)
+    _seconds(a.timeout, "--timeout")
     run = ctx.store.get_run(a.run_id)
     since = a.since if a.since is not None else max(0, run.state().last_event_id - a.lines)
     emit_line: Callable[[Event], None]
@@ -530,6 +542,11 @@ def _cmd_archive(ctx: _Ctx) -> int:
         if settings.url is None:
             raise UsageError("no archive destination: pass --to URL, or set backends.s3_archive.bucket in gateway.json")
         destination = RunStore(settings.url, storage_options=dict(settings.storage_options) or None)
+    if a.older_than is not None:
+        try:
+            _validate.days(a.older_than, "--older-than")
+        except InvalidArgument as e:
+            raise UsageError(str(e)) from e
     archiver = Archiver(ctx.store, destination, progress=False if ctx.json else None)
     results = archiver.archive_finished(older_than=a.older_than) if a.all_finished else archiver.archive_many(a.run_ids)
     failed = [r for r in results if not r.ok]
@@ -692,8 +709,7 @@ def _cmd_decide(ctx: _Ctx) -> int:
 
 def _cmd_sweep(ctx: _Ctx) -> int:
     a = ctx.args
-    if a.older_than < 0:
-        raise UsageError(f"--older-than must be >= 0 seconds, got {a.older_than}")
+    _seconds(a.older_than, "--older-than")
     if not ctx.gateway.enabled:
         return _disabled(ctx, "nothing was swept")
     swept = ctx.store.sweep_stale(a.older_than, run_ids=a.run or None, include_unleased=a.include_unleased)
@@ -771,8 +787,15 @@ def _add_lifecycle_commands(sub: Any, js: argparse.ArgumentParser) -> None:
 # -- the parser -------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line of stderr like every other error (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="faber-runlog",
         description="Run ids, event logs and run state on a local folder or any fsspec URL.",
         epilog="Exit codes: 0 ok, 1 the operation failed, 2 bad usage. Docs: docs/cli.md",
@@ -797,7 +820,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    js = argparse.ArgumentParser(add_help=False)
+    js = _Parser(add_help=False)
     js.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     p = sub.add_parser("init", parents=[js], help="write gateway.json and create the runs folder")

@@ -16,7 +16,7 @@ from typing import Any, Final, NoReturn
 import attrs
 import fastjsonschema
 
-from faber_runlog import _codec
+from faber_runlog import _codec, _validate
 from faber_runlog._converter import converter
 from faber_runlog._hints import did_you_mean
 from faber_runlog._schemas import compile_schema, load_schema
@@ -270,6 +270,20 @@ for _name in BUILTIN_EVENT_TYPES:
     _types[_name] = _TypeSpec(_name, _load_json("event-types", f"{_name}.json"), SCHEMA_VERSION, True)
 
 
+def _paused_from_enum() -> None:
+    """``workflow_paused``'s ``paused_from`` choices are the statuses the transition table lets a pause leave.
+
+    Generated, not written twice: the schema once lacked ``failing``, which the table allows.
+    """
+    from faber_runlog._transitions import TRANSITIONS
+
+    paused_from = _types["workflow_paused"].schema["properties"]["metadata"]["properties"]["paused_from"]
+    paused_from["enum"] = list(TRANSITIONS["workflow_paused"].allowed())
+
+
+_paused_from_enum()
+
+
 def event_schema(event_type: str | None = None) -> dict[str, Any]:
     """The JSON Schema of the base event, or of one registered type."""
     if event_type is None:
@@ -449,6 +463,12 @@ def validate_event_dict(data: dict[str, Any], *, run_id: str | None = None, tabl
     type_validator = _validator_for(etype, table)
     for key, value in data.items():
         check_json_value(value, f"{where}: field {key!r}")
+    stamp = data.get("timestamp")
+    problem = None if stamp is None else _validate.timestamp_problem(stamp)
+    if problem is not None:
+        raise InvalidEvent(
+            f"{where} is invalid: field 'timestamp': {problem}; nothing was written", run_id=run_id, event_type=etype
+        )
     if _base_validator is None:
         _base_validator = _compile(_BASE_SCHEMA)
     for validator in (_base_validator, type_validator):

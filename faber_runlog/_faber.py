@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import attrs
 
-from faber_runlog import _codec
+from faber_runlog import _codec, _validate
 from faber_runlog._converter import to_dict
 from faber_runlog._events import Event, register_event_type, validate_event_dict
 from faber_runlog._ids import RunId, validate_slug
@@ -94,7 +94,6 @@ DEFAULT_PLAN_ORG: Final = "local"
 """Org given to runs whose FABER id is plan-based (FABER's own fallback org name)."""
 
 _EVENT_FILE: Final = re.compile(r"(\d+)-([A-Za-z0-9_.-]+)\.json")
-_TIMESTAMP: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 _OPTIONAL: Final = ("phase", "step", "status", "user", "source", "message", "duration_ms", "error", "artifacts")
 _FABER_FIELDS: Final = frozenset({"event_id", "type", "timestamp", "run_id", "metadata", *_OPTIONAL})
 _PARAM_KEYS: Final = ("work_id", "target", "workflow_id", "autonomy", "source_type")
@@ -247,7 +246,7 @@ def runlog_event_fields(  # noqa: C901  (a field-by-field translation of FABER's
     if default_user is not None:
         fields.setdefault("user", default_user)  # what FABER's own scripts write when $USER is unset
     timestamp = raw.get("timestamp")
-    if not isinstance(timestamp, str) or _TIMESTAMP.fullmatch(timestamp) is None:
+    if not isinstance(timestamp, str) or _validate.timestamp_problem(timestamp) is not None:
         moved["timestamp"] = timestamp
         timestamp = fallback_timestamp or _codec.now_iso()
         notes.append(f"timestamp {raw.get('timestamp')!r} is not ISO 8601; used {timestamp} (original kept)")
@@ -609,7 +608,7 @@ def _run_metadata(planned: _Planned, store: RunStore, source: str, notes: list[s
     if rel:
         lineage["faber"] = {k: rel.get(k) for k in ("parent_run_id", "rerun_of", "child_runs") if k in rel}
     created = fm.get("created_at")
-    if not isinstance(created, str) or _TIMESTAMP.fullmatch(created) is None:
+    if not isinstance(created, str) or _validate.timestamp_problem(created) is not None:
         created = planned.events[0][1] if planned.events else _codec.now_iso()
     rid = planned.rid
     try:
@@ -722,18 +721,19 @@ def _parents_first(planned: list[_Planned], plan_org: str) -> list[_Planned]:
         except InvalidRunId:
             return None
 
-    def place(p: _Planned, seen: frozenset[str]) -> None:
-        key = str(p.rid)
-        if key in placed:
-            return
-        parent = parent_of(p)
-        if parent is not None and parent in by_id and parent not in seen:
-            place(by_id[parent], seen | {key})
-        placed.add(key)
-        out.append(p)
-
+    # Iterative (a re-run chain may be thousands of runs deep): walk up to the first placed ancestor, place downwards.
     for p in sorted(planned, key=lambda p: (str(p.metadata.get("created_at", "")), p.folder.path)):
-        place(p, frozenset())
+        chain: list[_Planned] = []
+        seen: set[str] = set()
+        current: _Planned | None = p
+        while current is not None and str(current.rid) not in placed and str(current.rid) not in seen:
+            seen.add(str(current.rid))
+            chain.append(current)
+            parent = parent_of(current)
+            current = by_id.get(parent) if parent is not None else None
+        for q in reversed(chain):
+            placed.add(str(q.rid))
+            out.append(q)
     return out
 
 

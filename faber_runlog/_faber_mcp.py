@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from faber_runlog import _codec
+from faber_runlog import _codec, _validate
 from faber_runlog._faber import (
     FABER_EVENT_TYPES,
     faber_event,
@@ -42,6 +42,22 @@ FABER_TOOLS: Final = (
 )
 _RESOURCE_LIMIT: Final = 100  # what FABER's gateway lists under faber://runs
 _REFUSED: Final = (FaberRunlogError, ValueError, LookupError, OSError)
+_EMIT_FIELDS: Final = frozenset(
+    {
+        "phase",
+        "step",
+        "status",
+        "message",
+        "duration_ms",
+        "error",
+        "artifacts",
+        "metadata",
+        "user",
+        "source",
+        "idempotency_key",
+    }
+)
+"""The fields :meth:`EventLog.emit` takes besides the type: all a converted FABER event may pass on."""
 
 
 def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> None:  # noqa: C901  (registers each tool as a closure; their branches count here)
@@ -96,7 +112,9 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
                 # FABER checks only the type name: keep what our schema refuses, as the importer does.
                 raw = {"type": type, **{k: v for k, v in fields.items() if v is not None}}
                 converted, _, _ = runlog_event_fields(raw, run_id=run.id, default_user=None)
-                event = gateway.emit(run.id, converted.pop("type"), **converted)
+                # Only what a producer may set: fields an export restores (lease_epoch, nonce, ...) are the log's own.
+                kept = {k: v for k, v in converted.items() if k in _EMIT_FIELDS}
+                event = gateway.emit(run.id, converted["type"], **kept)
         except _REFUSED as e:
             return emit_error(run_id, type, _message(e))
         if event is None:
@@ -179,7 +197,11 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
         project: str | None = None,
         limit: float = 20,
     ) -> dict[str, Any]:
-        return list_runs(work_id, status, org, project, int(limit))
+        try:
+            count = int(min(_validate.number(limit, "limit", minimum=0), 1_000_000))
+        except FaberRunlogError as e:
+            return {"status": "error", "operation": "list-runs", "runs": [], "total": 0, "error": _message(e)}
+        return list_runs(work_id, status, org, project, count)
 
     def fractary_faber_event_consolidate(run_id: str) -> dict[str, Any]:
         from faber_runlog._archive import consolidate

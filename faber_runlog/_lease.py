@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import attrs
 
-from faber_runlog import _codec
+from faber_runlog import _codec, _validate
 from faber_runlog._converter import converter, to_dict
 from faber_runlog._format import RunLayout
 from faber_runlog._ids import RunId
@@ -128,9 +128,13 @@ def read_lease(storage: Storage, run_id: RunId) -> Lease | None:
 def parse_lease(body: bytes) -> Lease | None:
     """A lease from its stored bytes, or None when they are unreadable."""
     try:
-        return converter.structure(_codec.loads(body), Lease)
+        lease = converter.structure(_codec.loads(body), Lease)
     except Exception:
         return None
+    # Times that do not parse (``"expires_at": "soon"``) make the lease unreadable, not a crash later.
+    if _validate.parse_timestamp(lease.expires_at) is None:
+        return None
+    return lease
 
 
 def default_owner() -> str:
@@ -142,8 +146,7 @@ _iso = _codec.iso
 
 
 def _check_ttl(ttl: float) -> None:
-    if not ttl > 0:
-        raise InvalidArgument(f"a lease ttl must be a positive number of seconds, got {ttl!r}")
+    _validate.seconds(ttl, "a lease ttl", positive=True)
 
 
 def _body(lease: Lease) -> bytes:
@@ -485,7 +488,7 @@ class Heartbeat:
         owner: str | None = None,
     ) -> None:
         _check_ttl(ttl)
-        self.interval = interval if interval is not None else ttl / 3
+        self.interval = _validate.seconds(interval, "heartbeat interval") if interval is not None else ttl / 3
         if not 0 < self.interval < ttl:
             raise InvalidArgument(
                 f"heartbeat interval must be positive and shorter than the ttl ({ttl}s) "

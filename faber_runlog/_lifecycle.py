@@ -26,7 +26,7 @@ from typing import Any, Final, Protocol
 
 import attrs
 
-from faber_runlog import _codec
+from faber_runlog import _codec, _validate
 from faber_runlog._converter import to_dict
 from faber_runlog._events import Event
 from faber_runlog._format import RunLayout, parse_seq_name, seq_name
@@ -53,7 +53,6 @@ from faber_runlog.errors import (
     ActiveRunExists,
     ApprovalConflict,
     ApprovalNotFound,
-    FaberRunlogError,
     InvalidArgument,
     InvalidEvent,
     InvalidRunId,
@@ -543,19 +542,17 @@ def _judge(storage: Storage, body: dict[str, Any] | None, open_log: OpenLog, key
         return _Holder(run_id, "unknown", False, False)
     try:
         status = open_log(rid).current_state().status
-    except FaberRunlogError as e:
+    except _validate.DAMAGE as e:
         # The holder's log is damaged: its lease and claim decide whether it is alive.
         log.warning("holder %s of claim %s is unreadable (%s); judging it by its lease", rid, key, e)
         status = "running"
     if status not in ACTIVE_STATUSES:
         return _Holder(run_id, status, False, False)
-    try:
-        expiries = [_dt.datetime.fromisoformat(str(body["expires_at"]))]
-    except (KeyError, ValueError):
-        expiries = [_now(storage)]
+    # A damaged expiry (``"soon"``) counts as expired now: it cannot keep the key held for ever.
+    expiries = [_validate.parse_timestamp(body.get("expires_at")) or _now(storage)]
     lease = read_lease(storage, rid)
     if lease is not None:
-        expiries.append(_dt.datetime.fromisoformat(lease.expires_at))
+        expiries.append(_validate.parse_timestamp(lease.expires_at) or _now(storage))
     live = max(expiries) > _now(storage)
     return _Holder(run_id, status, live, not live)
 
@@ -639,8 +636,8 @@ def claim_start(
             f"concurrency_key for run {run_id} must be a non-empty string of at most 1024 characters, "
             f"got {concurrency_key!r}; nothing was written"
         )
-    if max_active_runs is not None and (isinstance(max_active_runs, bool) or max_active_runs < 1):
-        raise InvalidArgument(f"max_active_runs must be a positive integer or None, got {max_active_runs!r}")
+    if max_active_runs is not None:
+        _validate.integer(max_active_runs, "max_active_runs", minimum=1, maximum=1_000_000)
     base: dict[str, Any] = {"run_id": str(run_id), "released": False}
     claims: list[str] = []
     try:
@@ -761,10 +758,10 @@ def _stale(lease: Lease | None, state: RunState, older_than: float, include_unle
         return not lease.is_live(now) and lease.expired_for(now) >= older_than
     if not include_unleased:
         return False
-    last = state.updated_at
+    last = _validate.parse_timestamp(state.updated_at)
     if last is None:
-        return True
-    return (now - _dt.datetime.fromisoformat(last)).total_seconds() >= older_than
+        return True  # no (readable) time of a last event: idle as far as anyone can tell
+    return (now - last).total_seconds() >= older_than
 
 
 def sweep_run(
@@ -854,9 +851,7 @@ def sweep_stale(
     Runs without a lease are left alone unless ``include_unleased`` (then they
     are swept when their last event is older than ``older_than``).
     """
-    grace = older_than.total_seconds() if isinstance(older_than, _dt.timedelta) else float(older_than)
-    if grace < 0:
-        raise InvalidArgument(f"older_than must be >= 0 seconds, got {older_than!r}")
+    grace = _validate.seconds(older_than, "older_than")
     wanted = None if run_ids is None else {str(RunId.parse(r)) for r in run_ids}
     candidates = [
         RunId.parse(s.run_id) for s in runs if s.status in ACTIVE_STATUSES and (wanted is None or s.run_id in wanted)
@@ -875,9 +870,9 @@ def sweep_stale(
             continue
         try:
             result = sweep_run(storage, open_log(rid), older_than=grace, include_unleased=include_unleased)
-        except FaberRunlogError as e:  # one damaged run must not stop the sweep of the others
+        except _validate.DAMAGE as e:  # one damaged run must not stop the sweep of the others
             log.warning("sweep skipped damaged run %s: %s", rid, e)
-            swept.problems.append((str(rid), str(e)))
+            swept.problems.append((str(rid), _validate.problem_text(e)))
             continue
         if result is not None:
             swept.append(result)
@@ -925,8 +920,7 @@ class StatusView:
 
 def status_view(storage: Storage, elog: EventLog, *, tail: int = 20) -> StatusView:
     """The run's status, phases, approvals, lease and its last ``tail`` events."""
-    if tail < 0:
-        raise InvalidArgument(f"tail must be >= 0, got {tail} (run {elog.run_id})")
+    tail = _validate.integer(tail, "tail", minimum=0, where=f"run {elog.run_id}")
     state = elog.current_state()
     events = tuple(elog.read(max(0, state.last_event_id - tail), until=state.last_event_id)) if tail else ()
     return StatusView(

@@ -42,7 +42,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 import attrs
 
-from faber_runlog import _codec
+from faber_runlog import _codec, _validate
 from faber_runlog._clock import Clock
 from faber_runlog._events import Event, _event_from_dict, type_version, upcast, validate_event_dict
 from faber_runlog._format import (
@@ -1131,7 +1131,7 @@ class EventLog:
 
     def get(self, event_id: int) -> Event:
         """The event with this id."""
-        return self._event_at(event_id)
+        return self._event_at(_validate.integer(event_id, "event_id", minimum=0, where=f"run {self._run_id}"))
 
     def read(
         self,
@@ -1146,9 +1146,11 @@ class EventLog:
         Keep the last ``event_id`` you saw and pass it as ``since`` next time:
         only the events after it are read.
         """
-        if since < 0:
-            raise InvalidArgument(f"since must be >= 0, got {since} (run {self._run_id})")
-        wanted = frozenset(types) if types is not None else None
+        where = f"run {self._run_id}"
+        since = _validate.integer(since, "since", minimum=0, where=where)
+        until = _validate.optional_integer(until, "until", minimum=0, where=where)
+        limit = _validate.optional_integer(limit, "limit", where=where)
+        wanted = _validate.names(types, "types", where=where)
         n = 0
         if limit is not None and limit <= 0:
             return
@@ -1180,7 +1182,11 @@ class EventLog:
 
     def tail(self, since: int = 0, *, poll_interval: float = 0.25, timeout: float | None = None) -> Iterator[Event]:
         """Yield events after ``since`` as they are written; stop after ``timeout`` idle seconds."""
-        last = since
+        where = f"run {self._run_id}"
+        last = _validate.integer(since, "since", minimum=0, where=where)
+        _validate.seconds(poll_interval, "poll_interval", positive=True, where=where)
+        if timeout is not None:
+            _validate.seconds(timeout, "timeout", where=where)
         idle_since = time.monotonic()
         while True:
             got = False

@@ -20,6 +20,7 @@ DONE_STATUSES = frozenset({"completed", "skipped"})
 """Phase statuses that count as done in progress lines."""
 
 _MAX_NAME = 128  # the event schema's limit for phase and step names
+_MAX_PHASES = 1000  # a plan is read whole by every listing and resume: bounded before it is stored
 
 
 def _invalid(message: str) -> InvalidParams:
@@ -50,8 +51,12 @@ def normalize_plan(
     A phase may be a name or ``{"name": ..., "steps": [...]}``; ``steps`` maps a
     planned phase to its planned steps. Both ways may be mixed, not repeated.
     """
-    if isinstance(phases, (str, bytes)):
-        raise _invalid(f"phases must be a list of phase names, got the string {phases!r}")
+    if phases is not None and (isinstance(phases, (str, bytes)) or not isinstance(phases, Sequence)):
+        raise _invalid(f"phases must be a list of phase names, got {type(phases).__name__} {phases!r}")
+    if steps is not None and not isinstance(steps, Mapping):
+        raise _invalid(f"steps must map a planned phase to its step names, got {type(steps).__name__} {steps!r}")
+    if len(phases or ()) > _MAX_PHASES:
+        raise _invalid(f"a plan holds at most {_MAX_PHASES} phases, got {len(phases or ())}")
     names: list[str] = []
     planned_steps: dict[str, list[str]] = {}
     for item in phases or ():

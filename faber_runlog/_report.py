@@ -9,13 +9,14 @@ says so is written instead, so a finished run always has one.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import fastjsonschema
 
-from faber_runlog import _codec
+from faber_runlog import _codec, _validate
 from faber_runlog._format import RunLayout, decode_summary
 from faber_runlog._ids import RunId
 from faber_runlog._log import EventLog
@@ -313,21 +314,47 @@ def recover_missing_reports(
     keys = {rid: _keys(rid)[0] for rid in rids}
     reports = storage.read_many(keys.values())
     summaries = storage.read_many(RunLayout(rid).summary for rid in rids)
-    written: list[str] = []
+    written = RecoveredReports()
     for rid in rids:
-        report = _codec.load_object(reports.get(keys[rid]))
-        try:
-            summary_status = decode_summary(summaries.get(RunLayout(rid).summary) or b"").get("status")
-        except ValueError:  # missing or damaged: fold below
-            summary_status = None
-        if report is not None and report.get("status") == summary_status:
-            continue
-        elog = open_log(rid)
-        state = elog.current_state()
-        if state.status not in TERMINAL_STATUSES:
-            continue
-        if report is not None and report.get("status") == state.status:
-            continue
-        write_report(storage, elog, state)
-        written.append(str(rid))
+        work = functools.partial(_recover_one, storage, open_log, rid, reports.get(keys[rid]), summaries)
+        done = _validate.guarded(str(rid), work, written.problems)
+        if done:
+            written.append(str(rid))
+    for run_id, why in written.problems:
+        log.warning("recover_missing_reports skipped damaged run %s: %s", run_id, why)
     return written
+
+
+class RecoveredReports(list[str]):
+    """Ids of the runs whose reports were written, plus ``problems``: ``(run_id, error)`` of runs skipped."""
+
+    problems: list[tuple[str, str]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.problems = []
+
+
+def _recover_one(
+    storage: Storage,
+    open_log: Callable[[RunId], EventLog],
+    rid: RunId,
+    report_body: bytes | None,
+    summaries: dict[str, bytes | None],
+) -> bool:
+    """Write ``rid``'s report if it ended and lacks one (or it shows another status); whether it was written."""
+    report = _codec.load_object(report_body)
+    try:
+        summary_status = decode_summary(summaries.get(RunLayout(rid).summary) or b"").get("status")
+    except ValueError:  # missing or damaged: fold below
+        summary_status = None
+    if report is not None and report.get("status") == summary_status:
+        return False
+    elog = open_log(rid)
+    state = elog.current_state()
+    if state.status not in TERMINAL_STATUSES:
+        return False
+    if report is not None and report.get("status") == state.status:
+        return False
+    write_report(storage, elog, state)
+    return True

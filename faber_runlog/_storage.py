@@ -394,6 +394,14 @@ class Storage:
             seq += 1
         return seq
 
+    def unsafe(self, key: str) -> str | None:
+        """Why folder ``key`` may not be used (a symlink leading out of the root), or None when it may.
+
+        For store-wide loops: one such folder is reported and skipped, where a read would refuse
+        it with :class:`UnsafePath`. Object stores have no symlinks.
+        """
+        return None
+
     def read_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
         """Read several keys (concurrently where the backend has ``batched_reads``)."""
         return {k: self.read(k) for k in keys}
@@ -471,6 +479,9 @@ class Storage:
 
     def makedirs(self, key: str) -> None:
         """Make folder ``key`` where folders are real (local); a no-op on object stores."""
+
+    def remove_empty(self, *keys: str) -> None:
+        """Remove the folders ``keys``, in order, each only while empty (local); a no-op on object stores."""
 
     def ensure_root(self) -> None:
         """Make the root itself where folders are real (local); a no-op on object stores."""
@@ -704,6 +715,17 @@ class LocalStorage(Storage):
             )
         return folder
 
+    def unsafe(self, key: str) -> str | None:
+        """Why folder ``key`` may not be used (it is a symlink leading out of the root), or None (one ``lstat``)."""
+        path = self.path(key)
+        if not os.path.islink(path):
+            return None
+        try:
+            self._contained(path)
+        except UnsafePath as e:
+            return str(e)
+        return None
+
     def _checked(self, key: str) -> str:
         """The path of ``key`` whose folder is checked to stay under the root."""
         path = self.path(key)
@@ -784,6 +806,14 @@ class LocalStorage(Storage):
         """Make folder ``key`` (refusing one whose existing part leads outside the root)."""
         path = self._contained(self.path(key))
         os.makedirs(path, exist_ok=True)
+
+    def remove_empty(self, *keys: str) -> None:
+        """Remove the folders ``keys``, in order, each only while empty (what a refused creation made)."""
+        for key in keys:
+            try:
+                os.rmdir(self._checked(key))
+            except OSError:
+                return  # not empty (someone wrote there), gone, or not ours to remove: leave it
 
     def ensure_root(self) -> None:
         """Make the root folder."""
@@ -1204,7 +1234,18 @@ class S3Storage(Storage):
         """One PUT with ``If-Match`` on ``version``; the new ETag, or None (nothing written)."""
         _refuse_empty(data)
         self._probe()
+        if not self.capabilities.compare_and_swap:  # the probe found If-Match rejected: read, then write
+            return self._swap_by_reading(key, data, version)
         return self._swap(key, data, version)
+
+    def _swap_by_reading(self, key: str, data: bytes, version: str) -> str | None:
+        """The documented fallback of a store without ``If-Match``: check the ETag, then PUT (a narrow race)."""
+        with self._check_guard(key, "compare-and-swap") as possible:
+            if not possible or not self._at_version(key, version):
+                return None
+            self.replace(key, data)
+        got = self.read_versioned(key)
+        return got.version if got is not None and got.data == data else None
 
     def _swap(self, key: str, data: bytes, version: str) -> str | None:
         # The key being gone fails a swap, like a moved version.
@@ -1213,6 +1254,8 @@ class S3Storage(Storage):
     def delete_if(self, key: str, version: str) -> bool:
         """DELETE with ``If-Match``; False when the version moved on or the key is gone."""
         self._probe()
+        if not self.capabilities.conditional_delete:  # the probe found If-Match rejected: read, then delete
+            return super().delete_if(key, version)
         return self._delete_if(key, version)
 
     def _delete_if(self, key: str, version: str) -> bool:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import fsspec
 
-from faber_runlog import _codec
+from faber_runlog import _codec, _validate
 from faber_runlog import _lifecycle as lifecycle
 from faber_runlog import _report as report
 from faber_runlog._clock import Clock
@@ -38,6 +38,7 @@ from faber_runlog.errors import (
     InvalidStoreUrl,
     RunExists,
     RunNotFound,
+    UnsafePath,
 )
 
 if TYPE_CHECKING:  # the analysis extra: optional, imported only when a frame is asked for
@@ -263,13 +264,15 @@ class Run:
 
     def heartbeat(self, ttl: float | None = None, owner: str | None = None) -> Lease:
         """Write or renew the run's lease once (for writers that beat by hand)."""
-        return acquire_lease(self._store.storage, self._rid, ttl=ttl or self._store.lease_ttl, owner=owner)
+        ttl = self._store.lease_ttl if ttl is None else ttl
+        return acquire_lease(self._store.storage, self._rid, ttl=ttl, owner=owner)
 
     def start_heartbeat(
         self, interval: float | None = None, ttl: float | None = None, owner: str | None = None
     ) -> Heartbeat:
         """Keep the run's lease live from a background thread until ``stop()`` or the run ends."""
-        hb = Heartbeat(self._store.storage, self._rid, ttl=ttl or self._store.lease_ttl, interval=interval, owner=owner)
+        ttl = self._store.lease_ttl if ttl is None else ttl
+        hb = Heartbeat(self._store.storage, self._rid, ttl=ttl, interval=interval, owner=owner)
         return hb.start()
 
     def release_lease(self, owner: str | None = None) -> None:
@@ -335,8 +338,7 @@ class RunStore:
             if target is None:
                 target = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
             fs, root_path = _open_root(target, storage_options)
-        if snapshot_every < 1:
-            raise InvalidArgument(f"snapshot_every must be at least 1, got {snapshot_every}")
+        _validate.integer(snapshot_every, "snapshot_every", minimum=1)
         self.storage = Storage(fs, root_path, fsync=fsync, allow_unsafe_writers=allow_unsafe_writers)
         if clock is not None:
             if not isinstance(clock, Clock):
@@ -347,18 +349,14 @@ class RunStore:
         self.claim_budget = float(claim_budget)
         """Seconds an append may spend losing races to other writers before it gives up (SequenceConflict)."""
         self.snapshot_every = snapshot_every
-        if isinstance(segment_every, bool) or not isinstance(segment_every, int) or segment_every < 1:
-            raise InvalidArgument(f"segment_every must be a positive number of events, got {segment_every!r}")
+        _validate.integer(segment_every, "segment_every (events)", minimum=1, maximum=1_000_000)
         self.segment_every = segment_every
         self.source = source
-        if not lease_ttl > 0:
-            raise InvalidArgument(f"lease_ttl must be a positive number of seconds, got {lease_ttl!r}")
-        if max_active_runs is not None and (isinstance(max_active_runs, bool) or max_active_runs < 1):
-            raise InvalidArgument(f"max_active_runs must be a positive integer or None, got {max_active_runs!r}")
+        _validate.seconds(lease_ttl, "lease_ttl", positive=True)
+        _validate.optional_integer(max_active_runs, "max_active_runs", minimum=1, maximum=1_000_000)
         self.lease_ttl = lease_ttl
         self.max_active_runs = max_active_runs
-        if not seal_grace >= 0:
-            raise InvalidArgument(f"seal_grace must be a number of seconds >= 0, got {seal_grace!r}")
+        _validate.seconds(seal_grace, "seal_grace")
         self.seal_grace = float(seal_grace)
         self.registry: Registry = registry if registry is not None else Registry.default()
         """Event types, upcasters, folds and gateway backends this store uses (the process default unless given)."""
@@ -462,14 +460,18 @@ class RunStore:
         exclusive = concurrency_key is not None or self.max_active_runs is not None
         if exclusive and id_given and self.has_run(rid):
             raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
-        claims = lifecycle.claim_start(
-            self.storage,
-            rid,
-            open_log=self._event_log,
-            concurrency_key=concurrency_key,
-            max_active_runs=self.max_active_runs,
-            ttl=self.lease_ttl,
-        )
+        try:
+            claims = lifecycle.claim_start(
+                self.storage,
+                rid,
+                open_log=self._event_log,
+                concurrency_key=concurrency_key,
+                max_active_runs=self.max_active_runs,
+                ttl=self.lease_ttl,
+            )
+        except Exception:  # refused (key held, slots full) or failed: leave no empty run folder behind
+            self.storage.remove_empty(layout.events, layout.dir)
+            raise
         # The parent's record is written first, so a crash in between leaves a
         # listed child that does not exist yet (skipped), never an unlisted one.
         linked = child_key is not None and self.storage.create(
@@ -535,16 +537,36 @@ class RunStore:
 
     # -- listing ---------------------------------------------------------------
 
-    def _run_ids(self, org: str | None, project: str | None) -> Iterator[RunId]:
+    def _run_ids(
+        self, org: str | None, project: str | None, problems: list[RunProblem] | None = None
+    ) -> Iterator[RunId]:
+        """The runs under the root; a folder a symlink leads out of is skipped (and added to ``problems``)."""
         orgs = [validate_slug(org, "org")] if org is not None else self.storage.list_names("")
         for o in orgs:
-            projects = [validate_slug(project, "project")] if project is not None else self.storage.list_names(o)
+            projects = [validate_slug(project, "project")] if project is not None else self._names(o, problems)
             for p in projects:
-                for u in self.storage.list_names(f"{o}/{p}") if _is_slug(o) and _is_slug(p) else ():
+                for u in self._names(f"{o}/{p}", problems) if _is_slug(o) and _is_slug(p) else ():
                     try:
-                        yield RunId(o, p, u)
+                        rid = RunId(o, p, u)
                     except InvalidRunId:
                         continue  # not a run folder (a probe, a stray file)
+                    why = self.storage.unsafe(RunLayout(rid).dir)
+                    if why is None:
+                        yield rid
+                    else:
+                        log.warning("skipping run %s: %s", rid, why)
+                        if problems is not None:
+                            problems.append(RunProblem(str(rid), f"UnsafePath: {why}"))
+
+    def _names(self, folder: str, problems: list[RunProblem] | None) -> list[str]:
+        """The names in ``folder``; none, reported, when a symlink leads it out of the root."""
+        try:
+            return self.storage.list_names(folder)
+        except UnsafePath as e:
+            log.warning("skipping %s: %s", folder, e)
+            if problems is not None:
+                problems.append(RunProblem(folder, f"UnsafePath: {e}"))
+            return []
 
     def list_runs(
         self,
@@ -562,13 +584,13 @@ class RunStore:
         and listed in ``.problems``.
         """
         check_status_filter(status)
-        rids = list(self._run_ids(org, project))
+        problems: list[RunProblem] = []
+        rids = list(self._run_ids(org, project, problems))
         states = current_digests(self.storage, rids, snapshot_every=self.snapshot_every, registry=self.registry)
         # Summaries carry the metadata a listing shows; only runs whose summary does not read metadata.json.
         unknown = [r for r in rids if not isinstance(d := states[r], Exception) and _listed(d.listing) is None]
         metas = self.storage.read_many(RunLayout(rid).metadata for rid in unknown)
         out: list[RunSummary] = []
-        problems: list[RunProblem] = []
         for rid in rids:
             state = states[rid]
             if isinstance(state, Exception):
@@ -581,7 +603,7 @@ class RunStore:
                     continue  # a run being created right now
                 try:
                     listing = self._parse_metadata(rid, mbody).listing()
-                except CorruptState as e:
+                except _validate.DAMAGE as e:
                     problems.append(RunProblem(str(rid), str(e)))
                     continue
             if tags and any(listing["tags"].get(k) != v for k, v in tags.items()):

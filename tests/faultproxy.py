@@ -83,6 +83,7 @@ class FaultProxy:
         self.delay = delay
         self.faults = faults
         self.only: Matcher | None = None  # random faults only hit matching requests
+        self.reject_if_match = False  # answer 501 NotImplemented to any request carrying If-Match
         self.counts: Counter[tuple[str, str]] = Counter()
         self._rng = random.Random(seed)
         self._script: list[tuple[Matcher, str]] = []
@@ -143,6 +144,11 @@ class FaultProxy:
             if action != "pass":
                 out[action] += n
         return out
+
+    def count(self, method: str, action: str) -> None:
+        """Count one action the handler took on its own (outside :meth:`choose`)."""
+        with self._lock:
+            self.counts[(method, action)] += 1
 
     def choose(self, method: str, path: str) -> str:
         with self._lock:
@@ -240,6 +246,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._body()
+        if self.owner.reject_if_match and self.headers.get("If-Match") is not None:
+            self.owner.count(self.command, "501_if_match")
+            message = "A header you provided implies functionality that is not implemented"
+            self._reply(501, [("Content-Type", "application/xml")], error_body("NotImplemented", message))
+            return
         action = self.owner.choose(self.command, self.path)
         if action == "reset_before":
             self._reset()
