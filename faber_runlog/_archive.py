@@ -292,7 +292,7 @@ def consolidate(store: RunStore, run_id: str | RunId) -> ConsolidationRecord:
         data = b"\n".join(lines) + b"\n"
         meta = {"through": last, "size": len(data), "sha256": _sha256(data), "last_event_at": last_at}
         try:
-            seal = elog.append({"type": SEAL_TYPE, "metadata": meta}, check=unchanged_since(last))
+            seal = elog.append({"type": SEAL_TYPE, "metadata": meta}, check=unchanged_since(last), sealing=True)
         except (_Moved, RunArchived):  # another consolidation sealed it first: look again
             continue
         record = _record_from_seal(rid, seal)

@@ -316,12 +316,13 @@ class EventLog:
         *,
         unchecked: bool = False,
         timestamp: str | None = None,
+        sealing: bool = False,
     ) -> Event:
         """Append an event built from ``fields``; returns it with its ``event_id``.
 
-        See :meth:`commit`, which this calls, for ``check``, ``unchecked`` and ``timestamp``.
+        See :meth:`commit`, which this calls, for ``check``, ``unchecked``, ``timestamp`` and ``sealing``.
         """
-        return self.commit(fields, check, unchecked=unchecked, timestamp=timestamp).event
+        return self.commit(fields, check, unchecked=unchecked, timestamp=timestamp, sealing=sealing).event
 
     def commit(
         self,
@@ -330,6 +331,7 @@ class EventLog:
         *,
         unchecked: bool = False,
         timestamp: str | None = None,
+        sealing: bool = False,
     ) -> Commit:
         """Append an event built from ``fields`` and return the :class:`Commit`.
 
@@ -344,9 +346,21 @@ class EventLog:
         seal): the escape hatch for importers and repair tools that copy a log
         as it was, documented in docs/lifecycle.md. ``timestamp`` is the event's
         time (default: now); importers pass the time an event happened elsewhere.
+        ``sealing=True`` is consolidation's alone: a ``log_sealed`` event is
+        refused otherwise, since a seal that no ``events.jsonl`` backs would
+        close the run to appends while every check that verifies seals ignores it.
         """
         fields = self._prepare(fields, timestamp)
         etype: str = fields["type"]
+        if (etype == SEAL_TYPE) != sealing:
+            raise InvalidEvent(
+                f"{SEAL_TYPE} is written by consolidation only (faber_runlog.consolidate / faber-runlog archive); "
+                f"nothing was appended to run {self._run_id}"
+                if not sealing
+                else f"sealing=True is for {SEAL_TYPE} events only; nothing was appended to run {self._run_id}",
+                run_id=self._run_id,
+                event_type=etype,
+            )
         row = None if unchecked else TRANSITIONS.get(etype)
         key = fields.get("idempotency_key")
         # A writer under a lease epoch claims only after reading every event before its number (rule 12):

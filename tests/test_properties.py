@@ -302,3 +302,16 @@ def test_zz_record_property_counts() -> None:
         25 * SCALE,
         "state == fold of model after every step",
     )
+
+
+def test_a_seal_is_written_by_consolidation_only_never_by_emit() -> None:
+    # A forged seal closed the run to appends while the state ignored it (resume failed with RunArchived).
+    store = RunStore(f"memory://props-{uuid.uuid4().hex}")
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    seal = {"through": 1, "size": 120, "sha256": "sha256:" + "0" * 64}
+    with pytest.raises(InvalidEvent, match="consolidation only"):
+        run.log.emit("log_sealed", metadata=seal)
+    with pytest.raises(InvalidEvent, match="consolidation only"):
+        run.log.append({"type": "log_sealed", "metadata": seal}, unchecked=True)
+    assert ["workflow_start"] == [e.type for e in run.log.read()]
