@@ -910,7 +910,13 @@ def _parser() -> argparse.ArgumentParser:
         parents=[js],
         help="import FABER run folders (a project, a FABER base folder or one run folder); idempotent",
     )
-    p.add_argument("path", help="folder or fsspec URL holding FABER runs")
+    p.add_argument(
+        "path",
+        nargs="?",
+        default=".",
+        help="a project (only its FABER base paths and $FABER_RUNS_PATH are searched; default: the current "
+        "folder), a FABER base folder, one run folder, or an fsspec URL",
+    )
     p.add_argument(
         "--root", dest="sub_root", metavar="STORE", help="the store to import into (same as the global --root)"
     )

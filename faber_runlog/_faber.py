@@ -45,7 +45,7 @@ from faber_runlog._progress import Progress
 from faber_runlog._state import ErrorRecord, PhaseState, RunState
 from faber_runlog._storage import open_filesystem
 from faber_runlog._store import Run, RunStore, create_run_from
-from faber_runlog.errors import FaberRunlogError, InvalidEvent, InvalidRunId, RunExists, StorageError
+from faber_runlog.errors import FaberRunlogError, InvalidEvent, InvalidRunId, RunExists, StorageError, UnsafePath
 
 __all__ = [
     "EXPORT_KEY",
@@ -186,6 +186,7 @@ def mapped_run_id(original: str, plan_org: str = DEFAULT_PLAN_ORG) -> RunId:
     except InvalidRunId:
         pass
     validate_slug(plan_org, "plan org")
+    original = canonical_faber_id(original)  # the state-side {plan_id}-run-{ts} is the same run
     digest = hashlib.sha256(b"faber-run:" + original.encode()).hexdigest()
     return RunId(plan_org, _slug(original.split("/", 1)[0]), str(uuid.UUID(hex=digest[:32], version=4)))
 
@@ -1225,6 +1226,22 @@ def faber_state(run: Run, state: RunState | None = None) -> dict[str, Any]:
     }
 
 
+def _refuse_symlinks(fs: Any, root: str, path: str) -> None:
+    """Refuse (``UnsafePath``) a local ``path`` under ``root`` that is, or lies below, a symlink."""
+    if not _local_real(fs):
+        return
+    root = root.rstrip("/")
+    here = root
+    for part in posixpath.relpath(path, root).split("/"):
+        here = f"{here}/{part}"
+        if os.path.islink(here):
+            raise UnsafePath(
+                f"refusing to write the FABER export through {here}: it is a symlink (to "
+                f"{os.path.realpath(here)}), so the write could land outside {root}; remove the symlink "
+                "or export somewhere else"
+            )
+
+
 @attrs.frozen(slots=True)
 class ExportResult:
     """Where :func:`export_faber` wrote a run and how many events."""
@@ -1260,6 +1277,8 @@ def export_faber(
     fs, root = open_filesystem(str(dest), storage_options)
     folder = f"{root.rstrip('/')}/{run.id}"
     events_dir = f"{folder}/events"
+    for path in (f"{events_dir}/.next-id", f"{folder}/metadata.json", f"{folder}/state.json"):
+        _refuse_symlinks(fs, root, path)
     try:
         existing = [p for p in fs.find(events_dir, withdirs=False, detail=False)]
     except FileNotFoundError:
@@ -1271,6 +1290,7 @@ def export_faber(
         )
     try:
         for path in existing:
+            _refuse_symlinks(fs, root, path)
             fs.rm_file(path)
         state = run.state()
         events = list(run.log.read(until=state.last_event_id))
