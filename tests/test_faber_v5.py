@@ -397,3 +397,80 @@ def test_a_run_over_999_events_with_gaps_and_duplicates_keeps_every_file(project
     assert [1000, 1000] == [d for d, files in r.duplicate_event_ids for _ in files]
     ids = [e.metadata[IMPORT_KEY]["event_id"] for e in store.get_run(mapped_run_id(EVENT_ID)).log.read()]
     assert (sorted(ids), 999, 1000, 1000, 1001) == (ids, ids[997], ids[998], ids[999], ids[1000])
+
+
+# -- FABER v5's MCP surface, through the SDK's stdio client --------------------------------------------------
+
+
+def test_faber_v5_mcp_tools_answer_in_v5_shapes_and_an_emit_stored_otherwise_says_so(project: Path) -> None:
+    import anyio
+    from test_mcp_server import _session
+
+    pytest.importorskip("mcp")
+    write_plan_run(project / BASE, v5_events()[:7])
+    before = tree(project / ".fractary")
+    url = str(project / "store")
+    store = RunStore(url)
+    import_faber(str(project), store)
+    done = store.create_run("acme", "api", {"work_id": "7"})
+    done.start()
+    done.complete()
+    seen: dict[str, Any] = {}
+
+    async def body(session: Any) -> None:
+        names = {t.name for t in (await session.list_tools()).tools}
+        seen["names"] = names
+
+        async def call(name: str, args: dict[str, Any]) -> Any:
+            result = await session.call_tool(name, args)
+            assert not result.is_error, result.content
+            return json.loads(result.content[0].text)
+
+        seen["emit_loose"] = await call(
+            "fractary_faber_event_emit",
+            {"run_id": STATE_ID, "type": "commit_create", "artifacts": [{"type": "commit", "name": "abc"}]},
+        )
+        seen["emit_ok"] = await call(
+            "fractary_faber_event_emit", {"run_id": EVENT_ID, "type": "step_start", "phase": "build", "step": "link"}
+        )
+        seen["status"] = await call("fractary_faber_workflow_status", {"work_id": "258"})
+        seen["status_none"] = await call("fractary_faber_workflow_status", {})
+        seen["pause"] = await call("fractary_faber_workflow_pause", {"workflow_id": STATE_ID})
+        seen["resume"] = await call("fractary_faber_workflow_resume", {"workflow_id": EVENT_ID})
+        seen["fail"] = await call(
+            "fractary_faber_event_emit",
+            {"run_id": EVENT_ID, "type": "workflow_error", "error": {"code": "X", "message": "boom"}},
+        )
+        seen["recover"] = await call("fractary_faber_workflow_recover", {"workflow_id": STATE_ID})
+        seen["cleanup"] = await call("fractary_faber_workflow_cleanup", {"max_age_days": 1})
+        seen["cleanup_bad"] = await call("fractary_faber_workflow_cleanup", {"max_age_days": 0})
+
+    anyio.run(_session, ["--root", url], project, body)
+    assert {
+        "fractary_faber_workflow_status",
+        "fractary_faber_workflow_pause",
+        "fractary_faber_workflow_resume",
+        "fractary_faber_workflow_recover",
+        "fractary_faber_workflow_cleanup",
+    } <= seen["names"]
+    loose = seen["emit_loose"]
+    assert ("success", "commit_create", UNMAPPED_TYPE, True) == (
+        loose["status"],
+        loose["type"],
+        loose["stored_type"],
+        "not 'commit_create'" in loose["warning"],
+    )
+    assert ("success", False) == (seen["emit_ok"]["status"], "stored_type" in seen["emit_ok"]), seen["emit_ok"]
+    status = seen["status"]
+    assert ("build", 20, "in_progress") == (status["currentPhase"], status["progress"], status["state"]["status"])
+    assert ("error", "workflow_status") == (seen["status_none"]["status"], seen["status_none"]["operation"])
+    assert ("success", "Workflow paused") == (seen["pause"]["status"], seen["pause"]["message"])
+    assert ("in_progress", "running", "258") == (
+        seen["resume"]["status"],
+        seen["resume"]["run_status"],
+        seen["resume"]["work_id"],
+    )
+    assert ("in_progress", "architect") == (seen["recover"]["status"], seen["recover"]["resume_phase"])
+    assert ("success", 0, []) == (seen["cleanup"]["status"], seen["cleanup"]["deleted"], seen["cleanup"]["errors"])
+    assert "error" == seen["cleanup_bad"]["status"]
+    assert before == tree(project / ".fractary")
