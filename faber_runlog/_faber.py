@@ -34,6 +34,7 @@ from faber_runlog._events import Event, register_event_type, validate_event_dict
 from faber_runlog._faber_layout import (
     FABER_BASE_PATHS,
     NON_RUN_NAMES,
+    PLAN_RUN_MARKER,
     canonical_faber_id,
     faber_base_paths,
     plan_timestamp,
@@ -45,7 +46,15 @@ from faber_runlog._progress import Progress
 from faber_runlog._state import ErrorRecord, PhaseState, RunState
 from faber_runlog._storage import open_filesystem
 from faber_runlog._store import Run, RunStore, create_run_from
-from faber_runlog.errors import FaberRunlogError, InvalidEvent, InvalidRunId, RunExists, StorageError, UnsafePath
+from faber_runlog.errors import (
+    FaberRunlogError,
+    InvalidArgument,
+    InvalidEvent,
+    InvalidRunId,
+    RunExists,
+    StorageError,
+    UnsafePath,
+)
 
 __all__ = [
     "EXPORT_KEY",
@@ -631,6 +640,12 @@ def _read_folder(fs: Any, folder: _Folder, plan_org: str) -> _Planned:  # noqa: 
     if isinstance(metadata.get("run_id"), str) and metadata["run_id"] != original:
         notes.append(f"metadata.json names run {metadata['run_id']!r}; the folder's id {original!r} is used")
     rid = mapped_run_id(original, plan_org)
+    ours = metadata.get(EXPORT_KEY)
+    if isinstance(ours, dict) and isinstance(ours.get("run_id"), str):
+        try:
+            rid = RunId.parse(ours["run_id"])  # exported by faber_runlog: back into the run it came from
+        except InvalidRunId:
+            notes.append(f"the export marker names run {ours['run_id']!r}, not an id; {rid} is used")
     counts: dict[int, list[str]] = {}
     for number, name, _, _ in numbered:
         counts.setdefault(number, []).append(name)
@@ -734,6 +749,8 @@ def _plan_metadata(plan: dict[str, Any], state: dict[str, Any]) -> dict[str, Any
     if phases:
         out["phases"] = phases
     out["plan"] = {"plan_id": plan.get("plan_id"), "state_run_id": state.get("run_id"), "status": state.get("status")}
+    if isinstance(state.get(EXPORT_KEY), dict):
+        out[EXPORT_KEY] = {"run_id": state[EXPORT_KEY].get("run_id")}
     return out
 
 
@@ -1255,6 +1272,56 @@ class ExportResult:
         return to_dict(self)
 
 
+ID_FORMS: Final = ("uuid", "plan")
+"""How :func:`export_faber` names a run: FABER's ``org/project/uuid`` folders, or v5's plan-based layout."""
+
+
+def _plan_names(run: Run) -> tuple[str, str]:
+    """``(plan_id, ts)`` of a run exported in v5's plan-based layout."""
+    work = run.metadata.params.get("work_id")
+    plan_id = _slug(f"{run.run_id.org}-{run.run_id.project}-{work if work not in (None, '') else run.run_id.uuid[:8]}")
+    ts = re.sub(r"[:.]", "-", run.metadata.created_at[:19]) + "Z"
+    return plan_id, ts
+
+
+def _plan_files(run: Run, state: RunState, plan_id: str, ts: str) -> dict[str, dict[str, Any]]:
+    """``plan.json`` and ``state-{ts}.json`` of a plan-based export, by name relative to the plan folder."""
+    faber = faber_state(run, state)
+    params = run.metadata.params
+    plan = {
+        "plan_id": plan_id,
+        "created_by": "api",
+        "created_at": run.metadata.created_at,
+        "workflow": str(params.get("workflow_id", "default")),
+        "autonomy": str(params.get("autonomy", "guarded")),
+        "phases": [{"phase": name, "description": name, "steps": []} for name in faber["phases"]],
+    }
+    phases = {
+        name: {
+            "status": body["status"],
+            "steps": {s["name"]: {"status": s["status"]} for s in body["steps"]},
+            "retry_count": body.get("retry_count", 0),
+        }
+        for name, body in faber["phases"].items()
+    }
+    state_body = {
+        "run_id": f"{plan_id}{PLAN_RUN_MARKER}{ts}",
+        "plan_id": plan_id,
+        "work_id": faber["work_id"] or None,
+        "workflow_id": plan["workflow"],
+        "status": faber["status"],
+        "current_phase": faber["current_phase"],
+        "current_step_id": state.current_step,
+        "phases": phases,
+        "steps_completed": [],
+        "artifacts": faber["artifacts"],
+        "started_at": faber["started_at"] or run.metadata.created_at,
+        "updated_at": faber["updated_at"],
+        EXPORT_KEY: {"run_id": run.id, "status": state.status},
+    }
+    return {"plan.json": plan, f"state-{ts}.json": state_body}
+
+
 def export_faber(
     store: RunStore,
     run_id: str | RunId,
@@ -1263,21 +1330,40 @@ def export_faber(
     storage_options: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    id_form: str = "uuid",
 ) -> ExportResult:
-    """Write a run as a FABER run folder under the FABER base folder ``dest``.
+    """Write a run as a FABER run folder under the FABER base folder ``dest`` (FABER v5 reads both forms).
 
-    The folder is ``{dest}/{org}/{project}/{uuid}`` with ``metadata.json`` and
-    ``state.json`` in FABER's shapes, ``events/NNN-{type}.json`` (``%03d``
-    numbering, the event ids of our gapless log) and ``events/.next-id``. Each
-    event validates against FABER's ``event.schema.json``; importing the folder
-    gives the same events back. An existing folder with event files is refused
-    (:class:`RunExists`) unless ``overwrite``.
+    ``id_form="uuid"``: ``{dest}/{org}/{project}/{uuid}`` with ``metadata.json``
+    and ``state.json`` in FABER's shapes, ``events/NNN-{type}.json`` (``%03d``
+    numbering, the event ids of our gapless log) and ``events/.next-id``.
+    ``id_form="plan"``: v5's plan-based layout, ``{dest}/{plan_id}/plan.json``,
+    ``state-{ts}.json``, ``.run-{ts}`` and ``{plan_id}/{ts}/events/`` with
+    ``plan_id = {org}-{project}-{work_id}``. Each event validates against
+    FABER's ``event.schema.json``; importing the folder gives the same events
+    back, into the same run. An existing folder with event files is refused
+    (:class:`RunExists`) unless ``overwrite``; a symlink in the way is refused
+    (:class:`UnsafePath`), so nothing is written or deleted outside ``dest``.
     """
+    if id_form not in ID_FORMS:
+        raise InvalidArgument(f"id_form must be one of {', '.join(ID_FORMS)}, got {id_form!r}")
     run = store.get_run(run_id)
     fs, root = open_filesystem(str(dest), storage_options)
-    folder = f"{root.rstrip('/')}/{run.id}"
+    base = root.rstrip("/")
+    extra: dict[str, bytes] = {}
+    state = run.state()
+    if id_form == "plan":
+        plan_id, ts = _plan_names(run)
+        folder, faber_id = f"{base}/{plan_id}/{ts}", f"{plan_id}/{ts}"
+        for name, body in _plan_files(run, state, plan_id, ts).items():
+            extra[f"{base}/{plan_id}/{name}"] = _codec.dumps_indented(body)
+        extra[f"{base}/{plan_id}/.run-{ts}"] = b"1"
+    else:
+        folder, faber_id = f"{base}/{run.id}", run.id
+        extra[f"{folder}/metadata.json"] = _codec.dumps_indented(faber_metadata(run))
+        extra[f"{folder}/state.json"] = _codec.dumps_indented(faber_state(run, state))
     events_dir = f"{folder}/events"
-    for path in (f"{events_dir}/.next-id", f"{folder}/metadata.json", f"{folder}/state.json"):
+    for path in (f"{events_dir}/.next-id", *extra):
         _refuse_symlinks(fs, root, path)
     try:
         existing = [p for p in fs.find(events_dir, withdirs=False, detail=False)]
@@ -1292,17 +1378,16 @@ def export_faber(
         for path in existing:
             _refuse_symlinks(fs, root, path)
             fs.rm_file(path)
-        state = run.state()
         events = list(run.log.read(until=state.last_event_id))
         fs.makedirs(events_dir, exist_ok=True)
         with Progress("exporting events", len(events), enabled=progress) as bar:
             for event in events:
-                body = faber_event(event, run.id)
+                body = faber_event(event, faber_id)
                 fs.pipe_file(f"{events_dir}/{event.event_id:03d}-{body['type']}.json", _codec.dumps_indented(body))
                 bar.update()
         fs.pipe_file(f"{events_dir}/.next-id", f"{len(events) + 1}\n".encode())
-        fs.pipe_file(f"{folder}/metadata.json", _codec.dumps_indented(faber_metadata(run)))
-        fs.pipe_file(f"{folder}/state.json", _codec.dumps_indented(faber_state(run, state)))
+        for path, data in extra.items():
+            fs.pipe_file(path, data)
     except OSError as e:
         raise StorageError(f"cannot write the FABER export of run {run.id} to {folder}: {e}") from e
     return ExportResult(run_id=run.id, path=folder, events=len(events))

@@ -474,3 +474,34 @@ def test_faber_v5_mcp_tools_answer_in_v5_shapes_and_an_emit_stored_otherwise_say
     assert ("success", 0, []) == (seen["cleanup"]["status"], seen["cleanup"]["deleted"], seen["cleanup"]["errors"])
     assert "error" == seen["cleanup_bad"]["status"]
     assert before == tree(project / ".fractary")
+
+
+def test_export_in_v5_plan_form_writes_the_layout_faber_reads_and_imports_back_into_the_same_run(
+    tmp_path: Path,
+) -> None:
+    store = RunStore(str(tmp_path / "runs"))
+    run = store.create_run("acme", "web", {"work_id": "258"}, phases=["frame", "build"])
+    run.start()
+    run.log.append({"type": "phase_start", "phase": "frame"})
+    run.log.append({"type": "phase_complete", "phase": "frame"})
+    dest = tmp_path / "faber" / BASE
+    code, out, _ = cli(
+        "--root", str(tmp_path / "runs"), "export", run.id, "--format", "faber", str(dest), "--id-form", "plan"
+    )
+    assert 0 == code, out
+    plan_dir = dest / "acme-web-258"
+    ts = next(p.name[len(".run-") :] for p in plan_dir.iterdir() if p.name.startswith(".run-"))
+    state = json.loads((plan_dir / f"state-{ts}.json").read_text())
+    plan = json.loads((plan_dir / "plan.json").read_text())
+    events = sorted((plan_dir / ts / "events").glob("*.json"))
+    assert (f"acme-web-258-run-{ts}", "in_progress", ["frame", "build"]) == (
+        state["run_id"],
+        state["status"],
+        [p["phase"] for p in plan["phases"]],
+    )
+    assert {"plan_id", "created_by", "created_at", "workflow", "phases"} <= set(plan)
+    assert [f"acme-web-258/{ts}"] * 3 == [json.loads(p.read_text())["run_id"] for p in events]
+    other = RunStore(str(tmp_path / "other"))
+    report = import_faber(str(tmp_path / "faber"), other)
+    assert [(run.id, "imported", 3)] == [(r.run_id, r.outcome, r.events_imported) for r in report.runs]
+    assert [e.type for e in run.log.read()] == [e.type for e in other.get_run(run.id).log.read()]
