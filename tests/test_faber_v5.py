@@ -505,3 +505,21 @@ def test_export_in_v5_plan_form_writes_the_layout_faber_reads_and_imports_back_i
     report = import_faber(str(tmp_path / "faber"), other)
     assert [(run.id, "imported", 3)] == [(r.run_id, r.outcome, r.events_imported) for r in report.runs]
     assert [e.type for e in run.log.read()] == [e.type for e in other.get_run(run.id).log.read()]
+
+
+def test_the_migration_page_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    page = (Path(__file__).parent.parent / "docs" / "faber.md").read_text()
+    monkeypatch.chdir(tmp_path)
+    for name in ("FABER_RUNLOG_ROOT", "FABER_RUNLOG_CONFIG", "FABER_RUNS_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    namespace: dict[str, Any] = {}
+    for m in re.finditer(r"(<!-- docs-test: skip[^\n]*\n)?```python\n(.*?)```", page, re.S):
+        if m.group(1) is None:
+            exec(m.group(2), namespace)
+    code, out, _ = cli("import")
+    assert 0 == code
+    block = re.search(r"```console\n\$ faber-runlog import\n(unchanged.*?)```", page, re.S)
+    assert block is not None
+    assert block.group(1) == out
