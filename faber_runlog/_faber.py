@@ -122,6 +122,8 @@ DEFAULT_PLAN_ORG: Final = "local"
 _EVENT_FILE: Final = re.compile(r"(\d+)-([A-Za-z0-9_.-]+)\.json")
 _TIMESTAMP: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 _OPTIONAL: Final = ("phase", "step", "status", "user", "source", "message", "duration_ms", "error", "artifacts")
+_RESTORABLE: Final = frozenset({*_OPTIONAL, "idempotency_key"})
+"""Fields an export marker may restore (anything else there, ``lease_epoch`` or ``nonce``, is not a field)."""
 _FABER_FIELDS: Final = frozenset({"event_id", "type", "timestamp", "run_id", "metadata", *_OPTIONAL})
 _PARAM_KEYS: Final = ("work_id", "target", "workflow_id", "autonomy", "source_type")
 
@@ -214,7 +216,8 @@ def _restore(raw: dict[str, Any], metadata: dict[str, Any]) -> tuple[str | None,
     if isinstance(original_metadata, dict):
         metadata.clear()
         metadata.update(original_metadata)
-    return (etype if isinstance(etype, str) else None), (dict(fields) if isinstance(fields, dict) else {})
+    kept = {k: v for k, v in fields.items() if k in _RESTORABLE} if isinstance(fields, dict) else {}
+    return (etype if isinstance(etype, str) else None), kept
 
 
 def _derive(kind: str, fields: dict[str, Any], metadata: dict[str, Any]) -> list[str]:

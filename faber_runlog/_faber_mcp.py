@@ -195,7 +195,15 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
         project: str | None = None,
         limit: float = 20,
     ) -> dict[str, Any]:
-        return list_runs(work_id, status, org, project, int(limit))
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit != limit or limit < 0:
+            return {
+                "status": "error",
+                "operation": "list-runs",
+                "runs": [],
+                "total": 0,
+                "error": f"limit must be a number of runs from 0, got {limit!r}",
+            }
+        return list_runs(work_id, status, org, project, int(min(limit, 1_000_000)))
 
     def fractary_faber_event_consolidate(run_id: str) -> dict[str, Any]:
         from faber_runlog._archive import consolidate

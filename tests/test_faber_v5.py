@@ -523,3 +523,12 @@ def test_the_migration_page_runs_as_written(tmp_path: Path, monkeypatch: pytest.
     block = re.search(r"```console\n\$ faber-runlog import\n(unchanged.*?)```", page, re.S)
     assert block is not None
     assert block.group(1) == out
+
+
+def test_restored_fields_that_are_not_event_fields_are_not_passed_on(project: Path) -> None:
+    marker = {"faber_runlog": {"fields": {"lease_epoch": 3, "nonce": "x", "message": "restored"}}}
+    write_run(project / BASE, RUN, [fevent(1, "workflow_start", metadata=marker)], metadata=faber_metadata())
+    store = RunStore(str(project / "runs"))
+    report = import_faber(str(project), store)
+    assert [("imported", 1)] == [(r.outcome, r.events_imported) for r in report.runs]
+    assert "restored" == next(store.get_run(RUN).log.read()).message
