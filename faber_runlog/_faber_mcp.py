@@ -309,9 +309,10 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
             resumer = Resumer(store)
             plan = resumer.plan(run.id)
             if from_phase is not None and plan.resume_phase not in (None, from_phase):
-                raise ValueError(
+                return workflow_error(
+                    "workflow_recover",
                     f"run {run.id} resumes at phase {plan.resume_phase!r} (the first phase its log has not "
-                    f"completed), not {from_phase!r}; re-run it instead to start elsewhere"
+                    f"completed), not {from_phase!r}; nothing was written; re-run it instead to start elsewhere",
                 )
             resumer.resume(run.id)
         except _REFUSED as e:
