@@ -629,7 +629,9 @@ def _cmd_export(ctx: _Ctx) -> int:
     a = ctx.args
     _local_root(ctx)
     options = _json_object(a.dest_storage_options, "--dest-storage-options") if a.dest_storage_options else None
-    result = export_faber(ctx.store, a.run_id, a.dest, storage_options=options, overwrite=a.overwrite)
+    result = export_faber(
+        ctx.store, a.run_id, a.dest, storage_options=options, overwrite=a.overwrite, id_form=a.id_form
+    )
     if ctx.json:
         _dump(result.to_dict(), ctx.out)
     else:
@@ -933,7 +935,13 @@ def _parser() -> argparse.ArgumentParser:
         parents=[js],
         help="import FABER run folders (a project, a FABER base folder or one run folder); idempotent",
     )
-    p.add_argument("path", help="folder or fsspec URL holding FABER runs")
+    p.add_argument(
+        "path",
+        nargs="?",
+        default=".",
+        help="a project (only its FABER base paths and $FABER_RUNS_PATH are searched; default: the current "
+        "folder), a FABER base folder, one run folder, or an fsspec URL",
+    )
     p.add_argument(
         "--root", dest="sub_root", metavar="STORE", help="the store to import into (same as the global --root)"
     )
@@ -948,6 +956,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", choices=["faber"], required=True, help="the format to write")
     p.add_argument("--overwrite", action="store_true", help="replace a FABER folder already there")
+    p.add_argument(
+        "--id-form",
+        choices=["uuid", "plan"],
+        default="uuid",
+        help="faber: DEST/org/project/uuid (uuid, default) or FABER v5's DEST/{plan_id}/{ts} with plan.json (plan)",
+    )
     p.add_argument("--root", dest="sub_root", metavar="STORE", help="the store to read from (as the global --root)")
     p.add_argument("--dest-storage-options", metavar="JSON", help="fsspec storage options of DEST (no secrets)")
     p.set_defaults(func=_cmd_export)

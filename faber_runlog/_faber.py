@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import posixpath
 import re
 import uuid
@@ -25,10 +26,19 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import attrs
+from fsspec.implementations.local import LocalFileSystem
 
 from faber_runlog import _codec, _validate
 from faber_runlog._converter import to_dict
 from faber_runlog._events import Event, register_event_type, validate_event_dict
+from faber_runlog._faber_layout import (
+    FABER_BASE_PATHS,
+    NON_RUN_NAMES,
+    PLAN_RUN_MARKER,
+    canonical_faber_id,
+    faber_base_paths,
+    plan_timestamp,
+)
 from faber_runlog._ids import RunId, validate_slug
 from faber_runlog._metadata import RunMetadata
 from faber_runlog._plan import normalize_plan
@@ -36,11 +46,20 @@ from faber_runlog._progress import Progress
 from faber_runlog._state import ErrorRecord, PhaseState, RunState
 from faber_runlog._storage import open_filesystem
 from faber_runlog._store import Run, RunStore, create_run_from
-from faber_runlog.errors import FaberRunlogError, InvalidEvent, InvalidRunId, RunExists, StorageError
+from faber_runlog.errors import (
+    FaberRunlogError,
+    InvalidArgument,
+    InvalidEvent,
+    InvalidRunId,
+    RunExists,
+    StorageError,
+    UnsafePath,
+)
 
 __all__ = [
     "EXPORT_KEY",
     "FABER_BASE_PATHS",
+    "FABER_DRIFT_TYPES",
     "FABER_EVENT_TYPES",
     "FABER_ONLY_TYPES",
     "FABER_PHASES",
@@ -65,9 +84,6 @@ log = logging.getLogger("faber_runlog.faber")
 
 # -- facts about FABER (from its run-manager scripts, event schema and MCP gateway) ------------------
 
-FABER_BASE_PATHS: Final = (".fractary/plugins/faber/runs", ".fractary/faber/runs")
-"""Where FABER keeps runs under a project: the older and the newer base path."""
-
 FABER_EVENT_TYPES: Final = (
     "workflow_start", "workflow_complete", "workflow_error", "workflow_cancelled", "workflow_resumed",
     "workflow_rerun", "phase_start", "phase_skip", "phase_complete", "phase_error",
@@ -84,6 +100,16 @@ FABER_EVENT_STATUSES: Final = ("started", "completed", "failed", "skipped", "pen
 FABER_RUN_STATUSES: Final = ("pending", "in_progress", "completed", "failed", "cancelled")
 FABER_ARTIFACT_TYPES: Final = ("branch", "commit", "spec", "pr", "deployment", "tag", "document", "file", "other")
 
+FABER_DRIFT_TYPES: Final = (
+    "feedback_request", "feedback_received", "guard_executed", "retry_attempt", "workflow_rerun_request",
+)  # fmt: skip  # a table: one row per line
+"""Types FABER's docs and executors write outside its schema whose meaning has no counterpart here: kept as they are."""
+_DRIFT: Final = {
+    "step_failed": "step_error", "workflow_failed": "workflow_error", "phase_failed": "phase_error",
+    "step_skipped": "step_skip", "phase_skipped": "phase_skip", "workflow_completed": "workflow_complete",
+}  # fmt: skip  # a table: one row per line
+"""FABER types outside its schema whose meaning is one of ours: imported as ours (the FABER type in ``_faber.type``)."""
+_NEVER_IMPORTED: Final = frozenset({"log_sealed"})
 UNMAPPED_TYPE: Final = "faber_unmapped"
 """Type of an imported event that faber_runlog's schema for its type refuses; ``metadata._faber.type`` names it."""
 IMPORT_KEY: Final = "_faber"
@@ -95,6 +121,8 @@ DEFAULT_PLAN_ORG: Final = "local"
 
 _EVENT_FILE: Final = re.compile(r"(\d+)-([A-Za-z0-9_.-]+)\.json")
 _OPTIONAL: Final = ("phase", "step", "status", "user", "source", "message", "duration_ms", "error", "artifacts")
+_RESTORABLE: Final = frozenset({*_OPTIONAL, "idempotency_key"})
+"""Fields an export marker may restore (anything else there, ``lease_epoch`` or ``nonce``, is not a field)."""
 _FABER_FIELDS: Final = frozenset({"event_id", "type", "timestamp", "run_id", "metadata", *_OPTIONAL})
 _PARAM_KEYS: Final = ("work_id", "target", "workflow_id", "autonomy", "source_type")
 
@@ -111,7 +139,7 @@ _TO_FABER_PHASE: Final = {
 
 def _register_types() -> None:
     # Registered when the package is imported, so every process (verify, MCP) reads them the same way.
-    schemas: dict[str, dict[str, Any]] = {t: {"type": "object"} for t in FABER_ONLY_TYPES}
+    schemas: dict[str, dict[str, Any]] = {t: {"type": "object"} for t in (*FABER_ONLY_TYPES, *FABER_DRIFT_TYPES)}
     schemas[UNMAPPED_TYPE] = {
         "type": "object",
         "required": ["metadata"],
@@ -168,6 +196,7 @@ def mapped_run_id(original: str, plan_org: str = DEFAULT_PLAN_ORG) -> RunId:
     except InvalidRunId:
         pass
     validate_slug(plan_org, "plan org")
+    original = canonical_faber_id(original)  # the state-side {plan_id}-run-{ts} is the same run
     digest = hashlib.sha256(b"faber-run:" + original.encode()).hexdigest()
     return RunId(plan_org, _slug(original.split("/", 1)[0]), str(uuid.UUID(hex=digest[:32], version=4)))
 
@@ -186,7 +215,34 @@ def _restore(raw: dict[str, Any], metadata: dict[str, Any]) -> tuple[str | None,
     if isinstance(original_metadata, dict):
         metadata.clear()
         metadata.update(original_metadata)
-    return (etype if isinstance(etype, str) else None), (dict(fields) if isinstance(fields, dict) else {})
+    kept = {k: v for k, v in fields.items() if k in _RESTORABLE} if isinstance(fields, dict) else {}
+    return (etype if isinstance(etype, str) else None), kept
+
+
+def _derive(kind: str, fields: dict[str, Any], metadata: dict[str, Any]) -> list[str]:
+    """Fill what our schema needs from what FABER wrote elsewhere; the names of the filled keys."""
+    derived: list[str] = []
+    if "step" not in fields and kind.startswith("step_") and isinstance(metadata.get("step_id"), str):
+        fields["step"] = metadata["step_id"]
+        derived.append("step")
+    artifacts = fields.get("artifacts")
+    if kind in ("artifact_create", "artifact_modify") and "path" not in metadata and isinstance(artifacts, list):
+        first = next((a for a in artifacts if isinstance(a, dict)), None)
+        where = (
+            None
+            if first is None
+            else next((first[k] for k in ("path", "url", "name") if isinstance(first.get(k), str) and first[k]), None)
+        )
+        if where is not None:
+            metadata["path"] = where
+            derived.append("metadata.path")
+            if "kind" not in metadata and isinstance(first.get("type"), str):  # type: ignore[union-attr]
+                metadata["kind"] = first["type"]  # type: ignore[index]
+                derived.append("metadata.kind")
+    if kind == "workflow_paused" and "paused_from" not in metadata:
+        metadata["paused_from"] = "running"
+        derived.append("metadata.paused_from")
+    return derived
 
 
 def _valid(fields: dict[str, Any], run_id: str, timestamp: str) -> str | None:
@@ -233,6 +289,12 @@ def runlog_event_fields(  # noqa: C901  (a field-by-field translation of FABER's
     del prior
     etype = restored_type or raw.get("type")
     fields: dict[str, Any] = {k: raw[k] for k in _OPTIONAL if raw.get(k) is not None}
+    kind = etype
+    if isinstance(etype, str) and restored_type is None:
+        kind = _DRIFT.get(etype, etype)
+        derived = _derive(kind, fields, metadata)
+        if derived:
+            bookkeeping["derived"] = derived
     for key, value in restored.items():
         if value is None:
             fields.pop(key, None)
@@ -260,8 +322,10 @@ def runlog_event_fields(  # noqa: C901  (a field-by-field translation of FABER's
         return dict(own, type=kind, metadata={**metadata, IMPORT_KEY: book})
 
     first_error: str | None = None
-    if isinstance(etype, str):
-        candidate = build(etype, fields, moved)
+    if isinstance(kind, str) and kind in _NEVER_IMPORTED:
+        first_error = f"a {kind} event is faber_runlog's own seal and is never copied into a log"
+    elif isinstance(kind, str):
+        candidate = build(kind, fields, moved)
         first_error = _valid(candidate, run_id, timestamp)
         if first_error is None:
             return candidate, timestamp, notes
@@ -295,47 +359,94 @@ class _Folder:
     files: dict[str, str] = attrs.field(factory=dict)  # name in events/ -> full path
     metadata_path: str | None = None
     jsonl_path: str | None = None
+    plan_path: str | None = None  # v5: the plan folder's plan.json
+    state_path: str | None = None  # v5: the plan folder's state-{ts}.json
+    notes: list[str] = attrs.field(factory=list)
 
 
-def _find_folders(fs: Any, root: str) -> list[_Folder]:
+def _search_roots(fs: Any, root: str) -> list[tuple[str, str]]:
+    """``(folder, base name)`` to search: a project's FABER base paths only, else the folder given."""
+    bases = []
+    for base in faber_base_paths():
+        folder = base if base.startswith("/") or "://" in base else f"{root}/{base}"
+        try:
+            if fs.isdir(folder):
+                bases.append((folder.rstrip("/"), base))
+        except OSError as e:
+            raise StorageError(f"cannot look for FABER runs in {folder}: {e}") from e
+    return bases or [(root, "")]
+
+
+def _local_real(fs: Any) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def _leaves(fs: Any, folder: str, path: str) -> bool:
+    """Whether a local ``path`` under ``folder`` goes through a symlink (so it may lead out of the folder)."""
+    rel = os.path.relpath(path, folder)
+    return os.path.realpath(path) != os.path.join(os.path.realpath(folder), rel)
+
+
+def _find_folders(fs: Any, root: str) -> list[_Folder]:  # noqa: C901  (one branch per kind of FABER file)
     """Every FABER run folder under ``root`` (a project, a base folder or one run folder)."""
     root = root.rstrip("/")
-    try:
-        found = fs.find(root, withdirs=False, detail=False)
-    except FileNotFoundError:
-        found = []
-    except OSError as e:
-        raise StorageError(f"cannot list the FABER runs under {root}: {e}") from e
     folders: dict[str, _Folder] = {}
+    plans: dict[str, str] = {}  # plan folder -> its plan.json
+    skipped: list[str] = []
+    for search, base in _search_roots(fs, root):
 
-    def folder(rel: str) -> _Folder:
-        f = folders.get(rel)
-        if f is None:
-            base, rest = "", rel
-            for candidate in FABER_BASE_PATHS:
-                if rel == candidate or rel.startswith(candidate + "/"):
-                    base, rest = candidate, rel[len(candidate) + 1 :]
-            f = folders[rel] = _Folder(path=f"{root}/{rel}" if rel else root, original_id=rest, base=base)
-        return f
+        def folder(rel: str, search: str = search, base: str = base) -> _Folder:
+            key = f"{search}/{rel}" if rel else search
+            f = folders.get(key)
+            if f is None:
+                original = rel if base else (rel or "")
+                f = folders[key] = _Folder(path=key, original_id=canonical_faber_id(original), base=base)
+            return f
 
-    for path in sorted(found):
-        path = str(path)
-        rel = path[len(root) + 1 :] if path.startswith(root + "/") else posixpath.basename(path)
-        parent, _, name = rel.rpartition("/")
-        grand, _, parent_name = parent.rpartition("/")
-        if parent_name == "events" and (name == ".next-id" or _EVENT_FILE.fullmatch(name)):
-            folder(grand if "/" in parent else "").files[name] = path
-        elif name == "events.jsonl":
-            folder(parent).jsonl_path = path
-        elif name == "metadata.json":
-            folder(parent).metadata_path = path
+        try:
+            found = fs.find(search, withdirs=False, detail=False)
+        except FileNotFoundError:
+            found = []
+        except OSError as e:
+            raise StorageError(f"cannot list the FABER runs under {search}: {e}") from e
+        for path in sorted(str(p) for p in found):
+            rel = path[len(search) + 1 :] if path.startswith(search + "/") else posixpath.basename(path)
+            top = rel.split("/", 1)[0]
+            if top in NON_RUN_NAMES or (top.startswith(".") and "/" not in rel):
+                continue  # FABER's workflow state, manifests, changelog, .active-run-id: not runs
+            if _local_real(fs) and _leaves(fs, search, path):
+                skipped.append(path)
+                continue
+            parent, _, name = rel.rpartition("/")
+            grand, _, parent_name = parent.rpartition("/")
+            if parent_name == "events" and (name == ".next-id" or _EVENT_FILE.fullmatch(name)):
+                folder(grand if "/" in parent else "").files[name] = path
+            elif name == "events.jsonl":
+                folder(parent).jsonl_path = path
+            elif name == "metadata.json":
+                folder(parent).metadata_path = path
+            elif name == "plan.json":
+                plans[f"{search}/{parent}" if parent else search] = path
+            elif name.startswith("state-") and name.endswith(".json") and plan_timestamp(name[6:-5]):
+                folder(f"{parent}/{name[6:-5]}" if parent else name[6:-5]).state_path = path
     out = []
     for f in folders.values():
-        if not f.files and f.jsonl_path is None:
-            continue  # a metadata.json alone (a plan folder, or a faber_runlog store's run) is not a FABER run
+        plan_dir = posixpath.dirname(f.path)
+        if f.state_path is not None or plan_dir in plans:
+            f.plan_path = plans.get(plan_dir)
+        if f.path in plans:
+            f.plan_path = plans[f.path]  # a flat plan-slug run: its events sit in the plan folder
+        if not f.files and f.jsonl_path is None and f.state_path is None:
+            continue  # a metadata.json alone (a faber_runlog store's run) is not a FABER run
         if f.jsonl_path is not None and not f.files and fs.exists(posixpath.join(f.path, "consolidation.json")):
             continue  # a consolidated faber_runlog run: import that with the archive tools instead
+        f.notes.extend(
+            f"{p} is a symlink (or lies below one): not followed, not imported" for p in skipped if p.startswith(f.path)
+        )
         out.append(f)
+    for p in skipped:
+        if not any(p.startswith(f.path + "/") for f in out):
+            log.warning("FABER import: %s is a symlink (or lies below one): not followed", p)
     return sorted(out, key=lambda f: f.path)
 
 
@@ -468,9 +579,10 @@ class _Planned:
 
 
 def _read_folder(fs: Any, folder: _Folder, plan_org: str) -> _Planned:  # noqa: C901  (reads every optional FABER file; each branch is one tolerated variant)
-    notes: list[str] = []
+    notes: list[str] = list(folder.notes)
     paths = [p for n, p in folder.files.items() if n != ".next-id"]
-    extra = [p for p in (folder.metadata_path, folder.jsonl_path, folder.files.get(".next-id")) if p is not None]
+    optional = (folder.metadata_path, folder.jsonl_path, folder.files.get(".next-id"), folder.plan_path)
+    extra = [p for p in (*optional, folder.state_path) if p is not None]
     bodies = _read_bodies(fs, paths + extra)
 
     def body(path: str | None) -> bytes | None:
@@ -480,6 +592,10 @@ def _read_folder(fs: Any, folder: _Folder, plan_org: str) -> _Planned:  # noqa: 
     metadata = _codec.load_object(body(folder.metadata_path)) or {}
     if folder.metadata_path is not None and not metadata:
         notes.append("metadata.json is unreadable or not an object; imported without it")
+    if folder.metadata_path is None and (folder.plan_path is not None or folder.state_path is not None):
+        metadata = _plan_metadata(
+            _codec.load_object(body(folder.plan_path)) or {}, _codec.load_object(body(folder.state_path)) or {}
+        )
     # Events in the numeric order of their file prefix; FABER ids shared by several files keep all of them.
     numbered: list[tuple[int, str, dict[str, Any] | None, str | None]] = []
     for name, path in folder.files.items():
@@ -526,6 +642,12 @@ def _read_folder(fs: Any, folder: _Folder, plan_org: str) -> _Planned:  # noqa: 
     if isinstance(metadata.get("run_id"), str) and metadata["run_id"] != original:
         notes.append(f"metadata.json names run {metadata['run_id']!r}; the folder's id {original!r} is used")
     rid = mapped_run_id(original, plan_org)
+    ours = metadata.get(EXPORT_KEY)
+    if isinstance(ours, dict) and isinstance(ours.get("run_id"), str):
+        try:
+            rid = RunId.parse(ours["run_id"])  # exported by faber_runlog: back into the run it came from
+        except InvalidRunId:
+            notes.append(f"the export marker names run {ours['run_id']!r}, not an id; {rid} is used")
     counts: dict[int, list[str]] = {}
     for number, name, _, _ in numbered:
         counts.setdefault(number, []).append(name)
@@ -534,15 +656,19 @@ def _read_folder(fs: Any, folder: _Folder, plan_org: str) -> _Planned:  # noqa: 
     next_id: int | None = None
     next_text = body(folder.files.get(".next-id"))
     if next_text is not None:
-        try:
-            next_id = int(next_text.strip() or b"x")
-        except ValueError:
+        text = next_text.strip()[:40]
+        if text.isdigit() and len(text) <= 18:
+            next_id = int(text)
+        else:
             notes.append(f"events/.next-id holds {next_text[:40]!r}, not a number")
-    elif folder.files or folder.jsonl_path is None:
+    elif folder.files or (folder.jsonl_path is None and folder.state_path is None):
         notes.append("events/.next-id is missing")
     claimed = max(highest, (next_id - 1) if next_id else 0)
-    missing = tuple(i for i in range(1, claimed + 1) if i not in counts)
+    missing, more = _missing_ids(sorted(counts), claimed)
+    if more:
+        notes.append(f"{more} more FABER event ids are missing (not listed; the report lists {len(missing)})")
     events: list[tuple[dict[str, Any], str]] = []
+    keys: set[Any] = set()
     last_stamp = metadata.get("created_at") if isinstance(metadata.get("created_at"), str) else None
     for number, name, data, problem in numbered:
         if data is None:
@@ -556,10 +682,78 @@ def _read_folder(fs: Any, folder: _Folder, plan_org: str) -> _Planned:  # noqa: 
             data, run_id=str(rid), original_run_id=original, file=name, fallback_timestamp=last_stamp
         )
         fields["metadata"][IMPORT_KEY].setdefault("event_id", number)
+        key = fields.get("idempotency_key")
+        if key is not None:
+            if key in keys:
+                # Two FABER events carry one key: appending both with it would keep only the first. Both are kept.
+                fields["metadata"][IMPORT_KEY].setdefault("fields", {})["idempotency_key"] = fields.pop(
+                    "idempotency_key"
+                )
+                notes.append(f"{name} repeats idempotency key {key!r} of an earlier event; kept without it")
+            keys.add(key)
         last_stamp = stamp
         notes.extend(f"{name}: {n}" for n in event_notes)
         events.append((fields, stamp))
     return _Planned(folder, original, rid, metadata, events, missing, duplicates, next_id, highest + 1, notes)
+
+
+_MAX_LISTED: Final = 10_000
+"""Most missing FABER ids an import report lists (a ``.next-id`` of 10^12 must not fill memory)."""
+
+
+def _missing_ids(present: list[int], claimed: int) -> tuple[tuple[int, ...], int]:
+    """The ids 1..``claimed`` not in ``present`` (sorted), at most :data:`_MAX_LISTED`, and how many more."""
+    out: list[int] = []
+    more = 0
+    expected = 1
+    for n in [*present, claimed + 1]:
+        if n > expected:
+            gap = min(n, claimed + 1) - expected
+            take = max(0, min(gap, _MAX_LISTED - len(out)))
+            out.extend(range(expected, expected + take))
+            more += gap - take
+        expected = max(expected, n + 1)
+        if expected > claimed:
+            break
+    return tuple(out), more
+
+
+def _plan_metadata(plan: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """A v5 plan-based run's ``metadata.json`` equivalent, built from ``plan.json`` and ``state-{ts}.json``."""
+    out: dict[str, Any] = {}
+    issue: Any = plan.get("issue")
+    work_id = state.get("work_id") or (issue.get("id") if isinstance(issue, dict) else None)
+    if isinstance(work_id, (str, int)) and not isinstance(work_id, bool):
+        out["work_id"] = str(work_id)
+    for key, value in (
+        ("workflow_id", state.get("workflow_id") or plan.get("workflow")),
+        ("autonomy", plan.get("autonomy")),
+    ):
+        if isinstance(value, str) and value:
+            out[key] = value
+    created = state.get("started_at") or plan.get("created_at")
+    if isinstance(created, str):
+        out["created_at"] = created
+    names: list[str] = []
+    planned: Any = plan.get("phases")
+    for item in planned if isinstance(planned, list) else ():
+        name = item.get("phase") if isinstance(item, dict) else item
+        if isinstance(name, str) and name and name not in names:
+            names.append(name)
+    if not names and isinstance(state.get("phases"), dict):
+        names = [n for n in state["phases"] if isinstance(n, str) and n]
+    phases: list[Any] = []
+    for name in names:
+        own = state.get("phases", {}).get(name) if isinstance(state.get("phases"), dict) else None
+        steps = own.get("steps") if isinstance(own, dict) else None
+        ids = [k for k in steps if isinstance(k, str) and k] if isinstance(steps, dict) else []
+        phases.append({"name": name, "steps": ids} if ids else name)
+    if phases:
+        out["phases"] = phases
+    out["plan"] = {"plan_id": plan.get("plan_id"), "state_run_id": state.get("run_id"), "status": state.get("status")}
+    if isinstance(state.get(EXPORT_KEY), dict):
+        out[EXPORT_KEY] = {"run_id": state[EXPORT_KEY].get("run_id")}
+    return out
 
 
 def _environment(faber_env: Any) -> dict[str, Any]:
@@ -580,11 +774,14 @@ def _run_metadata(planned: _Planned, store: RunStore, source: str, notes: list[s
     phases: list[str] = []
     steps: dict[str, list[str]] = {}
     raw_phases = ours.get("phases", fm.get("phases"))
+    if raw_phases is not None and not isinstance(raw_phases, list):
+        notes.append(f"planned phases {raw_phases!r} not kept: FABER's phases are a list of names")
+        raw_phases = None
     if raw_phases is not None:
         try:
             own_steps = ours.get("steps") if isinstance(ours.get("steps"), dict) else None
             phases, steps = normalize_plan(raw_phases, own_steps)
-        except (FaberRunlogError, ValueError) as e:
+        except (FaberRunlogError, ValueError, TypeError) as e:
             notes.append(f"planned phases {raw_phases!r} not kept: {e}")
     relationships = fm.get("relationships")
     rel: dict[str, Any] = relationships if isinstance(relationships, dict) else {}
@@ -677,7 +874,7 @@ def _import_one(planned: _Planned, store: RunStore, source: str, plan_org: str, 
             )
             bar.update(len(planned.events))
             return result("conflict", 0, run.state().status)
-        stored = list(run.log.read(limit=len(planned.events) + 1))
+        stored = [e for e in run.log.read(limit=len(planned.events) + 2) if e.type not in _NEVER_IMPORTED]
         for i, event in enumerate(stored):
             if i >= len(planned.events) or not _same_event(event, *planned.events[i]):
                 notes.append(
@@ -689,6 +886,13 @@ def _import_one(planned: _Planned, store: RunStore, source: str, plan_org: str, 
         start = len(stored)
         outcome = "unchanged" if start == len(planned.events) else "updated"
         bar.update(start)
+        if outcome == "updated" and run.state().sealed_at is not None:
+            notes.append(
+                f"run {rid} is consolidated (its log is sealed): the folder's {len(planned.events) - start} newer "
+                "events were not imported"
+            )
+            bar.update(len(planned.events) - start)
+            return result("conflict", 0, run.state().status)
     else:
         meta = _run_metadata(planned, store, source, notes, plan_org)
         try:
@@ -697,11 +901,16 @@ def _import_one(planned: _Planned, store: RunStore, source: str, plan_org: str, 
             notes.append(f"run {rid} was created by someone else during this import; run the import again")
             bar.update(len(planned.events))
             return result("conflict", 0, None)
+    appended = 0
     for fields, stamp in planned.events[start:]:
-        run.log.append(fields, timestamp=stamp, unchecked=True)  # a copy of a log as it was
+        event = run.log.append(fields, timestamp=stamp, unchecked=True)  # a copy of a log as it was
+        if event.event_id == start + appended + 1:
+            appended += 1
+        else:  # answered by an earlier event (the same idempotency key): say so rather than count it
+            notes.append(f"event {fields['metadata'][IMPORT_KEY].get('file')} was answered by event {event.event_id}")
         bar.update()
     state = run.log.snapshot() if start < len(planned.events) or outcome == "imported" else run.state()
-    return result(outcome, len(planned.events) - start, state.status)
+    return result(outcome, appended, state.status)
 
 
 def _parents_first(planned: list[_Planned], plan_org: str) -> list[_Planned]:
@@ -783,7 +992,7 @@ def import_faber(
         for p in _parents_first(planned, plan_org):
             try:
                 results.append(_import_one(p, store, str(source), plan_org, bar))
-            except (InvalidEvent, InvalidRunId) as e:
+            except (FaberRunlogError, OSError) as e:  # one bad run (damaged since its last import) stops no other
                 results.append(
                     ImportedRun(
                         p.original_id,
@@ -850,6 +1059,10 @@ def faber_event(event: Event, faber_run_id: str | None = None) -> dict[str, Any]
     metadata = dict(event.metadata)
     book = metadata.pop(IMPORT_KEY, None)
     original_type = book.get("type") if isinstance(book, dict) else None
+    derived = book.get("derived") if isinstance(book, dict) else None
+    for key in derived if isinstance(derived, list) else ():
+        if isinstance(key, str) and key.startswith("metadata."):
+            metadata.pop(key[len("metadata.") :], None)
     etype = event.type
     if etype == UNMAPPED_TYPE and isinstance(original_type, str) and original_type in FABER_EVENT_TYPES:
         etype = original_type  # an imported FABER event goes back under its own type
@@ -1033,6 +1246,22 @@ def faber_state(run: Run, state: RunState | None = None) -> dict[str, Any]:
     }
 
 
+def _refuse_symlinks(fs: Any, root: str, path: str) -> None:
+    """Refuse (``UnsafePath``) a local ``path`` under ``root`` that is, or lies below, a symlink."""
+    if not _local_real(fs):
+        return
+    root = root.rstrip("/")
+    here = root
+    for part in posixpath.relpath(path, root).split("/"):
+        here = f"{here}/{part}"
+        if os.path.islink(here):
+            raise UnsafePath(
+                f"refusing to write the FABER export through {here}: it is a symlink (to "
+                f"{os.path.realpath(here)}), so the write could land outside {root}; remove the symlink "
+                "or export somewhere else"
+            )
+
+
 @attrs.frozen(slots=True)
 class ExportResult:
     """Where :func:`export_faber` wrote a run and how many events."""
@@ -1046,6 +1275,56 @@ class ExportResult:
         return to_dict(self)
 
 
+ID_FORMS: Final = ("uuid", "plan")
+"""How :func:`export_faber` names a run: FABER's ``org/project/uuid`` folders, or v5's plan-based layout."""
+
+
+def _plan_names(run: Run) -> tuple[str, str]:
+    """``(plan_id, ts)`` of a run exported in v5's plan-based layout."""
+    work = run.metadata.params.get("work_id")
+    plan_id = _slug(f"{run.run_id.org}-{run.run_id.project}-{work if work not in (None, '') else run.run_id.uuid[:8]}")
+    ts = re.sub(r"[:.]", "-", run.metadata.created_at[:19]) + "Z"
+    return plan_id, ts
+
+
+def _plan_files(run: Run, state: RunState, plan_id: str, ts: str) -> dict[str, dict[str, Any]]:
+    """``plan.json`` and ``state-{ts}.json`` of a plan-based export, by name relative to the plan folder."""
+    faber = faber_state(run, state)
+    params = run.metadata.params
+    plan = {
+        "plan_id": plan_id,
+        "created_by": "api",
+        "created_at": run.metadata.created_at,
+        "workflow": str(params.get("workflow_id", "default")),
+        "autonomy": str(params.get("autonomy", "guarded")),
+        "phases": [{"phase": name, "description": name, "steps": []} for name in faber["phases"]],
+    }
+    phases = {
+        name: {
+            "status": body["status"],
+            "steps": {s["name"]: {"status": s["status"]} for s in body["steps"]},
+            "retry_count": body.get("retry_count", 0),
+        }
+        for name, body in faber["phases"].items()
+    }
+    state_body = {
+        "run_id": f"{plan_id}{PLAN_RUN_MARKER}{ts}",
+        "plan_id": plan_id,
+        "work_id": faber["work_id"] or None,
+        "workflow_id": plan["workflow"],
+        "status": faber["status"],
+        "current_phase": faber["current_phase"],
+        "current_step_id": state.current_step,
+        "phases": phases,
+        "steps_completed": [],
+        "artifacts": faber["artifacts"],
+        "started_at": faber["started_at"] or run.metadata.created_at,
+        "updated_at": faber["updated_at"],
+        EXPORT_KEY: {"run_id": run.id, "status": state.status},
+    }
+    return {"plan.json": plan, f"state-{ts}.json": state_body}
+
+
 def export_faber(
     store: RunStore,
     run_id: str | RunId,
@@ -1054,20 +1333,41 @@ def export_faber(
     storage_options: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    id_form: str = "uuid",
 ) -> ExportResult:
-    """Write a run as a FABER run folder under the FABER base folder ``dest``.
+    """Write a run as a FABER run folder under the FABER base folder ``dest`` (FABER v5 reads both forms).
 
-    The folder is ``{dest}/{org}/{project}/{uuid}`` with ``metadata.json`` and
-    ``state.json`` in FABER's shapes, ``events/NNN-{type}.json`` (``%03d``
-    numbering, the event ids of our gapless log) and ``events/.next-id``. Each
-    event validates against FABER's ``event.schema.json``; importing the folder
-    gives the same events back. An existing folder with event files is refused
-    (:class:`RunExists`) unless ``overwrite``.
+    ``id_form="uuid"``: ``{dest}/{org}/{project}/{uuid}`` with ``metadata.json``
+    and ``state.json`` in FABER's shapes, ``events/NNN-{type}.json`` (``%03d``
+    numbering, the event ids of our gapless log) and ``events/.next-id``.
+    ``id_form="plan"``: v5's plan-based layout, ``{dest}/{plan_id}/plan.json``,
+    ``state-{ts}.json``, ``.run-{ts}`` and ``{plan_id}/{ts}/events/`` with
+    ``plan_id = {org}-{project}-{work_id}``. Each event validates against
+    FABER's ``event.schema.json``; importing the folder gives the same events
+    back, into the same run. An existing folder with event files is refused
+    (:class:`RunExists`) unless ``overwrite``; a symlink in the way is refused
+    (:class:`UnsafePath`), so nothing is written or deleted outside ``dest``.
     """
+    if id_form not in ID_FORMS:
+        raise InvalidArgument(f"id_form must be one of {', '.join(ID_FORMS)}, got {id_form!r}")
     run = store.get_run(run_id)
     fs, root = open_filesystem(str(dest), storage_options)
-    folder = f"{root.rstrip('/')}/{run.id}"
+    base = root.rstrip("/")
+    extra: dict[str, bytes] = {}
+    state = run.state()
+    if id_form == "plan":
+        plan_id, ts = _plan_names(run)
+        folder, faber_id = f"{base}/{plan_id}/{ts}", f"{plan_id}/{ts}"
+        for name, body in _plan_files(run, state, plan_id, ts).items():
+            extra[f"{base}/{plan_id}/{name}"] = _codec.dumps_indented(body)
+        extra[f"{base}/{plan_id}/.run-{ts}"] = b"1"
+    else:
+        folder, faber_id = f"{base}/{run.id}", run.id
+        extra[f"{folder}/metadata.json"] = _codec.dumps_indented(faber_metadata(run))
+        extra[f"{folder}/state.json"] = _codec.dumps_indented(faber_state(run, state))
     events_dir = f"{folder}/events"
+    for path in (f"{events_dir}/.next-id", *extra):
+        _refuse_symlinks(fs, root, path)
     try:
         existing = [p for p in fs.find(events_dir, withdirs=False, detail=False)]
     except FileNotFoundError:
@@ -1079,18 +1379,18 @@ def export_faber(
         )
     try:
         for path in existing:
+            _refuse_symlinks(fs, root, path)
             fs.rm_file(path)
-        state = run.state()
         events = list(run.log.read(until=state.last_event_id))
         fs.makedirs(events_dir, exist_ok=True)
         with Progress("exporting events", len(events), enabled=progress) as bar:
             for event in events:
-                body = faber_event(event, run.id)
+                body = faber_event(event, faber_id)
                 fs.pipe_file(f"{events_dir}/{event.event_id:03d}-{body['type']}.json", _codec.dumps_indented(body))
                 bar.update()
         fs.pipe_file(f"{events_dir}/.next-id", f"{len(events) + 1}\n".encode())
-        fs.pipe_file(f"{folder}/metadata.json", _codec.dumps_indented(faber_metadata(run)))
-        fs.pipe_file(f"{folder}/state.json", _codec.dumps_indented(faber_state(run, state)))
+        for path, data in extra.items():
+            fs.pipe_file(path, data)
     except OSError as e:
         raise StorageError(f"cannot write the FABER export of run {run.id} to {folder}: {e}") from e
     return ExportResult(run_id=run.id, path=folder, events=len(events))

@@ -16,10 +16,13 @@ from __future__ import annotations
 from typing import Any, Final
 
 from faber_runlog import _codec, _validate
+from faber_runlog._actions import perform
 from faber_runlog._faber import (
     FABER_EVENT_TYPES,
+    FABER_PHASES,
     faber_event,
     faber_metadata,
+    faber_phase_status,
     faber_run_status,
     faber_state,
     mapped_run_id,
@@ -39,6 +42,11 @@ FABER_TOOLS: Final = (
     "fractary_faber_run_get",
     "fractary_faber_run_list",
     "fractary_faber_event_consolidate",
+    "fractary_faber_workflow_status",
+    "fractary_faber_workflow_pause",
+    "fractary_faber_workflow_resume",
+    "fractary_faber_workflow_recover",
+    "fractary_faber_workflow_cleanup",
 )
 _RESOURCE_LIMIT: Final = 100  # what FABER's gateway lists under faber://runs
 _REFUSED: Final = (FaberRunlogError, ValueError, LookupError, OSError)
@@ -123,7 +131,7 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
                 "status": "success",
                 "written": False,
             }
-        return {
+        body: dict[str, Any] = {
             "status": "success",
             "operation": "emit-event",
             "event_id": event.event_id,
@@ -132,6 +140,14 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
             "timestamp": event.timestamp,
             "event_path": store.storage.path(RunLayout(run.run_id).event(event.event_id)),
         }
+        if event.type != type:  # kept, but not as the type asked for: the caller must not believe otherwise
+            body["stored_type"] = event.type
+            body["warning"] = (
+                f"stored as {event.type!r}, not {type!r}: faber_runlog's schema for {type!r} refuses these fields "
+                f"(the FABER type and fields are kept in metadata._faber); it does not change the run's state as a "
+                f"{type!r} would"
+            )
+        return body
 
     def get_run(run_id: str, include_events: bool) -> dict[str, Any]:
         try:
@@ -228,7 +244,136 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
             "size_bytes": record.size,
         }
 
+    def workflow_error(operation: str, error: str) -> dict[str, Any]:
+        return {"status": "error", "operation": operation, "error": error}
+
+    def find_run(workflow_id: str | None, work_id: str | None) -> Run:
+        if workflow_id:
+            return open_run(workflow_id)
+        if work_id:
+            found = [r for r in store.list_runs() if str(r.params.get("work_id", "")) == str(work_id)]
+            active = [r for r in found if r.status not in ("completed", "failed", "cancelled")] or found
+            if active:
+                return store.get_run(max(active, key=lambda r: r.created_at).run_id)
+            raise LookupError(f"no run for work item {work_id!r}; list runs with fractary_faber_run_list")
+        raise LookupError("No workflow_id or work_id provided")
+
+    def workflow_result(run: Run) -> dict[str, Any]:
+        """FABER's WorkflowResult shape for one of our runs (workflow_id is the run id)."""
+        state = run.state()
+        phases = [
+            {"phase": p.name, "status": faber_phase_status(p.status), "duration_ms": 0}
+            for p in state.phases.values()
+            if p.status in ("completed", "failed", "skipped")
+        ]
+        return {
+            "workflow_id": run.id,
+            "work_id": str(run.metadata.params.get("work_id", "")),
+            "status": faber_run_status(state.status),
+            "run_status": state.status,
+            "phases": phases,
+            "duration_ms": 0,
+            "artifacts": [{"path": a.path, "kind": a.kind} for a in state.artifacts],
+        }
+
+    def fractary_faber_workflow_status(workflow_id: str | None = None, work_id: str | None = None) -> dict[str, Any]:
+        try:
+            run = find_run(workflow_id, work_id)
+            state = run.state()
+        except _REFUSED as e:
+            return workflow_error("workflow_status", _message(e))
+        done = sum(1 for p in FABER_PHASES if p in state.phases and state.phases[p].status in ("completed", "skipped"))
+        return {
+            "state": faber_state(run, state),
+            "currentPhase": state.current_phase or "",
+            "progress": round(done / len(FABER_PHASES) * 100),
+        }
+
+    def fractary_faber_workflow_pause(workflow_id: str) -> dict[str, Any]:
+        try:
+            run = open_run(workflow_id)
+            perform(gateway, run.id, "pause", reason="paused through fractary_faber_workflow_pause")
+        except _REFUSED as e:
+            return workflow_error("workflow_pause", _message(e))
+        return {"status": "success", "workflow_id": workflow_id, "message": "Workflow paused"}
+
+    def fractary_faber_workflow_resume(workflow_id: str) -> dict[str, Any]:
+        from faber_runlog._resume import Resumer
+
+        try:
+            run = open_run(workflow_id)
+            if run.state().status == "paused":
+                perform(gateway, run.id, "resume", reason="resumed through fractary_faber_workflow_resume")
+            else:
+                Resumer(store).resume(run.id)
+        except _REFUSED as e:
+            return workflow_error("workflow_resume", _message(e))
+        return workflow_result(store.get_run(run.id))
+
+    def fractary_faber_workflow_recover(
+        workflow_id: str,
+        checkpoint_id: str | None = None,
+        from_phase: str | None = None,
+        skip_phases: list[str] | None = None,
+    ) -> dict[str, Any]:
+        from faber_runlog._resume import Resumer
+
+        try:
+            run = open_run(workflow_id)
+            resumer = Resumer(store)
+            plan = resumer.plan(run.id)
+            if from_phase is not None and plan.resume_phase not in (None, from_phase):
+                return workflow_error(
+                    "workflow_recover",
+                    f"run {run.id} resumes at phase {plan.resume_phase!r} (the first phase its log has not "
+                    f"completed), not {from_phase!r}; nothing was written; re-run it instead to start elsewhere",
+                )
+            resumer.resume(run.id)
+        except _REFUSED as e:
+            return workflow_error("workflow_recover", _message(e))
+        body = workflow_result(store.get_run(run.id))
+        body["resume_phase"] = plan.resume_phase
+        ignored = [k for k, v in (("checkpoint_id", checkpoint_id), ("skip_phases", skip_phases)) if v]
+        if ignored:
+            body["warning"] = f"{', '.join(ignored)} not applied: the resume point comes from the run's log"
+        return body
+
+    def fractary_faber_workflow_cleanup(max_age_days: float = 30) -> dict[str, Any]:
+        import datetime as dt
+        import math
+
+        from faber_runlog._archive import consolidate
+
+        if not (isinstance(max_age_days, (int, float)) and math.isfinite(max_age_days) and 1 <= max_age_days <= 1e5):
+            return workflow_error(
+                "workflow_cleanup", f"max_age_days must be a number of days from 1, got {max_age_days!r}"
+            )
+        cutoff = _codec.iso(dt.datetime.now(dt.UTC) - dt.timedelta(days=max_age_days))
+        consolidated: list[str] = []
+        errors: list[str] = []
+        try:
+            runs = store.list_runs()
+        except _REFUSED as e:
+            return workflow_error("workflow_cleanup", _message(e))
+        for r in runs:
+            if r.status in ("completed", "failed", "cancelled") and (r.updated_at or r.created_at) < cutoff:
+                try:
+                    consolidate(store, r.run_id)
+                    consolidated.append(r.run_id)
+                except _REFUSED as e:
+                    errors.append(f"{r.run_id}: {_message(e)}")
+        # Nothing is deleted (the log is the only truth): finished runs are consolidated into events.jsonl.
+        return {"status": "success", "deleted": 0, "consolidated": consolidated, "errors": errors}
+
     tools = {
+        fractary_faber_workflow_status: "FABER compatible: a run's state, current phase and progress (workflow_id "
+        "is the run id, or give work_id).",
+        fractary_faber_workflow_pause: "FABER compatible: pause a running run (resume it later).",
+        fractary_faber_workflow_resume: "FABER compatible: resume a paused run (or a failed one, at its resume point).",
+        fractary_faber_workflow_recover: "FABER compatible: resume a failed run at the first phase its log has not "
+        "completed.",
+        fractary_faber_workflow_cleanup: "FABER compatible: consolidate finished runs older than max_age_days "
+        "(nothing is deleted).",
         fractary_faber_event_emit: "FABER compatible: emit a workflow event to a run (FABER's argument names).",
         fractary_faber_run_get: "FABER compatible: a run's metadata and state in FABER's shapes.",
         fractary_faber_run_list: "FABER compatible: runs, newest first, filtered by work_id, status, org, project.",

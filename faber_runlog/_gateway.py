@@ -28,7 +28,7 @@ from faber_runlog._events import Event
 from faber_runlog._registry import DEFAULT_BACKENDS, Registry
 from faber_runlog._resume import diff_params
 from faber_runlog._schemas import LazyValidator, load_schema
-from faber_runlog._store import DEFAULT_ROOT, Run, RunStore
+from faber_runlog._store import Run, RunStore, default_root
 from faber_runlog._transitions import ENDING_EVENT_TYPES
 from faber_runlog.errors import InvalidArgument, InvalidGatewayConfig
 
@@ -55,8 +55,10 @@ __all__ = [
 
 log = logging.getLogger("faber_runlog._gateway")
 
-CONFIG_PATH: Final = ".fractary/plugins/faber/gateway.json"
-"""Where ``faber-runlog init`` writes the config, under the project folder (the FABER layout)."""
+CONFIG_PATH: Final = ".faber_runlog/gateway.json"
+"""Where ``faber-runlog init`` writes the config, under the project folder (our folder, not FABER's)."""
+LEGACY_CONFIG_PATH: Final = ".fractary/plugins/faber/gateway.json"
+"""Where ``init`` wrote it before the store moved out of FABER's folder; still found (with a notice)."""
 CONFIG_ENV: Final = "FABER_RUNLOG_CONFIG"
 """Environment variable naming a gateway.json to use instead of searching for one."""
 CONFIG_VERSION: Final = 1
@@ -207,9 +209,10 @@ class GatewayConfig:
         if "://" in self.root or os.path.isabs(os.path.expanduser(self.root)):
             return os.path.expanduser(self.root) if "://" not in self.root else self.root
         base = os.path.abspath(os.fspath(base_dir)) if base_dir is not None else os.getcwd()
-        # The project is the folder holding .fractary/ (gateway.json lives below it), else the base itself.
+        # The project is the folder holding .faber_runlog/ or .fractary/ (gateway.json lives below it), else the base.
         parts = base.split(os.sep)
-        project = os.sep.join(parts[: parts.index(".fractary")]) if ".fractary" in parts else base
+        marker = next((m for m in (".faber_runlog", ".fractary") if m in parts), None)
+        project = os.sep.join(parts[: parts.index(marker)]) if marker is not None else base
         resolved = os.path.normpath(os.path.join(base, os.path.expanduser(self.root)))
         if os.path.commonpath([resolved, project or os.sep]) != (project or os.sep):
             raise InvalidGatewayConfig(
@@ -273,7 +276,11 @@ def validate_config(data: Any, *, path: str | None = None) -> None:
 
 
 def find_config(start: str | os.PathLike[str] | None = None) -> Path | None:
-    """``$FABER_RUNLOG_CONFIG``, else the nearest ``.fractary/plugins/faber/gateway.json`` at or above ``start``."""
+    """``$FABER_RUNLOG_CONFIG``, else the nearest ``.faber_runlog/gateway.json`` at or above ``start``.
+
+    A ``gateway.json`` at the old place (``.fractary/plugins/faber/gateway.json``)
+    is still found, after the new one in the same folder, and named once in a notice.
+    """
     env = os.environ.get(CONFIG_ENV)
     if env:
         return Path(env)
@@ -282,7 +289,22 @@ def find_config(start: str | os.PathLike[str] | None = None) -> Path | None:
         candidate = folder / CONFIG_PATH
         if candidate.is_file():
             return candidate
+        legacy = folder / LEGACY_CONFIG_PATH
+        if legacy.is_file():
+            _name_legacy_config(legacy)
+            return legacy
     return None
+
+
+_legacy_config_named: set[str] = set()
+
+
+def _name_legacy_config(path: Path) -> None:
+    if str(path) not in _legacy_config_named:
+        _legacy_config_named.add(str(path))
+        log.warning(
+            "using %s (the old place, inside FABER's folder); `faber-runlog init` now writes %s", path, CONFIG_PATH
+        )
 
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
@@ -477,7 +499,7 @@ class Gateway:
         path = Path(config_path) if config_path is not None else find_config()
         if path is None:
             return cls(
-                GatewayConfig(root=os.environ.get("FABER_RUNLOG_ROOT") or DEFAULT_ROOT),
+                GatewayConfig(root=os.environ.get("FABER_RUNLOG_ROOT") or default_root()),
                 root=root,
                 storage_options=storage_options,
             )

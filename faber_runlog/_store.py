@@ -18,6 +18,7 @@ from faber_runlog import _lifecycle as lifecycle
 from faber_runlog import _report as report
 from faber_runlog._clock import Clock
 from faber_runlog._events import Event, check_json_value
+from faber_runlog._faber_layout import faber_run_hint, looks_like_faber_metadata
 from faber_runlog._format import SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
 from faber_runlog._hints import check_status_filter, did_you_mean
 from faber_runlog._ids import RunId, validate_slug
@@ -31,6 +32,7 @@ from faber_runlog._state import RunDigest, RunState, RunStatus
 from faber_runlog._storage import Storage, open_filesystem
 from faber_runlog.errors import (
     CorruptState,
+    FaberRunNotImported,
     InvalidArgument,
     InvalidEventPosition,
     InvalidParams,
@@ -45,10 +47,12 @@ if TYPE_CHECKING:  # the analysis extra: optional, imported only when a frame is
     import pandas
     import pyarrow
 
-__all__ = ["DEFAULT_ROOT", "Lineage", "Run", "RunList", "RunProblem", "RunStore", "RunSummary"]
+__all__ = ["DEFAULT_ROOT", "LEGACY_ROOT", "Lineage", "Run", "RunList", "RunProblem", "RunStore", "RunSummary"]
 
-DEFAULT_ROOT: Final = ".fractary/plugins/faber/runs"
-"""The embedded default root, under the current folder (the FABER layout)."""
+DEFAULT_ROOT: Final = ".faber_runlog/runs"
+"""The embedded default root, under the current folder: our own folder, never one FABER writes to."""
+LEGACY_ROOT: Final = ".fractary/plugins/faber/runs"
+"""The default root before 0.x moved it out of FABER's folder; a store found there keeps working."""
 
 ROOT_ENV: Final = "FABER_RUNLOG_ROOT"
 
@@ -88,10 +92,11 @@ def _listed(listing: dict[str, Any] | None) -> dict[str, Any] | None:
 
 @attrs.frozen(slots=True)
 class RunProblem:
-    """A run a store-wide operation skipped because it is damaged, and why."""
+    """A run a store-wide operation skipped because it is damaged (or is a FABER run, ``kind="faber"``), and why."""
 
     run_id: str
     error: str
+    kind: str = "damaged"
 
 
 class RunList(list[RunSummary]):
@@ -336,7 +341,7 @@ class RunStore:
                 raise InvalidArgument("give either a URL or root=, not both")
             target = url if url is not None else root
             if target is None:
-                target = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+                target = os.environ.get(ROOT_ENV) or default_root()
             fs, root_path = _open_root(target, storage_options)
         _validate.integer(snapshot_every, "snapshot_every", minimum=1)
         self.storage = Storage(fs, root_path, fsync=fsync, allow_unsafe_writers=allow_unsafe_writers)
@@ -520,6 +525,13 @@ class RunStore:
             return RunMetadata.from_dict(_codec.loads(body))
         except Exception as e:
             path = self.storage.path(RunLayout(rid).metadata)
+            if looks_like_faber_metadata(body):
+                folder = self.storage.path(RunLayout(rid).dir)
+                raise FaberRunNotImported(
+                    f"{faber_run_hint(folder, str(rid))}; faber_runlog reads it once imported",
+                    run_id=str(rid),
+                    path=folder,
+                ) from None
             raise CorruptState(
                 f"metadata.json of run {rid} at {path} is unreadable ({e}); restore it from a backup",
                 run_id=str(rid),
@@ -603,6 +615,9 @@ class RunStore:
                     continue  # a run being created right now
                 try:
                     listing = self._parse_metadata(rid, mbody).listing()
+                except FaberRunNotImported as e:
+                    problems.append(RunProblem(str(rid), str(e), kind="faber"))
+                    continue
                 except _validate.DAMAGE as e:
                     problems.append(RunProblem(str(rid), str(e)))
                     continue
@@ -627,7 +642,10 @@ class RunStore:
                 )
             )
         for p in problems:
-            log.warning("list_runs skipped damaged run %s: %s", p.run_id, p.error)
+            if p.kind == "faber":
+                log.warning("list_runs skipped %s", p.error)
+            else:
+                log.warning("list_runs skipped damaged run %s: %s", p.run_id, p.error)
         out.sort(key=lambda s: (s.created_at, s.run_id))
         return RunList(out, problems)
 
@@ -756,6 +774,52 @@ def _is_slug(name: str) -> bool:
     except InvalidRunId:
         return False
     return True
+
+
+_legacy_named = False
+
+
+def _holds_our_runs(folder: str) -> bool:
+    """Whether a local folder holds at least one faber_runlog run (a run folder with our ``summary.json``)."""
+    try:
+        for org in os.scandir(folder):
+            if not org.is_dir(follow_symlinks=False):
+                continue
+            for project in os.scandir(org.path):
+                if not project.is_dir(follow_symlinks=False):
+                    continue
+                for run in os.scandir(project.path):
+                    if os.path.isfile(os.path.join(run.path, "summary.json")):
+                        return True
+    except OSError:
+        return False
+    return False
+
+
+def default_root(cwd: str | None = None) -> str:
+    """The store ``RunStore()`` opens: :data:`DEFAULT_ROOT`, or a store kept at :data:`LEGACY_ROOT`.
+
+    Until this release the default store was FABER's own folder
+    (``.fractary/plugins/faber/runs``). A project whose runs are there keeps
+    them: when ``.faber_runlog/runs`` does not exist and the old folder holds
+    runs of ours, that folder is used and a one-line notice (logged once per
+    process) names it and says how to move.
+    """
+    global _legacy_named
+    base = cwd if cwd is not None else os.getcwd()
+    if os.path.exists(os.path.join(base, DEFAULT_ROOT)) or not _holds_our_runs(os.path.join(base, LEGACY_ROOT)):
+        return DEFAULT_ROOT
+    if not _legacy_named:
+        _legacy_named = True
+        log.warning(
+            "using the faber_runlog store found at %s (the old default, inside FABER's folder; new stores go "
+            "to %s): set %s=%s to keep it there without this notice",
+            LEGACY_ROOT,
+            DEFAULT_ROOT,
+            ROOT_ENV,
+            LEGACY_ROOT,
+        )
+    return LEGACY_ROOT
 
 
 # -- for the package's other modules (a RunStore's internals they need, named once) -------------

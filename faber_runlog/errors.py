@@ -31,6 +31,7 @@ The tree (builtin bases in brackets; a leaf adds a narrower builtin only where i
     ├── NotFound [LookupError]                nothing by that name exists
     │   ├── ApprovalNotFound
     │   └── RunNotFound
+    │       └── FaberRunNotImported
     ├── CorruptData [ValueError]              stored bytes are damaged or inconsistent
     │   ├── ConsolidationError
     │   ├── CorruptEvent
@@ -73,6 +74,7 @@ __all__ = [
     "CorruptEvent",
     "CorruptState",
     "CredentialsMissing",
+    "FaberRunNotImported",
     "FaberRunlogError",
     "InvalidArgument",
     "InvalidEvent",
@@ -329,6 +331,14 @@ class RunNotFound(NotFound):
     def __init__(self, message: str, *, run_id: str) -> None:
         super().__init__(message)
         self.run_id = run_id
+
+
+class FaberRunNotImported(RunNotFound):
+    """The run's folder holds a FABER run (FABER's own files), not one of ours: import it first."""
+
+    def __init__(self, message: str, *, run_id: str, path: str) -> None:
+        super().__init__(message, run_id=run_id)
+        self.path = path
 
 
 class ApprovalNotFound(NotFound):

@@ -299,12 +299,12 @@ def test_init_on_an_empty_folder_writes_gateway_json_and_the_runs_folder(
     path = tmp_path / CONFIG_PATH
     assert f"wrote {path}" in out.getvalue()
     assert GatewayConfig() == load_config(path)
-    assert (tmp_path / ".fractary/plugins/faber/runs").is_dir()
+    assert (tmp_path / ".faber_runlog/runs").is_dir()
     # Every command now finds the config and its root.
     out = io.StringIO()
     assert 0 == main(["new", "acme", "web"], out=out)
     run_id = out.getvalue().strip()
-    assert [run_id] == [s.run_id for s in RunStore(str(tmp_path / ".fractary/plugins/faber/runs")).list_runs()]
+    assert [run_id] == [s.run_id for s in RunStore(str(tmp_path / ".faber_runlog/runs")).list_runs()]
 
 
 def test_init_over_an_old_config_says_what_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -336,7 +336,7 @@ def test_init_stores_a_relative_root_relative_to_the_config(tmp_path: Path, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     assert 0 == main(["--root", "my-runs", "init"], out=io.StringIO())
-    assert "../../../my-runs" == load_config(tmp_path / CONFIG_PATH).root
+    assert "../my-runs" == load_config(tmp_path / CONFIG_PATH).root
     assert (tmp_path / "my-runs").is_dir()
     sub = tmp_path / "src"
     sub.mkdir()
@@ -350,7 +350,7 @@ def test_with_logging_disabled_emit_and_new_write_nothing_and_exit_0(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(CONFIG_ENV, raising=False)
-    store = RunStore(str(tmp_path / ".fractary/plugins/faber/runs"))
+    store = RunStore(str(tmp_path / ".faber_runlog/runs"))
     run = store.create_run("acme", "web")
     assert 0 == main(["init", "--disabled"], out=io.StringIO())
     err = io.StringIO()

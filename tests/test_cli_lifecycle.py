@@ -201,7 +201,7 @@ def test_with_logging_disabled_lifecycle_commands_write_nothing_and_exit_0(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(CONFIG_ENV, raising=False)
-    store = RunStore(str(tmp_path / ".fractary/plugins/faber/runs"))
+    store = RunStore(str(tmp_path / ".faber_runlog/runs"))
     run = store.create_run("acme", "web")
     assert 0 == main(["init", "--disabled"], out=io.StringIO())
     for args in (

@@ -212,9 +212,15 @@ def test_import_keeps_the_id_the_order_and_the_faber_fields_and_folds_the_state(
     assert [stamp(i) for i in range(1, 12)] == [e.timestamp for e in events]
     assert ["approval_request", "hook_execute"] == [events[7].type, events[8].type]
     assert {"code": "COMPILE_FAILED", "message": "exit 2", "recoverable": True} == events[10].error
-    # Our artifact_create needs metadata.path; FABER's has only artifacts: kept, under the unmapped type.
-    assert (UNMAPPED_TYPE, "artifact_create") == (events[9].type, events[9].metadata[IMPORT_KEY]["type"])
+    # FABER's artifact_create has only an artifacts list: kept as ours, its first artifact is the state's artifact.
+    assert ("artifact_create", ["metadata.path", "metadata.kind"]) == (
+        events[9].type,
+        events[9].metadata[IMPORT_KEY]["derived"],
+    )
     assert "feat/258" == events[9].artifacts[0]["name"]  # type: ignore[index]
+    assert [("https://github.com/acme/web/tree/feat/258", "branch")] == [
+        (a.path, a.kind) for a in run.state().artifacts
+    ]
     # FABER's own state.json still says pending; the fold says where it failed.
     state = run.state()
     failed = state.failed_step

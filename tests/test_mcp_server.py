@@ -153,7 +153,7 @@ def test_with_logging_disabled_emit_event_writes_nothing(tmp_path: Path, monkeyp
     from faber_runlog._gateway import CONFIG_PATH, GatewayConfig, write_config
 
     write_config(GatewayConfig(enabled=False), tmp_path / CONFIG_PATH)
-    store = RunStore(str(tmp_path / ".fractary/plugins/faber/runs"))
+    store = RunStore(str(tmp_path / ".faber_runlog/runs"))
     run = store.create_run("acme", "web")
     seen: dict[str, Any] = {}
 
