@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -176,3 +182,28 @@ def test_cli_list_filters_by_param_and_pages_with_a_cursor(tmp_path: Any) -> Non
     assert "more runs: add --cursor" in err
     code, _, err = _cli(store, "list", "--since", "last tuesday")
     assert (2, True) == (code, "since='last tuesday' is not an ISO 8601 date or time" in err)
+
+
+def test_the_querying_page_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    page = (Path(__file__).parent.parent / "docs" / "querying.md").read_text()
+    blocks = re.findall(r"```(python|console)\n(.*?)```", page, re.S)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FABER_RUNLOG_ROOT", raising=False)
+    namespace: dict[str, Any] = {}
+    printed = io.StringIO()
+    for kind, body in blocks:
+        if kind == "python":
+            with contextlib.redirect_stdout(printed):
+                exec(compile(body, "docs/querying.md", "exec"), namespace)
+            continue
+        lines = body.splitlines()
+        command = lines[0].removeprefix("$ ").replace("faber-runlog", f"{sys.executable} -m faber_runlog", 1)
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False, env=os.environ)
+        assert (lines[1:], "") == (done.stdout.splitlines(), done.stderr)
+    assert [
+        "2 ['failed', 'failed']",
+        "[2, 1]",
+        "2",
+        "list_runs() got an unknown filter 'stauts' (did you mean 'status' or 'tags'?)",
+        "[('220', 2)]",
+    ] == printed.getvalue().splitlines()
