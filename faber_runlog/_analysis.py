@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-from collections.abc import Iterable
 from typing import Any, Final
+
+import attrs
 
 from faber_runlog import _codec, _validate
 from faber_runlog._events import EventTypes, error_text, upcast
 from faber_runlog._format import RunLayout
-from faber_runlog._hints import check_status_filter
 from faber_runlog._ids import RunId
 from faber_runlog._log import current_digests, read_logs
 from faber_runlog._progress import Progress
+from faber_runlog._query import FILTERS, RUN_FILTERS, RunQuery
 from faber_runlog._registry import event_types_table
-from faber_runlog._store import RunStore, parse_metadata
+from faber_runlog._store import RunStore, list_runs_of, parse_metadata
 from faber_runlog._store import run_ids as list_run_ids
 from faber_runlog.errors import CorruptData, InvalidArgument, MissingExtra
 
@@ -59,52 +60,41 @@ def _require(module: str) -> Any:
         ) from e
 
 
-def _iso(value: Any, name: str) -> str | None:
-    """``value`` (ISO text, date, datetime, pandas Timestamp) as our UTC timestamp text, for comparisons."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError as e:
-            raise InvalidArgument(f"{name}={value!r} is not an ISO 8601 date or time") from e
-    if isinstance(value, _dt.date) and not isinstance(value, _dt.datetime):
-        value = _dt.datetime(value.year, value.month, value.day)
-    if not isinstance(value, _dt.datetime):
-        raise InvalidArgument(f"{name} must be an ISO string, a date or a datetime, got {type(value).__name__}")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=_dt.UTC)
-    return _codec.iso(value)
+EVENT_FILTERS: Final = FILTERS
+"""The filters :func:`events_frame` and ``to_arrow()`` take (``since``/``until`` bound event times there)."""
 
 
-def _select(
-    store: RunStore, org: str | None, project: str | None, status: str | None, run_ids: Iterable[str] | None
-) -> list[RunId]:
-    if run_ids is not None:
-        return [RunId.parse(r) for r in run_ids]
-    if status is not None:
-        found = store.list_runs(org=org, project=project, status=check_status_filter(status))
-        return [RunId.parse(s.run_id) for s in found]
-    return list(list_run_ids(store, org, project))  # a listing only: no metadata or events read
+def query_of(where: str, filters: dict[str, Any], accepted: tuple[str, ...] = RUN_FILTERS) -> RunQuery:
+    """The checked :class:`RunQuery` of a frame's keyword ``filters``; frames list oldest first unless asked."""
+    if filters.get("order") is None:
+        filters = {**filters, "order": "oldest"}
+    return RunQuery.of(where, accepted, **filters)
 
 
-def events_frame(
-    store: RunStore,
-    *,
-    org: str | None = None,
-    project: str | None = None,
-    status: str | None = None,
-    since: Any = None,
-    until: Any = None,
-    types: Iterable[str] | None = None,
-    run_ids: Iterable[str] | None = None,
-    progress: bool | None = None,
-) -> Any:
+def select_runs(store: RunStore, query: RunQuery) -> list[RunId]:
+    """The runs a frame reads, in the query's order: the one selection every frame goes through.
+
+    Only org, project and run ids: a listing, nothing read; any other filter
+    (status, tags, params, creation time, limit, cursor) goes through
+    :meth:`RunStore.list_runs`' summaries, so frames and listings agree.
+    """
+    plain = attrs.evolve(query, org=None, project=None, run_ids=None, order="oldest", types=None)
+    if plain == RunQuery(order="oldest"):
+        if query.run_ids is not None:
+            rids = [RunId.parse(r) for r in dict.fromkeys(query.run_ids)]
+            return [r for r in rids if query.org in (None, r.org) and query.project in (None, r.project)]
+        return list(list_run_ids(store, query.org, query.project))  # a listing only: no metadata or events read
+    return [RunId.parse(s.run_id) for s in list_runs_of(store, query)]
+
+
+def events_frame(store: RunStore, *, progress: bool | None = None, **filters: Any) -> Any:
     """One row per event (columns :data:`EVENT_COLUMNS`), runs and events filtered as asked.
 
-    ``status`` keeps runs whose latest status is that; ``since``/``until`` keep
-    events with ``since <= timestamp < until``; ``types`` keeps those event
-    types. ``timestamp`` is a UTC datetime, ``duration_ms`` a float (from the
+    ``filters`` are the vocabulary of :class:`RunQuery` (docs/querying.md):
+    runs are selected by ``org``, ``project``, ``run_ids``, ``status``,
+    ``tags``, ``params``, ``order``, ``limit`` and ``cursor``; ``since``/``until``
+    keep events with ``since <= timestamp < until``; ``types`` keeps those
+    event types. ``timestamp`` is a UTC datetime, ``duration_ms`` a float (from the
     event or its metadata), ``error`` the error text, ``metadata`` the dict.
     Built as the Arrow table of :func:`to_arrow` and converted.
     """
@@ -112,7 +102,7 @@ def events_frame(
     pa = _require("pyarrow")
     # Text built as large_string, which is what pandas' string columns hold: they wrap it without a copy.
     text = pa.large_string()
-    table = _events_table(store, pa, org, project, status, since, until, types, run_ids, progress, text)
+    table = _events_table(store, pa, query_of("events_frame()", filters, EVENT_FILTERS), progress, text)
     chunks = table.column("metadata").chunks
     table = table.drop_columns(["metadata"])
     frame = table.to_pandas(types_mapper={text: pd.StringDtype()}.get)
@@ -131,23 +121,11 @@ def _event_schema(pa: Any, text: Any) -> Any:
     return pa.schema(list(fields.items()))
 
 
-def _events_table(
-    store: RunStore,
-    pa: Any,
-    org: str | None,
-    project: str | None,
-    status: str | None,
-    since: Any,
-    until: Any,
-    types: Iterable[str] | None,
-    run_ids: Iterable[str] | None,
-    progress: bool | None,
-    text: Any = None,
-) -> Any:
+def _events_table(store: RunStore, pa: Any, query: RunQuery, progress: bool | None, text: Any = None) -> Any:
     """The events as an Arrow table (text columns of type ``text``, default string), streamed into record batches."""
-    lo, hi = _iso(since, "since"), _iso(until, "until")
-    wanted = frozenset(types) if types is not None else None
-    rids = _select(store, org, project, status, run_ids)
+    lo, hi = query.since, query.until
+    wanted = frozenset(query.types) if query.types is not None else None
+    rids = select_runs(store, attrs.evolve(query, since=None, until=None))  # since/until bound event times here
     schema = _event_schema(pa, pa.string() if text is None else text)
     batches: list[Any] = []
     builder = _EventColumns(wanted, lo, hi, event_types_table(store.registry))
@@ -268,27 +246,18 @@ _RUN_TEXT: Final = (
 )
 
 
-def runs_frame(
-    store: RunStore,
-    *,
-    org: str | None = None,
-    project: str | None = None,
-    status: str | None = None,
-    since: Any = None,
-    until: Any = None,
-    run_ids: Iterable[str] | None = None,
-    progress: bool | None = None,
-) -> Any:
+def runs_frame(store: RunStore, *, progress: bool | None = None, **filters: Any) -> Any:
     """One row per run (columns :data:`RUN_COLUMNS`), from metadata and ``summary.json`` (verified); reads no events.
 
-    ``since``/``until`` keep runs created in ``[since, until)``. ``failed_step``
+    ``filters`` are the vocabulary of :class:`RunQuery` (docs/querying.md);
+    ``since``/``until`` keep runs created in ``[since, until)``; rows come
+    oldest first unless ``order="newest"``. ``failed_step``
     and ``error`` name the step that failed last (if any) and why;
     ``consolidated`` says whether the run's events are in ``events.jsonl``.
     """
     pd = _require("pandas")
-    check_status_filter(status)
-    lo, hi = _iso(since, "since"), _iso(until, "until")
-    rids = [RunId.parse(r) for r in run_ids] if run_ids is not None else list(list_run_ids(store, org, project))
+    query = query_of("runs_frame()", filters)
+    rids = select_runs(store, query)
     cols: dict[str, list[Any]] = {c: [] for c in RUN_COLUMNS}
     storage = store.storage
     with Progress("reading runs", len(rids), enabled=progress) as bar:
@@ -305,12 +274,6 @@ def runs_frame(
                     state = e
                 if isinstance(state, BaseException):  # one damaged run must not hide the others
                     logging.getLogger("faber_runlog._analysis").warning("runs_frame skipped run %s: %s", rid, state)
-                    continue
-                if (
-                    (status is not None and state.status != status)
-                    or (lo is not None and meta.created_at < lo)
-                    or (hi is not None and meta.created_at >= hi)
-                ):
                     continue
                 end = state.ended_at or (state.updated_at if state.is_terminal else None)
                 duration = _codec.ms_between(state.started_at, end)
@@ -348,7 +311,7 @@ def runs_frame(
     frame["consolidated"] = frame["consolidated"].astype("bool")
     for c in _RUN_TEXT:
         frame[c] = frame[c].astype("string")
-    return frame.sort_values(["created_at", "run_id"], ignore_index=True)
+    return frame.sort_values(["created_at", "run_id"], ascending=query.order == "oldest", ignore_index=True)
 
 
 def to_arrow(store: RunStore, kind: str = "events", **filters: Any) -> Any:
@@ -363,25 +326,11 @@ def to_arrow(store: RunStore, kind: str = "events", **filters: Any) -> Any:
     pa = _require("pyarrow")
     if kind not in ("events", "runs"):
         raise InvalidArgument(f"kind must be 'events' or 'runs', got {kind!r}")
+    progress = filters.pop("progress", None)
     if kind != "runs":  # the events table
-        allowed = {"org", "project", "status", "since", "until", "types", "run_ids", "progress"}
-        unknown = set(filters) - allowed
-        if unknown:
-            raise InvalidArgument(f"to_arrow() got unexpected filters {sorted(unknown)}; allowed: {sorted(allowed)}")
-        f = {k: filters.get(k) for k in allowed}
-        return _events_table(
-            store,
-            pa,
-            f["org"],
-            f["project"],
-            f["status"],
-            f["since"],
-            f["until"],
-            f["types"],
-            f["run_ids"],
-            f["progress"],
-        )
-    frame = runs_frame(store, **filters)
+        return _events_table(store, pa, query_of("to_arrow()", filters, EVENT_FILTERS), progress)
+    query_of('to_arrow(kind="runs")', filters)  # checked here, so the message names this call
+    frame = runs_frame(store, progress=progress, **filters)
     for c in _NESTED:
         if c in frame.columns:
             frame[c] = [_codec.dumps(v).decode() for v in frame[c]]

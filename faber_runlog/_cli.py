@@ -295,14 +295,32 @@ def _cmd_emit(ctx: _Ctx) -> int:
 
 def _cmd_list(ctx: _Ctx) -> int:
     a = ctx.args
-    runs = ctx.store.list_runs(org=a.org, project=a.project, status=a.status, tags=_pairs(a.tag, "--tag", typed=False))
-    if a.limit is not None:
-        runs = runs[-a.limit :] if a.limit > 0 else []
+    try:
+        runs = ctx.store.list_runs(
+            org=a.org,
+            project=a.project,
+            status=a.status,
+            tags=_pairs(a.tag, "--tag", typed=False),
+            params=_pairs(a.param, "--param"),
+            since=a.since,
+            until=a.until,
+            order=a.order,
+            limit=a.limit,
+            cursor=a.cursor,
+        )
+    except InvalidFilter:
+        raise
+    except InvalidArgument as e:  # a filter's value: the command line's mistake (exit 2)
+        raise UsageError(str(e).replace("list_runs()", "faber-runlog list")) from e
     if ctx.json:
         from faber_runlog._converter import converter
 
-        _dump([converter.unstructure(r) for r in runs], ctx.out)
+        rows = [converter.unstructure(r) for r in runs]
+        # Paging asked for: the page and the cursor of the next one; else the plain list, as always.
+        _dump({"runs": rows, "next_cursor": runs.next_cursor} if _paged(a) else rows, ctx.out)
         return EXIT_OK
+    if runs.next_cursor is not None:
+        ctx.err.write(f"more runs: add --cursor {runs.next_cursor} for the next page\n")
     if not runs:
         ctx.out.write(f"no runs in {ctx.store.url}\n")
         return EXIT_OK
@@ -312,6 +330,11 @@ def _cmd_list(ctx: _Ctx) -> int:
     ]
     _table(rows, ["RUN ID", "STATUS", "EVENTS", "AT", "CREATED"], ctx.out)
     return EXIT_OK
+
+
+def _paged(a: argparse.Namespace) -> bool:
+    """Whether ``faber-runlog list`` was asked for a page (``--limit`` or ``--cursor``)."""
+    return a.limit is not None or a.cursor is not None
 
 
 def _cmd_show(ctx: _Ctx) -> int:
@@ -872,7 +895,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--project")
     p.add_argument("--status", help="e.g. running, failed, completed")
     p.add_argument("--tag", action="append", metavar="K=V")
-    p.add_argument("--limit", type=int, metavar="N", help="only the N newest")
+    p.add_argument("--param", action="append", metavar="K=V", help="runs with this param (K:=JSON for a typed value)")
+    p.add_argument("--since", metavar="TIME", help="runs created at or after TIME (ISO 8601, e.g. 2026-01-31)")
+    p.add_argument("--until", metavar="TIME", help="runs created before TIME")
+    p.add_argument("--order", choices=("newest", "oldest"), help="newest first (default) or oldest first")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N runs (--json then also gives next_cursor)")
+    p.add_argument("--cursor", metavar="CURSOR", help="the next page: the cursor the previous page gave")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("show", parents=[js], help="state, phases, steps and the last events of a run")

@@ -20,13 +20,14 @@ from faber_runlog._clock import Clock
 from faber_runlog._events import Event, check_json_value
 from faber_runlog._faber_layout import faber_run_hint, looks_like_faber_metadata
 from faber_runlog._format import SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
-from faber_runlog._hints import check_status_filter, did_you_mean
+from faber_runlog._hints import did_you_mean
 from faber_runlog._ids import RunId, validate_slug
 from faber_runlog._lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
 from faber_runlog._lease import fence as lease_fence
 from faber_runlog._log import CLAIM_BUDGET, SEAL_GRACE, Commit, EventLog, current_digests
 from faber_runlog._metadata import RunMetadata, capture_environment
 from faber_runlog._plan import apply_plan, normalize_plan
+from faber_runlog._query import RUN_FILTERS, RunQuery
 from faber_runlog._registry import Registry
 from faber_runlog._state import RunDigest, RunState, RunStatus
 from faber_runlog._storage import Storage, open_filesystem
@@ -100,13 +101,23 @@ class RunProblem:
 
 
 class RunList(list[RunSummary]):
-    """The runs :meth:`RunStore.list_runs` found, plus ``problems``: runs it had to skip, and why."""
+    """The runs :meth:`RunStore.list_runs` found, plus ``problems``: runs it had to skip, and why.
+
+    ``next_cursor`` is the ``cursor=`` that lists the next page (None when this page is the last).
+    """
 
     problems: list[RunProblem]
+    next_cursor: str | None
 
-    def __init__(self, runs: Iterable[RunSummary] = (), problems: list[RunProblem] | None = None) -> None:
+    def __init__(
+        self,
+        runs: Iterable[RunSummary] = (),
+        problems: list[RunProblem] | None = None,
+        next_cursor: str | None = None,
+    ) -> None:
         super().__init__(runs)
         self.problems = list(problems or [])
+        self.next_cursor = next_cursor
 
 
 @attrs.frozen(slots=True)
@@ -584,10 +595,25 @@ class RunStore:
         self,
         org: str | None = None,
         project: str | None = None,
-        status: RunStatus | None = None,
+        status: RunStatus | Sequence[RunStatus] | None = None,
         tags: Mapping[str, str] | None = None,
+        *,
+        run_ids: str | Iterable[str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        since: str | datetime.date | None = None,
+        until: str | datetime.date | None = None,
+        order: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        **unknown: Any,
     ) -> RunList:
-        """Runs under the root, oldest first, with the status their logs give.
+        """Runs under the root, newest first (``order="oldest"``: oldest first), with the status their logs give.
+
+        The filters are the vocabulary of :class:`RunQuery` (docs/querying.md):
+        ``status`` one status or several, ``tags`` and ``params`` all matching,
+        ``since``/``until`` on the creation time, ``limit`` and ``cursor`` for
+        pages (the answer's ``next_cursor`` lists the next one). A misspelt
+        keyword or a value that cannot match is an :class:`InvalidArgument`.
 
         Reads each run's metadata and its small ``summary.json``, and checks
         that no event follows the summary (three small reads per run, in
@@ -595,9 +621,34 @@ class RunStore:
         missing is folded from its log. A damaged run is skipped with a warning
         and listed in ``.problems``.
         """
-        check_status_filter(status)
+        query = RunQuery.of(
+            "list_runs()",
+            RUN_FILTERS,
+            **unknown,
+            org=org,
+            project=project,
+            status=status,
+            tags=tags,
+            run_ids=run_ids,
+            params=params,
+            since=since,
+            until=until,
+            order=order,
+            limit=limit,
+            cursor=cursor,
+        )
+        return self._list(query)
+
+    def _list(self, query: RunQuery) -> RunList:
         problems: list[RunProblem] = []
-        rids = list(self._run_ids(org, project, problems))
+        if query.run_ids is not None:
+            rids = [
+                rid
+                for rid in (RunId.parse(r) for r in dict.fromkeys(query.run_ids))
+                if query.org in (None, rid.org) and query.project in (None, rid.project)
+            ]
+        else:
+            rids = list(self._run_ids(query.org, query.project, problems))
         states = current_digests(self.storage, rids, snapshot_every=self.snapshot_every, registry=self.registry)
         # Summaries carry the metadata a listing shows; only runs whose summary does not read metadata.json.
         unknown = [r for r in rids if not isinstance(d := states[r], Exception) and _listed(d.listing) is None]
@@ -612,7 +663,7 @@ class RunStore:
             if listing is None:
                 mbody = metas.get(RunLayout(rid).metadata)
                 if mbody is None:
-                    continue  # a run being created right now
+                    continue  # a run being created right now (or an id given that names no run)
                 try:
                     listing = self._parse_metadata(rid, mbody).listing()
                 except FaberRunNotImported as e:
@@ -621,9 +672,9 @@ class RunStore:
                 except _validate.DAMAGE as e:
                     problems.append(RunProblem(str(rid), str(e)))
                     continue
-            if tags and any(listing["tags"].get(k) != v for k, v in tags.items()):
-                continue
-            if status is not None and state.status != status:
+            if not query.wants_status(state.status) or not query.wants_run(
+                str(rid), listing["created_at"], listing["params"], listing["tags"]
+            ):
                 continue
             out.append(
                 RunSummary(
@@ -646,8 +697,8 @@ class RunStore:
                 log.warning("list_runs skipped %s", p.error)
             else:
                 log.warning("list_runs skipped damaged run %s: %s", p.run_id, p.error)
-        out.sort(key=lambda s: (s.created_at, s.run_id))
-        return RunList(out, problems)
+        page, next_cursor = query.page(out, lambda s: (s.created_at, s.run_id))
+        return RunList(page, problems, next_cursor)
 
     # -- lifecycle across runs (logic in lifecycle.py and report.py) ----------------
 
@@ -852,3 +903,8 @@ def create_run_from(store: RunStore, meta: RunMetadata) -> Run:
     if meta.seal_grace is None:
         meta = attrs.evolve(meta, seal_grace=store.seal_grace)
     return store._create(meta)  # noqa: SLF001  (same module)
+
+
+def list_runs_of(store: RunStore, query: RunQuery) -> RunList:
+    """:meth:`RunStore.list_runs` for an already checked :class:`RunQuery` (the frames' selection)."""
+    return store._list(query)  # noqa: SLF001  (same module)
