@@ -28,7 +28,7 @@ import attrs
 from faber_runlog import _codec
 from faber_runlog._codec import ms_between
 from faber_runlog._converter import converter, to_dict
-from faber_runlog._events import Event, _event_from_dict, _event_to_dict
+from faber_runlog._events import Event, _event_from_dict, _event_to_dict, given_duration
 from faber_runlog._transitions import (
     ACTIVE_STATUSES,
     BACK,
@@ -522,7 +522,7 @@ def _record_error(state: RunState, e: Ev) -> str:
 def _finish(obj: PhaseState | StepState, e: Ev, status: str) -> None:
     obj.status = status
     obj.ended_at = e["timestamp"]
-    given = e.get("duration_ms")
+    given = given_duration(e)  # the producer's value where given, as in the frames and reports
     obj.duration_ms = given if given is not None else ms_between(obj.started_at, e["timestamp"])
 
 

@@ -637,6 +637,18 @@ class RunStore:
 
         return runs_frame(self, **filters)
 
+    def steps_frame(self, **filters: Any) -> pandas.DataFrame:
+        """A pandas DataFrame, one row per attempt of a step; see :func:`faber_runlog._steps.steps_frame`."""
+        from faber_runlog._steps import steps_frame
+
+        return steps_frame(self, **filters)
+
+    def phases_frame(self, **filters: Any) -> pandas.DataFrame:
+        """A pandas DataFrame, one row per attempt of a phase; see :func:`faber_runlog._steps.phases_frame`."""
+        from faber_runlog._steps import phases_frame
+
+        return phases_frame(self, **filters)
+
     def to_arrow(self, kind: str = "events", **filters: Any) -> pyarrow.Table:
         """A pyarrow Table of events (or ``kind="runs"``); see :func:`faber_runlog._analysis.to_arrow`."""
         from faber_runlog._analysis import to_arrow
