@@ -232,6 +232,11 @@ class RunState:
         """Plain JSON-ready dict (the ``state.json`` body)."""
         return to_dict(self)
 
+    def _repr_html_(self) -> str:
+        from faber_runlog._html import repr_html  # the HTML views import this module
+
+        return repr_html(self)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunState:
         """Rebuild from :meth:`to_dict` output."""
