@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +185,150 @@ def test_the_demo_report_shows_a_build_phase_as_long_as_its_compile_step(tmp_pat
     report = compose_report(store.storage, store.get_run(run_id).log)
     build = report["phases"][0]
     assert build["duration_ms"] >= build["steps"][0]["duration_ms"] == 1200
+
+
+# -- the HTML report, the viewer and the timeline in a real browser --------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip  # one flag per item
+
+
+@pytest.fixture(scope="module")
+def seen(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunStore, dict[str, str]]:
+    store = RunStore(str(tmp_path_factory.mktemp("seen") / "runs"))
+    return store, make_shapes(store)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed here (CI installs it: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def viewer(seen: tuple[RunStore, dict[str, str]]) -> Iterator[str]:
+    import socket
+    import threading
+
+    import uvicorn
+
+    from faber_runlog._viewer import make_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(make_app(seen[0]), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        threading.Event().wait(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def _page(browser: Any) -> tuple[Any, list[str]]:
+    page = browser.new_page()
+    problems: list[str] = []  # dialogs opened (a script ran) and requests that left this machine
+
+    def on_dialog(d: Any) -> None:
+        problems.append(d.message)
+        d.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.on(
+        "request", lambda r: problems.append(r.url) if not r.url.startswith(("file:", "http://127.0.0.1")) else None
+    )
+    return page, problems
+
+
+def test_the_html_report_opens_offline_with_steps_errors_and_escaped_event_text(
+    seen: tuple[RunStore, dict[str, str]], browser: Any, tmp_path: Path
+) -> None:
+    from faber_runlog._cli import main
+
+    store, ids = seen
+    out = tmp_path / "report.html"
+    assert 0 == main(
+        ["--root", store.url, "report", ids["gated"], "--format", "html", "--output", str(out)], out=io.StringIO()
+    )
+    assert "<script>alert" not in out.read_text()
+    page, problems = _page(browser)
+    page.goto(out.as_uri())
+    text = page.inner_text("body")
+    assert "write" in text and "changes_requested" in text
+    assert "<script>alert(1)</script>" in text  # shown as text, never run
+    assert 4 <= page.locator("svg.timeline rect.bar").count()
+    assert [] == problems  # no dialog, nothing fetched from the network
+    page.close()
+
+
+def test_the_viewer_lists_runs_failures_first_and_shows_a_run(
+    seen: tuple[RunStore, dict[str, str]], browser: Any, viewer: str
+) -> None:
+    ids = seen[1]
+    page, problems = _page(browser)
+    page.goto(viewer + "/")
+    assert ids["live"] in page.inner_text("#runs")
+    assert page.inner_text("form").index("failed") < page.inner_text("form").index("completed")
+    page.click("text=failed")
+    listed = page.inner_text("#runs")
+    assert ids["gated"] in listed and ids["retried"] not in listed
+    page.click(f"text={ids['gated']}")
+    body = page.inner_text("#run")
+    assert "<script>alert(1)</script>" in body and "changes_requested" in body
+    assert [] == problems
+    page.close()
+
+
+def test_the_run_page_shows_an_event_appended_by_another_process_without_a_reload(
+    seen: tuple[RunStore, dict[str, str]], browser: Any, viewer: str
+) -> None:
+    import subprocess
+    import sys
+
+    store, ids = seen
+    page, problems = _page(browser)
+    page.goto(f"{viewer}/runs/{ids['live']}")
+    page.evaluate("window.marker = 1")  # gone if the page reloads
+    subprocess.run(
+        [sys.executable, "-m", "faber_runlog", "--root", store.url, "emit", ids["live"], "step_error",
+         "--phase", "run", "--step", "long", "--error", "appended <b>elsewhere</b>"],
+        check=True, capture_output=True,
+    )  # fmt: skip  # one command
+    page.wait_for_selector("text=appended <b>elsewhere</b>", timeout=15_000)
+    assert 1 == page.evaluate("window.marker")
+    assert [] == problems
+    page.close()
+
+
+def test_timelines_are_plotly_gantt_figures_coloured_by_status_with_errors_on_hover(
+    seen: tuple[RunStore, dict[str, str]],
+) -> None:
+    store, ids = seen
+    fig = store.get_run(ids["retried"]).timeline()
+    statuses = {trace.name for trace in fig.data}
+    assert {"completed", "failed", "skipped"} <= statuses
+    failed = next(trace for trace in fig.data if trace.name == "failed")
+    assert any("exit 2" in str(row) for row in failed.customdata)  # the error is in the hover data
+    many = store.timeline(org="acme")
+    assert {ids["retried"], ids["resumed"]} == {row[0] for trace in many.data for row in trace.customdata}
+
+
+def test_run_and_state_show_an_escaped_summary_in_jupyter(seen: tuple[RunStore, dict[str, str]]) -> None:
+    store, ids = seen
+    run = store.get_run(ids["gated"])
+    html = run._repr_html_()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html
+    assert "failed" in html and "spec/write" in html
+    assert html == run.state()._repr_html_()
