@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["STATUS_COLOURS", "page", "repr_html", "run_body", "run_report_html", "timeline_svg"]
 
 STATUS_COLOURS: Final = {
-    "completed": "#2e9d5b", "failed": "#d64541", "running": "#3b7dd8", "retrying": "#e39a2d",
+    "completed": "#2e9d5b", "failed": "#d64541", "failing": "#e8743b", "running": "#3b7dd8", "retrying": "#e39a2d",
     "skipped": "#9aa3ad", "cancelled": "#6c6f73", "changes_requested": "#b27ad8",
     "awaiting_approval": "#e3c22d", "pending": "#cfd5db",
 }  # fmt: skip  # a table: status -> colour
@@ -89,7 +89,8 @@ def timeline_svg(phases: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any
     for i in range(5):  # the time axis: 0 .. span in quarters
         x = label_w + width * i / 4
         out.append(f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 18}" stroke="#e3e6e9"/>')
-        out.append(f'<text x="{x:.1f}" y="{height - 4}" fill="#6c757d">+{_ms(span * 1000 * i / 4)}</text>')
+        anchor = ' text-anchor="end"' if i == 4 else ""
+        out.append(f'<text x="{x:.1f}" y="{height - 4}" fill="#6c757d"{anchor}>+{_ms(span * 1000 * i / 4)}</text>')
     for n, (name, is_phase, rows) in enumerate(lanes):
         y = n * lane_h + 3
         label = escape(name) if is_phase else "\u2003" + escape(name)

@@ -332,3 +332,55 @@ def test_run_and_state_show_an_escaped_summary_in_jupyter(seen: tuple[RunStore, 
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html
     assert "failed" in html and "spec/write" in html
     assert html == run.state()._repr_html_()
+
+
+def _blocks(text: str, lang: str) -> list[str]:
+    import re
+
+    found = re.finditer(r"(<!-- docs-test: skip[^\n]*-->\n)?```" + lang + r"\n(.*?)```", text, re.S)
+    return [m.group(2) for m in found if not m.group(1)]
+
+
+def test_the_seeing_runs_page_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    text = (Path(__file__).parent.parent / "docs" / "seeing-runs.md").read_text()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FABER_RUNLOG_ROOT", raising=False)
+    namespace: dict[str, Any] = {}
+    for block in _blocks(text, "python"):
+        exec(compile(block, "docs/seeing-runs.md", "exec"), namespace)
+    exe = shutil.which("faber-runlog")
+    env = dict(os.environ)
+    if exe is None or "PYTHONPATH" in env:  # run this checkout's CLI
+        shim = tmp_path / "bin"
+        shim.mkdir()
+        (shim / "faber-runlog").write_text(f'#!/bin/sh\nexec {sys.executable} -m faber_runlog "$@"\n')
+        (shim / "faber-runlog").chmod(0o755)
+        env["PATH"] = f"{shim}:{env['PATH']}"
+    for block in _blocks(text, "console"):
+        lines = block.splitlines()
+        for i, line in enumerate(lines):
+            if not line.startswith("$ "):
+                continue
+            expected = []
+            for after in lines[i + 1 :]:
+                if after.startswith("$ "):
+                    break
+                expected.append(after)
+            done = subprocess.run(["bash", "-c", line[2:]], env=env, capture_output=True, text=True, check=True)
+            for want in expected:
+                assert want.strip() in done.stdout, (line, want, done.stdout, done.stderr)
+
+
+def test_the_archive_and_analysis_recipes_run_and_give_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (Path(__file__).parent.parent / "docs" / "archive-and-analysis.md").read_text()
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    for block in _blocks(text, "python"):
+        exec(compile(block, "docs/archive-and-analysis.md", "exec"), namespace)
+    assert namespace["percentiles"].notna().all().all()
+    assert ["compile", "deploy"] == list(namespace["percentiles"].index)
