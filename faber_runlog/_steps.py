@@ -22,6 +22,7 @@ runs alike, and select runs the same way. pandas is imported only for a frame.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Final
 
 from faber_runlog import _codec
@@ -29,7 +30,7 @@ from faber_runlog._codec import ms_between
 from faber_runlog._events import EventTypes, upcast
 from faber_runlog._format import RunLayout
 from faber_runlog._ids import RunId
-from faber_runlog._state import PhaseState, RawHandler, RunState, StepState, apply_mappings
+from faber_runlog._state import PhaseState, RawHandler, RunState, StepState
 from faber_runlog.errors import CorruptData, InvalidArgument
 
 if TYPE_CHECKING:
@@ -121,7 +122,13 @@ class Attempts:
         if etype not in _TOUCHING:
             return
         state = self.state
-        apply_mappings(state, (e,), self.handlers)
+        handler = self.handlers.get(etype)
+        if handler is None:
+            return
+        # The handler alone: phases and steps do not depend on the run's status, which apply_mappings
+        # would also move (and count); the attempt rows read phases and steps only.
+        state.last_event_id = e["event_id"]
+        handler(state, e)
         eid = e["event_id"]
         if etype in _RUN_WIDE:
             for p in state.phases.values():
@@ -208,10 +215,15 @@ def _read_attempts(store: RunStore, filters: Mapping[str, Any]) -> Iterator[tupl
     )
     types = event_types_table(store.registry)
     folds = store.registry.folds
-    with Progress("reading runs", len(rids), enabled=filters.get("progress")) as bar:
+    with (
+        Progress("reading runs", len(rids), enabled=filters.get("progress")) as bar,
+        ThreadPoolExecutor(1) as pool,
+    ):
         for start in range(0, len(rids), _RUN_CHUNK):
             chunk = rids[start : start + _RUN_CHUNK]
-            metas = store.storage.read_many(RunLayout(r).metadata for r in chunk)
+            # The runs' metadata (params, tags) is read while their events are: one more round trip hidden.
+            pending = pool.submit(store.storage.read_many, [RunLayout(r).metadata for r in chunk])
+            metas: Mapping[str, bytes | None] | None = None
             current: Attempts | None = None
             rid_now: RunId | None = None
             for rid, first, lines in read_logs(
@@ -219,11 +231,13 @@ def _read_attempts(store: RunStore, filters: Mapping[str, Any]) -> Iterator[tupl
             ):
                 if rid != rid_now:
                     if current is not None and rid_now is not None:
+                        metas = metas if metas is not None else pending.result()
                         yield rid_now, current, _meta_of(store, rid_now, metas, parse_metadata)
                     rid_now, current = rid, Attempts(str(rid), folds)
                 assert current is not None
                 _add_lines(store, rid, first, lines, current, types)
             if current is not None and rid_now is not None:
+                metas = metas if metas is not None else pending.result()
                 yield rid_now, current, _meta_of(store, rid_now, metas, parse_metadata)
             bar.update(len(chunk))
 
