@@ -63,6 +63,7 @@ _TOUCHING: Final = frozenset(
     }
 )  # fmt: skip  # grouped by what they touch
 """The event types whose folds change a phase or a step."""
+_STEP_TYPES: Final = frozenset({"step_start", "step_complete", "step_error", "step_skip", "step_retry"})
 _RUN_WIDE: Final = frozenset({"approval_resolved", "workflow_error", "workflow_cancelled"})
 """Types whose fold may change phases other than the event's own (gates, a run that ends)."""
 _ROW: Final = ("attempt", "status", "started_at", "ended_at", "duration_ms", "error", "first_event_id", "last_event_id")
@@ -138,13 +139,24 @@ class Attempts:
                     if s.last_event_id == eid:
                         self._note(self._step_now, (p.name, s.name), s, e, self.steps)
             return
-        phase = state.phases.get(str(e.get("phase")))
+        phase = state.phases.get(e.get("phase"))  # type: ignore[arg-type]  # None finds nothing
         if phase is None:
             return
+        if etype in _STEP_TYPES:
+            step = phase.steps.get(e.get("step"))  # type: ignore[arg-type]
+            if step is not None:
+                self._note(self._step_now, (phase.name, step.name), step, e, self.steps)
+            row = self._phase_now.get(phase.name)
+            if (
+                row is not None
+                and row["status"] == phase.status
+                and row["_starts"] == phase.attempts
+                and row["ended_at"] is None
+                and phase.ended_at is None
+            ):
+                row["last_event_id"] = eid  # most step events leave their phase as it was: the fast path
+                return
         self._note(self._phase_now, phase.name, phase, e, self.phases)
-        step = phase.steps.get(str(e.get("step"))) if etype.startswith("step_") else None
-        if step is not None:
-            self._note(self._step_now, (phase.name, step.name), step, e, self.steps)
 
     @staticmethod
     def _note(
