@@ -10,15 +10,16 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from conftest import make_store
 
-from faber_runlog import Archiver, InvalidArgument, Resumer, RunStore
+from faber_runlog import Archiver, InvalidArgument, Resumer, RunStore, consolidate
 from faber_runlog._demo import run_demo
 from faber_runlog._report import compose_report
 from faber_runlog._state import RunState
 from faber_runlog._steps import PHASE_COLUMNS, STEP_COLUMNS
 
 
-def make_shapes(store: RunStore) -> dict[str, str]:
+def make_shapes(store: RunStore, only_retried: bool = False) -> dict[str, str]:
     """Runs of every shape: retries, skips (before and after a failure), a resume, approvals, a given duration."""
     ids: dict[str, str] = {}
     retried = store.create_run("acme", "web", params={"work_id": "1"}, tags={"team": "core"})
@@ -40,6 +41,8 @@ def make_shapes(store: RunStore) -> dict[str, str]:
     log.emit("phase_skip", phase="deploy")
     log.emit("workflow_complete")
     ids["retried"] = retried.id
+    if only_retried:
+        return ids
 
     resumed = store.create_run("acme", "web", params={"work_id": "2"})
     log = resumed.log
@@ -106,7 +109,11 @@ def check_against_fold(store: RunStore, steps: pd.DataFrame, phases: pd.DataFram
                 assert _same(getattr(s, field), last[field]), (run_id, s.name, field, getattr(s, field), last[field])
 
 
-def test_steps_and_phases_frames_match_the_folded_state_for_runs_of_every_shape(store: RunStore) -> None:
+@pytest.mark.parametrize("kind", ["memory", "local"])
+def test_steps_and_phases_frames_match_the_folded_state_for_runs_of_every_shape(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    store = make_store(kind, tmp_path, request)
     ids = make_shapes(store)
     steps = store.steps_frame(progress=False)
     phases = store.phases_frame(progress=False)
@@ -130,6 +137,19 @@ def test_steps_and_phases_frames_match_the_folded_state_for_runs_of_every_shape(
     # only e2e's second attempt is in the resumed run's durations computed from timestamps: never NaN when ended
     ended = steps[steps["ended_at"].notna() & (steps["status"] != "skipped")]
     assert ended["duration_ms"].notna().all()
+
+
+def test_frames_on_s3_match_the_fold_before_and_after_consolidation(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    store = make_store("s3", tmp_path, request, seal_grace=0)
+    run_id = make_shapes(store, only_retried=True)["retried"]  # retries, skips, a producer's duration
+    before = store.steps_frame(progress=False), store.phases_frame(progress=False)
+    check_against_fold(store, *before, run_id)
+    consolidate(store, run_id)
+    after = store.steps_frame(progress=False), store.phases_frame(progress=False)
+    for old, new in zip(before, after, strict=True):
+        pd.testing.assert_frame_equal(old, new)
 
 
 def test_frames_of_consolidated_and_archived_runs_equal_the_live_ones(tmp_path: Path) -> None:
