@@ -167,6 +167,8 @@ def test_frames_of_consolidated_and_archived_runs_equal_the_live_ones(tmp_path: 
             got = frame[frame["run_id"].isin(ended)].sort_values(key, ignore_index=True)
             want = old[old["run_id"].isin(ended)].sort_values(key, ignore_index=True)
             pd.testing.assert_frame_equal(want, got)
+    assert ended == sorted(archive.events_frame(types=["log_sealed"], progress=False)["run_id"])  # when asked for
+    assert "log_sealed" not in set(archive.events_frame(progress=False)["type"])
     steps, phases = archive.steps_frame(progress=False), archive.phases_frame(progress=False)
     for run_id in ended:
         check_against_fold(archive, steps, phases, run_id)
