@@ -201,7 +201,9 @@ def _belongs(step: dict[str, Any], phase: dict[str, Any], phases: Sequence[dict[
 
 
 def _err(row: dict[str, Any]) -> str:
-    return f'<span class="err">{escape(row["error"])}</span>' if row.get("error") else ""
+    # A phase that completed after a step failed keeps that error in the state; the table shows it no more.
+    shown = row.get("error") and row["status"] != "completed"
+    return f'<span class="err">{escape(row["error"])}</span>' if shown else ""
 
 
 def _lineage(run: Run, link: str | None) -> str:
