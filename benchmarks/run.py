@@ -30,6 +30,7 @@ SUITES = [
     "bench_reads",
     "bench_scale",
     "bench_contention",
+    "bench_see",
 ]
 
 

@@ -17,15 +17,17 @@ from typing import Any, Final
 import attrs
 
 from faber_runlog import _codec, _validate
-from faber_runlog._events import EventTypes, error_text, upcast
+from faber_runlog._events import EventTypes, error_text, given_duration, upcast
 from faber_runlog._format import RunLayout
 from faber_runlog._ids import RunId
 from faber_runlog._log import current_digests, read_logs
 from faber_runlog._progress import Progress
 from faber_runlog._query import FILTERS, RUN_FILTERS, RunQuery
 from faber_runlog._registry import event_types_table
+from faber_runlog._steps import StartTimes
 from faber_runlog._store import RunStore, list_runs_of, parse_metadata
 from faber_runlog._store import run_ids as list_run_ids
+from faber_runlog._transitions import SEAL_TYPE
 from faber_runlog.errors import CorruptData, InvalidArgument, MissingExtra
 
 __all__ = ["EVENT_COLUMNS", "RUN_COLUMNS", "events_frame", "runs_frame", "to_arrow"]
@@ -94,8 +96,11 @@ def events_frame(store: RunStore, *, progress: bool | None = None, **filters: An
     runs are selected by ``org``, ``project``, ``run_ids``, ``status``,
     ``tags``, ``params``, ``order``, ``limit`` and ``cursor``; ``since``/``until``
     keep events with ``since <= timestamp < until``; ``types`` keeps those
-    event types. ``timestamp`` is a UTC datetime, ``duration_ms`` a float (from the
-    event or its metadata), ``error`` the error text, ``metadata`` the dict.
+    event types (the seal, a protocol event, only when ``types`` names it).
+    ``timestamp`` is a UTC datetime, ``duration_ms`` a float: the producer's
+    value (on the event or in its metadata), else for ``*_complete`` and
+    ``*_error`` of a phase or step the time since its start, as the folded
+    state gives it; ``error`` the error text, ``metadata`` the dict.
     Built as the Arrow table of :func:`to_arrow` and converted.
     """
     pd = _require("pandas")
@@ -151,13 +156,15 @@ class _EventColumns:
 
     def __init__(self, wanted: frozenset[str] | None, lo: str | None, hi: str | None, types: EventTypes) -> None:
         self.wanted, self.lo, self.hi, self.types = wanted, lo, hi, types
+        self.starts = StartTimes()
+        self.hidden = frozenset() if wanted is not None and SEAL_TYPE in wanted else frozenset({SEAL_TYPE})
         self.rows = 0
         self.cols: dict[str, list[Any]] = {c: [] for c in EVENT_COLUMNS}
 
     def add(self, store: RunStore, rid: RunId, first: int, lines: list[bytes]) -> None:
         """Rows for events ``first, first + 1, ...`` of ``rid`` (the store's upcasters applied), filtered."""
         c = self.cols
-        wanted, lo, hi, types = self.wanted, self.lo, self.hi, self.types
+        wanted, lo, hi, types, starts, hidden = self.wanted, self.lo, self.hi, self.types, self.starts, self.hidden
         run_id, kept = str(rid), 0
         for seq, line in enumerate(lines, start=first):
             d = _loads(line)
@@ -167,19 +174,20 @@ class _EventColumns:
                 list(store.get_run(rid).log.read(seq - 1, until=seq))
                 raise CorruptData(f"event {seq} of run {rid} is not what its line says; run faber-runlog verify")
             ts = d.get("timestamp", "")
+            duration = starts.see(run_id, d, given_duration(d))  # before filtering: starts are needed later
             if (
-                (wanted is not None and d.get("type") not in wanted)
+                d.get("type") in hidden
+                or (wanted is not None and d.get("type") not in wanted)
                 or (lo is not None and ts < lo)
                 or (hi is not None and ts >= hi)
             ):
                 continue
             meta = d.get("metadata") or {}
-            duration = d.get("duration_ms", meta.get("duration_ms"))
             c["event_id"].append(seq)
             c["timestamp"].append(ts or None)
             for name in _PLAIN:
                 c[name].append(d.get(name))
-            c["duration_ms"].append(float(duration) if isinstance(duration, (int, float)) else None)
+            c["duration_ms"].append(duration)
             c["error"].append(error_text(d.get("error", meta.get("error"))))
             # As text: orjson's bytes keep a 4 KB buffer each, the exact-size str does not.
             c["metadata"].append(_codec.dumps(meta).decode())
@@ -335,3 +343,7 @@ def to_arrow(store: RunStore, kind: str = "events", **filters: Any) -> Any:
         if c in frame.columns:
             frame[c] = [_codec.dumps(v).decode() for v in frame[c]]
     return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+# Named entry point for the other frames (faber_runlog._steps): the same check for the extra.
+require_extra = _require

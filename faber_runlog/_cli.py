@@ -610,10 +610,26 @@ def _cmd_report(ctx: _Ctx) -> int:
         report = run.write_report()
     else:
         report = run.read_report() or compose_report(ctx.store.storage, run.log)
+    if a.format == "html":
+        text = run.report_html()
+        if a.output:
+            with open(a.output, "w", encoding="utf-8") as f:
+                f.write(text)
+            ctx.out.write(f"wrote {a.output}\n")
+        else:
+            ctx.out.write(text)
+        return EXIT_OK
     if ctx.json:
         _dump(report, ctx.out)
     else:
         ctx.out.write(render_markdown(report))
+    return EXIT_OK
+
+
+def _cmd_ui(ctx: _Ctx) -> int:
+    from faber_runlog._viewer import serve
+
+    serve(ctx.store, host=ctx.args.host, port=ctx.args.port, out=ctx.err)
     return EXIT_OK
 
 
@@ -956,7 +972,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[js], help="a run's report (Markdown, or --json)")
     p.add_argument("run_id")
     p.add_argument("--write", action="store_true", help="write report.json and report.md now")
+    p.add_argument("--format", choices=["markdown", "html"], default="markdown", help="html: one self-contained page")
+    p.add_argument("--output", metavar="FILE", help="with --format html: write the page to FILE")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("ui", help="serve a read-only run viewer on 127.0.0.1 (needs faber_runlog[ui])")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.set_defaults(func=_cmd_ui)
 
     p = sub.add_parser(
         "import",

@@ -196,6 +196,22 @@ def error_text(err: Any) -> str | None:
     return str(err)
 
 
+def given_duration(e: Mapping[str, Any]) -> float | None:
+    """The duration a producer gave on a stored event (``duration_ms``, else ``metadata.duration_ms``), or None.
+
+    The one rule for "the producer's value where given": the fold (step and
+    phase ``duration_ms``), the frames and the reports all read it here, and
+    compute the time between start and end only when this is None.
+    """
+    value = e.get("duration_ms")
+    if value is None:
+        meta = e.get("metadata")
+        value = meta.get("duration_ms") if isinstance(meta, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
 EVENT_FIELDS: Final = frozenset(a.name for a in attrs.fields(Event))
 _EVENT_FIELD_ORDER: Final = tuple(a.name for a in attrs.fields(Event))
 

@@ -28,7 +28,7 @@ import attrs
 from faber_runlog import _codec
 from faber_runlog._codec import ms_between
 from faber_runlog._converter import converter, to_dict
-from faber_runlog._events import Event, _event_from_dict, _event_to_dict
+from faber_runlog._events import Event, _event_from_dict, _event_to_dict, given_duration
 from faber_runlog._transitions import (
     ACTIVE_STATUSES,
     BACK,
@@ -233,6 +233,11 @@ class RunState:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (the ``state.json`` body)."""
         return to_dict(self)
+
+    def _repr_html_(self) -> str:
+        from faber_runlog._html import repr_html  # the HTML views import this module
+
+        return repr_html(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunState:
@@ -527,7 +532,7 @@ def _record_error(state: RunState, e: Ev) -> str:
 def _finish(obj: PhaseState | StepState, e: Ev, status: str) -> None:
     obj.status = status
     obj.ended_at = e["timestamp"]
-    given = e.get("duration_ms")
+    given = given_duration(e)  # the producer's value where given, as in the frames and reports
     obj.duration_ms = given if given is not None else ms_between(obj.started_at, e["timestamp"])
 
 

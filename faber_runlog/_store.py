@@ -299,6 +299,27 @@ class Run:
         """Write ``report.json`` and ``report.md`` for the run now and return the report."""
         return report.write_report(self._store.storage, self.log)
 
+    def timeline(self) -> Any:
+        """A plotly figure: phases and step attempts as bars on a time axis, coloured by status (``plot`` extra)."""
+        from faber_runlog._timeline import run_timeline
+
+        return run_timeline(self)
+
+    def report_html(self, path: str | os.PathLike[str] | None = None) -> str:
+        """The run's report as one self-contained HTML page (nothing loaded from the network); written to ``path``."""
+        from faber_runlog._html import run_report_html
+
+        text = run_report_html(self)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        return text
+
+    def _repr_html_(self) -> str:
+        from faber_runlog._html import repr_html
+
+        return repr_html(self.state())
+
     def read_report(self) -> dict[str, Any] | None:
         """The run's ``report.json``, or None before it ended."""
         return report.read_report(self._store.storage, self._rid)
@@ -740,6 +761,24 @@ class RunStore:
         from faber_runlog._analysis import runs_frame
 
         return runs_frame(self, **filters)
+
+    def steps_frame(self, **filters: Any) -> pandas.DataFrame:
+        """A pandas DataFrame, one row per attempt of a step; see :func:`faber_runlog._steps.steps_frame`."""
+        from faber_runlog._steps import steps_frame
+
+        return steps_frame(self, **filters)
+
+    def phases_frame(self, **filters: Any) -> pandas.DataFrame:
+        """A pandas DataFrame, one row per attempt of a phase; see :func:`faber_runlog._steps.phases_frame`."""
+        from faber_runlog._steps import phases_frame
+
+        return phases_frame(self, **filters)
+
+    def timeline(self, **filters: Any) -> Any:
+        """A plotly figure of many runs' phases and step attempts (filters as :meth:`steps_frame`; ``plot`` extra)."""
+        from faber_runlog._timeline import store_timeline
+
+        return store_timeline(self, **filters)
 
     def to_arrow(self, kind: str = "events", **filters: Any) -> pyarrow.Table:
         """A pyarrow Table of events (or ``kind="runs"``); see :func:`faber_runlog._analysis.to_arrow`."""
