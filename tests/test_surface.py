@@ -12,7 +12,7 @@ import pytest
 
 from faber_runlog import Resumer, RunStore
 from faber_runlog._lease import try_acquire_lease
-from faber_runlog.errors import RunNotRerunnable
+from faber_runlog.errors import InvalidTransition, RunNotRerunnable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,3 +60,40 @@ def test_a_failing_run_another_live_writer_holds_is_not_rerun() -> None:
     assert try_acquire_lease(store.storage, store.get_run(parent).run_id, ttl=300, owner="ci:1") is not None
     with pytest.raises(RunNotRerunnable, match="live writer"):
         Resumer(store).rerun(parent)
+
+
+def test_asking_again_after_changes_were_requested_opens_a_new_gate_that_can_be_approved() -> None:
+    run = memory_store().create_run("acme", "web")
+    run.start()
+    run.request_approval("deploy", phase="build", approval_id="deploy-220")
+    run.decide("deploy-220", "request_changes", client_token="ci-42")
+    again = run.request_approval("deploy", phase="build", approval_id="deploy-220")
+    assert ("awaiting_approval", "pending") == (run.state().status, run.state().approvals["deploy-220"].status)
+    assert again.event_id == run.state().approvals["deploy-220"].requested_event_id
+    assert again.event_id == run.request_approval("deploy", phase="build", approval_id="deploy-220").event_id
+    run.decide("deploy-220", "approve", client_token="ci-43")
+    assert ("running", "approved") == (run.state().status, run.state().approvals["deploy-220"].status)
+
+
+def test_complete_is_refused_while_work_is_open_and_nothing_is_written() -> None:
+    run = memory_store().create_run("acme", "web")
+    run.start()
+    run.log.emit("phase_start", phase="build")
+    run.log.emit("step_start", phase="build", step="link")
+    with pytest.raises(InvalidTransition, match="step build/link \\(running\\)"):
+        run.complete()
+    assert ("running", 3) == (run.state().status, run.state().last_event_id)
+    run.log.emit("step_complete", phase="build", step="link")
+    run.complete()  # the finished phase is closed by the run's end
+    assert ("completed", "completed") == (run.state().status, run.state().phases["build"].status)
+
+
+def test_fail_and_cancel_close_open_work() -> None:
+    for action, status in (("fail", "failed"), ("cancel", "cancelled")):
+        run = memory_store().create_run("acme", "web")
+        run.start()
+        run.log.emit("phase_start", phase="build")
+        run.log.emit("step_start", phase="build", step="link")
+        run.fail("disk full") if action == "fail" else run.cancel()
+        state = run.state()
+        assert (status, status, status) == (state.status, state.phases["build"].status, state.phases["build"].steps["link"].status)
