@@ -17,9 +17,9 @@ import struct
 import sys
 from typing import Any
 
-import faber_runlog._cli  # noqa: F401  (imported once, before any fork)
-import faber_runlog._mcp_server  # noqa: F401
-import faber_runlog._resume  # noqa: F401
+import faber_runlog._cli
+import faber_runlog._mcp_server
+import faber_runlog._resume
 import faber_runlog._verify  # noqa: F401
 
 CHILD_TIMEOUT = 120  # seconds: a command the test has given up on (a blocking --follow) is ended
@@ -54,7 +54,7 @@ def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None
         code = main(request["argv"])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
-    except BaseException:  # noqa: BLE001  (report it as Python would, then exit 1)
+    except BaseException:
         import traceback
 
         traceback.print_exc()

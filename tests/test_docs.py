@@ -48,6 +48,11 @@ STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:
 DURATION = re.compile(r"\b\d+(?:\.\d+)?(?:ms|s)\b")
 APP = "/work/app"
 COMMAND_TIMEOUT = 60
+KNOWN_FAILING = {
+    "archive-and-analysis.md": "its first block uses an undefined run_id; the page is not fixed yet",
+    "faber.md": "its import/export blocks name runs and buckets that do not exist (the faber helper owns the page)",
+}
+"""Pages not yet fixed: strict xfail, so the day one passes the entry must go."""
 
 
 @attrs.frozen
@@ -272,9 +277,30 @@ def run_script(block: Block, shell: Shell) -> None:
 
 def run_python(block: Block, namespace: dict[str, Any]) -> None:
     code = compile("\n" * block.line + block.text, f"{block.page}", "exec")
-    exec(code, namespace)  # noqa: S102  (running the page's own examples is the point)
+    exec(code, namespace)
 
 
+@pytest.fixture
+def default_registry_restored() -> Iterator[None]:
+    """Pages register event types, folds and backends in the default registry: undo that after each page."""
+    from faber_runlog import _events, _registry, _state
+
+    table = _events.DEFAULT_TYPES
+    saved = (dict(table.types), dict(table.validators), dict(table.upcasters))
+    folds, backends = dict(_state.default_folds()), dict(_registry.DEFAULT_BACKENDS)
+    yield
+    lives: list[dict[Any, Any]] = [table.types, table.validators, table.upcasters]
+    olds: list[dict[Any, Any]] = list(saved)
+    for live, old in zip(lives, olds, strict=True):
+        live.clear()
+        live.update(old)
+    _state.default_folds().clear()
+    _state.default_folds().update(folds)
+    _registry.DEFAULT_BACKENDS.clear()
+    _registry.DEFAULT_BACKENDS.update(backends)
+
+
+@pytest.mark.usefixtures("default_registry_restored")
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_every_block_of_the_page_runs_as_written(
     page: Path,
@@ -283,6 +309,8 @@ def test_every_block_of_the_page_runs_as_written(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> None:
+    if page.name in KNOWN_FAILING:
+        request.applymarker(pytest.mark.xfail(reason=KNOWN_FAILING[page.name], strict=True))
     found = [b for b in blocks(page) if b.lang in RUNNABLE]
     if not [b for b in found if b.skip is None]:
         pytest.skip(f"{page.name} has no runnable block")

@@ -12,7 +12,7 @@ import pytest
 
 from faber_runlog import Resumer, RunStore
 from faber_runlog._lease import try_acquire_lease
-from faber_runlog.errors import InvalidTransition, RunNotRerunnable
+from faber_runlog.errors import InvalidEvent, InvalidTransition, RunNotRerunnable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,4 +96,18 @@ def test_fail_and_cancel_close_open_work() -> None:
         run.log.emit("step_start", phase="build", step="link")
         run.fail("disk full") if action == "fail" else run.cancel()
         state = run.state()
-        assert (status, status, status) == (state.status, state.phases["build"].status, state.phases["build"].steps["link"].status)
+        assert (status, status, status) == (
+            state.status,
+            state.phases["build"].status,
+            state.phases["build"].steps["link"].status,
+        )
+
+
+def test_a_new_version_of_a_registered_event_type_is_registered_without_replace() -> None:
+    from faber_runlog import Registry
+
+    registry = Registry.isolated()
+    registry.register_event_type("deploy", {"required": ["metadata"]})
+    registry.register_event_type("deploy", {"properties": {"metadata": {"required": ["env"]}}}, version=2)
+    with pytest.raises(InvalidEvent, match="register it as version 3"):
+        registry.register_event_type("deploy", {"required": ["phase"]}, version=2)
