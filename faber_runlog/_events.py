@@ -347,9 +347,11 @@ def add_event_type(
         if old is not None:
             if old.builtin:
                 raise InvalidEvent(f"{name!r} is a built-in event type and cannot be redefined", event_type=name)
-            if not replace and (old.schema != schema or old.version != version):
+            evolves = version > old.version  # a new version of the schema (old events: upcasters)
+            if not replace and not evolves and (old.schema != schema or old.version != version):
                 raise InvalidEvent(
-                    f"event type {name!r} is already registered with another schema; pass replace=True",
+                    f"event type {name!r} is already registered (version {old.version}) with another schema; "
+                    f"register it as version {old.version + 1} (with an upcaster), or pass replace=True",
                     event_type=name,
                 )
         table.types[name] = _TypeSpec(name, schema, version, False)

@@ -239,12 +239,42 @@ def cancel(elog: EventLog, *, reason: str = "cancelled") -> Event:
     return _act(elog, build)
 
 
+def open_work(state: RunState) -> list[str]:
+    """The phases and steps a run's end would leave open: running, retrying, waiting or planned and not started."""
+    found: list[str] = []
+    for p in state.phases.values():
+        if p.status in ("awaiting_approval", "pending"):  # a running phase whose steps are done is closed
+            found.append(f"phase {p.name} ({p.status})")
+        found += [f"step {p.name}/{s.name} ({s.status})" for s in p.steps.values() if s.status in _OPEN_WORK]
+    return found
+
+
+_OPEN_WORK: Final = ("running", "retrying", "awaiting_approval", "pending")
+
+
 def complete(elog: EventLog, *, summary: str | None = None) -> Event:
-    """running -> completed (``workflow_complete``)."""
+    """running -> completed (``workflow_complete``); refused while a phase or step is open.
+
+    A completed run never shows running, retrying or pending work: complete or skip it first; a running
+    phase whose steps are all done is closed by ``workflow_complete`` itself (completed in the fold).
+    ``fail`` and ``cancel`` end a run with open work instead: their event closes it (running phases and
+    steps become failed or cancelled in the fold).
+    """
 
     def build(state: RunState) -> dict[str, Any]:
         pending = [a.approval_id for a in state.approvals.values() if a.status == "pending"]
         _require(state, "complete", f"Decide pending approvals first: {pending}." if pending else "")
+        unfinished = open_work(state)
+        if unfinished:
+            raise InvalidTransition(
+                f"cannot complete run {state.run_id}: {', '.join(unfinished)} not finished (at event "
+                f"{state.last_event_id}); complete or skip them first (step_complete/phase_complete events, "
+                "skip_step/skip_phase), or fail or cancel the run. Nothing was written.",
+                run_id=state.run_id,
+                status=state.status,
+                action="complete",
+                last_event_id=state.last_event_id,
+            )
         return _fields("workflow_complete", metadata=_meta(summary=summary))
 
     return _act(elog, build)
@@ -395,12 +425,15 @@ def request_approval(
 
     Pass ``approval_id`` to make a retried request safe: the same id with the
     same gate and phase returns the stored request; with another gate or phase
-    it is an :class:`ApprovalConflict`.
+    it is an :class:`ApprovalConflict`. Once changes were requested on a gate,
+    asking again with its id opens a new gate under that id (the changes were made).
     """
     aid = approval_id or f"{gate}-{uuid.uuid4().hex[:12]}"
 
     def build(state: RunState) -> dict[str, Any] | Event:
         old = state.approvals.get(aid)
+        if old is not None and old.status == "changes_requested" and (old.gate, old.phase) == (gate, phase):
+            old = None  # asked again after changes were requested: a new gate under the same id
         if old is not None:
             if (old.gate, old.phase) == (gate, phase) and old.requested_event_id:
                 return elog.get(old.requested_event_id)

@@ -505,7 +505,7 @@ class EventLog:
         meta = fields.get("metadata") or {}
         if etype == "approval_requested":
             aid = str(meta.get("approval_id"))
-            if aid in state.approvals:
+            if aid in state.approvals and state.approvals[aid].status != "changes_requested":
                 raise ApprovalConflict(
                     f"approval {aid} of run {self._run_id} was already requested (event "
                     f"{state.approvals[aid].requested_event_id}); use another approval_id. Nothing was written.",

@@ -402,14 +402,7 @@ class Resumer:
         elif mode == "from_event":
             raise InvalidRerun(f"re-run of {pid}: mode='from_event' needs from_event=N", run_id=pid)
         state = parent.state()
-        if state.status not in TERMINAL_STATUSES:
-            raise RunNotRerunnable(
-                f"run {pid} cannot be re-run: its status is {state.status!r} at event {state.last_event_id}; "
-                "only completed, failed or cancelled runs are re-run (resume it, or wait for it to finish)",
-                run_id=pid,
-                status=state.status,
-                last_event_id=state.last_event_id,
-            )
+        self._check_rerunnable(parent, state)
         base: dict[str, Any] | None = None
         if mode == "from_failure":
             base = {"run_id": pid, "event_id": state.last_event_id, "phases": _progress(state)}
@@ -451,6 +444,28 @@ class Resumer:
             "workflow_rerun", metadata={k: v for k, v in info.items() if v is not None}, idempotency_key="rerun"
         )
         return child
+
+    def _check_rerunnable(self, parent: Run, state: RunState) -> None:
+        """Refuse a re-run of a run that may still be going.
+
+        A finished run (completed, failed, cancelled) is re-run; so is a ``failing`` one (a step failed
+        and the run never ended, usually because its tool died) unless a live writer (another process) still holds its
+        lease: users re-run failing runs, and the parent is left as it was.
+        """
+        if state.status in TERMINAL_STATUSES:
+            return
+        lease = read_lease(self.store.storage, parent.run_id)
+        live = lease is not None and lease.is_live() and lease.owner != default_owner()
+        if state.status == "failing" and not live:
+            return
+        why = "a live writer still holds its lease" if live else "it has not finished"
+        raise RunNotRerunnable(
+            f"run {parent.id} cannot be re-run: its status is {state.status!r} at event {state.last_event_id} "
+            f"and {why}; re-run a completed, failed, cancelled or failing run (resume it, or wait for it to finish)",
+            run_id=parent.id,
+            status=state.status,
+            last_event_id=state.last_event_id,
+        )
 
     # -- compare, rebuild, check ---------------------------------------------------
 

@@ -581,6 +581,10 @@ def _workflow_start(state: RunState, e: Ev) -> None:
 def _workflow_complete(state: RunState, e: Ev) -> None:
     _end_run(state, e, "completed")
     state.current_phase = state.current_step = None
+    for p in state.phases.values():  # the run's end closes a running phase whose steps are done
+        if p.status == "running" and all(s.status not in ("running", "retrying") for s in p.steps.values()):
+            _finish(p, e, "completed")
+            p.last_event_id = e["event_id"]
     _close_pending(state, e)
 
 

@@ -39,11 +39,15 @@ def test_every_transition_goes_through_the_checked_path(cli: Cli) -> None:
     cli.ok("emit", run_id, "step_error", "--phase", "build", "--step", "link", "--error", "exit 2")
     assert "step_retry" == cli.json("retry-step", run_id, "build", "link")["event"]["type"]
     assert "step_skip" == cli.json("skip-step", run_id, "build", "docs", "--reason", "not needed")["event"]["type"]
+    code, _, err = cli("complete", run_id)  # build and its retried step link are still open
+    assert 1 == code and "step build/link (retrying) not finished" in err
+    cli.ok("emit", run_id, "step_complete", "--phase", "build", "--step", "link")
+    cli.ok("emit", run_id, "phase_complete", "--phase", "build")
     assert "completed" == cli.json("complete", run_id, "--summary", "shipped")["status"]
     code, _, err = cli("fail", run_id, "--error", "late")
     assert 1 == code and "its status is 'completed'" in err
     state = cli.store.get_run(run_id).state()
-    assert ("completed", 9) == (state.status, state.last_event_id)  # refusals wrote nothing
+    assert ("completed", 11) == (state.status, state.last_event_id)  # refusals wrote nothing
 
 
 @pytest.mark.parametrize("cli", ["local"], indirect=True)  # the store kind adds nothing here

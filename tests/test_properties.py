@@ -265,9 +265,9 @@ class EmitSnapshotReopen(RuleBasedStateMachine):
         try:
             child = Resumer(self.store).rerun(self.run.id, params={"n": value})
         except RunNotRerunnable:
-            assert status not in ("completed", "failed", "cancelled")
+            assert status not in ("completed", "failed", "cancelled", "failing")
             return
-        assert status in ("completed", "failed", "cancelled")
+        assert status in ("completed", "failed", "cancelled", "failing")
         self.reruns.append(child.id)
         assert self.run.id == child.metadata.parent_run_id
         assert {"n": value} == child.metadata.params
