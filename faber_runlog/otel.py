@@ -92,9 +92,12 @@ def trace_id_of(run_id: str) -> int:
     return int.from_bytes(digest[:16], "big") or 1
 
 
-def span_id_of(run_id: str, event_id: int) -> int:
-    """The id of the span that event ``event_id`` of the run opened (0: the run's root span)."""
-    return _hash64("faber_runlog span", run_id, event_id)
+def span_id_of(run_id: str, event_id: int, kind: str = "") -> int:
+    """The id of the span that event ``event_id`` of the run opened (0: the run's root span).
+
+    ``kind`` is ``"phase"`` for phase spans: a step's first event may open its phase's span too.
+    """
+    return _hash64("faber_runlog span", run_id, event_id, kind)
 
 
 def _ns(timestamp: str) -> int:
@@ -161,7 +164,7 @@ class _Builder:
         }
         if self.agent:
             attributes.update({"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": self.agent})
-        sid = span_id_of(self.run_id, e.event_id)
+        sid = span_id_of(self.run_id, e.event_id, "phase")
         span = SpanRecord(name, sid, self.root.span_id, _ns(e.timestamp), attributes=attributes)
         self.phases[name] = span
         return span
