@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import Row
 
-SUITES = ["bench_startup", "bench_core", "bench_resume", "bench_archive", "bench_reads", "bench_scale"]
+SUITES = ["bench_startup", "bench_core", "bench_resume", "bench_archive", "bench_reads", "bench_scale", "bench_async"]
 
 
 def _fmt(value: float, unit: str) -> str:
