@@ -292,3 +292,16 @@ def test_without_the_sdk_the_error_says_which_extra_to_install(
     monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)
     with pytest.raises(MissingExtra, match=r"pip install 'faber_runlog\[otel\]'"):
         export_run(run)
+
+
+def test_the_agents_page_python_blocks_run_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    page = (Path(__file__).parent.parent / "docs" / "agents.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", page, re.M | re.S)
+    assert len(blocks) >= 5
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FABER_RUNLOG_ROOT", raising=False)
+    namespace: dict[str, Any] = {"__name__": "docs_agents"}
+    for block in blocks:
+        exec(compile(block, "docs/agents.md", "exec"), namespace)
