@@ -460,8 +460,10 @@ class OtelBackend(Backend):
 
     name = "otel"
 
-    def __init__(self, settings: dict[str, Any], gateway: Gateway | None = None) -> None:
-        self.tracer = RunTracer()
+    def __init__(
+        self, settings: dict[str, Any], gateway: Gateway | None = None, *, tracer_provider: TracerProvider | None = None
+    ) -> None:
+        self.tracer = RunTracer(tracer_provider)
 
     def handle(self, run: Run, event: Event) -> None:
         """Emit the spans ``event`` closed."""

@@ -305,3 +305,24 @@ def test_the_agents_page_python_blocks_run_as_written(tmp_path: Path, monkeypatc
     namespace: dict[str, Any] = {"__name__": "docs_agents"}
     for block in blocks:
         exec(compile(block, "docs/agents.md", "exec"), namespace)
+
+
+def test_the_otel_gateway_backend_emits_spans_as_the_gateway_records_events(tmp_path: Path) -> None:
+    from faber_runlog import Gateway, GatewayConfig, Registry
+    from faber_runlog.otel import OtelBackend
+
+    traces = Traces()
+    registry = Registry.isolated()
+    registry.register_backend(
+        "otel", lambda settings, gw: OtelBackend(settings, gw, tracer_provider=traces.provider), replace=True
+    )
+    config = GatewayConfig(root=str(tmp_path / "runs"), other_backends={"otel": {"enabled": True}})
+    with Gateway(config, registry=registry) as gateway:
+        run = gateway.new_run("acme", "web")
+        assert run is not None
+        gateway.emit(run.id, "workflow_start")
+        gateway.emit(run.id, "step_start", phase="build", step="compile")
+        assert [] == traces.tree()
+        gateway.emit(run.id, "step_complete", phase="build", step="compile")
+        (span,) = traces.spans()  # its phase span is still open: sent when the phase ends
+        assert ("build/compile", span_id_of(run.id, 2, "phase")) == (span.name, span.parent and span.parent.span_id)
