@@ -28,6 +28,7 @@ import contextvars
 import datetime as _dt
 import hashlib
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
@@ -382,7 +383,7 @@ def send_otlp(run: Run, endpoint: str | None = None, *, timeout: float = 10.0) -
         ) from e
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider as SdkProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 
     if endpoint is not None and not endpoint.startswith(("http://", "https://")):
         raise InvalidArgument(
@@ -399,7 +400,8 @@ def send_otlp(run: Run, endpoint: str | None = None, *, timeout: float = 10.0) -
             return result
 
     provider = SdkProvider(resource=Resource.create({"service.name": "faber_runlog"}))
-    provider.add_span_processor(SimpleSpanProcessor(Checked(endpoint=url, timeout=int(timeout))))
+    # One batch per 512 spans, not a request per span; shutdown() flushes them.
+    provider.add_span_processor(BatchSpanProcessor(Checked(endpoint=url, timeout=max(1, int(timeout)))))
     try:
         trace_id = export_run(run, provider)
     finally:
@@ -430,9 +432,14 @@ class RunTracer:
         self._tracer = _tracer(tracer_provider)
         self._builders: OrderedDict[str, _Builder] = OrderedDict()
         self._max_runs = max_runs
+        self._lock = threading.Lock()
 
     def observe(self, run: Run, event: Event) -> int:
         """Fold ``event`` of ``run`` and emit the spans it closed; returns how many were emitted."""
+        with self._lock:  # one fold per run at a time, whichever thread appended
+            return self._observe(run, event)
+
+    def _observe(self, run: Run, event: Event) -> int:
         builder = self._builders.get(run.id)
         if builder is None:
             builder = _Builder(run)

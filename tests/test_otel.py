@@ -326,3 +326,13 @@ def test_the_otel_gateway_backend_emits_spans_as_the_gateway_records_events(tmp_
         gateway.emit(run.id, "step_complete", phase="build", step="compile")
         (span,) = traces.spans()  # its phase span is still open: sent when the phase ends
         assert ("build/compile", span_id_of(run.id, 2, "phase")) == (span.name, span.parent and span.parent.span_id)
+
+
+def test_sending_to_a_port_nobody_listens_on_raises_storage_error_naming_the_run(store: RunStore) -> None:
+    from faber_runlog import StorageError
+    from faber_runlog.otel import send_otlp
+
+    run = store.create_run("acme", "web")
+    run.start()
+    with pytest.raises(StorageError, match=rf"trace of run {run.id} to http://127.0.0.1:9/v1/traces failed"):
+        send_otlp(run, "http://127.0.0.1:9", timeout=1)
