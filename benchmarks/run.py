@@ -31,6 +31,7 @@ SUITES = [
     "bench_scale",
     "bench_contention",
     "bench_see",
+    "bench_async",
 ]
 
 

@@ -65,6 +65,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         RetentionPolicy,
         consolidate,
     )
+    from faber_runlog._async import AsyncEventLog, AsyncRun, AsyncRunStore
     from faber_runlog._events import (
         Event,
         FrozenDict,
@@ -114,6 +115,9 @@ _LAZY: dict[str, str] = {
     "ArchiveResult": "faber_runlog._archive",
     "Archiver": "faber_runlog._archive",
     "ArtifactRecord": "faber_runlog._state",
+    "AsyncEventLog": "faber_runlog._async",
+    "AsyncRun": "faber_runlog._async",
+    "AsyncRunStore": "faber_runlog._async",
     "Backend": "faber_runlog._gateway",
     "Capabilities": "faber_runlog._storage",
     "CleanupItem": "faber_runlog._archive",
@@ -203,6 +207,9 @@ __all__ = [
     "ArchiveResult",
     "Archiver",
     "ArtifactRecord",
+    "AsyncEventLog",
+    "AsyncRun",
+    "AsyncRunStore",
     "Backend",
     "BucketNotFound",
     "Capabilities",

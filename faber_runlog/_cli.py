@@ -662,10 +662,28 @@ def _cmd_import(ctx: _Ctx) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def _cmd_export_otlp(ctx: _Ctx) -> int:
+    from faber_runlog.otel import send_otlp
+
+    a = ctx.args
+    _local_root(ctx)
+    run = ctx.store.get_run(a.run_id)
+    trace_id = send_otlp(run, a.endpoint)
+    if ctx.json:
+        _dump({"run_id": run.id, "trace_id": trace_id, "endpoint": a.endpoint}, ctx.out)
+    else:
+        ctx.out.write(f"sent run {run.id} as trace {trace_id}\n")
+    return EXIT_OK
+
+
 def _cmd_export(ctx: _Ctx) -> int:
     from faber_runlog._faber import export_faber
 
     a = ctx.args
+    if a.format == "otlp":
+        return _cmd_export_otlp(ctx)
+    if a.dest is None:
+        raise UsageError("export --format faber needs DEST, the FABER base folder to write the run into")
     _local_root(ctx)
     options = _json_object(a.dest_storage_options, "--dest-storage-options") if a.dest_storage_options else None
     result = export_faber(
@@ -1000,12 +1018,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source-storage-options", metavar="JSON", help="fsspec storage options of PATH (no secrets)")
     p.set_defaults(func=_cmd_import)
 
-    p = sub.add_parser("export", parents=[js], help="write a run as a FABER run folder (--format faber)")
+    p = sub.add_parser("export", parents=[js], help="write a run as a FABER run folder, or send it over OTLP")
     p.add_argument("run_id")
     p.add_argument(
-        "dest", metavar="DEST", help="FABER base folder (or fsspec URL); the run goes to DEST/org/project/uuid"
+        "dest",
+        metavar="DEST",
+        nargs="?",
+        help="FABER base folder (or fsspec URL); the run goes to DEST/org/project/uuid (--format faber)",
     )
-    p.add_argument("--format", choices=["faber"], required=True, help="the format to write")
+    p.add_argument("--format", choices=["faber", "otlp"], required=True, help="the format to write")
+    p.add_argument(
+        "--endpoint", metavar="URL", help="OTLP/HTTP receiver for --format otlp (default: $OTEL_EXPORTER_OTLP_ENDPOINT)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a FABER folder already there")
     p.add_argument(
         "--id-form",
