@@ -853,6 +853,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
+class _IntermixedParser(_Parser):
+    """A command whose optional positional may follow its options (``export RUN --format faber DEST``).
+
+    Plain argparse assigns positionals in the first run of them it meets, so an optional
+    ``DEST`` after ``--format faber`` was "unrecognized"; intermixed parsing assigns them last.
+    """
+
+    _mixing = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._mixing:  # parse_known_intermixed_args calls back here for its two passes
+            return super().parse_known_args(args, namespace)
+        self._mixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="faber-runlog",
@@ -862,7 +883,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--root",
         help="store root: a folder or any fsspec URL (default: gateway.json's root, "
-        "else $FABER_RUNLOG_ROOT, else .fractary/plugins/faber/runs)",
+        "else $FABER_RUNLOG_ROOT, else .faber_runlog/runs)",
     )
     parser.add_argument(
         "--storage-options",
@@ -1040,6 +1061,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", dest="sub_root", metavar="STORE", help="the store to read from (as the global --root)")
     p.add_argument("--dest-storage-options", metavar="JSON", help="fsspec storage options of DEST (no secrets)")
     p.set_defaults(func=_cmd_export)
+    p.__class__ = _IntermixedParser
 
     _add_lifecycle_commands(sub, js)
 

@@ -219,14 +219,14 @@ def _restore(raw: dict[str, Any], metadata: dict[str, Any]) -> tuple[str | None,
     return (etype if isinstance(etype, str) else None), kept
 
 
-def _derive(kind: str, fields: dict[str, Any], metadata: dict[str, Any]) -> list[str]:
+def _derive(our_type: str, fields: dict[str, Any], metadata: dict[str, Any]) -> list[str]:
     """Fill what our schema needs from what FABER wrote elsewhere; the names of the filled keys."""
     derived: list[str] = []
-    if "step" not in fields and kind.startswith("step_") and isinstance(metadata.get("step_id"), str):
+    if "step" not in fields and our_type.startswith("step_") and isinstance(metadata.get("step_id"), str):
         fields["step"] = metadata["step_id"]
         derived.append("step")
     artifacts = fields.get("artifacts")
-    if kind in ("artifact_create", "artifact_modify") and "path" not in metadata and isinstance(artifacts, list):
+    if our_type in ("artifact_create", "artifact_modify") and "path" not in metadata and isinstance(artifacts, list):
         first = next((a for a in artifacts if isinstance(a, dict)), None)
         where = (
             None
@@ -239,7 +239,7 @@ def _derive(kind: str, fields: dict[str, Any], metadata: dict[str, Any]) -> list
             if "kind" not in metadata and isinstance(first.get("type"), str):  # type: ignore[union-attr]
                 metadata["kind"] = first["type"]  # type: ignore[index]
                 derived.append("metadata.kind")
-    if kind == "workflow_paused" and "paused_from" not in metadata:
+    if our_type == "workflow_paused" and "paused_from" not in metadata:
         metadata["paused_from"] = "running"
         derived.append("metadata.paused_from")
     return derived

@@ -45,7 +45,14 @@ from faber_runlog._lease import (
 )
 from faber_runlog._log import Commit, EventLog
 from faber_runlog._report import write_report
-from faber_runlog._state import ACTIVE_STATUSES, TERMINAL_STATUSES, ApprovalState, PhaseState, RunState
+from faber_runlog._state import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    ApprovalState,
+    PhaseState,
+    RunState,
+    closes_at_end,
+)
 from faber_runlog._storage import Storage
 from faber_runlog._transitions import ACTIONS, ENDING_EVENT_TYPES, RunStatus
 from faber_runlog._transitions import Moved as _Moved
@@ -243,7 +250,7 @@ def open_work(state: RunState) -> list[str]:
     """The phases and steps a run's end would leave open: running, retrying, waiting or planned and not started."""
     found: list[str] = []
     for p in state.phases.values():
-        if p.status in ("awaiting_approval", "pending"):  # a running phase whose steps are done is closed
+        if p.status in ("awaiting_approval", "pending") and not closes_at_end(p):  # closed by the end itself
             found.append(f"phase {p.name} ({p.status})")
         found += [f"step {p.name}/{s.name} ({s.status})" for s in p.steps.values() if s.status in _OPEN_WORK]
     return found

@@ -577,12 +577,18 @@ def _workflow_start(state: RunState, e: Ev) -> None:
     state.ended_at = None
 
 
+def closes_at_end(phase: PhaseState) -> bool:
+    """Whether ``workflow_complete`` closes ``phase``: it runs, or its steps ran without a ``phase_start``, all done."""
+    done = all(s.status not in ("running", "retrying", "awaiting_approval", "pending") for s in phase.steps.values())
+    return done and (phase.status == "running" or (phase.status == "pending" and bool(phase.steps)))
+
+
 @_handles("workflow_complete")
 def _workflow_complete(state: RunState, e: Ev) -> None:
     _end_run(state, e, "completed")
     state.current_phase = state.current_step = None
-    for p in state.phases.values():  # the run's end closes a running phase whose steps are done
-        if p.status == "running" and all(s.status not in ("running", "retrying") for s in p.steps.values()):
+    for p in state.phases.values():  # the run's end closes a phase whose steps are done
+        if closes_at_end(p):
             _finish(p, e, "completed")
             p.last_event_id = e["event_id"]
     _close_pending(state, e)

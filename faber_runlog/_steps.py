@@ -61,12 +61,12 @@ _TOUCHING: Final = frozenset(
     {
         "phase_start", "phase_skip", "phase_complete", "phase_error",
         "step_start", "step_complete", "step_error", "step_skip", "step_retry",
-        "approval_requested", "approval_resolved", "workflow_error", "workflow_cancelled",
+        "approval_requested", "approval_resolved", "workflow_complete", "workflow_error", "workflow_cancelled",
     }
 )  # fmt: skip  # grouped by what they touch
 """The event types whose folds change a phase or a step."""
 _STEP_TYPES: Final = frozenset({"step_start", "step_complete", "step_error", "step_skip", "step_retry"})
-_RUN_WIDE: Final = frozenset({"approval_resolved", "workflow_error", "workflow_cancelled"})
+_RUN_WIDE: Final = frozenset({"approval_resolved", "workflow_complete", "workflow_error", "workflow_cancelled"})
 """Types whose fold may change phases other than the event's own (gates, a run that ends)."""
 _ROW: Final = ("attempt", "status", "started_at", "ended_at", "duration_ms", "error", "first_event_id", "last_event_id")
 

@@ -121,7 +121,7 @@ def test_the_installed_moto_honours_if_match_on_put_and_delete() -> None:
 
 def test_no_module_outside_the_storage_layer_uses_private_or_backend_internals() -> None:
     forbidden = re.compile(
-        r"_run_coros_in_chunks|\._pipe_file|\._cat_file|\._call_s3|fsspec\.asyn|storage\._[a-z]|\.fs\.|kind ==|kind in \("
+        r"_run_coros_in_chunks|\._pipe_file|\._cat_file|\._call_s3|fsspec\.asyn|storage\._[a-z]|\.fs\.|(?<![.\w])kind ==|(?<![.\w])kind in \("
     )
     offenders = []
     for path in sorted(PACKAGE.glob("*.py")):

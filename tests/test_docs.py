@@ -48,10 +48,7 @@ STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:
 DURATION = re.compile(r"\b\d+(?:\.\d+)?(?:ms|s)\b")
 APP = "/work/app"
 COMMAND_TIMEOUT = 60
-KNOWN_FAILING = {
-    "archive-and-analysis.md": "its first block uses an undefined run_id; the page is not fixed yet",
-    "faber.md": "its import/export blocks name runs and buckets that do not exist (the faber helper owns the page)",
-}
+KNOWN_FAILING: dict[str, str] = {}
 """Pages not yet fixed: strict xfail, so the day one passes the entry must go."""
 
 
