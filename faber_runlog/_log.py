@@ -67,7 +67,7 @@ from faber_runlog._ids import RunId
 from faber_runlog._registry import Registry, event_types_table
 from faber_runlog._state import RunDigest, RunState, apply, apply_mappings, fold_generation
 from faber_runlog._storage import Storage
-from faber_runlog._transitions import SEAL_TYPE, TRANSITIONS
+from faber_runlog._transitions import SAME, SEAL_TYPE, TRANSITIONS, Transition
 from faber_runlog.errors import (
     ApprovalConflict,
     ApprovalNotFound,
@@ -150,6 +150,14 @@ class Commit:
         return self.status_before is not None and self.status_before != self.status_after
 
 
+def _may_move(etype: str, row: Transition | None, state: RunState) -> bool:
+    """Whether appending ``etype`` after ``state`` may change the run's status (an unchecked append: by its type)."""
+    if row is None:
+        return etype in TRANSITIONS
+    target = row.target(state.status)
+    return target != SAME and target != state.status
+
+
 def _event_fp(event: Event) -> str:
     return fingerprint(event.type, event.timestamp, event.nonce)
 
@@ -205,6 +213,8 @@ class EventLog:
         registry: Registry | None = None,
         listing: dict[str, Any] | None = None,
         claim_budget: float = CLAIM_BUDGET,
+        index_intent: Callable[[], str | None] | None = None,
+        index_entry: Callable[[RunState, str], None] | None = None,
     ) -> None:
         if snapshot_every < 1:
             raise InvalidArgument(f"snapshot_every must be at least 1, got {snapshot_every}")
@@ -255,6 +265,9 @@ class EventLog:
         # releases); never for other appends, so the hot path pays nothing.
         self._on_commit = on_commit
         self._hook_types = hook_types
+        # The run index (docs/concurrency.md): an intent before an append that may move the status, an entry after.
+        self._index_intent = index_intent
+        self._index_entry_hook = index_entry
         # fence() returns the lease epoch this process writes under (None: it holds no
         # lease) or raises LeaseLost; it runs before a number is claimed (docs/concurrency.md).
         self._fence = fence
@@ -372,6 +385,7 @@ class EventLog:
             state = self._writer_state()
             began = clock.monotonic()
             race: _Race | None = None  # made on the first lost race: a writer that wins pays nothing for it
+            intent: str | None = None
             while True:
                 if exact:
                     state = self._sync()
@@ -396,6 +410,8 @@ class EventLog:
                 data = {"timestamp": _codec.now_iso(), **fields, "event_id": seq, "nonce": nonce}
                 started = time.monotonic()
                 body = _codec.dumps(data)
+                if intent is None and self._index_intent is not None and _may_move(etype, row, state):
+                    intent = self._index_intent()  # raises: nothing is appended unannounced
                 if self._storage.create(self._layout.event(seq), body):
                     self._after_create(seq, started)
                     commit = self._after_claim(Event.from_dict(data), len(body))
@@ -405,12 +421,20 @@ class EventLog:
                 # events missed, in one round), then wait a moment sized by the contention seen.
                 race = race if race is not None else _Race(began)
                 self._lost(race, seq, exact, clock)
+        if intent is not None:
+            self._index_entry(seq, intent)
         if self._on_commit is not None and (commit.changed_status or etype in self._hook_types):
             try:
                 self._on_commit(self, commit)
             except Exception as e:  # the event is durable; what the hook missed can be recovered
                 log.warning("after-commit work for run %s at event %d failed: %s", self._run_id, seq, e)
         return commit
+
+    def _index_entry(self, seq: int, intent: str) -> None:
+        """Close ``intent`` with the run's row at event ``seq`` (left open when this writer did not fold it)."""
+        state = self._state
+        if self._index_entry_hook is not None and state is not None and state.last_event_id == seq:
+            self._index_entry_hook(state, intent)
 
     def _lost(self, race: _Race, seq: int, exact: bool, clock: Clock) -> None:
         """After losing number ``seq``: learn what was missed, check the time budget, wait (see the loop's rules)."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import fsspec
 
-from faber_runlog import _codec, _validate
+from faber_runlog import _codec, _index, _validate
 from faber_runlog import _lifecycle as lifecycle
 from faber_runlog import _report as report
 from faber_runlog._clock import Clock
@@ -22,6 +22,7 @@ from faber_runlog._faber_layout import faber_run_hint, looks_like_faber_metadata
 from faber_runlog._format import SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
 from faber_runlog._hints import did_you_mean
 from faber_runlog._ids import RunId, validate_slug
+from faber_runlog._index import IndexWriter
 from faber_runlog._lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
 from faber_runlog._lease import fence as lease_fence
 from faber_runlog._log import CLAIM_BUDGET, SEAL_GRACE, Commit, EventLog, current_digests
@@ -397,6 +398,8 @@ class RunStore:
         self.seal_grace = float(seal_grace)
         self.registry: Registry = registry if registry is not None else Registry.default()
         """Event types, upcasters, folds and gateway backends this store uses (the process default unless given)."""
+        self._runindex = IndexWriter(self.storage)
+        self._index_warned: set[tuple[str, str]] = set()
 
     def __repr__(self) -> str:
         return f"RunStore({self.storage.url!r})"
@@ -420,7 +423,13 @@ class RunStore:
             registry=self.registry,
             listing=metadata.summary_listing() if metadata is not None else None,
             claim_budget=self.claim_budget,
+            index_intent=functools.partial(self._runindex.intent, run_id),
+            index_entry=functools.partial(self._index_entry, run_id, metadata),
         )
+
+    def _index_entry(self, rid: RunId, metadata: RunMetadata | None, state: RunState, nonce: str) -> None:
+        listing = metadata.listing() if metadata is not None else None
+        self._runindex.entry(rid, RunDigest.of(state, None), listing, nonce)
 
     def _committed(self, log: EventLog, commit: Commit) -> None:
         # Runs after the append returned and the log released its lock (side effects after commit).
@@ -493,6 +502,9 @@ class RunStore:
         meta_body = _codec.dumps(meta.to_dict())
         layout = RunLayout(rid)
         child_key = None if parent_run_id is None else self._child_key(parent_run_id, root_run_id, rid)
+        # The run index: an intent before the run exists, an entry once it does (docs/concurrency.md).
+        indexed = self._runindex.start(rid.org, rid.project)
+        nonce = self._runindex.intent(rid) if indexed else None
         self.storage.makedirs(layout.events)  # first, so an unsafe (symlinked) folder is refused before any claim
         exclusive = concurrency_key is not None or self.max_active_runs is not None
         if exclusive and id_given and self.has_run(rid):
@@ -521,9 +533,10 @@ class RunStore:
             raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
         empty = RunState(run_id=str(rid))
         self.storage.replace(layout.state, encode_snapshot(empty.to_dict(), None))
-        self.storage.replace(
-            layout.summary, encode_summary(RunDigest.of(empty, None, meta.summary_listing()).to_dict())
-        )
+        digest = RunDigest.of(empty, None, meta.summary_listing())
+        self.storage.replace(layout.summary, encode_summary(digest.to_dict()))
+        if nonce is not None or self._runindex.indexed(rid.org, rid.project):  # a reindex may have started it
+            self._runindex.entry(rid, digest, meta.listing(), nonce)
         return Run(self, rid, meta)
 
     def _child_key(self, parent_run_id: str, root_run_id: str | None, child: RunId) -> str:
@@ -602,6 +615,74 @@ class RunStore:
                         if problems is not None:
                             problems.append(RunProblem(str(rid), f"UnsafePath: {why}"))
 
+    def _from_index(
+        self, query: RunQuery, problems: list[RunProblem]
+    ) -> tuple[list[RunId], dict[RunId, RunDigest | Exception]]:
+        """The runs a listing reads and their digests: chosen from each project's index, else every run.
+
+        Index rows that fail the query's filters are dropped unread; of the rest only
+        the page the query asks for (its ``limit`` after its ``cursor``) is read, plus
+        the runs an open intent names (their row may lag). What is read is read the
+        way a scan reads it, so every row shown is the log's.
+        """
+        candidates: list[tuple[tuple[str, str], RunId]] = []
+        chosen: list[RunId] = []
+        for o, p in self._projects(query, problems):
+            view = self._index_view(o, p)
+            if view is None:
+                chosen.extend(self._run_ids(o, p, problems))
+                continue
+            lagging = view.lagging()
+            for u, row in view.rows.items():
+                listing = row["listing"]
+                if u in lagging:
+                    continue
+                rid = RunId(o, p, u)
+                if query.wants_status(row["status"]) and query.wants_run(
+                    str(rid), listing["created_at"], listing["params"], listing["tags"]
+                ):
+                    candidates.append(((listing["created_at"], str(rid)), rid))
+            chosen.extend(RunId(o, p, u) for u in sorted(lagging))
+        # One more than the limit, so that the listing knows whether a next page exists.
+        wider = attrs.evolve(query, limit=None if query.limit is None else query.limit + 1)
+        page, _ = wider.page(candidates, lambda c: c[0])
+        chosen.extend(rid for _, rid in page)
+        rids = [rid for rid in dict.fromkeys(chosen) if self._safe(rid, problems)]
+        return rids, current_digests(self.storage, rids, snapshot_every=self.snapshot_every, registry=self.registry)
+
+    def _safe(self, rid: RunId, problems: list[RunProblem]) -> bool:
+        why = self.storage.unsafe(RunLayout(rid).dir)
+        if why is not None:
+            log.warning("skipping run %s: %s", rid, why)
+            problems.append(RunProblem(str(rid), f"UnsafePath: {why}"))
+        return why is None
+
+    def _projects(self, query: RunQuery, problems: list[RunProblem]) -> Iterator[tuple[str, str]]:
+        orgs = [query.org] if query.org is not None else self.storage.list_names("")
+        for o in orgs:
+            if _is_slug(o):
+                for p in [query.project] if query.project is not None else self._names(o, problems):
+                    if _is_slug(p):
+                        yield o, p
+
+    def _index_view(self, org: str, project: str) -> _index.IndexView | None:
+        """The index of ``org/project``, or None (no index, or a damaged one: said once per store handle)."""
+        try:
+            return _index.read(self.storage, org, project, strict=True)
+        except Exception as e:
+            if (org, project) not in self._index_warned:
+                self._index_warned.add((org, project))
+                log.warning(
+                    "the run index of %s/%s in %s is damaged (%s: %s); listings read every run until "
+                    "RunStore.reindex() (faber-runlog reindex) rebuilds it",
+                    org,
+                    project,
+                    self.url,
+                    type(e).__name__,
+                    e,
+                )
+            return None
+
     def _names(self, folder: str, problems: list[RunProblem] | None) -> list[str]:
         """The names in ``folder``; none, reported, when a symlink leads it out of the root."""
         try:
@@ -668,9 +749,9 @@ class RunStore:
                 for rid in (RunId.parse(r) for r in dict.fromkeys(query.run_ids))
                 if query.org in (None, rid.org) and query.project in (None, rid.project)
             ]
+            states = current_digests(self.storage, rids, snapshot_every=self.snapshot_every, registry=self.registry)
         else:
-            rids = list(self._run_ids(query.org, query.project, problems))
-        states = current_digests(self.storage, rids, snapshot_every=self.snapshot_every, registry=self.registry)
+            rids, states = self._from_index(query, problems)
         # Summaries carry the metadata a listing shows; only runs whose summary does not read metadata.json.
         unknown = [r for r in rids if not isinstance(d := states[r], Exception) and _listed(d.listing) is None]
         metas = self.storage.read_many(RunLayout(rid).metadata for rid in unknown)
@@ -720,6 +801,91 @@ class RunStore:
                 log.warning("list_runs skipped damaged run %s: %s", p.run_id, p.error)
         page, next_cursor = query.page(out, lambda s: (s.created_at, s.run_id))
         return RunList(page, problems, next_cursor)
+
+    # -- the run index (docs/concurrency.md, "The run index") ------------------
+
+    def reindex(self, org: str | None = None, project: str | None = None) -> list[_index.IndexReport]:
+        """Rebuild the run index of each project (or of ``org``/``project``) from the runs' logs; what it fixed.
+
+        Reads every run the way a scan does, commits an entry for each run the
+        index misses or shows wrongly, drops rows naming no run, closes intents
+        older than the store's ``seal_grace`` and ``claim_budget``, then writes a
+        checkpoint. A project without an index (runs from before it) gets one; a
+        damaged index is replaced by a checkpoint of the runs as read.
+        """
+        reports = []
+        for o, p in self._projects(RunQuery.of("reindex()", ("org", "project"), org=org, project=project), []):
+            reports.append(self._reindex(o, p, write=True))
+        return reports
+
+    def verify_index(self, org: str | None = None, project: str | None = None) -> list[_index.IndexReport]:
+        """Compare each project's run index with its runs' logs, changing nothing (``report.ok`` when they agree)."""
+        return [
+            self._reindex(o, p, write=False)
+            for o, p in self._projects(RunQuery.of("verify_index()", ("org", "project"), org=org, project=project), [])
+        ]
+
+    def _reindex(self, org: str, project: str, *, write: bool) -> _index.IndexReport:
+        view = _index.read(self.storage, org, project)
+        damaged = view is None and self._runindex.indexed(org, project)
+        if view is None and write and not damaged:
+            self._runindex.genesis(org, project)  # first, so writers from now on commit what this read misses
+        grace = max(self.seal_grace, self.claim_budget)
+        older = _codec.iso(datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=grace))
+        report, records = _index.compare(org, project, view, self._truth(org, project), older)
+        if not write:
+            return report
+        if damaged:
+            records = _index.compare(org, project, None, self._truth(org, project))[1]
+        if records or report.started:
+            n = self._runindex.commit(org, project, records)
+            if damaged:
+                _index.rebuild(self.storage, org, project, n, records)
+            else:
+                self._runindex.checkpoint(org, project, n)
+        if report.started and not damaged:
+            # Writers that checked for an index just before the genesis: a second read catches their runs.
+            again = _index.read(self.storage, org, project)
+            extra = _index.compare(org, project, again, self._truth(org, project))[1]
+            extra = [r for r in extra if r["op"] != "close"]
+            if extra:
+                self._runindex.commit(org, project, extra)
+        if not report.ok:
+            log.warning(
+                "reindex of %s/%s: %d added, %d corrected, %d removed, %d intents closed%s",
+                org,
+                project,
+                len(report.added),
+                len(report.corrected),
+                len(report.removed),
+                report.closed,
+                " (index started)" if report.started else "",
+            )
+        self._index_warned.discard((org, project))
+        return report
+
+    def _truth(self, org: str, project: str) -> dict[str, tuple[RunDigest, Mapping[str, Any]]]:
+        """Every readable run of ``org/project``: uuid -> (the log's digest, what a listing shows of its metadata)."""
+        rids = list(self._run_ids(org, project))
+        states = current_digests(self.storage, rids, snapshot_every=self.snapshot_every, registry=self.registry)
+        need = [r for r in rids if not isinstance(d := states[r], Exception) and _listed(d.listing) is None]
+        metas = self.storage.read_many(RunLayout(rid).metadata for rid in need)
+        out: dict[str, tuple[RunDigest, Mapping[str, Any]]] = {}
+        for rid in rids:
+            d = states[rid]
+            if isinstance(d, Exception):
+                continue
+            listing = _listed(d.listing)
+            if listing is None:
+                body = metas.get(RunLayout(rid).metadata)
+                if body is None:
+                    continue
+                try:
+                    listing = self._parse_metadata(rid, body).listing()
+                except Exception:
+                    continue  # damaged or FABER: listings skip it too
+            out[rid.uuid] = (d, listing)
+        return out
 
     # -- lifecycle across runs (logic in lifecycle.py and report.py) ----------------
 
