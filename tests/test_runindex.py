@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import BUCKET, S3Server, make_store, soak_scale
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from faber_runlog import RunStore, consolidate
+from faber_runlog import RunStore, _codec, _index, consolidate
 from faber_runlog._index import folder as index_folder
-from tests.conftest import BUCKET, S3Server, make_store, soak_scale
 
 pytestmark = pytest.mark.backends("memory", "local")
 
@@ -174,17 +174,34 @@ def test_the_20_newest_failed_of_1000_indexed_runs_cost_a_bounded_number_of_requ
 
     built = RunStore(str(tmp_path / "built"), fsync=False)
     failed = []
-    for i in range(1000):
+    for _ in range(30):
         run = built.create_run("acme", "web")
-        if i % 40 == 0 or i >= 990:
-            run.start()
-            run.fail("boom")
-            failed.append(run)
-    # S3 gets the index and the failed runs' folders only: the listing reads nothing else.
-    index = built.storage.path(index_folder("acme", "web"))
-    names = built.storage.list_names(index_folder("acme", "web"))
-    last = [n for n in names if n.endswith(".checkpoint.jsonl")][-1]
-    keys = [f"{index}/{n}" for n in names if n >= last]  # the hint, the newest checkpoint, the commits after it
+        run.start()
+        run.fail("boom")
+        failed.append(run)
+    # 970 more rows in the checkpoint: older runs that completed (S3 holds no folder of theirs: never read).
+    view = _index.read(built.storage, "acme", "web")
+    assert view is not None
+    for i in range(970):
+        u = str(uuid.uuid4())
+        listing = {
+            "created_at": f"2020-01-01T00:00:{i % 60:02d}.{i:06d}Z",
+            "params": {},
+            "tags": {},
+            "parent_run_id": None,
+        }
+        view.rows[u] = {
+            "u": u,
+            "status": "failed" if i % 7 == 0 else "completed",
+            "last_event_id": 2,
+            "listing": listing,
+        }
+    index = index_folder("acme", "web")
+    objects = {
+        f"{index}/_last_checkpoint": _codec.dumps({"version": view.version}),
+        f"{index}/{view.version:020d}.checkpoint.jsonl": _index.checkpoint_body(view),
+    }
+    keys = []
     for run in failed:
         keys += built.storage.fs.find(built.storage.path(run.id))
     root = built.storage.root.rstrip("/") + "/"
@@ -203,7 +220,8 @@ def test_the_20_newest_failed_of_1000_indexed_runs_cost_a_bounded_number_of_requ
 
     fs = CountingS3(**s3_server.storage_options)
     s3 = RunStore(fs=fs, root=f"{BUCKET}/runs-{uuid.uuid4().hex}")
-    s3.storage.put_many({k[len(root) :]: built.storage.fs.cat_file(k) for k in keys}, create=True)
+    objects.update({k[len(root) :]: built.storage.fs.cat_file(k) for k in keys})
+    s3.storage.put_many(objects, create=True)
     calls.clear()
     page = s3.list_runs(org="acme", project="web", status="failed", limit=20)
     expected = [r.id for r in sorted(failed, key=lambda r: r.metadata.created_at, reverse=True)[:20]]
