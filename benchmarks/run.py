@@ -32,6 +32,7 @@ SUITES = [
     "bench_contention",
     "bench_see",
     "bench_async",
+    "bench_index",
 ]
 
 

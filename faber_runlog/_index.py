@@ -139,7 +139,7 @@ def _decode_checkpoint(body: bytes, version: int) -> IndexView:
     head = _codec.loads(lines[0])
     if not isinstance(head, dict) or head.get("format") != FORMAT or head.get("version") != version:
         raise ValueError("not an index checkpoint of this version")
-    recs = [_codec.loads(ln) for ln in lines[1:]]
+    recs = _codec.loads(b"[" + b",".join(lines[1:]) + b"]")  # one parse, not one per line
     if len(recs) != head["runs"] + head["intents"]:
         raise ValueError(f"{len(recs)} lines where the header counts {head['runs'] + head['intents']}")
     view = IndexView(version=version)

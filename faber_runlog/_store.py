@@ -625,7 +625,7 @@ class RunStore:
         the runs an open intent names (their row may lag). What is read is read the
         way a scan reads it, so every row shown is the log's.
         """
-        candidates: list[tuple[tuple[str, str], RunId]] = []
+        candidates: list[tuple[str, str]] = []  # (created_at, run id): the order listings sort by
         chosen: list[RunId] = []
         for o, p in self._projects(query, problems):
             view = self._index_view(o, p)
@@ -634,19 +634,16 @@ class RunStore:
                 continue
             lagging = view.lagging()
             for u, row in view.rows.items():
-                listing = row["listing"]
-                if u in lagging:
+                if u in lagging or not query.wants_status(row["status"]):
                     continue
-                rid = RunId(o, p, u)
-                if query.wants_status(row["status"]) and query.wants_run(
-                    str(rid), listing["created_at"], listing["params"], listing["tags"]
-                ):
-                    candidates.append(((listing["created_at"], str(rid)), rid))
+                listing, rid = row["listing"], f"{o}/{p}/{u}"
+                if query.wants_run(rid, listing["created_at"], listing["params"], listing["tags"]):
+                    candidates.append((listing["created_at"], rid))
             chosen.extend(RunId(o, p, u) for u in sorted(lagging))
         # One more than the limit, so that the listing knows whether a next page exists.
         wider = attrs.evolve(query, limit=None if query.limit is None else query.limit + 1)
-        page, _ = wider.page(candidates, lambda c: c[0])
-        chosen.extend(rid for _, rid in page)
+        page, _ = wider.page(candidates, lambda c: c)
+        chosen.extend(RunId.parse(rid) for _, rid in page)
         rids = [rid for rid in dict.fromkeys(chosen) if self._safe(rid, problems)]
         return rids, current_digests(self.storage, rids, snapshot_every=self.snapshot_every, registry=self.registry)
 

@@ -184,7 +184,7 @@ def test_the_20_newest_failed_of_1000_indexed_runs_cost_a_bounded_number_of_requ
     assert view is not None
     for i in range(970):
         u = str(uuid.uuid4())
-        listing = {
+        listing: dict[str, Any] = {
             "created_at": f"2020-01-01T00:00:{i % 60:02d}.{i:06d}Z",
             "params": {},
             "tags": {},
