@@ -85,6 +85,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         register_backend,
     )
     from faber_runlog._ids import RunId
+    from faber_runlog._index import IndexReport
     from faber_runlog._lease import Heartbeat, Lease
     from faber_runlog._lifecycle import Approval, StatusView, SweptRun, SweptRuns
     from faber_runlog._log import Commit, EventLog
@@ -137,6 +138,7 @@ _LAZY: dict[str, str] = {
     "ImportReport": "faber_runlog._faber",
     "ImportedRun": "faber_runlog._faber",
     "Lease": "faber_runlog._lease",
+    "IndexReport": "faber_runlog._index",
     "Lineage": "faber_runlog._store",
     "ManualClock": "faber_runlog._clock",
     "LocalFilesConfig": "faber_runlog._gateway",
@@ -238,6 +240,7 @@ __all__ = [
     "Heartbeat",
     "ImportReport",
     "ImportedRun",
+    "IndexReport",
     "InvalidArgument",
     "InvalidEvent",
     "InvalidEventPosition",
