@@ -513,6 +513,21 @@ def _cmd_rerun(ctx: _Ctx) -> int:
     return EXIT_OK
 
 
+def _cmd_reindex(ctx: _Ctx) -> int:
+    a = ctx.args
+    reports = (ctx.store.verify_index if a.check else ctx.store.reindex)(org=a.org, project=a.project)
+    if ctx.json:
+        keys = ("org", "project", "added", "corrected", "removed", "closed", "started", "ok")
+        _dump([{k: getattr(r, k) for k in keys} for r in reports], ctx.out)
+    else:
+        for r in reports:
+            verb = "differs" if a.check else "fixed"
+            what = f"{len(r.added)} added, {len(r.corrected)} corrected, {len(r.removed)} removed, {r.closed} closed"
+            state = "ok" if r.ok else f"{verb}: {what}{' (no index yet)' if r.started else ''}"
+            ctx.out.write(f"{r.org}/{r.project}: {state}\n")
+    return EXIT_FAILED if a.check and not all(r.ok for r in reports) else EXIT_OK
+
+
 def _cmd_verify(ctx: _Ctx) -> int:
     from faber_runlog._resume import Resumer
 
@@ -999,6 +1014,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reconstruct", action="store_true", help="also compare state.json and snapshots with the fold")
     p.add_argument("--repair", action="store_true", help="rewrite a bad state.json or snapshot (implies --reconstruct)")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("reindex", parents=[js], help="rebuild the run index of each project from the runs' logs")
+    p.add_argument("--org")
+    p.add_argument("--project")
+    p.add_argument("--check", action="store_true", help="only compare the index with the logs (exit 1 if they differ)")
+    p.set_defaults(func=_cmd_reindex)
 
     p = sub.add_parser("archive", parents=[js], help="consolidate finished runs and copy them to the archive")
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID")

@@ -230,3 +230,23 @@ def test_the_20_newest_failed_of_1000_indexed_runs_cost_a_bounded_number_of_requ
     # hint + LIST + checkpoint + <= 9 commits, then the 21 runs of the page (+1 to know a next page exists):
     # their summary, the probe for a later event and the events.jsonl check (HEAD + LIST when missing) each.
     assert len(calls) <= 12 + 4 * 21, Counter(calls)
+
+
+@pytest.mark.backends("local")
+def test_faber_runlog_reindex_check_reports_a_missing_index_and_reindex_starts_it(tmp_path: Path) -> None:
+    import io
+    import json
+
+    from faber_runlog._cli import main
+
+    store = RunStore(str(tmp_path / "runs"))
+    run = store.create_run("acme", "web")
+    store.storage.fs.rm(store.storage.path(".index"), recursive=True)
+    out = io.StringIO()
+    assert 1 == main(["--root", store.url, "reindex", "--check", "--json"], out=out)
+    [report] = json.loads(out.getvalue())
+    assert ([run.id], True, False) == (report["added"], report["started"], report["ok"])
+    assert 0 == main(["--root", store.url, "reindex"], out=io.StringIO())
+    out = io.StringIO()
+    assert 0 == main(["--root", store.url, "reindex", "--check"], out=out)
+    assert "acme/web: ok\n" == out.getvalue()
