@@ -250,3 +250,32 @@ def test_faber_runlog_reindex_check_reports_a_missing_index_and_reindex_starts_i
     out = io.StringIO()
     assert 0 == main(["--root", store.url, "reindex", "--check"], out=out)
     assert "acme/web: ok\n" == out.getvalue()
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from faber_runlog import RunStore
+
+    store = RunStore(sys.argv[1], fsync=False)
+    for i in range(12):
+        run = store.create_run("acme", "web")
+        run.start()
+        if i % 3 == 0:
+            run.fail("boom")
+        elif i % 3 == 1:
+            run.complete()
+    """
+)
+
+
+@pytest.mark.backends("local")
+def test_two_processes_writing_one_project_at_once_leave_an_index_that_equals_the_scan(tmp_path: Path) -> None:
+    url = str(tmp_path / "runs")
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, url]) for _ in range(2)]
+    assert [0, 0] == [p.wait(timeout=120) for p in procs]
+    store = RunStore(url)
+    assert 24 == len(store.list_runs())
+    assert _scan(store) == _listed(store)
+    assert _scan(store, status="failed", limit=5) == _listed(store, status="failed", limit=5)
+    assert all(r.ok for r in store.verify_index())
