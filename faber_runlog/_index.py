@@ -328,7 +328,8 @@ class IndexWriter:
             n = self._tail(org, project)
         n += 1
         while not self._storage.create(_commit_key(org, project, n), body):
-            n += 1
+            # Others committed since this handle's cached tail: learn the new one (hint + one LIST), not one by one.
+            n = max(n, self._tail(org, project)) + 1
         self._tails[key] = n
         if n % self._every == 0:
             self.checkpoint(org, project, n)
