@@ -26,6 +26,7 @@ import attrs
 
 from faber_runlog import _codec
 from faber_runlog._ids import RunId
+from faber_runlog.errors import CorruptData
 
 if TYPE_CHECKING:
     from faber_runlog._state import RunDigest
@@ -138,10 +139,10 @@ def _decode_checkpoint(body: bytes, version: int) -> IndexView:
     lines = [ln for ln in body.split(b"\n") if ln.strip()]
     head = _codec.loads(lines[0])
     if not isinstance(head, dict) or head.get("format") != FORMAT or head.get("version") != version:
-        raise ValueError("not an index checkpoint of this version")
+        raise CorruptData("not an index checkpoint of this version")
     recs = _codec.loads(b"[" + b",".join(lines[1:]) + b"]")  # one parse, not one per line
     if len(recs) != head["runs"] + head["intents"]:
-        raise ValueError(f"{len(recs)} lines where the header counts {head['runs'] + head['intents']}")
+        raise CorruptData(f"{len(recs)} lines where the header counts {head['runs'] + head['intents']}")
     view = IndexView(version=version)
     for rec in recs:
         if rec["op"] == "run":
@@ -157,7 +158,7 @@ def _decode_commit(body: bytes) -> list[dict[str, Any]]:
     data = _codec.loads(body)
     recs = data["records"] if isinstance(data, dict) else None
     if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
-        raise ValueError("not an index commit")
+        raise CorruptData("not an index commit")
     return recs
 
 
@@ -233,15 +234,15 @@ def _read(storage: Storage, org: str, project: str, upto: int | None) -> IndexVi
             raise _Broken("no index (no genesis commit)")
     after = sorted(k for k in commits if k > base)
     if after and after != list(range(base + 1, base + 1 + len(after))):
-        raise ValueError(f"a gap in the commits after {base}")
+        raise CorruptData(f"a gap in the commits after {base}")
     bodies = storage.read_many(f"{top}/{commits[k]}" for k in after)
     for k in after:
         b = bodies.get(f"{top}/{commits[k]}")
         if b is None:
-            raise ValueError(f"commit {k} vanished")
+            raise CorruptData(f"commit {k} vanished")
         recs = _decode_commit(b)
         if k == 1 and not any(r.get("op") == "genesis" for r in recs):
-            raise ValueError("commit 1 is no genesis")
+            raise CorruptData("commit 1 is no genesis")
         fold(view, recs)
         view.version = k
     return view
@@ -256,7 +257,7 @@ def _read_all(storage: Storage, org: str, project: str, upto: int | None) -> Ind
     while n in commits and (upto is None or n <= upto):
         body = storage.read(_commit_key(org, project, n))
         if body is None:
-            raise ValueError(f"commit {n} vanished")
+            raise CorruptData(f"commit {n} vanished")
         fold(view, _decode_commit(body))
         view.version = n
         n += 1
