@@ -31,7 +31,7 @@ from faber_runlog._faber import (
 )
 from faber_runlog._format import RunLayout
 from faber_runlog._gateway import Gateway
-from faber_runlog._mcp_server import one_line as _message
+from faber_runlog._hints import one_line as _message
 from faber_runlog._store import Run
 from faber_runlog.errors import FaberRunlogError, InvalidEvent
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar, cast
 
 from faber_runlog._gateway import Gateway
-from faber_runlog._hints import check_status_filter
+from faber_runlog._hints import check_status_filter, one_line
 from faber_runlog._version import __version__
 from faber_runlog.errors import FaberRunlogError, InvalidArgument, MissingExtra
 
@@ -44,11 +44,6 @@ def _sdk() -> tuple[Any, type[Exception], type[Exception]]:
             f"the MCP server needs the mcp SDK 2.x ({e}); install it with: pip install 'faber_runlog[mcp]'"
         ) from e
     return MCPServer, ToolError, ResourceError
-
-
-def one_line(e: BaseException) -> str:
-    """``e``'s message on one line (clients show it as it is), or its type's name when it has none."""
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _refusing(error: type[Exception]) -> Callable[[F], F]:
