@@ -27,7 +27,6 @@ docs/concurrency.md; in short:
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import random
@@ -64,6 +63,7 @@ from faber_runlog._format import (
     seq_name,
 )
 from faber_runlog._ids import RunId
+from faber_runlog._metadata import USER
 from faber_runlog._registry import Registry, event_types_table
 from faber_runlog._state import RunDigest, RunState, apply, apply_mappings, fold_generation
 from faber_runlog._storage import Storage
@@ -111,14 +111,6 @@ _HINTS: Final = {
 }
 
 
-def _default_user() -> str | None:
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry in some containers
-        return None
-
-
-_USER: Final = _default_user()
 _LOGS: Final[weakref.WeakSet[EventLog]] = weakref.WeakSet()
 
 
@@ -231,7 +223,7 @@ class EventLog:
         # writer that claims a boundary builds the segment without reading them back.
         self._own: dict[int, bytes] = {}
         self._source = source
-        self._user = user if user is not None else _USER
+        self._user = user if user is not None else USER
         self._writer = uuid.uuid4().hex[:12]
         self._counter = 0
         self._state: RunState | None = None
@@ -1031,7 +1023,9 @@ class EventLog:
                 if until is not None and cur >= until:
                     return cur + 1
             if not self._storage.capabilities.list_after:
-                return (yield from _batched(self._storage.read_numbered(self._layout.events, cur + 1, until, dec)))
+                return (
+                    yield from _batched(self._storage.read_numbered(self._layout.events, cur + 1, until, dec, seq_name))
+                )
             cur, more = yield from self._stored_page(cur, until, dec)
             if not more:
                 return cur + 1

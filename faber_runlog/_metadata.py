@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import getpass
 import os
 import platform
 import socket
@@ -16,7 +17,7 @@ from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import SCHEMA_VERSION
 from faber_runlog._version import __version__
 
-__all__ = ["RunMetadata", "capture_environment"]
+__all__ = ["USER", "RunMetadata", "capture_environment"]
 
 
 LISTING_BYTES: Final = 1024
@@ -89,6 +90,17 @@ def _git(args: list[str], cwd: str) -> str | None:
     return value if out.returncode == 0 and value else None
 
 
+def _default_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return None
+
+
+USER: Final = _default_user()
+"""This process's user: what metadata records and what every event of a log carries by default."""
+
+
 @functools.lru_cache(maxsize=8)
 def _git_info(cwd: str) -> tuple[str | None, str | None]:
     return _git(["rev-parse", "--abbrev-ref", "HEAD"], cwd), _git(["rev-parse", "HEAD"], cwd)
@@ -96,12 +108,10 @@ def _git_info(cwd: str) -> tuple[str | None, str | None]:
 
 def capture_environment() -> dict[str, Any]:
     """Host, user, Python and (inside a git checkout) branch and commit."""
-    from faber_runlog._log import _USER  # the same user the events carry
-
     branch, commit = _git_info(os.getcwd())
     env: dict[str, Any] = {
         "host": socket.gethostname(),
-        "user": _USER,
+        "user": USER,  # the same user the events carry
         "python": platform.python_version(),
         "pid": os.getpid(),
     }
