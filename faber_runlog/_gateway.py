@@ -25,12 +25,12 @@ import fastjsonschema
 
 from faber_runlog import _codec
 from faber_runlog._events import Event
-from faber_runlog._registry import DEFAULT_BACKENDS, Registry
+from faber_runlog._registry import Registry
 from faber_runlog._resume import diff_params
 from faber_runlog._schemas import LazyValidator, load_schema
 from faber_runlog._store import Run, RunStore, default_root
 from faber_runlog._transitions import ENDING_EVENT_TYPES
-from faber_runlog.errors import InvalidArgument, InvalidGatewayConfig
+from faber_runlog.errors import InvalidGatewayConfig
 
 if TYPE_CHECKING:  # imported when used: the gateway must not load the archive for every event
     from faber_runlog._archive import Archiver
@@ -389,7 +389,6 @@ class Backend(abc.ABC):
 
 
 BackendFactory = Callable[[dict[str, Any], "Gateway"], Backend]
-_FACTORIES: dict[str, BackendFactory] = DEFAULT_BACKENDS  # the default registry's
 
 
 def register_backend(name: str, factory: BackendFactory, *, replace: bool = False) -> None:
@@ -397,14 +396,7 @@ def register_backend(name: str, factory: BackendFactory, *, replace: bool = Fals
 
     It goes into the default registry; ``Registry.register_backend`` registers into one of your own.
     """
-    add_backend(_FACTORIES, name, factory, replace=replace)
-
-
-def add_backend(table: dict[str, BackendFactory], name: str, factory: BackendFactory, *, replace: bool = False) -> None:
-    """:func:`register_backend` into ``table`` (a registry's)."""
-    if name in ("local_files", "s3_archive") or (name in table and not replace):
-        raise InvalidArgument(f"backend {name!r} is already registered; pass replace=True to replace a custom one")
-    table[name] = factory
+    Registry.default().register_backend(name, factory, replace=replace)
 
 
 class LocalFilesBackend(Backend):

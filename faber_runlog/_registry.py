@@ -11,11 +11,15 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from faber_runlog import _events, _state
+from faber_runlog.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from faber_runlog._gateway import Backend, Gateway
 
-__all__ = ["DEFAULT_BACKENDS", "Registry", "event_types_table"]
+__all__ = ["BUILTIN_BACKENDS", "DEFAULT_BACKENDS", "Registry", "event_types_table"]
+
+BUILTIN_BACKENDS: Final = ("local_files", "s3_archive")
+"""The gateway's own backends (classes in ``_gateway``): never registered here, never replaced."""
 
 DEFAULT_BACKENDS: dict[str, Callable[[dict[str, Any], Gateway], Backend]] = {}
 """The default registry's gateway backend factories (filled by ``register_backend``)."""
@@ -80,9 +84,9 @@ class Registry:
         self, name: str, factory: Callable[[dict[str, Any], Gateway], Backend], *, replace: bool = False
     ) -> None:
         """Register a gateway backend here (see :func:`faber_runlog.register_backend`)."""
-        from faber_runlog._gateway import add_backend
-
-        add_backend(self._backends, name, factory, replace=replace)
+        if name in BUILTIN_BACKENDS or (name in self._backends and not replace):
+            raise InvalidArgument(f"backend {name!r} is already registered; pass replace=True to replace a custom one")
+        self._backends[name] = factory
 
     def __repr__(self) -> str:
         kind = "default" if self is _DEFAULT else "isolated"
