@@ -16,6 +16,7 @@ from faber_runlog._events import Event
 from faber_runlog._gateway import Gateway
 from faber_runlog._hints import did_you_mean
 from faber_runlog._store import Run
+from faber_runlog._transitions import APPROVAL_ACTIONS
 from faber_runlog.errors import InvalidEvent
 
 __all__ = ["DECISIONS", "RUN_ACTIONS", "STEP_ACTIONS", "decide", "perform", "request_approval"]
@@ -44,8 +45,8 @@ STEP_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
 }
 """Step- and phase-level transitions."""
 
-DECISIONS: Final = ("approve", "reject", "request_changes", "abort")
-"""Decisions on an approval (the same as ``Run.decide``'s actions)."""
+DECISIONS: Final = APPROVAL_ACTIONS
+"""Decisions on an approval (``Run.decide``'s actions; owned by ``_transitions``)."""
 
 
 def _needed(run: Run, action: str, name: str, value: Any) -> Any:

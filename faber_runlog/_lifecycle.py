@@ -29,7 +29,7 @@ import attrs
 from faber_runlog import _codec, _validate
 from faber_runlog._converter import to_dict
 from faber_runlog._events import Event
-from faber_runlog._format import RunLayout, parse_seq_name, seq_name
+from faber_runlog._format import KEYS_DIR, SLOTS_DIR, RunLayout, parse_seq_name, seq_name
 from faber_runlog._ids import RunId
 from faber_runlog._lease import (
     DEFAULT_LEASE_TTL,
@@ -54,7 +54,7 @@ from faber_runlog._state import (
     closes_at_end,
 )
 from faber_runlog._storage import Storage
-from faber_runlog._transitions import ACTIONS, ENDING_EVENT_TYPES, RunStatus
+from faber_runlog._transitions import ACTIONS, APPROVAL_ACTIONS, ENDING_APPROVAL_ACTIONS, ENDING_EVENT_TYPES, RunStatus
 from faber_runlog._transitions import Moved as _Moved
 from faber_runlog.errors import (
     ActiveRunExists,
@@ -69,12 +69,8 @@ from faber_runlog.errors import (
 )
 
 __all__ = [
-    "APPROVAL_ACTIONS",
     "FINAL_EVENT_TYPES",
-    "KEYS_DIR",
-    "SLOTS_DIR",
     "SWEEP_REASON",
-    "TRANSITIONS",
     "StatusView",
     "SweptRun",
     "SweptRuns",
@@ -103,14 +99,8 @@ __all__ = [
 log = logging.getLogger("faber_runlog._lifecycle")
 
 SWEEP_REASON: Final = "process_restart_unrecovered"
-APPROVAL_ACTIONS: Final = ("approve", "reject", "request_changes", "abort")
-KEYS_DIR: Final = ".faber_runlog/keys"
-SLOTS_DIR: Final = ".faber_runlog/slots"
 FINAL_EVENT_TYPES: Final = frozenset({*ENDING_EVENT_TYPES, "approval_resolved"})
 """Events that end a run when they leave it terminal: they trigger the final report and releases."""
-
-TRANSITIONS: Final[dict[str, tuple[str, ...]]] = {action: allowed for action, (_, allowed) in ACTIONS.items()}
-"""For each lifecycle action, the run statuses it is allowed from (from the one transition table)."""
 
 _TRIES: Final = 20
 _CLAIM_TRIES: Final = 50
@@ -137,7 +127,7 @@ def _refuse(state: RunState, action: str, allowed: Iterable[str], hint: str = ""
 
 
 def _require(state: RunState, action: str, hint: str = "") -> None:
-    allowed = TRANSITIONS[action]
+    allowed = ACTIONS[action][1]
     if state.status not in allowed:
         raise _refuse(state, action, allowed, hint)
 
@@ -509,10 +499,10 @@ def decide(
             raise _conflict(state, a, f"client token {client_token!r} was already used to {a.action}, not to {action}")
         if a.status != "pending":
             raise _conflict(state, a, f"the approval is already {a.status} (event {a.resolved_event_id})")
-        if state.status == "paused" and action in ("approve", "request_changes"):
+        if state.status == "paused" and action not in ENDING_APPROVAL_ACTIONS:
             raise _refuse(state, f"{action} approval {approval_id} of", ("awaiting_approval",), "Resume the run first.")
-        if state.status not in TRANSITIONS["decide"]:
-            raise _refuse(state, f"{action} approval {approval_id} of", TRANSITIONS["decide"])
+        if state.status not in ACTIONS["decide"][1]:
+            raise _refuse(state, f"{action} approval {approval_id} of", ACTIONS["decide"][1])
         return _fields(
             "approval_resolved",
             phase=a.phase,
@@ -896,11 +886,11 @@ def sweep_stale(
     candidates = [
         RunId.parse(s.run_id) for s in runs if s.status in ACTIVE_STATUSES and (wanted is None or s.run_id in wanted)
     ]
-    bodies = storage.read_many(f"{RunLayout(rid).dir}/lease.json" for rid in candidates)
+    bodies = storage.read_many(RunLayout(rid).lease for rid in candidates)
     now = _now(storage)
     swept = SweptRuns()
     for rid in candidates:
-        raw = bodies.get(f"{RunLayout(rid).dir}/lease.json")
+        raw = bodies.get(RunLayout(rid).lease)
         lease = parse_lease(raw) if raw is not None else None
         if lease is not None and lease.released:
             lease = None  # released or swept before: no live writer claims the run

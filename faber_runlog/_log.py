@@ -67,7 +67,7 @@ from faber_runlog._metadata import USER
 from faber_runlog._registry import Registry, event_types_table
 from faber_runlog._state import RunDigest, RunState, apply, apply_mappings, fold_generation
 from faber_runlog._storage import Storage
-from faber_runlog._transitions import SEAL_TYPE, TRANSITIONS
+from faber_runlog._transitions import APPROVAL_ACTIONS, ENDING_APPROVAL_ACTIONS, SEAL_TYPE, TRANSITIONS
 from faber_runlog.errors import (
     ApprovalConflict,
     ApprovalNotFound,
@@ -90,7 +90,6 @@ log = logging.getLogger("faber_runlog._log")
 SEAL_GRACE: Final = 3600.0
 """Seconds a sealed run keeps its event files before cleanup may remove them (see rule 4)."""
 
-APPROVAL_ACTIONS: Final = ("approve", "reject", "request_changes", "abort")
 CLAIM_BUDGET: Final = 30.0
 """Seconds an append may spend losing sequence-number races before :class:`SequenceConflict` (see the loop's rules)."""
 _WAIT_CAP: Final = 32  # the wait after a loss grows with the numbers that went by, up to this many round trips
@@ -517,8 +516,8 @@ class EventLog:
                     run_id=self._run_id,
                     approval_id=aid,
                 )
-            if action not in APPROVAL_ACTIONS or (state.status == "paused" and action not in ("reject", "abort")):
-                allowed_actions = ("reject", "abort") if state.status == "paused" else APPROVAL_ACTIONS
+            if action not in APPROVAL_ACTIONS or (state.status == "paused" and action not in ENDING_APPROVAL_ACTIONS):
+                allowed_actions = ENDING_APPROVAL_ACTIONS if state.status == "paused" else APPROVAL_ACTIONS
                 raise InvalidTransition(
                     f"cannot {action} approval {aid} of run {self._run_id} while it is {state.status!r}; "
                     f"allowed: {', '.join(allowed_actions)}. Nothing was written.",
