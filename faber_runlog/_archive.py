@@ -29,7 +29,17 @@ import attrs
 from faber_runlog import _codec, _validate
 from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import Event
-from faber_runlog._format import ARCHIVE_MARKER, RunLayout, encode_snapshot, fingerprint, jsonl_line, parse_seq_name
+from faber_runlog._format import (
+    ARCHIVE_INDEX_DIR,
+    ARCHIVE_MARKER,
+    REPORT_JSON,
+    REPORT_MD,
+    RunLayout,
+    encode_snapshot,
+    fingerprint,
+    jsonl_line,
+    parse_seq_name,
+)
 from faber_runlog._ids import RunId
 from faber_runlog._metadata import RunMetadata
 from faber_runlog._progress import Progress
@@ -66,12 +76,12 @@ __all__ = [
 log = logging.getLogger("faber_runlog._archive")
 
 
-INDEX_DIR: Final = ".faber_runlog/archive-index"
+INDEX_DIR: Final = ARCHIVE_INDEX_DIR
 """Root of the archive index in the destination store: ``{INDEX_DIR}/{org}/{project}/{uuid}.json``."""
 
 _FORMAT: Final = "jsonl/1"
 _READ_BATCH: Final = 256
-_REPORT_FILES: Final = ("report.json", "report.md")
+_REPORT_FILES: Final = (REPORT_JSON, REPORT_MD)
 
 
 def _sha256(data: bytes) -> str:

@@ -224,7 +224,9 @@ def _cmd_init(ctx: _Ctx) -> int:
 
 
 def _disabled(ctx: _Ctx, what: str) -> int:
-    where = ctx.gateway.config_path or "gateway.json"
+    from faber_runlog._gateway import CONFIG_NAME  # loaded already: ctx.gateway is one
+
+    where = ctx.gateway.config_path or CONFIG_NAME
     ctx.err.write(f"faber-runlog: logging is disabled in {where}; {what}\n")
     return EXIT_OK
 

@@ -25,6 +25,7 @@ import fastjsonschema
 
 from faber_runlog import _codec
 from faber_runlog._events import Event
+from faber_runlog._format import PROJECT_DIR
 from faber_runlog._registry import Registry
 from faber_runlog._resume import diff_params
 from faber_runlog._schemas import LazyValidator, load_schema
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # imported when used: the gateway must not load the archive f
 
 __all__ = [
     "CONFIG_ENV",
+    "CONFIG_NAME",
     "CONFIG_PATH",
     "Backend",
     "Gateway",
@@ -55,9 +57,10 @@ __all__ = [
 
 log = logging.getLogger("faber_runlog._gateway")
 
-CONFIG_PATH: Final = ".faber_runlog/gateway.json"
+CONFIG_NAME: Final = "gateway.json"
+CONFIG_PATH: Final = f"{PROJECT_DIR}/{CONFIG_NAME}"
 """Where ``faber-runlog init`` writes the config, under the project folder (our folder, not FABER's)."""
-LEGACY_CONFIG_PATH: Final = ".fractary/plugins/faber/gateway.json"
+LEGACY_CONFIG_PATH: Final = f".fractary/plugins/faber/{CONFIG_NAME}"
 """Where ``init`` wrote it before the store moved out of FABER's folder; still found (with a notice)."""
 CONFIG_ENV: Final = "FABER_RUNLOG_CONFIG"
 """Environment variable naming a gateway.json to use instead of searching for one."""
@@ -188,7 +191,7 @@ class GatewayConfig:
 
     def check(self, *, path: str | None = None) -> None:
         """Refuse settings the schema cannot express; raises :class:`InvalidGatewayConfig`."""
-        where = path or "gateway.json"
+        where = path or CONFIG_NAME
         _refuse_secrets(self.storage_options, self.s3_archive.storage_options, path=path)
         if self.enabled and not self.local_files.enabled:
             raise InvalidGatewayConfig(
@@ -211,7 +214,7 @@ class GatewayConfig:
         base = os.path.abspath(os.fspath(base_dir)) if base_dir is not None else os.getcwd()
         # The project is the folder holding .faber_runlog/ or .fractary/ (gateway.json lives below it), else the base.
         parts = base.split(os.sep)
-        marker = next((m for m in (".faber_runlog", ".fractary") if m in parts), None)
+        marker = next((m for m in (PROJECT_DIR, ".fractary") if m in parts), None)
         project = os.sep.join(parts[: parts.index(marker)]) if marker is not None else base
         resolved = os.path.normpath(os.path.join(base, os.path.expanduser(self.root)))
         if os.path.commonpath([resolved, project or os.sep]) != (project or os.sep):

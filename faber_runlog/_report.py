@@ -27,8 +27,6 @@ from faber_runlog._storage import Storage
 from faber_runlog.errors import CorruptState, InvalidArgument
 
 __all__ = [
-    "REPORT_JSON",
-    "REPORT_MD",
     "REPORT_VERSION",
     "compose_report",
     "read_report",
@@ -41,8 +39,6 @@ __all__ = [
 
 log = logging.getLogger("faber_runlog._report")
 
-REPORT_JSON: Final = "report.json"
-REPORT_MD: Final = "report.md"
 REPORT_VERSION: Final = 1
 EVENT_TAIL: Final = 50
 COMPOSE_FAILED: Final = "report_compose_failed"
@@ -64,8 +60,8 @@ def validate_report(report: dict[str, Any]) -> None:
 
 
 def _keys(run_id: RunId) -> tuple[str, str]:
-    folder = RunLayout(run_id).dir
-    return f"{folder}/{REPORT_JSON}", f"{folder}/{REPORT_MD}"
+    layout = RunLayout(run_id)
+    return layout.report_json, layout.report_md
 
 
 def _read_metadata(storage: Storage, run_id: RunId) -> RunMetadata:

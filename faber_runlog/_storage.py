@@ -71,7 +71,11 @@ log = logging.getLogger("faber_runlog._storage")
 T = TypeVar("T")
 
 _MEMORY_LOCK: Final = threading.RLock()
-_PROBE_DIR: Final = ".faber_runlog"
+INTERNAL_DIR: Final = ".faber_runlog"
+"""The folder under a store root that holds the library's own objects, not runs (probes, claims, indexes).
+
+Its children are named by the format layer (``_format``); the storage layer only probes inside it."""
+_PROBE_DIR: Final = INTERNAL_DIR
 _READ_CHUNK: Final = 1 << 16
 _RETRIES: Final = 6
 _RETRY_SECONDS: Final = 60.0

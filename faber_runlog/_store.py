@@ -19,7 +19,7 @@ from faber_runlog import _report as report
 from faber_runlog._clock import Clock
 from faber_runlog._events import Event, check_json_value
 from faber_runlog._faber_layout import faber_run_hint, looks_like_faber_metadata
-from faber_runlog._format import SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
+from faber_runlog._format import PROJECT_DIR, SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
 from faber_runlog._hints import did_you_mean
 from faber_runlog._ids import RunId, validate_slug
 from faber_runlog._lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # the analysis extra: optional, imported only when a frame is
 
 __all__ = ["DEFAULT_ROOT", "LEGACY_ROOT", "Lineage", "Run", "RunList", "RunProblem", "RunStore", "RunSummary"]
 
-DEFAULT_ROOT: Final = ".faber_runlog/runs"
+DEFAULT_ROOT: Final = f"{PROJECT_DIR}/runs"
 """The embedded default root, under the current folder: our own folder, never one FABER writes to."""
 LEGACY_ROOT: Final = ".fractary/plugins/faber/runs"
 """The default root before 0.x moved it out of FABER's folder; a store found there keeps working."""

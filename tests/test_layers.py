@@ -129,3 +129,55 @@ def test_the_only_import_cycles_are_the_ones_the_known_upward_imports_make() -> 
 
 def test_the_cycle_check_sees_a_cycle_made_by_a_deferred_import() -> None:
     assert [["a", "b"]] == _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}})
+
+
+# One owner per fact: a storage key or a shared constant is spelled in one module and imported elsewhere.
+OWNED_STRINGS = {
+    "lease.json": "_format",
+    "report.json": "_format",
+    "report.md": "_format",
+    "archived.json": "_format",
+    "gateway.json": "_gateway",
+}
+OWNED_TUPLES: dict[tuple[object, ...], str] = {
+    ("approve", "reject", "request_changes", "abort"): "_transitions",
+    ("reject", "abort"): "_transitions",
+    ("local_files", "s3_archive"): "_registry",
+}
+INTERNAL_DIR_OWNER = "_storage"  # ".faber_runlog" as a key or a folder of the project: _storage and _format only
+
+
+def _code_constants(tree: ast.Module) -> tuple[list[str], list[tuple[object, ...]]]:
+    """The string constants and the constant tuples of a module's code (docstrings left out)."""
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    strings = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+    tuples: list[tuple[object, ...]] = [
+        tuple(e.value for e in node.elts if isinstance(e, ast.Constant))
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Tuple) and node.elts and all(isinstance(e, ast.Constant) for e in node.elts)
+    ]
+    return strings, tuples
+
+
+def test_shared_keys_and_constants_are_spelled_only_by_their_owner() -> None:
+    strays = []
+    for path in sorted(PKG.glob("*.py")):
+        strings, tuples = _code_constants(ast.parse(path.read_text()))
+        name = path.stem
+        strays += [(name, s) for s in strings if OWNED_STRINGS.get(s, name) != name]
+        strays += [
+            (name, s) for s in strings if s.startswith(".faber_runlog") and name not in (INTERNAL_DIR_OWNER, "_format")
+        ]
+        strays += [(name, str(t)) for t in tuples if OWNED_TUPLES.get(t, name) != name]
+    assert [] == strays
