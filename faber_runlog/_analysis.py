@@ -21,11 +21,12 @@ from faber_runlog._events import EventTypes, error_text, given_duration, upcast
 from faber_runlog._format import RunLayout
 from faber_runlog._ids import RunId
 from faber_runlog._log import current_digests, read_logs
+from faber_runlog._metadata import parse_metadata
 from faber_runlog._progress import Progress
 from faber_runlog._query import FILTERS, RUN_FILTERS, RunQuery
 from faber_runlog._registry import event_types_table
 from faber_runlog._steps import StartTimes
-from faber_runlog._store import RunStore, list_runs_of, parse_metadata
+from faber_runlog._store import RunStore, list_runs_of
 from faber_runlog._store import run_ids as list_run_ids
 from faber_runlog._transitions import SEAL_TYPE
 from faber_runlog.errors import CorruptData, InvalidArgument, MissingExtra
@@ -277,7 +278,7 @@ def runs_frame(store: RunStore, *, progress: bool | None = None, **filters: Any)
             for rid in present:
                 state = states[rid]
                 try:
-                    meta = parse_metadata(store, rid, bodies[RunLayout(rid).metadata] or b"")
+                    meta = parse_metadata(store.storage, rid, bodies[RunLayout(rid).metadata] or b"")
                 except _validate.DAMAGE as e:
                     state = e
                 if isinstance(state, BaseException):  # one damaged run must not hide the others

@@ -41,10 +41,10 @@ from faber_runlog._format import (
     parse_seq_name,
 )
 from faber_runlog._ids import RunId
-from faber_runlog._metadata import RunMetadata
+from faber_runlog._metadata import RunMetadata, parse_metadata
 from faber_runlog._progress import Progress
 from faber_runlog._storage import PutResult, Storage
-from faber_runlog._store import RunStore, cleaner_grace, parse_metadata
+from faber_runlog._store import RunStore, cleaner_grace
 from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES, RunStatus, unchanged_since
 from faber_runlog._transitions import Moved as _Moved
 from faber_runlog.errors import (
@@ -572,7 +572,7 @@ class Archiver:
                 run_id=str(rid),
             )
         _check_jsonl(rid, src.path(layout.jsonl), jsonl, record)
-        meta = parse_metadata(self.source, rid, metadata)
+        meta = parse_metadata(self.source.storage, rid, metadata)
         # The archive's state.json is the fold at the seal, encoded afresh: every archiver of
         # the run writes the same bytes, whatever snapshot the source holds at the moment.
         elog = self.source.get_run(rid).log
@@ -758,7 +758,7 @@ class Archiver:
     def _metadata_of(self, rid: RunId, bodies: dict[str, bytes | None]) -> RunMetadata | None:
         body = bodies.get(RunLayout(rid).metadata)
         try:
-            return parse_metadata(self.source, rid, body) if body is not None else None
+            return parse_metadata(self.source.storage, rid, body) if body is not None else None
         except FaberRunlogError:
             return None  # unreadable: the default grace (the longest wait unless the cleaner's is longer)
 

@@ -214,9 +214,9 @@ def _read_attempts(
 ) -> Iterator[tuple[RunId, Attempts, dict[str, Any]]]:
     """Each run's attempts and metadata, read in bulk like ``events_frame`` reads events."""
     from faber_runlog._log import read_logs
+    from faber_runlog._metadata import parse_metadata
     from faber_runlog._progress import Progress
     from faber_runlog._registry import event_types_table
-    from faber_runlog._store import parse_metadata
 
     types = event_types_table(store.registry)
     folds = store.registry.folds
@@ -267,7 +267,7 @@ def _meta_of(store: RunStore, rid: RunId, metas: Mapping[str, bytes | None], par
     body = metas.get(RunLayout(rid).metadata)
     if body is None:
         return {"params": {}, "tags": {}}
-    meta = parse(store, rid, body)
+    meta = parse(store.storage, rid, body)
     return {"params": meta.params, "tags": meta.tags}
 
 

@@ -18,21 +18,19 @@ from faber_runlog import _lifecycle as lifecycle
 from faber_runlog import _report as report
 from faber_runlog._clock import Clock
 from faber_runlog._events import Event, check_json_value
-from faber_runlog._faber_layout import faber_run_hint, looks_like_faber_metadata
 from faber_runlog._format import PROJECT_DIR, SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
 from faber_runlog._hints import did_you_mean
 from faber_runlog._ids import RunId, validate_slug
 from faber_runlog._lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
 from faber_runlog._lease import fence as lease_fence
 from faber_runlog._log import CLAIM_BUDGET, SEAL_GRACE, Commit, EventLog, current_digests
-from faber_runlog._metadata import RunMetadata, capture_environment
+from faber_runlog._metadata import RunMetadata, capture_environment, parse_metadata
 from faber_runlog._plan import apply_plan, normalize_plan
 from faber_runlog._query import RUN_FILTERS, RunQuery
 from faber_runlog._registry import Registry
 from faber_runlog._state import RunDigest, RunState, RunStatus
 from faber_runlog._storage import Storage, open_filesystem
 from faber_runlog.errors import (
-    CorruptState,
     FaberRunNotImported,
     InvalidArgument,
     InvalidEventPosition,
@@ -553,22 +551,7 @@ class RunStore:
         return self._parse_metadata(rid, body)
 
     def _parse_metadata(self, rid: RunId, body: bytes) -> RunMetadata:
-        try:
-            return RunMetadata.from_dict(_codec.loads(body))
-        except Exception as e:
-            path = self.storage.path(RunLayout(rid).metadata)
-            if looks_like_faber_metadata(body):
-                folder = self.storage.path(RunLayout(rid).dir)
-                raise FaberRunNotImported(
-                    f"{faber_run_hint(folder, str(rid))}; faber_runlog reads it once imported",
-                    run_id=str(rid),
-                    path=folder,
-                ) from None
-            raise CorruptState(
-                f"metadata.json of run {rid} at {path} is unreadable ({e}); restore it from a backup",
-                run_id=str(rid),
-                path=path,
-            ) from e
+        return parse_metadata(self.storage, rid, body)
 
     def get_run(self, run_id: str | RunId) -> Run:
         """Open an existing run; raises :class:`RunNotFound` if there is none."""
@@ -930,11 +913,6 @@ def cleaner_grace(own: float, metadata: RunMetadata | None) -> float:
 def run_ids(store: RunStore, org: str | None = None, project: str | None = None) -> Iterator[RunId]:
     """Every run id under ``store`` (a listing only: no metadata or events read)."""
     return store._run_ids(org, project)  # noqa: SLF001  (same module: RunStore's own helper)
-
-
-def parse_metadata(store: RunStore, rid: RunId, body: bytes) -> RunMetadata:
-    """Run ``rid``'s metadata.json ``body`` as read from ``store`` (``CorruptState`` naming the file if damaged)."""
-    return store._parse_metadata(rid, body)  # noqa: SLF001  (same module)
 
 
 def create_run_from(store: RunStore, meta: RunMetadata) -> Run:
