@@ -28,7 +28,7 @@ from faber_runlog._events import Event
 from faber_runlog._registry import DEFAULT_BACKENDS, Registry
 from faber_runlog._resume import diff_params
 from faber_runlog._schemas import LazyValidator, load_schema
-from faber_runlog._store import Run, RunStore, default_root
+from faber_runlog._store import Run, RunStore, check_store_url, default_root
 from faber_runlog._transitions import ENDING_EVENT_TYPES
 from faber_runlog.errors import InvalidArgument, InvalidGatewayConfig
 
@@ -206,6 +206,7 @@ class GatewayConfig:
 
     def resolve_root(self, base_dir: str | os.PathLike[str] | None) -> str:
         """``root`` as a URL or absolute folder; relative folders are taken from ``base_dir``."""
+        check_store_url(self.root)  # "s3:/bucket" is a mistyped URL, not a folder "s3:" beside gateway.json
         if "://" in self.root or os.path.isabs(os.path.expanduser(self.root)):
             return os.path.expanduser(self.root) if "://" not in self.root else self.root
         base = os.path.abspath(os.fspath(base_dir)) if base_dir is not None else os.getcwd()

@@ -6,6 +6,7 @@ import datetime
 import functools
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -575,6 +576,18 @@ class RunStore:
         rid = RunId.parse(run_id)
         return Run(self, rid, self._read_metadata(rid))
 
+    def resolve_run_id(self, text: str | RunId) -> str:
+        """The full id of the one run ``text`` names: a full id, ``org/project/<uuid prefix>``, a bare uuid,
+        or a uuid prefix of at least 6 hex digits.
+
+        Reads folder listings only, never events. An ambiguous prefix raises :class:`InvalidRunId`
+        listing the candidates; no such run raises :class:`RunNotFound` with the close matches
+        (``acme/wbe/<uuid>``: did you mean ``acme/web/<uuid>``?). :meth:`get_run` stays exact.
+        """
+        from faber_runlog._resolve import resolve_run_id
+
+        return resolve_run_id(self, text)
+
     def has_run(self, run_id: str | RunId) -> bool:
         """Whether a run with this id exists."""
         return self.storage.exists(RunLayout(RunId.parse(run_id)).metadata)
@@ -844,6 +857,7 @@ def _open_root(target: object, storage_options: dict[str, Any] | None) -> tuple[
             "RunStore got an empty URL; pass a folder or an fsspec URL such as 's3://bucket/runs', or leave it "
             f"out to use ${ROOT_ENV} or {DEFAULT_ROOT}"
         )
+    check_store_url(url)
     chain = url.split("://", 1)[0].split("::") if "://" in url else []
     known = list(fsspec.available_protocols())
     for protocol in chain:
@@ -856,6 +870,29 @@ def _open_root(target: object, storage_options: dict[str, Any] | None) -> tuple[
         return open_filesystem(url, storage_options)
     except (ImportError, ValueError) as e:
         raise InvalidStoreUrl(f"cannot open store {url!r}: {e}") from e
+
+
+# A scheme name followed by a broken separator: ``s3:/bucket``, ``s3:bucket``, ``S3//bucket``, ``S3://bucket``.
+_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)(:/*|//+)(.*)", re.DOTALL)
+
+
+def check_store_url(url: str) -> None:
+    """Refuse a store URL whose scheme is mistyped (``s3:/team-logs/runs``) instead of opening a local folder ``s3:``.
+
+    Only names of known fsspec protocols count, so ``C:/runs`` and ordinary folders pass; a
+    ``file:``/``local:`` URL is a local path as written. Raises :class:`InvalidStoreUrl` with the fix.
+    """
+    match = _SCHEME.fullmatch(url)
+    if match is None or (match.group(2).startswith("://") and match.group(1).islower()):
+        return  # no scheme, or a well-formed one (an unknown protocol is refused by the caller)
+    scheme, rest = match.group(1), match.group(3).lstrip("/")
+    if scheme.lower() not in fsspec.available_protocols() or scheme.lower() in ("file", "local"):
+        return
+    fixed = f"{scheme.lower()}://{rest}"
+    raise InvalidStoreUrl(
+        f"store URL {url!r} looks like a mistyped {scheme.lower()}:// URL (did you mean {fixed}?): a store URL "
+        "is a lowercase scheme, '://', then the path; a local folder cannot start with a storage scheme"
+    )
 
 
 def _is_slug(name: str) -> bool:
