@@ -950,12 +950,16 @@ def _add_lifecycle_commands(sub: Any, js: argparse.ArgumentParser) -> None:
 # -- the parser -------------------------------------------------------------------------------------------
 
 
+class _BadCommandLine(Exception):
+    """argparse refused the command line; the one line to print on the caller's stderr (exit 2)."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error on one line of stderr like every other error (``--help`` shows the usage)."""
 
     def error(self, message: str) -> NoReturn:
         where = f"{self.prog.split()[0]}: error: "  # the same prefix as every other error, in any command
-        self.exit(EXIT_USAGE, f"{where}{' '.join(message.split())} (see {self.prog} --help)\n")
+        raise _BadCommandLine(f"{where}{' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 class _IntermixedParser(_Parser):
@@ -1267,7 +1271,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     err = err if err is not None else sys.stderr
     try:
         args = _parser().parse_args(argv)
-    except SystemExit as e:  # argparse has printed the usage line
+    except _BadCommandLine as e:
+        err.write(str(e))
+        return EXIT_USAGE
+    except SystemExit as e:  # --help or --version was printed
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     ctx = _Ctx(args, out, err)
     try:
