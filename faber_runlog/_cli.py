@@ -274,7 +274,7 @@ def _init_settings(a: argparse.Namespace, config_dir: Path) -> dict[str, Any]:
 
 
 def _merged_config(path: Path, given: dict[str, Any]) -> tuple[Any, str | None]:
-    """The config to write: the existing file's settings with ``given`` laid over them; and why the old one was dropped."""
+    """The config to write: the old file's settings with ``given`` laid over them; and why an old one was dropped."""
     import copy
 
     from faber_runlog._gateway import GatewayConfig, load_config
@@ -616,13 +616,7 @@ def _cmd_rerun(ctx: _Ctx) -> int:
         _dump({"run_id": child.id, "parent_run_id": a.run_id, "mode": a.mode or "all", "diff": diff}, ctx.out)
         return EXIT_OK
     ctx.out.write(child.id + "\n")
-    for key, value in sorted((diff.get("added") or {}).items()):
-        ctx.out.write(f"  + {key} = {_codec.dumps(value).decode()}\n")
-    for key, value in sorted((diff.get("removed") or {}).items()):
-        ctx.out.write(f"  - {key} (was {_codec.dumps(value).decode()})\n")
-    for key, change in sorted((diff.get("changed") or {}).items()):
-        old, new = _codec.dumps(change["old"]).decode(), _codec.dumps(change["new"]).decode()
-        ctx.out.write(f"  ~ {key}: {old} -> {new}\n")
+    _write_diff(ctx.out, diff)
     return EXIT_OK
 
 
@@ -663,21 +657,13 @@ def _cmd_verify(ctx: _Ctx) -> int:
 
 def _cmd_archive(ctx: _Ctx) -> int:
     from faber_runlog._archive import Archiver
-    from faber_runlog._store import RunStore
 
     a = ctx.args
     if not a.run_ids and not a.all_finished:
         raise UsageError("name the runs to archive, or pass --all-finished")
     if a.run_ids and a.all_finished:
         raise UsageError("pass run ids or --all-finished, not both")
-    if a.to is not None:
-        options = _json_object(a.to_storage_options, "--to-storage-options") if a.to_storage_options else None
-        destination = RunStore(a.to, storage_options=options)
-    else:
-        settings = ctx.gateway.config.s3_archive
-        if settings.url is None:
-            raise UsageError("no archive destination: pass --to URL, or set backends.s3_archive.bucket in gateway.json")
-        destination = RunStore(settings.url, storage_options=dict(settings.storage_options) or None)
+    destination = _archive_destination(ctx)
     if a.older_than is not None:
         try:
             _validate.days(a.older_than, "--older-than")
@@ -787,6 +773,8 @@ def _cmd_export(ctx: _Ctx) -> int:
     a = ctx.args
     if a.format == "otlp":
         return _cmd_export_otlp(ctx)
+    if a.format in ("jsonl", "csv"):
+        return _cmd_export_events(ctx)
     if a.dest is None:
         raise UsageError("export --format faber needs DEST, the FABER base folder to write the run into")
     options = _json_object(a.dest_storage_options, "--dest-storage-options") if a.dest_storage_options else None
@@ -947,6 +935,208 @@ def _add_lifecycle_commands(sub: Any, js: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_cmd_sweep)
 
 
+# -- lineage, leases, retention, event types and event files (issue 21: what Python has, the CLI has) -----
+
+
+def _cmd_diff(ctx: _Ctx) -> int:
+    from faber_runlog._resume import Resumer
+
+    a = ctx.args
+    diff = Resumer(ctx.store).diff(a.run_a, a.run_b)
+    if ctx.json:
+        _dump({"run_a": a.run_a, "run_b": a.run_b, **diff.to_dict()}, ctx.out)
+        return EXIT_OK
+    if not diff:
+        ctx.out.write(f"same params in {a.run_a} and {a.run_b}\n")
+    _write_diff(ctx.out, diff.to_dict())
+    return EXIT_OK
+
+
+def _write_diff(out: TextIO, diff: dict[str, Any]) -> None:
+    """``+ added``, ``- removed``, ``~ changed: old -> new`` lines of a parameter diff (as ``rerun`` prints)."""
+    for key, value in sorted((diff.get("added") or {}).items()):
+        out.write(f"  + {key} = {_codec.dumps(value).decode()}\n")
+    for key, value in sorted((diff.get("removed") or {}).items()):
+        out.write(f"  - {key} (was {_codec.dumps(value).decode()})\n")
+    for key, change in sorted((diff.get("changed") or {}).items()):
+        old, new = _codec.dumps(change["old"]).decode(), _codec.dumps(change["new"]).decode()
+        out.write(f"  ~ {key}: {old} -> {new}\n")
+
+
+def _cmd_children(ctx: _Ctx) -> int:
+    a = ctx.args
+    ids = list(ctx.store.lineage(a.run_id).descendants) if a.all else ctx.store.children(a.run_id)
+    if ctx.json:
+        _dump(ids, ctx.out)
+    else:
+        ctx.out.write("".join(f"{i}\n" for i in ids) or f"no runs were re-run from {a.run_id}\n")
+    return EXIT_OK
+
+
+def _cmd_heartbeat(ctx: _Ctx) -> int:
+    import socket
+
+    from faber_runlog._ids import RunId
+    from faber_runlog._lease import try_acquire_lease
+
+    a = ctx.args
+    if a.ttl is not None:
+        _seconds(a.ttl, "--ttl", positive=True)
+    if not ctx.gateway.enabled:
+        return _disabled(ctx, "no lease was written")
+    run = ctx.store.get_run(a.run_id)
+    owner = a.owner or f"faber-runlog@{socket.gethostname()}"
+    ttl = ctx.store.lease_ttl if a.ttl is None else a.ttl
+    if a.take_over:
+        lease = run.heartbeat(ttl=ttl, owner=owner)
+    else:
+        lease = try_acquire_lease(ctx.store.storage, RunId.parse(run.id), ttl=ttl, owner=owner)
+        if lease is None:
+            from faber_runlog.errors import Refused
+
+            holder = run.status_view(tail=0).lease
+            who = f"{holder.owner} until {holder.expires_at}" if holder is not None else "another writer"
+            raise Refused(
+                f"run {run.id} is leased by {who}; pass --owner with that name to renew it, or --take-over to "
+                "fence that writer out"
+            )
+    if ctx.json:
+        from faber_runlog._converter import converter
+
+        _dump({"run_id": run.id, "lease": converter.unstructure(lease)}, ctx.out)
+    else:
+        ctx.out.write(f"lease of {lease.owner} on {run.id} until {lease.expires_at} (epoch {lease.epoch})\n")
+    return EXIT_OK
+
+
+def _archive_destination(ctx: _Ctx) -> Any:
+    """The archive store: ``--to URL`` (``--to-storage-options``), else gateway.json's ``s3_archive``."""
+    from faber_runlog._store import RunStore
+
+    a = ctx.args
+    if a.to is not None:
+        options = _json_object(a.to_storage_options, "--to-storage-options") if a.to_storage_options else None
+        return RunStore(a.to, storage_options=options)
+    settings = ctx.gateway.config.s3_archive
+    if settings.url is None:
+        raise UsageError("no archive destination: pass --to URL, or set backends.s3_archive.bucket in gateway.json")
+    return RunStore(settings.url, storage_options=dict(settings.storage_options) or None)
+
+
+def _cmd_cleanup(ctx: _Ctx) -> int:
+    from faber_runlog._archive import Archiver, RetentionPolicy
+
+    a = ctx.args
+    try:
+        policy = RetentionPolicy(keep_days=a.keep_days, keep_failed=a.keep_failed)
+    except InvalidArgument as e:
+        raise UsageError(str(e).replace("RetentionPolicy keep_days", "--keep-days")) from e
+    archiver = Archiver(ctx.store, _archive_destination(ctx), progress=False if ctx.json else None)
+    report = archiver.cleanup(policy, dry_run=not a.yes, org=a.org, project=a.project)
+    if ctx.json:
+        items = [{"run_id": i.run_id, "action": i.action, "reason": i.reason, "files": i.files} for i in report.items]
+        _dump({"dry_run": report.dry_run, "items": items}, ctx.out)
+        return EXIT_OK
+    for i in report.items:
+        verb = ("would remove" if report.dry_run else "removed") if i.action == "remove" else "keep"
+        ctx.out.write(f"{verb:<13} {i.run_id}: {i.files} event file(s); {i.reason}\n")
+    n = len(report.removed)
+    if report.dry_run:
+        ctx.out.write(f"dry run: {n} archived run(s) would lose their event files; pass --yes to remove them\n")
+    else:
+        ctx.out.write(f"{n} archived run(s) cleaned up (events.jsonl, state and reports kept)\n")
+    return EXIT_OK
+
+
+def _cmd_event_types(ctx: _Ctx) -> int:
+    from faber_runlog._events import BUILTIN_EVENT_TYPES, type_version
+    from faber_runlog._registry import Registry, event_types_table
+
+    table = event_types_table(Registry.default())
+    builtin = set(BUILTIN_EVENT_TYPES)
+    rows = [
+        {"type": name, "version": type_version(name, table), "builtin": name in builtin}
+        for name in Registry.default().event_types()
+    ]
+    if ctx.json:
+        _dump(rows, ctx.out)
+    else:
+        cells = [[str(r["type"]), str(r["version"]), "built-in" if r["builtin"] else "registered"] for r in rows]
+        _table(cells, ["TYPE", "VERSION", "KIND"], ctx.out)
+    return EXIT_OK
+
+
+_CSV_FIELDS: Final = (
+    "event_id", "timestamp", "type", "phase", "step", "status", "message", "error", "duration_ms", "user",
+    "source", "idempotency_key", "metadata",
+)  # fmt: skip  # a table of column names
+
+
+def _cmd_export_events(ctx: _Ctx) -> int:
+    """``export RUN --format jsonl|csv [DEST]``: the run's events, one per line or row, to DEST or stdout."""
+    import csv
+    import io
+
+    a = ctx.args
+    run = ctx.store.get_run(a.run_id)
+    buffer = io.StringIO()
+    count = 0
+    if a.format == "jsonl":
+        for event in run.log.read(0):
+            buffer.write(_codec.dumps(event.to_dict()).decode() + "\n")
+            count += 1
+    else:
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(_CSV_FIELDS)
+        for event in run.log.read(0):
+            body = event.to_dict()
+            cells = [body.get(f) for f in _CSV_FIELDS]
+            writer.writerow(
+                ["" if c is None else _codec.dumps(c).decode() if isinstance(c, dict | list) else c for c in cells]
+            )
+            count += 1
+    if a.dest is None or a.dest == "-":
+        ctx.out.write(buffer.getvalue())
+        return EXIT_OK
+    with open(a.dest, "w", encoding="utf-8", newline="") as f:
+        f.write(buffer.getvalue())
+    ctx.err.write(f"wrote {count} events of {run.id} to {a.dest}\n")
+    return EXIT_OK
+
+
+def _add_more_commands(sub: Any, js: argparse.ArgumentParser) -> None:
+    """diff, children, heartbeat, cleanup, event-types: what the Python API has, on the command line."""
+    p = sub.add_parser("diff", parents=[js], help="how the params of RUN_B differ from those of RUN_A")
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.set_defaults(func=_cmd_diff)
+
+    p = sub.add_parser("children", parents=[js], help="the runs re-run from a run (its children), oldest first")
+    p.add_argument("run_id")
+    p.add_argument("--all", action="store_true", help="every descendant, not only the direct children")
+    p.set_defaults(func=_cmd_children)
+
+    p = sub.add_parser("heartbeat", parents=[js], help="take or renew a run's writer lease once")
+    p.add_argument("run_id")
+    p.add_argument("--owner", help="the lease owner (default faber-runlog@HOSTNAME); the same owner renews")
+    p.add_argument("--ttl", type=_finite, metavar="S", help="seconds the lease lasts (default: the store's)")
+    p.add_argument("--take-over", action="store_true", help="take the lease from another live owner (fences it)")
+    p.set_defaults(func=_cmd_heartbeat)
+
+    p = sub.add_parser("cleanup", parents=[js], help="remove event files of archived runs (dry run unless --yes)")
+    p.add_argument("--keep-days", type=_finite, default=0.0, metavar="DAYS", help="keep runs archived < DAYS ago")
+    p.add_argument("--keep-failed", action="store_true", help="keep failed runs' event files")
+    p.add_argument("--org")
+    p.add_argument("--project")
+    p.add_argument("--yes", action="store_true", help="really remove them (default: only list what would go)")
+    p.add_argument("--to", metavar="URL", help="the archive (default: gateway.json's s3_archive)")
+    p.add_argument("--to-storage-options", metavar="JSON", help="storage options of --to (no secrets)")
+    p.set_defaults(func=_cmd_cleanup)
+
+    p = sub.add_parser("event-types", parents=[js], help="the event types this process knows, with their versions")
+    p.set_defaults(func=_cmd_event_types)
+
+
 # -- the parser -------------------------------------------------------------------------------------------
 
 
@@ -989,7 +1179,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool)
     One definition for both places: after the command their default is ``SUPPRESS``, so a value
     given before the command is not overwritten by the command's own default.
     """
-    keep = {"default": argparse.SUPPRESS} if after_command else {}
+    keep: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
     group = parser.add_argument_group("global options (before or after the command)")
     group.add_argument(
         "--root",
@@ -1008,8 +1198,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool)
     group.add_argument(
         "--config",
         metavar="PATH",
-        help="gateway.json to use (default: $FABER_RUNLOG_CONFIG, else "
-        "the nearest .faber_runlog/gateway.json)",
+        help="gateway.json to use (default: $FABER_RUNLOG_CONFIG, else the nearest .faber_runlog/gateway.json)",
         **keep,
     )
     group.add_argument("--debug", action="store_true", help="show tracebacks", **keep)
@@ -1048,6 +1237,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 the operation failed, 2 bad usage. Docs: docs/cli.md",
     )
     _add_global_options(parser, after_command=False)
+    from faber_runlog._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"faber-runlog {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     js = _Parser(add_help=False)
     js.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -1202,7 +1394,12 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         help="FABER base folder (or fsspec URL); the run goes to DEST/org/project/uuid (--format faber)",
     )
-    p.add_argument("--format", choices=["faber", "otlp"], required=True, help="the format to write")
+    p.add_argument(
+        "--format",
+        choices=["faber", "otlp", "jsonl", "csv"],
+        required=True,
+        help="faber: a FABER run folder; otlp: one trace; jsonl/csv: the events, to DEST or stdout",
+    )
     p.add_argument(
         "--endpoint", metavar="URL", help="OTLP/HTTP receiver for --format otlp (default: $OTEL_EXPORTER_OTLP_ENDPOINT)"
     )
@@ -1218,6 +1415,7 @@ def _parser() -> argparse.ArgumentParser:
     p.__class__ = _IntermixedParser
 
     _add_lifecycle_commands(sub, js)
+    _add_more_commands(sub, js)
 
     p = sub.add_parser("demo", help="log a short demo run and print its state")
     p.set_defaults(func=_cmd_demo)

@@ -71,7 +71,8 @@ def _the_one(store: RunStore, text: str, found: list[RunId]) -> str:
         if len(parts) == 3:
             close = _close_folders(store, parts[0], parts[1])
         raise _not_found(store, text, close, rid=text, prefix=True)
-    shown = ", ".join(str(r) for r in found[:_SHOWN]) + (f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else "")
+    more = f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
+    shown = ", ".join(str(r) for r in found[:_SHOWN]) + more
     raise InvalidRunId(
         f"run id {text!r} is ambiguous: it matches {len(found)} runs in {store.url} ({shown}); type more of the uuid"
     )
