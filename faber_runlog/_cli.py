@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, NoReturn, TextIO
 
 from faber_runlog import _codec, _validate
+from faber_runlog._advice import advice
 from faber_runlog._events import Event
 from faber_runlog._progress import is_terminal
 from faber_runlog.errors import (
@@ -1234,7 +1234,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="faber-runlog",
         description="Run ids, event logs and run state on a local folder or any fsspec URL.",
-        epilog="Exit codes: 0 ok, 1 the operation failed, 2 bad usage. Docs: docs/cli.md",
+        epilog="Exit codes: 0 ok, 1 the operation failed, 2 bad usage. `faber-runlog COMMAND --help` shows a "
+        "command's options.",
     )
     _add_global_options(parser, after_command=False)
     from faber_runlog._version import __version__
@@ -1443,26 +1444,6 @@ def _exit_code(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
-# The library's messages point to Python calls; on the command line the same advice is a command.
-_CLI_WORDS: Final = (
-    (re.compile(r"list_runs\(\)"), "`faber-runlog list`"),
-    (re.compile(r"\(?Resumer\(store\)\.rerun\(run_id\)\)?"), "`faber-runlog rerun RUN_ID`"),
-    (re.compile(r"Resumer\(store\)\.resume\(run_id\)"), "`faber-runlog resume RUN_ID`"),
-    (re.compile(r"\brerun\(\)"), "`faber-runlog rerun RUN_ID`"),
-    (re.compile(r"\bverify(_run)?\(\)"), "`faber-runlog verify RUN_ID`"),
-    (re.compile(r"\bsweep_stale\(\)"), "`faber-runlog sweep`"),
-    (re.compile(r"open it with get_run\(\) instead"), "see it with `faber-runlog show RUN_ID`"),
-    (re.compile(r"pass allow_cancelled=True"), "pass --allow-cancelled"),
-)
-
-
-def _cli_words(text: str) -> str:
-    """``text`` with the Python calls it recommends replaced by the matching ``faber-runlog`` commands."""
-    for pattern, words in _CLI_WORDS:
-        text = pattern.sub(words, text)
-    return text
-
-
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 operation failed, 2 bad usage)."""
     out = out if out is not None else sys.stdout
@@ -1489,7 +1470,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         if args.debug:
             raise
         known = isinstance(e, (FaberRunlogError, UsageError, OSError, ValueError, LookupError))
-        text = _cli_words(" ".join(str(e).split())) or type(e).__name__
+        text = advice(e, "cli") or type(e).__name__  # the library's advice, worded as commands
         prefix = "error" if known else f"internal error ({type(e).__name__})"
         hint = "" if known else "; run again with --debug for the traceback"
         err.write(f"faber-runlog: {prefix}: {text}{hint}\n")

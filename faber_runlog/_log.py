@@ -104,7 +104,7 @@ _HINTS: Final = {
     "failing": "retry the failed step (run.retry_step / faber-runlog retry-step), resume it "
     "(Resumer(store).resume / faber-runlog resume) or fail it for good (run.fail / faber-runlog fail).",
     "awaiting_approval": "decide the pending approval first (run.decide / faber-runlog approve or reject).",
-    "paused": "resume it first (run.resume / faber-runlog resume).",
+    "paused": "unpause it first (run.unpause / faber-runlog resume).",
     "completed": "the run has ended; re-run it (Resumer(store).rerun / faber-runlog rerun).",
     "failed": "the run has ended; resume it (Resumer(store).resume / faber-runlog resume) or re-run it.",
     "cancelled": "the run has ended; re-run it (Resumer(store).rerun / faber-runlog rerun).",
