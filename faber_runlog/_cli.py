@@ -1225,8 +1225,8 @@ def _finite(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    if not math.isfinite(value) or not 0 <= value <= _validate.MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 and at most a century, got {text}")
     return value
 
 
