@@ -301,6 +301,7 @@ def _cmd_init(ctx: _Ctx) -> int:
     import shutil
 
     from faber_runlog._gateway import CONFIG_PATH, Gateway, write_config
+    from faber_runlog._storage import LocalStorage
 
     a = ctx.args
     path = Path(a.config) if a.config else Path.cwd() / CONFIG_PATH
@@ -318,7 +319,10 @@ def _cmd_init(ctx: _Ctx) -> int:
         changes = write_config(config, path)
     gateway = Gateway(config, base_dir=config_dir, config_path=path)
     storage = gateway.store.storage
+    new_folder = isinstance(storage, LocalStorage) and not os.path.isdir(storage.root)
     storage.ensure_root()
+    if new_folder:
+        ctx.err.write(f"faber-runlog: created the store at {storage.root}\n")
     kept = str(backup) if changes else None
     if ctx.json:
         body = {"config": str(path), "created": changes is None, "changes": changes or [], "root": storage.url}

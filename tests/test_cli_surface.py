@@ -66,6 +66,8 @@ def test_a_command_that_creates_runs_says_where_it_created_the_store(here: Path)
     assert (0, f"faber-runlog: created the store at {root}\n") == (code, err)
     assert [out.strip()] == [s.run_id for s in RunStore(str(root)).list_runs()]
     assert (0, "") == _run("--root", str(root), "new", "acme", "web")[::2]  # it exists now: nothing to say
+    code, _, err = _run("--root", str(here / "other"), "init")
+    assert (0, f"faber-runlog: created the store at {here / 'other'}\n") == (code, err)
 
 
 @pytest.mark.parametrize(
