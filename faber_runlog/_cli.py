@@ -1470,6 +1470,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, like other shell tools
+        if out is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_OK
     except Exception as e:
         if args.debug:
             raise

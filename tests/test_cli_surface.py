@@ -322,3 +322,17 @@ def test_one_advice_table_renders_python_cli_and_mcp() -> None:
     assert "re-run it (the rerun_run tool)" in advice(message, "mcp")
     assert ["rerun", "docs"] == advice_keys(message)
     assert len({row.key for row in ADVICE}) == len(ADVICE)
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(cli: Cli, tmp_path: Path) -> None:
+    run_id = cli.store.create_run("acme", "web").id
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "faber_runlog", *cli.root_args, "show", run_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # like `| head -1` having read what it needed before the command writes
+    err = proc.stderr.read()
+    assert (0, b"") == (proc.wait(timeout=60), err)
