@@ -153,7 +153,7 @@ def _act(elog: EventLog, build: Build) -> Event:
     the exact state it lands on and retries when the fields would differ.
     """
     for _ in range(_TRIES):
-        got = build(elog.current_state())
+        got = build(elog.fold_state())
         if isinstance(got, Event):
             return got
 
@@ -169,7 +169,7 @@ def _act(elog: EventLog, build: Build) -> Event:
             return elog.append(dict(got), check=check)
         except _Moved:
             continue
-    state = elog.current_state()
+    state = elog.fold_state()
     raise InvalidTransition(
         f"run {state.run_id} kept changing while a lifecycle action was appended (now at event "
         f"{state.last_event_id}); retry when fewer processes write to it",
@@ -581,7 +581,7 @@ def _judge(storage: Storage, body: dict[str, Any] | None, open_log: OpenLog, key
     except InvalidRunId:
         return _Holder(run_id, "unknown", False, False)
     try:
-        status = open_log(rid).current_state().status
+        status = open_log(rid).fold_state().status
     except _validate.DAMAGE as e:
         # The holder's log is damaged: its lease and claim decide whether it is alive.
         log.warning("holder %s of claim %s is unreadable (%s); judging it by its lease", rid, key, e)
@@ -816,7 +816,7 @@ def sweep_run(
     pending approvals; the log's hook then releases claims and writes the report.
     """
     rid = RunId.parse(elog.run_id)
-    state = elog.current_state()
+    state = elog.fold_state()
     if state.status not in ACTIVE_STATUSES:
         return None
     stored, version = read_lease_versioned(storage, rid)
@@ -961,7 +961,7 @@ class StatusView:
 def status_view(storage: Storage, elog: EventLog, *, tail: int = 20) -> StatusView:
     """The run's status, phases, approvals, lease and its last ``tail`` events."""
     tail = _validate.integer(tail, "tail", minimum=0, where=f"run {elog.run_id}")
-    state = elog.current_state()
+    state = elog.fold_state()
     events = tuple(elog.read(max(0, state.last_event_id - tail), until=state.last_event_id)) if tail else ()
     return StatusView(
         run_id=state.run_id,

@@ -320,6 +320,10 @@ class RunDigest:
         """The digest of ``state``, whose last event has fingerprint ``last_event`` (``listing``: see the class)."""
         failed = state.failed_step
         error = failed.error if failed is not None else (state.errors[-1].message if state.errors else None)
+        if state.status not in ("failing", "failed"):
+            # The run's error is the error it is in now: a run that was resumed and then went on or
+            # completed has none (its history keeps every error: ``RunState.errors``, events_frame).
+            failed, error = None, None
         if error is not None and len(error) > _DIGEST_ERROR_CHARS:
             error = error[: _DIGEST_ERROR_CHARS - 1] + "\u2026"  # a listing shows a line; the state has it all
         return cls(

@@ -7,7 +7,7 @@ import functools
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -141,7 +141,12 @@ class Run:
         self._store = store
         self._rid = run_id
         self._metadata = metadata
-        self.log: EventLog = store._event_log(run_id, metadata)  # noqa: SLF001  (same module: a Run is its store's handle)
+        self.log: EventLog = store._event_log(run_id, metadata, overlay=self._with_plan)  # noqa: SLF001  (same module: a Run is its store's handle)
+
+    def _with_plan(self, state: RunState) -> RunState:
+        """``state`` with the workflow plan laid over it: planned phases that never started show as pending."""
+        meta = self.metadata
+        return apply_plan(state, meta.phases, meta.steps) if meta.phases else state
 
     def __repr__(self) -> str:
         return f"Run({str(self._rid)!r})"
@@ -188,9 +193,7 @@ class Run:
                     last_event_id=last,
                 )
             state = self.log.load_state(at=at)
-        meta = self.metadata
-        # Planned phases that never started show as pending, in planned order.
-        return apply_plan(state, meta.phases, meta.steps) if meta.phases else state
+        return state  # the log lays the workflow plan over every state it hands out
 
     # -- lifecycle (logic in lifecycle.py; each appends one checked event) -------------
 
@@ -406,7 +409,12 @@ class RunStore:
         """The store root as a URL (a plain path for local folders)."""
         return self.storage.url
 
-    def _event_log(self, run_id: RunId, metadata: RunMetadata | None = None) -> EventLog:
+    def _event_log(
+        self,
+        run_id: RunId,
+        metadata: RunMetadata | None = None,
+        overlay: Callable[[RunState], RunState] | None = None,
+    ) -> EventLog:
         return EventLog(
             self.storage,
             run_id,
@@ -420,6 +428,7 @@ class RunStore:
             registry=self.registry,
             listing=metadata.summary_listing() if metadata is not None else None,
             claim_budget=self.claim_budget,
+            overlay=overlay,
         )
 
     def _committed(self, log: EventLog, commit: Commit) -> None:
