@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
 import pytest
 
-from faber_runlog import RunStore
+from faber_runlog import Gateway, GatewayConfig, InvalidEvent, Registry, Resumer, RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.backends("memory")
 
@@ -45,3 +54,121 @@ def test_a_run_resumed_after_an_error_and_completed_lists_no_error() -> None:
     assert ("failed", "exit 2") == (failed.status, failed.error)
     assert ("completed", True, True) == (done.status, pandas.isna(done.error), pandas.isna(done.failed_step))
     assert ["exit 2", "exit 2"] == [e.message for e in run.state().errors]
+
+
+# -- custom event types and backends: declared once, usable everywhere -----------------------------
+
+PLUGIN = """
+from typing import Any
+
+from faber_runlog import Backend
+
+DEPLOY = {"type": "object", "required": ["metadata"],
+          "properties": {"metadata": {"type": "object", "required": ["target"]}}}
+
+
+class PrintStream(Backend):
+    name = "print_stream"
+
+    def __init__(self, settings: dict[str, Any], gateway: Any) -> None:
+        self.prefix = settings.get("prefix", "")
+
+    def handle(self, run: Any, event: Any) -> None:
+        print(f"{self.prefix}{run.id} #{event.event_id} {event.type}")
+"""
+
+
+def _sh(*args: str, cwd: Path, path: Path) -> tuple[int, str, str]:
+    """``faber-runlog ARGS`` in a new process (this checkout's code, and the plugin module on the path)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FABER_RUNLOG_")}
+    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(path), environ.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "faber_runlog", *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=120
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_types_and_a_backend_declared_in_gateway_json_work_in_the_cli(tmp_path: Path) -> None:
+    module = f"plug_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / f"{module}.py").write_text(PLUGIN)
+    config = tmp_path / ".faber_runlog" / "gateway.json"
+    config.parent.mkdir()
+    (config.parent / "release.schema.json").write_text(json.dumps({"type": "object"}))
+    body = {
+        "config_version": 1,
+        "root": "runs",
+        "event_types": {
+            "deploy": {"type": "object", "required": ["metadata"],
+                       "properties": {"metadata": {"type": "object", "required": ["target"]}}},
+            "release": {"schema": "release.schema.json", "version": 2},
+        },
+        "backends": {"local_files": {"enabled": True},
+                     "print_stream": {"enabled": True, "class": f"{module}:PrintStream", "prefix": "> "}},
+    }  # fmt: skip  # the gateway.json a user writes
+    config.write_text(json.dumps(body))
+    lib = tmp_path / "lib"
+    code, run_id, err = _sh("new", "acme", "web", cwd=tmp_path, path=lib)
+    assert (0, "") == (code, err)
+    run_id = run_id.strip()
+    emitted = _sh("emit", run_id, "deploy", "--meta", "target=prod", cwd=tmp_path, path=lib)
+    refused = _sh("emit", run_id, "deploy", cwd=tmp_path, path=lib)
+    released = _sh("emit", run_id, "release", cwd=tmp_path, path=lib)
+    verified = _sh("verify", run_id, "--json", cwd=tmp_path, path=lib)
+    assert (0, f"> {run_id} #1 deploy", "") == (emitted[0], emitted[1].splitlines()[0], emitted[2])
+    assert (2, "") == (refused[0], refused[1])
+    assert "target" in refused[2]
+    assert (0, "") == (released[0], released[2])
+    assert [True, []] == [json.loads(verified[1])["ok"], json.loads(verified[1])["events"]["unknown_types"]]
+    # A process that knows neither type (a plain store on the same folder): unknown, never invalid.
+    report = Resumer(RunStore(str(tmp_path / ".faber_runlog" / "runs"))).verify(run_id)
+    assert (True, ("deploy", "release"), 2) == (report.ok, report.unknown_types, report.last_event_id)
+
+
+def test_verify_checks_stored_events_with_the_stores_own_registry() -> None:
+    writer = Registry.isolated()
+    writer.register_event_type("audit", {"type": "object", "required": ["message"]})
+    store = RunStore("memory://parity-verify", registry=writer)
+    run = store.create_run("acme", "web")
+    run.log.emit("audit", message="checked")
+    strict = Registry.isolated()
+    strict.register_event_type("audit", {"type": "object", "required": ["step"]})
+    plain = Resumer(RunStore("memory://parity-verify")).verify(run.id)
+    own = Resumer(store).verify(run.id)
+    other = Resumer(RunStore("memory://parity-verify", registry=strict)).verify(run.id)
+    assert (True, ("audit",)) == (plain.ok, plain.unknown_types)
+    assert (True, ()) == (own.ok, own.unknown_types)
+    assert ["invalid"] == [p.kind for p in other.problems]
+    assert {"type": "object", "required": ["message"]} == writer.event_schema("audit")
+
+
+def test_registry_called_directly_is_deprecated_in_favour_of_isolated() -> None:
+    with pytest.warns(DeprecationWarning, match=r"Registry\.isolated\(\)"):
+        old = Registry()
+    assert Registry.default().event_types() == old.event_types()
+
+
+def test_entry_points_of_an_installed_distribution_declare_types_and_backends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    site = tmp_path / "site"
+    dist = site / f"plug_{tag}-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (site / f"plug_{tag}.py").write_text(PLUGIN)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: plug-{tag}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        f"[faber_runlog.event_types]\nep_deploy_{tag} = plug_{tag}:DEPLOY\n\n"
+        f"[faber_runlog.backends]\nep_stream_{tag} = plug_{tag}:PrintStream\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    config = GatewayConfig(root="memory://parity-ep", other_backends={f"ep_stream_{tag}": {"enabled": True}})
+    gateway = Gateway(config)
+    run = gateway.new_run("acme", "web")
+    assert run is not None
+    event = gateway.emit(run.id, f"ep_deploy_{tag}", metadata={"target": "prod"})
+    assert event is not None
+    with pytest.raises(InvalidEvent, match="target"):
+        gateway.emit(run.id, f"ep_deploy_{tag}")
+    assert ["PrintStream"] == [type(b).__name__ for b in gateway.backends[1:]]
+    assert f"ep_deploy_{tag}" in Registry.isolated().event_types()
