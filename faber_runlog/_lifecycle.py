@@ -21,8 +21,8 @@ import hashlib
 import logging
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final, Protocol, SupportsIndex, overload
 
 import attrs
 
@@ -861,12 +861,44 @@ def sweep_run(
     )
 
 
-class SweptRuns(list[SweptRun]):
-    """The runs a sweep failed, plus ``problems``: ``(run_id, error)`` of damaged runs it skipped."""
+@attrs.frozen(slots=True)
+class RunProblem:
+    """A run a store-wide operation skipped because it is damaged (or is a FABER run, ``kind="faber"``), and why.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.problems: list[tuple[str, str]] = []
+    It unpacks as ``run_id, error`` (what ``SweptRuns.problems`` held before it was a ``RunProblem``).
+    """
+
+    run_id: str
+    error: str
+    kind: str = "damaged"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.run_id, self.error))
+
+
+class SweptRuns(list[SweptRun]):
+    """The runs a sweep failed (a list; ``.runs`` too), plus ``problems``: the damaged runs it skipped.
+
+    A slice is a ``SweptRuns`` with the same ``problems``.
+    """
+
+    def __init__(self, runs: Iterable[SweptRun] = (), problems: Iterable[RunProblem] = ()) -> None:
+        super().__init__(runs)
+        self.problems: list[RunProblem] = list(problems)
+
+    @property
+    def runs(self) -> list[SweptRun]:
+        """The swept runs as a plain list."""
+        return list(self)
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> SweptRun: ...
+    @overload
+    def __getitem__(self, index: slice) -> SweptRuns: ...
+    def __getitem__(self, index: SupportsIndex | slice) -> SweptRun | SweptRuns:
+        if isinstance(index, slice):
+            return SweptRuns(super().__getitem__(index), self.problems)
+        return super().__getitem__(index)
 
 
 class _Summary(Protocol):
@@ -912,7 +944,7 @@ def sweep_stale(
             result = sweep_run(storage, open_log(rid), older_than=grace, include_unleased=include_unleased)
         except _validate.DAMAGE as e:  # one damaged run must not stop the sweep of the others
             log.warning("sweep skipped damaged run %s: %s", rid, e)
-            swept.problems.append((str(rid), _validate.problem_text(e)))
+            swept.problems.append(RunProblem(str(rid), _validate.problem_text(e)))
             continue
         if result is not None:
             swept.append(result)

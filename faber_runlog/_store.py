@@ -8,7 +8,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, SupportsIndex, overload
 
 import attrs
 import fsspec
@@ -24,6 +24,7 @@ from faber_runlog._hints import did_you_mean
 from faber_runlog._ids import RunId, validate_slug
 from faber_runlog._lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
 from faber_runlog._lease import fence as lease_fence
+from faber_runlog._lifecycle import RunProblem
 from faber_runlog._log import CLAIM_BUDGET, SEAL_GRACE, Commit, EventLog, current_digests
 from faber_runlog._metadata import RunMetadata, capture_environment
 from faber_runlog._plan import apply_plan, normalize_plan
@@ -91,19 +92,11 @@ def _listed(listing: dict[str, Any] | None) -> dict[str, Any] | None:
     return None
 
 
-@attrs.frozen(slots=True)
-class RunProblem:
-    """A run a store-wide operation skipped because it is damaged (or is a FABER run, ``kind="faber"``), and why."""
-
-    run_id: str
-    error: str
-    kind: str = "damaged"
-
-
 class RunList(list[RunSummary]):
-    """The runs :meth:`RunStore.list_runs` found, plus ``problems``: runs it had to skip, and why.
+    """The runs :meth:`RunStore.list_runs` found (a list; ``.runs`` too), plus ``problems``: runs it had to skip, and why.
 
     ``next_cursor`` is the ``cursor=`` that lists the next page (None when this page is the last).
+    A slice is a ``RunList`` with the same ``problems`` (and no ``next_cursor``: a slice is not a page).
     """
 
     problems: list[RunProblem]
@@ -118,6 +111,20 @@ class RunList(list[RunSummary]):
         super().__init__(runs)
         self.problems = list(problems or [])
         self.next_cursor = next_cursor
+
+    @property
+    def runs(self) -> list[RunSummary]:
+        """The listed runs as a plain list."""
+        return list(self)
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> RunSummary: ...
+    @overload
+    def __getitem__(self, index: slice) -> RunList: ...
+    def __getitem__(self, index: SupportsIndex | slice) -> RunSummary | RunList:
+        if isinstance(index, slice):
+            return RunList(super().__getitem__(index), self.problems)
+        return super().__getitem__(index)
 
 
 @attrs.frozen(slots=True)

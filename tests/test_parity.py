@@ -172,3 +172,18 @@ def test_entry_points_of_an_installed_distribution_declare_types_and_backends(
         gateway.emit(run.id, f"ep_deploy_{tag}")
     assert ["PrintStream"] == [type(b).__name__ for b in gateway.backends[1:]]
     assert f"ep_deploy_{tag}" in Registry.isolated().event_types()
+
+
+def test_run_lists_and_swept_runs_keep_their_problems_when_sliced() -> None:
+    from faber_runlog import RunList, RunProblem, SweptRuns
+
+    store = RunStore("memory://parity-slices")
+    for _ in range(3):
+        store.create_run("acme", "web")
+    listed = store.list_runs()
+    listed.problems.append(RunProblem("acme/web/x", "damaged"))
+    swept = SweptRuns([], [RunProblem("acme/web/y", "torn")])
+    head, tail = listed[:2], swept[:1]
+    assert (RunList, 2, listed.problems, listed[0]) == (type(head), len(head), head.problems, head[0])
+    assert (SweptRuns, [("acme/web/y", "torn")]) == (type(tail), [tuple(p) for p in tail.problems])
+    assert [r.run_id for r in listed] == [r.run_id for r in listed.runs]
