@@ -93,7 +93,7 @@ def _listed(listing: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 class RunList(list[RunSummary]):
-    """The runs :meth:`RunStore.list_runs` found (a list; ``.runs`` too), plus ``problems``: runs it had to skip, and why.
+    """The runs :meth:`RunStore.list_runs` found (a list; ``.runs`` too), plus ``problems``: the runs it skipped.
 
     ``next_cursor`` is the ``cursor=`` that lists the next page (None when this page is the last).
     A slice is a ``RunList`` with the same ``problems`` (and no ``next_cursor``: a slice is not a page).
