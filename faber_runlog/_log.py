@@ -376,6 +376,7 @@ class EventLog:
             state = self._writer_state()
             began = clock.monotonic()
             race: _Race | None = None  # made on the first lost race: a writer that wins pays nothing for it
+            reread = False  # a refusal is decided on the log as it is, never on what this handle last saw
             while True:
                 if exact:
                     state = self._sync()
@@ -390,6 +391,9 @@ class EventLog:
                         if existing is not None:
                             return Commit(existing, None, None)
                     if row is not None:
+                        if state.status not in row.moves and not reread:
+                            reread, self._confirmed = True, None  # another handle may have moved the run on
+                            continue
                         self._check_transition(state, etype, fields)
                     seq = state.last_event_id + 1  # the state it was checked against ends right before it
                 else:

@@ -187,3 +187,13 @@ def test_run_lists_and_swept_runs_keep_their_problems_when_sliced() -> None:
     assert (RunList, 2, listed.problems, listed[0]) == (type(head), len(head), head.problems, head[0])
     assert (SweptRuns, [("acme/web/y", "torn")]) == (type(tail), [tuple(p) for p in tail.problems])
     assert [r.run_id for r in listed] == [r.run_id for r in listed.runs]
+
+
+def test_a_handle_that_missed_a_resume_by_another_handle_is_not_refused_on_its_stale_state() -> None:
+    store = RunStore("memory://parity-stale")
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    run.log.emit("workflow_error", error="exit 2")
+    Resumer(store).resume(run.id)  # through another handle of the same run
+    event = run.log.emit("step_start", phase="build", step="compile")
+    assert (4, "running") == (event.event_id, run.state().status)
