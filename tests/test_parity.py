@@ -197,3 +197,21 @@ def test_a_handle_that_missed_a_resume_by_another_handle_is_not_refused_on_its_s
     Resumer(store).resume(run.id)  # through another handle of the same run
     event = run.log.emit("step_start", phase="build", step="compile")
     assert (4, "running") == (event.event_id, run.state().status)
+
+
+def test_faber_import_keeps_a_type_the_destination_store_declares(tmp_path: Path) -> None:
+    from test_faber import BASE, RUN, faber_metadata, fevent, write_run
+
+    from faber_runlog import import_faber
+
+    registry = Registry.isolated()
+    registry.register_event_type("deploy_target", {"type": "object", "required": ["metadata"]})
+    write_run(
+        tmp_path / "project" / BASE,
+        RUN,
+        [fevent(1, "workflow_start"), fevent(2, "deploy_target", metadata={"target": "prod"})],
+        metadata=faber_metadata(),
+    )
+    dest = RunStore("memory://parity-faber", registry=registry)
+    import_faber(str(tmp_path / "project"), dest)
+    assert ["workflow_start", "deploy_target"] == [e.type for e in dest.get_run(RUN).log.read()]
