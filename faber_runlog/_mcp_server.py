@@ -1,9 +1,10 @@
 """The MCP event gateway: tools and resources over stdio (the ``faber_runlog[mcp]`` extra, mcp SDK 2.x).
 
 Start it with ``faber-runlog mcp``. Tools: ``emit_event``, ``create_run``,
-``get_state``, ``list_events``, ``list_runs``, ``resume_plan``, and the lifecycle
+``get_state``, ``list_events``, ``list_runs`` (the RunQuery filters), ``resume_plan``, and the lifecycle
 tools ``change_run_status``, ``change_step``, ``request_approval``,
-``decide_approval``, ``sweep_stale_runs`` and ``get_report``. Resources:
+``decide_approval``, ``sweep_stale_runs``, ``get_report``, ``resume_run``, ``rerun_run`` and ``diff_runs``.
+Unknown arguments are refused naming the accepted ones; advice in errors names tools. Resources:
 ``faber://run/{run_id}/state``, ``faber://run/{run_id}/events`` and
 ``faber://runs/list`` (the run id's slashes may be sent as they are or as
 ``%2F``). FABER's gateway tools (``fractary_faber_*``) and ``faber://runs``
@@ -32,7 +33,9 @@ _MAX_EVENTS: Final = 1000
 _INSTRUCTIONS: Final = (
     "faber-runlog records workflow runs as append-only event logs. Create a run with create_run, record what "
     "happens with emit_event (types such as workflow_start, phase_start, step_start, step_complete, step_error), "
-    "read the folded state with get_state and ask where a failed run would resume with resume_plan."
+    "read the folded state with get_state, ask where a failed run would resume with resume_plan, go on with it "
+    "with resume_run, or start a new run from it with rerun_run (new params). A paused run goes on with "
+    "change_run_status action 'unpause'."
 )
 
 
