@@ -247,7 +247,11 @@ def test_lifecycle_tools_go_through_the_checked_transitions(
 
 
 def test_the_python_lifecycle_over_mcp_resume_rerun_unpause_diff_and_list_filters(tmp_path: Path) -> None:
-    args, store = _server_command(tmp_path, "local", None)  # type: ignore[arg-type]  # local needs no fixtures
+    # The server's gateway.json declares a custom type: the MCP server knows it as the CLI does.
+    config = tmp_path / "gateway.json"
+    deploy = {"type": "object", "required": ["metadata"], "properties": {"metadata": {"required": ["target"]}}}
+    config.write_text(json.dumps({"config_version": 1, "root": "runs", "event_types": {"deploy": deploy}}))
+    args, store = ["--config", str(config)], RunStore(str(tmp_path / "runs"))
     failed = store.create_run("acme", "web", params={"work_id": "220", "env": "dev"}, tags={"team": "core"})
     steps: list[tuple[str, dict[str, Any]]] = [
         ("workflow_start", {}),
@@ -269,6 +273,10 @@ def test_the_python_lifecycle_over_mcp_resume_rerun_unpause_diff_and_list_filter
         seen["tools"] = sorted(t.name for t in (await session.list_tools()).tools)
         seen["extra"] = await call(session, "emit_event", run_id=failed.id, type="step_start", phasee="build")
         seen["extra_status"] = await call(session, "change_run_status", run_id=failed.id, action="pause", why="x")
+        seen["deploy"] = _structured(
+            await call(session, "emit_event", run_id=paused.id, type="deploy", metadata={"target": "prod"})
+        )
+        seen["bad_deploy"] = await call(session, "emit_event", run_id=paused.id, type="deploy")
         seen["hint"] = await call(session, "emit_event", run_id=failed.id, type="step_start", phase="b", step="c")
         seen["resumed"] = _structured(await call(session, "resume_run", run_id=failed.id))
         seen["again"] = _structured(await call(session, "resume_run", run_id=failed.id))
@@ -293,6 +301,8 @@ def test_the_python_lifecycle_over_mcp_resume_rerun_unpause_diff_and_list_filter
 
     anyio.run(_session, args, tmp_path, body)
     assert {"resume_run", "rerun_run", "diff_runs"} <= set(seen["tools"])
+    assert "deploy" == seen["deploy"]["event"]["type"]
+    assert seen["bad_deploy"].is_error and "target" in _text(seen["bad_deploy"])
     refused = _text(seen["extra"])
     assert seen["extra"].is_error and "emit_event takes no argument 'phasee'; it accepts: " in refused, refused
     assert "phase" in refused.split("accepts:")[1] and "type" in refused.split("accepts:")[1]
