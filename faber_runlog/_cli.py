@@ -641,6 +641,8 @@ def _cmd_verify(ctx: _Ctx) -> int:
     w = ctx.out.write
     if report.ok:
         w(f"run {report.run_id}: {report.events} events, ids 1..{report.last_event_id} gapless and valid\n")
+        if report.unknown_types:  # never an error: declare them (gateway.json event_types) to check their schema
+            w(f"  types not declared here (base schema checked): {', '.join(report.unknown_types)}\n")
     else:
         w(f"run {report.run_id}: {len(report.problems)} problem(s) in {report.events} event files\n")
         for p in report.problems:

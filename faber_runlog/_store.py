@@ -8,8 +8,8 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, SupportsIndex, overload
 
 import attrs
 import fsspec
@@ -25,6 +25,7 @@ from faber_runlog._hints import did_you_mean
 from faber_runlog._ids import RunId, validate_slug
 from faber_runlog._lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
 from faber_runlog._lease import fence as lease_fence
+from faber_runlog._lifecycle import RunProblem
 from faber_runlog._log import CLAIM_BUDGET, SEAL_GRACE, Commit, EventLog, current_digests
 from faber_runlog._metadata import RunMetadata, capture_environment
 from faber_runlog._plan import apply_plan, normalize_plan
@@ -92,19 +93,11 @@ def _listed(listing: dict[str, Any] | None) -> dict[str, Any] | None:
     return None
 
 
-@attrs.frozen(slots=True)
-class RunProblem:
-    """A run a store-wide operation skipped because it is damaged (or is a FABER run, ``kind="faber"``), and why."""
-
-    run_id: str
-    error: str
-    kind: str = "damaged"
-
-
 class RunList(list[RunSummary]):
-    """The runs :meth:`RunStore.list_runs` found, plus ``problems``: runs it had to skip, and why.
+    """The runs :meth:`RunStore.list_runs` found (a list; ``.runs`` too), plus ``problems``: the runs it skipped.
 
     ``next_cursor`` is the ``cursor=`` that lists the next page (None when this page is the last).
+    A slice is a ``RunList`` with the same ``problems`` (and no ``next_cursor``: a slice is not a page).
     """
 
     problems: list[RunProblem]
@@ -119,6 +112,20 @@ class RunList(list[RunSummary]):
         super().__init__(runs)
         self.problems = list(problems or [])
         self.next_cursor = next_cursor
+
+    @property
+    def runs(self) -> list[RunSummary]:
+        """The listed runs as a plain list."""
+        return list(self)
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> RunSummary: ...
+    @overload
+    def __getitem__(self, index: slice) -> RunList: ...
+    def __getitem__(self, index: SupportsIndex | slice) -> RunSummary | RunList:
+        if isinstance(index, slice):
+            return RunList(super().__getitem__(index), self.problems)
+        return super().__getitem__(index)
 
 
 @attrs.frozen(slots=True)
@@ -142,7 +149,12 @@ class Run:
         self._store = store
         self._rid = run_id
         self._metadata = metadata
-        self.log: EventLog = store._event_log(run_id, metadata)  # noqa: SLF001  (same module: a Run is its store's handle)
+        self.log: EventLog = store._event_log(run_id, metadata, overlay=self._with_plan)  # noqa: SLF001  (same module: a Run is its store's handle)
+
+    def _with_plan(self, state: RunState) -> RunState:
+        """``state`` with the workflow plan laid over it: planned phases that never started show as pending."""
+        meta = self.metadata
+        return apply_plan(state, meta.phases, meta.steps) if meta.phases else state
 
     def __repr__(self) -> str:
         return f"Run({str(self._rid)!r})"
@@ -189,9 +201,7 @@ class Run:
                     last_event_id=last,
                 )
             state = self.log.load_state(at=at)
-        meta = self.metadata
-        # Planned phases that never started show as pending, in planned order.
-        return apply_plan(state, meta.phases, meta.steps) if meta.phases else state
+        return state  # the log lays the workflow plan over every state it hands out
 
     # -- lifecycle (logic in lifecycle.py; each appends one checked event) -------------
 
@@ -407,7 +417,12 @@ class RunStore:
         """The store root as a URL (a plain path for local folders)."""
         return self.storage.url
 
-    def _event_log(self, run_id: RunId, metadata: RunMetadata | None = None) -> EventLog:
+    def _event_log(
+        self,
+        run_id: RunId,
+        metadata: RunMetadata | None = None,
+        overlay: Callable[[RunState], RunState] | None = None,
+    ) -> EventLog:
         return EventLog(
             self.storage,
             run_id,
@@ -421,6 +436,7 @@ class RunStore:
             registry=self.registry,
             listing=metadata.summary_listing() if metadata is not None else None,
             claim_budget=self.claim_budget,
+            overlay=overlay,
         )
 
     def _committed(self, log: EventLog, commit: Commit) -> None:
