@@ -30,6 +30,7 @@ KNOWN_UPWARD = [
     "faber_runlog._store -> faber_runlog._html",
     "faber_runlog._state -> faber_runlog._html",
     "faber_runlog._steps -> faber_runlog._analysis",
+    "faber_runlog._store -> faber_runlog._resolve",
 ]
 
 
