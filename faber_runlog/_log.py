@@ -73,6 +73,7 @@ from faber_runlog.errors import (
     ApprovalNotFound,
     CorruptData,
     CorruptEvent,
+    FaberRunlogError,
     InvalidArgument,
     InvalidEvent,
     InvalidEventPosition,
@@ -381,12 +382,19 @@ class EventLog:
                     if key is not None and key in state.idempotency_keys:
                         stored = self._event_at(state.idempotency_keys[key])
                         return Commit(stored, None, None)
-                    if check is not None:
-                        existing = check(state)
-                        if existing is not None:
-                            return Commit(existing, None, None)
-                    if row is not None:
-                        self._check_transition(state, etype, fields)
+                    try:
+                        if check is not None:
+                            existing = check(state)
+                            if existing is not None:
+                                return Commit(existing, None, None)
+                        if row is not None:
+                            self._check_transition(state, etype, fields)
+                    except FaberRunlogError:
+                        # A refusal stands only against the state at the tail: another handle (in this
+                        # process or another) may have moved the run since this one last looked.
+                        if not self._moved_on(state):
+                            raise
+                        continue
                     seq = state.last_event_id + 1  # the state it was checked against ends right before it
                 else:
                     self._refuse_if_sealed()
@@ -411,6 +419,16 @@ class EventLog:
             except Exception as e:  # the event is durable; what the hook missed can be recovered
                 log.warning("after-commit work for run %s at event %d failed: %s", self._run_id, seq, e)
         return commit
+
+    def _moved_on(self, state: RunState) -> bool:
+        """Whether the log has events after ``state`` (read to the tail, folded into it): a check must be redone.
+
+        An acceptance needs no such read (the claim of ``state.last_event_id + 1`` fails when
+        another event holds that number); a refusal does, so it is never made against a stale state.
+        """
+        last = state.last_event_id
+        self._catch_up_writer()
+        return state.last_event_id != last
 
     def _lost(self, race: _Race, seq: int, exact: bool, clock: Clock) -> None:
         """After losing number ``seq``: learn what was missed, check the time budget, wait (see the loop's rules)."""
