@@ -1344,6 +1344,7 @@ def read_logs(
     registry: Registry | None = None,
     listers: int = 32,
     budget: int = 2048,
+    failed: dict[RunId, BaseException] | None = None,
 ) -> Iterator[tuple[RunId, int, list[bytes]]]:
     """Every event of many runs as stored JSON lines, in pieces ``(run, first, lines)`` (line i: event first + i).
 
@@ -1357,6 +1358,11 @@ def read_logs(
     meanwhile, a gap) is read from where it stopped through
     :meth:`EventLog.read_mappings`, so the answer is always the log's. A run's
     pieces come in order, one after another; lines are not decoded here.
+
+    With ``failed`` given, a run that cannot be read (a damaged event file, a
+    listing refused) is recorded there with its error and not read further,
+    and the others go on; its pieces yielded before are the caller's to drop.
+    Without it, the first such error is raised.
     """
     rids = list(run_ids)
     if not rids:
@@ -1364,8 +1370,20 @@ def read_logs(
     types = event_types_table(registry if registry is not None else Registry.default())
 
     def fallback(rid: RunId, since: int) -> list[bytes]:
-        found = EventLog(storage, rid, segment_every=segment_every, registry=registry).read_mappings(since)
-        return [_codec.dumps(m) for m in found]
+        try:
+            found = EventLog(storage, rid, segment_every=segment_every, registry=registry).read_mappings(since)
+            return [_codec.dumps(m) for m in found]
+        except _validate.DAMAGE as e:
+            if failed is None:
+                raise
+            failed.setdefault(rid, e)
+            return []
+
+    def plan(i: int) -> list[_Part]:
+        try:
+            return _plan(storage, rids[i], i, segment_every)
+        except _validate.DAMAGE:
+            return [_Part(i, 1, 0, "checked")]  # the checked reader raises (or records) what is wrong
 
     def fetch(group: list[_Part]) -> tuple[list[_Part], dict[str, bytes | None]]:
         return group, storage.read_many(k for p in group for k in p.keys)
@@ -1377,7 +1395,7 @@ def read_logs(
     depth = _GROUPS_AHEAD if storage.capabilities.batched_reads else 0
     with ThreadPoolExecutor(min(listers, len(rids))) as lists, ThreadPoolExecutor(max(1, depth)) as fetches:
         ahead: deque[Future[tuple[list[_Part], dict[str, bytes | None]]]] = deque()
-        plans = lists.map(lambda i: _plan(storage, rids[i], i, segment_every), range(len(rids)))
+        plans = lists.map(plan, range(len(rids)))
         for group in _groups(plans, budget):
             ahead.append(fetches.submit(fetch, group))
             while len(ahead) > depth:
