@@ -292,6 +292,15 @@ def checked_line(store: RunStore, rid: RunId, seq: int, line: bytes, types: Even
     return d
 
 
+def time_column(pd: Any, values: Any) -> Any:
+    """Stored times as a UTC datetime column; a time stored before times were parsed on write
+    (February 30, nanoseconds) is NaT, as in :func:`events_frame`, instead of stopping the frame."""
+    try:
+        return pd.to_datetime(values, utc=True, format="ISO8601")
+    except (ValueError, OverflowError):
+        return pd.to_datetime([_moment(v) for v in values], utc=True)
+
+
 def _moment(value: str | None) -> _dt.datetime | None:
     """A stored time as a UTC datetime (to the microsecond); None when it is no real time."""
     return _validate.parse_timestamp(value)
@@ -387,7 +396,7 @@ def runs_frame(store: RunStore, *, progress: bool | None = None, **filters: Any)
     frame = pd.DataFrame(cols)
     problems = skipped("runs_frame()", problems, failed)
     for c in ("created_at", "started_at", "ended_at", "updated_at"):
-        frame[c] = pd.to_datetime(frame[c], utc=True, format="ISO8601")
+        frame[c] = time_column(pd, frame[c])
     frame["duration_ms"] = frame["duration_ms"].astype("float64")
     for c in ("last_event_id", "resume_count"):
         frame[c] = frame[c].astype("int64")

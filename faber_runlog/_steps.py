@@ -317,7 +317,7 @@ def _frame(store: RunStore, which: str, progress: bool | None, filters: dict[str
             cols["tags"].append(meta["tags"])
     frame = pd.DataFrame(cols, columns=list(columns))
     for c in ("started_at", "ended_at"):
-        frame[c] = pd.to_datetime(frame[c], utc=True, format="ISO8601")
+        frame[c] = _analysis.time_column(pd, frame[c])
     frame["duration_ms"] = frame["duration_ms"].astype("float64")
     for c in ("attempt", "first_event_id", "last_event_id"):
         frame[c] = frame[c].astype("int64")

@@ -97,3 +97,17 @@ def test_a_frame_without_damage_has_no_problems(store: RunStore) -> None:
     _runs(store, n=1)
     assert [] == store.events_frame(progress=False).attrs["problems"]
     assert store.to_arrow().schema.metadata is None or b"problems" not in store.to_arrow().schema.metadata
+
+
+@pytest.mark.parametrize("name", sorted(FRAMES))
+def test_a_time_stored_before_times_were_parsed_is_nat_not_a_stopped_frame(store: RunStore, name: str) -> None:
+    ids = _runs(store, n=2, steps=1)
+    layout = RunLayout(RunId.parse(ids[0]))
+    event = json.loads(store.storage.read(layout.event(3)) or b"")  # the last: the run's updated_at
+    event["timestamp"] = "2026-02-30T10:00:00.123456789Z"  # what an older writer accepted
+    store.storage.replace(layout.event(3), json.dumps(event).encode())
+    for cache in (layout.state, layout.summary):
+        store.storage.delete(cache)
+    frame = FRAMES[name](store)
+    assert set(ids) == set(frame["run_id"])
+    assert [] == frame.attrs["problems"]
