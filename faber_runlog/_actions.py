@@ -20,19 +20,38 @@ from faber_runlog._hints import did_you_mean
 from faber_runlog._store import Run
 from faber_runlog.errors import InvalidEvent
 
-__all__ = ["DECISIONS", "RUN_ACTIONS", "STEP_ACTIONS", "BackendFailure", "decide", "perform", "request_approval"]
+__all__ = [
+    "DECISIONS",
+    "DEPRECATED_ACTIONS",
+    "RUN_ACTIONS",
+    "STEP_ACTIONS",
+    "BackendFailure",
+    "decide",
+    "perform",
+    "request_approval",
+    "rerun",
+    "resume",
+]
 
 log = logging.getLogger("faber_runlog._gateway")
 
 RUN_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
     "start": lambda run, **kw: run.start(),
     "pause": lambda run, reason=None, **kw: run.pause(reason),
-    "resume": lambda run, reason=None, **kw: run.unpause(reason),
+    "unpause": lambda run, reason=None, **kw: run.unpause(reason),
+    "resume": lambda run, reason=None, **kw: run.unpause(reason),  # deprecated name of unpause
     "cancel": lambda run, reason=None, **kw: run.cancel(reason or "cancelled"),
     "complete": lambda run, summary=None, **kw: run.complete(summary),
     "fail": lambda run, error=None, reason=None, **kw: run.fail(_needed(run, "fail", "error", error), reason),
 }
-"""Run-level transitions: ``start``, ``pause``, ``resume`` (a paused run), ``cancel``, ``complete``, ``fail``."""
+"""Run-level transitions: ``start``, ``pause``, ``unpause`` (a paused run), ``cancel``, ``complete``, ``fail``.
+
+``resume`` is the old name of ``unpause``, kept as a deprecated alias: "resume" means going on after a
+failure (``Resumer.resume``, the MCP tool ``resume_run``).
+"""
+
+DEPRECATED_ACTIONS: Final = {"resume": "unpause"}
+"""Old action names and the one to use instead."""
 
 STEP_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
     "retry_step": lambda run, phase, step=None, reason=None: run.retry_step(
@@ -149,3 +168,26 @@ def request_approval(
         return None
     event = run.request_approval(gate, phase=phase, payload=payload, approval_id=approval_id).event
     return _route(gateway, run, event)
+
+
+def resume(gateway: Gateway, run_id: str, *, allow_cancelled: bool = False) -> tuple[Run, Any, Event] | None:
+    """Resume a stopped run after a failure (``Resumer.resume_with_plan``); None when logging is off."""
+    from faber_runlog._resume import Resumer
+
+    if _open(gateway, run_id) is None:
+        return None
+    run, plan, event = Resumer(gateway.store).resume_with_plan(run_id, allow_cancelled=allow_cancelled)
+    _route(gateway, run, event)
+    return run, plan, event
+
+
+def rerun(gateway: Gateway, run_id: str, params: Mapping[str, Any] | None = None, **options: Any) -> Run | None:
+    """Re-run a finished run as a new one (``Resumer.rerun``); None when logging is off."""
+    from faber_runlog._resume import Resumer
+
+    if _open(gateway, run_id) is None:
+        return None
+    child = Resumer(gateway.store).rerun(run_id, params, **{k: v for k, v in options.items() if v is not None})
+    for event in child.log.read(0, limit=1):
+        _route(gateway, child, event)
+    return child

@@ -228,7 +228,7 @@ def _record_from_seal(rid: RunId, seal: Event) -> ConsolidationRecord:
 def _read_record(store: RunStore, rid: RunId) -> ConsolidationRecord | None:
     """The consolidation record of a sealed run (from its seal event), or None when it is not sealed."""
     elog = store.get_run(rid).log
-    state = elog.current_state()
+    state = elog.fold_state()
     if state.sealed_at is None:
         return None
     return _record_from_seal(rid, elog.get(state.sealed_at))
@@ -281,7 +281,7 @@ def consolidate_from(store: RunStore, run_id: str | RunId, lines: list[bytes], l
     # append reads only the events since, and a busy run cannot starve its consolidation.
     lines = list(lines)
     for _ in range(_SEAL_TRIES):
-        state = elog.current_state()
+        state = elog.fold_state()
         if state.sealed_at is not None:
             record = _record_from_seal(rid, elog.get(state.sealed_at))
             data = storage.read(layout.jsonl)
@@ -638,7 +638,7 @@ class Archiver:
         # The archive's state.json is the fold at the seal, encoded afresh: every archiver of
         # the run writes the same bytes, whatever snapshot the source holds at the moment.
         elog = self.source.get_run(rid).log
-        state = elog.current_state()
+        state = elog.fold_state()
         seal = elog.get(record.last_seq + 1)
         files = {k: v for k, v in bodies.items() if v is not None and k != layout.metadata}
         seal_fp = fingerprint(seal.type, seal.timestamp, seal.nonce)

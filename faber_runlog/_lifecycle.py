@@ -21,8 +21,8 @@ import hashlib
 import logging
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final, Protocol, SupportsIndex, overload
 
 import attrs
 
@@ -153,7 +153,7 @@ def _act(elog: EventLog, build: Build) -> Event:
     the exact state it lands on and retries when the fields would differ.
     """
     for _ in range(_TRIES):
-        got = build(elog.current_state())
+        got = build(elog.fold_state())
         if isinstance(got, Event):
             return got
 
@@ -169,7 +169,7 @@ def _act(elog: EventLog, build: Build) -> Event:
             return elog.append(dict(got), check=check)
         except _Moved:
             continue
-    state = elog.current_state()
+    state = elog.fold_state()
     raise InvalidTransition(
         f"run {state.run_id} kept changing while a lifecycle action was appended (now at event "
         f"{state.last_event_id}); retry when fewer processes write to it",
@@ -581,7 +581,7 @@ def _judge(storage: Storage, body: dict[str, Any] | None, open_log: OpenLog, key
     except InvalidRunId:
         return _Holder(run_id, "unknown", False, False)
     try:
-        status = open_log(rid).current_state().status
+        status = open_log(rid).fold_state().status
     except _validate.DAMAGE as e:
         # The holder's log is damaged: its lease and claim decide whether it is alive.
         log.warning("holder %s of claim %s is unreadable (%s); judging it by its lease", rid, key, e)
@@ -816,7 +816,7 @@ def sweep_run(
     pending approvals; the log's hook then releases claims and writes the report.
     """
     rid = RunId.parse(elog.run_id)
-    state = elog.current_state()
+    state = elog.fold_state()
     if state.status not in ACTIVE_STATUSES:
         return None
     stored, version = read_lease_versioned(storage, rid)
@@ -861,12 +861,44 @@ def sweep_run(
     )
 
 
-class SweptRuns(list[SweptRun]):
-    """The runs a sweep failed, plus ``problems``: ``(run_id, error)`` of damaged runs it skipped."""
+@attrs.frozen(slots=True)
+class RunProblem:
+    """A run a store-wide operation skipped because it is damaged (or is a FABER run, ``kind="faber"``), and why.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.problems: list[tuple[str, str]] = []
+    It unpacks as ``run_id, error`` (what ``SweptRuns.problems`` held before it was a ``RunProblem``).
+    """
+
+    run_id: str
+    error: str
+    kind: str = "damaged"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.run_id, self.error))
+
+
+class SweptRuns(list[SweptRun]):
+    """The runs a sweep failed (a list; ``.runs`` too), plus ``problems``: the damaged runs it skipped.
+
+    A slice is a ``SweptRuns`` with the same ``problems``.
+    """
+
+    def __init__(self, runs: Iterable[SweptRun] = (), problems: Iterable[RunProblem] = ()) -> None:
+        super().__init__(runs)
+        self.problems: list[RunProblem] = list(problems)
+
+    @property
+    def runs(self) -> list[SweptRun]:
+        """The swept runs as a plain list."""
+        return list(self)
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> SweptRun: ...
+    @overload
+    def __getitem__(self, index: slice) -> SweptRuns: ...
+    def __getitem__(self, index: SupportsIndex | slice) -> SweptRun | SweptRuns:
+        if isinstance(index, slice):
+            return SweptRuns(super().__getitem__(index), self.problems)
+        return super().__getitem__(index)
 
 
 class _Summary(Protocol):
@@ -912,7 +944,7 @@ def sweep_stale(
             result = sweep_run(storage, open_log(rid), older_than=grace, include_unleased=include_unleased)
         except _validate.DAMAGE as e:  # one damaged run must not stop the sweep of the others
             log.warning("sweep skipped damaged run %s: %s", rid, e)
-            swept.problems.append((str(rid), _validate.problem_text(e)))
+            swept.problems.append(RunProblem(str(rid), _validate.problem_text(e)))
             continue
         if result is not None:
             swept.append(result)
@@ -961,7 +993,7 @@ class StatusView:
 def status_view(storage: Storage, elog: EventLog, *, tail: int = 20) -> StatusView:
     """The run's status, phases, approvals, lease and its last ``tail`` events."""
     tail = _validate.integer(tail, "tail", minimum=0, where=f"run {elog.run_id}")
-    state = elog.current_state()
+    state = elog.fold_state()
     events = tuple(elog.read(max(0, state.last_event_id - tail), until=state.last_event_id)) if tail else ()
     return StatusView(
         run_id=state.run_id,

@@ -105,7 +105,7 @@ _HINTS: Final = {
     "failing": "retry the failed step (run.retry_step / faber-runlog retry-step), resume it "
     "(Resumer(store).resume / faber-runlog resume) or fail it for good (run.fail / faber-runlog fail).",
     "awaiting_approval": "decide the pending approval first (run.decide / faber-runlog approve or reject).",
-    "paused": "resume it first (run.resume / faber-runlog resume).",
+    "paused": "unpause it first (run.unpause / faber-runlog resume).",
     "completed": "the run has ended; re-run it (Resumer(store).rerun / faber-runlog rerun).",
     "failed": "the run has ended; resume it (Resumer(store).resume / faber-runlog resume) or re-run it.",
     "cancelled": "the run has ended; re-run it (Resumer(store).rerun / faber-runlog rerun).",
@@ -206,6 +206,7 @@ class EventLog:
         registry: Registry | None = None,
         listing: dict[str, Any] | None = None,
         claim_budget: float = CLAIM_BUDGET,
+        overlay: Callable[[RunState], RunState] | None = None,
     ) -> None:
         if snapshot_every < 1:
             raise InvalidArgument(f"snapshot_every must be at least 1, got {snapshot_every}")
@@ -259,6 +260,9 @@ class EventLog:
         # fence() returns the lease epoch this process writes under (None: it holds no
         # lease) or raises LeaseLost; it runs before a number is claimed (docs/concurrency.md).
         self._fence = fence
+        # Laid over every state this log hands out (the run's workflow plan: planned phases show as
+        # pending), never over the fold the transition checks and the snapshots on disk use.
+        self._overlay = overlay
         _LOGS.add(self)
 
     def __repr__(self) -> str:
@@ -750,7 +754,7 @@ class EventLog:
             state = self._sync()
             self._write_snapshot(state, periodic=False)
             self._write_summary(state)
-            return state.copy()
+            return self._shown(state.copy())
 
     def _refuse_if_sealed(self) -> None:
         if self._sealed is not None:
@@ -798,11 +802,22 @@ class EventLog:
             self._sealed = state.sealed_at
 
     def current_state(self) -> RunState:
-        """The exact current state (a private copy), folding only events not yet seen."""
+        """The exact current state (a private copy, with the run's plan), folding only events not yet seen."""
+        return self._shown(self.fold_state())
+
+    def fold_state(self) -> RunState:
+        """The exact current fold of the events alone (a private copy): what transitions are checked against.
+
+        :meth:`current_state` is this with the run's workflow plan laid over it (planned phases
+        that never started show as ``pending``).
+        """
         with self._lock:
             state = self._writer_state()
             self._catch_up_writer()
             return state.copy()
+
+    def _shown(self, state: RunState) -> RunState:
+        return self._overlay(state) if self._overlay is not None else state
 
     def load_state(self, at: int | None = None) -> RunState:
         """The state after event ``at`` (default: the last one), from a verified snapshot plus the events after it."""
@@ -817,7 +832,7 @@ class EventLog:
                 at=at,
                 last_event_id=state.last_event_id,
             )
-        return state
+        return self._shown(state)
 
     def _load(self, at: int | None = None) -> tuple[RunState, str | None]:
         """A verified snapshot (the latest, or one at or before ``at``) plus the events after it."""
@@ -1210,7 +1225,7 @@ class EventLog:
 
     def last_event_id(self) -> int:
         """The id of the newest event (0 for an empty log)."""
-        return self.current_state().last_event_id
+        return self.fold_state().last_event_id
 
     def tail(self, since: int = 0, *, poll_interval: float = 0.25, timeout: float | None = None) -> Iterator[Event]:
         """Yield events after ``since`` as they are written; stop after ``timeout`` idle seconds."""

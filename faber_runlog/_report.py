@@ -79,7 +79,7 @@ def _read_metadata(storage: Storage, run_id: RunId) -> RunMetadata:
 def compose_report(storage: Storage, elog: EventLog, state: RunState | None = None) -> dict[str, Any]:
     """The full report of the run (at ``state``, default its current state); not written."""
     rid = RunId.parse(elog.run_id)
-    state = state if state is not None else elog.current_state()
+    state = state if state is not None else elog.fold_state()
     meta = _read_metadata(storage, rid)
     last = state.last_event_id
     tail = list(elog.read(max(0, last - EVENT_TAIL), until=last))
@@ -283,7 +283,7 @@ def write_report(storage: Storage, elog: EventLog, state: RunState | None = None
         log.warning("final report of run %s could not be composed, writing a minimal one: %s", rid, e)
         if state is None:
             try:
-                state = elog.current_state()
+                state = elog.fold_state()
             except Exception:
                 state = None
         report = _minimal(str(rid), state, e)
@@ -351,7 +351,7 @@ def _recover_one(
     if report is not None and report.get("status") == summary_status:
         return False
     elog = open_log(rid)
-    state = elog.current_state()
+    state = elog.fold_state()
     if state.status not in TERMINAL_STATUSES:
         return False
     if report is not None and report.get("status") == state.status:

@@ -60,18 +60,38 @@ def test_a_handle_that_saw_the_run_running_is_refused_after_another_handle_compl
     assert 2 == a.log.last_event_id()
 
 
+def _resolve(run: Run, approval_id: str, token: str) -> int:
+    meta = {"approval_id": approval_id, "action": "approve", "client_token": token}
+    return run.log.emit("approval_resolved", metadata=meta).event_id
+
+
 def test_a_handle_decides_an_approval_another_handle_requested(store: RunStore) -> None:
     a = store.create_run("acme", "web")
     a.start()
     assert "running" == a.state().status
     _second_handle(store).get_run(a.id).request_approval("review", phase="build", approval_id="gate-1")
 
-    a.log.emit("approval_resolved", metadata={"approval_id": "gate-1", "action": "approve", "client_token": "t1"})
+    assert 3 == _resolve(a, "gate-1", "t1")
 
     assert "running" == a.state().status
     with pytest.raises(InvalidTransition) as refused:  # and a real refusal still stands, against the tail
-        a.log.emit("approval_resolved", metadata={"approval_id": "gate-1", "action": "approve", "client_token": "t1"})
+        _resolve(a, "gate-1", "t2")
     assert ("running", 3) == (refused.value.status, refused.value.last_event_id)
+
+
+def test_a_handle_that_saw_one_gate_decides_the_next_gate_another_handle_opened(store: RunStore) -> None:
+    a = store.create_run("acme", "web")
+    a.start()
+    a.request_approval("review", phase="build", approval_id="gate-1")
+    assert "awaiting_approval" == a.state().status  # a has seen gate 1 pending
+    b = _second_handle(store).get_run(a.id)
+    b.decide("gate-1", "approve", client_token="b1")
+    b.request_approval("deploy", phase="build", approval_id="gate-2")
+
+    # a's own view is still "awaiting_approval, gate-1 pending": the status allows it, the gate does not
+    assert 5 == _resolve(a, "gate-2", "a1")
+
+    assert "running" == a.state().status
 
 
 def test_a_handle_appends_after_another_process_resumed_the_run(tmp_path: Path, request: pytest.FixtureRequest) -> None:
