@@ -53,7 +53,7 @@ ADVICE: Final[tuple[Advice, ...]] = (
         "unpause",
         r"\b(?:run|Run)\.(?:unpause|resume)(?:\(\))?(?: / faber-runlog resume)?",
         "`faber-runlog resume RUN_ID`",
-        "change_run_status with action 'resume'",
+        "change_run_status with action 'unpause'",
     ),
     _row(
         "fail",

@@ -1075,13 +1075,14 @@ def _cmd_cleanup(ctx: _Ctx) -> int:
 
 def _cmd_event_types(ctx: _Ctx) -> int:
     from faber_runlog._events import BUILTIN_EVENT_TYPES, type_version
-    from faber_runlog._registry import Registry, event_types_table
+    from faber_runlog._registry import event_types_table
 
-    table = event_types_table(Registry.default())
+    registry = ctx.gateway.registry  # the built-in types, entry points and gateway.json's declarations
+    table = event_types_table(registry)
     builtin = set(BUILTIN_EVENT_TYPES)
     rows = [
         {"type": name, "version": type_version(name, table), "builtin": name in builtin}
-        for name in Registry.default().event_types()
+        for name in registry.event_types()
     ]
     if ctx.json:
         _dump(rows, ctx.out)

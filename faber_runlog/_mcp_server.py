@@ -16,10 +16,10 @@ server keeps running. The SDK is imported only when a server is built.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar, cast
 
+from faber_runlog._advice import advice
 from faber_runlog._gateway import Gateway
 from faber_runlog._hints import check_status_filter
 from faber_runlog._version import __version__
@@ -55,41 +55,9 @@ def one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-# The library's messages name Python calls; an MCP client is told the tool to call instead. (Used when the
-# shared advice table, faber_runlog._advice, is not there; it renders the same advice for all three surfaces.)
-_MCP_WORDS: Final = (
-    (
-        re.compile(r"(?:Resumer\(store\)\.rerun(?:\(run_id\))?|\brerun\(\))(?: / faber-runlog rerun)?"),
-        "the rerun_run tool",
-    ),
-    (
-        re.compile(r"Resumer\(store\)\.resume(?:\(run_id\))?(?: / faber-runlog resume| \(faber-runlog resume\))?"),
-        "the resume_run tool",
-    ),
-    (
-        re.compile(r"\b(?:run|Run)\.(?:unpause|resume)(?:\(\))?(?: / faber-runlog resume)?"),
-        "change_run_status with action 'unpause'",
-    ),
-    (re.compile(r"\brun\.fail(?:\(\))?(?: / faber-runlog fail)?"), "change_run_status with action 'fail'"),
-    (re.compile(r"\brun\.decide(?:\(\))?(?: / faber-runlog approve or reject)?"), "the decide_approval tool"),
-    (re.compile(r"pass allow_cancelled=True"), "pass allow_cancelled: true"),
-    (re.compile(r"\blist_runs\(\)"), "the list_runs tool"),
-    (re.compile(r"\bsweep_stale\(\)"), "the sweep_stale_runs tool"),
-    (re.compile(r"open it with get_run\(\) instead"), "read it with the get_state tool"),
-    (re.compile(r" ?\((?:see |listed in )?docs/[\w-]+\.md(?:#[\w-]+)?\)"), ""),
-)
-
-
 def in_tool_terms(e: BaseException) -> str:
     """``e``'s message on one line, its advice naming MCP tools rather than Python calls or CLI commands."""
-    try:
-        from faber_runlog._advice import advice  # type: ignore[import-not-found,unused-ignore]  # the shared table
-    except ImportError:
-        text = one_line(e)
-        for pattern, words in _MCP_WORDS:
-            text = pattern.sub(words, text)
-        return text
-    return str(advice(e, "mcp")) or type(e).__name__
+    return advice(e, "mcp") or type(e).__name__
 
 
 def _refusing(error: type[Exception]) -> Callable[[F], F]:
