@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+import attrs
+
 from faber_runlog._events import Event
 from faber_runlog._gateway import Gateway
 from faber_runlog._hints import did_you_mean
@@ -24,6 +26,7 @@ __all__ = [
     "DEPRECATED_ACTIONS",
     "RUN_ACTIONS",
     "STEP_ACTIONS",
+    "BackendFailure",
     "decide",
     "perform",
     "request_approval",
@@ -73,14 +76,28 @@ def _needed(run: Run, action: str, name: str, value: Any) -> Any:
     return value
 
 
-def _route(gateway: Gateway, run: Run, event: Event) -> Event:
-    """Give ``event`` to every backend but the recorder (the event is already durable)."""
+def _route(gateway: Gateway, run: Run, event: Event, failures: list[BackendFailure] | None = None) -> Event:
+    """Give ``event`` to every backend but the recorder (the event is already durable).
+
+    A backend that fails never turns the recorded action into an error; its failure is logged and,
+    with ``failures`` given, added there, so a caller (the CLI) can say so and exit non-zero.
+    """
     for backend in gateway.backends[1:]:
         try:
             backend.handle(run, event)
         except Exception as e:  # a backend must never turn a recorded action into a failure
             log.warning("backend %s failed on event %d of run %s: %s", backend.name, event.event_id, run.id, e)
+            if failures is not None:
+                failures.append(BackendFailure(backend.name, e))
     return event
+
+
+@attrs.frozen
+class BackendFailure:
+    """A backend that failed on an event already recorded (``name``, e.g. ``s3_archive``, and its error)."""
+
+    name: str
+    error: BaseException
 
 
 def _open(gateway: Gateway, run_id: str) -> Run | None:
@@ -97,12 +114,14 @@ def perform(
     action: str,
     *,
     among: Mapping[str, Callable[..., Event]] | None = None,
+    failures: list[BackendFailure] | None = None,
     **fields: Any,
 ) -> Event | None:
     """Apply the action ``action`` (one of ``among``, default all) to ``run_id``; None when logging is off.
 
     Raises ``InvalidTransition`` when the run's status does not allow it, and
     ``InvalidEvent`` for an unknown action (with the close matches) or a missing argument.
+    Backends that failed after the event was recorded go to ``failures`` (see :func:`_route`).
     """
     table = among if among is not None else {**RUN_ACTIONS, **STEP_ACTIONS}
     fn = table.get(action)
@@ -114,7 +133,7 @@ def perform(
     run = _open(gateway, run_id)
     if run is None:
         return None
-    return _route(gateway, run, fn(run, **{k: v for k, v in fields.items() if v is not None}))
+    return _route(gateway, run, fn(run, **{k: v for k, v in fields.items() if v is not None}), failures)
 
 
 def decide(

@@ -654,8 +654,9 @@ def _cmd_verify(ctx: _Ctx) -> int:
             w(f"state.json and snapshots agree with the events (through event {rebuilt.last_event_id})\n")
         else:
             fixed = " (repaired)" if rebuilt.repaired else "; run with --repair to rewrite them"
+            summary = "" if rebuilt.summary in ("ok", "stale") else f"summary.json is {rebuilt.summary}, "
             w(
-                f"state.json is {rebuilt.stored}, bad snapshots: {list(rebuilt.bad_snapshots)}, "
+                f"state.json is {rebuilt.stored}, {summary}bad snapshots: {list(rebuilt.bad_snapshots)}, "
                 f"bad segments: {[f'{a}..{b}' for a, b in rebuilt.bad_segments]}{fixed}\n"
             )
             for d in rebuilt.differences[:20]:
@@ -810,24 +811,40 @@ def _cmd_mcp(ctx: _Ctx) -> int:
 # other backends as an emitted one would.
 
 
-def _done(ctx: _Ctx, action: str, event: Event | None) -> int:
+def _done(ctx: _Ctx, action: str, event: Event | None, failures: list[Any] | None = None) -> int:
     if event is None:
         return _disabled(ctx, "nothing was written")
     status = ctx.store.get_run(ctx.args.run_id).state().status
+    # A backend (the archive) that failed after the event was recorded: the action stands, the command fails.
+    problems = [_backend_problem(ctx.args.run_id, event, f.name, f.error) for f in failures or ()]
     if ctx.json:
-        _dump(
-            {
-                "run_id": ctx.args.run_id,
-                "action": action,
-                "event_id": event.event_id,
-                "status": status,
-                "event": event.to_dict(),
-            },
-            ctx.out,
-        )
+        body = {
+            "run_id": ctx.args.run_id,
+            "action": action,
+            "event_id": event.event_id,
+            "status": status,
+            "event": event.to_dict(),
+        }
+        _dump({**body, "backend_errors": problems} if problems else body, ctx.out)
     else:
         ctx.out.write(f"{action}: {event.type} is event {event.event_id}; the run is now {status}\n")
-    return EXIT_OK
+    for problem in problems:
+        ctx.err.write(f"faber-runlog: error: {problem}\n")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def _backend_problem(run_id: str, event: Event, name: str, error: BaseException) -> str:
+    """One line: which backend failed after event ``event`` of ``run_id`` was recorded, why, and what to do."""
+    todo = (
+        f"archive it again with `faber-runlog archive {run_id}` once the archive is reachable"
+        if name == "s3_archive"
+        else "see the error; the event itself is recorded"
+    )
+    why = " ".join(str(error).split())
+    return (
+        f"run {run_id}: {event.type} was recorded as event {event.event_id}, but backend {name} failed "
+        f"({type(error).__name__}: {why}); {todo}"
+    )
 
 
 def _cmd_transition(ctx: _Ctx) -> int:
@@ -835,7 +852,9 @@ def _cmd_transition(ctx: _Ctx) -> int:
 
     a = ctx.args
     fields = {k: getattr(a, k, None) for k in ("reason", "summary", "error", "phase", "step")}
-    return _done(ctx, a.action, _actions.perform(ctx.gateway, a.run_id, a.action, **fields))
+    failures: list[_actions.BackendFailure] = []
+    event = _actions.perform(ctx.gateway, a.run_id, a.action, failures=failures, **fields)
+    return _done(ctx, a.action, event, failures)
 
 
 def _cmd_request_approval(ctx: _Ctx) -> int:

@@ -73,6 +73,7 @@ from faber_runlog.errors import (
     ApprovalNotFound,
     CorruptData,
     CorruptEvent,
+    FaberRunlogError,
     InvalidArgument,
     InvalidEvent,
     InvalidEventPosition,
@@ -367,7 +368,6 @@ class EventLog:
             state = self._writer_state()
             began = clock.monotonic()
             race: _Race | None = None  # made on the first lost race: a writer that wins pays nothing for it
-            reread = False  # a refusal is decided on the log as it is, never on what this handle last saw
             while True:
                 if exact:
                     state = self._sync()
@@ -377,15 +377,19 @@ class EventLog:
                     if key is not None and key in state.idempotency_keys:
                         stored = self._event_at(state.idempotency_keys[key])
                         return Commit(stored, None, None)
-                    if check is not None:
-                        existing = check(state)
-                        if existing is not None:
-                            return Commit(existing, None, None)
-                    if row is not None:
-                        if state.status not in row.moves and not reread:
-                            reread, self._confirmed = True, None  # another handle may have moved the run on
-                            continue
-                        self._check_transition(state, etype, fields)
+                    try:
+                        if check is not None:
+                            existing = check(state)
+                            if existing is not None:
+                                return Commit(existing, None, None)
+                        if row is not None:
+                            self._check_transition(state, etype, fields)
+                    except FaberRunlogError:
+                        # A refusal stands only against the state at the tail: another handle (in this
+                        # process or another) may have moved the run since this one last looked.
+                        if not self._moved_on(state):
+                            raise
+                        continue
                     seq = state.last_event_id + 1  # the state it was checked against ends right before it
                 else:
                     self._refuse_if_sealed()
@@ -410,6 +414,16 @@ class EventLog:
             except Exception as e:  # the event is durable; what the hook missed can be recovered
                 log.warning("after-commit work for run %s at event %d failed: %s", self._run_id, seq, e)
         return commit
+
+    def _moved_on(self, state: RunState) -> bool:
+        """Whether the log has events after ``state`` (read to the tail, folded into it): a check must be redone.
+
+        An acceptance needs no such read (the claim of ``state.last_event_id + 1`` fails when
+        another event holds that number); a refusal does, so it is never made against a stale state.
+        """
+        last = state.last_event_id
+        self._catch_up_writer()
+        return state.last_event_id != last
 
     def _lost(self, race: _Race, seq: int, exact: bool, clock: Clock) -> None:
         """After losing number ``seq``: learn what was missed, check the time budget, wait (see the loop's rules)."""
@@ -1338,6 +1352,7 @@ def read_logs(
     registry: Registry | None = None,
     listers: int = 32,
     budget: int = 2048,
+    failed: dict[RunId, BaseException] | None = None,
 ) -> Iterator[tuple[RunId, int, list[bytes]]]:
     """Every event of many runs as stored JSON lines, in pieces ``(run, first, lines)`` (line i: event first + i).
 
@@ -1351,6 +1366,11 @@ def read_logs(
     meanwhile, a gap) is read from where it stopped through
     :meth:`EventLog.read_mappings`, so the answer is always the log's. A run's
     pieces come in order, one after another; lines are not decoded here.
+
+    With ``failed`` given, a run that cannot be read (a damaged event file, a
+    listing refused) is recorded there with its error and not read further,
+    and the others go on; its pieces yielded before are the caller's to drop.
+    Without it, the first such error is raised.
     """
     rids = list(run_ids)
     if not rids:
@@ -1358,8 +1378,20 @@ def read_logs(
     types = event_types_table(registry if registry is not None else Registry.default())
 
     def fallback(rid: RunId, since: int) -> list[bytes]:
-        found = EventLog(storage, rid, segment_every=segment_every, registry=registry).read_mappings(since)
-        return [_codec.dumps(m) for m in found]
+        try:
+            found = EventLog(storage, rid, segment_every=segment_every, registry=registry).read_mappings(since)
+            return [_codec.dumps(m) for m in found]
+        except _validate.DAMAGE as e:
+            if failed is None:
+                raise
+            failed.setdefault(rid, e)
+            return []
+
+    def plan(i: int) -> list[_Part]:
+        try:
+            return _plan(storage, rids[i], i, segment_every)
+        except _validate.DAMAGE:
+            return [_Part(i, 1, 0, "checked")]  # the checked reader raises (or records) what is wrong
 
     def fetch(group: list[_Part]) -> tuple[list[_Part], dict[str, bytes | None]]:
         return group, storage.read_many(k for p in group for k in p.keys)
@@ -1371,7 +1403,7 @@ def read_logs(
     depth = _GROUPS_AHEAD if storage.capabilities.batched_reads else 0
     with ThreadPoolExecutor(min(listers, len(rids))) as lists, ThreadPoolExecutor(max(1, depth)) as fetches:
         ahead: deque[Future[tuple[list[_Part], dict[str, bytes | None]]]] = deque()
-        plans = lists.map(lambda i: _plan(storage, rids[i], i, segment_every), range(len(rids)))
+        plans = lists.map(plan, range(len(rids)))
         for group in _groups(plans, budget):
             ahead.append(fetches.submit(fetch, group))
             while len(ahead) > depth:

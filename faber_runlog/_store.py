@@ -963,9 +963,11 @@ def cleaner_grace(own: float, metadata: RunMetadata | None) -> float:
     return max(own, recorded if recorded is not None else SEAL_GRACE)
 
 
-def run_ids(store: RunStore, org: str | None = None, project: str | None = None) -> Iterator[RunId]:
-    """Every run id under ``store`` (a listing only: no metadata or events read)."""
-    return store._run_ids(org, project)  # noqa: SLF001  (same module: RunStore's own helper)
+def run_ids(
+    store: RunStore, org: str | None = None, project: str | None = None, problems: list[RunProblem] | None = None
+) -> Iterator[RunId]:
+    """Every run id under ``store`` (a listing only: no metadata or events read); unsafe folders go to ``problems``."""
+    return store._run_ids(org, project, problems)  # noqa: SLF001  (same module: RunStore's own helper)
 
 
 def create_run_from(store: RunStore, meta: RunMetadata) -> Run:
