@@ -23,6 +23,9 @@ from faber_runlog._ids import RunId
 from faber_runlog._log import EventLog, read_logs
 from faber_runlog.errors import CorruptEvent
 
+# Services over the storage contract (pinned on every backend elsewhere): memory and local, a few tests on S3.
+pytestmark = pytest.mark.backends("memory", "local")
+
 K = 5
 _COLUMNS = ["run_id", "event_id", "type", "phase", "step", "metadata"]
 
@@ -104,6 +107,7 @@ def shapes(store_factory: Any) -> tuple[RunStore, dict[str, str]]:
     return reader, ids
 
 
+@pytest.mark.backends("memory", "local", "s3")
 def test_bulk_frames_of_runs_of_every_shape_equal_each_run_read_through_its_log(
     shapes: tuple[RunStore, dict[str, str]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
