@@ -87,7 +87,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from faber_runlog._ids import RunId
     from faber_runlog._index import IndexReport
     from faber_runlog._lease import Heartbeat, Lease
-    from faber_runlog._lifecycle import Approval, StatusView, SweptRun, SweptRuns
+    from faber_runlog._lifecycle import Approval, RunProblem, StatusView, SweptRun, SweptRuns
     from faber_runlog._log import Commit, EventLog
     from faber_runlog._metadata import RunMetadata
     from faber_runlog._registry import Registry
@@ -105,7 +105,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         register_fold,
     )
     from faber_runlog._storage import Capabilities, PutResult, Storage, Versioned
-    from faber_runlog._store import Lineage, Run, RunList, RunProblem, RunStore, RunSummary
+    from faber_runlog._store import Lineage, Run, RunList, RunStore, RunSummary
     from faber_runlog._verify import ReconstructReport, StateDifference, VerifyProblem, VerifyReport
 
 # Public name -> the private module that defines it, imported on first access.
@@ -155,7 +155,7 @@ _LAZY: dict[str, str] = {
     "RunId": "faber_runlog._ids",
     "RunList": "faber_runlog._store",
     "RunMetadata": "faber_runlog._metadata",
-    "RunProblem": "faber_runlog._store",
+    "RunProblem": "faber_runlog._lifecycle",
     "RunState": "faber_runlog._state",
     "RunStatus": "faber_runlog._state",
     "RunStore": "faber_runlog._store",

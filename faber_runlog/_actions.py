@@ -12,25 +12,47 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+import attrs
+
 from faber_runlog._events import Event
 from faber_runlog._gateway import Gateway
 from faber_runlog._hints import did_you_mean
 from faber_runlog._store import Run
+from faber_runlog._transitions import APPROVAL_ACTIONS
 from faber_runlog.errors import InvalidEvent
 
-__all__ = ["DECISIONS", "RUN_ACTIONS", "STEP_ACTIONS", "decide", "perform", "request_approval"]
+__all__ = [
+    "DECISIONS",
+    "DEPRECATED_ACTIONS",
+    "RUN_ACTIONS",
+    "STEP_ACTIONS",
+    "BackendFailure",
+    "decide",
+    "perform",
+    "request_approval",
+    "rerun",
+    "resume",
+]
 
 log = logging.getLogger("faber_runlog._gateway")
 
 RUN_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
     "start": lambda run, **kw: run.start(),
     "pause": lambda run, reason=None, **kw: run.pause(reason),
-    "resume": lambda run, reason=None, **kw: run.unpause(reason),
+    "unpause": lambda run, reason=None, **kw: run.unpause(reason),
+    "resume": lambda run, reason=None, **kw: run.unpause(reason),  # deprecated name of unpause
     "cancel": lambda run, reason=None, **kw: run.cancel(reason or "cancelled"),
     "complete": lambda run, summary=None, **kw: run.complete(summary),
     "fail": lambda run, error=None, reason=None, **kw: run.fail(_needed(run, "fail", "error", error), reason),
 }
-"""Run-level transitions: ``start``, ``pause``, ``resume`` (a paused run), ``cancel``, ``complete``, ``fail``."""
+"""Run-level transitions: ``start``, ``pause``, ``unpause`` (a paused run), ``cancel``, ``complete``, ``fail``.
+
+``resume`` is the old name of ``unpause``, kept as a deprecated alias: "resume" means going on after a
+failure (``Resumer.resume``, the MCP tool ``resume_run``).
+"""
+
+DEPRECATED_ACTIONS: Final = {"resume": "unpause"}
+"""Old action names and the one to use instead."""
 
 STEP_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
     "retry_step": lambda run, phase, step=None, reason=None: run.retry_step(
@@ -44,8 +66,8 @@ STEP_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
 }
 """Step- and phase-level transitions."""
 
-DECISIONS: Final = ("approve", "reject", "request_changes", "abort")
-"""Decisions on an approval (the same as ``Run.decide``'s actions)."""
+DECISIONS: Final = APPROVAL_ACTIONS
+"""Decisions on an approval (``Run.decide``'s actions; owned by ``_transitions``)."""
 
 
 def _needed(run: Run, action: str, name: str, value: Any) -> Any:
@@ -54,14 +76,28 @@ def _needed(run: Run, action: str, name: str, value: Any) -> Any:
     return value
 
 
-def _route(gateway: Gateway, run: Run, event: Event) -> Event:
-    """Give ``event`` to every backend but the recorder (the event is already durable)."""
+def _route(gateway: Gateway, run: Run, event: Event, failures: list[BackendFailure] | None = None) -> Event:
+    """Give ``event`` to every backend but the recorder (the event is already durable).
+
+    A backend that fails never turns the recorded action into an error; its failure is logged and,
+    with ``failures`` given, added there, so a caller (the CLI) can say so and exit non-zero.
+    """
     for backend in gateway.backends[1:]:
         try:
             backend.handle(run, event)
         except Exception as e:  # a backend must never turn a recorded action into a failure
             log.warning("backend %s failed on event %d of run %s: %s", backend.name, event.event_id, run.id, e)
+            if failures is not None:
+                failures.append(BackendFailure(backend.name, e))
     return event
+
+
+@attrs.frozen
+class BackendFailure:
+    """A backend that failed on an event already recorded (``name``, e.g. ``s3_archive``, and its error)."""
+
+    name: str
+    error: BaseException
 
 
 def _open(gateway: Gateway, run_id: str) -> Run | None:
@@ -78,12 +114,14 @@ def perform(
     action: str,
     *,
     among: Mapping[str, Callable[..., Event]] | None = None,
+    failures: list[BackendFailure] | None = None,
     **fields: Any,
 ) -> Event | None:
     """Apply the action ``action`` (one of ``among``, default all) to ``run_id``; None when logging is off.
 
     Raises ``InvalidTransition`` when the run's status does not allow it, and
     ``InvalidEvent`` for an unknown action (with the close matches) or a missing argument.
+    Backends that failed after the event was recorded go to ``failures`` (see :func:`_route`).
     """
     table = among if among is not None else {**RUN_ACTIONS, **STEP_ACTIONS}
     fn = table.get(action)
@@ -95,7 +133,7 @@ def perform(
     run = _open(gateway, run_id)
     if run is None:
         return None
-    return _route(gateway, run, fn(run, **{k: v for k, v in fields.items() if v is not None}))
+    return _route(gateway, run, fn(run, **{k: v for k, v in fields.items() if v is not None}), failures)
 
 
 def decide(
@@ -131,3 +169,26 @@ def request_approval(
         return None
     event = run.request_approval(gate, phase=phase, payload=payload, approval_id=approval_id).event
     return _route(gateway, run, event)
+
+
+def resume(gateway: Gateway, run_id: str, *, allow_cancelled: bool = False) -> tuple[Run, Any, Event] | None:
+    """Resume a stopped run after a failure (``Resumer.resume_with_plan``); None when logging is off."""
+    from faber_runlog._resume import Resumer
+
+    if _open(gateway, run_id) is None:
+        return None
+    run, plan, event = Resumer(gateway.store).resume_with_plan(run_id, allow_cancelled=allow_cancelled)
+    _route(gateway, run, event)
+    return run, plan, event
+
+
+def rerun(gateway: Gateway, run_id: str, params: Mapping[str, Any] | None = None, **options: Any) -> Run | None:
+    """Re-run a finished run as a new one (``Resumer.rerun``); None when logging is off."""
+    from faber_runlog._resume import Resumer
+
+    if _open(gateway, run_id) is None:
+        return None
+    child = Resumer(gateway.store).rerun(run_id, params, **{k: v for k, v in options.items() if v is not None})
+    for event in child.log.read(0, limit=1):
+        _route(gateway, child, event)
+    return child

@@ -21,11 +21,12 @@ from faber_runlog._events import EventTypes, error_text, given_duration, upcast
 from faber_runlog._format import RunLayout
 from faber_runlog._ids import RunId
 from faber_runlog._log import current_digests, read_logs
+from faber_runlog._metadata import parse_metadata
 from faber_runlog._progress import Progress
 from faber_runlog._query import FILTERS, RUN_FILTERS, RunQuery
 from faber_runlog._registry import event_types_table
 from faber_runlog._steps import StartTimes
-from faber_runlog._store import RunStore, list_runs_of, parse_metadata
+from faber_runlog._store import RunProblem, RunStore, list_runs_of
 from faber_runlog._store import run_ids as list_run_ids
 from faber_runlog._transitions import SEAL_TYPE
 from faber_runlog.errors import CorruptData, InvalidArgument, MissingExtra
@@ -50,6 +51,7 @@ _RUN_CHUNK: Final = 256  # runs listed, then fetched in concurrent batches, per 
 _BATCH_ROWS: Final = 2048  # rows per Arrow record batch: the Python lists stay small
 _NESTED: Final = ("metadata", "params", "tags")
 _loads: Final = _codec.loads
+_log: Final = logging.getLogger("faber_runlog._analysis")
 
 
 def _require(module: str) -> Any:
@@ -73,20 +75,47 @@ def query_of(where: str, filters: dict[str, Any], accepted: tuple[str, ...] = RU
     return RunQuery.of(where, accepted, **filters)
 
 
-def select_runs(store: RunStore, query: RunQuery) -> list[RunId]:
+def select_runs(store: RunStore, query: RunQuery, problems: list[RunProblem] | None = None) -> list[RunId]:
     """The runs a frame reads, in the query's order: the one selection every frame goes through.
 
     Only org, project and run ids: a listing, nothing read; any other filter
     (status, tags, params, creation time, limit, cursor) goes through
     :meth:`RunStore.list_runs`' summaries, so frames and listings agree.
+    Runs the selection had to skip (unsafe folders, damaged runs) go to ``problems``.
     """
     plain = attrs.evolve(query, org=None, project=None, run_ids=None, order="oldest", types=None)
     if plain == RunQuery(order="oldest"):
         if query.run_ids is not None:
             rids = [RunId.parse(r) for r in dict.fromkeys(query.run_ids)]
             return [r for r in rids if query.org in (None, r.org) and query.project in (None, r.project)]
-        return list(list_run_ids(store, query.org, query.project))  # a listing only: no metadata or events read
-    return [RunId.parse(s.run_id) for s in list_runs_of(store, query)]
+        # A listing only: no metadata or events read.
+        return list(list_run_ids(store, query.org, query.project, problems))
+    found = list_runs_of(store, query)
+    if problems is not None:
+        problems += found.problems
+    return [RunId.parse(s.run_id) for s in found]
+
+
+def skipped(where: str, problems: list[RunProblem], failed: dict[RunId, BaseException]) -> list[RunProblem]:
+    """``problems`` plus the runs in ``failed`` (each logged as a warning naming the run and why).
+
+    The one way frames surface the runs they skipped: the frame is built from
+    the others, and ``frame.attrs["problems"]`` (an Arrow table's schema
+    metadata ``problems``) lists these :class:`RunProblem` rows.
+    """
+    for rid, e in failed.items():
+        text = _validate.problem_text(e)
+        _log.warning("%s skipped damaged run %s: %s", where, rid, text)
+        problems.append(RunProblem(str(rid), text))
+    return problems
+
+
+def with_problems(table: Any, problems: list[RunProblem]) -> Any:
+    """``table`` with ``problems`` as JSON in its schema metadata (key ``problems``), when there are any."""
+    if not problems:
+        return table
+    rows = [{"run_id": p.run_id, "error": p.error, "kind": p.kind} for p in problems]
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), b"problems": _codec.dumps(rows)})
 
 
 def events_frame(store: RunStore, *, progress: bool | None = None, **filters: Any) -> Any:
@@ -107,7 +136,8 @@ def events_frame(store: RunStore, *, progress: bool | None = None, **filters: An
     pa = _require("pyarrow")
     # Text built as large_string, which is what pandas' string columns hold: they wrap it without a copy.
     text = pa.large_string()
-    table = _events_table(store, pa, query_of("events_frame()", filters, EVENT_FILTERS), progress, text)
+    query = query_of("events_frame()", filters, EVENT_FILTERS)
+    table, problems = _events_table(store, pa, query, progress, text, "events_frame()")
     chunks = table.column("metadata").chunks
     table = table.drop_columns(["metadata"])
     frame = table.to_pandas(types_mapper={text: pd.StringDtype()}.get)
@@ -117,6 +147,7 @@ def events_frame(store: RunStore, *, progress: bool | None = None, **filters: An
     while chunks:  # each chunk of JSON text goes as soon as its dicts are built
         metadata += [_codec.loads(t) for t in chunks.pop().to_pylist()]
     frame["metadata"] = metadata
+    frame.attrs["problems"] = problems
     return frame
 
 
@@ -126,11 +157,19 @@ def _event_schema(pa: Any, text: Any) -> Any:
     return pa.schema(list(fields.items()))
 
 
-def _events_table(store: RunStore, pa: Any, query: RunQuery, progress: bool | None, text: Any = None) -> Any:
-    """The events as an Arrow table (text columns of type ``text``, default string), streamed into record batches."""
+def _events_table(
+    store: RunStore, pa: Any, query: RunQuery, progress: bool | None, text: Any = None, where: str = "to_arrow()"
+) -> tuple[Any, list[RunProblem]]:
+    """The events as an Arrow table (text columns of type ``text``, default string), streamed into record batches.
+
+    A run that cannot be read is left out whole and returned among the problems (see :func:`skipped`).
+    """
     lo, hi = query.since, query.until
     wanted = frozenset(query.types) if query.types is not None else None
-    rids = select_runs(store, attrs.evolve(query, since=None, until=None))  # since/until bound event times here
+    problems: list[RunProblem] = []
+    failed: dict[RunId, BaseException] = {}
+    # since/until bound event times here
+    rids = select_runs(store, attrs.evolve(query, since=None, until=None), problems)
     schema = _event_schema(pa, pa.string() if text is None else text)
     batches: list[Any] = []
     builder = _EventColumns(wanted, lo, hi, event_types_table(store.registry))
@@ -138,17 +177,34 @@ def _events_table(store: RunStore, pa: Any, query: RunQuery, progress: bool | No
         for start in range(0, len(rids), _RUN_CHUNK):
             chunk = rids[start : start + _RUN_CHUNK]
             pieces = read_logs(
-                store.storage, chunk, segment_every=store.segment_every, registry=store.registry, budget=_BATCH_ROWS
+                store.storage,
+                chunk,
+                segment_every=store.segment_every,
+                registry=store.registry,
+                budget=_BATCH_ROWS,
+                failed=failed,
             )
             for rid, first, lines in pieces:
-                builder.add(store, rid, first, lines)
+                if rid in failed:
+                    continue
+                try:
+                    builder.add(store, rid, first, lines)
+                except _validate.DAMAGE as e:  # one damaged run must not stop the frame of the others
+                    builder.drop_piece()
+                    failed[rid] = e
                 del lines  # the bodies go as soon as their rows are columns
                 if builder.rows >= _BATCH_ROWS:
                     batches.append(builder.flush(pa, schema))
             bar.update(len(chunk))
     if builder.rows:
         batches.append(builder.flush(pa, schema))
-    return pa.Table.from_batches(batches, schema=schema)
+    table = pa.Table.from_batches(batches, schema=schema)
+    if failed:  # rows read before the damage was met are dropped too: a run is in the frame whole or not at all
+        import pyarrow.compute as pc
+
+        bad = pa.array([str(r) for r in failed], type=schema.field("run_id").type)
+        table = table.filter(pc.invert(pc.is_in(table.column("run_id"), value_set=bad)))
+    return table, skipped(where, problems, failed)
 
 
 class _EventColumns:
@@ -167,12 +223,7 @@ class _EventColumns:
         wanted, lo, hi, types, starts, hidden = self.wanted, self.lo, self.hi, self.types, self.starts, self.hidden
         run_id, kept = str(rid), 0
         for seq, line in enumerate(lines, start=first):
-            d = _loads(line)
-            d = upcast(d, types) if d.__class__ is dict else {}
-            if d.get("event_id") != seq:
-                # Not the event the log has at this number: read the run the checked way (it raises CorruptEvent).
-                list(store.get_run(rid).log.read(seq - 1, until=seq))
-                raise CorruptData(f"event {seq} of run {rid} is not what its line says; run faber-runlog verify")
+            d = checked_line(store, rid, seq, line, types)
             ts = d.get("timestamp", "")
             duration = starts.see(run_id, d, given_duration(d))  # before filtering: starts are needed later
             if (
@@ -197,6 +248,11 @@ class _EventColumns:
         c["project"] += [rid.project] * kept
         self.rows += kept
 
+    def drop_piece(self) -> None:
+        """Forget the rows of the piece being added when it failed (the columns are filled one by one)."""
+        for values in self.cols.values():
+            del values[self.rows :]
+
     def flush(self, pa: Any, schema: Any) -> Any:
         """The rows so far as one Arrow record batch; the Python lists are dropped."""
         import pyarrow.compute as pc
@@ -218,6 +274,32 @@ class _EventColumns:
         self.cols = {c: [] for c in EVENT_COLUMNS}
         self.rows = 0
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def checked_line(store: RunStore, rid: RunId, seq: int, line: bytes, types: EventTypes) -> dict[str, Any]:
+    """Event ``seq`` of ``rid`` decoded from its stored ``line`` (upcast); else the checked reader's error.
+
+    A line that does not decode, or names another number, is read again the checked
+    way, which raises :class:`CorruptEvent` naming the file (or the error below).
+    """
+    try:
+        d = _loads(line)
+    except ValueError:
+        d = None
+    d = upcast(d, types) if d.__class__ is dict else {}
+    if d.get("event_id") != seq:
+        list(store.get_run(rid).log.read(seq - 1, until=seq))
+        raise CorruptData(f"event {seq} of run {rid} is not what its line says; run faber-runlog verify")
+    return d
+
+
+def time_column(pd: Any, values: Any) -> Any:
+    """Stored times as a UTC datetime column; a time stored before times were parsed on write
+    (February 30, nanoseconds) is NaT, as in :func:`events_frame`, instead of stopping the frame."""
+    try:
+        return pd.to_datetime(values, utc=True, format="ISO8601")
+    except (ValueError, OverflowError):
+        return pd.to_datetime([_moment(v) for v in values], utc=True)
 
 
 def _moment(value: str | None) -> _dt.datetime | None:
@@ -265,7 +347,9 @@ def runs_frame(store: RunStore, *, progress: bool | None = None, **filters: Any)
     """
     pd = _require("pandas")
     query = query_of("runs_frame()", filters)
-    rids = select_runs(store, query)
+    problems: list[RunProblem] = []
+    failed: dict[RunId, BaseException] = {}
+    rids = select_runs(store, query, problems)
     cols: dict[str, list[Any]] = {c: [] for c in RUN_COLUMNS}
     storage = store.storage
     with Progress("reading runs", len(rids), enabled=progress) as bar:
@@ -277,11 +361,11 @@ def runs_frame(store: RunStore, *, progress: bool | None = None, **filters: Any)
             for rid in present:
                 state = states[rid]
                 try:
-                    meta = parse_metadata(store, rid, bodies[RunLayout(rid).metadata] or b"")
+                    meta = parse_metadata(store.storage, rid, bodies[RunLayout(rid).metadata] or b"")
                 except _validate.DAMAGE as e:
                     state = e
                 if isinstance(state, BaseException):  # one damaged run must not hide the others
-                    logging.getLogger("faber_runlog._analysis").warning("runs_frame skipped run %s: %s", rid, state)
+                    failed[rid] = state
                     continue
                 end = state.ended_at or (state.updated_at if state.is_terminal else None)
                 duration = _codec.ms_between(state.started_at, end)
@@ -311,15 +395,18 @@ def runs_frame(store: RunStore, *, progress: bool | None = None, **filters: Any)
                     cols[c].append(v)
             bar.update(len(chunk))
     frame = pd.DataFrame(cols)
+    problems = skipped("runs_frame()", problems, failed)
     for c in ("created_at", "started_at", "ended_at", "updated_at"):
-        frame[c] = pd.to_datetime(frame[c], utc=True, format="ISO8601")
+        frame[c] = time_column(pd, frame[c])
     frame["duration_ms"] = frame["duration_ms"].astype("float64")
     for c in ("last_event_id", "resume_count"):
         frame[c] = frame[c].astype("int64")
     frame["consolidated"] = frame["consolidated"].astype("bool")
     for c in _RUN_TEXT:
         frame[c] = frame[c].astype("string")
-    return frame.sort_values(["created_at", "run_id"], ascending=query.order == "oldest", ignore_index=True)
+    frame = frame.sort_values(["created_at", "run_id"], ascending=query.order == "oldest", ignore_index=True)
+    frame.attrs["problems"] = problems
+    return frame
 
 
 def to_arrow(store: RunStore, kind: str = "events", **filters: Any) -> Any:
@@ -336,13 +423,14 @@ def to_arrow(store: RunStore, kind: str = "events", **filters: Any) -> Any:
         raise InvalidArgument(f"kind must be 'events' or 'runs', got {kind!r}")
     progress = filters.pop("progress", None)
     if kind != "runs":  # the events table
-        return _events_table(store, pa, query_of("to_arrow()", filters, EVENT_FILTERS), progress)
+        return with_problems(*_events_table(store, pa, query_of("to_arrow()", filters, EVENT_FILTERS), progress))
     query_of('to_arrow(kind="runs")', filters)  # checked here, so the message names this call
     frame = runs_frame(store, progress=progress, **filters)
     for c in _NESTED:
         if c in frame.columns:
             frame[c] = [_codec.dumps(v).decode() for v in frame[c]]
-    return pa.Table.from_pandas(frame, preserve_index=False)
+    problems = frame.attrs.pop("problems")  # pandas would try to store attrs as JSON itself
+    return with_problems(pa.Table.from_pandas(frame, preserve_index=False), problems)
 
 
 # Named entry point for the other frames (faber_runlog._steps): the same check for the extra.

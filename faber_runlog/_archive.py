@@ -29,12 +29,24 @@ import attrs
 from faber_runlog import _codec, _validate
 from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import Event
-from faber_runlog._format import ARCHIVE_MARKER, RunLayout, encode_snapshot, fingerprint, jsonl_line, parse_seq_name
+from faber_runlog._format import (
+    ARCHIVE_INDEX_DIR,
+    ARCHIVE_MARKER,
+    REPORT_JSON,
+    REPORT_MD,
+    RunLayout,
+    encode_snapshot,
+    encode_summary,
+    fingerprint,
+    jsonl_line,
+    parse_seq_name,
+)
 from faber_runlog._ids import RunId
-from faber_runlog._metadata import RunMetadata
+from faber_runlog._metadata import RunMetadata, parse_metadata
 from faber_runlog._progress import Progress
+from faber_runlog._state import RunDigest
 from faber_runlog._storage import PutResult, Storage
-from faber_runlog._store import RunStore, cleaner_grace, parse_metadata
+from faber_runlog._store import RunStore, cleaner_grace
 from faber_runlog._transitions import SEAL_TYPE, TERMINAL_STATUSES, RunStatus, unchanged_since
 from faber_runlog._transitions import Moved as _Moved
 from faber_runlog.errors import (
@@ -66,12 +78,12 @@ __all__ = [
 log = logging.getLogger("faber_runlog._archive")
 
 
-INDEX_DIR: Final = ".faber_runlog/archive-index"
+INDEX_DIR: Final = ARCHIVE_INDEX_DIR
 """Root of the archive index in the destination store: ``{INDEX_DIR}/{org}/{project}/{uuid}.json``."""
 
 _FORMAT: Final = "jsonl/1"
 _READ_BATCH: Final = 256
-_REPORT_FILES: Final = ("report.json", "report.md")
+_REPORT_FILES: Final = (REPORT_JSON, REPORT_MD)
 
 
 def _sha256(data: bytes) -> str:
@@ -219,7 +231,7 @@ def _record_from_seal(rid: RunId, seal: Event) -> ConsolidationRecord:
 def _read_record(store: RunStore, rid: RunId) -> ConsolidationRecord | None:
     """The consolidation record of a sealed run (from its seal event), or None when it is not sealed."""
     elog = store.get_run(rid).log
-    state = elog.current_state()
+    state = elog.fold_state()
     if state.sealed_at is None:
         return None
     return _record_from_seal(rid, elog.get(state.sealed_at))
@@ -259,16 +271,20 @@ def consolidate(store: RunStore, run_id: str | RunId) -> ConsolidationRecord:
     (:class:`RunStillActive`) and runs with a missing or damaged event
     (:class:`ConsolidationError` naming the sequence number); then nothing is written.
     """
+    return consolidate_from(store, run_id, [], "")
+
+
+def consolidate_from(store: RunStore, run_id: str | RunId, lines: list[bytes], last_at: str) -> ConsolidationRecord:
+    """:func:`consolidate`, given the ``events.jsonl`` lines of events ``1..len(lines)`` already read (and verified)."""
     rid = RunId.parse(run_id)
     storage = store.storage
     layout = RunLayout(rid)
     elog = store.get_run(rid).log
     # The lines read so far: events are immutable, so a retry after losing the race to an
     # append reads only the events since, and a busy run cannot starve its consolidation.
-    lines: list[bytes] = []
-    last_at = ""
+    lines = list(lines)
     for _ in range(_SEAL_TRIES):
-        state = elog.current_state()
+        state = elog.fold_state()
         if state.sealed_at is not None:
             record = _record_from_seal(rid, elog.get(state.sealed_at))
             data = storage.read(layout.jsonl)
@@ -374,6 +390,24 @@ def _etag_matches(etag: str | None, body: bytes) -> bool | None:
 
 
 # -- archiving ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Early:
+    """What of an unsealed run is copied before its seal: its lines (read once) and files."""
+
+    lines: list[bytes]
+    last_at: str
+    files: dict[str, bytes]
+
+
+def _not_sealed(rid: RunId, e: BaseException) -> BaseException:
+    """``e`` of a copy that failed before the seal, saying the run was left as it was (still resumable)."""
+    return StorageError(
+        f"copying run {rid} to the archive failed before it was sealed ({type(e).__name__}: {e}); the run was "
+        "left as it was (a cancelled or failed run can still be resumed): archive it again "
+        "(faber-runlog archive RUN_ID / Archiver.archive) once the archive is writable"
+    )
 
 
 @attrs.define(slots=True)
@@ -505,15 +539,17 @@ class Archiver:
             for r in todo:
                 done[str(r)] = ArchiveResult(str(r), "failed", error=unreachable)
             return [done[str(r)] for r in rids]
+        early, sent = self._copy_unsealed([r for r in rids if str(r) not in done], done)
         staged: list[_Staged] = []
         for r in rids:
             if str(r) in done:
                 continue
             try:
-                staged.append(self._stage(r))
+                x = early.get(r)
+                staged.append(self._stage(r, x.lines if x is not None else [], x.last_at if x is not None else ""))
             except Exception as e:
                 done[str(r)] = ArchiveResult(str(r), "failed", error=e)
-        self._upload(staged)
+        self._upload(staged, sent)
         self._create(staged, lambda s: RunLayout(s.rid).metadata, lambda s: s.metadata, compare=True)
         self._create(staged, lambda s: _index_key(s.rid), lambda s: _codec.dumps(s.entry.to_dict()), compare=False)
         now = _codec.now_iso()
@@ -545,15 +581,54 @@ class Archiver:
             return StorageError(f"the archive {self.destination.url} cannot be reached ({e}); nothing was sealed")
         return None
 
-    def _stage(self, rid: RunId) -> _Staged:
-        """Consolidate ``rid`` and read everything that goes to the archive."""
+    def _copy_unsealed(
+        self, rids: list[RunId], done: dict[str, ArchiveResult]
+    ) -> tuple[dict[RunId, _Early], dict[str, bytes]]:
+        """Copy what does not depend on the seal (events.jsonl, reports, children) of the unsealed runs first.
+
+        A run whose copy fails is not sealed (so a cancelled run stays resumable) and goes to ``done``
+        as failed; only the seal's own files follow the seal. Returns what was read and what was sent.
+        """
+        early: dict[RunId, _Early] = {}
+        for r in rids:
+            try:
+                found = self._unsealed(r)
+            except Exception as e:  # nothing sealed, nothing copied: the error says what to do
+                done[str(r)] = ArchiveResult(str(r), "failed", error=e)
+                continue
+            if found is not None:
+                early[r] = found
+        for r, error in self._copy({r: x.files for r, x in early.items()}).items():
+            done[str(r)] = ArchiveResult(str(r), "failed", error=_not_sealed(r, error))
+        sent = {k: b for r, x in early.items() if str(r) not in done for k, b in x.files.items()}
+        return early, sent
+
+    def _unsealed(self, rid: RunId) -> _Early | None:
+        """What of an ended, unsealed run goes to the archive before its seal; None when sealed or still active."""
         src = self.source.storage
-        record = consolidate(self.source, rid)
+        state = self.source.get_run(rid).log.current_state()
+        if state.sealed_at is not None or state.status not in TERMINAL_STATUSES or state.last_event_id == 0:
+            return None  # consolidation finishes, or refuses, in _stage
+        lines, last_at = _jsonl_lines(src, rid, 1, state.last_event_id)
+        layout = RunLayout(rid)
+        files = {layout.jsonl: b"\n".join(lines) + b"\n"}
+        files.update((k, v) for k, v in src.read_many(self._side_keys(rid)).items() if v is not None)
+        return _Early(lines, last_at, files)
+
+    def _side_keys(self, rid: RunId) -> list[str]:
+        """The reports and children records of ``rid``: copied with it, whatever its seal."""
+        layout = RunLayout(rid)
+        children = self.source.storage.list_names(layout.children)
+        keys = [f"{layout.dir}/{name}" for name in _REPORT_FILES]
+        return keys + [f"{layout.children}/{n}" for n in children if n.endswith(".json")]
+
+    def _stage(self, rid: RunId, lines: list[bytes], last_at: str) -> _Staged:
+        """Consolidate ``rid`` (its first ``lines`` already read) and read everything that goes to the archive."""
+        src = self.source.storage
+        record = consolidate_from(self.source, rid, lines, last_at)
         layout = RunLayout(rid)
         # The seal's file travels with events.jsonl: readers of the copy check one against the other.
-        keys = [layout.metadata, layout.jsonl, layout.event(record.last_seq + 1)]
-        keys += [f"{layout.dir}/{name}" for name in _REPORT_FILES]
-        keys += [f"{layout.children}/{n}" for n in src.list_names(layout.children) if n.endswith(".json")]
+        keys = [layout.metadata, layout.jsonl, layout.event(record.last_seq + 1), *self._side_keys(rid)]
         bodies = src.read_many(keys)
         metadata, jsonl = bodies[layout.metadata], bodies[layout.jsonl]
         if metadata is None or jsonl is None:
@@ -562,14 +637,17 @@ class Archiver:
                 run_id=str(rid),
             )
         _check_jsonl(rid, src.path(layout.jsonl), jsonl, record)
-        meta = parse_metadata(self.source, rid, metadata)
+        meta = parse_metadata(self.source.storage, rid, metadata)
         # The archive's state.json is the fold at the seal, encoded afresh: every archiver of
         # the run writes the same bytes, whatever snapshot the source holds at the moment.
         elog = self.source.get_run(rid).log
-        state = elog.current_state()
+        state = elog.fold_state()
         seal = elog.get(record.last_seq + 1)
         files = {k: v for k, v in bodies.items() if v is not None and k != layout.metadata}
-        files[layout.state] = encode_snapshot(state.to_dict(), fingerprint(seal.type, seal.timestamp, seal.nonce))
+        seal_fp = fingerprint(seal.type, seal.timestamp, seal.nonce)
+        files[layout.state] = encode_snapshot(state.to_dict(), seal_fp)
+        # And the summary at the seal, so listings of the archive (and verify --reconstruct) find it current.
+        files[layout.summary] = encode_summary(RunDigest.of(state, seal_fp, meta.summary_listing()).to_dict())
         files[_marker_key(rid)] = _codec.dumps(
             {"run_id": str(rid), "archived_from": src.url, "last_seq": record.last_seq, "sha256": record.sha256}
         )
@@ -590,29 +668,38 @@ class Archiver:
         )
         return _Staged(rid, record, files, metadata, entry)
 
-    def _upload(self, staged: list[_Staged]) -> None:
-        """Copy and verify every data file (all but metadata.json) of the staged runs."""
+    def _upload(self, staged: list[_Staged], sent: dict[str, bytes]) -> None:
+        """Copy and verify every data file (all but metadata.json) of the staged runs not ``sent`` as they are."""
+        files = {s.rid: {k: b for k, b in s.files.items() if sent.get(k) != b} for s in staged}
+        failed = self._copy(files)
+        for s in staged:
+            s.error = s.error or failed.get(s.rid)
+
+    def _copy(self, files: dict[RunId, dict[str, bytes]]) -> dict[RunId, BaseException]:
+        """Write and verify each run's ``files`` in the archive (concurrently); the first error of each failed run."""
         dst = self.destination.storage
-        owner = {key: s for s in staged for key in s.files}
-        items = {key: body for s in staged for key, body in s.files.items()}
+        owner = {key: rid for rid, some in files.items() for key in some}
+        items = {key: body for some in files.values() for key, body in some.items()}
+        errors: dict[RunId, BaseException] = {}
         puts = _put_many(dst, items, create=False)
         unknown: list[str] = []
         for key, put in puts.items():
-            s = owner[key]
+            rid = owner[key]
             if put.error is not None:
-                s.error = s.error or put.error
+                errors.setdefault(rid, put.error)
                 continue
             match = _etag_matches(put.etag, items[key])
             if match is None:
                 unknown.append(key)
             elif not match:
-                s.error = s.error or self._mismatch(s.rid, key, "its ETag is not the MD5 of what was sent")
+                errors.setdefault(rid, self._mismatch(rid, key, "its ETag is not the MD5 of what was sent"))
         for key, body in self._read_back(unknown).items():
-            s = owner[key]
-            if body != items[key] and s.error is None:
+            rid = owner[key]
+            if body != items[key] and rid not in errors:
                 got = "nothing" if body is None else f"{len(body)} bytes, {_sha256(body)}"
                 sent = f"{len(items[key])} bytes, {_sha256(items[key])}"
-                s.error = self._mismatch(s.rid, key, f"it holds {got}, not the {sent} sent")
+                errors[rid] = self._mismatch(rid, key, f"it holds {got}, not the {sent} sent")
+        return errors
 
     def _read_back(self, keys: list[str]) -> dict[str, bytes | None]:
         out: dict[str, bytes | None] = {}
@@ -748,7 +835,7 @@ class Archiver:
     def _metadata_of(self, rid: RunId, bodies: dict[str, bytes | None]) -> RunMetadata | None:
         body = bodies.get(RunLayout(rid).metadata)
         try:
-            return parse_metadata(self.source, rid, body) if body is not None else None
+            return parse_metadata(self.source.storage, rid, body) if body is not None else None
         except FaberRunlogError:
             return None  # unreadable: the default grace (the longest wait unless the cleaner's is longer)
 

@@ -10,14 +10,15 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, NoReturn, TextIO
 
 from faber_runlog import _codec, _validate
+from faber_runlog._advice import advice
 from faber_runlog._events import Event
 from faber_runlog._progress import is_terminal
 from faber_runlog.errors import (
@@ -174,57 +175,175 @@ class _Ctx:
             self._gateway.close()
 
 
+# -- the store and the run ids a command names (checked before the command runs) ---------------------
+
+_CREATES_RUNS: Final = frozenset({"new", "import", "demo", "mcp"})
+"""Commands that may create the store's folder (``init`` creates it too, and says so itself)."""
+_NO_STORE: Final = frozenset({"init", "event-types"})
+"""Commands that do not read the store named by --root."""
+_RUN_ID_ARGS: Final = ("run_id", "run_a", "run_b")
+_RUN_ID_LISTS: Final = ("run_ids", "run")
+
+
+def _missing_local_root(ctx: _Ctx) -> str | None:
+    """The store's folder when the store is a local folder that does not exist; else None."""
+    from faber_runlog._storage import LocalStorage
+
+    storage = ctx.store.storage
+    if isinstance(storage, LocalStorage) and not os.path.isdir(storage.root):
+        return str(storage.root)
+    return None
+
+
+def _root_origin(ctx: _Ctx) -> str:
+    if ctx.args.root is not None:
+        return "--root"
+    if ctx.gateway.config_path is not None:
+        return f"the root in {ctx.gateway.config_path}"
+    if os.environ.get("FABER_RUNLOG_ROOT"):
+        return "$FABER_RUNLOG_ROOT"
+    return "the default store folder"
+
+
+def _check_root(ctx: _Ctx) -> str | None:
+    """Refuse a store folder that does not exist, unless the command creates runs (then: the folder to report)."""
+    if ctx.args.command in _NO_STORE:
+        return None
+    missing = _missing_local_root(ctx)
+    if missing is None or ctx.args.command in _CREATES_RUNS:
+        return missing
+    from faber_runlog.errors import NotFound
+
+    raise NotFound(
+        f"no store at {missing} ({_root_origin(ctx)}): the folder does not exist; check the path, or create a "
+        "run there with `faber-runlog new ORG PROJECT` (or `faber-runlog init` to set up a project)"
+    )
+
+
+def _resolve_run_ids(ctx: _Ctx) -> None:
+    """Every RUN_ID argument as the full id it names (unique uuid prefix, bare uuid; close matches when none)."""
+    a = ctx.args
+    try:
+        for name in _RUN_ID_ARGS:
+            if isinstance(getattr(a, name, None), str):
+                setattr(a, name, ctx.store.resolve_run_id(getattr(a, name)))
+        for name in _RUN_ID_LISTS:
+            if isinstance(getattr(a, name, None), list):
+                setattr(a, name, [ctx.store.resolve_run_id(r) for r in getattr(a, name)])
+    except FaberRunlogError:
+        if ctx.gateway.enabled:
+            raise
+        # Logging is off: a writing command writes nothing and exits 0 whatever the id.
+
+
 # -- commands -----------------------------------------------------------------------------------------
 
 
+def _init_settings(a: argparse.Namespace, config_dir: Path) -> dict[str, Any]:
+    """The gateway.json settings this ``init`` command line names (dotted paths); the others stay as they are."""
+    from faber_runlog._store import check_store_url
+
+    given: dict[str, Any] = {}
+    if a.root is not None:
+        root = str(a.root)
+        check_store_url(root)
+        if "://" not in root and not os.path.isabs(os.path.expanduser(root)):
+            # Relative roots in gateway.json are read from its folder, not from where init ran.
+            root = os.path.relpath(os.path.abspath(root), config_dir)
+        given["root"] = root
+    options = _storage_options(a)
+    if options is not None:
+        given["storage_options"] = options
+    for key, value in (
+        ("enabled", a.enabled),
+        ("fsync", a.fsync),
+        ("snapshot_every", a.snapshot_every),
+        ("source", a.source),
+        ("backends.s3_archive.prefix", a.s3_prefix),
+        ("backends.s3_archive.auto_archive", a.auto_archive),
+        ("backends.s3_archive.archive_on", a.archive_on),
+    ):
+        if value is not None:
+            given[key] = value
+    if a.s3_bucket is not None:
+        given["backends.s3_archive.bucket"] = a.s3_bucket
+        given["backends.s3_archive.enabled"] = True
+    if a.s3_storage_options:
+        given["backends.s3_archive.storage_options"] = _json_object(a.s3_storage_options, "--s3-storage-options")
+    return given
+
+
+def _merged_config(path: Path, given: dict[str, Any]) -> tuple[Any, str | None]:
+    """The config to write: the old file's settings with ``given`` laid over them; and why an old one was dropped."""
+    import copy
+
+    from faber_runlog._gateway import GatewayConfig, load_config
+    from faber_runlog.errors import InvalidGatewayConfig
+
+    body = GatewayConfig().to_dict()
+    dropped = None
+    if path.exists():
+        try:
+            body = load_config(path).to_dict()
+        except InvalidGatewayConfig as e:
+            dropped = f"the old file was unusable ({e}); started from the defaults"
+    body = copy.deepcopy(body)
+    for dotted, value in given.items():
+        *parents, leaf = dotted.split(".")
+        node = body
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return GatewayConfig.from_dict(body, path=str(path)), dropped
+
+
 def _cmd_init(ctx: _Ctx) -> int:
-    from faber_runlog._gateway import CONFIG_PATH, Gateway, GatewayConfig, S3ArchiveConfig, write_config
+    import shutil
+
+    from faber_runlog._gateway import CONFIG_PATH, Gateway, write_config
+    from faber_runlog._storage import LocalStorage
 
     a = ctx.args
     path = Path(a.config) if a.config else Path.cwd() / CONFIG_PATH
     config_dir = path.resolve().parent
-    root = "runs"
-    if a.root is not None:
-        root = str(a.root)
-        if "://" not in root and not os.path.isabs(os.path.expanduser(root)):
-            # Relative roots in gateway.json are read from its folder, not from where init ran.
-            root = os.path.relpath(os.path.abspath(root), config_dir)
-    s3 = S3ArchiveConfig(
-        enabled=a.s3_bucket is not None,
-        bucket=a.s3_bucket,
-        prefix=a.s3_prefix,
-        storage_options=_json_object(a.s3_storage_options, "--s3-storage-options") if a.s3_storage_options else {},
-        auto_archive=not a.no_auto_archive,
-        archive_on=a.archive_on or ("workflow_complete", "workflow_cancelled"),
-    )
-    config = GatewayConfig(
-        enabled=not a.disabled,
-        root=root,
-        storage_options=_storage_options(a) or {},
-        fsync=not a.no_fsync,
-        snapshot_every=a.snapshot_every,
-        source=a.source,
-        s3_archive=s3,
-    )
-    changes = write_config(config, path)
+    config, dropped = _merged_config(path, _init_settings(a, config_dir))
+    backup = path.with_name(path.name + ".bak")
+    existed = path.exists()
+    old_body = path.read_bytes() if existed else None
+    if existed and old_body != _codec.dumps_indented(config.to_dict()):
+        shutil.copyfile(path, backup)  # the old file, byte for byte, before it is replaced
+        changes = write_config(config, path)
+    elif existed:
+        changes = []
+    else:
+        changes = write_config(config, path)
     gateway = Gateway(config, base_dir=config_dir, config_path=path)
     storage = gateway.store.storage
+    new_folder = isinstance(storage, LocalStorage) and not os.path.isdir(storage.root)
     storage.ensure_root()
+    if new_folder:
+        ctx.err.write(f"faber-runlog: created the store at {storage.root}\n")
+    kept = str(backup) if changes else None
     if ctx.json:
-        _dump({"config": str(path), "created": changes is None, "changes": changes or [], "root": storage.url}, ctx.out)
+        body = {"config": str(path), "created": changes is None, "changes": changes or [], "root": storage.url}
+        _dump({**body, "backup": kept}, ctx.out)
         return EXIT_OK
+    if dropped:
+        ctx.err.write(f"faber-runlog: {path}: {dropped}\n")
     if changes is None:
         ctx.out.write(f"wrote {path}\n")
     elif changes:
-        ctx.out.write(f"overwrote {path}; changed:\n" + "".join(f"  {c}\n" for c in changes))
+        ctx.out.write(f"updated {path} (the old file is {backup}); changed:\n" + "".join(f"  {c}\n" for c in changes))
     else:
-        ctx.out.write(f"overwrote {path} (no setting changed)\n")
+        ctx.out.write(f"kept {path} (no setting changed)\n")
     ctx.out.write(f"runs:    {storage.url}\nlogging: {'enabled' if config.enabled else 'disabled'}\n")
     return EXIT_OK
 
 
 def _disabled(ctx: _Ctx, what: str) -> int:
-    where = ctx.gateway.config_path or "gateway.json"
+    from faber_runlog._gateway import CONFIG_NAME  # loaded already: ctx.gateway is one
+
+    where = ctx.gateway.config_path or CONFIG_NAME
     ctx.err.write(f"faber-runlog: logging is disabled in {where}; {what}\n")
     return EXIT_OK
 
@@ -503,13 +622,7 @@ def _cmd_rerun(ctx: _Ctx) -> int:
         _dump({"run_id": child.id, "parent_run_id": a.run_id, "mode": a.mode or "all", "diff": diff}, ctx.out)
         return EXIT_OK
     ctx.out.write(child.id + "\n")
-    for key, value in sorted((diff.get("added") or {}).items()):
-        ctx.out.write(f"  + {key} = {_codec.dumps(value).decode()}\n")
-    for key, value in sorted((diff.get("removed") or {}).items()):
-        ctx.out.write(f"  - {key} (was {_codec.dumps(value).decode()})\n")
-    for key, change in sorted((diff.get("changed") or {}).items()):
-        old, new = _codec.dumps(change["old"]).decode(), _codec.dumps(change["new"]).decode()
-        ctx.out.write(f"  ~ {key}: {old} -> {new}\n")
+    _write_diff(ctx.out, diff)
     return EXIT_OK
 
 
@@ -545,6 +658,8 @@ def _cmd_verify(ctx: _Ctx) -> int:
     w = ctx.out.write
     if report.ok:
         w(f"run {report.run_id}: {report.events} events, ids 1..{report.last_event_id} gapless and valid\n")
+        if report.unknown_types:  # never an error: declare them (gateway.json event_types) to check their schema
+            w(f"  types not declared here (base schema checked): {', '.join(report.unknown_types)}\n")
     else:
         w(f"run {report.run_id}: {len(report.problems)} problem(s) in {report.events} event files\n")
         for p in report.problems:
@@ -554,8 +669,9 @@ def _cmd_verify(ctx: _Ctx) -> int:
             w(f"state.json and snapshots agree with the events (through event {rebuilt.last_event_id})\n")
         else:
             fixed = " (repaired)" if rebuilt.repaired else "; run with --repair to rewrite them"
+            summary = "" if rebuilt.summary in ("ok", "stale") else f"summary.json is {rebuilt.summary}, "
             w(
-                f"state.json is {rebuilt.stored}, bad snapshots: {list(rebuilt.bad_snapshots)}, "
+                f"state.json is {rebuilt.stored}, {summary}bad snapshots: {list(rebuilt.bad_snapshots)}, "
                 f"bad segments: {[f'{a}..{b}' for a, b in rebuilt.bad_segments]}{fixed}\n"
             )
             for d in rebuilt.differences[:20]:
@@ -565,21 +681,13 @@ def _cmd_verify(ctx: _Ctx) -> int:
 
 def _cmd_archive(ctx: _Ctx) -> int:
     from faber_runlog._archive import Archiver
-    from faber_runlog._store import RunStore
 
     a = ctx.args
     if not a.run_ids and not a.all_finished:
         raise UsageError("name the runs to archive, or pass --all-finished")
     if a.run_ids and a.all_finished:
         raise UsageError("pass run ids or --all-finished, not both")
-    if a.to is not None:
-        options = _json_object(a.to_storage_options, "--to-storage-options") if a.to_storage_options else None
-        destination = RunStore(a.to, storage_options=options)
-    else:
-        settings = ctx.gateway.config.s3_archive
-        if settings.url is None:
-            raise UsageError("no archive destination: pass --to URL, or set backends.s3_archive.bucket in gateway.json")
-        destination = RunStore(settings.url, storage_options=dict(settings.storage_options) or None)
+    destination = _archive_destination(ctx)
     if a.older_than is not None:
         try:
             _validate.days(a.older_than, "--older-than")
@@ -655,17 +763,10 @@ def _cmd_demo(ctx: _Ctx) -> int:
     return EXIT_OK
 
 
-def _local_root(ctx: _Ctx) -> None:
-    # ``--root`` may also follow the subcommand (``import PATH --root STORE``).
-    if getattr(ctx.args, "sub_root", None):
-        ctx.args.root = ctx.args.sub_root
-
-
 def _cmd_import(ctx: _Ctx) -> int:
     from faber_runlog._faber import import_faber
 
     a = ctx.args
-    _local_root(ctx)
     options = _json_object(a.source_storage_options, "--source-storage-options") if a.source_storage_options else None
     report = import_faber(
         a.path, ctx.store, plan_org=a.plan_org, storage_options=options, progress=not ctx.json and sys.stderr.isatty()
@@ -681,7 +782,6 @@ def _cmd_export_otlp(ctx: _Ctx) -> int:
     from faber_runlog.otel import send_otlp
 
     a = ctx.args
-    _local_root(ctx)
     run = ctx.store.get_run(a.run_id)
     trace_id = send_otlp(run, a.endpoint)
     if ctx.json:
@@ -697,9 +797,10 @@ def _cmd_export(ctx: _Ctx) -> int:
     a = ctx.args
     if a.format == "otlp":
         return _cmd_export_otlp(ctx)
+    if a.format in ("jsonl", "csv"):
+        return _cmd_export_events(ctx)
     if a.dest is None:
         raise UsageError("export --format faber needs DEST, the FABER base folder to write the run into")
-    _local_root(ctx)
     options = _json_object(a.dest_storage_options, "--dest-storage-options") if a.dest_storage_options else None
     result = export_faber(
         ctx.store, a.run_id, a.dest, storage_options=options, overwrite=a.overwrite, id_form=a.id_form
@@ -725,24 +826,40 @@ def _cmd_mcp(ctx: _Ctx) -> int:
 # other backends as an emitted one would.
 
 
-def _done(ctx: _Ctx, action: str, event: Event | None) -> int:
+def _done(ctx: _Ctx, action: str, event: Event | None, failures: list[Any] | None = None) -> int:
     if event is None:
         return _disabled(ctx, "nothing was written")
     status = ctx.store.get_run(ctx.args.run_id).state().status
+    # A backend (the archive) that failed after the event was recorded: the action stands, the command fails.
+    problems = [_backend_problem(ctx.args.run_id, event, f.name, f.error) for f in failures or ()]
     if ctx.json:
-        _dump(
-            {
-                "run_id": ctx.args.run_id,
-                "action": action,
-                "event_id": event.event_id,
-                "status": status,
-                "event": event.to_dict(),
-            },
-            ctx.out,
-        )
+        body = {
+            "run_id": ctx.args.run_id,
+            "action": action,
+            "event_id": event.event_id,
+            "status": status,
+            "event": event.to_dict(),
+        }
+        _dump({**body, "backend_errors": problems} if problems else body, ctx.out)
     else:
         ctx.out.write(f"{action}: {event.type} is event {event.event_id}; the run is now {status}\n")
-    return EXIT_OK
+    for problem in problems:
+        ctx.err.write(f"faber-runlog: error: {problem}\n")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def _backend_problem(run_id: str, event: Event, name: str, error: BaseException) -> str:
+    """One line: which backend failed after event ``event`` of ``run_id`` was recorded, why, and what to do."""
+    todo = (
+        f"archive it again with `faber-runlog archive {run_id}` once the archive is reachable"
+        if name == "s3_archive"
+        else "see the error; the event itself is recorded"
+    )
+    why = " ".join(str(error).split())
+    return (
+        f"run {run_id}: {event.type} was recorded as event {event.event_id}, but backend {name} failed "
+        f"({type(error).__name__}: {why}); {todo}"
+    )
 
 
 def _cmd_transition(ctx: _Ctx) -> int:
@@ -750,7 +867,9 @@ def _cmd_transition(ctx: _Ctx) -> int:
 
     a = ctx.args
     fields = {k: getattr(a, k, None) for k in ("reason", "summary", "error", "phase", "step")}
-    return _done(ctx, a.action, _actions.perform(ctx.gateway, a.run_id, a.action, **fields))
+    failures: list[_actions.BackendFailure] = []
+    event = _actions.perform(ctx.gateway, a.run_id, a.action, failures=failures, **fields)
+    return _done(ctx, a.action, event, failures)
 
 
 def _cmd_request_approval(ctx: _Ctx) -> int:
@@ -852,20 +971,228 @@ def _add_lifecycle_commands(sub: Any, js: argparse.ArgumentParser) -> None:
         p.set_defaults(func=_cmd_decide, action=name.replace("-", "_"))
 
     p = sub.add_parser("sweep", parents=[js], help="fail active runs whose writer's lease expired")
-    p.add_argument("--older-than", type=float, default=0.0, metavar="S", help="lease expired S seconds ago or more")
+    p.add_argument("--older-than", type=_finite, default=0.0, metavar="S", help="lease expired S seconds ago or more")
     p.add_argument("--run", action="append", metavar="RUN_ID", help="only this run (repeatable)")
     p.add_argument("--include-unleased", action="store_true", help="also runs with no lease, idle for --older-than")
     p.set_defaults(func=_cmd_sweep)
 
 
+# -- lineage, leases, retention, event types and event files (issue 21: what Python has, the CLI has) -----
+
+
+def _cmd_diff(ctx: _Ctx) -> int:
+    from faber_runlog._resume import Resumer
+
+    a = ctx.args
+    diff = Resumer(ctx.store).diff(a.run_a, a.run_b)
+    if ctx.json:
+        _dump({"run_a": a.run_a, "run_b": a.run_b, **diff.to_dict()}, ctx.out)
+        return EXIT_OK
+    if not diff:
+        ctx.out.write(f"same params in {a.run_a} and {a.run_b}\n")
+    _write_diff(ctx.out, diff.to_dict())
+    return EXIT_OK
+
+
+def _write_diff(out: TextIO, diff: dict[str, Any]) -> None:
+    """``+ added``, ``- removed``, ``~ changed: old -> new`` lines of a parameter diff (as ``rerun`` prints)."""
+    for key, value in sorted((diff.get("added") or {}).items()):
+        out.write(f"  + {key} = {_codec.dumps(value).decode()}\n")
+    for key, value in sorted((diff.get("removed") or {}).items()):
+        out.write(f"  - {key} (was {_codec.dumps(value).decode()})\n")
+    for key, change in sorted((diff.get("changed") or {}).items()):
+        old, new = _codec.dumps(change["old"]).decode(), _codec.dumps(change["new"]).decode()
+        out.write(f"  ~ {key}: {old} -> {new}\n")
+
+
+def _cmd_children(ctx: _Ctx) -> int:
+    a = ctx.args
+    ids = list(ctx.store.lineage(a.run_id).descendants) if a.all else ctx.store.children(a.run_id)
+    if ctx.json:
+        _dump(ids, ctx.out)
+    else:
+        ctx.out.write("".join(f"{i}\n" for i in ids) or f"no runs were re-run from {a.run_id}\n")
+    return EXIT_OK
+
+
+def _cmd_heartbeat(ctx: _Ctx) -> int:
+    import socket
+
+    from faber_runlog._ids import RunId
+    from faber_runlog._lease import try_acquire_lease
+
+    a = ctx.args
+    if a.ttl is not None:
+        _seconds(a.ttl, "--ttl", positive=True)
+    if not ctx.gateway.enabled:
+        return _disabled(ctx, "no lease was written")
+    run = ctx.store.get_run(a.run_id)
+    owner = a.owner or f"faber-runlog@{socket.gethostname()}"
+    ttl = ctx.store.lease_ttl if a.ttl is None else a.ttl
+    if a.take_over:
+        lease = run.heartbeat(ttl=ttl, owner=owner)
+    else:
+        lease = try_acquire_lease(ctx.store.storage, RunId.parse(run.id), ttl=ttl, owner=owner)
+        if lease is None:
+            from faber_runlog.errors import Refused
+
+            holder = run.status_view(tail=0).lease
+            who = f"{holder.owner} until {holder.expires_at}" if holder is not None else "another writer"
+            raise Refused(
+                f"run {run.id} is leased by {who}; pass --owner with that name to renew it, or --take-over to "
+                "fence that writer out"
+            )
+    if ctx.json:
+        from faber_runlog._converter import converter
+
+        _dump({"run_id": run.id, "lease": converter.unstructure(lease)}, ctx.out)
+    else:
+        ctx.out.write(f"lease of {lease.owner} on {run.id} until {lease.expires_at} (epoch {lease.epoch})\n")
+    return EXIT_OK
+
+
+def _archive_destination(ctx: _Ctx) -> Any:
+    """The archive store: ``--to URL`` (``--to-storage-options``), else gateway.json's ``s3_archive``."""
+    from faber_runlog._store import RunStore
+
+    a = ctx.args
+    if a.to is not None:
+        options = _json_object(a.to_storage_options, "--to-storage-options") if a.to_storage_options else None
+        return RunStore(a.to, storage_options=options)
+    settings = ctx.gateway.config.s3_archive
+    if settings.url is None:
+        raise UsageError("no archive destination: pass --to URL, or set backends.s3_archive.bucket in gateway.json")
+    return RunStore(settings.url, storage_options=dict(settings.storage_options) or None)
+
+
+def _cmd_cleanup(ctx: _Ctx) -> int:
+    from faber_runlog._archive import Archiver, RetentionPolicy
+
+    a = ctx.args
+    try:
+        policy = RetentionPolicy(keep_days=a.keep_days, keep_failed=a.keep_failed)
+    except InvalidArgument as e:
+        raise UsageError(str(e).replace("RetentionPolicy keep_days", "--keep-days")) from e
+    archiver = Archiver(ctx.store, _archive_destination(ctx), progress=False if ctx.json else None)
+    report = archiver.cleanup(policy, dry_run=not a.yes, org=a.org, project=a.project)
+    if ctx.json:
+        items = [{"run_id": i.run_id, "action": i.action, "reason": i.reason, "files": i.files} for i in report.items]
+        _dump({"dry_run": report.dry_run, "items": items}, ctx.out)
+        return EXIT_OK
+    for i in report.items:
+        verb = ("would remove" if report.dry_run else "removed") if i.action == "remove" else "keep"
+        ctx.out.write(f"{verb:<13} {i.run_id}: {i.files} event file(s); {i.reason}\n")
+    n = len(report.removed)
+    if report.dry_run:
+        ctx.out.write(f"dry run: {n} archived run(s) would lose their event files; pass --yes to remove them\n")
+    else:
+        ctx.out.write(f"{n} archived run(s) cleaned up (events.jsonl, state and reports kept)\n")
+    return EXIT_OK
+
+
+def _cmd_event_types(ctx: _Ctx) -> int:
+    from faber_runlog._events import BUILTIN_EVENT_TYPES, type_version
+    from faber_runlog._registry import event_types_table
+
+    registry = ctx.gateway.registry  # the built-in types, entry points and gateway.json's declarations
+    table = event_types_table(registry)
+    builtin = set(BUILTIN_EVENT_TYPES)
+    rows = [
+        {"type": name, "version": type_version(name, table), "builtin": name in builtin}
+        for name in registry.event_types()
+    ]
+    if ctx.json:
+        _dump(rows, ctx.out)
+    else:
+        cells = [[str(r["type"]), str(r["version"]), "built-in" if r["builtin"] else "registered"] for r in rows]
+        _table(cells, ["TYPE", "VERSION", "KIND"], ctx.out)
+    return EXIT_OK
+
+
+_CSV_FIELDS: Final = (
+    "event_id", "timestamp", "type", "phase", "step", "status", "message", "error", "duration_ms", "user",
+    "source", "idempotency_key", "metadata",
+)  # fmt: skip  # a table of column names
+
+
+def _cmd_export_events(ctx: _Ctx) -> int:
+    """``export RUN --format jsonl|csv [DEST]``: the run's events, one per line or row, to DEST or stdout."""
+    import csv
+    import io
+
+    a = ctx.args
+    run = ctx.store.get_run(a.run_id)
+    buffer = io.StringIO()
+    count = 0
+    if a.format == "jsonl":
+        for event in run.log.read(0):
+            buffer.write(_codec.dumps(event.to_dict()).decode() + "\n")
+            count += 1
+    else:
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(_CSV_FIELDS)
+        for event in run.log.read(0):
+            body = event.to_dict()
+            cells = [body.get(f) for f in _CSV_FIELDS]
+            writer.writerow(
+                ["" if c is None else _codec.dumps(c).decode() if isinstance(c, dict | list) else c for c in cells]
+            )
+            count += 1
+    if a.dest is None or a.dest == "-":
+        ctx.out.write(buffer.getvalue())
+        return EXIT_OK
+    with open(a.dest, "w", encoding="utf-8", newline="") as f:
+        f.write(buffer.getvalue())
+    ctx.err.write(f"wrote {count} events of {run.id} to {a.dest}\n")
+    return EXIT_OK
+
+
+def _add_more_commands(sub: Any, js: argparse.ArgumentParser) -> None:
+    """diff, children, heartbeat, cleanup, event-types: what the Python API has, on the command line."""
+    p = sub.add_parser("diff", parents=[js], help="how the params of RUN_B differ from those of RUN_A")
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.set_defaults(func=_cmd_diff)
+
+    p = sub.add_parser("children", parents=[js], help="the runs re-run from a run (its children), oldest first")
+    p.add_argument("run_id")
+    p.add_argument("--all", action="store_true", help="every descendant, not only the direct children")
+    p.set_defaults(func=_cmd_children)
+
+    p = sub.add_parser("heartbeat", parents=[js], help="take or renew a run's writer lease once")
+    p.add_argument("run_id")
+    p.add_argument("--owner", help="the lease owner (default faber-runlog@HOSTNAME); the same owner renews")
+    p.add_argument("--ttl", type=_finite, metavar="S", help="seconds the lease lasts (default: the store's)")
+    p.add_argument("--take-over", action="store_true", help="take the lease from another live owner (fences it)")
+    p.set_defaults(func=_cmd_heartbeat)
+
+    p = sub.add_parser("cleanup", parents=[js], help="remove event files of archived runs (dry run unless --yes)")
+    p.add_argument("--keep-days", type=_finite, default=0.0, metavar="DAYS", help="keep runs archived < DAYS ago")
+    p.add_argument("--keep-failed", action="store_true", help="keep failed runs' event files")
+    p.add_argument("--org")
+    p.add_argument("--project")
+    p.add_argument("--yes", action="store_true", help="really remove them (default: only list what would go)")
+    p.add_argument("--to", metavar="URL", help="the archive (default: gateway.json's s3_archive)")
+    p.add_argument("--to-storage-options", metavar="JSON", help="storage options of --to (no secrets)")
+    p.set_defaults(func=_cmd_cleanup)
+
+    p = sub.add_parser("event-types", parents=[js], help="the event types this process knows, with their versions")
+    p.set_defaults(func=_cmd_event_types)
+
+
 # -- the parser -------------------------------------------------------------------------------------------
+
+
+class _BadCommandLine(Exception):
+    """argparse refused the command line; the one line to print on the caller's stderr (exit 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error on one line of stderr like every other error (``--help`` shows the usage)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+        where = f"{self.prog.split()[0]}: error: "  # the same prefix as every other error, in any command
+        raise _BadCommandLine(f"{where}{' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 class _IntermixedParser(_Parser):
@@ -889,44 +1216,96 @@ class _IntermixedParser(_Parser):
             self._mixing = False
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="faber-runlog",
-        description="Run ids, event logs and run state on a local folder or any fsspec URL.",
-        epilog="Exit codes: 0 ok, 1 the operation failed, 2 bad usage. Docs: docs/cli.md",
-    )
-    parser.add_argument(
+def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """The options every command takes, before the command (``faber-runlog --root X list``) or after it.
+
+    One definition for both places: after the command their default is ``SUPPRESS``, so a value
+    given before the command is not overwritten by the command's own default.
+    """
+    keep: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
+    group = parser.add_argument_group("global options (before or after the command)")
+    group.add_argument(
         "--root",
         help="store root: a folder or any fsspec URL (default: gateway.json's root, "
         "else $FABER_RUNLOG_ROOT, else .faber_runlog/runs)",
+        **keep,
     )
-    parser.add_argument(
+    group.add_argument(
         "--storage-options",
         metavar="JSON",
         help="fsspec storage options as JSON, e.g. "
         f'\'{{"endpoint_url": "http://..."}}\' (or ${STORAGE_OPTIONS_ENV}); credentials come '
         "from the environment",
+        **keep,
     )
-    parser.add_argument(
+    group.add_argument(
         "--config",
         metavar="PATH",
-        help="gateway.json to use (default: $FABER_RUNLOG_CONFIG, else "
-        "the nearest .fractary/plugins/faber/gateway.json)",
+        help="gateway.json to use (default: $FABER_RUNLOG_CONFIG, else the nearest .faber_runlog/gateway.json)",
+        **keep,
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    group.add_argument("--debug", action="store_true", help="show tracebacks", **keep)
+
+
+def _whole(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number >= ``minimum`` (a negative count or limit is bad usage)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _finite(text: str) -> float:
+    """An argparse ``type``: a finite number >= 0 (no NaN, no infinity, no negative duration)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= _validate.MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 and at most a century, got {text}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="faber-runlog",
+        description="Run ids, event logs and run state on a local folder or any fsspec URL.",
+        epilog="Exit codes: 0 ok, 1 the operation failed, 2 bad usage. `faber-runlog COMMAND --help` shows a "
+        "command's options.",
+    )
+    _add_global_options(parser, after_command=False)
+    from faber_runlog._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"faber-runlog {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     js = _Parser(add_help=False)
     js.add_argument("--json", action="store_true", help="print JSON for scripts")
 
-    p = sub.add_parser("init", parents=[js], help="write gateway.json and create the runs folder")
-    p.add_argument("--disabled", action="store_true", help="turn logging off (emit becomes a no-op)")
-    p.add_argument("--snapshot-every", type=int, default=100, metavar="N", help="write state.json every N events")
-    p.add_argument("--no-fsync", action="store_true", help="do not fsync event files (faster, less durable)")
-    p.add_argument("--source", default="faber-runlog", help="the 'source' of events written through the gateway")
+    p = sub.add_parser(
+        "init", parents=[js], help="write gateway.json (merging into an existing one) and create the runs folder"
+    )
+    p.add_argument("--disabled", dest="enabled", action="store_false", default=None, help="turn logging off")
+    p.add_argument("--enabled", dest="enabled", action="store_true", default=None, help="turn logging back on")
+    p.add_argument("--snapshot-every", type=_whole(1), metavar="N", help="write state.json every N events")
+    p.add_argument(
+        "--fsync", action=argparse.BooleanOptionalAction, help="fsync event files (--no-fsync: faster, less durable)"
+    )
+    p.add_argument("--source", help="the 'source' of events written through the gateway")
     p.add_argument("--s3-bucket", help="enable the s3_archive backend with this bucket")
-    p.add_argument("--s3-prefix", default="faber/runs", help="key prefix in the archive bucket")
+    p.add_argument("--s3-prefix", help="key prefix in the archive bucket (default faber/runs)")
     p.add_argument("--s3-storage-options", metavar="JSON", help="storage options of the archive (no secrets)")
-    p.add_argument("--no-auto-archive", action="store_true", help="archive only when asked (faber-runlog archive)")
+    p.add_argument(
+        "--auto-archive",
+        action=argparse.BooleanOptionalAction,
+        help="archive finished runs at once (--no-auto-archive: only when asked, faber-runlog archive)",
+    )
     p.add_argument(
         "--archive-on",
         nargs="+",
@@ -954,7 +1333,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("type", help="event type, e.g. step_start")
     for name in ("phase", "step", "status", "message", "error", "user", "source"):
         p.add_argument(f"--{name}")
-    p.add_argument("--duration-ms", type=float)
+    p.add_argument("--duration-ms", type=_finite)
     p.add_argument("--metadata", metavar="JSON", help="metadata object as JSON")
     p.add_argument("--meta", action="append", metavar="K=V", help="one metadata entry (K:=JSON for a typed value)")
     p.add_argument("--idempotency-key", help="append at most once per key")
@@ -969,27 +1348,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--since", metavar="TIME", help="runs created at or after TIME (ISO 8601, e.g. 2026-01-31)")
     p.add_argument("--until", metavar="TIME", help="runs created before TIME")
     p.add_argument("--order", choices=("newest", "oldest"), help="newest first (default) or oldest first")
-    p.add_argument("--limit", type=int, metavar="N", help="at most N runs (--json then also gives next_cursor)")
+    p.add_argument("--limit", type=_whole(0), metavar="N", help="at most N runs (--json then also gives next_cursor)")
     p.add_argument("--cursor", metavar="CURSOR", help="the next page: the cursor the previous page gave")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("show", parents=[js], help="state, phases, steps and the last events of a run")
     p.add_argument("run_id")
-    p.add_argument("--events", type=int, default=10, metavar="N", help="how many recent events (default 10)")
+    p.add_argument("--events", type=_whole(0), default=10, metavar="N", help="how many recent events (default 10)")
     p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("tail", parents=[js], help="print a run's events; --follow waits for new ones")
     p.add_argument("run_id")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing events as they are written")
-    p.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="start with the last N events")
-    p.add_argument("--since", type=int, metavar="ID", help="start after this event id instead")
+    p.add_argument("-n", "--lines", type=_whole(0), default=10, metavar="N", help="start with the last N events")
+    p.add_argument("--since", type=_whole(0), metavar="ID", help="start after this event id instead")
     p.add_argument(
         "--until-end",
         action="store_true",
         help="with --follow: stop once the run has ended or failed (also a step failure)",
     )
-    p.add_argument("--timeout", type=float, metavar="S", help="stop following after S idle seconds")
-    p.add_argument("--poll", type=float, default=0.25, metavar="S", help="poll interval (default 0.25 s)")
+    p.add_argument("--timeout", type=_finite, metavar="S", help="stop following after S idle seconds")
+    p.add_argument("--poll", type=_finite, default=0.25, metavar="S", help="poll interval (default 0.25 s)")
     p.set_defaults(func=_cmd_tail)
 
     p = sub.add_parser(
@@ -1006,7 +1385,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="K=V", help="override (K:=JSON typed, K:=null removes)")
     p.add_argument("--tag", action="append", metavar="K=V")
     p.add_argument("--mode", choices=["all", "from_failure", "from_event"], help="default: all")
-    p.add_argument("--from-event", type=int, metavar="N", help="start from the parent's state after event N")
+    p.add_argument("--from-event", type=_whole(0), metavar="N", help="start from the parent's state after event N")
     p.set_defaults(func=_cmd_rerun)
 
     p = sub.add_parser("verify", parents=[js], help="check a run's events (exit 1 if anything is wrong)")
@@ -1024,7 +1403,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("archive", parents=[js], help="consolidate finished runs and copy them to the archive")
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID")
     p.add_argument("--all-finished", action="store_true", help="every finished run not archived yet")
-    p.add_argument("--older-than", type=float, metavar="DAYS", help="with --all-finished: ended DAYS ago or more")
+    p.add_argument("--older-than", type=_finite, metavar="DAYS", help="with --all-finished: ended DAYS ago or more")
     p.add_argument("--to", metavar="URL", help="archive store (default: gateway.json's s3_archive)")
     p.add_argument("--to-storage-options", metavar="JSON", help="storage options of --to (no secrets)")
     p.set_defaults(func=_cmd_archive)
@@ -1038,7 +1417,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ui", help="serve a read-only run viewer on 127.0.0.1 (needs faber_runlog[ui])")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--port", type=_whole(0), default=8080, help="port (default 8080; 0 picks a free one)")
     p.set_defaults(func=_cmd_ui)
 
     p = sub.add_parser(
@@ -1053,9 +1432,6 @@ def _parser() -> argparse.ArgumentParser:
         help="a project (only its FABER base paths and $FABER_RUNS_PATH are searched; default: the current "
         "folder), a FABER base folder, one run folder, or an fsspec URL",
     )
-    p.add_argument(
-        "--root", dest="sub_root", metavar="STORE", help="the store to import into (same as the global --root)"
-    )
     p.add_argument("--plan-org", default="local", help="org of runs whose FABER id is plan-based (default: local)")
     p.add_argument("--source-storage-options", metavar="JSON", help="fsspec storage options of PATH (no secrets)")
     p.set_defaults(func=_cmd_import)
@@ -1068,7 +1444,12 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         help="FABER base folder (or fsspec URL); the run goes to DEST/org/project/uuid (--format faber)",
     )
-    p.add_argument("--format", choices=["faber", "otlp"], required=True, help="the format to write")
+    p.add_argument(
+        "--format",
+        choices=["faber", "otlp", "jsonl", "csv"],
+        required=True,
+        help="faber: a FABER run folder; otlp: one trace; jsonl/csv: the events, to DEST or stdout",
+    )
     p.add_argument(
         "--endpoint", metavar="URL", help="OTLP/HTTP receiver for --format otlp (default: $OTEL_EXPORTER_OTLP_ENDPOINT)"
     )
@@ -1079,18 +1460,20 @@ def _parser() -> argparse.ArgumentParser:
         default="uuid",
         help="faber: DEST/org/project/uuid (uuid, default) or FABER v5's DEST/{plan_id}/{ts} with plan.json (plan)",
     )
-    p.add_argument("--root", dest="sub_root", metavar="STORE", help="the store to read from (as the global --root)")
     p.add_argument("--dest-storage-options", metavar="JSON", help="fsspec storage options of DEST (no secrets)")
     p.set_defaults(func=_cmd_export)
     p.__class__ = _IntermixedParser
 
     _add_lifecycle_commands(sub, js)
+    _add_more_commands(sub, js)
 
     p = sub.add_parser("demo", help="log a short demo run and print its state")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("mcp", help="serve the MCP gateway over stdio (needs faber_runlog[mcp])")
     p.set_defaults(func=_cmd_mcp)
+    for command in sub.choices.values():  # every command takes the global options after its name too
+        _add_global_options(command, after_command=True)
     return parser
 
 
@@ -1110,45 +1493,37 @@ def _exit_code(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
-# The library's messages point to Python calls; on the command line the same advice is a command.
-_CLI_WORDS: Final = (
-    (re.compile(r"list_runs\(\)"), "`faber-runlog list`"),
-    (re.compile(r"\(?Resumer\(store\)\.rerun\(run_id\)\)?"), "`faber-runlog rerun RUN_ID`"),
-    (re.compile(r"Resumer\(store\)\.resume\(run_id\)"), "`faber-runlog resume RUN_ID`"),
-    (re.compile(r"\brerun\(\)"), "`faber-runlog rerun RUN_ID`"),
-    (re.compile(r"\bverify(_run)?\(\)"), "`faber-runlog verify RUN_ID`"),
-    (re.compile(r"\bsweep_stale\(\)"), "`faber-runlog sweep`"),
-    (re.compile(r"open it with get_run\(\) instead"), "see it with `faber-runlog show RUN_ID`"),
-    (re.compile(r"pass allow_cancelled=True"), "pass --allow-cancelled"),
-)
-
-
-def _cli_words(text: str) -> str:
-    """``text`` with the Python calls it recommends replaced by the matching ``faber-runlog`` commands."""
-    for pattern, words in _CLI_WORDS:
-        text = pattern.sub(words, text)
-    return text
-
-
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 operation failed, 2 bad usage)."""
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     try:
         args = _parser().parse_args(argv)
-    except SystemExit as e:  # argparse has printed the usage line
+    except _BadCommandLine as e:
+        err.write(str(e))
+        return EXIT_USAGE
+    except SystemExit as e:  # --help or --version was printed
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     ctx = _Ctx(args, out, err)
     try:
+        created = _check_root(ctx)
+        if args.command not in _NO_STORE:
+            _resolve_run_ids(ctx)
         code: int = args.func(ctx)
+        if created is not None and os.path.isdir(created):
+            err.write(f"faber-runlog: created the store at {created}\n")
         return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, like other shell tools
+        if out is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_OK
     except Exception as e:
         if args.debug:
             raise
         known = isinstance(e, (FaberRunlogError, UsageError, OSError, ValueError, LookupError))
-        text = _cli_words(" ".join(str(e).split())) or type(e).__name__
+        text = advice(e, "cli") or type(e).__name__  # the library's advice, worded as commands
         prefix = "error" if known else f"internal error ({type(e).__name__})"
         hint = "" if known else "; run again with --debug for the traceback"
         err.write(f"faber-runlog: {prefix}: {text}{hint}\n")

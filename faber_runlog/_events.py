@@ -301,17 +301,29 @@ _paused_from_enum()
 
 
 def event_schema(event_type: str | None = None) -> dict[str, Any]:
-    """The JSON Schema of the base event, or of one registered type."""
+    """The JSON Schema of the base event, or of one type registered in the default registry.
+
+    A store's own registry answers the same question: ``store.registry.event_schema(name)``.
+    """
+    return schema_in(_DEFAULT_TYPES, event_type)
+
+
+def schema_in(table: EventTypes, event_type: str | None = None) -> dict[str, Any]:
+    """:func:`event_schema` in ``table`` (a registry's)."""
     if event_type is None:
         return dict(_BASE_SCHEMA)
-    spec = _types.get(event_type)
+    spec = table.types.get(event_type)
     if spec is None:
-        raise InvalidEvent(f"unknown event type {event_type!r}", event_type=event_type)
+        raise InvalidEvent(
+            f"unknown event type {event_type!r}{did_you_mean(event_type, table.types)}: declare it first "
+            "(gateway.json event_types, the faber_runlog.event_types entry point, or register_event_type)",
+            event_type=event_type,
+        )
     return dict(spec.schema)
 
 
 def event_types() -> list[str]:
-    """Every registered type: the built-ins, then custom ones, sorted."""
+    """Every type registered in the default registry, sorted (a store's own: ``store.registry.event_types()``)."""
     return sorted(_types)
 
 
@@ -471,14 +483,20 @@ def _explain(e: fastjsonschema.JsonSchemaValueException) -> str:
     return f"{message} (field {field or 'event'!r})"
 
 
-def validate_event_dict(data: dict[str, Any], *, run_id: str | None = None, table: EventTypes = _DEFAULT_TYPES) -> None:
-    """Validate one event dict against the base schema and its type's schema."""
+def validate_event_dict(
+    data: dict[str, Any], *, run_id: str | None = None, table: EventTypes = _DEFAULT_TYPES, stored: bool = False
+) -> None:
+    """Validate one event dict against the base schema and its type's schema.
+
+    ``stored=True`` checks an event already in a log: a type ``table`` does not know is never an
+    error on read (it was registered by whoever wrote it), so only the base schema applies to it.
+    """
     global _base_validator
     etype = data.get("type")
     where = f"event {etype!r}" + (f" for run {run_id}" if run_id else "")
     if not isinstance(etype, str):
         raise InvalidEvent(f"{where}: 'type' must be a string", run_id=run_id)
-    type_validator = _validator_for(etype, table)
+    type_validator = None if stored and etype not in table.types else _validator_for(etype, table)
     for key, value in data.items():
         check_json_value(value, f"{where}: field {key!r}")
     stamp = data.get("timestamp")
@@ -490,6 +508,8 @@ def validate_event_dict(data: dict[str, Any], *, run_id: str | None = None, tabl
     if _base_validator is None:
         _base_validator = _compile(_BASE_SCHEMA)
     for validator in (_base_validator, type_validator):
+        if validator is None:
+            continue
         try:
             validator(data)
         except fastjsonschema.JsonSchemaValueException as e:

@@ -30,7 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from faber_runlog import _codec, _validate
 from faber_runlog._converter import to_dict
-from faber_runlog._events import Event, register_event_type, validate_event_dict
+from faber_runlog._events import Event, EventTypes, register_event_type, validate_event_dict
 from faber_runlog._faber_layout import (
     FABER_BASE_PATHS,
     NON_RUN_NAMES,
@@ -43,6 +43,7 @@ from faber_runlog._ids import RunId, validate_slug
 from faber_runlog._metadata import RunMetadata
 from faber_runlog._plan import normalize_plan
 from faber_runlog._progress import Progress
+from faber_runlog._registry import event_types_table
 from faber_runlog._state import ErrorRecord, PhaseState, RunState
 from faber_runlog._storage import open_filesystem
 from faber_runlog._store import Run, RunStore, create_run_from
@@ -245,11 +246,14 @@ def _derive(our_type: str, fields: dict[str, Any], metadata: dict[str, Any]) -> 
     return derived
 
 
-def _valid(fields: dict[str, Any], run_id: str, timestamp: str) -> str | None:
-    """None if ``fields`` would be accepted by ``append``, else why not."""
+def _valid(fields: dict[str, Any], run_id: str, timestamp: str, types: EventTypes | None) -> str | None:
+    """None if ``fields`` would be accepted by ``append`` (of a store with event types ``types``), else why not."""
     probe = dict(fields, run_id=run_id, event_id=1, timestamp=timestamp, schema_version=1)
     try:
-        validate_event_dict(probe, run_id=run_id)
+        if types is None:
+            validate_event_dict(probe, run_id=run_id)
+        else:
+            validate_event_dict(probe, run_id=run_id, table=types)
     except InvalidEvent as e:
         return str(e)
     return None
@@ -263,8 +267,11 @@ def runlog_event_fields(  # noqa: C901  (a field-by-field translation of FABER's
     file: str | None = None,
     fallback_timestamp: str | None = None,
     default_user: str | None = "unknown",
+    types: EventTypes | None = None,
 ) -> tuple[dict[str, Any], str, list[str]]:
     """Turn one FABER event into ``(fields, timestamp, notes)`` ready for ``EventLog.append``.
+
+    ``types`` are the event types of the store it goes to (default: the default registry's).
 
     Nothing is dropped: a type our schema refuses is kept as :data:`UNMAPPED_TYPE`,
     a field that cannot be kept where it was moves to ``metadata._faber.fields``,
@@ -326,20 +333,20 @@ def runlog_event_fields(  # noqa: C901  (a field-by-field translation of FABER's
         first_error = f"a {kind} event is faber_runlog's own seal and is never copied into a log"
     elif isinstance(kind, str):
         candidate = build(kind, fields, moved)
-        first_error = _valid(candidate, run_id, timestamp)
+        first_error = _valid(candidate, run_id, timestamp, types)
         if first_error is None:
             return candidate, timestamp, notes
     else:
         first_error = f"its type {etype!r} is not a string"
     candidate = build(UNMAPPED_TYPE, fields, moved)
-    if _valid(candidate, run_id, timestamp) is None:
+    if _valid(candidate, run_id, timestamp, types) is None:
         notes.append(f"kept as {UNMAPPED_TYPE} because {first_error}")
         return candidate, timestamp, notes
     # Last resort: every optional field moves aside, so only type, time and metadata remain.
     keep = {k: v for k, v in fields.items() if k == "user" and isinstance(v, str) and len(v) <= 256}
     aside = dict(moved, **{k: v for k, v in fields.items() if k not in keep})
     candidate = build(UNMAPPED_TYPE, keep, aside)
-    problem = _valid(candidate, run_id, timestamp)
+    problem = _valid(candidate, run_id, timestamp, types)
     if problem is not None:
         raise InvalidEvent(f"FABER event {file or raw.get('event_id')!r} cannot be stored at all: {problem}")
     notes.append(f"kept as {UNMAPPED_TYPE} with its fields in metadata._faber.fields because {first_error}")
@@ -578,7 +585,7 @@ class _Planned:
     notes: list[str]
 
 
-def _read_folder(fs: Any, folder: _Folder, plan_org: str) -> _Planned:  # noqa: C901  (reads every optional FABER file; each branch is one tolerated variant)
+def _read_folder(fs: Any, folder: _Folder, plan_org: str, types: EventTypes | None = None) -> _Planned:  # noqa: C901  (reads every optional FABER file; each branch is one tolerated variant)
     notes: list[str] = list(folder.notes)
     paths = [p for n, p in folder.files.items() if n != ".next-id"]
     optional = (folder.metadata_path, folder.jsonl_path, folder.files.get(".next-id"), folder.plan_path)
@@ -679,7 +686,7 @@ def _read_folder(fs: Any, folder: _Folder, plan_org: str) -> _Planned:  # noqa: 
         elif isinstance(data.get("event_id"), int) and data["event_id"] != number and not name.startswith("events."):
             notes.append(f"{name} carries event_id {data['event_id']}; its file number {number} orders it")
         fields, stamp, event_notes = runlog_event_fields(
-            data, run_id=str(rid), original_run_id=original, file=name, fallback_timestamp=last_stamp
+            data, run_id=str(rid), original_run_id=original, file=name, fallback_timestamp=last_stamp, types=types
         )
         fields["metadata"][IMPORT_KEY].setdefault("event_id", number)
         key = fields.get("idempotency_key")
@@ -973,7 +980,7 @@ def import_faber(
     failed: list[ImportedRun] = []
     for folder in folders:
         try:
-            planned.append(_read_folder(fs, folder, plan_org))
+            planned.append(_read_folder(fs, folder, plan_org, event_types_table(store.registry)))
         except (FaberRunlogError, ValueError) as e:
             failed.append(
                 ImportedRun(

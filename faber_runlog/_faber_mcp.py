@@ -31,7 +31,8 @@ from faber_runlog._faber import (
 )
 from faber_runlog._format import RunLayout
 from faber_runlog._gateway import Gateway
-from faber_runlog._mcp_server import one_line as _message
+from faber_runlog._hints import one_line as _message
+from faber_runlog._registry import event_types_table
 from faber_runlog._store import Run
 from faber_runlog.errors import FaberRunlogError, InvalidEvent
 
@@ -119,7 +120,9 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
                     raise  # FABER refuses an unknown type name too
                 # FABER checks only the type name: keep what our schema refuses, as the importer does.
                 raw = {"type": type, **{k: v for k, v in fields.items() if v is not None}}
-                converted, _, _ = runlog_event_fields(raw, run_id=run.id, default_user=None)
+                converted, _, _ = runlog_event_fields(
+                    raw, run_id=run.id, default_user=None, types=event_types_table(gateway.store.registry)
+                )
                 # Only what a producer may set: fields an export restores (lease_epoch, nonce, ...) are the log's own.
                 kept = {k: v for k, v in converted.items() if k in _EMIT_FIELDS}
                 event = gateway.emit(run.id, converted["type"], **kept)

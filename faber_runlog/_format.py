@@ -35,15 +35,21 @@ from typing import Any, Final
 
 from faber_runlog import _codec
 from faber_runlog._ids import RunId
+from faber_runlog._storage import INTERNAL_DIR
 from faber_runlog.errors import CorruptData
 
 __all__ = [
+    "ARCHIVE_INDEX_DIR",
     "ARCHIVE_MARKER",
+    "INTERNAL_DIR",
+    "KEYS_DIR",
     "LEASE_NAME",
+    "PROJECT_DIR",
     "REPORT_JSON",
     "REPORT_MD",
     "SEGMENT_EVENTS",
     "SEQ_WIDTH",
+    "SLOTS_DIR",
     "SNAPSHOTS_KEPT",
     "SUMMARY_NAME",
     "RunLayout",
@@ -80,6 +86,14 @@ SEGMENT_FORMAT: Final = 2
 """2: a CRC-32 checksum (format 1's sha256 cost a third of a rebuild's time); format 1 is still read."""
 
 ARCHIVE_MARKER: Final = "archived.json"
+PROJECT_DIR: Final = ".faber_runlog"
+"""The folder in a project that holds the default store (``runs/``) and ``gateway.json``."""
+KEYS_DIR: Final = f"{INTERNAL_DIR}/keys"
+"""Concurrency-key claims of exclusive runs (``_lifecycle``), under a store root."""
+SLOTS_DIR: Final = f"{INTERNAL_DIR}/slots"
+"""Active-run slots of exclusive runs (``_lifecycle``), under a store root."""
+ARCHIVE_INDEX_DIR: Final = f"{INTERNAL_DIR}/archive-index"
+"""The archive index in a destination store (``_archive``): ``{dir}/{org}/{project}/{uuid}.json``."""
 LEASE_NAME: Final = "lease.json"
 REPORT_JSON: Final = "report.json"
 REPORT_MD: Final = "report.md"

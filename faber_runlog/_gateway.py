@@ -13,30 +13,33 @@ the environment.
 from __future__ import annotations
 
 import abc
+import importlib
 import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 import attrs
 import fastjsonschema
 
 from faber_runlog import _codec
 from faber_runlog._events import Event
-from faber_runlog._registry import DEFAULT_BACKENDS, Registry
+from faber_runlog._format import PROJECT_DIR
+from faber_runlog._registry import Registry
 from faber_runlog._resume import diff_params
 from faber_runlog._schemas import LazyValidator, load_schema
-from faber_runlog._store import Run, RunStore, default_root
+from faber_runlog._store import Run, RunStore, check_store_url, default_root
 from faber_runlog._transitions import ENDING_EVENT_TYPES
-from faber_runlog.errors import InvalidArgument, InvalidGatewayConfig
+from faber_runlog.errors import FaberRunlogError, InvalidArgument, InvalidGatewayConfig
 
 if TYPE_CHECKING:  # imported when used: the gateway must not load the archive for every event
     from faber_runlog._archive import Archiver
 
 __all__ = [
     "CONFIG_ENV",
+    "CONFIG_NAME",
     "CONFIG_PATH",
     "Backend",
     "Gateway",
@@ -55,9 +58,10 @@ __all__ = [
 
 log = logging.getLogger("faber_runlog._gateway")
 
-CONFIG_PATH: Final = ".faber_runlog/gateway.json"
+CONFIG_NAME: Final = "gateway.json"
+CONFIG_PATH: Final = f"{PROJECT_DIR}/{CONFIG_NAME}"
 """Where ``faber-runlog init`` writes the config, under the project folder (our folder, not FABER's)."""
-LEGACY_CONFIG_PATH: Final = ".fractary/plugins/faber/gateway.json"
+LEGACY_CONFIG_PATH: Final = f".fractary/plugins/faber/{CONFIG_NAME}"
 """Where ``init`` wrote it before the store moved out of FABER's folder; still found (with a notice)."""
 CONFIG_ENV: Final = "FABER_RUNLOG_CONFIG"
 """Environment variable naming a gateway.json to use instead of searching for one."""
@@ -149,12 +153,15 @@ class GatewayConfig:
     local_files: LocalFilesConfig = LocalFilesConfig()
     s3_archive: S3ArchiveConfig = S3ArchiveConfig()
     other_backends: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    event_types: dict[str, Any] = attrs.field(factory=dict, converter=_plain_dict)
+    """Custom event types by name: a JSON Schema, a path to one (relative to gateway.json), or
+    ``{"schema": one of those, "version": N}``."""
 
     def to_dict(self) -> dict[str, Any]:
         """The whole gateway.json body, every setting spelled out."""
         backends: dict[str, Any] = {"local_files": self.local_files.to_dict(), "s3_archive": self.s3_archive.to_dict()}
         backends.update({k: dict(v) for k, v in sorted(self.other_backends.items())})
-        return {
+        body = {
             "config_version": CONFIG_VERSION,
             "enabled": self.enabled,
             "root": self.root,
@@ -164,6 +171,9 @@ class GatewayConfig:
             "source": self.source,
             "backends": backends,
         }
+        if self.event_types:
+            body["event_types"] = dict(sorted(self.event_types.items()))
+        return body
 
     @classmethod
     def from_dict(cls, data: Any, *, path: str | None = None) -> GatewayConfig:
@@ -182,13 +192,14 @@ class GatewayConfig:
             local_files=LocalFilesConfig(enabled=local.get("enabled", True)),
             s3_archive=S3ArchiveConfig(**s3),
             other_backends={k: dict(v) for k, v in backends.items()},
+            event_types=data.get("event_types") or {},
         )
         config.check(path=path)
         return config
 
     def check(self, *, path: str | None = None) -> None:
         """Refuse settings the schema cannot express; raises :class:`InvalidGatewayConfig`."""
-        where = path or "gateway.json"
+        where = path or CONFIG_NAME
         _refuse_secrets(self.storage_options, self.s3_archive.storage_options, path=path)
         if self.enabled and not self.local_files.enabled:
             raise InvalidGatewayConfig(
@@ -206,12 +217,13 @@ class GatewayConfig:
 
     def resolve_root(self, base_dir: str | os.PathLike[str] | None) -> str:
         """``root`` as a URL or absolute folder; relative folders are taken from ``base_dir``."""
+        check_store_url(self.root)  # "s3:/bucket" is a mistyped URL, not a folder "s3:" beside gateway.json
         if "://" in self.root or os.path.isabs(os.path.expanduser(self.root)):
             return os.path.expanduser(self.root) if "://" not in self.root else self.root
         base = os.path.abspath(os.fspath(base_dir)) if base_dir is not None else os.getcwd()
         # The project is the folder holding .faber_runlog/ or .fractary/ (gateway.json lives below it), else the base.
         parts = base.split(os.sep)
-        marker = next((m for m in (".faber_runlog", ".fractary") if m in parts), None)
+        marker = next((m for m in (PROJECT_DIR, ".fractary") if m in parts), None)
         project = os.sep.join(parts[: parts.index(marker)]) if marker is not None else base
         resolved = os.path.normpath(os.path.join(base, os.path.expanduser(self.root)))
         if os.path.commonpath([resolved, project or os.sep]) != (project or os.sep):
@@ -361,6 +373,62 @@ def write_config(config: GatewayConfig, path: str | os.PathLike[str]) -> list[st
     return None if old is None else config_changes(old, new)
 
 
+# -- declarations: event types and backends named in gateway.json ---------------------------------------
+
+
+def import_object(path: str, where: str, config_path: str | None = None) -> Any:
+    """The object ``module:attr`` names (``attr`` may be dotted); an :class:`InvalidGatewayConfig` naming ``where``."""
+    module_name, _, attr = path.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as e:
+        raise InvalidGatewayConfig(
+            f"{where} is {path!r}, which cannot be imported ({type(e).__name__}: {e}); install the package that "
+            "has it or fix the module:Class path",
+            path=config_path,
+        ) from e
+    return found
+
+
+def _schema_file(value: str, name: str, base_dir: str | None, where: str) -> Any:
+    path = Path(os.path.expanduser(value))
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    try:
+        return _codec.loads(path.read_bytes())
+    except OSError as e:
+        raise InvalidGatewayConfig(
+            f"{where}: the schema of event type {name!r} is {value!r}, but {path} cannot be read ({e}); "
+            "give a path relative to gateway.json, or the schema inline",
+            path=where,
+        ) from e
+    except _codec.JSONDecodeError as e:
+        raise InvalidGatewayConfig(f"{where}: {path} (event type {name!r}) is not valid JSON ({e})", path=where) from e
+
+
+def declared_registry(config: GatewayConfig, config_path: str | None, base_dir: str | None) -> Registry:
+    """A copy of the default registry with the event types ``config`` declares (schema files read from ``base_dir``)."""
+    from faber_runlog._registry import declaration
+
+    where = config_path or "gateway.json"
+    registry = Registry.isolated()
+    for name, value in sorted(config.event_types.items()):
+        if isinstance(value, Mapping) and "schema" in value and set(value) <= {"schema", "version"}:
+            value = dict(value)
+            if isinstance(value["schema"], str):
+                value["schema"] = _schema_file(value["schema"], name, base_dir, where)
+        elif isinstance(value, str):
+            value = _schema_file(value, name, base_dir, where)
+        try:
+            schema, version = declaration(value, f"{where}: event_types.{name}")
+            registry.register_event_type(name, schema, version=version)
+        except InvalidArgument as e:
+            raise InvalidGatewayConfig(f"{where}: event_types.{name}: {e}", path=where) from e
+    return registry
+
+
 # -- backends ---------------------------------------------------------------------------------------
 
 
@@ -389,7 +457,6 @@ class Backend(abc.ABC):
 
 
 BackendFactory = Callable[[dict[str, Any], "Gateway"], Backend]
-_FACTORIES: dict[str, BackendFactory] = DEFAULT_BACKENDS  # the default registry's
 
 
 def register_backend(name: str, factory: BackendFactory, *, replace: bool = False) -> None:
@@ -397,14 +464,7 @@ def register_backend(name: str, factory: BackendFactory, *, replace: bool = Fals
 
     It goes into the default registry; ``Registry.register_backend`` registers into one of your own.
     """
-    add_backend(_FACTORIES, name, factory, replace=replace)
-
-
-def add_backend(table: dict[str, BackendFactory], name: str, factory: BackendFactory, *, replace: bool = False) -> None:
-    """:func:`register_backend` into ``table`` (a registry's)."""
-    if name in ("local_files", "s3_archive") or (name in table and not replace):
-        raise InvalidArgument(f"backend {name!r} is already registered; pass replace=True to replace a custom one")
-    table[name] = factory
+    Registry.default().register_backend(name, factory, replace=replace)
 
 
 class LocalFilesBackend(Backend):
@@ -532,6 +592,22 @@ class Gateway:
         return self._root if self._root is not None else self.config.resolve_root(self.base_dir)
 
     @property
+    def registry(self) -> Registry:
+        """The registry the gateway's store uses: the given one, else the default plus gateway.json's ``event_types``.
+
+        With declarations, a copy of the default (:meth:`Registry.isolated`) receives them, so two
+        gateways in one process never see each other's types.
+        """
+        if self._registry is None:
+            if self._store is not None:
+                self._registry = self._store.registry
+            elif self.config.event_types:
+                self._registry = declared_registry(self.config, self.config_path, self.base_dir)
+            else:
+                self._registry = Registry.default()
+        return self._registry
+
+    @property
     def store(self) -> RunStore:
         """The run store (opened on first use); readable whether or not logging is enabled."""
         if self._store is None:
@@ -545,7 +621,7 @@ class Gateway:
                 fsync=self.config.fsync,
                 snapshot_every=self.config.snapshot_every,
                 source=self.config.source,
-                registry=self._registry,
+                registry=self.registry,
             )
         return self._store
 
@@ -569,14 +645,18 @@ class Gateway:
         for name, settings in sorted(self.config.other_backends.items()):
             if not settings.get("enabled"):
                 continue
-            factory = self.store.registry.backends.get(name)
-            if factory is None:
+            factory = self._factory(name, settings)
+            try:
+                backend = factory(dict(settings), self)
+            except FaberRunlogError:
+                raise
+            except Exception as e:  # the class's own constructor refused its settings
                 raise InvalidGatewayConfig(
-                    f"{self.config_path or 'gateway.json'}: backend {name!r} is enabled but none of that name is "
-                    "registered; call register_backend() before opening the gateway, or disable it",
+                    f"{self.config_path or 'gateway.json'}: backend {name!r} could not be built from its settings "
+                    f"({type(e).__name__}: {e}); fix backends.{name} or disable it",
                     path=self.config_path,
-                )
-            out.append(factory(dict(settings), self))
+                ) from e
+            out.append(backend)
         recorders = [b for b in out if b.records]
         if len(recorders) != 1:
             names = ", ".join(b.name for b in recorders) or "none"
@@ -586,6 +666,25 @@ class Gateway:
             )
         out.sort(key=lambda b: not b.records)
         return out
+
+    def _factory(self, name: str, settings: Mapping[str, Any]) -> BackendFactory:
+        """The factory of backend ``name``: its ``class`` import path, else the registered one."""
+        where = self.config_path or "gateway.json"
+        path = settings.get("class")
+        if isinstance(path, str):
+            found: Any = import_object(path, f"{where}: backends.{name}.class", self.config_path)
+            if not callable(found):
+                raise InvalidGatewayConfig(f"{where}: backends.{name}.class {path!r} is not callable", path=where)
+            return cast(BackendFactory, found)
+        factory = self.store.registry.backends.get(name)
+        if factory is None:
+            raise InvalidGatewayConfig(
+                f"{where}: backend {name!r} is enabled but none of that name is known; give its class "
+                f'(backends.{name}.class = "module:Class"), install a package that declares it in the '
+                "faber_runlog.backends entry point group, or disable it",
+                path=self.config_path,
+            )
+        return factory
 
     def _run(self, run_id: str) -> Run:
         run = self._runs.get(run_id)

@@ -37,7 +37,6 @@ from faber_runlog.errors import InvalidArgument, LeaseLost
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
-    "LEASE_NAME",
     "Heartbeat",
     "Lease",
     "acquire_lease",
@@ -56,7 +55,6 @@ __all__ = [
 
 log = logging.getLogger("faber_runlog._lease")
 
-LEASE_NAME = "lease.json"
 DEFAULT_LEASE_TTL: Final = 60.0
 """Seconds a lease stays live without a heartbeat."""
 _TRIES: Final = 20
@@ -101,7 +99,7 @@ class Lease:
 
 def lease_key(run_id: RunId) -> str:
     """Key of a run's lease object."""
-    return f"{RunLayout(run_id).dir}/{LEASE_NAME}"
+    return RunLayout(run_id).lease
 
 
 def read_lease_versioned(storage: Storage, run_id: RunId) -> tuple[Lease | None, str | None]:

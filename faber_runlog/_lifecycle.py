@@ -21,15 +21,15 @@ import hashlib
 import logging
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final, Protocol, SupportsIndex, overload
 
 import attrs
 
 from faber_runlog import _codec, _validate
 from faber_runlog._converter import to_dict
 from faber_runlog._events import Event
-from faber_runlog._format import RunLayout, parse_seq_name, seq_name
+from faber_runlog._format import KEYS_DIR, SLOTS_DIR, RunLayout, parse_seq_name, seq_name
 from faber_runlog._ids import RunId
 from faber_runlog._lease import (
     DEFAULT_LEASE_TTL,
@@ -54,7 +54,7 @@ from faber_runlog._state import (
     closes_at_end,
 )
 from faber_runlog._storage import Storage
-from faber_runlog._transitions import ACTIONS, ENDING_EVENT_TYPES, RunStatus
+from faber_runlog._transitions import ACTIONS, APPROVAL_ACTIONS, ENDING_APPROVAL_ACTIONS, ENDING_EVENT_TYPES, RunStatus
 from faber_runlog._transitions import Moved as _Moved
 from faber_runlog.errors import (
     ActiveRunExists,
@@ -69,12 +69,8 @@ from faber_runlog.errors import (
 )
 
 __all__ = [
-    "APPROVAL_ACTIONS",
     "FINAL_EVENT_TYPES",
-    "KEYS_DIR",
-    "SLOTS_DIR",
     "SWEEP_REASON",
-    "TRANSITIONS",
     "StatusView",
     "SweptRun",
     "SweptRuns",
@@ -103,14 +99,8 @@ __all__ = [
 log = logging.getLogger("faber_runlog._lifecycle")
 
 SWEEP_REASON: Final = "process_restart_unrecovered"
-APPROVAL_ACTIONS: Final = ("approve", "reject", "request_changes", "abort")
-KEYS_DIR: Final = ".faber_runlog/keys"
-SLOTS_DIR: Final = ".faber_runlog/slots"
 FINAL_EVENT_TYPES: Final = frozenset({*ENDING_EVENT_TYPES, "approval_resolved"})
 """Events that end a run when they leave it terminal: they trigger the final report and releases."""
-
-TRANSITIONS: Final[dict[str, tuple[str, ...]]] = {action: allowed for action, (_, allowed) in ACTIONS.items()}
-"""For each lifecycle action, the run statuses it is allowed from (from the one transition table)."""
 
 _TRIES: Final = 20
 _CLAIM_TRIES: Final = 50
@@ -137,7 +127,7 @@ def _refuse(state: RunState, action: str, allowed: Iterable[str], hint: str = ""
 
 
 def _require(state: RunState, action: str, hint: str = "") -> None:
-    allowed = TRANSITIONS[action]
+    allowed = ACTIONS[action][1]
     if state.status not in allowed:
         raise _refuse(state, action, allowed, hint)
 
@@ -153,7 +143,7 @@ def _act(elog: EventLog, build: Build) -> Event:
     the exact state it lands on and retries when the fields would differ.
     """
     for _ in range(_TRIES):
-        got = build(elog.current_state())
+        got = build(elog.fold_state())
         if isinstance(got, Event):
             return got
 
@@ -169,7 +159,7 @@ def _act(elog: EventLog, build: Build) -> Event:
             return elog.append(dict(got), check=check)
         except _Moved:
             continue
-    state = elog.current_state()
+    state = elog.fold_state()
     raise InvalidTransition(
         f"run {state.run_id} kept changing while a lifecycle action was appended (now at event "
         f"{state.last_event_id}); retry when fewer processes write to it",
@@ -509,10 +499,10 @@ def decide(
             raise _conflict(state, a, f"client token {client_token!r} was already used to {a.action}, not to {action}")
         if a.status != "pending":
             raise _conflict(state, a, f"the approval is already {a.status} (event {a.resolved_event_id})")
-        if state.status == "paused" and action in ("approve", "request_changes"):
+        if state.status == "paused" and action not in ENDING_APPROVAL_ACTIONS:
             raise _refuse(state, f"{action} approval {approval_id} of", ("awaiting_approval",), "Resume the run first.")
-        if state.status not in TRANSITIONS["decide"]:
-            raise _refuse(state, f"{action} approval {approval_id} of", TRANSITIONS["decide"])
+        if state.status not in ACTIONS["decide"][1]:
+            raise _refuse(state, f"{action} approval {approval_id} of", ACTIONS["decide"][1])
         return _fields(
             "approval_resolved",
             phase=a.phase,
@@ -581,7 +571,7 @@ def _judge(storage: Storage, body: dict[str, Any] | None, open_log: OpenLog, key
     except InvalidRunId:
         return _Holder(run_id, "unknown", False, False)
     try:
-        status = open_log(rid).current_state().status
+        status = open_log(rid).fold_state().status
     except _validate.DAMAGE as e:
         # The holder's log is damaged: its lease and claim decide whether it is alive.
         log.warning("holder %s of claim %s is unreadable (%s); judging it by its lease", rid, key, e)
@@ -816,7 +806,7 @@ def sweep_run(
     pending approvals; the log's hook then releases claims and writes the report.
     """
     rid = RunId.parse(elog.run_id)
-    state = elog.current_state()
+    state = elog.fold_state()
     if state.status not in ACTIVE_STATUSES:
         return None
     stored, version = read_lease_versioned(storage, rid)
@@ -861,12 +851,44 @@ def sweep_run(
     )
 
 
-class SweptRuns(list[SweptRun]):
-    """The runs a sweep failed, plus ``problems``: ``(run_id, error)`` of damaged runs it skipped."""
+@attrs.frozen(slots=True)
+class RunProblem:
+    """A run a store-wide operation skipped because it is damaged (or is a FABER run, ``kind="faber"``), and why.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.problems: list[tuple[str, str]] = []
+    It unpacks as ``run_id, error`` (what ``SweptRuns.problems`` held before it was a ``RunProblem``).
+    """
+
+    run_id: str
+    error: str
+    kind: str = "damaged"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.run_id, self.error))
+
+
+class SweptRuns(list[SweptRun]):
+    """The runs a sweep failed (a list; ``.runs`` too), plus ``problems``: the damaged runs it skipped.
+
+    A slice is a ``SweptRuns`` with the same ``problems``.
+    """
+
+    def __init__(self, runs: Iterable[SweptRun] = (), problems: Iterable[RunProblem] = ()) -> None:
+        super().__init__(runs)
+        self.problems: list[RunProblem] = list(problems)
+
+    @property
+    def runs(self) -> list[SweptRun]:
+        """The swept runs as a plain list."""
+        return list(self)
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> SweptRun: ...
+    @overload
+    def __getitem__(self, index: slice) -> SweptRuns: ...
+    def __getitem__(self, index: SupportsIndex | slice) -> SweptRun | SweptRuns:
+        if isinstance(index, slice):
+            return SweptRuns(super().__getitem__(index), self.problems)
+        return super().__getitem__(index)
 
 
 class _Summary(Protocol):
@@ -896,11 +918,11 @@ def sweep_stale(
     candidates = [
         RunId.parse(s.run_id) for s in runs if s.status in ACTIVE_STATUSES and (wanted is None or s.run_id in wanted)
     ]
-    bodies = storage.read_many(f"{RunLayout(rid).dir}/lease.json" for rid in candidates)
+    bodies = storage.read_many(RunLayout(rid).lease for rid in candidates)
     now = _now(storage)
     swept = SweptRuns()
     for rid in candidates:
-        raw = bodies.get(f"{RunLayout(rid).dir}/lease.json")
+        raw = bodies.get(RunLayout(rid).lease)
         lease = parse_lease(raw) if raw is not None else None
         if lease is not None and lease.released:
             lease = None  # released or swept before: no live writer claims the run
@@ -912,7 +934,7 @@ def sweep_stale(
             result = sweep_run(storage, open_log(rid), older_than=grace, include_unleased=include_unleased)
         except _validate.DAMAGE as e:  # one damaged run must not stop the sweep of the others
             log.warning("sweep skipped damaged run %s: %s", rid, e)
-            swept.problems.append((str(rid), _validate.problem_text(e)))
+            swept.problems.append(RunProblem(str(rid), _validate.problem_text(e)))
             continue
         if result is not None:
             swept.append(result)
@@ -961,7 +983,7 @@ class StatusView:
 def status_view(storage: Storage, elog: EventLog, *, tail: int = 20) -> StatusView:
     """The run's status, phases, approvals, lease and its last ``tail`` events."""
     tail = _validate.integer(tail, "tail", minimum=0, where=f"run {elog.run_id}")
-    state = elog.current_state()
+    state = elog.fold_state()
     events = tuple(elog.read(max(0, state.last_event_id - tail), until=state.last_event_id)) if tail else ()
     return StatusView(
         run_id=state.run_id,

@@ -27,7 +27,6 @@ docs/concurrency.md; in short:
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import random
@@ -64,15 +63,24 @@ from faber_runlog._format import (
     seq_name,
 )
 from faber_runlog._ids import RunId
+from faber_runlog._metadata import USER
 from faber_runlog._registry import Registry, event_types_table
 from faber_runlog._state import RunDigest, RunState, apply, apply_mappings, fold_generation
 from faber_runlog._storage import Storage
-from faber_runlog._transitions import SAME, SEAL_TYPE, TRANSITIONS, Transition
+from faber_runlog._transitions import (
+    APPROVAL_ACTIONS,
+    ENDING_APPROVAL_ACTIONS,
+    SAME,
+    SEAL_TYPE,
+    TRANSITIONS,
+    Transition,
+)
 from faber_runlog.errors import (
     ApprovalConflict,
     ApprovalNotFound,
     CorruptData,
     CorruptEvent,
+    FaberRunlogError,
     InvalidArgument,
     InvalidEvent,
     InvalidEventPosition,
@@ -90,7 +98,6 @@ log = logging.getLogger("faber_runlog._log")
 SEAL_GRACE: Final = 3600.0
 """Seconds a sealed run keeps its event files before cleanup may remove them (see rule 4)."""
 
-APPROVAL_ACTIONS: Final = ("approve", "reject", "request_changes", "abort")
 CLAIM_BUDGET: Final = 30.0
 """Seconds an append may spend losing sequence-number races before :class:`SequenceConflict` (see the loop's rules)."""
 _WAIT_CAP: Final = 32  # the wait after a loss grows with the numbers that went by, up to this many round trips
@@ -104,21 +111,13 @@ _HINTS: Final = {
     "failing": "retry the failed step (run.retry_step / faber-runlog retry-step), resume it "
     "(Resumer(store).resume / faber-runlog resume) or fail it for good (run.fail / faber-runlog fail).",
     "awaiting_approval": "decide the pending approval first (run.decide / faber-runlog approve or reject).",
-    "paused": "resume it first (run.resume / faber-runlog resume).",
+    "paused": "unpause it first (run.unpause / faber-runlog resume).",
     "completed": "the run has ended; re-run it (Resumer(store).rerun / faber-runlog rerun).",
     "failed": "the run has ended; resume it (Resumer(store).resume / faber-runlog resume) or re-run it.",
     "cancelled": "the run has ended; re-run it (Resumer(store).rerun / faber-runlog rerun).",
 }
 
 
-def _default_user() -> str | None:
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry in some containers
-        return None
-
-
-_USER: Final = _default_user()
 _LOGS: Final[weakref.WeakSet[EventLog]] = weakref.WeakSet()
 
 
@@ -213,6 +212,7 @@ class EventLog:
         registry: Registry | None = None,
         listing: dict[str, Any] | None = None,
         claim_budget: float = CLAIM_BUDGET,
+        overlay: Callable[[RunState], RunState] | None = None,
         index_intent: Callable[[], str | None] | None = None,
         index_entry: Callable[[RunState, str], None] | None = None,
     ) -> None:
@@ -241,7 +241,7 @@ class EventLog:
         # writer that claims a boundary builds the segment without reading them back.
         self._own: dict[int, bytes] = {}
         self._source = source
-        self._user = user if user is not None else _USER
+        self._user = user if user is not None else USER
         self._writer = uuid.uuid4().hex[:12]
         self._counter = 0
         self._state: RunState | None = None
@@ -271,6 +271,9 @@ class EventLog:
         # fence() returns the lease epoch this process writes under (None: it holds no
         # lease) or raises LeaseLost; it runs before a number is claimed (docs/concurrency.md).
         self._fence = fence
+        # Laid over every state this log hands out (the run's workflow plan: planned phases show as
+        # pending), never over the fold the transition checks and the snapshots on disk use.
+        self._overlay = overlay
         _LOGS.add(self)
 
     def __repr__(self) -> str:
@@ -395,12 +398,19 @@ class EventLog:
                     if key is not None and key in state.idempotency_keys:
                         stored = self._event_at(state.idempotency_keys[key])
                         return Commit(stored, None, None)
-                    if check is not None:
-                        existing = check(state)
-                        if existing is not None:
-                            return Commit(existing, None, None)
-                    if row is not None:
-                        self._check_transition(state, etype, fields)
+                    try:
+                        if check is not None:
+                            existing = check(state)
+                            if existing is not None:
+                                return Commit(existing, None, None)
+                        if row is not None:
+                            self._check_transition(state, etype, fields)
+                    except FaberRunlogError:
+                        # A refusal stands only against the state at the tail: another handle (in this
+                        # process or another) may have moved the run since this one last looked.
+                        if not self._moved_on(state):
+                            raise
+                        continue
                     seq = state.last_event_id + 1  # the state it was checked against ends right before it
                 else:
                     self._refuse_if_sealed()
@@ -410,8 +420,7 @@ class EventLog:
                 data = {"timestamp": _codec.now_iso(), **fields, "event_id": seq, "nonce": nonce}
                 started = time.monotonic()
                 body = _codec.dumps(data)
-                if intent is None and self._index_intent is not None and _may_move(etype, row, state):
-                    intent = self._index_intent()  # raises: nothing is appended unannounced
+                intent = self._announce(intent, etype, row, state)
                 if self._storage.create(self._layout.event(seq), body):
                     self._after_create(seq, started)
                     commit = self._after_claim(Event.from_dict(data), len(body))
@@ -430,11 +439,27 @@ class EventLog:
                 log.warning("after-commit work for run %s at event %d failed: %s", self._run_id, seq, e)
         return commit
 
+    def _announce(self, intent: str | None, etype: str, row: Transition | None, state: RunState) -> str | None:
+        """The index intent for this append: written once, before the claim, when it may move the status."""
+        if intent is None and self._index_intent is not None and _may_move(etype, row, state):
+            return self._index_intent()  # raises: nothing is appended unannounced
+        return intent
+
     def _index_entry(self, seq: int, intent: str) -> None:
         """Close ``intent`` with the run's row at event ``seq`` (left open when this writer did not fold it)."""
         state = self._state
         if self._index_entry_hook is not None and state is not None and state.last_event_id == seq:
             self._index_entry_hook(state, intent)
+
+    def _moved_on(self, state: RunState) -> bool:
+        """Whether the log has events after ``state`` (read to the tail, folded into it): a check must be redone.
+
+        An acceptance needs no such read (the claim of ``state.last_event_id + 1`` fails when
+        another event holds that number); a refusal does, so it is never made against a stale state.
+        """
+        last = state.last_event_id
+        self._catch_up_writer()
+        return state.last_event_id != last
 
     def _lost(self, race: _Race, seq: int, exact: bool, clock: Clock) -> None:
         """After losing number ``seq``: learn what was missed, check the time budget, wait (see the loop's rules)."""
@@ -549,8 +574,8 @@ class EventLog:
                     run_id=self._run_id,
                     approval_id=aid,
                 )
-            if action not in APPROVAL_ACTIONS or (state.status == "paused" and action not in ("reject", "abort")):
-                allowed_actions = ("reject", "abort") if state.status == "paused" else APPROVAL_ACTIONS
+            if action not in APPROVAL_ACTIONS or (state.status == "paused" and action not in ENDING_APPROVAL_ACTIONS):
+                allowed_actions = ENDING_APPROVAL_ACTIONS if state.status == "paused" else APPROVAL_ACTIONS
                 raise InvalidTransition(
                     f"cannot {action} approval {aid} of run {self._run_id} while it is {state.status!r}; "
                     f"allowed: {', '.join(allowed_actions)}. Nothing was written.",
@@ -756,7 +781,7 @@ class EventLog:
             state = self._sync()
             self._write_snapshot(state, periodic=False)
             self._write_summary(state)
-            return state.copy()
+            return self._shown(state.copy())
 
     def _refuse_if_sealed(self) -> None:
         if self._sealed is not None:
@@ -804,11 +829,22 @@ class EventLog:
             self._sealed = state.sealed_at
 
     def current_state(self) -> RunState:
-        """The exact current state (a private copy), folding only events not yet seen."""
+        """The exact current state (a private copy, with the run's plan), folding only events not yet seen."""
+        return self._shown(self.fold_state())
+
+    def fold_state(self) -> RunState:
+        """The exact current fold of the events alone (a private copy): what transitions are checked against.
+
+        :meth:`current_state` is this with the run's workflow plan laid over it (planned phases
+        that never started show as ``pending``).
+        """
         with self._lock:
             state = self._writer_state()
             self._catch_up_writer()
             return state.copy()
+
+    def _shown(self, state: RunState) -> RunState:
+        return self._overlay(state) if self._overlay is not None else state
 
     def load_state(self, at: int | None = None) -> RunState:
         """The state after event ``at`` (default: the last one), from a verified snapshot plus the events after it."""
@@ -823,7 +859,7 @@ class EventLog:
                 at=at,
                 last_event_id=state.last_event_id,
             )
-        return state
+        return self._shown(state)
 
     def _load(self, at: int | None = None) -> tuple[RunState, str | None]:
         """A verified snapshot (the latest, or one at or before ``at``) plus the events after it."""
@@ -1055,7 +1091,9 @@ class EventLog:
                 if until is not None and cur >= until:
                     return cur + 1
             if not self._storage.capabilities.list_after:
-                return (yield from _batched(self._storage.read_numbered(self._layout.events, cur + 1, until, dec)))
+                return (
+                    yield from _batched(self._storage.read_numbered(self._layout.events, cur + 1, until, dec, seq_name))
+                )
             cur, more = yield from self._stored_page(cur, until, dec)
             if not more:
                 return cur + 1
@@ -1216,7 +1254,7 @@ class EventLog:
 
     def last_event_id(self) -> int:
         """The id of the newest event (0 for an empty log)."""
-        return self.current_state().last_event_id
+        return self.fold_state().last_event_id
 
     def tail(self, since: int = 0, *, poll_interval: float = 0.25, timeout: float | None = None) -> Iterator[Event]:
         """Yield events after ``since`` as they are written; stop after ``timeout`` idle seconds."""
@@ -1350,6 +1388,7 @@ def read_logs(
     registry: Registry | None = None,
     listers: int = 32,
     budget: int = 2048,
+    failed: dict[RunId, BaseException] | None = None,
 ) -> Iterator[tuple[RunId, int, list[bytes]]]:
     """Every event of many runs as stored JSON lines, in pieces ``(run, first, lines)`` (line i: event first + i).
 
@@ -1363,6 +1402,11 @@ def read_logs(
     meanwhile, a gap) is read from where it stopped through
     :meth:`EventLog.read_mappings`, so the answer is always the log's. A run's
     pieces come in order, one after another; lines are not decoded here.
+
+    With ``failed`` given, a run that cannot be read (a damaged event file, a
+    listing refused) is recorded there with its error and not read further,
+    and the others go on; its pieces yielded before are the caller's to drop.
+    Without it, the first such error is raised.
     """
     rids = list(run_ids)
     if not rids:
@@ -1370,8 +1414,20 @@ def read_logs(
     types = event_types_table(registry if registry is not None else Registry.default())
 
     def fallback(rid: RunId, since: int) -> list[bytes]:
-        found = EventLog(storage, rid, segment_every=segment_every, registry=registry).read_mappings(since)
-        return [_codec.dumps(m) for m in found]
+        try:
+            found = EventLog(storage, rid, segment_every=segment_every, registry=registry).read_mappings(since)
+            return [_codec.dumps(m) for m in found]
+        except _validate.DAMAGE as e:
+            if failed is None:
+                raise
+            failed.setdefault(rid, e)
+            return []
+
+    def plan(i: int) -> list[_Part]:
+        try:
+            return _plan(storage, rids[i], i, segment_every)
+        except _validate.DAMAGE:
+            return [_Part(i, 1, 0, "checked")]  # the checked reader raises (or records) what is wrong
 
     def fetch(group: list[_Part]) -> tuple[list[_Part], dict[str, bytes | None]]:
         return group, storage.read_many(k for p in group for k in p.keys)
@@ -1383,7 +1439,7 @@ def read_logs(
     depth = _GROUPS_AHEAD if storage.capabilities.batched_reads else 0
     with ThreadPoolExecutor(min(listers, len(rids))) as lists, ThreadPoolExecutor(max(1, depth)) as fetches:
         ahead: deque[Future[tuple[list[_Part], dict[str, bytes | None]]]] = deque()
-        plans = lists.map(lambda i: _plan(storage, rids[i], i, segment_every), range(len(rids)))
+        plans = lists.map(plan, range(len(rids)))
         for group in _groups(plans, budget):
             ahead.append(fetches.submit(fetch, group))
             while len(ahead) > depth:

@@ -1,9 +1,10 @@
 """The MCP event gateway: tools and resources over stdio (the ``faber_runlog[mcp]`` extra, mcp SDK 2.x).
 
 Start it with ``faber-runlog mcp``. Tools: ``emit_event``, ``create_run``,
-``get_state``, ``list_events``, ``list_runs``, ``resume_plan``, and the lifecycle
+``get_state``, ``list_events``, ``list_runs`` (the RunQuery filters), ``resume_plan``, and the lifecycle
 tools ``change_run_status``, ``change_step``, ``request_approval``,
-``decide_approval``, ``sweep_stale_runs`` and ``get_report``. Resources:
+``decide_approval``, ``sweep_stale_runs``, ``get_report``, ``resume_run``, ``rerun_run`` and ``diff_runs``.
+Unknown arguments are refused naming the accepted ones; advice in errors names tools. Resources:
 ``faber://run/{run_id}/state``, ``faber://run/{run_id}/events`` and
 ``faber://runs/list`` (the run id's slashes may be sent as they are or as
 ``%2F``). FABER's gateway tools (``fractary_faber_*``) and ``faber://runs``
@@ -18,6 +19,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar, cast
 
+from faber_runlog._advice import advice
 from faber_runlog._gateway import Gateway
 from faber_runlog._hints import check_status_filter
 from faber_runlog._version import __version__
@@ -31,7 +33,9 @@ _MAX_EVENTS: Final = 1000
 _INSTRUCTIONS: Final = (
     "faber-runlog records workflow runs as append-only event logs. Create a run with create_run, record what "
     "happens with emit_event (types such as workflow_start, phase_start, step_start, step_complete, step_error), "
-    "read the folded state with get_state and ask where a failed run would resume with resume_plan."
+    "read the folded state with get_state, ask where a failed run would resume with resume_plan, go on with it "
+    "with resume_run, or start a new run from it with rerun_run (new params). A paused run goes on with "
+    "change_run_status action 'unpause'."
 )
 
 
@@ -46,9 +50,9 @@ def _sdk() -> tuple[Any, type[Exception], type[Exception]]:
     return MCPServer, ToolError, ResourceError
 
 
-def one_line(e: BaseException) -> str:
-    """``e``'s message on one line (clients show it as it is), or its type's name when it has none."""
-    return " ".join(str(e).split()) or type(e).__name__
+def in_tool_terms(e: BaseException) -> str:
+    """``e``'s message on one line, its advice naming MCP tools rather than Python calls or CLI commands."""
+    return advice(e, "mcp") or type(e).__name__
 
 
 def _refusing(error: type[Exception]) -> Callable[[F], F]:
@@ -63,7 +67,7 @@ def _refusing(error: type[Exception]) -> Callable[[F], F]:
             try:
                 return fn(*args, **kwargs)
             except FaberRunlogError as e:
-                raise error(one_line(e)) from e
+                raise error(in_tool_terms(e)) from e
 
         return cast(F, refusing)
 
@@ -95,10 +99,20 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
         last = events[-1]["event_id"] if events else since
         return {"run_id": run.id, "events": events, "next_since": last}
 
-    def runs(org: str | None, project: str | None, status: str | None, limit: int) -> dict[str, Any]:
-        found = gateway.store.list_runs(org=org, project=project, status=check_status_filter(status))
-        shown = found[-limit:] if limit > 0 else []
-        return {"runs": [converter.unstructure(r) for r in shown], "total": len(found)}
+    def runs(
+        org: str | None, project: str | None, status: str | list[str] | None, limit: int, **query: Any
+    ) -> dict[str, Any]:
+        # One status is checked here (with its close matches); a list goes to RunQuery's own check.
+        wanted: Any = check_status_filter(status) if isinstance(status, str) or status is None else status
+        found = gateway.store.list_runs(
+            org=org, project=project, status=wanted, limit=limit, **{k: v for k, v in query.items() if v is not None}
+        )
+        return {
+            "runs": [converter.unstructure(r) for r in found],
+            "total": len(found),
+            "next_cursor": found.next_cursor,
+            "problems": [converter.unstructure(p) for p in found.problems],
+        }
 
     @as_tool_error
     def emit_event(
@@ -148,9 +162,31 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
 
     @as_tool_error
     def list_runs(
-        org: str | None = None, project: str | None = None, status: str | None = None, limit: int = 100
+        org: str | None = None,
+        project: str | None = None,
+        status: str | list[str] | None = None,
+        limit: int = 100,
+        run_ids: list[str] | None = None,
+        tags: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        order: str | None = None,
+        cursor: str | None = None,
     ) -> dict[str, Any]:
-        return runs(org, project, status, limit)
+        return runs(
+            org,
+            project,
+            status,
+            limit,
+            run_ids=run_ids,
+            tags=tags,
+            params=params,
+            since=since,
+            until=until,
+            order=order,
+            cursor=cursor,
+        )
 
     @as_tool_error
     def resume_plan(run_id: str, allow_cancelled: bool = False) -> dict[str, Any]:
@@ -167,14 +203,16 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
 
     @as_resource_error
     def runs_resource() -> str:
-        return _codec.dumps(runs(None, None, None, 10_000)).decode()
+        return _codec.dumps(runs(None, None, None, 10_000, order="oldest")).decode()
 
     tools = {
         emit_event: "Append one event to a run (validated against its JSON Schema); returns the event.",
         create_run: "Create a run in org/project with optional params and tags; returns its run_id.",
         get_state: "The run's state folded from its events (or as it was right after event `at`).",
         list_events: "A run's events after `since`, oldest first, at most `limit` (max 1000).",
-        list_runs: "Runs in the store, oldest first (the newest `limit`); filter by org, project, status.",
+        list_runs: "Runs in the store, newest first (order='oldest' for oldest first), at most `limit`; filter by "
+        "org, project, status (one or a list), run_ids, tags, params, since/until (creation time, ISO 8601); "
+        "pass the answer's next_cursor as `cursor` for the next page.",
         resume_plan: "Where a resume of the run would start and what it would skip, or why it cannot.",
     }
     for fn, description in tools.items():
@@ -228,6 +266,16 @@ def _plain_errors(server_cls: Any, tool_error: type[Exception]) -> Any:
 
     class Server(server_cls):  # type: ignore[misc]  # mcp is untyped here: the base is Any
         async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+            tool = self._tool_manager.get_tool(name)
+            if tool is not None:
+                accepted = sorted((tool.parameters or {}).get("properties", {}))
+                unknown = sorted(set(arguments or {}) - set(accepted))
+                if unknown:
+                    raise tool_error(
+                        f"{name} takes no argument{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(map(repr, unknown))}; it accepts: {', '.join(accepted) or 'no arguments'}. "
+                        "Nothing was written."
+                    )
             try:
                 return await super().call_tool(name, arguments, context)
             except tool_error as e:
@@ -268,7 +316,13 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Excepti
         event = _actions.perform(
             gateway, run_id, action, among=_actions.RUN_ACTIONS, reason=reason, summary=summary, error=error
         )
-        return written(run_id, action, event)
+        body = written(run_id, _actions.DEPRECATED_ACTIONS.get(action, action), event)
+        if action in _actions.DEPRECATED_ACTIONS:
+            body["deprecated"] = (
+                f"action {action!r} is the old name of {_actions.DEPRECATED_ACTIONS[action]!r}; use that "
+                "(to go on with a run after a failure, call the resume_run tool)"
+            )
+        return body
 
     @as_tool_error
     def change_step(
@@ -335,9 +389,9 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Excepti
         return report
 
     tools = {
-        change_run_status: "Change a run's status through its checked transitions: action is start, pause, resume "
-        "(a paused run), cancel, complete or fail (fail needs `error`). Refused, with the reason, when the run's "
-        "status does not allow it; nothing is written then.",
+        change_run_status: "Change a run's status through its checked transitions: action is start, pause, unpause "
+        "(a paused run; 'resume' is its deprecated old name), cancel, complete or fail (fail needs `error`). Refused, "
+        "with the reason, when the run's status does not allow it; nothing is written then.",
         change_step: "Retry or skip a step or phase: action is retry_step, skip_step (need `step`), retry_phase or "
         "skip_phase.",
         request_approval: "Open an approval gate on a running run; returns its approval_id. The same approval_id "
@@ -347,6 +401,64 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Excepti
         sweep_stale_runs: "Fail active runs whose writer's lease expired `older_than` seconds ago or more.",
         get_report: "The run's report (the stored final report, or one composed now); write=true writes "
         "report.json and report.md for an ended run.",
+    }
+    for fn, description in tools.items():
+        server.add_tool(fn, description=description)
+    _add_resume_tools(server, gateway, tool_error, written)
+
+
+def _add_resume_tools(
+    server: Any, gateway: Gateway, tool_error: type[Exception], written: Callable[..., dict[str, Any]]
+) -> None:
+    """Resume after a failure, re-run with new parameters, and compare two runs' parameters."""
+    as_tool_error = _refusing(tool_error)
+    from faber_runlog import _actions
+    from faber_runlog._resume import Resumer
+
+    @as_tool_error
+    def resume_run(run_id: str, allow_cancelled: bool = False) -> dict[str, Any]:
+        done = _actions.resume(gateway, run_id, allow_cancelled=allow_cancelled)
+        if done is None:
+            return {"written": False, "reason": "logging is disabled in gateway.json"}
+        run, plan, event = done
+        body = written(run.id, "resume", event)
+        body["plan"] = plan.to_dict()
+        return body
+
+    @as_tool_error
+    def rerun_run(
+        run_id: str,
+        params: dict[str, Any] | None = None,
+        mode: str = "all",
+        from_event: int | None = None,
+        tags: dict[str, str | None] | None = None,
+    ) -> dict[str, Any]:
+        child = _actions.rerun(gateway, run_id, params, mode=mode, from_event=from_event, tags=tags)
+        if child is None:
+            return {"written": False, "reason": "logging is disabled in gateway.json"}
+        meta = child.metadata
+        return {
+            "written": True,
+            "run_id": child.id,
+            "parent_run_id": meta.parent_run_id,
+            "params": meta.params,
+            "diff": Resumer(gateway.store).diff(run_id, child.id).to_dict(),
+        }
+
+    @as_tool_error
+    def diff_runs(run_id: str, other_run_id: str) -> dict[str, Any]:
+        return {
+            "run_id": run_id,
+            "other_run_id": other_run_id,
+            "diff": Resumer(gateway.store).diff(run_id, other_run_id).to_dict(),
+        }
+
+    tools = {
+        resume_run: "Go on with a failed or stopped run under the same run id (appends workflow_resumed); returns "
+        "the resume plan: where to start and which completed steps to skip. See resume_plan to only look.",
+        rerun_run: "Start a new run from a finished one with `params` merged over its parameters (null removes a "
+        "key); mode 'all' starts fresh, 'from_failure' skips completed steps; returns the new run_id and the diff.",
+        diff_runs: "The parameters added, removed and changed between two runs.",
     }
     for fn, description in tools.items():
         server.add_tool(fn, description=description)

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import functools
+import getpass
 import os
 import platform
 import socket
 import subprocess
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 from faber_runlog import _codec
 from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import SCHEMA_VERSION
+from faber_runlog._faber_layout import faber_run_hint, looks_like_faber_metadata
+from faber_runlog._format import RunLayout
 from faber_runlog._version import __version__
+from faber_runlog.errors import CorruptState, FaberRunNotImported
 
-__all__ = ["RunMetadata", "capture_environment"]
+if TYPE_CHECKING:
+    from faber_runlog._ids import RunId
+    from faber_runlog._storage import Storage
+
+__all__ = ["USER", "RunMetadata", "capture_environment", "parse_metadata"]
 
 
 LISTING_BYTES: Final = 1024
@@ -89,6 +97,41 @@ def _git(args: list[str], cwd: str) -> str | None:
     return value if out.returncode == 0 and value else None
 
 
+def _default_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return None
+
+
+USER: Final = _default_user()
+"""This process's user: what metadata records and what every event of a log carries by default."""
+
+
+def parse_metadata(storage: Storage, rid: RunId, body: bytes) -> RunMetadata:
+    """Run ``rid``'s metadata.json ``body`` as read from ``storage``.
+
+    A damaged file is a :class:`CorruptState` naming it; FABER's own metadata (a run folder not
+    imported yet) is a :class:`FaberRunNotImported` that says how to import it.
+    """
+    try:
+        return RunMetadata.from_dict(_codec.loads(body))
+    except Exception as e:
+        path = storage.path(RunLayout(rid).metadata)
+        if looks_like_faber_metadata(body):
+            folder = storage.path(RunLayout(rid).dir)
+            raise FaberRunNotImported(
+                f"{faber_run_hint(folder, str(rid))}; faber_runlog reads it once imported",
+                run_id=str(rid),
+                path=folder,
+            ) from None
+        raise CorruptState(
+            f"metadata.json of run {rid} at {path} is unreadable ({e}); restore it from a backup",
+            run_id=str(rid),
+            path=path,
+        ) from e
+
+
 @functools.lru_cache(maxsize=8)
 def _git_info(cwd: str) -> tuple[str | None, str | None]:
     return _git(["rev-parse", "--abbrev-ref", "HEAD"], cwd), _git(["rev-parse", "HEAD"], cwd)
@@ -96,12 +139,10 @@ def _git_info(cwd: str) -> tuple[str | None, str | None]:
 
 def capture_environment() -> dict[str, Any]:
     """Host, user, Python and (inside a git checkout) branch and commit."""
-    from faber_runlog._log import _USER  # the same user the events carry
-
     branch, commit = _git_info(os.getcwd())
     env: dict[str, Any] = {
         "host": socket.gethostname(),
-        "user": _USER,
+        "user": USER,  # the same user the events carry
         "python": platform.python_version(),
         "pid": os.getpid(),
     }

@@ -27,8 +27,6 @@ from faber_runlog._storage import Storage
 from faber_runlog.errors import CorruptState, InvalidArgument
 
 __all__ = [
-    "REPORT_JSON",
-    "REPORT_MD",
     "REPORT_VERSION",
     "compose_report",
     "read_report",
@@ -41,8 +39,6 @@ __all__ = [
 
 log = logging.getLogger("faber_runlog._report")
 
-REPORT_JSON: Final = "report.json"
-REPORT_MD: Final = "report.md"
 REPORT_VERSION: Final = 1
 EVENT_TAIL: Final = 50
 COMPOSE_FAILED: Final = "report_compose_failed"
@@ -64,8 +60,8 @@ def validate_report(report: dict[str, Any]) -> None:
 
 
 def _keys(run_id: RunId) -> tuple[str, str]:
-    folder = RunLayout(run_id).dir
-    return f"{folder}/{REPORT_JSON}", f"{folder}/{REPORT_MD}"
+    layout = RunLayout(run_id)
+    return layout.report_json, layout.report_md
 
 
 def _read_metadata(storage: Storage, run_id: RunId) -> RunMetadata:
@@ -79,7 +75,7 @@ def _read_metadata(storage: Storage, run_id: RunId) -> RunMetadata:
 def compose_report(storage: Storage, elog: EventLog, state: RunState | None = None) -> dict[str, Any]:
     """The full report of the run (at ``state``, default its current state); not written."""
     rid = RunId.parse(elog.run_id)
-    state = state if state is not None else elog.current_state()
+    state = state if state is not None else elog.fold_state()
     meta = _read_metadata(storage, rid)
     last = state.last_event_id
     tail = list(elog.read(max(0, last - EVENT_TAIL), until=last))
@@ -283,7 +279,7 @@ def write_report(storage: Storage, elog: EventLog, state: RunState | None = None
         log.warning("final report of run %s could not be composed, writing a minimal one: %s", rid, e)
         if state is None:
             try:
-                state = elog.current_state()
+                state = elog.fold_state()
             except Exception:
                 state = None
         report = _minimal(str(rid), state, e)
@@ -351,7 +347,7 @@ def _recover_one(
     if report is not None and report.get("status") == summary_status:
         return False
     elog = open_log(rid)
-    state = elog.current_state()
+    state = elog.fold_state()
     if state.status not in TERMINAL_STATUSES:
         return False
     if report is not None and report.get("status") == state.status:

@@ -17,7 +17,7 @@ import attrs
 
 from faber_runlog import _codec
 from faber_runlog._events import Event
-from faber_runlog._format import RunLayout
+from faber_runlog._format import ARCHIVE_MARKER, RunLayout
 from faber_runlog._ids import RunId
 from faber_runlog._lease import default_owner, read_lease, try_acquire_lease
 from faber_runlog._state import TERMINAL_STATUSES, RunState, RunStatus
@@ -30,7 +30,7 @@ from faber_runlog.errors import InvalidRerun, RunNotRerunnable, RunNotResumable
 
 __all__ = ["ARCHIVE_MARKERS", "ParamDiff", "ResumePlan", "Resumer", "diff_params", "is_archived", "merge_params"]
 
-ARCHIVE_MARKERS: Final = ("archived.json",)
+ARCHIVE_MARKERS: Final = (ARCHIVE_MARKER,)
 """Files in a run's folder that mark it archived (written by the archiving code)."""
 
 RERUN_MODES: Final = ("all", "from_failure", "from_event")

@@ -320,6 +320,10 @@ class RunDigest:
         """The digest of ``state``, whose last event has fingerprint ``last_event`` (``listing``: see the class)."""
         failed = state.failed_step
         error = failed.error if failed is not None else (state.errors[-1].message if state.errors else None)
+        if state.status not in ("failing", "failed"):
+            # The run's error is the error it is in now: a run that was resumed and then went on or
+            # completed has none (its history keeps every error: ``RunState.errors``, events_frame).
+            failed, error = None, None
         if error is not None and len(error) > _DIGEST_ERROR_CHARS:
             error = error[: _DIGEST_ERROR_CHARS - 1] + "\u2026"  # a listing shows a line; the state has it all
         return cls(
@@ -338,8 +342,11 @@ class RunDigest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunDigest:
-        """Rebuild from :meth:`to_dict` output."""
-        return converter.structure(data, cls)
+        """Rebuild from :meth:`to_dict` output (a summary written before the rule in :meth:`of` gets it too)."""
+        digest: RunDigest = converter.structure(data, cls)
+        if digest.error is not None and digest.status not in ("failing", "failed"):
+            digest = attrs.evolve(digest, failed_phase=None, failed_step=None, error=None)
+        return digest
 
 
 _DIGEST_ERROR_CHARS: Final = 500

@@ -27,13 +27,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from faber_runlog import _codec
+from faber_runlog import _validate
 from faber_runlog._codec import ms_between
 from faber_runlog._events import EventTypes, upcast
 from faber_runlog._format import RunLayout
 from faber_runlog._ids import RunId
 from faber_runlog._state import PhaseState, RawHandler, RunState, StepState
-from faber_runlog.errors import CorruptData
 
 if TYPE_CHECKING:
     from faber_runlog._store import Run, RunStore
@@ -210,13 +209,28 @@ def run_attempts(run: Run) -> Attempts:
 
 
 def _read_attempts(
-    store: RunStore, rids: list[RunId], progress: bool | None
+    store: RunStore, rids: list[RunId], progress: bool | None, failed: dict[RunId, BaseException]
 ) -> Iterator[tuple[RunId, Attempts, dict[str, Any]]]:
-    """Each run's attempts and metadata, read in bulk like ``events_frame`` reads events."""
+    """Each run's attempts and metadata, read in bulk like ``events_frame`` reads events.
+
+    A run that cannot be read (a damaged event or metadata file) is not yielded but put in ``failed``.
+    """
     from faber_runlog._log import read_logs
+    from faber_runlog._metadata import parse_metadata
     from faber_runlog._progress import Progress
     from faber_runlog._registry import event_types_table
-    from faber_runlog._store import parse_metadata
+
+    def done(
+        rid: RunId, found: Attempts, metas: Mapping[str, bytes | None]
+    ) -> Iterator[tuple[RunId, Attempts, dict[str, Any]]]:
+        if rid in failed:
+            return
+        try:
+            meta = _meta_of(store, rid, metas, parse_metadata)
+        except _validate.DAMAGE as e:
+            failed[rid] = e
+            return
+        yield rid, found, meta
 
     types = event_types_table(store.registry)
     folds = store.registry.folds
@@ -232,18 +246,23 @@ def _read_attempts(
             current: Attempts | None = None
             rid_now: RunId | None = None
             for rid, first, lines in read_logs(
-                store.storage, chunk, segment_every=store.segment_every, registry=store.registry
+                store.storage, chunk, segment_every=store.segment_every, registry=store.registry, failed=failed
             ):
                 if rid != rid_now:
                     if current is not None and rid_now is not None:
                         metas = metas if metas is not None else pending.result()
-                        yield rid_now, current, _meta_of(store, rid_now, metas, parse_metadata)
+                        yield from done(rid_now, current, metas)
                     rid_now, current = rid, Attempts(str(rid), folds)
                 assert current is not None
-                _add_lines(store, rid, first, lines, current, types)
+                if rid in failed:
+                    continue
+                try:
+                    _add_lines(store, rid, first, lines, current, types)
+                except _validate.DAMAGE as e:  # one damaged run must not stop the frame of the others
+                    failed[rid] = e
             if current is not None and rid_now is not None:
                 metas = metas if metas is not None else pending.result()
-                yield rid_now, current, _meta_of(store, rid_now, metas, parse_metadata)
+                yield from done(rid_now, current, metas)
             bar.update(len(chunk))
 
 
@@ -251,14 +270,11 @@ _RUN_CHUNK: Final = 256
 
 
 def _add_lines(store: RunStore, rid: RunId, first: int, lines: list[bytes], into: Attempts, types: EventTypes) -> None:
-    loads = _codec.loads
+    from faber_runlog._analysis import checked_line
+
     touching = _TOUCHING
     for seq, line in enumerate(lines, start=first):
-        d = loads(line)
-        d = upcast(d, types) if d.__class__ is dict else {}
-        if d.get("event_id") != seq:
-            list(store.get_run(rid).log.read(seq - 1, until=seq))  # raises the checked reader's CorruptEvent
-            raise CorruptData(f"event {seq} of run {rid} is not what its line says; run faber-runlog verify")
+        d = checked_line(store, rid, seq, line, types)
         if d.get("type") in touching:
             into.add(d)
 
@@ -267,7 +283,7 @@ def _meta_of(store: RunStore, rid: RunId, metas: Mapping[str, bytes | None], par
     body = metas.get(RunLayout(rid).metadata)
     if body is None:
         return {"params": {}, "tags": {}}
-    meta = parse(store, rid, body)
+    meta = parse(store.storage, rid, body)
     return {"params": meta.params, "tags": meta.tags}
 
 
@@ -278,10 +294,12 @@ def _frame(store: RunStore, which: str, progress: bool | None, filters: dict[str
     query = _analysis.query_of(f"{which[:-1]}s_frame()", filters)
     lo, hi = query.since, query.until
     # since/until bound the attempts' times here, not the runs' creation.
-    rids = _analysis.select_runs(store, attrs.evolve(query, since=None, until=None))
+    problems: list[Any] = []
+    failed: dict[RunId, BaseException] = {}
+    rids = _analysis.select_runs(store, attrs.evolve(query, since=None, until=None), problems)
     columns = STEP_COLUMNS if which == "steps" else PHASE_COLUMNS
     cols: dict[str, list[Any]] = {c: [] for c in columns}
-    for rid, found, meta in _read_attempts(store, rids, progress):
+    for rid, found, meta in _read_attempts(store, rids, progress, failed):
         rows = found.steps if which == "steps" else found.phases
         for row in rows:
             when = row["started_at"] or row["ended_at"] or ""
@@ -299,13 +317,14 @@ def _frame(store: RunStore, which: str, progress: bool | None, filters: dict[str
             cols["tags"].append(meta["tags"])
     frame = pd.DataFrame(cols, columns=list(columns))
     for c in ("started_at", "ended_at"):
-        frame[c] = pd.to_datetime(frame[c], utc=True, format="ISO8601")
+        frame[c] = _analysis.time_column(pd, frame[c])
     frame["duration_ms"] = frame["duration_ms"].astype("float64")
     for c in ("attempt", "first_event_id", "last_event_id"):
         frame[c] = frame[c].astype("int64")
     for c in ("run_id", "org", "project", "phase", "step", "status", "error"):
         if c in frame.columns:
             frame[c] = frame[c].astype("string")
+    frame.attrs["problems"] = _analysis.skipped(f"{which}_frame()", problems, failed)
     return frame
 
 

@@ -44,7 +44,6 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from faber_runlog._clock import SYSTEM_CLOCK, Clock
-from faber_runlog._format import seq_name
 from faber_runlog.errors import (
     BucketNotFound,
     ConcurrencyUnsupported,
@@ -72,7 +71,11 @@ log = logging.getLogger("faber_runlog._storage")
 T = TypeVar("T")
 
 _MEMORY_LOCK: Final = threading.RLock()
-_PROBE_DIR: Final = ".faber_runlog"
+INTERNAL_DIR: Final = ".faber_runlog"
+"""The folder under a store root that holds the library's own objects, not runs (probes, claims, indexes).
+
+Its children are named by the format layer (``_format``); the storage layer only probes inside it."""
+_PROBE_DIR: Final = INTERNAL_DIR
 _READ_CHUNK: Final = 1 << 16
 _RETRIES: Final = 6
 _RETRY_SECONDS: Final = 60.0
@@ -378,16 +381,22 @@ class Storage:
             return None
 
     def read_numbered(
-        self, folder: str, first: int, last: int | None, decode: Callable[[int, bytes], T]
+        self,
+        folder: str,
+        first: int,
+        last: int | None,
+        decode: Callable[[int, bytes], T],
+        name: Callable[[int], str],
     ) -> Generator[T, None, int]:
-        """``decode(n, body)`` of the event files ``folder/<seq_name(n)>`` for n = first, first + 1, ...
+        """``decode(n, body)`` of the files ``folder/<name(n)>`` for n = first, first + 1, ...
 
         Stops after ``last`` or at the first file that does not exist, and
-        returns the first number it did not read.
+        returns the first number it did not read. The caller names the files
+        (the format layer's ``seq_name``): storage knows keys, not event numbering.
         """
         seq = first
         while last is None or seq <= last:
-            body = self.read(f"{folder}/{seq_name(seq)}")
+            body = self.read(f"{folder}/{name(seq)}")
             if body is None:
                 break
             yield decode(seq, body)
@@ -746,9 +755,14 @@ class LocalStorage(Storage):
         return self._read_file(self._checked(key))
 
     def read_numbered(
-        self, folder: str, first: int, last: int | None, decode: Callable[[int, bytes], T]
+        self,
+        folder: str,
+        first: int,
+        last: int | None,
+        decode: Callable[[int, bytes], T],
+        name: Callable[[int], str],
     ) -> Generator[T, None, int]:
-        """Event files in order with plain os calls (the rebuild's hot path); the folder is checked once.
+        """Numbered files in order with plain os calls (the rebuild's hot path); the folder is checked once.
 
         Files are opened relative to the folder's descriptor: the kernel does not
         walk the whole path again for every event.
@@ -765,18 +779,18 @@ class LocalStorage(Storage):
         flags = os.O_RDONLY | os.O_NOFOLLOW
         try:
             while last is None or seq <= last:
-                name = f"{seq:020d}.json"  # seq_name(seq), inlined on the hot path
+                file = name(seq)
                 try:
-                    fd = os.open(name, flags, dir_fd=dfd)
+                    fd = os.open(file, flags, dir_fd=dfd)
                 except FileNotFoundError:
                     break
                 except OSError:  # a symlink or an odd file: the careful path decides
-                    data = self._read_file(f"{base}/{name}")
+                    data = self._read_file(f"{base}/{file}")
                 else:
                     try:
                         data = _read_fd(fd)
                     except OSError as e:
-                        raise StorageError(f"reading {base}/{name} failed: {e}") from e
+                        raise StorageError(f"reading {base}/{file} failed: {e}") from e
                     finally:
                         os.close(fd)
                 if data is None:

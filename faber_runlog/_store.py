@@ -6,9 +6,10 @@ import datetime
 import functools
 import logging
 import os
+import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, SupportsIndex, overload
 
 import attrs
 import fsspec
@@ -18,22 +19,21 @@ from faber_runlog import _lifecycle as lifecycle
 from faber_runlog import _report as report
 from faber_runlog._clock import Clock
 from faber_runlog._events import Event, check_json_value
-from faber_runlog._faber_layout import faber_run_hint, looks_like_faber_metadata
-from faber_runlog._format import SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
+from faber_runlog._format import PROJECT_DIR, SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
 from faber_runlog._hints import did_you_mean
 from faber_runlog._ids import RunId, validate_slug
 from faber_runlog._index import IndexWriter
 from faber_runlog._lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
 from faber_runlog._lease import fence as lease_fence
+from faber_runlog._lifecycle import RunProblem
 from faber_runlog._log import CLAIM_BUDGET, SEAL_GRACE, Commit, EventLog, current_digests
-from faber_runlog._metadata import RunMetadata, capture_environment
+from faber_runlog._metadata import RunMetadata, capture_environment, parse_metadata
 from faber_runlog._plan import apply_plan, normalize_plan
 from faber_runlog._query import RUN_FILTERS, RunQuery
 from faber_runlog._registry import Registry
 from faber_runlog._state import RunDigest, RunState, RunStatus
 from faber_runlog._storage import Storage, open_filesystem
 from faber_runlog.errors import (
-    CorruptState,
     FaberRunNotImported,
     InvalidArgument,
     InvalidEventPosition,
@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # the analysis extra: optional, imported only when a frame is
 
 __all__ = ["DEFAULT_ROOT", "LEGACY_ROOT", "Lineage", "Run", "RunList", "RunProblem", "RunStore", "RunSummary"]
 
-DEFAULT_ROOT: Final = ".faber_runlog/runs"
+DEFAULT_ROOT: Final = f"{PROJECT_DIR}/runs"
 """The embedded default root, under the current folder: our own folder, never one FABER writes to."""
 LEGACY_ROOT: Final = ".fractary/plugins/faber/runs"
 """The default root before 0.x moved it out of FABER's folder; a store found there keeps working."""
@@ -92,19 +92,11 @@ def _listed(listing: dict[str, Any] | None) -> dict[str, Any] | None:
     return None
 
 
-@attrs.frozen(slots=True)
-class RunProblem:
-    """A run a store-wide operation skipped because it is damaged (or is a FABER run, ``kind="faber"``), and why."""
-
-    run_id: str
-    error: str
-    kind: str = "damaged"
-
-
 class RunList(list[RunSummary]):
-    """The runs :meth:`RunStore.list_runs` found, plus ``problems``: runs it had to skip, and why.
+    """The runs :meth:`RunStore.list_runs` found (a list; ``.runs`` too), plus ``problems``: the runs it skipped.
 
     ``next_cursor`` is the ``cursor=`` that lists the next page (None when this page is the last).
+    A slice is a ``RunList`` with the same ``problems`` (and no ``next_cursor``: a slice is not a page).
     """
 
     problems: list[RunProblem]
@@ -119,6 +111,20 @@ class RunList(list[RunSummary]):
         super().__init__(runs)
         self.problems = list(problems or [])
         self.next_cursor = next_cursor
+
+    @property
+    def runs(self) -> list[RunSummary]:
+        """The listed runs as a plain list."""
+        return list(self)
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> RunSummary: ...
+    @overload
+    def __getitem__(self, index: slice) -> RunList: ...
+    def __getitem__(self, index: SupportsIndex | slice) -> RunSummary | RunList:
+        if isinstance(index, slice):
+            return RunList(super().__getitem__(index), self.problems)
+        return super().__getitem__(index)
 
 
 @attrs.frozen(slots=True)
@@ -142,7 +148,12 @@ class Run:
         self._store = store
         self._rid = run_id
         self._metadata = metadata
-        self.log: EventLog = store._event_log(run_id, metadata)  # noqa: SLF001  (same module: a Run is its store's handle)
+        self.log: EventLog = store._event_log(run_id, metadata, overlay=self._with_plan)  # noqa: SLF001  (same module: a Run is its store's handle)
+
+    def _with_plan(self, state: RunState) -> RunState:
+        """``state`` with the workflow plan laid over it: planned phases that never started show as pending."""
+        meta = self.metadata
+        return apply_plan(state, meta.phases, meta.steps) if meta.phases else state
 
     def __repr__(self) -> str:
         return f"Run({str(self._rid)!r})"
@@ -189,9 +200,7 @@ class Run:
                     last_event_id=last,
                 )
             state = self.log.load_state(at=at)
-        meta = self.metadata
-        # Planned phases that never started show as pending, in planned order.
-        return apply_plan(state, meta.phases, meta.steps) if meta.phases else state
+        return state  # the log lays the workflow plan over every state it hands out
 
     # -- lifecycle (logic in lifecycle.py; each appends one checked event) -------------
 
@@ -409,7 +418,12 @@ class RunStore:
         """The store root as a URL (a plain path for local folders)."""
         return self.storage.url
 
-    def _event_log(self, run_id: RunId, metadata: RunMetadata | None = None) -> EventLog:
+    def _event_log(
+        self,
+        run_id: RunId,
+        metadata: RunMetadata | None = None,
+        overlay: Callable[[RunState], RunState] | None = None,
+    ) -> EventLog:
         return EventLog(
             self.storage,
             run_id,
@@ -423,6 +437,7 @@ class RunStore:
             registry=self.registry,
             listing=metadata.summary_listing() if metadata is not None else None,
             claim_budget=self.claim_budget,
+            overlay=overlay,
             index_intent=functools.partial(self._runindex.intent, run_id),
             index_entry=functools.partial(self._index_entry, run_id, metadata),
         )
@@ -566,27 +581,24 @@ class RunStore:
         return self._parse_metadata(rid, body)
 
     def _parse_metadata(self, rid: RunId, body: bytes) -> RunMetadata:
-        try:
-            return RunMetadata.from_dict(_codec.loads(body))
-        except Exception as e:
-            path = self.storage.path(RunLayout(rid).metadata)
-            if looks_like_faber_metadata(body):
-                folder = self.storage.path(RunLayout(rid).dir)
-                raise FaberRunNotImported(
-                    f"{faber_run_hint(folder, str(rid))}; faber_runlog reads it once imported",
-                    run_id=str(rid),
-                    path=folder,
-                ) from None
-            raise CorruptState(
-                f"metadata.json of run {rid} at {path} is unreadable ({e}); restore it from a backup",
-                run_id=str(rid),
-                path=path,
-            ) from e
+        return parse_metadata(self.storage, rid, body)
 
     def get_run(self, run_id: str | RunId) -> Run:
         """Open an existing run; raises :class:`RunNotFound` if there is none."""
         rid = RunId.parse(run_id)
         return Run(self, rid, self._read_metadata(rid))
+
+    def resolve_run_id(self, text: str | RunId) -> str:
+        """The full id of the one run ``text`` names: a full id, ``org/project/<uuid prefix>``, a bare uuid,
+        or a uuid prefix of at least 6 hex digits.
+
+        Reads folder listings only, never events. An ambiguous prefix raises :class:`InvalidRunId`
+        listing the candidates; no such run raises :class:`RunNotFound` with the close matches
+        (``acme/wbe/<uuid>``: did you mean ``acme/web/<uuid>``?). :meth:`get_run` stays exact.
+        """
+        from faber_runlog._resolve import resolve_run_id
+
+        return resolve_run_id(self, text)
 
     def has_run(self, run_id: str | RunId) -> bool:
         """Whether a run with this id exists."""
@@ -1007,6 +1019,7 @@ def _open_root(target: object, storage_options: dict[str, Any] | None) -> tuple[
             "RunStore got an empty URL; pass a folder or an fsspec URL such as 's3://bucket/runs', or leave it "
             f"out to use ${ROOT_ENV} or {DEFAULT_ROOT}"
         )
+    check_store_url(url)
     chain = url.split("://", 1)[0].split("::") if "://" in url else []
     known = list(fsspec.available_protocols())
     for protocol in chain:
@@ -1019,6 +1032,29 @@ def _open_root(target: object, storage_options: dict[str, Any] | None) -> tuple[
         return open_filesystem(url, storage_options)
     except (ImportError, ValueError) as e:
         raise InvalidStoreUrl(f"cannot open store {url!r}: {e}") from e
+
+
+# A scheme name followed by a broken separator: ``s3:/bucket``, ``s3:bucket``, ``S3//bucket``, ``S3://bucket``.
+_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)(:/*|//+)(.*)", re.DOTALL)
+
+
+def check_store_url(url: str) -> None:
+    """Refuse a store URL whose scheme is mistyped (``s3:/team-logs/runs``) instead of opening a local folder ``s3:``.
+
+    Only names of known fsspec protocols count, so ``C:/runs`` and ordinary folders pass; a
+    ``file:``/``local:`` URL is a local path as written. Raises :class:`InvalidStoreUrl` with the fix.
+    """
+    match = _SCHEME.fullmatch(url)
+    if match is None or (match.group(2).startswith("://") and match.group(1).islower()):
+        return  # no scheme, or a well-formed one (an unknown protocol is refused by the caller)
+    scheme, rest = match.group(1), match.group(3).lstrip("/")
+    if scheme.lower() not in fsspec.available_protocols() or scheme.lower() in ("file", "local"):
+        return
+    fixed = f"{scheme.lower()}://{rest}"
+    raise InvalidStoreUrl(
+        f"store URL {url!r} looks like a mistyped {scheme.lower()}:// URL (did you mean {fixed}?): a store URL "
+        "is a lowercase scheme, '://', then the path; a local folder cannot start with a storage scheme"
+    )
 
 
 def _is_slug(name: str) -> bool:
@@ -1090,14 +1126,11 @@ def cleaner_grace(own: float, metadata: RunMetadata | None) -> float:
     return max(own, recorded if recorded is not None else SEAL_GRACE)
 
 
-def run_ids(store: RunStore, org: str | None = None, project: str | None = None) -> Iterator[RunId]:
-    """Every run id under ``store`` (a listing only: no metadata or events read)."""
-    return store._run_ids(org, project)  # noqa: SLF001  (same module: RunStore's own helper)
-
-
-def parse_metadata(store: RunStore, rid: RunId, body: bytes) -> RunMetadata:
-    """Run ``rid``'s metadata.json ``body`` as read from ``store`` (``CorruptState`` naming the file if damaged)."""
-    return store._parse_metadata(rid, body)  # noqa: SLF001  (same module)
+def run_ids(
+    store: RunStore, org: str | None = None, project: str | None = None, problems: list[RunProblem] | None = None
+) -> Iterator[RunId]:
+    """Every run id under ``store`` (a listing only: no metadata or events read); unsafe folders go to ``problems``."""
+    return store._run_ids(org, project, problems)  # noqa: SLF001  (same module: RunStore's own helper)
 
 
 def create_run_from(store: RunStore, meta: RunMetadata) -> Run:

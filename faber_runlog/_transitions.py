@@ -164,6 +164,13 @@ TRANSITIONS: Final[Mapping[str, Transition]] = {
 """Every event type that can change a run's status (or needs a given status), by type."""
 
 
+APPROVAL_ACTIONS: Final = ("approve", "reject", "request_changes", "abort")
+"""The decisions on a pending approval (``approval_resolved``'s ``action``): ``Run.decide``, CLI and MCP."""
+
+ENDING_APPROVAL_ACTIONS: Final = ("reject", "abort")
+"""The decisions that end the run (reject: failed, abort: cancelled), the only ones allowed while it is paused."""
+
+
 ACTIONS: Final[Mapping[str, tuple[str, tuple[str, ...]]]] = {
     "start": ("workflow_start", TRANSITIONS["workflow_start"].allowed()),
     "pause": ("workflow_paused", TRANSITIONS["workflow_paused"].allowed()),

@@ -14,7 +14,7 @@ from typing import Any, Final
 import attrs
 
 from faber_runlog import _codec
-from faber_runlog._events import upcast, validate_event_dict
+from faber_runlog._events import EventTypes, upcast, validate_event_dict
 from faber_runlog._format import (
     RunLayout,
     decode_segment,
@@ -29,6 +29,7 @@ from faber_runlog._format import (
     parse_seq_name,
 )
 from faber_runlog._ids import RunId
+from faber_runlog._registry import event_types_table
 from faber_runlog._state import RunDigest, RunState, apply
 from faber_runlog._storage import Storage
 from faber_runlog._store import RunStore
@@ -70,6 +71,10 @@ class VerifyReport:
     events: int
     last_event_id: int
     problems: tuple[VerifyProblem, ...]
+    unknown_types: tuple[str, ...] = ()
+    """Event types in the log that the store's registry does not know: fine (only the base schema is
+    checked for them); declare them (gateway.json ``event_types``, an entry point, ``register_event_type``)
+    to have their own schema checked too."""
 
     @property
     def ok(self) -> bool:
@@ -93,6 +98,7 @@ def verify_run(store: RunStore, run_id: str | RunId) -> VerifyReport:
     layout = RunLayout(rid)
     problems: list[VerifyProblem] = []
     seqs: list[int] = []
+    check = _Checker(run.id, event_types_table(store.registry))
     for name in storage.list_names(layout.events):
         seq = parse_seq_name(name)
         if seq is not None and seq >= 1:
@@ -105,7 +111,7 @@ def verify_run(store: RunStore, run_id: str | RunId) -> VerifyReport:
     # A consolidated run keeps its events in events.jsonl (line n is event n).
     # Readers turn to it at the first event file that is missing, so from there
     # on its lines are what gets read, and what is checked.
-    jsonl_seqs = _check_jsonl_lines(storage, layout, run.id, present, problems, seqs[-1] if seqs else 0)
+    jsonl_seqs = _check_jsonl_lines(storage, layout, check, present, problems, seqs[-1] if seqs else 0)
     last = max(seqs[-1] if seqs else 0, jsonl_seqs[-1] if jsonl_seqs else 0)
     present.update(jsonl_seqs)
     for seq in range(1, last + 1):
@@ -124,11 +130,11 @@ def verify_run(store: RunStore, run_id: str | RunId) -> VerifyReport:
         chunk = seqs[start : start + _BATCH]
         bodies = storage.read_many(layout.event(s) for s in chunk)
         for seq in chunk:
-            problem = _check_event(run.id, seq, storage.path(layout.event(seq)), bodies[layout.event(seq)])
+            problem = check(seq, storage.path(layout.event(seq)), bodies[layout.event(seq)])
             if problem is not None:
                 problems.append(problem)
     problems.sort(key=lambda p: (math.inf if p.seq is None else p.seq, p.path))
-    return VerifyReport(run.id, len(present), last, tuple(problems))
+    return VerifyReport(run.id, len(present), last, tuple(problems), tuple(sorted(check.unknown)))
 
 
 def _sealed_last(storage: Storage, layout: RunLayout, highest: int) -> int | None:
@@ -143,9 +149,15 @@ def _sealed_last(storage: Storage, layout: RunLayout, highest: int) -> int | Non
 
 
 def _check_jsonl_lines(
-    storage: Storage, layout: RunLayout, run_id: str, present: set[int], problems: list[VerifyProblem], highest: int
+    storage: Storage,
+    layout: RunLayout,
+    check: _Checker,
+    present: set[int],
+    problems: list[VerifyProblem],
+    highest: int,
 ) -> list[int]:
     """Check the events.jsonl lines readers use; returns the sequence numbers they cover."""
+    run_id = check.run_id
     sealed = _sealed_last(storage, layout, highest)
     if sealed is None:
         return []  # an events.jsonl without its record (a consolidation cut short) is never read
@@ -183,14 +195,30 @@ def _check_jsonl_lines(
             break
         if seq >= first:
             covered.append(seq)
-            problem = _check_event(run_id, seq, f"{path} line {seq}", body[pos:end])
+            problem = check(seq, f"{path} line {seq}", body[pos:end])
             if problem is not None:
                 problems.append(problem)
         pos = end + 1
     return covered
 
 
-def _check_event(run_id: str, seq: int, path: str, body: bytes | None) -> VerifyProblem | None:
+class _Checker:
+    """Checks stored events of one run against the store's event types; remembers the types it does not know."""
+
+    def __init__(self, run_id: str, table: EventTypes) -> None:
+        self.run_id, self.table = run_id, table
+        self.unknown: set[str] = set()
+
+    def __call__(self, seq: int, path: str, body: bytes | None) -> VerifyProblem | None:
+        problem = _check_event(self.run_id, seq, path, body, self.table)
+        if problem is None and body is not None:
+            etype = _codec.loads(body).get("type")
+            if isinstance(etype, str) and etype not in self.table.types:
+                self.unknown.add(etype)
+        return problem
+
+
+def _check_event(run_id: str, seq: int, path: str, body: bytes | None, table: EventTypes) -> VerifyProblem | None:
     if body is None:
         return VerifyProblem(seq, path, "missing", f"event {seq} of run {run_id} vanished while verifying ({path})")
     try:
@@ -208,7 +236,7 @@ def _check_event(run_id: str, seq: int, path: str, body: bytes | None) -> Verify
             f"not event {seq} of run {run_id}",
         )
     try:
-        validate_event_dict(upcast(data), run_id=run_id)
+        validate_event_dict(upcast(data, table), run_id=run_id, table=table, stored=True)
     except InvalidEvent as e:
         return VerifyProblem(seq, path, "invalid", f"event {seq} at {path}: {e}")
     except Exception as e:  # an upcaster that fails is as bad as an invalid event

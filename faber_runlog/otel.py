@@ -37,6 +37,7 @@ import attrs
 
 from faber_runlog._events import Event
 from faber_runlog._gateway import Backend
+from faber_runlog._transitions import ENDING_APPROVAL_ACTIONS
 from faber_runlog.errors import ConfigurationError, InvalidArgument, MissingExtra
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ class _Builder:
                 found = self._open_step(self._phase(phase, e), phase, step, e)
             result = {"step_complete": "success", "step_error": "failure", "step_skip": "skip"}[t]
             done.append(self._close(found, e, result, (e.error_message or t) if t == "step_error" else None))
-        elif t in _ENDS or (t == "approval_resolved" and e.metadata.get("action") in ("reject", "abort")):
+        elif t in _ENDS or (t == "approval_resolved" and e.metadata.get("action") in ENDING_APPROVAL_ACTIONS):
             status = _ENDS.get(t) or ("failed" if e.metadata.get("action") == "reject" else "cancelled")
             error = (e.error_message or e.message or t) if status == "failed" else None
             done += self._end(e, status, error)

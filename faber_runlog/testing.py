@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 
-from faber_runlog._storage import Storage
+from faber_runlog._storage import INTERNAL_DIR, Storage
 from faber_runlog.errors import FaberRunlogError
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
     "check_storage",
 ]
 
-_DIR = ".faber_runlog/contract"
+_DIR = f"{INTERNAL_DIR}/contract"
 
 
 class ContractViolation(FaberRunlogError, AssertionError):

@@ -15,6 +15,8 @@ probability ``fail_rate``, else ``"pass"``. Actions:
                        after success (a PUT landed but the client never knows)
 * ``"500_after"``      forward, then reply 500: success reported as a failure
 * ``"delay"``          wait ``delay`` seconds, then forward
+* ``"403"``            reply 403 AccessDenied without forwarding (credentials that may
+                       not write; not among the random faults)
 
 Every action taken is counted per (method, action) so tests can report exactly
 which faults were injected (docs/reliability.md is rendered from those counts).
@@ -34,7 +36,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-ACTIONS = ("pass", "500", "503", "slowdown", "conflict", "reset_before", "reset_after", "500_after", "delay")
+ACTIONS = ("pass", "500", "503", "slowdown", "conflict", "reset_before", "reset_after", "500_after", "delay", "403")
 RANDOM_FAULTS = ("500", "503", "slowdown", "conflict", "reset_before", "reset_after", "500_after", "delay")
 
 _ERRORS = {
@@ -42,6 +44,7 @@ _ERRORS = {
     "503": (503, "ServiceUnavailable", "Service is unable to handle request."),
     "slowdown": (503, "SlowDown", "Please reduce your request rate."),
     "conflict": (409, "ConditionalRequestConflict", "A conflicting conditional operation is in progress."),
+    "403": (403, "AccessDenied", "Access Denied"),
 }
 _HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"})
 

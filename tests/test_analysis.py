@@ -12,6 +12,9 @@ import pytest
 from faber_runlog import Archiver, MissingExtra, RunStore
 from faber_runlog._analysis import EVENT_COLUMNS, RUN_COLUMNS, events_frame, runs_frame
 
+# Services over the storage contract (pinned on every backend elsewhere): memory and local, a few tests on S3.
+pytestmark = pytest.mark.backends("memory", "local")
+
 
 def make_runs(store: RunStore) -> dict[str, str]:
     """One completed run and one that fails at build/deploy (and ends failed), in acme/web; one completed in other/api."""
@@ -37,6 +40,7 @@ def make_runs(store: RunStore) -> dict[str, str]:
     return ids
 
 
+@pytest.mark.backends("memory", "local", "s3")
 def test_events_frame_has_the_documented_columns_and_types(store: RunStore) -> None:
     ids = make_runs(store)
     frame = store.events_frame(progress=False)
@@ -86,6 +90,7 @@ def test_to_arrow_gives_a_table_with_nested_columns_as_json_text(store: RunStore
     assert 3 == store.to_arrow("runs", progress=False).num_rows
 
 
+@pytest.mark.backends("memory", "local", "s3")
 def test_frames_read_archived_runs_the_same_as_live_ones(tmp_path: Path, store: RunStore) -> None:
     make_runs(store)
     archive = RunStore(str(tmp_path / "archive"))

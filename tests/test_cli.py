@@ -51,6 +51,7 @@ def cli(shared_kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkey
     monkeypatch.delenv("FABER_RUNLOG_STORAGE_OPTIONS", raising=False)
     if shared_kind == "local":
         url = str(tmp_path / "runs")
+        os.mkdir(url)  # a store that exists (a missing --root is an error for commands that read)
         return Cli(["--root", url], RunStore(url), {"url": url, "storage_options": {}})
     server: S3Server = request.getfixturevalue("s3_server")
     url = f"s3://{BUCKET}/runs-{uuid.uuid4().hex}"
@@ -307,21 +308,32 @@ def test_init_on_an_empty_folder_writes_gateway_json_and_the_runs_folder(
     assert [run_id] == [s.run_id for s in RunStore(str(tmp_path / ".faber_runlog/runs")).list_runs()]
 
 
-def test_init_over_an_old_config_says_what_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_init_over_an_old_config_merges_says_what_changed_and_keeps_a_backup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     path = tmp_path / CONFIG_PATH
     write_config(GatewayConfig(snapshot_every=7), path)
+    old = path.read_bytes()
     out = io.StringIO()
     assert 0 == main(["init", "--s3-bucket", "team-logs", "--no-fsync"], out=out)
     text = out.getvalue()
-    assert f"overwrote {path}; changed:" in text
-    for line in ('backends.s3_archive.bucket: null -> "team-logs"', "fsync: true -> false", "snapshot_every: 7 -> 100"):
+    assert f"updated {path} (the old file is {path}.bak); changed:" in text
+    for line in ('backends.s3_archive.bucket: null -> "team-logs"', "fsync: true -> false"):
         assert f"  {line}\n" in text
-    assert "team-logs" == load_config(path).s3_archive.bucket
+    assert "snapshot_every" not in text  # not on the command line: kept as the user set it
+    assert ("team-logs", 7) == (load_config(path).s3_archive.bucket, load_config(path).snapshot_every)
+    assert old == (tmp_path / (CONFIG_PATH + ".bak")).read_bytes()
     out = io.StringIO()
-    assert 0 == main(["init", "--s3-bucket", "team-logs", "--no-fsync", "--json"], out=out)
-    assert {"created": False, "changes": []} == {k: json.loads(out.getvalue())[k] for k in ("created", "changes")}
+    assert 0 == main(["init", "--json"], out=out)  # a plain init again: archiving stays on, nothing changes
+    body = json.loads(out.getvalue())
+    assert {"created": False, "changes": [], "backup": None} == {k: body[k] for k in ("created", "changes", "backup")}
+    assert (True, "team-logs", False) == (
+        load_config(path).s3_archive.enabled,
+        load_config(path).s3_archive.bucket,
+        load_config(path).fsync,
+    )
 
 
 def test_init_refuses_credentials_in_storage_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

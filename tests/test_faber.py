@@ -499,7 +499,7 @@ def test_cli_import_export_and_new_with_planned_phases(tmp_path: Path, monkeypat
     root = str(tmp_path / "store")
     write_run(tmp_path / BASE, RUN, failed_at_build(), metadata=faber_metadata())
     code, out, err = cli("--root", root, "import", str(tmp_path))
-    assert (0, "") == (code, err), out
+    assert (0, f"faber-runlog: created the store at {root}\n") == (code, err), out  # import creates the store
     assert "imported  acme/web/3f2b8c1e-9a4d-4c6e-8f10-2b7d9e0a1c55: 11 of 11 events imported" in out
     code, out, _ = cli("--root", root, "import", str(tmp_path), "--json")
     assert (0, 0) == (code, json.loads(out)["events_imported"])

@@ -243,7 +243,7 @@ def test_a_failing_backend_never_breaks_the_producer(tmp_path: Path, caplog: pyt
 
 def test_an_enabled_backend_nobody_registered_is_refused(tmp_path: Path) -> None:
     gateway = Gateway(GatewayConfig(root=str(tmp_path / "runs"), other_backends={"helm": {"enabled": True}}))
-    with pytest.raises(InvalidGatewayConfig, match="'helm' is enabled but none of that name is registered"):
+    with pytest.raises(InvalidGatewayConfig, match="'helm' is enabled but none of that name is known"):
         gateway.emit("acme/web/00000000-0000-4000-8000-000000000000", "workflow_start")
 
 

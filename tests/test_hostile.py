@@ -70,6 +70,7 @@ BAD_VALUES: dict[str, Any] = {
 }
 
 
+@pytest.mark.backends("memory", "local")  # validation happens before any storage call
 @pytest.mark.parametrize("name", list(BAD_VALUES))
 def test_bad_field_values_are_refused_precisely_and_write_nothing(store: RunStore, name: str) -> None:
     run = store.create_run("acme", "web")
@@ -86,6 +87,7 @@ def test_bad_field_values_are_refused_precisely_and_write_nothing(store: RunStor
     )
 
 
+@pytest.mark.backends("memory", "local")  # validation happens before any storage call
 @pytest.mark.parametrize("name", ["nan", "integer over 64 bits", "lone surrogate", "bytes"])
 def test_bad_params_are_refused_and_create_no_run(store: RunStore, name: str) -> None:
     before = tree(store)

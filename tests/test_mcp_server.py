@@ -244,3 +244,96 @@ def test_lifecycle_tools_go_through_the_checked_transitions(
     state = store.get_run(run.id).state()
     assert ("completed", "changes_requested") == (state.status, state.approvals["dep-1"].status)
     assert "failed" == store.get_run(stale.id).state().status
+
+
+def test_the_python_lifecycle_over_mcp_resume_rerun_unpause_diff_and_list_filters(tmp_path: Path) -> None:
+    # The server's gateway.json declares a custom type: the MCP server knows it as the CLI does.
+    config = tmp_path / "gateway.json"
+    deploy = {"type": "object", "required": ["metadata"], "properties": {"metadata": {"required": ["target"]}}}
+    config.write_text(json.dumps({"config_version": 1, "root": "runs", "event_types": {"deploy": deploy}}))
+    args, store = ["--config", str(config)], RunStore(str(tmp_path / "runs"))
+    failed = store.create_run("acme", "web", params={"work_id": "220", "env": "dev"}, tags={"team": "core"})
+    steps: list[tuple[str, dict[str, Any]]] = [
+        ("workflow_start", {}),
+        ("phase_start", {"phase": "build"}),
+        ("step_start", {"phase": "build", "step": "compile"}),
+        ("step_error", {"phase": "build", "step": "compile", "error": "exit 2"}),
+        ("workflow_error", {"error": "exit 2"}),
+    ]
+    for etype, extra in steps:
+        failed.log.emit(etype, **extra)
+    paused = store.create_run("acme", "api", tags={"team": "ops"})
+    paused.start()
+    seen: dict[str, Any] = {}
+
+    async def call(session: Any, tool: str, **arguments: Any) -> Any:
+        return await session.call_tool(tool, arguments)
+
+    async def body(session: Any) -> None:
+        seen["tools"] = sorted(t.name for t in (await session.list_tools()).tools)
+        seen["extra"] = await call(session, "emit_event", run_id=failed.id, type="step_start", phasee="build")
+        seen["extra_status"] = await call(session, "change_run_status", run_id=failed.id, action="pause", why="x")
+        seen["deploy"] = _structured(
+            await call(session, "emit_event", run_id=paused.id, type="deploy", metadata={"target": "prod"})
+        )
+        seen["bad_deploy"] = await call(session, "emit_event", run_id=paused.id, type="deploy")
+        seen["hint"] = await call(session, "emit_event", run_id=failed.id, type="step_start", phase="b", step="c")
+        seen["resumed"] = _structured(await call(session, "resume_run", run_id=failed.id))
+        seen["again"] = _structured(await call(session, "resume_run", run_id=failed.id))
+        seen["pause"] = _structured(await call(session, "change_run_status", run_id=paused.id, action="pause"))
+        seen["unpause"] = _structured(await call(session, "change_run_status", run_id=paused.id, action="unpause"))
+        await call(session, "change_run_status", run_id=paused.id, action="pause")
+        seen["alias"] = _structured(await call(session, "change_run_status", run_id=paused.id, action="resume"))
+        seen["cancel"] = _structured(
+            await call(session, "change_run_status", run_id=paused.id, action="cancel", reason="not needed")
+        )
+        seen["rerun"] = _structured(
+            await call(session, "rerun_run", run_id=paused.id, params={"work_id": "221"}, tags={"team": "core"})
+        )
+        seen["diff"] = _structured(
+            await call(session, "diff_runs", run_id=failed.id, other_run_id=seen["rerun"]["run_id"])
+        )
+        seen["by_params"] = _structured(await call(session, "list_runs", params={"work_id": "220"}))
+        seen["by_tags"] = _structured(await call(session, "list_runs", tags={"team": "core"}, order="oldest"))
+        seen["page"] = _structured(await call(session, "list_runs", limit=2))
+        seen["next"] = _structured(await call(session, "list_runs", limit=2, cursor=seen["page"]["next_cursor"]))
+        seen["statuses"] = _structured(await call(session, "list_runs", status=["running", "cancelled"]))
+
+    anyio.run(_session, args, tmp_path, body)
+    assert {"resume_run", "rerun_run", "diff_runs"} <= set(seen["tools"])
+    assert "deploy" == seen["deploy"]["event"]["type"]
+    assert seen["bad_deploy"].is_error and "target" in _text(seen["bad_deploy"])
+    refused = _text(seen["extra"])
+    assert seen["extra"].is_error and "emit_event takes no argument 'phasee'; it accepts: " in refused, refused
+    assert "phase" in refused.split("accepts:")[1] and "type" in refused.split("accepts:")[1]
+    assert seen["extra_status"].is_error and "takes no argument 'why'" in _text(seen["extra_status"])
+    hint = _text(seen["hint"])
+    assert "the resume_run tool" in hint and "Resumer(" not in hint and "faber-runlog" not in hint, hint
+    assert ("running", "workflow_resumed", "build", "compile") == (
+        seen["resumed"]["status"],
+        seen["resumed"]["event"]["type"],
+        seen["resumed"]["plan"]["resume_phase"],
+        seen["resumed"]["plan"]["resume_step"],
+    )
+    assert seen["resumed"]["event_id"] == seen["again"]["event_id"]  # a second resume replays, never repeats
+    assert ("paused", "running", "unpause") == (
+        seen["pause"]["status"],
+        seen["unpause"]["status"],
+        seen["unpause"]["action"],
+    )
+    assert ("running", "unpause") == (seen["alias"]["status"], seen["alias"]["action"])
+    assert "old name of 'unpause'" in seen["alias"]["deprecated"]
+    assert "cancelled" == seen["cancel"]["status"]
+    child = seen["rerun"]["run_id"]
+    assert (paused.id, {"work_id": "221"}) == (seen["rerun"]["parent_run_id"], seen["rerun"]["params"])
+    assert {"work_id": "221"} == seen["rerun"]["diff"]["added"]
+    assert {"work_id": {"old": "220", "new": "221"}} == seen["diff"]["diff"]["changed"]
+    assert {"env": "dev"} == seen["diff"]["diff"]["removed"]
+    assert [failed.id] == [r["run_id"] for r in seen["by_params"]["runs"]]
+    assert [failed.id, child] == [r["run_id"] for r in seen["by_tags"]["runs"]]
+    assert (2, 1) == (len(seen["page"]["runs"]), len(seen["next"]["runs"]))
+    assert {failed.id, paused.id, child} == {r["run_id"] for r in seen["page"]["runs"] + seen["next"]["runs"]}
+    assert {failed.id: "running", paused.id: "cancelled"} == {
+        r["run_id"]: r["status"] for r in seen["statuses"]["runs"]
+    }
+    assert "running" == store.get_run(failed.id).state().status

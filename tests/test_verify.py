@@ -12,6 +12,9 @@ from faber_runlog import Resumer, Run, RunState, RunStore, StateDifference, _cod
 from faber_runlog._format import RunLayout, decode_segment, decode_snapshot, encode_segment, encode_snapshot
 from faber_runlog._state import fold_all
 
+# Services over the storage contract (pinned on every backend elsewhere): memory and local, a few tests on S3.
+pytestmark = pytest.mark.backends("memory", "local")
+
 
 def _edit_snapshot(store: RunStore, key: str, edit: Any) -> None:
     """Rewrite the snapshot at ``key`` as an intact (checksummed) snapshot whose state ``edit`` changed."""
@@ -189,6 +192,7 @@ def _consolidated_without_event_files(store: RunStore) -> Run:
     return run
 
 
+@pytest.mark.backends("memory", "local", "s3")
 def test_verify_checks_a_consolidated_run_from_its_events_jsonl(store: RunStore) -> None:
     run = _consolidated_without_event_files(store)
     report = Resumer(store).verify(run.id)
@@ -295,6 +299,7 @@ def test_repair_without_any_state_json_still_keeps_a_consolidated_run_sealed(sto
     assert (8, 8) == (store.get_run(run.id).state().last_event_id, store.get_run(run.id).state().sealed_at)
 
 
+@pytest.mark.backends("memory", "local", "s3")
 def test_reconstruct_checks_the_summary_and_repair_rewrites_it(store: RunStore) -> None:
     run = _failed_run(store, ended=True)
     layout = RunLayout(run.run_id)
