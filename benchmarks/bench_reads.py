@@ -216,7 +216,7 @@ def rss_kb():
 
 store = RunStore(sys.argv[1])
 fn = to_arrow if sys.argv[2] == "arrow" else events_frame
-fn(store, run_ids=[next(iter(store._run_ids(None, None)))], progress=False)  # one-time set-up, not data
+fn(store, run_ids=[store.list_runs(limit=1)[0].run_id], progress=False)  # one-time set-up, not data
 gc.collect()
 base = peak = rss_kb()
 done = False
