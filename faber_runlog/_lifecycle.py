@@ -22,7 +22,7 @@ import logging
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final, Protocol, SupportsIndex, overload
+from typing import Any, Final, Protocol, Self, SupportsIndex, TypeVar, overload
 
 import attrs
 
@@ -101,6 +101,8 @@ log = logging.getLogger("faber_runlog._lifecycle")
 SWEEP_REASON: Final = "process_restart_unrecovered"
 FINAL_EVENT_TYPES: Final = frozenset({*ENDING_EVENT_TYPES, "approval_resolved"})
 """Events that end a run when they leave it terminal: they trigger the final report and releases."""
+
+_T = TypeVar("_T")
 
 _TRIES: Final = 20
 _CLAIM_TRIES: Final = 50
@@ -866,29 +868,36 @@ class RunProblem:
         return iter((self.run_id, self.error))
 
 
-class SweptRuns(list[SweptRun]):
+class ProblemList(list[_T]):
+    """Runs (a list; ``.runs`` too) plus ``problems``: the damaged runs the operation skipped.
+
+    A slice is of the same class with the same ``problems``: slicing a listing keeps what it skipped.
+    """
+
+    def __init__(self, runs: Iterable[_T] = (), problems: Iterable[RunProblem] | None = None) -> None:
+        super().__init__(runs)
+        self.problems: list[RunProblem] = list(problems or ())
+
+    @property
+    def runs(self) -> list[_T]:
+        """The runs as a plain list."""
+        return list(self)
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> _T: ...
+    @overload
+    def __getitem__(self, index: slice) -> Self: ...
+    def __getitem__(self, index: SupportsIndex | slice) -> _T | Self:
+        if isinstance(index, slice):
+            return type(self)(super().__getitem__(index), self.problems)
+        return super().__getitem__(index)
+
+
+class SweptRuns(ProblemList[SweptRun]):
     """The runs a sweep failed (a list; ``.runs`` too), plus ``problems``: the damaged runs it skipped.
 
     A slice is a ``SweptRuns`` with the same ``problems``.
     """
-
-    def __init__(self, runs: Iterable[SweptRun] = (), problems: Iterable[RunProblem] = ()) -> None:
-        super().__init__(runs)
-        self.problems: list[RunProblem] = list(problems)
-
-    @property
-    def runs(self) -> list[SweptRun]:
-        """The swept runs as a plain list."""
-        return list(self)
-
-    @overload
-    def __getitem__(self, index: SupportsIndex) -> SweptRun: ...
-    @overload
-    def __getitem__(self, index: slice) -> SweptRuns: ...
-    def __getitem__(self, index: SupportsIndex | slice) -> SweptRun | SweptRuns:
-        if isinstance(index, slice):
-            return SweptRuns(super().__getitem__(index), self.problems)
-        return super().__getitem__(index)
 
 
 class _Summary(Protocol):

@@ -9,7 +9,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, SupportsIndex, overload
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import fsspec
@@ -25,7 +25,7 @@ from faber_runlog._ids import RunId, validate_slug
 from faber_runlog._index import IndexWriter
 from faber_runlog._lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
 from faber_runlog._lease import fence as lease_fence
-from faber_runlog._lifecycle import RunProblem
+from faber_runlog._lifecycle import ProblemList, RunProblem
 from faber_runlog._log import CLAIM_BUDGET, SEAL_GRACE, Commit, EventLog, current_digests
 from faber_runlog._metadata import RunMetadata, capture_environment, parse_metadata
 from faber_runlog._plan import apply_plan, normalize_plan
@@ -92,39 +92,23 @@ def _listed(listing: dict[str, Any] | None) -> dict[str, Any] | None:
     return None
 
 
-class RunList(list[RunSummary]):
+class RunList(ProblemList[RunSummary]):
     """The runs :meth:`RunStore.list_runs` found (a list; ``.runs`` too), plus ``problems``: the runs it skipped.
 
     ``next_cursor`` is the ``cursor=`` that lists the next page (None when this page is the last).
     A slice is a ``RunList`` with the same ``problems`` (and no ``next_cursor``: a slice is not a page).
     """
 
-    problems: list[RunProblem]
     next_cursor: str | None
 
     def __init__(
         self,
         runs: Iterable[RunSummary] = (),
-        problems: list[RunProblem] | None = None,
+        problems: Iterable[RunProblem] | None = None,
         next_cursor: str | None = None,
     ) -> None:
-        super().__init__(runs)
-        self.problems = list(problems or [])
+        super().__init__(runs, problems)
         self.next_cursor = next_cursor
-
-    @property
-    def runs(self) -> list[RunSummary]:
-        """The listed runs as a plain list."""
-        return list(self)
-
-    @overload
-    def __getitem__(self, index: SupportsIndex) -> RunSummary: ...
-    @overload
-    def __getitem__(self, index: slice) -> RunList: ...
-    def __getitem__(self, index: SupportsIndex | slice) -> RunSummary | RunList:
-        if isinstance(index, slice):
-            return RunList(super().__getitem__(index), self.problems)
-        return super().__getitem__(index)
 
 
 @attrs.frozen(slots=True)
