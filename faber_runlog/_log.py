@@ -101,6 +101,8 @@ SEAL_GRACE: Final = 3600.0
 CLAIM_BUDGET: Final = 30.0
 """Seconds an append may spend losing sequence-number races before :class:`SequenceConflict` (see the loop's rules)."""
 _WAIT_CAP: Final = 32  # the wait after a loss grows with the numbers that went by, up to this many round trips
+_YIELD_TRIPS: Final = 3.0  # a writer that saw others append recently waits up to this many round trips first
+_CONTENDED_TRIPS: Final = 64  # ... for this many round trips after it last saw them (rule 20)
 _BATCH: Final = 256
 _PAGE: Final = 1000  # event names listed per request on stores that list after a key
 _OLDER_SPACING: Final = 4  # an older snapshot at most every this many K events (see _keep_older)
@@ -183,14 +185,15 @@ class _Race:
     started: float
     losses: int = 0
     missed: int = 0
+    went_by: int = 1  # numbers that went by in the last round learned (1 before any: the one lost)
     writers: set[str] = attrs.field(factory=set)
 
 
-def _contention_wait(backoff: float, went_by: int, losses: int) -> float:
+def _contention_wait(trip: float, went_by: int, losses: int) -> float:
     """The wait after a lost race: random (losers do not retry in lockstep), sized by the numbers that
     went by (the contention seen, not the count of losses), and shorter the longer a writer has
     been losing (aging: the writer that waited longest comes back first)."""
-    return random.uniform(0.0, backoff * min(went_by, _WAIT_CAP) * 2.0 / (1 + losses))
+    return random.uniform(0.0, trip * min(went_by, _WAIT_CAP) * 2.0 / (1 + losses))
 
 
 class EventLog:
@@ -258,7 +261,10 @@ class EventLog:
         # (rule 4 of the protocol); None: unknown, check after the next create.
         self._confirmed: float | None = None
         self._post_check_after = max(0.0, seal_grace / 2)
-        self._backoff = storage.contention_backoff
+        # This writer's claim round trip (a running mean, seeded with the backend's figure) and the
+        # moment until which it yields before claiming: it saw another writer append lately (rule 20).
+        self._trip = storage.contention_backoff
+        self._contended_until = float("-inf")
         self._lock = threading.RLock()
         # Called as on_commit(log, commit) after the lock is released, when the
         # append changed the status or has a type in hook_types (final reports,
@@ -389,6 +395,7 @@ class EventLog:
             began = clock.monotonic()
             race: _Race | None = None  # made on the first lost race: a writer that wins pays nothing for it
             intent: str | None = None
+            self._yield(clock, began)
             while True:
                 if exact:
                     state = self._sync()
@@ -421,7 +428,10 @@ class EventLog:
                 started = time.monotonic()
                 body = _codec.dumps(data)
                 intent = self._announce(intent, etype, row, state)
-                if self._storage.create(self._layout.event(seq), body):
+                sent = clock.monotonic()
+                won = self._storage.create(self._layout.event(seq), body)
+                self._trip += (clock.monotonic() - sent - self._trip) / 8
+                if won:
                     self._after_create(seq, started)
                     commit = self._after_claim(Event.from_dict(data), len(body))
                     self._keep_own(seq, body)
@@ -438,6 +448,15 @@ class EventLog:
             except Exception as e:  # the event is durable; what the hook missed can be recovered
                 log.warning("after-commit work for run %s at event %d failed: %s", self._run_id, seq, e)
         return commit
+
+    def _yield(self, clock: Clock, now: float) -> None:
+        """Rule 20: a writer that saw others append lately waits a moment before it claims.
+
+        The writer that just won knows the tail first and would win again, so it lets a loser in.
+        A lone writer never waits.
+        """
+        if now < self._contended_until:
+            clock.sleep(random.uniform(0.0, _YIELD_TRIPS * self._trip))
 
     def _announce(self, intent: str | None, etype: str, row: Transition | None, state: RunState) -> str | None:
         """The index intent for this append: written once, before the claim, when it may move the status."""
@@ -462,38 +481,91 @@ class EventLog:
         return state.last_event_id != last
 
     def _lost(self, race: _Race, seq: int, exact: bool, clock: Clock) -> None:
-        """After losing number ``seq``: learn what was missed, check the time budget, wait (see the loop's rules)."""
+        """After losing number ``seq``: check the time budget, wait, learn what was missed (the loop's rules)."""
         race.losses += 1
-        self._seen = race.writers if exact else None
-        try:
-            self._learn_tail(seq, fold=exact)
-        finally:
-            self._seen = None
-        went_by = max(1, self._tail - seq + 1)
-        race.missed += went_by
-        waited = clock.monotonic() - race.started
+        now = clock.monotonic()
+        self._contended_until = now + _CONTENDED_TRIPS * self._trip
+        waited = now - race.started
         if waited >= self._claim_budget:
             seen = len(race.writers - {self._writer})
             who = f"{seen} other writers" if seen else "other writers"
             raise SequenceConflict(
                 f"could not append to run {self._run_id} within its claim budget of {self._claim_budget:g}s: "
-                f"{who} appended {race.missed} events meanwhile and won each of its {race.losses} tries "
+                f"{who} appended {race.missed + 1} events meanwhile and won each of its {race.losses} tries "
                 f"(last tried event {seq}). Nothing was written. Retry, give it more time "
                 "(RunStore(claim_budget=...)), or have fewer processes append to one run at once",
                 run_id=self._run_id,
                 seq=seq,
             )
-        wait = _contention_wait(self._backoff, went_by, race.losses)
+        # Wait first, then learn: a writer that learned the tail and then slept would try a number
+        # that went by while it slept.
+        wait = _contention_wait(self._trip, race.went_by, race.losses)
         log.debug(
             "run %s: event %d went to another writer (%d numbers went by, loss %d, %.3fs waited); waiting %.4fs",
             self._run_id,
             seq,
-            went_by,
+            race.went_by,
             race.losses,
             waited,
             wait,
         )
         clock.sleep(wait)
+        if exact and self._fold_ahead(race, seq):
+            return
+        if not exact and race.losses == 1 and not self._writer_state().is_terminal:
+            # A plain append guesses the number after the one it lost (no request): the writer that took
+            # it is the only one ahead as often as not. Only an ended run can be sealed, so a writer that
+            # knows its run ended lists first; for the rest, the create after a loss checks (rule 4).
+            self._confirmed = None
+            self._tail = max(self._tail, seq)
+            race.went_by = 1
+            race.missed += 1
+            return
+        self._seen = race.writers if exact else None
+        try:
+            self._learn_tail(seq, fold=exact)
+        finally:
+            self._seen = None
+        race.went_by = max(1, self._tail - seq + 1)
+        race.missed += race.went_by
+
+    def _fold_ahead(self, race: _Race, lost: int) -> bool:
+        """Rule 13's round for an exact append: fetch the lost number and the next few at once, no LIST.
+
+        Reads events ``lost ..`` (as many as went by last round, and one more) and ``events.jsonl`` in
+        one batch and folds them. True when a missing file ended the log there (the tail is known);
+        False when every guessed file existed or the state is not where the race left it: the
+        listing round (:meth:`_learn_tail`) goes on from what was folded.
+        """
+        state = self._writer_state()
+        if state.last_event_id != lost - 1 or self._sealed is not None:
+            return False
+        count = min(race.went_by + 1, _WAIT_CAP)
+        keys = [self._layout.event(s) for s in range(lost, lost + count)]
+        started = self._storage.clock.monotonic()
+        bodies = self._storage.read_many([*keys, self._layout.jsonl])
+        if bodies[self._layout.jsonl] is not None:
+            return False  # consolidated: the careful path reads the seal
+        batch: list[dict[str, Any]] = []
+        for seq, key in enumerate(keys, lost):
+            body = bodies[key]
+            if body is None:
+                break
+            batch.append(self._decode_mapping(seq, body))
+        if batch:
+            apply_mappings(state, batch, self._folds)
+            self._state_fp = _mapping_fp(batch[-1])
+            race.writers.update(str(m.get("nonce", "")).rpartition("-")[0] for m in batch)
+            self._tail = max(self._tail, state.last_event_id)
+            if state.sealed_at is not None:
+                self._sealed = state.sealed_at
+        race.went_by = max(1, len(batch))
+        race.missed += len(batch)
+        if len(batch) == count:
+            self._confirmed = None
+            return False
+        self._confirmed = started  # read up to a missing file with no events.jsonl: the tail (rule 4)
+        return True
 
     def fence_epoch(self) -> int:
         """The highest lease epoch of the events this handle has folded (0: none carries one)."""
