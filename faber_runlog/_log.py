@@ -542,7 +542,7 @@ class EventLog:
             return False
         count = min(race.went_by + 1, _WAIT_CAP)
         keys = [self._layout.event(s) for s in range(lost, lost + count)]
-        started = self._storage.clock.monotonic()
+        started = time.monotonic()  # rule 4's clock, as in _catch_up_writer and _after_create
         bodies = self._storage.read_many([*keys, self._layout.jsonl])
         if bodies[self._layout.jsonl] is not None:
             return False  # consolidated: the careful path reads the seal
