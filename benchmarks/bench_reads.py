@@ -111,9 +111,9 @@ def _old_events_frame(store: RunStore) -> Any:
 
     from faber_runlog._analysis import EVENT_COLUMNS
     from faber_runlog._events import error_text as _error_text
-    from faber_runlog._store import run_ids
+    from faber_runlog._resolve import run_ids
 
-    rids = list(run_ids(store))
+    rids = list(run_ids(store.storage))
     cols: dict[str, list[Any]] = {c: [] for c in EVENT_COLUMNS}
 
     def events_of(rid: RunId) -> list[dict[str, Any]]:
@@ -159,9 +159,9 @@ def bench_frames_s3(runs: int, events: int) -> list[Row]:
         store = RunStore(fs=fs, root=f"{BUCKET}/{prefix}")
         _many_runs(store, _backend(), prefix, runs, events)
         # Both sides measured warm: pandas and pyarrow imported, s3fs session open (one run read first).
-        from faber_runlog._store import run_ids
+        from faber_runlog._resolve import run_ids
 
-        store.events_frame(run_ids=[str(next(iter(run_ids(store))))], progress=False)
+        store.events_frame(run_ids=[str(next(iter(run_ids(store.storage))))], progress=False)
         fs.calls.clear()
         ours = best_of(1, lambda: store.events_frame(progress=False))
         ours_req = sum(fs.calls.values())

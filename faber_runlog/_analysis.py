@@ -10,26 +10,36 @@ when a frame is asked for.
 
 from __future__ import annotations
 
-import datetime as _dt
-import logging
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 from faber_runlog import _codec, _validate
-from faber_runlog._events import EventTypes, error_text, given_duration, upcast
+from faber_runlog._events import EventTypes, error_text, given_duration
 from faber_runlog._format import RunLayout
+from faber_runlog._frames import (
+    checked_line,
+    moment,
+    query_of,
+    require_extra,
+    select_runs,
+    skipped,
+    time_column,
+    with_problems,
+)
 from faber_runlog._ids import RunId
+from faber_runlog._lifecycle import RunProblem
 from faber_runlog._log import current_digests, read_logs
 from faber_runlog._metadata import parse_metadata
 from faber_runlog._progress import Progress
-from faber_runlog._query import FILTERS, RUN_FILTERS, RunQuery
+from faber_runlog._query import FILTERS, RunQuery
 from faber_runlog._registry import event_types_table
 from faber_runlog._steps import StartTimes
-from faber_runlog._store import RunProblem, RunStore, list_runs_of
-from faber_runlog._store import run_ids as list_run_ids
 from faber_runlog._transitions import SEAL_TYPE
-from faber_runlog.errors import CorruptData, InvalidArgument, MissingExtra
+from faber_runlog.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from faber_runlog._store import RunStore
 
 __all__ = ["EVENT_COLUMNS", "RUN_COLUMNS", "events_frame", "runs_frame", "to_arrow"]
 
@@ -50,72 +60,10 @@ _CHUNK: Final = 256
 _RUN_CHUNK: Final = 256  # runs listed, then fetched in concurrent batches, per progress step
 _BATCH_ROWS: Final = 2048  # rows per Arrow record batch: the Python lists stay small
 _NESTED: Final = ("metadata", "params", "tags")
-_loads: Final = _codec.loads
-_log: Final = logging.getLogger("faber_runlog._analysis")
-
-
-def _require(module: str) -> Any:
-    try:
-        return __import__(module)
-    except ImportError as e:
-        raise MissingExtra(
-            f"{module} is needed for DataFrames and Arrow tables but is not installed; "
-            "install the analysis extra: pip install 'faber_runlog[analysis]'"
-        ) from e
 
 
 EVENT_FILTERS: Final = FILTERS
 """The filters :func:`events_frame` and ``to_arrow()`` take (``since``/``until`` bound event times there)."""
-
-
-def query_of(where: str, filters: dict[str, Any], accepted: tuple[str, ...] = RUN_FILTERS) -> RunQuery:
-    """The checked :class:`RunQuery` of a frame's keyword ``filters``; frames list oldest first unless asked."""
-    if filters.get("order") is None:
-        filters = {**filters, "order": "oldest"}
-    return RunQuery.of(where, accepted, **filters)
-
-
-def select_runs(store: RunStore, query: RunQuery, problems: list[RunProblem] | None = None) -> list[RunId]:
-    """The runs a frame reads, in the query's order: the one selection every frame goes through.
-
-    Only org, project and run ids: a listing, nothing read; any other filter
-    (status, tags, params, creation time, limit, cursor) goes through
-    :meth:`RunStore.list_runs`' summaries, so frames and listings agree.
-    Runs the selection had to skip (unsafe folders, damaged runs) go to ``problems``.
-    """
-    plain = attrs.evolve(query, org=None, project=None, run_ids=None, order="oldest", types=None)
-    if plain == RunQuery(order="oldest"):
-        if query.run_ids is not None:
-            rids = [RunId.parse(r) for r in dict.fromkeys(query.run_ids)]
-            return [r for r in rids if query.org in (None, r.org) and query.project in (None, r.project)]
-        # A listing only: no metadata or events read.
-        return list(list_run_ids(store, query.org, query.project, problems))
-    found = list_runs_of(store, query)
-    if problems is not None:
-        problems += found.problems
-    return [RunId.parse(s.run_id) for s in found]
-
-
-def skipped(where: str, problems: list[RunProblem], failed: dict[RunId, BaseException]) -> list[RunProblem]:
-    """``problems`` plus the runs in ``failed`` (each logged as a warning naming the run and why).
-
-    The one way frames surface the runs they skipped: the frame is built from
-    the others, and ``frame.attrs["problems"]`` (an Arrow table's schema
-    metadata ``problems``) lists these :class:`RunProblem` rows.
-    """
-    for rid, e in failed.items():
-        text = _validate.problem_text(e)
-        _log.warning("%s skipped damaged run %s: %s", where, rid, text)
-        problems.append(RunProblem(str(rid), text))
-    return problems
-
-
-def with_problems(table: Any, problems: list[RunProblem]) -> Any:
-    """``table`` with ``problems`` as JSON in its schema metadata (key ``problems``), when there are any."""
-    if not problems:
-        return table
-    rows = [{"run_id": p.run_id, "error": p.error, "kind": p.kind} for p in problems]
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), b"problems": _codec.dumps(rows)})
 
 
 def events_frame(store: RunStore, *, progress: bool | None = None, **filters: Any) -> Any:
@@ -132,8 +80,8 @@ def events_frame(store: RunStore, *, progress: bool | None = None, **filters: An
     state gives it; ``error`` the error text, ``metadata`` the dict.
     Built as the Arrow table of :func:`to_arrow` and converted.
     """
-    pd = _require("pandas")
-    pa = _require("pyarrow")
+    pd = require_extra("pandas")
+    pa = require_extra("pyarrow")
     # Text built as large_string, which is what pandas' string columns hold: they wrap it without a copy.
     text = pa.large_string()
     query = query_of("events_frame()", filters, EVENT_FILTERS)
@@ -268,43 +216,12 @@ class _EventColumns:
                 try:
                     arrays.append(pc.cast(stamps, field.type, memory_pool=pool))
                 except pa.ArrowInvalid:  # a time stored before times were parsed on write (nanoseconds, Feb 30)
-                    arrays.append(pa.array([_moment(v) for v in values], type=field.type, memory_pool=pool))
+                    arrays.append(pa.array([moment(v) for v in values], type=field.type, memory_pool=pool))
             else:
                 arrays.append(pa.array(values, type=field.type, memory_pool=pool))
         self.cols = {c: [] for c in EVENT_COLUMNS}
         self.rows = 0
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def checked_line(store: RunStore, rid: RunId, seq: int, line: bytes, types: EventTypes) -> dict[str, Any]:
-    """Event ``seq`` of ``rid`` decoded from its stored ``line`` (upcast); else the checked reader's error.
-
-    A line that does not decode, or names another number, is read again the checked
-    way, which raises :class:`CorruptEvent` naming the file (or the error below).
-    """
-    try:
-        d = _loads(line)
-    except ValueError:
-        d = None
-    d = upcast(d, types) if d.__class__ is dict else {}
-    if d.get("event_id") != seq:
-        list(store.get_run(rid).log.read(seq - 1, until=seq))
-        raise CorruptData(f"event {seq} of run {rid} is not what its line says; run faber-runlog verify")
-    return d
-
-
-def time_column(pd: Any, values: Any) -> Any:
-    """Stored times as a UTC datetime column; a time stored before times were parsed on write
-    (February 30, nanoseconds) is NaT, as in :func:`events_frame`, instead of stopping the frame."""
-    try:
-        return pd.to_datetime(values, utc=True, format="ISO8601")
-    except (ValueError, OverflowError):
-        return pd.to_datetime([_moment(v) for v in values], utc=True)
-
-
-def _moment(value: str | None) -> _dt.datetime | None:
-    """A stored time as a UTC datetime (to the microsecond); None when it is no real time."""
-    return _validate.parse_timestamp(value)
 
 
 _PLAIN: Final = ("type", "phase", "step", "status", "message", "user", "source", "idempotency_key")
@@ -345,7 +262,7 @@ def runs_frame(store: RunStore, *, progress: bool | None = None, **filters: Any)
     and ``error`` name the step that failed last (if any) and why;
     ``consolidated`` says whether the run's events are in ``events.jsonl``.
     """
-    pd = _require("pandas")
+    pd = require_extra("pandas")
     query = query_of("runs_frame()", filters)
     problems: list[RunProblem] = []
     failed: dict[RunId, BaseException] = {}
@@ -418,7 +335,7 @@ def to_arrow(store: RunStore, kind: str = "events", **filters: Any) -> Any:
     one Arrow column needs one schema and metadata differs between event types;
     DuckDB and pyarrow read them back with their JSON functions.
     """
-    pa = _require("pyarrow")
+    pa = require_extra("pyarrow")
     if kind not in ("events", "runs"):
         raise InvalidArgument(f"kind must be 'events' or 'runs', got {kind!r}")
     progress = filters.pop("progress", None)
@@ -431,7 +348,3 @@ def to_arrow(store: RunStore, kind: str = "events", **filters: Any) -> Any:
             frame[c] = [_codec.dumps(v).decode() for v in frame[c]]
     problems = frame.attrs.pop("problems")  # pandas would try to store attrs as JSON itself
     return with_problems(pa.Table.from_pandas(frame, preserve_index=False), problems)
-
-
-# Named entry point for the other frames (faber_runlog._steps): the same check for the extra.
-require_extra = _require

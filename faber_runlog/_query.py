@@ -217,6 +217,28 @@ class RunQuery:
             cursor=_cursor(filters.get("cursor")),
         )
 
+    def filters(self, accepted: Sequence[str] = FILTERS) -> dict[str, Any]:
+        """The keyword filters that build this query again with :meth:`of` (those in ``accepted``).
+
+        Values come back in their checked form (times as stored text, the cursor encoded), so
+        ``RunQuery.of(where, accepted, **q.filters(accepted))`` equals ``q`` but for the filters left out.
+        """
+        values: dict[str, Any] = {
+            "org": self.org,
+            "project": self.project,
+            "run_ids": self.run_ids,
+            "status": self.status,
+            "types": self.types,
+            "tags": self.tags,
+            "params": self.params,
+            "since": self.since,
+            "until": self.until,
+            "order": self.order,
+            "limit": self.limit,
+            "cursor": encode_cursor(*self.cursor) if self.cursor is not None else None,
+        }
+        return {k: v for k, v in values.items() if k in accepted}
+
     def wants_run(self, run_id: str, created_at: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> bool:
         """Whether a run with these facts (which never change) passes the filters other than status and paging."""
         if self.run_ids is not None and run_id not in self.run_ids:

@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from faber_runlog import _validate
+from faber_runlog import _frames, _validate
 from faber_runlog._codec import ms_between
 from faber_runlog._events import EventTypes, upcast
 from faber_runlog._format import RunLayout
+from faber_runlog._frames import checked_line
 from faber_runlog._ids import RunId
 from faber_runlog._state import PhaseState, RawHandler, RunState, StepState
 
@@ -270,8 +271,6 @@ _RUN_CHUNK: Final = 256
 
 
 def _add_lines(store: RunStore, rid: RunId, first: int, lines: list[bytes], into: Attempts, types: EventTypes) -> None:
-    from faber_runlog._analysis import checked_line
-
     touching = _TOUCHING
     for seq, line in enumerate(lines, start=first):
         d = checked_line(store, rid, seq, line, types)
@@ -288,15 +287,13 @@ def _meta_of(store: RunStore, rid: RunId, metas: Mapping[str, bytes | None], par
 
 
 def _frame(store: RunStore, which: str, progress: bool | None, filters: dict[str, Any]) -> Any:
-    from faber_runlog import _analysis
-
-    pd = _analysis.require_extra("pandas")
-    query = _analysis.query_of(f"{which[:-1]}s_frame()", filters)
+    pd = _frames.require_extra("pandas")
+    query = _frames.query_of(f"{which[:-1]}s_frame()", filters)
     lo, hi = query.since, query.until
     # since/until bound the attempts' times here, not the runs' creation.
     problems: list[Any] = []
     failed: dict[RunId, BaseException] = {}
-    rids = _analysis.select_runs(store, attrs.evolve(query, since=None, until=None), problems)
+    rids = _frames.select_runs(store, attrs.evolve(query, since=None, until=None), problems)
     columns = STEP_COLUMNS if which == "steps" else PHASE_COLUMNS
     cols: dict[str, list[Any]] = {c: [] for c in columns}
     for rid, found, meta in _read_attempts(store, rids, progress, failed):
@@ -317,14 +314,14 @@ def _frame(store: RunStore, which: str, progress: bool | None, filters: dict[str
             cols["tags"].append(meta["tags"])
     frame = pd.DataFrame(cols, columns=list(columns))
     for c in ("started_at", "ended_at"):
-        frame[c] = _analysis.time_column(pd, frame[c])
+        frame[c] = _frames.time_column(pd, frame[c])
     frame["duration_ms"] = frame["duration_ms"].astype("float64")
     for c in ("attempt", "first_event_id", "last_event_id"):
         frame[c] = frame[c].astype("int64")
     for c in ("run_id", "org", "project", "phase", "step", "status", "error"):
         if c in frame.columns:
             frame[c] = frame[c].astype("string")
-    frame.attrs["problems"] = _analysis.skipped(f"{which}_frame()", problems, failed)
+    frame.attrs["problems"] = _frames.skipped(f"{which}_frame()", problems, failed)
     return frame
 
 

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import fsspec
 
-from faber_runlog import _codec, _index, _validate
+from faber_runlog import _analysis, _codec, _html, _index, _resolve, _steps, _timeline, _validate
 from faber_runlog import _lifecycle as lifecycle
 from faber_runlog import _report as report
 from faber_runlog._clock import Clock
 from faber_runlog._events import Event, check_json_value
 from faber_runlog._format import PROJECT_DIR, SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
 from faber_runlog._hints import did_you_mean
-from faber_runlog._ids import RunId, validate_slug
+from faber_runlog._ids import RunId, is_slug, validate_slug
 from faber_runlog._index import IndexWriter
 from faber_runlog._lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
 from faber_runlog._lease import fence as lease_fence
@@ -42,7 +42,6 @@ from faber_runlog.errors import (
     InvalidStoreUrl,
     RunExists,
     RunNotFound,
-    UnsafePath,
 )
 
 if TYPE_CHECKING:  # the analysis extra: optional, imported only when a frame is asked for
@@ -295,24 +294,18 @@ class Run:
 
     def timeline(self) -> Any:
         """A plotly figure: phases and step attempts as bars on a time axis, coloured by status (``plot`` extra)."""
-        from faber_runlog._timeline import run_timeline
-
-        return run_timeline(self)
+        return _timeline.run_timeline(self)
 
     def report_html(self, path: str | os.PathLike[str] | None = None) -> str:
         """The run's report as one self-contained HTML page (nothing loaded from the network); written to ``path``."""
-        from faber_runlog._html import run_report_html
-
-        text = run_report_html(self)
+        text = _html.run_report_html(self)
         if path is not None:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
         return text
 
     def _repr_html_(self) -> str:
-        from faber_runlog._html import repr_html
-
-        return repr_html(self.state())
+        return _html.repr_html(self.state())
 
     def read_report(self) -> dict[str, Any] | None:
         """The run's ``report.json``, or None before it ended."""
@@ -580,36 +573,13 @@ class RunStore:
         listing the candidates; no such run raises :class:`RunNotFound` with the close matches
         (``acme/wbe/<uuid>``: did you mean ``acme/web/<uuid>``?). :meth:`get_run` stays exact.
         """
-        from faber_runlog._resolve import resolve_run_id
-
-        return resolve_run_id(self, text)
+        return _resolve.resolve_run_id(self.storage, text)
 
     def has_run(self, run_id: str | RunId) -> bool:
         """Whether a run with this id exists."""
         return self.storage.exists(RunLayout(RunId.parse(run_id)).metadata)
 
     # -- listing ---------------------------------------------------------------
-
-    def _run_ids(
-        self, org: str | None, project: str | None, problems: list[RunProblem] | None = None
-    ) -> Iterator[RunId]:
-        """The runs under the root; a folder a symlink leads out of is skipped (and added to ``problems``)."""
-        orgs = [validate_slug(org, "org")] if org is not None else self.storage.list_names("")
-        for o in orgs:
-            projects = [validate_slug(project, "project")] if project is not None else self._names(o, problems)
-            for p in projects:
-                for u in self._names(f"{o}/{p}", problems) if _is_slug(o) and _is_slug(p) else ():
-                    try:
-                        rid = RunId(o, p, u)
-                    except InvalidRunId:
-                        continue  # not a run folder (a probe, a stray file)
-                    why = self.storage.unsafe(RunLayout(rid).dir)
-                    if why is None:
-                        yield rid
-                    else:
-                        log.warning("skipping run %s: %s", rid, why)
-                        if problems is not None:
-                            problems.append(RunProblem(str(rid), f"UnsafePath: {why}"))
 
     def _from_index(
         self, query: RunQuery, problems: list[RunProblem]
@@ -626,7 +596,7 @@ class RunStore:
         for o, p in self._projects(query, problems):
             view = self._index_view(o, p)
             if view is None:
-                chosen.extend(self._run_ids(o, p, problems))
+                chosen.extend(_resolve.run_ids(self.storage, o, p, problems))
                 continue
             lagging = view.lagging()
             for u, row in view.rows.items():
@@ -651,12 +621,11 @@ class RunStore:
         return why is None
 
     def _projects(self, query: RunQuery, problems: list[RunProblem]) -> Iterator[tuple[str, str]]:
-        orgs = [query.org] if query.org is not None else self.storage.list_names("")
-        for o in orgs:
-            if _is_slug(o):
-                for p in [query.project] if query.project is not None else self._names(o, problems):
-                    if _is_slug(p):
-                        yield o, p
+        storage = self.storage
+        orgs = [query.org] if query.org is not None else storage.list_names("")
+        for o in (o for o in orgs if is_slug(o)):
+            projects = [query.project] if query.project is not None else _resolve.folder_names(storage, o, problems)
+            yield from ((o, p) for p in projects if is_slug(p))
 
     def _index_view(self, org: str, project: str) -> _index.IndexView | None:
         """The index of ``org/project``, or None (no index, or a damaged one: said once per store handle)."""
@@ -675,16 +644,6 @@ class RunStore:
                     e,
                 )
             return None
-
-    def _names(self, folder: str, problems: list[RunProblem] | None) -> list[str]:
-        """The names in ``folder``; none, reported, when a symlink leads it out of the root."""
-        try:
-            return self.storage.list_names(folder)
-        except UnsafePath as e:
-            log.warning("skipping %s: %s", folder, e)
-            if problems is not None:
-                problems.append(RunProblem(folder, f"UnsafePath: {e}"))
-            return []
 
     def list_runs(
         self,
@@ -859,7 +818,7 @@ class RunStore:
 
     def _truth(self, org: str, project: str) -> dict[str, tuple[RunDigest, Mapping[str, Any]]]:
         """Every readable run of ``org/project``: uuid -> (the log's digest, what a listing shows of its metadata)."""
-        rids = list(self._run_ids(org, project))
+        rids = list(_resolve.run_ids(self.storage, org, project))
         states = current_digests(self.storage, rids, snapshot_every=self.snapshot_every, registry=self.registry)
         need = [r for r in rids if not isinstance(d := states[r], Exception) and _listed(d.listing) is None]
         metas = self.storage.read_many(RunLayout(rid).metadata for rid in need)
@@ -911,39 +870,27 @@ class RunStore:
 
     def events_frame(self, **filters: Any) -> pandas.DataFrame:
         """A pandas DataFrame, one row per event; see :func:`faber_runlog._analysis.events_frame`."""
-        from faber_runlog._analysis import events_frame
-
-        return events_frame(self, **filters)
+        return _analysis.events_frame(self, **filters)
 
     def runs_frame(self, **filters: Any) -> pandas.DataFrame:
         """A pandas DataFrame, one row per run; see :func:`faber_runlog._analysis.runs_frame`."""
-        from faber_runlog._analysis import runs_frame
-
-        return runs_frame(self, **filters)
+        return _analysis.runs_frame(self, **filters)
 
     def steps_frame(self, **filters: Any) -> pandas.DataFrame:
         """A pandas DataFrame, one row per attempt of a step; see :func:`faber_runlog._steps.steps_frame`."""
-        from faber_runlog._steps import steps_frame
-
-        return steps_frame(self, **filters)
+        return _steps.steps_frame(self, **filters)
 
     def phases_frame(self, **filters: Any) -> pandas.DataFrame:
         """A pandas DataFrame, one row per attempt of a phase; see :func:`faber_runlog._steps.phases_frame`."""
-        from faber_runlog._steps import phases_frame
-
-        return phases_frame(self, **filters)
+        return _steps.phases_frame(self, **filters)
 
     def timeline(self, **filters: Any) -> Any:
         """A plotly figure of many runs' phases and step attempts (filters as :meth:`steps_frame`; ``plot`` extra)."""
-        from faber_runlog._timeline import store_timeline
-
-        return store_timeline(self, **filters)
+        return _timeline.store_timeline(self, **filters)
 
     def to_arrow(self, kind: str = "events", **filters: Any) -> pyarrow.Table:
         """A pyarrow Table of events (or ``kind="runs"``); see :func:`faber_runlog._analysis.to_arrow`."""
-        from faber_runlog._analysis import to_arrow
-
-        return to_arrow(self, kind, **filters)
+        return _analysis.to_arrow(self, kind, **filters)
 
     # -- lineage ---------------------------------------------------------------
 
@@ -1041,14 +988,6 @@ def check_store_url(url: str) -> None:
     )
 
 
-def _is_slug(name: str) -> bool:
-    try:
-        validate_slug(name)
-    except InvalidRunId:
-        return False
-    return True
-
-
 _legacy_named = False
 
 
@@ -1110,20 +1049,8 @@ def cleaner_grace(own: float, metadata: RunMetadata | None) -> float:
     return max(own, recorded if recorded is not None else SEAL_GRACE)
 
 
-def run_ids(
-    store: RunStore, org: str | None = None, project: str | None = None, problems: list[RunProblem] | None = None
-) -> Iterator[RunId]:
-    """Every run id under ``store`` (a listing only: no metadata or events read); unsafe folders go to ``problems``."""
-    return store._run_ids(org, project, problems)  # noqa: SLF001  (same module: RunStore's own helper)
-
-
 def create_run_from(store: RunStore, meta: RunMetadata) -> Run:
     """Create a run with exactly ``meta`` (an importer's path: the id and created_at are given)."""
     if meta.seal_grace is None:
         meta = attrs.evolve(meta, seal_grace=store.seal_grace)
     return store._create(meta)  # noqa: SLF001  (same module)
-
-
-def list_runs_of(store: RunStore, query: RunQuery) -> RunList:
-    """:meth:`RunStore.list_runs` for an already checked :class:`RunQuery` (the frames' selection)."""
-    return store._list(query)  # noqa: SLF001  (same module)

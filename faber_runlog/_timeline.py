@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from faber_runlog._html import STATUS_COLOURS
+from faber_runlog._steps import phases_frame, steps_frame
 from faber_runlog.errors import MissingExtra
 
 if TYPE_CHECKING:
@@ -68,8 +69,8 @@ def run_timeline(run: Run) -> Any:
     _px()
     import pandas as pd
 
-    steps = run.store.steps_frame(run_ids=[run.id], progress=False)
-    phases = run.store.phases_frame(run_ids=[run.id], progress=False)
+    steps = steps_frame(run.store, run_ids=[run.id], progress=False)
+    phases = phases_frame(run.store, run_ids=[run.id], progress=False)
     return _figure(_bars(steps, phases, pd, per_run=False), f"Run {run.id}")
 
 
@@ -79,6 +80,6 @@ def store_timeline(store: RunStore, **filters: Any) -> Any:
     import pandas as pd
 
     filters.setdefault("progress", False)
-    steps = store.steps_frame(**filters)
-    phases = store.phases_frame(**filters)
+    steps = steps_frame(store, **filters)
+    phases = phases_frame(store, **filters)
     return _figure(_bars(steps, phases, pd, per_run=True), f"Runs in {store.url}")

@@ -24,13 +24,7 @@ ROOT = PKG.parent
 # The upward imports still allowed, each deferred to a call (see the comment in pyproject.toml).
 # Remove an entry when its cycle is gone; never add one: put the code in the right layer instead.
 KNOWN_UPWARD = [
-    "faber_runlog._store -> faber_runlog._analysis",
-    "faber_runlog._store -> faber_runlog._steps",
-    "faber_runlog._store -> faber_runlog._timeline",
-    "faber_runlog._store -> faber_runlog._html",
     "faber_runlog._state -> faber_runlog._html",
-    "faber_runlog._steps -> faber_runlog._analysis",
-    "faber_runlog._store -> faber_runlog._resolve",
 ]
 
 
