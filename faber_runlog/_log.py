@@ -261,7 +261,8 @@ class EventLog:
         # (rule 4 of the protocol); None: unknown, check after the next create.
         self._confirmed: float | None = None
         self._post_check_after = max(0.0, seal_grace / 2)
-        # This writer's claim round trip (a running mean, seeded with the backend's figure) and the
+        # This writer's claim round trip (a running mean, seeded with the backend's figure; one slow
+        # request, a retried fault or a stall, moves it little) and the
         # moment until which it yields before claiming: it saw another writer append lately (rule 20).
         self._trip = storage.contention_backoff
         self._contended_until = float("-inf")
@@ -430,7 +431,7 @@ class EventLog:
                 intent = self._announce(intent, etype, row, state)
                 sent = clock.monotonic()
                 won = self._storage.create(self._layout.event(seq), body)
-                self._trip += (clock.monotonic() - sent - self._trip) / 8
+                self._trip += (min(clock.monotonic() - sent, 2 * self._trip) - self._trip) / 8
                 if won:
                     self._after_create(seq, started)
                     commit = self._after_claim(Event.from_dict(data), len(body))
