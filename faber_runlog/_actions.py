@@ -8,14 +8,11 @@ raw events (so an auto-archive on ``workflow_complete`` also fires here).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-import attrs
-
 from faber_runlog._events import Event
-from faber_runlog._gateway import Gateway
+from faber_runlog._gateway import BackendFailure, Gateway, emit_reporting, route
 from faber_runlog._hints import did_you_mean
 from faber_runlog._store import Run
 from faber_runlog._transitions import APPROVAL_ACTIONS
@@ -28,13 +25,12 @@ __all__ = [
     "STEP_ACTIONS",
     "BackendFailure",
     "decide",
+    "emit",
     "perform",
     "request_approval",
     "rerun",
     "resume",
 ]
-
-log = logging.getLogger("faber_runlog._gateway")
 
 RUN_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
     "start": lambda run, **kw: run.start(),
@@ -82,22 +78,10 @@ def _route(gateway: Gateway, run: Run, event: Event, failures: list[BackendFailu
     A backend that fails never turns the recorded action into an error; its failure is logged and,
     with ``failures`` given, added there, so a caller (the CLI) can say so and exit non-zero.
     """
-    for backend in gateway.backends[1:]:
-        try:
-            backend.handle(run, event)
-        except Exception as e:  # a backend must never turn a recorded action into a failure
-            log.warning("backend %s failed on event %d of run %s: %s", backend.name, event.event_id, run.id, e)
-            if failures is not None:
-                failures.append(BackendFailure(backend.name, e))
+    failed = route(gateway, run, event)
+    if failures is not None:
+        failures.extend(failed)
     return event
-
-
-@attrs.frozen
-class BackendFailure:
-    """A backend that failed on an event already recorded (``name``, e.g. ``s3_archive``, and its error)."""
-
-    name: str
-    error: BaseException
 
 
 def _open(gateway: Gateway, run_id: str) -> Run | None:
@@ -136,6 +120,16 @@ def perform(
     return _route(gateway, run, fn(run, **{k: v for k, v in fields.items() if v is not None}), failures)
 
 
+def emit(
+    gateway: Gateway, run_id: str, type: str, *, failures: list[BackendFailure] | None = None, **fields: Any
+) -> Event | None:
+    """Record a raw event through :meth:`Gateway.emit`; backends that failed on it go to ``failures``."""
+    event, failed = emit_reporting(gateway, run_id, type, **fields)
+    if failures is not None:
+        failures.extend(failed)
+    return event
+
+
 def decide(
     gateway: Gateway,
     run_id: str,
@@ -145,13 +139,14 @@ def decide(
     client_token: str,
     comment: str | None = None,
     user: str | None = None,
+    failures: list[BackendFailure] | None = None,
 ) -> Event | None:
     """Decide an approval through ``Run.decide``; None (nothing written) when logging is off."""
     run = _open(gateway, run_id)
     if run is None:
         return None
     event = run.decide(approval_id, action, client_token=client_token, comment=comment, user=user)
-    return _route(gateway, run, event)
+    return _route(gateway, run, event, failures)
 
 
 def request_approval(
@@ -162,13 +157,14 @@ def request_approval(
     phase: str | None = None,
     payload: dict[str, Any] | None = None,
     approval_id: str | None = None,
+    failures: list[BackendFailure] | None = None,
 ) -> Event | None:
     """Open an approval gate through ``Run.request_approval``; None when logging is off."""
     run = _open(gateway, run_id)
     if run is None:
         return None
     event = run.request_approval(gate, phase=phase, payload=payload, approval_id=approval_id).event
-    return _route(gateway, run, event)
+    return _route(gateway, run, event, failures)
 
 
 def resume(gateway: Gateway, run_id: str, *, allow_cancelled: bool = False) -> tuple[Run, Any, Event] | None:

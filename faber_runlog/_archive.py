@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -32,6 +33,7 @@ from faber_runlog._events import Event
 from faber_runlog._format import (
     ARCHIVE_INDEX_DIR,
     ARCHIVE_MARKER,
+    ARCHIVE_PROBE,
     REPORT_JSON,
     REPORT_MD,
     RunLayout,
@@ -403,11 +405,27 @@ class _Early:
 
 def _not_sealed(rid: RunId, e: BaseException) -> BaseException:
     """``e`` of a copy that failed before the seal, saying the run was left as it was (still resumable)."""
-    return StorageError(
+    error = StorageError(
         f"copying run {rid} to the archive failed before it was sealed ({type(e).__name__}: {e}); the run was "
         "left as it was (a cancelled or failed run can still be resumed): archive it again "
-        "(faber-runlog archive RUN_ID / Archiver.archive) once the archive is writable"
+        f"(faber-runlog archive {rid} / Archiver.archive) once the archive is writable"
     )
+    error.__cause__ = e
+    return error
+
+
+def _sealed_not_copied(rid: RunId, e: BaseException) -> BaseException:
+    """``e`` of a copy that failed after the seal: the run is sealed locally, archiving again finishes the copy."""
+    text = (
+        f"run {rid} is sealed locally (it can no longer be resumed; re-run it instead) but copying it to the "
+        f"archive failed ({type(e).__name__}: {e}); nothing is lost: archive it again "
+        f"(faber-runlog archive {rid} / Archiver.archive) once the archive is writable, which finishes the copy"
+    )
+    error = (
+        ArchiveMismatch(text, run_id=e.run_id, path=e.path) if isinstance(e, ArchiveMismatch) else StorageError(text)
+    )
+    error.__cause__ = e
+    return error
 
 
 @attrs.define(slots=True)
@@ -532,12 +550,12 @@ class Archiver:
             if indexed.get(_index_key(r)) is not None:
                 done[str(r)] = ArchiveResult(str(r), "already_archived")
         todo = [r for r in rids if str(r) not in done]
-        unreachable = self._unreachable() if todo else None
+        unreachable = self._unwritable() if todo else None
         if unreachable is not None:
             # Consolidation seals a run for good: never seal one that cannot be copied (a cancelled
             # run must stay resumable). Nothing of these runs was touched; archive them again later.
             for r in todo:
-                done[str(r)] = ArchiveResult(str(r), "failed", error=unreachable)
+                done[str(r)] = ArchiveResult(str(r), "failed", error=_not_sealed(r, unreachable))
             return [done[str(r)] for r in rids]
         early, sent = self._copy_unsealed([r for r in rids if str(r) not in done], done)
         staged: list[_Staged] = []
@@ -567,18 +585,32 @@ class Archiver:
                     src.replace(_marker_key(s.rid), _codec.dumps(marker))
                 except Exception as e:
                     s.error = e
+            if s.error is not None:  # consolidation sealed the run; archiving again finishes what this copy began
+                s.error = _sealed_not_copied(s.rid, s.error)
             outcome = "archived" if s.error is None else "failed"
             done[str(s.rid)] = ArchiveResult(str(s.rid), outcome, s.record, s.error)
         return [done[str(r)] for r in rids]
 
-    def _unreachable(self) -> FaberRunlogError | None:
-        """None when the destination answers a listing (credentials, bucket, network); else the error it raised."""
+    def _unwritable(self) -> FaberRunlogError | None:
+        """None when the destination answers a listing and takes a probe write; else the error it raised.
+
+        The probe (an object created exclusively under the destination's own folder, then removed) checks
+        credentials, bucket, network and write permission, and runs the store's capability check, before
+        anything is sealed. Its removal may fail (a store that allows no deletes): the write was shown.
+        """
+        dst = self.destination.storage
+        probe = f"{ARCHIVE_PROBE}-{uuid.uuid4().hex}"
         try:
-            self.destination.storage.list_names(INDEX_DIR)
+            dst.list_names(INDEX_DIR)
+            dst.create(probe, b"probe")
         except FaberRunlogError as e:
             return e
         except OSError as e:
-            return StorageError(f"the archive {self.destination.url} cannot be reached ({e}); nothing was sealed")
+            return StorageError(f"the archive {self.destination.url} cannot be written ({e}); nothing was sealed")
+        try:
+            dst.delete(probe)
+        except Exception as e:
+            log.debug("could not remove the archive probe %s: %s", dst.path(probe), e)
         return None
 
     def _copy_unsealed(

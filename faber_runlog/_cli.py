@@ -402,14 +402,20 @@ def _cmd_emit(ctx: _Ctx) -> int:
         "user": a.user,
         "source": a.source,
     }
-    event = ctx.gateway.emit(a.run_id, a.type, **fields)
+    from faber_runlog import _actions
+
+    failures: list[_actions.BackendFailure] = []
+    event = _actions.emit(ctx.gateway, a.run_id, a.type, failures=failures, **fields)
     if event is None:
         return _disabled(ctx, "nothing was written")
+    # A backend (the auto-archive) that failed after the event was recorded: the event stands, the command fails.
+    problems = [f.message() for f in failures]
     if ctx.json:
-        _dump(event.to_dict(), ctx.out)
+        body = event.to_dict()
+        _dump({**body, "backend_errors": problems} if problems else body, ctx.out)
     else:
         ctx.out.write(f"{event.event_id}\n")
-    return EXIT_OK
+    return _backend_errors(ctx, problems)
 
 
 def _cmd_list(ctx: _Ctx) -> int:
@@ -831,7 +837,7 @@ def _done(ctx: _Ctx, action: str, event: Event | None, failures: list[Any] | Non
         return _disabled(ctx, "nothing was written")
     status = ctx.store.get_run(ctx.args.run_id).state().status
     # A backend (the archive) that failed after the event was recorded: the action stands, the command fails.
-    problems = [_backend_problem(ctx.args.run_id, event, f.name, f.error) for f in failures or ()]
+    problems: list[str] = [f.message() for f in failures or ()]
     if ctx.json:
         body = {
             "run_id": ctx.args.run_id,
@@ -843,23 +849,14 @@ def _done(ctx: _Ctx, action: str, event: Event | None, failures: list[Any] | Non
         _dump({**body, "backend_errors": problems} if problems else body, ctx.out)
     else:
         ctx.out.write(f"{action}: {event.type} is event {event.event_id}; the run is now {status}\n")
+    return _backend_errors(ctx, problems)
+
+
+def _backend_errors(ctx: _Ctx, problems: list[str]) -> int:
+    """Each backend failure on stderr (run, recorded event, what failed, what to do); exit 1 when there are any."""
     for problem in problems:
         ctx.err.write(f"faber-runlog: error: {problem}\n")
     return EXIT_FAILED if problems else EXIT_OK
-
-
-def _backend_problem(run_id: str, event: Event, name: str, error: BaseException) -> str:
-    """One line: which backend failed after event ``event`` of ``run_id`` was recorded, why, and what to do."""
-    todo = (
-        f"archive it again with `faber-runlog archive {run_id}` once the archive is reachable"
-        if name == "s3_archive"
-        else "see the error; the event itself is recorded"
-    )
-    why = " ".join(str(error).split())
-    return (
-        f"run {run_id}: {event.type} was recorded as event {event.event_id}, but backend {name} failed "
-        f"({type(error).__name__}: {why}); {todo}"
-    )
 
 
 def _cmd_transition(ctx: _Ctx) -> int:
@@ -877,10 +874,11 @@ def _cmd_request_approval(ctx: _Ctx) -> int:
 
     a = ctx.args
     payload = _json_object(a.payload, "--payload") if a.payload else None
+    failures: list[_actions.BackendFailure] = []
     event = _actions.request_approval(
-        ctx.gateway, a.run_id, a.gate, phase=a.phase, payload=payload, approval_id=a.approval_id
+        ctx.gateway, a.run_id, a.gate, phase=a.phase, payload=payload, approval_id=a.approval_id, failures=failures
     )
-    code = _done(ctx, "request_approval", event)
+    code = _done(ctx, "request_approval", event, failures)
     if event is not None and not ctx.json:
         ctx.out.write(f"approval id: {event.metadata['approval_id']}\n")
     return code
@@ -894,10 +892,18 @@ def _cmd_decide(ctx: _Ctx) -> int:
     a = ctx.args
     # Without --token each call is a new decision; pass one to make a retried command safe.
     token = a.token or f"cli-{uuid.uuid4().hex}"
+    failures: list[_actions.BackendFailure] = []
     event = _actions.decide(
-        ctx.gateway, a.run_id, a.approval_id, a.action, client_token=token, comment=a.comment, user=a.user
+        ctx.gateway,
+        a.run_id,
+        a.approval_id,
+        a.action,
+        client_token=token,
+        comment=a.comment,
+        user=a.user,
+        failures=failures,
     )
-    return _done(ctx, a.action, event)
+    return _done(ctx, a.action, event, failures)
 
 
 def _cmd_sweep(ctx: _Ctx) -> int:

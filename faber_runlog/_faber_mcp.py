@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from faber_runlog import _codec, _validate
-from faber_runlog._actions import perform
+from faber_runlog._actions import emit, perform
 from faber_runlog._faber import (
     FABER_EVENT_TYPES,
     FABER_PHASES,
@@ -30,7 +30,7 @@ from faber_runlog._faber import (
     runlog_statuses,
 )
 from faber_runlog._format import RunLayout
-from faber_runlog._gateway import Gateway
+from faber_runlog._gateway import BackendFailure, Gateway
 from faber_runlog._hints import one_line as _message
 from faber_runlog._registry import event_types_table
 from faber_runlog._store import Run
@@ -111,10 +111,11 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
             "duration_ms": duration_ms,
             "error": error,
         }
+        failures: list[BackendFailure] = []
         try:
             run = open_run(run_id)
             try:
-                event = gateway.emit(run.id, type, **fields)
+                event = emit(gateway, run.id, type, failures=failures, **fields)
             except InvalidEvent:
                 if type not in FABER_EVENT_TYPES:
                     raise  # FABER refuses an unknown type name too
@@ -125,7 +126,7 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
                 )
                 # Only what a producer may set: fields an export restores (lease_epoch, nonce, ...) are the log's own.
                 kept = {k: v for k, v in converted.items() if k in _EMIT_FIELDS}
-                event = gateway.emit(run.id, converted["type"], **kept)
+                event = emit(gateway, run.id, converted["type"], failures=failures, **kept)
         except _REFUSED as e:
             return emit_error(run_id, type, _message(e))
         if event is None:
@@ -150,6 +151,9 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
                 f"(the FABER type and fields are kept in metadata._faber); it does not change the run's state as a "
                 f"{type!r} would"
             )
+        if failures:  # recorded, but the auto-archive (or another backend) failed on it: say so and what to do
+            body["backend_errors"] = [f.message() for f in failures]
+            body["warning"] = " ".join([body.get("warning", ""), *body["backend_errors"]]).strip()
         return body
 
     def get_run(run_id: str, include_events: bool) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from faber_runlog.errors import CorruptData
 __all__ = [
     "ARCHIVE_INDEX_DIR",
     "ARCHIVE_MARKER",
+    "ARCHIVE_PROBE",
     "INTERNAL_DIR",
     "KEYS_DIR",
     "LEASE_NAME",
@@ -94,6 +95,8 @@ SLOTS_DIR: Final = f"{INTERNAL_DIR}/slots"
 """Active-run slots of exclusive runs (``_lifecycle``), under a store root."""
 ARCHIVE_INDEX_DIR: Final = f"{INTERNAL_DIR}/archive-index"
 """The archive index in a destination store (``_archive``): ``{dir}/{org}/{project}/{uuid}.json``."""
+ARCHIVE_PROBE: Final = f"{INTERNAL_DIR}/archive-probe"
+"""Prefix of the object an archiver creates and removes in a destination before it seals anything (``_archive``)."""
 LEASE_NAME: Final = "lease.json"
 REPORT_JSON: Final = "report.json"
 REPORT_MD: Final = "report.md"

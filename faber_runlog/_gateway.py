@@ -42,6 +42,7 @@ __all__ = [
     "CONFIG_NAME",
     "CONFIG_PATH",
     "Backend",
+    "BackendFailure",
     "Gateway",
     "GatewayConfig",
     "LocalFilesBackend",
@@ -49,10 +50,12 @@ __all__ = [
     "S3ArchiveBackend",
     "S3ArchiveConfig",
     "config_changes",
+    "emit_reporting",
     "find_config",
     "gateway_schema",
     "load_config",
     "register_backend",
+    "route",
     "write_config",
 ]
 
@@ -516,6 +519,74 @@ class S3ArchiveBackend(Backend):
         self.archiver().archive(run.id)
 
 
+@attrs.frozen
+class BackendFailure:
+    """A backend that failed on an event already recorded: which backend, on which event, why.
+
+    ``sealed`` says whether the run's log was sealed when the failure was seen (an archive that failed
+    before its seal leaves the run as it was; one that failed after it leaves a sealed run half copied).
+    """
+
+    name: str
+    error: BaseException
+    run_id: str
+    event_type: str
+    event_id: int
+    sealed: bool = False
+
+    def message(self) -> str:
+        """One line: the run, that its event was recorded, what failed, and what to do."""
+        why = " ".join(str(self.error).split())
+        head = (
+            f"run {self.run_id}: {self.event_type} was recorded as event {self.event_id}, but backend "
+            f"{self.name} failed ({type(self.error).__name__}: {why})"
+        )
+        if self.name != S3ArchiveBackend.name:
+            return f"{head}; the event itself is recorded"
+        command = f"`faber-runlog archive {self.run_id}`"
+        if self.sealed:
+            return (
+                f"{head}; the run is sealed locally (it can no longer be resumed) but its copy in the archive is "
+                f"not complete: finish it with {command} once the archive is reachable"
+            )
+        return (
+            f"{head}; the run was not sealed, so nothing is lost and it can still be resumed: archive it with "
+            f"{command} once the archive is reachable"
+        )
+
+
+def _sealed(run: Run) -> bool:
+    try:
+        return run.state().is_sealed
+    except Exception:  # the failure is reported either way; say what is safe
+        return False
+
+
+def route(gateway: Gateway, run: Run, event: Event) -> list[BackendFailure]:
+    """Give ``event`` (already recorded) to every backend but the recorder; the failures, each logged.
+
+    A backend that fails never turns the recorded event into an error: the event is durable. Each
+    failure is logged as a warning naming the run, the event and what to do, and returned so a
+    caller (the CLI, the MCP server) can say so and fail.
+    """
+    failures: list[BackendFailure] = []
+    for backend in gateway.backends[1:]:
+        try:
+            backend.handle(run, event)
+        except Exception as e:  # the event is durable; a backend must never break the producer
+            failure = BackendFailure(backend.name, e, run.id, event.type, event.event_id, _sealed(run))
+            log.warning("%s", failure.message())
+            failures.append(failure)
+    return failures
+
+
+def emit_reporting(
+    gateway: Gateway, run_id: str, type: str, **fields: Any
+) -> tuple[Event | None, list[BackendFailure]]:
+    """:meth:`Gateway.emit`, also returning the backends that failed on the recorded event."""
+    return gateway._emit(run_id, type, fields)  # noqa: SLF001  (same module: the gateway's own emit)
+
+
 # -- the gateway ------------------------------------------------------------------------------------
 
 
@@ -719,18 +790,20 @@ class Gateway:
         ``fields`` are those of :meth:`EventLog.emit` (phase, step, error,
         metadata, idempotency_key, ...). When logging is disabled this returns
         None at once: it writes nothing and never raises, whatever it is given.
+        Once recorded the event stands: a backend that fails on it (an auto-archive
+        whose bucket cannot be reached) is logged as a warning naming the run, the
+        event and what to do (``faber-runlog archive RUN_ID``), and the event is returned.
         """
+        return self._emit(run_id, type, fields)[0]
+
+    def _emit(self, run_id: str, type: str, fields: Mapping[str, Any]) -> tuple[Event | None, list[BackendFailure]]:
+        """Record and route one event; the event (None when logging is off) and the backends that failed."""
         if not self.enabled:
-            return None
+            return None, []
         backends = self.backends
         run = self._run(run_id)
         event = backends[0].record(run, type, {k: v for k, v in fields.items() if v is not None})
-        for backend in backends[1:]:
-            try:
-                backend.handle(run, event)
-            except Exception as e:  # the event is durable; a backend must never break the producer
-                log.warning("backend %s failed on event %d of run %s: %s", backend.name, event.event_id, run.id, e)
-        return event
+        return event, route(self, run, event)
 
     def close(self) -> None:
         """Close every backend that was opened."""

@@ -19,8 +19,9 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar, cast
 
+from faber_runlog import _actions
 from faber_runlog._advice import advice
-from faber_runlog._gateway import Gateway
+from faber_runlog._gateway import BackendFailure, Gateway
 from faber_runlog._hints import check_status_filter
 from faber_runlog._version import __version__
 from faber_runlog.errors import FaberRunlogError, InvalidArgument, MissingExtra
@@ -48,6 +49,17 @@ def _sdk() -> tuple[Any, type[Exception], type[Exception]]:
             f"the MCP server needs the mcp SDK 2.x ({e}); install it with: pip install 'faber_runlog[mcp]'"
         ) from e
     return MCPServer, ToolError, ResourceError
+
+
+def _recorded_but(tool_error: type[Exception], failures: list[BackendFailure]) -> None:
+    """A tool error when a backend (the auto-archive) failed on an event already recorded: the event stands.
+
+    The result is an error, as the CLI exits 1, so the agent sees it; its text names the run, says the
+    event was recorded (do not send it again) and what to do (``faber-runlog archive RUN_ID``).
+    """
+    if failures:
+        said = " ".join(f"{f.message()}." for f in failures)
+        raise tool_error(f"{said} The event stands: do not send it again.")
 
 
 def in_tool_terms(e: BaseException) -> str:
@@ -127,9 +139,12 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        event = gateway.emit(
+        failures: list[BackendFailure] = []
+        event = _actions.emit(
+            gateway,
             run_id,
             type,
+            failures=failures,
             phase=phase,
             step=step,
             status=status,
@@ -141,6 +156,7 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
         )
         if event is None:
             return {"written": False, "reason": "logging is disabled in gateway.json"}
+        _recorded_but(tool_error, failures)
         return {"written": True, "event_id": event.event_id, "event": event.to_dict()}
 
     @as_tool_error
@@ -294,12 +310,14 @@ def _plain_errors(server_cls: Any, tool_error: type[Exception]) -> Any:
 def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Exception]) -> None:
     """Tools that change a run's status through the same checked ``Run`` methods as Python code."""
     as_tool_error = _refusing(tool_error)
-    from faber_runlog import _actions
     from faber_runlog._events import Event
 
-    def written(run_id: str, action: str, event: Event | None) -> dict[str, Any]:
+    def written(
+        run_id: str, action: str, event: Event | None, failures: list[BackendFailure] | None = None
+    ) -> dict[str, Any]:
         if event is None:
             return {"written": False, "reason": "logging is disabled in gateway.json"}
+        _recorded_but(tool_error, failures or [])
         status = gateway.store.get_run(run_id).state().status
         return {
             "written": True,
@@ -313,10 +331,18 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Excepti
     def change_run_status(
         run_id: str, action: str, reason: str | None = None, summary: str | None = None, error: str | None = None
     ) -> dict[str, Any]:
+        failures: list[BackendFailure] = []
         event = _actions.perform(
-            gateway, run_id, action, among=_actions.RUN_ACTIONS, reason=reason, summary=summary, error=error
+            gateway,
+            run_id,
+            action,
+            among=_actions.RUN_ACTIONS,
+            failures=failures,
+            reason=reason,
+            summary=summary,
+            error=error,
         )
-        body = written(run_id, _actions.DEPRECATED_ACTIONS.get(action, action), event)
+        body = written(run_id, _actions.DEPRECATED_ACTIONS.get(action, action), event, failures)
         if action in _actions.DEPRECATED_ACTIONS:
             body["deprecated"] = (
                 f"action {action!r} is the old name of {_actions.DEPRECATED_ACTIONS[action]!r}; use that "
@@ -328,10 +354,18 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Excepti
     def change_step(
         run_id: str, action: str, phase: str, step: str | None = None, reason: str | None = None
     ) -> dict[str, Any]:
+        failures: list[BackendFailure] = []
         event = _actions.perform(
-            gateway, run_id, action, among=_actions.STEP_ACTIONS, phase=phase, step=step, reason=reason
+            gateway,
+            run_id,
+            action,
+            among=_actions.STEP_ACTIONS,
+            failures=failures,
+            phase=phase,
+            step=step,
+            reason=reason,
         )
-        return written(run_id, action, event)
+        return written(run_id, action, event, failures)
 
     @as_tool_error
     def request_approval(
@@ -341,8 +375,11 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Excepti
         payload: dict[str, Any] | None = None,
         approval_id: str | None = None,
     ) -> dict[str, Any]:
-        event = _actions.request_approval(gateway, run_id, gate, phase=phase, payload=payload, approval_id=approval_id)
-        body = written(run_id, "request_approval", event)
+        failures: list[BackendFailure] = []
+        event = _actions.request_approval(
+            gateway, run_id, gate, phase=phase, payload=payload, approval_id=approval_id, failures=failures
+        )
+        body = written(run_id, "request_approval", event, failures)
         if event is not None:
             body["approval_id"] = event.metadata["approval_id"]
         return body
@@ -356,10 +393,18 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Excepti
         comment: str | None = None,
         user: str | None = None,
     ) -> dict[str, Any]:
+        failures: list[BackendFailure] = []
         event = _actions.decide(
-            gateway, run_id, approval_id, action, client_token=client_token, comment=comment, user=user
+            gateway,
+            run_id,
+            approval_id,
+            action,
+            client_token=client_token,
+            comment=comment,
+            user=user,
+            failures=failures,
         )
-        return written(run_id, action, event)
+        return written(run_id, action, event, failures)
 
     @as_tool_error
     def sweep_stale_runs(
@@ -412,7 +457,6 @@ def _add_resume_tools(
 ) -> None:
     """Resume after a failure, re-run with new parameters, and compare two runs' parameters."""
     as_tool_error = _refusing(tool_error)
-    from faber_runlog import _actions
     from faber_runlog._resume import Resumer
 
     @as_tool_error

@@ -337,3 +337,38 @@ def test_the_python_lifecycle_over_mcp_resume_rerun_unpause_diff_and_list_filter
         r["run_id"]: r["status"] for r in seen["statuses"]["runs"]
     }
     assert "running" == store.get_run(failed.id).state().status
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "status"),
+    [
+        ("change_run_status", {"action": "cancel", "reason": "stop"}, "cancelled"),
+        ("emit_event", {"type": "workflow_complete"}, "completed"),
+    ],
+)
+def test_a_tool_that_ends_a_run_whose_archive_is_missing_says_so_and_leaves_it_unsealed(
+    tmp_path: Path, s3_server: S3Server, tool: str, arguments: dict[str, Any], status: str
+) -> None:
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from faber_runlog._archive import is_consolidated
+    from faber_runlog._gateway import Gateway, GatewayConfig, S3ArchiveConfig
+    from faber_runlog._mcp_server import build_server
+
+    options = {k: v for k, v in s3_server.storage_options.items() if k not in ("key", "secret")}
+    archive = S3ArchiveConfig(enabled=True, bucket=f"no-such-bucket-{uuid.uuid4().hex[:12]}", storage_options=options)
+    gateway = Gateway(GatewayConfig(root=str(tmp_path / "runs"), s3_archive=archive))
+    run = gateway.store.create_run("acme", "web")
+    run.start()
+    server = build_server(gateway)
+
+    async def call() -> Any:
+        return await server.call_tool(tool, {"run_id": run.id, **arguments})
+
+    with pytest.raises(ToolError) as caught:
+        anyio.run(call)
+
+    text = str(caught.value)
+    assert f"run {run.id}" in text and "was recorded as event 2" in text, text
+    assert "not sealed" in text and f"faber-runlog archive {run.id}" in text
+    assert status == run.state().status and not is_consolidated(gateway.store, run.id)
