@@ -135,15 +135,16 @@ def _sim_store(clock: SimClock, **kwargs: Any) -> RunStore:
     return store
 
 
-def _fan_out(writers: int, seed: int) -> dict[str, Any]:
-    """``writers`` simulated writers start a step each at the same moment, then complete it."""
+def _simulate(writers: int, steps: int, seed: int) -> dict[str, Any]:
+    """``writers`` simulated writers, all at once, each start and complete ``steps`` steps back to back."""
     random.seed(seed)
     clock = SimClock()
     store = _sim_store(clock)
     run = store.create_run("acme", "web")
     run.start()
     SimStorage.requests = 0
-    results: dict[int, dict[str, float]] = {}
+    done: dict[int, list[float]] = {}
+    worst: list[float] = []
     errors: list[BaseException] = []
     for _ in range(writers):
         clock.join()
@@ -151,12 +152,13 @@ def _fan_out(writers: int, seed: int) -> dict[str, Any]:
     def writer(i: int) -> None:
         try:
             log = EventLog(store.storage, RunId.parse(run.id), claim_budget=store.claim_budget)
-            worst = 0.0
-            for etype in ("step_start", "step_complete"):
-                began = clock.monotonic()
-                log.emit(etype, phase="build", step=f"s{i}")
-                worst = max(worst, clock.monotonic() - began)
-            results[i] = {"worst": worst, "done": clock.monotonic()}
+            done[i] = []
+            for n in range(steps):
+                for etype in ("step_start", "step_complete"):
+                    began = clock.monotonic()
+                    log.emit(etype, phase="build", step=f"s{i}-{n}")
+                    worst.append(clock.monotonic() - began)
+                done[i].append(clock.monotonic())
         except BaseException as e:  # reported by the test
             errors.append(e)
         finally:
@@ -168,13 +170,24 @@ def _fan_out(writers: int, seed: int) -> dict[str, Any]:
     for t in threads:
         t.join(timeout=300)
     assert [] == errors
-    events = list(run.log.read())
+    half = max(max(d) for d in done.values()) / 2
     return {
-        "events": [e.event_id for e in events],
-        "worst": max(r["worst"] for r in results.values()),
-        "requests_per_event": SimStorage.requests / (2 * writers),
-        "writers": len(results),
+        "events": [e.event_id for e in run.log.read()],
+        "writers": len(done),
+        "least_share_at_half": min(sum(1 for t in d if t <= half) / steps for d in done.values()),
+        "worst": max(worst),
+        "requests_per_event": SimStorage.requests / (2 * writers * steps),
     }
+
+
+def _fan_out(writers: int, seed: int) -> dict[str, Any]:
+    """``writers`` simulated writers start a step each at the same moment, then complete it."""
+    return _simulate(writers, 1, seed)
+
+
+def _steady(writers: int, steps: int, seed: int) -> dict[str, Any]:
+    """``writers`` simulated writers each start and complete ``steps`` steps back to back, all at once."""
+    return _simulate(writers, steps, seed)
 
 
 @pytest.mark.parametrize("writers", [16, pytest.param(0, marks=pytest.mark.slow, id="64-soak-32-default")])
@@ -223,51 +236,6 @@ def test_the_time_budget_raises_sequence_conflict_and_nothing_is_written() -> No
     assert "Nothing was written" in str(info.value)
     assert [] == [e for e in log.read() if e.type == "step_start"]
     assert clock.monotonic() >= 1.0
-
-
-def _steady(writers: int, steps: int, seed: int) -> dict[str, Any]:
-    """``writers`` simulated writers each start and complete ``steps`` steps back to back, all at once."""
-    random.seed(seed)
-    clock = SimClock()
-    store = _sim_store(clock)
-    run = store.create_run("acme", "web")
-    run.start()
-    SimStorage.requests = 0
-    done: dict[int, list[float]] = {}
-    worst: list[float] = []
-    errors: list[BaseException] = []
-    for _ in range(writers):
-        clock.join()
-
-    def writer(i: int) -> None:
-        try:
-            log = EventLog(store.storage, RunId.parse(run.id), claim_budget=store.claim_budget)
-            done[i] = []
-            for n in range(steps):
-                for etype in ("step_start", "step_complete"):
-                    began = clock.monotonic()
-                    log.emit(etype, phase="build", step=f"s{i}-{n}")
-                    worst.append(clock.monotonic() - began)
-                done[i].append(clock.monotonic())
-        except BaseException as e:  # reported by the test
-            errors.append(e)
-        finally:
-            clock.leave()
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert [] == errors
-    end = max(max(d) for d in done.values())
-    half = end / 2
-    return {
-        "events": [e.event_id for e in run.log.read()],
-        "least_share_at_half": min(sum(1 for t in d if t <= half) / steps for d in done.values()),
-        "worst": max(worst),
-        "requests_per_event": SimStorage.requests / (2 * writers * steps),
-    }
 
 
 @pytest.mark.slow
