@@ -31,9 +31,9 @@ from typing import Any
 from _common import Row, rate_row
 
 from faber_runlog import Archiver, Event, RunStore
-from faber_runlog._codec import dumps, loads
-from faber_runlog._format import RunLayout, encode_snapshot, fingerprint
-from faber_runlog._state import RunState, fold_all
+from faber_runlog._base.codec import dumps, loads
+from faber_runlog._domain.state import RunState, fold_all
+from faber_runlog._format.layout import RunLayout, encode_snapshot, fingerprint
 
 EVENTS_PER_RUN = 200
 LATENCY_S = 0.02

@@ -16,9 +16,9 @@ import orjson
 from _common import Row, best_of, rate_row
 
 from faber_runlog import Event, RunStore, consolidate
-from faber_runlog._format import SEGMENT_EVENTS, RunLayout, encode_segment, jsonl_line, seq_name
-from faber_runlog._ids import RunId
-from faber_runlog._state import RunState, fold_all
+from faber_runlog._base.ids import RunId
+from faber_runlog._domain.state import RunState, fold_all
+from faber_runlog._format.layout import SEGMENT_EVENTS, RunLayout, encode_segment, jsonl_line, seq_name
 
 PHASES = ("plan", "build", "test", "release")
 STEPS = tuple(f"s{i}" for i in range(5))
@@ -202,7 +202,7 @@ def bench_s3_append(n: int) -> list[Row]:
 
 def bench_s3_lease_renewal(n: int) -> list[Row]:
     """Requests per lease renewal in steady state (one If-Match PUT each is the target)."""
-    from faber_runlog._lease import Heartbeat
+    from faber_runlog._log.lease import Heartbeat
 
     server, opts = _moto()
     try:
@@ -355,7 +355,7 @@ def bench_storage(tmp: Path, n: int) -> Row:
 _RSS_SCRIPT = """
 import sys
 from faber_runlog import RunStore
-from faber_runlog._state import RunState, fold_all
+from faber_runlog._domain.state import RunState, fold_all
 store = RunStore(sys.argv[1], fsync=False)
 run = store.get_run(sys.argv[2])
 state = fold_all(RunState(run_id=run.id), run.log.read())

@@ -23,9 +23,9 @@ from _common import Row, best_of, rate_row
 from bench_core import _counting_fs, _event_dicts, _moto
 
 from faber_runlog import RunStore
-from faber_runlog._format import SEGMENT_EVENTS, RunLayout, encode_segment, jsonl_line
-from faber_runlog._ids import RunId
-from faber_runlog._log import EventLog
+from faber_runlog._base.ids import RunId
+from faber_runlog._format.layout import SEGMENT_EVENTS, RunLayout, encode_segment, jsonl_line
+from faber_runlog._log.eventlog import EventLog
 
 BUCKET = "bench"
 
@@ -109,9 +109,9 @@ def _old_events_frame(store: RunStore) -> Any:
     """The previous approach, kept as the peer: log.read() per run on a thread pool, a dict per event, then pandas."""
     import pandas as pd
 
-    from faber_runlog._analysis import EVENT_COLUMNS
-    from faber_runlog._events import error_text as _error_text
-    from faber_runlog._resolve import run_ids
+    from faber_runlog._domain.events import error_text as _error_text
+    from faber_runlog._services.analysis import EVENT_COLUMNS
+    from faber_runlog._services.resolve import run_ids
 
     rids = list(run_ids(store.storage))
     cols: dict[str, list[Any]] = {c: [] for c in EVENT_COLUMNS}
@@ -159,7 +159,7 @@ def bench_frames_s3(runs: int, events: int) -> list[Row]:
         store = RunStore(fs=fs, root=f"{BUCKET}/{prefix}")
         _many_runs(store, _backend(), prefix, runs, events)
         # Both sides measured warm: pandas and pyarrow imported, s3fs session open (one run read first).
-        from faber_runlog._resolve import run_ids
+        from faber_runlog._services.resolve import run_ids
 
         store.events_frame(run_ids=[str(next(iter(run_ids(store.storage))))], progress=False)
         fs.calls.clear()
@@ -208,7 +208,7 @@ _MEMORY_CHILD = r"""
 import gc, json, sys, threading, time
 import pandas, pyarrow, pyarrow.compute
 from faber_runlog import RunStore
-from faber_runlog._analysis import to_arrow, events_frame
+from faber_runlog._services.analysis import to_arrow, events_frame
 
 def rss_kb():
     with open("/proc/self/status") as f:

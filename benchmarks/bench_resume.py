@@ -16,9 +16,9 @@ from typing import Any
 from _common import Row, best_of, rate_row
 
 from faber_runlog import Event, Resumer, RunStore
-from faber_runlog._codec import dumps
-from faber_runlog._format import RunLayout, encode_snapshot, fingerprint
-from faber_runlog._state import RunState, fold_all
+from faber_runlog._base.codec import dumps
+from faber_runlog._domain.state import RunState, fold_all
+from faber_runlog._format.layout import RunLayout, encode_snapshot, fingerprint
 
 PHASES = ("plan", "build", "test", "release")
 STEPS = tuple(f"s{i}" for i in range(5))

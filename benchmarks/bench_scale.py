@@ -28,8 +28,8 @@ from typing import Any
 from _common import Row, best_of
 
 from faber_runlog import RunStore
-from faber_runlog._log import EventLog
-from faber_runlog._storage import Storage
+from faber_runlog._log.eventlog import EventLog
+from faber_runlog._storage.backends import Storage
 
 PHASES = tuple(f"phase{p}" for p in range(5))
 STEPS_PER_PHASE = 6  # 30 steps in 5 phases
@@ -133,8 +133,8 @@ def bench_bytes_per_append(tmp: Path, n: int) -> list[Row]:
 _FRESH = """
 import sys, time
 from faber_runlog import RunStore
-from faber_runlog._format import decode_snapshot
-from faber_runlog._state import RunState
+from faber_runlog._format.layout import decode_snapshot
+from faber_runlog._domain.state import RunState
 store = RunStore(sys.argv[1], fsync=False)
 best = best_snap = float("inf")
 for _ in range(int(sys.argv[3])):

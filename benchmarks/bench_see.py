@@ -71,7 +71,7 @@ def _frames(n: int, tmp: Path) -> Row:
 def _list_page(m: int, tmp: Path) -> Row:
     from starlette.testclient import TestClient
 
-    from faber_runlog._viewer import make_app
+    from faber_runlog._frontends.viewer import make_app
 
     store = RunStore(str(tmp / "many"), fsync=False)
     for r in range(m):

@@ -55,18 +55,8 @@ from faber_runlog.errors import (
 )
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
-    from faber_runlog._archive import (
-        ArchiveIndexEntry,
-        Archiver,
-        ArchiveResult,
-        CleanupItem,
-        CleanupReport,
-        ConsolidationRecord,
-        RetentionPolicy,
-        consolidate,
-    )
-    from faber_runlog._async import AsyncEventLog, AsyncRun, AsyncRunStore
-    from faber_runlog._events import (
+    from faber_runlog._base.ids import RunId
+    from faber_runlog._domain.events import (
         Event,
         FrozenDict,
         FrozenList,
@@ -75,24 +65,9 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         register_event_type,
         register_upcaster,
     )
-    from faber_runlog._faber import ExportResult, ImportedRun, ImportReport, export_faber, import_faber
-    from faber_runlog._gateway import (
-        Backend,
-        Gateway,
-        GatewayConfig,
-        LocalFilesConfig,
-        S3ArchiveConfig,
-        register_backend,
-    )
-    from faber_runlog._ids import RunId
-    from faber_runlog._index import IndexReport
-    from faber_runlog._lease import Heartbeat, Lease
-    from faber_runlog._lifecycle import Approval, RunProblem, StatusView, SweptRun, SweptRuns
-    from faber_runlog._log import Commit, EventLog
-    from faber_runlog._metadata import RunMetadata
-    from faber_runlog._registry import Registry
-    from faber_runlog._resume import ParamDiff, ResumePlan, Resumer, diff_params
-    from faber_runlog._state import (
+    from faber_runlog._domain.metadata import RunMetadata
+    from faber_runlog._domain.registry import Registry
+    from faber_runlog._domain.state import (
         ApprovalState,
         ArtifactRecord,
         ErrorRecord,
@@ -104,84 +79,109 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         fold,
         register_fold,
     )
-    from faber_runlog._storage import Capabilities, PutResult, Storage, Versioned
-    from faber_runlog._store import Lineage, Run, RunList, RunStore, RunSummary
-    from faber_runlog._verify import ReconstructReport, StateDifference, VerifyProblem, VerifyReport
+    from faber_runlog._faber.convert import ExportResult, ImportedRun, ImportReport, export_faber, import_faber
+    from faber_runlog._frontends.aio import AsyncEventLog, AsyncRun, AsyncRunStore
+    from faber_runlog._log.eventlog import Commit, EventLog
+    from faber_runlog._log.index import IndexReport
+    from faber_runlog._log.lease import Heartbeat, Lease
+    from faber_runlog._services.archive import (
+        ArchiveIndexEntry,
+        Archiver,
+        ArchiveResult,
+        CleanupItem,
+        CleanupReport,
+        ConsolidationRecord,
+        RetentionPolicy,
+        consolidate,
+    )
+    from faber_runlog._services.gateway import (
+        Backend,
+        Gateway,
+        GatewayConfig,
+        LocalFilesConfig,
+        S3ArchiveConfig,
+        register_backend,
+    )
+    from faber_runlog._services.lifecycle import Approval, RunProblem, StatusView, SweptRun, SweptRuns
+    from faber_runlog._services.resume import ParamDiff, ResumePlan, Resumer, diff_params
+    from faber_runlog._services.store import Lineage, Run, RunList, RunStore, RunSummary
+    from faber_runlog._services.verify import ReconstructReport, StateDifference, VerifyProblem, VerifyReport
+    from faber_runlog._storage.backends import Capabilities, PutResult, Storage, Versioned
 
 # Public name -> the private module that defines it, imported on first access.
 _LAZY: dict[str, str] = {
-    "Approval": "faber_runlog._lifecycle",
-    "ApprovalState": "faber_runlog._state",
-    "ArchiveIndexEntry": "faber_runlog._archive",
-    "ArchiveResult": "faber_runlog._archive",
-    "Archiver": "faber_runlog._archive",
-    "ArtifactRecord": "faber_runlog._state",
-    "AsyncEventLog": "faber_runlog._async",
-    "AsyncRun": "faber_runlog._async",
-    "AsyncRunStore": "faber_runlog._async",
-    "Backend": "faber_runlog._gateway",
-    "Capabilities": "faber_runlog._storage",
-    "CleanupItem": "faber_runlog._archive",
-    "Clock": "faber_runlog._clock",
-    "CleanupReport": "faber_runlog._archive",
-    "Commit": "faber_runlog._log",
-    "ConsolidationRecord": "faber_runlog._archive",
-    "ErrorRecord": "faber_runlog._state",
-    "Event": "faber_runlog._events",
-    "EventLog": "faber_runlog._log",
-    "ExportResult": "faber_runlog._faber",
-    "FrozenDict": "faber_runlog._events",
-    "FrozenList": "faber_runlog._events",
-    "Gateway": "faber_runlog._gateway",
-    "GatewayConfig": "faber_runlog._gateway",
-    "Heartbeat": "faber_runlog._lease",
-    "ImportReport": "faber_runlog._faber",
-    "ImportedRun": "faber_runlog._faber",
-    "Lease": "faber_runlog._lease",
-    "IndexReport": "faber_runlog._index",
-    "Lineage": "faber_runlog._store",
-    "ManualClock": "faber_runlog._clock",
-    "LocalFilesConfig": "faber_runlog._gateway",
-    "ParamDiff": "faber_runlog._resume",
-    "PhaseState": "faber_runlog._state",
-    "PullRequest": "faber_runlog._state",
-    "PutResult": "faber_runlog._storage",
-    "ReconstructReport": "faber_runlog._verify",
-    "Registry": "faber_runlog._registry",
-    "ResumePlan": "faber_runlog._resume",
-    "Resumer": "faber_runlog._resume",
-    "RetentionPolicy": "faber_runlog._archive",
-    "Run": "faber_runlog._store",
-    "RunId": "faber_runlog._ids",
-    "RunList": "faber_runlog._store",
-    "RunMetadata": "faber_runlog._metadata",
-    "RunProblem": "faber_runlog._lifecycle",
-    "RunState": "faber_runlog._state",
-    "RunStatus": "faber_runlog._state",
-    "RunStore": "faber_runlog._store",
-    "RunSummary": "faber_runlog._store",
-    "S3ArchiveConfig": "faber_runlog._gateway",
-    "StateDifference": "faber_runlog._verify",
-    "StatusView": "faber_runlog._lifecycle",
-    "StepState": "faber_runlog._state",
-    "Storage": "faber_runlog._storage",
-    "SweptRun": "faber_runlog._lifecycle",
-    "SystemClock": "faber_runlog._clock",
-    "SweptRuns": "faber_runlog._lifecycle",
-    "VerifyProblem": "faber_runlog._verify",
-    "VerifyReport": "faber_runlog._verify",
-    "Versioned": "faber_runlog._storage",
-    "consolidate": "faber_runlog._archive",
-    "diff_params": "faber_runlog._resume",
-    "event_schema": "faber_runlog._events",
-    "event_types": "faber_runlog._events",
-    "export_faber": "faber_runlog._faber",
-    "fold": "faber_runlog._state",
-    "import_faber": "faber_runlog._faber",
-    "register_backend": "faber_runlog._gateway",
-    "register_event_type": "faber_runlog._events",
-    "register_fold": "faber_runlog._state",
-    "register_upcaster": "faber_runlog._events",
+    "Approval": "faber_runlog._services.lifecycle",
+    "ApprovalState": "faber_runlog._domain.state",
+    "ArchiveIndexEntry": "faber_runlog._services.archive",
+    "ArchiveResult": "faber_runlog._services.archive",
+    "Archiver": "faber_runlog._services.archive",
+    "ArtifactRecord": "faber_runlog._domain.state",
+    "AsyncEventLog": "faber_runlog._frontends.aio",
+    "AsyncRun": "faber_runlog._frontends.aio",
+    "AsyncRunStore": "faber_runlog._frontends.aio",
+    "Backend": "faber_runlog._services.gateway",
+    "Capabilities": "faber_runlog._storage.backends",
+    "CleanupItem": "faber_runlog._services.archive",
+    "Clock": "faber_runlog._base.clock",
+    "CleanupReport": "faber_runlog._services.archive",
+    "Commit": "faber_runlog._log.eventlog",
+    "ConsolidationRecord": "faber_runlog._services.archive",
+    "ErrorRecord": "faber_runlog._domain.state",
+    "Event": "faber_runlog._domain.events",
+    "EventLog": "faber_runlog._log.eventlog",
+    "ExportResult": "faber_runlog._faber.convert",
+    "FrozenDict": "faber_runlog._domain.events",
+    "FrozenList": "faber_runlog._domain.events",
+    "Gateway": "faber_runlog._services.gateway",
+    "GatewayConfig": "faber_runlog._services.gateway",
+    "Heartbeat": "faber_runlog._log.lease",
+    "ImportReport": "faber_runlog._faber.convert",
+    "ImportedRun": "faber_runlog._faber.convert",
+    "Lease": "faber_runlog._log.lease",
+    "IndexReport": "faber_runlog._log.index",
+    "Lineage": "faber_runlog._services.store",
+    "ManualClock": "faber_runlog._base.clock",
+    "LocalFilesConfig": "faber_runlog._services.gateway",
+    "ParamDiff": "faber_runlog._services.resume",
+    "PhaseState": "faber_runlog._domain.state",
+    "PullRequest": "faber_runlog._domain.state",
+    "PutResult": "faber_runlog._storage.backends",
+    "ReconstructReport": "faber_runlog._services.verify",
+    "Registry": "faber_runlog._domain.registry",
+    "ResumePlan": "faber_runlog._services.resume",
+    "Resumer": "faber_runlog._services.resume",
+    "RetentionPolicy": "faber_runlog._services.archive",
+    "Run": "faber_runlog._services.store",
+    "RunId": "faber_runlog._base.ids",
+    "RunList": "faber_runlog._services.store",
+    "RunMetadata": "faber_runlog._domain.metadata",
+    "RunProblem": "faber_runlog._services.lifecycle",
+    "RunState": "faber_runlog._domain.state",
+    "RunStatus": "faber_runlog._domain.state",
+    "RunStore": "faber_runlog._services.store",
+    "RunSummary": "faber_runlog._services.store",
+    "S3ArchiveConfig": "faber_runlog._services.gateway",
+    "StateDifference": "faber_runlog._services.verify",
+    "StatusView": "faber_runlog._services.lifecycle",
+    "StepState": "faber_runlog._domain.state",
+    "Storage": "faber_runlog._storage.backends",
+    "SweptRun": "faber_runlog._services.lifecycle",
+    "SystemClock": "faber_runlog._base.clock",
+    "SweptRuns": "faber_runlog._services.lifecycle",
+    "VerifyProblem": "faber_runlog._services.verify",
+    "VerifyReport": "faber_runlog._services.verify",
+    "Versioned": "faber_runlog._storage.backends",
+    "consolidate": "faber_runlog._services.archive",
+    "diff_params": "faber_runlog._services.resume",
+    "event_schema": "faber_runlog._domain.events",
+    "event_types": "faber_runlog._domain.events",
+    "export_faber": "faber_runlog._faber.convert",
+    "fold": "faber_runlog._domain.state",
+    "import_faber": "faber_runlog._faber.convert",
+    "register_backend": "faber_runlog._services.gateway",
+    "register_event_type": "faber_runlog._domain.events",
+    "register_fold": "faber_runlog._domain.state",
+    "register_upcaster": "faber_runlog._domain.events",
 }
 
 

@@ -1,5 +1,5 @@
 import sys
 
-from faber_runlog._cli import main
+from faber_runlog._frontends.cli import main
 
 sys.exit(main())

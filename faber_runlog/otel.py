@@ -35,17 +35,17 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from faber_runlog._events import Event
-from faber_runlog._gateway import Backend
-from faber_runlog._transitions import ENDING_APPROVAL_ACTIONS
+from faber_runlog._domain.events import Event
+from faber_runlog._domain.transitions import ENDING_APPROVAL_ACTIONS
+from faber_runlog._services.gateway import Backend
 from faber_runlog.errors import ConfigurationError, InvalidArgument, MissingExtra
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Tracer
 
-    from faber_runlog._gateway import Gateway
-    from faber_runlog._store import Run
+    from faber_runlog._services.gateway import Gateway
+    from faber_runlog._services.store import Run
 
 __all__ = [
     "AGENT_TAG",
@@ -482,7 +482,7 @@ class OtelBackend(Backend):
 
 
 def _register() -> None:
-    from faber_runlog._registry import DEFAULT_BACKENDS
+    from faber_runlog._domain.registry import DEFAULT_BACKENDS
 
     DEFAULT_BACKENDS.setdefault("otel", OtelBackend)
 

@@ -13,7 +13,7 @@ write to the store and look at what it really did::
 
 Each check uses fresh keys under ``.faber_runlog/contract/`` and removes them
 afterwards. A check that needs a capability the backend does not declare
-(see :class:`faber_runlog._storage.Capabilities`) is skipped and named in the
+(see :class:`faber_runlog._storage.backends.Capabilities`) is skipped and named in the
 returned list, so the same call works for every backend.
 """
 
@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 
-from faber_runlog._storage import INTERNAL_DIR, Storage
+from faber_runlog._storage.backends import INTERNAL_DIR, Storage
 from faber_runlog.errors import FaberRunlogError
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Usage: ``python _docs_forkserver.py SOCKET``; prints ``ready`` once listening. A client
 (``_docs_forkclient.py``) sends its stdin, stdout and stderr descriptors, argv, folder and environment;
-the child runs ``faber_runlog._cli.main`` with them exactly as ``python -m faber_runlog`` would and sends
+the child runs ``faber_runlog._frontends.cli.main`` with them exactly as ``python -m faber_runlog`` would and sends
 back the exit code. Starting Python and importing the package is most of a CLI call's cost; forking
 skips both, so a docs page of forty commands stays cheap.
 """
@@ -17,10 +17,10 @@ import struct
 import sys
 from typing import Any
 
-import faber_runlog._cli
-import faber_runlog._mcp_server
-import faber_runlog._resume
-import faber_runlog._verify  # noqa: F401
+import faber_runlog._frontends.cli
+import faber_runlog._frontends.mcp_server
+import faber_runlog._services.resume
+import faber_runlog._services.verify  # noqa: F401
 
 CHILD_TIMEOUT = 120  # seconds: a command the test has given up on (a blocking --follow) is ended
 
@@ -49,7 +49,7 @@ def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None
     sys.argv = ["faber-runlog", *request["argv"]]
     code = 1
     try:
-        from faber_runlog._cli import main
+        from faber_runlog._frontends.cli import main
 
         code = main(request["argv"])
     except SystemExit as e:

@@ -18,9 +18,9 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 from faber_runlog import EventLog, FaberRunlogError, RunStore
-from faber_runlog._ids import RunId
-from faber_runlog._lease import acquire_lease
-from faber_runlog._lease import fence as lease_fence
+from faber_runlog._base.ids import RunId
+from faber_runlog._log.lease import acquire_lease
+from faber_runlog._log.lease import fence as lease_fence
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from faber_runlog import Archiver, MissingExtra, RunStore
-from faber_runlog._analysis import EVENT_COLUMNS, RUN_COLUMNS, events_frame, runs_frame
+from faber_runlog._services.analysis import EVENT_COLUMNS, RUN_COLUMNS, events_frame, runs_frame
 
 # Services over the storage contract (pinned on every backend elsewhere): memory and local, a few tests on S3.
 pytestmark = pytest.mark.backends("memory", "local")

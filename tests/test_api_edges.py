@@ -20,7 +20,7 @@ from faber_runlog import (
     RunStore,
     RunSummary,
 )
-from faber_runlog._transitions import RUN_STATUSES
+from faber_runlog._domain.transitions import RUN_STATUSES
 
 
 def _event(**extra: object) -> Event:

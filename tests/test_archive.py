@@ -24,9 +24,9 @@ from faber_runlog import (
     RunStore,
     consolidate,
 )
-from faber_runlog._archive import ARCHIVE_MARKER, read_archive_index
-from faber_runlog._format import RunLayout
-from faber_runlog._resume import is_archived
+from faber_runlog._format.layout import RunLayout
+from faber_runlog._services.archive import ARCHIVE_MARKER, read_archive_index
+from faber_runlog._services.resume import is_archived
 
 WORKERS = Path(__file__).with_name("_archive_workers.py")
 

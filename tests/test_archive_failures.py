@@ -19,9 +19,9 @@ from conftest import BUCKET, S3Server
 from faultproxy import FaultProxy, match
 
 from faber_runlog import Archiver, Resumer, Run, RunStore
-from faber_runlog._archive import is_consolidated
-from faber_runlog._cli import main
-from faber_runlog._gateway import GatewayConfig, S3ArchiveConfig, write_config
+from faber_runlog._frontends.cli import main
+from faber_runlog._services.archive import is_consolidated
+from faber_runlog._services.gateway import GatewayConfig, S3ArchiveConfig, write_config
 
 pytestmark = pytest.mark.backends("local")
 

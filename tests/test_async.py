@@ -15,17 +15,9 @@ import pytest
 from conftest import BUCKET, S3Server, make_store
 from faultproxy import FaultProxy, match
 
-from faber_runlog import (
-    AsyncRun,
-    AsyncRunStore,
-    Event,
-    InvalidArgument,
-    InvalidTransition,
-    RunNotFound,
-    RunStore,
-)
-from faber_runlog._state import RunState, fold_all
-from faber_runlog._verify import verify_run
+from faber_runlog import AsyncRun, AsyncRunStore, Event, InvalidArgument, InvalidTransition, RunNotFound, RunStore
+from faber_runlog._domain.state import RunState, fold_all
+from faber_runlog._services.verify import verify_run
 
 EVENT_PUT = match("PUT", r"/events/\d{20}\.json")
 

@@ -18,9 +18,9 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from faber_runlog import RunStore, StorageError, UnsafePath
-from faber_runlog._cli import main
-from faber_runlog._gateway import GatewayConfig
-from faber_runlog._storage import TEMP_MAX_AGE, MemoryStorage, Storage, Versioned, digest
+from faber_runlog._frontends.cli import main
+from faber_runlog._services.gateway import GatewayConfig
+from faber_runlog._storage.backends import TEMP_MAX_AGE, MemoryStorage, Storage, Versioned, digest
 from faber_runlog.errors import BucketNotFound, CredentialsMissing, InvalidGatewayConfig, InvalidParams
 from faber_runlog.testing import (
     ContractViolation,
@@ -124,12 +124,13 @@ def test_no_module_outside_the_storage_layer_uses_private_or_backend_internals()
         r"_run_coros_in_chunks|\._pipe_file|\._cat_file|\._call_s3|fsspec\.asyn|storage\._[a-z]|\.fs\.|(?<![.\w])kind ==|(?<![.\w])kind in \("
     )
     offenders = []
-    for path in sorted(PACKAGE.glob("*.py")):
-        if path.name in ("_storage.py", "testing.py"):
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = path.relative_to(PACKAGE).as_posix()
+        if path.parent.name == "_storage" or name == "testing.py":
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if forbidden.search(line):
-                offenders.append(f"{path.name}:{n}: {line.strip()}")
+                offenders.append(f"{name}:{n}: {line.strip()}")
     assert [] == offenders
 
 

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from faber_runlog import Archiver, RetentionPolicy, RunArchived, RunStore
-from faber_runlog._format import RunLayout, parse_seq_name
+from faber_runlog._format.layout import RunLayout, parse_seq_name
 
 
 def _archive_and_clean(store: RunStore, run_id: str) -> list[str]:

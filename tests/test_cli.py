@@ -13,8 +13,8 @@ import pytest
 from conftest import BUCKET, S3Server
 
 from faber_runlog import RunStore
-from faber_runlog._cli import main
-from faber_runlog._gateway import CONFIG_ENV, CONFIG_PATH, GatewayConfig, load_config, write_config
+from faber_runlog._frontends.cli import main
+from faber_runlog._services.gateway import CONFIG_ENV, CONFIG_PATH, GatewayConfig, load_config, write_config
 
 # Application tests: the CLI needs a folder other processes see; a few smoke tests run on S3 too.
 pytestmark = pytest.mark.backends("local")

@@ -11,8 +11,8 @@ import pytest
 from test_cli import MISSING, Cli, cli
 
 from faber_runlog import RunStore
-from faber_runlog._cli import main
-from faber_runlog._gateway import CONFIG_ENV
+from faber_runlog._frontends.cli import main
+from faber_runlog._services.gateway import CONFIG_ENV
 
 # Application tests: the CLI needs a folder other processes see; S3 has its own smoke test.
 pytestmark = pytest.mark.backends("local")

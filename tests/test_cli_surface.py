@@ -14,8 +14,8 @@ import pytest
 from test_cli import Cli, cli
 
 from faber_runlog import RunStore
-from faber_runlog._cli import main
-from faber_runlog._gateway import CONFIG_ENV, CONFIG_PATH
+from faber_runlog._frontends.cli import main
+from faber_runlog._services.gateway import CONFIG_ENV, CONFIG_PATH
 from faber_runlog._version import __version__
 from faber_runlog.errors import InvalidRunId, InvalidStoreUrl, RunNotFound
 
@@ -313,7 +313,7 @@ def test_errors_on_the_command_line_name_commands_not_python_calls(cli: Cli) -> 
 
 
 def test_one_advice_table_renders_python_cli_and_mcp() -> None:
-    from faber_runlog._advice import ADVICE, advice, advice_keys
+    from faber_runlog._base.advice import ADVICE, advice, advice_keys
 
     text = "it completed; re-run it (Resumer(store).rerun / faber-runlog rerun)"
     message = f"{text} (see docs/concurrency.md)"

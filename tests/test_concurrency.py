@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from faber_runlog import RunStore
-from faber_runlog._state import RunState, fold_all
+from faber_runlog._domain.state import RunState, fold_all
 
 WORKERS = Path(__file__).with_name("_workers.py")
 

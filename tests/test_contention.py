@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 from conftest import soak_scale
 
-from faber_runlog import EventLog, RunStore, SequenceConflict, _codec
-from faber_runlog._ids import RunId
-from faber_runlog._storage import Capabilities, MemoryStorage
+from faber_runlog import EventLog, RunStore, SequenceConflict
+from faber_runlog._base import codec as _codec
+from faber_runlog._base.ids import RunId
+from faber_runlog._storage.backends import Capabilities, MemoryStorage
 
 ROUND_TRIP = 0.02  # seconds of simulated time per request
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from faber_runlog import RunStore
-from faber_runlog._format import parse_seq_name
-from faber_runlog._state import RunState, fold_all
+from faber_runlog._domain.state import RunState, fold_all
+from faber_runlog._format.layout import parse_seq_name
 
 WORKERS = Path(__file__).with_name("_workers.py")
 

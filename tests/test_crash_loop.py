@@ -24,9 +24,9 @@ import pytest
 from _faultreport import record
 
 from faber_runlog import RunStore
-from faber_runlog._format import parse_seq_name
-from faber_runlog._state import RunState, fold_all
-from faber_runlog._verify import reconstruct_state, verify_run
+from faber_runlog._domain.state import RunState, fold_all
+from faber_runlog._format.layout import parse_seq_name
+from faber_runlog._services.verify import reconstruct_state, verify_run
 
 WORKERS = Path(__file__).with_name("_fault_workers.py")
 FAST_ROUNDS = {"local": 8, "s3": 3}

@@ -280,7 +280,9 @@ def run_python(block: Block, namespace: dict[str, Any]) -> None:
 @pytest.fixture
 def default_registry_restored() -> Iterator[None]:
     """Pages register event types, folds and backends in the default registry: undo that after each page."""
-    from faber_runlog import _events, _registry, _state
+    from faber_runlog._domain import events as _events
+    from faber_runlog._domain import registry as _registry
+    from faber_runlog._domain import state as _state
 
     table = _events.DEFAULT_TYPES
     saved = (dict(table.types), dict(table.validators), dict(table.upcasters))

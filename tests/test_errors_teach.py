@@ -8,14 +8,7 @@ from typing import Any
 
 import pytest
 
-from faber_runlog import (
-    FaberRunlogError,
-    InvalidEvent,
-    InvalidEventPosition,
-    InvalidFilter,
-    InvalidStoreUrl,
-    RunStore,
-)
+from faber_runlog import FaberRunlogError, InvalidEvent, InvalidEventPosition, InvalidFilter, InvalidStoreUrl, RunStore
 
 # Application tests: the storage and log contract is pinned on every backend elsewhere.
 pytestmark = pytest.mark.backends("memory")
@@ -77,7 +70,7 @@ def test_schema_errors_name_the_missing_field_and_close_types() -> None:
 
 def test_register_fold_reaches_run_objects_created_before_it(store: RunStore) -> None:
     from faber_runlog import register_event_type
-    from faber_runlog._state import register_fold
+    from faber_runlog._domain.state import register_fold
 
     etype = f"deploy_{uuid.uuid4().hex[:8]}"  # the registry is global: a fresh type per case
     register_event_type(etype, {"required": ["metadata"]})

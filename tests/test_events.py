@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from faber_runlog import Event, InvalidEvent, event_schema, event_types, register_event_type
-from faber_runlog._events import BUILTIN_EVENT_TYPES, validate_event_dict
+from faber_runlog._domain.events import BUILTIN_EVENT_TYPES, validate_event_dict
 
 BASE: dict[str, Any] = {
     "event_id": 1,

@@ -17,8 +17,8 @@ import pytest
 from conftest import make_store
 
 from faber_runlog import Event, Resumer, RunStore, export_faber, import_faber
-from faber_runlog._cli import main
-from faber_runlog._faber import IMPORT_KEY, UNMAPPED_TYPE, faber_event, mapped_run_id
+from faber_runlog._faber.convert import IMPORT_KEY, UNMAPPED_TYPE, faber_event, mapped_run_id
+from faber_runlog._frontends.cli import main
 from faber_runlog.errors import InvalidParams
 
 BASE = ".fractary/faber/runs"

@@ -12,7 +12,7 @@ from test_faber import BASE, RUN, faber_metadata, failed_at_build, write_run
 from test_mcp_server import _session, _text
 
 from faber_runlog import RunStore, import_faber
-from faber_runlog._faber import IMPORT_KEY, mapped_run_id
+from faber_runlog._faber.convert import IMPORT_KEY, mapped_run_id
 
 pytest.importorskip("mcp")
 

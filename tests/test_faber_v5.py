@@ -20,9 +20,9 @@ from conftest import make_store
 from test_faber import BASE, OLD_BASE, PHASES, RUN, faber_metadata, failed_at_build, fevent, write_run
 
 from faber_runlog import RunStore, export_faber, import_faber
-from faber_runlog import _store as store_module
-from faber_runlog._cli import main
-from faber_runlog._faber import IMPORT_KEY, UNMAPPED_TYPE, mapped_run_id
+from faber_runlog._faber.convert import IMPORT_KEY, UNMAPPED_TYPE, mapped_run_id
+from faber_runlog._frontends.cli import main
+from faber_runlog._services import store as store_module
 from faber_runlog.errors import FaberRunNotImported, UnsafePath
 
 PLAN = "acme-web-258"

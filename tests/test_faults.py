@@ -22,8 +22,8 @@ from conftest import BUCKET, S3Server
 from faultproxy import RANDOM_FAULTS, FaultProxy, match
 
 from faber_runlog import RunStore, StorageError
-from faber_runlog._state import RunState, fold_all
-from faber_runlog._verify import verify_run
+from faber_runlog._domain.state import RunState, fold_all
+from faber_runlog._services.verify import verify_run
 
 WORKERS = Path(__file__).with_name("_fault_workers.py")
 EVENT_PUT = match("PUT", r"/events/\d{20}\.json")
@@ -221,7 +221,7 @@ def test_archiving_through_random_faults_copies_every_run_once_and_loses_nothing
     proxy: FaultProxy, tmp_path: Path
 ) -> None:
     from faber_runlog import Archiver
-    from faber_runlog._archive import read_archive_index
+    from faber_runlog._services.archive import read_archive_index
 
     local = RunStore(str(tmp_path / "runs"))
     ids = [_finished_local_run(local, i) for i in range(12)]

@@ -25,8 +25,8 @@ from conftest import BUCKET, S3Server
 from faultproxy import FaultProxy, match
 
 from faber_runlog import LeaseLost, ManualClock, RunStore, SystemClock
-from faber_runlog._lease import acquire_lease, read_lease, read_lease_versioned, try_acquire_lease
-from faber_runlog._lifecycle import finalize
+from faber_runlog._log.lease import acquire_lease, read_lease, read_lease_versioned, try_acquire_lease
+from faber_runlog._services.lifecycle import finalize
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("_fence_workers.py")

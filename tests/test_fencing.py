@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from faber_runlog import ActiveRunExists, Resumer, RunStore
-from faber_runlog._lease import Heartbeat, acquire_lease, read_lease, read_lease_versioned
-from faber_runlog._lifecycle import claim_start
-from faber_runlog._state import ACTIVE_STATUSES
+from faber_runlog._domain.state import ACTIVE_STATUSES
+from faber_runlog._log.lease import Heartbeat, acquire_lease, read_lease, read_lease_versioned
+from faber_runlog._services.lifecycle import claim_start
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = Path(__file__).with_name("_lifecycle_workers.py")

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from faber_runlog._format import iter_jsonl
+from faber_runlog._format.layout import iter_jsonl
 from faber_runlog.errors import CorruptData
 
 

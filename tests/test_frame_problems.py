@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from faber_runlog import RunStore
-from faber_runlog._format import RunLayout
-from faber_runlog._ids import RunId
+from faber_runlog._base.ids import RunId
+from faber_runlog._format.layout import RunLayout
 
 pytestmark = pytest.mark.backends("memory", "local")
 

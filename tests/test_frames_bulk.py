@@ -17,10 +17,10 @@ import pytest
 from conftest import BUCKET, S3Server
 
 from faber_runlog import Registry, RunStore, consolidate
-from faber_runlog import _analysis as analysis
-from faber_runlog._format import RunLayout
-from faber_runlog._ids import RunId
-from faber_runlog._log import EventLog, read_logs
+from faber_runlog._base.ids import RunId
+from faber_runlog._format.layout import RunLayout
+from faber_runlog._log.eventlog import EventLog, read_logs
+from faber_runlog._services import analysis as analysis
 from faber_runlog.errors import CorruptEvent
 
 # Services over the storage contract (pinned on every backend elsewhere): memory and local, a few tests on S3.
@@ -124,7 +124,7 @@ def test_bulk_frames_of_runs_of_every_shape_equal_each_run_read_through_its_log(
     for batch in (2048, 3):  # 3: runs and segments split across groups and record batches
         monkeypatch.setattr(analysis, "_BATCH_ROWS", batch)
         checked.clear()
-        with caplog.at_level(logging.WARNING, logger="faber_runlog._log"):
+        with caplog.at_level(logging.WARNING, logger="faber_runlog._log.eventlog"):
             frame = store.events_frame(progress=False)
         assert truth == _frame_rows(frame)
         assert "ignoring segment" in caplog.text

@@ -258,8 +258,8 @@ JSON_HOSTILE = st.sampled_from([v for v in HOSTILE_SCALARS if not isinstance(v, 
 @pytest.fixture(scope="module")
 def server(target: Target) -> Any:
     pytest.importorskip("mcp")
-    from faber_runlog._gateway import Gateway
-    from faber_runlog._mcp_server import build_server
+    from faber_runlog._frontends.mcp_server import build_server
+    from faber_runlog._services.gateway import Gateway
 
     return build_server(Gateway(store=target.store))
 

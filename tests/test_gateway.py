@@ -8,8 +8,8 @@ import pytest
 from conftest import BUCKET, S3Server
 
 from faber_runlog import InvalidEvent, InvalidGatewayConfig, Registry, RunNotFound, RunStore
-from faber_runlog._events import Event
-from faber_runlog._gateway import (
+from faber_runlog._domain.events import Event
+from faber_runlog._services.gateway import (
     CONFIG_ENV,
     CONFIG_PATH,
     Backend,
@@ -22,7 +22,7 @@ from faber_runlog._gateway import (
     register_backend,
     write_config,
 )
-from faber_runlog._store import Run
+from faber_runlog._services.store import Run
 
 # Application tests: the storage and log contract is pinned on every backend elsewhere.
 pytestmark = pytest.mark.backends("memory")

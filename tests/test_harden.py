@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from faber_runlog import Archiver, RetentionPolicy, RunStore
-from faber_runlog._cli import main
+from faber_runlog._frontends.cli import main
 from faber_runlog.errors import InvalidArgument, InvalidEvent, InvalidParams
 
 NAN = float("nan")
@@ -251,8 +251,8 @@ def _tool(store: RunStore, name: str, arguments: dict[str, Any]) -> Any:
     import anyio
 
     pytest.importorskip("mcp")
-    from faber_runlog._gateway import Gateway
-    from faber_runlog._mcp_server import build_server
+    from faber_runlog._frontends.mcp_server import build_server
+    from faber_runlog._services.gateway import Gateway
 
     server = build_server(Gateway(store=store))
 
@@ -287,7 +287,7 @@ def test_faber_run_list_tool_refuses_a_limit_that_is_no_finite_count(local: RunS
 
 def test_pause_from_failing_is_allowed_by_the_table_and_the_schema_alike(local: RunStore) -> None:
     from faber_runlog import event_schema
-    from faber_runlog._transitions import TRANSITIONS
+    from faber_runlog._domain.transitions import TRANSITIONS
 
     enum = event_schema("workflow_paused")["properties"]["metadata"]["properties"]["paused_from"]["enum"]
     assert list(TRANSITIONS["workflow_paused"].allowed()) == enum
@@ -319,7 +319,7 @@ def test_refused_create_run_calls_leave_no_run_folders(tmp_path: Path) -> None:
 def test_a_faber_rerun_chain_1200_runs_deep_is_ordered_parents_first_without_recursion() -> None:
     from types import SimpleNamespace
 
-    from faber_runlog._faber import _parents_first, mapped_run_id
+    from faber_runlog._faber.convert import _parents_first, mapped_run_id
 
     ids = [f"acme/web/{i:08d}-0000-4000-8000-000000000000" for i in range(1200)]
 
@@ -336,7 +336,7 @@ def test_a_faber_rerun_chain_1200_runs_deep_is_ordered_parents_first_without_rec
 @pytest.mark.timeout(30)
 def test_a_stray_segment_name_covering_a_trillion_events_is_bounded_by_the_listing(local: RunStore) -> None:
     from faber_runlog import Resumer
-    from faber_runlog._format import segment_name
+    from faber_runlog._format.layout import segment_name
 
     run = local.create_run("acme", "web")
     run.start()
@@ -354,8 +354,8 @@ def test_a_stray_segment_name_covering_a_trillion_events_is_bounded_by_the_listi
 
 def test_cancel_with_an_archive_that_cannot_be_reached_leaves_the_run_resumable(tmp_path: Path, s3_server: Any) -> None:
     from faber_runlog import Resumer
-    from faber_runlog._archive import is_consolidated
-    from faber_runlog._gateway import Gateway, GatewayConfig, S3ArchiveConfig
+    from faber_runlog._services.archive import is_consolidated
+    from faber_runlog._services.gateway import Gateway, GatewayConfig, S3ArchiveConfig
 
     store = RunStore(str(tmp_path / "runs"))
     options = {k: v for k, v in s3_server.storage_options.items() if k not in ("key", "secret")}
@@ -415,7 +415,7 @@ def test_an_s3_store_rejecting_if_match_uses_the_read_then_write_fallback(s3_ser
 def _wait_expired(run: Any) -> None:
     import time
 
-    from faber_runlog._lease import read_lease
+    from faber_runlog._log.lease import read_lease
 
     for _ in range(200):
         current = read_lease(run.store.storage, run.run_id)

@@ -26,8 +26,8 @@ from faber_runlog import (
     RunStore,
     UnsafePath,
 )
-from faber_runlog._format import RunLayout
-from faber_runlog._verify import verify_run
+from faber_runlog._format.layout import RunLayout
+from faber_runlog._services.verify import verify_run
 
 
 def tree(store: RunStore) -> dict[str, bytes]:
@@ -242,7 +242,7 @@ def test_path_traversal_through_run_ids_creates_nothing_outside_the_root(
 
 
 def test_gateway_config_hostile_files_give_a_precise_error(tmp_path: Path) -> None:
-    gateway = pytest.importorskip("faber_runlog._gateway")
+    gateway = pytest.importorskip("faber_runlog._services.gateway")
     bodies = {
         "invalid UTF-8": b'{"version": 1, "root": "\xff"}',
         "a JSON array": b"[]",

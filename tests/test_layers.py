@@ -24,14 +24,23 @@ ROOT = PKG.parent
 # The upward imports still allowed, each deferred to a call (see the comment in pyproject.toml).
 # Remove an entry when its cycle is gone; never add one: put the code in the right layer instead.
 KNOWN_UPWARD = [
-    "faber_runlog._state -> faber_runlog._html",
+    "faber_runlog._domain.state -> faber_runlog._services.html",
 ]
 
 
-def _contract() -> dict[str, list[str]]:
+def _contracts() -> list[dict[str, object]]:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
-    (layers,) = config["contracts"]
-    return {key: value for key, value in layers.items() if isinstance(value, list)}
+    contracts: list[dict[str, object]] = config["contracts"]
+    return contracts
+
+
+def _module_names() -> set[str]:
+    """Every module of the package, dotted from the package (``_log.eventlog``); a folder is its ``__init__``."""
+    names = set()
+    for path in PKG.rglob("*.py"):
+        parts = path.relative_to(PKG).with_suffix("").parts
+        names.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names - {""}
 
 
 def test_the_layer_contract_holds_with_deferred_imports() -> None:
@@ -42,23 +51,42 @@ def test_the_layer_contract_holds_with_deferred_imports() -> None:
     assert (0, "") == (done.returncode, done.stderr), done.stdout
 
 
-def test_the_contract_ignores_only_the_known_upward_imports() -> None:
-    assert KNOWN_UPWARD == _contract()["ignore_imports"]
+def test_the_contracts_ignore_only_the_known_upward_imports() -> None:
+    ignored = {edge for contract in _contracts() for edge in contract.get("ignore_imports", [])}  # type: ignore[attr-defined]
+    assert set(KNOWN_UPWARD) == ignored
 
 
-def test_every_module_of_the_package_has_a_layer() -> None:
-    contract = _contract()
-    placed = {name.strip() for row in contract["layers"] for name in row.split("|")}
-    modules = {p.stem for p in PKG.glob("*.py")} - {"__init__"} - set(contract["exhaustive_ignores"])
-    assert modules == placed
+def test_every_module_of_the_package_has_a_layer_in_its_folder() -> None:
+    placed = set()
+    for contract in _contracts():
+        if contract.get("type") != "layers":
+            continue
+        for container in contract["containers"]:  # type: ignore[attr-defined]
+            prefix = container.removeprefix("faber_runlog").removeprefix(".")
+            for row in contract["layers"]:  # type: ignore[attr-defined]
+                placed |= {f"{prefix}.{n.strip()}" if prefix else n.strip() for n in row.split("|")}
+            placed |= {f"{prefix}.{n}" if prefix else n for n in contract.get("exhaustive_ignores", [])}  # type: ignore[attr-defined]
+    unplaced = {m for m in _module_names() if m not in placed and m.rpartition(".")[0] not in {"schemas"}}
+    assert set() == unplaced
+
+
+def test_the_folders_are_the_layers() -> None:
+    top = next(c for c in _contracts() if c.get("containers") == ["faber_runlog"])
+    folders = {p.name for p in PKG.iterdir() if (p / "__init__.py").exists()} - {"schemas"}
+    layered = {n.strip() for row in top["layers"] for n in row.split("|")}  # type: ignore[attr-defined]
+    assert folders <= layered
+    assert {"_base", "_storage", "_format", "_domain", "_log", "_services", "_frontends"} <= folders
 
 
 def _runtime_imports() -> dict[str, set[str]]:
     """Module -> the package modules it imports when it runs (module level and inside functions; not typing-only)."""
-    modules = {p.stem for p in PKG.glob("*.py")}
+    modules = _module_names()
     graph: dict[str, set[str]] = {}
     for name in modules:
-        tree = ast.parse((PKG / f"{name}.py").read_text())
+        path = PKG / (name.replace(".", "/") + ".py")
+        if not path.exists():
+            path = PKG / name.replace(".", "/") / "__init__.py"
+        tree = ast.parse(path.read_text())
         typing_only = {
             id(node)
             for block in ast.walk(tree)
@@ -71,10 +99,13 @@ def _runtime_imports() -> dict[str, set[str]]:
             if id(node) in typing_only:
                 continue
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "faber_runlog":
-                parts = node.module.split(".")
-                found |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
+                base = node.module.removeprefix("faber_runlog").removeprefix(".")
+                found |= {base} if base else set()
+                found |= {f"{base}.{a.name}" if base else a.name for a in node.names}
             elif isinstance(node, ast.Import):
-                found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("faber_runlog.")}
+                found |= {
+                    a.name.removeprefix("faber_runlog.") for a in node.names if a.name.startswith("faber_runlog.")
+                }
         graph[name] = (found & modules) - {name}
     return graph
 
@@ -128,18 +159,20 @@ def test_the_cycle_check_sees_a_cycle_made_by_a_deferred_import() -> None:
 
 # One owner per fact: a storage key or a shared constant is spelled in one module and imported elsewhere.
 OWNED_STRINGS = {
-    "lease.json": "_format",
-    "report.json": "_format",
-    "report.md": "_format",
-    "archived.json": "_format",
-    "gateway.json": "_gateway",
+    "lease.json": "_format.layout",
+    "report.json": "_format.layout",
+    "report.md": "_format.layout",
+    "archived.json": "_format.layout",
+    "gateway.json": "_services.gateway",
 }
 OWNED_TUPLES: dict[tuple[object, ...], str] = {
-    ("approve", "reject", "request_changes", "abort"): "_transitions",
-    ("reject", "abort"): "_transitions",
-    ("local_files", "s3_archive"): "_registry",
+    ("approve", "reject", "request_changes", "abort"): "_domain.transitions",
+    ("reject", "abort"): "_domain.transitions",
+    ("local_files", "s3_archive"): "_domain.registry",
 }
-INTERNAL_DIR_OWNER = "_storage"  # ".faber_runlog" as a key or a folder of the project: _storage and _format only
+INTERNAL_DIR_OWNER = (
+    "_storage.backends"  # ".faber_runlog" as a key or a folder of the project: _storage and _format only
+)
 
 
 def _code_constants(tree: ast.Module) -> tuple[list[str], list[tuple[object, ...]]]:
@@ -167,12 +200,14 @@ def _code_constants(tree: ast.Module) -> tuple[list[str], list[tuple[object, ...
 
 def test_shared_keys_and_constants_are_spelled_only_by_their_owner() -> None:
     strays = []
-    for path in sorted(PKG.glob("*.py")):
+    for path in sorted(PKG.rglob("*.py")):
         strings, tuples = _code_constants(ast.parse(path.read_text()))
-        name = path.stem
+        name = ".".join(path.relative_to(PKG).with_suffix("").parts)
         strays += [(name, s) for s in strings if OWNED_STRINGS.get(s, name) != name]
         strays += [
-            (name, s) for s in strings if s.startswith(".faber_runlog") and name not in (INTERNAL_DIR_OWNER, "_format")
+            (name, s)
+            for s in strings
+            if s.startswith(".faber_runlog") and name not in (INTERNAL_DIR_OWNER, "_format.layout")
         ]
         strays += [(name, str(t)) for t in tuples if OWNED_TUPLES.get(t, name) != name]
     assert [] == strays

@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
-from faber_runlog import Heartbeat, Lease, RunStore, _codec
-from faber_runlog._lease import acquire_lease, lease_key, read_lease, release_lease, renew_lease
+from faber_runlog import Heartbeat, Lease, RunStore
+from faber_runlog._base import codec as _codec
+from faber_runlog._log.lease import acquire_lease, lease_key, read_lease, release_lease, renew_lease
 
 
 def _wait_until(cond: Callable[[], bool], limit: float = 30.0) -> None:

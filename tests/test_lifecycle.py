@@ -24,10 +24,10 @@ from faber_runlog import (
     RunStore,
     TooManyActiveRuns,
 )
-from faber_runlog._lease import acquire_lease, read_lease
-from faber_runlog._lifecycle import SWEEP_REASON, key_folder
-from faber_runlog._report import read_report
-from faber_runlog._transitions import ACTIONS as ALLOWED
+from faber_runlog._domain.transitions import ACTIONS as ALLOWED
+from faber_runlog._log.lease import acquire_lease, read_lease
+from faber_runlog._services.lifecycle import SWEEP_REASON, key_folder
+from faber_runlog._services.report import read_report
 
 # Application tests: the storage and log contract is pinned on every backend elsewhere.
 pytestmark = pytest.mark.backends("memory")
@@ -275,7 +275,7 @@ def test_second_run_with_the_same_key_is_refused_naming_the_holder(store: RunSto
 def test_a_key_whose_holder_ended_without_releasing_is_taken_over(store: RunStore) -> None:
     first = store.create_run("acme", "web", concurrency_key="k")
     # Ending the run with a bare log (no hook) leaves the claim unreleased, as a crash would.
-    from faber_runlog._log import EventLog
+    from faber_runlog._log.eventlog import EventLog
 
     EventLog(store.storage, first.run_id).emit("workflow_cancelled")
     second = store.create_run("acme", "web", concurrency_key="k")

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from faber_runlog import CorruptEvent, EventLog, InvalidEvent, InvalidEventPosition, RunStore
-from faber_runlog._format import SNAPSHOTS_KEPT, seq_name
-from faber_runlog._state import RunState, fold_all
+from faber_runlog._domain.state import RunState, fold_all
+from faber_runlog._format.layout import SNAPSHOTS_KEPT, seq_name
 
 
 def test_emit_fills_automatic_fields(store: RunStore) -> None:

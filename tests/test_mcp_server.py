@@ -150,7 +150,7 @@ def test_tools_and_resources_over_a_real_stdio_session(
 
 
 def test_with_logging_disabled_emit_event_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from faber_runlog._gateway import CONFIG_PATH, GatewayConfig, write_config
+    from faber_runlog._services.gateway import CONFIG_PATH, GatewayConfig, write_config
 
     write_config(GatewayConfig(enabled=False), tmp_path / CONFIG_PATH)
     store = RunStore(str(tmp_path / ".faber_runlog/runs"))
@@ -169,7 +169,7 @@ def test_with_logging_disabled_emit_event_writes_nothing(tmp_path: Path, monkeyp
 def test_importing_the_server_module_does_not_import_the_sdk() -> None:
     import subprocess
 
-    code = "import sys, faber_runlog._mcp_server, faber_runlog._cli; print('mcp' in sys.modules)"
+    code = "import sys, faber_runlog._frontends.mcp_server, faber_runlog._frontends.cli; print('mcp' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "False" == out.stdout.strip()
 
@@ -351,9 +351,9 @@ def test_a_tool_that_ends_a_run_whose_archive_is_missing_says_so_and_leaves_it_u
 ) -> None:
     from mcp.server.mcpserver.exceptions import ToolError
 
-    from faber_runlog._archive import is_consolidated
-    from faber_runlog._gateway import Gateway, GatewayConfig, S3ArchiveConfig
-    from faber_runlog._mcp_server import build_server
+    from faber_runlog._frontends.mcp_server import build_server
+    from faber_runlog._services.archive import is_consolidated
+    from faber_runlog._services.gateway import Gateway, GatewayConfig, S3ArchiveConfig
 
     options = {k: v for k, v in s3_server.storage_options.items() if k not in ("key", "secret")}
     archive = S3ArchiveConfig(enabled=True, bucket=f"no-such-bucket-{uuid.uuid4().hex[:12]}", storage_options=options)

@@ -10,7 +10,7 @@ from conftest import BUCKET, S3Server
 from test_analysis import make_runs
 
 from faber_runlog import RunStore
-from faber_runlog._archive import Archiver
+from faber_runlog._services.archive import Archiver
 
 DOCS = Path(__file__).parents[1] / "docs"
 FAILING = (

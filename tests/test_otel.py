@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from faber_runlog import Event, MissingExtra, Resumer, Run, RunStore
-from faber_runlog._cli import main
+from faber_runlog._frontends.cli import main
 from faber_runlog.otel import RunTracer, export_run, span_id_of, trace_id_of
 
 

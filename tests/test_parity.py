@@ -91,7 +91,7 @@ def _sh(*args: str, cwd: Path, path: Path) -> tuple[int, str, str]:
 
 def _here(*args: str) -> tuple[int, str, str]:
     """``faber-runlog ARGS`` through the CLI's ``main`` in this process."""
-    from faber_runlog._cli import main
+    from faber_runlog._frontends.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     code = main(list(args), out=out, err=err)

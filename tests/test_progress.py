@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from faber_runlog import RunStore
-from faber_runlog._archive import Archiver
-from faber_runlog._progress import PROGRESS_ENV, Progress, progress_wanted
+from faber_runlog._base.progress import PROGRESS_ENV, Progress, progress_wanted
+from faber_runlog._services.archive import Archiver
 
 
 class Terminal(io.StringIO):

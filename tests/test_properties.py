@@ -30,12 +30,12 @@ from faber_runlog import (
     RunNotRerunnable,
     RunNotResumable,
     RunStore,
-    _codec,
 )
-from faber_runlog._events import BUILTIN_EVENT_TYPES, validate_event_dict
-from faber_runlog._resume import Resumer
-from faber_runlog._state import BOUNDED_LISTS, LATEST_KEPT, RunState, apply_mapping, fold_all
-from faber_runlog._transitions import TRANSITIONS
+from faber_runlog._base import codec as _codec
+from faber_runlog._domain.events import BUILTIN_EVENT_TYPES, validate_event_dict
+from faber_runlog._domain.state import BOUNDED_LISTS, LATEST_KEPT, RunState, apply_mapping, fold_all
+from faber_runlog._domain.transitions import TRANSITIONS
+from faber_runlog._services.resume import Resumer
 
 RUN_ID = "acme/web/3f2b8c1e-9a4d-4c6e-8f10-2b7d9e0a1c55"
 NAMES = st.sampled_from(["build", "test", "ship", "a", "b"])

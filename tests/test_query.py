@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from faber_runlog import RunStore
-from faber_runlog._cli import main
-from faber_runlog._query import RunQuery
+from faber_runlog._domain.query import RunQuery
+from faber_runlog._frontends.cli import main
 from faber_runlog.errors import InvalidArgument, InvalidFilter
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from faber_runlog import Run, RunStore
-from faber_runlog._format import RunLayout
-from faber_runlog._log import EventLog
-from faber_runlog._report import read_report, render_markdown, report_schema, validate_report
+from faber_runlog._format.layout import RunLayout
+from faber_runlog._log.eventlog import EventLog
+from faber_runlog._services.report import read_report, render_markdown, report_schema, validate_report
 
 # Application tests: the storage and log contract is pinned on every backend elsewhere.
 pytestmark = pytest.mark.backends("memory")

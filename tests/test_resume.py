@@ -20,15 +20,15 @@ from faber_runlog import (
     RunNotResumable,
     RunState,
     RunStore,
-    _codec,
     diff_params,
     register_upcaster,
 )
-from faber_runlog._events import register_event_type
-from faber_runlog._format import RunLayout
-from faber_runlog._lease import Lease, lease_key
-from faber_runlog._resume import merge_params
-from faber_runlog._state import fold_all, register_fold
+from faber_runlog._base import codec as _codec
+from faber_runlog._domain.events import register_event_type
+from faber_runlog._domain.state import fold_all, register_fold
+from faber_runlog._format.layout import RunLayout
+from faber_runlog._log.lease import Lease, lease_key
+from faber_runlog._services.resume import merge_params
 
 # Application tests: the storage and log contract is pinned on every backend elsewhere.
 pytestmark = pytest.mark.backends("memory")

@@ -17,8 +17,10 @@ from conftest import BUCKET, S3Server, make_store, soak_scale
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from faber_runlog import RunStore, _codec, _index, consolidate
-from faber_runlog._index import folder as index_folder
+from faber_runlog import RunStore, consolidate
+from faber_runlog._base import codec as _codec
+from faber_runlog._log import index as _index
+from faber_runlog._log.index import folder as index_folder
 
 pytestmark = pytest.mark.backends("memory", "local")
 
@@ -104,7 +106,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_scan_says_so_once_and_reindex_re
     expected = _scan(store)
     store.storage.replace(_checkpoint(store), b'{"format": "faber_runlog.index/1", "version": 10, "runs": 3}\n{"op')
     fresh = RunStore(fs=store.storage.fs, root=store.storage.root)
-    with caplog.at_level(logging.WARNING, logger="faber_runlog._store"):
+    with caplog.at_level(logging.WARNING, logger="faber_runlog._services.store"):
         assert expected == _listed(fresh)
         assert [(runs[2].id, "failed")] == _listed(fresh, status="failed")
     assert 1 == sum("run index of acme/web" in r.getMessage() for r in caplog.records)
@@ -133,7 +135,8 @@ def test_runs_written_before_the_index_are_listed_and_reindex_starts_it(store: R
 _KILLER = textwrap.dedent(
     """
     import os, signal, sys
-    from faber_runlog import RunStore, _index
+    from faber_runlog import RunStore
+    from faber_runlog._log import index as _index
 
     def die(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)  # after the event is durable, before its index entry
@@ -237,7 +240,7 @@ def test_faber_runlog_reindex_check_reports_a_missing_index_and_reindex_starts_i
     import io
     import json
 
-    from faber_runlog._cli import main
+    from faber_runlog._frontends.cli import main
 
     store = RunStore(str(tmp_path / "runs"))
     run = store.create_run("acme", "web")

@@ -13,10 +13,10 @@ import pytest
 from conftest import make_store
 
 from faber_runlog import Archiver, InvalidArgument, Resumer, RunStore, consolidate
-from faber_runlog._demo import run_demo
-from faber_runlog._report import compose_report
-from faber_runlog._state import RunState
-from faber_runlog._steps import PHASE_COLUMNS, STEP_COLUMNS
+from faber_runlog._domain.state import RunState
+from faber_runlog._frontends.demo import run_demo
+from faber_runlog._services.report import compose_report
+from faber_runlog._services.steps import PHASE_COLUMNS, STEP_COLUMNS
 
 
 def make_shapes(store: RunStore, only_retried: bool = False) -> dict[str, str]:
@@ -243,7 +243,7 @@ def viewer(seen: tuple[RunStore, dict[str, str]]) -> Iterator[str]:
 
     import uvicorn
 
-    from faber_runlog._viewer import make_app
+    from faber_runlog._frontends.viewer import make_app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -278,7 +278,7 @@ def _page(browser: Any) -> tuple[Any, list[str]]:
 def test_the_html_report_opens_offline_with_steps_errors_and_escaped_event_text(
     seen: tuple[RunStore, dict[str, str]], browser: Any, tmp_path: Path
 ) -> None:
-    from faber_runlog._cli import main
+    from faber_runlog._frontends.cli import main
 
     store, ids = seen
     out = tmp_path / "report.html"

@@ -21,10 +21,10 @@ import pytest
 from conftest import BUCKET, S3Server
 
 from faber_runlog import Event, RunStore, consolidate
-from faber_runlog._format import RunLayout, decode_segment, parse_segment_name
-from faber_runlog._ids import RunId
-from faber_runlog._log import EventLog
-from faber_runlog._state import RunState, apply
+from faber_runlog._base.ids import RunId
+from faber_runlog._domain.state import RunState, apply
+from faber_runlog._format.layout import RunLayout, decode_segment, parse_segment_name
+from faber_runlog._log.eventlog import EventLog
 
 WORKERS = Path(__file__).with_name("_segment_workers.py")
 K = 5
@@ -101,7 +101,7 @@ def test_a_damaged_segment_is_ignored_with_a_warning_and_the_files_are_read(
         store.storage.replace(key, body.replace(rid.encode(), b"acme/seg/00000000-0000-4000-8000-000000000000"))
     else:  # a segment stored under the name of another range
         store.storage.replace(layout.segment(K + 1, 2 * K), body)
-    with caplog.at_level(logging.WARNING, logger="faber_runlog._log"):
+    with caplog.at_level(logging.WARNING, logger="faber_runlog._log.eventlog"):
         got = _read(store, rid)
     assert _from_files(store, rid) == got
     assert "ignoring segment" in caplog.text
@@ -140,7 +140,7 @@ def test_a_rewritten_segment_is_read_when_it_holds_and_ignored_by_readers_and_th
     _rewrite_segment(store, rid, edit(_segment_lines(store, rid)), fmt=fmt)
     if not ignored:
         store.storage.delete(RunLayout(RunId.parse(rid)).event(3))  # so only the segment can serve event 3
-    with caplog.at_level(logging.WARNING, logger="faber_runlog._log"):
+    with caplog.at_level(logging.WARNING, logger="faber_runlog._log.eventlog"):
         assert truth == _read(store, rid)
         assert expected_state == EventLog(store.storage, RunId.parse(rid), segment_every=K).load_state().to_dict()
     assert ignored == ("ignoring segment" in caplog.text)
@@ -197,7 +197,7 @@ def test_a_writer_killed_while_writing_a_segment_leaves_a_log_that_reads_and_con
     )
     out, _ = proc.communicate(timeout=120)
     assert (-signal.SIGKILL, "dying") == (proc.returncode, out.strip())
-    with caplog.at_level(logging.WARNING, logger="faber_runlog._log"):
+    with caplog.at_level(logging.WARNING, logger="faber_runlog._log.eventlog"):
         got = _read(store, rid)
     assert list(range(1, K + 1)) == [e["event_id"] for e in got]  # the boundary's event was acknowledged first
     assert "ignoring segment" in caplog.text
@@ -336,7 +336,7 @@ def test_frames_ignore_a_damaged_segment_and_read_the_files(
     before = store.events_frame(progress=False)
     key = RunLayout(RunId.parse(rid)).segment(1, K)
     store.storage.replace(key, (store.storage.read(key) or b"")[:-30])
-    with caplog.at_level(logging.WARNING, logger="faber_runlog._log"):
+    with caplog.at_level(logging.WARNING, logger="faber_runlog._log.eventlog"):
         after = store.events_frame(progress=False)
     assert "ignoring segment" in caplog.text
     assert before.drop(columns=["metadata"]).equals(after.drop(columns=["metadata"]))

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from faber_runlog import Event, RunState, fold
-from faber_runlog._state import LATEST_KEPT, RunDigest, fold_all
+from faber_runlog._domain.state import LATEST_KEPT, RunDigest, fold_all
 
 RID = "acme/web/3f2b8c1e-9a4d-4c6e-8f10-2b7d9e0a1c55"
 

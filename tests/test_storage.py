@@ -7,7 +7,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from faber_runlog import ConcurrencyUnsupported, RunStore, UnsafePath
-from faber_runlog._storage import Storage
+from faber_runlog._storage.backends import Storage
 
 
 def test_create_is_exclusive(store: RunStore) -> None:

@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from faber_runlog import InvalidRunId, RunExists, RunNotFound, RunStore, _codec
-from faber_runlog._format import RunLayout, decode_summary, encode_summary
-from faber_runlog._store import DEFAULT_ROOT
+from faber_runlog import InvalidRunId, RunExists, RunNotFound, RunStore
+from faber_runlog._base import codec as _codec
+from faber_runlog._format.layout import RunLayout, decode_summary, encode_summary
+from faber_runlog._services.store import DEFAULT_ROOT
 
 
 def test_create_run_writes_metadata_and_initial_state(store: RunStore) -> None:

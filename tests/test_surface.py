@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from faber_runlog import Resumer, RunStore
-from faber_runlog._lease import try_acquire_lease
+from faber_runlog._log.lease import try_acquire_lease
 from faber_runlog.errors import InvalidEvent, InvalidTransition, RunNotRerunnable
 
 ROOT = Path(__file__).resolve().parents[1]

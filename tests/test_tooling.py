@@ -98,9 +98,9 @@ def test_every_fmt_skip_says_why() -> None:
 
 def test_the_cli_imports_no_archive_analysis_gateway_or_async_code() -> None:
     code = (
-        "import sys, faber_runlog._cli; "
+        "import sys, faber_runlog._frontends.cli; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('asyncio', 'fsspec', 's3fs', 'aiohttp') "
-        "or m in ('faber_runlog._archive', 'faber_runlog._analysis', 'faber_runlog._gateway', 'faber_runlog._store')))"
+        "or m in ('faber_runlog._services.archive', 'faber_runlog._services.analysis', 'faber_runlog._services.gateway', 'faber_runlog._services.store')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "[]" == out.stdout.strip()

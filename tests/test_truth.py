@@ -19,16 +19,9 @@ from typing import Any
 
 import pytest
 
-from faber_runlog import (
-    ApprovalNotFound,
-    Archiver,
-    InvalidTransition,
-    RunArchived,
-    RunStore,
-    consolidate,
-)
-from faber_runlog._format import RunLayout, decode_snapshot, encode_snapshot
-from faber_runlog._transitions import markdown
+from faber_runlog import ApprovalNotFound, Archiver, InvalidTransition, RunArchived, RunStore, consolidate
+from faber_runlog._domain.transitions import markdown
+from faber_runlog._format.layout import RunLayout, decode_snapshot, encode_snapshot
 
 WORKERS = Path(__file__).with_name("_workers.py")
 
@@ -253,7 +246,7 @@ def test_gateway_and_cli_emit_go_through_the_same_checks(store: RunStore, tmp_pa
     import io
 
     from faber_runlog import Gateway
-    from faber_runlog._cli import main
+    from faber_runlog._frontends.cli import main
 
     run = store.create_run("acme", "web")
     run.start()
@@ -341,7 +334,7 @@ def test_a_damaged_run_is_reported_and_the_others_are_still_listed_and_swept(sto
 
 
 def test_a_corrupt_concurrency_key_claim_does_not_block_the_key_for_ever(store: RunStore) -> None:
-    from faber_runlog._lifecycle import key_folder
+    from faber_runlog._services.lifecycle import key_folder
 
     first = store.create_run("acme", "web", concurrency_key="deploy-prod")
     first.start()

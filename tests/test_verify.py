@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from faber_runlog import Resumer, Run, RunState, RunStore, StateDifference, _codec
-from faber_runlog._format import RunLayout, decode_segment, decode_snapshot, encode_segment, encode_snapshot
-from faber_runlog._state import fold_all
+from faber_runlog import Resumer, Run, RunState, RunStore, StateDifference
+from faber_runlog._base import codec as _codec
+from faber_runlog._domain.state import fold_all
+from faber_runlog._format.layout import RunLayout, decode_segment, decode_snapshot, encode_segment, encode_snapshot
 
 # Services over the storage contract (pinned on every backend elsewhere): memory and local, a few tests on S3.
 pytestmark = pytest.mark.backends("memory", "local")
@@ -181,7 +182,7 @@ def test_reconstruct_finds_and_repairs_a_bad_historical_snapshot(store_factory: 
 
 
 def _consolidated_without_event_files(store: RunStore) -> Run:
-    from faber_runlog._archive import consolidate
+    from faber_runlog._services.archive import consolidate
 
     run = _failed_run(store, ended=True)
     record = consolidate(store, run.id)
@@ -262,7 +263,7 @@ def test_verify_reports_an_unterminated_last_line(store: RunStore) -> None:
 
 
 def test_verify_checks_the_lines_readers_use_after_the_first_missing_file(store: RunStore) -> None:
-    from faber_runlog._archive import consolidate
+    from faber_runlog._services.archive import consolidate
 
     run = _failed_run(store, ended=True)
     consolidate(store, run.id)
@@ -340,7 +341,7 @@ def test_reconstruct_finds_a_segment_that_disagrees_with_its_files_and_repair_re
     assert (((1, 3),), True) == (report.bad_segments, report.repaired)
     assert good == store.storage.read(layout.segment(1, 3))
     caplog.clear()
-    with caplog.at_level("WARNING", logger="faber_runlog._log"):
+    with caplog.at_level("WARNING", logger="faber_runlog._log.eventlog"):
         assert list(range(1, 7)) == [e.event_id for e in store.get_run(run.id).log.read()]
     assert "ignoring segment" not in caplog.text
     assert r.reconstruct(run.id)[1].ok

@@ -1,1 +1,1 @@
-"""The shipped JSON Schemas (events, event types, reports, gateway.json); read through ``faber_runlog._schemas``."""
+"""The shipped JSON Schemas (events, event types, reports, gateway.json); read by ``faber_runlog._format.schemas``."""

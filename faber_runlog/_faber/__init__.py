@@ -1,0 +1,1 @@
+"""FABER compatibility: import and export of FABER run folders."""

@@ -1,0 +1,1 @@
+"""Services on runs: lifecycle, resume, archive, verify, reports, frames and views, the store, the gateway."""
