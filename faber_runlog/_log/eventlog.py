@@ -75,6 +75,7 @@ from faber_runlog._format.layout import (
     segment_listing_start,
     seq_name,
 )
+from faber_runlog._log.protocol import jsonl_problem, seal_record
 from faber_runlog._storage.backends import Storage
 from faber_runlog.errors import (
     ApprovalConflict,
@@ -158,6 +159,10 @@ def _may_move(etype: str, row: Transition | None, state: RunState) -> bool:
         return etype in TRANSITIONS
     target = row.target(state.status)
     return target != SAME and target != state.status
+
+
+def _seal_mapping(seal: Event) -> dict[str, Any]:
+    return {"type": seal.type, "event_id": seal.event_id, "metadata": seal.metadata}
 
 
 def _event_fp(event: Event) -> str:
@@ -1085,16 +1090,19 @@ class EventLog:
                 yield from self._stored_files(seal - 1, until, d)
 
     def _learn_seal(self, body: bytes) -> int:
-        """The seal's number, checked against ``events.jsonl`` (one line per event before it)."""
+        """The seal's number, checked against ``events.jsonl`` (one line per event before it; protocol rule 7)."""
         through = body.count(b"\n")
         path = self._storage.path(self._layout.jsonl)
         seal_body = self._storage.read(self._layout.event(through + 1))
         seal = None if seal_body is None else self._decode(through + 1, seal_body)
-        meta = seal.metadata if seal is not None else {}
-        if seal is None or seal.type != SEAL_TYPE or meta.get("through") != through or meta.get("size") != len(body):
+        record = None if seal is None else seal_record(_seal_mapping(seal), through + 1)
+        # The digest is not re-hashed on every read: each line's JSON and number are checked as it is decoded.
+        problem = "it is not a seal" if record is None else jsonl_problem(record, body, check_digest=False)
+        if problem is not None:
             raise CorruptEvent(
                 f"{path} of run {self._run_id} holds {through} events but event {through + 1} is not a seal "
-                "that matches it; restore the run's files from the archive (faber-runlog verify shows what is off)",
+                f"that matches it ({problem}); restore the run's files from the archive "
+                "(faber-runlog verify shows what is off)",
                 run_id=self._run_id,
                 seq=through + 1,
                 path=path,
@@ -1627,19 +1635,12 @@ def _verified(
             return None
     if part.shape == "sealed":
         body, seal_body = found
-        through = part.count - 1
         try:
             seal = _loads(seal_body)
         except ValueError:
             return None
-        seal = upcast(seal, types) if isinstance(seal, dict) else {}
-        meta = seal.get("metadata")
-        if (
-            not isinstance(meta, dict)
-            or (seal.get("event_id"), seal.get("type")) != (part.count, SEAL_TYPE)
-            or (meta.get("through"), meta.get("size")) != (through, len(body))
-            or body.count(b"\n") != through
-        ):
+        record = seal_record(upcast(seal, types) if isinstance(seal, dict) else None, part.count)
+        if record is None or jsonl_problem(record, body, check_digest=False) is not None:
             return None  # the checked reader says what is wrong (or reads a consolidation being finished)
     return tuple(found)
 

@@ -50,6 +50,7 @@ from faber_runlog._format.layout import (
     jsonl_line,
     parse_seq_name,
 )
+from faber_runlog._log.protocol import SealRecord, file_digest, jsonl_problem, seal_metadata, seal_record
 from faber_runlog._services.store import RunStore, cleaner_grace
 from faber_runlog._storage.backends import PutResult, Storage
 from faber_runlog.errors import (
@@ -87,10 +88,6 @@ INDEX_DIR: Final = ARCHIVE_INDEX_DIR
 _FORMAT: Final = "jsonl/1"
 _READ_BATCH: Final = 256
 _REPORT_FILES: Final = (REPORT_JSON, REPORT_MD)
-
-
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _marker_key(rid: RunId) -> str:
@@ -226,9 +223,14 @@ class CleanupReport:
 
 
 def _record_from_seal(rid: RunId, seal: Event) -> ConsolidationRecord:
-    m = seal.metadata
-    through = int(m["through"])
-    return ConsolidationRecord(str(rid), through, str(m["sha256"]), int(m["size"]), str(m.get("last_event_at", "")))
+    record = seal_record({"type": seal.type, "event_id": seal.event_id, "metadata": seal.metadata})
+    if record is None or record.digest is None:
+        raise ConsolidationError(
+            f"event {seal.event_id} of run {rid} is no seal that describes events.jsonl; "
+            "faber-runlog verify shows what is off",
+            run_id=str(rid),
+        )
+    return ConsolidationRecord(str(rid), record.through, record.digest, record.size, record.last_event_at)
 
 
 def _read_record(store: RunStore, rid: RunId) -> ConsolidationRecord | None:
@@ -245,13 +247,13 @@ def is_consolidated(store: RunStore, run_id: str | RunId) -> bool:
     return store.get_run(run_id).state().sealed_at is not None
 
 
+def _as_seal(record: ConsolidationRecord) -> SealRecord:
+    return SealRecord(record.last_seq + 1, record.last_seq, record.size, record.sha256, record.last_event_at)
+
+
 def _check_jsonl(rid: RunId, path: str, data: bytes, record: ConsolidationRecord) -> None:
     """Raise unless ``data`` is exactly what ``record`` describes."""
-    problem = None
-    if len(data) != record.size or _sha256(data) != record.sha256:
-        problem = f"its size/hash ({len(data)}, {_sha256(data)}) differ from the seal ({record.size}, {record.sha256})"
-    elif (lines := data.count(b"\n")) != record.count or not data.endswith(b"\n"):
-        problem = f"it holds {lines} lines, not {record.count}"
+    problem = jsonl_problem(_as_seal(record), data)
     if problem is not None:
         raise ConsolidationError(
             f"events.jsonl of run {rid} at {path} does not match its seal: {problem}; "
@@ -291,7 +293,7 @@ def consolidate_from(store: RunStore, run_id: str | RunId, lines: list[bytes], l
         if state.sealed_at is not None:
             record = _record_from_seal(rid, elog.get(state.sealed_at))
             data = storage.read(layout.jsonl)
-            if data is None or len(data) != record.size or _sha256(data) != record.sha256:
+            if data is None or jsonl_problem(_as_seal(record), data):
                 lines, _ = _jsonl_lines(storage, rid, 1, record.last_seq)
                 _write_jsonl(storage, rid, b"\n".join(lines) + b"\n", record)
             return record
@@ -309,7 +311,7 @@ def consolidate_from(store: RunStore, run_id: str | RunId, lines: list[bytes], l
         lines += more
         last_at = more_at or last_at
         data = b"\n".join(lines) + b"\n"
-        meta = {"through": last, "size": len(data), "sha256": _sha256(data), "last_event_at": last_at}
+        meta = seal_metadata(data, last, last_at)
         try:
             seal = elog.append({"type": SEAL_TYPE, "metadata": meta}, check=unchanged_since(last), sealing=True)
         except (_Moved, RunArchived):  # another consolidation sealed it first: look again
@@ -729,8 +731,8 @@ class Archiver:
         for key, body in self._read_back(unknown).items():
             rid = owner[key]
             if body != items[key] and rid not in errors:
-                got = "nothing" if body is None else f"{len(body)} bytes, {_sha256(body)}"
-                sent = f"{len(items[key])} bytes, {_sha256(items[key])}"
+                got = "nothing" if body is None else f"{len(body)} bytes, {file_digest(body)}"
+                sent = f"{len(items[key])} bytes, {file_digest(items[key])}"
                 errors[rid] = self._mismatch(rid, key, f"it holds {got}, not the {sent} sent")
         return errors
 

@@ -18,7 +18,6 @@ from faber_runlog._base.ids import RunId
 from faber_runlog._domain.events import EventTypes, upcast, validate_event_dict
 from faber_runlog._domain.registry import event_types_table
 from faber_runlog._domain.state import RunDigest, RunState, apply
-from faber_runlog._domain.transitions import SEAL_TYPE
 from faber_runlog._format.layout import (
     RunLayout,
     decode_segment,
@@ -32,6 +31,7 @@ from faber_runlog._format.layout import (
     parse_segment_name,
     parse_seq_name,
 )
+from faber_runlog._log.protocol import seal_record
 from faber_runlog._services.store import RunStore
 from faber_runlog._storage.backends import Storage
 from faber_runlog.errors import InvalidEvent
@@ -141,11 +141,8 @@ def _sealed_last(storage: Storage, layout: RunLayout, highest: int) -> int | Non
     """The last event held by events.jsonl: from the seal, which is the highest event file (None: not sealed)."""
     if highest < 1:
         return None
-    seal = _codec.load_object(storage.read(layout.event(highest)))
-    if seal is None or seal.get("type") != SEAL_TYPE:
-        return None
-    last = (seal.get("metadata") or {}).get("through")
-    return last if isinstance(last, int) and not isinstance(last, bool) and last >= 0 else None
+    record = seal_record(_codec.load_object(storage.read(layout.event(highest))), highest)
+    return None if record is None else record.through
 
 
 def _check_jsonl_lines(
