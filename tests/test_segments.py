@@ -341,3 +341,14 @@ def test_frames_ignore_a_damaged_segment_and_read_the_files(
     assert "ignoring segment" in caplog.text
     assert before.drop(columns=["metadata"]).equals(after.drop(columns=["metadata"]))
     assert before["metadata"].tolist() == after["metadata"].tolist()
+
+
+def test_a_fresh_handle_reads_the_state_with_one_probe_of_the_tail(s3_server: S3Server) -> None:
+    store, calls = _counting_store(s3_server, segment_every=20, snapshot_every=25)
+    rid = _fill(store, 30)  # a snapshot at 25, five events after it
+    fresh = RunStore(fs=store.storage.fs, root=store.storage.root, segment_every=20, snapshot_every=25)
+    calls.clear()
+    assert 30 == fresh.get_run(rid).state().last_event_id
+    lists = [key for method, key in calls if method == "list_objects_v2"]
+    jsonl_gets = [key for method, key in calls if key.endswith("/events.jsonl")]
+    assert (1, 1) == (len(lists), len(jsonl_gets)), calls

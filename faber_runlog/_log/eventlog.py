@@ -918,8 +918,12 @@ class EventLog:
         that never started show as ``pending``).
         """
         with self._lock:
+            # A state loaded (or refolded) just now was folded to the tail: a second catch-up would
+            # probe the tail again for nothing (a LIST and a GET of events.jsonl on S3).
+            loaded = self._state is None or self._fold_gen != fold_generation()
             state = self._writer_state()
-            self._catch_up_writer()
+            if not loaded:
+                self._catch_up_writer()
             return state.copy()
 
     def _shown(self, state: RunState) -> RunState:
