@@ -1,4 +1,4 @@
-"""Fencing decided by the log's order (DESIGN rule 12, docs/concurrency.md rules 13-16).
+"""Fencing decided by the log's order (docs/concurrency.md, lease rules 8 to 11).
 
 No event is acknowledged at a sequence number after a fence (a sweep, a takeover) of a higher epoch
 than its writer's: however long the writer stalled (SIGSTOP, throttled PUTs), whatever the clocks say,
@@ -98,6 +98,7 @@ def _swept_by_a_clock_ahead(spec: dict[str, Any], run_id: str, skew: float) -> l
     return [s.run_id for s in _open(spec, clock=SystemClock(offset=skew)).sweep_stale()]
 
 
+@pytest.mark.rule("lease", 8)
 def test_a_writer_stopped_between_its_lease_check_and_its_claim_is_refused_after_the_sweep(
     shared_store_spec: dict[str, Any],
 ) -> None:
@@ -124,6 +125,7 @@ def test_a_writer_stopped_between_its_lease_check_and_its_claim_is_refused_after
     )
 
 
+@pytest.mark.rule("lease", 9)
 def test_a_writer_whose_put_is_throttled_past_its_lease_is_refused_after_the_sweep(s3_server: S3Server) -> None:
     with FaultProxy(s3_server.endpoint) as proxy:
         spec = {
@@ -152,6 +154,7 @@ def test_a_writer_whose_put_is_throttled_past_its_lease_is_refused_after_the_swe
     record("test_fence_order: event PUT throttled past the lease while a sweep fails the run", "slowdown", 5, held)
 
 
+@pytest.mark.rule("lease", 10)
 def test_clock_skew_within_the_bound_sweeps_nothing_and_past_it_no_event_is_acknowledged_after_the_sweep(
     tmp_path: Path,
 ) -> None:
@@ -185,6 +188,8 @@ def clocked(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Ru
     yield RunStore(f"s3://{BUCKET}/runs-{uuid.uuid4().hex}", storage_options=server.storage_options, clock=clock), clock
 
 
+@pytest.mark.rule("lease", 8)
+@pytest.mark.rule("lease", 11)
 def test_a_writer_swept_in_its_own_process_stays_fenced_after_the_sweep_finalizes_the_run(
     clocked: tuple[RunStore, ManualClock],
 ) -> None:
@@ -199,6 +204,7 @@ def test_a_writer_swept_in_its_own_process_stays_fenced_after_the_sweep_finalize
     assert ["workflow_start", "workflow_error"] == [e.type for e in run.log.read()]
 
 
+@pytest.mark.rule("lease", 11)
 def test_finalize_releases_only_the_lease_of_the_epoch_that_ended_the_run(store: RunStore) -> None:
     run = store.create_run("acme", "web")
     acquire_lease(store.storage, run.run_id, owner="writer")

@@ -28,6 +28,7 @@ def _expire(store: RunStore, run: Any, owner: str = "holder") -> Heartbeat:
     return hb
 
 
+@pytest.mark.rule("lease", 6)
 def test_a_late_heartbeat_between_judging_and_sweeping_keeps_the_key_with_its_holder(store_factory: Any) -> None:
     store = store_factory(lease_ttl=0.2)  # the claim lapses with the lease
     holder = store.create_run("acme", "web", concurrency_key="repo:main")
@@ -53,6 +54,8 @@ def _no() -> Any:
     raise AssertionError("no lease")
 
 
+@pytest.mark.rule("lease", 1)
+@pytest.mark.rule("lease", 2)
 def test_a_swept_lease_cannot_be_renewed_back_to_life(store: RunStore) -> None:
     run = store.create_run("acme", "web")
     run.start()
@@ -66,6 +69,8 @@ def test_a_swept_lease_cannot_be_renewed_back_to_life(store: RunStore) -> None:
     assert "running" == Resumer(store).resume(run.id).state().status  # not "owned by the live writer"
 
 
+@pytest.mark.rule("lease", 3)
+@pytest.mark.rule("lease", 7)
 def test_resume_takes_the_lease_so_a_sweeper_leaves_the_resumed_run_alone(store: RunStore) -> None:
     run = store.create_run("acme", "web")
     run.start()
@@ -80,6 +85,7 @@ def test_resume_takes_the_lease_so_a_sweeper_leaves_the_resumed_run_alone(store:
     assert [None, 2, 3] == [e.lease_epoch for e in resumed.log.read()]
 
 
+@pytest.mark.rule("lease", 4)
 def test_events_of_a_lease_holder_carry_its_epoch(store: RunStore) -> None:
     run = store.create_run("acme", "web", concurrency_key="k")
     event = run.log.emit("workflow_start")
@@ -87,6 +93,7 @@ def test_events_of_a_lease_holder_carry_its_epoch(store: RunStore) -> None:
     assert 1 == store.get_run(run.id).log.get(event.event_id).lease_epoch
 
 
+@pytest.mark.rule("lease", 4)
 def test_a_writer_whose_lease_was_taken_is_refused_before_its_event_is_written(
     shared_store_spec: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -125,6 +132,7 @@ def race_spec(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict
     return "s3", {"url": f"s3://faber-test/race-{uuid.uuid4().hex}", "storage_options": server.storage_options}
 
 
+@pytest.mark.rule("lease", 6)
 def test_one_active_run_per_key_while_the_holders_heartbeat_races_the_takeover(
     race_spec: tuple[str, dict[str, Any]], tmp_path: Path, soak: bool
 ) -> None:

@@ -97,6 +97,7 @@ def test_heartbeat_renews_until_stopped_and_can_release(store: RunStore) -> None
     assert read_lease(store.storage, run.run_id) is None
 
 
+@pytest.mark.rule("lease", 1)
 def test_heartbeat_stops_by_itself_when_its_lease_is_taken(store: RunStore) -> None:
     run = store.create_run("acme", "web")
     hb = Heartbeat(store.storage, run.run_id, ttl=5, interval=0.02, owner="mine").start()
