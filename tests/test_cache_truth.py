@@ -71,3 +71,23 @@ def test_snapshot_retention_holds_across_many_writer_handles(tmp_path: Path) -> 
     seqs = sorted(s for n in store.storage.list_names(RunLayout(run.run_id).snapshots) if (s := parse_seq_name(n)))
     assert len(seqs) <= 2, seqs
     assert all(b - a >= 4 * 5 for a, b in itertools.pairwise(seqs)), seqs
+
+
+@pytest.mark.rule("protocol", 6)
+def test_a_writer_stalled_across_a_cleanup_is_refused_and_the_number_it_recreated_is_removed() -> None:
+    store = RunStore(f"memory://runs-{uuid.uuid4().hex}", seal_grace=0)  # the run records 0: cleaned at once
+    run = store.create_run("acme", "web")
+    stalled = store.get_run(run.id).log
+    stalled.emit("workflow_start")  # this handle knows the tail is 1, and nothing after
+    for i in range(3):
+        run.log.emit("checkpoint", metadata={"label": str(i)})
+    run.complete()
+    assert [run.id] == _archive_and_clean(store, run.id)  # events 1..5 removed, the seal (6) kept
+    layout = RunLayout(run.run_id)
+    before = [e.to_dict() for e in store.get_run(run.id).log.read()]
+    with pytest.raises(RunArchived):
+        stalled.emit("checkpoint", metadata={"label": "late"})  # its create of number 2 succeeds: it checks
+    assert (False, before) == (
+        store.storage.exists(layout.event(2)),
+        [e.to_dict() for e in store.get_run(run.id).log.read()],
+    )

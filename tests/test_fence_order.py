@@ -25,6 +25,7 @@ from conftest import BUCKET, S3Server
 from faultproxy import FaultProxy, match
 
 from faber_runlog import LeaseLost, ManualClock, RunStore, SystemClock
+from faber_runlog._log.eventlog import EventLog
 from faber_runlog._log.lease import acquire_lease, read_lease, read_lease_versioned, try_acquire_lease
 from faber_runlog._services.lifecycle import finalize
 
@@ -217,3 +218,20 @@ def test_finalize_releases_only_the_lease_of_the_epoch_that_ended_the_run(store:
     assert lease is not None and ("resumer", 2, False) == (lease.owner, lease.epoch, lease.released)
     stored, _ = read_lease_versioned(store.storage, run.run_id)
     assert stored == lease
+
+
+@pytest.mark.rule("lease", 9)
+def test_a_leased_writer_whose_number_a_fence_took_folds_the_fence_and_is_refused() -> None:
+    store = RunStore(f"memory://runs-{uuid.uuid4().hex}")
+    run = store.create_run("acme", "web")
+    acquire_lease(store.storage, run.run_id, owner="writer")  # epoch 1, held by this process within its ttl
+    run.start()
+    run.log.emit("checkpoint", metadata={"label": "mine"})  # the writer knows the tail: 2
+    # A sweeper elsewhere fenced the writer out: its workflow_error of epoch 2 takes number 3. (A bare log:
+    # no after-commit work here, so this process still believes it holds the lease, as the stalled writer did.)
+    fence = {"type": "workflow_error", "error": "swept", "metadata": {"reason": "swept"}, "lease_epoch": 2}
+    EventLog(store.storage, run.run_id).append(fence)
+    with pytest.raises(LeaseLost, match="epoch 2"):
+        run.log.emit("checkpoint", metadata={"label": "late"})  # its lease check passes; its claim of 3 fails
+    assert [] == _acknowledged_after_a_fence(store, run.id)
+    assert [(1, 1), (2, 1), (3, 2)] == [(e.event_id, e.lease_epoch) for e in run.log.read()]

@@ -6,14 +6,15 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from faber_runlog import ActiveRunExists, Resumer, RunStore
+from faber_runlog import ActiveRunExists, ManualClock, Resumer, RunStore
 from faber_runlog._domain.state import ACTIVE_STATUSES
-from faber_runlog._log.lease import Heartbeat, acquire_lease, read_lease, read_lease_versioned
+from faber_runlog._log.lease import Heartbeat, acquire_lease, fence_out, read_lease, read_lease_versioned
 from faber_runlog._services.lifecycle import claim_start
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,3 +175,24 @@ def test_one_active_run_per_key_while_the_holders_heartbeat_races_the_takeover(
         assert len(winners[r]) <= 1
         taken += bool(winners[r])
     print(f"{kind}: {taken} of {rounds} keys passed to a starter")
+
+
+@pytest.mark.rule("lease", 5)
+def test_a_heartbeat_that_lands_before_the_sweepers_swap_keeps_the_run_and_a_sweep_fences_before_it_fails() -> None:
+    clock = ManualClock()
+    store = RunStore(f"memory://runs-{uuid.uuid4().hex}", clock=clock)
+    run = store.create_run("acme", "web")
+    run.start()
+    hb = Heartbeat(store.storage, run.run_id, ttl=30, interval=10, owner="holder")
+    acquire_lease(store.storage, run.run_id, ttl=30, owner="holder")  # epoch 1
+    clock.advance(31)
+    seen, version = read_lease_versioned(store.storage, run.run_id)  # a sweeper judges the lease expired...
+    assert hb.beat()  # ...and the holder's late heartbeat lands before the sweeper's swap
+    assert fence_out(store.storage, run.run_id, seen, version, reason="swept") is None
+    assert ([], "running") == (store.sweep_stale(), run.state().status)
+    clock.advance(31)  # now the holder is silent for good
+    assert [run.id] == [s.run_id for s in store.sweep_stale()]
+    stored, _ = read_lease_versioned(store.storage, run.run_id)
+    assert stored is not None and (True, "swept", 2) == (stored.released, stored.reason, stored.epoch)
+    assert [("workflow_start", None), ("workflow_error", 2)] == [(e.type, e.lease_epoch) for e in run.log.read()]
+    assert not hb.beat()

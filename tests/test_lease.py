@@ -9,7 +9,14 @@ import pytest
 
 from faber_runlog import Heartbeat, Lease, RunStore
 from faber_runlog._base import codec as _codec
-from faber_runlog._log.lease import acquire_lease, lease_key, read_lease, release_lease, renew_lease
+from faber_runlog._log.lease import (
+    acquire_lease,
+    lease_key,
+    read_lease,
+    read_lease_versioned,
+    release_lease,
+    renew_lease,
+)
 
 
 def _wait_until(cond: Callable[[], bool], limit: float = 30.0) -> None:
@@ -111,3 +118,20 @@ def test_heartbeat_stops_by_itself_when_its_lease_is_taken(store: RunStore) -> N
     _wait_until(taken)
     assert hb.lost
     assert "someone-else" == (read_lease(store.storage, run.run_id) or hb).owner
+
+
+@pytest.mark.rule("lease", 2)
+@pytest.mark.rule("lease", 3)
+@pytest.mark.backends("memory", "local")
+def test_a_released_lease_is_a_tombstone_that_keeps_its_epoch_and_each_new_holder_takes_the_next(
+    store: RunStore,
+) -> None:
+    run = store.create_run("acme", "web")
+    first = acquire_lease(store.storage, run.run_id, owner="w1")
+    assert release_lease(store.storage, run.run_id, owner="w1")
+    tomb, _ = read_lease_versioned(store.storage, run.run_id)
+    assert tomb is not None and (True, "released", first.epoch) == (tomb.released, tomb.reason, tomb.epoch)
+    assert renew_lease(store.storage, run.run_id, owner="w1") is None  # a stalled renewal cannot revive it
+    second = acquire_lease(store.storage, run.run_id, owner="w2")
+    third = acquire_lease(store.storage, run.run_id, owner="w3")  # a take-over of a live lease
+    assert [first.epoch + 1, first.epoch + 2] == [second.epoch, third.epoch]
