@@ -110,8 +110,8 @@ def test_heartbeat_stops_by_itself_when_its_lease_is_taken(store: RunStore) -> N
     hb = Heartbeat(store.storage, run.run_id, ttl=5, interval=0.02, owner="mine").start()
 
     def taken() -> bool:
-        # Renewing is read-then-write: a take-over that lands mid-beat can be
-        # overwritten once, so take it again until the heartbeat has seen it.
+        # The heartbeat's next beat names the version of its own last write: the take-over changed it,
+        # so the renewal fails (lease rule 1). Taken again each time round until the thread has stopped.
         acquire_lease(store.storage, run.run_id, owner="someone-else")
         return not hb.running
 

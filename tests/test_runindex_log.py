@@ -35,6 +35,7 @@ def _ops(commits: list[list[dict[str, Any]]]) -> list[list[str]]:
     return [[r["op"] for r in c] for c in commits]
 
 
+@pytest.mark.rule("index", 1)
 @pytest.mark.rule("index", 2)
 def test_a_status_change_commits_an_intent_then_the_entry_closing_it_and_other_events_commit_nothing() -> None:
     store = _store()

@@ -238,7 +238,6 @@ def test_a_failed_catch_up_after_the_claim_does_not_turn_success_into_an_error(s
 # -- 7. one write path ------------------------------------------------------------------------
 
 
-@pytest.mark.rule("protocol", 3)
 def test_raw_emit_is_checked_against_the_transition_table(store: RunStore) -> None:
     run = store.create_run("acme", "web")
     run.start()
