@@ -109,6 +109,7 @@ def test_appending_to_a_consolidated_run_fails_clearly(store: RunStore) -> None:
 # -- reading a consolidated run whose event files are gone -----------------------------
 
 
+@pytest.mark.rule("protocol", 7)
 def test_consolidated_run_reads_the_same_after_its_event_files_are_removed(store_factory: Any) -> None:
     store = store_factory(seal_grace=0)  # cleanup may remove event files as soon as the run is sealed
     run_id = finished_run(store, fail=True)

@@ -10,6 +10,8 @@ import itertools
 import uuid
 from pathlib import Path
 
+import pytest
+
 from faber_runlog import Archiver, RetentionPolicy, RunArchived, RunStore
 from faber_runlog._format.layout import RunLayout, parse_seq_name
 
@@ -20,6 +22,7 @@ def _archive_and_clean(store: RunStore, run_id: str) -> list[str]:
     return list(archiver.cleanup(RetentionPolicy(), dry_run=False).removed)
 
 
+@pytest.mark.rule("protocol", 11)
 def test_list_runs_does_not_trust_a_stale_summary_once_cleanup_removed_the_event_after_it(tmp_path: Path) -> None:
     store = RunStore(str(tmp_path / "runs"), seal_grace=0)
     run = store.create_run("acme", "web")
@@ -37,6 +40,7 @@ def test_list_runs_does_not_trust_a_stale_summary_once_cleanup_removed_the_event
     assert ("completed", 6) == (listed.status, listed.last_event_id)  # five events and the seal
 
 
+@pytest.mark.rule("protocol", 6)
 def test_a_cleaner_with_a_shorter_seal_grace_waits_the_grace_the_run_recorded(tmp_path: Path) -> None:
     root = str(tmp_path / "runs")
     writer_store = RunStore(root)  # the default grace: its writers skip the post-create check within half of it
@@ -57,6 +61,7 @@ def test_a_cleaner_with_a_shorter_seal_grace_waits_the_grace_the_run_recorded(tm
     assert [1, 2, 3, 4, 5, 6] == [e.event_id for e in writer_store.get_run(run.id).log.read()]
 
 
+@pytest.mark.rule("protocol", 8)
 def test_snapshot_retention_holds_across_many_writer_handles(tmp_path: Path) -> None:
     store = RunStore(str(tmp_path / "runs"), snapshot_every=5)
     run = store.create_run("acme", "web")
@@ -66,3 +71,23 @@ def test_snapshot_retention_holds_across_many_writer_handles(tmp_path: Path) -> 
     seqs = sorted(s for n in store.storage.list_names(RunLayout(run.run_id).snapshots) if (s := parse_seq_name(n)))
     assert len(seqs) <= 2, seqs
     assert all(b - a >= 4 * 5 for a, b in itertools.pairwise(seqs)), seqs
+
+
+@pytest.mark.rule("protocol", 6)
+def test_a_writer_stalled_across_a_cleanup_is_refused_and_the_number_it_recreated_is_removed() -> None:
+    store = RunStore(f"memory://runs-{uuid.uuid4().hex}", seal_grace=0)  # the run records 0: cleaned at once
+    run = store.create_run("acme", "web")
+    stalled = store.get_run(run.id).log
+    stalled.emit("workflow_start")  # this handle knows the tail is 1, and nothing after
+    for i in range(3):
+        run.log.emit("checkpoint", metadata={"label": str(i)})
+    run.complete()
+    assert [run.id] == _archive_and_clean(store, run.id)  # events 1..5 removed, the seal (6) kept
+    layout = RunLayout(run.run_id)
+    before = [e.to_dict() for e in store.get_run(run.id).log.read()]
+    with pytest.raises(RunArchived):
+        stalled.emit("checkpoint", metadata={"label": "late"})  # its create of number 2 succeeds: it checks
+    assert (False, before) == (
+        store.storage.exists(layout.event(2)),
+        [e.to_dict() for e in store.get_run(run.id).log.read()],
+    )

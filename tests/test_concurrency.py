@@ -32,6 +32,8 @@ def _spawn(spec: dict[str, Any], *args: str) -> subprocess.Popen[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
+@pytest.mark.rule("protocol", 1)
+@pytest.mark.rule("protocol", 17)
 def test_processes_appending_at_once_leave_every_event_once_and_gapless(
     shared_store_spec: dict[str, Any], soak: bool
 ) -> None:

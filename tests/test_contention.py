@@ -2,7 +2,7 @@
 
 A storage double serves every request after a simulated round trip; each race goes to the request
 that arrives first. Simulated writers run one at a time (the others wait on the clock), so a run is
-deterministic for a seed. Bounds checked here are the ones docs/concurrency.md states (rule 19).
+deterministic for a seed. Bounds checked here are the ones docs/concurrency.md states (protocol rule 19).
 """
 
 from __future__ import annotations
@@ -192,11 +192,13 @@ def _steady(writers: int, steps: int, seed: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("writers", [16, pytest.param(0, marks=pytest.mark.slow, id="64-soak-32-default")])
+@pytest.mark.rule("protocol", 18)
+@pytest.mark.rule("protocol", 19)
 def test_every_simulated_writer_of_a_fan_out_is_acknowledged_within_the_documented_bound(writers: int) -> None:
     writers = writers or soak_scale(64, 32)  # 64 under --soak (CI's second pass), 32 in the fast suite
     got = _fan_out(writers, seed=writers)
     assert (list(range(1, 2 * writers + 2)), writers) == (got["events"], got["writers"])
-    # docs/concurrency.md rule 19: W writers appending at once are each acknowledged within 5 W round
+    # docs/concurrency.md protocol rule 19: W writers appending at once are each acknowledged within 5 W round
     # trips (the whole fan-out: 2 W events, about two round trips each), and an acknowledged event costs
     # at most 2 W + 4 requests (a GET per key: the others' events, the guesses past the tail, the claims).
     bound = 5 * writers * ROUND_TRIP
@@ -204,6 +206,7 @@ def test_every_simulated_writer_of_a_fan_out_is_acknowledged_within_the_document
     assert got["requests_per_event"] <= 2 * writers + 4, got["requests_per_event"]
 
 
+@pytest.mark.rule("protocol", 16)
 def test_the_time_budget_raises_sequence_conflict_and_nothing_is_written() -> None:
     clock = SimClock()
     store = _sim_store(clock, claim_budget=1.0)
@@ -240,13 +243,15 @@ def test_the_time_budget_raises_sequence_conflict_and_nothing_is_written() -> No
 
 
 @pytest.mark.slow
+@pytest.mark.rule("protocol", 18)
+@pytest.mark.rule("protocol", 20)
 def test_steady_simulated_writers_all_progress_and_none_waits_long() -> None:
     writers, steps = soak_scale(16, 8), 20  # 16 under --soak (CI's second pass), 8 in the fast suite
     got = _steady(writers, steps, seed=writers)
     assert list(range(1, 2 * writers * steps + 2)) == got["events"]
-    # docs/concurrency.md rule 20: a writer that keeps winning yields while others append, so by half
+    # docs/concurrency.md protocol rule 20: a writer that keeps winning yields while others append, so by half
     # time every steady writer has done at least a quarter of its steps, no emit waits longer than
-    # 16 W round trips, and an event costs at most 2 W + 4 requests (fairness costs reads, rule 18).
+    # 16 W round trips, and an event costs at most 2 W + 4 requests (fairness costs reads, protocol rule 18).
     assert got["least_share_at_half"] >= 0.25, got
     assert got["worst"] <= 16 * writers * ROUND_TRIP, got
     assert got["requests_per_event"] <= 2 * writers + 4, got

@@ -1,4 +1,4 @@
-"""Fencing decided by the log's order (DESIGN rule 12, docs/concurrency.md rules 13-16).
+"""Fencing decided by the log's order (docs/concurrency.md, lease rules 8 to 11).
 
 No event is acknowledged at a sequence number after a fence (a sweep, a takeover) of a higher epoch
 than its writer's: however long the writer stalled (SIGSTOP, throttled PUTs), whatever the clocks say,
@@ -25,6 +25,7 @@ from conftest import BUCKET, S3Server
 from faultproxy import FaultProxy, match
 
 from faber_runlog import LeaseLost, ManualClock, RunStore, SystemClock
+from faber_runlog._log.eventlog import EventLog
 from faber_runlog._log.lease import acquire_lease, read_lease, read_lease_versioned, try_acquire_lease
 from faber_runlog._services.lifecycle import finalize
 
@@ -98,6 +99,7 @@ def _swept_by_a_clock_ahead(spec: dict[str, Any], run_id: str, skew: float) -> l
     return [s.run_id for s in _open(spec, clock=SystemClock(offset=skew)).sweep_stale()]
 
 
+@pytest.mark.rule("lease", 8)
 def test_a_writer_stopped_between_its_lease_check_and_its_claim_is_refused_after_the_sweep(
     shared_store_spec: dict[str, Any],
 ) -> None:
@@ -124,6 +126,7 @@ def test_a_writer_stopped_between_its_lease_check_and_its_claim_is_refused_after
     )
 
 
+@pytest.mark.rule("lease", 9)
 def test_a_writer_whose_put_is_throttled_past_its_lease_is_refused_after_the_sweep(s3_server: S3Server) -> None:
     with FaultProxy(s3_server.endpoint) as proxy:
         spec = {
@@ -152,6 +155,7 @@ def test_a_writer_whose_put_is_throttled_past_its_lease_is_refused_after_the_swe
     record("test_fence_order: event PUT throttled past the lease while a sweep fails the run", "slowdown", 5, held)
 
 
+@pytest.mark.rule("lease", 10)
 def test_clock_skew_within_the_bound_sweeps_nothing_and_past_it_no_event_is_acknowledged_after_the_sweep(
     tmp_path: Path,
 ) -> None:
@@ -185,6 +189,8 @@ def clocked(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Ru
     yield RunStore(f"s3://{BUCKET}/runs-{uuid.uuid4().hex}", storage_options=server.storage_options, clock=clock), clock
 
 
+@pytest.mark.rule("lease", 8)
+@pytest.mark.rule("lease", 11)
 def test_a_writer_swept_in_its_own_process_stays_fenced_after_the_sweep_finalizes_the_run(
     clocked: tuple[RunStore, ManualClock],
 ) -> None:
@@ -199,6 +205,7 @@ def test_a_writer_swept_in_its_own_process_stays_fenced_after_the_sweep_finalize
     assert ["workflow_start", "workflow_error"] == [e.type for e in run.log.read()]
 
 
+@pytest.mark.rule("lease", 11)
 def test_finalize_releases_only_the_lease_of_the_epoch_that_ended_the_run(store: RunStore) -> None:
     run = store.create_run("acme", "web")
     acquire_lease(store.storage, run.run_id, owner="writer")
@@ -211,3 +218,20 @@ def test_finalize_releases_only_the_lease_of_the_epoch_that_ended_the_run(store:
     assert lease is not None and ("resumer", 2, False) == (lease.owner, lease.epoch, lease.released)
     stored, _ = read_lease_versioned(store.storage, run.run_id)
     assert stored == lease
+
+
+@pytest.mark.rule("lease", 9)
+def test_a_leased_writer_whose_number_a_fence_took_folds_the_fence_and_is_refused() -> None:
+    store = RunStore(f"memory://runs-{uuid.uuid4().hex}")
+    run = store.create_run("acme", "web")
+    acquire_lease(store.storage, run.run_id, owner="writer")  # epoch 1, held by this process within its ttl
+    run.start()
+    run.log.emit("checkpoint", metadata={"label": "mine"})  # the writer knows the tail: 2
+    # A sweeper elsewhere fenced the writer out: its workflow_error of epoch 2 takes number 3. (A bare log:
+    # no after-commit work here, so this process still believes it holds the lease, as the stalled writer did.)
+    fence = {"type": "workflow_error", "error": "swept", "metadata": {"reason": "swept"}, "lease_epoch": 2}
+    EventLog(store.storage, run.run_id).append(fence)
+    with pytest.raises(LeaseLost, match="epoch 2"):
+        run.log.emit("checkpoint", metadata={"label": "late"})  # its lease check passes; its claim of 3 fails
+    assert [] == _acknowledged_after_a_fence(store, run.id)
+    assert [(1, 1), (2, 1), (3, 2)] == [(e.event_id, e.lease_epoch) for e in run.log.read()]

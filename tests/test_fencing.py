@@ -6,14 +6,15 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from faber_runlog import ActiveRunExists, Resumer, RunStore
+from faber_runlog import ActiveRunExists, ManualClock, Resumer, RunStore
 from faber_runlog._domain.state import ACTIVE_STATUSES
-from faber_runlog._log.lease import Heartbeat, acquire_lease, read_lease, read_lease_versioned
+from faber_runlog._log.lease import Heartbeat, acquire_lease, fence_out, read_lease, read_lease_versioned
 from faber_runlog._services.lifecycle import claim_start
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ def _expire(store: RunStore, run: Any, owner: str = "holder") -> Heartbeat:
     return hb
 
 
+@pytest.mark.rule("lease", 6)
 def test_a_late_heartbeat_between_judging_and_sweeping_keeps_the_key_with_its_holder(store_factory: Any) -> None:
     store = store_factory(lease_ttl=0.2)  # the claim lapses with the lease
     holder = store.create_run("acme", "web", concurrency_key="repo:main")
@@ -53,6 +55,8 @@ def _no() -> Any:
     raise AssertionError("no lease")
 
 
+@pytest.mark.rule("lease", 1)
+@pytest.mark.rule("lease", 2)
 def test_a_swept_lease_cannot_be_renewed_back_to_life(store: RunStore) -> None:
     run = store.create_run("acme", "web")
     run.start()
@@ -66,6 +70,8 @@ def test_a_swept_lease_cannot_be_renewed_back_to_life(store: RunStore) -> None:
     assert "running" == Resumer(store).resume(run.id).state().status  # not "owned by the live writer"
 
 
+@pytest.mark.rule("lease", 3)
+@pytest.mark.rule("lease", 7)
 def test_resume_takes_the_lease_so_a_sweeper_leaves_the_resumed_run_alone(store: RunStore) -> None:
     run = store.create_run("acme", "web")
     run.start()
@@ -80,6 +86,7 @@ def test_resume_takes_the_lease_so_a_sweeper_leaves_the_resumed_run_alone(store:
     assert [None, 2, 3] == [e.lease_epoch for e in resumed.log.read()]
 
 
+@pytest.mark.rule("lease", 4)
 def test_events_of_a_lease_holder_carry_its_epoch(store: RunStore) -> None:
     run = store.create_run("acme", "web", concurrency_key="k")
     event = run.log.emit("workflow_start")
@@ -87,6 +94,7 @@ def test_events_of_a_lease_holder_carry_its_epoch(store: RunStore) -> None:
     assert 1 == store.get_run(run.id).log.get(event.event_id).lease_epoch
 
 
+@pytest.mark.rule("lease", 4)
 def test_a_writer_whose_lease_was_taken_is_refused_before_its_event_is_written(
     shared_store_spec: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -125,6 +133,7 @@ def race_spec(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict
     return "s3", {"url": f"s3://faber-test/race-{uuid.uuid4().hex}", "storage_options": server.storage_options}
 
 
+@pytest.mark.rule("lease", 6)
 def test_one_active_run_per_key_while_the_holders_heartbeat_races_the_takeover(
     race_spec: tuple[str, dict[str, Any]], tmp_path: Path, soak: bool
 ) -> None:
@@ -166,3 +175,24 @@ def test_one_active_run_per_key_while_the_holders_heartbeat_races_the_takeover(
         assert len(winners[r]) <= 1
         taken += bool(winners[r])
     print(f"{kind}: {taken} of {rounds} keys passed to a starter")
+
+
+@pytest.mark.rule("lease", 5)
+def test_a_heartbeat_that_lands_before_the_sweepers_swap_keeps_the_run_and_a_sweep_fences_before_it_fails() -> None:
+    clock = ManualClock()
+    store = RunStore(f"memory://runs-{uuid.uuid4().hex}", clock=clock)
+    run = store.create_run("acme", "web")
+    run.start()
+    hb = Heartbeat(store.storage, run.run_id, ttl=30, interval=10, owner="holder")
+    acquire_lease(store.storage, run.run_id, ttl=30, owner="holder")  # epoch 1
+    clock.advance(31)
+    seen, version = read_lease_versioned(store.storage, run.run_id)  # a sweeper judges the lease expired...
+    assert hb.beat()  # ...and the holder's late heartbeat lands before the sweeper's swap
+    assert fence_out(store.storage, run.run_id, seen, version, reason="swept") is None
+    assert ([], "running") == (store.sweep_stale(), run.state().status)
+    clock.advance(31)  # now the holder is silent for good
+    assert [run.id] == [s.run_id for s in store.sweep_stale()]
+    stored, _ = read_lease_versioned(store.storage, run.run_id)
+    assert stored is not None and (True, "swept", 2) == (stored.released, stored.reason, stored.epoch)
+    assert [("workflow_start", None), ("workflow_error", 2)] == [(e.type, e.lease_epoch) for e in run.log.read()]
+    assert not hb.beat()

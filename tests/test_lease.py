@@ -9,7 +9,14 @@ import pytest
 
 from faber_runlog import Heartbeat, Lease, RunStore
 from faber_runlog._base import codec as _codec
-from faber_runlog._log.lease import acquire_lease, lease_key, read_lease, release_lease, renew_lease
+from faber_runlog._log.lease import (
+    acquire_lease,
+    lease_key,
+    read_lease,
+    read_lease_versioned,
+    release_lease,
+    renew_lease,
+)
 
 
 def _wait_until(cond: Callable[[], bool], limit: float = 30.0) -> None:
@@ -97,16 +104,34 @@ def test_heartbeat_renews_until_stopped_and_can_release(store: RunStore) -> None
     assert read_lease(store.storage, run.run_id) is None
 
 
+@pytest.mark.rule("lease", 1)
 def test_heartbeat_stops_by_itself_when_its_lease_is_taken(store: RunStore) -> None:
     run = store.create_run("acme", "web")
     hb = Heartbeat(store.storage, run.run_id, ttl=5, interval=0.02, owner="mine").start()
 
     def taken() -> bool:
-        # Renewing is read-then-write: a take-over that lands mid-beat can be
-        # overwritten once, so take it again until the heartbeat has seen it.
+        # The heartbeat's next beat names the version of its own last write: the take-over changed it,
+        # so the renewal fails (lease rule 1). Taken again each time round until the thread has stopped.
         acquire_lease(store.storage, run.run_id, owner="someone-else")
         return not hb.running
 
     _wait_until(taken)
     assert hb.lost
     assert "someone-else" == (read_lease(store.storage, run.run_id) or hb).owner
+
+
+@pytest.mark.rule("lease", 2)
+@pytest.mark.rule("lease", 3)
+@pytest.mark.backends("memory", "local")
+def test_a_released_lease_is_a_tombstone_that_keeps_its_epoch_and_each_new_holder_takes_the_next(
+    store: RunStore,
+) -> None:
+    run = store.create_run("acme", "web")
+    first = acquire_lease(store.storage, run.run_id, owner="w1")
+    assert release_lease(store.storage, run.run_id, owner="w1")
+    tomb, _ = read_lease_versioned(store.storage, run.run_id)
+    assert tomb is not None and (True, "released", first.epoch) == (tomb.released, tomb.reason, tomb.epoch)
+    assert renew_lease(store.storage, run.run_id, owner="w1") is None  # a stalled renewal cannot revive it
+    second = acquire_lease(store.storage, run.run_id, owner="w2")
+    third = acquire_lease(store.storage, run.run_id, owner="w3")  # a take-over of a live lease
+    assert [first.epoch + 1, first.epoch + 2] == [second.epoch, third.epoch]

@@ -404,6 +404,7 @@ def test_heartbeat_keeps_the_lease_live_and_stops_when_the_run_ends(store: RunSt
     assert read_lease(store.storage, run.run_id) is None
 
 
+@pytest.mark.rule("lease", 5)
 def test_a_writer_killed_with_sigkill_is_swept_once_by_two_concurrent_sweepers(
     shared_store_spec: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -68,6 +68,7 @@ _MOVES = {
         st.tuples(st.sampled_from(["create", *_MOVES, "archive"]), st.integers(0, 30)), min_size=4, max_size=30
     )
 )
+@pytest.mark.rule("index", 3)
 def test_index_answers_equal_a_scan_of_the_logs(
     store_kind: str, tmp_path: Path, request: pytest.FixtureRequest, ops: list[tuple[str, int]]
 ) -> None:
@@ -97,6 +98,7 @@ def _checkpoint(store: RunStore) -> str:
     return f"{index_folder('acme', 'web')}/{[n for n in names if n.endswith('.checkpoint.jsonl')][-1]}"
 
 
+@pytest.mark.rule("index", 6)
 def test_a_damaged_checkpoint_falls_back_to_the_scan_says_so_once_and_reindex_repairs_it(
     store: RunStore, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -116,6 +118,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_scan_says_so_once_and_reindex_re
     assert expected == _listed(RunStore(fs=store.storage.fs, root=store.storage.root))
 
 
+@pytest.mark.rule("index", 1)
 def test_runs_written_before_the_index_are_listed_and_reindex_starts_it(store: RunStore) -> None:
     runs = [store.create_run("acme", "web") for _ in range(3)]
     runs[0].start()
@@ -150,6 +153,7 @@ _KILLER = textwrap.dedent(
 
 
 @pytest.mark.backends("local")
+@pytest.mark.rule("index", 3)
 def test_a_writer_killed_between_its_event_and_its_index_entry_never_gives_a_wrong_status(tmp_path: Path) -> None:
     store = RunStore(str(tmp_path / "runs"))
     run = store.create_run("acme", "web")
@@ -170,6 +174,7 @@ def test_a_writer_killed_between_its_event_and_its_index_entry_never_gives_a_wro
 
 
 @pytest.mark.backends("s3")
+@pytest.mark.rule("index", 7)
 def test_the_20_newest_failed_of_1000_indexed_runs_cost_a_bounded_number_of_requests_on_s3(
     s3_server: S3Server, tmp_path: Path
 ) -> None:

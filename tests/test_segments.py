@@ -84,6 +84,7 @@ def test_a_reader_that_finds_a_segment_and_the_files_of_the_same_range_sees_each
 
 
 @pytest.mark.parametrize("damage", ["flipped", "cut", "foreign", "renamed"])
+@pytest.mark.rule("protocol", 12)
 def test_a_damaged_segment_is_ignored_with_a_warning_and_the_files_are_read(
     store_factory: Any, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -146,6 +147,7 @@ def test_a_rewritten_segment_is_read_when_it_holds_and_ignored_by_readers_and_th
     assert ignored == ("ignoring segment" in caplog.text)
 
 
+@pytest.mark.rule("protocol", 12)
 def test_two_writers_writing_the_same_segment_leave_one_intact_segment(store_factory: Any) -> None:
     store = store_factory(segment_every=K)
     rid = _fill(store, K)

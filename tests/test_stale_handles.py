@@ -36,6 +36,7 @@ def _second_handle(store: RunStore) -> RunStore:
     return RunStore(store.url)
 
 
+@pytest.mark.rule("protocol", 3)
 def test_a_handle_that_saw_the_run_fail_appends_after_another_handle_resumed_it(store: RunStore) -> None:
     a = _failed_run(store)
     assert "failed" == a.state().status  # handle a has seen the failure
@@ -46,6 +47,7 @@ def test_a_handle_that_saw_the_run_fail_appends_after_another_handle_resumed_it(
     assert (6, "running") == (event.event_id, a.state().status)
 
 
+@pytest.mark.rule("protocol", 3)
 def test_a_handle_that_saw_the_run_running_is_refused_after_another_handle_completed_it(store: RunStore) -> None:
     a = store.create_run("acme", "web")
     a.start()

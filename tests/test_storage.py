@@ -10,6 +10,7 @@ from faber_runlog import ConcurrencyUnsupported, RunStore, UnsafePath
 from faber_runlog._storage.backends import Storage
 
 
+@pytest.mark.rule("protocol", 1)
 def test_create_is_exclusive(store: RunStore) -> None:
     s = store.storage
     assert s.create("a/b/x.json", b"first")

@@ -228,6 +228,7 @@ def test_list_runs_is_right_when_the_summary_lags_behind_neutral_events(store: R
     assert [("running", 2, "compile")] == _listed(store) == _truth(store, run.id)
 
 
+@pytest.mark.rule("protocol", 11)
 def test_list_runs_is_right_when_a_writer_died_before_writing_the_summary(store: RunStore) -> None:
     run = store.create_run("acme", "web")
     run.start()

@@ -42,6 +42,7 @@ def _ids(run: Any) -> list[int]:
 # -- 1. append after seal --------------------------------------------------------------
 
 
+@pytest.mark.rule("protocol", 4)
 def test_a_handle_loaded_before_consolidation_cannot_append_after_the_seal(store: RunStore) -> None:
     run = _ended_run(store)
     stale = store.get_run(run.id)
@@ -68,6 +69,7 @@ def test_a_writer_racing_the_seal_is_either_in_events_jsonl_or_refused(store: Ru
     assert set(acked) <= {e.event_id for e in store.get_run(run.id).log.read()}
 
 
+@pytest.mark.rule("protocol", 4)
 def test_appenders_in_other_processes_never_get_an_acknowledged_event_past_the_seal(
     shared_store_spec: dict[str, Any],
 ) -> None:
@@ -118,6 +120,7 @@ def test_an_old_state_json_written_after_the_seal_does_not_unseal_the_run(store:
         again.log.emit("checkpoint", metadata={"label": "late"})
 
 
+@pytest.mark.rule("protocol", 7)
 def test_cleanup_keeps_every_event_readable_and_one_bad_run_does_not_stop_it(
     store_factory: Any, tmp_path: Path
 ) -> None:
@@ -142,6 +145,7 @@ def test_cleanup_keeps_every_event_readable_and_one_bad_run_does_not_stop_it(
 
 
 @pytest.mark.slow
+@pytest.mark.rule("protocol", 5)
 def test_consolidation_killed_at_random_points_never_loses_an_acknowledged_append(
     shared_store_spec: dict[str, Any], soak: bool
 ) -> None:
@@ -170,6 +174,7 @@ def test_consolidation_killed_at_random_points_never_loses_an_acknowledged_appen
         assert record.last_seq == jsonl.count(b"\n")
 
 
+@pytest.mark.rule("protocol", 5)
 def test_consolidating_again_after_the_seal_rewrites_a_missing_events_jsonl(store: RunStore) -> None:
     run = _ended_run(store)
     record = consolidate(store, run.id)
@@ -189,6 +194,7 @@ def _rewrite_snapshot(store: RunStore, run: Any, **changes: Any) -> None:
     store.storage.replace(key, encode_snapshot(state, fp))  # a well-formed snapshot that lies
 
 
+@pytest.mark.rule("protocol", 2)
 def test_a_state_json_claiming_more_events_than_exist_is_ignored(store: RunStore) -> None:
     run = store.create_run("acme", "web")
     for i in range(3):
@@ -200,6 +206,7 @@ def test_a_state_json_claiming_more_events_than_exist_is_ignored(store: RunStore
     assert 4 == store.get_run(run.id).state().last_event_id
 
 
+@pytest.mark.rule("protocol", 8)
 def test_an_edited_status_in_state_json_is_not_believed(store: RunStore) -> None:
     run = store.create_run("acme", "web")
     run.start()
@@ -215,6 +222,7 @@ def test_an_edited_status_in_state_json_is_not_believed(store: RunStore) -> None
 # -- 5. no error after a durable append ------------------------------------------------------
 
 
+@pytest.mark.rule("protocol", 9)
 def test_a_failed_catch_up_after_the_claim_does_not_turn_success_into_an_error(store_factory: Any) -> None:
     store = store_factory(snapshot_every=5)
     run = store.create_run("acme", "web")
@@ -311,6 +319,7 @@ def test_list_runs_does_not_report_a_status_older_than_the_log(store: RunStore) 
 # -- 10. one damaged run does not stop store-wide work ----------------------------------------------
 
 
+@pytest.mark.rule("protocol", 10)
 def test_a_damaged_run_is_reported_and_the_others_are_still_listed_and_swept(store_factory: Any) -> None:
     store = store_factory(lease_ttl=0.05)
     ok = store.create_run("acme", "web")

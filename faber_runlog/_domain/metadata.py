@@ -57,7 +57,7 @@ class RunMetadata:
     seal_grace: float | None = None
     """The ``seal_grace`` of the store that created the run: writers and cleaners of this run use it, so
     a handle opened with another setting can neither clean too early nor skip its check too long
-    (docs/concurrency.md rule 6). None: created before it was recorded."""
+    (docs/concurrency.md, protocol rule 6). None: created before it was recorded."""
 
     def listing(self) -> dict[str, Any]:
         """What a listing shows of this metadata; summaries carry it, so listings read one small object per run."""

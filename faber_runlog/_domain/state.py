@@ -196,7 +196,7 @@ class RunState:
     approvals: dict[str, ApprovalState] = attrs.field(factory=dict)
     sealed_at: int | None = None
     fence_epoch: int = 0
-    """The highest lease epoch any event so far carries: a writer of a lower epoch is fenced out (rule 12)."""
+    """The highest lease epoch any event so far carries: a writer of a lower epoch is fenced out (lease rule 8)."""
     # How many records each bounded list has seen in all (the lists keep the latest LATEST_KEPT).
     totals: dict[str, int] = attrs.field(factory=dict)
 

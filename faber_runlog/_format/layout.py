@@ -236,7 +236,7 @@ def _decode_checksummed(body: bytes, kind: str, version: int, field: str) -> tup
 
 def encode_snapshot(state: Mapping[str, Any], last_event: str | None) -> bytes:
     """A snapshot body for ``state`` (a ``RunState.to_dict()``) whose last event has fingerprint ``last_event``."""
-    # Always present (even 0): a snapshot without it predates fencing by the log and is not used (rule 12).
+    # Always present (even 0): a snapshot without it predates fencing by the log and is not used (lease rule 8).
     state = {**state, "fence_epoch": state.get("fence_epoch", 0)}
     return _encode_checksummed("snapshot", SNAPSHOT_FORMAT, "state", state, last_event=last_event)
 

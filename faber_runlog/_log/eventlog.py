@@ -98,13 +98,13 @@ __all__ = ["CLAIM_BUDGET", "SEAL_GRACE", "Commit", "EventLog", "current_digests"
 log = logging.getLogger("faber_runlog._log.eventlog")
 
 SEAL_GRACE: Final = 3600.0
-"""Seconds a sealed run keeps its event files before cleanup may remove them (see rule 4)."""
+"""Seconds a sealed run keeps its event files before cleanup may remove them (protocol rule 6)."""
 
 CLAIM_BUDGET: Final = 30.0
 """Seconds an append may spend losing sequence-number races before :class:`SequenceConflict` (see the loop's rules)."""
 _WAIT_CAP: Final = 32  # the wait after a loss grows with the numbers that went by, up to this many round trips
 _YIELD_TRIPS: Final = 3.0  # a writer that saw others append recently waits up to this many round trips first
-_CONTENDED_TRIPS: Final = 64  # ... for this many round trips after it last saw them (rule 20)
+_CONTENDED_TRIPS: Final = 64  # ... for this many round trips after it last saw them (protocol rule 20)
 _BATCH: Final = 256
 _PAGE: Final = 1000  # event names listed per request on stores that list after a key
 _OLDER_SPACING: Final = 4  # an older snapshot at most every this many K events (see _keep_older)
@@ -264,12 +264,12 @@ class EventLog:
         self._event_bytes = float(_EVENT_BYTES_GUESS)
         self._sealed: int | None = None  # the seal's number, once known
         # Monotonic time from which this writer's tail is known to be current
-        # (rule 4 of the protocol); None: unknown, check after the next create.
+        # (protocol rule 6); None: unknown, check after the next create.
         self._confirmed: float | None = None
         self._post_check_after = max(0.0, seal_grace / 2)
         # This writer's claim round trip (a running mean, seeded with the backend's figure; one slow
         # request, a retried fault or a stall, moves it little) and the
-        # moment until which it yields before claiming: it saw another writer append lately (rule 20).
+        # moment until which it yields before claiming: it saw another writer append lately (protocol rule 20).
         self._trip = storage.contention_backoff
         self._contended_until = float("-inf")
         self._lock = threading.RLock()
@@ -392,7 +392,7 @@ class EventLog:
             )
         row = None if unchecked else TRANSITIONS.get(etype)
         key = fields.get("idempotency_key")
-        # A writer under a lease epoch claims only after reading every event before its number (rule 12):
+        # A writer under a lease epoch claims only after reading every event before its number (lease rule 9):
         # so it is an exact append, and one that finds a higher epoch ahead of it stops.
         epoch: int | None = None if unchecked else fields.get("lease_epoch")
         exact = key is not None or check is not None or row is not None or epoch is not None
@@ -457,7 +457,7 @@ class EventLog:
         return commit
 
     def _yield(self, clock: Clock, now: float) -> None:
-        """Rule 20: a writer that saw others append lately waits a moment before it claims.
+        """Protocol rule 20: a writer that saw others append lately waits a moment before it claims.
 
         The writer that just won knows the tail first and would win again, so it lets a loser in.
         A lone writer never waits.
@@ -522,7 +522,7 @@ class EventLog:
         if not exact and race.losses == 1 and not self._writer_state().is_terminal:
             # A plain append guesses the number after the one it lost (no request): the writer that took
             # it is the only one ahead as often as not. Only an ended run can be sealed, so a writer that
-            # knows its run ended lists first; for the rest, the create after a loss checks (rule 4).
+            # knows its run ended lists first; for the rest, the create after a loss checks (protocol rule 6).
             self._confirmed = None
             self._tail = max(self._tail, seq)
             race.went_by = 1
@@ -537,7 +537,7 @@ class EventLog:
         race.missed += race.went_by
 
     def _fold_ahead(self, race: _Race, lost: int) -> bool:
-        """Rule 13's round for an exact append: fetch the lost number and the next few at once, no LIST.
+        """Protocol rule 13's round for an exact append: fetch the lost number and the next few at once, no LIST.
 
         Reads events ``lost ..`` (as many as went by last round, and one more) and ``events.jsonl`` in
         one batch and folds them. True when a missing file ended the log there (the tail is known);
@@ -549,7 +549,7 @@ class EventLog:
             return False
         count = min(race.went_by + 1, _WAIT_CAP)
         keys = [self._layout.event(s) for s in range(lost, lost + count)]
-        started = time.monotonic()  # rule 4's clock, as in _catch_up_writer and _after_create
+        started = time.monotonic()  # protocol rule 6's clock, as in _catch_up_writer and _after_create
         bodies = self._storage.read_many([*keys, self._layout.jsonl])
         if bodies[self._layout.jsonl] is not None:
             return False  # consolidated: the careful path reads the seal
@@ -571,7 +571,7 @@ class EventLog:
         if len(batch) == count:
             self._confirmed = None
             return False
-        self._confirmed = started  # read up to a missing file with no events.jsonl: the tail (rule 4)
+        self._confirmed = started  # read up to a missing file with no events.jsonl: the tail (protocol rule 6)
         return True
 
     def fence_epoch(self) -> int:
@@ -665,7 +665,7 @@ class EventLog:
                 )
 
     def _after_create(self, seq: int, started: float) -> None:
-        """Rule 4: a writer whose tail knowledge is old checks that the log was not consolidated meanwhile."""
+        """Protocol rule 6: a writer whose tail knowledge is old checks that the log was not consolidated meanwhile."""
         confirmed = self._confirmed
         if confirmed is not None and started - confirmed <= self._post_check_after:
             self._confirmed = started
@@ -765,7 +765,10 @@ class EventLog:
             self._write_segment(seq)
 
     def _write_segment(self, last: int) -> None:
-        """Write the segment of events ``last - K + 1 .. last`` (rule 6). Failures cost reads later, never an error."""
+        """Write the segment of events ``last - K + 1 .. last`` (protocol rule 12).
+
+        Failures cost reads later, never an error.
+        """
         first = max(1, last - self._segment_every + 1)
         try:
             bodies = {s: self._own[s] for s in range(first, last + 1) if s in self._own}
@@ -988,7 +991,7 @@ class EventLog:
             data, fp = decode_snapshot(body)
             if at is not None and int(data.get("last_event_id", 0)) > at:
                 return None, None
-            if "fence_epoch" not in data:  # it would hide a fence folded into it (rule 12): fold the log instead
+            if "fence_epoch" not in data:  # it would hide a fence folded into it (lease rule 8): fold the log instead
                 raise CorruptData("it predates fence epochs (written by an older version)")
             state = RunState.from_dict(data)
             if state.run_id != self._run_id:
@@ -1414,7 +1417,7 @@ def current_digests(
     found = storage.read_many(layouts[r].event(d.last_event_id + 1) for r, d in decoded.items())
     # "No event after it" must not be satisfiable by a deletion: cleanup removes event files only once
     # events.jsonl exists (and never removes it), so a summary that is not the seal's own is trusted
-    # only if, after the probe above missed, the run has no events.jsonl (rule 11).
+    # only if, after the probe above missed, the run has no events.jsonl (protocol rule 11).
     unsealed = [
         r
         for r, d in decoded.items()

@@ -194,7 +194,7 @@ _held: dict[tuple[str, str], _Held] = {}
 def _safe_until(started: float, ttl: float) -> float:
     # Measured from before the write was sent, less a margin for clock drift between this host and a
     # sweeper's: until then the holder skips the renewal before an append. A cost, not the safety: an
-    # event is never acknowledged after a fence, whatever the clocks say (rule 12, checked by the log).
+    # event is never acknowledged after a fence, whatever the clocks say (lease rules 8 and 9, checked by the log).
     return started + ttl - min(ttl / 10, 1.0)
 
 

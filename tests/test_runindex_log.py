@@ -1,0 +1,102 @@
+"""The run index's own log: what each change commits, when intents close, who writes checkpoints.
+
+docs/concurrency.md, "The run index" (index rules 2, 4 and 5); the answers listings give from it are
+tests/test_runindex.py's. On memory: the commits are read straight from the index folder.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from faber_runlog import RunStore
+from faber_runlog._base import codec as _codec
+from faber_runlog._log import index as _index
+from faber_runlog._log.index import folder as index_folder
+
+FOLDER = index_folder("acme", "web")
+
+
+def _store(**kwargs: Any) -> RunStore:
+    return RunStore(f"memory://index-{uuid.uuid4().hex}", **kwargs)
+
+
+def _commits(store: RunStore) -> list[list[dict[str, Any]]]:
+    """The records of every commit of acme/web, in order."""
+    names = sorted(n for n in store.storage.list_names(FOLDER) if n.endswith(".json") and n[:20].isdigit())
+    assert [f"{n:020d}.json" for n in range(1, len(names) + 1)] == names  # numbered from 1, no gap
+    return [_codec.loads(store.storage.read(f"{FOLDER}/{n}") or b"")["records"] for n in names]
+
+
+def _ops(commits: list[list[dict[str, Any]]]) -> list[list[str]]:
+    return [[r["op"] for r in c] for c in commits]
+
+
+@pytest.mark.rule("index", 1)
+@pytest.mark.rule("index", 2)
+def test_a_status_change_commits_an_intent_then_the_entry_closing_it_and_other_events_commit_nothing() -> None:
+    store = _store()
+    run = store.create_run("acme", "web")
+    assert [["genesis"], ["intent"], ["entry"]] == _ops(_commits(store))  # the first run starts the index
+    run.start()
+    before = _commits(store)
+    run.log.emit("step_start", phase="build", step="compile")
+    run.log.emit("checkpoint", metadata={"label": "halfway"})
+    run.log.emit("step_complete", phase="build", step="compile")
+    assert before == _commits(store)  # appends that cannot move the status: nothing
+    run.fail("boom")
+    intent, entry = _commits(store)[len(before) :]
+    assert ([["intent"], ["entry"]], run.run_id.uuid, run.run_id.uuid) == (
+        _ops([intent, entry]),
+        intent[0]["u"],
+        entry[0]["u"],
+    )
+    assert (intent[0]["nonce"], "failed", 5) == (
+        entry[0]["nonce"],
+        entry[0]["row"]["status"],
+        entry[0]["row"]["last_event_id"],
+    )
+
+
+@pytest.mark.rule("index", 4)
+def test_an_open_intent_is_closed_only_by_reindex_once_it_is_older_than_the_grace_and_readers_write_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = _store()
+    run = store.create_run("acme", "web")
+    run.start()
+    with monkeypatch.context() as patch:
+        patch.setattr(_index.IndexWriter, "entry", lambda *args, **kwargs: None)  # killed after its event
+        run.fail("boom")
+    names = store.storage.list_names(FOLDER)
+    fresh = RunStore(fs=store.storage.fs, root=store.storage.root)
+    assert [(run.id, "failed")] == [(s.run_id, s.status) for s in fresh.list_runs()]  # read from the run's log
+    assert names == store.storage.list_names(FOLDER)  # the reader repaired nothing
+    [young] = fresh.reindex()  # the intent is younger than the store's seal_grace: its writer may be claiming
+    view = _index.read(store.storage, "acme", "web")
+    assert view is not None
+    assert ((run.id,), 0, {run.run_id.uuid}) == (young.corrected, young.closed, {u for u, _ in view.intents.values()})
+    time.sleep(0.01)  # older than the grace of the store below (0.001 s); not a timing assert
+    short = RunStore(fs=store.storage.fs, root=store.storage.root, seal_grace=0, claim_budget=0.001)
+    [old] = short.reindex()
+    view = _index.read(store.storage, "acme", "web")
+    assert view is not None
+    assert ((), 1, {}) == (old.corrected, old.closed, view.intents)
+
+
+@pytest.mark.rule("index", 5)
+def test_the_writer_that_claims_every_tenth_commit_writes_a_checkpoint_and_moves_the_hint() -> None:
+    store = _store()
+    runs = [store.create_run("acme", "web") for _ in range(5)]  # genesis + an intent and an entry each: 11
+    assert 11 == len(_commits(store))
+    checkpoints = sorted(n for n in store.storage.list_names(FOLDER) if n.endswith(".checkpoint.jsonl"))
+    assert ["00000000000000000010.checkpoint.jsonl"] == checkpoints
+    assert {"version": 10} == _codec.loads(store.storage.read(f"{FOLDER}/_last_checkpoint") or b"")
+    lines = [_codec.loads(ln) for ln in (store.storage.read(f"{FOLDER}/{checkpoints[0]}") or b"").splitlines()]
+    head, body = lines[0], lines[1:]
+    # Commit 10 is the fifth run's intent: four runs and one open intent, the runs newest first.
+    assert (10, 4, 1) == (head["version"], head["runs"], head["intents"])
+    assert [r.run_id.uuid for r in reversed(runs[:4])] + [runs[4].run_id.uuid] == [r["u"] for r in body]
