@@ -88,7 +88,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from faber_runlog._index import IndexReport
     from faber_runlog._lease import Heartbeat, Lease
     from faber_runlog._lifecycle import Approval, RunProblem, StatusView, SweptRun, SweptRuns
-    from faber_runlog._log import Commit, EventLog
+    from faber_runlog._log import EventLog
     from faber_runlog._metadata import RunMetadata
     from faber_runlog._registry import Registry
     from faber_runlog._resume import ParamDiff, ResumePlan, Resumer, diff_params
@@ -124,7 +124,6 @@ _LAZY: dict[str, str] = {
     "CleanupItem": "faber_runlog._archive",
     "Clock": "faber_runlog._clock",
     "CleanupReport": "faber_runlog._archive",
-    "Commit": "faber_runlog._log",
     "ConsolidationRecord": "faber_runlog._archive",
     "ErrorRecord": "faber_runlog._state",
     "Event": "faber_runlog._events",
@@ -218,7 +217,6 @@ __all__ = [
     "CleanupItem",
     "CleanupReport",
     "Clock",
-    "Commit",
     "ConcurrencyUnsupported",
     "ConfigurationError",
     "ConsolidationError",

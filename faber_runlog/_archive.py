@@ -44,6 +44,7 @@ from faber_runlog._format import (
     parse_seq_name,
 )
 from faber_runlog._ids import RunId
+from faber_runlog._log import append_event
 from faber_runlog._metadata import RunMetadata, parse_metadata
 from faber_runlog._progress import Progress
 from faber_runlog._state import RunDigest
@@ -310,7 +311,7 @@ def consolidate_from(store: RunStore, run_id: str | RunId, lines: list[bytes], l
         data = b"\n".join(lines) + b"\n"
         meta = {"through": last, "size": len(data), "sha256": _sha256(data), "last_event_at": last_at}
         try:
-            seal = elog.append({"type": SEAL_TYPE, "metadata": meta}, check=unchanged_since(last), sealing=True)
+            seal = append_event(elog, {"type": SEAL_TYPE, "metadata": meta}, check=unchanged_since(last), sealing=True)
         except (_Moved, RunArchived):  # another consolidation sealed it first: look again
             continue
         record = _record_from_seal(rid, seal)

@@ -40,6 +40,7 @@ from faber_runlog._faber_layout import (
     plan_timestamp,
 )
 from faber_runlog._ids import RunId, validate_slug
+from faber_runlog._log import append_event
 from faber_runlog._metadata import RunMetadata
 from faber_runlog._plan import normalize_plan
 from faber_runlog._progress import Progress
@@ -910,7 +911,7 @@ def _import_one(planned: _Planned, store: RunStore, source: str, plan_org: str, 
             return result("conflict", 0, None)
     appended = 0
     for fields, stamp in planned.events[start:]:
-        event = run.log.append(fields, timestamp=stamp, unchecked=True)  # a copy of a log as it was
+        event = append_event(run.log, fields, timestamp=stamp, unchecked=True)  # a copy of a log as it was
         if event.event_id == start + appended + 1:
             appended += 1
         else:  # answered by an earlier event (the same idempotency key): say so rather than count it

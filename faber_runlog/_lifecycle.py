@@ -43,7 +43,7 @@ from faber_runlog._lease import (
     release_lease,
     stop_heartbeats,
 )
-from faber_runlog._log import Commit, EventLog
+from faber_runlog._log import Commit, EventLog, append_event
 from faber_runlog._report import write_report
 from faber_runlog._state import (
     ACTIVE_STATUSES,
@@ -158,7 +158,7 @@ def _act(elog: EventLog, build: Build) -> Event:
             return None
 
         try:
-            return elog.append(dict(got), check=check)
+            return append_event(elog, got, check=check)
         except _Moved:
             continue
     state = elog.fold_state()
@@ -837,7 +837,7 @@ def sweep_run(
         lease_epoch=epoch,
     )
     try:
-        event = elog.append(fields, check=check)
+        event = append_event(elog, fields, check=check)
     except _NotStale:
         return None
     before: RunState = seen["state"]

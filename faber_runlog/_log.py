@@ -35,7 +35,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, Protocol, TypeVar
 
@@ -91,7 +91,7 @@ from faber_runlog.errors import (
     StorageError,
 )
 
-__all__ = ["CLAIM_BUDGET", "SEAL_GRACE", "Commit", "EventLog", "current_digests", "read_logs"]
+__all__ = ["CLAIM_BUDGET", "SEAL_GRACE", "Commit", "EventLog", "append_event", "current_digests", "read_logs"]
 
 log = logging.getLogger("faber_runlog._log")
 
@@ -308,13 +308,21 @@ class EventLog:
         user: str | None = None,
         source: str | None = None,
         idempotency_key: str | None = None,
+        timestamp: str | None = None,
+        unchecked: bool = False,
     ) -> Event:
-        """Validate and append one event; returns it with its ``event_id``.
+        """Validate and append one event; returns it with its ``event_id``. The one way to append.
 
         Types that can change the run's status are checked against the
         transition table first (:class:`InvalidTransition`, nothing written).
         With ``idempotency_key``, the event is appended at most once per run:
-        a repeat (from any process) returns the event already stored.
+        a repeat (from any process) returns the event already stored. A ``user``
+        or ``source`` left out is the log's default.
+
+        ``timestamp`` is the event's time (default: now); importers pass the time an
+        event happened elsewhere. ``unchecked=True`` skips the transition table (never
+        the schema or the seal): the escape hatch for importers and repair tools that
+        copy a log as it was, documented in docs/lifecycle.md.
         """
         fields: dict[str, Any] = {
             "type": type,
@@ -330,24 +338,10 @@ class EventLog:
             "metadata": metadata,
             "idempotency_key": idempotency_key,
         }
-        return self.append({k: v for k, v in fields.items() if v is not None})
+        given = {k: v for k, v in fields.items() if v is not None}
+        return self._commit(given, unchecked=unchecked, timestamp=timestamp).event
 
-    def append(
-        self,
-        fields: dict[str, Any],
-        check: Callable[[RunState], Event | None] | None = None,
-        *,
-        unchecked: bool = False,
-        timestamp: str | None = None,
-        sealing: bool = False,
-    ) -> Event:
-        """Append an event built from ``fields``; returns it with its ``event_id``.
-
-        See :meth:`commit`, which this calls, for ``check``, ``unchecked``, ``timestamp`` and ``sealing``.
-        """
-        return self.commit(fields, check, unchecked=unchecked, timestamp=timestamp, sealing=sealing).event
-
-    def commit(
+    def _commit(
         self,
         fields: dict[str, Any],
         check: Callable[[RunState], Event | None] | None = None,
@@ -356,7 +350,7 @@ class EventLog:
         timestamp: str | None = None,
         sealing: bool = False,
     ) -> Commit:
-        """Append an event built from ``fields`` and return the :class:`Commit`.
+        """Append an event built from ``fields`` and return the :class:`Commit` (see :func:`append_event`).
 
         A ``user`` or ``source`` that is missing or None is filled from the
         log's defaults; ``fields`` itself is not modified. A type in the
@@ -1349,6 +1343,25 @@ class EventLog:
                 return
             else:
                 time.sleep(poll_interval)
+
+
+def append_event(
+    elog: EventLog,
+    fields: Mapping[str, Any],
+    *,
+    check: Callable[[RunState], Event | None] | None = None,
+    unchecked: bool = False,
+    timestamp: str | None = None,
+    sealing: bool = False,
+) -> Event:
+    """Append an event built from ``fields`` to ``elog``: the library's own writers' door (users call ``emit``).
+
+    ``check(state)`` runs against the exact state the event will follow (lifecycle
+    actions, resume, consolidation); ``sealing`` is consolidation's; ``unchecked`` and
+    ``timestamp`` are an importer's copy of a log as it was. See :meth:`EventLog.emit`.
+    """
+    commit = elog._commit(dict(fields), check, unchecked=unchecked, timestamp=timestamp, sealing=sealing)  # noqa: SLF001  (same module)
+    return commit.event
 
 
 def _batched(events: Generator[T, None, int], size: int = _BATCH) -> Generator[list[T], None, int]:

@@ -20,6 +20,7 @@ from faber_runlog._events import Event
 from faber_runlog._format import ARCHIVE_MARKER, RunLayout
 from faber_runlog._ids import RunId
 from faber_runlog._lease import default_owner, read_lease, try_acquire_lease
+from faber_runlog._log import append_event
 from faber_runlog._state import TERMINAL_STATUSES, RunState, RunStatus
 from faber_runlog._storage import Storage
 from faber_runlog._store import Run, RunStore
@@ -323,7 +324,8 @@ class Resumer:
                 },
             }
             try:
-                event = run.log.append({k: v for k, v in fields.items() if v is not None}, check=unchanged_since(seen))
+                given = {k: v for k, v in fields.items() if v is not None}
+                event = append_event(run.log, given, check=unchanged_since(seen))
             except _Moved:
                 continue
             return run, plan, event

@@ -113,7 +113,7 @@ def test_a_gate_requested_while_the_writer_pauses_is_still_waiting_after_resume(
         run.log.emit("approval_requested", metadata=gate["metadata"])
     assert last == store.get_run(run.id).state().last_event_id
     # ... but a log that holds one (an old log, an importer's unchecked copy) still folds to a waiting gate.
-    run.log.append(gate, unchecked=True)
+    run.log.emit(**gate, unchecked=True)
     run.unpause()
     assert "awaiting_approval" == run.state().status
 
