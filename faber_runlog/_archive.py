@@ -28,6 +28,7 @@ from typing import Any, Final
 import attrs
 
 from faber_runlog import _codec, _validate
+from faber_runlog._advice import advise
 from faber_runlog._converter import converter, to_dict
 from faber_runlog._events import Event
 from faber_runlog._format import (
@@ -350,12 +351,13 @@ def _write_jsonl(storage: Storage, rid: RunId, data: bytes, record: Consolidatio
 
 def _gap(storage: Storage, rid: RunId, seq: int) -> None:
     path = storage.path(RunLayout(rid).event(seq))
-    raise ConsolidationError(
+    gap = ConsolidationError(
         f"event {seq} of run {rid} is missing ({path}); consolidation refused and nothing was written: "
-        "restore the file (faber-runlog verify lists every problem) before consolidating",
+        "restore the file before consolidating",
         run_id=str(rid),
         seq=seq,
     )
+    raise advise(gap, "verify")
 
 
 def _event_line(storage: Storage, rid: RunId, seq: int, body: bytes | None) -> tuple[bytes, str]:

@@ -17,6 +17,7 @@ import attrs
 import fastjsonschema
 
 from faber_runlog import _codec, _validate
+from faber_runlog._advice import advise
 from faber_runlog._converter import converter
 from faber_runlog._hints import did_you_mean
 from faber_runlog._schemas import compile_schema, load_schema
@@ -408,12 +409,10 @@ def _validator_for(event_type: str, table: EventTypes = _DEFAULT_TYPES) -> Calla
     if v is None:
         spec = table.types.get(event_type)
         if spec is None:
-            raise InvalidEvent(
-                f"unknown event type {event_type!r}{did_you_mean(event_type, table.types)}: use one of the built-in "
-                "types (listed in docs/layout-and-events.md) or register it first with "
-                "faber_runlog.register_event_type()",
-                event_type=event_type,
+            unknown = InvalidEvent(
+                f"unknown event type {event_type!r}{did_you_mean(event_type, table.types)}", event_type=event_type
             )
+            raise advise(unknown, "declare_type")
         with table.lock:
             v = table.validators.get(event_type)
             if v is None:

@@ -29,6 +29,7 @@ import attrs
 from fsspec.implementations.local import LocalFileSystem
 
 from faber_runlog import _codec, _validate
+from faber_runlog._advice import advise
 from faber_runlog._converter import to_dict
 from faber_runlog._events import Event, EventTypes, register_event_type, validate_event_dict
 from faber_runlog._faber_layout import (
@@ -1381,10 +1382,7 @@ def export_faber(
     except FileNotFoundError:
         existing = []
     if existing and not overwrite:
-        raise RunExists(
-            f"{folder} already holds a FABER run with {len(existing)} files; pass overwrite=True "
-            "(--overwrite) to replace it, or export somewhere else"
-        )
+        raise advise(RunExists(f"{folder} already holds a FABER run with {len(existing)} files"), "overwrite")
     try:
         for path in existing:
             _refuse_symlinks(fs, root, path)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from faber_runlog import _codec, _resolve, _validate
+from faber_runlog._advice import advise
 from faber_runlog._events import EventTypes, upcast
 from faber_runlog._ids import RunId
 from faber_runlog._lifecycle import RunProblem
@@ -106,7 +107,7 @@ def checked_line(store: RunStore, rid: RunId, seq: int, line: bytes, types: Even
     d = upcast(d, types) if d.__class__ is dict else {}
     if d.get("event_id") != seq:
         list(store.get_run(rid).log.read(seq - 1, until=seq))
-        raise CorruptData(f"event {seq} of run {rid} is not what its line says; run faber-runlog verify")
+        raise advise(CorruptData(f"event {seq} of run {rid} is not what its line says"), "verify", run_id=str(rid))
     return d
 
 

@@ -42,6 +42,7 @@ from typing import Any, Final, Protocol, TypeVar
 import attrs
 
 from faber_runlog import _codec, _validate
+from faber_runlog._advice import advise, status_advice
 from faber_runlog._clock import Clock
 from faber_runlog._events import Event, _event_from_dict, type_version, upcast, validate_event_dict
 from faber_runlog._format import (
@@ -108,16 +109,6 @@ _PAGE: Final = 1000  # event names listed per request on stores that list after 
 _OLDER_SPACING: Final = 4  # an older snapshot at most every this many K events (see _keep_older)
 _SEGMENT_BATCH: Final = 8  # segments fetched together (concurrently where reads batch)
 _loads: Final = _codec.loads  # bound once: it runs for every event read
-_HINTS: Final = {
-    "created": "start it first (workflow_start, or run.start()).",
-    "failing": "retry the failed step (run.retry_step / faber-runlog retry-step), resume it "
-    "(Resumer(store).resume / faber-runlog resume) or fail it for good (run.fail / faber-runlog fail).",
-    "awaiting_approval": "decide the pending approval first (run.decide / faber-runlog approve or reject).",
-    "paused": "unpause it first (run.unpause / faber-runlog resume).",
-    "completed": "the run has ended; re-run it (Resumer(store).rerun / faber-runlog rerun).",
-    "failed": "the run has ended; resume it (Resumer(store).resume / faber-runlog resume) or re-run it.",
-    "cancelled": "the run has ended; re-run it (Resumer(store).rerun / faber-runlog rerun).",
-}
 
 
 _LOGS: Final[weakref.WeakSet[EventLog]] = weakref.WeakSet()
@@ -567,13 +558,14 @@ class EventLog:
         return self._state.fence_epoch if self._state is not None else 0
 
     def _fenced(self, state: RunState, epoch: int) -> None:
-        raise LeaseLost(
+        fenced = LeaseLost(
             f"run {self._run_id} was fenced: an event of lease epoch {state.fence_epoch} (a sweep or a takeover) "
             f"is in its log before event {state.last_event_id + 1}, and this writer appends under epoch {epoch}; "
-            "nothing was written. This writer must stop; resume the run to continue it (Resumer(store).resume)",
+            "nothing was written. This writer must stop",
             run_id=self._run_id,
             epoch=epoch,
         )
+        raise advise(fenced, "resume")
 
     def _prepare(self, fields: dict[str, Any], timestamp: str | None) -> dict[str, Any]:
         etype = fields.get("type")
@@ -609,15 +601,16 @@ class EventLog:
         row = TRANSITIONS[etype]
         if state.status not in row.moves:
             allowed = ", ".join(row.allowed())
-            raise InvalidTransition(
+            refused = InvalidTransition(
                 f"cannot append {etype} to run {self._run_id}: its status is {state.status!r} "
                 f"(at event {state.last_event_id}); {etype} is allowed only from: {allowed}. Nothing was "
-                f"written. To go on: {_HINTS.get(state.status, '')}".rstrip(),
+                "written",
                 run_id=self._run_id,
                 status=state.status,
                 action=etype,
                 last_event_id=state.last_event_id,
             )
+            raise advise(refused, *status_advice(state.status))
         meta = fields.get("metadata") or {}
         if etype == "approval_requested":
             aid = str(meta.get("approval_id"))
@@ -635,12 +628,13 @@ class EventLog:
             gate = state.approvals.get(aid)
             if gate is None or gate.status != "pending":
                 pending = sorted(a.approval_id for a in state.approvals.values() if a.status == "pending")
-                raise ApprovalNotFound(
+                missing = ApprovalNotFound(
                     f"run {self._run_id} has no pending approval {aid!r} (pending: {pending or 'none'}); "
-                    "decide a pending one (run.decide / faber-runlog approve). Nothing was written.",
+                    "nothing was written",
                     run_id=self._run_id,
                     approval_id=aid,
                 )
+                raise advise(missing, "decide")
             if action not in APPROVAL_ACTIONS or (state.status == "paused" and action not in ENDING_APPROVAL_ACTIONS):
                 allowed_actions = ENDING_APPROVAL_ACTIONS if state.status == "paused" else APPROVAL_ACTIONS
                 raise InvalidTransition(
@@ -667,12 +661,13 @@ class EventLog:
             except StorageError as e:
                 log.warning("could not remove stray event %d of sealed run %s: %s", seq, self._run_id, e)
             self._sealed = self._sealed or seq + 1
-            raise RunArchived(
+            sealed = RunArchived(
                 f"run {self._run_id} was consolidated and archived while this writer was stalled; "
-                f"event {seq} was not appended. Re-run it instead (Resumer(store).rerun / faber-runlog rerun)",
+                f"event {seq} was not appended",
                 run_id=self._run_id,
                 last_event_id=seq,
             )
+            raise advise(sealed, "rerun")
         self._confirmed = started
         self._tail = seq
 
@@ -852,12 +847,13 @@ class EventLog:
 
     def _refuse_if_sealed(self) -> None:
         if self._sealed is not None:
-            raise RunArchived(
+            sealed = RunArchived(
                 f"run {self._run_id} is consolidated (sealed at event {self._sealed}), so nothing can be "
-                "appended to it; re-run it instead (Resumer(store).rerun / faber-runlog rerun)",
+                "appended to it",
                 run_id=self._run_id,
                 last_event_id=self._sealed,
             )
+            raise advise(sealed, "rerun")
 
     # -- state -------------------------------------------------------------
 
@@ -1085,13 +1081,14 @@ class EventLog:
         seal = None if seal_body is None else self._decode(through + 1, seal_body)
         meta = seal.metadata if seal is not None else {}
         if seal is None or seal.type != SEAL_TYPE or meta.get("through") != through or meta.get("size") != len(body):
-            raise CorruptEvent(
+            bad_seal = CorruptEvent(
                 f"{path} of run {self._run_id} holds {through} events but event {through + 1} is not a seal "
-                "that matches it; restore the run's files from the archive (faber-runlog verify shows what is off)",
+                "that matches it; restore the run's files from the archive",
                 run_id=self._run_id,
                 seq=through + 1,
                 path=path,
             )
+            raise advise(bad_seal, "verify")
         self._sealed = through + 1
         return through + 1
 
@@ -1265,12 +1262,13 @@ class EventLog:
         jsonl = self._storage.read(self._layout.jsonl)
         if jsonl is not None and seq >= 1 and seq < self._learn_seal(jsonl):
             return next(self._stored_jsonl(jsonl, seq - 1, seq, seq, self._decode))[0]
-        raise CorruptEvent(
-            f"event {seq} of run {self._run_id} is missing; run verify (faber-runlog verify) to see what else is",
+        missing = CorruptEvent(
+            f"event {seq} of run {self._run_id} is missing",
             run_id=self._run_id,
             seq=seq,
             path=self._storage.path(self._layout.event(seq)),
         )
+        raise advise(missing, "verify")
 
     def get(self, event_id: int) -> Event:
         """The event with this id."""

@@ -17,6 +17,7 @@ import fsspec
 from faber_runlog import _analysis, _codec, _html, _index, _resolve, _steps, _timeline, _validate
 from faber_runlog import _lifecycle as lifecycle
 from faber_runlog import _report as report
+from faber_runlog._advice import advise
 from faber_runlog._clock import Clock
 from faber_runlog._events import Event, check_json_value
 from faber_runlog._format import PROJECT_DIR, SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
@@ -30,7 +31,7 @@ from faber_runlog._log import CLAIM_BUDGET, SEAL_GRACE, Commit, EventLog, curren
 from faber_runlog._metadata import RunMetadata, capture_environment, parse_metadata
 from faber_runlog._plan import apply_plan, normalize_plan
 from faber_runlog._query import RUN_FILTERS, RunQuery
-from faber_runlog._registry import Registry
+from faber_runlog._registry import Registry, configured_registry
 from faber_runlog._state import RunDigest, RunState, RunStatus
 from faber_runlog._storage import Storage, open_filesystem
 from faber_runlog.errors import (
@@ -382,8 +383,9 @@ class RunStore:
         self.max_active_runs = max_active_runs
         _validate.seconds(seal_grace, "seal_grace")
         self.seal_grace = float(seal_grace)
-        self.registry: Registry = registry if registry is not None else Registry.default()
-        """Event types, upcasters, folds and gateway backends this store uses (the process default unless given)."""
+        self.registry: Registry = registry if registry is not None else configured_registry()
+        """Event types, upcasters, folds and gateway backends this store uses: the given registry, else the
+        default one plus the event types the gateway.json the CLI would use here declares."""
         self._runindex = IndexWriter(self.storage)
         self._index_warned: set[tuple[str, str]] = set()
 
@@ -500,7 +502,7 @@ class RunStore:
         self.storage.makedirs(layout.events)  # first, so an unsafe (symlinked) folder is refused before any claim
         exclusive = concurrency_key is not None or self.max_active_runs is not None
         if exclusive and id_given and self.has_run(rid):
-            raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
+            raise advise(RunExists(f"run {rid} already exists in {self.url}"), "open_run", run_id=str(rid))
         try:
             claims = lifecycle.claim_start(
                 self.storage,
@@ -522,7 +524,7 @@ class RunStore:
             if linked and child_key is not None:
                 self.storage.delete(child_key)
             lifecycle.release_claims(self.storage, rid, claims)
-            raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
+            raise advise(RunExists(f"run {rid} already exists in {self.url}"), "open_run", run_id=str(rid))
         empty = RunState(run_id=str(rid))
         self.storage.replace(layout.state, encode_snapshot(empty.to_dict(), None))
         digest = RunDigest.of(empty, None, meta.summary_listing())
@@ -551,10 +553,7 @@ class RunStore:
         layout = RunLayout(rid)
         body = self.storage.read(layout.metadata)
         if body is None:
-            raise RunNotFound(
-                f"run {rid} not found in {self.url}; check the id, or list_runs() to see what exists",
-                run_id=str(rid),
-            )
+            raise advise(RunNotFound(f"run {rid} not found in {self.url}", run_id=str(rid)), "list_runs")
         return self._parse_metadata(rid, body)
 
     def _parse_metadata(self, rid: RunId, body: bytes) -> RunMetadata:

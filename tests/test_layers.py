@@ -132,7 +132,7 @@ OWNED_STRINGS = {
     "report.json": "_format",
     "report.md": "_format",
     "archived.json": "_format",
-    "gateway.json": "_gateway",
+    "gateway.json": "_format",
 }
 OWNED_TUPLES: dict[tuple[object, ...], str] = {
     ("approve", "reject", "request_changes", "abort"): "_transitions",

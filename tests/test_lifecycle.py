@@ -240,7 +240,7 @@ def test_decisions_on_unknown_gates_bad_actions_or_paused_runs_are_refused(store
         run.decide("a1", "approve", client_token="")
     run.pause()
     last = run.state().last_event_id
-    with pytest.raises(InvalidTransition, match="Resume the run first"):
+    with pytest.raises(InvalidTransition, match=r"unpause it first \(run.unpause\(\)\)"):
         run.decide("a1", "approve", client_token="t")
     assert last == run.state().last_event_id
     run.decide("a1", "abort", client_token="t")  # a paused run may still be stopped
