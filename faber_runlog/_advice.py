@@ -61,7 +61,7 @@ ADVICE: Final[Mapping[str, Advice]] = {
     ),
     "unpause": Advice(
         "unpause it first (run.unpause())",
-        "unpause it first (`faber-runlog resume {run_id}`)",
+        "unpause it first (`faber-runlog unpause {run_id}`)",
         "unpause it first (change_run_status with action 'unpause')",
     ),
     "resume": Advice(

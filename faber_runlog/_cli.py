@@ -584,12 +584,7 @@ def _cmd_resume(ctx: _Ctx) -> int:
     from faber_runlog._resume import Resumer
 
     a = ctx.args
-    if not a.dry_run and ctx.store.get_run(a.run_id).state().status == "paused":
-        from faber_runlog import _actions
-
-        # A paused run goes back to where it was paused, through the checked transition.
-        return _done(ctx, "resume", _actions.perform(ctx.gateway, a.run_id, "resume", reason=a.reason))
-    resumer = Resumer(ctx.store)
+    resumer = Resumer(ctx.store)  # resume means one thing here: go on after a failure (a pause ends with unpause)
     if a.dry_run:
         plan = resumer.plan(a.run_id, allow_cancelled=a.allow_cancelled)
         event = None
@@ -945,7 +940,8 @@ def _add_lifecycle_commands(sub: Any, js: argparse.ArgumentParser) -> None:
     """The lifecycle commands: start, pause, cancel, complete, fail, retry/skip, approvals, sweep."""
     simple = {
         "start": "created -> running (appends workflow_start)",
-        "pause": "pause a run; resume returns it to where it was",
+        "pause": "pause a run; unpause returns it to where it was",
+        "unpause": "paused -> where it was paused (appends workflow_resumed)",
         "cancel": "cancel an active run (closes pending approvals, writes the final report)",
         "complete": "complete a running run (writes the final report)",
         "fail": "fail a run for good (writes the final report)",
@@ -953,7 +949,7 @@ def _add_lifecycle_commands(sub: Any, js: argparse.ArgumentParser) -> None:
     for name, text in simple.items():
         p = sub.add_parser(name, parents=[js], help=text, description=text)
         p.add_argument("run_id")
-        if name in ("pause", "cancel", "fail"):
+        if name in ("pause", "unpause", "cancel", "fail"):
             p.add_argument("--reason", help="why, recorded on the event")
         if name == "complete":
             p.add_argument("--summary", help="a closing summary, recorded on the event")
@@ -1405,13 +1401,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", type=_finite, default=0.25, metavar="S", help="poll interval (default 0.25 s)")
     p.set_defaults(func=_cmd_tail)
 
-    p = sub.add_parser(
-        "resume", parents=[js], help="resume a paused run, or a stopped one (same id), and print the plan"
-    )
+    p = sub.add_parser("resume", parents=[js], help="go on with a failed or stopped run (same id) and print the plan")
     p.add_argument("run_id")
     p.add_argument("--dry-run", action="store_true", help="only print the plan; write nothing")
     p.add_argument("--allow-cancelled", action="store_true", help="resume a cancelled run too")
-    p.add_argument("--reason", help="for a paused run: why it resumes, recorded on the event")
     p.set_defaults(func=_cmd_resume)
 
     p = sub.add_parser("rerun", parents=[js], help="start a new run from a finished one, with changed params")

@@ -219,7 +219,7 @@ def resume(elog: EventLog, *, reason: str | None = None) -> Event:
 
     def build(state: RunState) -> dict[str, Any]:
         # A failing or failed run is resumed after its failure, which is another action (and command).
-        _require(state, "resume", codes=("resume",) if state.status in ("failing", "failed") else None)
+        _require(state, "unpause", codes=("resume",) if state.status in ("failing", "failed") else None)
         return _fields(
             "workflow_resumed",
             metadata=_meta(previous_status="paused", resumed_to=state.paused_from or "running", reason=reason),

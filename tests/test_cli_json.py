@@ -63,7 +63,7 @@ def test_each_command_prints_one_json_document_with_its_substance(cli: Cli, tmp_
     assert "retry_step" == j("retry-step", run_id, "build", "link")["action"]
     assert "skip_step" == j("skip-step", run_id, "build", "docs")["action"]
     assert "paused" == j("pause", run_id)["status"]
-    assert "running" == j("resume", run_id)["status"]
+    assert "running" == j("unpause", run_id)["status"]
     gate = j("request-approval", run_id, "deploy")
     assert ("awaiting_approval", gate["event"]["metadata"]["approval_id"]) == (gate["status"], gate["approval_id"])
     assert "request_changes" == j("request-changes", run_id, gate["approval_id"])["action"]

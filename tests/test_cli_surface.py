@@ -300,7 +300,7 @@ def test_errors_on_the_command_line_name_commands_not_python_calls(cli: Cli) -> 
     cases = [
         (["resume", done], f"re-run it (`faber-runlog rerun {done}`)"),
         (["resume", cancelled], "pass --allow-cancelled"),
-        (["emit", paused, "workflow_complete"], f"(`faber-runlog resume {paused}`)"),
+        (["emit", paused, "workflow_complete"], f"(`faber-runlog unpause {paused}`)"),
         (["emit", failing, "workflow_complete"], f"`faber-runlog fail {failing} --error TEXT`"),
         (["emit", done, "deploy"], "declare it in gateway.json's event_types"),
         (["emit", done, "workflow_start"], f"`faber-runlog rerun {done}`"),

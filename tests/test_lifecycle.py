@@ -58,7 +58,7 @@ def in_status(store: RunStore, status: str) -> Run:
 ACTIONS: dict[str, tuple[Callable[[Run], Any], str | None]] = {
     "start": (lambda r: r.start(), "running"),
     "pause": (lambda r: r.pause(), "paused"),
-    "resume": (lambda r: r.unpause(), None),  # back to where it paused from
+    "unpause": (lambda r: r.unpause(), None),  # back to where it paused from
     "cancel": (lambda r: r.cancel("user"), "cancelled"),
     "complete": (lambda r: r.complete(), "completed"),
     "fail": (lambda r: r.fail("bad"), "failed"),
