@@ -280,14 +280,18 @@ def declared_registry(event_types: Mapping[str, Any], *, where: str, base_dir: s
     return registry
 
 
-def configured_registry() -> Registry:
-    """The registry of the gateway.json the CLI would use here (:func:`find_config`), else the default one.
+def configured_registry(root_folder: str | None = None) -> Registry:
+    """The registry of the store's gateway.json (:func:`find_config`), else the default one.
 
     What a plain ``RunStore(root)`` uses: the event types gateway.json declares are known to Python
     code as they are to ``faber-runlog`` and the MCP server, read by the same :func:`declared_registry`.
-    A gateway.json that cannot be read raises :class:`InvalidGatewayConfig` naming it, as the CLI does.
+    The file is ``$FABER_RUNLOG_CONFIG``, else the nearest ``.faber_runlog/gateway.json`` at or above
+    ``root_folder`` (a local store's folder: the project it belongs to), else at or above the current
+    folder, as the CLI looks for it. A gateway.json that cannot be read raises
+    :class:`InvalidGatewayConfig` naming it, as the CLI does.
     """
-    path = find_config()
+    path = find_config(root_folder) if root_folder is not None else None
+    path = path if path is not None else find_config()
     if path is None:
         return Registry.default()
     try:

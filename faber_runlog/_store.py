@@ -33,7 +33,7 @@ from faber_runlog._plan import apply_plan, normalize_plan
 from faber_runlog._query import RUN_FILTERS, RunQuery
 from faber_runlog._registry import Registry, configured_registry
 from faber_runlog._state import RunDigest, RunState, RunStatus
-from faber_runlog._storage import Storage, open_filesystem
+from faber_runlog._storage import LocalStorage, Storage, open_filesystem
 from faber_runlog.errors import (
     FaberRunNotImported,
     InvalidArgument,
@@ -383,9 +383,11 @@ class RunStore:
         self.max_active_runs = max_active_runs
         _validate.seconds(seal_grace, "seal_grace")
         self.seal_grace = float(seal_grace)
-        self.registry: Registry = registry if registry is not None else configured_registry()
+        if registry is None:
+            registry = configured_registry(self.storage.root if isinstance(self.storage, LocalStorage) else None)
+        self.registry: Registry = registry
         """Event types, upcasters, folds and gateway backends this store uses: the given registry, else the
-        default one plus the event types the gateway.json the CLI would use here declares."""
+        default one plus the event types the store's gateway.json declares (``_registry.configured_registry``)."""
         self._runindex = IndexWriter(self.storage)
         self._index_warned: set[tuple[str, str]] = set()
 

@@ -173,8 +173,10 @@ def test_a_plain_run_store_knows_the_types_gateway_json_declares_as_the_cli_does
     cli_types = {r["type"]: r["version"] for r in json.loads(out) if r["type"] not in BUILTIN_EVENT_TYPES}
     assert (0, 1, 2) == (code, cli_types["deploy"], cli_types["release"])  # (others: what other tests registered)
     assert set(cli_types) == set(store.registry.event_types()) - set(BUILTIN_EVENT_TYPES)
-    # Outside the project no gateway.json is found: the process-wide registry, as before.
+    # From elsewhere, the project's store still reads its project's gateway.json (found from its folder) ...
     monkeypatch.chdir(tmp_path)
+    assert "deploy" in RunStore(str(config.parent / "runs")).registry.event_types()
+    # ... and a store outside any project the process-wide registry, as before.
     assert RunStore("memory://parity-outside").registry is Registry.default()
     # A gateway.json that cannot be read is named, as the CLI names it.
     config.write_text("{not json")
