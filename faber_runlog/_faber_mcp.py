@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from faber_runlog import _codec, _validate
 from faber_runlog._actions import emit, perform
+from faber_runlog._advice import advice
 from faber_runlog._faber import (
     FABER_EVENT_TYPES,
     FABER_PHASES,
@@ -31,7 +32,6 @@ from faber_runlog._faber import (
 )
 from faber_runlog._format import RunLayout
 from faber_runlog._gateway import BackendFailure, Gateway
-from faber_runlog._hints import one_line as _message
 from faber_runlog._registry import event_types_table
 from faber_runlog._store import Run
 from faber_runlog.errors import FaberRunlogError, InvalidEvent
@@ -51,6 +51,13 @@ FABER_TOOLS: Final = (
 )
 _RESOURCE_LIMIT: Final = 100  # what FABER's gateway lists under faber://runs
 _REFUSED: Final = (FaberRunlogError, ValueError, LookupError, OSError)
+
+
+def _message(e: BaseException) -> str:
+    """``e``'s message on one line, its advice naming MCP tools (as the server's own tools word it)."""
+    return advice(e, "mcp") or type(e).__name__
+
+
 _EMIT_FIELDS: Final = frozenset(
     {
         "phase",

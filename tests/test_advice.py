@@ -12,6 +12,7 @@ import pytest
 from faber_runlog import Resumer, Run, RunStore, export_faber
 from faber_runlog._advice import ADVICE, advice, render
 from faber_runlog._cli import main
+from faber_runlog._faber_mcp import _message as faber_tool_error
 from faber_runlog._mcp_server import in_tool_terms
 from faber_runlog.errors import FaberRunlogError
 
@@ -115,7 +116,7 @@ def test_each_advised_error_renders_in_each_surface(code: str, tmp_path: Path) -
     assert str(e).endswith(python) and advice(e, "python") == " ".join(str(e).split())
     shown_cli, shown_mcp = advice(e, "cli"), advice(e, "mcp")
     assert shown_cli.endswith(cli) and shown_mcp.endswith(mcp)
-    assert in_tool_terms(e) == shown_mcp
+    assert in_tool_terms(e) == shown_mcp == faber_tool_error(e)  # our tools and FABER's, alike
     # The same situation, worded for each surface: no Python call on the command line or in MCP.
     assert shown_cli[: -len(cli)] == shown_mcp[: -len(mcp)] == advice(e, "python")[: -len(python)]
     for words in (cli, mcp):

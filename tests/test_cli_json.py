@@ -127,3 +127,10 @@ def test_json_as_a_shell_user_meets_it(tmp_path: Path) -> None:
     assert (0, "", "failed") == (code, err, json.loads(out)["phases"][1]["steps"]["unit"]["status"])
     code, out, err = sh("rerun", body["run_id"][:-4] + "ffff", "--json")  # a run that does not exist
     assert (1, "") == (code, out) and 1 == len(err.splitlines()) and err.startswith("faber-runlog: error: ")
+
+
+def test_docs_cli_md_names_every_command() -> None:
+    sub = next(a for a in _parser()._actions if a.dest == "command")  # noqa: SLF001  (argparse's own list)
+    assert isinstance(sub.choices, dict)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert [] == [name for name in sub.choices if f"`{name}" not in page]
