@@ -81,7 +81,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     )
     from faber_runlog._faber.convert import ExportResult, ImportedRun, ImportReport, export_faber, import_faber
     from faber_runlog._frontends.aio import AsyncEventLog, AsyncRun, AsyncRunStore
-    from faber_runlog._log.eventlog import Commit, EventLog
+    from faber_runlog._log.eventlog import EventLog
     from faber_runlog._log.index import IndexReport
     from faber_runlog._log.lease import Heartbeat, Lease
     from faber_runlog._services.archive import (
@@ -124,7 +124,6 @@ _LAZY: dict[str, str] = {
     "CleanupItem": "faber_runlog._services.archive",
     "Clock": "faber_runlog._base.clock",
     "CleanupReport": "faber_runlog._services.archive",
-    "Commit": "faber_runlog._log.eventlog",
     "ConsolidationRecord": "faber_runlog._services.archive",
     "ErrorRecord": "faber_runlog._domain.state",
     "Event": "faber_runlog._domain.events",
@@ -218,7 +217,6 @@ __all__ = [
     "CleanupItem",
     "CleanupReport",
     "Clock",
-    "Commit",
     "ConcurrencyUnsupported",
     "ConfigurationError",
     "ConsolidationError",

@@ -124,6 +124,12 @@ def _rebuild(cls: type[BaseException], args: tuple[object, ...] | str, attrs: di
 class FaberRunlogError(Exception):
     """Root of every error raised by faber_runlog."""
 
+    advice: tuple[str, ...] = ()
+    """Stable codes of what to do about it (``"rerun"``, ``"list_runs"``); empty when the message says it all.
+
+    The message ends with the advice in Python terms; the CLI and the MCP server word the same codes
+    as commands and tools."""
+
     def __reduce__(self) -> tuple[object, ...]:
         # One rule for every subclass: args plus attributes, so keyword-only fields survive pickling.
         return _rebuild, (type(self), self.args, dict(self.__dict__))

@@ -169,7 +169,11 @@ def test_resume_of_a_completed_run_fails_with_the_reason(cli: Cli) -> None:
     cli.ok("emit", run_id, "workflow_complete")
     code, out, err = cli("resume", run_id)
     assert (1, "") == (code, out)
-    assert "it completed; re-run it" in err and 1 == len(err.splitlines())
+    assert (
+        f"it completed (status 'completed', last event 2 (workflow_complete)); re-run it (`faber-runlog rerun {run_id}`)"
+        in err
+    )
+    assert 1 == len(err.splitlines())
     assert "resumable:  no: it completed" in cli.ok("resume", run_id, "--dry-run")
 
 

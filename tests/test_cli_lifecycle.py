@@ -33,7 +33,7 @@ def test_every_transition_goes_through_the_checked_path(cli: Cli) -> None:
     code, out, err = cli("pause", run_id)
     assert (1, "") == (code, out)
     assert err.startswith("faber-runlog: error: cannot pause run") and 1 == err.count("\n")
-    assert "resume: workflow_resumed is event 3; the run is now running\n" == cli.ok("resume", run_id)
+    assert "unpause: workflow_resumed is event 3; the run is now running\n" == cli.ok("unpause", run_id)
     cli.ok("emit", run_id, "phase_start", "--phase", "build")
     cli.ok("emit", run_id, "step_start", "--phase", "build", "--step", "link")
     cli.ok("emit", run_id, "step_error", "--phase", "build", "--step", "link", "--error", "exit 2")
@@ -95,11 +95,11 @@ def test_sweep_fails_stale_runs_and_report_shows_the_outcome(cli: Cli) -> None:
 
 
 @pytest.mark.parametrize("cli", ["local"], indirect=True)  # the store kind adds nothing here
-def test_resume_of_a_paused_run_unpauses_it_and_of_a_failed_run_resumes_it(cli: Cli) -> None:
+def test_unpause_returns_a_paused_run_to_where_it_was(cli: Cli) -> None:
     run_id = cli.ok("new", "acme", "web").strip()
     cli.ok("start", run_id)
     cli.ok("pause", run_id)
-    body = cli.json("resume", run_id, "--reason", "back")
+    body = cli.json("unpause", run_id, "--reason", "back")
     assert ("running", "workflow_resumed", "paused") == (
         body["status"],
         body["event"]["type"],

@@ -298,30 +298,18 @@ def test_errors_on_the_command_line_name_commands_not_python_calls(cli: Cli) -> 
     cli.ok("emit", failing, "step_start", "--phase", "b", "--step", "s")
     cli.ok("emit", failing, "step_error", "--phase", "b", "--step", "s", "--error", "x")
     cases = [
-        (["resume", done], "re-run it with `faber-runlog rerun RUN_ID`"),
+        (["resume", done], f"re-run it (`faber-runlog rerun {done}`)"),
         (["resume", cancelled], "pass --allow-cancelled"),
-        (["emit", paused, "workflow_complete"], "(`faber-runlog resume RUN_ID`)"),
-        (["emit", failing, "workflow_complete"], "`faber-runlog fail RUN_ID --error TEXT`"),
-        (["emit", done, "deploy"], "a declaration in gateway.json"),
-        (["emit", done, "workflow_start"], "`faber-runlog rerun RUN_ID`"),
+        (["emit", paused, "workflow_complete"], f"(`faber-runlog unpause {paused}`)"),
+        (["emit", failing, "workflow_complete"], f"`faber-runlog fail {failing} --error TEXT`"),
+        (["emit", done, "deploy"], "declare it in gateway.json's event_types"),
+        (["emit", done, "workflow_start"], f"`faber-runlog rerun {done}`"),
         (["show", "acme/web/00000000-0000-4000-8000-000000000000"], "`faber-runlog list`"),
     ]
     for args, words in cases:
         code, _, err = cli(*args)
         assert code in (1, 2) and words in _one_line_error(err), (args, err)
         assert [] == [w for w in PYTHON_WORDS if w in err], (args, err)
-
-
-def test_one_advice_table_renders_python_cli_and_mcp() -> None:
-    from faber_runlog._base.advice import ADVICE, advice, advice_keys
-
-    text = "it completed; re-run it (Resumer(store).rerun / faber-runlog rerun)"
-    message = f"{text} (see docs/concurrency.md)"
-    assert message == advice(message, "python")  # Python callers keep the message as it is
-    assert "it completed; re-run it (`faber-runlog rerun RUN_ID`)" == advice(message, "cli")
-    assert "re-run it (the rerun_run tool)" in advice(message, "mcp")
-    assert ["rerun", "docs"] == advice_keys(message)
-    assert len({row.key for row in ADVICE}) == len(ADVICE)
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(cli: Cli, tmp_path: Path) -> None:

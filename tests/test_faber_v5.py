@@ -482,8 +482,8 @@ def test_export_in_v5_plan_form_writes_the_layout_faber_reads_and_imports_back_i
     store = RunStore(str(tmp_path / "runs"))
     run = store.create_run("acme", "web", {"work_id": "258"}, phases=["frame", "build"])
     run.start()
-    run.log.append({"type": "phase_start", "phase": "frame"})
-    run.log.append({"type": "phase_complete", "phase": "frame"})
+    run.log.emit("phase_start", phase="frame")
+    run.log.emit("phase_complete", phase="frame")
     dest = tmp_path / "faber" / BASE
     code, out, _ = cli(
         "--root", str(tmp_path / "runs"), "export", run.id, "--format", "faber", str(dest), "--id-form", "plan"

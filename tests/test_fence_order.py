@@ -25,7 +25,7 @@ from conftest import BUCKET, S3Server
 from faultproxy import FaultProxy, match
 
 from faber_runlog import LeaseLost, ManualClock, RunStore, SystemClock
-from faber_runlog._log.eventlog import EventLog
+from faber_runlog._log.eventlog import EventLog, append_event
 from faber_runlog._log.lease import acquire_lease, read_lease, read_lease_versioned, try_acquire_lease
 from faber_runlog._services.lifecycle import finalize
 
@@ -230,7 +230,7 @@ def test_a_leased_writer_whose_number_a_fence_took_folds_the_fence_and_is_refuse
     # A sweeper elsewhere fenced the writer out: its workflow_error of epoch 2 takes number 3. (A bare log:
     # no after-commit work here, so this process still believes it holds the lease, as the stalled writer did.)
     fence = {"type": "workflow_error", "error": "swept", "metadata": {"reason": "swept"}, "lease_epoch": 2}
-    EventLog(store.storage, run.run_id).append(fence)
+    append_event(EventLog(store.storage, run.run_id), fence)
     with pytest.raises(LeaseLost, match="epoch 2"):
         run.log.emit("checkpoint", metadata={"label": "late"})  # its lease check passes; its claim of 3 fails
     assert [] == _acknowledged_after_a_fence(store, run.id)

@@ -142,7 +142,7 @@ CALLS: dict[str, Callable[[Target, Any], object]] = {
     "emit(duration_ms=)": lambda t, v: t.run.log.emit("step_complete", phase="build", step="compile", duration_ms=v),
     "emit(phase=)": lambda t, v: t.run.log.emit("phase_start", phase=v),
     "emit(metadata=)": lambda t, v: t.run.log.emit("workflow_start", metadata={"k": v}),
-    "append(timestamp=)": lambda t, v: t.run.log.append({"type": "phase_start", "phase": "x"}, timestamp=v),
+    "emit(timestamp=)": lambda t, v: t.run.log.emit("phase_start", phase="x", timestamp=v),
     "RetentionPolicy(keep_days=)": lambda t, v: RetentionPolicy(keep_days=v),
     "archive_finished(older_than=)": _archive_finished,
     "Resumer.rerun(from_event=)": _rerun,

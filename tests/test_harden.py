@@ -118,13 +118,13 @@ def test_create_run_refuses_a_plan_that_is_no_list_of_phases(local: RunStore) ->
 def test_append_refuses_an_impossible_timestamp(local: RunStore, stamp: str) -> None:
     run = local.create_run("acme", "web")
     with pytest.raises(InvalidEvent, match="timestamp"):
-        run.log.append({"type": "workflow_start"}, timestamp=stamp)
+        run.log.emit("workflow_start", timestamp=stamp)
     assert 0 == run.log.last_event_id()
 
 
 def test_append_keeps_a_real_timestamp_with_an_offset(local: RunStore) -> None:
     run = local.create_run("acme", "web")
-    event = run.log.append({"type": "workflow_start"}, timestamp="2024-02-29T23:59:59.5+01:00")
+    event = run.log.emit("workflow_start", timestamp="2024-02-29T23:59:59.5+01:00")
     assert "2024-02-29T23:59:59.5+01:00" == event.timestamp
 
 

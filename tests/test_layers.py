@@ -163,7 +163,7 @@ OWNED_STRINGS = {
     "report.json": "_format.layout",
     "report.md": "_format.layout",
     "archived.json": "_format.layout",
-    "gateway.json": "_services.gateway",
+    "gateway.json": "_format.layout",
 }
 OWNED_TUPLES: dict[tuple[object, ...], str] = {
     ("approve", "reject", "request_changes", "abort"): "_domain.transitions",

@@ -58,7 +58,7 @@ def in_status(store: RunStore, status: str) -> Run:
 ACTIONS: dict[str, tuple[Callable[[Run], Any], str | None]] = {
     "start": (lambda r: r.start(), "running"),
     "pause": (lambda r: r.pause(), "paused"),
-    "resume": (lambda r: r.unpause(), None),  # back to where it paused from
+    "unpause": (lambda r: r.unpause(), None),  # back to where it paused from
     "cancel": (lambda r: r.cancel("user"), "cancelled"),
     "complete": (lambda r: r.complete(), "completed"),
     "fail": (lambda r: r.fail("bad"), "failed"),
@@ -113,7 +113,7 @@ def test_a_gate_requested_while_the_writer_pauses_is_still_waiting_after_resume(
         run.log.emit("approval_requested", metadata=gate["metadata"])
     assert last == store.get_run(run.id).state().last_event_id
     # ... but a log that holds one (an old log, an importer's unchecked copy) still folds to a waiting gate.
-    run.log.append(gate, unchecked=True)
+    run.log.emit(**gate, unchecked=True)
     run.unpause()
     assert "awaiting_approval" == run.state().status
 
@@ -240,7 +240,7 @@ def test_decisions_on_unknown_gates_bad_actions_or_paused_runs_are_refused(store
         run.decide("a1", "approve", client_token="")
     run.pause()
     last = run.state().last_event_id
-    with pytest.raises(InvalidTransition, match="Resume the run first"):
+    with pytest.raises(InvalidTransition, match=r"unpause it first \(run.unpause\(\)\)"):
         run.decide("a1", "approve", client_token="t")
     assert last == run.state().last_event_id
     run.decide("a1", "abort", client_token="t")  # a paused run may still be stopped

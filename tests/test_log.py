@@ -218,14 +218,14 @@ def test_idempotency_key_appends_once(store: RunStore) -> None:
     assert [1] == [e.event_id for e in run.log.read()]
 
 
-def test_append_fills_the_logs_default_user_and_source_like_emit(store: RunStore) -> None:
+def test_emit_fills_the_logs_default_user_and_source(store: RunStore) -> None:
     run = store.create_run("acme", "web")
     log = EventLog(store.storage, run.run_id, source="ci-bot", user="alice")
     fields: dict[str, Any] = {"type": "checkpoint", "metadata": {"label": "a"}}
-    event = log.append(fields)
+    event = log.emit(**fields)
     assert ("alice", "ci-bot") == (event.user, event.source)
     assert {"type": "checkpoint", "metadata": {"label": "a"}} == fields  # the caller's dict is untouched
-    explicit = log.append({"type": "checkpoint", "user": "bob", "metadata": {"label": "b"}})
+    explicit = log.emit("checkpoint", user="bob", metadata={"label": "b"})
     assert ("bob", "ci-bot") == (explicit.user, explicit.source)
 
 

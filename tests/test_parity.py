@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from faber_runlog import Gateway, GatewayConfig, InvalidEvent, Registry, Resumer, RunStore
+from faber_runlog import Gateway, GatewayConfig, InvalidEvent, InvalidGatewayConfig, Registry, Resumer, RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,9 +138,51 @@ def test_types_and_a_backend_declared_in_gateway_json_work_in_the_cli(
     assert "target" in refused[2]
     assert (0, "") == (released[0], released[2])
     assert [True, []] == [json.loads(verified[1])["ok"], json.loads(verified[1])["events"]["unknown_types"]]
-    # A process that knows neither type (a plain store on the same folder): unknown, never invalid.
-    report = Resumer(RunStore(str(tmp_path / ".faber_runlog" / "runs"))).verify(run_id)
+    # A plain store in the project reads the same gateway.json: it knows both types.
+    runs = str(tmp_path / ".faber_runlog" / "runs")
+    assert (True, ()) == (lambda r: (r.ok, r.unknown_types))(Resumer(RunStore(runs)).verify(run_id))
+    # A process that knows neither type (a registry of its own): unknown, never invalid.
+    report = Resumer(RunStore(runs, registry=Registry.isolated())).verify(run_id)
     assert (True, ("deploy", "release"), 2) == (report.ok, report.unknown_types, report.last_event_id)
+
+
+def test_a_plain_run_store_knows_the_types_gateway_json_declares_as_the_cli_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from faber_runlog._domain.events import BUILTIN_EVENT_TYPES
+
+    project = tmp_path / "project"
+    config = project / ".faber_runlog" / "gateway.json"
+    config.parent.mkdir(parents=True)
+    (config.parent / "release.schema.json").write_text(json.dumps({"type": "object"}))
+    deploy = {"type": "object", "required": ["metadata"], "properties": {"metadata": {"required": ["target"]}}}
+    types = {"deploy": deploy, "release": {"schema": "release.schema.json", "version": 2}}
+    body = {"config_version": 1, "root": "runs", "event_types": types}
+    config.write_text(json.dumps(body))
+    for name in [k for k in os.environ if k.startswith("FABER_RUNLOG_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(project)
+    store = RunStore(str(config.parent / "runs"))
+    run = store.create_run("acme", "web")
+    assert "deploy" == run.log.emit("deploy", metadata={"target": "prod"}).type
+    with pytest.raises(InvalidEvent, match="target"):
+        run.log.emit("deploy", metadata={})
+    assert 2 == run.log.emit("release").schema_version
+    code, out, err = _here("event-types", "--json")
+    assert "" == err
+    cli_types = {r["type"]: r["version"] for r in json.loads(out) if r["type"] not in BUILTIN_EVENT_TYPES}
+    assert (0, 1, 2) == (code, cli_types["deploy"], cli_types["release"])  # (others: what other tests registered)
+    assert set(cli_types) == set(store.registry.event_types()) - set(BUILTIN_EVENT_TYPES)
+    # From elsewhere, the project's store still reads its project's gateway.json (found from its folder) ...
+    monkeypatch.chdir(tmp_path)
+    assert "deploy" in RunStore(str(config.parent / "runs")).registry.event_types()
+    # ... and a store outside any project the process-wide registry, as before.
+    assert RunStore("memory://parity-outside").registry is Registry.default()
+    # A gateway.json that cannot be read is named, as the CLI names it.
+    config.write_text("{not json")
+    monkeypatch.chdir(project)
+    with pytest.raises(InvalidGatewayConfig, match=r"gateway\.json is not valid JSON"):
+        RunStore("memory://parity-broken")
 
 
 def test_verify_checks_stored_events_with_the_stores_own_registry() -> None:

@@ -333,5 +333,5 @@ def test_a_seal_is_written_by_consolidation_only_never_by_emit() -> None:
     with pytest.raises(InvalidEvent, match="consolidation only"):
         run.log.emit("log_sealed", metadata=seal)
     with pytest.raises(InvalidEvent, match="consolidation only"):
-        run.log.append({"type": "log_sealed", "metadata": seal}, unchecked=True)
+        run.log.emit("log_sealed", metadata=seal, unchecked=True)
     assert ["workflow_start"] == [e.type for e in run.log.read()]

@@ -57,3 +57,12 @@ def test_every_module_imports_cleanly() -> None:
         if info.name.endswith(("__main__", "mcp_server")):
             continue
         importlib.import_module(info.name)
+
+
+def test_there_is_one_public_way_to_append_an_event() -> None:
+    from faber_runlog import AsyncEventLog, EventLog
+
+    for cls in (EventLog, AsyncEventLog):
+        writers = {name for name in ("emit", "append", "commit") if hasattr(cls, name)}
+        assert {"emit"} == writers, cls
+    assert "Commit" not in faber_runlog.__all__

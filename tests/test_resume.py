@@ -125,7 +125,9 @@ def test_plan_for_every_run_status(store: RunStore, status: str, resumable: bool
 def test_cancelled_run_is_resumable_only_when_allowed(store: RunStore) -> None:
     run = _run_with_status(store, "cancelled")
     r = Resumer(store)
-    assert "allow_cancelled=True" in (r.plan(run.id).reason or "")
+    plan = r.plan(run.id)
+    assert ("it was cancelled", ("allow_cancelled",)) == (plan.reason, plan.error_for_refusal().advice)
+    assert "pass allow_cancelled=True" in str(plan.error_for_refusal())
     assert r.plan(run.id, allow_cancelled=True).resumable
     resumed = r.resume(run.id, allow_cancelled=True)
     assert ("running", 1) == (resumed.state().status, resumed.state().resume_count)
@@ -162,7 +164,7 @@ def test_refused_resume_names_run_status_and_last_event_and_writes_nothing(store
         err.last_event_id,
         err.last_event_type,
     )
-    assert run.id in str(err) and "rerun()" in str(err) and f"event {last}" in str(err)
+    assert run.id in str(err) and "Resumer(store).rerun(" in str(err) and f"event {last}" in str(err)
     assert isinstance(err, RuntimeError)
     assert last == store.get_run(run.id).state().last_event_id
 

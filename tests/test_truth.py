@@ -271,10 +271,10 @@ def test_gateway_and_cli_emit_go_through_the_same_checks(store: RunStore, tmp_pa
 
 def test_the_unchecked_escape_hatch_still_refuses_a_sealed_log(store: RunStore) -> None:
     run = _ended_run(store)
-    run.log.append({"type": "workflow_complete"}, unchecked=True)  # an importer copying a log as it was
+    run.log.emit("workflow_complete", unchecked=True)  # an importer copying a log as it was
     consolidate(store, run.id)
     with pytest.raises(RunArchived):
-        store.get_run(run.id).log.append({"type": "checkpoint", "metadata": {"label": "x"}}, unchecked=True)
+        store.get_run(run.id).log.emit("checkpoint", metadata={"label": "x"}, unchecked=True)
 
 
 def test_the_lifecycle_docs_show_the_transition_table_of_the_code() -> None:

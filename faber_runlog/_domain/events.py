@@ -18,6 +18,7 @@ import fastjsonschema
 
 from faber_runlog._base import codec as _codec
 from faber_runlog._base import validate as _validate
+from faber_runlog._base.advice import advise
 from faber_runlog._base.converter import converter
 from faber_runlog._domain.hints import did_you_mean
 from faber_runlog._format.schemas import compile_schema, load_schema
@@ -409,12 +410,10 @@ def _validator_for(event_type: str, table: EventTypes = _DEFAULT_TYPES) -> Calla
     if v is None:
         spec = table.types.get(event_type)
         if spec is None:
-            raise InvalidEvent(
-                f"unknown event type {event_type!r}{did_you_mean(event_type, table.types)}: use one of the built-in "
-                "types (listed in docs/layout-and-events.md) or register it first with "
-                "faber_runlog.register_event_type()",
-                event_type=event_type,
+            unknown = InvalidEvent(
+                f"unknown event type {event_type!r}{did_you_mean(event_type, table.types)}", event_type=event_type
             )
+            raise advise(unknown, "declare_type")
         with table.lock:
             v = table.validators.get(event_type)
             if v is None:

@@ -1,4 +1,4 @@
-"""Hints for error messages: the close matches of a mistyped name ("did you mean ...?"), one-line messages."""
+"""Hints for error messages: the close matches of a mistyped name ("did you mean ...?") and the status filter check."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from faber_runlog._domain.transitions import RunStatus
 
-__all__ = ["check_status_filter", "did_you_mean", "one_line"]
+__all__ = ["check_status_filter", "did_you_mean"]
 
 
 def did_you_mean(word: object, choices: Iterable[str], *, cutoff: float = 0.6) -> str:
@@ -32,8 +32,3 @@ def check_status_filter(status: str | None) -> RunStatus | None:
     raise InvalidFilter(
         f"unknown run status {status!r}{did_you_mean(status, RUN_STATUSES)}; use one of {', '.join(RUN_STATUSES)}"
     )
-
-
-def one_line(e: BaseException) -> str:
-    """``e``'s message on one line (MCP clients show it as it is), or its type's name when it has none."""
-    return " ".join(str(e).split()) or type(e).__name__

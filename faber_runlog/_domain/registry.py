@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from faber_runlog._base import codec as _codec
 from faber_runlog._domain import events as _events
 from faber_runlog._domain import state as _state
-from faber_runlog.errors import InvalidArgument, InvalidEvent
+from faber_runlog._format.layout import CONFIG_ENV, CONFIG_NAME, CONFIG_PATH, LEGACY_CONFIG_PATH
+from faber_runlog.errors import InvalidArgument, InvalidEvent, InvalidGatewayConfig
 
 if TYPE_CHECKING:
     from faber_runlog._services.gateway import Backend, Gateway
@@ -27,8 +31,11 @@ __all__ = [
     "DEFAULT_BACKENDS",
     "EVENT_TYPES_GROUP",
     "Registry",
+    "configured_registry",
     "declaration",
+    "declared_registry",
     "event_types_table",
+    "find_config",
     "load_entry_points",
 ]
 
@@ -198,3 +205,108 @@ def load_entry_points() -> None:
             DEFAULT_BACKENDS[ep.name] = ep.load()
         except Exception as e:
             log.warning("backend entry point %s = %s not registered: %s", ep.name, ep.value, e)
+
+
+# -- gateway.json's declarations: one loader for the gateway (CLI, MCP) and the plain RunStore ----------------
+
+
+def find_config(start: str | os.PathLike[str] | None = None) -> Path | None:
+    """``$FABER_RUNLOG_CONFIG``, else the nearest ``.faber_runlog/gateway.json`` at or above ``start``.
+
+    A ``gateway.json`` at the old place (``.fractary/plugins/faber/gateway.json``)
+    is still found, after the new one in the same folder, and named once in a notice.
+    """
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    here = Path(start if start is not None else os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_PATH
+        if candidate.is_file():
+            return candidate
+        legacy = folder / LEGACY_CONFIG_PATH
+        if legacy.is_file():
+            _name_legacy_config(legacy)
+            return legacy
+    return None
+
+
+_legacy_config_named: set[str] = set()
+
+
+def _name_legacy_config(path: Path) -> None:
+    if str(path) not in _legacy_config_named:
+        _legacy_config_named.add(str(path))
+        log.warning(
+            "using %s (the old place, inside FABER's folder); `faber-runlog init` now writes %s", path, CONFIG_PATH
+        )
+
+
+def _schema_file(value: str, name: str, base_dir: str | None, where: str) -> Any:
+    path = Path(os.path.expanduser(value))
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    try:
+        return _codec.loads(path.read_bytes())
+    except OSError as e:
+        raise InvalidGatewayConfig(
+            f"{where}: the schema of event type {name!r} is {value!r}, but {path} cannot be read ({e}); "
+            "give a path relative to gateway.json, or the schema inline",
+            path=where,
+        ) from e
+    except _codec.JSONDecodeError as e:
+        raise InvalidGatewayConfig(f"{where}: {path} (event type {name!r}) is not valid JSON ({e})", path=where) from e
+
+
+def declared_registry(event_types: Mapping[str, Any], *, where: str, base_dir: str | None) -> Registry:
+    """The default registry, or a copy of it with the event types gateway.json declares.
+
+    ``event_types`` is gateway.json's ``event_types`` object: by name, a JSON Schema, a path to one
+    (relative to ``base_dir``, gateway.json's folder), or ``{"schema": one of those, "version": N}``.
+    """
+    if not event_types:
+        return Registry.default()
+    registry = Registry.isolated()
+    for name, value in sorted(event_types.items()):
+        if isinstance(value, Mapping) and "schema" in value and set(value) <= {"schema", "version"}:
+            value = dict(value)
+            if isinstance(value["schema"], str):
+                value["schema"] = _schema_file(value["schema"], name, base_dir, where)
+        elif isinstance(value, str):
+            value = _schema_file(value, name, base_dir, where)
+        try:
+            schema, version = declaration(value, f"{where}: event_types.{name}")
+            registry.register_event_type(name, schema, version=version)
+        except InvalidArgument as e:
+            raise InvalidGatewayConfig(f"{where}: event_types.{name}: {e}", path=where) from e
+    return registry
+
+
+def configured_registry(root_folder: str | None = None) -> Registry:
+    """The registry of the store's gateway.json (:func:`find_config`), else the default one.
+
+    What a plain ``RunStore(root)`` uses: the event types gateway.json declares are known to Python
+    code as they are to ``faber-runlog`` and the MCP server, read by the same :func:`declared_registry`.
+    The file is ``$FABER_RUNLOG_CONFIG``, else the nearest ``.faber_runlog/gateway.json`` at or above
+    ``root_folder`` (a local store's folder: the project it belongs to), else at or above the current
+    folder, as the CLI looks for it. A gateway.json that cannot be read raises
+    :class:`InvalidGatewayConfig` naming it, as the CLI does.
+    """
+    path = find_config(root_folder) if root_folder is not None else None
+    path = path if path is not None else find_config()
+    if path is None:
+        return Registry.default()
+    try:
+        data = _codec.loads(path.read_bytes())
+    except FileNotFoundError as e:
+        raise InvalidGatewayConfig(f"{path} ({CONFIG_ENV}) not found; run `faber-runlog init` to write one") from e
+    except OSError as e:
+        raise InvalidGatewayConfig(f"{path} cannot be read ({e})", path=str(path)) from e
+    except _codec.JSONDecodeError as e:
+        raise InvalidGatewayConfig(
+            f"{path} is not valid JSON ({e}); fix it or run `faber-runlog init`", path=str(path)
+        ) from e
+    declared = data.get("event_types") if isinstance(data, Mapping) else None
+    if not isinstance(declared, Mapping):
+        return Registry.default()
+    return declared_registry(declared, where=str(path) or CONFIG_NAME, base_dir=str(path.resolve().parent))

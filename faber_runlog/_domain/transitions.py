@@ -174,8 +174,8 @@ ENDING_APPROVAL_ACTIONS: Final = ("reject", "abort")
 ACTIONS: Final[Mapping[str, tuple[str, tuple[str, ...]]]] = {
     "start": ("workflow_start", TRANSITIONS["workflow_start"].allowed()),
     "pause": ("workflow_paused", TRANSITIONS["workflow_paused"].allowed()),
-    "resume": ("workflow_resumed", ("paused",)),
-    "resume_failed": ("workflow_resumed", ("created", "running", "failing", "failed", "cancelled")),
+    "unpause": ("workflow_resumed", ("paused",)),
+    "resume": ("workflow_resumed", ("created", "running", "failing", "failed", "cancelled")),
     "cancel": ("workflow_cancelled", TRANSITIONS["workflow_cancelled"].allowed()),
     "complete": ("workflow_complete", TRANSITIONS["workflow_complete"].allowed()),
     "fail": ("workflow_error", TRANSITIONS["workflow_error"].allowed()),

@@ -30,6 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from faber_runlog._base import codec as _codec
 from faber_runlog._base import validate as _validate
+from faber_runlog._base.advice import advise
 from faber_runlog._base.converter import to_dict
 from faber_runlog._base.ids import RunId, validate_slug
 from faber_runlog._base.progress import Progress
@@ -46,6 +47,7 @@ from faber_runlog._format.faber import (
     faber_base_paths,
     plan_timestamp,
 )
+from faber_runlog._log.eventlog import append_event
 from faber_runlog._services.store import Run, RunStore, create_run_from
 from faber_runlog._storage.backends import open_filesystem
 from faber_runlog.errors import (
@@ -911,7 +913,7 @@ def _import_one(planned: _Planned, store: RunStore, source: str, plan_org: str, 
             return result("conflict", 0, None)
     appended = 0
     for fields, stamp in planned.events[start:]:
-        event = run.log.append(fields, timestamp=stamp, unchecked=True)  # a copy of a log as it was
+        event = append_event(run.log, fields, timestamp=stamp, unchecked=True)  # a copy of a log as it was
         if event.event_id == start + appended + 1:
             appended += 1
         else:  # answered by an earlier event (the same idempotency key): say so rather than count it
@@ -1381,10 +1383,7 @@ def export_faber(
     except FileNotFoundError:
         existing = []
     if existing and not overwrite:
-        raise RunExists(
-            f"{folder} already holds a FABER run with {len(existing)} files; pass overwrite=True "
-            "(--overwrite) to replace it, or export somewhere else"
-        )
+        raise advise(RunExists(f"{folder} already holds a FABER run with {len(existing)} files"), "overwrite")
     try:
         for path in existing:
             _refuse_symlinks(fs, root, path)

@@ -42,9 +42,13 @@ __all__ = [
     "ARCHIVE_INDEX_DIR",
     "ARCHIVE_MARKER",
     "ARCHIVE_PROBE",
+    "CONFIG_ENV",
+    "CONFIG_NAME",
+    "CONFIG_PATH",
     "INTERNAL_DIR",
     "KEYS_DIR",
     "LEASE_NAME",
+    "LEGACY_CONFIG_PATH",
     "PROJECT_DIR",
     "REPORT_JSON",
     "REPORT_MD",
@@ -89,6 +93,13 @@ SEGMENT_FORMAT: Final = 2
 ARCHIVE_MARKER: Final = "archived.json"
 PROJECT_DIR: Final = ".faber_runlog"
 """The folder in a project that holds the default store (``runs/``) and ``gateway.json``."""
+CONFIG_NAME: Final = "gateway.json"
+CONFIG_PATH: Final = f"{PROJECT_DIR}/{CONFIG_NAME}"
+"""Where ``faber-runlog init`` writes the config, under the project folder (our folder, not FABER's)."""
+LEGACY_CONFIG_PATH: Final = f".fractary/plugins/faber/{CONFIG_NAME}"
+"""Where ``init`` wrote it before the store moved out of FABER's folder; still found (with a notice)."""
+CONFIG_ENV: Final = "FABER_RUNLOG_CONFIG"
+"""Environment variable naming a gateway.json to use instead of searching for one."""
 KEYS_DIR: Final = f"{INTERNAL_DIR}/keys"
 """Concurrency-key claims of exclusive runs (``_lifecycle``), under a store root."""
 SLOTS_DIR: Final = f"{INTERNAL_DIR}/slots"

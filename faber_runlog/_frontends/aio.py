@@ -33,7 +33,7 @@ from faber_runlog.errors import InvalidArgument
 if TYPE_CHECKING:
     from faber_runlog._domain.metadata import RunMetadata
     from faber_runlog._domain.state import RunState
-    from faber_runlog._log.eventlog import Commit, EventLog
+    from faber_runlog._log.eventlog import EventLog
     from faber_runlog._log.lease import Lease
     from faber_runlog._services.lifecycle import Approval, StatusView, SweptRun
 
@@ -75,16 +75,6 @@ class AsyncEventLog:
         """Validate and append one event (the arguments of :meth:`EventLog.emit`); returns it with its id."""
         event: Event = await self._call(self.sync.emit, type, **fields)
         return event
-
-    async def append(self, fields: dict[str, Any], **options: Any) -> Event:
-        """:meth:`EventLog.append` on the pool."""
-        event: Event = await self._call(self.sync.append, fields, **options)
-        return event
-
-    async def commit(self, fields: dict[str, Any], **options: Any) -> Commit:
-        """:meth:`EventLog.commit` on the pool: the event and the status before and after it."""
-        commit: Commit = await self._call(self.sync.commit, fields, **options)
-        return commit
 
     async def get(self, event_id: int) -> Event:
         """The event with this id."""

@@ -342,10 +342,12 @@ def _cmd_init(ctx: _Ctx) -> int:
 
 
 def _disabled(ctx: _Ctx, what: str) -> int:
-    from faber_runlog._services.gateway import CONFIG_NAME  # loaded already: ctx.gateway is one
+    from faber_runlog._format.layout import CONFIG_NAME
 
     where = ctx.gateway.config_path or CONFIG_NAME
     ctx.err.write(f"faber-runlog: logging is disabled in {where}; {what}\n")
+    if ctx.json:  # a script still gets one document: nothing was done, and why
+        _dump({"logging": "disabled", "config": str(where), "written": False, "message": what}, ctx.out)
     return EXIT_OK
 
 
@@ -583,12 +585,7 @@ def _cmd_resume(ctx: _Ctx) -> int:
     from faber_runlog._services.resume import Resumer
 
     a = ctx.args
-    if not a.dry_run and ctx.store.get_run(a.run_id).state().status == "paused":
-        from faber_runlog._frontends import actions as _actions
-
-        # A paused run goes back to where it was paused, through the checked transition.
-        return _done(ctx, "resume", _actions.perform(ctx.gateway, a.run_id, "resume", reason=a.reason))
-    resumer = Resumer(ctx.store)
+    resumer = Resumer(ctx.store)  # resume means one thing here: go on after a failure (a pause ends with unpause)
     if a.dry_run:
         plan = resumer.plan(a.run_id, allow_cancelled=a.allow_cancelled)
         event = None
@@ -745,7 +742,12 @@ def _cmd_report(ctx: _Ctx) -> int:
         if a.output:
             with open(a.output, "w", encoding="utf-8") as f:
                 f.write(text)
-            ctx.out.write(f"wrote {a.output}\n")
+            if ctx.json:
+                _dump({"run_id": run.id, "format": "html", "path": a.output, "bytes": len(text.encode())}, ctx.out)
+            else:
+                ctx.out.write(f"wrote {a.output}\n")
+        elif ctx.json:
+            _dump({"run_id": run.id, "format": "html", "html": text}, ctx.out)
         else:
             ctx.out.write(text)
         return EXIT_OK
@@ -766,7 +768,15 @@ def _cmd_ui(ctx: _Ctx) -> int:
 def _cmd_demo(ctx: _Ctx) -> int:
     from faber_runlog._frontends.demo import run_demo
 
-    run_demo(ctx.store, out=ctx.out)
+    if not ctx.json:
+        run_demo(ctx.store, out=ctx.out)
+        return EXIT_OK
+    import io
+
+    run = ctx.store.get_run(run_demo(ctx.store, out=io.StringIO()))
+    view = run.status_view(tail=0)
+    events = [e.to_dict() for e in run.log.read()]
+    _dump({"store": ctx.store.url, "run_id": run.id, "status": view.status, "events": events}, ctx.out)
     return EXIT_OK
 
 
@@ -833,7 +843,9 @@ def _cmd_mcp(ctx: _Ctx) -> int:
 # other backends as an emitted one would.
 
 
-def _done(ctx: _Ctx, action: str, event: Event | None, failures: list[Any] | None = None) -> int:
+def _done(
+    ctx: _Ctx, action: str, event: Event | None, failures: list[Any] | None = None, extra: dict[str, Any] | None = None
+) -> int:
     if event is None:
         return _disabled(ctx, "nothing was written")
     status = ctx.store.get_run(ctx.args.run_id).state().status
@@ -846,6 +858,7 @@ def _done(ctx: _Ctx, action: str, event: Event | None, failures: list[Any] | Non
             "event_id": event.event_id,
             "status": status,
             "event": event.to_dict(),
+            **(extra or {}),
         }
         _dump({**body, "backend_errors": problems} if problems else body, ctx.out)
     else:
@@ -879,7 +892,8 @@ def _cmd_request_approval(ctx: _Ctx) -> int:
     event = _actions.request_approval(
         ctx.gateway, a.run_id, a.gate, phase=a.phase, payload=payload, approval_id=a.approval_id, failures=failures
     )
-    code = _done(ctx, "request_approval", event, failures)
+    extra = {"approval_id": event.metadata["approval_id"]} if event is not None else None
+    code = _done(ctx, "request_approval", event, failures, extra=extra)
     if event is not None and not ctx.json:
         ctx.out.write(f"approval id: {event.metadata['approval_id']}\n")
     return code
@@ -927,7 +941,8 @@ def _add_lifecycle_commands(sub: Any, js: argparse.ArgumentParser) -> None:
     """The lifecycle commands: start, pause, cancel, complete, fail, retry/skip, approvals, sweep."""
     simple = {
         "start": "created -> running (appends workflow_start)",
-        "pause": "pause a run; resume returns it to where it was",
+        "pause": "pause a run; unpause returns it to where it was",
+        "unpause": "paused -> where it was paused (appends workflow_resumed)",
         "cancel": "cancel an active run (closes pending approvals, writes the final report)",
         "complete": "complete a running run (writes the final report)",
         "fail": "fail a run for good (writes the final report)",
@@ -935,7 +950,7 @@ def _add_lifecycle_commands(sub: Any, js: argparse.ArgumentParser) -> None:
     for name, text in simple.items():
         p = sub.add_parser(name, parents=[js], help=text, description=text)
         p.add_argument("run_id")
-        if name in ("pause", "cancel", "fail"):
+        if name in ("pause", "unpause", "cancel", "fail"):
             p.add_argument("--reason", help="why, recorded on the event")
         if name == "complete":
             p.add_argument("--summary", help="a closing summary, recorded on the event")
@@ -1145,12 +1160,21 @@ def _cmd_export_events(ctx: _Ctx) -> int:
                 ["" if c is None else _codec.dumps(c).decode() if isinstance(c, dict | list) else c for c in cells]
             )
             count += 1
-    if a.dest is None or a.dest == "-":
+    to_stdout = a.dest is None or a.dest == "-"
+    if to_stdout and ctx.json:  # one JSON document: the events themselves (CSV is no JSON: give DEST for it)
+        if a.format == "csv":
+            raise UsageError("export --format csv --json: CSV is not JSON; give DEST to write the CSV to a file")
+        _dump({"run_id": run.id, "format": a.format, "events": [e.to_dict() for e in run.log.read(0)]}, ctx.out)
+        return EXIT_OK
+    if to_stdout:
         ctx.out.write(buffer.getvalue())
         return EXIT_OK
     with open(a.dest, "w", encoding="utf-8", newline="") as f:
         f.write(buffer.getvalue())
-    ctx.err.write(f"wrote {count} events of {run.id} to {a.dest}\n")
+    if ctx.json:
+        _dump({"run_id": run.id, "format": a.format, "path": a.dest, "events": count}, ctx.out)
+    else:
+        ctx.err.write(f"wrote {count} events of {run.id} to {a.dest}\n")
     return EXIT_OK
 
 
@@ -1378,13 +1402,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", type=_finite, default=0.25, metavar="S", help="poll interval (default 0.25 s)")
     p.set_defaults(func=_cmd_tail)
 
-    p = sub.add_parser(
-        "resume", parents=[js], help="resume a paused run, or a stopped one (same id), and print the plan"
-    )
+    p = sub.add_parser("resume", parents=[js], help="go on with a failed or stopped run (same id) and print the plan")
     p.add_argument("run_id")
     p.add_argument("--dry-run", action="store_true", help="only print the plan; write nothing")
     p.add_argument("--allow-cancelled", action="store_true", help="resume a cancelled run too")
-    p.add_argument("--reason", help="for a paused run: why it resumes, recorded on the event")
     p.set_defaults(func=_cmd_resume)
 
     p = sub.add_parser("rerun", parents=[js], help="start a new run from a finished one, with changed params")
@@ -1474,7 +1495,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_lifecycle_commands(sub, js)
     _add_more_commands(sub, js)
 
-    p = sub.add_parser("demo", help="log a short demo run and print its state")
+    p = sub.add_parser("demo", parents=[js], help="log a short demo run and print its state")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("mcp", help="serve the MCP gateway over stdio (needs faber_runlog[mcp])")

@@ -36,7 +36,7 @@ def run_demo(store: RunStore | None = None, out: TextIO = sys.stdout) -> str:
     # with the ones a producer states (the compile step's 1,200 ms), in the state, the frames and the report.
     start = _dt.datetime.fromisoformat(run.metadata.created_at)
     for at_ms, fields in _STAGED:
-        run.log.append(dict(fields), timestamp=_codec.iso(start + _dt.timedelta(milliseconds=at_ms)))
+        run.log.emit(**fields, timestamp=_codec.iso(start + _dt.timedelta(milliseconds=at_ms)))
     for event in store.get_run(run.id).log.read():
         where = "/".join(x for x in (event.phase, event.step) if x)
         out.write(f"  #{event.event_id:<3} {event.type:<16} {where}\n")

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from faber_runlog._base import codec as _codec
 from faber_runlog._base import validate as _validate
-from faber_runlog._domain.hints import one_line as _message
+from faber_runlog._base.advice import advice
 from faber_runlog._domain.registry import event_types_table
 from faber_runlog._faber.convert import (
     FABER_EVENT_TYPES,
@@ -52,6 +52,13 @@ FABER_TOOLS: Final = (
 )
 _RESOURCE_LIMIT: Final = 100  # what FABER's gateway lists under faber://runs
 _REFUSED: Final = (FaberRunlogError, ValueError, LookupError, OSError)
+
+
+def _message(e: BaseException) -> str:
+    """``e``'s message on one line, its advice naming MCP tools (as the server's own tools word it)."""
+    return advice(e, "mcp") or type(e).__name__
+
+
 _EMIT_FIELDS: Final = frozenset(
     {
         "phase",

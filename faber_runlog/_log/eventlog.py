@@ -35,7 +35,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, Protocol, TypeVar
 
@@ -43,6 +43,7 @@ import attrs
 
 from faber_runlog._base import codec as _codec
 from faber_runlog._base import validate as _validate
+from faber_runlog._base.advice import advise, status_advice
 from faber_runlog._base.clock import Clock
 from faber_runlog._base.ids import RunId
 from faber_runlog._domain.events import Event, _event_from_dict, type_version, upcast, validate_event_dict
@@ -93,7 +94,7 @@ from faber_runlog.errors import (
     StorageError,
 )
 
-__all__ = ["CLAIM_BUDGET", "SEAL_GRACE", "Commit", "EventLog", "current_digests", "read_logs"]
+__all__ = ["CLAIM_BUDGET", "SEAL_GRACE", "Commit", "EventLog", "append_event", "current_digests", "read_logs"]
 
 log = logging.getLogger("faber_runlog._log.eventlog")
 
@@ -110,16 +111,6 @@ _PAGE: Final = 1000  # event names listed per request on stores that list after 
 _OLDER_SPACING: Final = 4  # an older snapshot at most every this many K events (see _keep_older)
 _SEGMENT_BATCH: Final = 8  # segments fetched together (concurrently where reads batch)
 _loads: Final = _codec.loads  # bound once: it runs for every event read
-_HINTS: Final = {
-    "created": "start it first (workflow_start, or run.start()).",
-    "failing": "retry the failed step (run.retry_step / faber-runlog retry-step), resume it "
-    "(Resumer(store).resume / faber-runlog resume) or fail it for good (run.fail / faber-runlog fail).",
-    "awaiting_approval": "decide the pending approval first (run.decide / faber-runlog approve or reject).",
-    "paused": "unpause it first (run.unpause / faber-runlog resume).",
-    "completed": "the run has ended; re-run it (Resumer(store).rerun / faber-runlog rerun).",
-    "failed": "the run has ended; resume it (Resumer(store).resume / faber-runlog resume) or re-run it.",
-    "cancelled": "the run has ended; re-run it (Resumer(store).rerun / faber-runlog rerun).",
-}
 
 
 _LOGS: Final[weakref.WeakSet[EventLog]] = weakref.WeakSet()
@@ -314,13 +305,21 @@ class EventLog:
         user: str | None = None,
         source: str | None = None,
         idempotency_key: str | None = None,
+        timestamp: str | None = None,
+        unchecked: bool = False,
     ) -> Event:
-        """Validate and append one event; returns it with its ``event_id``.
+        """Validate and append one event; returns it with its ``event_id``. The one way to append.
 
         Types that can change the run's status are checked against the
         transition table first (:class:`InvalidTransition`, nothing written).
         With ``idempotency_key``, the event is appended at most once per run:
-        a repeat (from any process) returns the event already stored.
+        a repeat (from any process) returns the event already stored. A ``user``
+        or ``source`` left out is the log's default.
+
+        ``timestamp`` is the event's time (default: now); importers pass the time an
+        event happened elsewhere. ``unchecked=True`` skips the transition table (never
+        the schema or the seal): the escape hatch for importers and repair tools that
+        copy a log as it was, documented in docs/lifecycle.md.
         """
         fields: dict[str, Any] = {
             "type": type,
@@ -336,24 +335,10 @@ class EventLog:
             "metadata": metadata,
             "idempotency_key": idempotency_key,
         }
-        return self.append({k: v for k, v in fields.items() if v is not None})
+        given = {k: v for k, v in fields.items() if v is not None}
+        return self._commit(given, unchecked=unchecked, timestamp=timestamp).event
 
-    def append(
-        self,
-        fields: dict[str, Any],
-        check: Callable[[RunState], Event | None] | None = None,
-        *,
-        unchecked: bool = False,
-        timestamp: str | None = None,
-        sealing: bool = False,
-    ) -> Event:
-        """Append an event built from ``fields``; returns it with its ``event_id``.
-
-        See :meth:`commit`, which this calls, for ``check``, ``unchecked``, ``timestamp`` and ``sealing``.
-        """
-        return self.commit(fields, check, unchecked=unchecked, timestamp=timestamp, sealing=sealing).event
-
-    def commit(
+    def _commit(
         self,
         fields: dict[str, Any],
         check: Callable[[RunState], Event | None] | None = None,
@@ -362,7 +347,7 @@ class EventLog:
         timestamp: str | None = None,
         sealing: bool = False,
     ) -> Commit:
-        """Append an event built from ``fields`` and return the :class:`Commit`.
+        """Append an event built from ``fields`` and return the :class:`Commit` (see :func:`append_event`).
 
         A ``user`` or ``source`` that is missing or None is filled from the
         log's defaults; ``fields`` itself is not modified. A type in the
@@ -579,13 +564,14 @@ class EventLog:
         return self._state.fence_epoch if self._state is not None else 0
 
     def _fenced(self, state: RunState, epoch: int) -> None:
-        raise LeaseLost(
+        fenced = LeaseLost(
             f"run {self._run_id} was fenced: an event of lease epoch {state.fence_epoch} (a sweep or a takeover) "
             f"is in its log before event {state.last_event_id + 1}, and this writer appends under epoch {epoch}; "
-            "nothing was written. This writer must stop; resume the run to continue it (Resumer(store).resume)",
+            "nothing was written. This writer must stop",
             run_id=self._run_id,
             epoch=epoch,
         )
+        raise advise(fenced, "resume")
 
     def _prepare(self, fields: dict[str, Any], timestamp: str | None) -> dict[str, Any]:
         etype = fields.get("type")
@@ -621,15 +607,16 @@ class EventLog:
         row = TRANSITIONS[etype]
         if state.status not in row.moves:
             allowed = ", ".join(row.allowed())
-            raise InvalidTransition(
+            refused = InvalidTransition(
                 f"cannot append {etype} to run {self._run_id}: its status is {state.status!r} "
                 f"(at event {state.last_event_id}); {etype} is allowed only from: {allowed}. Nothing was "
-                f"written. To go on: {_HINTS.get(state.status, '')}".rstrip(),
+                "written",
                 run_id=self._run_id,
                 status=state.status,
                 action=etype,
                 last_event_id=state.last_event_id,
             )
+            raise advise(refused, *status_advice(state.status))
         meta = fields.get("metadata") or {}
         if etype == "approval_requested":
             aid = str(meta.get("approval_id"))
@@ -647,12 +634,13 @@ class EventLog:
             gate = state.approvals.get(aid)
             if gate is None or gate.status != "pending":
                 pending = sorted(a.approval_id for a in state.approvals.values() if a.status == "pending")
-                raise ApprovalNotFound(
+                missing = ApprovalNotFound(
                     f"run {self._run_id} has no pending approval {aid!r} (pending: {pending or 'none'}); "
-                    "decide a pending one (run.decide / faber-runlog approve). Nothing was written.",
+                    "nothing was written",
                     run_id=self._run_id,
                     approval_id=aid,
                 )
+                raise advise(missing, "decide")
             if action not in APPROVAL_ACTIONS or (state.status == "paused" and action not in ENDING_APPROVAL_ACTIONS):
                 allowed_actions = ENDING_APPROVAL_ACTIONS if state.status == "paused" else APPROVAL_ACTIONS
                 raise InvalidTransition(
@@ -679,12 +667,13 @@ class EventLog:
             except StorageError as e:
                 log.warning("could not remove stray event %d of sealed run %s: %s", seq, self._run_id, e)
             self._sealed = self._sealed or seq + 1
-            raise RunArchived(
+            sealed = RunArchived(
                 f"run {self._run_id} was consolidated and archived while this writer was stalled; "
-                f"event {seq} was not appended. Re-run it instead (Resumer(store).rerun / faber-runlog rerun)",
+                f"event {seq} was not appended",
                 run_id=self._run_id,
                 last_event_id=seq,
             )
+            raise advise(sealed, "rerun")
         self._confirmed = started
         self._tail = seq
 
@@ -867,12 +856,13 @@ class EventLog:
 
     def _refuse_if_sealed(self) -> None:
         if self._sealed is not None:
-            raise RunArchived(
+            sealed = RunArchived(
                 f"run {self._run_id} is consolidated (sealed at event {self._sealed}), so nothing can be "
-                "appended to it; re-run it instead (Resumer(store).rerun / faber-runlog rerun)",
+                "appended to it",
                 run_id=self._run_id,
                 last_event_id=self._sealed,
             )
+            raise advise(sealed, "rerun")
 
     # -- state -------------------------------------------------------------
 
@@ -1106,14 +1096,14 @@ class EventLog:
         # The digest is not re-hashed on every read: each line's JSON and number are checked as it is decoded.
         problem = "it is not a seal" if record is None else jsonl_problem(record, body, check_digest=False)
         if problem is not None:
-            raise CorruptEvent(
+            bad_seal = CorruptEvent(
                 f"{path} of run {self._run_id} holds {through} events but event {through + 1} is not a seal "
-                f"that matches it ({problem}); restore the run's files from the archive "
-                "(faber-runlog verify shows what is off)",
+                f"that matches it ({problem}); restore the run's files from the archive",
                 run_id=self._run_id,
                 seq=through + 1,
                 path=path,
             )
+            raise advise(bad_seal, "verify")
         self._sealed = through + 1
         return through + 1
 
@@ -1287,12 +1277,13 @@ class EventLog:
         jsonl = self._storage.read(self._layout.jsonl)
         if jsonl is not None and seq >= 1 and seq < self._learn_seal(jsonl):
             return next(self._stored_jsonl(jsonl, seq - 1, seq, seq, self._decode))[0]
-        raise CorruptEvent(
-            f"event {seq} of run {self._run_id} is missing; run verify (faber-runlog verify) to see what else is",
+        missing = CorruptEvent(
+            f"event {seq} of run {self._run_id} is missing",
             run_id=self._run_id,
             seq=seq,
             path=self._storage.path(self._layout.event(seq)),
         )
+        raise advise(missing, "verify")
 
     def get(self, event_id: int) -> Event:
         """The event with this id."""
@@ -1365,6 +1356,25 @@ class EventLog:
                 return
             else:
                 time.sleep(poll_interval)
+
+
+def append_event(
+    elog: EventLog,
+    fields: Mapping[str, Any],
+    *,
+    check: Callable[[RunState], Event | None] | None = None,
+    unchecked: bool = False,
+    timestamp: str | None = None,
+    sealing: bool = False,
+) -> Event:
+    """Append an event built from ``fields`` to ``elog``: the library's own writers' door (users call ``emit``).
+
+    ``check(state)`` runs against the exact state the event will follow (lifecycle
+    actions, resume, consolidation); ``sealing`` is consolidation's; ``unchecked`` and
+    ``timestamp`` are an importer's copy of a log as it was. See :meth:`EventLog.emit`.
+    """
+    commit = elog._commit(dict(fields), check, unchecked=unchecked, timestamp=timestamp, sealing=sealing)  # noqa: SLF001  (same module)
+    return commit.event
 
 
 def _batched(events: Generator[T, None, int], size: int = _BATCH) -> Generator[list[T], None, int]:

@@ -30,6 +30,7 @@ import attrs
 
 from faber_runlog._base import codec as _codec
 from faber_runlog._base import validate as _validate
+from faber_runlog._base.advice import advise
 from faber_runlog._base.converter import converter, to_dict
 from faber_runlog._base.ids import RunId
 from faber_runlog._format.layout import RunLayout
@@ -452,13 +453,13 @@ def fence(storage: Storage, run_id: RunId) -> int | None:
     if held.lost or renew_lease(storage, run_id, owner=held.owner, ttl=held.ttl) is None:
         current = read_lease(storage, run_id)
         by = f" (now held by {current.owner!r} under epoch {current.epoch})" if current is not None else ""
-        raise LeaseLost(
+        lost = LeaseLost(
             f"the lease of run {run_id} held by {held.owner!r} under epoch {held.epoch} was taken over or "
-            f"swept{by}; this writer must stop: nothing was written. Resume the run to continue it "
-            "(Resumer(store).resume(run_id))",
+            f"swept{by}; this writer must stop: nothing was written. To continue the run",
             run_id=str(run_id),
             epoch=held.epoch,
         )
+        raise advise(lost, "resume")
     return held.epoch
 
 

@@ -29,6 +29,7 @@ import attrs
 
 from faber_runlog._base import codec as _codec
 from faber_runlog._base import validate as _validate
+from faber_runlog._base.advice import advise
 from faber_runlog._base.converter import converter, to_dict
 from faber_runlog._base.ids import RunId
 from faber_runlog._base.progress import Progress
@@ -50,6 +51,7 @@ from faber_runlog._format.layout import (
     jsonl_line,
     parse_seq_name,
 )
+from faber_runlog._log.eventlog import append_event
 from faber_runlog._log.protocol import SealRecord, file_digest, jsonl_problem, seal_metadata, seal_record
 from faber_runlog._services.store import RunStore, cleaner_grace
 from faber_runlog._storage.backends import PutResult, Storage
@@ -313,7 +315,7 @@ def consolidate_from(store: RunStore, run_id: str | RunId, lines: list[bytes], l
         data = b"\n".join(lines) + b"\n"
         meta = seal_metadata(data, last, last_at)
         try:
-            seal = elog.append({"type": SEAL_TYPE, "metadata": meta}, check=unchanged_since(last), sealing=True)
+            seal = append_event(elog, {"type": SEAL_TYPE, "metadata": meta}, check=unchanged_since(last), sealing=True)
         except (_Moved, RunArchived):  # another consolidation sealed it first: look again
             continue
         record = _record_from_seal(rid, seal)
@@ -352,12 +354,13 @@ def _write_jsonl(storage: Storage, rid: RunId, data: bytes, record: Consolidatio
 
 def _gap(storage: Storage, rid: RunId, seq: int) -> None:
     path = storage.path(RunLayout(rid).event(seq))
-    raise ConsolidationError(
+    gap = ConsolidationError(
         f"event {seq} of run {rid} is missing ({path}); consolidation refused and nothing was written: "
-        "restore the file (faber-runlog verify lists every problem) before consolidating",
+        "restore the file before consolidating",
         run_id=str(rid),
         seq=seq,
     )
+    raise advise(gap, "verify")
 
 
 def _event_line(storage: Storage, rid: RunId, seq: int, body: bytes | None) -> tuple[bytes, str]:

@@ -18,6 +18,7 @@ import attrs
 
 from faber_runlog._base import codec as _codec
 from faber_runlog._base import validate as _validate
+from faber_runlog._base.advice import advise
 from faber_runlog._base.ids import RunId
 from faber_runlog._domain.events import EventTypes, upcast
 from faber_runlog._domain.query import RUN_FILTERS, RunQuery
@@ -108,7 +109,7 @@ def checked_line(store: RunStore, rid: RunId, seq: int, line: bytes, types: Even
     d = upcast(d, types) if d.__class__ is dict else {}
     if d.get("event_id") != seq:
         list(store.get_run(rid).log.read(seq - 1, until=seq))
-        raise CorruptData(f"event {seq} of run {rid} is not what its line says; run faber-runlog verify")
+        raise advise(CorruptData(f"event {seq} of run {rid} is not what its line says"), "verify", run_id=str(rid))
     return d
 
 

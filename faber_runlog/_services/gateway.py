@@ -26,13 +26,13 @@ import fastjsonschema
 
 from faber_runlog._base import codec as _codec
 from faber_runlog._domain.events import Event
-from faber_runlog._domain.registry import Registry
+from faber_runlog._domain.registry import Registry, declared_registry, find_config
 from faber_runlog._domain.transitions import ENDING_EVENT_TYPES
-from faber_runlog._format.layout import PROJECT_DIR
+from faber_runlog._format.layout import CONFIG_ENV, CONFIG_NAME, CONFIG_PATH, PROJECT_DIR
 from faber_runlog._format.schemas import LazyValidator, load_schema
 from faber_runlog._services.resume import diff_params
 from faber_runlog._services.store import Run, RunStore, check_store_url, default_root
-from faber_runlog.errors import FaberRunlogError, InvalidArgument, InvalidGatewayConfig
+from faber_runlog.errors import FaberRunlogError, InvalidGatewayConfig
 
 if TYPE_CHECKING:  # imported when used: the gateway must not load the archive for every event
     from faber_runlog._services.archive import Archiver
@@ -61,13 +61,6 @@ __all__ = [
 
 log = logging.getLogger("faber_runlog._services.gateway")
 
-CONFIG_NAME: Final = "gateway.json"
-CONFIG_PATH: Final = f"{PROJECT_DIR}/{CONFIG_NAME}"
-"""Where ``faber-runlog init`` writes the config, under the project folder (our folder, not FABER's)."""
-LEGACY_CONFIG_PATH: Final = f".fractary/plugins/faber/{CONFIG_NAME}"
-"""Where ``init`` wrote it before the store moved out of FABER's folder; still found (with a notice)."""
-CONFIG_ENV: Final = "FABER_RUNLOG_CONFIG"
-"""Environment variable naming a gateway.json to use instead of searching for one."""
 CONFIG_VERSION: Final = 1
 ARCHIVE_EVENTS: Final = ENDING_EVENT_TYPES
 """Events that may trigger an automatic archive (the run has ended)."""
@@ -242,7 +235,7 @@ def _refuse_secrets(options: Any, archive_options: Any, *, path: str | None) -> 
         found = _find_secret(value, what)
         if found is not None:
             raise InvalidGatewayConfig(
-                f"{path or 'gateway.json'}: {found} looks like a credential; gateway.json never holds secrets: "
+                f"{path or CONFIG_NAME}: {found} looks like a credential; gateway.json never holds secrets: "
                 "remove it and set it in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...)",
                 path=path,
             )
@@ -282,44 +275,12 @@ def validate_config(data: Any, *, path: str | None = None) -> None:
     except fastjsonschema.JsonSchemaValueException as e:
         what = str(e.message).replace("data.", "", 1).replace("data ", "the top level ", 1)
         raise InvalidGatewayConfig(
-            f"{path or 'gateway.json'} is invalid: {what}; fix it, or run `faber-runlog init` to write a fresh one",
+            f"{path or CONFIG_NAME} is invalid: {what}; fix it, or run `faber-runlog init` to write a fresh one",
             path=path,
         ) from e
 
 
 # -- files ---------------------------------------------------------------------------------------
-
-
-def find_config(start: str | os.PathLike[str] | None = None) -> Path | None:
-    """``$FABER_RUNLOG_CONFIG``, else the nearest ``.faber_runlog/gateway.json`` at or above ``start``.
-
-    A ``gateway.json`` at the old place (``.fractary/plugins/faber/gateway.json``)
-    is still found, after the new one in the same folder, and named once in a notice.
-    """
-    env = os.environ.get(CONFIG_ENV)
-    if env:
-        return Path(env)
-    here = Path(start if start is not None else os.getcwd()).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / CONFIG_PATH
-        if candidate.is_file():
-            return candidate
-        legacy = folder / LEGACY_CONFIG_PATH
-        if legacy.is_file():
-            _name_legacy_config(legacy)
-            return legacy
-    return None
-
-
-_legacy_config_named: set[str] = set()
-
-
-def _name_legacy_config(path: Path) -> None:
-    if str(path) not in _legacy_config_named:
-        _legacy_config_named.add(str(path))
-        log.warning(
-            "using %s (the old place, inside FABER's folder); `faber-runlog init` now writes %s", path, CONFIG_PATH
-        )
 
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
@@ -393,43 +354,6 @@ def import_object(path: str, where: str, config_path: str | None = None) -> Any:
             path=config_path,
         ) from e
     return found
-
-
-def _schema_file(value: str, name: str, base_dir: str | None, where: str) -> Any:
-    path = Path(os.path.expanduser(value))
-    if not path.is_absolute() and base_dir is not None:
-        path = Path(base_dir) / path
-    try:
-        return _codec.loads(path.read_bytes())
-    except OSError as e:
-        raise InvalidGatewayConfig(
-            f"{where}: the schema of event type {name!r} is {value!r}, but {path} cannot be read ({e}); "
-            "give a path relative to gateway.json, or the schema inline",
-            path=where,
-        ) from e
-    except _codec.JSONDecodeError as e:
-        raise InvalidGatewayConfig(f"{where}: {path} (event type {name!r}) is not valid JSON ({e})", path=where) from e
-
-
-def declared_registry(config: GatewayConfig, config_path: str | None, base_dir: str | None) -> Registry:
-    """A copy of the default registry with the event types ``config`` declares (schema files read from ``base_dir``)."""
-    from faber_runlog._domain.registry import declaration
-
-    where = config_path or "gateway.json"
-    registry = Registry.isolated()
-    for name, value in sorted(config.event_types.items()):
-        if isinstance(value, Mapping) and "schema" in value and set(value) <= {"schema", "version"}:
-            value = dict(value)
-            if isinstance(value["schema"], str):
-                value["schema"] = _schema_file(value["schema"], name, base_dir, where)
-        elif isinstance(value, str):
-            value = _schema_file(value, name, base_dir, where)
-        try:
-            schema, version = declaration(value, f"{where}: event_types.{name}")
-            registry.register_event_type(name, schema, version=version)
-        except InvalidArgument as e:
-            raise InvalidGatewayConfig(f"{where}: event_types.{name}: {e}", path=where) from e
-    return registry
 
 
 # -- backends ---------------------------------------------------------------------------------------
@@ -672,10 +596,9 @@ class Gateway:
         if self._registry is None:
             if self._store is not None:
                 self._registry = self._store.registry
-            elif self.config.event_types:
-                self._registry = declared_registry(self.config, self.config_path, self.base_dir)
-            else:
-                self._registry = Registry.default()
+            else:  # the one loader the plain RunStore uses too (see _registry.configured_registry)
+                where = self.config_path or CONFIG_NAME
+                self._registry = declared_registry(self.config.event_types, where=where, base_dir=self.base_dir)
         return self._registry
 
     @property
@@ -723,7 +646,7 @@ class Gateway:
                 raise
             except Exception as e:  # the class's own constructor refused its settings
                 raise InvalidGatewayConfig(
-                    f"{self.config_path or 'gateway.json'}: backend {name!r} could not be built from its settings "
+                    f"{self.config_path or CONFIG_NAME}: backend {name!r} could not be built from its settings "
                     f"({type(e).__name__}: {e}); fix backends.{name} or disable it",
                     path=self.config_path,
                 ) from e
@@ -732,7 +655,7 @@ class Gateway:
         if len(recorders) != 1:
             names = ", ".join(b.name for b in recorders) or "none"
             raise InvalidGatewayConfig(
-                f"{self.config_path or 'gateway.json'}: exactly one enabled backend must record events, found {names}",
+                f"{self.config_path or CONFIG_NAME}: exactly one enabled backend must record events, found {names}",
                 path=self.config_path,
             )
         out.sort(key=lambda b: not b.records)
@@ -740,7 +663,7 @@ class Gateway:
 
     def _factory(self, name: str, settings: Mapping[str, Any]) -> BackendFactory:
         """The factory of backend ``name``: its ``class`` import path, else the registered one."""
-        where = self.config_path or "gateway.json"
+        where = self.config_path or CONFIG_NAME
         path = settings.get("class")
         if isinstance(path, str):
             found: Any = import_object(path, f"{where}: backends.{name}.class", self.config_path)

@@ -28,6 +28,7 @@ import attrs
 
 from faber_runlog._base import codec as _codec
 from faber_runlog._base import validate as _validate
+from faber_runlog._base.advice import advise, status_advice
 from faber_runlog._base.converter import to_dict
 from faber_runlog._base.ids import RunId
 from faber_runlog._domain.events import Event
@@ -48,7 +49,7 @@ from faber_runlog._domain.transitions import (
 )
 from faber_runlog._domain.transitions import Moved as _Moved
 from faber_runlog._format.layout import KEYS_DIR, SLOTS_DIR, RunLayout, parse_seq_name, seq_name
-from faber_runlog._log.eventlog import Commit, EventLog
+from faber_runlog._log.eventlog import Commit, EventLog, append_event
 from faber_runlog._log.lease import (
     DEFAULT_LEASE_TTL,
     Lease,
@@ -123,22 +124,26 @@ class _NotStale(Exception):
 # -- transitions ---------------------------------------------------------------
 
 
-def _refuse(state: RunState, action: str, allowed: Iterable[str], hint: str = "") -> InvalidTransition:
+def _refuse(
+    state: RunState, action: str, allowed: Iterable[str], hint: str = "", codes: tuple[str, ...] | None = None
+) -> InvalidTransition:
+    """The refusal of ``action`` in ``state``; its advice is ``codes``, else what the status asks for."""
     allowed_s = ", ".join(allowed)
-    return InvalidTransition(
+    refused = InvalidTransition(
         f"cannot {action} run {state.run_id}: its status is {state.status!r} (at event {state.last_event_id}); "
-        f"{action} is allowed only from: {allowed_s}. Nothing was written.{(' ' + hint) if hint else ''}",
+        f"{action} is allowed only from: {allowed_s}. Nothing was written{('. ' + hint) if hint else ''}",
         run_id=state.run_id,
         status=state.status,
         action=action,
         last_event_id=state.last_event_id,
     )
+    return advise(refused, *(status_advice(state.status) if codes is None else codes))
 
 
-def _require(state: RunState, action: str, hint: str = "") -> None:
+def _require(state: RunState, action: str, hint: str = "", codes: tuple[str, ...] | None = None) -> None:
     allowed = ACTIONS[action][1]
     if state.status not in allowed:
-        raise _refuse(state, action, allowed, hint)
+        raise _refuse(state, action, allowed, hint, codes)
 
 
 Build = Callable[[RunState], "dict[str, Any] | Event"]
@@ -165,7 +170,7 @@ def _act(elog: EventLog, build: Build) -> Event:
             return None
 
         try:
-            return elog.append(dict(got), check=check)
+            return append_event(elog, got, check=check)
         except _Moved:
             continue
     state = elog.fold_state()
@@ -220,13 +225,8 @@ def resume(elog: EventLog, *, reason: str | None = None) -> Event:
     """paused -> the status it was paused from (``workflow_resumed``)."""
 
     def build(state: RunState) -> dict[str, Any]:
-        _require(
-            state,
-            "resume",
-            "A failing or failed run is resumed with Resumer(store).resume(run_id) (faber-runlog resume)."
-            if state.status in ("failing", "failed")
-            else "",
-        )
+        # A failing or failed run is resumed after its failure, which is another action (and command).
+        _require(state, "unpause", codes=("resume",) if state.status in ("failing", "failed") else None)
         return _fields(
             "workflow_resumed",
             metadata=_meta(previous_status="paused", resumed_to=state.paused_from or "running", reason=reason),
@@ -269,18 +269,18 @@ def complete(elog: EventLog, *, summary: str | None = None) -> Event:
 
     def build(state: RunState) -> dict[str, Any]:
         pending = [a.approval_id for a in state.approvals.values() if a.status == "pending"]
-        _require(state, "complete", f"Decide pending approvals first: {pending}." if pending else "")
+        _require(state, "complete", f"Pending approvals: {pending}" if pending else "")
         unfinished = open_work(state)
         if unfinished:
-            raise InvalidTransition(
+            refused = InvalidTransition(
                 f"cannot complete run {state.run_id}: {', '.join(unfinished)} not finished (at event "
-                f"{state.last_event_id}); complete or skip them first (step_complete/phase_complete events, "
-                "skip_step/skip_phase), or fail or cancel the run. Nothing was written.",
+                f"{state.last_event_id}); nothing was written",
                 run_id=state.run_id,
                 status=state.status,
                 action="complete",
                 last_event_id=state.last_event_id,
             )
+            raise advise(refused, "finish_open_work")
         return _fields("workflow_complete", metadata=_meta(summary=summary))
 
     return _act(elog, build)
@@ -509,7 +509,7 @@ def decide(
         if a.status != "pending":
             raise _conflict(state, a, f"the approval is already {a.status} (event {a.resolved_event_id})")
         if state.status == "paused" and action not in ENDING_APPROVAL_ACTIONS:
-            raise _refuse(state, f"{action} approval {approval_id} of", ("awaiting_approval",), "Resume the run first.")
+            raise _refuse(state, f"{action} approval {approval_id} of", ("awaiting_approval",))
         if state.status not in ACTIONS["decide"][1]:
             raise _refuse(state, f"{action} approval {approval_id} of", ACTIONS["decide"][1])
         return _fields(
@@ -685,14 +685,14 @@ def claim_start(
                 storage, key_folder(concurrency_key), dict(base, kind="key", key=concurrency_key), open_log, ttl
             )
             if holder is not None:
-                raise ActiveRunExists(
+                held = ActiveRunExists(
                     f"run {holder.run_id} (status {holder.status!r}) already holds concurrency key "
-                    f"{concurrency_key!r} in {storage.url}; wait for it to end, cancel it, or let "
-                    "sweep_stale() fail it if its writer died. No run was created.",
+                    f"{concurrency_key!r} in {storage.url}; no run was created (wait for it to end, or cancel it)",
                     run_id=holder.run_id,
                     status=holder.status,
                     concurrency_key=concurrency_key,
                 )
+                raise advise(held, "sweep")
             assert key is not None
             claims.append(key)
         if max_active_runs is not None:
@@ -844,7 +844,7 @@ def sweep_run(
         lease_epoch=epoch,
     )
     try:
-        event = elog.append(fields, check=check)
+        event = append_event(elog, fields, check=check)
     except _NotStale:
         return None
     before: RunState = seen["state"]

@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterator
 from typing import Final
 
+from faber_runlog._base.advice import advise
 from faber_runlog._base.ids import RunId, is_slug, validate_slug
 from faber_runlog._format.layout import RunLayout
 from faber_runlog._services.lifecycle import RunProblem
@@ -120,7 +121,7 @@ def _the_one(storage: Storage, text: str, found: list[RunId]) -> str:
 def _not_found(storage: Storage, text: str, close: list[str], *, rid: str, prefix: bool = False) -> RunNotFound:
     what = f"no run id starts with {text!r}" if prefix else f"run {text} not found"
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-    return RunNotFound(f"{what} in {storage.url}{hint}; check the id, or list_runs() to see what exists", run_id=rid)
+    return advise(RunNotFound(f"{what} in {storage.url}{hint}", run_id=rid), "list_runs")
 
 
 def _close(word: str, names: list[str], cutoff: float = 0.6) -> list[str]:

@@ -16,12 +16,14 @@ from typing import Any, Final
 import attrs
 
 from faber_runlog._base import codec as _codec
+from faber_runlog._base.advice import advise
 from faber_runlog._base.ids import RunId
 from faber_runlog._domain.events import Event
 from faber_runlog._domain.state import TERMINAL_STATUSES, RunState, RunStatus
 from faber_runlog._domain.transitions import Moved as _Moved
 from faber_runlog._domain.transitions import unchanged_since
 from faber_runlog._format.layout import ARCHIVE_MARKER, RunLayout
+from faber_runlog._log.eventlog import append_event
 from faber_runlog._log.lease import default_owner, read_lease, try_acquire_lease
 from faber_runlog._services.store import Run, RunStore
 from faber_runlog._services.verify import ReconstructReport, VerifyReport, reconstruct_state, verify_run
@@ -158,7 +160,7 @@ class ResumePlan:
     def error_for_refusal(self) -> RunNotResumable:
         """The :class:`RunNotResumable` describing why this plan is not resumable."""
         last = f"event {self.last_event_id} ({self.last_event_type})" if self.last_event_type else "no events"
-        return RunNotResumable(
+        refused = RunNotResumable(
             f"run {self.run_id} cannot be resumed: {self.reason} (status {self.status!r}, last {last})",
             run_id=self.run_id,
             status=self.status,
@@ -166,6 +168,10 @@ class ResumePlan:
             last_event_type=self.last_event_type,
             reason=self.reason or "",
         )
+        # What to do instead, by why: an ended run is re-run, a cancelled one may be resumed on purpose.
+        ended = self.reason in ("it is archived", "it completed")
+        codes = {"it was cancelled": ("allow_cancelled",), "it is waiting for an approval decision": ("decide",)}
+        return advise(refused, *(("rerun",) if ended else codes.get(self.reason or "", ())))
 
 
 def _build_plan(
@@ -242,13 +248,13 @@ class Resumer:
     def _refusal(self, run: Run, state: RunState, allow_cancelled: bool, owner: str | None) -> str | None:
         status = state.status
         if is_archived(self.store.storage, run.run_id, state):
-            return "it is archived; re-run it with rerun() to execute it again"
+            return "it is archived"
         if status == "completed":
-            return "it completed; re-run it with rerun() to execute it again"
+            return "it completed"
         if status == "cancelled" and not allow_cancelled:
-            return "it was cancelled; pass allow_cancelled=True to resume it anyway, or re-run it"
+            return "it was cancelled"
         if status == "awaiting_approval":
-            return "it is waiting for an approval decision; approve or reject it first"
+            return "it is waiting for an approval decision"
         lease = read_lease(self.store.storage, run.run_id)
         if lease is not None and lease.is_live(self.store.storage.clock.now()) and lease.owner != owner:
             where = f" on {lease.host} (pid {lease.pid})" if lease.host else ""
@@ -323,7 +329,8 @@ class Resumer:
                 },
             }
             try:
-                event = run.log.append({k: v for k, v in fields.items() if v is not None}, check=unchanged_since(seen))
+                given = {k: v for k, v in fields.items() if v is not None}
+                event = append_event(run.log, given, check=unchanged_since(seen))
             except _Moved:
                 continue
             return run, plan, event
@@ -461,7 +468,7 @@ class Resumer:
         why = "a live writer still holds its lease" if live else "it has not finished"
         raise RunNotRerunnable(
             f"run {parent.id} cannot be re-run: its status is {state.status!r} at event {state.last_event_id} "
-            f"and {why}; re-run a completed, failed, cancelled or failing run (resume it, or wait for it to finish)",
+            f"and {why}; a completed, failed, cancelled or failing run can be: wait for it to finish",
             run_id=parent.id,
             status=state.status,
             last_event_id=state.last_event_id,

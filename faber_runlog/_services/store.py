@@ -16,6 +16,7 @@ import fsspec
 
 from faber_runlog._base import codec as _codec
 from faber_runlog._base import validate as _validate
+from faber_runlog._base.advice import advise
 from faber_runlog._base.clock import Clock
 from faber_runlog._base.ids import RunId, is_slug, validate_slug
 from faber_runlog._domain.events import Event, check_json_value
@@ -23,7 +24,7 @@ from faber_runlog._domain.hints import did_you_mean
 from faber_runlog._domain.metadata import RunMetadata, capture_environment, parse_metadata
 from faber_runlog._domain.plan import apply_plan, normalize_plan
 from faber_runlog._domain.query import RUN_FILTERS, RunQuery
-from faber_runlog._domain.registry import Registry
+from faber_runlog._domain.registry import Registry, configured_registry
 from faber_runlog._domain.state import RunDigest, RunState, RunStatus
 from faber_runlog._format.layout import PROJECT_DIR, SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
 from faber_runlog._log import index as _index
@@ -39,7 +40,7 @@ from faber_runlog._services import resolve as _resolve
 from faber_runlog._services import steps as _steps
 from faber_runlog._services import timeline as _timeline
 from faber_runlog._services.lifecycle import ProblemList, RunProblem
-from faber_runlog._storage.backends import Storage, open_filesystem
+from faber_runlog._storage.backends import LocalStorage, Storage, open_filesystem
 from faber_runlog.errors import (
     FaberRunNotImported,
     InvalidArgument,
@@ -389,8 +390,11 @@ class RunStore:
         self.max_active_runs = max_active_runs
         _validate.seconds(seal_grace, "seal_grace")
         self.seal_grace = float(seal_grace)
-        self.registry: Registry = registry if registry is not None else Registry.default()
-        """Event types, upcasters, folds and gateway backends this store uses (the process default unless given)."""
+        if registry is None:
+            registry = configured_registry(self.storage.root if isinstance(self.storage, LocalStorage) else None)
+        self.registry: Registry = registry
+        """Event types, upcasters, folds and gateway backends this store uses: the given registry, else the
+        default one plus the event types the store's gateway.json declares (``_registry.configured_registry``)."""
         self._runindex = IndexWriter(self.storage)
         self._index_warned: set[tuple[str, str]] = set()
 
@@ -507,7 +511,7 @@ class RunStore:
         self.storage.makedirs(layout.events)  # first, so an unsafe (symlinked) folder is refused before any claim
         exclusive = concurrency_key is not None or self.max_active_runs is not None
         if exclusive and id_given and self.has_run(rid):
-            raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
+            raise advise(RunExists(f"run {rid} already exists in {self.url}"), "open_run", run_id=str(rid))
         try:
             claims = lifecycle.claim_start(
                 self.storage,
@@ -529,7 +533,7 @@ class RunStore:
             if linked and child_key is not None:
                 self.storage.delete(child_key)
             lifecycle.release_claims(self.storage, rid, claims)
-            raise RunExists(f"run {rid} already exists in {self.url}; open it with get_run() instead")
+            raise advise(RunExists(f"run {rid} already exists in {self.url}"), "open_run", run_id=str(rid))
         empty = RunState(run_id=str(rid))
         self.storage.replace(layout.state, encode_snapshot(empty.to_dict(), None))
         digest = RunDigest.of(empty, None, meta.summary_listing())
@@ -558,10 +562,7 @@ class RunStore:
         layout = RunLayout(rid)
         body = self.storage.read(layout.metadata)
         if body is None:
-            raise RunNotFound(
-                f"run {rid} not found in {self.url}; check the id, or list_runs() to see what exists",
-                run_id=str(rid),
-            )
+            raise advise(RunNotFound(f"run {rid} not found in {self.url}", run_id=str(rid)), "list_runs")
         return self._parse_metadata(rid, body)
 
     def _parse_metadata(self, rid: RunId, body: bytes) -> RunMetadata:
