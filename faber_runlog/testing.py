@@ -322,13 +322,13 @@ class StorageContract:
         done = threading.Event()
 
         def read_until_done() -> None:
-            while not done.is_set():
+            while not done.is_set() and len(seen) < 200:
                 seen.append(storage.read(key))
 
         reader = threading.Thread(target=read_until_done)
         reader.start()
         try:
-            for i in range(1, 10):
+            for i in range(1, 7):
                 storage.replace(key, bodies[i % 3])
         finally:
             done.set()
