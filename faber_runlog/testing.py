@@ -32,7 +32,8 @@ failed)::
     store = RunStore("s3://my-bucket/faber-contract", storage_options={...})
     check_storage(store.storage)
 
-**Tool authors** assert on what their code logged with :func:`assert_events`;
+**Tool authors** assert on what their code logged with :func:`assert_events`,
+and give code that reads runs a run with history in one call (:func:`log_steps`);
 the pytest plugin (``faber_runlog.pytest_plugin``, loaded automatically once
 faber_runlog is installed) gives them a fresh store and a manual clock.
 
@@ -70,6 +71,7 @@ __all__ = [
     "check_conditional_delete",
     "check_racing_creates",
     "check_storage",
+    "log_steps",
 ]
 
 _DIR = f"{INTERNAL_DIR}/contract"
@@ -556,3 +558,43 @@ def assert_events(source: Run | EventLog | Iterable[Event], expected: Sequence[s
         f"{what}: {len(events)} event(s), {len(expected)} expected; {len(bad)} row(s) differ, first at "
         f"#{bad[0] + 1}:\n" + "\n".join(lines)
     )
+
+
+# -- runs with history -------------------------------------------------------------------------------
+
+
+def log_steps(
+    run: Run,
+    steps: Mapping[str, Sequence[str]],
+    *,
+    failing: str | None = None,
+    error: str = "failed (logged by log_steps)",
+) -> list[Event]:
+    """Log phases and their steps as a tool would, for a test that needs a run with history; returns the events.
+
+    Starts the run if it is still created; then, for each phase in order,
+    ``phase_start``, ``step_start`` and ``step_complete`` for each of its steps,
+    and ``phase_complete``. ``failing="phase/step"`` logs ``step_error`` (with
+    ``error``) for that step instead and stops there: the run is failing and a
+    resume starts at that step.
+    """
+    if failing is not None:
+        phase_name, _, step_name = failing.partition("/")
+        if step_name not in steps.get(phase_name, ()):
+            raise InvalidArgument(
+                f"log_steps(failing={failing!r}) names no step of {dict(steps)!r}; use 'phase/step', e.g. "
+                f"{next((f'{p}/{s[0]}' for p, s in steps.items() if s), 'build/compile')!r}"
+            )
+    logged: list[Event] = []
+    if run.state().status == "created":
+        logged.append(run.start())
+    for phase, names in steps.items():
+        logged.append(run.log.emit("phase_start", phase=phase))
+        for step in names:
+            logged.append(run.log.emit("step_start", phase=phase, step=step))
+            if f"{phase}/{step}" == failing:
+                logged.append(run.log.emit("step_error", phase=phase, step=step, error=error))
+                return logged
+            logged.append(run.log.emit("step_complete", phase=phase, step=step))
+        logged.append(run.log.emit("phase_complete", phase=phase))
+    return logged

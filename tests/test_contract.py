@@ -7,11 +7,9 @@ subclasses: memory, a local folder and moto S3 run through it here, so what we p
 from __future__ import annotations
 
 import ast
-import os
 import pickle
 import subprocess
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from faber_runlog import Capabilities, ManualClock, RunStore, Storage, SystemClock
 from faber_runlog.errors import ConfigurationError, InvalidArgument
-from faber_runlog.testing import ContractViolation, StorageContract, UnexpectedEvents, assert_events
+from faber_runlog.testing import ContractViolation, StorageContract, UnexpectedEvents, assert_events, log_steps
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -221,21 +219,31 @@ def test_assert_events_shows_both_lists_side_by_side_and_survives_optimisation(r
         assert_events([1], ["x"])  # type: ignore[list-item]  # the mistake under test
 
 
-def test_assert_events_raises_under_python_minus_o(tmp_path: Path) -> None:
-    code = textwrap.dedent(
-        """
-        from faber_runlog import RunStore
-        from faber_runlog.testing import UnexpectedEvents, assert_events
-        run = RunStore("memory://dash-o").create_run("acme", "web")
-        try:
-            assert_events(run, ["workflow_start"])
-        except UnexpectedEvents:
-            print("raised")
-        """
+def test_the_test_kits_raise_and_never_assert_so_python_minus_o_keeps_every_check() -> None:
+    for name in ("testing.py", "pytest_plugin.py"):
+        tree = ast.parse((REPO / "faber_runlog" / name).read_text())
+        asserts = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]
+        assert [] == asserts, f"faber_runlog/{name} uses assert (removed by python -O) on lines {asserts}"
+
+
+def test_log_steps_gives_a_run_history_and_stops_at_the_failing_step(runlog_store: RunStore) -> None:
+    run = runlog_store.create_run("acme", "web")
+    logged = log_steps(run, {"build": ["compile", "test"], "deploy": ["upload"]}, failing="deploy/upload", error="403")
+    assert_events(
+        run,
+        [
+            "workflow_start",
+            *["phase_start", "step_start", "step_complete", "step_start", "step_complete", "phase_complete"],
+            {"type": "phase_start", "phase": "deploy"},
+            "step_start",
+            {"type": "step_error", "step": "upload", "error": "403"},
+        ],
     )
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert "raised" == out.stdout.strip()
+    assert [e.event_id for e in logged] == list(range(1, 11))
+    state = run.state()
+    assert ("failing", "upload") == (state.status, state.failed_step.name if state.failed_step else None)
+    with pytest.raises(InvalidArgument, match=r"names no step .* use 'phase/step', e\.g\. 'build/compile'"):
+        log_steps(run, {"build": ["compile"]}, failing="compile")
 
 
 # -- the pytest plugin ---------------------------------------------------------------------------------
