@@ -15,6 +15,9 @@ The convention (also in CONTRIBUTING.md):
 - ```bash and ```sh blocks run as bash scripts (``set -e``) in that folder.
 - ``<!-- docs-test: skip (reason) -->`` on the line before a fence skips that block; skipped blocks are few
   and each says why (installing packages, running the test suite).
+- ``<!-- docs-test: file NAME -->`` on the line before a fence writes the block into ``NAME`` in that folder
+  instead of running it (a test module, a ``conftest.py``); a later console block runs it (``python`` there is
+  this interpreter, so ``python -m pytest`` runs a page's tests with this checkout).
 - ``s3://`` URLs reach a moto S3 server (``AWS_ENDPOINT_URL``), with the buckets the page names created.
 
 The CLI starts through a fork server that has imported the package once (``_docs_forkserver``), so a
@@ -40,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted([ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
 FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*([\w+-]*)")
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s*\((.+)\)\s*-->")
+FILE = re.compile(r"<!--\s*docs-test:\s*file\s+([\w.-]+)\s*-->")
 EXITS = re.compile(r"#.*\bexits? (\d+)\b")
 RUNNABLE = {"python", "console", "bash", "sh"}
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -61,6 +65,7 @@ class Block:
     lang: str
     text: str
     skip: str | None  # the reason, when marked skip
+    file: str | None = None  # the file name, when the block is written to a file instead of run
 
 
 def blocks(path: Path) -> list[Block]:
@@ -82,7 +87,17 @@ def blocks(path: Path) -> list[Block]:
             i += 1
         i += 1
         marker = SKIP.search(lines[start - 1]) if start > 0 else None
-        found.append(Block(path.name, start + 1, lang, "\n".join(body) + "\n", marker.group(1) if marker else None))
+        into = FILE.search(lines[start - 1]) if start > 0 else None
+        found.append(
+            Block(
+                path.name,
+                start + 1,
+                lang,
+                "\n".join(body) + "\n",
+                marker.group(1) if marker else None,
+                into.group(1) if into else None,
+            )
+        )
     return found
 
 
@@ -205,6 +220,9 @@ def cli_bin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             f'{shlex.quote(str(server.socket))} "$@"\n'
         )
         script.chmod(0o755)
+        python = folder / "python"  # a page's `python -m pytest` runs with this interpreter and this checkout
+        python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+        python.chmod(0o755)
         yield folder
 
 
@@ -324,7 +342,9 @@ def test_every_block_of_the_page_runs_as_written(
     for block in found:
         if block.skip is not None:
             continue
-        if block.lang == "python":
+        if block.file is not None:
+            (folder / block.file).write_text(block.text)
+        elif block.lang == "python":
             run_python(block, namespace)
         elif block.lang == "console":
             run_console(block, shell)
@@ -349,6 +369,10 @@ def test_the_harness_checks_exit_codes_output_and_variables(tmp_path: Path) -> N
     )
     found = blocks(page)
     assert ["console", "console"] == [b.lang for b in found]
+    assert [None, None] == [b.file for b in found]
+    written = tmp_path / "files.md"
+    written.write_text("<!-- docs-test: file test_x.py -->\n```python\nx = 1\n```\n")
+    assert [("test_x.py", "x = 1\n")] == [(b.file, b.text) for b in blocks(written)]
     assert [None, "needs real AWS credentials"] == [b.skip for b in found]
     folder = tmp_path / "app"
     folder.mkdir()

@@ -1,3 +1,5 @@
+"""Storage beyond the contract (tests/test_contract.py runs that on every backend): local containment, weak stores."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,63 +10,6 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from faber_runlog import ConcurrencyUnsupported, RunStore, UnsafePath
 from faber_runlog._storage.backends import Storage
-
-
-@pytest.mark.rule("protocol", 1)
-def test_create_is_exclusive(store: RunStore) -> None:
-    s = store.storage
-    assert s.create("a/b/x.json", b"first")
-    assert not s.create("a/b/x.json", b"second")
-    assert b"first" == s.read("a/b/x.json")
-
-
-def test_create_refuses_empty_bodies(store: RunStore) -> None:
-    # s3fs sends empty bodies through touch(), which overwrites without If-None-Match.
-    with pytest.raises(ValueError, match="empty"):
-        store.storage.create("a/empty.json", b"")
-    assert not store.storage.exists("a/empty.json")
-
-
-def test_replace_overwrites_and_read_of_missing_is_none(store: RunStore) -> None:
-    s = store.storage
-    s.replace("a/state.json", b"1")
-    s.replace("a/state.json", b"2")
-    assert (b"2", None) == (s.read("a/state.json"), s.read("a/missing.json"))
-
-
-def test_read_many_and_listing(store: RunStore) -> None:
-    s = store.storage
-    for i in range(1, 6):
-        assert s.create(f"r/events/{i:03d}.json", str(i).encode())
-    got = s.read_many([f"r/events/{i:03d}.json" for i in (1, 3, 9)])
-    assert {"r/events/001.json": b"1", "r/events/003.json": b"3", "r/events/009.json": None} == got
-    assert ["001.json", "002.json", "003.json", "004.json", "005.json"] == s.list_names("r/events")
-    assert ["004.json", "005.json"] == s.list_after("r/events", "003.json")
-    # a limit lists only what a bounded read will use (MaxKeys on S3)
-    assert (["002.json", "003.json"], [], ["005.json"]) == (
-        s.list_after("r/events", "001.json", 2),
-        s.list_after("r/events", "", 0),
-        s.list_after("r/events", "004.json", 9),
-    )
-    assert [] == s.list_names("nothing/here")
-
-
-def test_delete_is_idempotent(store: RunStore) -> None:
-    s = store.storage
-    s.replace("a/x", b"1")
-    s.delete("a/x")
-    s.delete("a/x")
-    assert not s.exists("a/x")
-
-
-@pytest.mark.parametrize(
-    "key", ["../escape", "a/../../escape", "/etc/passwd", "a//b", "a/./b", "", "a\\..\\b", "a/\x00"]
-)
-def test_keys_that_could_leave_the_root_are_refused(store: RunStore, key: str) -> None:
-    with pytest.raises(UnsafePath):
-        store.storage.path(key)
-    with pytest.raises(UnsafePath):
-        store.storage.replace(key, b"x")
 
 
 def test_nothing_is_written_outside_a_local_root(tmp_path: Path) -> None:

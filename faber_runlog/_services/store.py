@@ -17,7 +17,7 @@ import fsspec
 from faber_runlog._base import codec as _codec
 from faber_runlog._base import validate as _validate
 from faber_runlog._base.advice import advise
-from faber_runlog._base.clock import Clock
+from faber_runlog._base.clock import SYSTEM_CLOCK, Clock
 from faber_runlog._base.ids import RunId, is_slug, validate_slug
 from faber_runlog._domain.events import Event, check_json_value
 from faber_runlog._domain.hints import did_you_mean
@@ -335,7 +335,12 @@ class RunStore:
 
     ``RunStore()`` uses ``$FABER_RUNLOG_ROOT`` or ``.fractary/plugins/faber/runs``
     under the current folder. Pass ``fs=`` and ``root=`` to use a filesystem
-    object you already have.
+    object you already have, or ``storage=`` to use any :class:`Storage`
+    (your own backend included); a storage brings its root and its options
+    (``fsync``, ``allow_unsafe_writers``), so ``storage=`` is refused together
+    with ``url``, ``fs``, ``root``, ``storage_options``, ``fsync`` or
+    ``allow_unsafe_writers``. ``fsync`` defaults to True and
+    ``allow_unsafe_writers`` to False.
     """
 
     def __init__(
@@ -344,11 +349,12 @@ class RunStore:
         *,
         fs: fsspec.AbstractFileSystem | None = None,
         root: str | None = None,
+        storage: Storage | None = None,
         storage_options: dict[str, Any] | None = None,
-        fsync: bool = True,
+        fsync: bool | None = None,
         snapshot_every: int = 100,
         source: str | None = None,
-        allow_unsafe_writers: bool = False,
+        allow_unsafe_writers: bool | None = None,
         lease_ttl: float = DEFAULT_LEASE_TTL,
         max_active_runs: int | None = None,
         seal_grace: float = SEAL_GRACE,
@@ -359,22 +365,24 @@ class RunStore:
     ) -> None:
         if registry is not None and not isinstance(registry, Registry):
             raise InvalidArgument(f"registry= takes a faber_runlog.Registry, got {type(registry).__name__}")
-        if fs is not None:
-            if root is None and url is None:
-                raise InvalidArgument("RunStore(fs=...) needs root= (the folder or bucket/prefix of the runs)")
-            root_path = str(root if root is not None else url)
+        if clock is not None and not isinstance(clock, Clock):
+            raise InvalidArgument(f"clock= takes a faber_runlog.Clock (now, monotonic, sleep), got {clock!r}")
+        if storage is not None:
+            _check_given_storage(
+                storage,
+                clock,
+                url=url,
+                fs=fs,
+                root=root,
+                storage_options=storage_options,
+                fsync=fsync,
+                allow_unsafe_writers=allow_unsafe_writers,
+            )
+            self.storage = storage
         else:
-            if root is not None and url is not None:
-                raise InvalidArgument("give either a URL or root=, not both")
-            target = url if url is not None else root
-            if target is None:
-                target = os.environ.get(ROOT_ENV) or default_root()
-            fs, root_path = _open_root(target, storage_options)
+            self.storage = _build_storage(url, fs, root, storage_options, fsync, allow_unsafe_writers)
         _validate.integer(snapshot_every, "snapshot_every", minimum=1)
-        self.storage = Storage(fs, root_path, fsync=fsync, allow_unsafe_writers=allow_unsafe_writers)
         if clock is not None:
-            if not isinstance(clock, Clock):
-                raise InvalidArgument(f"clock= takes a faber_runlog.Clock (now, monotonic, sleep), got {clock!r}")
             self.storage.clock = clock
         if isinstance(claim_budget, bool) or not isinstance(claim_budget, int | float) or not 0 < claim_budget < 1e9:
             raise InvalidArgument(f"claim_budget must be a number of seconds > 0, got {claim_budget!r}")
@@ -943,6 +951,55 @@ class RunStore:
             queue.extend(self.children(child))
         root = meta.root_run_id or (ancestors[-1] if ancestors else str(rid))
         return Lineage(str(rid), root, meta.parent_run_id, tuple(ancestors), tuple(children), tuple(descendants))
+
+
+def _check_given_storage(storage: object, clock: Clock | None, **others: object) -> None:
+    """Refuse ``RunStore(storage=...)`` with what is no :class:`Storage`, or with options the storage owns."""
+    if not isinstance(storage, Storage):
+        raise InvalidArgument(
+            f"storage= takes a faber_runlog.Storage (or a subclass of it), got {type(storage).__name__}; "
+            "wrap an fsspec filesystem as Storage(fs, root), or pass fs= and root= instead"
+        )
+    given = [f"{name}=" for name, value in others.items() if value is not None]
+    if given:
+        raise InvalidArgument(
+            f"RunStore(storage=...) got {', '.join(given)} too: the storage brings its root and its options; "
+            "pass them when building the storage (Storage(fs, root, fsync=..., allow_unsafe_writers=...)) "
+            "or drop storage="
+        )
+    if clock is not None and storage.clock is not SYSTEM_CLOCK and storage.clock is not clock:
+        raise InvalidArgument(
+            f"RunStore(storage=..., clock=...): the storage already reads time from {storage.clock!r}; "
+            "pass one clock (a store's clock is its storage's)"
+        )
+
+
+def _build_storage(
+    url: str | os.PathLike[str] | None,
+    fs: fsspec.AbstractFileSystem | None,
+    root: str | None,
+    storage_options: dict[str, Any] | None,
+    fsync: bool | None,
+    allow_unsafe_writers: bool | None,
+) -> Storage:
+    """The :class:`Storage` of ``RunStore(url)`` or ``RunStore(fs=..., root=...)``."""
+    if fs is not None:
+        if root is None and url is None:
+            raise InvalidArgument("RunStore(fs=...) needs root= (the folder or bucket/prefix of the runs)")
+        root_path = str(root if root is not None else url)
+    else:
+        if root is not None and url is not None:
+            raise InvalidArgument("give either a URL or root=, not both")
+        target = url if url is not None else root
+        if target is None:
+            target = os.environ.get(ROOT_ENV) or default_root()
+        fs, root_path = _open_root(target, storage_options)
+    return Storage(
+        fs,
+        root_path,
+        fsync=True if fsync is None else fsync,
+        allow_unsafe_writers=bool(allow_unsafe_writers),
+    )
 
 
 def _open_root(target: object, storage_options: dict[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -235,18 +235,27 @@ class Capabilities:
     so a writer finds the tail with a LIST rather than one probe per number.
     ``batched_reads`` / ``concurrent_puts``: many keys are read or written
     concurrently in one call (worth it where each request has a round trip).
+
+    Each is True (the backend has it), False (it does not) or None: not known
+    until the backend's probe has seen what the store really does (S3 and other
+    fsspec stores probe their conditional writes at the first write, or at
+    :meth:`Storage.probe`). An unknown capability is not relied on: it is falsy.
     """
 
-    conditional_create: bool
-    compare_and_swap: bool
-    conditional_delete: bool
-    list_after: bool
-    batched_reads: bool
-    concurrent_puts: bool
+    conditional_create: bool | None
+    compare_and_swap: bool | None
+    conditional_delete: bool | None
+    list_after: bool | None
+    batched_reads: bool | None
+    concurrent_puts: bool | None
 
     def names(self) -> tuple[str, ...]:
-        """The names of the capabilities this backend has."""
-        return tuple(a.name for a in attrs.fields(Capabilities) if getattr(self, a.name))
+        """The names of the capabilities this backend is known to have."""
+        return tuple(a.name for a in attrs.fields(Capabilities) if getattr(self, a.name) is True)
+
+    def unknown(self) -> tuple[str, ...]:
+        """The names of the capabilities not known yet (the probe at the first write settles them)."""
+        return tuple(a.name for a in attrs.fields(Capabilities) if getattr(self, a.name) is None)
 
 
 @attrs.frozen(slots=True)
@@ -291,8 +300,11 @@ class Storage:
     _cat_kwargs: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     """Extra arguments of every ``fs.cat_file`` (a backend's read tuning)."""
 
-    def __new__(cls, fs: fsspec.AbstractFileSystem, root: str, **kwargs: Any) -> Storage:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Storage:
         if cls is Storage:
+            fs = args[0] if args else kwargs.get("fs")
+            if not isinstance(fs, fsspec.AbstractFileSystem):
+                raise InvalidArgument(f"Storage(fs, root) takes an fsspec filesystem, got {type(fs).__name__}")
             cls = _storage_class(fs)
         return super().__new__(cls)
 
@@ -573,6 +585,16 @@ class Storage:
 
     # -- capability probe --------------------------------------------------
 
+    def probe(self) -> Capabilities:
+        """Probe the store now (a few writes under ``.faber_runlog/``, removed) and return the settled capabilities.
+
+        The first write does this anyway; call it to know :attr:`capabilities`
+        before writing (they have no unknowns afterwards). Backends that need no
+        probe return their declared capabilities without writing anything.
+        """
+        self._probe()
+        return self.capabilities
+
     def _probe(self) -> None:
         """Check once, at the first write, that the backend does what its capabilities claim."""
         if self._probed:
@@ -603,6 +625,8 @@ class Storage:
                 log.debug("could not remove probe %s", path)
         if second_created:
             self._pretends("exclusive create (If-None-Match)", "overwrite each other's events")
+        if self.capabilities.conditional_create is None or second_created:
+            self.capabilities = attrs.evolve(self.capabilities, conditional_create=not second_created)
 
     def _pretends(self, what: str, harm: str) -> None:
         if not self.allow_unsafe_writers:
@@ -620,7 +644,20 @@ def _refuse_empty(data: bytes) -> None:
 
 
 class FsspecStorage(Storage):
-    """Any other fsspec filesystem: probed exclusive create, no compare-and-swap."""
+    """Any other fsspec filesystem: probed exclusive create, no compare-and-swap.
+
+    ``conditional_create`` is unknown (None) until the probe at the first write
+    (or :meth:`probe`) has seen whether the filesystem really refuses a second create.
+    """
+
+    capabilities = Capabilities(
+        conditional_create=None,
+        compare_and_swap=False,
+        conditional_delete=False,
+        list_after=False,
+        batched_reads=False,
+        concurrent_puts=False,
+    )
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, **kwargs: Any) -> None:
         super().__init__(fs, root, **kwargs)
@@ -1009,7 +1046,19 @@ _S3_PAGE: Final = 1000
 
 
 class S3Storage(Storage):
-    """S3 and compatible stores through s3fs: conditional PUT/DELETE on ETags, StartAfter, batches."""
+    """S3 and compatible stores through s3fs: conditional PUT/DELETE on ETags, StartAfter, batches.
+
+    Capabilities are honest before the first write: many S3 look-alikes accept the
+    conditional headers and ignore or reject them, so a fresh instance reports
+    ``conditional_create``, ``compare_and_swap`` and ``conditional_delete`` as
+    unknown (None, falsy) until it has probed the store. The probe runs at the
+    first conditional write, or when :meth:`probe` is called (which returns the
+    settled capabilities); it is not run by reading :attr:`capabilities`, so a
+    reader with read-only credentials never writes. ``list_after``,
+    ``batched_reads`` and ``concurrent_puts`` are plain S3 requests, known from
+    the start. The class attribute holds what a store that honours the headers
+    settles to.
+    """
 
     kind = "s3"
     capabilities = Capabilities(
@@ -1028,6 +1077,9 @@ class S3Storage(Storage):
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, **kwargs: Any) -> None:
         super().__init__(fs, root, **kwargs)
         self.bucket, _, self.prefix = self.root.lstrip("/").partition("/")
+        self.capabilities = attrs.evolve(
+            type(self).capabilities, conditional_create=None, compare_and_swap=None, conditional_delete=None
+        )
 
     def _split(self, path: str) -> tuple[str, str]:
         bucket, _, key = path.lstrip("/").partition("/")
@@ -1284,32 +1336,41 @@ class S3Storage(Storage):
         A store that rejects the conditional headers outright has no such
         capability (leases fall back, with a warning); one that accepts them
         and ignores them is refused, because it would fail silently later.
+        The capabilities are set once, when the probe has settled all three.
         """
         key = f"{_PROBE_DIR}/probe-{uuid.uuid4().hex}"
         first = self._create(key, b"probe-1")
         try:
-            if first is None or self._create(key, b"probe-2") is not None:
+            created = first is not None and self._create(key, b"probe-2") is None
+            if not created:
                 self._pretends("exclusive create (If-None-Match)", "overwrite each other's events")
-                if first is None:
-                    return
-            try:
-                second = self._swap(key, b"probe-3", first)
-                if second is None:
-                    raise StorageError(f"a compare-and-swap on a fresh probe key failed on {self.url}")
-                if self._swap(key, b"probe-4", first) is not None:
-                    self._pretends("If-Match on PUT", "both renew one lease")
-                    self.capabilities = attrs.evolve(self.capabilities, compare_and_swap=False)
-                if self._delete_if(key, first):
-                    self._pretends("If-Match on DELETE", "delete a lease taken over by another writer")
-                    self.capabilities = attrs.evolve(self.capabilities, conditional_delete=False)
-            except StorageError as e:
-                log.warning("the store at %s rejects conditional replace/delete (%s); leases are weaker", self.url, e)
-                self.capabilities = attrs.evolve(self.capabilities, compare_and_swap=False, conditional_delete=False)
+            settled = self._probe_if_match(key, first) if first is not None else (False, False)
         finally:
             try:
                 self._s3("delete_object", Bucket=self.bucket, Key=self._split(self.path(key))[1])
             except Exception:
                 log.debug("could not remove probe %s", key)
+        self.capabilities = attrs.evolve(
+            self.capabilities, conditional_create=created, compare_and_swap=settled[0], conditional_delete=settled[1]
+        )
+
+    def _probe_if_match(self, key: str, first: str) -> tuple[bool, bool]:
+        """Whether ``If-Match`` holds on PUT and on DELETE of the probe key (created at version ``first``)."""
+        try:
+            second = self._swap(key, b"probe-3", first)
+            if second is None:
+                raise StorageError(f"a compare-and-swap on a fresh probe key failed on {self.url}")
+            swap_holds = delete_holds = True
+            if self._swap(key, b"probe-4", first) is not None:
+                self._pretends("If-Match on PUT", "both renew one lease")
+                swap_holds = False
+            if self._delete_if(key, first):
+                self._pretends("If-Match on DELETE", "delete a lease taken over by another writer")
+                delete_holds = False
+        except StorageError as e:
+            log.warning("the store at %s rejects conditional replace/delete (%s); leases are weaker", self.url, e)
+            return False, False
+        return swap_holds, delete_holds
 
 
 def _storage_class(fs: fsspec.AbstractFileSystem) -> type[Storage]:
