@@ -299,3 +299,108 @@ def test_two_processes_writing_one_project_at_once_leave_an_index_that_equals_th
     assert _scan(store) == _listed(store)
     assert _scan(store, status="failed", limit=5) == _listed(store, status="failed", limit=5)
     assert all(r.ok for r in store.verify_index())
+
+
+# -- the checkpoint's parts and manifest ---------------------------------------------------------------
+
+
+def _row(u: str, status: str, event: int, at: str = "2026-01-01T00:00:00.000000Z") -> dict[str, Any]:
+    return {"u": u, "status": status, "last_event_id": event, "updated_at": at, "current_phase": None}
+
+
+def _entry(u: str, status: str, event: int, nonce: str | None, at: str = "2026-01-01T00:00:00.000000Z") -> Any:
+    row = _row(u, status, event, at)
+    row.update(current_step=None, listing={"created_at": at, "params": {}, "tags": {}, "parent_run_id": None})
+    return {"op": "entry", "u": u, "nonce": nonce, "row": row}
+
+
+def _select(store: RunStore, statuses: Any = None, need: int | None = None) -> list[tuple[str, str, int]]:
+    snap = _index.load(store.storage, "acme", "web")
+    rows = _index.select(
+        store.storage,
+        "acme",
+        "web",
+        snap,
+        statuses=statuses,
+        keep=lambda r: True,
+        beyond=lambda k: True,
+        newest=True,
+        need=need,
+    )
+    return [(r["u"], r["status"], r["last_event_id"]) for r in rows]
+
+
+@pytest.mark.backends("memory")
+def test_an_entry_for_an_older_event_committed_after_a_checkpoint_never_replaces_the_newer_row(
+    store: RunStore,
+) -> None:
+    # Two writers of one run: the first announced event 5, the second announced and wrote event 7 and its
+    # entry; the checkpoint at 10 holds the row of event 7 and the first intent, still open. The first
+    # writer's entry (event 5) lands after the checkpoint: readers keep event 7 (the intent's floor).
+    writer = _index.IndexWriter(store.storage)
+    writer.genesis("acme", "web")
+    u = str(uuid.uuid4())
+    writer.commit("acme", "web", [{"op": "intent", "u": u, "nonce": "n1", "at": "t"}])
+    writer.commit("acme", "web", [{"op": "intent", "u": u, "nonce": "n2", "at": "t"}])
+    writer.commit("acme", "web", [_entry(u, "completed", 7, "n2")])
+    for _ in range(5):
+        writer.commit("acme", "web", [{"op": "close", "nonce": "none"}])
+    assert 10 == writer.commit("acme", "web", [{"op": "close", "nonce": "none"}])  # the checkpoint
+    assert [(u, "n1")] == [(v[0], n) for n, v in _index.load(store.storage, "acme", "web").manifest.intents.items()]
+    writer.commit("acme", "web", [_entry(u, "running", 5, "n1")])
+    view = _index.read(store.storage, "acme", "web")
+    assert view is not None and ("completed", 7) == (view.rows[u]["status"], view.rows[u]["last_event_id"])
+    assert [(u, "completed", 7)] == _select(store) == _select(store, {"completed"})
+    assert [] == _select(store, {"running"})
+    for _ in range(9):  # the next checkpoint folds it the same way
+        writer.commit("acme", "web", [{"op": "close", "nonce": "none"}])
+    assert {} == _index.load(store.storage, "acme", "web").manifest.intents
+    assert [(u, "completed", 7)] == _select(store)
+
+
+@pytest.mark.backends("memory")
+def test_a_checkpoint_rewrites_only_the_parts_that_changed_and_equals_a_rebuild(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_index, "PART_ROWS", 4)
+    writer = _index.IndexWriter(store.storage)
+    writer.genesis("acme", "web")
+    us = [str(uuid.uuid4()) for _ in range(60)]
+    for i, u in enumerate(us):  # 60 runs, oldest first; every third failed
+        at = f"2026-01-01T00:00:{i:02d}.000000Z"
+        writer.commit("acme", "web", [_entry(u, "failed" if i % 3 == 0 else "completed", 2, None, at)])
+    before = _index.load(store.storage, "acme", "web").manifest
+    assert len(before.parts) >= 10 and all(p.rows <= 8 for p in before.parts)
+    # Nine commits: one old run resumed, one recent one completed; then the checkpoint at 70.
+    commits = [_entry(us[3], "running", 3, None, "2026-01-01T00:00:03.000000Z")]
+    commits += [_entry(us[58], "completed", 3, None, "2026-01-01T00:00:58.000000Z")]
+    commits += [{"op": "close", "nonce": "none"}] * 7
+    for rec in commits:
+        writer.commit("acme", "web", [rec])
+    after = _index.load(store.storage, "acme", "web").manifest
+    assert 70 == after.version
+    new = {p.name for p in after.parts} - {p.name for p in before.parts}
+    assert len(new) <= 4, new  # the parts the two runs left and went into, never the rest
+    assert set(after.retired) == {p.name for p in before.parts} - {p.name for p in after.parts}
+    view = _index.read(store.storage, "acme", "web")
+    assert view is not None
+    other = RunStore("memory://" + uuid.uuid4().hex)
+    _index.rebuild(
+        other.storage,
+        "acme",
+        "web",
+        70,
+        [{"op": "entry", "u": u, "nonce": None, "row": r} for u, r in view.rows.items()],
+    )
+    rebuilt = _index.read(other.storage, "acme", "web")
+    assert rebuilt is not None and rebuilt.rows == view.rows
+    assert ("running", "completed") == (view.rows[us[3]]["status"], view.rows[us[58]]["status"])
+    assert _select(store, {"failed"}, 5) == _select(other, {"failed"}, 5)
+    assert [u for u in reversed(us) if us.index(u) % 3 == 0 and u != us[3]][:5] == [
+        u for u, _, _ in _select(store, {"failed"}, 5)
+    ]
+    # The next checkpoint deletes the parts this one retired.
+    for _ in range(10):
+        writer.commit("acme", "web", [{"op": "close", "nonce": "none"}])
+    names = set(store.storage.list_names(f"{index_folder('acme', 'web')}/parts"))
+    assert not names & set(after.retired)
