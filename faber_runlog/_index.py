@@ -68,7 +68,7 @@ CHECKPOINT_EVERY: Final = 10
 """A checkpoint is written by the writer that claims a commit number that is a multiple of this."""
 PART_ROWS = 256
 """Rows a part is cut to when it is split (a part is split once it holds more than twice this)."""
-SHARD: Final = 1000
+SHARD = 1000
 """Commits per folder of the index log (``log/{n // SHARD}/``): a LIST after a number lists one short folder."""
 HINT: Final = "_last_checkpoint"
 FORMAT: Final = "faber_runlog.index/2"
@@ -690,6 +690,9 @@ class IndexWriter:
         then deletes the parts that checkpoint had retired.
         """
         try:
+            hint = _hint(self._storage, org, project)
+            if hint is not None and hint.version >= n:
+                return False  # a newer checkpoint is already there: this one would be read by no one
             snap = load(self._storage, org, project, upto=n)
             if snap.version != n or snap.manifest.version == n:
                 return False

@@ -88,6 +88,7 @@ def test_index_answers_equal_a_scan_of_the_logs(
     ops: list[tuple[str, int]],
 ) -> None:
     monkeypatch.setattr(_index, "PART_ROWS", 2)  # parts of 2 to 4 rows: queries cross many of them
+    monkeypatch.setattr(_index, "SHARD", 7)  # commits in folders of 7: listings cross them
     store = make_store(store_kind, tmp_path / uuid.uuid4().hex, request, fsync=False)
     runs: list[Any] = []
     for op, pick in ops:
@@ -404,3 +405,24 @@ def test_a_checkpoint_rewrites_only_the_parts_that_changed_and_equals_a_rebuild(
         writer.commit("acme", "web", [{"op": "close", "nonce": "none"}])
     names = set(store.storage.list_names(f"{index_folder('acme', 'web')}/parts"))
     assert not names & set(after.retired)
+
+
+@pytest.mark.backends("memory")
+def test_a_part_gone_from_under_the_manifest_falls_back_to_the_scan_and_an_ended_run_row_follows_appends(
+    store: RunStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs = [store.create_run("acme", "web") for _ in range(5)]
+    runs[1].start()
+    runs[1].fail("boom")
+    runs[1].log.emit("checkpoint", metadata={"label": "after the end"})  # announced: the row follows it
+    [listed] = store.list_runs(status="failed")
+    assert (runs[1].id, 3, 3) == (listed.run_id, listed.last_event_id, runs[1].state().last_event_id)
+    expected = _scan(store)
+    for key in _parts(store):
+        store.storage.delete(key)
+    fresh = RunStore(fs=store.storage.fs, root=store.storage.root)
+    with caplog.at_level(logging.WARNING, logger="faber_runlog._store"):
+        assert expected == _listed(fresh) == _listed(fresh)
+    assert 1 == sum("run index of acme/web" in r.getMessage() for r in caplog.records)
+    fresh.reindex()
+    assert all(r.ok for r in fresh.verify_index())
