@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import tempfile
+import time
 import uuid
 from typing import Any
 
@@ -163,6 +164,35 @@ def _synthetic_rows(quick: bool) -> list[Row]:
     return rows
 
 
+def _checkpoint_ms(n: int) -> float:
+    """Milliseconds of the index commit that writes a checkpoint (9 new runs folded in) over ``n`` runs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = RunStore(f"{tmp}/runs", fsync=False)
+        _synthetic(store, n)
+        writer = _index.IndexWriter(store.storage)
+        best = float("inf")
+        for k in range(5):
+            for j in range(9):
+                u = str(uuid.uuid4())
+                at = f"2027-01-01T00:00:{k:02d}.{j:06d}Z"
+                row = {"u": u, "status": "created", "last_event_id": 0, "updated_at": at, "current_phase": None}
+                row.update(
+                    current_step=None, listing={"created_at": at, "params": {}, "tags": {}, "parent_run_id": None}
+                )
+                writer.commit("acme", "web", [{"op": "entry", "u": u, "nonce": None, "row": row}])
+            t = time.perf_counter()
+            n_ = writer.commit("acme", "web", [{"op": "close", "nonce": "none"}])
+            best = min(best, time.perf_counter() - t)
+            assert n_ % _index.CHECKPOINT_EVERY == 0
+        return best * 1000
+
+
+def _checkpoints(quick: bool) -> list[Row]:
+    small, large = (1000, 20_000) if quick else (1000, 100_000)
+    ours, peer = _checkpoint_ms(large), _checkpoint_ms(small)
+    return [_row(f"index checkpoint (9 commits folded) over {large:,} runs", ours, f"over {small:,}", peer, 3)]
+
+
 def _active(quick: bool) -> list[Row]:
     events = 100 if quick else 300
     with tempfile.TemporaryDirectory() as tmp:
@@ -213,4 +243,4 @@ def _moto_rows(quick: bool) -> list[Row]:
 
 
 def run(quick: bool) -> list[Row]:
-    return _built(quick) + _synthetic_rows(quick) + _active(quick) + _moto_rows(quick)
+    return _built(quick) + _synthetic_rows(quick) + _checkpoints(quick) + _active(quick) + _moto_rows(quick)

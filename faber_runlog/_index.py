@@ -68,8 +68,8 @@ CHECKPOINT_EVERY: Final = 10
 """A checkpoint is written by the writer that claims a commit number that is a multiple of this."""
 PART_ROWS = 256
 """Rows a part is cut to when it is split (a part is split once it holds more than twice this)."""
-SHARD = 1000
-"""Commits per folder of the index log (``log/{n // SHARD}/``): a LIST after a number lists one short folder."""
+SHARD = 100
+"""Commits per folder of the index log (``log/{(n - 1) // SHARD}/``): a LIST after a number lists one short folder."""
 HINT: Final = "_last_checkpoint"
 FORMAT: Final = "faber_runlog.index/2"
 _AFTER: Final = ".~"  # sorts after "{n:020d}.json" and "{n:020d}.checkpoint.json", before "{n+1:020d}"
@@ -92,7 +92,8 @@ def folder(org: str, project: str) -> str:
 
 
 def _shard(org: str, project: str, n: int) -> str:
-    return f"{folder(org, project)}/log/{n // SHARD:014d}"
+    # Commits 1..SHARD in folder 0, and so on: the commits after a checkpoint never cross a folder.
+    return f"{folder(org, project)}/log/{(n - 1) // SHARD:014d}"
 
 
 def _commit_key(org: str, project: str, n: int) -> str:
@@ -226,6 +227,35 @@ def _decode_part(body: bytes | None, part: Part) -> list[dict[str, Any]]:
     return out
 
 
+def _first_rows(
+    body: bytes | None, part: Part, newest: bool, take: int, accept: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]]:
+    """The first ``take`` rows of a part that ``accept`` keeps, in the query's order, decoding only those read.
+
+    A part is sorted, so no row after them can be among the query's first ``take``.
+    """
+    if body is None:
+        raise Stale(f"part {part.name} is gone")
+    lines = body.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    if len(lines) != part.rows:
+        raise CorruptData(f"index part {part.name} holds {len(lines)} rows where its manifest says {part.rows}")
+    out: list[dict[str, Any]] = []
+    for line in lines if newest else reversed(lines):
+        try:
+            row = _nested(_codec.loads(line))
+        except Exception as e:
+            raise CorruptData(f"index part {part.name} does not decode: {e}") from e
+        if row.get("status") != part.status:
+            raise CorruptData(f"index part {part.name} holds a row of status {row.get('status')!r}")
+        if accept(row):
+            out.append(row)
+            if len(out) >= take:
+                break
+    return out
+
+
 class Stale(Exception):
     """A part the manifest names is gone (a newer checkpoint retired it): read the index again."""
 
@@ -311,7 +341,7 @@ def _listing(storage: Storage, org: str, project: str, after: int) -> tuple[dict
     """Commit numbers -> keys, and checkpoint numbers, after number ``after`` (one LIST per shard it spans)."""
     commits: dict[int, str] = {}
     checkpoints: list[int] = []
-    shard = (after + 1) // SHARD
+    shard = after // SHARD
     start = f"{after:020d}{_AFTER}" if after else ""
     while True:
         top = f"{folder(org, project)}/log/{shard:014d}"
@@ -323,7 +353,7 @@ def _listing(storage: Storage, org: str, project: str, after: int) -> tuple[dict
                 commits[int(head)] = f"{top}/{name}"
             elif rest == "checkpoint.json":
                 checkpoints.append(int(head))
-        if (shard + 1) * SHARD - 1 not in commits:
+        if (shard + 1) * SHARD not in commits:
             return commits, checkpoints  # this folder is not full: nothing is in the next one yet
         shard, start = shard + 1, ""
 
@@ -433,8 +463,14 @@ def select(
                 break
         batch = parts[i : i + width]
         i += width
-        for rows in _read_parts(storage, org, project, batch).values():
-            found.extend(r for r in rows if r["u"] not in skip and wanted(r))
+        if need is None:
+            for rows in _read_parts(storage, org, project, batch).values():
+                found.extend(r for r in rows if r["u"] not in skip and wanted(r))
+            continue
+        bodies = storage.read_many(_part_key(org, project, p.name) for p in batch)
+        for p in batch:
+            body = bodies.get(_part_key(org, project, p.name))
+            found += _first_rows(body, p, newest, need, lambda r: r["u"] not in skip and wanted(r))
     found.sort(key=_sort_key, reverse=newest)
     return found if need is None else found[:need]
 
