@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from faber_runlog import _codec
-from faber_runlog._ids import RunId
+from faber_runlog._ids import RunId, is_uuid4
 from faber_runlog._transitions import TERMINAL_STATUSES
 from faber_runlog.errors import CorruptData
 
@@ -132,6 +132,8 @@ def _flat(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    if not is_uuid4(flat.get("u")):
+        raise CorruptData(f"an index row names no run uuid: {flat.get('u')!r}")
     listing = {k: flat.pop(k) for k in _LISTING_FIELDS}
     flat["listing"] = listing
     return flat
@@ -365,7 +367,10 @@ def load(storage: Storage, org: str, project: str, upto: int | None = None) -> I
     newest manifest when the hint lags, and the commits after the checkpoint
     (read concurrently where the backend batches reads).
     """
-    hint = _hint(storage, org, project)
+    return _load(storage, org, project, upto, _hint(storage, org, project))
+
+
+def _load(storage: Storage, org: str, project: str, upto: int | None, hint: Manifest | None) -> IndexSnapshot:
     if hint is not None and upto is not None and hint.version > upto:
         hint = None
     commits, checkpoints = _listing(storage, org, project, hint.version if hint is not None else 0)
@@ -627,15 +632,16 @@ def _write_parts(
 
 
 def _write_checkpoint(storage: Storage, org: str, project: str, manifest: Manifest, *, replace: bool) -> bool:
+    """Create the manifest (``replace``: or overwrite it), then point the hint at it. Whether it was written."""
     body = _codec.dumps(manifest.to_json())
     key = _manifest_key(org, project, manifest.version)
     if not storage.create(key, body):
         if not replace:
             return False
         storage.replace(key, body)
-    hint = _hint(storage, org, project)
-    if replace or hint is None or hint.version < manifest.version:
-        storage.replace(f"{folder(org, project)}/{HINT}", body)
+    # A writer that read an older hint may still move it back a little: readers then LIST a few more
+    # commits and read the newer manifest they find (rule 5), never a wrong answer.
+    storage.replace(f"{folder(org, project)}/{HINT}", body)
     return True
 
 
@@ -729,7 +735,7 @@ class IndexWriter:
             hint = _hint(self._storage, org, project)
             if hint is not None and hint.version >= n:
                 return False  # a newer checkpoint is already there: this one would be read by no one
-            snap = load(self._storage, org, project, upto=n)
+            snap = _load(self._storage, org, project, n, hint)
             if snap.version != n or snap.manifest.version == n:
                 return False
             manifest = _compact(self._storage, org, project, snap, n)

@@ -588,47 +588,56 @@ class RunStore:
 
     def _from_index(
         self, query: RunQuery, problems: list[RunProblem]
-    ) -> tuple[list[RunId], dict[RunId, RunDigest | Exception]]:
-        """The runs a listing shows and their digests: chosen from each project's index, else every run.
+    ) -> tuple[list[RunId], dict[RunId, RunDigest | Exception], list[RunSummary]]:
+        """The runs a listing reads and their digests, and the rows it shows as they are: chosen from each
+        project's index, else every run.
 
         Only the index parts the query needs are read (its statuses, its time
         range, its page: ``limit`` after ``cursor``). An ended run's row is the
-        answer as it is (every append to an ended run updates it); an active
-        run of the page is read the way a scan reads it, so its position is the
-        log's, and so is every run an open intent names (its row may lag).
+        answer as it is (every append to an ended run updates it; the index's
+        filters have passed it); an active run of the page is read the way a
+        scan reads it, so its position is the log's, and so is every run an
+        open intent names (its row may lag).
         """
-        candidates: list[tuple[str, str, dict[str, Any]]] = []  # (created_at, run id, row)
+        candidates: list[tuple[str, str, str, str, dict[str, Any]]] = []  # created_at, run id, org, project, row
         chosen: list[RunId] = []
         need = None if query.limit is None else query.limit + 1  # one more: is there a next page?
         for o, p in self._projects(query, problems):
-            prefix = f"{o}/{p}/"
             rows = self._index_rows(o, p, query, need)
             if rows is None:
                 chosen.extend(_resolve.run_ids(self.storage, o, p, problems))
                 continue
             found, lagging = rows
-            candidates.extend((r["listing"]["created_at"], prefix + r["u"], r) for r in found)
+            prefix = f"{o}/{p}/"
+            candidates.extend((r["listing"]["created_at"], prefix + r["u"], o, p, r) for r in found)
             chosen.extend(RunId(o, p, u) for u in sorted(lagging))
         wider = attrs.evolve(query, limit=need)
         page, _ = wider.page(candidates, lambda c: (c[0], c[1]))
-        trusted: dict[RunId, RunDigest | Exception] = {}
-        for _, rid_text, row in page:
-            rid = RunId.parse(rid_text)
-            chosen.append(rid)
-            if row["status"] in TERMINAL_STATUSES:
-                trusted[rid] = RunDigest(
+        ready: list[RunSummary] = []
+        for created_at, rid_text, o, p, row in page:
+            if row["status"] not in TERMINAL_STATUSES:
+                chosen.append(RunId(o, p, row["u"]))
+                continue
+            listing = row["listing"]
+            ready.append(
+                RunSummary(
                     run_id=rid_text,
+                    org=o,
+                    project=p,
+                    created_at=created_at,
                     status=row["status"],
                     last_event_id=int(row["last_event_id"]),
                     updated_at=row.get("updated_at"),
                     current_phase=row.get("current_phase"),
                     current_step=row.get("current_step"),
-                    listing=row["listing"],
+                    params=listing["params"],
+                    tags=listing["tags"],
+                    parent_run_id=listing["parent_run_id"],
                 )
-        rids = [rid for rid in dict.fromkeys(chosen) if rid in trusted or self._safe(rid, problems)]
-        reads = [rid for rid in rids if rid not in trusted]
-        digests = current_digests(self.storage, reads, snapshot_every=self.snapshot_every, registry=self.registry)
-        return rids, {**digests, **trusted}
+            )
+        rids = [rid for rid in dict.fromkeys(chosen) if self._safe(rid, problems)]
+        digests = current_digests(self.storage, rids, snapshot_every=self.snapshot_every, registry=self.registry)
+        return rids, digests, ready
 
     def _index_rows(
         self, org: str, project: str, query: RunQuery, need: int | None
@@ -769,12 +778,13 @@ class RunStore:
                 if query.org in (None, rid.org) and query.project in (None, rid.project)
             ]
             states = current_digests(self.storage, rids, snapshot_every=self.snapshot_every, registry=self.registry)
+            ready: list[RunSummary] = []
         else:
-            rids, states = self._from_index(query, problems)
+            rids, states, ready = self._from_index(query, problems)
         # Summaries carry the metadata a listing shows; only runs whose summary does not read metadata.json.
         unknown = [r for r in rids if not isinstance(d := states[r], Exception) and _listed(d.listing) is None]
         metas = self.storage.read_many(RunLayout(rid).metadata for rid in unknown)
-        out: list[RunSummary] = []
+        out: list[RunSummary] = ready
         for rid in rids:
             state = states[rid]
             if isinstance(state, Exception):
