@@ -206,4 +206,5 @@ def test_the_querying_page_runs_as_written(tmp_path: Path, monkeypatch: pytest.M
         "2",
         "list_runs() got an unknown filter 'stauts' (did you mean 'status' or 'tags'?)",
         "[('220', 2)]",
+        "[('created', 1), ('failed', 1)]",
     ] == printed.getvalue().splitlines()

@@ -35,11 +35,25 @@ def _scan(store: RunStore, **filters: Any) -> list[tuple[str, str]]:
             for u in store.storage.list_names(f"{org}/{project}"):
                 run = store.get_run(f"{org}/{project}/{u}")
                 status = run.state().status
-                if filters.get("status") in (None, status):
+                wanted = filters.get("status")
+                if wanted is None or status == wanted or (isinstance(wanted, tuple) and status in wanted):
                     rows.append((run.metadata.created_at, run.id, status))
-    rows.sort(reverse=True)
+    rows.sort(reverse=not filters.get("oldest"))
     limit = filters.get("limit")
     return [(rid, status) for _, rid, status in rows[:limit]]
+
+
+def _paged(store: RunStore, size: int) -> list[tuple[str, str]]:
+    """The first pages of ``size`` runs, followed by cursor (as many as make 5 runs, or fewer at the end)."""
+    out: list[tuple[str, str]] = []
+    cursor = None
+    while len(out) < 5:
+        page = store.list_runs(limit=size, cursor=cursor)
+        out += [(s.run_id, s.status) for s in page]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return out[:5]
 
 
 def _listed(store: RunStore, **filters: Any) -> list[tuple[str, str]]:
@@ -70,8 +84,14 @@ _MOVES = {
 )
 @pytest.mark.rule("index", 3)
 def test_index_answers_equal_a_scan_of_the_logs(
-    store_kind: str, tmp_path: Path, request: pytest.FixtureRequest, ops: list[tuple[str, int]]
+    store_kind: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    ops: list[tuple[str, int]],
 ) -> None:
+    monkeypatch.setattr(_index, "PART_ROWS", 2)  # parts of 2 to 4 rows: queries cross many of them
+    monkeypatch.setattr(_index, "SHARD", 7)  # commits in folders of 7: listings cross them
     store = make_store(store_kind, tmp_path / uuid.uuid4().hex, request, fsync=False)
     runs: list[Any] = []
     for op, pick in ops:
@@ -88,17 +108,22 @@ def test_index_answers_equal_a_scan_of_the_logs(
             pass  # refused by the transition table (or not ended, for archive): nothing changed
     fresh = RunStore(fs=store.storage.fs, root=store.storage.root)  # another process: nothing cached
     assert _scan(fresh) == _listed(fresh)
-    for status in ("failed", "running", "completed", "failing"):
+    for status in ("failed", "running", "completed", "failing", ("failed", "completed", "created")):
         assert _scan(fresh, status=status, limit=3) == _listed(fresh, status=status, limit=3)
+        assert _scan(fresh, status=status, limit=2, oldest=True) == _listed(
+            fresh, status=status, limit=2, order="oldest"
+        )
+    assert _scan(fresh, limit=5) == _paged(fresh, 2)
     assert all(r.ok for r in fresh.verify_index())
 
 
-def _checkpoint(store: RunStore) -> str:
-    names = store.storage.list_names(index_folder("acme", "web"))
-    return f"{index_folder('acme', 'web')}/{[n for n in names if n.endswith('.checkpoint.jsonl')][-1]}"
+def _parts(store: RunStore) -> list[str]:
+    """The part files of acme/web's index."""
+    top = f"{index_folder('acme', 'web')}/parts"
+    return [f"{top}/{n}" for n in store.storage.list_names(top)]
 
 
-@pytest.mark.rule("index", 6)
+@pytest.mark.rule("index", 7)
 def test_a_damaged_checkpoint_falls_back_to_the_scan_says_so_once_and_reindex_repairs_it(
     store: RunStore, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -106,7 +131,8 @@ def test_a_damaged_checkpoint_falls_back_to_the_scan_says_so_once_and_reindex_re
     runs[2].start()
     runs[2].fail("boom")
     expected = _scan(store)
-    store.storage.replace(_checkpoint(store), b'{"format": "faber_runlog.index/1", "version": 10, "runs": 3}\n{"op')
+    for key in _parts(store):
+        store.storage.replace(key, b'{"u": "x", "status": "failed"}\n{"op')
     fresh = RunStore(fs=store.storage.fs, root=store.storage.root)
     with caplog.at_level(logging.WARNING, logger="faber_runlog._services.store"):
         assert expected == _listed(fresh)
@@ -174,9 +200,10 @@ def test_a_writer_killed_between_its_event_and_its_index_entry_never_gives_a_wro
 
 
 @pytest.mark.backends("s3")
-@pytest.mark.rule("index", 7)
-def test_the_20_newest_failed_of_1000_indexed_runs_cost_a_bounded_number_of_requests_on_s3(
-    s3_server: S3Server, tmp_path: Path
+@pytest.mark.rule("index", 8)
+@pytest.mark.parametrize("older", [570, 5000])
+def test_the_20_newest_failed_runs_cost_at_most_12_requests_on_s3_whatever_the_number_of_runs(
+    s3_server: S3Server, tmp_path: Path, older: int
 ) -> None:
     import s3fs
 
@@ -187,32 +214,16 @@ def test_the_20_newest_failed_of_1000_indexed_runs_cost_a_bounded_number_of_requ
         run.start()
         run.fail("boom")
         failed.append(run)
-    # 970 more rows in the checkpoint: older runs that completed (S3 holds no folder of theirs: never read).
     view = _index.read(built.storage, "acme", "web")
     assert view is not None
-    for i in range(970):
-        u = str(uuid.uuid4())
-        listing: dict[str, Any] = {
-            "created_at": f"2020-01-01T00:00:{i % 60:02d}.{i:06d}Z",
-            "params": {},
-            "tags": {},
-            "parent_run_id": None,
-        }
-        view.rows[u] = {
-            "u": u,
-            "status": "failed" if i % 7 == 0 else "completed",
-            "last_event_id": 2,
-            "listing": listing,
-        }
-    index = index_folder("acme", "web")
-    objects = {
-        f"{index}/_last_checkpoint": _codec.dumps({"version": view.version}),
-        f"{index}/{view.version:020d}.checkpoint.jsonl": _index.checkpoint_body(view),
-    }
-    keys = []
-    for run in failed:
-        keys += built.storage.fs.find(built.storage.path(run.id))
-    root = built.storage.root.rstrip("/") + "/"
+    records: list[dict[str, Any]] = [{"op": "entry", "u": u, "nonce": None, "row": r} for u, r in view.rows.items()]
+    # ``older`` more rows: older runs that failed or completed (S3 holds no folder of theirs: never read).
+    for i in range(older):
+        at = f"2020-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}.{i:06d}Z"
+        listing: dict[str, Any] = {"created_at": at, "params": {}, "tags": {}, "parent_run_id": None}
+        row: dict[str, Any] = {"u": str(uuid.uuid4()), "status": "failed" if i % 7 == 0 else "completed"}
+        row.update(last_event_id=2, updated_at=None, current_phase=None, current_step=None, listing=listing)
+        records.append({"op": "entry", "u": row["u"], "nonce": None, "row": row})
     calls: list[str] = []
 
     class CountingS3(s3fs.S3FileSystem):  # type: ignore[misc]
@@ -228,16 +239,26 @@ def test_the_20_newest_failed_of_1000_indexed_runs_cost_a_bounded_number_of_requ
 
     fs = CountingS3(**s3_server.storage_options)
     s3 = RunStore(fs=fs, root=f"{BUCKET}/runs-{uuid.uuid4().hex}")
-    objects.update({k[len(root) :]: built.storage.fs.cat_file(k) for k in keys})
-    s3.storage.put_many(objects, create=True)
+    root = built.storage.root.rstrip("/") + "/"
+    keys = [k for run in failed for k in built.storage.fs.find(built.storage.path(run.id))]
+    s3.storage.put_many({k[len(root) :]: built.storage.fs.cat_file(k) for k in keys}, create=True)
+    _index.rebuild(s3.storage, "acme", "web", 600, records)  # a checkpoint of them all at commit 600
+    for i in range(5):  # and commits after it, as writers leave them between checkpoints
+        body = _codec.dumps({"records": [{"op": "close", "nonce": f"n{i}"}]})
+        assert s3.storage.create(f"{index_folder('acme', 'web')}/log/{0:014d}/{601 + i:020d}.json", body)
     calls.clear()
     page = s3.list_runs(org="acme", project="web", status="failed", limit=20)
     expected = [r.id for r in sorted(failed, key=lambda r: r.metadata.created_at, reverse=True)[:20]]
     assert expected == [s.run_id for s in page]
     assert page.next_cursor is not None
-    # hint + LIST + checkpoint + <= 9 commits, then the 21 runs of the page (+1 to know a next page exists):
-    # their summary, the probe for a later event and the events.jsonl check (HEAD + LIST when missing) each.
-    assert len(calls) <= 12 + 4 * 21, Counter(calls)
+    # The hint (it holds the manifest), one LIST after it, the 5 commits since, the newest failed part.
+    assert len(calls) <= 12, Counter(calls)
+    calls.clear()
+    page = s3.list_runs(org="acme", project="web", status="failed", limit=20, cursor=page.next_cursor)
+    assert [r.id for r in sorted(failed, key=lambda r: r.metadata.created_at, reverse=True)[20:]] == [
+        s.run_id for s in page
+    ][:10]
+    assert len(calls) <= 13, Counter(calls)
 
 
 @pytest.mark.backends("local")
@@ -287,3 +308,130 @@ def test_two_processes_writing_one_project_at_once_leave_an_index_that_equals_th
     assert _scan(store) == _listed(store)
     assert _scan(store, status="failed", limit=5) == _listed(store, status="failed", limit=5)
     assert all(r.ok for r in store.verify_index())
+
+
+# -- the checkpoint's parts and manifest ---------------------------------------------------------------
+
+
+def _row(u: str, status: str, event: int, at: str = "2026-01-01T00:00:00.000000Z") -> dict[str, Any]:
+    return {"u": u, "status": status, "last_event_id": event, "updated_at": at, "current_phase": None}
+
+
+def _entry(u: str, status: str, event: int, nonce: str | None, at: str = "2026-01-01T00:00:00.000000Z") -> Any:
+    row = _row(u, status, event, at)
+    row.update(current_step=None, listing={"created_at": at, "params": {}, "tags": {}, "parent_run_id": None})
+    return {"op": "entry", "u": u, "nonce": nonce, "row": row}
+
+
+def _select(store: RunStore, statuses: Any = None, need: int | None = None) -> list[tuple[str, str, int]]:
+    snap = _index.load(store.storage, "acme", "web")
+    rows = _index.select(
+        store.storage,
+        "acme",
+        "web",
+        snap,
+        statuses=statuses,
+        keep=lambda r: True,
+        beyond=lambda k: True,
+        newest=True,
+        need=need,
+    )
+    return [(r["u"], r["status"], r["last_event_id"]) for r in rows]
+
+
+@pytest.mark.backends("memory")
+@pytest.mark.rule("index", 6)
+def test_an_entry_for_an_older_event_committed_after_a_checkpoint_never_replaces_the_newer_row(
+    store: RunStore,
+) -> None:
+    # Two writers of one run: the first announced event 5, the second announced and wrote event 7 and its
+    # entry; the checkpoint at 10 holds the row of event 7 and the first intent, still open. The first
+    # writer's entry (event 5) lands after the checkpoint: readers keep event 7 (the intent's floor).
+    writer = _index.IndexWriter(store.storage)
+    writer.genesis("acme", "web")
+    u = str(uuid.uuid4())
+    writer.commit("acme", "web", [{"op": "intent", "u": u, "nonce": "n1", "at": "t"}])
+    writer.commit("acme", "web", [{"op": "intent", "u": u, "nonce": "n2", "at": "t"}])
+    writer.commit("acme", "web", [_entry(u, "completed", 7, "n2")])
+    for _ in range(5):
+        writer.commit("acme", "web", [{"op": "close", "nonce": "none"}])
+    assert 10 == writer.commit("acme", "web", [{"op": "close", "nonce": "none"}])  # the checkpoint
+    assert [(u, "n1")] == [(v[0], n) for n, v in _index.load(store.storage, "acme", "web").manifest.intents.items()]
+    writer.commit("acme", "web", [_entry(u, "running", 5, "n1")])
+    view = _index.read(store.storage, "acme", "web")
+    assert view is not None and ("completed", 7) == (view.rows[u]["status"], view.rows[u]["last_event_id"])
+    assert [(u, "completed", 7)] == _select(store) == _select(store, {"completed"})
+    assert [] == _select(store, {"running"})
+    for _ in range(9):  # the next checkpoint folds it the same way
+        writer.commit("acme", "web", [{"op": "close", "nonce": "none"}])
+    assert {} == _index.load(store.storage, "acme", "web").manifest.intents
+    assert [(u, "completed", 7)] == _select(store)
+
+
+@pytest.mark.backends("memory")
+def test_a_checkpoint_rewrites_only_the_parts_that_changed_and_equals_a_rebuild(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_index, "PART_ROWS", 4)
+    writer = _index.IndexWriter(store.storage)
+    writer.genesis("acme", "web")
+    us = [str(uuid.uuid4()) for _ in range(60)]
+    for i, u in enumerate(us):  # 60 runs, oldest first; every third failed
+        at = f"2026-01-01T00:00:{i:02d}.000000Z"
+        writer.commit("acme", "web", [_entry(u, "failed" if i % 3 == 0 else "completed", 2, None, at)])
+    before = _index.load(store.storage, "acme", "web").manifest
+    assert len(before.parts) >= 10 and all(p.rows <= 8 for p in before.parts)
+    # Nine commits: one old run resumed, one recent one completed; then the checkpoint at 70.
+    commits = [_entry(us[3], "running", 3, None, "2026-01-01T00:00:03.000000Z")]
+    commits += [_entry(us[58], "completed", 3, None, "2026-01-01T00:00:58.000000Z")]
+    commits += [{"op": "close", "nonce": "none"}] * 7
+    for rec in commits:
+        writer.commit("acme", "web", [rec])
+    after = _index.load(store.storage, "acme", "web").manifest
+    assert 70 == after.version
+    new = {p.name for p in after.parts} - {p.name for p in before.parts}
+    assert len(new) <= 4, new  # the parts the two runs left and went into, never the rest
+    assert set(after.retired) == {p.name for p in before.parts} - {p.name for p in after.parts}
+    view = _index.read(store.storage, "acme", "web")
+    assert view is not None
+    other = RunStore("memory://" + uuid.uuid4().hex)
+    _index.rebuild(
+        other.storage,
+        "acme",
+        "web",
+        70,
+        [{"op": "entry", "u": u, "nonce": None, "row": r} for u, r in view.rows.items()],
+    )
+    rebuilt = _index.read(other.storage, "acme", "web")
+    assert rebuilt is not None and rebuilt.rows == view.rows
+    assert ("running", "completed") == (view.rows[us[3]]["status"], view.rows[us[58]]["status"])
+    assert _select(store, {"failed"}, 5) == _select(other, {"failed"}, 5)
+    assert [u for u in reversed(us) if us.index(u) % 3 == 0 and u != us[3]][:5] == [
+        u for u, _, _ in _select(store, {"failed"}, 5)
+    ]
+    # The next checkpoint deletes the parts this one retired.
+    for _ in range(10):
+        writer.commit("acme", "web", [{"op": "close", "nonce": "none"}])
+    names = set(store.storage.list_names(f"{index_folder('acme', 'web')}/parts"))
+    assert not names & set(after.retired)
+
+
+@pytest.mark.backends("memory")
+def test_a_part_gone_from_under_the_manifest_falls_back_to_the_scan_and_an_ended_run_row_follows_appends(
+    store: RunStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs = [store.create_run("acme", "web") for _ in range(5)]
+    runs[1].start()
+    runs[1].fail("boom")
+    runs[1].log.emit("checkpoint", metadata={"label": "after the end"})  # announced: the row follows it
+    [listed] = store.list_runs(status="failed")
+    assert (runs[1].id, 3, 3) == (listed.run_id, listed.last_event_id, runs[1].state().last_event_id)
+    expected = _scan(store)
+    for key in _parts(store):
+        store.storage.delete(key)
+    fresh = RunStore(fs=store.storage.fs, root=store.storage.root)
+    with caplog.at_level(logging.WARNING, logger="faber_runlog._services.store"):
+        assert expected == _listed(fresh) == _listed(fresh)
+    assert 1 == sum("run index of acme/web" in r.getMessage() for r in caplog.records)
+    fresh.reindex()
+    assert all(r.ok for r in fresh.verify_index())

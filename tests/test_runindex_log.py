@@ -18,6 +18,7 @@ from faber_runlog._log import index as _index
 from faber_runlog._log.index import folder as index_folder
 
 FOLDER = index_folder("acme", "web")
+LOG = f"{FOLDER}/log/{0:014d}"  # the first folder of the index log: commits 1..100
 
 
 def _store(**kwargs: Any) -> RunStore:
@@ -26,9 +27,11 @@ def _store(**kwargs: Any) -> RunStore:
 
 def _commits(store: RunStore) -> list[list[dict[str, Any]]]:
     """The records of every commit of acme/web, in order."""
-    names = sorted(n for n in store.storage.list_names(FOLDER) if n.endswith(".json") and n[:20].isdigit())
+    names = sorted(
+        n for n in store.storage.list_names(LOG) if n.endswith(".json") and n[:20].isdigit() and len(n) == 25
+    )
     assert [f"{n:020d}.json" for n in range(1, len(names) + 1)] == names  # numbered from 1, no gap
-    return [_codec.loads(store.storage.read(f"{FOLDER}/{n}") or b"")["records"] for n in names]
+    return [_codec.loads(store.storage.read(f"{LOG}/{n}") or b"")["records"] for n in names]
 
 
 def _ops(commits: list[list[dict[str, Any]]]) -> list[list[str]]:
@@ -71,10 +74,10 @@ def test_an_open_intent_is_closed_only_by_reindex_once_it_is_older_than_the_grac
     with monkeypatch.context() as patch:
         patch.setattr(_index.IndexWriter, "entry", lambda *args, **kwargs: None)  # killed after its event
         run.fail("boom")
-    names = store.storage.list_names(FOLDER)
+    names = store.storage.list_names(LOG)
     fresh = RunStore(fs=store.storage.fs, root=store.storage.root)
     assert [(run.id, "failed")] == [(s.run_id, s.status) for s in fresh.list_runs()]  # read from the run's log
-    assert names == store.storage.list_names(FOLDER)  # the reader repaired nothing
+    assert names == store.storage.list_names(LOG)  # the reader repaired nothing
     [young] = fresh.reindex()  # the intent is younger than the store's seal_grace: its writer may be claiming
     view = _index.read(store.storage, "acme", "web")
     assert view is not None
@@ -92,11 +95,13 @@ def test_the_writer_that_claims_every_tenth_commit_writes_a_checkpoint_and_moves
     store = _store()
     runs = [store.create_run("acme", "web") for _ in range(5)]  # genesis + an intent and an entry each: 11
     assert 11 == len(_commits(store))
-    checkpoints = sorted(n for n in store.storage.list_names(FOLDER) if n.endswith(".checkpoint.jsonl"))
-    assert ["00000000000000000010.checkpoint.jsonl"] == checkpoints
-    assert {"version": 10} == _codec.loads(store.storage.read(f"{FOLDER}/_last_checkpoint") or b"")
-    lines = [_codec.loads(ln) for ln in (store.storage.read(f"{FOLDER}/{checkpoints[0]}") or b"").splitlines()]
-    head, body = lines[0], lines[1:]
+    checkpoints = sorted(n for n in store.storage.list_names(LOG) if n.endswith(".checkpoint.json"))
+    assert ["00000000000000000010.checkpoint.json"] == checkpoints
+    manifest = _codec.loads(store.storage.read(f"{LOG}/{checkpoints[0]}") or b"")
+    assert manifest == _codec.loads(store.storage.read(f"{FOLDER}/_last_checkpoint") or b"")  # the hint is a copy
     # Commit 10 is the fifth run's intent: four runs and one open intent, the runs newest first.
-    assert (10, 4, 1) == (head["version"], head["runs"], head["intents"])
-    assert [r.run_id.uuid for r in reversed(runs[:4])] + [runs[4].run_id.uuid] == [r["u"] for r in body]
+    assert (10, 4, 1) == (manifest["version"], manifest["runs"], len(manifest["intents"]))
+    [part] = manifest["parts"]
+    body = [_codec.loads(ln) for ln in (store.storage.read(f"{FOLDER}/parts/{part['name']}") or b"").splitlines()]
+    assert [r.run_id.uuid for r in reversed(runs[:4])] == [r["u"] for r in body]
+    assert [runs[4].run_id.uuid] == [u for u, *_ in manifest["intents"].values()]

@@ -9,6 +9,7 @@ import pytest
 from faber_runlog import InvalidRunId, RunExists, RunNotFound, RunStore
 from faber_runlog._base import codec as _codec
 from faber_runlog._format.layout import RunLayout, decode_summary, encode_summary
+from faber_runlog._log.index import INDEX_DIR
 from faber_runlog._services.store import DEFAULT_ROOT
 
 
@@ -102,8 +103,12 @@ def test_list_runs_never_reads_events(store: RunStore) -> None:
         store.storage.replace(f"{run.id}/events/{seq:020d}.json", b"{broken")
     listed = store.list_runs()
     assert (["completed"], []) == ([s.status for s in listed], listed.problems)
-    # Without a summary the run is folded from its log: then the damage is reported, not hidden.
+    # The run index answers for an ended run from its row, reading nothing of the run; without the index
+    # (a project from before it) the listing reads the summary, and without a summary the run is folded
+    # from its log: then the damage is reported, not hidden.
     store.storage.delete(f"{run.id}/summary.json")
+    assert ["completed"] == [s.status for s in store.list_runs()]
+    store.storage.fs.rm(store.storage.path(INDEX_DIR), recursive=True)
     listed = store.list_runs()
     assert ([], [run.id]) == (list(listed), [p.run_id for p in listed.problems])
 
@@ -138,8 +143,14 @@ def test_list_runs_reads_the_metadata_a_listing_shows_from_the_summary(store: Ru
         listed.created_at,
         listed.status,
     )
-    # the index drops the run the tags exclude; one summary per listed run, never metadata.json
-    assert ([], 1) == ([k for k in keys if k.endswith("metadata.json")], len([k for k in keys if "summary" in k]))
+    # the index drops the run the tags exclude and answers for the ended one from its row: nothing of a run is read
+    assert [] == [k for k in keys if k.endswith(("metadata.json", "summary.json"))]
+    # without the index (a project from before it): one summary per listed run, never metadata.json
+    store.storage.fs.rm(store.storage.path(INDEX_DIR), recursive=True)
+    keys.clear()
+    [listed] = store.list_runs(tags={"team": "core"})
+    assert expected[:5] == (listed.run_id, listed.params, listed.tags, listed.parent_run_id, listed.created_at)
+    assert ([], 2) == ([k for k in keys if k.endswith("metadata.json")], len([k for k in keys if "summary" in k]))
 
 
 def test_a_summary_carries_no_metadata_that_is_too_large_and_the_listing_reads_it(store: RunStore) -> None:

@@ -14,7 +14,7 @@ import attrs
 
 from faber_runlog.errors import InvalidRunId
 
-__all__ = ["RunId", "is_slug", "validate_slug"]
+__all__ = ["RunId", "is_slug", "is_uuid4", "validate_slug"]
 
 _SLUG = re.compile(r"[a-z0-9_-]{1,64}", re.ASCII)
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.ASCII)
@@ -31,6 +31,11 @@ def validate_slug(value: object, what: str = "slug") -> str:
 def is_slug(name: str) -> bool:
     """Whether ``name`` is a valid org/project slug (:func:`validate_slug` without the error)."""
     return _SLUG.fullmatch(name) is not None
+
+
+def is_uuid4(text: object) -> bool:
+    """Whether ``text`` is a run uuid as :class:`RunId` accepts it (lowercase canonical uuid4)."""
+    return isinstance(text, str) and _UUID4.fullmatch(text) is not None
 
 
 @attrs.frozen(slots=True, order=True)

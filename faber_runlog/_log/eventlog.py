@@ -55,6 +55,7 @@ from faber_runlog._domain.transitions import (
     ENDING_APPROVAL_ACTIONS,
     SAME,
     SEAL_TYPE,
+    TERMINAL_STATUSES,
     TRANSITIONS,
     Transition,
 )
@@ -145,7 +146,13 @@ class Commit:
 
 
 def _may_move(etype: str, row: Transition | None, state: RunState) -> bool:
-    """Whether appending ``etype`` after ``state`` may change the run's status (an unchecked append: by its type)."""
+    """Whether appending ``etype`` after ``state`` may change the run's index row.
+
+    That is: it may change the status (an unchecked append: by its type), or the run has ended (an ended
+    run's index row is shown as it is, so every later event updates it).
+    """
+    if state.status in TERMINAL_STATUSES:
+        return True
     if row is None:
         return etype in TRANSITIONS
     target = row.target(state.status)

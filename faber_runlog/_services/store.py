@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import logging
@@ -26,6 +27,7 @@ from faber_runlog._domain.plan import apply_plan, normalize_plan
 from faber_runlog._domain.query import RUN_FILTERS, RunQuery
 from faber_runlog._domain.registry import Registry, configured_registry
 from faber_runlog._domain.state import RunDigest, RunState, RunStatus
+from faber_runlog._domain.transitions import TERMINAL_STATUSES
 from faber_runlog._format.layout import PROJECT_DIR, SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
 from faber_runlog._log import index as _index
 from faber_runlog._log.eventlog import CLAIM_BUDGET, SEAL_GRACE, Commit, EventLog, current_digests
@@ -439,6 +441,9 @@ class RunStore:
         )
 
     def _index_entry(self, rid: RunId, metadata: RunMetadata | None, state: RunState, nonce: str) -> None:
+        if metadata is None:  # a handle opened by id alone: the row needs what the run was created with
+            with contextlib.suppress(Exception):
+                metadata = self._read_metadata(rid)
         listing = metadata.listing() if metadata is not None else None
         self._runindex.entry(rid, RunDigest.of(state, None), listing, nonce)
 
@@ -599,35 +604,101 @@ class RunStore:
 
     def _from_index(
         self, query: RunQuery, problems: list[RunProblem]
-    ) -> tuple[list[RunId], dict[RunId, RunDigest | Exception]]:
-        """The runs a listing reads and their digests: chosen from each project's index, else every run.
+    ) -> tuple[list[RunId], dict[RunId, RunDigest | Exception], list[RunSummary]]:
+        """The runs a listing reads and their digests, and the rows it shows as they are: chosen from each
+        project's index, else every run.
 
-        Index rows that fail the query's filters are dropped unread; of the rest only
-        the page the query asks for (its ``limit`` after its ``cursor``) is read, plus
-        the runs an open intent names (their row may lag). What is read is read the
-        way a scan reads it, so every row shown is the log's.
+        Only the index parts the query needs are read (its statuses, its time
+        range, its page: ``limit`` after ``cursor``). An ended run's row is the
+        answer as it is (every append to an ended run updates it; the index's
+        filters have passed it); an active run of the page is read the way a
+        scan reads it, so its position is the log's, and so is every run an
+        open intent names (its row may lag).
         """
-        candidates: list[tuple[str, str]] = []  # (created_at, run id): the order listings sort by
+        candidates: list[tuple[str, str, str, str, dict[str, Any]]] = []  # created_at, run id, org, project, row
         chosen: list[RunId] = []
+        need = None if query.limit is None else query.limit + 1  # one more: is there a next page?
         for o, p in self._projects(query, problems):
-            view = self._index_view(o, p)
-            if view is None:
+            rows = self._index_rows(o, p, query, need)
+            if rows is None:
                 chosen.extend(_resolve.run_ids(self.storage, o, p, problems))
                 continue
-            lagging = view.lagging()
-            for u, row in view.rows.items():
-                if u in lagging or not query.wants_status(row["status"]):
-                    continue
-                listing, rid = row["listing"], f"{o}/{p}/{u}"
-                if query.wants_run(rid, listing["created_at"], listing["params"], listing["tags"]):
-                    candidates.append((listing["created_at"], rid))
+            found, lagging = rows
+            prefix = f"{o}/{p}/"
+            candidates.extend((r["listing"]["created_at"], prefix + r["u"], o, p, r) for r in found)
             chosen.extend(RunId(o, p, u) for u in sorted(lagging))
-        # One more than the limit, so that the listing knows whether a next page exists.
-        wider = attrs.evolve(query, limit=None if query.limit is None else query.limit + 1)
-        page, _ = wider.page(candidates, lambda c: c)
-        chosen.extend(RunId.parse(rid) for _, rid in page)
+        wider = attrs.evolve(query, limit=need)
+        page, _ = wider.page(candidates, lambda c: (c[0], c[1]))
+        ready: list[RunSummary] = []
+        for created_at, rid_text, o, p, row in page:
+            if row["status"] not in TERMINAL_STATUSES:
+                chosen.append(RunId(o, p, row["u"]))
+                continue
+            listing = row["listing"]
+            ready.append(
+                RunSummary(
+                    run_id=rid_text,
+                    org=o,
+                    project=p,
+                    created_at=created_at,
+                    status=row["status"],
+                    last_event_id=int(row["last_event_id"]),
+                    updated_at=row.get("updated_at"),
+                    current_phase=row.get("current_phase"),
+                    current_step=row.get("current_step"),
+                    params=listing["params"],
+                    tags=listing["tags"],
+                    parent_run_id=listing["parent_run_id"],
+                )
+            )
         rids = [rid for rid in dict.fromkeys(chosen) if self._safe(rid, problems)]
-        return rids, current_digests(self.storage, rids, snapshot_every=self.snapshot_every, registry=self.registry)
+        digests = current_digests(self.storage, rids, snapshot_every=self.snapshot_every, registry=self.registry)
+        return rids, digests, ready
+
+    def _index_rows(
+        self, org: str, project: str, query: RunQuery, need: int | None
+    ) -> tuple[list[dict[str, Any]], set[str]] | None:
+        """The index rows ``query`` wants from ``org/project`` and the runs to read instead (None: no index)."""
+        prefix = f"{org}/{project}/"
+        newest = query.order == "newest"
+        cursor = query.cursor
+
+        def keep(row: dict[str, Any]) -> bool:
+            listing = row["listing"]
+            return query.wants_run(prefix + row["u"], listing["created_at"], listing["params"], listing["tags"])
+
+        def beyond(key: tuple[str, str]) -> bool:
+            if cursor is None:
+                return True
+            at = (key[0], prefix + key[1])
+            return at < cursor if newest else at > cursor
+
+        for attempt in (1, 2):  # a part retired under a slow reader: read the index again, once
+            snap = self._index_view(org, project)
+            if snap is None:
+                return None
+            try:
+                found = _index.select(
+                    self.storage,
+                    org,
+                    project,
+                    snap,
+                    statuses=query.status,
+                    keep=keep,
+                    beyond=beyond,
+                    newest=newest,
+                    need=need,
+                    since=query.since,
+                    until=query.until,
+                )
+                return found, snap.lagging()
+            except _index.Stale as e:
+                if attempt == 2:
+                    self._index_damaged(org, project, e)
+            except Exception as e:
+                self._index_damaged(org, project, e)
+                return None
+        return None
 
     def _safe(self, rid: RunId, problems: list[RunProblem]) -> bool:
         why = self.storage.unsafe(RunLayout(rid).dir)
@@ -643,23 +714,28 @@ class RunStore:
             projects = [query.project] if query.project is not None else _resolve.folder_names(storage, o, problems)
             yield from ((o, p) for p in projects if is_slug(p))
 
-    def _index_view(self, org: str, project: str) -> _index.IndexView | None:
-        """The index of ``org/project``, or None (no index, or a damaged one: said once per store handle)."""
+    def _index_view(self, org: str, project: str) -> _index.IndexSnapshot | None:
+        """The index of ``org/project`` before its parts, or None (no index, or a damaged one: said once)."""
         try:
-            return _index.read(self.storage, org, project, strict=True)
-        except Exception as e:
-            if (org, project) not in self._index_warned:
-                self._index_warned.add((org, project))
-                log.warning(
-                    "the run index of %s/%s in %s is damaged (%s: %s); listings read every run until "
-                    "RunStore.reindex() (faber-runlog reindex) rebuilds it",
-                    org,
-                    project,
-                    self.url,
-                    type(e).__name__,
-                    e,
-                )
+            return _index.load(self.storage, org, project)
+        except _index.NoIndex:
             return None
+        except Exception as e:
+            self._index_damaged(org, project, e)
+            return None
+
+    def _index_damaged(self, org: str, project: str, e: BaseException) -> None:
+        if (org, project) not in self._index_warned:
+            self._index_warned.add((org, project))
+            log.warning(
+                "the run index of %s/%s in %s is damaged (%s: %s); listings read every run until "
+                "RunStore.reindex() (faber-runlog reindex) rebuilds it",
+                org,
+                project,
+                self.url,
+                type(e).__name__,
+                e,
+            )
 
     def list_runs(
         self,
@@ -718,12 +794,13 @@ class RunStore:
                 if query.org in (None, rid.org) and query.project in (None, rid.project)
             ]
             states = current_digests(self.storage, rids, snapshot_every=self.snapshot_every, registry=self.registry)
+            ready: list[RunSummary] = []
         else:
-            rids, states = self._from_index(query, problems)
+            rids, states, ready = self._from_index(query, problems)
         # Summaries carry the metadata a listing shows; only runs whose summary does not read metadata.json.
         unknown = [r for r in rids if not isinstance(d := states[r], Exception) and _listed(d.listing) is None]
         metas = self.storage.read_many(RunLayout(rid).metadata for rid in unknown)
-        out: list[RunSummary] = []
+        out: list[RunSummary] = ready
         for rid in rids:
             state = states[rid]
             if isinstance(state, Exception):
