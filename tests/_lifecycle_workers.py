@@ -59,8 +59,12 @@ def sweep(spec: dict[str, object], go: str) -> None:
     print(json.dumps([s.run_id for s in store.sweep_stale()]), flush=True)
 
 
-def _wait_files(paths: list[str]) -> None:
+def _wait_files(paths: list[str], timeout: float = 120.0) -> None:
+    # A peer that died never writes its file: fail with what is missing rather than hang the test.
+    deadline = time.monotonic() + timeout
     while not all(os.path.exists(p) for p in paths):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {[p for p in paths if not os.path.exists(p)]}")
         time.sleep(0.002)
 
 
@@ -102,7 +106,8 @@ def race_starter(spec: dict[str, object], folder: str, rounds: int, index: int, 
             print(json.dumps({"round": r, "won": None}), flush=True)
         else:
             print(json.dumps({"round": r, "won": run.id}), flush=True)
-        open(os.path.join(folder, f"done-{r}-{index}"), "w").close()
+        finally:  # the holder waits for every starter's file: an error must not leave it waiting
+            open(os.path.join(folder, f"done-{r}-{index}"), "w").close()
 
 
 def stale_writer(spec: dict[str, object], go: str) -> None:
