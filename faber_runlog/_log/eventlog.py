@@ -111,6 +111,7 @@ _PAGE: Final = 1000  # event names listed per request on stores that list after 
 _OLDER_SPACING: Final = 4  # an older snapshot at most every this many K events (see _keep_older)
 _SEGMENT_BATCH: Final = 8  # segments fetched together (concurrently where reads batch)
 _loads: Final = _codec.loads  # bound once: it runs for every event read
+_PROBE_STAMP: Final = "2000-01-01T00:00:00.000000Z"  # what an append's fields are validated with, before its stamp
 
 
 _LOGS: Final[weakref.WeakSet[EventLog]] = weakref.WeakSet()
@@ -592,7 +593,8 @@ class EventLog:
             raise InvalidEvent(
                 f"event names run {fields['run_id']!r} but is being appended to {self._run_id}", run_id=self._run_id
             )
-        probe = dict(fields, event_id=1, timestamp=timestamp or _codec.now_iso(), nonce="x")
+        # The stamp is checked for shape only (the real one is taken at the claim): a fixed one is checked once.
+        probe = dict(fields, event_id=1, timestamp=timestamp or _PROBE_STAMP, nonce="x")
         validate_event_dict(probe, run_id=self._run_id, table=self._types)
         if timestamp is not None:
             fields["timestamp"] = timestamp
@@ -799,7 +801,7 @@ class EventLog:
         """Write ``summary.json`` for ``state`` (listings read it). Failures cost time only."""
         try:
             digest = RunDigest.of(state, self._state_fp, self._listing)
-            self._storage.replace(self._layout.summary, encode_summary(digest.to_dict()))
+            self._storage.replace_cache(self._layout.summary, encode_summary(digest.to_dict()))
         except Exception as e:
             log.warning("summary of run %s at event %d not written: %s", self._run_id, state.last_event_id, e)
 
@@ -812,7 +814,7 @@ class EventLog:
         seq = state.last_event_id
         try:
             body = encode_snapshot(state.to_dict(), self._state_fp)
-            self._storage.replace(self._layout.state, body)
+            self._storage.replace_cache(self._layout.state, body)
             self._snap_seq, self._snap_size = seq, len(body)
             if periodic:
                 self._keep_older(seq, body)
@@ -834,7 +836,7 @@ class EventLog:
         )
         taken = [n for n in listed if n < seq]
         if not taken or seq - taken[-1] >= spacing:
-            self._storage.replace(self._layout.snapshot(seq), body)
+            self._storage.replace_cache(self._layout.snapshot(seq), body)
             taken.append(seq)
         taken += [n for n in listed if n > seq]  # written meanwhile by a handle further on
         kept: list[int] = []
