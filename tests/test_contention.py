@@ -255,3 +255,46 @@ def test_steady_simulated_writers_all_progress_and_none_waits_long() -> None:
     assert got["least_share_at_half"] >= 0.25, got
     assert got["worst"] <= 16 * writers * ROUND_TRIP, got
     assert got["requests_per_event"] <= 2 * writers + 4, got
+
+
+class _JsonlCounting(MemoryStorage):
+    """Memory storage that counts the requests naming ``events.jsonl``."""
+
+    asked = 0
+
+    def read(self, key: str) -> bytes | None:
+        _JsonlCounting.asked += key.endswith("/events.jsonl")
+        return super().read(key)
+
+    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        keys = list(keys)
+        _JsonlCounting.asked += sum(k.endswith("/events.jsonl") for k in keys)
+        return super().read_many(keys)
+
+    def exists(self, key: str) -> bool:
+        _JsonlCounting.asked += key.endswith("/events.jsonl")
+        return super().exists(key)
+
+
+@pytest.mark.parametrize("seal_grace", [3600.0, 0.0])
+def test_a_loser_that_knew_the_log_lately_learns_the_tail_without_asking_events_jsonl(seal_grace: float) -> None:
+    # docs/concurrency.md rule 13: a writer that knew the whole log less than half seal_grace ago reads
+    # the events it lost to up to a missing file and takes that as the end (any seal after what it knew
+    # is too young for cleanup); one whose knowledge is older asks events.jsonl, as a reader does.
+    store = RunStore(f"memory://sim-{random.getrandbits(64):x}", seal_grace=seal_grace)
+    store.storage = _JsonlCounting(store.storage.fs, store.storage.root)
+    run = store.create_run("acme", "web")
+    run.start()
+    mine, other = store.get_run(run.id).log, store.get_run(run.id).log
+    mine.emit("step_start", phase="build", step="a")  # this handle knows the log up to event 2
+    for step in ("b", "c"):
+        other.emit("step_start", phase="build", step=step)  # events 3 and 4: the next claim loses
+    _JsonlCounting.asked = 0
+    got = mine.emit("step_start", phase="build", step="d")
+    asked = _JsonlCounting.asked
+    assert 5 == got.event_id
+    assert ["a", "b", "c", "d"] == [e.step for e in store.get_run(run.id).log.read() if e.type == "step_start"]
+    if seal_grace:
+        assert 0 == asked
+    else:
+        assert asked >= 1

@@ -522,13 +522,24 @@ class EventLog:
         race.went_by = max(1, self._tail - seq + 1)
         race.missed += race.went_by
 
+    def _knows_all(self, now: float) -> bool:
+        """Whether this writer knew the whole log less than half ``seal_grace`` before ``now`` (protocol rule 13).
+
+        Every event up to its tail then, and no seal after them: a seal written since is younger
+        than half the grace, so cleanup has removed no file after that tail, and a missing file
+        there is the end of the log without asking ``events.jsonl``.
+        """
+        confirmed = self._confirmed
+        return confirmed is not None and now - confirmed <= self._post_check_after
+
     def _fold_ahead(self, race: _Race, lost: int) -> bool:
         """Protocol rule 13's round for an exact append: fetch the lost number and the next few at once, no LIST.
 
-        Reads events ``lost ..`` (as many as went by last round, and one more) and ``events.jsonl`` in
-        one batch and folds them. True when a missing file ended the log there (the tail is known);
-        False when every guessed file existed or the state is not where the race left it: the
-        listing round (:meth:`_learn_tail`) goes on from what was folded.
+        Reads events ``lost ..`` (as many as went by last round, and one more) in one batch and folds
+        them, with ``events.jsonl`` unless the writer knew the whole log less than half ``seal_grace``
+        ago (protocol rule 13). True when a missing file ended the log there (the tail is known); False when
+        every guessed file existed, the lost number is gone, or the state is not where the race left
+        it: the listing round (:meth:`_learn_tail`) goes on from what was folded.
         """
         state = self._writer_state()
         if state.last_event_id != lost - 1 or self._sealed is not None:
@@ -536,9 +547,13 @@ class EventLog:
         count = min(race.went_by + 1, _WAIT_CAP)
         keys = [self._layout.event(s) for s in range(lost, lost + count)]
         started = time.monotonic()  # protocol rule 6's clock, as in _catch_up_writer and _after_create
-        bodies = self._storage.read_many([*keys, self._layout.jsonl])
-        if bodies[self._layout.jsonl] is not None:
+        fresh = self._knows_all(started)  # then no file from lost on was removed: no events.jsonl to ask
+        bodies = self._storage.read_many(keys if fresh else [*keys, self._layout.jsonl])
+        if bodies.get(self._layout.jsonl) is not None:
             return False  # consolidated: the careful path reads the seal
+        if bodies[keys[0]] is None:  # the number it just lost is gone: only cleanup removes files
+            self._confirmed = None
+            return False
         batch: list[dict[str, Any]] = []
         for seq, key in enumerate(keys, lost):
             body = bodies[key]
@@ -555,9 +570,8 @@ class EventLog:
         race.went_by = max(1, len(batch))
         race.missed += len(batch)
         if len(batch) == count:
-            self._confirmed = None
-            return False
-        self._confirmed = started  # read up to a missing file with no events.jsonl: the tail (protocol rule 6)
+            return False  # the listing round goes on (knowing the log as recently as before)
+        self._confirmed = started  # read up to a missing file that is the end of the log: the tail (protocol rule 6)
         return True
 
     def fence_epoch(self) -> int:
@@ -681,9 +695,10 @@ class EventLog:
 
     def _learn_tail(self, lost: int, *, fold: bool) -> None:
         """After losing number ``lost``: find the new tail, and whether it is the seal."""
+        fresh = fold and self._knows_all(time.monotonic())
         self._confirmed = None
         if fold:
-            self._sync()  # folds every event up to the tail, the seal included
+            self._catch_up_writer(fresh=fresh)  # folds every event up to the tail, the seal included
             return
         self._tail = self._find_tail(lost)
         if self._tail > (self._state.last_event_id if self._state is not None else 0):
@@ -890,10 +905,11 @@ class EventLog:
             self._catch_up_writer()
         return state
 
-    def _catch_up_writer(self, until: int | None = None) -> None:
+    def _catch_up_writer(self, until: int | None = None, *, fresh: bool = False) -> None:
+        """Fold what this writer missed; ``fresh``: it knew the whole log lately, so a missing file ends it."""
         state = self._writer_state()
         started = time.monotonic()
-        last = self._catch_up(state, until=until)
+        last = self._catch_up(state, until=until, fresh=fresh)
         if last is not None:
             self._state_fp = last
         self._tail = max(self._tail, state.last_event_id)
@@ -998,14 +1014,14 @@ class EventLog:
             return None, None
         return state, fp
 
-    def _catch_up(self, state: RunState, until: int | None = None) -> str | None:
+    def _catch_up(self, state: RunState, until: int | None = None, *, fresh: bool = False) -> str | None:
         """Fold the stored events after ``state`` into it; the last one's fingerprint (None: nothing new).
 
         Folds the decoded mappings (no ``Event`` per event): a rebuild runs at the speed of the parser.
         """
         last = None
         folds = self._folds
-        for batch in self._stored(state.last_event_id, until, self._decode_mapping):
+        for batch in self._stored(state.last_event_id, until, self._decode_mapping, fresh=fresh):
             apply_mappings(state, batch, folds)
             last = batch[-1]
             if self._seen is not None:  # a race being learned: whose events went by (for the budget's error)
@@ -1060,12 +1076,14 @@ class EventLog:
             path=path,
         )
 
-    def _stored(self, after: int, until: int | None, dec: _Decode[T]) -> Iterator[list[T]]:
+    def _stored(self, after: int, until: int | None, dec: _Decode[T], *, fresh: bool = False) -> Iterator[list[T]]:
         """Events after ``after`` (and up to ``until``) in order, in batches, stopping at the end of the log.
 
         ``dec(seq, body, key)`` decodes each one (an ``Event`` for readers, the mapping for the fold).
         Batches (a segment, a page of files) keep the per-event cost of the generators
         out of a rebuild; a batch cut short by an unreadable event is yielded before the error.
+        ``fresh``: a writer that knew the whole log up to ``after`` lately (protocol rule 13), for which a
+        missing file is the end without asking ``events.jsonl``.
         """
         d = dec
         if self._sealed is not None and after < self._sealed - 1 and (until is None or until > after):
@@ -1079,6 +1097,8 @@ class EventLog:
         if (until is not None and nxt > until) or (self._sealed is not None and nxt > self._sealed):
             return
         # File ``nxt`` is missing: the end of the log, unless consolidation removed it.
+        if fresh:
+            return
         body = self._storage.read(self._layout.jsonl)  # one GET (an existence check costs two requests on S3)
         if body is None:
             return
