@@ -212,6 +212,7 @@ def test_a_short_write_is_never_published_and_raises(tmp_path: Path) -> None:
     assert 0 == store.get_run(out[1]).state().last_event_id
 
 
+@pytest.mark.rule("protocol", 8)
 def test_an_append_syncs_its_event_and_folder_and_no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The event file and its folder are synced before the append returns; snapshots and
     # summaries are caches checked before use, so they are replaced without a sync.

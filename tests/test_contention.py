@@ -276,6 +276,7 @@ class _JsonlCounting(MemoryStorage):
         return super().exists(key)
 
 
+@pytest.mark.rule("protocol", 13)
 @pytest.mark.parametrize("seal_grace", [3600.0, 0.0])
 def test_a_loser_that_knew_the_log_lately_learns_the_tail_without_asking_events_jsonl(seal_grace: float) -> None:
     # docs/concurrency.md rule 13: a writer that knew the whole log less than half seal_grace ago reads
