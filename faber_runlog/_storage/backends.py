@@ -1032,19 +1032,23 @@ class LocalStorage(Storage):
 
 _TEMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 _temp_ids = itertools.count()
-_temp_base: list[tuple[int, str]] = []  # (pid, random prefix): drawn again in a forked child
+_temp_base = [uuid.uuid4().hex[:16]]  # this process's random prefix; a forked child draws its own
+
+
+def _new_temp_base_in_child() -> None:
+    _temp_base[0] = uuid.uuid4().hex[:16]
+
+
+os.register_at_fork(after_in_child=_new_temp_base_in_child)
 
 
 def _temp_tag() -> str:
     """A temp-file name part no other writer uses: a random prefix per process, then a counter.
 
-    Cheaper than a fresh uuid per write (the local append's hot path); the pid check gives a forked
-    child its own prefix, and ``O_EXCL`` refuses a clash all the same.
+    Cheaper than a fresh uuid per write (the local append's hot path); a forked child gets its
+    own prefix, and ``O_EXCL`` refuses a clash all the same.
     """
-    pid = os.getpid()
-    if not _temp_base or _temp_base[0][0] != pid:
-        _temp_base[:] = [(pid, uuid.uuid4().hex[:16])]
-    return f"{_temp_base[0][1]}-{next(_temp_ids)}"
+    return f"{_temp_base[0]}-{next(_temp_ids)}"
 
 
 def _read_fd(fd: int) -> bytes:
