@@ -143,9 +143,10 @@ def test_a_writer_that_lost_a_number_waits_then_learns_the_tail_in_one_round_the
     storage.calls.clear()
     storage.rivals = [1]
     assert 6 == _emit(log, exact=False)
-    # Plain: no request before it guesses the next number; the create after a loss checks for a seal.
+    # Plain: no request before it guesses the next number; the create after a loss checks for a seal:
+    # that the number it guessed past is none, and that no events.jsonl exists (protocol rules 4 and 6).
     # (It lost a race lately, so it first yields: protocol rule 20.)
-    assert ["wait 3", "create 5 lost", "wait 1", "create 6 won", "exists events.jsonl"] == storage.calls
+    assert ["wait 3", "create 5 lost", "wait 1", "create 6 won", "get 5", "exists events.jsonl"] == storage.calls
     storage.calls.clear()
     storage.rivals = [1, 3]  # its guess loses too: then it lists
     assert 11 == _emit(log, exact=False)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import soak_scale
 
-from faber_runlog import EventLog, RunStore, SequenceConflict
+from faber_runlog import EventLog, RunArchived, RunStore, SequenceConflict
 from faber_runlog._base import codec as _codec
 from faber_runlog._base.ids import RunId
 from faber_runlog._storage.backends import Capabilities, MemoryStorage
@@ -299,3 +299,30 @@ def test_a_loser_that_knew_the_log_lately_learns_the_tail_without_asking_events_
         assert 0 == asked
     else:
         assert asked >= 1
+
+
+@pytest.mark.rule("protocol", 4)
+def test_a_plain_append_that_guesses_past_a_fresh_seal_is_refused_and_leaves_nothing() -> None:
+    # The window between consolidation's seal and its events.jsonl: a plain writer that loses the
+    # seal's number guesses the next one and wins it; the check after its create finds the seal it
+    # guessed past, removes its event and refuses (it was acknowledged before this check existed).
+    store = RunStore(f"memory://sim-{random.getrandbits(64):x}")
+    run = store.create_run("acme", "web")
+    run.start()
+    mine = store.get_run(run.id).log
+    mine.emit("checkpoint", metadata={"label": "mine"})  # event 2: this handle's state says running
+    store.get_run(run.id).log.emit("workflow_complete")  # event 3, which this handle does not fold
+    assert 4 == mine.emit("checkpoint", metadata={"label": "guessed"}).event_id  # lost 3, guessed 4
+    seal = {
+        "type": "log_sealed",
+        "event_id": 5,
+        "run_id": run.id,
+        "timestamp": "2026-01-01T00:00:00.000000Z",
+        "nonce": "consolidation-1",
+        "metadata": {},
+        "schema_version": 1,
+    }
+    assert store.storage.create(f"{run.id}/events/{5:020d}.json", _codec.dumps(seal))  # no events.jsonl yet
+    with pytest.raises(RunArchived, match="sealed"):
+        mine.emit("checkpoint", metadata={"label": "after the seal"})  # loses 5, guesses 6
+    assert [] == store.storage.list_after(f"{run.id}/events", f"{5:020d}.json")

@@ -225,6 +225,7 @@ class EventLog:
             raise InvalidArgument(f"claim_budget must be a finite number of seconds > 0, got {claim_budget!r}")
         self._claim_budget = float(claim_budget)
         self._seen: set[str] | None = None  # writer ids of the events folded while a race is learned
+        self._guessed_over: int | None = None  # the number a plain append lost and guessed past (protocol rule 13)
         self._storage = storage
         # What listings show of the run's metadata, carried in each summary (None: a listing reads
         # metadata.json, which costs a request, never a wrong answer).
@@ -510,10 +511,12 @@ class EventLog:
             # it is the only one ahead as often as not. Only an ended run can be sealed, so a writer that
             # knows its run ended lists first; for the rest, the create after a loss checks (protocol rule 6).
             self._confirmed = None
+            self._guessed_over = seq  # the create after the guess checks that this one is no seal
             self._tail = max(self._tail, seq)
             race.went_by = 1
             race.missed += 1
             return
+        self._guessed_over = None
         self._seen = race.writers if exact else None
         try:
             self._learn_tail(seq, fold=exact)
@@ -670,18 +673,27 @@ class EventLog:
 
     def _after_create(self, seq: int, started: float) -> None:
         """Protocol rule 6: a writer whose tail knowledge is old checks that the log was not consolidated meanwhile."""
+        guessed, self._guessed_over = self._guessed_over, None
         confirmed = self._confirmed
         if confirmed is not None and started - confirmed <= self._post_check_after:
             self._confirmed = started
             self._tail = seq
             return
+        if guessed == seq - 1 and self._is_seal(guessed):
+            # A guess past the number it lost, and that number is a seal whose events.jsonl is not
+            # written yet (protocol rule 4): ours would follow the seal, so it is not part of the log.
+            self._remove_stray(seq)
+            self._sealed = guessed
+            raise RunArchived(
+                f"run {self._run_id} was sealed (event {guessed}) while this writer appended; event {seq} was "
+                "not appended. Re-run it instead (Resumer(store).rerun / faber-runlog rerun)",
+                run_id=self._run_id,
+                last_event_id=guessed,
+            )
         if self._storage.exists(self._layout.jsonl):
             # The log was consolidated and its files removed: this number was
             # someone else's event once. Ours is not part of the log.
-            try:
-                self._storage.delete(self._layout.event(seq))
-            except StorageError as e:
-                log.warning("could not remove stray event %d of sealed run %s: %s", seq, self._run_id, e)
+            self._remove_stray(seq)
             self._sealed = self._sealed or seq + 1
             sealed = RunArchived(
                 f"run {self._run_id} was consolidated and archived while this writer was stalled; "
@@ -692,6 +704,18 @@ class EventLog:
             raise advise(sealed, "rerun")
         self._confirmed = started
         self._tail = seq
+
+    def _is_seal(self, seq: int) -> bool:
+        """Whether event ``seq`` is a seal (one GET; a missing file is none: cleanup keeps the seal)."""
+        body = self._storage.read(self._layout.event(seq))
+        return body is not None and self._decode_mapping(seq, body).get("type") == SEAL_TYPE
+
+    def _remove_stray(self, seq: int) -> None:
+        """Remove our event ``seq``, which is not part of the log (it follows a seal); logged if that fails."""
+        try:
+            self._storage.delete(self._layout.event(seq))
+        except StorageError as e:
+            log.warning("could not remove stray event %d of sealed run %s: %s", seq, self._run_id, e)
 
     def _learn_tail(self, lost: int, *, fold: bool) -> None:
         """After losing number ``lost``: find the new tail, and whether it is the seal."""
