@@ -684,12 +684,13 @@ class EventLog:
             # written yet (protocol rule 4): ours would follow the seal, so it is not part of the log.
             self._remove_stray(seq)
             self._sealed = guessed
-            raise RunArchived(
-                f"run {self._run_id} was sealed (event {guessed}) while this writer appended; event {seq} was "
-                "not appended. Re-run it instead (Resumer(store).rerun / faber-runlog rerun)",
+            sealed = RunArchived(
+                f"run {self._run_id} was sealed (event {guessed}) while this writer appended; "
+                f"event {seq} was not appended",
                 run_id=self._run_id,
                 last_event_id=guessed,
             )
+            raise advise(sealed, "rerun")
         if self._storage.exists(self._layout.jsonl):
             # The log was consolidated and its files removed: this number was
             # someone else's event once. Ours is not part of the log.
