@@ -212,6 +212,52 @@ def test_a_short_write_is_never_published_and_raises(tmp_path: Path) -> None:
     assert 0 == store.get_run(out[1]).state().last_event_id
 
 
+@pytest.mark.rule("protocol", 8)
+def test_an_append_syncs_its_event_and_folder_and_no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The event file and its folder are synced before the append returns; snapshots and
+    # summaries are caches checked before use, so they are replaced without a sync.
+    store = RunStore(str(tmp_path / "runs"), snapshot_every=10)
+    run = store.create_run("acme", "web")
+    run.log.emit("workflow_start")
+    synced: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for i in range(29):  # events 2..30: snapshots (and an older one) on multiples of 10
+        run.log.emit("step_start", phase="build", step=f"s{i}")
+    assert 2 * 29 == len(synced)
+    state = json.loads(Path(store.storage.path(f"{run.id}/state.json")).read_bytes())
+    assert state["state"]["last_event_id"] in (10, 20, 30)  # one was written, as the size policy allows
+    assert 30 == store.get_run(run.id).state().last_event_id
+    synced.clear()
+    store.storage.replace(f"{run.id}/note.json", b"{}")
+    assert 2 == len(synced)
+
+
+def test_temp_file_names_never_repeat(tmp_path: Path) -> None:
+    store = RunStore(str(tmp_path / "runs"))
+    run = store.create_run("acme", "web")
+    events = Path(store.storage.path(f"{run.id}/events"))
+    names: list[str] = []
+    real_link = os.link
+
+    def link(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        names.append(os.path.basename(src))
+        real_link(src, dst, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "link", link)
+        for i in range(20):
+            run.log.emit("checkpoint", metadata={"label": f"c{i}"})
+    assert 20 == len(set(names))
+    assert all(n.startswith(".tmp-") for n in names)
+    assert [] == [p.name for p in events.iterdir() if p.name.startswith(".tmp-")]
+
+
 def test_old_temp_files_of_killed_writers_are_removed_by_the_next_writer(tmp_path: Path) -> None:
     store = RunStore(str(tmp_path / "runs"))
     run = store.create_run("acme", "web")

@@ -137,14 +137,16 @@ def test_a_writer_that_lost_a_number_waits_then_learns_the_tail_in_one_round_the
     log, storage = writer
     storage.rivals = [1]  # another writer takes number 3
     assert 4 == _emit(log, exact=True)
-    # Exact: the wait first, then the lost number and the next with events.jsonl in one batch, no LIST.
-    assert ["create 3 lost", "wait 1", "get 3 4 events.jsonl", "create 4 won"] == storage.calls
+    # Exact: the wait first, then the lost number and the next in one batch, no LIST; no events.jsonl
+    # either, since this writer knew the whole log moments ago (test_contention covers the stale case).
+    assert ["create 3 lost", "wait 1", "get 3 4", "create 4 won"] == storage.calls
     storage.calls.clear()
     storage.rivals = [1]
     assert 6 == _emit(log, exact=False)
-    # Plain: no request before it guesses the next number; the create after a loss checks for a seal.
+    # Plain: no request before it guesses the next number; the create after a loss checks for a seal:
+    # that the number it guessed past is none, and that no events.jsonl exists (protocol rules 4 and 6).
     # (It lost a race lately, so it first yields: protocol rule 20.)
-    assert ["wait 3", "create 5 lost", "wait 1", "create 6 won", "exists events.jsonl"] == storage.calls
+    assert ["wait 3", "create 5 lost", "wait 1", "create 6 won", "get 5", "exists events.jsonl"] == storage.calls
     storage.calls.clear()
     storage.rivals = [1, 3]  # its guess loses too: then it lists
     assert 11 == _emit(log, exact=False)

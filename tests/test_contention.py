@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import soak_scale
 
-from faber_runlog import EventLog, RunStore, SequenceConflict
+from faber_runlog import EventLog, RunArchived, RunStore, SequenceConflict
 from faber_runlog._base import codec as _codec
 from faber_runlog._base.ids import RunId
 from faber_runlog._storage.backends import Capabilities, MemoryStorage
@@ -255,3 +255,74 @@ def test_steady_simulated_writers_all_progress_and_none_waits_long() -> None:
     assert got["least_share_at_half"] >= 0.25, got
     assert got["worst"] <= 16 * writers * ROUND_TRIP, got
     assert got["requests_per_event"] <= 2 * writers + 4, got
+
+
+class _JsonlCounting(MemoryStorage):
+    """Memory storage that counts the requests naming ``events.jsonl``."""
+
+    asked = 0
+
+    def read(self, key: str) -> bytes | None:
+        _JsonlCounting.asked += key.endswith("/events.jsonl")
+        return super().read(key)
+
+    def read_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        keys = list(keys)
+        _JsonlCounting.asked += sum(k.endswith("/events.jsonl") for k in keys)
+        return super().read_many(keys)
+
+    def exists(self, key: str) -> bool:
+        _JsonlCounting.asked += key.endswith("/events.jsonl")
+        return super().exists(key)
+
+
+@pytest.mark.rule("protocol", 13)
+@pytest.mark.parametrize("seal_grace", [3600.0, 0.0])
+def test_a_loser_that_knew_the_log_lately_learns_the_tail_without_asking_events_jsonl(seal_grace: float) -> None:
+    # docs/concurrency.md rule 13: a writer that knew the whole log less than half seal_grace ago reads
+    # the events it lost to up to a missing file and takes that as the end (any seal after what it knew
+    # is too young for cleanup); one whose knowledge is older asks events.jsonl, as a reader does.
+    store = RunStore(f"memory://sim-{random.getrandbits(64):x}", seal_grace=seal_grace)
+    store.storage = _JsonlCounting(store.storage.fs, store.storage.root)
+    run = store.create_run("acme", "web")
+    run.start()
+    mine, other = store.get_run(run.id).log, store.get_run(run.id).log
+    mine.emit("step_start", phase="build", step="a")  # this handle knows the log up to event 2
+    for step in ("b", "c"):
+        other.emit("step_start", phase="build", step=step)  # events 3 and 4: the next claim loses
+    _JsonlCounting.asked = 0
+    got = mine.emit("step_start", phase="build", step="d")
+    asked = _JsonlCounting.asked
+    assert 5 == got.event_id
+    assert ["a", "b", "c", "d"] == [e.step for e in store.get_run(run.id).log.read() if e.type == "step_start"]
+    if seal_grace:
+        assert 0 == asked
+    else:
+        assert asked >= 1
+
+
+@pytest.mark.rule("protocol", 4)
+def test_a_plain_append_that_guesses_past_a_fresh_seal_is_refused_and_leaves_nothing() -> None:
+    # The window between consolidation's seal and its events.jsonl: a plain writer that loses the
+    # seal's number guesses the next one and wins it; the check after its create finds the seal it
+    # guessed past, removes its event and refuses (it was acknowledged before this check existed).
+    store = RunStore(f"memory://sim-{random.getrandbits(64):x}")
+    run = store.create_run("acme", "web")
+    run.start()
+    mine = store.get_run(run.id).log
+    mine.emit("checkpoint", metadata={"label": "mine"})  # event 2: this handle's state says running
+    store.get_run(run.id).log.emit("workflow_complete")  # event 3, which this handle does not fold
+    assert 4 == mine.emit("checkpoint", metadata={"label": "guessed"}).event_id  # lost 3, guessed 4
+    seal = {
+        "type": "log_sealed",
+        "event_id": 5,
+        "run_id": run.id,
+        "timestamp": "2026-01-01T00:00:00.000000Z",
+        "nonce": "consolidation-1",
+        "metadata": {},
+        "schema_version": 1,
+    }
+    assert store.storage.create(f"{run.id}/events/{5:020d}.json", _codec.dumps(seal))  # no events.jsonl yet
+    with pytest.raises(RunArchived, match="sealed"):
+        mine.emit("checkpoint", metadata={"label": "after the seal"})  # loses 5, guesses 6
+    assert [] == store.storage.list_after(f"{run.id}/events", f"{5:020d}.json")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from faber_runlog import Event, InvalidEvent, event_schema, event_types, register_event_type
-from faber_runlog._domain.events import BUILTIN_EVENT_TYPES, validate_event_dict
+from faber_runlog._domain.events import BUILTIN_EVENT_TYPES, _plain_json, check_json_value, validate_event_dict
 
 BASE: dict[str, Any] = {
     "event_id": 1,
@@ -115,6 +115,41 @@ def test_base_schema_refuses_bad_common_fields(field: str, value: Any) -> None:
 def test_values_json_cannot_hold_are_refused(value: Any) -> None:
     with pytest.raises(InvalidEvent):
         validate_event_dict(_event("checkpoint", {"metadata": {"label": "x", "v": value}}))
+
+
+_JSON_VALUES: list[Any] = [
+    "plain",
+    "caf\u00e9",
+    "\ud800",
+    "x" * ((1 << 20) + 1),
+    1,
+    1 << 63,
+    1 << 64,
+    -(1 << 63) - 1,
+    True,
+    None,
+    1.5,
+    float("nan"),
+    float("-inf"),
+    {"a": [1, {"b": None}]},
+    {1: "x"},
+    {"\ud800": 1},
+    ["x", 2.0, [None]],
+    ("t", 1),
+    b"bytes",
+    object(),
+]
+
+
+@pytest.mark.parametrize("value", _JSON_VALUES, ids=range(len(_JSON_VALUES)))
+def test_the_fast_json_check_passes_only_what_the_full_check_passes(value: Any) -> None:
+    # The append's fast path may send more values to the full check, never fewer.
+    try:
+        check_json_value(value, "v")
+    except InvalidEvent:
+        assert not _plain_json(value)
+    else:
+        assert _plain_json(value) or not isinstance(value, (str, int, float, dict, list)) or not str(value).isascii()
 
 
 def test_deep_nesting_is_refused() -> None:

@@ -50,8 +50,8 @@ def iso(moment: _dt.datetime) -> str:
 
 
 def now_iso() -> str:
-    """The current UTC time in the stored timestamp format."""
-    return iso(_dt.datetime.now(_dt.UTC))
+    """The current UTC time in the stored timestamp format (what :func:`iso` writes, without ``strftime``'s cost)."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")[:-6] + "Z"  # drops "+00:00"
 
 
 _ONE_MS: Final = _dt.timedelta(milliseconds=1)

@@ -467,6 +467,37 @@ def check_json_value(value: Any, where: str, depth: int = 0, error: type[ValueEr
         raise error(f"{where} has a value of type {type(value).__name__}, which JSON cannot store")
 
 
+_INT_MIN: Final = -(1 << 63)
+_INT_END: Final = 1 << 64
+
+
+def _plain_json(value: Any, depth: int = 0) -> bool:
+    """True when :func:`check_json_value` would accept ``value`` for sure (plain types, ASCII text).
+
+    The append's fast path: no message is built on the way. False means "look closer" (the
+    checker then decides, and says where): other text, subclasses and anything refused.
+    """
+    if depth > _MAX_DEPTH:
+        return False
+    cls = value.__class__
+    if cls is str:
+        return len(value) <= _MAX_STRING and value.isascii()
+    if cls is int:
+        return bool(_INT_MIN <= value < _INT_END)
+    if cls is bool or value is None:
+        return True
+    if cls is float:
+        return math.isfinite(value)
+    if cls is dict:
+        for k, v in value.items():
+            if k.__class__ is not str or not k.isascii() or not _plain_json(v, depth + 1):
+                return False
+        return True
+    if cls is list:
+        return all(_plain_json(v, depth + 1) for v in value)
+    return False
+
+
 def _explain(e: fastjsonschema.JsonSchemaValueException) -> str:
     """A schema failure in the caller's words: the missing field by name, close matches of a bad choice."""
     field = e.name.replace("data.", "", 1) if e.name and e.name != "data" else None
@@ -483,6 +514,9 @@ def _explain(e: fastjsonschema.JsonSchemaValueException) -> str:
     return f"{message} (field {field or 'event'!r})"
 
 
+_good_stamp = ""  # the last timestamp validate_event_dict found valid
+
+
 def validate_event_dict(
     data: dict[str, Any], *, run_id: str | None = None, table: EventTypes = _DEFAULT_TYPES, stored: bool = False
 ) -> None:
@@ -491,16 +525,19 @@ def validate_event_dict(
     ``stored=True`` checks an event already in a log: a type ``table`` does not know is never an
     error on read (it was registered by whoever wrote it), so only the base schema applies to it.
     """
-    global _base_validator
+    global _base_validator, _good_stamp
     etype = data.get("type")
     where = f"event {etype!r}" + (f" for run {run_id}" if run_id else "")
     if not isinstance(etype, str):
         raise InvalidEvent(f"{where}: 'type' must be a string", run_id=run_id)
     type_validator = None if stored and etype not in table.types else _validator_for(etype, table)
     for key, value in data.items():
-        check_json_value(value, f"{where}: field {key!r}")
+        if not _plain_json(value):
+            check_json_value(value, f"{where}: field {key!r}")
     stamp = data.get("timestamp")
-    problem = None if stamp is None else _validate.timestamp_problem(stamp)
+    problem = None if stamp is None or stamp == _good_stamp else _validate.timestamp_problem(stamp)
+    if problem is None and stamp.__class__ is str:
+        _good_stamp = stamp  # appends probe with one stamp: checked once, not per event
     if problem is not None:
         raise InvalidEvent(
             f"{where} is invalid: field 'timestamp': {problem}; nothing was written", run_id=run_id, event_type=etype

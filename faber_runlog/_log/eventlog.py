@@ -112,6 +112,7 @@ _PAGE: Final = 1000  # event names listed per request on stores that list after 
 _OLDER_SPACING: Final = 4  # an older snapshot at most every this many K events (see _keep_older)
 _SEGMENT_BATCH: Final = 8  # segments fetched together (concurrently where reads batch)
 _loads: Final = _codec.loads  # bound once: it runs for every event read
+_PROBE_STAMP: Final = "2000-01-01T00:00:00.000000Z"  # what an append's fields are validated with, before its stamp
 
 
 _LOGS: Final[weakref.WeakSet[EventLog]] = weakref.WeakSet()
@@ -231,6 +232,7 @@ class EventLog:
             raise InvalidArgument(f"claim_budget must be a finite number of seconds > 0, got {claim_budget!r}")
         self._claim_budget = float(claim_budget)
         self._seen: set[str] | None = None  # writer ids of the events folded while a race is learned
+        self._guessed_over: int | None = None  # the number a plain append lost and guessed past (protocol rule 13)
         self._storage = storage
         # What listings show of the run's metadata, carried in each summary (None: a listing reads
         # metadata.json, which costs a request, never a wrong answer).
@@ -516,10 +518,12 @@ class EventLog:
             # it is the only one ahead as often as not. Only an ended run can be sealed, so a writer that
             # knows its run ended lists first; for the rest, the create after a loss checks (protocol rule 6).
             self._confirmed = None
+            self._guessed_over = seq  # the create after the guess checks that this one is no seal
             self._tail = max(self._tail, seq)
             race.went_by = 1
             race.missed += 1
             return
+        self._guessed_over = None
         self._seen = race.writers if exact else None
         try:
             self._learn_tail(seq, fold=exact)
@@ -528,13 +532,24 @@ class EventLog:
         race.went_by = max(1, self._tail - seq + 1)
         race.missed += race.went_by
 
+    def _knows_all(self, now: float) -> bool:
+        """Whether this writer knew the whole log less than half ``seal_grace`` before ``now`` (protocol rule 13).
+
+        Every event up to its tail then, and no seal after them: a seal written since is younger
+        than half the grace, so cleanup has removed no file after that tail, and a missing file
+        there is the end of the log without asking ``events.jsonl``.
+        """
+        confirmed = self._confirmed
+        return confirmed is not None and now - confirmed <= self._post_check_after
+
     def _fold_ahead(self, race: _Race, lost: int) -> bool:
         """Protocol rule 13's round for an exact append: fetch the lost number and the next few at once, no LIST.
 
-        Reads events ``lost ..`` (as many as went by last round, and one more) and ``events.jsonl`` in
-        one batch and folds them. True when a missing file ended the log there (the tail is known);
-        False when every guessed file existed or the state is not where the race left it: the
-        listing round (:meth:`_learn_tail`) goes on from what was folded.
+        Reads events ``lost ..`` (as many as went by last round, and one more) in one batch and folds
+        them, with ``events.jsonl`` unless the writer knew the whole log less than half ``seal_grace``
+        ago (protocol rule 13). True when a missing file ended the log there (the tail is known); False when
+        every guessed file existed, the lost number is gone, or the state is not where the race left
+        it: the listing round (:meth:`_learn_tail`) goes on from what was folded.
         """
         state = self._writer_state()
         if state.last_event_id != lost - 1 or self._sealed is not None:
@@ -542,9 +557,13 @@ class EventLog:
         count = min(race.went_by + 1, _WAIT_CAP)
         keys = [self._layout.event(s) for s in range(lost, lost + count)]
         started = time.monotonic()  # protocol rule 6's clock, as in _catch_up_writer and _after_create
-        bodies = self._storage.read_many([*keys, self._layout.jsonl])
-        if bodies[self._layout.jsonl] is not None:
+        fresh = self._knows_all(started)  # then no file from lost on was removed: no events.jsonl to ask
+        bodies = self._storage.read_many(keys if fresh else [*keys, self._layout.jsonl])
+        if bodies.get(self._layout.jsonl) is not None:
             return False  # consolidated: the careful path reads the seal
+        if bodies[keys[0]] is None:  # the number it just lost is gone: only cleanup removes files
+            self._confirmed = None
+            return False
         batch: list[dict[str, Any]] = []
         for seq, key in enumerate(keys, lost):
             body = bodies[key]
@@ -561,9 +580,8 @@ class EventLog:
         race.went_by = max(1, len(batch))
         race.missed += len(batch)
         if len(batch) == count:
-            self._confirmed = None
-            return False
-        self._confirmed = started  # read up to a missing file with no events.jsonl: the tail (protocol rule 6)
+            return False  # the listing round goes on (knowing the log as recently as before)
+        self._confirmed = started  # read up to a missing file that is the end of the log: the tail (protocol rule 6)
         return True
 
     def fence_epoch(self) -> int:
@@ -599,7 +617,8 @@ class EventLog:
             raise InvalidEvent(
                 f"event names run {fields['run_id']!r} but is being appended to {self._run_id}", run_id=self._run_id
             )
-        probe = dict(fields, event_id=1, timestamp=timestamp or _codec.now_iso(), nonce="x")
+        # The stamp is checked for shape only (the real one is taken at the claim): a fixed one is checked once.
+        probe = dict(fields, event_id=1, timestamp=timestamp or _PROBE_STAMP, nonce="x")
         validate_event_dict(probe, run_id=self._run_id, table=self._types)
         if timestamp is not None:
             fields["timestamp"] = timestamp
@@ -661,18 +680,28 @@ class EventLog:
 
     def _after_create(self, seq: int, started: float) -> None:
         """Protocol rule 6: a writer whose tail knowledge is old checks that the log was not consolidated meanwhile."""
+        guessed, self._guessed_over = self._guessed_over, None
         confirmed = self._confirmed
         if confirmed is not None and started - confirmed <= self._post_check_after:
             self._confirmed = started
             self._tail = seq
             return
+        if guessed == seq - 1 and self._is_seal(guessed):
+            # A guess past the number it lost, and that number is a seal whose events.jsonl is not
+            # written yet (protocol rule 4): ours would follow the seal, so it is not part of the log.
+            self._remove_stray(seq)
+            self._sealed = guessed
+            sealed = RunArchived(
+                f"run {self._run_id} was sealed (event {guessed}) while this writer appended; "
+                f"event {seq} was not appended",
+                run_id=self._run_id,
+                last_event_id=guessed,
+            )
+            raise advise(sealed, "rerun")
         if self._storage.exists(self._layout.jsonl):
             # The log was consolidated and its files removed: this number was
             # someone else's event once. Ours is not part of the log.
-            try:
-                self._storage.delete(self._layout.event(seq))
-            except StorageError as e:
-                log.warning("could not remove stray event %d of sealed run %s: %s", seq, self._run_id, e)
+            self._remove_stray(seq)
             self._sealed = self._sealed or seq + 1
             sealed = RunArchived(
                 f"run {self._run_id} was consolidated and archived while this writer was stalled; "
@@ -684,11 +713,24 @@ class EventLog:
         self._confirmed = started
         self._tail = seq
 
+    def _is_seal(self, seq: int) -> bool:
+        """Whether event ``seq`` is a seal (one GET; a missing file is none: cleanup keeps the seal)."""
+        body = self._storage.read(self._layout.event(seq))
+        return body is not None and self._decode_mapping(seq, body).get("type") == SEAL_TYPE
+
+    def _remove_stray(self, seq: int) -> None:
+        """Remove our event ``seq``, which is not part of the log (it follows a seal); logged if that fails."""
+        try:
+            self._storage.delete(self._layout.event(seq))
+        except StorageError as e:
+            log.warning("could not remove stray event %d of sealed run %s: %s", seq, self._run_id, e)
+
     def _learn_tail(self, lost: int, *, fold: bool) -> None:
         """After losing number ``lost``: find the new tail, and whether it is the seal."""
+        fresh = fold and self._knows_all(time.monotonic())
         self._confirmed = None
         if fold:
-            self._sync()  # folds every event up to the tail, the seal included
+            self._catch_up_writer(fresh=fresh)  # folds every event up to the tail, the seal included
             return
         self._tail = self._find_tail(lost)
         if self._tail > (self._state.last_event_id if self._state is not None else 0):
@@ -806,7 +848,7 @@ class EventLog:
         """Write ``summary.json`` for ``state`` (listings read it). Failures cost time only."""
         try:
             digest = RunDigest.of(state, self._state_fp, self._listing)
-            self._storage.replace(self._layout.summary, encode_summary(digest.to_dict()))
+            self._storage.replace_cache(self._layout.summary, encode_summary(digest.to_dict()))
         except Exception as e:
             log.warning("summary of run %s at event %d not written: %s", self._run_id, state.last_event_id, e)
 
@@ -819,7 +861,7 @@ class EventLog:
         seq = state.last_event_id
         try:
             body = encode_snapshot(state.to_dict(), self._state_fp)
-            self._storage.replace(self._layout.state, body)
+            self._storage.replace_cache(self._layout.state, body)
             self._snap_seq, self._snap_size = seq, len(body)
             if periodic:
                 self._keep_older(seq, body)
@@ -841,7 +883,7 @@ class EventLog:
         )
         taken = [n for n in listed if n < seq]
         if not taken or seq - taken[-1] >= spacing:
-            self._storage.replace(self._layout.snapshot(seq), body)
+            self._storage.replace_cache(self._layout.snapshot(seq), body)
             taken.append(seq)
         taken += [n for n in listed if n > seq]  # written meanwhile by a handle further on
         kept: list[int] = []
@@ -895,10 +937,11 @@ class EventLog:
             self._catch_up_writer()
         return state
 
-    def _catch_up_writer(self, until: int | None = None) -> None:
+    def _catch_up_writer(self, until: int | None = None, *, fresh: bool = False) -> None:
+        """Fold what this writer missed; ``fresh``: it knew the whole log lately, so a missing file ends it."""
         state = self._writer_state()
         started = time.monotonic()
-        last = self._catch_up(state, until=until)
+        last = self._catch_up(state, until=until, fresh=fresh)
         if last is not None:
             self._state_fp = last
         self._tail = max(self._tail, state.last_event_id)
@@ -1003,14 +1046,14 @@ class EventLog:
             return None, None
         return state, fp
 
-    def _catch_up(self, state: RunState, until: int | None = None) -> str | None:
+    def _catch_up(self, state: RunState, until: int | None = None, *, fresh: bool = False) -> str | None:
         """Fold the stored events after ``state`` into it; the last one's fingerprint (None: nothing new).
 
         Folds the decoded mappings (no ``Event`` per event): a rebuild runs at the speed of the parser.
         """
         last = None
         folds = self._folds
-        for batch in self._stored(state.last_event_id, until, self._decode_mapping):
+        for batch in self._stored(state.last_event_id, until, self._decode_mapping, fresh=fresh):
             apply_mappings(state, batch, folds)
             last = batch[-1]
             if self._seen is not None:  # a race being learned: whose events went by (for the budget's error)
@@ -1065,12 +1108,14 @@ class EventLog:
             path=path,
         )
 
-    def _stored(self, after: int, until: int | None, dec: _Decode[T]) -> Iterator[list[T]]:
+    def _stored(self, after: int, until: int | None, dec: _Decode[T], *, fresh: bool = False) -> Iterator[list[T]]:
         """Events after ``after`` (and up to ``until``) in order, in batches, stopping at the end of the log.
 
         ``dec(seq, body, key)`` decodes each one (an ``Event`` for readers, the mapping for the fold).
         Batches (a segment, a page of files) keep the per-event cost of the generators
         out of a rebuild; a batch cut short by an unreadable event is yielded before the error.
+        ``fresh``: a writer that knew the whole log up to ``after`` lately (protocol rule 13), for which a
+        missing file is the end without asking ``events.jsonl``.
         """
         d = dec
         if self._sealed is not None and after < self._sealed - 1 and (until is None or until > after):
@@ -1084,6 +1129,8 @@ class EventLog:
         if (until is not None and nxt > until) or (self._sealed is not None and nxt > self._sealed):
             return
         # File ``nxt`` is missing: the end of the log, unless consolidation removed it.
+        if fresh:
+            return
         body = self._storage.read(self._layout.jsonl)  # one GET (an existence check costs two requests on S3)
         if body is None:
             return

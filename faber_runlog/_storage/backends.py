@@ -28,9 +28,11 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import logging
 import os
 import random
+import stat
 import threading
 import time
 import uuid
@@ -490,6 +492,14 @@ class Storage:
         path = self.path(key)
         self._call(f"writing {path}", lambda: self.fs.pipe_file(path, data))
 
+    def replace_cache(self, key: str, data: bytes) -> None:
+        """:meth:`replace` for a cache checked before each use (a snapshot, a summary): no sync needed.
+
+        A cache lost or torn by a crash costs a fold, never an answer (its checksum and the log
+        decide), so backends that sync each write may skip it here; the rest just replace.
+        """
+        self.replace(key, data)
+
     def delete(self, key: str) -> None:
         """Remove ``key`` if it exists (keys changed by :meth:`swap` are removed with :meth:`delete_if`)."""
         path = self.path(key)
@@ -734,6 +744,7 @@ class LocalStorage(Storage):
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, **kwargs: Any) -> None:
         super().__init__(fs, root, **kwargs)
         self._real_root = os.path.realpath(self.root)
+        self._below = self.root.rstrip(os.sep) + os.sep  # what every folder under the root starts with
         self._swept: set[str] = set()
         self._probed = True
 
@@ -753,6 +764,8 @@ class LocalStorage(Storage):
 
     def _contained(self, folder: str) -> str:
         """``folder`` after checking that following its symlinks stays under the root."""
+        if self._plain_below_root(folder):
+            return folder
         real = os.path.realpath(folder)
         if not self._inside(real):
             raise UnsafePath(
@@ -760,6 +773,28 @@ class LocalStorage(Storage):
                 f"{self.root}; replace the symlink with a real folder (or point the store at the target)"
             )
         return folder
+
+    def _plain_below_root(self, folder: str) -> bool:
+        """Whether ``folder`` lies under the root with no symlink on the way (one ``lstat`` per level below it).
+
+        Then its real path is the root's plus the rest, so it is contained; the per-append fast path
+        of :meth:`_contained` (``realpath`` re-resolves the root's own levels every time, several
+        times the cost). False means "not known": ``realpath`` decides.
+        """
+        base = self._below
+        if not folder.startswith(base):
+            return False
+        path = base[:-1]
+        for part in folder[len(base) :].split(os.sep):
+            path = f"{path}{os.sep}{part}"
+            try:
+                if stat.S_ISLNK(os.lstat(path).st_mode):
+                    return False
+            except FileNotFoundError:
+                return True  # nothing further exists to be a symlink
+            except OSError:
+                return False
+        return True
 
     def unsafe(self, key: str) -> str | None:
         """Why folder ``key`` may not be used (it is a symlink leading out of the root), or None (one ``lstat``)."""
@@ -890,14 +925,17 @@ class LocalStorage(Storage):
         except FileNotFoundError:
             pass
 
-    def _write_temp(self, folder: str, data: bytes) -> str:
+    def _write_temp(self, folder: str, data: bytes, *, sync: bool = True) -> str:
         """A fsynced temp file in ``folder`` holding every byte of ``data``; raises and leaves nothing otherwise."""
-        tmp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+        tmp = f"{folder}{os.sep}{TEMP_PREFIX}{_temp_tag()}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            fd = os.open(tmp, _TEMP_FLAGS, 0o644)
         except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            fd = os.open(tmp, _TEMP_FLAGS, 0o644)
+        except FileExistsError:  # not expected (see _temp_tag); a fresh uuid then
+            tmp = f"{folder}{os.sep}{TEMP_PREFIX}{uuid.uuid4().hex}"
+            fd = os.open(tmp, _TEMP_FLAGS, 0o644)
         self._sweep_temps(folder)
         try:
             try:
@@ -909,7 +947,7 @@ class LocalStorage(Storage):
                     if written <= 0:
                         raise OSError(errno.EIO, "the disk accepted no more bytes")
                     view = view[written:]
-                if self.fsync:
+                if sync and self.fsync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
@@ -945,15 +983,23 @@ class LocalStorage(Storage):
         path = self._checked(key)
         self._replace_path(path, data)
 
-    def _replace_path(self, path: str, data: bytes) -> None:
+    def replace_cache(self, key: str, data: bytes) -> None:
+        """Temp file and ``os.replace`` without the two fsyncs: readers see the old or the new body.
+
+        A crash may leave the old body, or a torn one that its checksum refuses (a fold then
+        costs time); the event files an append acknowledges are always synced (:meth:`create`).
+        """
+        self._replace_path(self._checked(key), data, sync=False)
+
+    def _replace_path(self, path: str, data: bytes, *, sync: bool = True) -> None:
         folder = os.path.dirname(path)
-        tmp = self._write_temp(folder, data)
+        tmp = self._write_temp(folder, data, sync=sync)
         try:
             os.replace(tmp, path)
         except OSError as e:
             _unlink_quietly(tmp)
             raise StorageError(f"writing {path} failed: {e}; check the folder is writable") from e
-        if self.fsync:
+        if sync and self.fsync:
             _fsync_dir(folder)
 
     def delete(self, key: str) -> None:
@@ -982,6 +1028,27 @@ class LocalStorage(Storage):
             return
         with self._folder_lock(folder):
             yield True
+
+
+_TEMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+_temp_ids = itertools.count()
+_temp_base = [uuid.uuid4().hex[:16]]  # this process's random prefix; a forked child draws its own
+
+
+def _new_temp_base_in_child() -> None:
+    _temp_base[0] = uuid.uuid4().hex[:16]
+
+
+os.register_at_fork(after_in_child=_new_temp_base_in_child)
+
+
+def _temp_tag() -> str:
+    """A temp-file name part no other writer uses: a random prefix per process, then a counter.
+
+    Cheaper than a fresh uuid per write (the local append's hot path); a forked child gets its
+    own prefix, and ``O_EXCL`` refuses a clash all the same.
+    """
+    return f"{_temp_base[0]}-{next(_temp_ids)}"
 
 
 def _read_fd(fd: int) -> bytes:
