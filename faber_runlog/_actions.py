@@ -20,7 +20,6 @@ from faber_runlog.errors import InvalidEvent
 
 __all__ = [
     "DECISIONS",
-    "DEPRECATED_ACTIONS",
     "RUN_ACTIONS",
     "STEP_ACTIONS",
     "BackendFailure",
@@ -36,19 +35,14 @@ RUN_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
     "start": lambda run, **kw: run.start(),
     "pause": lambda run, reason=None, **kw: run.pause(reason),
     "unpause": lambda run, reason=None, **kw: run.unpause(reason),
-    "resume": lambda run, reason=None, **kw: run.unpause(reason),  # deprecated name of unpause
     "cancel": lambda run, reason=None, **kw: run.cancel(reason or "cancelled"),
     "complete": lambda run, summary=None, **kw: run.complete(summary),
     "fail": lambda run, error=None, reason=None, **kw: run.fail(_needed(run, "fail", "error", error), reason),
 }
 """Run-level transitions: ``start``, ``pause``, ``unpause`` (a paused run), ``cancel``, ``complete``, ``fail``.
 
-``resume`` is the old name of ``unpause``, kept as a deprecated alias: "resume" means going on after a
-failure (``Resumer.resume``, the MCP tool ``resume_run``).
+"Resume" means going on after a failure (``Resumer.resume``, the MCP tool ``resume_run``), not leaving a pause.
 """
-
-DEPRECATED_ACTIONS: Final = {"resume": "unpause"}
-"""Old action names and the one to use instead."""
 
 STEP_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
     "retry_step": lambda run, phase, step=None, reason=None: run.retry_step(

@@ -586,7 +586,7 @@ def _cmd_resume(ctx: _Ctx) -> int:
         from faber_runlog import _actions
 
         # A paused run goes back to where it was paused, through the checked transition.
-        return _done(ctx, "resume", _actions.perform(ctx.gateway, a.run_id, "resume", reason=a.reason))
+        return _done(ctx, "resume", _actions.perform(ctx.gateway, a.run_id, "unpause", reason=a.reason))
     resumer = Resumer(ctx.store)
     if a.dry_run:
         plan = resumer.plan(a.run_id, allow_cancelled=a.allow_cancelled)

@@ -310,7 +310,7 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
         try:
             run = open_run(workflow_id)
             if run.state().status == "paused":
-                perform(gateway, run.id, "resume", reason="resumed through fractary_faber_workflow_resume")
+                perform(gateway, run.id, "unpause", reason="resumed through fractary_faber_workflow_resume")
             else:
                 Resumer(store).resume(run.id)
         except _REFUSED as e:

@@ -30,7 +30,7 @@ from faber_runlog._format import PROJECT_DIR
 from faber_runlog._registry import Registry
 from faber_runlog._resume import diff_params
 from faber_runlog._schemas import LazyValidator, load_schema
-from faber_runlog._store import Run, RunStore, check_store_url, default_root
+from faber_runlog._store import DEFAULT_ROOT, Run, RunStore, check_store_url
 from faber_runlog._transitions import ENDING_EVENT_TYPES
 from faber_runlog.errors import FaberRunlogError, InvalidArgument, InvalidGatewayConfig
 
@@ -64,8 +64,6 @@ log = logging.getLogger("faber_runlog._gateway")
 CONFIG_NAME: Final = "gateway.json"
 CONFIG_PATH: Final = f"{PROJECT_DIR}/{CONFIG_NAME}"
 """Where ``faber-runlog init`` writes the config, under the project folder (our folder, not FABER's)."""
-LEGACY_CONFIG_PATH: Final = f".fractary/plugins/faber/{CONFIG_NAME}"
-"""Where ``init`` wrote it before the store moved out of FABER's folder; still found (with a notice)."""
 CONFIG_ENV: Final = "FABER_RUNLOG_CONFIG"
 """Environment variable naming a gateway.json to use instead of searching for one."""
 CONFIG_VERSION: Final = 1
@@ -291,11 +289,7 @@ def validate_config(data: Any, *, path: str | None = None) -> None:
 
 
 def find_config(start: str | os.PathLike[str] | None = None) -> Path | None:
-    """``$FABER_RUNLOG_CONFIG``, else the nearest ``.faber_runlog/gateway.json`` at or above ``start``.
-
-    A ``gateway.json`` at the old place (``.fractary/plugins/faber/gateway.json``)
-    is still found, after the new one in the same folder, and named once in a notice.
-    """
+    """``$FABER_RUNLOG_CONFIG``, else the nearest ``.faber_runlog/gateway.json`` at or above ``start``."""
     env = os.environ.get(CONFIG_ENV)
     if env:
         return Path(env)
@@ -304,22 +298,7 @@ def find_config(start: str | os.PathLike[str] | None = None) -> Path | None:
         candidate = folder / CONFIG_PATH
         if candidate.is_file():
             return candidate
-        legacy = folder / LEGACY_CONFIG_PATH
-        if legacy.is_file():
-            _name_legacy_config(legacy)
-            return legacy
     return None
-
-
-_legacy_config_named: set[str] = set()
-
-
-def _name_legacy_config(path: Path) -> None:
-    if str(path) not in _legacy_config_named:
-        _legacy_config_named.add(str(path))
-        log.warning(
-            "using %s (the old place, inside FABER's folder); `faber-runlog init` now writes %s", path, CONFIG_PATH
-        )
 
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
@@ -630,7 +609,7 @@ class Gateway:
         path = Path(config_path) if config_path is not None else find_config()
         if path is None:
             return cls(
-                GatewayConfig(root=os.environ.get("FABER_RUNLOG_ROOT") or default_root()),
+                GatewayConfig(root=os.environ.get("FABER_RUNLOG_ROOT") or DEFAULT_ROOT),
                 root=root,
                 storage_options=storage_options,
             )

@@ -20,8 +20,7 @@ import datetime as _dt
 import hashlib
 import logging
 import uuid
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, Protocol, Self, SupportsIndex, TypeVar, overload
 
 import attrs
@@ -378,17 +377,6 @@ class Approval:
     def event_id(self) -> int:
         """The sequence number of the ``approval_requested`` event."""
         return self.event.event_id
-
-    @property
-    def metadata(self) -> Mapping[str, Any]:
-        """Deprecated: the request event's metadata; use :attr:`approval_id` or ``.event.metadata``."""
-        warnings.warn(
-            "Approval.metadata is deprecated (the approval id is Approval.approval_id; the event is Approval.event); "
-            "it will be removed in the next minor release",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.event.metadata
 
     @classmethod
     def from_event(cls, event: Event) -> Approval:

@@ -342,13 +342,7 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Excepti
             summary=summary,
             error=error,
         )
-        body = written(run_id, _actions.DEPRECATED_ACTIONS.get(action, action), event, failures)
-        if action in _actions.DEPRECATED_ACTIONS:
-            body["deprecated"] = (
-                f"action {action!r} is the old name of {_actions.DEPRECATED_ACTIONS[action]!r}; use that "
-                "(to go on with a run after a failure, call the resume_run tool)"
-            )
-        return body
+        return written(run_id, action, event, failures)
 
     @as_tool_error
     def change_step(
@@ -435,7 +429,7 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Excepti
 
     tools = {
         change_run_status: "Change a run's status through its checked transitions: action is start, pause, unpause "
-        "(a paused run; 'resume' is its deprecated old name), cancel, complete or fail (fail needs `error`). Refused, "
+        "(a paused run; after a failure, call resume_run), cancel, complete or fail (fail needs `error`). Refused, "
         "with the reason, when the run's status does not allow it; nothing is written then.",
         change_step: "Retry or skip a step or phase: action is retry_step, skip_step (need `step`), retry_phase or "
         "skip_phase.",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import sys
-import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -51,20 +50,17 @@ class Registry:
 
     ``Registry.default()`` is the process-wide one the module-level ``register_*`` functions fill;
     ``Registry.isolated()`` starts from a copy of it and changes only itself.
-    Pass it as ``RunStore(..., registry=...)``. ``Registry()`` is a deprecated spelling of
-    ``Registry.isolated()`` (it warns): there is one way to get each of the two kinds.
+    Pass it as ``RunStore(..., registry=...)``. There is one way to get each of the two kinds:
+    ``Registry()`` itself is refused (``InvalidArgument``) and names them.
     """
 
     __slots__ = ("_backends", "_folds", "_types")
 
     def __init__(self) -> None:
-        warnings.warn(
-            "Registry() is deprecated: call Registry.isolated() for a registry of your own (a copy of the "
-            "default), or Registry.default() for the process-wide one",
-            DeprecationWarning,
-            stacklevel=2,
+        raise InvalidArgument(
+            "Registry() is not how a registry is made: call Registry.isolated() for one of your own (a copy of "
+            "the default), or Registry.default() for the process-wide one"
         )
-        self._copy_default()
 
     def _copy_default(self) -> None:
         self._types = _events.EventTypes(_events.DEFAULT_TYPES)

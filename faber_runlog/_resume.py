@@ -38,10 +38,8 @@ _RESUME_TRIES: Final = 5
 _RESUME_WAIT: Final = 3.0  # seconds a resumer waits for one that took the lease a moment before it
 
 
-def is_archived(storage: Storage, run_id: RunId, state: RunState) -> bool:
-    """Whether the run is archived (its status says so, or a marker file exists)."""
-    if str(state.status) == "archived":  # a status of 0.x snapshots
-        return True
+def is_archived(storage: Storage, run_id: RunId) -> bool:
+    """Whether the run is archived (its archive marker file exists)."""
     folder = RunLayout(run_id).dir
     return any(storage.exists(f"{folder}/{name}") for name in ARCHIVE_MARKERS)
 
@@ -150,7 +148,7 @@ class ResumePlan:
         fields: dict[str, Any] = _codec.loads(_codec.dumps(attrs.asdict(self)))  # tuples become lists
         out: dict[str, Any] = {}
         for key, value in fields.items():
-            if key == "reason":  # ``resumable`` is derived, not stored; readers of 0.x output still find it here
+            if key == "reason":  # ``resumable`` is derived, not stored: the JSON gives it next to the reason
                 out["resumable"] = self.resumable
             out[key] = value
         return out
@@ -241,7 +239,7 @@ class Resumer:
 
     def _refusal(self, run: Run, state: RunState, allow_cancelled: bool, owner: str | None) -> str | None:
         status = state.status
-        if is_archived(self.store.storage, run.run_id, state):
+        if is_archived(self.store.storage, run.run_id):
             return "it is archived; re-run it with rerun() to execute it again"
         if status == "completed":
             return "it completed; re-run it with rerun() to execute it again"

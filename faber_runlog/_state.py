@@ -342,10 +342,8 @@ class RunDigest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunDigest:
-        """Rebuild from :meth:`to_dict` output (a summary written before the rule in :meth:`of` gets it too)."""
+        """Rebuild from :meth:`to_dict` output."""
         digest: RunDigest = converter.structure(data, cls)
-        if digest.error is not None and digest.status not in ("failing", "failed"):
-            digest = attrs.evolve(digest, failed_phase=None, failed_step=None, error=None)
         return digest
 
 

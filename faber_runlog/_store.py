@@ -7,7 +7,6 @@ import functools
 import logging
 import os
 import re
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -48,12 +47,10 @@ if TYPE_CHECKING:  # the analysis extra: optional, imported only when a frame is
     import pandas
     import pyarrow
 
-__all__ = ["DEFAULT_ROOT", "LEGACY_ROOT", "Lineage", "Run", "RunList", "RunProblem", "RunStore", "RunSummary"]
+__all__ = ["DEFAULT_ROOT", "Lineage", "Run", "RunList", "RunProblem", "RunStore", "RunSummary"]
 
 DEFAULT_ROOT: Final = f"{PROJECT_DIR}/runs"
 """The embedded default root, under the current folder: our own folder, never one FABER writes to."""
-LEGACY_ROOT: Final = ".fractary/plugins/faber/runs"
-"""The default root before 0.x moved it out of FABER's folder; a store found there keeps working."""
 
 ROOT_ENV: Final = "FABER_RUNLOG_ROOT"
 
@@ -198,16 +195,6 @@ class Run:
     def unpause(self, reason: str | None = None) -> Event:
         """paused -> the status it was paused from (a failing or failed run is resumed with ``Resumer.resume``)."""
         return lifecycle.resume(self.log, reason=reason)
-
-    def resume(self, reason: str | None = None) -> Event:
-        """Deprecated alias of :meth:`unpause` (``Resumer.resume`` is the other transition, failed -> running)."""
-        warnings.warn(
-            "Run.resume() is deprecated: use Run.unpause() for a paused run (Resumer(store).resume(run_id) "
-            "resumes a failed one); the alias will be removed in the next minor release",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.unpause(reason)
 
     def cancel(self, reason: str = "cancelled") -> Event:
         """Cancel an active run; pending approvals are closed, the final report written."""
@@ -360,7 +347,7 @@ class RunStore:
                 raise InvalidArgument("give either a URL or root=, not both")
             target = url if url is not None else root
             if target is None:
-                target = os.environ.get(ROOT_ENV) or default_root()
+                target = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
             fs, root_path = _open_root(target, storage_options)
         _validate.integer(snapshot_every, "snapshot_every", minimum=1)
         self.storage = Storage(fs, root_path, fsync=fsync, allow_unsafe_writers=allow_unsafe_writers)
@@ -986,52 +973,6 @@ def check_store_url(url: str) -> None:
         f"store URL {url!r} looks like a mistyped {scheme.lower()}:// URL (did you mean {fixed}?): a store URL "
         "is a lowercase scheme, '://', then the path; a local folder cannot start with a storage scheme"
     )
-
-
-_legacy_named = False
-
-
-def _holds_our_runs(folder: str) -> bool:
-    """Whether a local folder holds at least one faber_runlog run (a run folder with our ``summary.json``)."""
-    try:
-        for org in os.scandir(folder):
-            if not org.is_dir(follow_symlinks=False):
-                continue
-            for project in os.scandir(org.path):
-                if not project.is_dir(follow_symlinks=False):
-                    continue
-                for run in os.scandir(project.path):
-                    if os.path.isfile(os.path.join(run.path, "summary.json")):
-                        return True
-    except OSError:
-        return False
-    return False
-
-
-def default_root(cwd: str | None = None) -> str:
-    """The store ``RunStore()`` opens: :data:`DEFAULT_ROOT`, or a store kept at :data:`LEGACY_ROOT`.
-
-    Until this release the default store was FABER's own folder
-    (``.fractary/plugins/faber/runs``). A project whose runs are there keeps
-    them: when ``.faber_runlog/runs`` does not exist and the old folder holds
-    runs of ours, that folder is used and a one-line notice (logged once per
-    process) names it and says how to move.
-    """
-    global _legacy_named
-    base = cwd if cwd is not None else os.getcwd()
-    if os.path.exists(os.path.join(base, DEFAULT_ROOT)) or not _holds_our_runs(os.path.join(base, LEGACY_ROOT)):
-        return DEFAULT_ROOT
-    if not _legacy_named:
-        _legacy_named = True
-        log.warning(
-            "using the faber_runlog store found at %s (the old default, inside FABER's folder; new stores go "
-            "to %s): set %s=%s to keep it there without this notice",
-            LEGACY_ROOT,
-            DEFAULT_ROOT,
-            ROOT_ENV,
-            LEGACY_ROOT,
-        )
-    return LEGACY_ROOT
 
 
 # -- for the package's other modules (a RunStore's internals they need, named once) -------------
