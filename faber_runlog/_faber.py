@@ -46,7 +46,7 @@ from faber_runlog._progress import Progress
 from faber_runlog._registry import event_types_table
 from faber_runlog._state import ErrorRecord, PhaseState, RunState
 from faber_runlog._storage import open_filesystem
-from faber_runlog._store import Run, RunStore, create_run_from
+from faber_runlog._store import Run, RunStore
 from faber_runlog.errors import (
     FaberRunlogError,
     InvalidArgument,
@@ -903,7 +903,7 @@ def _import_one(planned: _Planned, store: RunStore, source: str, plan_org: str, 
     else:
         meta = _run_metadata(planned, store, source, notes, plan_org)
         try:
-            run = create_run_from(store, meta)
+            run = store.create_run_from(meta)
         except RunExists:  # another import created it a moment ago: take the existing path next time
             notes.append(f"run {rid} was created by someone else during this import; run the import again")
             bar.update(len(planned.events))

@@ -18,7 +18,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any, Final
 
 from faber_runlog._plan import progress_text
-from faber_runlog._state import RunState
+from faber_runlog._state import RunState, set_html_view
 from faber_runlog._steps import attempt_rows, run_attempts
 
 if TYPE_CHECKING:
@@ -253,3 +253,6 @@ def repr_html(state: RunState) -> str:
             f"<span style='color:#b3261e'>{escape(failed.error or '')}</span>"
         )
     return f"<div>{line}</div>"
+
+
+set_html_view(repr_html)  # RunState._repr_html_ (a layer below) renders with it from now on

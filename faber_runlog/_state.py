@@ -62,6 +62,7 @@ __all__ = [
     "fold",
     "fold_all",
     "register_fold",
+    "set_html_view",
 ]
 
 LATEST_KEPT: Final = 20
@@ -162,6 +163,15 @@ class ApprovalState:
     resolved_event_id: int | None = None
 
 
+_HTML_VIEW: list[Callable[[RunState], str] | None] = [None]
+"""The renderer of :meth:`RunState._repr_html_`, handed down by the HTML views (``_html``) when they load."""
+
+
+def set_html_view(view: Callable[[RunState], str]) -> None:
+    """Render :meth:`RunState._repr_html_` with ``view`` (the HTML views call this when they load)."""
+    _HTML_VIEW[0] = view
+
+
 @attrs.define(slots=True)
 class RunState:
     """Everything known about a run after folding its events up to ``last_event_id``."""
@@ -234,10 +244,11 @@ class RunState:
         """Plain JSON-ready dict (the ``state.json`` body)."""
         return to_dict(self)
 
-    def _repr_html_(self) -> str:
-        from faber_runlog._html import repr_html  # the HTML views import this module
-
-        return repr_html(self)
+    def _repr_html_(self) -> str | None:
+        # The HTML views sit layers above this one and hand their renderer down (set_html_view) when
+        # they load, as every store does; before that Jupyter shows the plain repr (None: no HTML).
+        view = _HTML_VIEW[0]
+        return None if view is None else view(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunState:

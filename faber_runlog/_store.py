@@ -473,6 +473,15 @@ class RunStore:
         )
         return self._create(meta, concurrency_key=concurrency_key, id_given=run_id is not None)
 
+    def create_run_from(self, meta: RunMetadata) -> Run:
+        """Create a run with exactly ``meta``: its run id and ``created_at`` are given (an importer's way in).
+
+        ``seal_grace`` defaults to the store's. Raises :class:`RunExists` when the run exists already.
+        """
+        if meta.seal_grace is None:
+            meta = attrs.evolve(meta, seal_grace=self.seal_grace)
+        return self._create(meta)
+
     def _create(self, meta: RunMetadata, *, concurrency_key: str | None = None, id_given: bool = True) -> Run:
         """Write a new run from complete metadata (also the importer's way in, with its own times)."""
         rid = RunId.parse(meta.run_id)
@@ -988,10 +997,3 @@ def cleaner_grace(own: float, metadata: RunMetadata | None) -> float:
     """The ``seal_grace`` a cleanup of a run waits: never less than the run recorded (the default when it did not)."""
     recorded = metadata.seal_grace if metadata is not None else None
     return max(own, recorded if recorded is not None else SEAL_GRACE)
-
-
-def create_run_from(store: RunStore, meta: RunMetadata) -> Run:
-    """Create a run with exactly ``meta`` (an importer's path: the id and created_at are given)."""
-    if meta.seal_grace is None:
-        meta = attrs.evolve(meta, seal_grace=store.seal_grace)
-    return store._create(meta)  # noqa: SLF001  (same module)
