@@ -46,6 +46,7 @@ from faber_runlog._format import (
 from faber_runlog._ids import RunId
 from faber_runlog._metadata import RunMetadata, parse_metadata
 from faber_runlog._progress import Progress
+from faber_runlog._retry import AGAIN, Again, optimistic
 from faber_runlog._state import RunDigest
 from faber_runlog._storage import PutResult, Storage
 from faber_runlog._store import RunStore, cleaner_grace
@@ -259,9 +260,6 @@ def _check_jsonl(rid: RunId, path: str, data: bytes, record: ConsolidationRecord
         )
 
 
-_SEAL_TRIES: Final = 20
-
-
 def consolidate(store: RunStore, run_id: str | RunId) -> ConsolidationRecord:
     """Seal an ended run's log and write its events to ``events.jsonl``, verified.
 
@@ -284,15 +282,17 @@ def consolidate_from(store: RunStore, run_id: str | RunId, lines: list[bytes], l
     elog = store.get_run(rid).log
     # The lines read so far: events are immutable, so a retry after losing the race to an
     # append reads only the events since, and a busy run cannot starve its consolidation.
-    lines = list(lines)
-    for _ in range(_SEAL_TRIES):
+    known = list(lines)
+    known_at = [last_at]
+
+    def attempt() -> ConsolidationRecord | Again:
         state = elog.fold_state()
         if state.sealed_at is not None:
             record = _record_from_seal(rid, elog.get(state.sealed_at))
             data = storage.read(layout.jsonl)
             if data is None or len(data) != record.size or _sha256(data) != record.sha256:
-                lines, _ = _jsonl_lines(storage, rid, 1, record.last_seq)
-                _write_jsonl(storage, rid, b"\n".join(lines) + b"\n", record)
+                sealed, _ = _jsonl_lines(storage, rid, 1, record.last_seq)
+                _write_jsonl(storage, rid, b"\n".join(sealed) + b"\n", record)
             return record
         if state.status not in TERMINAL_STATUSES:
             raise RunStillActive(
@@ -304,22 +304,24 @@ def consolidate_from(store: RunStore, run_id: str | RunId, lines: list[bytes], l
         last = state.last_event_id
         if last == 0:
             raise ConsolidationError(f"run {rid} has no events to consolidate", run_id=str(rid))
-        more, more_at = _jsonl_lines(storage, rid, len(lines) + 1, last)
-        lines += more
-        last_at = more_at or last_at
-        data = b"\n".join(lines) + b"\n"
-        meta = {"through": last, "size": len(data), "sha256": _sha256(data), "last_event_at": last_at}
+        more, more_at = _jsonl_lines(storage, rid, len(known) + 1, last)
+        known.extend(more)
+        known_at[0] = more_at or known_at[0]
+        data = b"\n".join(known) + b"\n"
+        meta = {"through": last, "size": len(data), "sha256": _sha256(data), "last_event_at": known_at[0]}
         try:
             seal = elog.append({"type": SEAL_TYPE, "metadata": meta}, check=unchanged_since(last), sealing=True)
         except (_Moved, RunArchived):  # another consolidation sealed it first: look again
-            continue
+            return AGAIN
         record = _record_from_seal(rid, seal)
         _write_jsonl(storage, rid, data, record)
         return record
-    raise ConsolidationError(
-        f"run {rid} kept gaining events while it was being consolidated; nothing was sealed: "
-        "consolidate again once no process writes to it",
+
+    return optimistic(
+        attempt,
+        what=f"consolidating run {rid}: it kept gaining events, nothing was sealed",
         run_id=str(rid),
+        advice="consolidate again once no process writes to it",
     )
 
 

@@ -26,6 +26,7 @@ import attrs
 
 from faber_runlog import _codec
 from faber_runlog._ids import RunId
+from faber_runlog._retry import AGAIN, Again, optimistic
 from faber_runlog.errors import CorruptData
 
 if TYPE_CHECKING:
@@ -327,10 +328,16 @@ class IndexWriter:
         n = self._tails.get(key)
         if n is None:
             n = self._tail(org, project)
-        n += 1
-        while not self._storage.create(_commit_key(org, project, n), body):
+        tried = [n + 1]
+
+        def claim() -> int | Again:
+            if self._storage.create(_commit_key(org, project, tried[0]), body):
+                return tried[0]
             # Others committed since this handle's cached tail: learn the new one (hint + one LIST), not one by one.
-            n = max(n, self._tail(org, project)) + 1
+            tried[0] = max(tried[0], self._tail(org, project)) + 1
+            return AGAIN
+
+        n = optimistic(claim, what=f"claiming a commit of the run index of {org}/{project}")
         self._tails[key] = n
         if n % self._every == 0:
             self.checkpoint(org, project, n)

@@ -17,6 +17,7 @@ report), so ``store.py`` imports it at module level and delegates to it.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import logging
 import uuid
@@ -44,6 +45,7 @@ from faber_runlog._lease import (
 )
 from faber_runlog._log import Commit, EventLog
 from faber_runlog._report import write_report
+from faber_runlog._retry import AGAIN, Again, optimistic
 from faber_runlog._state import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -63,8 +65,8 @@ from faber_runlog.errors import (
     InvalidEvent,
     InvalidRunId,
     InvalidTransition,
-    StorageError,
     TooManyActiveRuns,
+    TooMuchContention,
 )
 
 __all__ = [
@@ -103,8 +105,6 @@ FINAL_EVENT_TYPES: Final = frozenset({*ENDING_EVENT_TYPES, "approval_resolved"})
 
 _T = TypeVar("_T")
 
-_TRIES: Final = 20
-_CLAIM_TRIES: Final = 50
 OpenLog = Callable[[RunId], EventLog]
 
 
@@ -143,7 +143,8 @@ def _act(elog: EventLog, build: Build) -> Event:
     returns the fields of the event to append. The append re-runs ``build`` on
     the exact state it lands on and retries when the fields would differ.
     """
-    for _ in range(_TRIES):
+
+    def attempt() -> Event | Again:
         got = build(elog.fold_state())
         if isinstance(got, Event):
             return got
@@ -159,16 +160,9 @@ def _act(elog: EventLog, build: Build) -> Event:
         try:
             return elog.append(dict(got), check=check)
         except _Moved:
-            continue
-    state = elog.fold_state()
-    raise InvalidTransition(
-        f"run {state.run_id} kept changing while a lifecycle action was appended (now at event "
-        f"{state.last_event_id}); retry when fewer processes write to it",
-        run_id=state.run_id,
-        status=state.status,
-        action="append",
-        last_event_id=state.last_event_id,
-    )
+            return AGAIN
+
+    return optimistic(attempt, what=f"appending a lifecycle action to run {elog.run_id}", run_id=elog.run_id)
 
 
 def _fields(etype: str, *, phase: str | None = None, step: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -585,13 +579,14 @@ def _claim(
     storage: Storage, folder: str, body: dict[str, Any], open_log: OpenLog, ttl: float
 ) -> tuple[str | None, _Holder | None]:
     """Claim ``folder`` for ``body['run_id']``: (claim key, None) or (None, live holder)."""
-    for _ in range(_CLAIM_TRIES):
+
+    def attempt() -> tuple[str | None, _Holder | None] | Again:
         gens = _generations(storage, folder)
         top = gens[-1] if gens else 0
         if top:
             raw = storage.read(f"{folder}/{seq_name(top)}")
             if raw is None:
-                continue  # a loser removed its object between our list and read: look again
+                return AGAIN  # a loser removed its object between our list and read: look again
             holder = _judge(storage, _codec.load_object(raw), open_log, f"{folder}/{seq_name(top)}")
             if holder.live:
                 return None, holder
@@ -599,23 +594,27 @@ def _claim(
                 # Judge again: the key passes on only once the holder lost its lease for
                 # certain (the sweep fenced it out and failed it); a holder whose late
                 # heartbeat won the race is live again and keeps its key.
-                continue
+                return AGAIN
         gen = top + 1
         key = f"{folder}/{seq_name(gen)}"
         now = _now(storage)
         data = dict(body, generation=gen, claimed_at=_iso(now), expires_at=_iso(now + _dt.timedelta(seconds=ttl)))
         if not storage.create(key, _codec.dumps(data)):
-            continue
+            return AGAIN
         if storage.list_after(folder, seq_name(gen)):
             storage.delete(key)  # we claimed from a stale listing: a newer claim exists
-            continue
+            return AGAIN
         for old in gens:
             if old < top:  # keep the last two; older ones are history nobody reads
                 storage.delete(f"{folder}/{seq_name(old)}")
         return key, None
-    raise StorageError(
-        f"could not claim {folder} in {storage.url} for run {body.get('run_id')} after {_CLAIM_TRIES} tries; "
-        "too many processes are starting runs at once, retry later"
+
+    rid = body.get("run_id")
+    return optimistic(
+        attempt,
+        what=f"claiming {folder} in {storage.url} for run {rid}",
+        run_id=None if rid is None else str(rid),
+        advice="too many processes are starting runs at once, retry later",
     )
 
 
@@ -702,19 +701,26 @@ def claim_start(
 
 def release_claims(storage: Storage, run_id: RunId, claims: Iterable[str]) -> list[str]:
     """Mark the run's claim objects released (a tombstone, never a delete); returns those released."""
+
+    def attempt(key: str) -> bool | Again:
+        got = storage.read_versioned(key)
+        body = _codec.load_object(got.data if got is not None else None)
+        if got is None or body is None:
+            return False
+        if body.get("run_id") != str(run_id) or body.get("released"):
+            return False  # taken over already, or released before
+        body.update(released=True, released_at=_codec.now_iso())
+        return True if storage.swap(key, _codec.dumps(body), got.version) is not None else AGAIN
+
     released: list[str] = []
     for key in claims:
-        for _ in range(_CLAIM_TRIES):
-            got = storage.read_versioned(key)
-            body = _codec.load_object(got.data if got is not None else None)
-            if got is None or body is None:
-                break
-            if body.get("run_id") != str(run_id) or body.get("released"):
-                break  # taken over already, or released before
-            body.update(released=True, released_at=_codec.now_iso())
-            if storage.swap(key, _codec.dumps(body), got.version) is not None:
+        try:
+            if optimistic(
+                functools.partial(attempt, key), what=f"releasing claim {key} of run {run_id}", run_id=str(run_id)
+            ):
                 released.append(key)
-                break
+        except TooMuchContention as e:  # best effort: the claim lapses with the run's lease (sweep)
+            log.warning("%s", e)
     return released
 
 

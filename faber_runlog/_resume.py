@@ -20,6 +20,7 @@ from faber_runlog._events import Event
 from faber_runlog._format import ARCHIVE_MARKER, RunLayout
 from faber_runlog._ids import RunId
 from faber_runlog._lease import default_owner, read_lease, try_acquire_lease
+from faber_runlog._retry import AGAIN, Again, optimistic
 from faber_runlog._state import TERMINAL_STATUSES, RunState, RunStatus
 from faber_runlog._storage import Storage
 from faber_runlog._store import Run, RunStore
@@ -34,7 +35,6 @@ ARCHIVE_MARKERS: Final = (ARCHIVE_MARKER,)
 """Files in a run's folder that mark it archived (written by the archiving code)."""
 
 RERUN_MODES: Final = ("all", "from_failure", "from_event")
-_RESUME_TRIES: Final = 5
 _RESUME_WAIT: Final = 3.0  # seconds a resumer waits for one that took the lease a moment before it
 
 
@@ -284,7 +284,8 @@ class Resumer:
         """
         run = self.store.get_run(run_id)
         owner = owner or default_owner()  # this process's own lease is not "another live writer"
-        for _ in range(_RESUME_TRIES):
+
+        def attempt() -> tuple[Run, ResumePlan, Event] | Again:
             state = run.state()
             plan, last = self._plan(run, state, allow_cancelled, owner)
             replay = last is not None and last.type == "workflow_resumed" and last.idempotency_key
@@ -307,7 +308,7 @@ class Resumer:
             # judged the old lease dead cannot fail the run again once it is ours.
             lease = try_acquire_lease(self.store.storage, run.run_id, ttl=self.store.lease_ttl, owner=owner)
             if lease is None:
-                continue  # a live writer took it since the plan: plan again (and refuse)
+                return AGAIN  # a live writer took it since the plan: plan again (and refuse)
 
             fields: dict[str, Any] = {
                 "type": "workflow_resumed",
@@ -323,17 +324,14 @@ class Resumer:
             try:
                 event = run.log.append({k: v for k, v in fields.items() if v is not None}, check=unchanged_since(seen))
             except _Moved:
-                continue
+                return AGAIN
             return run, plan, event
-        state = run.state()
-        raise RunNotResumable(
-            f"run {run.id} cannot be resumed: it kept changing while resuming (now at event "
-            f"{state.last_event_id}); another process is still writing to it, stop it first",
+
+        return optimistic(
+            attempt,
+            what=f"resuming run {run.id}: it kept changing",
             run_id=run.id,
-            status=state.status,
-            last_event_id=state.last_event_id,
-            last_event_type=None,
-            reason="another process is still writing to it",
+            advice="another process is still writing to it, stop it first",
         )
 
     def _await_concurrent_resume(self, run: Run, state: RunState, allow_cancelled: bool) -> Event | None:

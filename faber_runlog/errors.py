@@ -27,7 +27,8 @@ The tree (builtin bases in brackets; a leaf adds a narrower builtin only where i
     │   ├── RunNotRerunnable
     │   ├── RunNotResumable
     │   ├── RunStillActive
-    │   └── TooManyActiveRuns
+    │   ├── TooManyActiveRuns
+    │   └── TooMuchContention
     ├── NotFound [LookupError]                nothing by that name exists
     │   ├── ApprovalNotFound
     │   └── RunNotFound
@@ -98,6 +99,7 @@ __all__ = [
     "StorageError",
     "StoreAccessDenied",
     "TooManyActiveRuns",
+    "TooMuchContention",
     "UnsafePath",
 ]
 
@@ -237,6 +239,15 @@ class TooManyActiveRuns(Refused):
         super().__init__(message)
         self.limit = limit
         self.active_run_ids = active_run_ids
+
+
+class TooMuchContention(Refused):
+    """Others kept changing what a compare-and-swap or exclusive create built on; it gave up after bounded tries."""
+
+    def __init__(self, message: str, *, run_id: str | None, tries: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.tries = tries
 
 
 class InvalidTransition(Refused):
