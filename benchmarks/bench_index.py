@@ -42,7 +42,7 @@ def _query(store: RunStore) -> list[str]:
     return [s.run_id for s in store.list_runs(org="acme", project="web", status="failed", limit=20)]
 
 
-def run(quick: bool) -> list[Row]:
+def run(*, quick: bool) -> list[Row]:
     rows: list[Row] = []
     for n in (200, 1000) if quick else (1000, 10_000):
         with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +54,7 @@ def run(quick: bool) -> list[Row]:
 
             def scanned() -> Any:
                 handle = RunStore(root)
-                handle._index_view = lambda org, project: None  # type: ignore[method-assign]  # noqa: SLF001  # the scan, for comparison
+                handle._index_view = lambda org, project: None  # type: ignore[method-assign]  # noqa: SLF001, ARG005  (the scan, for comparison)
                 return _query(handle)
 
             db = _sqlite(built)

@@ -32,12 +32,12 @@ __all__ = [
 ]
 
 RUN_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
-    "start": lambda run, **kw: run.start(),
-    "pause": lambda run, reason=None, **kw: run.pause(reason),
-    "unpause": lambda run, reason=None, **kw: run.unpause(reason),
-    "cancel": lambda run, reason=None, **kw: run.cancel(reason or "cancelled"),
-    "complete": lambda run, summary=None, **kw: run.complete(summary),
-    "fail": lambda run, error=None, reason=None, **kw: run.fail(_needed(run, "fail", "error", error), reason),
+    "start": lambda run, **_: run.start(),
+    "pause": lambda run, reason=None, **_: run.pause(reason),
+    "unpause": lambda run, reason=None, **_: run.unpause(reason),
+    "cancel": lambda run, reason=None, **_: run.cancel(reason or "cancelled"),
+    "complete": lambda run, summary=None, **_: run.complete(summary),
+    "fail": lambda run, error=None, reason=None, **_: run.fail(_needed(run, "fail", "error", error), reason),
 }
 """Run-level transitions: ``start``, ``pause``, ``unpause`` (a paused run), ``cancel``, ``complete``, ``fail``.
 
@@ -51,8 +51,8 @@ STEP_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
     "skip_step": lambda run, phase, step=None, reason=None: run.skip_step(
         phase, _needed(run, "skip_step", "step", step), reason
     ),
-    "retry_phase": lambda run, phase, step=None, reason=None: run.retry_phase(phase),
-    "skip_phase": lambda run, phase, step=None, reason=None: run.skip_phase(phase, reason),
+    "retry_phase": lambda run, phase, step=None, reason=None: run.retry_phase(phase),  # noqa: ARG005  (one signature for every step action)
+    "skip_phase": lambda run, phase, step=None, reason=None: run.skip_phase(phase, reason),  # noqa: ARG005  (one signature for every step action)
 }
 """Step- and phase-level transitions."""
 

@@ -457,7 +457,7 @@ def read_archive_index(store: RunStore, org: str | None = None, project: str | N
                 continue
             try:
                 entries.append(ArchiveIndexEntry.from_dict(_codec.loads(body)))
-            except Exception as e:
+            except _codec.DECODE_ERRORS as e:
                 log.warning("skipping unreadable archive index entry %s: %s", key, e)
     entries.sort(key=lambda e: (e.created_at, e.run_id))
     return entries
@@ -567,7 +567,7 @@ class Archiver:
             try:
                 x = early.get(r)
                 staged.append(self._stage(r, x.lines if x is not None else [], x.last_at if x is not None else ""))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  (one run's failure is its result; the others go on)
                 done[str(r)] = ArchiveResult(str(r), "failed", error=e)
         self._upload(staged, sent)
         self._create(staged, lambda s: RunLayout(s.rid).metadata, lambda s: s.metadata, compare=True)
@@ -585,7 +585,7 @@ class Archiver:
                 }
                 try:
                     src.replace(_marker_key(s.rid), _codec.dumps(marker))
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001  (the run's result carries it; archiving again finishes the copy)
                     s.error = e
             if s.error is not None:  # consolidation sealed the run; archiving again finishes what this copy began
                 s.error = _sealed_not_copied(s.rid, s.error)
@@ -611,7 +611,7 @@ class Archiver:
             return StorageError(f"the archive {self.destination.url} cannot be written ({e}); nothing was sealed")
         try:
             dst.delete(probe)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (cleanup of a probe: whatever the store says, it is logged)
             log.debug("could not remove the archive probe %s: %s", dst.path(probe), e)
         return None
 
@@ -627,7 +627,7 @@ class Archiver:
         for r in rids:
             try:
                 found = self._unsealed(r)
-            except Exception as e:  # nothing sealed, nothing copied: the error says what to do
+            except Exception as e:  # noqa: BLE001  (one run's failure is its result; the others go on)
                 done[str(r)] = ArchiveResult(str(r), "failed", error=e)
                 continue
             if found is not None:
@@ -740,7 +740,7 @@ class Archiver:
         for start in range(0, len(keys), _READ_BATCH):
             try:
                 out.update(self.destination.storage.read_many(keys[start : start + _READ_BATCH]))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  (a read-back that fails counts as missing: it is logged and re-checked)
                 log.warning("read-back verification failed: %s", e)
                 out.update((k, None) for k in keys[start : start + _READ_BATCH])
         return out
@@ -816,7 +816,9 @@ class Archiver:
                 try:
                     grace = cleaner_grace(self.source.seal_grace, self._metadata_of(rid, metas))
                     grace_cutoff = (_codec.iso(now - _dt.timedelta(seconds=grace)), grace)
-                    self._clean_one(summary, rid, markers, indexed, policy, cutoff, grace_cutoff, dry_run, items)
+                    self._clean_one(
+                        summary, rid, markers, indexed, policy, cutoff, grace_cutoff, items, dry_run=dry_run
+                    )
                 except _validate.DAMAGE as e:  # one damaged run (its archived.json, its log) never stops the rest
                     log.warning("cleanup of run %s skipped: %s", rid, e)
                     items.append(CleanupItem(str(rid), "keep", f"not removed: {_validate.problem_text(e)}", 0))
@@ -832,8 +834,9 @@ class Archiver:
         policy: RetentionPolicy,
         cutoff: str | None,
         grace_cutoff: tuple[str, float],
-        dry_run: bool,
         items: list[CleanupItem],
+        *,
+        dry_run: bool,
     ) -> None:
         src = self.source.storage
         marker = _codec.loads(markers[_marker_key(rid)] or b"{}")

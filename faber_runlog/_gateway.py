@@ -537,7 +537,7 @@ class BackendFailure:
 def _sealed(run: Run) -> bool:
     try:
         return run.state().is_sealed
-    except Exception:  # the failure is reported either way; say what is safe
+    except Exception:  # noqa: BLE001  (the backend failure is reported either way; say what is safe)
         return False
 
 
@@ -552,7 +552,7 @@ def route(gateway: Gateway, run: Run, event: Event) -> list[BackendFailure]:
     for backend in gateway.backends[1:]:
         try:
             backend.handle(run, event)
-        except Exception as e:  # the event is durable; a backend must never break the producer
+        except Exception as e:  # noqa: BLE001  (a backend is anyone's code; the event is durable and must never break the producer)
             failure = BackendFailure(backend.name, e, run.id, event.type, event.event_id, _sealed(run))
             log.warning("%s", failure.message())
             failures.append(failure)
@@ -789,6 +789,6 @@ class Gateway:
         for backend in self._backends or ():
             try:
                 backend.close()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  (a backend is anyone's code; closing the others goes on)
                 log.warning("closing backend %s failed: %s", backend.name, e)
         self._backends = None

@@ -189,7 +189,7 @@ def _hint(storage: Storage, org: str, project: str) -> int:
     try:
         n = _codec.loads(body)["version"]
         return n if isinstance(n, int) and n > 0 else 0
-    except Exception:
+    except _codec.DECODE_ERRORS:
         return 0  # a damaged hint costs a longer LIST, never an answer
 
 
@@ -318,7 +318,7 @@ class IndexWriter:
                 return
             rec = {"op": "entry", "u": rid.uuid, "nonce": nonce, "row": row_of(digest, listing)}
             self.commit(rid.org, rid.project, [rec])
-        except Exception as e:  # the intent stays open: readers check this run, nothing is wrong
+        except Exception as e:  # noqa: BLE001  (the index is a cache: the intent stays open, readers check this run)
             log.warning("index entry of run %s at event %d not written: %s", rid, digest.last_event_id, e)
 
     def commit(self, org: str, project: str, records: list[dict[str, Any]]) -> int:
@@ -358,7 +358,7 @@ class IndexWriter:
             if _hint(self._storage, org, project) < n:
                 self._storage.replace(f"{folder(org, project)}/{HINT}", _codec.dumps({"version": n}))
             return True
-        except Exception as e:  # a lost checkpoint costs readers a longer read, never an answer
+        except Exception as e:  # noqa: BLE001  (the index is a cache: a lost checkpoint costs readers a longer read)
             log.warning("index checkpoint %d of %s/%s not written: %s", n, org, project, e)
             return False
 

@@ -127,7 +127,7 @@ def parse_lease(body: bytes) -> Lease | None:
     """A lease from its stored bytes, or None when they are unreadable."""
     try:
         lease = converter.structure(_codec.loads(body), Lease)
-    except Exception:
+    except _codec.DECODE_ERRORS:
         return None
     # Times that do not parse (``"expires_at": "soon"``) make the lease unreadable, not a crash later.
     if _validate.parse_timestamp(lease.expires_at) is None:
@@ -557,7 +557,7 @@ class Heartbeat:
                 if not self.beat():
                     log.warning("lease of run %s was lost by %s; heartbeat stops", self._rid, self.owner)
                     return
-            except Exception as e:  # a missed beat only brings expiry closer
+            except Exception as e:  # noqa: BLE001  (a heartbeat thread must not die: a missed beat only brings expiry closer)
                 log.warning("heartbeat of run %s failed: %s", self._rid, e)
 
     def stop(self, *, release: bool = False) -> None:

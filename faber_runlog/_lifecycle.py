@@ -779,7 +779,9 @@ class SweptRun:
         return to_dict(self)
 
 
-def _stale(lease: Lease | None, state: RunState, older_than: float, include_unleased: bool, now: _dt.datetime) -> bool:
+def _stale(
+    lease: Lease | None, state: RunState, older_than: float, *, include_unleased: bool, now: _dt.datetime
+) -> bool:
     if lease is not None:
         return not lease.is_live(now) and lease.expired_for(now) >= older_than
     if not include_unleased:
@@ -807,7 +809,7 @@ def sweep_run(
         return None
     stored, version = read_lease_versioned(storage, rid)
     lease = stored if stored is not None and not stored.released else None
-    if not _stale(lease, state, older_than, include_unleased, _now(storage)):
+    if not _stale(lease, state, older_than, include_unleased=include_unleased, now=_now(storage)):
         return None
     # Take the lease from the holder we judged dead, by compare-and-swap: if it
     # renewed since, this fails and the run is left alone. Once it succeeds, the

@@ -205,7 +205,7 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
         )
 
     @as_tool_error
-    def resume_plan(run_id: str, allow_cancelled: bool = False) -> dict[str, Any]:
+    def resume_plan(run_id: str, *, allow_cancelled: bool = False) -> dict[str, Any]:
         plan: dict[str, Any] = Resumer(gateway.store).plan(run_id, allow_cancelled=allow_cancelled).to_dict()
         return plan
 
@@ -402,7 +402,7 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Excepti
 
     @as_tool_error
     def sweep_stale_runs(
-        older_than: float = 0.0, run_ids: list[str] | None = None, include_unleased: bool = False
+        older_than: float = 0.0, run_ids: list[str] | None = None, *, include_unleased: bool = False
     ) -> dict[str, Any]:
         if not gateway.enabled:
             return {"written": False, "reason": "logging is disabled in gateway.json", "swept": []}
@@ -410,7 +410,7 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Excepti
         return {"written": bool(swept), "swept": [x.to_dict() for x in swept]}
 
     @as_tool_error
-    def get_report(run_id: str, write: bool = False) -> dict[str, Any]:
+    def get_report(run_id: str, *, write: bool = False) -> dict[str, Any]:
         from faber_runlog._report import compose_report
         from faber_runlog._state import TERMINAL_STATUSES
 
@@ -454,7 +454,7 @@ def _add_resume_tools(
     from faber_runlog._resume import Resumer
 
     @as_tool_error
-    def resume_run(run_id: str, allow_cancelled: bool = False) -> dict[str, Any]:
+    def resume_run(run_id: str, *, allow_cancelled: bool = False) -> dict[str, Any]:
         done = _actions.resume(gateway, run_id, allow_cancelled=allow_cancelled)
         if done is None:
             return {"written": False, "reason": "logging is disabled in gateway.json"}

@@ -237,7 +237,7 @@ class Resumer:
 
     # -- resume ------------------------------------------------------------------
 
-    def _refusal(self, run: Run, state: RunState, allow_cancelled: bool, owner: str | None) -> str | None:
+    def _refusal(self, run: Run, state: RunState, *, allow_cancelled: bool, owner: str | None) -> str | None:
         status = state.status
         if is_archived(self.store.storage, run.run_id):
             return "it is archived; re-run it with rerun() to execute it again"
@@ -257,10 +257,10 @@ class Resumer:
         return None
 
     def _plan(
-        self, run: Run, state: RunState, allow_cancelled: bool, owner: str | None
+        self, run: Run, state: RunState, *, allow_cancelled: bool, owner: str | None
     ) -> tuple[ResumePlan, Event | None]:
         last = run.log.get(state.last_event_id) if state.last_event_id else None
-        refusal = self._refusal(run, state, allow_cancelled, owner)
+        refusal = self._refusal(run, state, allow_cancelled=allow_cancelled, owner=owner)
         return _build_plan(run, state, last.type if last else None, refusal), last
 
     def plan(self, run_id: str | RunId, *, allow_cancelled: bool = False, owner: str | None = None) -> ResumePlan:
@@ -270,7 +270,7 @@ class Resumer:
         (pass your own lease owner when you hold the run's lease).
         """
         run = self.store.get_run(run_id)
-        return self._plan(run, run.state(), allow_cancelled, owner)[0]
+        return self._plan(run, run.state(), allow_cancelled=allow_cancelled, owner=owner)[0]
 
     def resume_with_plan(
         self, run_id: str | RunId, *, allow_cancelled: bool = False, owner: str | None = None
@@ -287,14 +287,14 @@ class Resumer:
 
         def attempt() -> tuple[Run, ResumePlan, Event] | Again:
             state = run.state()
-            plan, last = self._plan(run, state, allow_cancelled, owner)
+            plan, last = self._plan(run, state, allow_cancelled=allow_cancelled, owner=owner)
             replay = last is not None and last.type == "workflow_resumed" and last.idempotency_key
             if replay and last is not None and not plan.resumable and plan.status not in ("completed", "cancelled"):
                 # Resumed a moment ago and nothing ran since: that resume is this one
                 # (its resumer holds the lease now, so we hand its event back).
                 return run, _build_plan(run, state, last.type, None), last
             if not plan.resumable:
-                replayed = self._await_concurrent_resume(run, state, allow_cancelled)
+                replayed = self._await_concurrent_resume(run, state, allow_cancelled=allow_cancelled)
                 if replayed is not None:
                     return run, _build_plan(run, state, replayed.type, None), replayed
                 raise plan.error_for_refusal()
@@ -334,7 +334,7 @@ class Resumer:
             advice="another process is still writing to it, stop it first",
         )
 
-    def _await_concurrent_resume(self, run: Run, state: RunState, allow_cancelled: bool) -> Event | None:
+    def _await_concurrent_resume(self, run: Run, state: RunState, *, allow_cancelled: bool) -> Event | None:
         """The event of a resumer that took the lease a moment ago and is appending now, if one is.
 
         A resumer takes the lease before it appends ``workflow_resumed``; one
@@ -345,7 +345,9 @@ class Resumer:
         lease = read_lease(self.store.storage, run.run_id)
         if lease is None or not lease.is_live(self.store.storage.clock.now()) or state.updated_at is None:
             return None
-        if lease.acquired_at < state.updated_at or self._refusal(run, state, allow_cancelled, lease.owner):
+        if lease.acquired_at < state.updated_at or self._refusal(
+            run, state, allow_cancelled=allow_cancelled, owner=lease.owner
+        ):
             return None  # a writer that was running already, or a refusal beyond the lease
         key = f"resume:{state.last_event_id}"
         deadline = time.monotonic() + _RESUME_WAIT

@@ -626,7 +626,7 @@ def _workflow_cancelled(state: RunState, e: Ev) -> None:
 
 
 @_handles("workflow_resumed")
-def _workflow_resumed(state: RunState, e: Ev) -> None:
+def _workflow_resumed(state: RunState, _e: Ev) -> None:
     # The status comes from the transition table (a paused run goes back where it was).
     state.paused_from = None
     state.status_reason = None
@@ -635,7 +635,7 @@ def _workflow_resumed(state: RunState, e: Ev) -> None:
 
 
 @_handles("workflow_paused")
-def _workflow_paused(state: RunState, e: Ev) -> None:
+def _workflow_paused(state: RunState, _e: Ev) -> None:
     if state.status != "paused":
         state.paused_from = state.status
 

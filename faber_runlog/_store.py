@@ -627,7 +627,7 @@ class RunStore:
         """The index of ``org/project``, or None (no index, or a damaged one: said once per store handle)."""
         try:
             return _index.read(self.storage, org, project, strict=True)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (the index is a cache: a damaged one falls back to reading every run (said once))
             if (org, project) not in self._index_warned:
                 self._index_warned.add((org, project))
                 log.warning(
@@ -830,7 +830,7 @@ class RunStore:
                     continue
                 try:
                     listing = self._parse_metadata(rid, body).listing()
-                except Exception:
+                except _codec.DECODE_ERRORS:
                     continue  # damaged or FABER: listings skip it too
             out[rid.uuid] = (d, listing)
         return out
@@ -899,7 +899,7 @@ class RunStore:
             try:
                 record = _codec.loads(body or b"null")
                 found.append((str(record["created_at"]), RunId.parse(record["run_id"])))
-            except Exception:
+            except _codec.DECODE_ERRORS:
                 continue  # a foreign or damaged file is not a child
         metas = self.storage.read_many(RunLayout(rid).metadata for _, rid in found)
         # A record whose run has no metadata is a creation that crashed half-way.

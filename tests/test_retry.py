@@ -44,8 +44,8 @@ def test_a_lease_that_always_loses_its_compare_and_swap_gives_up_with_the_one_er
     store = RunStore("memory://retry-lease")
     rid = RunId.parse(store.create_run("acme", "web").id)
     acquire_lease(store.storage, rid, owner="me")
-    monkeypatch.setattr(store.storage, "swap", lambda *a, **k: None)  # every other process wins
-    monkeypatch.setattr(store.storage, "create", lambda *a, **k: False)
+    monkeypatch.setattr(store.storage, "swap", lambda *_a, **_k: None)  # every other process wins
+    monkeypatch.setattr(store.storage, "create", lambda *_a, **_k: False)
     with pytest.raises(TooMuchContention, match="taking the lease of run"):
         acquire_lease(store.storage, rid, owner="other")
     assert renew_lease(store.storage, rid, owner="me") is None  # lost, as before: it cannot count on it
