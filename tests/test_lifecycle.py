@@ -416,7 +416,7 @@ def test_a_writer_killed_with_sigkill_is_swept_once_by_two_concurrent_sweepers(
     with pytest.raises(ActiveRunExists):
         store.create_run("acme", "web", concurrency_key="repo:main")
     os.kill(writer.pid, signal.SIGKILL)
-    writer.wait()
+    writer.communicate(timeout=60)  # waits, and closes its pipes (an unclosed pipe is a ResourceWarning)
     assert -signal.SIGKILL == writer.returncode
     rid = store.get_run(run_id).run_id
     _wait_until(lambda: not (read_lease(store.storage, rid) or _never()).is_live())
