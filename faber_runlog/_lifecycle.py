@@ -65,6 +65,7 @@ from faber_runlog.errors import (
     InvalidEvent,
     InvalidRunId,
     InvalidTransition,
+    LeaseLost,
     TooManyActiveRuns,
     TooMuchContention,
 )
@@ -834,7 +835,7 @@ def sweep_run(
     )
     try:
         event = elog.append(fields, check=check)
-    except _NotStale:
+    except (_NotStale, LeaseLost):  # LeaseLost: another sweeper (or a takeover) fenced this one out and acts
         return None
     before: RunState = seen["state"]
     return SweptRun(

@@ -20,6 +20,7 @@ from faber_runlog import (
     ApprovalNotFound,
     InvalidEvent,
     InvalidTransition,
+    LeaseLost,
     Refused,
     Run,
     RunStore,
@@ -476,3 +477,29 @@ def test_the_python_examples_in_the_lifecycle_docs_run(capsys: pytest.CaptureFix
     for block in blocks:
         exec(compile(block, "docs/lifecycle.md", "exec"), {})
     assert "client token 'ui-click-7' was already used to approve" in capsys.readouterr().out
+
+
+def test_a_sweeper_whose_append_is_fenced_by_another_sweeper_leaves_the_run_to_it(store: RunStore) -> None:
+    # Seen in the heartbeat-vs-takeover race: two starters sweep one dead holder; B fences A out (a higher
+    # epoch) and fails the run; A's append is refused by the fence. A returns None (the run is swept
+    # once); it used to raise LeaseLost out of sweep_stale() / create_run(concurrency_key=...).
+    from faber_runlog import _lifecycle
+
+    run = in_status(store, "running")
+    acquire_lease(store.storage, run.run_id, ttl=0.05, owner="dead-writer")
+    time.sleep(0.1)
+    log = store.get_run(run.id).log
+    real = log.append
+
+    def fenced_after_b(fields: dict[str, Any], **kwargs: Any) -> Any:
+        b = _lifecycle.sweep_run(store.storage, store.get_run(run.id).log, include_unleased=True)
+        assert b is not None  # B swept it
+        raise LeaseLost(f"run {run.id} was fenced (as the log says it)", run_id=run.id, epoch=fields["lease_epoch"])
+
+    log.append = fenced_after_b  # type: ignore[method-assign,assignment]
+    try:
+        assert _lifecycle.sweep_run(store.storage, log, include_unleased=True) is None
+    finally:
+        log.append = real  # type: ignore[method-assign]
+    errors = [e for e in store.get_run(run.id).log.read() if e.type == "workflow_error"]
+    assert [SWEEP_REASON] == [e.metadata["reason"] for e in errors]
