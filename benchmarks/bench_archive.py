@@ -55,7 +55,7 @@ def _moto() -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
         try:
             urllib.request.urlopen(endpoint + "/moto-api/")
             break
-        except Exception:
+        except OSError:  # not listening yet
             time.sleep(0.05)
     opts = {
         "client_kwargs": {"endpoint_url": endpoint},
@@ -139,7 +139,7 @@ def _make_runs(store: RunStore, n: int) -> list[str]:
     return ids
 
 
-def run(quick: bool) -> list[Row]:
+def run(*, quick: bool) -> list[Row]:
     n = 100 if quick else 1_000
     tmp = Path(tempfile.mkdtemp(prefix="bench-archive-"))
     proc, opts = _moto()

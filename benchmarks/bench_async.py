@@ -113,7 +113,7 @@ def _raw_creates(opts: dict[str, Any], n: int) -> tuple[float, float]:
     return asyncio.run(native()), asyncio.run(pooled())
 
 
-def run(quick: bool) -> list[Row]:
+def run(*, quick: bool) -> list[Row]:
     n = 64 if quick else 640  # events per row (32 tasks: n / 32 each)
     server, opts = _moto()
     try:

@@ -103,7 +103,7 @@ def _shape(spec: dict[str, Any], writers: int, steps: int) -> dict[str, float]:
     }
 
 
-def _rows(kind: str, spec_of: Any, quick: bool) -> list[Row]:
+def _rows(kind: str, spec_of: Any, *, quick: bool) -> list[Row]:
     steps = 4 if quick else 25
     one = _shape(spec_of(), 1, steps * 2)
     shapes = [("16-way fan-out", 16, 1), ("8 steady writers", 8, steps)]
@@ -178,10 +178,10 @@ def _rows(kind: str, spec_of: Any, quick: bool) -> list[Row]:
     return rows
 
 
-def run(quick: bool) -> list[Row]:
+def run(*, quick: bool) -> list[Row]:
     """The suite's rows: local folder, then moto S3."""
     base = tempfile.mkdtemp()
-    rows = _rows("local", lambda: {"url": os.path.join(base, uuid.uuid4().hex)}, quick)
+    rows = _rows("local", lambda: {"url": os.path.join(base, uuid.uuid4().hex)}, quick=quick)
     from bench_core import _moto
 
     server, opts = _moto()
@@ -190,7 +190,7 @@ def run(quick: bool) -> list[Row]:
 
         s3fs.S3FileSystem(**opts).mkdir("bench-contention")
         rows += _rows(
-            "S3", lambda: {"url": f"s3://bench-contention/{uuid.uuid4().hex}", "storage_options": opts}, quick
+            "S3", lambda: {"url": f"s3://bench-contention/{uuid.uuid4().hex}", "storage_options": opts}, quick=quick
         )
     finally:
         server.stop()

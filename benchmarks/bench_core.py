@@ -389,7 +389,7 @@ def bench_eventsourcing(tmp: Path, n_append: int, n_replay: int, ours_append_s: 
             self.count = 0
 
         @event("StepChanged")
-        def step_changed(self, phase: str, step: str, status: str, note: str) -> None:
+        def step_changed(self, phase: str, step: str, status: str, note: str) -> None:  # noqa: ARG002  (the hook's signature)
             self.steps[f"{phase}/{step}"] = status
             self.count += 1
 
@@ -478,7 +478,7 @@ def bench_eventsourcing(tmp: Path, n_append: int, n_replay: int, ours_append_s: 
     ]
 
 
-def run(quick: bool) -> list[Row]:
+def run(*, quick: bool) -> list[Row]:
     tmp = Path(tempfile.mkdtemp(prefix="faber-bench-"))
     try:
         n_append = 300 if quick else 2000

@@ -98,7 +98,7 @@ def _row(name: str, ours: float, peer_name: str, peer: float, target: float | No
     return Row(name, ours, peer_name, peer, "ms", f"<= {target:g}x" if target is not None else "", ratio, ok)
 
 
-def _built(quick: bool) -> list[Row]:
+def _built(*, quick: bool) -> list[Row]:
     rows: list[Row] = []
     times: dict[int, float] = {}
     for n in (200, 1000) if quick else (200, 2000, 10_000):
@@ -111,7 +111,7 @@ def _built(quick: bool) -> list[Row]:
 
             def scanned() -> Any:
                 handle = RunStore(root)
-                handle._index_view = lambda org, project: None  # type: ignore[method-assign]  # noqa: SLF001  # the scan, for comparison
+                handle._index_view = lambda org, project: None  # type: ignore[method-assign]  # noqa: SLF001, ARG005  (the scan, for comparison)
                 return _query(handle)
 
             db = _sqlite_of(built)
@@ -131,7 +131,7 @@ def _built(quick: bool) -> list[Row]:
     return rows
 
 
-def _synthetic_rows(quick: bool) -> list[Row]:
+def _synthetic_rows(*, quick: bool) -> list[Row]:
     rows: list[Row] = []
     for n in (20_000,) if quick else (100_000,):
         with tempfile.TemporaryDirectory() as tmp:
@@ -188,13 +188,13 @@ def _checkpoint_ms(n: int) -> float:
         return best * 1000
 
 
-def _checkpoints(quick: bool) -> list[Row]:
+def _checkpoints(*, quick: bool) -> list[Row]:
     small, large = (1000, 20_000) if quick else (1000, 100_000)
     ours, peer = _checkpoint_ms(large), _checkpoint_ms(small)
     return [_row(f"index checkpoint (9 commits folded) over {large:,} runs", ours, f"over {small:,}", peer, 3)]
 
 
-def _active(quick: bool) -> list[Row]:
+def _active(*, quick: bool) -> list[Row]:
     events = 100 if quick else 300
     with tempfile.TemporaryDirectory() as tmp:
         active = RunStore(f"{tmp}/active", fsync=False)
@@ -211,7 +211,7 @@ def _active(quick: bool) -> list[Row]:
     return [_row(f"list 60 active runs of {events} events", ours, "60 fresh runs", peer, 2)]
 
 
-def _moto_rows(quick: bool) -> list[Row]:
+def _moto_rows(*, quick: bool) -> list[Row]:
     from bench_core import _counting_fs, _moto
 
     rows: list[Row] = []
@@ -243,5 +243,11 @@ def _moto_rows(quick: bool) -> list[Row]:
     return rows
 
 
-def run(quick: bool) -> list[Row]:
-    return _built(quick) + _synthetic_rows(quick) + _checkpoints(quick) + _active(quick) + _moto_rows(quick)
+def run(*, quick: bool) -> list[Row]:
+    return (
+        _built(quick=quick)
+        + _synthetic_rows(quick=quick)
+        + _checkpoints(quick=quick)
+        + _active(quick=quick)
+        + _moto_rows(quick=quick)
+    )

@@ -311,7 +311,7 @@ def bench_s3_append_with_segments(n: int, k: int) -> Row:
     )
 
 
-def run(quick: bool) -> list[Row]:
+def run(*, quick: bool) -> list[Row]:
     tmp = Path(tempfile.mkdtemp(prefix="faber-bench-reads-"))
     try:
         rows = bench_s3_reads(10_000 if quick else 100_000)

@@ -60,7 +60,7 @@ def _build(store: RunStore, n: int) -> str:
     return run.id
 
 
-def run(quick: bool) -> list[Row]:
+def run(*, quick: bool) -> list[Row]:
     small_n, big_n = 1_000, (20_000 if quick else 100_000)
     tmp = Path(tempfile.mkdtemp(prefix="bench-resume-"))
     try:

@@ -305,7 +305,7 @@ def bench_list_runs_s3(runs: int, state_kb: int) -> list[Row]:
     ]
 
 
-def run(quick: bool) -> list[Row]:
+def run(*, quick: bool) -> list[Row]:
     tmp = Path(tempfile.mkdtemp(prefix="faber-bench-scale-"))
     try:
         n = 5_000 if quick else 50_000

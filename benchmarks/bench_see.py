@@ -100,7 +100,7 @@ def _list_page(m: int, tmp: Path) -> Row:
     )
 
 
-def run(quick: bool) -> list[Row]:
+def run(*, quick: bool) -> list[Row]:
     n, m = (100, 500) if quick else (1_000, 5_000)
     with tempfile.TemporaryDirectory(prefix="bench-see-") as tmp:
         t = time.perf_counter()

@@ -19,7 +19,7 @@ def _wall(args: list[str]) -> float:
     return best_of(5, lambda: subprocess.run([sys.executable, *args], check=True, capture_output=True))
 
 
-def run(quick: bool) -> list[Row]:
+def run(*, quick: bool) -> list[Row]:  # noqa: ARG001  (every suite's signature; startup has one size)
     bare = _wall(["-c", "pass"])
     cli_help = _wall(["-m", "faber_runlog", "--help"])
     package = _wall(["-c", "import faber_runlog"])

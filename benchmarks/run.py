@@ -73,8 +73,8 @@ def main() -> int:
             continue
         t = time.perf_counter()
         try:
-            got = module.run(args.quick)
-        except Exception as e:  # one broken suite must not hide the others' rows
+            got = module.run(quick=args.quick)
+        except Exception as e:  # noqa: BLE001  (one broken suite must not hide the others' rows)
             traceback.print_exc()
             print(f"{suite}: FAILED ({type(e).__name__}: {e})", file=sys.stderr)
             failed = True

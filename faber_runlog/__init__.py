@@ -51,6 +51,7 @@ from faber_runlog.errors import (
     StorageError,
     StoreAccessDenied,
     TooManyActiveRuns,
+    TooMuchContention,
     UnsafePath,
 )
 
@@ -294,6 +295,7 @@ __all__ = [
     "SweptRuns",
     "SystemClock",
     "TooManyActiveRuns",
+    "TooMuchContention",
     "UnsafePath",
     "VerifyProblem",
     "VerifyReport",

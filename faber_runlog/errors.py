@@ -18,16 +18,17 @@ The tree (builtin bases in brackets; a leaf adds a narrower builtin only where i
     │   ├── ReadOnlyValue [+TypeError]
     │   └── UnsafePath
     ├── Refused [RuntimeError]                the run's (or store's) current state refuses the call
-    │   ├── ActiveRunExists [+FileExistsError*]
-    │   ├── ApprovalConflict [+ValueError*]
-    │   ├── InvalidTransition [+ValueError*]
+    │   ├── ActiveRunExists
+    │   ├── ApprovalConflict
+    │   ├── InvalidTransition
     │   ├── LeaseLost
     │   ├── RunArchived
-    │   ├── RunExists [+FileExistsError*]
+    │   ├── RunExists
     │   ├── RunNotRerunnable
     │   ├── RunNotResumable
     │   ├── RunStillActive
-    │   └── TooManyActiveRuns
+    │   ├── TooManyActiveRuns
+    │   └── TooMuchContention
     ├── NotFound [LookupError]                nothing by that name exists
     │   ├── ApprovalNotFound
     │   └── RunNotFound
@@ -37,18 +38,15 @@ The tree (builtin bases in brackets; a leaf adds a narrower builtin only where i
     │   ├── CorruptEvent
     │   └── CorruptState
     ├── StorageError [OSError]                the backend failed or refused us
-    │   ├── ArchiveMismatch [+RuntimeError*]
+    │   ├── ArchiveMismatch
     │   ├── BucketNotFound [+LookupError]
     │   ├── CredentialsMissing
     │   ├── SequenceConflict [+FileExistsError]
     │   └── StoreAccessDenied [+PermissionError]
     └── ConfigurationError [RuntimeError]     the environment is set up wrongly
         ├── ConcurrencyUnsupported
-        ├── InvalidGatewayConfig [+ValueError*]
+        ├── InvalidGatewayConfig
         └── MissingExtra [+ImportError]
-
-``*`` marks a builtin kept only so that ``except`` clauses written against 0.x keep working; it
-will be dropped in the next minor release (catch the category instead).
 
 Why these bases: bad input is a ``ValueError`` (the value of an argument is wrong; retrying the
 same call fails the same way). A refusal is a ``RuntimeError``: the call is well formed, but the
@@ -101,18 +99,18 @@ __all__ = [
     "StorageError",
     "StoreAccessDenied",
     "TooManyActiveRuns",
+    "TooMuchContention",
     "UnsafePath",
 ]
 
 
-def _rebuild(cls: type[BaseException], args: tuple[object, ...] | str, attrs: dict[str, object]) -> BaseException:
+def _rebuild(cls: type[BaseException], args: tuple[object, ...], attrs: dict[str, object]) -> BaseException:
     """Unpickle one of our errors: its args and attributes, without calling ``__init__``.
 
     ``__init__`` takes keyword-only fields that ``BaseException.__reduce__`` would not pass back,
-    so unpickling it the default way raises ``TypeError``. (A plain string ``args`` is the
-    message, as pickled by 0.x.)
+    so unpickling it the default way raises ``TypeError``.
     """
-    args = (args,) if isinstance(args, str) else tuple(args)
+    args = tuple(args)
     # OSError has its own instance layout, so its __new__ must build an error that mixes it in.
     new = OSError.__new__ if issubclass(cls, OSError) else cls.__new__
     err = new(cls, *args)
@@ -226,11 +224,11 @@ class InvalidRerun(InvalidArgument):
 # -- refused by state --------------------------------------------------------------------
 
 
-class RunExists(Refused, FileExistsError):
+class RunExists(Refused):
     """A run with this id already exists; it was left untouched."""
 
 
-class ActiveRunExists(Refused, FileExistsError):
+class ActiveRunExists(Refused):
     """Another active run holds the concurrency key; no run was created."""
 
     def __init__(self, message: str, *, run_id: str, status: str, concurrency_key: str) -> None:
@@ -249,7 +247,16 @@ class TooManyActiveRuns(Refused):
         self.active_run_ids = active_run_ids
 
 
-class InvalidTransition(Refused, ValueError):
+class TooMuchContention(Refused):
+    """Others kept changing what a compare-and-swap or exclusive create built on; it gave up after bounded tries."""
+
+    def __init__(self, message: str, *, run_id: str | None, tries: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.tries = tries
+
+
+class InvalidTransition(Refused):
     """A lifecycle action is not allowed in the run's current status; nothing was written."""
 
     def __init__(self, message: str, *, run_id: str, status: str, action: str, last_event_id: int) -> None:
@@ -260,7 +267,7 @@ class InvalidTransition(Refused, ValueError):
         self.last_event_id = last_event_id
 
 
-class ApprovalConflict(Refused, ValueError):
+class ApprovalConflict(Refused):
     """An approval decision conflicts with the one already recorded; nothing was written."""
 
     def __init__(self, message: str, *, run_id: str, approval_id: str, reason: str) -> None:
@@ -399,7 +406,7 @@ class SequenceConflict(StorageError, FileExistsError):
         self.seq = seq
 
 
-class ArchiveMismatch(StorageError, RuntimeError):
+class ArchiveMismatch(StorageError):
     """What arrived in the archive differs from the source (size or hash); nothing local was removed."""
 
     def __init__(self, message: str, *, run_id: str, path: str) -> None:
@@ -439,7 +446,7 @@ class ConcurrencyUnsupported(ConfigurationError):
     """The backend ignores exclusive create, so concurrent writers are unsafe."""
 
 
-class InvalidGatewayConfig(ConfigurationError, ValueError):
+class InvalidGatewayConfig(ConfigurationError):
     """gateway.json is unreadable, fails its schema or holds a credential; nothing was written."""
 
     def __init__(self, message: str, *, path: str | None = None) -> None:

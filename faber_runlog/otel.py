@@ -469,7 +469,11 @@ class OtelBackend(Backend):
     name = "otel"
 
     def __init__(
-        self, settings: dict[str, Any], gateway: Gateway | None = None, *, tracer_provider: TracerProvider | None = None
+        self,
+        settings: dict[str, Any],  # noqa: ARG002  (a backend factory's signature: this backend has no settings)
+        gateway: Gateway | None = None,  # noqa: ARG002  (a backend factory's signature)
+        *,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.tracer = RunTracer(tracer_provider)
 

@@ -94,7 +94,7 @@ def _body(label: str) -> bytes:
     return f'{{"probe":"{label}","nonce":"{uuid.uuid4().hex}"}}'.encode()
 
 
-def _expect(ok: bool, storage: Storage, what: str) -> None:
+def _expect(ok: bool, storage: Storage, what: str) -> None:  # noqa: FBT001  (the condition checked, as assert's operand)
     if not ok:
         raise ContractViolation(f"{storage!r}: {what}")
 
@@ -104,7 +104,7 @@ def _cleanup(storage: Storage, key: str) -> None:
         got = storage.read_versioned(key)
         if got is not None:
             storage.delete_if(key, got.version)
-    except Exception:
+    except Exception:  # noqa: BLE001  (cleanup after a contract check: the check's own answer stands)
         pass
 
 
@@ -358,7 +358,7 @@ class StorageContract:
         folder = self.contract_folder()
         for n in (1, 2, 3, 5):
             _expect(storage.create(f"{folder}/{n:05d}", _body(str(n))), storage, f"a create under {folder} failed")
-        numbers = storage.read_numbered(folder, 2, None, lambda n, body: n, lambda n: f"{n:05d}")
+        numbers = storage.read_numbered(folder, 2, None, lambda n, _body: n, lambda n: f"{n:05d}")
         got: list[int] = []
         while True:
             try:

@@ -54,7 +54,7 @@ def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None
         code = main(request["argv"])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
-    except BaseException:
+    except BaseException:  # noqa: BLE001  (the forked child reports any failure as its exit code)
         import traceback
 
         traceback.print_exc()

@@ -22,9 +22,12 @@ def _store(spec: dict[str, object], **kwargs: object) -> RunStore:
     return RunStore(str(spec["url"]), storage_options=spec.get("storage_options") or None, **kwargs)  # type: ignore[arg-type]
 
 
+_GIVE_UP: float = 600.0
+"""Seconds a worker waits for a file before it gives up (a peer that died must not leave it running forever)."""
+
+
 def _wait_for(path: str) -> None:
-    while not os.path.exists(path):
-        time.sleep(0.005)
+    _wait_files([path], pause=0.005)
 
 
 def hold(spec: dict[str, object], key: str, ttl: float) -> None:
@@ -59,13 +62,12 @@ def sweep(spec: dict[str, object], go: str) -> None:
     print(json.dumps([s.run_id for s in store.sweep_stale()]), flush=True)
 
 
-def _wait_files(paths: list[str], timeout: float = 120.0) -> None:
-    # A peer that died never writes its file: fail with what is missing rather than hang the test.
-    deadline = time.monotonic() + timeout
+def _wait_files(paths: list[str], pause: float = 0.002) -> None:
+    deadline = time.monotonic() + _GIVE_UP
     while not all(os.path.exists(p) for p in paths):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout:.0f} s for {[p for p in paths if not os.path.exists(p)]}")
-        time.sleep(0.002)
+            raise SystemExit(f"gave up waiting for {[p for p in paths if not os.path.exists(p)]}")
+        time.sleep(pause)
 
 
 def race_holder(spec: dict[str, object], folder: str, rounds: int, starters: int, ttl: float) -> None:

@@ -94,25 +94,22 @@ def test_decide_refuses_an_event_or_anything_else_and_writes_nothing() -> None:
     assert last == run.state().last_event_id
 
 
-def test_approval_metadata_still_works_but_warns() -> None:
+def test_approval_has_its_id_and_event_and_no_deprecated_metadata_alias() -> None:
     run = RunStore("memory://edges-meta").create_run("acme", "web")
     run.start()
     approval = run.request_approval("review", approval_id="gate-1")
-    with pytest.warns(DeprecationWarning, match="approval_id"):
-        assert "gate-1" == approval.metadata["approval_id"]
+    assert ("gate-1", "gate-1") == (approval.approval_id, approval.event.metadata["approval_id"])
+    assert not hasattr(approval, "metadata")  # the 0.x alias is gone before the first release
 
 
-def test_unpause_is_the_name_and_run_resume_is_a_deprecated_alias() -> None:
+def test_unpause_is_the_name_and_run_has_no_resume_alias() -> None:
     run = RunStore("memory://edges-unpause").create_run("acme", "web")
     run.start()
     run.pause("lunch")
     assert "workflow_resumed" == run.unpause().type
     assert "running" == run.state().status
-    run.pause("again")
-    with pytest.warns(DeprecationWarning, match="unpause"):
-        run.resume()
-    assert "running" == run.state().status
-    assert not hasattr(Resumer, "unpause")  # Resumer.resume is the other transition: failed -> running
+    assert not hasattr(run, "resume")  # the 0.x alias is gone: "resume" is Resumer.resume, failed -> running
+    assert not hasattr(Resumer, "unpause")
 
 
 def test_statuses_are_a_literal_type_used_by_state_and_summaries() -> None:

@@ -112,7 +112,7 @@ class Waits(ManualClock):
 @pytest.fixture
 def writer(monkeypatch: pytest.MonkeyPatch) -> tuple[EventLog, Recorded]:
     """A writer that appended events 1 and 2 itself (it knows the tail), and its recording storage."""
-    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # every random wait: the top of its window
+    monkeypatch.setattr(random, "uniform", lambda _low, high: high)  # every random wait: the top of its window
     clock = Waits()
     store = RunStore(f"memory://claims-{uuid.uuid4().hex}", clock=clock)
     run = store.create_run("acme", "web")

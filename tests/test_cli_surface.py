@@ -323,4 +323,5 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(cli: Cli, tmp_path: Pa
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # like `| head -1` having read what it needed before the command writes
     err = proc.stderr.read()
+    proc.stderr.close()
     assert (0, b"") == (proc.wait(timeout=60), err)

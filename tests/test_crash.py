@@ -29,7 +29,7 @@ def test_sigkilled_writer_leaves_a_readable_log_that_continues(shared_store_spec
     for _ in range(30):  # let it get well into its stride, then kill it mid-flight
         proc.stdout.readline()
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate(timeout=60)  # waits, and closes its pipe (an unclosed pipe is a ResourceWarning)
     assert -signal.SIGKILL == proc.returncode
 
     reopened = store.get_run(run.id)

@@ -245,7 +245,7 @@ class ForkServer:
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
-        self.process.wait(timeout=30)
+        self.process.communicate(timeout=30)  # waits, and closes its pipe (an unclosed pipe is a ResourceWarning)
 
 
 def _pythonpath() -> str:

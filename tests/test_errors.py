@@ -33,19 +33,13 @@ CATEGORIES: dict[type[FaberRunlogError], type[Exception]] = {
 }
 
 # A leaf may add a builtin that says more than its category's (a narrower OSError, TypeError for a
-# value of the wrong kind) or one kept for 0.x callers for one release (docs/errors.md marks those).
+# value of the wrong kind).
 EXTRA_BUILTINS: dict[str, set[type[BaseException]]] = {
     "InvalidStoreUrl": {TypeError},
     "ReadOnlyValue": {TypeError},
-    "RunExists": {FileExistsError},
-    "ActiveRunExists": {FileExistsError},
-    "InvalidTransition": {ValueError},
-    "ApprovalConflict": {ValueError},
     "SequenceConflict": {FileExistsError},
-    "ArchiveMismatch": {RuntimeError},
     "BucketNotFound": {LookupError},
     "StoreAccessDenied": {PermissionError},
-    "InvalidGatewayConfig": {ValueError},
     "MissingExtra": {ImportError},
 }
 

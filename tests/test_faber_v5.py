@@ -22,7 +22,6 @@ from test_faber import BASE, OLD_BASE, PHASES, RUN, faber_metadata, failed_at_bu
 from faber_runlog import RunStore, export_faber, import_faber
 from faber_runlog._faber.convert import IMPORT_KEY, UNMAPPED_TYPE, mapped_run_id
 from faber_runlog._frontends.cli import main
-from faber_runlog._services import store as store_module
 from faber_runlog.errors import FaberRunNotImported, UnsafePath
 
 PLAN = "acme-web-258"
@@ -139,7 +138,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(folder)
     for name in ("FABER_RUNLOG_ROOT", "FABER_RUNLOG_CONFIG", "FABER_RUNS_PATH"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(store_module, "_legacy_named", False)
     return folder
 
 
@@ -183,19 +181,20 @@ def test_faber_runs_path_is_searched_and_a_folder_given_is_searched_alone(
     assert [RUN] == [r["original_run_id"] for r in json.loads(out)["runs"]]
 
 
-def test_a_store_at_the_old_default_is_found_and_named_and_its_faber_runs_are_named_not_damaged(
-    project: Path, caplog: pytest.LogCaptureFixture
+def test_a_store_in_fabers_folder_is_used_only_when_named_and_its_faber_runs_are_named_not_damaged(
+    project: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     old = RunStore(str(project / OLD_BASE))
     ours = old.create_run("acme", "api")
     write_run(project / OLD_BASE, RUN, failed_at_build(), metadata=faber_metadata())
     before = tree(project / OLD_BASE / RUN)
+    assert [] == list(RunStore().list_runs())  # FABER's folder is never a default (no 0.x fallback)
+    monkeypatch.setenv("FABER_RUNLOG_ROOT", OLD_BASE)
     with caplog.at_level(logging.WARNING):
         code, out, _ = cli("list", "--json")
     assert 0 == code
     assert [ours.id] == [r["run_id"] for r in json.loads(out)]
     messages = [r.getMessage() for r in caplog.records]
-    assert 1 == sum("using the faber_runlog store found at .fractary/plugins/faber/runs" in m for m in messages)
     assert not [m for m in messages if "damaged" in m], messages
     assert any("a FABER run" in m and "faber-runlog import" in m for m in messages), messages
     listed = RunStore().list_runs()

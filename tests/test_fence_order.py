@@ -80,9 +80,7 @@ class _Writer:
         return self.answer()
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        self.proc.communicate(timeout=60)  # closes stdin (the worker ends), waits, and closes its pipes
 
 
 def _acknowledged_after_a_fence(store: RunStore, run_id: str) -> list[tuple[int, int, int]]:

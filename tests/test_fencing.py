@@ -156,10 +156,17 @@ def test_one_active_run_per_key_while_the_holders_heartbeat_races_the_takeover(
     holder = spawn("race_holder", str(rounds), str(starters), str(ttl))
     procs = [spawn("race_starter", str(rounds), str(i), str(ttl)) for i in range(starters)]
     outs = []
-    for p in [holder, *procs]:
-        out, err = p.communicate(timeout=600)
-        assert 0 == p.returncode, err
-        outs.append([json.loads(line) for line in out.splitlines()])
+    try:
+        for p in [*procs, holder]:  # the starters first: one that died says why (the holder would wait for it)
+            out, err = p.communicate(timeout=600)
+            assert 0 == p.returncode, err
+            outs.append([json.loads(line) for line in out.splitlines()])
+    finally:
+        for p in [*procs, holder]:  # none is left behind, waiting for a peer that died
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    outs = [outs[-1], *outs[:-1]]  # the holder's lines first, as below reads them
     holders = {d["round"]: d["holder"] for d in outs[0]}
     winners: dict[int, list[str]] = {r: [] for r in range(rounds)}
     for lines in outs[1:]:

@@ -143,7 +143,7 @@ CALLS: dict[str, Callable[[Target, Any], object]] = {
     "emit(phase=)": lambda t, v: t.run.log.emit("phase_start", phase=v),
     "emit(metadata=)": lambda t, v: t.run.log.emit("workflow_start", metadata={"k": v}),
     "emit(timestamp=)": lambda t, v: t.run.log.emit("phase_start", phase="x", timestamp=v),
-    "RetentionPolicy(keep_days=)": lambda t, v: RetentionPolicy(keep_days=v),
+    "RetentionPolicy(keep_days=)": lambda _t, v: RetentionPolicy(keep_days=v),
     "archive_finished(older_than=)": _archive_finished,
     "Resumer.rerun(from_event=)": _rerun,
 }
@@ -227,7 +227,7 @@ MCP_CALLS: dict[str, Callable[[Target, Any], dict[str, Any]]] = {
     "list_events(since=)": lambda t, v: {"tool": "list_events", "run_id": t.run.id, "since": v},
     "list_events(limit=)": lambda t, v: {"tool": "list_events", "run_id": t.run.id, "limit": v},
     "get_state(at=)": lambda t, v: {"tool": "get_state", "run_id": t.run.id, "at": v},
-    "list_runs(limit=)": lambda t, v: {"tool": "list_runs", "limit": v},
+    "list_runs(limit=)": lambda _t, v: {"tool": "list_runs", "limit": v},
     "emit_event(duration_ms=)": lambda t, v: {
         "tool": "emit_event",
         "run_id": t.run.id,
@@ -242,8 +242,8 @@ MCP_CALLS: dict[str, Callable[[Target, Any], dict[str, Any]]] = {
         "type": "workflow_start",
         "metadata": {"k": v},
     },
-    "sweep_stale_runs(older_than=)": lambda t, v: {"tool": "sweep_stale_runs", "older_than": v},
-    "fractary_faber_run_list(limit=)": lambda t, v: {"tool": "fractary_faber_run_list", "limit": v},
+    "sweep_stale_runs(older_than=)": lambda _t, v: {"tool": "sweep_stale_runs", "older_than": v},
+    "fractary_faber_run_list(limit=)": lambda _t, v: {"tool": "fractary_faber_run_list", "limit": v},
     "fractary_faber_event_emit(metadata=)": lambda t, v: {
         "tool": "fractary_faber_event_emit",
         "run_id": t.run.id,

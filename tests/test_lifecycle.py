@@ -20,6 +20,8 @@ from faber_runlog import (
     ApprovalNotFound,
     InvalidEvent,
     InvalidTransition,
+    LeaseLost,
+    Refused,
     Run,
     RunStore,
     TooManyActiveRuns,
@@ -264,7 +266,7 @@ def test_second_run_with_the_same_key_is_refused_naming_the_holder(store: RunSto
     with pytest.raises(ActiveRunExists) as info:
         store.create_run("acme", "web", concurrency_key="/repo:main")
     assert (first.id, "running", "/repo:main") == (info.value.run_id, info.value.status, info.value.concurrency_key)
-    assert isinstance(info.value, FileExistsError)
+    assert isinstance(info.value, Refused) and not isinstance(info.value, FileExistsError)  # no 0.x base
     assert [first.id] == [s.run_id for s in store.list_runs()]
     other = store.create_run("acme", "web", concurrency_key="/repo:dev")  # another key is free
     first.complete()
@@ -416,7 +418,7 @@ def test_a_writer_killed_with_sigkill_is_swept_once_by_two_concurrent_sweepers(
     with pytest.raises(ActiveRunExists):
         store.create_run("acme", "web", concurrency_key="repo:main")
     os.kill(writer.pid, signal.SIGKILL)
-    writer.wait()
+    writer.communicate(timeout=60)  # waits, and closes its pipes (an unclosed pipe is a ResourceWarning)
     assert -signal.SIGKILL == writer.returncode
     rid = store.get_run(run_id).run_id
     _wait_until(lambda: not (read_lease(store.storage, rid) or _never()).is_live())
@@ -476,3 +478,31 @@ def test_the_python_examples_in_the_lifecycle_docs_run(capsys: pytest.CaptureFix
     for block in blocks:
         exec(compile(block, "docs/lifecycle.md", "exec"), {})
     assert "client token 'ui-click-7' was already used to approve" in capsys.readouterr().out
+
+
+def test_a_sweeper_whose_append_is_fenced_by_another_sweeper_leaves_the_run_to_it(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen in the heartbeat-vs-takeover race: two starters sweep one dead holder; B fences A out (a higher
+    # epoch) and fails the run; A's append is refused by the fence. A returns None (the run is swept
+    # once); it used to raise LeaseLost out of sweep_stale() / create_run(concurrency_key=...).
+    from faber_runlog._log.eventlog import append_event as real
+    from faber_runlog._services import lifecycle as _lifecycle
+
+    run = in_status(store, "running")
+    acquire_lease(store.storage, run.run_id, ttl=0.05, owner="dead-writer")
+    time.sleep(0.1)
+    log = store.get_run(run.id).log
+
+    def fenced_after_b(elog: Any, fields: dict[str, Any], **kwargs: Any) -> Any:
+        if elog is not log:
+            return real(elog, fields, **kwargs)
+        b = _lifecycle.sweep_run(store.storage, store.get_run(run.id).log, include_unleased=True)
+        assert b is not None  # B swept it
+        raise LeaseLost(f"run {run.id} was fenced (as the log says it)", run_id=run.id, epoch=fields["lease_epoch"])
+
+    monkeypatch.setattr(_lifecycle, "append_event", fenced_after_b)
+    assert _lifecycle.sweep_run(store.storage, log, include_unleased=True) is None
+    monkeypatch.undo()
+    errors = [e for e in store.get_run(run.id).log.read() if e.type == "workflow_error"]
+    assert [SWEEP_REASON] == [e.metadata["reason"] for e in errors]

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from faber_runlog import Gateway, GatewayConfig, InvalidEvent, InvalidGatewayConfig, Registry, Resumer, RunStore
+from faber_runlog import (
+    Gateway,
+    GatewayConfig,
+    InvalidArgument,
+    InvalidEvent,
+    InvalidGatewayConfig,
+    Registry,
+    Resumer,
+    RunStore,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,10 +211,10 @@ def test_verify_checks_stored_events_with_the_stores_own_registry() -> None:
     assert {"type": "object", "required": ["message"]} == writer.event_schema("audit")
 
 
-def test_registry_called_directly_is_deprecated_in_favour_of_isolated() -> None:
-    with pytest.warns(DeprecationWarning, match=r"Registry\.isolated\(\)"):
-        old = Registry()
-    assert Registry.default().event_types() == old.event_types()
+def test_registry_called_directly_is_refused_and_names_isolated_and_default() -> None:
+    with pytest.raises(InvalidArgument, match=r"Registry\.isolated\(\).*Registry\.default\(\)"):
+        Registry()
+    assert Registry.default().event_types() == Registry.isolated().event_types()
 
 
 def test_entry_points_of_an_installed_distribution_declare_types_and_backends(

@@ -26,7 +26,10 @@ def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_default_follows_whether_stderr_is_a_terminal() -> None:
-    assert (True, False) == (progress_wanted(None, Terminal()), progress_wanted(None, io.StringIO()))
+    assert (True, False) == (
+        progress_wanted(progress=None, stream=Terminal()),
+        progress_wanted(progress=None, stream=io.StringIO()),
+    )
 
 
 @pytest.mark.parametrize(("env", "expected"), [("0", False), ("off", False), ("1", True), ("yes", True)])
@@ -34,8 +37,14 @@ def test_the_environment_variable_switches_it_when_no_parameter_is_given(
     monkeypatch: pytest.MonkeyPatch, env: str, expected: bool
 ) -> None:
     monkeypatch.setenv(PROGRESS_ENV, env)
-    assert (expected, expected) == (progress_wanted(None, Terminal()), progress_wanted(None, io.StringIO()))
-    assert (True, False) == (progress_wanted(True, io.StringIO()), progress_wanted(False, Terminal()))
+    assert (expected, expected) == (
+        progress_wanted(progress=None, stream=Terminal()),
+        progress_wanted(progress=None, stream=io.StringIO()),
+    )
+    assert (True, False) == (
+        progress_wanted(progress=True, stream=io.StringIO()),
+        progress_wanted(progress=False, stream=Terminal()),
+    )
 
 
 def test_on_a_terminal_it_redraws_one_bar_in_place() -> None:

@@ -17,7 +17,7 @@ from conftest import BUCKET, S3Server, make_store, soak_scale
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from faber_runlog import RunStore, consolidate
+from faber_runlog import FaberRunlogError, RunStore, consolidate
 from faber_runlog._base import codec as _codec
 from faber_runlog._log import index as _index
 from faber_runlog._log.index import folder as index_folder
@@ -104,7 +104,7 @@ def test_index_answers_equal_a_scan_of_the_logs(
                 consolidate(store, run.id)
             else:
                 _MOVES[op](run)
-        except Exception:
+        except FaberRunlogError:
             pass  # refused by the transition table (or not ended, for archive): nothing changed
     fresh = RunStore(fs=store.storage.fs, root=store.storage.root)  # another process: nothing cached
     assert _scan(fresh) == _listed(fresh)
@@ -331,8 +331,8 @@ def _select(store: RunStore, statuses: Any = None, need: int | None = None) -> l
         "web",
         snap,
         statuses=statuses,
-        keep=lambda r: True,
-        beyond=lambda k: True,
+        keep=lambda _r: True,
+        beyond=lambda _k: True,
         newest=True,
         need=need,
     )

@@ -72,7 +72,7 @@ def test_an_open_intent_is_closed_only_by_reindex_once_it_is_older_than_the_grac
     run = store.create_run("acme", "web")
     run.start()
     with monkeypatch.context() as patch:
-        patch.setattr(_index.IndexWriter, "entry", lambda *args, **kwargs: None)  # killed after its event
+        patch.setattr(_index.IndexWriter, "entry", lambda *_args, **_kwargs: None)  # killed after its event
         run.fail("boom")
     names = store.storage.list_names(LOG)
     fresh = RunStore(fs=store.storage.fs, root=store.storage.root)

@@ -19,7 +19,7 @@ from faber_runlog._services.report import compose_report
 from faber_runlog._services.steps import PHASE_COLUMNS, STEP_COLUMNS
 
 
-def make_shapes(store: RunStore, only_retried: bool = False) -> dict[str, str]:
+def make_shapes(store: RunStore, *, only_retried: bool = False) -> dict[str, str]:
     """Runs of every shape: retries, skips (before and after a failure), a resume, approvals, a given duration."""
     ids: dict[str, str] = {}
     retried = store.create_run("acme", "web", params={"work_id": "1"}, tags={"team": "core"})

@@ -4,9 +4,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
-from faber_runlog import InvalidRunId, RunExists, RunNotFound, RunStore
+from faber_runlog import InvalidRunId, RunExists, RunMetadata, RunNotFound, RunStore
 from faber_runlog._base import codec as _codec
 from faber_runlog._format.layout import RunLayout, decode_summary, encode_summary
 from faber_runlog._log.index import INDEX_DIR
@@ -314,3 +315,18 @@ def test_the_summary_follows_every_status_change_and_snapshot(store: RunStore) -
 def _summary(store: RunStore, key: str) -> tuple[str, int]:
     body = decode_summary(store.storage.read(key) or b"")
     return body["status"], body["last_event_id"]
+
+
+def test_create_run_from_takes_the_given_id_and_time_and_the_stores_seal_grace(store: RunStore) -> None:
+    meta = RunMetadata(
+        org="acme", project="web", uuid="0b6f5d1a-2c3e-4f50-9a61-7b8c9d0e1f20", created_at="2026-01-02T03:04:05.000000Z"
+    )
+    run = store.create_run_from(meta)
+    got = store.get_run(run.id).metadata
+    assert ("acme/web/0b6f5d1a-2c3e-4f50-9a61-7b8c9d0e1f20", meta.created_at, store.seal_grace) == (
+        run.id,
+        got.created_at,
+        got.seal_grace,
+    )
+    with pytest.raises(RunExists):  # other bytes (the same bytes again are a retried create of this run)
+        store.create_run_from(attrs.evolve(meta, params={"other": 1}))

@@ -148,7 +148,7 @@ def status_advice(status: str) -> tuple[str, ...]:
 class _Fields(string.Formatter):
     """Fills ``{run_id}`` and friends from the error's attributes; an unknown one stays a placeholder."""
 
-    def get_value(self, key: int | str, args: object, kwargs: Mapping[str, object]) -> object:
+    def get_value(self, key: int | str, args: object, kwargs: Mapping[str, object]) -> object:  # noqa: ARG002  (string.Formatter's signature)
         value = kwargs.get(str(key))
         return value if value is not None else str(key).upper()
 

@@ -8,7 +8,23 @@ from typing import Any, Final
 
 import orjson
 
-__all__ = ["JSONDecodeError", "canonical_hash", "dumps", "dumps_indented", "iso", "load_object", "loads", "now_iso"]
+__all__ = [
+    "DECODE_ERRORS",
+    "JSONDecodeError",
+    "canonical_hash",
+    "dumps",
+    "dumps_indented",
+    "iso",
+    "load_object",
+    "loads",
+    "now_iso",
+]
+
+DECODE_ERRORS: Final = (ValueError, TypeError, LookupError, AttributeError, ExceptionGroup)
+"""What turning stored bytes into our types may raise when they are damaged or foreign: bad JSON
+(``orjson.JSONDecodeError``), a missing key or index, a value of the wrong type, an attrs/cattrs
+structure error (an ``ExceptionGroup``), or our own ``CorruptData`` / ``InvalidArgument`` (both ``ValueError``).
+A reader that treats damaged bytes as absent catches exactly these, never a blind ``Exception``."""
 
 JSONDecodeError = orjson.JSONDecodeError
 loads = orjson.loads

@@ -35,7 +35,7 @@ def is_terminal(stream: TextIO) -> bool:
         return False
 
 
-def progress_wanted(progress: bool | None, stream: TextIO | None = None) -> bool:
+def progress_wanted(*, progress: bool | None, stream: TextIO | None = None) -> bool:
     """Whether to draw: the explicit ``progress`` if given, else ``$FABER_RUNLOG_PROGRESS``, else a terminal check."""
     if progress is not None:
         return bool(progress)
@@ -61,7 +61,7 @@ class Progress:
         self.total = total
         self.done = 0
         self._stream = stream if stream is not None else sys.stderr
-        self.enabled = total > 0 and progress_wanted(enabled, self._stream)
+        self.enabled = total > 0 and progress_wanted(progress=enabled, stream=self._stream)
         self._tty = is_terminal(self._stream)
         self._last = 0.0
         self._drawn = False

@@ -57,7 +57,7 @@ _MAX_DEPTH: Final = 32
 _MAX_STRING: Final = 1 << 20
 
 
-def _refuse(self: object, *args: object, **kwargs: object) -> NoReturn:
+def _refuse(self: object, *_args: object, **_kwargs: object) -> NoReturn:
     """Refused: an event's values are read-only (raises :class:`~faber_runlog.errors.ReadOnlyValue`)."""
     raise ReadOnlyValue(
         f"an event's {type(self).__name__.strip('_').lower()} is read-only (events are immutable); "

@@ -100,7 +100,7 @@ def _git(args: list[str], cwd: str) -> str | None:
 def _default_user() -> str | None:
     try:
         return getpass.getuser()
-    except Exception:  # no passwd entry in some containers
+    except (OSError, KeyError, ImportError):  # no passwd entry in some containers
         return None
 
 

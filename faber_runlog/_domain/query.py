@@ -137,7 +137,7 @@ def _cursor(value: object) -> tuple[str, str] | None:
             created_at, run_id = _codec.loads(body)
             if isinstance(created_at, str) and isinstance(run_id, str):
                 return created_at, run_id
-        except Exception:
+        except _codec.DECODE_ERRORS:
             pass
     raise InvalidArgument(
         f"cursor={value!r} is not a cursor this library handed out; pass the next_cursor of the previous page "

@@ -11,7 +11,6 @@ import importlib.metadata
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -59,20 +58,17 @@ class Registry:
 
     ``Registry.default()`` is the process-wide one the module-level ``register_*`` functions fill;
     ``Registry.isolated()`` starts from a copy of it and changes only itself.
-    Pass it as ``RunStore(..., registry=...)``. ``Registry()`` is a deprecated spelling of
-    ``Registry.isolated()`` (it warns): there is one way to get each of the two kinds.
+    Pass it as ``RunStore(..., registry=...)``. There is one way to get each of the two kinds:
+    ``Registry()`` itself is refused (``InvalidArgument``) and names them.
     """
 
     __slots__ = ("_backends", "_folds", "_types")
 
     def __init__(self) -> None:
-        warnings.warn(
-            "Registry() is deprecated: call Registry.isolated() for a registry of your own (a copy of the "
-            "default), or Registry.default() for the process-wide one",
-            DeprecationWarning,
-            stacklevel=2,
+        raise InvalidArgument(
+            "Registry() is not how a registry is made: call Registry.isolated() for one of your own (a copy of "
+            "the default), or Registry.default() for the process-wide one"
         )
-        self._copy_default()
 
     def _copy_default(self) -> None:
         self._types = _events.EventTypes(_events.DEFAULT_TYPES)
@@ -196,14 +192,14 @@ def load_entry_points() -> None:
         try:
             schema, version = declaration(ep.load(), f"entry point {ep.name} = {ep.value}")
             _events.add_event_type(_events.DEFAULT_TYPES, ep.name, schema, version=version)
-        except Exception as e:  # a broken plugin: named, skipped
+        except Exception as e:  # noqa: BLE001  (an entry point is anyone's code: a broken plugin is named and skipped)
             log.warning("event type entry point %s = %s not registered: %s", ep.name, ep.value, e)
     for ep in found.select(group=BACKENDS_GROUP):
         if ep.name in DEFAULT_BACKENDS or ep.name in BUILTIN_BACKENDS:
             continue
         try:
             DEFAULT_BACKENDS[ep.name] = ep.load()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (an entry point is anyone's code: a broken plugin is named and skipped)
             log.warning("backend entry point %s = %s not registered: %s", ep.name, ep.value, e)
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "fold",
     "fold_all",
     "register_fold",
+    "set_html_view",
 ]
 
 LATEST_KEPT: Final = 20
@@ -162,6 +163,15 @@ class ApprovalState:
     resolved_event_id: int | None = None
 
 
+_HTML_VIEW: list[Callable[[RunState], str] | None] = [None]
+"""The renderer of :meth:`RunState._repr_html_`, handed down by the HTML views (``_html``) when they load."""
+
+
+def set_html_view(view: Callable[[RunState], str]) -> None:
+    """Render :meth:`RunState._repr_html_` with ``view`` (the HTML views call this when they load)."""
+    _HTML_VIEW[0] = view
+
+
 @attrs.define(slots=True)
 class RunState:
     """Everything known about a run after folding its events up to ``last_event_id``."""
@@ -234,10 +244,11 @@ class RunState:
         """Plain JSON-ready dict (the ``state.json`` body)."""
         return to_dict(self)
 
-    def _repr_html_(self) -> str:
-        from faber_runlog._services.html import repr_html  # the HTML views import this module
-
-        return repr_html(self)
+    def _repr_html_(self) -> str | None:
+        # The HTML views sit layers above this one and hand their renderer down (set_html_view) when
+        # they load, as every store does; before that Jupyter shows the plain repr (None: no HTML).
+        view = _HTML_VIEW[0]
+        return None if view is None else view(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunState:
@@ -342,10 +353,8 @@ class RunDigest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunDigest:
-        """Rebuild from :meth:`to_dict` output (a summary written before the rule in :meth:`of` gets it too)."""
+        """Rebuild from :meth:`to_dict` output."""
         digest: RunDigest = converter.structure(data, cls)
-        if digest.error is not None and digest.status not in ("failing", "failed"):
-            digest = attrs.evolve(digest, failed_phase=None, failed_step=None, error=None)
         return digest
 
 
@@ -617,7 +626,7 @@ def _workflow_cancelled(state: RunState, e: Ev) -> None:
 
 
 @_handles("workflow_resumed")
-def _workflow_resumed(state: RunState, e: Ev) -> None:
+def _workflow_resumed(state: RunState, _e: Ev) -> None:
     # The status comes from the transition table (a paused run goes back where it was).
     state.paused_from = None
     state.status_reason = None
@@ -626,7 +635,7 @@ def _workflow_resumed(state: RunState, e: Ev) -> None:
 
 
 @_handles("workflow_paused")
-def _workflow_paused(state: RunState, e: Ev) -> None:
+def _workflow_paused(state: RunState, _e: Ev) -> None:
     if state.status != "paused":
         state.paused_from = state.status
 

@@ -48,7 +48,7 @@ from faber_runlog._format.faber import (
     plan_timestamp,
 )
 from faber_runlog._log.eventlog import append_event
-from faber_runlog._services.store import Run, RunStore, create_run_from
+from faber_runlog._services.store import Run, RunStore
 from faber_runlog._storage.backends import open_filesystem
 from faber_runlog.errors import (
     FaberRunlogError,
@@ -208,7 +208,7 @@ def mapped_run_id(original: str, plan_org: str = DEFAULT_PLAN_ORG) -> RunId:
 # -- FABER event -> our event fields -------------------------------------------------------------------
 
 
-def _restore(raw: dict[str, Any], metadata: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+def _restore(metadata: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     """Undo what an export to FABER changed (the ``faber_runlog`` key): our type and field values."""
     marker = metadata.pop(EXPORT_KEY, None)
     if not isinstance(marker, dict):
@@ -294,7 +294,7 @@ def runlog_event_fields(  # noqa: C901  (a field-by-field translation of FABER's
         metadata = {}
         if raw_meta is not None:
             moved["metadata"] = raw_meta
-    restored_type, restored = _restore(dict(raw), metadata)
+    restored_type, restored = _restore(metadata)
     prior = metadata.pop(IMPORT_KEY, None)  # an event exported after an import: its old bookkeeping goes
     del prior
     etype = restored_type or raw.get("type")
@@ -391,7 +391,7 @@ def _local_real(fs: Any) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def _leaves(fs: Any, folder: str, path: str) -> bool:
+def _leaves(folder: str, path: str) -> bool:
     """Whether a local ``path`` under ``folder`` goes through a symlink (so it may lead out of the folder)."""
     rel = os.path.relpath(path, folder)
     return os.path.realpath(path) != os.path.join(os.path.realpath(folder), rel)
@@ -424,7 +424,7 @@ def _find_folders(fs: Any, root: str) -> list[_Folder]:  # noqa: C901  (one bran
             top = rel.split("/", 1)[0]
             if top in NON_RUN_NAMES or (top.startswith(".") and "/" not in rel):
                 continue  # FABER's workflow state, manifests, changelog, .active-run-id: not runs
-            if _local_real(fs) and _leaves(fs, search, path):
+            if _local_real(fs) and _leaves(search, path):
                 skipped.append(path)
                 continue
             parent, _, name = rel.rpartition("/")
@@ -906,7 +906,7 @@ def _import_one(planned: _Planned, store: RunStore, source: str, plan_org: str, 
     else:
         meta = _run_metadata(planned, store, source, notes, plan_org)
         try:
-            run = create_run_from(store, meta)
+            run = store.create_run_from(meta)
         except RunExists:  # another import created it a moment ago: take the existing path next time
             notes.append(f"run {rid} was created by someone else during this import; run the import again")
             bar.update(len(planned.events))

@@ -20,7 +20,6 @@ from faber_runlog.errors import InvalidEvent
 
 __all__ = [
     "DECISIONS",
-    "DEPRECATED_ACTIONS",
     "RUN_ACTIONS",
     "STEP_ACTIONS",
     "BackendFailure",
@@ -33,22 +32,17 @@ __all__ = [
 ]
 
 RUN_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
-    "start": lambda run, **kw: run.start(),
-    "pause": lambda run, reason=None, **kw: run.pause(reason),
-    "unpause": lambda run, reason=None, **kw: run.unpause(reason),
-    "resume": lambda run, reason=None, **kw: run.unpause(reason),  # deprecated name of unpause
-    "cancel": lambda run, reason=None, **kw: run.cancel(reason or "cancelled"),
-    "complete": lambda run, summary=None, **kw: run.complete(summary),
-    "fail": lambda run, error=None, reason=None, **kw: run.fail(_needed(run, "fail", "error", error), reason),
+    "start": lambda run, **_: run.start(),
+    "pause": lambda run, reason=None, **_: run.pause(reason),
+    "unpause": lambda run, reason=None, **_: run.unpause(reason),
+    "cancel": lambda run, reason=None, **_: run.cancel(reason or "cancelled"),
+    "complete": lambda run, summary=None, **_: run.complete(summary),
+    "fail": lambda run, error=None, reason=None, **_: run.fail(_needed(run, "fail", "error", error), reason),
 }
 """Run-level transitions: ``start``, ``pause``, ``unpause`` (a paused run), ``cancel``, ``complete``, ``fail``.
 
-``resume`` is the old name of ``unpause``, kept as a deprecated alias: "resume" means going on after a
-failure (``Resumer.resume``, the MCP tool ``resume_run``).
+"Resume" means going on after a failure (``Resumer.resume``, the MCP tool ``resume_run``), not leaving a pause.
 """
-
-DEPRECATED_ACTIONS: Final = {"resume": "unpause"}
-"""Old action names and the one to use instead."""
 
 STEP_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
     "retry_step": lambda run, phase, step=None, reason=None: run.retry_step(
@@ -57,8 +51,8 @@ STEP_ACTIONS: Final[dict[str, Callable[..., Event]]] = {
     "skip_step": lambda run, phase, step=None, reason=None: run.skip_step(
         phase, _needed(run, "skip_step", "step", step), reason
     ),
-    "retry_phase": lambda run, phase, step=None, reason=None: run.retry_phase(phase),
-    "skip_phase": lambda run, phase, step=None, reason=None: run.skip_phase(phase, reason),
+    "retry_phase": lambda run, phase, step=None, reason=None: run.retry_phase(phase),  # noqa: ARG005  (one signature for every step action)
+    "skip_phase": lambda run, phase, step=None, reason=None: run.skip_phase(phase, reason),  # noqa: ARG005  (one signature for every step action)
 }
 """Step- and phase-level transitions."""
 

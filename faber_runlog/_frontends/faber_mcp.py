@@ -164,7 +164,7 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
             body["warning"] = " ".join([body.get("warning", ""), *body["backend_errors"]]).strip()
         return body
 
-    def get_run(run_id: str, include_events: bool) -> dict[str, Any]:
+    def get_run(run_id: str, *, include_events: bool) -> dict[str, Any]:
         try:
             run = open_run(run_id)
             state = run.state()
@@ -188,8 +188,8 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
                 "error": _message(e),
             }
 
-    def fractary_faber_run_get(run_id: str, include_events: bool = False) -> dict[str, Any]:
-        return get_run(run_id, include_events)
+    def fractary_faber_run_get(run_id: str, *, include_events: bool = False) -> dict[str, Any]:
+        return get_run(run_id, include_events=include_events)
 
     def list_runs(
         work_id: str | None, status: str | None, org: str | None, project: str | None, limit: int
@@ -318,7 +318,7 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
         try:
             run = open_run(workflow_id)
             if run.state().status == "paused":
-                perform(gateway, run.id, "resume", reason="resumed through fractary_faber_workflow_resume")
+                perform(gateway, run.id, "unpause", reason="resumed through fractary_faber_workflow_resume")
             else:
                 Resumer(store).resume(run.id)
         except _REFUSED as e:
@@ -407,7 +407,7 @@ def register(server: Any, gateway: Gateway, resource_error: type[Exception]) -> 
         return as_text(list_runs(None, None, None, None, _RESOURCE_LIMIT))
 
     def run_resource(run_id: str) -> str:
-        return as_text(get_run(run_id, True))
+        return as_text(get_run(run_id, include_events=True))
 
     def events_resource(run_id: str) -> str:
         try:

@@ -205,7 +205,7 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
         )
 
     @as_tool_error
-    def resume_plan(run_id: str, allow_cancelled: bool = False) -> dict[str, Any]:
+    def resume_plan(run_id: str, *, allow_cancelled: bool = False) -> dict[str, Any]:
         plan: dict[str, Any] = Resumer(gateway.store).plan(run_id, allow_cancelled=allow_cancelled).to_dict()
         return plan
 
@@ -342,13 +342,7 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Excepti
             summary=summary,
             error=error,
         )
-        body = written(run_id, _actions.DEPRECATED_ACTIONS.get(action, action), event, failures)
-        if action in _actions.DEPRECATED_ACTIONS:
-            body["deprecated"] = (
-                f"action {action!r} is the old name of {_actions.DEPRECATED_ACTIONS[action]!r}; use that "
-                "(to go on with a run after a failure, call the resume_run tool)"
-            )
-        return body
+        return written(run_id, action, event, failures)
 
     @as_tool_error
     def change_step(
@@ -408,7 +402,7 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Excepti
 
     @as_tool_error
     def sweep_stale_runs(
-        older_than: float = 0.0, run_ids: list[str] | None = None, include_unleased: bool = False
+        older_than: float = 0.0, run_ids: list[str] | None = None, *, include_unleased: bool = False
     ) -> dict[str, Any]:
         if not gateway.enabled:
             return {"written": False, "reason": "logging is disabled in gateway.json", "swept": []}
@@ -416,7 +410,7 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Excepti
         return {"written": bool(swept), "swept": [x.to_dict() for x in swept]}
 
     @as_tool_error
-    def get_report(run_id: str, write: bool = False) -> dict[str, Any]:
+    def get_report(run_id: str, *, write: bool = False) -> dict[str, Any]:
         from faber_runlog._domain.state import TERMINAL_STATUSES
         from faber_runlog._services.report import compose_report
 
@@ -435,7 +429,7 @@ def _add_lifecycle_tools(server: Any, gateway: Gateway, tool_error: type[Excepti
 
     tools = {
         change_run_status: "Change a run's status through its checked transitions: action is start, pause, unpause "
-        "(a paused run; 'resume' is its deprecated old name), cancel, complete or fail (fail needs `error`). Refused, "
+        "(a paused run; after a failure, call resume_run), cancel, complete or fail (fail needs `error`). Refused, "
         "with the reason, when the run's status does not allow it; nothing is written then.",
         change_step: "Retry or skip a step or phase: action is retry_step, skip_step (need `step`), retry_phase or "
         "skip_phase.",
@@ -460,7 +454,7 @@ def _add_resume_tools(
     from faber_runlog._services.resume import Resumer
 
     @as_tool_error
-    def resume_run(run_id: str, allow_cancelled: bool = False) -> dict[str, Any]:
+    def resume_run(run_id: str, *, allow_cancelled: bool = False) -> dict[str, Any]:
         done = _actions.resume(gateway, run_id, allow_cancelled=allow_cancelled)
         if done is None:
             return {"written": False, "reason": "logging is disabled in gateway.json"}

@@ -440,13 +440,13 @@ class EventLog:
                 # Another writer took this number: learn the new tail (and, for an exact append, the
                 # events missed, in one round), then wait a moment sized by the contention seen.
                 race = race if race is not None else _Race(began)
-                self._lost(race, seq, exact, clock)
+                self._lost(race, seq, exact=exact, clock=clock)
         if intent is not None:
             self._index_entry(seq, intent)
         if self._on_commit is not None and (commit.changed_status or etype in self._hook_types):
             try:
                 self._on_commit(self, commit)
-            except Exception as e:  # the event is durable; what the hook missed can be recovered
+            except Exception as e:  # noqa: BLE001  (the hook is anyone's code; the event is durable, what it missed can be recovered)
                 log.warning("after-commit work for run %s at event %d failed: %s", self._run_id, seq, e)
         return commit
 
@@ -481,7 +481,7 @@ class EventLog:
         self._catch_up_writer()
         return state.last_event_id != last
 
-    def _lost(self, race: _Race, seq: int, exact: bool, clock: Clock) -> None:
+    def _lost(self, race: _Race, seq: int, *, exact: bool, clock: Clock) -> None:
         """After losing number ``seq``: check the time budget, wait, learn what was missed (the loop's rules)."""
         race.losses += 1
         now = clock.monotonic()
@@ -770,7 +770,7 @@ class EventLog:
                 return Commit(event, None, None)
             try:
                 self._catch_up_writer(until=seq)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  (a snapshot is a cache: skipping it costs a longer fold)
                 log.warning("snapshot of run %s at event %d skipped: %s", self._run_id, seq, e)
                 return Commit(event, None, None)
             if state.last_event_id != seq:
@@ -826,7 +826,7 @@ class EventLog:
                     bodies[s] = b
             lines = [jsonl_line(bodies[s]) for s in range(first, last + 1)]
             self._storage.create(self._layout.segment(first, last), encode_segment(self._run_id, first, lines))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (a segment is a cache: not writing it costs reads)
             log.warning("segment %d..%d of run %s not written (reads cost more): %s", first, last, self._run_id, e)
         finally:
             self._own = {s: b for s, b in self._own.items() if s > last}
@@ -849,7 +849,7 @@ class EventLog:
         try:
             digest = RunDigest.of(state, self._state_fp, self._listing)
             self._storage.replace_cache(self._layout.summary, encode_summary(digest.to_dict()))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (a summary is a cache: not writing it costs a fold)
             log.warning("summary of run %s at event %d not written: %s", self._run_id, state.last_event_id, e)
 
     def _write_snapshot(self, state: RunState, *, periodic: bool) -> None:
@@ -865,7 +865,7 @@ class EventLog:
             self._snap_seq, self._snap_size = seq, len(body)
             if periodic:
                 self._keep_older(seq, body)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (a snapshot is a cache: not writing it costs a longer fold)
             log.warning("snapshot of run %s at event %d not written: %s", self._run_id, seq, e)
 
     def _keep_older(self, seq: int, body: bytes) -> None:
@@ -1040,7 +1040,7 @@ class EventLog:
                 event = self._event_at(state.last_event_id)
                 if _event_fp(event) != fp:
                     raise CorruptData(f"event {state.last_event_id} in the log is not the one it was folded from")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (a snapshot is a cache: one that fails any check costs a longer fold)
             # A snapshot is a cache: one that does not agree with the log costs a longer fold, never a wrong answer.
             log.warning("ignoring snapshot %s of run %s: %s", self._storage.path(key), self._run_id, e)
             return None, None
@@ -1197,7 +1197,7 @@ class EventLog:
         if dec == self._decode_mapping:
             try:
                 return self._mappings(first, bodies), None  # type: ignore[return-value]  # T is the mapping here
-            except Exception:  # the careful path below names what is off
+            except Exception:  # noqa: BLE001  (the fast path only: the careful path below names what is off)
                 pass
         out: list[T] = []
         for seq, body in enumerate(bodies, first):
@@ -1277,7 +1277,7 @@ class EventLog:
             if error is not None:
                 raise error
             return events
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (a segment is a cache: one that fails any check costs the reads of the files)
             # A segment is a cache: one that does not hold costs the reads of the files, never a wrong answer.
             log.warning("ignoring segment %s of run %s: %s", self._storage.path(key), self._run_id, e)
             return None
@@ -1473,7 +1473,7 @@ def current_digests(
             continue
         try:
             digest = RunDigest.from_dict(decode_summary(body))
-        except Exception as e:  # a cache: a damaged one costs a fold, never a wrong answer
+        except _codec.DECODE_ERRORS as e:  # a cache: a damaged one costs a fold, never a wrong answer
             log.warning("ignoring summary %s: %s", storage.path(layouts[rid].summary), e)
             continue
         if digest.run_id == str(rid):
@@ -1502,7 +1502,7 @@ def current_digests(
             log_ = EventLog(storage, rid, snapshot_every=snapshot_every, registry=registry)
             # A summary that is behind still carries the run's metadata, which never changes.
             out[rid] = RunDigest.of(log_.load_state(), None, got.listing if got is not None else None)
-        except Exception as e:  # reported per run: one damaged run must not hide the others
+        except Exception as e:  # noqa: BLE001  (reported per run: one damaged run must not hide the others)
             out[rid] = e
     return out
 

@@ -34,6 +34,7 @@ import attrs
 
 from faber_runlog._base import codec as _codec
 from faber_runlog._base.ids import RunId, is_uuid4
+from faber_runlog._base.retry import AGAIN, Again, optimistic
 from faber_runlog._domain.transitions import TERMINAL_STATUSES
 from faber_runlog.errors import CorruptData
 
@@ -230,7 +231,7 @@ def _decode_part(body: bytes | None, part: Part) -> list[dict[str, Any]]:
 
 
 def _first_rows(
-    body: bytes | None, part: Part, newest: bool, take: int, accept: Callable[[dict[str, Any]], bool]
+    body: bytes | None, part: Part, *, newest: bool, take: int, accept: Callable[[dict[str, Any]], bool]
 ) -> list[dict[str, Any]]:
     """The first ``take`` rows of a part that ``accept`` keeps, in the query's order, decoding only those read.
 
@@ -335,8 +336,8 @@ def _hint(storage: Storage, org: str, project: str) -> Manifest | None:
         return None
     try:
         return Manifest.from_json(_codec.loads(body))
-    except Exception:
-        return None  # a damaged hint costs a longer LIST, never an answer
+    except Exception:  # noqa: BLE001  (the hint is a cache: a damaged one costs a longer LIST, never an answer)
+        return None
 
 
 def _listing(storage: Storage, org: str, project: str, after: int) -> tuple[dict[int, str], list[int]]:
@@ -475,7 +476,7 @@ def select(
         bodies = storage.read_many(_part_key(org, project, p.name) for p in batch)
         for p in batch:
             body = bodies.get(_part_key(org, project, p.name))
-            found += _first_rows(body, p, newest, need, lambda r: r["u"] not in skip and wanted(r))
+            found += _first_rows(body, p, newest=newest, take=need, accept=lambda r: r["u"] not in skip and wanted(r))
     found.sort(key=_sort_key, reverse=newest)
     return found if need is None else found[:need]
 
@@ -698,7 +699,7 @@ class IndexWriter:
                 return
             rec = {"op": "entry", "u": rid.uuid, "nonce": nonce, "row": row_of(digest, listing)}
             self.commit(rid.org, rid.project, [rec])
-        except Exception as e:  # the intent stays open: readers check this run, nothing is wrong
+        except Exception as e:  # noqa: BLE001  (the index is a cache: the intent stays open, readers check this run)
             log.warning("index entry of run %s at event %d not written: %s", rid, digest.last_event_id, e)
 
     def commit(self, org: str, project: str, records: list[dict[str, Any]]) -> int:
@@ -708,12 +709,16 @@ class IndexWriter:
         n = self._tails.get(key)
         if n is None:
             n = self._tail(org, project)
-        n += 1
-        while True:
-            if self._storage.create(_commit_key(org, project, n), body):
-                break
+        tried = [n + 1]
+
+        def claim() -> int | Again:
+            if self._storage.create(_commit_key(org, project, tried[0]), body):
+                return tried[0]
             # Others committed since this handle's cached tail: learn the new one (hint + one LIST), not one by one.
-            n = max(n, self._tail(org, project)) + 1
+            tried[0] = max(tried[0], self._tail(org, project)) + 1
+            return AGAIN
+
+        n = optimistic(claim, what=f"claiming a commit of the run index of {org}/{project}")
         self._tails[key] = n
         if n % self._every == 0:
             self.checkpoint(org, project, n)
@@ -744,7 +749,7 @@ class IndexWriter:
             for name in snap.manifest.retired:
                 self._storage.delete(_part_key(org, project, name))
             return True
-        except Exception as e:  # a lost checkpoint costs readers a longer read, never an answer
+        except Exception as e:  # noqa: BLE001  (the index is a cache: a lost checkpoint costs readers a longer read)
             log.warning("index checkpoint %d of %s/%s not written: %s", n, org, project, e)
             return False
 

@@ -33,9 +33,10 @@ from faber_runlog._base import validate as _validate
 from faber_runlog._base.advice import advise
 from faber_runlog._base.converter import converter, to_dict
 from faber_runlog._base.ids import RunId
+from faber_runlog._base.retry import AGAIN, Again, optimistic
 from faber_runlog._format.layout import RunLayout
 from faber_runlog._storage.backends import Storage
-from faber_runlog.errors import InvalidArgument, LeaseLost
+from faber_runlog.errors import InvalidArgument, LeaseLost, TooMuchContention
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
@@ -59,7 +60,6 @@ log = logging.getLogger("faber_runlog._log.lease")
 
 DEFAULT_LEASE_TTL: Final = 60.0
 """Seconds a lease stays live without a heartbeat."""
-_TRIES: Final = 20
 
 
 @attrs.frozen(slots=True)
@@ -129,7 +129,7 @@ def parse_lease(body: bytes) -> Lease | None:
     """A lease from its stored bytes, or None when they are unreadable."""
     try:
         lease = converter.structure(_codec.loads(body), Lease)
-    except Exception:
+    except _codec.DECODE_ERRORS:
         return None
     # Times that do not parse (``"expires_at": "soon"``) make the lease unreadable, not a crash later.
     if _validate.parse_timestamp(lease.expires_at) is None:
@@ -269,10 +269,11 @@ def _acquire(
     take_live: bool,
 ) -> Lease | None:
     _check_ttl(ttl)
-    owner = owner or default_owner()
-    for _ in range(_TRIES):
+    me = owner or default_owner()
+
+    def attempt() -> Lease | Again | None:
         current, version = read_lease_versioned(storage, run_id)
-        same = current is not None and not current.released and current.owner == owner
+        same = current is not None and not current.released and current.owner == me
         if not take_live and not same and current is not None and current.is_live(storage.clock.now()):
             return None
         epoch = (current.epoch if same else current.epoch + 1) if current is not None else 1
@@ -281,16 +282,19 @@ def _acquire(
         else:
             keep = tuple(claims)
         now = storage.clock.now()
-        lease = _fresh(owner, ttl, keep, epoch, now, acquired=current.acquired_at if same and current else None)
+        lease = _fresh(me, ttl, keep, epoch, now, acquired=current.acquired_at if same and current else None)
         started = storage.clock.monotonic()
         new = _write(storage, run_id, lease, version)
-        if new is not None:
-            _hold(storage, run_id, lease, new, started, ttl)
-            return lease
-    raise LeaseLost(
-        f"could not take the lease of run {run_id} in {storage.url} after {_TRIES} tries: other writers keep "
-        "changing it; stop them, then retry",
+        if new is None:
+            return AGAIN
+        _hold(storage, run_id, lease, new, started, ttl)
+        return lease
+
+    return optimistic(
+        attempt,
+        what=f"taking the lease of run {run_id} in {storage.url}",
         run_id=str(run_id),
+        advice="stop the other writers, then retry",
     )
 
 
@@ -326,9 +330,10 @@ def renew_lease(storage: Storage, run_id: RunId, *, owner: str, ttl: float = DEF
     """
     _check_ttl(ttl)
     held = _holding(storage, run_id)
-    trust_held = held is not None and held.owner == owner and not held.lost
-    for _ in range(_TRIES):
-        if trust_held and held is not None:
+    trust = [held is not None and held.owner == owner and not held.lost]
+
+    def attempt() -> Lease | Again | None:
+        if trust[0] and held is not None:
             current: Lease | None = held.lease
             version: str | None = held.version
         else:
@@ -341,12 +346,17 @@ def renew_lease(storage: Storage, run_id: RunId, *, owner: str, ttl: float = DEF
         lease = _renewed(current, ttl, storage.clock.now())
         started = storage.clock.monotonic()
         new = storage.swap(lease_key(run_id), _body(lease), version)
-        if new is not None:
-            _hold(storage, run_id, lease, new, started, ttl)
-            return lease
-        trust_held = False  # the version we knew is stale: read what is there and decide again
-    _drop(storage, run_id, lost=True)
-    return None
+        if new is None:
+            trust[0] = False  # the version we knew is stale: read what is there and decide again
+            return AGAIN
+        _hold(storage, run_id, lease, new, started, ttl)
+        return lease
+
+    try:
+        return optimistic(attempt, what=f"renewing the lease of run {run_id}", run_id=str(run_id))
+    except TooMuchContention:  # others kept changing it: this writer cannot count on it any more
+        _drop(storage, run_id, lost=True)
+        return None
 
 
 def release_lease(storage: Storage, run_id: RunId, *, owner: str | None = None, epoch: int | None = None) -> bool:
@@ -359,7 +369,8 @@ def release_lease(storage: Storage, run_id: RunId, *, owner: str | None = None, 
     append raises :class:`LeaseLost`); it forgets the lease only when it is the
     one released.
     """
-    for _ in range(_TRIES):
+
+    def attempt() -> bool | Again:
         current, version = read_lease_versioned(storage, run_id)
         if version is None or current is None or current.released:
             _settle(storage, run_id, current)
@@ -368,13 +379,18 @@ def release_lease(storage: Storage, run_id: RunId, *, owner: str | None = None, 
             _settle(storage, run_id, current)
             return False
         tomb = _tombstone(current, "released", storage.clock.now(), epoch=current.epoch)
-        if storage.swap(lease_key(run_id), _body(tomb), version) is not None:
-            held = _holding(storage, run_id)
-            if held is not None:
-                same = (held.owner, held.epoch) == (current.owner, current.epoch)
-                _drop(storage, run_id, lost=not same)
-            return True
-    return False
+        if storage.swap(lease_key(run_id), _body(tomb), version) is None:
+            return AGAIN
+        held = _holding(storage, run_id)
+        if held is not None:
+            same = (held.owner, held.epoch) == (current.owner, current.epoch)
+            _drop(storage, run_id, lost=not same)
+        return True
+
+    try:
+        return optimistic(attempt, what=f"releasing the lease of run {run_id}", run_id=str(run_id))
+    except TooMuchContention:  # others kept changing it: not released by this call
+        return False
 
 
 def _settle(storage: Storage, run_id: RunId, current: Lease | None) -> None:
@@ -543,7 +559,7 @@ class Heartbeat:
                 if not self.beat():
                     log.warning("lease of run %s was lost by %s; heartbeat stops", self._rid, self.owner)
                     return
-            except Exception as e:  # a missed beat only brings expiry closer
+            except Exception as e:  # noqa: BLE001  (a heartbeat thread must not die: a missed beat only brings expiry closer)
                 log.warning("heartbeat of run %s failed: %s", self._rid, e)
 
     def stop(self, *, release: bool = False) -> None:

@@ -86,7 +86,7 @@ def events_frame(store: RunStore, *, progress: bool | None = None, **filters: An
     # Text built as large_string, which is what pandas' string columns hold: they wrap it without a copy.
     text = pa.large_string()
     query = query_of("events_frame()", filters, EVENT_FILTERS)
-    table, problems = _events_table(store, pa, query, progress, text, "events_frame()")
+    table, problems = _events_table(store, pa, query, progress=progress, text=text, where="events_frame()")
     chunks = table.column("metadata").chunks
     table = table.drop_columns(["metadata"])
     frame = table.to_pandas(types_mapper={text: pd.StringDtype()}.get)
@@ -107,7 +107,7 @@ def _event_schema(pa: Any, text: Any) -> Any:
 
 
 def _events_table(
-    store: RunStore, pa: Any, query: RunQuery, progress: bool | None, text: Any = None, where: str = "to_arrow()"
+    store: RunStore, pa: Any, query: RunQuery, *, progress: bool | None, text: Any = None, where: str = "to_arrow()"
 ) -> tuple[Any, list[RunProblem]]:
     """The events as an Arrow table (text columns of type ``text``, default string), streamed into record batches.
 
@@ -341,7 +341,9 @@ def to_arrow(store: RunStore, kind: str = "events", **filters: Any) -> Any:
         raise InvalidArgument(f"kind must be 'events' or 'runs', got {kind!r}")
     progress = filters.pop("progress", None)
     if kind != "runs":  # the events table
-        return with_problems(*_events_table(store, pa, query_of("to_arrow()", filters, EVENT_FILTERS), progress))
+        return with_problems(
+            *_events_table(store, pa, query_of("to_arrow()", filters, EVENT_FILTERS), progress=progress)
+        )
     query_of('to_arrow(kind="runs")', filters)  # checked here, so the message names this call
     frame = runs_frame(store, progress=progress, **filters)
     for c in _NESTED:

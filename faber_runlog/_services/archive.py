@@ -33,6 +33,7 @@ from faber_runlog._base.advice import advise
 from faber_runlog._base.converter import converter, to_dict
 from faber_runlog._base.ids import RunId
 from faber_runlog._base.progress import Progress
+from faber_runlog._base.retry import AGAIN, Again, optimistic
 from faber_runlog._domain.events import Event
 from faber_runlog._domain.metadata import RunMetadata, parse_metadata
 from faber_runlog._domain.state import RunDigest
@@ -264,9 +265,6 @@ def _check_jsonl(rid: RunId, path: str, data: bytes, record: ConsolidationRecord
         )
 
 
-_SEAL_TRIES: Final = 20
-
-
 def consolidate(store: RunStore, run_id: str | RunId) -> ConsolidationRecord:
     """Seal an ended run's log and write its events to ``events.jsonl``, verified.
 
@@ -289,15 +287,17 @@ def consolidate_from(store: RunStore, run_id: str | RunId, lines: list[bytes], l
     elog = store.get_run(rid).log
     # The lines read so far: events are immutable, so a retry after losing the race to an
     # append reads only the events since, and a busy run cannot starve its consolidation.
-    lines = list(lines)
-    for _ in range(_SEAL_TRIES):
+    known = list(lines)
+    known_at = [last_at]
+
+    def attempt() -> ConsolidationRecord | Again:
         state = elog.fold_state()
         if state.sealed_at is not None:
             record = _record_from_seal(rid, elog.get(state.sealed_at))
             data = storage.read(layout.jsonl)
             if data is None or jsonl_problem(_as_seal(record), data):
-                lines, _ = _jsonl_lines(storage, rid, 1, record.last_seq)
-                _write_jsonl(storage, rid, b"\n".join(lines) + b"\n", record)
+                sealed, _ = _jsonl_lines(storage, rid, 1, record.last_seq)
+                _write_jsonl(storage, rid, b"\n".join(sealed) + b"\n", record)
             return record
         if state.status not in TERMINAL_STATUSES:
             raise RunStillActive(
@@ -309,22 +309,24 @@ def consolidate_from(store: RunStore, run_id: str | RunId, lines: list[bytes], l
         last = state.last_event_id
         if last == 0:
             raise ConsolidationError(f"run {rid} has no events to consolidate", run_id=str(rid))
-        more, more_at = _jsonl_lines(storage, rid, len(lines) + 1, last)
-        lines += more
-        last_at = more_at or last_at
-        data = b"\n".join(lines) + b"\n"
-        meta = seal_metadata(data, last, last_at)
+        more, more_at = _jsonl_lines(storage, rid, len(known) + 1, last)
+        known.extend(more)
+        known_at[0] = more_at or known_at[0]
+        data = b"\n".join(known) + b"\n"
+        meta = seal_metadata(data, last, known_at[0])
         try:
             seal = append_event(elog, {"type": SEAL_TYPE, "metadata": meta}, check=unchanged_since(last), sealing=True)
         except (_Moved, RunArchived):  # another consolidation sealed it first: look again
-            continue
+            return AGAIN
         record = _record_from_seal(rid, seal)
         _write_jsonl(storage, rid, data, record)
         return record
-    raise ConsolidationError(
-        f"run {rid} kept gaining events while it was being consolidated; nothing was sealed: "
-        "consolidate again once no process writes to it",
+
+    return optimistic(
+        attempt,
+        what=f"consolidating run {rid}: it kept gaining events, nothing was sealed",
         run_id=str(rid),
+        advice="consolidate again once no process writes to it",
     )
 
 
@@ -461,7 +463,7 @@ def read_archive_index(store: RunStore, org: str | None = None, project: str | N
                 continue
             try:
                 entries.append(ArchiveIndexEntry.from_dict(_codec.loads(body)))
-            except Exception as e:
+            except _codec.DECODE_ERRORS as e:
                 log.warning("skipping unreadable archive index entry %s: %s", key, e)
     entries.sort(key=lambda e: (e.created_at, e.run_id))
     return entries
@@ -571,7 +573,7 @@ class Archiver:
             try:
                 x = early.get(r)
                 staged.append(self._stage(r, x.lines if x is not None else [], x.last_at if x is not None else ""))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  (one run's failure is its result; the others go on)
                 done[str(r)] = ArchiveResult(str(r), "failed", error=e)
         self._upload(staged, sent)
         self._create(staged, lambda s: RunLayout(s.rid).metadata, lambda s: s.metadata, compare=True)
@@ -589,7 +591,7 @@ class Archiver:
                 }
                 try:
                     src.replace(_marker_key(s.rid), _codec.dumps(marker))
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001  (the run's result carries it; archiving again finishes the copy)
                     s.error = e
             if s.error is not None:  # consolidation sealed the run; archiving again finishes what this copy began
                 s.error = _sealed_not_copied(s.rid, s.error)
@@ -615,7 +617,7 @@ class Archiver:
             return StorageError(f"the archive {self.destination.url} cannot be written ({e}); nothing was sealed")
         try:
             dst.delete(probe)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (cleanup of a probe: whatever the store says, it is logged)
             log.debug("could not remove the archive probe %s: %s", dst.path(probe), e)
         return None
 
@@ -631,7 +633,7 @@ class Archiver:
         for r in rids:
             try:
                 found = self._unsealed(r)
-            except Exception as e:  # nothing sealed, nothing copied: the error says what to do
+            except Exception as e:  # noqa: BLE001  (one run's failure is its result; the others go on)
                 done[str(r)] = ArchiveResult(str(r), "failed", error=e)
                 continue
             if found is not None:
@@ -744,7 +746,7 @@ class Archiver:
         for start in range(0, len(keys), _READ_BATCH):
             try:
                 out.update(self.destination.storage.read_many(keys[start : start + _READ_BATCH]))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  (a read-back that fails counts as missing: it is logged and re-checked)
                 log.warning("read-back verification failed: %s", e)
                 out.update((k, None) for k in keys[start : start + _READ_BATCH])
         return out
@@ -820,7 +822,9 @@ class Archiver:
                 try:
                     grace = cleaner_grace(self.source.seal_grace, self._metadata_of(rid, metas))
                     grace_cutoff = (_codec.iso(now - _dt.timedelta(seconds=grace)), grace)
-                    self._clean_one(summary, rid, markers, indexed, policy, cutoff, grace_cutoff, dry_run, items)
+                    self._clean_one(
+                        summary, rid, markers, indexed, policy, cutoff, grace_cutoff, items, dry_run=dry_run
+                    )
                 except _validate.DAMAGE as e:  # one damaged run (its archived.json, its log) never stops the rest
                     log.warning("cleanup of run %s skipped: %s", rid, e)
                     items.append(CleanupItem(str(rid), "keep", f"not removed: {_validate.problem_text(e)}", 0))
@@ -836,8 +840,9 @@ class Archiver:
         policy: RetentionPolicy,
         cutoff: str | None,
         grace_cutoff: tuple[str, float],
-        dry_run: bool,
         items: list[CleanupItem],
+        *,
+        dry_run: bool,
     ) -> None:
         src = self.source.storage
         marker = _codec.loads(markers[_marker_key(rid)] or b"{}")

@@ -31,7 +31,7 @@ from faber_runlog._domain.transitions import ENDING_EVENT_TYPES
 from faber_runlog._format.layout import CONFIG_ENV, CONFIG_NAME, CONFIG_PATH, PROJECT_DIR
 from faber_runlog._format.schemas import LazyValidator, load_schema
 from faber_runlog._services.resume import diff_params
-from faber_runlog._services.store import Run, RunStore, check_store_url, default_root
+from faber_runlog._services.store import DEFAULT_ROOT, Run, RunStore, check_store_url
 from faber_runlog.errors import FaberRunlogError, InvalidGatewayConfig
 
 if TYPE_CHECKING:  # imported when used: the gateway must not load the archive for every event
@@ -482,7 +482,7 @@ class BackendFailure:
 def _sealed(run: Run) -> bool:
     try:
         return run.state().is_sealed
-    except Exception:  # the failure is reported either way; say what is safe
+    except Exception:  # noqa: BLE001  (the backend failure is reported either way; say what is safe)
         return False
 
 
@@ -497,7 +497,7 @@ def route(gateway: Gateway, run: Run, event: Event) -> list[BackendFailure]:
     for backend in gateway.backends[1:]:
         try:
             backend.handle(run, event)
-        except Exception as e:  # the event is durable; a backend must never break the producer
+        except Exception as e:  # noqa: BLE001  (a backend is anyone's code; the event is durable and must never break the producer)
             failure = BackendFailure(backend.name, e, run.id, event.type, event.event_id, _sealed(run))
             log.warning("%s", failure.message())
             failures.append(failure)
@@ -554,7 +554,7 @@ class Gateway:
         path = Path(config_path) if config_path is not None else find_config()
         if path is None:
             return cls(
-                GatewayConfig(root=os.environ.get("FABER_RUNLOG_ROOT") or default_root()),
+                GatewayConfig(root=os.environ.get("FABER_RUNLOG_ROOT") or DEFAULT_ROOT),
                 root=root,
                 storage_options=storage_options,
             )
@@ -733,6 +733,6 @@ class Gateway:
         for backend in self._backends or ():
             try:
                 backend.close()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  (a backend is anyone's code; closing the others goes on)
                 log.warning("closing backend %s failed: %s", backend.name, e)
         self._backends = None

@@ -18,7 +18,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any, Final
 
 from faber_runlog._domain.plan import progress_text
-from faber_runlog._domain.state import RunState
+from faber_runlog._domain.state import RunState, set_html_view
 from faber_runlog._services.steps import attempt_rows, run_attempts
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ def _err(row: dict[str, Any]) -> str:
 def _lineage(run: Run, link: str | None) -> str:
     try:
         lin = run.store.lineage(run.id)
-    except Exception:  # lineage is a view: a damaged relative must not hide the run
+    except Exception:  # noqa: BLE001  (lineage is a view: a damaged relative must not hide the run)
         return ""
     if not (lin.parent_run_id or lin.children):
         return ""
@@ -253,3 +253,6 @@ def repr_html(state: RunState) -> str:
             f"<span style='color:#b3261e'>{escape(failed.error or '')}</span>"
         )
     return f"<div>{line}</div>"
+
+
+set_html_view(repr_html)  # RunState._repr_html_ (a layer below) renders with it from now on

@@ -17,11 +17,11 @@ report), so ``store.py`` imports it at module level and delegates to it.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import logging
 import uuid
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, Protocol, Self, SupportsIndex, TypeVar, overload
 
 import attrs
@@ -31,6 +31,7 @@ from faber_runlog._base import validate as _validate
 from faber_runlog._base.advice import advise, status_advice
 from faber_runlog._base.converter import to_dict
 from faber_runlog._base.ids import RunId
+from faber_runlog._base.retry import AGAIN, Again, optimistic
 from faber_runlog._domain.events import Event
 from faber_runlog._domain.state import (
     ACTIVE_STATUSES,
@@ -72,8 +73,9 @@ from faber_runlog.errors import (
     InvalidEvent,
     InvalidRunId,
     InvalidTransition,
-    StorageError,
+    LeaseLost,
     TooManyActiveRuns,
+    TooMuchContention,
 )
 
 __all__ = [
@@ -112,8 +114,6 @@ FINAL_EVENT_TYPES: Final = frozenset({*ENDING_EVENT_TYPES, "approval_resolved"})
 
 _T = TypeVar("_T")
 
-_TRIES: Final = 20
-_CLAIM_TRIES: Final = 50
 OpenLog = Callable[[RunId], EventLog]
 
 
@@ -156,7 +156,8 @@ def _act(elog: EventLog, build: Build) -> Event:
     returns the fields of the event to append. The append re-runs ``build`` on
     the exact state it lands on and retries when the fields would differ.
     """
-    for _ in range(_TRIES):
+
+    def attempt() -> Event | Again:
         got = build(elog.fold_state())
         if isinstance(got, Event):
             return got
@@ -172,16 +173,9 @@ def _act(elog: EventLog, build: Build) -> Event:
         try:
             return append_event(elog, got, check=check)
         except _Moved:
-            continue
-    state = elog.fold_state()
-    raise InvalidTransition(
-        f"run {state.run_id} kept changing while a lifecycle action was appended (now at event "
-        f"{state.last_event_id}); retry when fewer processes write to it",
-        run_id=state.run_id,
-        status=state.status,
-        action="append",
-        last_event_id=state.last_event_id,
-    )
+            return AGAIN
+
+    return optimistic(attempt, what=f"appending a lifecycle action to run {elog.run_id}", run_id=elog.run_id)
 
 
 def _fields(etype: str, *, phase: str | None = None, step: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -385,17 +379,6 @@ class Approval:
     def event_id(self) -> int:
         """The sequence number of the ``approval_requested`` event."""
         return self.event.event_id
-
-    @property
-    def metadata(self) -> Mapping[str, Any]:
-        """Deprecated: the request event's metadata; use :attr:`approval_id` or ``.event.metadata``."""
-        warnings.warn(
-            "Approval.metadata is deprecated (the approval id is Approval.approval_id; the event is Approval.event); "
-            "it will be removed in the next minor release",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.event.metadata
 
     @classmethod
     def from_event(cls, event: Event) -> Approval:
@@ -604,13 +587,14 @@ def _claim(
     storage: Storage, folder: str, body: dict[str, Any], open_log: OpenLog, ttl: float
 ) -> tuple[str | None, _Holder | None]:
     """Claim ``folder`` for ``body['run_id']``: (claim key, None) or (None, live holder)."""
-    for _ in range(_CLAIM_TRIES):
+
+    def attempt() -> tuple[str | None, _Holder | None] | Again:
         gens = _generations(storage, folder)
         top = gens[-1] if gens else 0
         if top:
             raw = storage.read(f"{folder}/{seq_name(top)}")
             if raw is None:
-                continue  # a loser removed its object between our list and read: look again
+                return AGAIN  # a loser removed its object between our list and read: look again
             holder = _judge(storage, _codec.load_object(raw), open_log, f"{folder}/{seq_name(top)}")
             if holder.live:
                 return None, holder
@@ -618,23 +602,27 @@ def _claim(
                 # Judge again: the key passes on only once the holder lost its lease for
                 # certain (the sweep fenced it out and failed it); a holder whose late
                 # heartbeat won the race is live again and keeps its key.
-                continue
+                return AGAIN
         gen = top + 1
         key = f"{folder}/{seq_name(gen)}"
         now = _now(storage)
         data = dict(body, generation=gen, claimed_at=_iso(now), expires_at=_iso(now + _dt.timedelta(seconds=ttl)))
         if not storage.create(key, _codec.dumps(data)):
-            continue
+            return AGAIN
         if storage.list_after(folder, seq_name(gen)):
             storage.delete(key)  # we claimed from a stale listing: a newer claim exists
-            continue
+            return AGAIN
         for old in gens:
             if old < top:  # keep the last two; older ones are history nobody reads
                 storage.delete(f"{folder}/{seq_name(old)}")
         return key, None
-    raise StorageError(
-        f"could not claim {folder} in {storage.url} for run {body.get('run_id')} after {_CLAIM_TRIES} tries; "
-        "too many processes are starting runs at once, retry later"
+
+    rid = body.get("run_id")
+    return optimistic(
+        attempt,
+        what=f"claiming {folder} in {storage.url} for run {rid}",
+        run_id=None if rid is None else str(rid),
+        advice="too many processes are starting runs at once, retry later",
     )
 
 
@@ -721,19 +709,26 @@ def claim_start(
 
 def release_claims(storage: Storage, run_id: RunId, claims: Iterable[str]) -> list[str]:
     """Mark the run's claim objects released (a tombstone, never a delete); returns those released."""
+
+    def attempt(key: str) -> bool | Again:
+        got = storage.read_versioned(key)
+        body = _codec.load_object(got.data if got is not None else None)
+        if got is None or body is None:
+            return False
+        if body.get("run_id") != str(run_id) or body.get("released"):
+            return False  # taken over already, or released before
+        body.update(released=True, released_at=_codec.now_iso())
+        return True if storage.swap(key, _codec.dumps(body), got.version) is not None else AGAIN
+
     released: list[str] = []
     for key in claims:
-        for _ in range(_CLAIM_TRIES):
-            got = storage.read_versioned(key)
-            body = _codec.load_object(got.data if got is not None else None)
-            if got is None or body is None:
-                break
-            if body.get("run_id") != str(run_id) or body.get("released"):
-                break  # taken over already, or released before
-            body.update(released=True, released_at=_codec.now_iso())
-            if storage.swap(key, _codec.dumps(body), got.version) is not None:
+        try:
+            if optimistic(
+                functools.partial(attempt, key), what=f"releasing claim {key} of run {run_id}", run_id=str(run_id)
+            ):
                 released.append(key)
-                break
+        except TooMuchContention as e:  # best effort: the claim lapses with the run's lease (sweep)
+            log.warning("%s", e)
     return released
 
 
@@ -792,7 +787,9 @@ class SweptRun:
         return to_dict(self)
 
 
-def _stale(lease: Lease | None, state: RunState, older_than: float, include_unleased: bool, now: _dt.datetime) -> bool:
+def _stale(
+    lease: Lease | None, state: RunState, older_than: float, *, include_unleased: bool, now: _dt.datetime
+) -> bool:
     if lease is not None:
         return not lease.is_live(now) and lease.expired_for(now) >= older_than
     if not include_unleased:
@@ -820,7 +817,7 @@ def sweep_run(
         return None
     stored, version = read_lease_versioned(storage, rid)
     lease = stored if stored is not None and not stored.released else None
-    if not _stale(lease, state, older_than, include_unleased, _now(storage)):
+    if not _stale(lease, state, older_than, include_unleased=include_unleased, now=_now(storage)):
         return None
     # Take the lease from the holder we judged dead, by compare-and-swap: if it
     # renewed since, this fails and the run is left alone. Once it succeeds, the
@@ -845,7 +842,7 @@ def sweep_run(
     )
     try:
         event = append_event(elog, fields, check=check)
-    except _NotStale:
+    except (_NotStale, LeaseLost):  # LeaseLost: another sweeper (or a takeover) fenced this one out and acts
         return None
     before: RunState = seen["state"]
     return SweptRun(

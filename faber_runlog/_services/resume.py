@@ -18,6 +18,7 @@ import attrs
 from faber_runlog._base import codec as _codec
 from faber_runlog._base.advice import advise
 from faber_runlog._base.ids import RunId
+from faber_runlog._base.retry import AGAIN, Again, optimistic
 from faber_runlog._domain.events import Event
 from faber_runlog._domain.state import TERMINAL_STATUSES, RunState, RunStatus
 from faber_runlog._domain.transitions import Moved as _Moved
@@ -36,14 +37,11 @@ ARCHIVE_MARKERS: Final = (ARCHIVE_MARKER,)
 """Files in a run's folder that mark it archived (written by the archiving code)."""
 
 RERUN_MODES: Final = ("all", "from_failure", "from_event")
-_RESUME_TRIES: Final = 5
 _RESUME_WAIT: Final = 3.0  # seconds a resumer waits for one that took the lease a moment before it
 
 
-def is_archived(storage: Storage, run_id: RunId, state: RunState) -> bool:
-    """Whether the run is archived (its status says so, or a marker file exists)."""
-    if str(state.status) == "archived":  # a status of 0.x snapshots
-        return True
+def is_archived(storage: Storage, run_id: RunId) -> bool:
+    """Whether the run is archived (its archive marker file exists)."""
     folder = RunLayout(run_id).dir
     return any(storage.exists(f"{folder}/{name}") for name in ARCHIVE_MARKERS)
 
@@ -152,7 +150,7 @@ class ResumePlan:
         fields: dict[str, Any] = _codec.loads(_codec.dumps(attrs.asdict(self)))  # tuples become lists
         out: dict[str, Any] = {}
         for key, value in fields.items():
-            if key == "reason":  # ``resumable`` is derived, not stored; readers of 0.x output still find it here
+            if key == "reason":  # ``resumable`` is derived, not stored: the JSON gives it next to the reason
                 out["resumable"] = self.resumable
             out[key] = value
         return out
@@ -245,9 +243,9 @@ class Resumer:
 
     # -- resume ------------------------------------------------------------------
 
-    def _refusal(self, run: Run, state: RunState, allow_cancelled: bool, owner: str | None) -> str | None:
+    def _refusal(self, run: Run, state: RunState, *, allow_cancelled: bool, owner: str | None) -> str | None:
         status = state.status
-        if is_archived(self.store.storage, run.run_id, state):
+        if is_archived(self.store.storage, run.run_id):
             return "it is archived"
         if status == "completed":
             return "it completed"
@@ -265,10 +263,10 @@ class Resumer:
         return None
 
     def _plan(
-        self, run: Run, state: RunState, allow_cancelled: bool, owner: str | None
+        self, run: Run, state: RunState, *, allow_cancelled: bool, owner: str | None
     ) -> tuple[ResumePlan, Event | None]:
         last = run.log.get(state.last_event_id) if state.last_event_id else None
-        refusal = self._refusal(run, state, allow_cancelled, owner)
+        refusal = self._refusal(run, state, allow_cancelled=allow_cancelled, owner=owner)
         return _build_plan(run, state, last.type if last else None, refusal), last
 
     def plan(self, run_id: str | RunId, *, allow_cancelled: bool = False, owner: str | None = None) -> ResumePlan:
@@ -278,7 +276,7 @@ class Resumer:
         (pass your own lease owner when you hold the run's lease).
         """
         run = self.store.get_run(run_id)
-        return self._plan(run, run.state(), allow_cancelled, owner)[0]
+        return self._plan(run, run.state(), allow_cancelled=allow_cancelled, owner=owner)[0]
 
     def resume_with_plan(
         self, run_id: str | RunId, *, allow_cancelled: bool = False, owner: str | None = None
@@ -292,16 +290,17 @@ class Resumer:
         """
         run = self.store.get_run(run_id)
         owner = owner or default_owner()  # this process's own lease is not "another live writer"
-        for _ in range(_RESUME_TRIES):
+
+        def attempt() -> tuple[Run, ResumePlan, Event] | Again:
             state = run.state()
-            plan, last = self._plan(run, state, allow_cancelled, owner)
+            plan, last = self._plan(run, state, allow_cancelled=allow_cancelled, owner=owner)
             replay = last is not None and last.type == "workflow_resumed" and last.idempotency_key
             if replay and last is not None and not plan.resumable and plan.status not in ("completed", "cancelled"):
                 # Resumed a moment ago and nothing ran since: that resume is this one
                 # (its resumer holds the lease now, so we hand its event back).
                 return run, _build_plan(run, state, last.type, None), last
             if not plan.resumable:
-                replayed = self._await_concurrent_resume(run, state, allow_cancelled)
+                replayed = self._await_concurrent_resume(run, state, allow_cancelled=allow_cancelled)
                 if replayed is not None:
                     return run, _build_plan(run, state, replayed.type, None), replayed
                 raise plan.error_for_refusal()
@@ -315,7 +314,7 @@ class Resumer:
             # judged the old lease dead cannot fail the run again once it is ours.
             lease = try_acquire_lease(self.store.storage, run.run_id, ttl=self.store.lease_ttl, owner=owner)
             if lease is None:
-                continue  # a live writer took it since the plan: plan again (and refuse)
+                return AGAIN  # a live writer took it since the plan: plan again (and refuse)
 
             fields: dict[str, Any] = {
                 "type": "workflow_resumed",
@@ -332,20 +331,17 @@ class Resumer:
                 given = {k: v for k, v in fields.items() if v is not None}
                 event = append_event(run.log, given, check=unchanged_since(seen))
             except _Moved:
-                continue
+                return AGAIN
             return run, plan, event
-        state = run.state()
-        raise RunNotResumable(
-            f"run {run.id} cannot be resumed: it kept changing while resuming (now at event "
-            f"{state.last_event_id}); another process is still writing to it, stop it first",
+
+        return optimistic(
+            attempt,
+            what=f"resuming run {run.id}: it kept changing",
             run_id=run.id,
-            status=state.status,
-            last_event_id=state.last_event_id,
-            last_event_type=None,
-            reason="another process is still writing to it",
+            advice="another process is still writing to it, stop it first",
         )
 
-    def _await_concurrent_resume(self, run: Run, state: RunState, allow_cancelled: bool) -> Event | None:
+    def _await_concurrent_resume(self, run: Run, state: RunState, *, allow_cancelled: bool) -> Event | None:
         """The event of a resumer that took the lease a moment ago and is appending now, if one is.
 
         A resumer takes the lease before it appends ``workflow_resumed``; one
@@ -356,7 +352,9 @@ class Resumer:
         lease = read_lease(self.store.storage, run.run_id)
         if lease is None or not lease.is_live(self.store.storage.clock.now()) or state.updated_at is None:
             return None
-        if lease.acquired_at < state.updated_at or self._refusal(run, state, allow_cancelled, lease.owner):
+        if lease.acquired_at < state.updated_at or self._refusal(
+            run, state, allow_cancelled=allow_cancelled, owner=lease.owner
+        ):
             return None  # a writer that was running already, or a refusal beyond the lease
         key = f"resume:{state.last_event_id}"
         deadline = time.monotonic() + _RESUME_WAIT

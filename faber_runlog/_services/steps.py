@@ -211,7 +211,7 @@ def run_attempts(run: Run) -> Attempts:
 
 
 def _read_attempts(
-    store: RunStore, rids: list[RunId], progress: bool | None, failed: dict[RunId, BaseException]
+    store: RunStore, rids: list[RunId], *, progress: bool | None, failed: dict[RunId, BaseException]
 ) -> Iterator[tuple[RunId, Attempts, dict[str, Any]]]:
     """Each run's attempts and metadata, read in bulk like ``events_frame`` reads events.
 
@@ -287,7 +287,7 @@ def _meta_of(store: RunStore, rid: RunId, metas: Mapping[str, bytes | None], par
     return {"params": meta.params, "tags": meta.tags}
 
 
-def _frame(store: RunStore, which: str, progress: bool | None, filters: dict[str, Any]) -> Any:
+def _frame(store: RunStore, which: str, *, progress: bool | None, filters: dict[str, Any]) -> Any:
     pd = _frames.require_extra("pandas")
     query = _frames.query_of(f"{which[:-1]}s_frame()", filters)
     lo, hi = query.since, query.until
@@ -297,7 +297,7 @@ def _frame(store: RunStore, which: str, progress: bool | None, filters: dict[str
     rids = _frames.select_runs(store, attrs.evolve(query, since=None, until=None), problems)
     columns = STEP_COLUMNS if which == "steps" else PHASE_COLUMNS
     cols: dict[str, list[Any]] = {c: [] for c in columns}
-    for rid, found, meta in _read_attempts(store, rids, progress, failed):
+    for rid, found, meta in _read_attempts(store, rids, progress=progress, failed=failed):
         rows = found.steps if which == "steps" else found.phases
         for row in rows:
             when = row["started_at"] or row["ended_at"] or ""
@@ -338,12 +338,12 @@ def steps_frame(store: RunStore, *, progress: bool | None = None, **filters: Any
     the time from start to end (None while running); ``params`` and ``tags``
     are the run's, as dicts.
     """
-    return _frame(store, "steps", progress, filters)
+    return _frame(store, "steps", progress=progress, filters=filters)
 
 
 def phases_frame(store: RunStore, *, progress: bool | None = None, **filters: Any) -> Any:
     """One row per attempt of a phase (columns :data:`PHASE_COLUMNS`); filters as :func:`steps_frame`."""
-    return _frame(store, "phases", progress, filters)
+    return _frame(store, "phases", progress=progress, filters=filters)
 
 
 def attempt_rows(found: Attempts, which: str) -> Iterable[dict[str, Any]]:

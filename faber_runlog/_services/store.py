@@ -8,7 +8,6 @@ import functools
 import logging
 import os
 import re
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -58,12 +57,10 @@ if TYPE_CHECKING:  # the analysis extra: optional, imported only when a frame is
     import pandas
     import pyarrow
 
-__all__ = ["DEFAULT_ROOT", "LEGACY_ROOT", "Lineage", "Run", "RunList", "RunProblem", "RunStore", "RunSummary"]
+__all__ = ["DEFAULT_ROOT", "Lineage", "Run", "RunList", "RunProblem", "RunStore", "RunSummary"]
 
 DEFAULT_ROOT: Final = f"{PROJECT_DIR}/runs"
 """The embedded default root, under the current folder: our own folder, never one FABER writes to."""
-LEGACY_ROOT: Final = ".fractary/plugins/faber/runs"
-"""The default root before 0.x moved it out of FABER's folder; a store found there keeps working."""
 
 ROOT_ENV: Final = "FABER_RUNLOG_ROOT"
 
@@ -208,16 +205,6 @@ class Run:
     def unpause(self, reason: str | None = None) -> Event:
         """paused -> the status it was paused from (a failing or failed run is resumed with ``Resumer.resume``)."""
         return lifecycle.resume(self.log, reason=reason)
-
-    def resume(self, reason: str | None = None) -> Event:
-        """Deprecated alias of :meth:`unpause` (``Resumer.resume`` is the other transition, failed -> running)."""
-        warnings.warn(
-            "Run.resume() is deprecated: use Run.unpause() for a paused run (Resumer(store).resume(run_id) "
-            "resumes a failed one); the alias will be removed in the next minor release",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.unpause(reason)
 
     def cancel(self, reason: str = "cancelled") -> Event:
         """Cancel an active run; pending approvals are closed, the final report written."""
@@ -382,7 +369,9 @@ class RunStore:
             )
             self.storage = storage
         else:
-            self.storage = _build_storage(url, fs, root, storage_options, fsync, allow_unsafe_writers)
+            self.storage = _build_storage(
+                url, fs, root, storage_options, fsync=fsync, allow_unsafe_writers=allow_unsafe_writers
+            )
         _validate.integer(snapshot_every, "snapshot_every", minimum=1)
         if clock is not None:
             self.storage.clock = clock
@@ -509,6 +498,15 @@ class RunStore:
             steps=plan_steps,
         )
         return self._create(meta, concurrency_key=concurrency_key, id_given=run_id is not None)
+
+    def create_run_from(self, meta: RunMetadata) -> Run:
+        """Create a run with exactly ``meta``: its run id and ``created_at`` are given (an importer's way in).
+
+        ``seal_grace`` defaults to the store's. Raises :class:`RunExists` when the run exists already.
+        """
+        if meta.seal_grace is None:
+            meta = attrs.evolve(meta, seal_grace=self.seal_grace)
+        return self._create(meta)
 
     def _create(self, meta: RunMetadata, *, concurrency_key: str | None = None, id_given: bool = True) -> Run:
         """Write a new run from complete metadata (also the importer's way in, with its own times)."""
@@ -695,7 +693,7 @@ class RunStore:
             except _index.Stale as e:
                 if attempt == 2:
                     self._index_damaged(org, project, e)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  (the index is a cache: a damaged one falls back to the scan)
                 self._index_damaged(org, project, e)
                 return None
         return None
@@ -720,7 +718,7 @@ class RunStore:
             return _index.load(self.storage, org, project)
         except _index.NoIndex:
             return None
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (the index is a cache: a damaged one falls back to reading every run)
             self._index_damaged(org, project, e)
             return None
 
@@ -927,7 +925,7 @@ class RunStore:
                     continue
                 try:
                     listing = self._parse_metadata(rid, body).listing()
-                except Exception:
+                except _codec.DECODE_ERRORS:
                     continue  # damaged or FABER: listings skip it too
             out[rid.uuid] = (d, listing)
         return out
@@ -996,7 +994,7 @@ class RunStore:
             try:
                 record = _codec.loads(body or b"null")
                 found.append((str(record["created_at"]), RunId.parse(record["run_id"])))
-            except Exception:
+            except _codec.DECODE_ERRORS:
                 continue  # a foreign or damaged file is not a child
         metas = self.storage.read_many(RunLayout(rid).metadata for _, rid in found)
         # A record whose run has no metadata is a creation that crashed half-way.
@@ -1056,6 +1054,7 @@ def _build_storage(
     fs: fsspec.AbstractFileSystem | None,
     root: str | None,
     storage_options: dict[str, Any] | None,
+    *,
     fsync: bool | None,
     allow_unsafe_writers: bool | None,
 ) -> Storage:
@@ -1069,7 +1068,7 @@ def _build_storage(
             raise InvalidArgument("give either a URL or root=, not both")
         target = url if url is not None else root
         if target is None:
-            target = os.environ.get(ROOT_ENV) or default_root()
+            target = os.environ.get(ROOT_ENV) or DEFAULT_ROOT
         fs, root_path = _open_root(target, storage_options)
     return Storage(
         fs,
@@ -1130,52 +1129,6 @@ def check_store_url(url: str) -> None:
     )
 
 
-_legacy_named = False
-
-
-def _holds_our_runs(folder: str) -> bool:
-    """Whether a local folder holds at least one faber_runlog run (a run folder with our ``summary.json``)."""
-    try:
-        for org in os.scandir(folder):
-            if not org.is_dir(follow_symlinks=False):
-                continue
-            for project in os.scandir(org.path):
-                if not project.is_dir(follow_symlinks=False):
-                    continue
-                for run in os.scandir(project.path):
-                    if os.path.isfile(os.path.join(run.path, "summary.json")):
-                        return True
-    except OSError:
-        return False
-    return False
-
-
-def default_root(cwd: str | None = None) -> str:
-    """The store ``RunStore()`` opens: :data:`DEFAULT_ROOT`, or a store kept at :data:`LEGACY_ROOT`.
-
-    Until this release the default store was FABER's own folder
-    (``.fractary/plugins/faber/runs``). A project whose runs are there keeps
-    them: when ``.faber_runlog/runs`` does not exist and the old folder holds
-    runs of ours, that folder is used and a one-line notice (logged once per
-    process) names it and says how to move.
-    """
-    global _legacy_named
-    base = cwd if cwd is not None else os.getcwd()
-    if os.path.exists(os.path.join(base, DEFAULT_ROOT)) or not _holds_our_runs(os.path.join(base, LEGACY_ROOT)):
-        return DEFAULT_ROOT
-    if not _legacy_named:
-        _legacy_named = True
-        log.warning(
-            "using the faber_runlog store found at %s (the old default, inside FABER's folder; new stores go "
-            "to %s): set %s=%s to keep it there without this notice",
-            LEGACY_ROOT,
-            DEFAULT_ROOT,
-            ROOT_ENV,
-            LEGACY_ROOT,
-        )
-    return LEGACY_ROOT
-
-
 # -- for the package's other modules (a RunStore's internals they need, named once) -------------
 
 
@@ -1189,10 +1142,3 @@ def cleaner_grace(own: float, metadata: RunMetadata | None) -> float:
     """The ``seal_grace`` a cleanup of a run waits: never less than the run recorded (the default when it did not)."""
     recorded = metadata.seal_grace if metadata is not None else None
     return max(own, recorded if recorded is not None else SEAL_GRACE)
-
-
-def create_run_from(store: RunStore, meta: RunMetadata) -> Run:
-    """Create a run with exactly ``meta`` (an importer's path: the id and created_at are given)."""
-    if meta.seal_grace is None:
-        meta = attrs.evolve(meta, seal_grace=store.seal_grace)
-    return store._create(meta)  # noqa: SLF001  (same module)

@@ -236,7 +236,7 @@ def _check_event(run_id: str, seq: int, path: str, body: bytes | None, table: Ev
         validate_event_dict(upcast(data, table), run_id=run_id, table=table, stored=True)
     except InvalidEvent as e:
         return VerifyProblem(seq, path, "invalid", f"event {seq} at {path}: {e}")
-    except Exception as e:  # an upcaster that fails is as bad as an invalid event
+    except Exception as e:  # noqa: BLE001  (an upcaster is anyone's code: one that fails is as bad as an invalid event)
         return VerifyProblem(seq, path, "invalid", f"event {seq} at {path} could not be upcast: {e!r}")
     return None
 
@@ -282,13 +282,13 @@ class ReconstructReport:
         return _plain(self)
 
 
-def _parse_state(body: bytes | None, run_id: str) -> RunState | None:
+def _parse_state(body: bytes | None) -> RunState | None:
     if body is None:
         return None
     try:
         data, _ = decode_snapshot(body)
         state = RunState.from_dict(data)
-    except Exception:
+    except _codec.DECODE_ERRORS:
         return None
     return state
 
@@ -332,7 +332,7 @@ def reconstruct_state(
     storage, layout = store.storage, RunLayout(run.run_id)
     # state.json first: whatever it claims was written before the events we then read.
     body = storage.read(layout.state)
-    stored = _parse_state(body, run.id)
+    stored = _parse_state(body)
     summary_body = storage.read(layout.summary)
     try:
         summary: dict[str, Any] | None = decode_summary(summary_body or b"")
@@ -355,7 +355,7 @@ def reconstruct_state(
         if stored is not None and stored.last_event_id == seq:
             _differences(_full(stored), _full(state), "", differences)
         if seq in snap_seqs:
-            snap = _parse_state(storage.read(layout.snapshot(seq)), run.id)
+            snap = _parse_state(storage.read(layout.snapshot(seq)))
             if snap is None or _full(snap) != _full(state):
                 bad[seq] = encode_snapshot(state.to_dict(), last_fp)
 
@@ -422,7 +422,7 @@ def _bad_segments(storage: Storage, rid: RunId) -> dict[tuple[int, int], bytes]:
         lines = [jsonl_line(b or b"") for b in bodies]
         try:
             held = decode_segment(storage.read(layout.segment(first, last)) or b"", str(rid), first, last)
-        except Exception:
+        except (*_codec.DECODE_ERRORS, OSError):
             held = None
         if held is None or held.splitlines() != lines:
             bad[span] = encode_segment(str(rid), first, lines)

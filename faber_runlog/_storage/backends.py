@@ -417,7 +417,7 @@ class Storage:
             seq += 1
         return seq
 
-    def unsafe(self, key: str) -> str | None:
+    def unsafe(self, key: str) -> str | None:  # noqa: ARG002  (the default of a hook backends override)
         """Why folder ``key`` may not be used (a symlink leading out of the root), or None when it may.
 
         For store-wide loops: one such folder is reported and skipped, where a read would refuse
@@ -484,7 +484,7 @@ class Storage:
     def _landed(self, path: str, data: bytes) -> bool:
         try:
             return bool(self.fs.cat_file(path, **self._cat_kwargs) == data)
-        except Exception:
+        except Exception:  # noqa: BLE001  (any fsspec backend's error means the bytes did not land as ours)
             return False
 
     def replace(self, key: str, data: bytes) -> None:
@@ -531,7 +531,7 @@ class Storage:
                 return PutResult(created=self.create(key, body))
             self.replace(key, body)
             return PutResult()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (the result carries the error to the caller)
             return PutResult(error=e)
 
     # -- compare-and-swap ----------------------------------------------------
@@ -571,7 +571,7 @@ class Storage:
         return current is not None and current.version == version
 
     @contextlib.contextmanager
-    def _check_guard(self, key: str, what: str) -> Iterator[bool]:
+    def _check_guard(self, key: str, what: str) -> Iterator[bool]:  # noqa: ARG002  (the signature every backend's guard shares)
         """Held around a check-then-write on ``key``; yields False when the key cannot exist.
 
         This base guard holds nothing (the check and the write may interleave
@@ -631,7 +631,7 @@ class Storage:
         finally:
             try:
                 self.fs.rm_file(path)
-            except Exception:
+            except Exception:  # noqa: BLE001  (cleanup of a probe: logged, the answer stands)
                 log.debug("could not remove probe %s", path)
         if second_created:
             self._pretends("exclusive create (If-None-Match)", "overwrite each other's events")
@@ -715,7 +715,7 @@ class MemoryStorage(Storage):
             self.fs.pipe_file(path, data)
 
     @contextlib.contextmanager
-    def _check_guard(self, key: str, what: str) -> Iterator[bool]:
+    def _check_guard(self, key: str, what: str) -> Iterator[bool]:  # noqa: ARG002  (the signature every backend's guard shares)
         """The memory lock: a compare-and-swap never interleaves with another write."""
         with _MEMORY_LOCK:
             yield True
@@ -1020,7 +1020,7 @@ class LocalStorage(Storage):
             os.close(fd)  # closing releases the lock
 
     @contextlib.contextmanager
-    def _check_guard(self, key: str, what: str) -> Iterator[bool]:
+    def _check_guard(self, key: str, what: str) -> Iterator[bool]:  # noqa: ARG002  (the signature every backend's guard shares)
         """An exclusive ``flock`` on the key's folder (False, nothing held, when the folder is missing)."""
         folder = os.path.dirname(self._checked(key))
         if not os.path.isdir(folder):
@@ -1354,7 +1354,7 @@ class S3Storage(Storage):
     def _read_versioned_quietly(self, key: str) -> Versioned | None:
         try:
             return self.read_versioned(key)
-        except Exception:
+        except Exception:  # noqa: BLE001  (a backend error here means the version is unknown; the caller reads again)
             return None
 
     def create_versioned(self, key: str, data: bytes) -> str | None:
@@ -1415,7 +1415,7 @@ class S3Storage(Storage):
         finally:
             try:
                 self._s3("delete_object", Bucket=self.bucket, Key=self._split(self.path(key))[1])
-            except Exception:
+            except Exception:  # noqa: BLE001  (cleanup of a probe: logged, the answer stands)
                 log.debug("could not remove probe %s", key)
         self.capabilities = attrs.evolve(
             self.capabilities, conditional_create=created, compare_and_swap=settled[0], conditional_delete=settled[1]
