@@ -317,6 +317,17 @@ def default_registry_restored() -> Iterator[None]:
     _registry.DEFAULT_BACKENDS.update(backends)
 
 
+def _forget_memory_stores(text: str) -> None:
+    """Empty the ``memory://`` stores a page names: the memory filesystem lives as long as the process,
+    so a page run after another test (or after itself) in the same worker starts as a reader would."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    for name in sorted(set(re.findall(r"memory://([\w.-]+)", text))):
+        if memory.exists(f"/{name}"):
+            memory.rm(f"/{name}", recursive=True)
+
+
 @pytest.mark.usefixtures("default_registry_restored")
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_every_block_of_the_page_runs_as_written(
@@ -337,6 +348,7 @@ def test_every_block_of_the_page_runs_as_written(
     folder.mkdir()
     monkeypatch.chdir(folder)
     env = page_env(folder, cli_bin, monkeypatch, s3, text)
+    _forget_memory_stores(text)
     shell = Shell(folder, env)
     namespace: dict[str, Any] = {"__name__": "__docs__"}
     for block in found:

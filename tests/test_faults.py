@@ -67,9 +67,9 @@ def assert_consistent(store: RunStore, run_id: str, expected_events: int) -> Non
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # --soak: 4 x 500 appends through faults
 def test_four_processes_appending_through_random_faults_write_each_event_once(proxy: FaultProxy, soak: bool) -> None:
-    # 60 appends each draw every random fault kind many times over; the one a short run could miss (a
+    # 40 appends each (500 with --soak) draw every random fault kind many times over; the one a short run could miss (a
     # lost reply to an event PUT) is also scripted, so the run is always under the hardest fire.
-    procs, per = 4, (500 if soak else 60)
+    procs, per = 4, (500 if soak else 40)
     spec = spec_via(proxy)
     store = open_store(spec)
     run = store.create_run("acme", "web")

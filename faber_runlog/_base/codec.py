@@ -65,9 +65,20 @@ def iso(moment: _dt.datetime) -> str:
     return moment.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def now_iso() -> str:
-    """The current UTC time in the stored timestamp format (what :func:`iso` writes, without ``strftime``'s cost)."""
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")[:-6] + "Z"  # drops "+00:00"
+_NO_OFFSET: Final = _dt.timedelta(0)
+
+
+def now_iso(moment: _dt.datetime | None = None) -> str:
+    """``moment`` (default: the system clock now) in the stored timestamp format.
+
+    What :func:`iso` writes, without ``strftime``'s cost; callers pass their store's clock
+    (``now_iso(storage.clock.now())``) so an injected clock dates what they write.
+    """
+    if moment is None:
+        moment = _dt.datetime.now(_dt.UTC)
+    elif moment.utcoffset() != _NO_OFFSET:
+        moment = moment.astimezone(_dt.UTC)
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"  # drops "+00:00"
 
 
 _ONE_MS: Final = _dt.timedelta(milliseconds=1)

@@ -425,7 +425,7 @@ class EventLog:
                     seq = self._tail + 1
                 self._counter += 1
                 nonce = f"{self._writer}-{self._counter}"
-                data = {"timestamp": _codec.now_iso(), **fields, "event_id": seq, "nonce": nonce}
+                data = {"timestamp": _codec.now_iso(clock.now()), **fields, "event_id": seq, "nonce": nonce}
                 started = time.monotonic()
                 body = _codec.dumps(data)
                 intent = self._announce(intent, etype, row, state)
@@ -1397,7 +1397,8 @@ class EventLog:
         _validate.seconds(poll_interval, "poll_interval", positive=True, where=where)
         if timeout is not None:
             _validate.seconds(timeout, "timeout", where=where)
-        idle_since = time.monotonic()
+        clock = self._storage.clock  # the store's: a test's manual clock moves the timeout on at once
+        idle_since = clock.monotonic()
         while True:
             got = False
             for event in self.read(last):
@@ -1405,11 +1406,11 @@ class EventLog:
                 got = True
                 yield event
             if got:
-                idle_since = time.monotonic()
-            elif timeout is not None and time.monotonic() - idle_since >= timeout:
+                idle_since = clock.monotonic()
+            elif timeout is not None and clock.monotonic() - idle_since >= timeout:
                 return
             else:
-                time.sleep(poll_interval)
+                clock.sleep(poll_interval)
 
 
 def append_event(

@@ -689,7 +689,11 @@ class IndexWriter:
         if not self.indexed(rid.org, rid.project):
             return None
         nonce = uuid.uuid4().hex
-        self.commit(rid.org, rid.project, [{"op": "intent", "u": rid.uuid, "nonce": nonce, "at": _codec.now_iso()}])
+        self.commit(
+            rid.org,
+            rid.project,
+            [{"op": "intent", "u": rid.uuid, "nonce": nonce, "at": _codec.now_iso(self._storage.clock.now())}],
+        )
         return nonce
 
     def entry(self, rid: RunId, digest: RunDigest, listing: Mapping[str, Any] | None, nonce: str | None) -> None:

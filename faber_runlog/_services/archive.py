@@ -469,11 +469,11 @@ def read_archive_index(store: RunStore, org: str | None = None, project: str | N
     return entries
 
 
-def _older_than(older_than: _dt.timedelta | float | None) -> str | None:
+def _older_than(older_than: _dt.timedelta | float | None, now: _dt.datetime) -> str | None:
     if older_than is None:
         return None
     delta = _dt.timedelta(days=_validate.days(older_than, "older_than"))
-    return _codec.iso(_dt.datetime.now(_dt.UTC) - delta)
+    return _codec.iso(now - delta)
 
 
 class Archiver:
@@ -528,7 +528,7 @@ class Archiver:
         progress: bool | None = None,
     ) -> list[ArchiveResult]:
         """Archive every finished run not archived yet; ``older_than`` (days or timedelta) since its last event."""
-        cutoff = _older_than(older_than)
+        cutoff = _older_than(older_than, self.source.storage.clock.now())
         finished = [
             s
             for s in self.source.list_runs(org=org, project=project)
@@ -578,7 +578,7 @@ class Archiver:
         self._upload(staged, sent)
         self._create(staged, lambda s: RunLayout(s.rid).metadata, lambda s: s.metadata, compare=True)
         self._create(staged, lambda s: _index_key(s.rid), lambda s: _codec.dumps(s.entry.to_dict()), compare=False)
-        now = _codec.now_iso()
+        now = _codec.now_iso(self.source.storage.clock.now())
         for s in staged:
             if s.error is None:
                 marker = {
@@ -701,7 +701,7 @@ class Archiver:
             last_event_id=record.last_seq,
             sha256=record.sha256,
             size=record.size,
-            archived_at=_codec.now_iso(),
+            archived_at=_codec.now_iso(src.clock.now()),
             source=src.url,
             params=meta.params,
             tags=meta.tags,
@@ -810,7 +810,7 @@ class Archiver:
         markers = src.read_many(_marker_key(r) for r in rids)
         archived = [(s, r) for s, r in zip(summaries, rids, strict=True) if markers.get(_marker_key(r)) is not None]
         indexed = self.destination.storage.read_many(_index_key(r) for _, r in archived)
-        cutoff = _older_than(policy.keep_days)
+        cutoff = _older_than(policy.keep_days, src.clock.now())
         items: list[CleanupItem] = []
         now = src.clock.now()
         metas = src.read_many(RunLayout(r).metadata for _, r in archived)

@@ -717,7 +717,7 @@ def release_claims(storage: Storage, run_id: RunId, claims: Iterable[str]) -> li
             return False
         if body.get("run_id") != str(run_id) or body.get("released"):
             return False  # taken over already, or released before
-        body.update(released=True, released_at=_codec.now_iso())
+        body.update(released=True, released_at=_codec.now_iso(storage.clock.now()))
         return True if storage.swap(key, _codec.dumps(body), got.version) is not None else AGAIN
 
     released: list[str] = []

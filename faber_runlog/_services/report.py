@@ -177,7 +177,7 @@ def compose_report(storage: Storage, elog: EventLog, state: RunState | None = No
             }
             for e in tail
         ],
-        "generated_at": _codec.now_iso(),
+        "generated_at": _codec.now_iso(storage.clock.now()),
     }
     plain: dict[str, Any] = _codec.loads(_codec.dumps(report))
     return plain

@@ -9,7 +9,6 @@ the events after it, the metadata and the lease.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -357,14 +356,15 @@ class Resumer:
         ):
             return None  # a writer that was running already, or a refusal beyond the lease
         key = f"resume:{state.last_event_id}"
-        deadline = time.monotonic() + _RESUME_WAIT
-        while time.monotonic() < deadline:
+        clock = self.store.storage.clock
+        deadline = clock.monotonic() + _RESUME_WAIT
+        while clock.monotonic() < deadline:
             now = run.state()
             if key in now.idempotency_keys:
                 return run.log.get(now.idempotency_keys[key])
             if now.last_event_id != state.last_event_id:
                 return None
-            time.sleep(0.02)
+            clock.sleep(0.02)
         return None
 
     def resume(self, run_id: str | RunId, *, allow_cancelled: bool = False, owner: str | None = None) -> Run:

@@ -486,7 +486,7 @@ class RunStore:
             org=rid.org,
             project=rid.project,
             uuid=rid.uuid,
-            created_at=_codec.now_iso(),
+            created_at=_codec.now_iso(self.storage.clock.now()),
             params=params_d,
             params_hash=_codec.canonical_hash(params_d),
             tags=tags_d,
@@ -874,7 +874,7 @@ class RunStore:
         if view is None and write and not damaged:
             self._runindex.genesis(org, project)  # first, so writers from now on commit what this read misses
         grace = max(self.seal_grace, self.claim_budget)
-        older = _codec.iso(datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=grace))
+        older = _codec.iso(self.storage.clock.now() - datetime.timedelta(seconds=grace))
         report, records = _index.compare(org, project, view, self._truth(org, project), older)
         if not write:
             return report
