@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from faber_runlog._domain.plan import progress_text
 from faber_runlog._domain.state import RunState, set_html_view
+from faber_runlog._services.report import duration_text
 from faber_runlog._services.steps import attempt_rows, run_attempts
 
 if TYPE_CHECKING:
@@ -47,16 +48,6 @@ th{font-weight:600;background:#f6f7f8} .mono{font-family:ui-monospace,Menlo,Cons
 def _st(status: str | None) -> str:
     s = status or "unknown"
     return f'<span class="st" style="background:{STATUS_COLOURS.get(s, "#555")}">{escape(s)}</span>'
-
-
-def _ms(ms: float | None) -> str:
-    if ms is None:
-        return "-"
-    if ms < 1000:
-        return f"{ms:.0f} ms"
-    if ms < 120_000:
-        return f"{ms / 1000:.1f} s"
-    return f"{ms / 60_000:.1f} min"
 
 
 def _t(text: str | None) -> _dt.datetime | None:
@@ -90,7 +81,9 @@ def timeline_svg(phases: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any
         x = label_w + width * i / 4
         out.append(f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 18}" stroke="#e3e6e9"/>')
         anchor = ' text-anchor="end"' if i == 4 else ""
-        out.append(f'<text x="{x:.1f}" y="{height - 4}" fill="#6c757d"{anchor}>+{_ms(span * 1000 * i / 4)}</text>')
+        out.append(
+            f'<text x="{x:.1f}" y="{height - 4}" fill="#6c757d"{anchor}>+{duration_text(span * 1000 * i / 4)}</text>'
+        )
     for n, (name, is_phase, rows) in enumerate(lanes):
         y = n * lane_h + 3
         label = escape(name) if is_phase else "\u2003" + escape(name)
@@ -104,7 +97,7 @@ def timeline_svg(phases: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any
             x = label_w + width * (start - lo).total_seconds() / span
             w = max(width * (stop - start).total_seconds() / span, 2.0)
             colour = STATUS_COLOURS.get(r["status"], "#555")
-            tip = f"{name} attempt {r['attempt']}: {r['status']}, {_ms(r['duration_ms'])}"
+            tip = f"{name} attempt {r['attempt']}: {r['status']}, {duration_text(r['duration_ms'])}"
             if r.get("error"):
                 tip += f"\n{r['error']}"
             h = lane_h - 6 if is_phase else lane_h - 10
@@ -154,11 +147,13 @@ def run_body(run: Run, *, events: int = 20, link: str | None = None) -> str:
     rows: list[list[str]] = []
     classes: list[str] = []
     for p in phases:
-        rows.append([escape(p["phase"]), str(p["attempt"]), _st(p["status"]), _ms(p["duration_ms"]), _err(p)])
+        rows.append([escape(p["phase"]), str(p["attempt"]), _st(p["status"]), duration_text(p["duration_ms"]), _err(p)])
         classes.append("phase")
         for s in steps:
             if s["phase"] == p["phase"] and _belongs(s, p, phases):
-                rows.append([escape(s["step"]), str(s["attempt"]), _st(s["status"]), _ms(s["duration_ms"]), _err(s)])
+                rows.append(
+                    [escape(s["step"]), str(s["attempt"]), _st(s["status"]), duration_text(s["duration_ms"]), _err(s)]
+                )
                 classes.append("step")
     parts += [
         "<h2>Phases and steps</h2>",

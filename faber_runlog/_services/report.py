@@ -30,6 +30,7 @@ from faber_runlog.errors import CorruptState, InvalidArgument
 __all__ = [
     "REPORT_VERSION",
     "compose_report",
+    "duration_text",
     "read_report",
     "recover_missing_reports",
     "render_markdown",
@@ -201,7 +202,8 @@ def _minimal(run_id: str, state: RunState | None, error: BaseException) -> dict[
     }
 
 
-def _seconds(ms: float | None) -> str:
+def duration_text(ms: float | None) -> str:
+    """A duration for people: ``850 ms``, ``12.5 s``, ``3.2 min``; ``-`` when unknown (reports, HTML views)."""
     if ms is None:
         return "-"
     if ms < 1000:
@@ -227,7 +229,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         if report.get(key):
             lines.append(f"- **{label}:** {report[key]}")
     if "duration_ms" in report:
-        lines.append(f"- **Duration:** {_seconds(report.get('duration_ms'))}")
+        lines.append(f"- **Duration:** {duration_text(report.get('duration_ms'))}")
     if report.get("params_hash"):
         lines.append(f"- **Params hash:** `{report['params_hash']}`")
     lines.append(f"- **Events:** {report.get('last_event_id', 0)}")
@@ -235,11 +237,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     if phases:
         lines += ["", "## Timeline", "", "| Phase / step | Status | Attempts | Duration |", "|---|---|---|---|"]
         for p in phases:
-            lines.append(f"| {_cell(p['name'])} | {p['status']} | {p['attempts']} | {_seconds(p.get('duration_ms'))} |")
+            lines.append(
+                f"| {_cell(p['name'])} | {p['status']} | {p['attempts']} | {duration_text(p.get('duration_ms'))} |"
+            )
             for s in p.get("steps", []):
                 lines.append(
                     f"| &nbsp;&nbsp;{_cell(s['name'])} | {s['status']} | {s['attempts']} | "
-                    f"{_seconds(s.get('duration_ms'))} |"
+                    f"{duration_text(s.get('duration_ms'))} |"
                 )
     errors = report.get("errors") or []
     if errors:
