@@ -19,6 +19,7 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 from faber_runlog import EventLog, FaberRunlogError, RunStore
 from faber_runlog._base.ids import RunId
+from faber_runlog._log.eventlog import with_hooks
 from faber_runlog._log.hooks import LogHooks
 from faber_runlog._log.lease import acquire_lease
 from faber_runlog._log.lease import fence as lease_fence
@@ -37,7 +38,7 @@ def main() -> None:
                 os.kill(os.getpid(), signal.SIGSTOP)  # stalled past the lease check, before the claim
             return epoch
 
-    log = EventLog(store.storage, run_id, hooks=Fence())
+    log = with_hooks(EventLog(store.storage, run_id), Fence())
     lease = acquire_lease(store.storage, run_id, ttl=ttl, owner="stalled-writer")
     print(json.dumps({"epoch": lease.epoch}), flush=True)
     for line in sys.stdin:

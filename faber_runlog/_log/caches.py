@@ -11,7 +11,7 @@ path in ``eventlog`` calls it after a number is claimed.
 from __future__ import annotations
 
 import logging
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from faber_runlog._domain.state import RunDigest, RunState
 from faber_runlog._format.layout import (
@@ -36,11 +36,12 @@ _OLDER_SPACING: Final = 4  # an older snapshot at most every this many K events 
 class LogCaches(LogReader):
     """The writer's cache policy: segments, snapshots and summaries (a base of :class:`EventLog`)."""
 
-    _snapshot_every: int
-    _listing: dict[str, Any] | None  # what listings show of the run's metadata, carried in each summary
-    _own: dict[int, bytes]  # bodies this writer created since the last segment boundary
-    _event_bytes: float  # the mean size of the events this writer appended
-    _state_fp: str | None  # fingerprint of the writer state's last event
+    if TYPE_CHECKING:  # declared for the type checker only, as in LogReader
+        _snapshot_every: int
+        _listing: dict[str, Any] | None  # what listings show of the run's metadata, carried in each summary
+        _own: dict[int, bytes]  # bodies this writer created since the last segment boundary
+        _event_bytes: float  # the mean size of the events this writer appended
+        _state_fp: str | None  # fingerprint of the writer state's last event
 
     def _keep_own(self, seq: int, body: bytes) -> None:
         """Remember our event for the segment of its range; the claimer of a boundary writes that segment."""

@@ -84,7 +84,7 @@ from faber_runlog.errors import (
     StorageError,
 )
 
-__all__ = ["CLAIM_BUDGET", "SEAL_GRACE", "Commit", "EventLog", "append_event"]
+__all__ = ["CLAIM_BUDGET", "SEAL_GRACE", "Commit", "EventLog", "append_event", "with_hooks"]
 
 log = logging.getLogger("faber_runlog._log.eventlog")
 
@@ -181,7 +181,6 @@ class EventLog(LogCaches):
         registry: Registry | None = None,
         listing: dict[str, Any] | None = None,
         claim_budget: float = CLAIM_BUDGET,
-        hooks: LogHooks | None = None,
     ) -> None:
         if snapshot_every < 1:
             raise InvalidArgument(f"snapshot_every must be at least 1, got {snapshot_every}")
@@ -232,11 +231,11 @@ class EventLog(LogCaches):
         self._trip = storage.contention_backoff
         self._contended_until = float("-inf")
         self._lock = threading.RLock()
-        # What the opener wires in (faber_runlog._log.hooks): the lease fence before a claim, the run
-        # index around an append that may move the status, work after a commit that changed the status
-        # or has a type in hook_types (never for other appends, so the hot path pays nothing), and the
-        # overlay on every state handed out. None: none of it, at no cost.
-        self._hooks = hooks
+        # What the opener wires in (faber_runlog._log.hooks, set by with_hooks): the lease fence before a
+        # claim, the run index around an append that may move the status, work after a commit that changed
+        # the status or has a type in hook_types (never for other appends, so the hot path pays nothing),
+        # and the overlay on every state handed out. None: none of it, at no cost.
+        self._hooks: LogHooks | None = None
         _LOGS.add(self)
 
     def __repr__(self) -> str:
@@ -820,6 +819,17 @@ class EventLog(LogCaches):
     def last_event_id(self) -> int:
         """The id of the newest event (0 for an empty log)."""
         return self.fold_state().last_event_id
+
+
+def with_hooks(elog: EventLog, hooks: LogHooks) -> EventLog:
+    """``elog`` wired to ``hooks`` (leases, the run index, lifecycle, the plan overlay): the store's door.
+
+    Not a parameter of :class:`EventLog`: the class is public and its signature names public types
+    only, while hooks are the library's own wiring (as :func:`append_event` is its own door to append).
+    Call it before the log is used.
+    """
+    elog._hooks = hooks  # noqa: SLF001  (same module)
+    return elog
 
 
 def append_event(

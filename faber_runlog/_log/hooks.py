@@ -1,9 +1,10 @@
 """LogHooks: the one object through which whoever opens a log wires its own work into appends and reads.
 
 The log sits below the services (lifecycle, leases held by a process, the run index, a run's
-plan), so it cannot call them; the store hands each log one hooks object instead of a callback
-per concern. A log without hooks (``EventLog(..., hooks=None)``) does none of this work and pays
-nothing for it; a subclass overrides only what it needs, the rest are no-ops.
+plan), so it cannot call them; the store hands each log one hooks object
+(:func:`~faber_runlog._log.eventlog.with_hooks`) instead of a callback per concern. A log without
+hooks (a plain ``EventLog(storage, run_id)``) does none of this work and pays nothing for it; a
+subclass overrides only what it needs, the rest are no-ops.
 
 When each hook runs (docs/concurrency.md):
 

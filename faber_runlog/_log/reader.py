@@ -104,19 +104,22 @@ class LogReader:
     here (a reader learns the tail and the seal as it reads, which the writer uses too).
     """
 
-    _storage: Storage
-    _rid: RunId
-    _run_id: str
-    _layout: RunLayout
-    _types: EventTypes
-    _folds: Mapping[str, RawHandler]
-    _segment_every: int
-    _hooks: LogHooks | None
-    _tail: int  # highest sequence number known to exist
-    _sealed: int | None  # the seal's number, once known
-    _seen: set[str] | None  # writer ids of the events folded while a race is learned
-    _snap_seq: int  # the last state.json this handle knows of: its event ...
-    _snap_size: int  # ... and its size
+    # Declared for the type checker only (EventLog.__init__ sets them): runtime annotations would make
+    # these private types part of the public EventLog's hints.
+    if TYPE_CHECKING:
+        _storage: Storage
+        _rid: RunId
+        _run_id: str
+        _layout: RunLayout
+        _types: EventTypes
+        _folds: Mapping[str, RawHandler]
+        _segment_every: int
+        _hooks: LogHooks | None
+        _tail: int  # highest sequence number known to exist
+        _sealed: int | None  # the seal's number, once known
+        _seen: set[str] | None  # writer ids of the events folded while a race is learned
+        _snap_seq: int  # the last state.json this handle knows of: its event ...
+        _snap_size: int  # ... and its size
 
     def _shown(self, state: RunState) -> RunState:
         return self._hooks.overlay(state) if self._hooks is not None else state

@@ -29,7 +29,7 @@ from faber_runlog._domain.transitions import TERMINAL_STATUSES
 from faber_runlog._format.layout import PROJECT_DIR, SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
 from faber_runlog._log import index as _index
 from faber_runlog._log.bulk import current_digests
-from faber_runlog._log.eventlog import CLAIM_BUDGET, SEAL_GRACE, Commit, EventLog
+from faber_runlog._log.eventlog import CLAIM_BUDGET, SEAL_GRACE, Commit, EventLog, with_hooks
 from faber_runlog._log.hooks import LogHooks
 from faber_runlog._log.index import IndexWriter
 from faber_runlog._log.lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
@@ -450,7 +450,7 @@ class RunStore:
         metadata: RunMetadata | None = None,
         overlay: Callable[[RunState], RunState] | None = None,
     ) -> EventLog:
-        return EventLog(
+        elog = EventLog(
             self.storage,
             run_id,
             snapshot_every=self.snapshot_every,
@@ -460,8 +460,8 @@ class RunStore:
             registry=self.registry,
             listing=metadata.summary_listing() if metadata is not None else None,
             claim_budget=self.claim_budget,
-            hooks=_RunHooks(self, run_id, metadata, overlay),
         )
+        return with_hooks(elog, _RunHooks(self, run_id, metadata, overlay))
 
     def _index_entry(self, rid: RunId, metadata: RunMetadata | None, state: RunState, nonce: str) -> None:
         if metadata is None:  # a handle opened by id alone: the row needs what the run was created with
