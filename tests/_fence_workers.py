@@ -19,6 +19,8 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 from faber_runlog import EventLog, FaberRunlogError, RunStore
 from faber_runlog._base.ids import RunId
+from faber_runlog._log.eventlog import with_hooks
+from faber_runlog._log.hooks import LogHooks
 from faber_runlog._log.lease import acquire_lease
 from faber_runlog._log.lease import fence as lease_fence
 
@@ -28,14 +30,15 @@ def main() -> None:
     store = RunStore(spec["url"], storage_options=spec.get("storage_options") or None)
     stop = {"now": False}
 
-    def fence() -> int | None:
-        epoch = lease_fence(store.storage, run_id)
-        if stop["now"]:
-            stop["now"] = False
-            os.kill(os.getpid(), signal.SIGSTOP)  # stalled past the lease check, before the claim
-        return epoch
+    class Fence(LogHooks):
+        def fence(self) -> int | None:
+            epoch = lease_fence(store.storage, run_id)
+            if stop["now"]:
+                stop["now"] = False
+                os.kill(os.getpid(), signal.SIGSTOP)  # stalled past the lease check, before the claim
+            return epoch
 
-    log = EventLog(store.storage, run_id, fence=fence)
+    log = with_hooks(EventLog(store.storage, run_id), Fence())
     lease = acquire_lease(store.storage, run_id, ttl=ttl, owner="stalled-writer")
     print(json.dumps({"epoch": lease.epoch}), flush=True)
     for line in sys.stdin:

@@ -19,7 +19,8 @@ from conftest import BUCKET, S3Server
 from faber_runlog import Registry, RunStore, consolidate
 from faber_runlog._base.ids import RunId
 from faber_runlog._format.layout import RunLayout
-from faber_runlog._log.eventlog import EventLog, read_logs
+from faber_runlog._log.bulk import read_logs
+from faber_runlog._log.eventlog import EventLog
 from faber_runlog._services import analysis as analysis
 from faber_runlog.errors import CorruptEvent
 

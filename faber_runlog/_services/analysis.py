@@ -1,6 +1,6 @@
 """Past runs as pandas DataFrames and Arrow tables, for notebooks (the ``faber_runlog[analysis]`` extra).
 
-Events are read in bulk (:func:`faber_runlog._log.eventlog.read_logs`): runs are listed
+Events are read in bulk (:func:`faber_runlog._log.bulk.read_logs`): runs are listed
 concurrently, then the segments and event files of many runs are fetched in
 one concurrent batch; consolidated runs come from ``events.jsonl``. They are
 parsed straight into Arrow record batches (:func:`to_arrow`), and the pandas
@@ -24,7 +24,7 @@ from faber_runlog._domain.query import FILTERS, RunQuery
 from faber_runlog._domain.registry import event_types_table
 from faber_runlog._domain.transitions import SEAL_TYPE
 from faber_runlog._format.layout import RunLayout
-from faber_runlog._log.eventlog import current_digests, read_logs
+from faber_runlog._log.bulk import current_digests, read_logs
 from faber_runlog._services.frames import (
     checked_line,
     moment,

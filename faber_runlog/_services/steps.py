@@ -15,7 +15,7 @@ visible; and a phase sent back by ``request_changes`` closes its attempt with
 status ``changes_requested``. Protocol events (the seal, leases) are never rows.
 
 The frames read events with the bulk reader behind ``events_frame``
-(:func:`faber_runlog._log.eventlog.read_logs`), over live, consolidated and archived
+(:func:`faber_runlog._log.bulk.read_logs`), over live, consolidated and archived
 runs alike, and select runs the same way. pandas is imported only for a frame.
 """
 
@@ -220,7 +220,7 @@ def _read_attempts(
     from faber_runlog._base.progress import Progress
     from faber_runlog._domain.metadata import parse_metadata
     from faber_runlog._domain.registry import event_types_table
-    from faber_runlog._log.eventlog import read_logs
+    from faber_runlog._log.bulk import read_logs
 
     def done(
         rid: RunId, found: Attempts, metas: Mapping[str, bytes | None]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import logging
 import os
 import re
@@ -29,7 +28,9 @@ from faber_runlog._domain.state import RunDigest, RunState, RunStatus
 from faber_runlog._domain.transitions import TERMINAL_STATUSES
 from faber_runlog._format.layout import PROJECT_DIR, SEGMENT_EVENTS, RunLayout, encode_snapshot, encode_summary
 from faber_runlog._log import index as _index
-from faber_runlog._log.eventlog import CLAIM_BUDGET, SEAL_GRACE, Commit, EventLog, current_digests
+from faber_runlog._log.bulk import current_digests
+from faber_runlog._log.eventlog import CLAIM_BUDGET, SEAL_GRACE, Commit, EventLog, with_hooks
+from faber_runlog._log.hooks import LogHooks
 from faber_runlog._log.index import IndexWriter
 from faber_runlog._log.lease import DEFAULT_LEASE_TTL, Heartbeat, Lease, acquire_lease, release_lease
 from faber_runlog._log.lease import fence as lease_fence
@@ -127,6 +128,44 @@ class Lineage:
     ancestors: tuple[str, ...]  # parent first, root last
     children: tuple[str, ...]  # direct children, oldest first
     descendants: tuple[str, ...]  # children, grandchildren, ... breadth first
+
+
+class _RunHooks(LogHooks):
+    """How a store wires one run's log back into itself: leases, the run index, lifecycle, the run's plan."""
+
+    hook_types = lifecycle.FINAL_EVENT_TYPES  # final reports and lease releases follow these
+
+    def __init__(
+        self,
+        store: RunStore,
+        run_id: RunId,
+        metadata: RunMetadata | None,
+        overlay: Callable[[RunState], RunState] | None,
+    ) -> None:
+        self._store = store
+        self._rid = run_id
+        self._metadata = metadata
+        self._overlay = overlay
+
+    def fence(self) -> int | None:
+        """The lease epoch this process writes the run under (lease rule 9), or LeaseLost."""
+        return lease_fence(self._store.storage, self._rid)
+
+    def index_intent(self) -> str | None:
+        """The run index's intent before an append that may move the run's row."""
+        return self._store._runindex.intent(self._rid)  # noqa: SLF001  (same module: the store's hooks)
+
+    def index_entry(self, state: RunState, nonce: str) -> None:
+        """The run's row at ``state``, closing intent ``nonce``."""
+        self._store._index_entry(self._rid, self._metadata, state, nonce)  # noqa: SLF001  (same module: the store's hooks)
+
+    def committed(self, log: EventLog, commit: Commit) -> None:
+        """Side effects after commit (final reports, lease releases): the log released its lock."""
+        lifecycle.on_commit(self._store.storage, log, commit)
+
+    def overlay(self, state: RunState) -> RunState:
+        """``state`` with the run's workflow plan laid over it (a handle opened for a :class:`Run`)."""
+        return self._overlay(state) if self._overlay is not None else state
 
 
 class Run:
@@ -411,23 +450,18 @@ class RunStore:
         metadata: RunMetadata | None = None,
         overlay: Callable[[RunState], RunState] | None = None,
     ) -> EventLog:
-        return EventLog(
+        elog = EventLog(
             self.storage,
             run_id,
             snapshot_every=self.snapshot_every,
             source=self.source,
-            on_commit=self._committed,
-            hook_types=lifecycle.FINAL_EVENT_TYPES,
             seal_grace=writer_grace(self.seal_grace, metadata),
-            fence=functools.partial(lease_fence, self.storage, run_id),
             segment_every=self.segment_every,
             registry=self.registry,
             listing=metadata.summary_listing() if metadata is not None else None,
             claim_budget=self.claim_budget,
-            overlay=overlay,
-            index_intent=functools.partial(self._runindex.intent, run_id),
-            index_entry=functools.partial(self._index_entry, run_id, metadata),
         )
+        return with_hooks(elog, _RunHooks(self, run_id, metadata, overlay))
 
     def _index_entry(self, rid: RunId, metadata: RunMetadata | None, state: RunState, nonce: str) -> None:
         if metadata is None:  # a handle opened by id alone: the row needs what the run was created with
@@ -435,10 +469,6 @@ class RunStore:
                 metadata = self._read_metadata(rid)
         listing = metadata.listing() if metadata is not None else None
         self._runindex.entry(rid, RunDigest.of(state, None), listing, nonce)
-
-    def _committed(self, log: EventLog, commit: Commit) -> None:
-        # Runs after the append returned and the log released its lock (side effects after commit).
-        lifecycle.on_commit(self.storage, log, commit)
 
     # -- creating --------------------------------------------------------------
 
