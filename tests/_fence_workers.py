@@ -30,7 +30,7 @@ def main() -> None:
     store = RunStore(spec["url"], storage_options=spec.get("storage_options") or None)
     stop = {"now": False}
 
-    class Fence(LogHooks):
+    class Fence(LogHooks[EventLog]):
         def fence(self) -> int | None:
             epoch = lease_fence(store.storage, run_id)
             if stop["now"]:

@@ -13,16 +13,13 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from faber_runlog._base import codec as _codec
 from faber_runlog._domain import events as _events
 from faber_runlog._domain import state as _state
 from faber_runlog._format.layout import CONFIG_ENV, CONFIG_NAME, CONFIG_PATH, LEGACY_CONFIG_PATH
 from faber_runlog.errors import InvalidArgument, InvalidEvent, InvalidGatewayConfig
-
-if TYPE_CHECKING:
-    from faber_runlog._services.gateway import Backend, Gateway
 
 __all__ = [
     "BACKENDS_GROUP",
@@ -49,7 +46,12 @@ or a callable returning one)."""
 BACKENDS_GROUP: Final = "faber_runlog.backends"
 """Entry point group of gateway backends: ``name = "module:Class"`` (called as ``factory(settings, gateway)``)."""
 
-DEFAULT_BACKENDS: dict[str, Callable[[dict[str, Any], Gateway], Backend]] = {}
+BackendFactory = Callable[[dict[str, Any], Any], Any]
+"""Builds a gateway backend: ``factory(entry, gateway) -> Backend``, from its gateway.json entry and the gateway.
+
+Typed loosely here on purpose: the registry sits in the domain layer, below the gateway that defines
+``Backend`` and ``Gateway``; ``Gateway.register_backend`` and the backends themselves are typed exactly."""
+DEFAULT_BACKENDS: dict[str, BackendFactory] = {}
 """The default registry's gateway backend factories (filled by ``register_backend``)."""
 
 
@@ -73,7 +75,7 @@ class Registry:
     def _copy_default(self) -> None:
         self._types = _events.EventTypes(_events.DEFAULT_TYPES)
         self._folds: dict[str, _state.RawHandler] = dict(_state.default_folds())
-        self._backends: dict[str, Callable[[dict[str, Any], Gateway], Backend]] = dict(DEFAULT_BACKENDS)
+        self._backends: dict[str, BackendFactory] = dict(DEFAULT_BACKENDS)
 
     @classmethod
     def default(cls) -> Registry:
@@ -95,7 +97,7 @@ class Registry:
         return self._folds
 
     @property
-    def backends(self) -> Mapping[str, Callable[[dict[str, Any], Gateway], Backend]]:
+    def backends(self) -> Mapping[str, BackendFactory]:
         """The gateway backend factories by name."""
         return self._backends
 
@@ -123,9 +125,7 @@ class Registry:
         """Register a fold handler here (see :func:`faber_runlog.register_fold`)."""
         _state.add_fold(self._folds, event_type, handler, replace=replace)
 
-    def register_backend(
-        self, name: str, factory: Callable[[dict[str, Any], Gateway], Backend], *, replace: bool = False
-    ) -> None:
+    def register_backend(self, name: str, factory: BackendFactory, *, replace: bool = False) -> None:
         """Register a gateway backend here (see :func:`faber_runlog.register_backend`)."""
         if name in BUILTIN_BACKENDS or (name in self._backends and not replace):
             raise InvalidArgument(f"backend {name!r} is already registered; pass replace=True to replace a custom one")

@@ -38,6 +38,7 @@ from faber_runlog._domain.transitions import (
     SEAL_TYPE,
     TERMINAL_STATUSES,
     TRANSITIONS,
+    Moved,
     RunStatus,
 )
 from faber_runlog.errors import InvalidArgument
@@ -63,6 +64,7 @@ __all__ = [
     "fold_all",
     "register_fold",
     "set_html_view",
+    "unchanged_since",
 ]
 
 LATEST_KEPT: Final = 20
@@ -924,3 +926,13 @@ def _sealed(state: RunState, e: Ev) -> None:
 def default_folds() -> dict[str, RawHandler]:
     """The process-wide fold handlers (the default registry's; ``register_fold`` fills them)."""
     return _HANDLERS
+
+
+def unchanged_since(last_event_id: int) -> Callable[[RunState], None]:
+    """An append ``check`` that raises :class:`Moved` unless the run is still at ``last_event_id``."""
+
+    def check(now: RunState) -> None:
+        if now.last_event_id != last_event_id:
+            raise Moved
+
+    return check

@@ -18,13 +18,10 @@ Statuses:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Final, Literal, TypeGuard
+from collections.abc import Mapping
+from typing import Final, Literal, TypeGuard
 
 import attrs
-
-if TYPE_CHECKING:
-    from faber_runlog._domain.state import RunState
 
 __all__ = [
     "ACTIONS",
@@ -39,7 +36,6 @@ __all__ = [
     "Transition",
     "is_status",
     "markdown",
-    "unchanged_since",
 ]
 
 RunStatus = Literal["created", "running", "paused", "awaiting_approval", "failing", "completed", "failed", "cancelled"]
@@ -62,16 +58,6 @@ ENDING_EVENT_TYPES: Final = ("workflow_complete", "workflow_cancelled", "workflo
 
 class Moved(Exception):
     """The run changed between reading its state and appending: read it again and retry."""
-
-
-def unchanged_since(last_event_id: int) -> Callable[[RunState], None]:
-    """An append ``check`` that raises :class:`Moved` unless the run is still at ``last_event_id``."""
-
-    def check(now: RunState) -> None:
-        if now.last_event_id != last_event_id:
-            raise Moved
-
-    return check
 
 
 SEAL_TYPE: Final = "log_sealed"

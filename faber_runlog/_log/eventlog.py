@@ -68,7 +68,7 @@ from faber_runlog._format.layout import (
     seq_name,
 )
 from faber_runlog._log.caches import LogCaches
-from faber_runlog._log.hooks import LogHooks
+from faber_runlog._log.hooks import Commit, LogHooks
 from faber_runlog._log.reader import event_fp, mapping_fp
 from faber_runlog._storage.backends import Storage
 from faber_runlog.errors import (
@@ -109,25 +109,6 @@ def _new_identity_in_child() -> None:
         elog._writer = uuid.uuid4().hex[:12]  # noqa: SLF001  (same module: EventLog's fork hook)
         elog._counter = 0  # noqa: SLF001
         elog._lock = threading.RLock()  # noqa: SLF001
-
-
-@attrs.frozen(slots=True)
-class Commit:
-    """An append that is durable: the event, and the run's status before and after it.
-
-    ``status_before``/``status_after`` are None when this writer had not folded
-    the log up to the event (a neutral append by a writer that other writers
-    got ahead of); they are always set for types in the transition table.
-    """
-
-    event: Event
-    status_before: str | None
-    status_after: str | None
-
-    @property
-    def changed_status(self) -> bool:
-        """Whether this event changed the run's status."""
-        return self.status_before is not None and self.status_before != self.status_after
 
 
 def _may_move(etype: str, row: Transition | None, state: RunState) -> bool:
@@ -235,7 +216,7 @@ class EventLog(LogCaches):
         # claim, the run index around an append that may move the status, work after a commit that changed
         # the status or has a type in hook_types (never for other appends, so the hot path pays nothing),
         # and the overlay on every state handed out. None: none of it, at no cost.
-        self._hooks: LogHooks | None = None
+        self._hooks: LogHooks[EventLog] | None = None
         _LOGS.add(self)
 
     def __repr__(self) -> str:
@@ -821,7 +802,7 @@ class EventLog(LogCaches):
         return self.fold_state().last_event_id
 
 
-def with_hooks(elog: EventLog, hooks: LogHooks) -> EventLog:
+def with_hooks(elog: EventLog, hooks: LogHooks[EventLog]) -> EventLog:
     """``elog`` wired to ``hooks`` (leases, the run index, lifecycle, the plan overlay): the store's door.
 
     Not a parameter of :class:`EventLog`: the class is public and its signature names public types

@@ -20,16 +20,40 @@ When each hook runs (docs/concurrency.md):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+
+import attrs
 
 if TYPE_CHECKING:
+    from faber_runlog._domain.events import Event
     from faber_runlog._domain.state import RunState
-    from faber_runlog._log.eventlog import Commit, EventLog
 
-__all__ = ["LogHooks"]
+__all__ = ["Commit", "LogHooks"]
+
+L = TypeVar("L")
+"""The log a hooks object is handed back in :meth:`LogHooks.committed` (an ``EventLog``, which sits above)."""
 
 
-class LogHooks:
+@attrs.frozen(slots=True)
+class Commit:
+    """An append that is durable: the event, and the run's status before and after it.
+
+    ``status_before``/``status_after`` are None when this writer had not folded
+    the log up to the event (a neutral append by a writer that other writers
+    got ahead of); they are always set for types in the transition table.
+    """
+
+    event: Event
+    status_before: str | None
+    status_after: str | None
+
+    @property
+    def changed_status(self) -> bool:
+        """Whether this event changed the run's status."""
+        return self.status_before is not None and self.status_before != self.status_after
+
+
+class LogHooks(Generic[L]):
     """What a log calls back into, all no-ops here: subclass and override what the opener needs."""
 
     hook_types: ClassVar[frozenset[str]] = frozenset()
@@ -46,7 +70,7 @@ class LogHooks:
     def index_entry(self, state: RunState, nonce: str) -> None:
         """Close intent ``nonce`` with the run's row at ``state`` (the state right after the append)."""
 
-    def committed(self, log: EventLog, commit: Commit) -> None:
+    def committed(self, log: L, commit: Commit) -> None:
         """Work after a durable append (its lock released): a raise is logged, the event stays appended."""
 
     def overlay(self, state: RunState) -> RunState:

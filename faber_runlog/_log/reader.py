@@ -113,7 +113,7 @@ class LogReader:
         _types: EventTypes
         _folds: Mapping[str, RawHandler]
         _segment_every: int
-        _hooks: LogHooks | None
+        _hooks: LogHooks[Any] | None
         _tail: int  # highest sequence number known to exist
         _sealed: int | None  # the seal's number, once known
         _seen: set[str] | None  # writer ids of the events folded while a race is learned

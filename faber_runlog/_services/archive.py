@@ -36,8 +36,8 @@ from faber_runlog._base.progress import Progress
 from faber_runlog._base.retry import AGAIN, Again, optimistic
 from faber_runlog._domain.events import Event
 from faber_runlog._domain.metadata import RunMetadata, parse_metadata
-from faber_runlog._domain.state import RunDigest
-from faber_runlog._domain.transitions import SEAL_TYPE, TERMINAL_STATUSES, RunStatus, unchanged_since
+from faber_runlog._domain.state import RunDigest, unchanged_since
+from faber_runlog._domain.transitions import SEAL_TYPE, TERMINAL_STATUSES, RunStatus
 from faber_runlog._domain.transitions import Moved as _Moved
 from faber_runlog._format.layout import (
     ARCHIVE_INDEX_DIR,

@@ -19,9 +19,8 @@ from faber_runlog._base.advice import advise
 from faber_runlog._base.ids import RunId
 from faber_runlog._base.retry import AGAIN, Again, optimistic
 from faber_runlog._domain.events import Event
-from faber_runlog._domain.state import TERMINAL_STATUSES, RunState, RunStatus
+from faber_runlog._domain.state import TERMINAL_STATUSES, RunState, RunStatus, unchanged_since
 from faber_runlog._domain.transitions import Moved as _Moved
-from faber_runlog._domain.transitions import unchanged_since
 from faber_runlog._format.layout import ARCHIVE_MARKER, RunLayout
 from faber_runlog._log.eventlog import append_event
 from faber_runlog._log.lease import default_owner, read_lease, try_acquire_lease

@@ -130,7 +130,7 @@ class Lineage:
     descendants: tuple[str, ...]  # children, grandchildren, ... breadth first
 
 
-class _RunHooks(LogHooks):
+class _RunHooks(LogHooks[EventLog]):
     """How a store wires one run's log back into itself: leases, the run index, lifecycle, the run's plan."""
 
     hook_types = lifecycle.FINAL_EVENT_TYPES  # final reports and lease releases follow these
