@@ -64,3 +64,11 @@ def test_a_reader_that_checks_lines_itself_may_skip_the_digest() -> None:
     assert record is not None
     assert None is jsonl_problem(record, JSONL.replace(b"1", b"9"), check_digest=False)
     assert jsonl_problem(record, JSONL.replace(b"1", b"9")) is not None
+
+
+def test_a_decoded_seal_event_gives_the_same_record_as_its_mapping() -> None:
+    from faber_runlog._domain.events import Event
+    from faber_runlog._log.protocol import seal_of
+
+    event = Event.from_dict({**_seal(), "run_id": "acme/web/x", "timestamp": "2026-12-06T00:00:00.000000Z"})
+    assert seal_record(_seal()) == seal_of(event)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 from faber_runlog._domain.transitions import SEAL_TYPE
 
-__all__ = ["SealRecord", "file_digest", "jsonl_problem", "seal_metadata", "seal_record"]
+if TYPE_CHECKING:
+    from faber_runlog._domain.events import Event
+
+__all__ = ["SealRecord", "file_digest", "jsonl_problem", "seal_metadata", "seal_of", "seal_record"]
 
 _ALGORITHM: Final = "sha256"
 
@@ -63,6 +66,11 @@ def seal_record(seal: Mapping[str, Any] | None, seq: int | None = None) -> SealR
     digest = meta.get("sha256")
     last_at = meta.get("last_event_at")
     return SealRecord(at, through, size, digest if isinstance(digest, str) else None, str(last_at or ""))
+
+
+def seal_of(event: Event, seq: int | None = None) -> SealRecord | None:
+    """:func:`seal_record` of a decoded event (None unless it is a seal that describes ``events.jsonl``)."""
+    return seal_record({"type": event.type, "event_id": event.event_id, "metadata": event.metadata}, seq)
 
 
 def jsonl_problem(record: SealRecord, data: bytes, *, check_digest: bool = True) -> str | None:

@@ -35,7 +35,7 @@ from faber_runlog._format.layout import (
     seq_name,
 )
 from faber_runlog._log.hooks import LogHooks
-from faber_runlog._log.protocol import jsonl_problem, seal_record
+from faber_runlog._log.protocol import jsonl_problem, seal_of
 from faber_runlog._storage.backends import Storage
 from faber_runlog.errors import CorruptData, CorruptEvent, InvalidArgument, InvalidEventPosition
 
@@ -52,10 +52,6 @@ _BATCH: Final = 256
 _PAGE: Final = 1000  # event names listed per request on stores that list after a key
 _SEGMENT_BATCH: Final = 8  # segments fetched together (concurrently where reads batch)
 _loads: Final = _codec.loads  # bound once: it runs for every event read
-
-
-def _seal_mapping(seal: Event) -> dict[str, Any]:
-    return {"type": seal.type, "event_id": seal.event_id, "metadata": seal.metadata}
 
 
 def event_fp(event: Event) -> str:
@@ -297,7 +293,7 @@ class LogReader:
         path = self._storage.path(self._layout.jsonl)
         seal_body = self._storage.read(self._layout.event(through + 1))
         seal = None if seal_body is None else self._decode(through + 1, seal_body)
-        record = None if seal is None else seal_record(_seal_mapping(seal), through + 1)
+        record = None if seal is None else seal_of(seal, through + 1)
         # The digest is not re-hashed on every read: each line's JSON and number are checked as it is decoded.
         problem = "it is not a seal" if record is None else jsonl_problem(record, body, check_digest=False)
         if problem is not None:

@@ -53,7 +53,7 @@ from faber_runlog._format.layout import (
     parse_seq_name,
 )
 from faber_runlog._log.eventlog import append_event
-from faber_runlog._log.protocol import SealRecord, file_digest, jsonl_problem, seal_metadata, seal_record
+from faber_runlog._log.protocol import SealRecord, file_digest, jsonl_problem, seal_metadata, seal_of
 from faber_runlog._services.store import RunStore, cleaner_grace
 from faber_runlog._storage.backends import PutResult, Storage
 from faber_runlog.errors import (
@@ -226,7 +226,7 @@ class CleanupReport:
 
 
 def _record_from_seal(rid: RunId, seal: Event) -> ConsolidationRecord:
-    record = seal_record({"type": seal.type, "event_id": seal.event_id, "metadata": seal.metadata})
+    record = seal_of(seal)
     if record is None or record.digest is None:
         raise ConsolidationError(
             f"event {seal.event_id} of run {rid} is no seal that describes events.jsonl; "
