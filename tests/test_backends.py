@@ -18,6 +18,8 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from faber_runlog import RunStore, StorageError, UnsafePath
+from faber_runlog._domain.state import RunDigest
+from faber_runlog._format.layout import decode_summary
 from faber_runlog._frontends.cli import main
 from faber_runlog._services.gateway import GatewayConfig
 from faber_runlog._storage.backends import TEMP_MAX_AGE, MemoryStorage, Storage, digest
@@ -45,8 +47,8 @@ def test_every_backend_passes_the_contract_kit_without_skipping_anything_and_lea
 
 def test_capabilities_are_declared_as_data_per_backend(store: RunStore, store_kind: str) -> None:
     expected = {
-        "memory": ("conditional_create", "compare_and_swap", "conditional_delete"),
-        "local": ("conditional_create", "compare_and_swap", "conditional_delete"),
+        "memory": ("conditional_create", "compare_and_swap", "conditional_delete", "cheap_writes"),
+        "local": ("conditional_create", "compare_and_swap", "conditional_delete", "cheap_writes"),
         "s3": (
             "conditional_create",
             "compare_and_swap",
@@ -236,6 +238,34 @@ def test_an_append_syncs_its_event_and_folder_and_no_cache(tmp_path: Path, monke
     synced.clear()
     store.storage.replace(f"{run.id}/note.json", b"{}")
     assert 2 == len(synced)
+
+
+def test_a_small_cache_is_rewritten_in_place_and_a_shorter_body_decodes_as_itself(tmp_path: Path) -> None:
+    # ext4 flushes a file renamed over another (auto_da_alloc): a summary rewritten with every append is
+    # rewritten in place instead, padded with JSON blanks when the new body is shorter.
+    store = RunStore(str(tmp_path / "runs"))
+    run = store.create_run("acme", "web")
+    key = f"{run.id}/summary.json"
+    path = Path(store.storage.path(key))
+    inode = path.stat().st_ino
+    for j in range(12):
+        run.log.emit("step_start", phase="build", step="s" * (40 - 3 * j))  # ever shorter step names
+    assert inode == path.stat().st_ino  # the same file, rewritten
+    body = path.read_bytes()
+    assert body.endswith(b" ")
+    expected = "s" * (40 - 3 * 11)
+    assert expected == RunDigest.from_dict(decode_summary(body)).current_step
+    assert expected == store.list_runs().runs[0].current_step
+
+
+def test_a_large_cache_is_renamed_into_place_whole(tmp_path: Path) -> None:
+    store = RunStore(str(tmp_path / "runs"))
+    key = "acme/web/cache.json"
+    store.storage.replace_cache(key, b"{" + b" " * 5000 + b"}")
+    inode = Path(store.storage.path(key)).stat().st_ino
+    store.storage.replace_cache(key, b"{}")
+    assert b"{}" == store.storage.read(key)
+    assert inode != Path(store.storage.path(key)).stat().st_ino
 
 
 def test_temp_file_names_never_repeat(tmp_path: Path) -> None:

@@ -109,7 +109,10 @@ def test_snapshot_is_written_every_k_events_and_on_status_change(store_factory: 
     assert snap is not None and b'"last_event_id":5' in snap
     assert store.storage.exists(f"{run.id}/snapshots/{seq_name(5)}")
     summary = store.storage.read(f"{run.id}/summary.json")
-    assert summary is not None and b'"last_event_id":1' in summary  # periodic snapshots leave it alone
+    # Where a write is a request (S3), periodic snapshots leave it alone; where writes are cheap it follows
+    # every append, so listings of active runs fold nothing.
+    expected = b'"last_event_id":5' if store.storage.capabilities.cheap_writes else b'"last_event_id":1'
+    assert summary is not None and expected in summary
 
 
 def test_reading_state_folds_only_events_after_the_snapshot(store_factory: Callable[..., RunStore]) -> None:

@@ -222,7 +222,8 @@ def test_the_20_newest_failed_runs_cost_at_most_12_requests_on_s3_whatever_the_n
         at = f"2020-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}.{i:06d}Z"
         listing: dict[str, Any] = {"created_at": at, "params": {}, "tags": {}, "parent_run_id": None}
         row: dict[str, Any] = {"u": str(uuid.uuid4()), "status": "failed" if i % 7 == 0 else "completed"}
-        row.update(last_event_id=2, updated_at=None, current_phase=None, current_step=None, listing=listing)
+        row.update(last_event_id=2, updated_at=at, current_phase=None, current_step=None, listing=listing)
+        row.update(started_at=at, ended_at=at)
         records.append({"op": "entry", "u": row["u"], "nonce": None, "row": row})
     calls: list[str] = []
 
@@ -435,3 +436,29 @@ def test_a_part_gone_from_under_the_manifest_falls_back_to_the_scan_and_an_ended
     assert 1 == sum("run index of acme/web" in r.getMessage() for r in caplog.records)
     fresh.reindex()
     assert all(r.ok for r in fresh.verify_index())
+
+
+@pytest.mark.backends("memory", "local")
+def test_a_listing_of_an_active_run_reads_its_summary_and_no_event_where_writes_are_cheap(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where a write costs no request the writer keeps summary.json current with every append, so
+    # listing a long active run costs what listing a fresh one does: no fold of its events.
+    run = store.create_run("acme", "web")
+    run.start()
+    for j in range(30):
+        run.log.emit("step_start", phase="build", step=f"s{j}")
+    last = run.state().last_event_id
+    read: list[str] = []
+    real = store.storage.read_many
+
+    def counting(keys: Any) -> Any:
+        keys = list(keys)
+        read.extend(keys)
+        return real(keys)
+
+    monkeypatch.setattr(store.storage, "read_many", counting)
+    (row,) = store.list_runs().runs
+    assert (last, "running", "build", "s29") == (row.last_event_id, row.status, row.current_phase, row.current_step)
+    events = [k.rsplit("/", 1)[1] for k in read if "/events/" in k]
+    assert [f"{last + 1:020d}.json"] == events  # only the probe that no event follows the summary

@@ -105,3 +105,62 @@ def test_the_writer_that_claims_every_tenth_commit_writes_a_checkpoint_and_moves
     body = [_codec.loads(ln) for ln in (store.storage.read(f"{FOLDER}/parts/{part['name']}") or b"").splitlines()]
     assert [r.run_id.uuid for r in reversed(runs[:4])] == [r["u"] for r in body]
     assert [runs[4].run_id.uuid] == [u for u, *_ in manifest["intents"].values()]
+
+
+def _scan_ids(store: RunStore) -> list[tuple[str, str]]:
+    return sorted((str(r.run_id), r.status) for r in store.list_runs(org="acme", project="web"))
+
+
+@pytest.mark.rule("index", 9)
+def test_commits_a_later_checkpoint_covers_are_pruned_and_readers_with_an_old_hint_still_answer_right(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_index, "SHARD", 20)  # folders of 20 commits, so a few dozen runs cross several
+    store = _store()
+    old_hint: bytes | None = None
+    runs = []
+    for i in range(40):  # 4 commits a run (two intents, two entries) + the genesis: 161 commits
+        run = store.create_run("acme", "web")
+        run.start()
+        runs.append(run)
+        if i == 2:
+            old_hint = store.storage.read(f"{FOLDER}/_last_checkpoint")
+    truth = sorted((str(r.run_id), r.state().status) for r in runs)
+    folders = store.storage.list_names(f"{FOLDER}/log")
+    kept = {f: store.storage.list_names(f"{FOLDER}/log/{f}") for f in folders}
+    # Every folder wholly below the newest checkpoint's keeps only the genesis and its last commit.
+    assert {"00000000000000000001.json", "00000000000000000020.json"} == set(kept[f"{0:014d}"])
+    for k, f in enumerate(folders[1:-2], start=1):
+        assert [f"{(k + 1) * 20:020d}.json"] == kept[f]
+    assert truth == _scan_ids(store)
+    # A hint moved back far (a slow writer), or none at all: the reader walks to the newest checkpoint.
+    assert old_hint is not None
+    store.storage.replace(f"{FOLDER}/_last_checkpoint", old_hint)
+    assert truth == _scan_ids(RunStore(store.storage.url))
+    store.storage.delete(f"{FOLDER}/_last_checkpoint")
+    assert truth == _scan_ids(RunStore(store.storage.url))
+    assert all(r.ok for r in RunStore(store.storage.url).verify_index(org="acme", project="web"))
+
+
+@pytest.mark.rule("index", 9)
+def test_a_reader_whose_commit_was_pruned_under_it_reads_the_index_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store()
+    for _ in range(3):
+        store.create_run("acme", "web").start()
+    snap_before = _index.load(store.storage, "acme", "web")
+    real = store.storage.read_many
+    pruned: list[str] = []
+
+    def read_many_after_a_prune(keys: Any) -> Any:
+        keys = list(keys)
+        commit = next((k for k in keys if "/log/" in k and not pruned), None)
+        if commit is not None:  # a newer checkpoint's writer prunes it between this reader's LIST and GET
+            pruned.append(commit)
+            store.storage.delete(commit)
+        return real(keys)
+
+    monkeypatch.setattr(store.storage, "read_many", read_many_after_a_prune)
+    with pytest.raises(_index.Stale, match="vanished"):
+        _index.load(store.storage, "acme", "web")
+    assert pruned
+    assert 13 == snap_before.version  # the genesis and two intents and two entries per run

@@ -41,6 +41,8 @@ FILTERS: Final = (
     "params",
     "since",
     "until",
+    "ended_since",
+    "ended_until",
     "order",
     "limit",
     "cursor",
@@ -154,7 +156,9 @@ class RunQuery:
     ``tags`` and ``params`` must all match (params compare as given, or as
     text when the run's value is not a string: ``params={"work_id": "220"}``
     matches ``220`` and ``"220"``); ``since``/``until`` keep runs created in
-    ``[since, until)`` (for events: events timed in it); ``order`` is
+    ``[since, until)`` (for events: events timed in it); ``ended_since``/
+    ``ended_until`` keep runs that ended (completed, failed or were cancelled)
+    in ``[ended_since, ended_until)``, so a run still going matches neither; ``order`` is
     ``"newest"`` (the default) or ``"oldest"`` first; ``limit`` and ``cursor``
     page through the answer.
     """
@@ -168,6 +172,8 @@ class RunQuery:
     params: dict[str, Any] = attrs.field(factory=dict)
     since: str | None = None
     until: str | None = None
+    ended_since: str | None = None
+    ended_until: str | None = None
     order: Order = "newest"
     limit: int | None = None
     cursor: tuple[str, str] | None = None
@@ -202,6 +208,12 @@ class RunQuery:
         since, until = moment(filters.get("since"), "since"), moment(filters.get("until"), "until")
         if since is not None and until is not None and until < since:
             raise InvalidFilter(f"until={until} is before since={since}, so nothing can match; swap them")
+        ended_since = moment(filters.get("ended_since"), "ended_since")
+        ended_until = moment(filters.get("ended_until"), "ended_until")
+        if ended_since is not None and ended_until is not None and ended_until < ended_since:
+            raise InvalidFilter(
+                f"ended_until={ended_until} is before ended_since={ended_since}, so nothing can match; swap them"
+            )
         return cls(
             org=org,
             project=project,
@@ -212,6 +224,8 @@ class RunQuery:
             params=_str_map(filters.get("params"), "params"),
             since=since,
             until=until,
+            ended_since=ended_since,
+            ended_until=ended_until,
             order="newest" if order == "newest" else "oldest",
             limit=_limit(filters.get("limit")),
             cursor=_cursor(filters.get("cursor")),
@@ -233,6 +247,8 @@ class RunQuery:
             "params": self.params,
             "since": self.since,
             "until": self.until,
+            "ended_since": self.ended_since,
+            "ended_until": self.ended_until,
             "order": self.order,
             "limit": self.limit,
             "cursor": encode_cursor(*self.cursor) if self.cursor is not None else None,
@@ -250,6 +266,21 @@ class RunQuery:
         if any(tags.get(k) != v for k, v in self.tags.items()):
             return False
         return all(_param_matches(params, k, v) for k, v in self.params.items())
+
+    @property
+    def by_end(self) -> bool:
+        """Whether the query filters on the end time (so only runs that ended can match)."""
+        return self.ended_since is not None or self.ended_until is not None
+
+    def wants_end(self, ended_at: str | None) -> bool:
+        """Whether a run that ended at ``ended_at`` (None: it has not ended) passes the end-time filters."""
+        if not self.by_end:
+            return True
+        if ended_at is None:
+            return False
+        if self.ended_since is not None and ended_at < self.ended_since:
+            return False
+        return self.ended_until is None or ended_at < self.ended_until
 
     def wants_status(self, status: str) -> bool:
         """Whether a run of this status passes the status filter."""

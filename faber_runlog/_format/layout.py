@@ -231,7 +231,11 @@ def _encode_checksummed(kind: str, version: int, field: str, inner: Mapping[str,
 
 
 def _decode_checksummed(body: bytes, kind: str, version: int, field: str) -> tuple[dict[str, Any], Any]:
-    """``(head, inner)`` of a body built by :func:`_encode_checksummed`; raises CorruptData unless it is intact."""
+    """``(head, inner)`` of a body built by :func:`_encode_checksummed`; raises CorruptData unless it is intact.
+
+    Trailing blanks are JSON whitespace: a cache rewritten in place over a longer body keeps them.
+    """
+    body = body.rstrip()
     marker = b',"' + field.encode() + b'":'
     at = body.find(marker)
     if not body.startswith(b'{"' + kind.encode() + b'":') or at < 0 or not body.endswith(b"}"):

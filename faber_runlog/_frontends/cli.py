@@ -432,6 +432,8 @@ def _cmd_list(ctx: _Ctx) -> int:
             params=_pairs(a.param, "--param"),
             since=a.since,
             until=a.until,
+            ended_since=a.ended_since,
+            ended_until=a.ended_until,
             order=a.order,
             limit=a.limit,
             cursor=a.cursor,
@@ -1378,6 +1380,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="K=V", help="runs with this param (K:=JSON for a typed value)")
     p.add_argument("--since", metavar="TIME", help="runs created at or after TIME (ISO 8601, e.g. 2026-01-31)")
     p.add_argument("--until", metavar="TIME", help="runs created before TIME")
+    p.add_argument("--ended-since", metavar="TIME", help="runs that ended at or after TIME (runs still going: never)")
+    p.add_argument("--ended-until", metavar="TIME", help="runs that ended before TIME")
     p.add_argument("--order", choices=("newest", "oldest"), help="newest first (default) or oldest first")
     p.add_argument("--limit", type=_whole(0), metavar="N", help="at most N runs (--json then also gives next_cursor)")
     p.add_argument("--cursor", metavar="CURSOR", help="the next page: the cursor the previous page gave")

@@ -187,6 +187,8 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
         params: dict[str, Any] | None = None,
         since: str | None = None,
         until: str | None = None,
+        ended_since: str | None = None,
+        ended_until: str | None = None,
         order: str | None = None,
         cursor: str | None = None,
     ) -> dict[str, Any]:
@@ -200,6 +202,8 @@ def build_server(gateway: Gateway) -> Any:  # noqa: C901  (registers each tool a
             params=params,
             since=since,
             until=until,
+            ended_since=ended_since,
+            ended_until=ended_until,
             order=order,
             cursor=cursor,
         )

@@ -688,7 +688,9 @@ class EventLog(LogCaches):
         """Fold our own event when the state is current, and write the summary and snapshots when due. Never raises.
 
         The summary (a few hundred bytes) is written when the status changes and
-        with every snapshot; ``state.json`` only when :meth:`_snapshot_due`.
+        with every snapshot, and after every append where a write costs no
+        request (``cheap_writes``: a listing then reads an active run's summary
+        instead of folding its events); ``state.json`` only when :meth:`_snapshot_due`.
         """
         seq = event.event_id
         state = self._writer_state()
@@ -719,7 +721,7 @@ class EventLog(LogCaches):
             return Commit(event, before, after)
         if periodic:
             self._write_snapshot(state, periodic=True)
-        if before is not None and before != after:
+        if before is not None and (before != after or self._storage.capabilities.cheap_writes):
             self._write_summary(state)
         return Commit(event, before, after)
 

@@ -80,6 +80,8 @@ _ROW_FIELDS: Final = (
     "updated_at",
     "current_phase",
     "current_step",
+    "started_at",
+    "ended_at",
 )
 _LISTING_FIELDS: Final = ("created_at", "params", "tags", "parent_run_id")
 
@@ -145,23 +147,45 @@ def _nested(flat: dict[str, Any]) -> dict[str, Any]:
 
 @attrs.frozen
 class Part:
-    """One part of a checkpoint: its file name, status, row count and the range of keys it holds."""
+    """One part of a checkpoint: its file name, status, row count, the range of keys it holds, and of end times.
+
+    ``ended`` is (earliest, latest) ``ended_at`` of its rows that ended, ``()`` when
+    none has, None when not known (a manifest written before end times were kept):
+    a query on end times skips a part whose range cannot meet it.
+    """
 
     name: str
     status: str
     rows: int
     hi: Key
     lo: Key
+    ended: tuple[str, str] | tuple[()] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The manifest entry."""
-        return {"name": self.name, "status": self.status, "rows": self.rows, "hi": list(self.hi), "lo": list(self.lo)}
+        out = {"name": self.name, "status": self.status, "rows": self.rows, "hi": list(self.hi), "lo": list(self.lo)}
+        if self.ended is not None:
+            out["ended"] = list(self.ended)
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Part:
         """Read a manifest entry (damage raises)."""
         hi, lo = data["hi"], data["lo"]
-        return cls(str(data["name"]), str(data["status"]), int(data["rows"]), (hi[0], hi[1]), (lo[0], lo[1]))
+        ended = data.get("ended")
+        span: tuple[str, str] | tuple[()] | None = None
+        if ended is not None:
+            span = (str(ended[0]), str(ended[1])) if ended else ()
+        return cls(str(data["name"]), str(data["status"]), int(data["rows"]), (hi[0], hi[1]), (lo[0], lo[1]), span)
+
+    def may_hold_ended(self, since: str | None, until: str | None) -> bool:
+        """Whether a row that ended in ``[since, until)`` can be in this part."""
+        if self.ended is None:
+            return True
+        if not self.ended:
+            return False
+        first, last = self.ended
+        return (since is None or last >= since) and (until is None or first < until)
 
 
 @attrs.define
@@ -383,7 +407,7 @@ def _load(storage: Storage, org: str, project: str, upto: int | None, hint: Mani
         base = max(checkpoints)
         body = storage.read(_manifest_key(org, project, base))
         if body is None:
-            raise CorruptData(f"checkpoint {base} vanished")
+            raise Stale(f"checkpoint {base} vanished (pruned after a newer one: index rule 9)")
         manifest = Manifest.from_json(_codec.loads(body), base)
     if manifest is None:
         if 1 not in commits:
@@ -398,7 +422,7 @@ def _load(storage: Storage, org: str, project: str, upto: int | None, hint: Mani
     for k in after:
         b = bodies.get(commits[k])
         if b is None:
-            raise CorruptData(f"commit {k} vanished")
+            raise Stale(f"commit {k} vanished (pruned after a newer checkpoint: index rule 9)")
         recs = _decode_commit(b)
         if k == 1 and not any(r.get("op") == "genesis" for r in recs):
             raise CorruptData("commit 1 is no genesis")
@@ -433,8 +457,12 @@ def select(
     need: int | None,
     since: str | None = None,
     until: str | None = None,
+    ended: tuple[str | None, str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """The rows a query wants, best first: at most ``need`` (None: all), reading only the parts that can hold them.
+
+    ``since``/``until`` bound the creation time and ``ended`` (since, until) the
+    end time of the rows wanted: parts whose ranges miss them are not read.
 
     ``keep(row)`` is the query's filters on a row, ``beyond(key)`` its cursor.
     Rows of runs in :meth:`IndexSnapshot.lagging` are left out (the caller
@@ -456,6 +484,7 @@ def select(
         and beyond(p.lo if newest else p.hi)
         and (since is None or p.hi[0] >= since)
         and (until is None or p.lo[0] < until)
+        and (ended is None or p.may_hold_ended(*ended))
     ]
     parts.sort(key=(lambda p: p.hi) if newest else (lambda p: p.lo), reverse=newest)
     width = len(parts) if need is None else max(1, len(statuses) if statuses is not None else 8)
@@ -625,11 +654,19 @@ def _write_parts(
             chunk = rows[j * size : (j + 1) * size]
             name = f"{n:020d}-{token}-{len(written):04d}.jsonl"
             written[_part_key(org, project, name)] = _part_body(chunk)
-            parts.append(Part(name, status, len(chunk), _sort_key(chunk[0]), _sort_key(chunk[-1])))
+            parts.append(Part(name, status, len(chunk), _sort_key(chunk[0]), _sort_key(chunk[-1]), _ended(chunk)))
     for key, result in storage.put_many(written, create=True).items():
         if result.error is not None or not result.created:
             raise CorruptData(f"index part {key} not written: {result.error}")
     return parts
+
+
+def _ended(rows: list[dict[str, Any]]) -> tuple[str, str] | tuple[()] | None:
+    """The (earliest, latest) end time of ``rows`` that ended; None when a row of an older format lacks it."""
+    if any("ended_at" not in r for r in rows):
+        return None
+    times = [r["ended_at"] for r in rows if isinstance(r["ended_at"], str)]
+    return (min(times), max(times)) if times else ()
 
 
 def _write_checkpoint(storage: Storage, org: str, project: str, manifest: Manifest, *, replace: bool) -> bool:
@@ -734,6 +771,25 @@ class IndexWriter:
         commits, _ = _listing(self._storage, org, project, v)
         return max(commits, default=v)
 
+    def prune(self, org: str, project: str, base: int) -> int:
+        """Delete the commits and manifests a checkpoint ``base`` covers in the folders before its own (index rule 9).
+
+        Only folders wholly below ``base``'s are touched, and in each the genesis
+        (commit 1) and its last commit stay: a reader listing from an old hint
+        walks from folder to folder by finding the last commit of each. Costs
+        one LIST per checkpoint, and one batched delete when there is something
+        to delete (once per :data:`SHARD` commits). Returns how many keys went.
+        """
+        shard = (base - 1) // SHARD - 1
+        if shard < 0:
+            return 0
+        top = f"{folder(org, project)}/log/{shard:014d}"
+        keep = {f"{1:020d}.json", f"{(shard + 1) * SHARD:020d}.json"}
+        doomed = [f"{top}/{name}" for name in self._storage.list_names(top) if name not in keep]
+        if doomed:
+            self._storage.delete_many(doomed)
+        return len(doomed)
+
     def checkpoint(self, org: str, project: str, n: int) -> bool:
         """Compact the index up to commit ``n`` into checkpoint ``n`` and point the hint at it. Never raises.
 
@@ -752,6 +808,7 @@ class IndexWriter:
                 return False
             for name in snap.manifest.retired:
                 self._storage.delete(_part_key(org, project, name))
+            self.prune(org, project, snap.manifest.version)
             return True
         except Exception as e:  # noqa: BLE001  (the index is a cache: a lost checkpoint costs readers a longer read)
             log.warning("index checkpoint %d of %s/%s not written: %s", n, org, project, e)
@@ -804,8 +861,10 @@ def compare(
         have = rows.get(u)
         if have is None:
             added.append(digest.run_id)
-        elif any(have.get(k) != want[k] for k in ("status", "listing")) or (
-            want["status"] in TERMINAL_STATUSES and have.get("last_event_id") != want["last_event_id"]
+        elif (
+            any(have.get(k) != want[k] for k in ("status", "listing"))
+            or (want["status"] in TERMINAL_STATUSES and have.get("last_event_id") != want["last_event_id"])
+            or any(k not in have for k in ("started_at", "ended_at"))  # a row of an older format: no times
         ):
             corrected.append(digest.run_id)
         else:

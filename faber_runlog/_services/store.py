@@ -70,7 +70,11 @@ log = logging.getLogger("faber_runlog._services.store")
 
 @attrs.frozen(slots=True)
 class RunSummary:
-    """One row of :meth:`RunStore.list_runs`: metadata plus the snapshot's status."""
+    """One row of :meth:`RunStore.list_runs`: metadata plus the status, position and times its log gives.
+
+    ``started_at`` is the time of the run's start event, ``ended_at`` that of the
+    event that ended it (None while it has not ended; a resume clears it).
+    """
 
     run_id: str
     org: str
@@ -84,6 +88,8 @@ class RunSummary:
     params: dict[str, Any]
     tags: dict[str, str]
     parent_run_id: str | None
+    started_at: str | None = None
+    ended_at: str | None = None
 
 
 def _listed(listing: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -659,7 +665,8 @@ class RunStore:
         page, _ = wider.page(candidates, lambda c: (c[0], c[1]))
         ready: list[RunSummary] = []
         for created_at, rid_text, o, p, row in page:
-            if row["status"] not in TERMINAL_STATUSES:
+            if row["status"] not in TERMINAL_STATUSES or "ended_at" not in row:
+                # An active run's position is its log's; a row of an older index format lacks the times.
                 chosen.append(RunId(o, p, row["u"]))
                 continue
             listing = row["listing"]
@@ -677,6 +684,8 @@ class RunStore:
                     params=listing["params"],
                     tags=listing["tags"],
                     parent_run_id=listing["parent_run_id"],
+                    started_at=row.get("started_at"),
+                    ended_at=row["ended_at"],
                 )
             )
         rids = [rid for rid in dict.fromkeys(chosen) if self._safe(rid, problems)]
@@ -693,6 +702,8 @@ class RunStore:
 
         def keep(row: dict[str, Any]) -> bool:
             listing = row["listing"]
+            if "ended_at" in row and not query.wants_end(row["ended_at"]):
+                return False  # (a row of an older format lacks the time: its run is read and filtered then)
             return query.wants_run(prefix + row["u"], listing["created_at"], listing["params"], listing["tags"])
 
         def beyond(key: tuple[str, str]) -> bool:
@@ -718,6 +729,7 @@ class RunStore:
                     need=need,
                     since=query.since,
                     until=query.until,
+                    ended=(query.ended_since, query.ended_until) if query.by_end else None,
                 )
                 return found, snap.lagging()
             except _index.Stale as e:
@@ -776,6 +788,8 @@ class RunStore:
         params: Mapping[str, Any] | None = None,
         since: str | datetime.date | None = None,
         until: str | datetime.date | None = None,
+        ended_since: str | datetime.date | None = None,
+        ended_until: str | datetime.date | None = None,
         order: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
@@ -785,7 +799,8 @@ class RunStore:
 
         The filters are the vocabulary of :class:`RunQuery` (docs/querying.md):
         ``status`` one status or several, ``tags`` and ``params`` all matching,
-        ``since``/``until`` on the creation time, ``limit`` and ``cursor`` for
+        ``since``/``until`` on the creation time, ``ended_since``/``ended_until``
+        on the end time (runs still going match neither), ``limit`` and ``cursor`` for
         pages (the answer's ``next_cursor`` lists the next one). A misspelt
         keyword or a value that cannot match is an :class:`InvalidArgument`.
 
@@ -807,6 +822,8 @@ class RunStore:
             params=params,
             since=since,
             until=until,
+            ended_since=ended_since,
+            ended_until=ended_until,
             order=order,
             limit=limit,
             cursor=cursor,
@@ -847,8 +864,10 @@ class RunStore:
                 except _validate.DAMAGE as e:
                     problems.append(RunProblem(str(rid), str(e)))
                     continue
-            if not query.wants_status(state.status) or not query.wants_run(
-                str(rid), listing["created_at"], listing["params"], listing["tags"]
+            if (
+                not query.wants_status(state.status)
+                or not query.wants_end(state.ended_at)
+                or not query.wants_run(str(rid), listing["created_at"], listing["params"], listing["tags"])
             ):
                 continue
             out.append(
@@ -865,6 +884,8 @@ class RunStore:
                     params=listing["params"],
                     tags=listing["tags"],
                     parent_run_id=listing["parent_run_id"],
+                    started_at=state.started_at,
+                    ended_at=state.ended_at,
                 )
             )
         for p in problems:
