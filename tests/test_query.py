@@ -103,6 +103,21 @@ def test_since_and_until_bound_the_creation_time(shop: dict[str, Any]) -> None:
     assert ["a", "b"] == _names(shop, store.list_runs(order="oldest", until=middle))
 
 
+def test_ended_since_and_until_bound_the_end_time_and_a_run_still_going_matches_neither(shop: dict[str, Any]) -> None:
+    store = shop["store"]
+    ended = store.list_runs(order="oldest", status="failed")
+    assert ["a", "d"] == _names(shop, ended)
+    assert all(r.ended_at is not None and r.started_at is not None for r in ended)
+    assert [None] * 3 == [r.ended_at for r in store.list_runs(status="running")]
+    first, last = ended[0].ended_at, ended[1].ended_at
+    assert ["a", "d"] == _names(shop, store.list_runs(order="oldest", ended_since="2000-01-01"))
+    assert ["d"] == _names(shop, store.list_runs(order="oldest", ended_since=last))
+    assert ["a"] == _names(shop, store.list_runs(order="oldest", ended_until=last))
+    assert [] == _names(shop, store.list_runs(ended_since=first, ended_until=first))
+    frame = store.runs_frame(ended_since=first)
+    assert [shop["ids"]["a"], shop["ids"]["d"]] == list(frame["run_id"])
+
+
 def test_frames_take_the_same_filters_as_list_runs(shop: dict[str, Any]) -> None:
     store, ids = shop["store"], shop["ids"]
     frame = store.runs_frame(status="failed", params={"work_id": "220"}, order="newest")
@@ -138,6 +153,7 @@ def test_a_misspelt_keyword_names_the_accepted_ones(
         ({"limit": math.nan}, "limit takes a whole number >= 0 (or None for all), got nan"),
         ({"since": "yesterday"}, "since='yesterday' is not an ISO 8601 date or time"),
         ({"until": 12}, "until takes an ISO 8601 string, a date or a datetime, got int 12"),
+        ({"ended_since": "last week"}, "ended_since='last week' is not an ISO 8601 date or time"),
         ({"params": {"x": math.nan}}, "params['x'] is NaN"),
         ({"order": "newer"}, "order takes 'newest' or 'oldest', got 'newer' (did you mean 'newest'?)"),
         ({"cursor": "nope"}, "cursor='nope' is not a cursor this library handed out"),
@@ -157,6 +173,8 @@ def test_an_unknown_status_and_an_empty_time_range_are_refused() -> None:
         RunQuery.of(status=["failed", "failure"])
     with pytest.raises(InvalidFilter, match=r"until=2026-01-01T00:00:00\.000000Z is before since"):
         RunQuery.of(since="2026-02-01", until="2026-01-01")
+    with pytest.raises(InvalidFilter, match=r"ended_until=2026-01-01T00:00:00\.000000Z is before ended_since"):
+        RunQuery.of(ended_since="2026-02-01", ended_until="2026-01-01")
 
 
 def _cli(store: RunStore, *args: str) -> tuple[int, str, str]:
@@ -181,7 +199,7 @@ def test_cli_list_filters_by_param_and_pages_with_a_cursor(tmp_path: Any) -> Non
     code, out, err = _cli(store, "list", "--limit", "1")
     assert "more runs: add --cursor" in err
     code, _, err = _cli(store, "list", "--since", "last tuesday")
-    assert (2, True) == (code, "since='last tuesday' is not an ISO 8601 date or time" in err)
+    assert (2, True) == (code, "--since 'last tuesday' is not an ISO 8601 date or time" in err)
 
 
 def test_the_querying_page_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,3 +226,17 @@ def test_the_querying_page_runs_as_written(tmp_path: Path, monkeypatch: pytest.M
         "[('220', 2)]",
         "[('created', 1), ('failed', 1)]",
     ] == printed.getvalue().splitlines()
+
+
+def test_cli_list_filters_by_end_time_and_refuses_a_bad_one_in_its_own_terms(tmp_path: Any) -> None:
+    store = RunStore(str(tmp_path / "runs"))
+    done = store.create_run("acme", "web")
+    done.start()
+    done.complete()
+    store.create_run("acme", "web").start()
+    ended_at = done.state().ended_at
+    code, out, _ = _cli(store, "list", "--ended-since", ended_at, "--json")
+    assert (0, [(done.id, ended_at)]) == (code, [(r["run_id"], r["ended_at"]) for r in json.loads(out)])
+    code, out, err = _cli(store, "list", "--ended-until", "soon")
+    assert 2 == code
+    assert "--ended-until 'soon' is not an ISO 8601 date or time" in err

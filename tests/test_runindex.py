@@ -34,8 +34,12 @@ def _scan(store: RunStore, **filters: Any) -> list[tuple[str, str]]:
         for project in store.storage.list_names(org):
             for u in store.storage.list_names(f"{org}/{project}"):
                 run = store.get_run(f"{org}/{project}/{u}")
-                status = run.state().status
+                state = run.state()
+                status = state.status
                 wanted = filters.get("status")
+                since = filters.get("ended_since")
+                if since is not None and (state.ended_at is None or state.ended_at < since):
+                    continue
                 if wanted is None or status == wanted or (isinstance(wanted, tuple) and status in wanted):
                     rows.append((run.metadata.created_at, run.id, status))
     rows.sort(reverse=not filters.get("oldest"))
@@ -114,6 +118,15 @@ def test_index_answers_equal_a_scan_of_the_logs(
             fresh, status=status, limit=2, order="oldest"
         )
     assert _scan(fresh, limit=5) == _paged(fresh, 2)
+    # End times: each row's is its log's, and a filter on them equals the scan's.
+    ends = {r.id: r.state().ended_at for r in runs if fresh.has_run(r.id)}
+    assert ends == {s.run_id: s.ended_at for s in fresh.list_runs()}
+    ended = sorted(e for e in ends.values() if e is not None)
+    for since in ended[len(ended) // 2 :][:1] or ["2000-01-01T00:00:00.000000Z"]:
+        assert _scan(fresh, ended_since=since) == _listed(fresh, ended_since=since)
+        assert _scan(fresh, ended_since=since, status="failed", limit=2) == _listed(
+            fresh, ended_since=since, status="failed", limit=2
+        )
     assert all(r.ok for r in fresh.verify_index())
 
 
@@ -462,3 +475,34 @@ def test_a_listing_of_an_active_run_reads_its_summary_and_no_event_where_writes_
     assert (last, "running", "build", "s29") == (row.last_event_id, row.status, row.current_phase, row.current_step)
     events = [k.rsplit("/", 1)[1] for k in read if "/events/" in k]
     assert [f"{last + 1:020d}.json"] == events  # only the probe that no event follows the summary
+
+
+@pytest.mark.backends("memory")
+def test_a_query_on_end_times_reads_no_part_whose_end_times_cannot_meet_it(
+    store: RunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_index, "PART_ROWS", 2)  # parts of 2 to 4 rows
+    runs = []
+    for i in range(12):
+        run = store.create_run("acme", "web")
+        run.start()
+        if i % 3 == 0:
+            run.complete()
+        runs.append(run)
+    store.reindex(org="acme", project="web")  # one checkpoint holds every row: the parts carry their end ranges
+    ended = sorted((r.state().ended_at, r.id) for r in runs if r.state().ended_at is not None)
+    read: list[str] = []
+    real = store.storage.read_many
+
+    def counting(keys: Any) -> Any:
+        keys = list(keys)
+        read.extend(k for k in keys if "/parts/" in k)
+        return real(keys)
+
+    monkeypatch.setattr(store.storage, "read_many", counting)
+    page = store.list_runs(ended_since=ended[-1][0])
+    assert [ended[-1][1]] == [s.run_id for s in page]
+    manifest = _index.load(store.storage, "acme", "web").manifest
+    holding = [p.name for p in manifest.parts if p.ended and p.ended[1] >= ended[-1][0]]
+    assert len(manifest.parts) > 2
+    assert sorted(holding) == sorted(k.rsplit("/", 1)[1] for k in read)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -421,6 +422,14 @@ def _cmd_emit(ctx: _Ctx) -> int:
     return _backend_errors(ctx, problems)
 
 
+_FILTER_VALUE = re.compile(r"\b(since|until|ended_since|ended_until|limit|order|cursor)=")
+
+
+def _flags(message: str) -> str:
+    """A filter error in the command line's terms: ``ended_until='soon'`` becomes ``--ended-until 'soon'``."""
+    return _FILTER_VALUE.sub(lambda m: "--" + m.group(1).replace("_", "-") + " ", message)
+
+
 def _cmd_list(ctx: _Ctx) -> int:
     a = ctx.args
     try:
@@ -441,7 +450,7 @@ def _cmd_list(ctx: _Ctx) -> int:
     except InvalidFilter:
         raise
     except InvalidArgument as e:  # a filter's value: the command line's mistake (exit 2)
-        raise UsageError(str(e).replace("list_runs()", "faber-runlog list")) from e
+        raise UsageError(_flags(str(e)).replace("list_runs()", "faber-runlog list")) from e
     if ctx.json:
         from faber_runlog._base.converter import converter
 
