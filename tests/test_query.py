@@ -220,6 +220,7 @@ def test_the_querying_page_runs_as_written(tmp_path: Path, monkeypatch: pytest.M
         assert (lines[1:], "") == (done.stdout.splitlines(), done.stderr)
     assert [
         "2 ['failed', 'failed']",
+        "['failed', 'failed'] True",
         "[2, 1]",
         "2",
         "list_runs() got an unknown filter 'stauts' (did you mean 'status' or 'tags'?)",
@@ -235,6 +236,7 @@ def test_cli_list_filters_by_end_time_and_refuses_a_bad_one_in_its_own_terms(tmp
     done.complete()
     store.create_run("acme", "web").start()
     ended_at = done.state().ended_at
+    assert ended_at is not None
     code, out, _ = _cli(store, "list", "--ended-since", ended_at, "--json")
     assert (0, [(done.id, ended_at)]) == (code, [(r["run_id"], r["ended_at"]) for r in json.loads(out)])
     code, out, err = _cli(store, "list", "--ended-until", "soon")

@@ -490,7 +490,7 @@ def test_a_query_on_end_times_reads_no_part_whose_end_times_cannot_meet_it(
             run.complete()
         runs.append(run)
     store.reindex(org="acme", project="web")  # one checkpoint holds every row: the parts carry their end ranges
-    ended = sorted((r.state().ended_at, r.id) for r in runs if r.state().ended_at is not None)
+    ended = sorted((e, r.id) for r in runs if (e := r.state().ended_at) is not None)
     read: list[str] = []
     real = store.storage.read_many
 

@@ -804,11 +804,12 @@ class RunStore:
         pages (the answer's ``next_cursor`` lists the next one). A misspelt
         keyword or a value that cannot match is an :class:`InvalidArgument`.
 
-        Reads each run's metadata and its small ``summary.json``, and checks
-        that no event follows the summary (three small reads per run, in
-        batches, concurrent on S3); a run whose summary is behind, damaged or
-        missing is folded from its log. A damaged run is skipped with a warning
-        and listed in ``.problems``.
+        Reads each project's run index (docs/querying.md, "What a query costs"):
+        only the parts the query needs; an ended run is shown from its row, an
+        active run from its ``summary.json`` after a probe that no event follows
+        it (folded from its log when the summary is behind, damaged or missing).
+        A project without an index is listed by reading every run. A damaged
+        run is skipped with a warning and listed in ``.problems``.
         """
         query = RunQuery.of(
             "list_runs()",

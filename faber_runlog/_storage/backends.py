@@ -1074,6 +1074,8 @@ def _rewrite_in_place(path: str, data: bytes) -> bool:
         return True
     finally:
         os.close(fd)
+
+
 _temp_ids = itertools.count()
 _temp_base = [uuid.uuid4().hex[:16]]  # this process's random prefix; a forked child draws its own
 
