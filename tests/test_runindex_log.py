@@ -164,3 +164,83 @@ def test_a_reader_whose_commit_was_pruned_under_it_reads_the_index_again(monkeyp
         _index.load(store.storage, "acme", "web")
     assert pruned
     assert 13 == snap_before.version  # the genesis and two intents and two entries per run
+
+
+def _manifest(store: RunStore) -> dict[str, Any]:
+    body = store.storage.read(f"{FOLDER}/_last_checkpoint")
+    assert body is not None
+    data: dict[str, Any] = _codec.loads(body)
+    return data
+
+
+@pytest.mark.rule("index", 5)
+def test_each_part_has_a_parquet_copy_with_the_same_rows_and_retired_copies_go_with_their_parts() -> None:
+    import io
+
+    import pyarrow.parquet as pq
+
+    store = _store()
+    runs = [store.create_run("acme", "web", params={"work_id": str(i)}) for i in range(5)]
+    for run in runs:
+        run.start()  # 21 commits: checkpoints 10 and 20, the second retiring the first's parts
+    manifest = _manifest(store)
+    assert 20 == manifest["version"]
+    files = set(store.storage.list_names(f"{FOLDER}/parts"))
+    named = {p["name"] for p in manifest["parts"]} | {p["parquet"] for p in manifest["parts"]}
+    retired = set(manifest["retired"])
+    assert named | retired | {n.removesuffix(".jsonl") + ".parquet" for n in retired} == files
+    for p in manifest["parts"]:
+        lines = (store.storage.read(f"{FOLDER}/parts/{p['name']}") or b"").splitlines()
+        expected = [_codec.loads(ln) for ln in lines]
+        table = pq.read_table(io.BytesIO(store.storage.read(f"{FOLDER}/parts/{p['parquet']}") or b""))
+        assert list(_index.PARQUET_COLUMNS) == table.column_names
+        actual = [
+            {**r, "params": _codec.loads(r["params"]), "tags": _codec.loads(r["tags"])} for r in table.to_pylist()
+        ]
+        assert expected == actual
+    for run in runs:  # ten more commits: checkpoint 30 deletes the parts (and copies) checkpoint 20 retired
+        run.complete()
+    files = set(store.storage.list_names(f"{FOLDER}/parts"))
+    assert not any(n.removesuffix(".jsonl") in f for n in retired for f in files)
+
+
+def test_where_pyarrow_is_missing_parts_are_json_lines_alone_and_listings_are_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError, as where it is absent
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    store = _store()
+    runs = [store.create_run("acme", "web") for _ in range(6)]
+    manifest = _manifest(store)
+    assert all("parquet" not in p for p in manifest["parts"])
+    assert all(n.endswith(".jsonl") for n in store.storage.list_names(f"{FOLDER}/parts"))
+    assert sorted(r.id for r in runs) == sorted(s.run_id for s in store.list_runs())
+
+
+def test_reindex_where_pyarrow_is_installed_gives_parts_written_without_it_their_parquet_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    store = _store()
+    with monkeypatch.context() as without:
+        without.setitem(sys.modules, "pyarrow", None)
+        without.setitem(sys.modules, "pyarrow.parquet", None)
+        runs = [store.create_run("acme", "web") for _ in range(6)]
+        for run in runs[:2]:
+            run.start()
+    assert all("parquet" not in p for p in _manifest(store)["parts"])
+    expected = sorted((r.id, r.state().status) for r in runs)
+    [check] = store.verify_index(org="acme", project="web")
+    assert (True, len(_manifest(store)["parts"])) == (check.ok, check.copied)
+    [report] = store.reindex(org="acme", project="web")
+    assert report.copied > 0
+    manifest = _manifest(store)
+    assert all("parquet" in p for p in manifest["parts"])
+    names = set(store.storage.list_names(f"{FOLDER}/parts"))
+    assert {p["parquet"] for p in manifest["parts"]} <= names
+    assert expected == sorted((s.run_id, s.status) for s in RunStore(store.storage.url).list_runs())
+    [again] = store.verify_index(org="acme", project="web")
+    assert (True, 0) == (again.ok, again.copied)

@@ -645,13 +645,16 @@ def _cmd_reindex(ctx: _Ctx) -> int:
     a = ctx.args
     reports = (ctx.store.verify_index if a.check else ctx.store.reindex)(org=a.org, project=a.project)
     if ctx.json:
-        keys = ("org", "project", "added", "corrected", "removed", "closed", "started", "ok")
+        keys = ("org", "project", "added", "corrected", "removed", "closed", "started", "copied", "ok")
         _dump([{k: getattr(r, k) for k in keys} for r in reports], ctx.out)
     else:
         for r in reports:
             verb = "differs" if a.check else "fixed"
             what = f"{len(r.added)} added, {len(r.corrected)} corrected, {len(r.removed)} removed, {r.closed} closed"
             state = "ok" if r.ok else f"{verb}: {what}{' (no index yet)' if r.started else ''}"
+            if r.copied:
+                done = "would get" if a.check else "got"
+                state += f"; {r.copied} index part(s) {done} their Parquet copy"
             ctx.out.write(f"{r.org}/{r.project}: {state}\n")
     return EXIT_FAILED if a.check and not all(r.ok for r in reports) else EXIT_OK
 

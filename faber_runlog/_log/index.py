@@ -151,7 +151,9 @@ class Part:
 
     ``ended`` is (earliest, latest) ``ended_at`` of its rows that ended, ``()`` when
     none has, None when not known (a manifest written before end times were kept):
-    a query on end times skips a part whose range cannot meet it.
+    a query on end times skips a part whose range cannot meet it. ``parquet``
+    names the part's Parquet copy (for DuckDB, Polars and Spark; written where
+    pyarrow is installed), None when there is none.
     """
 
     name: str
@@ -160,12 +162,21 @@ class Part:
     hi: Key
     lo: Key
     ended: tuple[str, str] | tuple[()] | None = None
+    parquet: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The manifest entry."""
-        out = {"name": self.name, "status": self.status, "rows": self.rows, "hi": list(self.hi), "lo": list(self.lo)}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "status": self.status,
+            "rows": self.rows,
+            "hi": list(self.hi),
+            "lo": list(self.lo),
+        }
         if self.ended is not None:
             out["ended"] = list(self.ended)
+        if self.parquet is not None:
+            out["parquet"] = self.parquet
         return out
 
     @classmethod
@@ -176,7 +187,16 @@ class Part:
         span: tuple[str, str] | tuple[()] | None = None
         if ended is not None:
             span = (str(ended[0]), str(ended[1])) if ended else ()
-        return cls(str(data["name"]), str(data["status"]), int(data["rows"]), (hi[0], hi[1]), (lo[0], lo[1]), span)
+        parquet = data.get("parquet")
+        return cls(
+            str(data["name"]),
+            str(data["status"]),
+            int(data["rows"]),
+            (hi[0], hi[1]),
+            (lo[0], lo[1]),
+            span,
+            str(parquet) if parquet is not None else None,
+        )
 
     def may_hold_ended(self, since: str | None, until: str | None) -> bool:
         """Whether a row that ended in ``[since, until)`` can be in this part."""
@@ -521,6 +541,7 @@ class IndexView:
     rows: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     intents: dict[str, tuple[str, str]] = attrs.field(factory=dict)  # nonce -> (uuid, when)
     version: int = 0
+    uncopied: int = 0  # parts of its checkpoint without a Parquet copy
 
 
 def read(
@@ -542,7 +563,8 @@ def read(
                 rows[u] = r if r.get("listing") is not None or old is None else {**r, "listing": old["listing"]}
         for u in snap.removed:
             rows.pop(u, None)
-        return IndexView(rows, dict(snap.intents), snap.version)
+        uncopied = sum(1 for p in snap.manifest.parts if p.parquet is None)
+        return IndexView(rows, dict(snap.intents), snap.version, uncopied)
     except NoIndex as e:
         log.debug("index of %s/%s not used: %s", org, project, e)
         return None
@@ -584,19 +606,26 @@ def _by_status(parts: Iterable[Part]) -> dict[str, list[Part]]:
     return out
 
 
-def _compact(storage: Storage, org: str, project: str, snap: IndexSnapshot, n: int) -> Manifest:
-    """Checkpoint ``n``: ``snap``'s manifest with the commits after it folded in; only changed parts are rewritten."""
+def _compact(
+    storage: Storage, org: str, project: str, snap: IndexSnapshot, n: int, *, recopy: bool = False
+) -> Manifest:
+    """Checkpoint ``n``: ``snap``'s manifest with the commits after it folded in; only changed parts are rewritten.
+
+    With ``recopy`` the parts without a Parquet copy are rewritten too (where pyarrow is installed: with one).
+    """
     base = snap.manifest
     touched: dict[str, dict[str, Any] | None] = dict.fromkeys(snap.removed)
     touched.update(snap.delta)
     needed = _needed(base, touched, [_key(r) if r is not None else snap.removed[u] for u, r in touched.items()])
+    uncopied = [p for p in base.parts if p.parquet is None] if recopy else []
+    needed += [p for p in uncopied if p not in needed]
     loaded = _read_parts(storage, org, project, needed)
     status_of = {p.name: p.status for p in needed}
     by_status = _by_status(base.parts)
     where = {r["u"]: name for name, rows in loaded.items() for r in rows if r["u"] in touched}
     fresh: dict[str, list[dict[str, Any]]] = {}  # rows for a status that has no part yet
     loose = dict(base.loose)
-    changed: set[str] = set()
+    changed: set[str] = {p.name for p in uncopied}
     final: dict[str, int] = {}
     for u, new in touched.items():
         old_name = where.get(u)
@@ -652,13 +681,66 @@ def _write_parts(
         size = math.ceil(len(rows) / pieces)
         for j in range(pieces):
             chunk = rows[j * size : (j + 1) * size]
-            name = f"{n:020d}-{token}-{len(written):04d}.jsonl"
-            written[_part_key(org, project, name)] = _part_body(chunk)
-            parts.append(Part(name, status, len(chunk), _sort_key(chunk[0]), _sort_key(chunk[-1]), _ended(chunk)))
+            stem = f"{n:020d}-{token}-{len(parts):04d}"
+            written[_part_key(org, project, f"{stem}.jsonl")] = _part_body(chunk)
+            columnar = _parquet_body(chunk)
+            if columnar is not None:
+                written[_part_key(org, project, f"{stem}.parquet")] = columnar
+            parquet = f"{stem}.parquet" if columnar is not None else None
+            span = _ended(chunk)
+            parts.append(
+                Part(f"{stem}.jsonl", status, len(chunk), _sort_key(chunk[0]), _sort_key(chunk[-1]), span, parquet)
+            )
     for key, result in storage.put_many(written, create=True).items():
         if result.error is not None or not result.created:
             raise CorruptData(f"index part {key} not written: {result.error}")
     return parts
+
+
+PARQUET_COLUMNS: Final = (
+    "u",
+    "status",
+    "last_event_id",
+    *_ROW_FIELDS[2:],
+    *_LISTING_FIELDS,
+)
+"""The columns of a Parquet part, in order: times as the log's ISO text, ``params`` and ``tags`` as JSON text."""
+
+
+def _parquet_body(rows: list[dict[str, Any]]) -> bytes | None:
+    """The rows as a Parquet file, or None where pyarrow is not installed (the JSON lines part is the index's own)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    flat = [_flat(r) for r in rows]
+    columns: dict[str, Any] = {}
+    for name in PARQUET_COLUMNS:
+        values = [r.get(name) for r in flat]
+        if name in ("params", "tags"):
+            columns[name] = pa.array([_codec.dumps(v).decode() for v in values], pa.string())
+        elif name == "last_event_id":
+            columns[name] = pa.array(values, pa.int64())
+        else:
+            columns[name] = pa.array(values, pa.string())
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def parquet_available() -> bool:
+    """Whether parts written here get a Parquet copy (pyarrow is installed)."""
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _twin(name: str) -> str:
+    """The Parquet copy's name of JSON lines part ``name``."""
+    return name.removesuffix(".jsonl") + ".parquet"
 
 
 def _ended(rows: list[dict[str, Any]]) -> tuple[str, str] | tuple[()] | None:
@@ -790,11 +872,12 @@ class IndexWriter:
             self._storage.delete_many(doomed)
         return len(doomed)
 
-    def checkpoint(self, org: str, project: str, n: int) -> bool:
+    def checkpoint(self, org: str, project: str, n: int, *, recopy: bool = False) -> bool:
         """Compact the index up to commit ``n`` into checkpoint ``n`` and point the hint at it. Never raises.
 
-        Rewrites only the parts whose rows changed since the previous checkpoint,
-        then deletes the parts that checkpoint had retired.
+        Rewrites only the parts whose rows changed since the previous checkpoint
+        (``recopy``: and those without a Parquet copy), then deletes the parts
+        that checkpoint had retired.
         """
         try:
             hint = _hint(self._storage, org, project)
@@ -803,11 +886,11 @@ class IndexWriter:
             snap = _load(self._storage, org, project, n, hint)
             if snap.version != n or snap.manifest.version == n:
                 return False
-            manifest = _compact(self._storage, org, project, snap, n)
+            manifest = _compact(self._storage, org, project, snap, n, recopy=recopy)
             if not _write_checkpoint(self._storage, org, project, manifest, replace=False):
                 return False
-            for name in snap.manifest.retired:
-                self._storage.delete(_part_key(org, project, name))
+            retired = snap.manifest.retired
+            self._storage.delete_many([_part_key(org, project, x) for name in retired for x in (name, _twin(name))])
             self.prune(org, project, snap.manifest.version)
             return True
         except Exception as e:  # noqa: BLE001  (the index is a cache: a lost checkpoint costs readers a longer read)
@@ -822,7 +905,9 @@ class IndexReport:
     ``added``: runs the index did not name; ``corrected``: runs whose row differed
     from their log (status, or the listing fields); ``removed``: rows naming no run;
     ``closed``: open intents closed; ``started``: the index did not exist (or could
-    not be read) and was (or would be) started; ``ok``: nothing to fix.
+    not be read) and was (or would be) started; ``copied``: parts written without a
+    Parquet copy (where pyarrow was missing) that were (or would be) rewritten with
+    one; ``ok``: the index matched every run's log (copies are no part of that).
     """
 
     org: str
@@ -832,6 +917,7 @@ class IndexReport:
     removed: tuple[str, ...] = ()
     closed: int = 0
     started: bool = False
+    copied: int = 0
 
     @property
     def ok(self) -> bool:

@@ -929,6 +929,8 @@ class RunStore:
         older = _codec.iso(self.storage.clock.now() - datetime.timedelta(seconds=grace))
         report, records = _index.compare(org, project, view, self._truth(org, project), older)
         if not write:
+            if view is not None and view.uncopied and _index.parquet_available():
+                report = attrs.evolve(report, copied=view.uncopied)
             return report
         if damaged:
             records = _index.compare(org, project, None, self._truth(org, project))[1]
@@ -938,6 +940,10 @@ class RunStore:
                 _index.rebuild(self.storage, org, project, n, records)
             else:
                 self._runindex.checkpoint(org, project, n)
+        if view is not None and view.uncopied and _index.parquet_available():
+            report = attrs.evolve(report, copied=view.uncopied)
+            if write:
+                self._recopy(org, project)
         if report.started and not damaged:
             # Writers that checked for an index just before the genesis: a second read catches their runs.
             again = _index.read(self.storage, org, project)
@@ -958,6 +964,13 @@ class RunStore:
             )
         self._index_warned.discard((org, project))
         return report
+
+    def _recopy(self, org: str, project: str) -> None:
+        """Write a checkpoint that rewrites the parts without a Parquet copy, with one (a compaction like any)."""
+        for _ in range(2):  # a commit on a boundary checkpoints by itself: the next one is ours
+            n = self._runindex.commit(org, project, [])
+            if self._runindex.checkpoint(org, project, n, recopy=True):
+                return
 
     def _truth(self, org: str, project: str) -> dict[str, tuple[RunDigest, Mapping[str, Any]]]:
         """Every readable run of ``org/project``: uuid -> (the log's digest, what a listing shows of its metadata)."""
