@@ -94,6 +94,38 @@ def test_index_answers_equal_a_scan_of_the_logs(
     monkeypatch: pytest.MonkeyPatch,
     ops: list[tuple[str, int]],
 ) -> None:
+    _answers_equal_a_scan(store_kind, tmp_path, request, monkeypatch, ops)
+
+
+@settings(
+    max_examples=soak_scale(12, 2),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["create", *_MOVES, "archive"]), st.integers(0, 30)), min_size=4, max_size=10
+    )
+)
+@pytest.mark.backends("s3")
+@pytest.mark.rule("index", 3)
+def test_index_answers_equal_a_scan_of_the_logs_on_s3(
+    store_kind: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    ops: list[tuple[str, int]],
+) -> None:
+    _answers_equal_a_scan(store_kind, tmp_path, request, monkeypatch, ops)
+
+
+def _answers_equal_a_scan(
+    store_kind: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    ops: list[tuple[str, int]],
+) -> None:
     monkeypatch.setattr(_index, "PART_ROWS", 2)  # parts of 2 to 4 rows: queries cross many of them
     monkeypatch.setattr(_index, "SHARD", 7)  # commits in folders of 7: listings cross them
     store = make_store(store_kind, tmp_path / uuid.uuid4().hex, request, fsync=False)
