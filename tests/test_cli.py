@@ -108,8 +108,11 @@ def test_list_shows_a_table_and_json_with_filters(cli: Cli) -> None:
     failed = _failed_run(cli)
     other = cli.ok("new", "acme", "api").strip()
     table = cli.ok("list")
-    assert table.splitlines()[0].split() == ["RUN", "ID", "STATUS", "EVENTS", "AT", "CREATED"]
+    assert table.splitlines()[0].split() == ["RUN", "ID", "STATUS", "EVENTS", "AT", "CREATED", "TOOK"]
     assert failed in table and other in table
+    took = {line.split()[0]: line.split()[-1] for line in table.splitlines()[1:]}
+    assert "-" == took[other]  # not ended
+    assert took[failed].endswith(("ms", "s", "min"))  # started to failed: a duration
     rows = cli.json("list", "--status", "failed")
     assert [(failed, "failed", 7)] == [(r["run_id"], r["status"], r["last_event_id"]) for r in rows]
     assert [other] == [r["run_id"] for r in cli.json("list", "--project", "api")]

@@ -463,11 +463,20 @@ def _cmd_list(ctx: _Ctx) -> int:
     if not runs:
         ctx.out.write(f"no runs in {ctx.store.url}\n")
         return EXIT_OK
+    from faber_runlog._services.report import duration_text
+
     rows = [
-        [r.run_id, r.status, str(r.last_event_id), _where(r.current_phase, r.current_step) or "-", r.created_at[:19]]
+        [
+            r.run_id,
+            r.status,
+            str(r.last_event_id),
+            _where(r.current_phase, r.current_step) or "-",
+            r.created_at[:19],
+            duration_text(_codec.ms_between(r.started_at, r.ended_at)) if r.ended_at is not None else "-",
+        ]
         for r in runs
     ]
-    _table(rows, ["RUN ID", "STATUS", "EVENTS", "AT", "CREATED"], ctx.out)
+    _table(rows, ["RUN ID", "STATUS", "EVENTS", "AT", "CREATED", "TOOK"], ctx.out)
     return EXIT_OK
 
 

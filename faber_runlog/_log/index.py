@@ -36,6 +36,7 @@ from faber_runlog._base import codec as _codec
 from faber_runlog._base.ids import RunId, is_uuid4
 from faber_runlog._base.retry import AGAIN, Again, optimistic
 from faber_runlog._domain.transitions import TERMINAL_STATUSES
+from faber_runlog._format import parquet as _parquet
 from faber_runlog.errors import CorruptData
 
 if TYPE_CHECKING:
@@ -152,8 +153,8 @@ class Part:
     ``ended`` is (earliest, latest) ``ended_at`` of its rows that ended, ``()`` when
     none has, None when not known (a manifest written before end times were kept):
     a query on end times skips a part whose range cannot meet it. ``parquet``
-    names the part's Parquet copy (for DuckDB, Polars and Spark; written where
-    pyarrow is installed), None when there is none.
+    names the part's Parquet copy (for DuckDB, Polars and Spark), None when
+    there is none (a part written by a version before the copies).
     """
 
     name: str
@@ -611,7 +612,7 @@ def _compact(
 ) -> Manifest:
     """Checkpoint ``n``: ``snap``'s manifest with the commits after it folded in; only changed parts are rewritten.
 
-    With ``recopy`` the parts without a Parquet copy are rewritten too (where pyarrow is installed: with one).
+    With ``recopy`` the parts without a Parquet copy (written before the copies) are rewritten too, with one.
     """
     base = snap.manifest
     touched: dict[str, dict[str, Any] | None] = dict.fromkeys(snap.removed)
@@ -708,34 +709,18 @@ PARQUET_COLUMNS: Final = (
 
 
 def _parquet_body(rows: list[dict[str, Any]]) -> bytes | None:
-    """The rows as a Parquet file, or None where pyarrow is not installed (the JSON lines part is the index's own)."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        return None
+    """The rows as a Parquet file (``params`` and ``tags`` as JSON text), for the engines that read the index."""
     flat = [_flat(r) for r in rows]
-    columns: dict[str, Any] = {}
-    for name in PARQUET_COLUMNS:
-        values = [r.get(name) for r in flat]
-        if name in ("params", "tags"):
-            columns[name] = pa.array([_codec.dumps(v).decode() for v in values], pa.string())
-        elif name == "last_event_id":
-            columns[name] = pa.array(values, pa.int64())
-        else:
-            columns[name] = pa.array(values, pa.string())
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.table(columns), sink)
-    return bytes(sink.getvalue().to_pybytes())
+    table = [
+        [_codec.dumps(r[name]).decode() if name in ("params", "tags") else r.get(name) for name in PARQUET_COLUMNS]
+        for r in flat
+    ]
+    return _parquet.encode(_PARQUET_KINDS, table)
 
 
-def parquet_available() -> bool:
-    """Whether parts written here get a Parquet copy (pyarrow is installed)."""
-    try:
-        import pyarrow.parquet  # noqa: F401
-    except ImportError:
-        return False
-    return True
+_PARQUET_KINDS: Final[tuple[tuple[str, _parquet.Kind], ...]] = tuple(
+    (name, "int64" if name == "last_event_id" else "text") for name in PARQUET_COLUMNS
+)
 
 
 def _twin(name: str) -> str:
@@ -906,8 +891,8 @@ class IndexReport:
     from their log (status, or the listing fields); ``removed``: rows naming no run;
     ``closed``: open intents closed; ``started``: the index did not exist (or could
     not be read) and was (or would be) started; ``copied``: parts written without a
-    Parquet copy (where pyarrow was missing) that were (or would be) rewritten with
-    one; ``ok``: the index matched every run's log (copies are no part of that).
+    Parquet copy (by a version before the copies) that were (or would be) rewritten
+    with one; ``ok``: the index matched every run's log (copies are no part of that).
     """
 
     org: str

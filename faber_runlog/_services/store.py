@@ -929,7 +929,7 @@ class RunStore:
         older = _codec.iso(self.storage.clock.now() - datetime.timedelta(seconds=grace))
         report, records = _index.compare(org, project, view, self._truth(org, project), older)
         if not write:
-            if view is not None and view.uncopied and _index.parquet_available():
+            if view is not None and view.uncopied:
                 report = attrs.evolve(report, copied=view.uncopied)
             return report
         if damaged:
@@ -940,7 +940,7 @@ class RunStore:
                 _index.rebuild(self.storage, org, project, n, records)
             else:
                 self._runindex.checkpoint(org, project, n)
-        if view is not None and view.uncopied and _index.parquet_available():
+        if view is not None and view.uncopied:
             report = attrs.evolve(report, copied=view.uncopied)
             if write:
                 self._recopy(org, project)
