@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from faber_runlog._format.parquet import encode
+from faber_runlog._format.parquet import ColumnType, encode
+from faber_runlog.errors import InvalidArgument
 
-COLUMNS = (("u", "text"), ("n", "int64"), ("note", "text"))
+COLUMNS: tuple[tuple[str, ColumnType], ...] = (("u", "text"), ("n", "int64"), ("note", "text"))
 
 _rows = st.lists(
     st.tuples(st.text(max_size=20), st.none() | st.integers(-(2**63), 2**63 - 1), st.none() | st.text(max_size=300)),
@@ -34,9 +35,11 @@ def test_duckdb_queries_a_written_file(tmp_path: Path) -> None:
 
     path = tmp_path / "part.parquet"
     path.write_bytes(encode(COLUMNS, [("a", 1, None), ("b", None, "héllo"), ("c", 3, "x" * 200)]))
-    assert [(3, 4, 2)] == duckdb.sql(f"select count(*), sum(n), count(note) from read_parquet('{path}')").fetchall()
+    found = duckdb.sql(f"select count(*), sum(n), count(note) from read_parquet('{path}')")
+    assert found is not None
+    assert [(3, 4, 2)] == found.fetchall()
 
 
 def test_a_value_of_the_wrong_kind_is_refused_naming_the_column() -> None:
-    with pytest.raises(TypeError, match="column 'n' is int64"):
+    with pytest.raises(InvalidArgument, match="column 'n' is int64"):
         encode(COLUMNS, [("a", "1", None)])

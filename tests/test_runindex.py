@@ -98,7 +98,7 @@ def test_index_answers_equal_a_scan_of_the_logs(
 
 
 @settings(
-    max_examples=soak_scale(12, 2),
+    max_examples=soak_scale(12, 1),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -15,9 +15,11 @@ import struct
 from collections.abc import Sequence
 from typing import Any, Final, Literal
 
-__all__ = ["Kind", "encode"]
+from faber_runlog.errors import InvalidArgument
 
-Kind = Literal["text", "int64"]
+__all__ = ["ColumnType", "encode"]
+
+ColumnType = Literal["text", "int64"]
 
 _MAGIC: Final = b"PAR1"
 # parquet.thrift enums
@@ -63,7 +65,7 @@ class _Struct:
     def _field(self, fid: int, ftype: int) -> None:
         delta = fid - self._last
         if not 0 < delta <= 15:
-            raise ValueError(f"thrift fields out of order: {fid} after {self._last}")
+            raise InvalidArgument(f"thrift fields out of order: {fid} after {self._last}")
         self._out.append((delta << 4) | ftype)
         self._last = fid
 
@@ -119,8 +121,8 @@ def _levels(defined: list[bool]) -> bytes:
     return struct.pack("<i", len(out)) + bytes(out)
 
 
-def _values(kind: Kind, values: list[Any]) -> bytes:
-    if kind == "int64":
+def _values(ctype: ColumnType, values: list[Any]) -> bytes:
+    if ctype == "int64":
         return struct.pack(f"<{len(values)}q", *values)
     out = bytearray()
     for v in values:
@@ -129,19 +131,19 @@ def _values(kind: Kind, values: list[Any]) -> bytes:
     return bytes(out)
 
 
-def encode(columns: Sequence[tuple[str, Kind]], rows: Sequence[Sequence[Any]]) -> bytes:
-    """A Parquet file of ``rows`` (each a value per column; None is null) under ``columns`` (name, kind)."""
+def encode(columns: Sequence[tuple[str, ColumnType]], rows: Sequence[Sequence[Any]]) -> bytes:
+    """A Parquet file of ``rows`` (each a value per column; None is null) under ``columns`` (name, ctype)."""
     out = bytearray(_MAGIC)
     chunks: list[_Struct] = []
     total = 0
-    for index, (name, kind) in enumerate(columns):
+    for index, (name, ctype) in enumerate(columns):
         cells = [row[index] for row in rows]
         present = [c for c in cells if c is not None]
-        if kind == "int64" and not all(isinstance(c, int) and not isinstance(c, bool) for c in present):
-            raise TypeError(f"column {name!r} is int64 but holds {present!r}")
-        if kind == "text" and not all(isinstance(c, str) for c in present):
-            raise TypeError(f"column {name!r} is text but holds {present!r}")
-        page = _levels([c is not None for c in cells]) + _values(kind, present)
+        if ctype == "int64" and not all(isinstance(c, int) and not isinstance(c, bool) for c in present):
+            raise InvalidArgument(f"column {name!r} is int64 but holds {present!r}")
+        if ctype == "text" and not all(isinstance(c, str) for c in present):
+            raise InvalidArgument(f"column {name!r} is text but holds {present!r}")
+        page = _levels([c is not None for c in cells]) + _values(ctype, present)
         header = (
             _Struct()
             .i32(1, _DATA_PAGE)
@@ -156,7 +158,7 @@ def encode(columns: Sequence[tuple[str, Kind]], rows: Sequence[Sequence[Any]]) -
         total += size
         meta = (
             _Struct()
-            .i32(1, _INT64 if kind == "int64" else _BYTE_ARRAY)
+            .i32(1, _INT64 if ctype == "int64" else _BYTE_ARRAY)
             .list(2, _I32, [_PLAIN, _RLE])
             .list(3, _BINARY, [name])
             .i32(4, _UNCOMPRESSED)
@@ -167,9 +169,9 @@ def encode(columns: Sequence[tuple[str, Kind]], rows: Sequence[Sequence[Any]]) -
         )
         chunks.append(_Struct().i64(2, offset).struct(3, meta))
     schema = [_Struct().text(4, "schema").i32(5, len(columns))]
-    for name, kind in columns:
-        element = _Struct().i32(1, _INT64 if kind == "int64" else _BYTE_ARRAY).i32(3, _OPTIONAL).text(4, name)
-        schema.append(element.i32(6, _UTF8) if kind == "text" else element)
+    for name, ctype in columns:
+        element = _Struct().i32(1, _INT64 if ctype == "int64" else _BYTE_ARRAY).i32(3, _OPTIONAL).text(4, name)
+        schema.append(element.i32(6, _UTF8) if ctype == "text" else element)
     group = _Struct().list(1, _STRUCT, chunks).i64(2, total).i64(3, len(rows))
     footer = (
         _Struct()

@@ -718,7 +718,7 @@ def _parquet_body(rows: list[dict[str, Any]]) -> bytes | None:
     return _parquet.encode(_PARQUET_KINDS, table)
 
 
-_PARQUET_KINDS: Final[tuple[tuple[str, _parquet.Kind], ...]] = tuple(
+_PARQUET_KINDS: Final[tuple[tuple[str, _parquet.ColumnType], ...]] = tuple(
     (name, "int64" if name == "last_event_id" else "text") for name in PARQUET_COLUMNS
 )
 
