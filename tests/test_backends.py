@@ -378,3 +378,13 @@ def test_a_handle_used_in_a_forked_child_stamps_unique_nonces(tmp_path: Path) ->
     nonces = [e.nonce for e in store.get_run(run.id).log.read()]
     assert 21 == len(nonces)
     assert 21 == len(set(nonces))
+
+
+def test_delete_many_removes_the_keys_given_and_ignores_the_missing(store: RunStore) -> None:
+    storage = store.storage
+    keys = [f"acme/web/bulk/{i:04d}.json" for i in range(5)]
+    for k in keys:
+        assert storage.create(k, b"{}")
+    storage.delete_many([*keys[:3], "acme/web/bulk/absent.json"])
+    assert keys[3:] == [f"acme/web/bulk/{n}" for n in storage.list_names("acme/web/bulk")]
+    storage.delete_many([])

@@ -895,11 +895,12 @@ class Archiver:
             )
         _check_jsonl(rid, src.path(layout.jsonl), data, record)
         seal = record.last_seq + 1
-        # Event 1 goes first: a reader that then misses it looks in events.jsonl, never at half a log.
-        # The seal itself stays: it is the boundary every later writer runs into.
-        for name in sorted(names, key=lambda n: parse_seq_name(n) or 0):
-            if (parse_seq_name(name) or 0) < seal:
-                src.delete(f"{layout.events}/{name}")
+        # Event 1 goes first, alone: a reader that then misses it looks in events.jsonl, never at half a
+        # log. The rest go in batches (one request per 1,000 on S3). The seal itself stays: it is the
+        # boundary every later writer runs into.
+        doomed = sorted((s, n) for n in names if (s := parse_seq_name(n) or 0) < seal)
+        if doomed and doomed[0][0] == 1:
+            src.delete(f"{layout.events}/{doomed.pop(0)[1]}")
+        src.delete_many(f"{layout.events}/{name}" for _, name in doomed)
         # Segments are caches of events now in events.jsonl: gone with the files (the seal stays).
-        for name in src.list_names(layout.segments):
-            src.delete(f"{layout.segments}/{name}")
+        src.delete_many(f"{layout.segments}/{name}" for name in src.list_names(layout.segments))
