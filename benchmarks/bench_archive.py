@@ -213,5 +213,5 @@ def run(*, quick: bool) -> list[Row]:
 if __name__ == "__main__":
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-    for row in run("--quick" in sys.argv):
+    for row in run(quick="--quick" in sys.argv):
         print(row)

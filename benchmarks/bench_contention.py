@@ -203,4 +203,4 @@ if __name__ == "__main__":
     else:
         from run import render
 
-        print(render(run("--quick" in sys.argv)))
+        print(render(run(quick="--quick" in sys.argv)))

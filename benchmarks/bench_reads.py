@@ -328,4 +328,4 @@ def run(*, quick: bool) -> list[Row]:
 if __name__ == "__main__":
     from run import render
 
-    print(render(run("--quick" in sys.argv)))
+    print(render(run(quick="--quick" in sys.argv)))

@@ -105,5 +105,5 @@ def run(*, quick: bool) -> list[Row]:
 if __name__ == "__main__":
     import sys
 
-    for row in run("--quick" in sys.argv):
+    for row in run(quick="--quick" in sys.argv):
         print(row)

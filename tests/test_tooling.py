@@ -110,3 +110,19 @@ def test_importing_the_package_loads_only_the_errors_until_a_name_is_used() -> N
     code = "import sys, faber_runlog; print(sorted(m for m in sys.modules if m.startswith('faber_runlog')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "['faber_runlog', 'faber_runlog._version', 'faber_runlog.errors']" == out.stdout.strip()
+
+
+def test_every_benchmark_module_runs_standalone_with_its_keyword_only_size() -> None:
+    # Each suite's `run(*, quick)` is keyword-only; a standalone `python benchmarks/bench_x.py` that passed the
+    # size positionally failed with a TypeError before it measured anything.
+    import ast
+
+    for path in sorted((ROOT / "benchmarks").glob("bench_*.py")):
+        tree = ast.parse(path.read_text())
+        calls = [
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "run"
+        ]
+        assert [] == [ast.unparse(c) for c in calls if c.args], path.name
+        assert all(["quick"] == [k.arg for k in c.keywords] for c in calls), path.name
