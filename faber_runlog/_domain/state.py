@@ -403,10 +403,20 @@ def fold_generation() -> int:
     return _GENERATION[0]
 
 
+_BUILTIN_FOLDS: Final[set[RawHandler]] = set()
+
+
+def is_builtin_fold(handler: RawHandler) -> bool:
+    """Whether ``handler`` is one of the library's own folds, which change a run's status only as the
+    transition table says (protocol rule 21); a registered fold may change anything."""
+    return handler in _BUILTIN_FOLDS
+
+
 def _handles(*types: str) -> Callable[[RawHandler], RawHandler]:
     def deco(fn: RawHandler) -> RawHandler:
         for t in types:
             _HANDLERS[t] = fn
+        _BUILTIN_FOLDS.add(fn)
         return fn
 
     return deco

@@ -64,9 +64,11 @@ __all__ = [
     "encode_segment",
     "encode_snapshot",
     "encode_summary",
+    "event_body",
     "fingerprint",
     "iter_jsonl",
     "jsonl_line",
+    "may_move_by_size",
     "parse_segment_name",
     "parse_seq_name",
     "segment_listing_start",
@@ -330,6 +332,22 @@ def decode_summary(body: bytes) -> dict[str, Any]:
 
 
 # -- events.jsonl ------------------------------------------------------------------------
+
+
+def event_body(body: bytes, *, may_move: bool) -> bytes:
+    """An event file's bytes: ``body`` padded with one trailing blank so its length is odd iff ``may_move``.
+
+    Protocol rule 21: the length is the one fact besides the name that a listing returns, so a
+    writer whose append checks only the run's status learns from one sized listing that the events
+    it missed moved no status, without reading them. JSON ignores the blank and :func:`jsonl_line`
+    strips it, so nothing else sees it.
+    """
+    return body if (len(body) % 2 == 1) == may_move else body + b" "
+
+
+def may_move_by_size(size: int) -> bool:
+    """Whether an event file of ``size`` bytes may have moved its run's status (protocol rule 21)."""
+    return size % 2 == 1
 
 
 def jsonl_line(body: bytes) -> bytes:

@@ -51,7 +51,7 @@ from faber_runlog._base.ids import RunId
 from faber_runlog._domain.events import Event, type_version, validate_event_dict
 from faber_runlog._domain.metadata import USER
 from faber_runlog._domain.registry import Registry, event_types_table
-from faber_runlog._domain.state import RunState, apply, apply_mappings, fold_generation
+from faber_runlog._domain.state import RunState, apply, apply_mappings, fold_generation, is_builtin_fold
 from faber_runlog._domain.transitions import (
     APPROVAL_ACTIONS,
     ENDING_APPROVAL_ACTIONS,
@@ -64,6 +64,8 @@ from faber_runlog._domain.transitions import (
 from faber_runlog._format.layout import (
     SEGMENT_EVENTS,
     RunLayout,
+    event_body,
+    may_move_by_size,
     parse_seq_name,
     seq_name,
 )
@@ -125,6 +127,30 @@ def _may_move(etype: str, row: Transition | None, state: RunState) -> bool:
     return target != SAME and target != state.status
 
 
+_LIST_PAGE: Final = 1000  # names one S3 LIST returns
+
+# Types whose check reads more than the status (the run's approvals): never appended on word (protocol rule 21).
+_CHECKS_MORE: Final = frozenset({"approval_requested", "approval_resolved"})
+
+
+def _moves(etype: str, row: Transition | None, state: RunState, *, custom_fold: bool) -> bool:
+    """Whether an event of ``etype`` appended after ``state`` may move the run's status (protocol rule 21).
+
+    Only the transition table moves a status, as the exact state an exact append follows says:
+    its target differs from the status. An unchecked append of a type in the table (an importer's
+    copy, whose state is not checked) and a type folded by a registered handler (which may change
+    anything) count as moves without asking.
+    """
+    if custom_fold:
+        return True
+    if etype not in TRANSITIONS:
+        return False
+    if row is None:
+        return True
+    target = row.target(state.status)
+    return target != SAME and target != state.status
+
+
 _EVENT_BYTES_GUESS: Final = 300  # a typical event file, until this writer has written one
 
 
@@ -137,6 +163,7 @@ class _Race:
     missed: int = 0
     went_by: int = 1  # numbers that went by in the last round learned (1 before any: the one lost)
     writers: set[str] = attrs.field(factory=set)
+    on_word: bool = False  # rule 21 learned the tail: the status holds through it without a fold
 
 
 def _contention_wait(trip: float, went_by: int, losses: int) -> float:
@@ -196,6 +223,9 @@ class EventLog(LogCaches):
         self._state_fp: str | None = None  # fingerprint of the writer state's last event
         self._fold_gen = fold_generation()  # of the fold handlers self._state was folded with
         self._tail = 0  # highest sequence number known to exist
+        # Protocol rule 21: every event after the writer state's last one, through this number, is known
+        # (by its size) to move no status; below the state's last event it means nothing.
+        self._neutral = 0
         # The snapshot policy (see _snapshot_due): the last state.json this handle knows of
         # (its event and size) and the mean size of the events this writer appended.
         self._snap_seq = 0
@@ -320,6 +350,11 @@ class EventLog(LogCaches):
         # so it is an exact append, and one that finds a higher epoch ahead of it stops.
         epoch: int | None = None if unchecked else fields.get("lease_epoch")
         exact = key is not None or check is not None or row is not None or epoch is not None
+        # An append whose check reads the status alone may follow events it has not read, when their
+        # sizes say none of them moved the status (protocol rule 21).
+        by_word = row is not None and key is None and check is None and epoch is None and etype not in _CHECKS_MORE
+        handler = self._folds.get(etype)
+        custom_fold = handler is not None and not is_builtin_fold(handler)
         clock = self._storage.clock
         with self._lock:
             state = self._writer_state()
@@ -328,28 +363,18 @@ class EventLog(LogCaches):
             intent: str | None = None
             self._yield(clock, began)
             while True:
+                on_word = by_word and self._on_word()
                 if exact:
-                    state = self._sync()
-                    self._refuse_if_sealed()
-                    if epoch is not None and state.fence_epoch > epoch:
-                        self._fenced(state, epoch)
-                    if key is not None and key in state.idempotency_keys:
-                        stored = self._event_at(state.idempotency_keys[key])
-                        return Commit(stored, None, None)
-                    try:
-                        if check is not None:
-                            existing = check(state)
-                            if existing is not None:
-                                return Commit(existing, None, None)
-                        if row is not None:
-                            self._check_transition(state, etype, fields)
-                    except FaberRunlogError:
-                        # A refusal stands only against the state at the tail: another handle (in this
-                        # process or another) may have moved the run since this one last looked.
-                        if not self._moved_on(state):
-                            raise
+                    # On word, the writer state's status holds through the tail (rule 21): no fold.
+                    state = self._writer_state() if on_word else self._sync()
+                    verdict = self._check(state, fields, row=row, check=check, epoch=epoch)
+                    if isinstance(verdict, Commit):
+                        return verdict
+                    if not verdict:
                         continue
-                    seq = state.last_event_id + 1  # the state it was checked against ends right before it
+                    # The state it was checked against ends right before it (or, on word, its status
+                    # holds through the tail).
+                    seq = self._tail + 1 if on_word else state.last_event_id + 1
                 else:
                     self._refuse_if_sealed()
                     seq = self._tail + 1
@@ -357,20 +382,23 @@ class EventLog(LogCaches):
                 nonce = f"{self._writer}-{self._counter}"
                 data = {"timestamp": _codec.now_iso(clock.now()), **fields, "event_id": seq, "nonce": nonce}
                 started = time.monotonic()
-                body = _codec.dumps(data)
+                moves = sealing or _moves(etype, row, state, custom_fold=custom_fold)  # a seal is odd-sized
+                body = event_body(_codec.dumps(data), may_move=moves)
                 intent = self._announce(intent, etype, row, state)
                 sent = clock.monotonic()
                 won = self._storage.create(self._layout.event(seq), body)
                 self._trip += (min(clock.monotonic() - sent, 2 * self._trip) - self._trip) / 8
                 if won:
                     self._after_create(seq, started)
+                    if not moves and max(self._neutral, state.last_event_id) == seq - 1:
+                        self._neutral = seq
                     commit = self._after_claim(Event.from_dict(data), len(body))
                     self._keep_own(seq, body)
                     break
                 # Another writer took this number: learn the new tail (and, for an exact append, the
                 # events missed, in one round), then wait a moment sized by the contention seen.
                 race = race if race is not None else _Race(began)
-                self._lost(race, seq, exact=exact, clock=clock)
+                self._lost(race, seq, exact=exact, by_word=by_word, clock=clock)
         if intent is not None:
             self._index_entry(seq, intent)
         hooks = self._hooks
@@ -380,6 +408,40 @@ class EventLog(LogCaches):
             except Exception as e:  # noqa: BLE001  (the hook is anyone's code; the event is durable, what it missed can be recovered)
                 log.warning("after-commit work for run %s at event %d failed: %s", self._run_id, seq, e)
         return commit
+
+    def _check(
+        self,
+        state: RunState,
+        fields: dict[str, Any],
+        *,
+        row: Transition | None,
+        check: Callable[[RunState], Event | None] | None,
+        epoch: int | None,
+    ) -> Commit | bool:
+        """An exact append's checks on ``state``: the stored event to hand back, True to claim, False to look again.
+
+        Raises to refuse (nothing is written), but only against the state at the tail.
+        """
+        self._refuse_if_sealed()
+        if epoch is not None and state.fence_epoch > epoch:
+            self._fenced(state, epoch)
+        key = fields.get("idempotency_key")
+        if key is not None and key in state.idempotency_keys:
+            return Commit(self._event_at(state.idempotency_keys[key]), None, None)
+        try:
+            if check is not None:
+                existing = check(state)
+                if existing is not None:
+                    return Commit(existing, None, None)
+            if row is not None:
+                self._check_transition(state, fields["type"], fields)
+        except FaberRunlogError:
+            # A refusal stands only against the state at the tail: another handle (in this
+            # process or another) may have moved the run since this one last looked.
+            if not self._moved_on(state):
+                raise
+            return False
+        return True
 
     def _yield(self, clock: Clock, now: float) -> None:
         """Protocol rule 20: a writer that saw others append lately waits a moment before it claims.
@@ -412,7 +474,12 @@ class EventLog(LogCaches):
         self._catch_up_writer()
         return state.last_event_id != last
 
-    def _lost(self, race: _Race, seq: int, *, exact: bool, clock: Clock) -> None:
+    def _on_word(self) -> bool:
+        """Whether this writer may claim after its tail unread: no event after its state moved the status (rule 21)."""
+        state = self._writer_state()
+        return self._confirmed is not None and state.last_event_id < self._tail <= self._neutral
+
+    def _lost(self, race: _Race, seq: int, *, exact: bool, by_word: bool, clock: Clock) -> None:
         """After losing number ``seq``: check the time budget, wait, learn what was missed (the loop's rules)."""
         race.losses += 1
         now = clock.monotonic()
@@ -442,6 +509,8 @@ class EventLog(LogCaches):
             wait,
         )
         clock.sleep(wait)
+        if by_word and self._learn_word(race, seq):
+            return
         if exact and self._fold_ahead(race, seq):
             return
         if not exact and race.losses == 1 and not self._writer_state().is_terminal:
@@ -462,6 +531,49 @@ class EventLog(LogCaches):
             self._seen = None
         race.went_by = max(1, self._tail - seq + 1)
         race.missed += race.went_by
+
+    def _sizes_after(self, after: int) -> list[tuple[int, int]]:
+        """The event numbers after ``after`` that exist, with their sizes: one sized LIST, or a probe per number."""
+        folder = self._layout.events
+        if self._storage.capabilities.list_after:
+            listed = self._storage.sizes_after(folder, seq_name(after))
+            return [(seq, size) for n, size in listed if (seq := parse_seq_name(n)) is not None]
+        found: list[tuple[int, int]] = []
+        while (size := self._storage.size(self._layout.event(after + len(found) + 1))) is not None:
+            found.append((after + len(found) + 1, size))
+        return found
+
+    def _learn_word(self, race: _Race, lost: int) -> bool:
+        """Protocol rule 21's round: the new tail, and that no event after the writer state moved the status.
+
+        One sized listing from what the writer knows, no event read. True when every event there
+        is even-sized (none moved the status) and they run without a gap from what it knew: the tail
+        is then known, and the append claims after it on the status it holds. False (the careful
+        round, which folds) at an odd-sized event, a gap, a lost number that is gone, or when the
+        writer has not known the whole log lately (cleanup may have removed files: rule 13).
+        """
+        state = self._writer_state()
+        started = time.monotonic()
+        if self._sealed is not None or not self._knows_all(started):
+            return False
+        after = max(self._neutral, state.last_event_id)
+        if after >= lost:
+            return False
+        found = self._sizes_after(after)
+        tail = after
+        for number, size in found:
+            if number != tail + 1 or may_move_by_size(size):
+                return False  # a gap (cleanup at work) or an event that may have moved the status: fold
+            tail = number
+        if tail < lost:
+            return False  # the number it lost is gone: only cleanup removes files
+        self._neutral = tail
+        self._tail = max(self._tail, tail)
+        self._confirmed = started  # read up to the end of the log, and no seal in it (a seal is odd-sized)
+        race.went_by = max(1, tail - lost + 1)
+        race.missed += race.went_by
+        race.on_word = True
+        return True
 
     def _knows_all(self, now: float) -> bool:
         """Whether this writer knew the whole log less than half ``seal_grace`` before ``now`` (protocol rule 13).
@@ -645,9 +757,17 @@ class EventLog(LogCaches):
         self._tail = seq
 
     def _is_seal(self, seq: int) -> bool:
-        """Whether event ``seq`` is a seal (one GET; a missing file is none: cleanup keeps the seal)."""
+        """Whether event ``seq`` is a seal (one GET; a missing file is none: cleanup keeps the seal).
+
+        Read whatever its size: a seal written by a version before protocol rule 21 may be even-sized.
+        An even-sized event right after what this writer knows moved no status (rule 21).
+        """
         body = self._storage.read(self._layout.event(seq))
-        return body is not None and self._decode_mapping(seq, body).get("type") == SEAL_TYPE
+        if body is None:
+            return False
+        if not may_move_by_size(len(body)) and max(self._neutral, self._writer_state().last_event_id) == seq - 1:
+            self._neutral = seq
+        return self._decode_mapping(seq, body).get("type") == SEAL_TYPE
 
     def _remove_stray(self, seq: int) -> None:
         """Remove our event ``seq``, which is not part of the log (it follows a seal); logged if that fails."""
@@ -663,26 +783,27 @@ class EventLog(LogCaches):
         if fold:
             self._catch_up_writer(fresh=fresh)  # folds every event up to the tail, the seal included
             return
-        self._tail = self._find_tail(lost)
-        if self._tail > (self._state.last_event_id if self._state is not None else 0):
-            # Anything after a seal is refused, so the seal can only be the tail.
-            last = self._event_at(self._tail)
+        state = self._writer_state()
+        after = max(self._neutral, state.last_event_id)
+        # From what it knows (so an even-sized run of events extends what it knows moved no status,
+        # rule 21) when that is within a page of names, else from the number it lost.
+        start = after if lost - after <= _LIST_PAGE else lost - 1
+        tail, odd = start, False
+        for number, size in self._sizes_after(start):
+            if number != tail + 1:
+                break
+            tail, odd = number, may_move_by_size(size)
+            if odd and start == after:
+                self._neutral = number - 1
+                start = -1  # what follows an odd-sized event is not known to keep the status
+        if start == after:
+            self._neutral = tail
+        self._tail = max(self._tail, tail)
+        if odd and tail > state.last_event_id:
+            # Anything after a seal is refused, so the seal can only be the tail (and it is odd-sized).
+            last = self._event_at(tail)
             if last.type == SEAL_TYPE:
                 self._sealed = last.event_id
-
-    def _find_tail(self, known: int) -> int:
-        """The highest contiguous sequence number at or after ``known`` (which exists)."""
-        if self._storage.capabilities.list_after:
-            tail = known
-            for name in self._storage.list_after(self._layout.events, seq_name(known)):
-                if parse_seq_name(name) != tail + 1:
-                    break
-                tail += 1
-            return tail
-        tail = known
-        while self._storage.exists(self._layout.event(tail + 1)):
-            tail += 1
-        return tail
 
     def _after_claim(self, event: Event, size: int = _EVENT_BYTES_GUESS) -> Commit:
         """Fold our own event when the state is current, and write the summary and snapshots when due. Never raises.

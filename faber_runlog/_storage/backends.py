@@ -466,6 +466,24 @@ class Storage:
         names = [n for n in self.list_names(folder) if n > start_after]
         return names if limit is None else names[: max(0, limit)]
 
+    def size(self, key: str) -> int | None:
+        """The length in bytes of ``key``, or None when it does not exist (one metadata request, no body)."""
+        path = self.path(key)
+        try:
+            info = self._call(f"checking {path}", lambda: self.fs.info(path, refresh=True))
+        except FileNotFoundError:
+            return None
+        return int(info["size"])
+
+    def sizes_after(self, folder: str, start_after: str) -> list[tuple[str, int]]:
+        """Names in ``folder`` sorting after ``start_after``, each with its length in bytes.
+
+        Where ``list_after`` is a capability, the same one request per page of names as
+        :meth:`list_after` (an S3 LIST returns each key's size): what protocol rule 21 reads.
+        """
+        found = [(n, self.size(f"{folder}/{n}")) for n in self.list_after(folder, start_after)]
+        return [(n, size) for n, size in found if size is not None]
+
     # -- writes ------------------------------------------------------------
 
     def create(self, key: str, data: bytes) -> bool:
@@ -891,6 +909,18 @@ class LocalStorage(Storage):
         """Whether ``key`` exists (a symlink counts as itself, not as its target)."""
         return os.path.lexists(self._checked(key))
 
+    def size(self, key: str) -> int | None:
+        """The length of ``key`` in bytes (one ``lstat``: a symlink is its own size), or None when absent."""
+        path = self._checked(key)
+        try:
+            found = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISLNK(found.st_mode):  # a link inside the root is read as its target: so is its size
+            body = self.read(key)
+            return None if body is None else len(body)
+        return found.st_size
+
     def list_names(self, key: str) -> list[str]:
         """Names in folder ``key`` (sorted), empty if it does not exist."""
         path = self.path(key) if key else self.root
@@ -1295,19 +1325,26 @@ class S3Storage(Storage):
 
     def list_after(self, folder: str, start_after: str, limit: int | None = None) -> list[str]:
         """Names in ``folder`` sorting after ``start_after``: LIST with StartAfter (and MaxKeys for a ``limit``)."""
+        return [name for name, _ in self._listed_after(folder, start_after, limit)]
+
+    def sizes_after(self, folder: str, start_after: str) -> list[tuple[str, int]]:
+        """Names in ``folder`` sorting after ``start_after`` with their sizes: the same LISTs as :meth:`list_after`."""
+        return self._listed_after(folder, start_after, None)
+
+    def _listed_after(self, folder: str, start_after: str, limit: int | None) -> list[tuple[str, int]]:
         _, prefix = self._split(self.path(folder))
         prefix = prefix.rstrip("/") + "/"
-        names: list[str] = []
+        found: list[tuple[str, int]] = []
         if limit is not None and limit <= 0:
-            return names
+            return found
         extra: dict[str, Any] = {"StartAfter": prefix + start_after}
         if limit is not None:
             extra["MaxKeys"] = min(limit, _S3_PAGE)
         for reply in self._list(prefix, **extra):
-            names.extend(c["Key"][len(prefix) :] for c in reply.get("Contents", ()))
-            if limit is not None and len(names) >= limit:
-                return names[:limit]  # the pages after this one are not requested
-        return names
+            found.extend((c["Key"][len(prefix) :], int(c.get("Size", 0))) for c in reply.get("Contents", ()))
+            if limit is not None and len(found) >= limit:
+                return found[:limit]  # the pages after this one are not requested
+        return found
 
     # -- writes ----------------------------------------------------------------
 
