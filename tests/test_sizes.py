@@ -10,14 +10,13 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from test_claim_loop import Recorded, Waits
 
 from faber_runlog import InvalidTransition, Registry, RunState, RunStore
-from faber_runlog._base.clock import ManualClock
 from faber_runlog._base.ids import RunId
 from faber_runlog._format.layout import RunLayout, event_body, may_move_by_size
 from faber_runlog._log.eventlog import EventLog
 from faber_runlog._services.archive import consolidate
-from test_claim_loop import Recorded, Waits
 
 pytestmark = pytest.mark.rule("protocol", 21)
 
