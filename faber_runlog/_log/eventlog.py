@@ -163,7 +163,6 @@ class _Race:
     missed: int = 0
     went_by: int = 1  # numbers that went by in the last round learned (1 before any: the one lost)
     writers: set[str] = attrs.field(factory=set)
-    on_word: bool = False  # rule 21 learned the tail: the status holds through it without a fold
 
 
 def _contention_wait(trip: float, went_by: int, losses: int) -> float:
@@ -365,7 +364,7 @@ class EventLog(LogCaches):
             while True:
                 on_word = by_word and self._on_word()
                 if exact:
-                    # On word, the writer state's status holds through the tail (rule 21): no fold.
+                    # On word, the writer state's status holds through the tail (protocol rule 21): no fold.
                     state = self._writer_state() if on_word else self._sync()
                     verdict = self._check(state, fields, row=row, check=check, epoch=epoch)
                     if isinstance(verdict, Commit):
@@ -475,7 +474,10 @@ class EventLog(LogCaches):
         return state.last_event_id != last
 
     def _on_word(self) -> bool:
-        """Whether this writer may claim after its tail unread: no event after its state moved the status (rule 21)."""
+        """Whether this writer may claim after its tail unread: nothing after its state moved the status.
+
+        Protocol rule 21.
+        """
         state = self._writer_state()
         return self._confirmed is not None and state.last_event_id < self._tail <= self._neutral
 
@@ -550,7 +552,7 @@ class EventLog(LogCaches):
         is even-sized (none moved the status) and they run without a gap from what it knew: the tail
         is then known, and the append claims after it on the status it holds. False (the careful
         round, which folds) at an odd-sized event, a gap, a lost number that is gone, or when the
-        writer has not known the whole log lately (cleanup may have removed files: rule 13).
+        writer has not known the whole log lately (cleanup may have removed files: protocol rule 13).
         """
         state = self._writer_state()
         started = time.monotonic()
@@ -572,7 +574,6 @@ class EventLog(LogCaches):
         self._confirmed = started  # read up to the end of the log, and no seal in it (a seal is odd-sized)
         race.went_by = max(1, tail - lost + 1)
         race.missed += race.went_by
-        race.on_word = True
         return True
 
     def _knows_all(self, now: float) -> bool:
@@ -760,7 +761,7 @@ class EventLog(LogCaches):
         """Whether event ``seq`` is a seal (one GET; a missing file is none: cleanup keeps the seal).
 
         Read whatever its size: a seal written by a version before protocol rule 21 may be even-sized.
-        An even-sized event right after what this writer knows moved no status (rule 21).
+        An even-sized event right after what this writer knows moved no status (protocol rule 21).
         """
         body = self._storage.read(self._layout.event(seq))
         if body is None:
@@ -786,7 +787,7 @@ class EventLog(LogCaches):
         state = self._writer_state()
         after = max(self._neutral, state.last_event_id)
         # From what it knows (so an even-sized run of events extends what it knows moved no status,
-        # rule 21) when that is within a page of names, else from the number it lost.
+        # protocol rule 21) when that is within a page of names, else from the number it lost.
         start = after if lost - after <= _LIST_PAGE else lost - 1
         tail, odd = start, False
         for number, size in self._sizes_after(start):
