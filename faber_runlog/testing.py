@@ -227,7 +227,8 @@ class StorageContract:
     * storage: exclusive create and racing creates, compare-and-swap and
       conditional delete where the backend declares them, atomic ``replace``,
       ``read`` / ``read_many`` / ``read_numbered``, ``exists``, ``delete``,
-      ``put_many``, sorted listings with limits and ``list_after``, refusing
+      ``put_many``, sorted listings with limits and ``list_after``, exact
+      ``size`` and ``sizes_after`` (protocol rule 21 reads their parity), refusing
       keys that would leave the root, and capabilities that the probe only
       ever confirms (nothing reported before the first write is taken back);
     * the log: appends through a :class:`RunStore` on the storage are gapless
@@ -388,6 +389,20 @@ class StorageContract:
         )
         want_pages: tuple[list[str], ...] = (["004.json", "005.json"], ["002.json", "003.json"], [], ["005.json"])
         _expect(want_pages == pages, storage, f"list_after gave {pages}, not {want_pages}")
+
+    def test_sizes_are_exact_and_listed_with_the_names(self) -> None:
+        """``size`` and ``sizes_after`` give each key's exact length (protocol rule 21 reads its parity)."""
+        storage = self.contract_storage()
+        folder = self.contract_folder()
+        bodies = {"001.json": b"1", "002.json": b"22", "003.json": b"333 "}
+        for name, body in bodies.items():
+            storage.create(f"{folder}/events/{name}", body)
+        sizes = [storage.size(f"{folder}/events/{name}") for name in bodies]
+        _expect([1, 2, 4] == sizes, storage, f"size gave {sizes}, not [1, 2, 4]")
+        _expect(storage.size(f"{folder}/events/004.json") is None, storage, "size of a missing key was not None")
+        listed = storage.sizes_after(f"{folder}/events", "001.json")
+        want = [("002.json", 2), ("003.json", 4)]
+        _expect(want == listed, storage, f"sizes_after gave {listed}, not {want}")
 
     def test_exists_and_delete(self) -> None:
         """``exists`` sees a written key; ``delete`` removes it and is a no-op when it is gone."""

@@ -388,3 +388,23 @@ def test_delete_many_removes_the_keys_given_and_ignores_the_missing(store: RunSt
     storage.delete_many([*keys[:3], "acme/web/bulk/absent.json"])
     assert keys[3:] == [f"acme/web/bulk/{n}" for n in storage.list_names("acme/web/bulk")]
     storage.delete_many([])
+
+
+def test_a_local_create_of_a_taken_name_loses_without_writing_a_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer behind the tail answers its lost race from one stat, not after a temp file's fsync.
+    store = RunStore(str(tmp_path / "runs"))
+    storage = store.storage
+    assert storage.create("a/events/1.json", b"first")
+    temps: list[str] = []
+    write_temp = type(storage)._write_temp  # noqa: SLF001  (the spy wraps the real method)
+
+    def spy(self: Any, folder: str, data: bytes, **kw: Any) -> str:
+        temps.append(folder)
+        return write_temp(self, folder, data, **kw)
+
+    monkeypatch.setattr(type(storage), "_write_temp", spy)
+    assert (False, []) == (storage.create("a/events/1.json", b"second"), temps)
+    assert (True, 1) == (storage.create("a/events/2.json", b"second"), len(temps))
+    assert b"first" == storage.read("a/events/1.json")

@@ -1007,6 +1007,10 @@ class LocalStorage(Storage):
         """Temp file, fsync, ``os.link`` to the name (fails if it exists), fsync the folder."""
         _refuse_empty(data)
         path = self._checked(key)
+        if os.path.lexists(path):
+            # Taken already: a writer behind the tail loses without paying for a temp file's fsync (the
+            # link below still decides every race; this only answers early the ones already decided).
+            return False
         folder = os.path.dirname(path)
         tmp = self._write_temp(folder, data)
         try:
