@@ -22,7 +22,7 @@ from faber_runlog._domain.state import RunDigest
 from faber_runlog._format.layout import decode_summary
 from faber_runlog._frontends.cli import main
 from faber_runlog._services.gateway import GatewayConfig
-from faber_runlog._storage.backends import TEMP_MAX_AGE, MemoryStorage, Storage, digest
+from faber_runlog._storage.backends import TEMP_MAX_AGE, LocalStorage, MemoryStorage, Storage, digest
 from faber_runlog.errors import BucketNotFound, CredentialsMissing, InvalidGatewayConfig, InvalidParams
 from faber_runlog.testing import (
     ContractViolation,
@@ -394,17 +394,17 @@ def test_a_local_create_of_a_taken_name_loses_without_writing_a_temp_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A writer behind the tail answers its lost race from one stat, not after a temp file's fsync.
-    store = RunStore(str(tmp_path / "runs"))
-    storage = store.storage
+    storage = RunStore(str(tmp_path / "runs")).storage
+    assert isinstance(storage, LocalStorage)
     assert storage.create("a/events/1.json", b"first")
     temps: list[str] = []
-    write_temp = type(storage)._write_temp  # noqa: SLF001  (the spy wraps the real method)
+    write_temp = LocalStorage._write_temp  # noqa: SLF001  (the spy wraps the real method)
 
-    def spy(self: Any, folder: str, data: bytes, **kw: Any) -> str:
+    def spy(self: LocalStorage, folder: str, data: bytes, *, sync: bool = True) -> str:
         temps.append(folder)
-        return write_temp(self, folder, data, **kw)
+        return write_temp(self, folder, data, sync=sync)
 
-    monkeypatch.setattr(type(storage), "_write_temp", spy)
+    monkeypatch.setattr(LocalStorage, "_write_temp", spy)
     assert (False, []) == (storage.create("a/events/1.json", b"second"), temps)
     assert (True, 1) == (storage.create("a/events/2.json", b"second"), len(temps))
     assert b"first" == storage.read("a/events/1.json")
