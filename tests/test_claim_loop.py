@@ -148,10 +148,10 @@ def test_a_writer_that_lost_a_number_waits_then_learns_the_tail_in_one_round_the
     storage.calls.clear()
     storage.rivals = [1]
     assert 6 == _emit(log, exact=False)
-    # Plain: no request before it guesses the next number; the create after a loss checks for a seal:
-    # that the number it guessed past is none, and that no events.jsonl exists (protocol rules 4 and 6).
-    # (It lost a race lately, so it first yields: protocol rule 20.)
-    assert ["wait 3", "create 5 lost", "wait 1", "create 6 won", "get 5", "exists events.jsonl"] == storage.calls
+    # Plain: no request before it guesses the next number; the create after a guess checks that the number
+    # it guessed past is no seal (protocol rule 4), and no events.jsonl, since it knew the whole log moments
+    # ago (protocol rule 13). (It lost a race lately, so it first yields: protocol rule 20.)
+    assert ["wait 3", "create 5 lost", "wait 1", "create 6 won", "get 5"] == storage.calls
     storage.calls.clear()
     storage.rivals = [1, 3]  # its guess loses too: then it lists
     assert 11 == _emit(log, exact=False)
@@ -165,7 +165,6 @@ def test_a_writer_that_lost_a_number_waits_then_learns_the_tail_in_one_round_the
         # the tail is no seal and none of them moved the status; nothing is read (protocol rule 21).
         "list events after 6",
         "create 11 won",
-        "exists events.jsonl",
     ] == storage.calls
 
 
@@ -189,3 +188,28 @@ def test_a_writer_that_keeps_losing_waits_less_after_each_loss(writer: tuple[Eve
     assert 7 == _emit(log, exact=True)
     waits = [float(c.split()[1]) for c in storage.calls if c.startswith("wait")]
     assert [pytest.approx(2 / (1 + k), rel=1e-3) for k in (1, 2, 3, 4)] == waits
+
+
+@pytest.mark.rule("protocol", 7)
+def test_a_fresh_handle_that_lists_the_whole_log_from_event_1_does_not_ask_for_events_jsonl() -> None:
+    from faber_runlog._services.archive import consolidate
+
+    clock = Waits()
+    store = RunStore(f"memory://claims-{uuid.uuid4().hex}", clock=clock)
+    run = store.create_run("acme", "web")
+    run.start()
+    for i in range(3):
+        run.log.emit("checkpoint", metadata={"label": str(i)})
+    storage = Recorded.of(store, run.id, clock)
+    clock.calls = storage.calls
+    assert 4 == EventLog(storage, RunId.parse(run.id)).fold_state().last_event_id
+    # One LIST from event 1 to the end, every file read: nothing was removed, so no events.jsonl.
+    assert [] == [c for c in storage.calls if "events.jsonl" in c]
+    # Cleanup removes event 1 first: a handle that misses it reads events.jsonl and the whole log.
+    run.cancel()
+    record = consolidate(store, run.id)
+    storage.delete(RunLayout(RunId.parse(run.id)).event(1))
+    storage.calls.clear()
+    state = EventLog(storage, RunId.parse(run.id)).fold_state()
+    assert (record.last_seq + 1, "cancelled") == (state.last_event_id, state.status)
+    assert ["get events.jsonl"] == [c for c in storage.calls if "events.jsonl" in c]

@@ -151,6 +151,16 @@ def _moves(etype: str, row: Transition | None, state: RunState, *, custom_fold: 
     return target != SAME and target != state.status
 
 
+def _type_of(body: bytes) -> object:
+    """The type an event file names, or None when it does not decode (its readers report it; an append
+    only asks whether it is a seal, and consolidation writes seals whole)."""
+    try:
+        data = _codec.loads(body)
+    except ValueError:
+        return None
+    return data.get("type") if isinstance(data, dict) else None
+
+
 _EVENT_BYTES_GUESS: Final = 300  # a typical event file, until this writer has written one
 
 
@@ -518,8 +528,9 @@ class EventLog(LogCaches):
         if not exact and race.losses == 1 and not self._writer_state().is_terminal:
             # A plain append guesses the number after the one it lost (no request): the writer that took
             # it is the only one ahead as often as not. Only an ended run can be sealed, so a writer that
-            # knows its run ended lists first; for the rest, the create after a loss checks (protocol rule 6).
-            self._confirmed = None
+            # knows its run ended lists first; for the rest, the create after a guess reads the number it
+            # guessed past (a seal?) and, unless it knew the whole log lately, asks for events.jsonl
+            # (protocol rules 6 and 13).
             self._guessed_over = seq  # the create after the guess checks that this one is no seal
             self._tail = max(self._tail, seq)
             race.went_by = 1
@@ -725,11 +736,6 @@ class EventLog(LogCaches):
     def _after_create(self, seq: int, started: float) -> None:
         """Protocol rule 6: a writer whose tail knowledge is old checks that the log was not consolidated meanwhile."""
         guessed, self._guessed_over = self._guessed_over, None
-        confirmed = self._confirmed
-        if confirmed is not None and started - confirmed <= self._post_check_after:
-            self._confirmed = started
-            self._tail = seq
-            return
         if guessed == seq - 1 and self._is_seal(guessed):
             # A guess past the number it lost, and that number is a seal whose events.jsonl is not
             # written yet (protocol rule 4): ours would follow the seal, so it is not part of the log.
@@ -742,6 +748,12 @@ class EventLog(LogCaches):
                 last_event_id=guessed,
             )
             raise advise(sealed, "rerun")
+        confirmed = self._confirmed
+        if confirmed is not None and started - confirmed <= self._post_check_after:
+            # It knew the whole log lately: no file after its tail was removed since (protocol rule 13).
+            self._confirmed = started
+            self._tail = seq
+            return
         if self._storage.exists(self._layout.jsonl):
             # The log was consolidated and its files removed: this number was
             # someone else's event once. Ours is not part of the log.
@@ -778,9 +790,17 @@ class EventLog(LogCaches):
             log.warning("could not remove stray event %d of sealed run %s: %s", seq, self._run_id, e)
 
     def _learn_tail(self, lost: int, *, fold: bool) -> None:
-        """After losing number ``lost``: find the new tail, and whether it is the seal."""
-        fresh = fold and self._knows_all(time.monotonic())
-        self._confirmed = None
+        """After losing number ``lost``: find the new tail, and whether a seal is among the events that went by.
+
+        The plain round (``fold=False``) is one sized listing: an even-sized event is no seal and
+        moved no status (protocol rule 21), so only odd-sized ones are read, all at once. A writer
+        that knew the whole log less than half ``seal_grace`` ago keeps that knowledge (cleanup has
+        removed no file since, so the listing is the log: protocol rule 13); otherwise the create
+        after this round asks for ``events.jsonl`` (protocol rule 6).
+        """
+        fresh = self._knows_all(time.monotonic())
+        if not fresh:
+            self._confirmed = None
         if fold:
             self._catch_up_writer(fresh=fresh)  # folds every event up to the tail, the seal included
             return
@@ -789,22 +809,24 @@ class EventLog(LogCaches):
         # From what it knows (so an even-sized run of events extends what it knows moved no status,
         # protocol rule 21) when that is within a page of names, else from the number it lost.
         start = after if lost - after <= _LIST_PAGE else lost - 1
-        tail, odd = start, False
+        tail, odd = start, []
         for number, size in self._sizes_after(start):
             if number != tail + 1:
                 break
-            tail, odd = number, may_move_by_size(size)
-            if odd and start == after:
-                self._neutral = number - 1
-                start = -1  # what follows an odd-sized event is not known to keep the status
+            tail = number
+            if may_move_by_size(size):
+                odd.append(number)
         if start == after:
-            self._neutral = tail
+            self._neutral = odd[0] - 1 if odd else tail
         self._tail = max(self._tail, tail)
-        if odd and tail > state.last_event_id:
-            # Anything after a seal is refused, so the seal can only be the tail (and it is odd-sized).
-            last = self._event_at(tail)
-            if last.type == SEAL_TYPE:
-                self._sealed = last.event_id
+        unread = [n for n in odd if n > state.last_event_id]
+        if unread:
+            bodies = self._storage.read_many(self._layout.event(n) for n in unread)
+            for n in unread:
+                body = bodies[self._layout.event(n)]
+                if body is not None and _type_of(body) == SEAL_TYPE:
+                    self._sealed = n  # nothing may follow it: the append is refused (protocol rule 4)
+                    return
 
     def _after_claim(self, event: Event, size: int = _EVENT_BYTES_GUESS) -> Commit:
         """Fold our own event when the state is current, and write the summary and snapshots when due. Never raises.

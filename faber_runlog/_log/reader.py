@@ -265,6 +265,7 @@ class LogReader:
         missing file is the end without asking ``events.jsonl``.
         """
         d = dec
+        listed: list[bool] = []  # set when one listing held the whole log from event 1 (see _stored_page)
         if self._sealed is not None and after < self._sealed - 1 and (until is None or until > after):
             body = self._storage.read(self._layout.jsonl)
             if body is not None:  # absent only while a consolidation is being finished: read the files
@@ -272,11 +273,11 @@ class LogReader:
                 after = self._sealed - 1
         if until is not None and after >= until:
             return
-        nxt = yield from self._stored_files(after, until, d)
+        nxt = yield from self._stored_files(after, until, d, listed)
         if (until is not None and nxt > until) or (self._sealed is not None and nxt > self._sealed):
             return
         # File ``nxt`` is missing: the end of the log, unless consolidation removed it.
-        if fresh:
+        if fresh or listed == [True]:
             return
         body = self._storage.read(self._layout.jsonl)  # one GET (an existence check costs two requests on S3)
         if body is None:
@@ -354,7 +355,9 @@ class LogReader:
                 return out, e
         return out, None
 
-    def _stored_files(self, after: int, until: int | None, dec: _Decode[T]) -> Generator[list[T], None, int]:
+    def _stored_files(
+        self, after: int, until: int | None, dec: _Decode[T], listed: list[bool] | None = None
+    ) -> Generator[list[T], None, int]:
         """Events from segments and event files; returns the first sequence number not read.
 
         Segments serve whole ranges with one read each; the files after the
@@ -374,7 +377,7 @@ class LogReader:
                 return (
                     yield from _batched(self._storage.read_numbered(self._layout.events, cur + 1, until, dec, seq_name))
                 )
-            cur, more = yield from self._stored_page(cur, until, dec)
+            cur, more = yield from self._stored_page(cur, until, dec, listed)
             if not more:
                 return cur + 1
             check = True  # a full page: many events are new, so segments may cover the next ones
@@ -430,14 +433,18 @@ class LogReader:
             return None
 
     def _stored_page(
-        self, after: int, until: int | None, dec: _Decode[T]
+        self, after: int, until: int | None, dec: _Decode[T], listed: list[bool] | None = None
     ) -> Generator[list[T], None, tuple[int, bool]]:
         """One LIST page of event names after ``after``, their bodies fetched concurrently in batches.
 
-        Returns the last event read and whether more may follow (the page was full).
+        Returns the last event read and whether more may follow (the page was full). Appends to
+        ``listed`` whether this page held the whole log from event 1, every body still there.
         """
         want = _PAGE if until is None else min(_PAGE, until - after)
         names = self._storage.list_after(self._layout.events, seq_name(after), want)
+        # One listing from event 1 to the end of the log, none of it gone when read: cleanup removes
+        # event 1 first, so nothing had been removed, and its end is the log's (protocol rule 7).
+        from_first = after == 0 and until is None and 0 < len(names) < want
         expected = after + 1
         seqs: list[int] = []
         whole = True
@@ -469,6 +476,8 @@ class LogReader:
             if batch:
                 yield batch
         last = expected - 1
+        if listed is not None:
+            listed.append(from_first and whole)
         return last, whole and len(names) >= want and (until is None or last < until)
 
     def _event_at(self, seq: int) -> Event:
