@@ -55,8 +55,8 @@ def worker(spec: dict[str, Any], run_id: str, name: str, steps: int, go: str) ->
             log.emit(etype, phase="work", step=f"{name}-{i}")
             emits.append(time.time() - t)
         done.append(time.time())
-    requests = sum(fs.calls.values()) if fs is not None else 0
-    print(json.dumps({"emits": emits, "done": done, "requests": requests}), flush=True)
+    calls = dict(fs.calls) if fs is not None else {}
+    print(json.dumps({"emits": emits, "done": done, "requests": sum(calls.values()), "calls": calls}), flush=True)
 
 
 def _shape(spec: dict[str, Any], writers: int, steps: int) -> dict[str, float]:
@@ -93,7 +93,12 @@ def _shape(spec: dict[str, Any], writers: int, steps: int) -> dict[str, float]:
     def pct(q: float) -> float:
         return emits[min(len(emits) - 1, int(q * len(emits)))]
 
+    calls: dict[str, float] = {}
+    for o in outs:
+        for name, count in o.get("calls", {}).items():
+            calls[name] = calls.get(name, 0) + count / events
     return {
+        "calls": calls,  # requests per event by S3 operation (for a reader asking where they go)
         "requests": sum(o["requests"] for o in outs) / events,
         "p50": pct(0.5),
         "p99": pct(0.99),
