@@ -7,6 +7,7 @@ subclasses: memory, a local folder and moto S3 run through it here, so what we p
 from __future__ import annotations
 
 import ast
+import json
 import pickle
 import subprocess
 import sys
@@ -127,6 +128,27 @@ def test_s3_capabilities_are_settled_by_the_first_write(s3_server: S3Server) -> 
     store.create_run("acme", "web").log.emit("workflow_start")
     caps = store.storage.capabilities
     assert ((), True, True) == (caps.unknown(), caps.compare_and_swap, caps.conditional_delete)
+
+
+def test_a_second_process_on_a_probed_s3_store_settles_its_capabilities_with_one_get(s3_server: S3Server) -> None:
+    from test_segments import _counting_store
+
+    first, _ = _counting_store(s3_server)
+    assert () == first.storage.probe().unknown()  # the full probe, recorded under the store root
+    fresh, calls = _counting_store(s3_server)
+    again = RunStore(fs=fresh.storage.fs, root=first.storage.root)  # another process, same store and endpoint
+    calls.clear()
+    assert type(again.storage).capabilities == again.storage.probe()
+    assert [("get_object", ".faber_runlog/probed.json")] == [
+        (m, k.rsplit("/", 2)[-2] + "/" + k.rsplit("/", 1)[-1]) for m, k in calls
+    ]
+    # A record made through another endpoint (a gateway may ignore the headers) is not trusted: probe again.
+    record = json.loads(again.storage.read(".faber_runlog/probed.json") or b"{}")
+    again.storage.replace(".faber_runlog/probed.json", json.dumps({**record, "endpoint": "http://elsewhere"}).encode())
+    third = RunStore(fs=fresh.storage.fs, root=first.storage.root)
+    calls.clear()
+    assert () == third.storage.probe().unknown()
+    assert {"get_object", "put_object", "delete_object"} <= {m for m, _ in calls}
 
 
 def test_an_fsspec_store_ignoring_exclusive_create_loses_the_capability_once_probed() -> None:

@@ -45,6 +45,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
+from faber_runlog._base import codec as _codec
 from faber_runlog._base.clock import SYSTEM_CLOCK, Clock
 from faber_runlog.errors import (
     BucketNotFound,
@@ -78,6 +79,9 @@ INTERNAL_DIR: Final = ".faber_runlog"
 
 Its children are named by the format layer (``_format``); the storage layer only probes inside it."""
 _PROBE_DIR: Final = INTERNAL_DIR
+_PROBE_RECORD: Final = f"{_PROBE_DIR}/probed.json"
+"""An S3 store's record of a probe that found every conditional write (see ``S3Storage._run_probe``)."""
+_PROBED: Final = ("conditional_create", "compare_and_swap", "conditional_delete")
 _READ_CHUNK: Final = 1 << 16
 _RETRIES: Final = 6
 _RETRY_SECONDS: Final = 60.0
@@ -1508,7 +1512,14 @@ class S3Storage(Storage):
         capability (leases fall back, with a warning); one that accepts them
         and ignores them is refused, because it would fail silently later.
         The capabilities are set once, when the probe has settled all three.
+        A probe that found all three is recorded under the store root, with
+        the endpoint it went through, so the next process that writes there
+        through that endpoint reads the record (one GET) instead of probing
+        again (six requests: most of what a process that appends one event
+        and exits pays). Delete ``.faber_runlog/probed.json`` to probe again.
         """
+        if self._probed_before():
+            return
         key = f"{_PROBE_DIR}/probe-{uuid.uuid4().hex}"
         first = self._create(key, b"probe-1")
         try:
@@ -1524,6 +1535,31 @@ class S3Storage(Storage):
         self.capabilities = attrs.evolve(
             self.capabilities, conditional_create=created, compare_and_swap=settled[0], conditional_delete=settled[1]
         )
+        if created and all(settled):
+            record = {"format": 1, "endpoint": self._endpoint(), **dict.fromkeys(_PROBED, True)}
+            try:
+                self._create(_PROBE_RECORD, _codec.dumps(record))
+            except StorageError as e:  # a record saves requests later; without it the next process probes
+                log.debug("could not record the probe of %s: %s", self.url, e)
+
+    def _endpoint(self) -> str:
+        """The endpoint requests go through (a probe's answer holds for it alone: a gateway may differ)."""
+        fs = self.fs
+        return str(getattr(fs, "endpoint_url", None) or fs.client_kwargs.get("endpoint_url") or "aws")
+
+    def _probed_before(self) -> bool:
+        """Whether an earlier probe of this store through the same endpoint found every conditional write."""
+        try:
+            body = self.read(_PROBE_RECORD)
+            record = _codec.loads(body) if body is not None else None
+        except (StorageError, ValueError):
+            return False
+        if not isinstance(record, dict) or record.get("format") != 1 or record.get("endpoint") != self._endpoint():
+            return False
+        if not all(record.get(name) is True for name in _PROBED):
+            return False
+        self.capabilities = attrs.evolve(self.capabilities, **dict.fromkeys(_PROBED, True))
+        return True
 
     def _probe_if_match(self, key: str, first: str) -> tuple[bool, bool]:
         """Whether ``If-Match`` holds on PUT and on DELETE of the probe key (created at version ``first``)."""
