@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -249,6 +250,29 @@ def test_older_snapshots_are_kept_four_k_apart_and_state_at_still_folds_from_the
     fresh = store.get_run(run.id)
     for at in range(0, 62, 7):
         assert fold_all(RunState(run_id=run.id), events[:at]) == fresh.state(at=at)
+
+
+def test_a_writer_lists_snapshots_only_when_an_older_one_may_be_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    from faber_runlog._storage.backends import MemoryStorage
+
+    store = RunStore(f"memory://older-{uuid.uuid4().hex}", snapshot_every=5)
+    run = store.create_run("acme", "web")
+    run.start()
+    listed: list[str] = []
+    list_names = MemoryStorage.list_names
+
+    def spy(self: MemoryStorage, key: str) -> list[str]:
+        listed.append(key)
+        return list_names(self, key)
+
+    monkeypatch.setattr(MemoryStorage, "list_names", spy)
+    for i in range(80):  # periodic snapshots at 5, 10, ..., 80: sixteen of them
+        run.log.emit("checkpoint", metadata={"label": f"c{i % 3}"})
+    # An older snapshot is kept at most every 4 K events, so the writer lists snapshots/ only when one
+    # may be due (at 5, then once per 4 K: 25, 45, 65), not at each of the sixteen periodic snapshots.
+    assert [f"{run.id}/snapshots"] * 4 == [k for k in listed if k.endswith("/snapshots")]
+    taken = sorted(int(n[:20]) for n in store.storage.list_names(f"{run.id}/snapshots"))
+    assert (SNAPSHOTS_KEPT, True) == (len(taken), all(b - a >= 20 for a, b in itertools.pairwise(taken)))
 
 
 def test_snapshots_of_a_growing_state_are_spaced_by_its_size_and_still_serve_state_at(

@@ -42,6 +42,7 @@ class LogCaches(LogReader):
         _own: dict[int, bytes]  # bodies this writer created since the last segment boundary
         _event_bytes: float  # the mean size of the events this writer appended
         _state_fp: str | None  # fingerprint of the writer state's last event
+        _older_at: int | None  # the newest older snapshot this handle's last listing of snapshots/ showed
 
     def _keep_own(self, seq: int, body: bytes) -> None:
         """Remember our event for the segment of its range; the claimer of a boundary writes that segment."""
@@ -127,8 +128,14 @@ class LogCaches(LogReader):
         ``_OLDER_SPACING`` x K events apart" holds across handles and processes:
         each one that writes a periodic snapshot prunes what others left behind
         (two racing at once may leave one extra until the next periodic snapshot).
+        Listed only when a keep may be due: while the newest older snapshot this handle last
+        listed is less than a spacing back, none is (others only ever add newer ones), so three
+        periodic snapshots in four cost no LIST (a single writer on S3: 1.02 requests per event).
         """
         spacing = _OLDER_SPACING * self._snapshot_every
+        known = self._older_at
+        if known is not None and seq - known < spacing:
+            return
         listed = sorted(
             n for n in (parse_seq_name(name) for name in self._storage.list_names(self._layout.snapshots)) if n
         )
@@ -145,3 +152,4 @@ class LogCaches(LogReader):
         for n in taken:
             if n not in kept:
                 self._storage.delete(self._layout.snapshot(n))
+        self._older_at = kept[-1] if kept else None

@@ -239,6 +239,7 @@ class EventLog(LogCaches):
         # (its event and size) and the mean size of the events this writer appended.
         self._snap_seq = 0
         self._snap_size = 0
+        self._older_at: int | None = None  # see LogCaches._keep_older
         self._event_bytes = float(_EVENT_BYTES_GUESS)
         self._sealed: int | None = None  # the seal's number, once known
         # Monotonic time from which this writer's tail is known to be current
