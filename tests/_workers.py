@@ -33,6 +33,21 @@ def append(spec: dict[str, object], run_id: str, count: int, tag: str) -> None:
     print("done", flush=True)
 
 
+def steps(spec: dict[str, object], run_id: str, count: int, tag: str) -> None:
+    """Start and complete ``count`` steps (status-only appends: protocol rule 21) until done or refused."""
+    from faber_runlog import InvalidTransition
+
+    run = _store(spec, claim_budget=180.0).get_run(run_id)
+    for i in range(count):
+        try:
+            run.log.emit("step_start", phase="work", step=f"{tag}-{i}")
+        except InvalidTransition:
+            print("refused", i, flush=True)
+            return
+        run.log.emit("step_complete", phase="work", step=f"{tag}-{i}")
+    print("done", count, flush=True)
+
+
 def append_forever(spec: dict[str, object], run_id: str, tag: str) -> None:
     """Append until killed; prints each id so the parent knows progress."""
     run = _store(spec).get_run(run_id)
@@ -82,6 +97,8 @@ if __name__ == "__main__":
     spec = json.loads(spec_json)
     if command == "append":
         append(spec, rest[0], int(rest[1]), rest[2])
+    elif command == "steps":
+        steps(spec, rest[0], int(rest[1]), rest[2])
     elif command == "append_forever":
         append_forever(spec, rest[0], rest[1])
     elif command == "idempotent":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,37 @@ def test_processes_appending_at_once_leave_every_event_once_and_gapless(
         assert list(range(per)) == mine
     state = store.get_run(run.id).state()
     assert fold_all(RunState(run_id=run.id), events) == state
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.rule("protocol", 21)
+def test_processes_starting_steps_on_word_never_start_one_after_a_cancel(shared_store_spec: dict[str, Any]) -> None:
+    # Status-only appends claim after events they have not read (their sizes say nothing moved the
+    # status): with a cancel landing among them, no step_start may follow it, and the log stays whole.
+    procs, per = 4, 12
+    store = _open(shared_store_spec)
+    run = store.create_run("acme", "web")
+    run.start()
+    workers = [_spawn(shared_store_spec, "steps", run.id, str(per), f"w{i}") for i in range(procs)]
+    log = store.get_run(run.id).log
+    while log.last_event_id() < 1 + procs * per // 2 and any(w.poll() is None for w in workers):
+        time.sleep(0.01)
+    cancelled = store.get_run(run.id).cancel()
+    outs = []
+    for w in workers:
+        out, err = w.communicate(timeout=300)
+        assert 0 == w.returncode, err
+        outs.append(out.split()[0])
+    assert set(outs) <= {"done", "refused"}, outs  # each finished its steps or was refused after the cancel
+    events = list(store.get_run(run.id).log.read())
+    assert list(range(1, len(events) + 1)) == [e.event_id for e in events]
+    cancel_at = next(e.event_id for e in events if e.type == "workflow_cancelled")
+    assert cancelled.event_id == cancel_at
+    assert [] == [e.event_id for e in events if e.type == "step_start" and e.event_id > cancel_at]
+    starts = [e.step for e in events if e.type == "step_start"]
+    assert len(starts) == len(set(starts))
+    state = store.get_run(run.id).state()
+    assert ("cancelled", fold_all(RunState(run_id=run.id), events)) == (state.status, state)
 
 
 @pytest.mark.slow

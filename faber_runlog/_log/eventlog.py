@@ -113,42 +113,32 @@ def _new_identity_in_child() -> None:
         elog._lock = threading.RLock()  # noqa: SLF001
 
 
-def _may_move(etype: str, row: Transition | None, state: RunState) -> bool:
-    """Whether appending ``etype`` after ``state`` may change the run's index row.
+def _moves_status(etype: str, row: Transition | None, state: RunState) -> bool:
+    """Whether appending ``etype`` after ``state`` may move the run's status, by the transition table.
 
-    That is: it may change the status (an unchecked append: by its type), or the run has ended (an ended
-    run's index row is shown as it is, so every later event updates it).
+    A checked append (``row``) moves it when its target from the exact state it follows differs from
+    that status; an unchecked append of a type in the table (an importer's copy, whose state was not
+    checked) counts as a move without asking.
     """
-    if state.status in TERMINAL_STATUSES:
-        return True
     if row is None:
         return etype in TRANSITIONS
     target = row.target(state.status)
     return target != SAME and target != state.status
 
 
+def _may_move(etype: str, row: Transition | None, state: RunState) -> bool:
+    """Whether appending ``etype`` after ``state`` may change the run's index row.
+
+    That is: it may change the status, or the run has ended (an ended run's index row is shown as it
+    is, so every later event updates it).
+    """
+    return state.status in TERMINAL_STATUSES or _moves_status(etype, row, state)
+
+
 _LIST_PAGE: Final = 1000  # names one S3 LIST returns
 
 # Types whose check reads more than the status (the run's approvals): never appended on word (protocol rule 21).
 _CHECKS_MORE: Final = frozenset({"approval_requested", "approval_resolved"})
-
-
-def _moves(etype: str, row: Transition | None, state: RunState, *, custom_fold: bool) -> bool:
-    """Whether an event of ``etype`` appended after ``state`` may move the run's status (protocol rule 21).
-
-    Only the transition table moves a status, as the exact state an exact append follows says:
-    its target differs from the status. An unchecked append of a type in the table (an importer's
-    copy, whose state is not checked) and a type folded by a registered handler (which may change
-    anything) count as moves without asking.
-    """
-    if custom_fold:
-        return True
-    if etype not in TRANSITIONS:
-        return False
-    if row is None:
-        return True
-    target = row.target(state.status)
-    return target != SAME and target != state.status
 
 
 def _type_of(body: bytes) -> object:
@@ -392,7 +382,9 @@ class EventLog(LogCaches):
                 nonce = f"{self._writer}-{self._counter}"
                 data = {"timestamp": _codec.now_iso(clock.now()), **fields, "event_id": seq, "nonce": nonce}
                 started = time.monotonic()
-                moves = sealing or _moves(etype, row, state, custom_fold=custom_fold)  # a seal is odd-sized
+                # Protocol rule 21's mark: a seal, a type a registered fold handles (it may change
+                # anything) and what the transition table moves are odd-sized.
+                moves = sealing or custom_fold or _moves_status(etype, row, state)
                 body = event_body(_codec.dumps(data), may_move=moves)
                 intent = self._announce(intent, etype, row, state)
                 sent = clock.monotonic()
