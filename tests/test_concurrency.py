@@ -65,7 +65,7 @@ def test_processes_appending_at_once_leave_every_event_once_and_gapless(
 def test_processes_starting_steps_on_word_never_start_one_after_a_cancel(shared_store_spec: dict[str, Any]) -> None:
     # Status-only appends claim after events they have not read (their sizes say nothing moved the
     # status): with a cancel landing among them, no step_start may follow it, and the log stays whole.
-    procs, per = 4, 12
+    procs, per = 4, 8
     store = _open(shared_store_spec)
     run = store.create_run("acme", "web")
     run.start()
