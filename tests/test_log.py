@@ -275,6 +275,36 @@ def test_a_writer_lists_snapshots_only_when_an_older_one_may_be_due(monkeypatch:
     assert (SNAPSHOTS_KEPT, True) == (len(taken), all(b - a >= 20 for a, b in itertools.pairwise(taken)))
 
 
+def test_a_stale_writer_that_claims_a_snapshot_boundary_folds_from_the_last_snapshot_not_from_its_own_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from faber_runlog._storage.backends import MemoryStorage
+
+    store = RunStore(f"memory://stale-{uuid.uuid4().hex}", snapshot_every=10)
+    run = store.create_run("acme", "web")
+    run.start()
+    stale = EventLog(store.storage, run.run_id, snapshot_every=10)
+    stale.emit("checkpoint", metadata={"label": "early"})  # its state ends at event 2
+    for i in range(57):  # another writer appends up to event 59, with snapshots at 10, 20, ... 50
+        run.log.emit("checkpoint", metadata={"label": f"c{i % 3}"})
+    events_read: list[str] = []
+    read = MemoryStorage.read
+
+    def spy(self: MemoryStorage, key: str) -> bytes | None:
+        if "/events/" in key:
+            events_read.append(key)
+        return read(self, key)
+
+    monkeypatch.setattr(MemoryStorage, "read", spy)
+    assert 60 == stale.emit("checkpoint", metadata={"label": "late"}).event_id  # a snapshot is due at 60
+    # Its own state is 57 events behind; the snapshot at 50 is 10 behind: it starts there (one read to
+    # check that snapshot against event 50, then 51..59), not at event 3.
+    assert len(events_read) <= 12
+    state_json = store.storage.read(f"{run.id}/state.json")
+    assert state_json is not None and b'"last_event_id":60' in state_json
+    assert fold_all(RunState(run_id=run.id), list(run.log.read())) == stale.fold_state()
+
+
 def test_snapshots_of_a_growing_state_are_spaced_by_its_size_and_still_serve_state_at(
     store_factory: Callable[..., RunStore],
 ) -> None:

@@ -839,6 +839,8 @@ class EventLog(LogCaches):
             if not periodic:
                 return Commit(event, None, None)
             try:
+                if seq - 1 - state.last_event_id > self._snapshot_every:
+                    state = self._adopt_snapshot(state, seq)
                 self._catch_up_writer(until=seq)
             except Exception as e:  # noqa: BLE001  (a snapshot is a cache: skipping it costs a longer fold)
                 log.warning("snapshot of run %s at event %d skipped: %s", self._run_id, seq, e)
@@ -861,6 +863,20 @@ class EventLog(LogCaches):
         if before is not None and (before != after or self._storage.capabilities.cheap_writes):
             self._write_summary(state)
         return Commit(event, before, after)
+
+    def _adopt_snapshot(self, state: RunState, seq: int) -> RunState:
+        """The newest ``state.json`` as the writer state when it is ahead of ``state`` (checked as an open checks it).
+
+        A writer whose appends went on word or unfolded (protocol rule 21) may be far behind when it
+        claims a snapshot's number: folding from ``state.json``, about ``snapshot_every`` events back, costs
+        a snapshot's worth of reads, where folding from its own state would cost all it skipped.
+        """
+        newest, fp = self._snapshot(self._layout.state, seq - 1)
+        if newest is None or newest.last_event_id <= state.last_event_id:
+            return state
+        self._state, self._state_fp = newest, fp
+        self._snap_seq = max(self._snap_seq, newest.last_event_id)
+        return newest
 
     def snapshot(self) -> RunState:
         """Write ``state.json`` and ``summary.json`` for the current state now and return that state."""
