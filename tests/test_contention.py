@@ -94,11 +94,16 @@ class SimStorage(MemoryStorage):
         SimStorage.requests += 1
         self.clock.sleep(ROUND_TRIP / 2)
 
-    def create(self, key: str, data: bytes) -> bool:
+    def claim(self, key: str, data: bytes) -> bool | None:
+        """As on S3: a create that met a taken key does not say whose bytes took it (protocol rule 22)."""
         self._trip()
-        won = super().create(key, data)  # decided on arrival: the first request to arrive wins
+        won = MemoryStorage.create(self, key, data)  # decided on arrival: the first request to arrive wins
         self.clock.sleep(ROUND_TRIP / 2)
-        return won
+        return True if won else None
+
+    def create(self, key: str, data: bytes) -> bool:
+        won = self.claim(key, data)
+        return won if won is not None else self.read(key) == data  # S3's read-back
 
     def read(self, key: str) -> bytes | None:
         self._trip()
@@ -231,7 +236,7 @@ def test_the_time_budget_raises_sequence_conflict_and_nothing_is_written() -> No
     class Rival(SimStorage):
         """Another writer's event always lands first on the number this one tries."""
 
-        def create(self, key: str, data: bytes) -> bool:
+        def claim(self, key: str, data: bytes) -> bool | None:
             if "/events/" in key and b'"rival' not in data:
                 seq = int(key.rsplit("/", 1)[1].split(".")[0])
                 rival = {
@@ -244,7 +249,7 @@ def test_the_time_budget_raises_sequence_conflict_and_nothing_is_written() -> No
                     "schema_version": 1,
                 }
                 MemoryStorage.create(self, key, _codec.dumps(rival))
-            return super().create(key, data)
+            return super().claim(key, data)
 
     rival = Rival(store.storage.fs, store.storage.root)
     rival.clock = clock

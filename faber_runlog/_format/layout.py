@@ -36,7 +36,7 @@ from typing import Any, Final
 from faber_runlog._base import codec as _codec
 from faber_runlog._base.ids import RunId
 from faber_runlog._storage.backends import INTERNAL_DIR
-from faber_runlog.errors import CorruptData
+from faber_runlog.errors import CorruptData, InvalidArgument
 
 __all__ = [
     "ARCHIVE_INDEX_DIR",
@@ -54,6 +54,7 @@ __all__ = [
     "REPORT_MD",
     "SEGMENT_EVENTS",
     "SEQ_WIDTH",
+    "SIZE_TAGS",
     "SLOTS_DIR",
     "SNAPSHOTS_KEPT",
     "SUMMARY_NAME",
@@ -334,15 +335,25 @@ def decode_summary(body: bytes) -> dict[str, Any]:
 # -- events.jsonl ------------------------------------------------------------------------
 
 
-def event_body(body: bytes, *, may_move: bool) -> bytes:
-    """An event file's bytes: ``body`` padded with one trailing blank so its length is odd iff ``may_move``.
+SIZE_TAGS: Final = 16
+"""Writers' size tags (protocol rule 22): an event file's length mod ``2 * SIZE_TAGS`` is ``2 * tag + mark``."""
 
-    Protocol rule 21: the length is the one fact besides the name that a listing returns, so a
-    writer whose append checks only the run's status learns from one sized listing that the events
-    it missed moved no status, without reading them. JSON ignores the blank and :func:`jsonl_line`
-    strips it, so nothing else sees it.
+
+def event_body(body: bytes, *, may_move: bool, tag: int = 0) -> bytes:
+    """An event file's bytes: ``body`` padded with trailing blanks so its length says two things.
+
+    Its parity is odd iff ``may_move`` (protocol rule 21): the length is the one fact besides the
+    name that a listing returns, so a writer whose append checks only the run's status learns from
+    one sized listing that the events it missed moved no status, without reading them. Its
+    remainder mod ``2 * SIZE_TAGS`` is ``2 * tag + parity`` (protocol rule 22): a writer whose create
+    met a taken name learns from the same listing that bytes of another tag are not its own. JSON
+    ignores the blanks and :func:`jsonl_line` strips them, so nothing else sees them.
     """
-    return body if (len(body) % 2 == 1) == may_move else body + b" "
+    if not 0 <= tag < SIZE_TAGS:
+        raise InvalidArgument(f"a size tag is in 0..{SIZE_TAGS - 1}, got {tag}")
+    modulus = 2 * SIZE_TAGS
+    want = 2 * tag + (1 if may_move else 0)
+    return body + b" " * ((want - len(body)) % modulus)
 
 
 def may_move_by_size(size: int) -> bool:

@@ -63,6 +63,7 @@ from faber_runlog._domain.transitions import (
 )
 from faber_runlog._format.layout import (
     SEGMENT_EVENTS,
+    SIZE_TAGS,
     RunLayout,
     event_body,
     may_move_by_size,
@@ -198,6 +199,7 @@ class EventLog(LogCaches):
         self._claim_budget = float(claim_budget)
         self._seen: set[str] | None = None  # writer ids of the events folded while a race is learned
         self._guessed_over: int | None = None  # the number a plain append lost and guessed past (protocol rule 13)
+        self._listed: dict[int, int] | None = None  # this lost round's listing: event number -> size
         self._storage = storage
         # What listings show of the run's metadata, carried in each summary (None: a listing reads
         # metadata.json, which costs a request, never a wrong answer).
@@ -385,11 +387,19 @@ class EventLog(LogCaches):
                 # Protocol rule 21's mark: a seal, a type a registered fold handles (it may change
                 # anything) and what the transition table moves are odd-sized.
                 moves = sealing or custom_fold or _moves_status(etype, row, state)
-                body = event_body(_codec.dumps(data), may_move=moves)
+                # Protocol rule 22's tag: bytes of another writer's tag are not ours, by their size alone.
+                body = event_body(_codec.dumps(data), may_move=moves, tag=int(self._writer[:4], 16) % SIZE_TAGS)
                 intent = self._announce(intent, etype, row, state)
                 sent = clock.monotonic()
-                won = self._storage.create(self._layout.event(seq), body)
+                won = self._storage.claim(self._layout.event(seq), body)
                 self._trip += (min(clock.monotonic() - sent, 2 * self._trip) - self._trip) / 8
+                if not won:
+                    # Another writer took this number (or, unsettled, a retry of ours met our own bytes):
+                    # learn the new tail (and, for an exact append, the events missed, in one round),
+                    # after a wait sized by the contention seen.
+                    race = race if race is not None else _Race(began)
+                    mine = body if won is None else None
+                    won = self._lost(race, seq, exact=exact, by_word=by_word, clock=clock, mine=mine)
                 if won:
                     self._after_create(seq, started)
                     if not moves and max(self._neutral, state.last_event_id) == seq - 1:
@@ -397,10 +407,6 @@ class EventLog(LogCaches):
                     commit = self._after_claim(Event.from_dict(data), len(body))
                     self._keep_own(seq, body)
                     break
-                # Another writer took this number: learn the new tail (and, for an exact append, the
-                # events missed, in one round), then wait a moment sized by the contention seen.
-                race = race if race is not None else _Race(began)
-                self._lost(race, seq, exact=exact, by_word=by_word, clock=clock)
         if intent is not None:
             self._index_entry(seq, intent)
         hooks = self._hooks
@@ -484,8 +490,13 @@ class EventLog(LogCaches):
         state = self._writer_state()
         return self._confirmed is not None and state.last_event_id < self._tail <= self._neutral
 
-    def _lost(self, race: _Race, seq: int, *, exact: bool, by_word: bool, clock: Clock) -> None:
-        """After losing number ``seq``: check the time budget, wait, learn what was missed (the loop's rules)."""
+    def _lost(self, race: _Race, seq: int, *, exact: bool, by_word: bool, clock: Clock, mine: bytes | None) -> bool:
+        """After losing number ``seq``: check the time budget, wait, learn what was missed (the loop's rules).
+
+        ``mine``: the bytes this writer sent, when the create left it unsettled whether they are what
+        took ``seq`` (a retried request that met its own write). True: they are, the number is ours
+        (protocol rule 22, settled from this round's listing, or one read where it cannot tell).
+        """
         race.losses += 1
         now = clock.monotonic()
         self._contended_until = now + _CONTENDED_TRIPS * self._trip
@@ -514,11 +525,18 @@ class EventLog(LogCaches):
             wait,
         )
         clock.sleep(wait)
+        self._listed = None
         if by_word and self._learn_word(race, seq):
-            return
+            return self._settle(seq, mine)
+        if exact and mine is not None:
+            # The fold below must not take our own event for another's: settle first (from the
+            # listing just made, if any).
+            if self._settle(seq, mine):
+                return True
+            mine = None
         if exact and self._fold_ahead(race, seq):
-            return
-        if not exact and race.losses == 1 and not self._writer_state().is_terminal:
+            return False
+        if not exact and mine is None and race.losses == 1 and not self._writer_state().is_terminal:
             # A plain append guesses the number after the one it lost (no request): the writer that took
             # it is the only one ahead as often as not. Only an ended run can be sealed, so a writer that
             # knows its run ended lists first; for the rest, the create after a guess reads the number it
@@ -528,7 +546,7 @@ class EventLog(LogCaches):
             self._tail = max(self._tail, seq)
             race.went_by = 1
             race.missed += 1
-            return
+            return False
         self._guessed_over = None
         self._seen = race.writers if exact else None
         try:
@@ -537,16 +555,32 @@ class EventLog(LogCaches):
             self._seen = None
         race.went_by = max(1, self._tail - seq + 1)
         race.missed += race.went_by
+        return self._settle(seq, mine)  # a plain round listed (a folding one settled first)
+
+    def _settle(self, seq: int, mine: bytes | None) -> bool:
+        """Whether the taken number ``seq`` holds ``mine``, this writer's own bytes (protocol rule 22).
+
+        False when nothing is unsettled, or when this round's listing shows ``seq`` with another size
+        (another tag or body: not ours, no request); else one read compares the bytes.
+        """
+        if mine is None:
+            return False
+        listed = self._listed
+        if listed is not None and listed.get(seq, len(mine)) != len(mine):
+            return False
+        return self._storage.read(self._layout.event(seq)) == mine
 
     def _sizes_after(self, after: int) -> list[tuple[int, int]]:
         """The event numbers after ``after`` that exist, with their sizes: one sized LIST, or a probe per number."""
         folder = self._layout.events
+        found: list[tuple[int, int]] = []
         if self._storage.capabilities.list_after:
             listed = self._storage.sizes_after(folder, seq_name(after))
-            return [(seq, size) for n, size in listed if (seq := parse_seq_name(n)) is not None]
-        found: list[tuple[int, int]] = []
-        while (size := self._storage.size(self._layout.event(after + len(found) + 1))) is not None:
-            found.append((after + len(found) + 1, size))
+            found = [(seq, size) for n, size in listed if (seq := parse_seq_name(n)) is not None]
+        else:
+            while (size := self._storage.size(self._layout.event(after + len(found) + 1))) is not None:
+                found.append((after + len(found) + 1, size))
+        self._listed = dict(found)  # what a lost create's round settles from (protocol rule 22)
         return found
 
     def _learn_word(self, race: _Race, lost: int) -> bool:
@@ -745,7 +779,7 @@ class EventLog(LogCaches):
         if confirmed is not None and started - confirmed <= self._post_check_after:
             # It knew the whole log lately: no file after its tail was removed since (protocol rule 13).
             self._confirmed = started
-            self._tail = seq
+            self._tail = max(self._tail, seq)
             return
         if self._storage.exists(self._layout.jsonl):
             # The log was consolidated and its files removed: this number was
@@ -760,7 +794,7 @@ class EventLog(LogCaches):
             )
             raise advise(sealed, "rerun")
         self._confirmed = started
-        self._tail = seq
+        self._tail = max(self._tail, seq)
 
     def _is_seal(self, seq: int) -> bool:
         """Whether event ``seq`` is a seal (one GET; a missing file is none: cleanup keeps the seal).

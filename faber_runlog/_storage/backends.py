@@ -492,6 +492,19 @@ class Storage:
 
     def create(self, key: str, data: bytes) -> bool:
         """Create ``key`` only if absent. True if this call created it, False if it existed."""
+        won = self.claim(key, data)
+        # A PUT that landed but whose reply was lost comes back as 412 on
+        # retry; our bytes carry a unique nonce, so equal bytes mean we won.
+        return won if won is not None else self.read(key) == data
+
+    def claim(self, key: str, data: bytes) -> bool | None:
+        """:meth:`create`, leaving a taken ``key`` unsettled: None where the taker may be this very call.
+
+        A request retried after it landed (its reply lost) meets its own bytes as taken. :meth:`create`
+        reads ``key`` to tell; a caller that lists or reads ``key`` anyway settles it from that instead
+        (the event log, protocol rule 22), saving the read. Backends whose creates are never retried
+        unseen (a local folder, memory) answer True or False.
+        """
         _refuse_empty(data)
         path = self.path(key)
         self._probe()
@@ -499,9 +512,7 @@ class Storage:
             self._call(f"creating {path}", lambda: self.fs.pipe_file(path, data, mode="create"))
             return True
         except FileExistsError:
-            # A PUT that landed but whose reply was lost comes back as 412 on
-            # retry; our bytes carry a unique nonce, so equal bytes mean we won.
-            return self.read(key) == data
+            return None
         except StorageError:
             # The last attempt may have landed before its reply was lost: one
             # plain read tells, so a caller is not told "failed" about a success.
@@ -742,6 +753,10 @@ class MemoryStorage(Storage):
                 return False
             self.fs.pipe_file(path, data)
             return True
+
+    def claim(self, key: str, data: bytes) -> bool | None:
+        """:meth:`create`: under the memory lock, a taken key is always another's."""
+        return self.create(key, data)
 
     def replace(self, key: str, data: bytes) -> None:
         """Overwrite ``key`` (under the memory lock, so a swap never interleaves)."""
@@ -1029,6 +1044,10 @@ class LocalStorage(Storage):
         if self.fsync:
             _fsync_dir(folder)
         return True
+
+    def claim(self, key: str, data: bytes) -> bool | None:
+        """:meth:`create`: a hard link is never retried unseen, so a taken name is always another's."""
+        return self.create(key, data)
 
     def replace(self, key: str, data: bytes) -> None:
         """Temp file, fsync, ``os.replace``: readers see the old or the new body."""
