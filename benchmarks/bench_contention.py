@@ -115,6 +115,16 @@ def _shape(spec: dict[str, Any], writers: int, steps: int) -> dict[str, float]:
     }
 
 
+# Issue 27's latency targets (2-core machine, moto S3): (backend, shape, statistic) -> milliseconds.
+_EMIT_TARGETS_MS: dict[tuple[str, str, str], float] = {
+    ("S3", "16-way fan-out", "p99"): 2000.0,
+    ("S3", "16-way fan-out", "max"): 3000.0,
+    ("S3", "32-way fan-out", "p99"): 5000.0,
+    ("S3", "8 steady writers", "max"): 2000.0,
+    ("local", "8 steady writers", "max"): 100.0,
+}
+
+
 def _rows(kind: str, spec_of: Any, *, quick: bool) -> list[Row]:
     steps = 4 if quick else 25
     one = _shape(spec_of(), 1, steps * 2)
@@ -151,18 +161,26 @@ def _rows(kind: str, spec_of: Any, *, quick: bool) -> list[Row]:
                 )
             )
         for what in ("p50", "p99", "max"):
-            rows.append(
-                Row(
-                    f"{name}: emit {what}",
-                    got[what] * 1000,
-                    "one writer",
-                    one[what] * 1000,
-                    "ms",
-                    "",
-                    got[what] / max(one[what], 1e-9),
-                    None,
+            limit = _EMIT_TARGETS_MS.get((kind, label, what))
+            if limit is None:
+                rows.append(
+                    Row(
+                        f"{name}: emit {what}",
+                        got[what] * 1000,
+                        "one writer",
+                        one[what] * 1000,
+                        "ms",
+                        "",
+                        got[what] / max(one[what], 1e-9),
+                        None,
+                    )
                 )
-            )
+            else:
+                ms = got[what] * 1000
+                rows.append(Row(f"{name}: emit {what}", ms, "target", limit, "ms", "<= 1x", ms / limit, ms <= limit))
+        # A fan-out writer has one step: by half time it has done it or not, and the rate of 2 W events
+        # counts the wait for the slowest. The issue's targets for these two are the steady writers'.
+        steady = n > 1
         rows.append(
             Row(
                 f"{name}: smallest share done at half time",
@@ -170,9 +188,9 @@ def _rows(kind: str, spec_of: Any, *, quick: bool) -> list[Row]:
                 "target",
                 25.0,
                 "%",
-                ">= 1x",
+                ">= 1x" if steady else "",
                 got["share"] * 4,
-                got["share"] >= 0.25,
+                got["share"] >= 0.25 if steady else None,
             )
         )
         rows.append(
@@ -182,9 +200,9 @@ def _rows(kind: str, spec_of: Any, *, quick: bool) -> list[Row]:
                 "one writer",
                 one["rate"],
                 "ev/s",
-                ">= 0.5x",
+                ">= 0.5x" if steady else "",
                 got["rate"] / one["rate"],
-                got["rate"] >= 0.5 * one["rate"],
+                got["rate"] >= 0.5 * one["rate"] if steady else None,
             )
         )
     return rows
