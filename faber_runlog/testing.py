@@ -119,12 +119,23 @@ def _scratch(storage: Storage, name: str) -> Iterator[str]:
 
 
 def check_conditional_create(storage: Storage) -> None:
-    """A create of an absent key succeeds once; a second create fails and leaves the first body."""
+    """A create of an absent key succeeds once; a second create fails and leaves the first body.
+
+    ``claim`` is ``create`` that may leave a taken key unsettled: True only for the call that created
+    it, False or None (unsettled) for a taken one, which it leaves as it was.
+    """
     first, second = _body("first"), _body("second")
-    with _scratch(storage, "create") as key, _scratch(storage, "create-v") as versioned_key:
+    with (
+        _scratch(storage, "create") as key,
+        _scratch(storage, "create-v") as versioned_key,
+        _scratch(storage, "claim") as claimed,
+    ):
         _expect(storage.create(key, first), storage, f"create of absent key {key} reported that it existed")
         _expect(not storage.create(key, second), storage, f"a second create of {key} succeeded (If-None-Match ignored)")
         _expect(first == storage.read(key), storage, f"a refused create of {key} changed its body")
+        _expect(storage.claim(claimed, first) is True, storage, f"a claim of absent key {claimed} did not create it")
+        _expect(storage.claim(claimed, second) is not True, storage, f"a second claim of {claimed} succeeded")
+        _expect(first == storage.read(claimed), storage, f"a refused claim of {claimed} changed its body")
         version = storage.create_versioned(versioned_key, _body("v"))
         _expect(version is not None, storage, "create_versioned of an absent key returned no version")
 
@@ -171,12 +182,13 @@ def check_racing_creates(storage: Storage, writers: int = 8) -> None:
     gate = threading.Barrier(writers)
     with _scratch(storage, "race") as key:
 
-        def one() -> None:
+        def one(i: int) -> None:
             body = _body("race")
             gate.wait()
-            wins.append(storage.create(key, body))
+            # Half create, half claim (the event log's call): one of them, and only one, created the key.
+            wins.append(storage.create(key, body) if i % 2 else storage.claim(key, body) is True)
 
-        threads = [threading.Thread(target=one) for _ in range(writers)]
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(writers)]
         for t in threads:
             t.start()
         for t in threads:
