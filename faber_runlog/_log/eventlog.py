@@ -32,6 +32,7 @@ docs/concurrency.md; in short:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -99,6 +100,8 @@ CLAIM_BUDGET: Final = 30.0
 _WAIT_CAP: Final = 32  # the wait after a loss grows with the numbers that went by, up to this many round trips
 _YIELD_TRIPS: Final = 3.0  # a writer that saw others append recently waits up to this many round trips first
 _CONTENDED_TRIPS: Final = 64  # ... for this many round trips after it last saw them (protocol rule 20)
+_TURN_WAIT_MIN: Final = 0.05  # seconds a contended writer waits for its turn at least (protocol rule 23) ...
+_TURN_WAIT_MAX: Final = 1.0  # ... and at most, before it claims without one (a stalled holder is not waited out)
 _PROBE_STAMP: Final = "2000-01-01T00:00:00.000000Z"  # what an append's fields are validated with, before its stamp
 
 
@@ -365,34 +368,40 @@ class EventLog(LogCaches):
             intent: str | None = None
             self._yield(clock, began)
             while True:
-                on_word = by_word and self._on_word()
-                if exact:
-                    # On word, the writer state's status holds through the tail (protocol rule 21): no fold.
-                    state = self._writer_state() if on_word else self._sync()
-                    verdict = self._check(state, fields, row=row, check=check, epoch=epoch)
-                    if isinstance(verdict, Commit):
-                        return verdict
-                    if not verdict:
-                        continue
-                    # The state it was checked against ends right before it (or, on word, its status
-                    # holds through the tail).
-                    seq = self._tail + 1 if on_word else state.last_event_id + 1
-                else:
-                    self._refuse_if_sealed()
-                    seq = self._tail + 1
-                self._counter += 1
-                nonce = f"{self._writer}-{self._counter}"
-                data = {"timestamp": _codec.now_iso(clock.now()), **fields, "event_id": seq, "nonce": nonce}
-                started = time.monotonic()
-                # Protocol rule 21's mark: a seal, a type a registered fold handles (it may change
-                # anything) and what the transition table moves are odd-sized.
-                moves = sealing or custom_fold or _moves_status(etype, row, state)
-                # Protocol rule 22's tag: bytes of another writer's tag are not ours, by their size alone.
-                body = event_body(_codec.dumps(data), may_move=moves, tag=int(self._writer[:4], 16) % SIZE_TAGS)
-                intent = self._announce(intent, etype, row, state)
-                sent = clock.monotonic()
-                won = self._storage.claim(self._layout.event(seq), body)
-                self._trip += (min(clock.monotonic() - sent, 2 * self._trip) - self._trip) / 8
+                turn = self._take_turn(clock)  # None unless contended on a backend with turns (protocol rule 23)
+                try:
+                    on_word = by_word and self._on_word()
+                    if exact:
+                        # On word, the writer state's status holds through the tail (protocol rule 21): no fold.
+                        state = self._writer_state() if on_word else self._sync()
+                        verdict = self._check(state, fields, row=row, check=check, epoch=epoch)
+                        if isinstance(verdict, Commit):
+                            return verdict
+                        if not verdict:
+                            continue
+                        # The state it was checked against ends right before it (or, on word, its status
+                        # holds through the tail).
+                        seq = self._tail + 1 if on_word else state.last_event_id + 1
+                    else:
+                        self._refuse_if_sealed()
+                        seq = self._tail + 1
+                    self._counter += 1
+                    nonce = f"{self._writer}-{self._counter}"
+                    data = {"timestamp": _codec.now_iso(clock.now()), **fields, "event_id": seq, "nonce": nonce}
+                    started = time.monotonic()
+                    # Protocol rule 21's mark: a seal, a type a registered fold handles (it may change
+                    # anything) and what the transition table moves are odd-sized.
+                    moves = sealing or custom_fold or _moves_status(etype, row, state)
+                    # Protocol rule 22's tag: bytes of another writer's tag are not ours, by their size alone.
+                    tag = int(self._writer[:4], 16) % SIZE_TAGS
+                    body = event_body(_codec.dumps(data), may_move=moves, tag=tag)
+                    intent = self._announce(intent, etype, row, state)
+                    sent = clock.monotonic()
+                    won = self._storage.claim(self._layout.event(seq), body)
+                    self._trip += (min(clock.monotonic() - sent, 2 * self._trip) - self._trip) / 8
+                finally:
+                    if turn is not None:
+                        turn.close()
                 if not won:
                     # Another writer took this number (or, unsettled, a retry of ours met our own bytes):
                     # learn the new tail (and, for an exact append, the events missed, in one round),
@@ -450,6 +459,31 @@ class EventLog(LogCaches):
                 raise
             return False
         return True
+
+    def _take_turn(self, clock: Clock) -> contextlib.ExitStack | None:
+        """Protocol rule 23: a contended writer waits its turn where the backend has turns, then learns the tail.
+
+        Held through the checks and the create: no other writer taking turns creates meanwhile, so
+        the tail learned here (one sized round, protocol rule 21) is the tail its create meets. None when
+        the writer saw no contention lately, or the backend has no turns, or none came in time.
+        """
+        now = clock.monotonic()
+        if now >= self._contended_until:
+            return None
+        stack = contextlib.ExitStack()
+        try:
+            wait = min(_TURN_WAIT_MAX, max(_TURN_WAIT_MIN, _CONTENDED_TRIPS * self._trip))
+            if not stack.enter_context(self._storage.turn(self._layout.events, wait)):
+                stack.close()
+                return None
+            known = self._tail
+            self._learn_tail(known + 1, fold=False)
+            if self._tail > known:  # others appended since it looked: still contended
+                self._contended_until = clock.monotonic() + _CONTENDED_TRIPS * self._trip
+        except BaseException:
+            stack.close()
+            raise
+        return stack
 
     def _yield(self, clock: Clock, now: float) -> None:
         """Protocol rule 20: a writer that saw others append lately waits a moment before it claims.

@@ -520,6 +520,18 @@ class Storage:
                 return True
             raise
 
+    @contextlib.contextmanager
+    def turn(self, folder: str, wait: float) -> Iterator[bool]:  # noqa: ARG002  (the signature every backend's turn shares)
+        """This process's turn to create names under ``folder``: True while held, False when none is held.
+
+        Where processes can share a lock cheaply (a local folder), writers that would race for the
+        same names wait their turn instead, so none spends a durable write on a lost create. A turn
+        only orders the tries: the exclusive create still decides every claim, and a turn not had
+        within ``wait`` seconds (its holder stalled) is given up (False) rather than waited for.
+        Elsewhere nothing is held.
+        """
+        yield False
+
     def _landed(self, path: str, data: bytes) -> bool:
         try:
             return bool(self.fs.cat_file(path, **self._cat_kwargs) == data)
@@ -1089,6 +1101,33 @@ class LocalStorage(Storage):
     # -- compare-and-swap ------------------------------------------------------
 
     @contextlib.contextmanager
+    def turn(self, folder: str, wait: float) -> Iterator[bool]:
+        """An exclusive ``flock`` on ``folder``, polled for up to ``wait`` seconds (a stalled holder is not awaited)."""
+        path = self._checked(folder)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            yield False  # no folder yet (or not one we may lock): the create decides alone
+            return
+        try:
+            deadline = time.monotonic() + wait
+            held = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held = True
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        break
+                    time.sleep(_TURN_POLL)
+                except OSError:
+                    break  # a filesystem without flock: no turns
+            yield held
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    @contextlib.contextmanager
     def _folder_lock(self, folder: str) -> Iterator[None]:
         """An exclusive ``flock`` on the folder: check-and-replace is atomic between processes."""
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -1109,6 +1148,7 @@ class LocalStorage(Storage):
             yield True
 
 
+_TURN_POLL: Final = 0.0002  # seconds between tries for a claim turn (a local create takes about 1 ms)
 _TEMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 _IN_PLACE_MAX: Final = 4096
 """The largest cache rewritten in place (one page): larger ones are renamed into place."""
