@@ -336,6 +336,8 @@ def test_missing_credentials_say_where_we_looked(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     options = {k: v for k, v in s3_server.storage_options.items() if k not in ("key", "secret")}
+    # A fresh client: a cached one would hold the credentials an earlier test's environment gave it.
+    options["skip_instance_cache"] = True
     store = RunStore(f"s3://faber-test/creds-{uuid.uuid4().hex}", storage_options=options)
     with pytest.raises(CredentialsMissing, match="AWS_ACCESS_KEY_ID") as info:
         store.create_run("acme", "web")
