@@ -75,6 +75,7 @@ __all__ = [
     "segment_listing_start",
     "segment_name",
     "seq_name",
+    "tag_by_size",
 ]
 
 SEQ_WIDTH: Final = 20
@@ -354,6 +355,11 @@ def event_body(body: bytes, *, may_move: bool, tag: int = 0) -> bytes:
     modulus = 2 * SIZE_TAGS
     want = 2 * tag + (1 if may_move else 0)
     return body + b" " * ((want - len(body)) % modulus)
+
+
+def tag_by_size(size: int) -> int:
+    """The size tag (protocol rule 22) of the writer of an event file of ``size`` bytes."""
+    return (size % (2 * SIZE_TAGS)) // 2
 
 
 def may_move_by_size(size: int) -> bool:

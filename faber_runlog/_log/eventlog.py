@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -70,6 +70,7 @@ from faber_runlog._format.layout import (
     may_move_by_size,
     parse_seq_name,
     seq_name,
+    tag_by_size,
 )
 from faber_runlog._log.caches import LogCaches
 from faber_runlog._log.hooks import Commit, LogHooks
@@ -102,6 +103,8 @@ _YIELD_TRIPS: Final = 3.0  # a writer that saw others append recently waits up t
 _CONTENDED_TRIPS: Final = 64  # ... for this many round trips after it last saw them (protocol rule 20)
 _TURN_WAIT_MIN: Final = 0.05  # seconds a contended writer waits for its turn at least (protocol rule 23) ...
 _TURN_WAIT_MAX: Final = 1.0  # ... and at most, before it claims without one (a stalled holder is not waited out)
+_ORDER_WINDOW: Final = 32  # the tags of this many events before the tail are the writers in the order (rule 24)
+_ORDER_TRIPS: Final = 2.0  # round trips one writer's turn in that order takes: learn the tail, then claim
 _PROBE_STAMP: Final = "2000-01-01T00:00:00.000000Z"  # what an append's fields are validated with, before its stamp
 
 
@@ -113,6 +116,7 @@ def _new_identity_in_child() -> None:
     # would stamp the same nonces, and the lost-reply check would confuse them.
     for elog in list(_LOGS):
         elog._writer = uuid.uuid4().hex[:12]  # noqa: SLF001  (same module: EventLog's fork hook)
+        elog._tag = int(elog._writer[:4], 16) % SIZE_TAGS  # noqa: SLF001
         elog._counter = 0  # noqa: SLF001
         elog._lock = threading.RLock()  # noqa: SLF001
 
@@ -246,6 +250,8 @@ class EventLog(LogCaches):
         # moment until which it yields before claiming: it saw another writer append lately (protocol rule 20).
         self._trip = storage.contention_backoff
         self._contended_until = float("-inf")
+        self._tag = int(self._writer[:4], 16) % SIZE_TAGS  # protocol rule 22 (the fork hook renews it)
+        self._tags: dict[int, int] = {}  # event number -> its writer's tag, for the numbers lately listed (rule 24)
         self._lock = threading.RLock()
         # What the opener wires in (faber_runlog._log.hooks, set by with_hooks): the lease fence before a
         # claim, the run index around an append that may move the status, work after a commit that changed
@@ -368,7 +374,9 @@ class EventLog(LogCaches):
             intent: str | None = None
             self._yield(clock, began)
             while True:
-                turn = self._take_turn(clock)  # None unless contended on a backend with turns (protocol rule 23)
+                # None unless contended on a backend with turns (protocol rule 23); a first try learns the tail
+                # anyway when contended (a lost one's round just learned it).
+                turn = self._take_turn(clock, learn=race is None)
                 try:
                     on_word = by_word and self._on_word()
                     if exact:
@@ -393,8 +401,7 @@ class EventLog(LogCaches):
                     # anything) and what the transition table moves are odd-sized.
                     moves = sealing or custom_fold or _moves_status(etype, row, state)
                     # Protocol rule 22's tag: bytes of another writer's tag are not ours, by their size alone.
-                    tag = int(self._writer[:4], 16) % SIZE_TAGS
-                    body = event_body(_codec.dumps(data), may_move=moves, tag=tag)
+                    body = event_body(_codec.dumps(data), may_move=moves, tag=self._tag)
                     intent = self._announce(intent, etype, row, state)
                     sent = clock.monotonic()
                     won = self._storage.claim(self._layout.event(seq), body)
@@ -410,6 +417,7 @@ class EventLog(LogCaches):
                     mine = body if won is None else None
                     won = self._lost(race, seq, exact=exact, by_word=by_word, clock=clock, mine=mine)
                 if won:
+                    self._note_tags([(seq, self._tag)])
                     self._after_create(seq, started)
                     if not moves and max(self._neutral, state.last_event_id) == seq - 1:
                         self._neutral = seq
@@ -460,7 +468,7 @@ class EventLog(LogCaches):
             return False
         return True
 
-    def _take_turn(self, clock: Clock) -> contextlib.ExitStack | None:
+    def _take_turn(self, clock: Clock, *, learn: bool) -> contextlib.ExitStack | None:
         """Protocol rule 23: a contended writer waits its turn where the backend has turns, then learns the tail.
 
         Held through the checks and the create: no other writer taking turns creates meanwhile, so
@@ -475,6 +483,10 @@ class EventLog(LogCaches):
             wait = min(_TURN_WAIT_MAX, max(_TURN_WAIT_MIN, _CONTENDED_TRIPS * self._trip))
             if not stack.enter_context(self._storage.turn(self._layout.events, wait)):
                 stack.close()
+                if learn:
+                    # No turn: its tail is as stale as the others' appends made it; a create at it
+                    # would lose (one request) and learn it after all.
+                    self._learn_tail(self._tail + 1, fold=False)
                 return None
             known = self._tail
             self._learn_tail(known + 1, fold=False)
@@ -489,10 +501,29 @@ class EventLog(LogCaches):
         """Protocol rule 20: a writer that saw others append lately waits a moment before it claims.
 
         The writer that just won knows the tail first and would win again, so it lets a loser in.
-        A lone writer never waits.
+        Where it knows the order of the writers' tags (rule 24), it waits for the writers between
+        the tail's writer and itself in that order; else a random moment. A lone writer never waits.
         """
         if now < self._contended_until:
-            clock.sleep(random.uniform(0.0, _YIELD_TRIPS * self._trip))
+            ahead = self._ahead()
+            if ahead is None:
+                clock.sleep(random.uniform(0.0, _YIELD_TRIPS * self._trip))
+            else:
+                clock.sleep((ahead * _ORDER_TRIPS + random.uniform(0.0, 0.5)) * self._trip)
+
+    def _ahead(self) -> int | None:
+        """Protocol rule 24: how many writers come before this one after the tail, in the order of their tags.
+
+        The writers are the tags of the last ``_ORDER_WINDOW`` events before the tail, with this
+        writer's; they take turns in the cyclic order of their tags, starting after the tag that wrote
+        the tail. None when the tail's writer is not known (this writer did not list or write it).
+        """
+        tail = self._tail
+        last = self._tags.get(tail)
+        if last is None:
+            return None
+        order = sorted({t for n, t in self._tags.items() if n > tail - _ORDER_WINDOW} | {self._tag})
+        return ((order.index(self._tag) - order.index(last)) % len(order) or len(order)) - 1
 
     def _announce(self, intent: str | None, etype: str, row: Transition | None, state: RunState) -> str | None:
         """The index intent for this append: written once, before the claim, when it may move the status."""
@@ -615,7 +646,15 @@ class EventLog(LogCaches):
             while (size := self._storage.size(self._layout.event(after + len(found) + 1))) is not None:
                 found.append((after + len(found) + 1, size))
         self._listed = dict(found)  # what a lost create's round settles from (protocol rule 22)
+        self._note_tags((seq, tag_by_size(size)) for seq, size in found)
         return found
+
+    def _note_tags(self, tags: Iterable[tuple[int, int]]) -> None:
+        """Remember whose tag wrote which numbers, for a window before the tail (protocol rule 24)."""
+        self._tags.update(tags)
+        if len(self._tags) > 4 * _ORDER_WINDOW:  # pruned now and then: amortized nothing per append
+            floor = max(self._tags) - 2 * _ORDER_WINDOW
+            self._tags = {n: t for n, t in self._tags.items() if n > floor}
 
     def _learn_word(self, race: _Race, lost: int) -> bool:
         """Protocol rule 21's round: the new tail, and that no event after the writer state moved the status.
