@@ -103,7 +103,7 @@ _YIELD_TRIPS: Final = 3.0  # a writer that saw others append recently waits up t
 _CONTENDED_TRIPS: Final = 64  # ... for this many round trips after it last saw them (protocol rule 20)
 _TURN_WAIT_MIN: Final = 0.05  # seconds a contended writer waits for its turn at least (protocol rule 23) ...
 _TURN_WAIT_MAX: Final = 1.0  # ... and at most, before it claims without one (a stalled holder is not waited out)
-_ORDER_WINDOW: Final = 32  # the tags of this many events before the tail are the writers in the order (rule 24)
+_ORDER_WINDOW: Final = 32  # the tags of this many events before the tail: the writers in turn (protocol rule 24)
 _ORDER_TRIPS: Final = 2.0  # round trips one writer's turn in that order takes: learn the tail, then claim
 _PROBE_STAMP: Final = "2000-01-01T00:00:00.000000Z"  # what an append's fields are validated with, before its stamp
 
@@ -116,7 +116,6 @@ def _new_identity_in_child() -> None:
     # would stamp the same nonces, and the lost-reply check would confuse them.
     for elog in list(_LOGS):
         elog._writer = uuid.uuid4().hex[:12]  # noqa: SLF001  (same module: EventLog's fork hook)
-        elog._tag = int(elog._writer[:4], 16) % SIZE_TAGS  # noqa: SLF001
         elog._counter = 0  # noqa: SLF001
         elog._lock = threading.RLock()  # noqa: SLF001
 
@@ -250,8 +249,7 @@ class EventLog(LogCaches):
         # moment until which it yields before claiming: it saw another writer append lately (protocol rule 20).
         self._trip = storage.contention_backoff
         self._contended_until = float("-inf")
-        self._tag = int(self._writer[:4], 16) % SIZE_TAGS  # protocol rule 22 (the fork hook renews it)
-        self._tags: dict[int, int] = {}  # event number -> its writer's tag, for the numbers lately listed (rule 24)
+        self._tags: dict[int, int] = {}  # event number -> its writer's tag, lately listed (protocol rule 24)
         self._lock = threading.RLock()
         # What the opener wires in (faber_runlog._log.hooks, set by with_hooks): the lease fence before a
         # claim, the run index around an append that may move the status, work after a commit that changed
@@ -262,6 +260,11 @@ class EventLog(LogCaches):
 
     def __repr__(self) -> str:
         return f"EventLog({self._run_id!r} on {self._storage.url})"
+
+    @property
+    def _tag(self) -> int:
+        """This writer's size tag (protocol rule 22), from its id (a forked child gets a new one)."""
+        return int(self._writer[:4], 16) % SIZE_TAGS
 
     @property
     def run_id(self) -> str:
@@ -501,7 +504,7 @@ class EventLog(LogCaches):
         """Protocol rule 20: a writer that saw others append lately waits a moment before it claims.
 
         The writer that just won knows the tail first and would win again, so it lets a loser in.
-        Where it knows the order of the writers' tags (rule 24), it waits for the writers between
+        Where it knows the order of the writers' tags (protocol rule 24), it waits for the writers between
         the tail's writer and itself in that order; else a random moment. A lone writer never waits.
         """
         if now < self._contended_until:

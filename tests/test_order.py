@@ -1,0 +1,112 @@
+"""Protocol rule 24 (docs/concurrency.md): contended writers take turns in the order of their size tags.
+
+The tags come from the listings a writer makes anyway (rule 22 puts them in every event file's size);
+the order only sizes a contended writer's wait before its first try, which then learns the tail.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+from test_claim_loop import Recorded, Waits
+
+from faber_runlog import RunStore
+from faber_runlog._base import codec as _codec
+from faber_runlog._base.ids import RunId
+from faber_runlog._format.layout import SIZE_TAGS, event_body, tag_by_size
+from faber_runlog._log.eventlog import EventLog
+from faber_runlog._storage.backends import MemoryStorage
+
+pytestmark = pytest.mark.rule("protocol", 24)
+
+MINE = 5  # the tested writer's tag
+
+
+class Tagged(Recorded):
+    """The recording double, whose other writers' events carry the tags of ``rival_tags``, in turn."""
+
+    rival_tags: list[int]
+
+    def _rival(self, seq: int) -> None:
+        body = {
+            "type": "checkpoint",
+            "event_id": seq,
+            "run_id": self.run_id,
+            "timestamp": "2026-01-01T00:00:00.000000Z",
+            "nonce": f"rival-{seq}",
+            "metadata": {},
+            "schema_version": 1,
+        }
+        tag = self.rival_tags.pop(0)
+        assert MemoryStorage.create(
+            self, self.layout.event(seq), event_body(_codec.dumps(body), may_move=False, tag=tag)
+        )
+
+
+@pytest.fixture
+def tagged(monkeypatch: pytest.MonkeyPatch) -> tuple[EventLog, Tagged]:
+    """A writer of tag 5 that appended events 1 and 2 alone, and its recording storage."""
+    monkeypatch.setattr(random, "uniform", lambda _low, high: high)  # every random part: the top of its window
+    clock = Waits()
+    store = RunStore(f"memory://order-{uuid.uuid4().hex}", clock=clock)
+    run = store.create_run("acme", "web")
+    storage = Tagged.of(store, run.id, clock)
+    assert isinstance(storage, Tagged)
+    storage.rival_tags = []
+    clock.calls = storage.calls
+    log = EventLog(storage, RunId.parse(run.id))
+    log._writer = f"{MINE:04x}" + uuid.uuid4().hex[:8]  # noqa: SLF001  (the tag comes from the writer id)
+    for i in range(2):
+        log.emit("checkpoint", metadata={"label": f"own {i}"})
+    storage.calls.clear()
+    return log, storage
+
+
+def _lose_to(log: EventLog, storage: Tagged, tags: list[int]) -> int:
+    """Let writers of ``tags`` take the number this writer tries next; return the number it then got."""
+    storage.rivals, storage.rival_tags = [len(tags)], list(tags)
+    seq = log.emit("checkpoint", metadata={"label": "after a loss"}).event_id
+    storage.calls.clear()
+    return seq
+
+
+def test_the_tag_is_read_back_from_the_size_for_every_tag_and_mark() -> None:
+    for tag in range(SIZE_TAGS):
+        for may_move in (True, False):
+            assert tag == tag_by_size(len(event_body(b'{"a":1}', may_move=may_move, tag=tag)))
+
+
+def test_a_writer_that_just_wrote_waits_for_every_other_writer_in_the_order_then_learns_the_tail(
+    tagged: tuple[EventLog, Tagged],
+) -> None:
+    log, storage = tagged
+    assert 6 == _lose_to(log, storage, [1, 3, 9])  # 3, 4, 5 by tags 1, 3, 9; then 6 is its own
+    assert 7 == log.emit("checkpoint", metadata={"label": "next"}).event_id
+    # The order is 1, 3, 5, 9; after its own 6 come 9, 1 and 3: three turns of 2 round trips, plus the
+    # random half trip; then one sized listing (nothing went by) and the create.
+    assert ["wait 6.5", "list events after 6", "create 7 won"] == storage.calls
+
+
+def test_a_writer_whose_tag_follows_the_tails_writer_goes_at_once(tagged: tuple[EventLog, Tagged]) -> None:
+    log, storage = tagged
+    assert 6 == _lose_to(log, storage, [MINE, MINE, MINE])  # writers of its own tag: no one between
+    assert 7 == log.emit("checkpoint", metadata={"label": "next"}).event_id
+    assert ["wait 0.5", "list events after 6", "create 7 won"] == storage.calls
+
+
+def test_writers_of_older_events_leave_the_order_and_a_lone_writer_never_waits(
+    tagged: tuple[EventLog, Tagged],
+) -> None:
+    log, storage = tagged
+    assert 6 == _lose_to(log, storage, [1, 3, 9])
+    log._contended_until = float("-inf")  # noqa: SLF001  (as after rule 20's window: no one appended lately)
+    for i in range(40):  # 40 events alone: tags 1, 3 and 9 drop out of the last 32
+        log.emit("checkpoint", metadata={"label": f"alone {i}"})
+    assert [f"create {n} won" for n in range(7, 47)] == storage.calls
+    storage.calls.clear()
+    assert 49 == _lose_to(log, storage, [2, 2])  # 47 and 48 by tag 2
+    assert 50 == log.emit("checkpoint", metadata={"label": "next"}).event_id
+    # The order is now 2 and 5: after its own 49 comes one writer.
+    assert ["wait 2.5", "list events after 49", "create 50 won"] == storage.calls
