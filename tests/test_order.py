@@ -110,3 +110,11 @@ def test_writers_of_older_events_leave_the_order_and_a_lone_writer_never_waits(
     assert 50 == log.emit("checkpoint", metadata={"label": "next"}).event_id
     # The order is now 2 and 5: after its own 49 comes one writer.
     assert ["wait 2.5", "list events after 49", "create 50 won"] == storage.calls
+
+
+def test_the_wait_for_a_turn_is_capped_on_a_slow_store(tagged: tuple[EventLog, Tagged]) -> None:
+    log, storage = tagged
+    assert 6 == _lose_to(log, storage, [1, 3, 9])
+    log._trip = 1.0  # noqa: SLF001  (as after slow claims: three turns would be 6.5 s)
+    assert 7 == log.emit("checkpoint", metadata={"label": "next"}).event_id
+    assert "wait 200" == storage.calls[0]  # 2 s, in the double's round trips of 10 ms

@@ -105,6 +105,7 @@ _TURN_WAIT_MIN: Final = 0.05  # seconds a contended writer waits for its turn at
 _TURN_WAIT_MAX: Final = 1.0  # ... and at most, before it claims without one (a stalled holder is not waited out)
 _ORDER_WINDOW: Final = 32  # the tags of this many events before the tail: the writers in turn (protocol rule 24)
 _ORDER_TRIPS: Final = 2.0  # round trips one writer's turn in that order takes: learn the tail, then claim
+_ORDER_WAIT_MAX: Final = 2.0  # seconds one waits for its turn in that order at most (a slow store is not waited out)
 _PROBE_STAMP: Final = "2000-01-01T00:00:00.000000Z"  # what an append's fields are validated with, before its stamp
 
 
@@ -512,7 +513,8 @@ class EventLog(LogCaches):
             if ahead is None:
                 clock.sleep(random.uniform(0.0, _YIELD_TRIPS * self._trip))
             else:
-                clock.sleep((ahead * _ORDER_TRIPS + random.uniform(0.0, 0.5)) * self._trip)
+                turns = ahead * _ORDER_TRIPS + random.uniform(0.0, 0.5)
+                clock.sleep(min(_ORDER_WAIT_MAX, turns * self._trip))
 
     def _ahead(self) -> int | None:
         """Protocol rule 24: how many writers come before this one after the tail, in the order of their tags.
