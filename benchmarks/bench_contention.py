@@ -5,7 +5,8 @@ sub-agent does before it works; then, all at once on a start signal, it emits ``
 ``step_complete`` per step. Rows report, all measured in the same run:
 requests per acknowledged event (S3, counted on each client) against one writer's and against the
 writers + 4 bound, p50/p99/max emit time, the smallest share of its steps a writer had done by half
-time, and the total event rate against one writer's.
+time, and the total event rate against one writer's and (S3) against the best that writers taking
+turns can do: a raw loop of a LIST then a create per event, one process.
 
     python benchmarks/bench_contention.py worker SPEC RUN_ID NAME STEPS GO_FILE   (one writer process)
 """
@@ -115,6 +116,27 @@ def _shape(spec: dict[str, Any], writers: int, steps: int) -> dict[str, float]:
     }
 
 
+def _raw_turns(opts: dict[str, Any], bucket: str, events: int) -> float:
+    """Events/s of the least any exact append costs from a writer that did not write the event before it.
+
+    One process, one event after another: a LIST after the last name it knows (it must learn the tail,
+    and the writer before it cannot have let it know sooner), then a create of the next name. Writers
+    taking turns cannot beat this: each event waits for the one before it to land and be listed.
+    """
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**opts)
+    prefix = f"raw-turns-{uuid.uuid4().hex[:8]}/"
+    last = prefix
+    body = b"x" * 300
+    t = time.perf_counter()
+    for i in range(1, events + 1):
+        fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, StartAfter=last)
+        last = f"{prefix}{i:020d}.json"
+        fs.pipe_file(f"{bucket}/{last}", body, mode="create")
+    return events / (time.perf_counter() - t)
+
+
 # Issue 27's latency targets (2-core machine, moto S3): (backend, shape, statistic) -> milliseconds.
 _EMIT_TARGETS_MS: dict[tuple[str, str, str], float] = {
     ("S3", "16-way fan-out", "p99"): 2000.0,
@@ -125,7 +147,7 @@ _EMIT_TARGETS_MS: dict[tuple[str, str, str], float] = {
 }
 
 
-def _rows(kind: str, spec_of: Any, *, quick: bool) -> list[Row]:
+def _rows(kind: str, spec_of: Any, *, quick: bool, turns: float | None = None) -> list[Row]:
     steps = 4 if quick else 25
     one = _shape(spec_of(), 1, steps * 2)
     shapes = [("16-way fan-out", 16, 1), ("8 steady writers", 8, steps)]
@@ -205,6 +227,19 @@ def _rows(kind: str, spec_of: Any, *, quick: bool) -> list[Row]:
                 got["rate"] >= 0.5 * one["rate"] if steady else None,
             )
         )
+        if turns is not None and steady:
+            rows.append(
+                Row(
+                    f"{name}: total event rate vs writers taking turns at best",
+                    got["rate"],
+                    "raw LIST + create loop",
+                    turns,
+                    "ev/s",
+                    "",
+                    got["rate"] / turns,
+                    None,
+                )
+            )
     return rows
 
 
@@ -219,8 +254,12 @@ def run(*, quick: bool) -> list[Row]:
         import s3fs
 
         s3fs.S3FileSystem(**opts).mkdir("bench-contention")
+        turns = _raw_turns(opts, "bench-contention", 40 if quick else 200)
         rows += _rows(
-            "S3", lambda: {"url": f"s3://bench-contention/{uuid.uuid4().hex}", "storage_options": opts}, quick=quick
+            "S3",
+            lambda: {"url": f"s3://bench-contention/{uuid.uuid4().hex}", "storage_options": opts},
+            quick=quick,
+            turns=turns,
         )
     finally:
         server.stop()
