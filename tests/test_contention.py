@@ -196,6 +196,7 @@ def _simulate(writers: int, steps: int, seed: int) -> dict[str, Any]:
         "writers": len(done),
         "least_share_at_half": min(sum(1 for t in d if t <= half) / steps for d in done.values()),
         "worst": max(worst),
+        "end": max(max(d) for d in done.values()),  # when the last writer was done (simulated seconds)
         "requests_per_event": requests / (2 * writers * steps),
     }
 
