@@ -485,18 +485,17 @@ class EventLog(LogCaches):
         stack = contextlib.ExitStack()
         try:
             wait = min(_TURN_WAIT_MAX, max(_TURN_WAIT_MIN, _CONTENDED_TRIPS * self._trip))
-            turn = stack.enter_context(self._storage.turn(self._layout.events, wait))
-            if not turn:
+            if not stack.enter_context(self._storage.turn(self._layout.events, wait)):
                 stack.close()
-            if turn or learn:
-                # Without a turn (protocol rule 24), its tail is as stale as the others' appends made it:
-                # a create there would lose (one request) and learn it after all.
-                known = self._tail
-                self._learn_tail(known + 1, fold=False)
-                if self._tail > known:  # others appended since it looked: still contended
-                    self._contended_until = clock.monotonic() + _CONTENDED_TRIPS * self._trip
-            if not turn:
+                if learn:
+                    # No turn: its tail is as stale as the others' appends made it; a create at it
+                    # would lose (one request) and learn it after all.
+                    self._learn_tail(self._tail + 1, fold=False)
                 return None
+            known = self._tail
+            self._learn_tail(known + 1, fold=False)
+            if self._tail > known:  # others appended since it looked: still contended
+                self._contended_until = clock.monotonic() + _CONTENDED_TRIPS * self._trip
         except BaseException:
             stack.close()
             raise
