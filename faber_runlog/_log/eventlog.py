@@ -521,13 +521,16 @@ class EventLog(LogCaches):
 
         The writers are the tags of the last ``_ORDER_WINDOW`` events before the tail, with this
         writer's; they take turns in the cyclic order of their tags, starting after the tag that wrote
-        the tail. None when the tail's writer is not known (this writer did not list or write it).
+        the tail. None when the tail's writer is not known (this writer did not list or write it), or
+        when every writer seen has this writer's tag.
         """
         tail = self._tail
         last = self._tags.get(tail)
         if last is None:
             return None
         order = sorted({t for n, t in self._tags.items() if n > tail - _ORDER_WINDOW} | {self._tag})
+        if len(order) == 1:
+            return None  # only its own tag: writers that share it have no order to take (protocol rule 20's wait)
         return ((order.index(self._tag) - order.index(last)) % len(order) or len(order)) - 1
 
     def _announce(self, intent: str | None, etype: str, row: Transition | None, state: RunState) -> str | None:
