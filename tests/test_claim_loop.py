@@ -69,7 +69,12 @@ class Recorded(MemoryStorage):
             "metadata": {},
             "schema_version": 1,
         }
-        assert MemoryStorage.create(self, self.layout.event(seq), event_body(_codec.dumps(body), may_move=False))
+        data = event_body(_codec.dumps(body), may_move=False, tag=self._rival_tag())
+        assert MemoryStorage.create(self, self.layout.event(seq), data)
+
+    def _rival_tag(self) -> int:
+        """The size tag of the next other writer's event (protocol rule 22): 0 here."""
+        return 0
 
     def create(self, key: str, data: bytes) -> bool:
         seq = parse_seq_name(key.rsplit("/", 1)[1])

@@ -13,11 +13,9 @@ import pytest
 from test_claim_loop import Recorded, Waits
 
 from faber_runlog import RunStore
-from faber_runlog._base import codec as _codec
 from faber_runlog._base.ids import RunId
 from faber_runlog._format.layout import SIZE_TAGS, event_body, tag_by_size
 from faber_runlog._log.eventlog import EventLog
-from faber_runlog._storage.backends import MemoryStorage
 
 pytestmark = pytest.mark.rule("protocol", 24)
 
@@ -29,20 +27,8 @@ class Tagged(Recorded):
 
     rival_tags: list[int]
 
-    def _rival(self, seq: int) -> None:
-        body = {
-            "type": "checkpoint",
-            "event_id": seq,
-            "run_id": self.run_id,
-            "timestamp": "2026-01-01T00:00:00.000000Z",
-            "nonce": f"rival-{seq}",
-            "metadata": {},
-            "schema_version": 1,
-        }
-        tag = self.rival_tags.pop(0)
-        assert MemoryStorage.create(
-            self, self.layout.event(seq), event_body(_codec.dumps(body), may_move=False, tag=tag)
-        )
+    def _rival_tag(self) -> int:
+        return self.rival_tags.pop(0)
 
 
 @pytest.fixture
