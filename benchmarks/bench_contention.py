@@ -51,6 +51,7 @@ def worker(spec: dict[str, Any], run_id: str, name: str, steps: int, go: str) ->
     # time the claim loop, not the interpreter warming up.
     log.fold_state()
     log.emit("checkpoint", metadata={"label": f"{name} ready"})
+    Path(f"{go}.{name}.ready").touch()
     while not os.path.exists(go):
         time.sleep(0.001)
     if fs is not None:
@@ -84,7 +85,14 @@ def _shape(spec: dict[str, Any], writers: int, steps: int) -> dict[str, float]:
         )
         for i in range(writers)
     ]
-    time.sleep(1.0 + 0.15 * writers)  # every process imported and opened the run
+    # Every process imported, opened the run and appended once: on 2 cores, 32 interpreters take
+    # seconds to start, and a start before they all are would time their imports, not the claim loop.
+    deadline = time.time() + 600
+    while not all(os.path.exists(f"{go}.w{i}.ready") for i in range(writers)):
+        if time.time() > deadline or any(p.poll() for p in procs):
+            raise RuntimeError(f"the {writers} writers did not all start: {[p.poll() for p in procs]}")
+        time.sleep(0.05)
+    time.sleep(0.5)  # their last requests settle
     start = time.time()
     Path(go).touch()
     outs = []

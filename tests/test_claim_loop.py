@@ -43,13 +43,14 @@ class Recorded(MemoryStorage):
     run_id: str
     calls: list[str]
     rivals: list[int]  # before each event create: how many events other writers land first
+    slow: list[float]  # the round trips of the next creates, in seconds (then ROUND_TRIP each)
 
     @classmethod
     def of(cls, store: RunStore, run_id: str, clock: ManualClock) -> Recorded:
         """The store's memory, seen through this double."""
         storage = cls(store.storage.fs, store.storage.root)
         storage.clock = storage.manual = clock
-        storage.calls, storage.rivals = [], []
+        storage.calls, storage.rivals, storage.slow = [], [], []
         storage.layout = RunLayout(RunId.parse(run_id))
         storage.run_id = run_id
         return storage
@@ -83,7 +84,7 @@ class Recorded(MemoryStorage):
                 self._rival(n)
         won = super().create(key, data)
         self.calls.append(f"create {self._name(key)} {'won' if won else 'lost'}")
-        self.manual.advance(ROUND_TRIP)
+        self.manual.advance(self.slow.pop(0) if self.slow else ROUND_TRIP)
         return won
 
     def read(self, key: str) -> bytes | None:
@@ -198,6 +199,23 @@ def test_a_writer_that_keeps_losing_waits_less_after_each_loss(writer: tuple[Eve
 
 
 @pytest.mark.rule("protocol", 7)
+def test_the_measured_round_trip_shrugs_off_one_stall_and_follows_a_store_that_slowed_down(
+    writer: tuple[EventLog, Recorded],
+) -> None:
+    log, storage = writer
+    storage.slow = [100 * ROUND_TRIP]  # one create stalls for a second
+    _emit(log, exact=False)
+    assert ROUND_TRIP * 1.75 == pytest.approx(log._trip)  # noqa: SLF001  (a stall counts as 4 trips, a quarter)
+    log._trip = ROUND_TRIP  # noqa: SLF001
+    # The store is 20 times slower for good (every writer of a busy run sends requests to it): waits sized by
+    # the old trip would send the writers back before the last ones' requests are answered, so the estimate
+    # catches up within a few claims (it took dozens when a claim could move it by an eighth).
+    storage.slow = [20 * ROUND_TRIP] * 8
+    for _ in range(8):
+        _emit(log, exact=False)
+    assert 15 * ROUND_TRIP < log._trip <= 20 * ROUND_TRIP  # noqa: SLF001
+
+
 def test_a_fresh_handle_that_lists_the_whole_log_from_event_1_does_not_ask_for_events_jsonl() -> None:
     from faber_runlog._services.archive import consolidate
 

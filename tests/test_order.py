@@ -31,17 +31,31 @@ class Tagged(Recorded):
         return self.rival_tags.pop(0)
 
 
+class Landing(Waits):
+    """The recording clock, under which other writers land the events of ``landing`` while this one waits."""
+
+    storage: Tagged
+    landing: list[tuple[int, int]]  # (event number, tag)
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        for seq, tag in self.landing:
+            self.storage.rival_tags.append(tag)
+            self.storage._rival(seq)  # noqa: SLF001  (the double's own way to land another writer's event)
+        self.landing = []
+
+
 @pytest.fixture
 def tagged(monkeypatch: pytest.MonkeyPatch) -> tuple[EventLog, Tagged]:
     """A writer of tag 5 that appended events 1 and 2 alone, and its recording storage."""
     monkeypatch.setattr(random, "uniform", lambda _low, high: high)  # every random part: the top of its window
-    clock = Waits()
+    clock = Landing()
     store = RunStore(f"memory://order-{uuid.uuid4().hex}", clock=clock)
     run = store.create_run("acme", "web")
     storage = Tagged.of(store, run.id, clock)
     assert isinstance(storage, Tagged)
     storage.rival_tags = []
-    clock.calls = storage.calls
+    clock.calls, clock.storage, clock.landing = storage.calls, storage, []
     log = EventLog(storage, RunId.parse(run.id))
     log._writer = f"{MINE:04x}" + uuid.uuid4().hex[:8]  # noqa: SLF001  (the tag comes from the writer id)
     for i in range(2):
@@ -98,6 +112,30 @@ def test_writers_of_older_events_leave_the_order_and_a_lone_writer_never_waits(
     assert 50 == log.emit("checkpoint", metadata={"label": "next"}).event_id
     # The order is now 2 and 5: after its own 49 comes one writer.
     assert ["wait 2.5", "list events after 49", "create 50 won"] == storage.calls
+
+
+def test_a_writer_whose_turn_went_by_unused_leaves_the_order_until_it_writes_again(
+    tagged: tuple[EventLog, Tagged],
+) -> None:
+    log, storage = tagged
+    clock = log._storage.clock  # noqa: SLF001  (the double's clock, which lands events while the writer waits)
+    assert isinstance(clock, Landing)
+    assert 6 == _lose_to(log, storage, [1, 3, 9])
+    clock.landing = [(7, 1), (8, 3)]  # while it waits for 9, 1 and 3, writers 1 and 3 append; 9 does not
+    assert 9 == log.emit("checkpoint", metadata={"label": "next"}).event_id
+    assert ["wait 6.5", "list events after 6", "create 9 won"] == storage.calls
+    storage.calls.clear()
+    # 9 let its turn go by (it finished its work, say): after its own 9, it waits for 1 and 3 only.
+    assert 10 == log.emit("checkpoint", metadata={"label": "then"}).event_id
+    assert ["wait 4.5", "list events after 9", "create 10 won"] == storage.calls
+    storage.calls.clear()
+    # 1 and 3 did not write during that wait either: it yields at random (rule 20), the order being its own.
+    clock.landing = [(11, 9)]  # 9 writes again, and is back in the order
+    assert 12 == log.emit("checkpoint", metadata={"label": "again"}).event_id
+    assert ["wait 3", "list events after 10", "create 12 won"] == storage.calls
+    storage.calls.clear()
+    assert 13 == log.emit("checkpoint", metadata={"label": "last"}).event_id
+    assert ["wait 2.5", "list events after 12", "create 13 won"] == storage.calls
 
 
 def test_the_wait_for_a_turn_is_capped_on_a_slow_store(tagged: tuple[EventLog, Tagged]) -> None:

@@ -251,6 +251,10 @@ class EventLog(LogCaches):
         self._trip = storage.contention_backoff
         self._contended_until = float("-inf")
         self._tags: dict[int, int] = {}  # event number -> its writer's tag, lately listed (protocol rule 24)
+        # Tags that let their turn go by unused, with the tail then: out of the order until they write
+        # after it; and the turns this writer last waited for, judged by its next listing (protocol rule 24).
+        self._idle: dict[int, int] = {}
+        self._awaited: tuple[int, list[int]] | None = None
         self._lock = threading.RLock()
         # What the opener wires in (faber_runlog._log.hooks, set by with_hooks): the lease fence before a
         # claim, the run index around an append that may move the status, work after a commit that changed
@@ -409,7 +413,7 @@ class EventLog(LogCaches):
                     intent = self._announce(intent, etype, row, state)
                     sent = clock.monotonic()
                     won = self._storage.claim(self._layout.event(seq), body)
-                    self._trip += (min(clock.monotonic() - sent, 2 * self._trip) - self._trip) / 8
+                    self._trip += (min(clock.monotonic() - sent, 4 * self._trip) - self._trip) / 4
                 finally:
                     if turn is not None:
                         turn.close()
@@ -510,28 +514,59 @@ class EventLog(LogCaches):
         """
         if now < self._contended_until:
             ahead = self._ahead()
-            if ahead is None:
-                clock.sleep(random.uniform(0.0, _YIELD_TRIPS * self._trip))
-            else:
-                turns = ahead * _ORDER_TRIPS + random.uniform(0.0, 0.5)
-                clock.sleep(min(_ORDER_WAIT_MAX, turns * self._trip))
+            clock.sleep(random.uniform(0.0, _YIELD_TRIPS * self._trip) if ahead is None else self._turns(ahead))
 
-    def _ahead(self) -> int | None:
-        """Protocol rule 24: how many writers come before this one after the tail, in the order of their tags.
+    def _turns(self, ahead: list[int]) -> float:
+        """The wait for the turns of the writers of ``ahead`` (protocol rule 24), noted to be judged after it.
+
+        ``2 t`` a writer, plus a random half ``t`` that parts two writers of one tag; capped, so a slow
+        store is not waited out. The turns the wait covers whole are judged by the listing that follows.
+        """
+        wait = min(_ORDER_WAIT_MAX, (len(ahead) * _ORDER_TRIPS + random.uniform(0.0, 0.5)) * self._trip)
+        covered = int(wait / (_ORDER_TRIPS * self._trip)) if self._trip > 0 else len(ahead)
+        self._awaited = (self._tail, ahead[:covered])
+        return wait
+
+    def _ahead(self) -> list[int] | None:
+        """Protocol rule 24: the tags of the writers before this one after the tail, in the order of their tags.
 
         The writers are the tags of the last ``_ORDER_WINDOW`` events before the tail, with this
-        writer's; they take turns in the cyclic order of their tags, starting after the tag that wrote
-        the tail. None when the tail's writer is not known (this writer did not list or write it), or
+        writer's, less those that let their turn go by since they last wrote (:meth:`_judge_turns`);
+        they take turns in the cyclic order of their tags, starting after the tag that wrote the
+        tail. None when the tail's writer is not known (this writer did not list or write it), or
         when every writer seen has this writer's tag.
         """
         tail = self._tail
         last = self._tags.get(tail)
         if last is None:
             return None
-        order = sorted({t for n, t in self._tags.items() if n > tail - _ORDER_WINDOW} | {self._tag})
+        newest: dict[int, int] = {}
+        for n, t in self._tags.items():
+            if n > tail - _ORDER_WINDOW and n > newest.get(t, 0):
+                newest[t] = n
+        idle = self._idle
+        order = sorted({t for t, n in newest.items() if n > idle.get(t, -1)} | {self._tag, last})
         if len(order) == 1:
             return None  # only its own tag: writers that share it have no order to take (protocol rule 20's wait)
-        return ((order.index(self._tag) - order.index(last)) % len(order) or len(order)) - 1
+        start = order.index(last)
+        count = ((order.index(self._tag) - start) % len(order) or len(order)) - 1
+        return [order[(start + 1 + i) % len(order)] for i in range(count)]
+
+    def _judge_turns(self, found: list[tuple[int, int]]) -> None:
+        """After a wait for turns, take the tags that wrote nothing meanwhile out of the order (protocol rule 24).
+
+        A writer that finished its work, or went quiet, would otherwise cost every writer after it
+        ``2 t`` on every emit for the last ``_ORDER_WINDOW`` events. Back in the order with its next event.
+        """
+        awaited, self._awaited = self._awaited, None
+        if awaited is None:
+            return
+        since, tags = awaited
+        wrote = {tag_by_size(size) for seq, size in found if seq > since}
+        tail = max((seq for seq, _ in found), default=since)
+        for tag in tags:
+            if tag not in wrote:
+                self._idle[tag] = tail
 
     def _announce(self, intent: str | None, etype: str, row: Transition | None, state: RunState) -> str | None:
         """The index intent for this append: written once, before the claim, when it may move the status."""
@@ -655,6 +690,7 @@ class EventLog(LogCaches):
                 found.append((after + len(found) + 1, size))
         self._listed = dict(found)  # what a lost create's round settles from (protocol rule 22)
         self._note_tags((seq, tag_by_size(size)) for seq, size in found)
+        self._judge_turns(found)
         return found
 
     def _note_tags(self, tags: Iterable[tuple[int, int]]) -> None:
