@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -270,6 +271,7 @@ def test_a_large_cache_is_renamed_into_place_whole(tmp_path: Path) -> None:
 
 def test_temp_file_names_never_repeat(tmp_path: Path) -> None:
     store = RunStore(str(tmp_path / "runs"))
+    store.storage._unnamed = False  # type: ignore[attr-defined]  # noqa: SLF001  (named temp files, as without O_TMPFILE)
     run = store.create_run("acme", "web")
     events = Path(store.storage.path(f"{run.id}/events"))
     names: list[str] = []
@@ -286,6 +288,61 @@ def test_temp_file_names_never_repeat(tmp_path: Path) -> None:
     assert 20 == len(set(names))
     assert all(n.startswith(".tmp-") for n in names)
     assert [] == [p.name for p in events.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="Linux's O_TMPFILE")
+def test_a_local_create_names_an_unnamed_temp_file_and_adds_nothing_else_to_the_folder(tmp_path: Path) -> None:
+    store = RunStore(str(tmp_path / "runs"))
+    run = store.create_run("acme", "web")
+    events = Path(store.storage.path(f"{run.id}/events"))
+    created: list[str] = []
+    real_open = os.open
+
+    def spy_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_CREAT and not flags & os.O_TMPFILE & ~os.O_DIRECTORY:
+            created.append(os.path.basename(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "open", spy_open)
+        for i in range(5):
+            run.log.emit("checkpoint", metadata={"label": f"c{i}"})
+    assert [] == [n for n in created if n.startswith(".tmp-")]  # no named temp file was made
+    assert ["00000000000000000001.json", "00000000000000000005.json"] == [
+        sorted(os.listdir(events))[i] for i in (0, -1)
+    ]
+    assert 5 == len(os.listdir(events))
+    assert all(b"checkpoint" in (events / n).read_bytes() for n in os.listdir(events))
+
+
+@pytest.mark.parametrize("refusal", ["no O_TMPFILE", "no /proc"])
+def test_a_local_create_falls_back_to_named_temp_files_where_unnamed_ones_cannot_be_linked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    storage = RunStore(str(tmp_path / "runs")).storage
+    assert isinstance(storage, LocalStorage)
+    real_open, real_link = os.open, os.link
+
+    def refusing_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if getattr(os, "O_TMPFILE", 0) and flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported", path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def refusing_link(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if str(src).startswith("/proc/"):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", src)
+        real_link(src, dst, *args, **kwargs)
+
+    if refusal == "no O_TMPFILE":
+        monkeypatch.setattr(os, "open", refusing_open)
+    else:
+        monkeypatch.setattr(os, "link", refusing_link)
+    assert storage.create("a/events/1.json", b"first")
+    assert not storage.create("a/events/1.json", b"again")
+    assert storage.create("a/events/2.json", b"second")
+    assert (b"first", b"second") == (storage.read("a/events/1.json"), storage.read("a/events/2.json"))
+    assert ["1.json", "2.json"] == sorted(os.listdir(storage.path("a/events")))  # no temp file left
+    assert storage._unnamed is False  # noqa: SLF001  (decided once: named temp files from then on)
 
 
 def test_old_temp_files_of_killed_writers_are_removed_by_the_next_writer(tmp_path: Path) -> None:
@@ -392,21 +449,29 @@ def test_delete_many_removes_the_keys_given_and_ignores_the_missing(store: RunSt
     storage.delete_many([])
 
 
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "named temp file"])
 def test_a_local_create_of_a_taken_name_loses_without_writing_a_temp_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool
 ) -> None:
     # A writer behind the tail answers its lost race from one stat, not after a temp file's fsync.
     storage = RunStore(str(tmp_path / "runs")).storage
     assert isinstance(storage, LocalStorage)
+    if not unnamed:
+        storage._unnamed = False  # noqa: SLF001  (as on a filesystem without O_TMPFILE)
     assert storage.create("a/events/1.json", b"first")
     temps: list[str] = []
-    write_temp = LocalStorage._write_temp  # noqa: SLF001  (the spy wraps the real method)
+    write_temp, write_unnamed = LocalStorage._write_temp, LocalStorage._create_unnamed  # noqa: SLF001  (spied on)
 
     def spy(self: LocalStorage, folder: str, data: bytes, *, sync: bool = True) -> str:
         temps.append(folder)
         return write_temp(self, folder, data, sync=sync)
 
+    def spy_unnamed(self: LocalStorage, folder: str, path: str, data: bytes) -> bool | None:
+        temps.append(folder)
+        return write_unnamed(self, folder, path, data)
+
     monkeypatch.setattr(LocalStorage, "_write_temp", spy)
+    monkeypatch.setattr(LocalStorage, "_create_unnamed", spy_unnamed)
     assert (False, []) == (storage.create("a/events/1.json", b"second"), temps)
     assert (True, 1) == (storage.create("a/events/2.json", b"second"), len(temps))
     assert b"first" == storage.read("a/events/1.json")
