@@ -124,6 +124,42 @@ def _shape(spec: dict[str, Any], writers: int, steps: int) -> dict[str, float]:
     }
 
 
+def getter(opts: dict[str, Any], key: str, seconds: float, go: str, name: str) -> None:
+    """One client of the capacity row: GET ``key`` for ``seconds`` after the go file, then print the count."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**opts)
+    fs.cat_file(key)  # connected and warm before the start
+    Path(f"{go}.{name}.ready").touch()
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    end, count = time.time() + seconds, 0
+    while time.time() < end:
+        fs.cat_file(key)
+        count += 1
+    print(count, flush=True)
+
+
+def _gets_per_second(opts: dict[str, Any], key: str, clients: int, seconds: float) -> float:
+    """GETs per second the store serves to ``clients`` processes at once (issue 27 measures moto's in the same run)."""
+    go = os.path.join(tempfile.mkdtemp(), "go")
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent.parent)}
+    args = [json.dumps(opts), key, str(seconds), go]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE), "getter", *args, f"g{i}"], stdout=subprocess.PIPE, text=True, env=env
+        )
+        for i in range(clients)
+    ]
+    deadline = time.time() + 300
+    while not all(os.path.exists(f"{go}.g{i}.ready") for i in range(clients)):
+        if time.time() > deadline or any(p.poll() for p in procs):
+            raise RuntimeError(f"the {clients} GET clients did not all start")
+        time.sleep(0.05)
+    Path(go).touch()
+    return sum(int(p.communicate(timeout=300)[0].split()[-1]) for p in procs) / seconds
+
+
 def _raw_turns(opts: dict[str, Any], bucket: str, events: int) -> float:
     """Events/s of the least any exact append costs from a writer that did not write the event before it.
 
@@ -263,6 +299,22 @@ def run(*, quick: bool) -> list[Row]:
 
         s3fs.S3FileSystem(**opts).mkdir("bench-contention")
         turns = _raw_turns(opts, "bench-contention", 40 if quick else 200)
+        s3fs.S3FileSystem(**opts).pipe_file("bench-contention/probe.json", b"x" * 300)
+        seconds = 1.0 if quick else 3.0
+        many = _gets_per_second(opts, "bench-contention/probe.json", 16, seconds)
+        one_client = _gets_per_second(opts, "bench-contention/probe.json", 1, seconds)
+        rows.append(
+            Row(
+                "S3: moto GETs served to 16 client processes",
+                many,
+                "one client process",
+                one_client,
+                "GET/s",
+                "",
+                many / one_client,
+                None,
+            )
+        )
         rows += _rows(
             "S3",
             lambda: {"url": f"s3://bench-contention/{uuid.uuid4().hex}", "storage_options": opts},
@@ -277,6 +329,8 @@ def run(*, quick: bool) -> list[Row]:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         worker(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6])
+    elif len(sys.argv) > 1 and sys.argv[1] == "getter":
+        getter(json.loads(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5], sys.argv[6])
     else:
         from run import render
 
