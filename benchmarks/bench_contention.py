@@ -87,11 +87,7 @@ def _shape(spec: dict[str, Any], writers: int, steps: int) -> dict[str, float]:
     ]
     # Every process imported, opened the run and appended once: on 2 cores, 32 interpreters take
     # seconds to start, and a start before they all are would time their imports, not the claim loop.
-    deadline = time.time() + 600
-    while not all(os.path.exists(f"{go}.w{i}.ready") for i in range(writers)):
-        if time.time() > deadline or any(p.poll() for p in procs):
-            raise RuntimeError(f"the {writers} writers did not all start: {[p.poll() for p in procs]}")
-        time.sleep(0.05)
+    _await_ready(go, "w", procs)
     time.sleep(0.5)  # their last requests settle
     start = time.time()
     Path(go).touch()
@@ -151,13 +147,18 @@ def _gets_per_second(opts: dict[str, Any], key: str, clients: int, seconds: floa
         )
         for i in range(clients)
     ]
-    deadline = time.time() + 300
-    while not all(os.path.exists(f"{go}.g{i}.ready") for i in range(clients)):
-        if time.time() > deadline or any(p.poll() for p in procs):
-            raise RuntimeError(f"the {clients} GET clients did not all start")
-        time.sleep(0.05)
+    _await_ready(go, "g", procs)
     Path(go).touch()
     return sum(int(p.communicate(timeout=300)[0].split()[-1]) for p in procs) / seconds
+
+
+def _await_ready(go: str, prefix: str, procs: list[subprocess.Popen[str]]) -> None:
+    """Wait until each of ``procs`` (named ``{prefix}{i}``) has left its ready file next to ``go``."""
+    deadline = time.time() + 600
+    while not all(os.path.exists(f"{go}.{prefix}{i}.ready") for i in range(len(procs))):
+        if time.time() > deadline or any(p.poll() for p in procs):
+            raise RuntimeError(f"the {len(procs)} processes did not all start: {[p.poll() for p in procs]}")
+        time.sleep(0.05)
 
 
 def _raw_turns(opts: dict[str, Any], bucket: str, events: int) -> float:
