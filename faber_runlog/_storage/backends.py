@@ -6,9 +6,9 @@ is talking to. Each backend declares what it can do as data
 (:class:`Capabilities`), and callers branch on a capability, never on a kind:
 
 * :class:`LocalStorage` - a folder. Exclusive create is an unnamed temp file
-  (``O_TMPFILE``, else a named one), fsync, link; compare-and-swap is check-and-replace under ``flock`` on the
-  key's folder; nothing is read, written or deleted through a symlink that
-  leaves the root.
+  (``O_TMPFILE``, else a named one), fsync, link; compare-and-swap is
+  check-and-replace under ``flock`` on the key's folder; nothing is read,
+  written or deleted through a symlink that leaves the root.
 * :class:`MemoryStorage` - fsspec's ``memory://``, every conditional write under
   one lock (tests, notebooks).
 * :class:`S3Storage` - S3 and compatible stores: ``If-None-Match: *`` creates,
@@ -1029,7 +1029,7 @@ class LocalStorage(Storage):
 
         The temp file is unnamed where the filesystem makes such files (Linux ``O_TMPFILE``): nothing
         is added to the folder until the link, nothing is removed after it, and a writer killed
-        before the link leaves nothing behind; a durable append then costs about two thirds of one
+        before the link leaves nothing behind; a durable append then costs about a fifth less than
         through a named temp file (``benchmarks/bench_core.py``). Elsewhere a named one, removed after.
         """
         _refuse_empty(data)
